@@ -1,0 +1,25 @@
+"""The one exception type users see: a bad input, reported as one line and exit status 2."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class CloudpipeError(Exception):
+    """A problem with the user's input (file, line, value), not a bug.
+
+    The command-line layer prints ``error: <message>`` on one line and exits with status 2.
+    """
+
+    def __init__(self, message: str, *, path: str | Path | None = None, line: int | None = None):
+        where = ""
+        if path is not None:
+            where = str(path)
+            if line is not None:
+                where += f", line {line}"
+            where += ": "
+        super().__init__(where + message)
+
+
+class RLEError(CloudpipeError, ValueError):
+    """A run-length encoded mask that is not valid Kaggle RLE for the given shape."""

@@ -1,0 +1,117 @@
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+
+from cloudpipe.errors import RLEError
+from cloudpipe.rle import mask2rle, parse_rle, rle2mask
+
+
+def reference_encode(mask: np.ndarray) -> str:
+    """Pixel-by-pixel definition: 1-indexed starts, column-major order."""
+    flat = [int(v != 0) for v in mask.T.reshape(-1)]
+    runs, i = [], 0
+    while i < len(flat):
+        if flat[i]:
+            j = i
+            while j < len(flat) and flat[j]:
+                j += 1
+            runs += [i + 1, j - i]
+            i = j
+        else:
+            i += 1
+    return " ".join(map(str, runs))
+
+
+def test_column_major_one_indexed():
+    mask = np.zeros((3, 4), np.uint8)
+    mask[0, 0] = 1  # pixel 1
+    mask[2, 0] = mask[0, 1] = 1  # pixels 3 and 4: one run crossing the column boundary
+    mask[2, 3] = 1  # last pixel, 12
+    assert mask2rle(mask) == "1 1 3 2 12 1"
+    assert (rle2mask("1 1 3 2 12 1", (3, 4)) == mask).all()
+
+
+@pytest.mark.parametrize(
+    "mask",
+    [
+        np.zeros((5, 7), np.uint8),
+        np.ones((5, 7), np.uint8),
+        np.eye(6, 4, dtype=np.uint8),
+        np.pad(np.ones((1, 1), np.uint8), ((0, 4), (0, 6))),  # first pixel only
+        np.pad(np.ones((1, 1), np.uint8), ((4, 0), (6, 0))),  # last pixel only
+        np.ones((1, 1), np.uint8),
+    ],
+)
+def test_edge_masks_round_trip(mask):
+    rle = mask2rle(mask)
+    assert rle == reference_encode(mask)
+    decoded = rle2mask(rle, mask.shape)
+    assert decoded.dtype == np.uint8 and decoded.shape == mask.shape
+    assert (decoded == mask).all()
+
+
+def test_empty_mask_is_empty_string():
+    assert mask2rle(np.zeros((4, 4))) == ""
+    assert rle2mask("", (4, 4)).sum() == 0
+    assert rle2mask("  ", (4, 4)).sum() == 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 1)))
+def test_round_trip_property(mask):
+    rle = mask2rle(mask)
+    assert rle == reference_encode(mask)
+    assert (rle2mask(rle, mask.shape) == mask).all()
+
+
+def test_round_trip_random_blocky_masks_at_submission_size():
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        mask = np.zeros((350, 525), np.uint8)
+        for _ in range(rng.integers(0, 4)):
+            r, c = rng.integers(0, 350), rng.integers(0, 525)
+            mask[r : r + rng.integers(1, 200), c : c + rng.integers(1, 300)] = 1
+        assert (rle2mask(mask2rle(mask), mask.shape) == mask).all()
+
+
+def test_nonbinary_and_bool_masks_encode_nonzero():
+    mask = np.array([[0, 255], [3, 0]])
+    assert mask2rle(mask) == "2 2"
+    assert mask2rle(mask.astype(bool)) == "2 2"
+
+
+def test_tolerates_repeated_spaces():
+    assert (rle2mask("1  2", (2, 2)) == rle2mask("1 2", (2, 2))).all()
+
+
+@pytest.mark.parametrize(
+    "rle, message",
+    [
+        ("1 x", "not a positive integer"),
+        ("1.5 2", "not a positive integer"),
+        ("-1 2", "start -1 is below 1"),
+        ("1 2 3", "odd number"),
+        ("0 2", "start 0 is below 1"),
+        ("1 0", "length 0 is below 1"),
+        ("5 1 3 1", "not strictly increasing"),
+        ("5 1 5 1", "not strictly increasing"),
+        ("1 3 2 1", "overlap"),
+        ("12 2", "ends past pixel 12"),
+    ],
+)
+def test_invalid_rle(rle, message):
+    with pytest.raises(RLEError, match=message):
+        rle2mask(rle, (3, 4))
+    with pytest.raises(ValueError):  # RLEError is a ValueError for library users
+        parse_rle(rle, (3, 4))
+
+
+def test_touching_runs_are_valid():
+    assert rle2mask("1 2 3 2", (2, 2)).sum() == 4
+
+
+def test_mask_must_be_2d():
+    with pytest.raises(ValueError, match="2-D"):
+        mask2rle(np.zeros((2, 2, 2)))
