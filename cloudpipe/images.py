@@ -53,6 +53,8 @@ def jpeg_size(path: Path) -> tuple[int, int]:
         raise CloudpipeError("image not found", path=path) from None
     except IsADirectoryError:
         raise CloudpipeError("is a folder, not an image", path=path) from None
+    except OSError as err:  # permission denied, I/O error, ...
+        raise CloudpipeError(f"cannot read image ({err.strerror or err})", path=path) from None
     return int(size[0]), int(size[1])
 
 

@@ -6,13 +6,21 @@ import cv2
 import numpy as np
 
 
+def _nearest_index(source: int, target: int) -> np.ndarray:
+    """Source index of each of ``target`` pixels, computed exactly as OpenCV's ``resizeNN``:
+    ``min(floor(i * (1 / (target / source))), source - 1)`` in double precision. (The exact
+    integer ``i * source // target`` differs from it for ratios such as 2100 -> 10.)"""
+    scale = 1.0 / (target / source)
+    return np.minimum(np.floor(np.arange(target) * scale).astype(np.int64), source - 1)
+
+
 def resize_nearest(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Nearest-neighbour resize of an (H, W) mask to ``shape`` (same rule as OpenCV's
-    ``INTER_NEAREST``: destination pixel i takes source pixel ``floor(i * H / h)``)."""
+    """Nearest-neighbour resize of an (H, W) mask to ``shape``, pixel for pixel the same as
+    ``cv2.resize(mask, (w, h), interpolation=cv2.INTER_NEAREST)``."""
     if mask.shape == tuple(shape):
         return mask
-    rows = np.arange(shape[0]) * mask.shape[0] // shape[0]
-    cols = np.arange(shape[1]) * mask.shape[1] // shape[1]
+    rows = _nearest_index(mask.shape[0], shape[0])
+    cols = _nearest_index(mask.shape[1], shape[1])
     return mask[np.ix_(rows, cols)]
 
 

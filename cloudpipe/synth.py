@@ -132,6 +132,10 @@ def make_dataset(
         raise CloudpipeError(f"need at least 2 train and 1 test images, got --train {train} --test {test}")
     if min(shape) < 16:
         raise CloudpipeError(f"images must be at least 16x16, got {shape[0]}x{shape[1]}")
+    if seed < 0:
+        raise CloudpipeError(f"--seed must be 0 or more, got {seed}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CloudpipeError("exists and is not a folder", path=out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise CloudpipeError("folder is not empty; pass --overwrite to replace it", path=out_dir)

@@ -1,0 +1,209 @@
+import csv
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from cloudpipe.cli import main
+from cloudpipe.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.rle import rle2mask
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def assert_one_line_error(result, *needles: str) -> str:
+    """Exit status 2, nothing on stdout, one ``error:`` line on stderr, no traceback."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    assert isinstance(result.exception, SystemExit)
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ")
+    assert "Traceback" not in result.output
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+def parse_table(stdout: str) -> dict[str, float]:
+    lines = stdout.strip().splitlines()
+    assert lines[0].split() == ["class", "dice"]
+    return {name: float(value) for name, value in (line.split() for line in lines[1:])}
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def write_rows(path: Path, rows: list[list[str]]) -> Path:
+    with open(path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(rows)
+    return path
+
+
+# --- help -----------------------------------------------------------------------------------------
+
+
+def test_main_help_lists_every_command():
+    result = run("--help")
+    assert result.exit_code == 0, result.output
+    assert {"synth", "evaluate"} <= set(main.commands)
+    for name in main.commands:
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_every_command_has_help(flag):
+    for name, command in main.commands.items():
+        result = run(name, flag)
+        assert result.exit_code == 0, (name, result.output, result.exception)
+        first = result.stdout.splitlines()[0]
+        assert first.startswith("Usage: ") and f" {name} " in f"{first} ", (name, first)
+        assert "Options:" in result.stdout, name
+        if command.help:
+            assert command.help.split()[0] in result.stdout, name
+
+
+def test_python_dash_m():
+    result = subprocess.run(
+        [sys.executable, "-m", "cloudpipe", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "evaluate" in result.stdout and "synth" in result.stdout
+
+
+# --- synth ----------------------------------------------------------------------------------------
+
+
+def test_synth(tmp_path):
+    out = tmp_path / "data"
+    args = ["synth", out, "--train", "3", "--test", "2", "--height", "32", "--width", "48", "--seed", "1"]
+    result = run(*args)
+    assert result.exit_code == 0, result.output
+    assert f"wrote 3 train and 2 test images (32x48) to {out}" in result.stdout
+    assert len(list((out / "train_images").glob("*.jpg"))) == 3
+    assert len(list((out / "test_images").glob("*.jpg"))) == 2
+    assert len(read_rows(out / "train.csv")) == 1 + 3 * 4
+    assert len(read_rows(out / "sample_submission.csv")) == 1 + 2 * 4
+    assert len(read_rows(out / "test_truth.csv")) == 1 + 2 * 4
+    before = (out / "train.csv").read_bytes()
+
+    assert_one_line_error(run(*args), str(out), "--overwrite")
+    assert (out / "train.csv").read_bytes() == before
+
+    result = run(*args[:-1], "2", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (out / "train.csv").read_bytes() != before
+
+
+def test_synth_bad_arguments(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    assert_one_line_error(run("synth", tmp_path / "afile", "--train", "2", "--test", "1"), "afile")
+    assert_one_line_error(run("synth", tmp_path / "d", "--seed", "-1"), "--seed")
+    assert not (tmp_path / "d").exists()
+    # Range checks are click's own (usage error, exit 2).
+    assert run("synth", tmp_path / "d", "--train", "1").exit_code == 2
+    assert run("synth", tmp_path / "d", "--height", "8").exit_code == 2
+
+
+# --- evaluate -------------------------------------------------------------------------------------
+
+
+def evaluate(truth: Path, pred: Path, *extra: str):
+    return run("evaluate", "--truth", truth, "--pred", pred, *extra)
+
+
+SMALL = ("--truth-shape", "350", "525")  # test_truth.csv is written at the submission size
+
+
+def test_evaluate_truth_against_itself(tiny_data):
+    truth = tiny_data / "test_truth.csv"
+    result = evaluate(truth, truth, *SMALL)
+    assert result.exit_code == 0, result.output
+    table = parse_table(result.stdout)
+    assert list(table) == [*CLASSES, "mean"]
+    assert all(v == 1.0 for v in table.values())
+
+
+def test_evaluate_train_at_image_size(tiny_data):
+    train = tiny_data / "train.csv"
+    result = evaluate(train, train, "--truth-shape", "64", "96", "--pred-shape", "64", "96")
+    assert result.exit_code == 0, result.output
+    assert parse_table(result.stdout)["mean"] == 1.0
+
+
+def test_evaluate_sample_submission(tiny_data):
+    truth = tiny_data / "test_truth.csv"
+    result = evaluate(truth, tiny_data / "sample_submission.csv", *SMALL)
+    assert result.exit_code == 0, result.output
+    table = parse_table(result.stdout)
+    # By hand: a "1 1" prediction is the single pixel 1. Dice is 0 where the class is absent,
+    # and 2*[pixel 1 in truth] / (1 + truth area) where it is present.
+    dice = {c: [] for c in CLASSES}
+    for label, rle in read_rows(truth)[1:]:
+        mask = rle2mask(rle, SUBMISSION_SHAPE)
+        dice[label.rsplit("_", 1)[1]].append(2 * int(mask[0, 0]) / (1 + mask.sum()))
+    for c in CLASSES:
+        assert table[c] == pytest.approx(np.mean(dice[c]), abs=5e-5)
+    assert table["mean"] == pytest.approx(np.mean(list(dice.values())), abs=5e-5)
+    assert table["mean"] < 1
+
+
+@pytest.fixture
+def truth_copy(tiny_data, tmp_path) -> tuple[Path, list[list[str]]]:
+    path = tmp_path / "truth.csv"
+    shutil.copy(tiny_data / "test_truth.csv", path)
+    return path, read_rows(path)
+
+
+def test_evaluate_missing_column(truth_copy, tmp_path):
+    truth, rows = truth_copy
+    pred = write_rows(tmp_path / "pred.csv", [["Image_Label", "Pixels"], *rows[1:]])
+    assert_one_line_error(evaluate(truth, pred, *SMALL), str(pred), "line 1", "EncodedPixels")
+
+
+def test_evaluate_duplicate_row(truth_copy, tmp_path):
+    truth, rows = truth_copy
+    rows[6] = [rows[5][0], ""]  # line 7 repeats line 6's Image_Label
+    pred = write_rows(tmp_path / "pred.csv", rows)
+    assert_one_line_error(evaluate(truth, pred, *SMALL), str(pred), "line 7", "duplicate", rows[5][0])
+
+
+@pytest.mark.parametrize("rle", ["1 x", "1 2 3", "0 5", "10 5 3 1", "183750 2"])
+def test_evaluate_bad_rle(truth_copy, tmp_path, rle):
+    truth, rows = truth_copy
+    rows[9][1] = rle  # line 10
+    pred = write_rows(tmp_path / "pred.csv", rows)
+    assert_one_line_error(evaluate(truth, pred, *SMALL), str(pred), "line 10", rows[9][0])
+
+
+def test_evaluate_bad_truth_rle(truth_copy, tmp_path):
+    truth, rows = truth_copy
+    rows[3][1] = "5 -1"
+    write_rows(truth, rows)
+    assert_one_line_error(evaluate(truth, truth, *SMALL), str(truth), "line 4")
+
+
+def test_evaluate_image_sets_differ(truth_copy, tmp_path):
+    truth, rows = truth_copy
+    image = rows[1][0].rsplit("_", 1)[0]
+    renamed = [[label.replace(image, "fffffff.jpg"), rle] for label, rle in rows[1:]]
+    pred = write_rows(tmp_path / "pred.csv", [rows[0], *renamed])
+    assert_one_line_error(evaluate(truth, pred, *SMALL), str(pred), image, "fffffff.jpg")
+    dropped = write_rows(tmp_path / "fewer.csv", [rows[0], *rows[5:]])
+    assert_one_line_error(evaluate(truth, dropped, *SMALL), str(dropped), "lacks 1 image(s)", image)
+
+
+@pytest.mark.parametrize("content", ["", "Image_Label,EncodedPixels\n"])
+def test_evaluate_empty_files(truth_copy, tmp_path, content):
+    truth, _ = truth_copy
+    pred = tmp_path / "pred.csv"
+    pred.write_text(content)
+    assert_one_line_error(evaluate(truth, pred, *SMALL), str(pred))

@@ -1,0 +1,209 @@
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+import cloudpipe.images
+from cloudpipe.errors import CloudpipeError
+from cloudpipe.images import check_images, jpeg_size, read_image, reduction_for
+
+REAL_IMAGES = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "train_images").glob("*.jpg"))
+needs_real = pytest.mark.skipif(not REAL_IMAGES, reason="real images not available")
+
+
+def write_jpeg(path: Path, image_bgr: np.ndarray, quality: int = 95, progressive: bool = False) -> Path:
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality, cv2.IMWRITE_JPEG_PROGRESSIVE, int(progressive)]
+    assert cv2.imwrite(str(path), image_bgr, params)
+    return path
+
+
+def red_jpeg(path: Path, shape=(64, 96)) -> Path:
+    image = np.zeros((*shape, 3), np.uint8)
+    image[..., 2] = 255  # OpenCV is BGR: channel 2 is red
+    return write_jpeg(path, image, quality=100)
+
+
+def error_of(func, *args) -> str:
+    with pytest.raises(CloudpipeError) as info:
+        func(*args)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@needs_real
+def test_jpeg_size_real():
+    for path in REAL_IMAGES:
+        assert jpeg_size(path) == (1400, 2100)
+    assert check_images(REAL_IMAGES) == (1400, 2100)
+
+
+@needs_real
+def test_read_image_real_reduced():
+    path = REAL_IMAGES[0]
+    factor = reduction_for((1400, 2100), (350, 525))
+    assert factor == 4
+    image = read_image(path, (350, 525), factor)
+    assert image.shape == (350, 525, 3) and image.dtype == np.uint8
+    full = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+    reference = cv2.resize(full, (525, 350), interpolation=cv2.INTER_AREA)
+    assert np.abs(image.astype(int) - reference).mean() < 4
+
+
+def test_jpeg_size_synthetic(tiny_data):
+    paths = sorted(tiny_data.rglob("*.jpg"))
+    assert len(paths) == 30
+    assert all(jpeg_size(p) == (64, 96) for p in paths)
+    assert check_images(paths) == (64, 96)
+    assert check_images(iter(paths), (64, 96)) == (64, 96)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (17, 5), (480, 33)])
+@pytest.mark.parametrize("progressive", [False, True])
+def test_jpeg_size_odd_shapes(tmp_path, shape, progressive):
+    path = write_jpeg(tmp_path / "x.jpg", np.full((*shape, 3), 128, np.uint8), progressive=progressive)
+    assert jpeg_size(path) == shape
+
+
+def test_jpeg_size_missing(tmp_path):
+    message = error_of(jpeg_size, tmp_path / "nope.jpg")
+    assert "not found" in message and "nope.jpg" in message
+
+
+def test_jpeg_size_folder(tmp_path):
+    assert "folder" in error_of(jpeg_size, tmp_path)
+
+
+@pytest.mark.parametrize("content", [b"", b"hello", b"\x89PNG\r\n\x1a\n" + bytes(100)])
+def test_jpeg_size_not_a_jpeg(tmp_path, content):
+    path = tmp_path / "fake.jpg"
+    path.write_bytes(content)
+    message = error_of(jpeg_size, path)
+    assert "not a JPEG" in message and str(path) in message
+
+
+def test_jpeg_size_png(tmp_path):
+    path = tmp_path / "image.jpg"
+    assert cv2.imwrite(str(tmp_path / "image.png"), np.zeros((8, 8, 3), np.uint8))
+    (tmp_path / "image.png").rename(path)
+    assert "not a JPEG" in error_of(jpeg_size, path)
+
+
+def test_jpeg_size_truncated(tmp_path, tiny_data):
+    source = next((tiny_data / "train_images").glob("*.jpg"))
+    data = source.read_bytes()
+    half = tmp_path / "half.jpg"
+    half.write_bytes(data[: len(data) // 2])
+    message = error_of(jpeg_size, half)
+    assert "truncated" in message and str(half) in message
+    assert cv2.imread(str(source)) is not None  # the original is fine
+
+
+@pytest.mark.parametrize("keep", [2, 3, 10, 40])
+def test_jpeg_size_cut_inside_header(tmp_path, tiny_data, keep):
+    source = next((tiny_data / "train_images").glob("*.jpg"))
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(source.read_bytes()[:keep])
+    assert str(path) in error_of(jpeg_size, path)
+
+
+def test_jpeg_size_unreadable(tmp_path, monkeypatch):
+    path = red_jpeg(tmp_path / "locked.jpg")
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(cloudpipe.images, "open", denied, raising=False)  # works as root too
+    message = error_of(jpeg_size, path)
+    assert "cannot read" in message and "Permission denied" in message and str(path) in message
+
+
+def test_check_images_wrong_size(tmp_path, tiny_data):
+    folder = tmp_path / "images"
+    shutil.copytree(tiny_data / "train_images", folder)
+    odd = write_jpeg(folder / "zzzzzzz.jpg", np.zeros((32, 48, 3), np.uint8))
+    paths = sorted(folder.glob("*.jpg"))
+    assert paths[-1] == odd
+    message = error_of(check_images, paths)
+    assert str(odd) in message and "32x48" in message and "expected 64x96" in message
+    # With an expected shape, the first file already fails.
+    message = error_of(check_images, paths, (32, 48))
+    assert str(paths[0]) in message and "64x96" in message
+    assert check_images([odd], (32, 48)) == (32, 48)
+
+
+def test_check_images_stops_at_bad_file(tmp_path, tiny_data):
+    folder = tmp_path / "images"
+    shutil.copytree(tiny_data / "train_images", folder)
+    paths = sorted(folder.glob("*.jpg"))
+    paths[3].write_bytes(paths[3].read_bytes()[:200])
+    assert str(paths[3]) in error_of(check_images, paths)
+    assert str(folder / "missing.jpg") in error_of(check_images, [*paths[:2], folder / "missing.jpg"])
+
+
+def test_check_images_empty():
+    assert "no images" in error_of(check_images, [])
+
+
+@pytest.mark.parametrize("reduction", [1, 2, 4])
+def test_read_image_rgb_at_reduction(tmp_path, reduction):
+    path = red_jpeg(tmp_path / "red.jpg")
+    size = (64 // reduction, 96 // reduction)
+    image = read_image(path, size, reduction)
+    assert image.shape == (*size, 3) and image.dtype == np.uint8
+    assert image[..., 0].min() > 235  # red first: RGB, not OpenCV's BGR
+    assert image[..., 1].max() < 20 and image[..., 2].max() < 20
+
+
+@pytest.mark.parametrize("reduction,flag", [(2, cv2.IMREAD_REDUCED_COLOR_2), (4, cv2.IMREAD_REDUCED_COLOR_4)])
+def test_read_image_uses_reduced_decode(tiny_data, reduction, flag):
+    path = next((tiny_data / "train_images").glob("*.jpg"))
+    expected = cv2.cvtColor(cv2.imread(str(path), flag), cv2.COLOR_BGR2RGB)
+    assert expected.shape[:2] == (64 // reduction, 96 // reduction)
+    np.testing.assert_array_equal(read_image(path, expected.shape[:2], reduction), expected)
+
+
+@pytest.mark.parametrize("reduction", [1, 2, 4])
+def test_read_image_resizes_to_requested_size(tmp_path, reduction):
+    path = red_jpeg(tmp_path / "red.jpg")
+    image = read_image(path, (13, 21), reduction)
+    assert image.shape == (13, 21, 3)
+    assert image[..., 0].min() > 235 and image[..., 2].max() < 20
+
+
+def test_read_image_full_size_matches_opencv(tiny_data):
+    path = next((tiny_data / "train_images").glob("*.jpg"))
+    expected = cv2.imread(str(path))[..., ::-1]
+    np.testing.assert_array_equal(read_image(path, (64, 96)), expected)
+
+
+def test_read_image_corrupt(tmp_path):
+    path = tmp_path / "bad.jpg"
+    path.write_bytes(b"not an image at all")
+    message = error_of(read_image, path, (8, 8))
+    assert "cannot decode" in message and str(path) in message
+
+
+@pytest.mark.parametrize(
+    "source,target,expected",
+    [
+        ((1400, 2100), (350, 525), 4),
+        ((1400, 2100), (512, 768), 2),
+        ((1400, 2100), (700, 1050), 2),
+        ((1400, 2100), (701, 1050), 1),
+        ((1400, 2100), (1400, 2100), 1),
+        ((1400, 2100), (175, 262), 8),
+        ((1400, 2100), (176, 262), 4),
+        ((1400, 2100), (100, 600), 2),  # the wider side decides
+        ((64, 96), (64, 96), 1),
+        ((64, 96), (16, 24), 4),
+        ((64, 96), (2, 2), 8),
+        ((100, 100), (60, 10), 1),
+    ],
+)
+def test_reduction_for(source, target, expected):
+    factor = reduction_for(source, target)
+    assert factor == expected
+    assert source[0] // factor >= target[0] and source[1] // factor >= target[1]

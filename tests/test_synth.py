@@ -1,0 +1,179 @@
+import csv
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from cloudpipe.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.data import presence, read_mask_csv, read_train
+from cloudpipe.errors import CloudpipeError
+from cloudpipe.images import jpeg_size
+from cloudpipe.rle import rle2mask
+from cloudpipe.synth import SynthSummary, make_dataset
+
+SHAPE = (48, 72)
+
+
+def read_rows(path: Path) -> list[list[str]]:
+    with open(path, newline="") as f:
+        return list(csv.reader(f))
+
+
+def all_files(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def decoded_masks(csv_path: Path, shape: tuple[int, int]) -> dict[str, np.ndarray]:
+    """image -> (4, H, W) masks, decoded from the CSV with the csv module (independent of data.py)."""
+    out: dict[str, np.ndarray] = {}
+    for label, rle in read_rows(csv_path)[1:]:
+        image, cls = label.rsplit("_", 1)
+        out.setdefault(image, np.zeros((len(CLASSES), *shape), np.uint8))[CLASSES.index(cls)] = rle2mask(rle, shape)
+    return out
+
+
+@pytest.fixture(scope="module")
+def forty(tmp_path_factory) -> Path:
+    """40 train and 4 test images: enough for variety in classes and no-data bands."""
+    out = tmp_path_factory.mktemp("synth40") / "data"
+    make_dataset(out, train=40, test=4, shape=SHAPE, seed=5, progress=False)
+    return out
+
+
+def test_layout(tiny_data):
+    names = {p.name for p in tiny_data.iterdir()}
+    assert names == {"train.csv", "sample_submission.csv", "test_truth.csv", "train_images", "test_images"}
+    train_images = sorted(p.name for p in (tiny_data / "train_images").iterdir())
+    test_images = sorted(p.name for p in (tiny_data / "test_images").iterdir())
+    assert len(train_images) == 24 and len(test_images) == 6
+    assert not set(train_images) & set(test_images)
+    assert all(re.fullmatch(r"[0-9a-f]{7}\.jpg", n) for n in train_images + test_images)
+
+    train = read_rows(tiny_data / "train.csv")
+    assert train[0] == ["Image_Label", "EncodedPixels"]
+    assert [r[0] for r in train[1:]] == [f"{n}_{c}" for n in train_images for c in CLASSES]
+
+    sample = read_rows(tiny_data / "sample_submission.csv")
+    assert sample[0] == ["Image_Label", "EncodedPixels"]
+    assert sample[1:] == [[f"{n}_{c}", "1 1"] for n in test_images for c in CLASSES]
+
+    truth = read_rows(tiny_data / "test_truth.csv")
+    assert [r[0] for r in truth[1:]] == [r[0] for r in sample[1:]]
+
+
+def test_csvs_are_valid_at_their_sizes(tiny_data):
+    shape = jpeg_size(next((tiny_data / "train_images").glob("*.jpg")))
+    assert shape == (64, 96)
+    assert len(read_mask_csv(tiny_data / "train.csv", shape=shape)) == 24 * 4
+    assert len(read_mask_csv(tiny_data / "test_truth.csv", shape=SUBMISSION_SHAPE)) == 6 * 4
+    assert len(read_mask_csv(tiny_data / "sample_submission.csv", shape=SUBMISSION_SHAPE)) == 6 * 4
+
+
+def test_image_sizes(tiny_data):
+    for path in sorted(tiny_data.rglob("*.jpg")):
+        image = cv2.imread(str(path))
+        assert image is not None and image.shape == (64, 96, 3), path
+        assert jpeg_size(path) == (64, 96)
+
+
+def test_summary(tmp_path):
+    summary = make_dataset(tmp_path / "d", train=3, test=2, shape=(20, 30), seed=0, progress=False)
+    assert summary == SynthSummary(tmp_path / "d", 3, 2, (20, 30))
+    assert all(jpeg_size(p) == (20, 30) for p in (tmp_path / "d").rglob("*.jpg"))
+
+
+def test_deterministic(tmp_path):
+    kwargs = dict(train=4, test=2, shape=(32, 48), progress=False)
+    make_dataset(tmp_path / "a", seed=7, **kwargs)
+    make_dataset(tmp_path / "b", seed=7, **kwargs)
+    make_dataset(tmp_path / "c", seed=8, **kwargs)
+    a, b, c = (all_files(tmp_path / x) for x in "abc")
+    assert len(a) == 4 + 2 + 3
+    assert a == b  # byte for byte, CSVs and JPEGs
+    assert a["train.csv"] != c["train.csv"]
+    assert set(a) != set(c)  # other image names too
+
+
+def test_labels_match_masks(forty):
+    masks = decoded_masks(forty / "train.csv", SHAPE)
+    labels = presence(read_train(forty))
+    expected = np.array([[int(masks[i][k].any()) for k in range(len(CLASSES))] for i in labels.index])
+    np.testing.assert_array_equal(labels.to_numpy(), expected)
+    # One class per pixel: a later region hides what was painted below it.
+    assert max(int(m.sum(axis=0).max()) for m in masks.values()) == 1
+
+
+def test_variety(forty):
+    counts = presence(read_train(forty)).sum(axis=1)
+    assert (counts == 0).any()
+    assert (counts >= 2).any()
+    assert presence(read_train(forty)).to_numpy().any(axis=0).all()  # every class appears
+
+
+def _black(image: np.ndarray) -> np.ndarray:
+    return (image <= 12).all(axis=2)
+
+
+def test_no_masks_in_the_no_data_band(forty):
+    masks = decoded_masks(forty / "train.csv", SHAPE)
+    banded = 0
+    for name, m in masks.items():
+        black = _black(cv2.imread(str(forty / "train_images" / name)))
+        if black.mean() > 0.05:
+            banded += 1
+        labelled_black = int((m.any(axis=0) & black).sum())
+        assert labelled_black <= 5, (name, labelled_black, int(black.sum()))  # a few JPEG-edge pixels
+    assert banded >= 5  # about half of the images have a band: the check above is not vacuous
+
+
+def test_test_truth_matches_test_images(forty):
+    truth = decoded_masks(forty / "test_truth.csv", SUBMISSION_SHAPE)
+    assert sorted(truth) == sorted(p.name for p in (forty / "test_images").iterdir())
+    for name, m in truth.items():
+        image = cv2.imread(str(forty / "test_images" / name))
+        big = cv2.resize(image, SUBMISSION_SHAPE[::-1], interpolation=cv2.INTER_NEAREST)
+        black = _black(big)
+        assert int((m.any(axis=0) & black).sum()) <= 50, name  # a few JPEG-edge pixels, upsampled
+
+
+def test_refuses_non_empty_folder(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    with pytest.raises(CloudpipeError, match="--overwrite") as info:
+        make_dataset(out, train=2, test=1, shape=(16, 16), progress=False)
+    assert str(out) in str(info.value)
+    assert (out / "keep.txt").read_text() == "precious"
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+
+    make_dataset(out, train=2, test=1, shape=(16, 16), overwrite=True, progress=False)
+    assert not (out / "keep.txt").exists()
+    assert (out / "train.csv").is_file()
+
+
+def test_empty_existing_folder_is_fine(tmp_path):
+    (tmp_path / "out").mkdir()
+    make_dataset(tmp_path / "out", train=2, test=1, shape=(16, 16), progress=False)
+    assert len(list((tmp_path / "out" / "train_images").iterdir())) == 2
+
+
+def test_refuses_a_file(tmp_path):
+    target = tmp_path / "afile"
+    target.write_text("x")
+    for overwrite in (False, True):
+        with pytest.raises(CloudpipeError, match="not a folder"):
+            make_dataset(target, train=2, test=1, shape=(16, 16), overwrite=overwrite, progress=False)
+    assert target.read_text() == "x"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [dict(train=1), dict(test=0), dict(shape=(15, 64)), dict(shape=(64, 8)), dict(seed=-1)],
+)
+def test_invalid_arguments(tmp_path, kwargs):
+    args = dict(train=2, test=1, shape=(16, 16), seed=0, progress=False) | kwargs
+    with pytest.raises(CloudpipeError):
+        make_dataset(tmp_path / "out", **args)
+    assert not (tmp_path / "out").exists()
