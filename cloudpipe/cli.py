@@ -81,3 +81,108 @@ def format_table(rows: list[dict]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
     return "\n".join(lines)
+
+
+def training_options(fn):
+    """Options shared by train-classifier and train-seg; None means "from the config"."""
+    options = [
+        click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder."),
+        click.option("--out", "out_dir", type=NEW_PATH, required=True, help="Run folder to write."),
+        click.option("--config", "config_path", type=EXISTING_FILE, default=None, help="YAML overriding the defaults."),
+        click.option("--epochs", type=click.IntRange(min=1), default=None),
+        click.option("--image-size", type=(int, int), default=None, metavar="H W"),
+        click.option("--batch-size", type=click.IntRange(min=1), default=None),
+        click.option("--accumulate", type=click.IntRange(min=1), default=None, help="Gradient accumulation steps."),
+        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None),
+        click.option("--weights", default=None, help="imagenet | none | PATH to a local state dict."),
+        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None),
+        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers."),
+        click.option("--folds", type=click.IntRange(min=0), default=None, help="K >= 2 trains K fold models."),
+        click.option("--fold", type=click.IntRange(min=0), default=None, help="Train only fold I of --folds K."),
+        click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
+        click.option("--seed", type=int, default=None),
+        click.option("--quiet", is_flag=True, help="No progress bars."),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, fold: int | None, resume: bool,
+           quiet: bool, **overrides) -> None:
+    from cloudpipe.config import load_config
+    from cloudpipe.train import train_run
+
+    config = load_config(task, config_path, overrides)
+    results = train_run(config, data_dir, out_dir, resume=resume, fold=fold, progress=not quiet)
+    for r in results:
+        click.echo(f"{r.out_dir}: best epoch {r.best_epoch}/{r.epochs}, score {r.best_score:.4f}")
+
+
+@main.command("train-classifier")
+@training_options
+def train_classifier(**options) -> None:
+    """Train the ResNet presence classifier (defaults: configs/classifier.yaml, the seed recipe)."""
+    _train("classifier", **options)
+
+
+@main.command("train-seg")
+@training_options
+@click.option("--arch", default=None, help="smp architecture: Unet, FPN, ...")
+@click.option("--encoder", default=None, help="smp encoder: resnet34, ...")
+def train_seg(**options) -> None:
+    """Train the segmentation model (defaults: configs/seg.yaml)."""
+    _train("segmentation", **options)
+
+
+@main.command()
+@click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True, help="Segmentation submission to gate.")
+@click.option("--run", "run_dir", type=EXISTING_DIR, required=True, help="Classifier run folder.")
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
+@click.option("--out", type=NEW_PATH, default=Path("submissions/submission.csv"), help="Submission to write.")
+@click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None, help="thresholds.json from tune-threshold.")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="One threshold for all classes [default: RUN/thresholds.json, else 0.5].")
+@shape_option("--mask-shape", (350, 525), "Mask size of the segmentation submission.")
+@click.option("--tta", is_flag=True, help="Average identity, horizontal and vertical flips.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict(seg_csv: Path, run_dir: Path, data_dir: Path, out: Path, thresholds_file: Path | None, threshold: float | None,
+            mask_shape: tuple[int, int], tta: bool, batch_size: int, device: str, workers: int, overwrite: bool, quiet: bool) -> None:
+    """Blank the segmentation masks of classes the classifier judges absent; write the submission."""
+    from cloudpipe.submission import predict_submission, probs_path_for
+
+    summary = predict_submission(seg_csv, run_dir, data_dir, out, thresholds_file=thresholds_file, threshold=threshold,
+                                 mask_shape=mask_shape, tta=tta, batch_size=batch_size, device=device, workers=workers,
+                                 overwrite=overwrite, progress=not quiet)
+    click.echo(summary.line())
+    click.echo(f"wrote {out} and {probs_path_for(out)}")
+
+
+@main.command("tune-threshold")
+@click.option("--run", "run_dir", type=EXISTING_DIR, required=True, help="Classifier run folder (val_probs.csv, else its models).")
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
+@click.option("--seg", "seg_csv", type=EXISTING_FILE, default=None, help="Segmentation predictions on validation images.")
+@click.option("--objective", type=click.Choice(["dice", "accuracy"]), default=None, help="[default: dice with --seg, else accuracy]")
+@shape_option("--mask-shape", (350, 525), "Mask size of the --seg predictions.")
+@click.option("--out", type=NEW_PATH, default=None, help="JSON to write [default: RUN/thresholds.json, replaced].")
+@click.option("--plot", type=NEW_PATH, default=None, help="PNG of score against threshold [default: --out with .png].")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out / --plot file.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=16, help="When val_probs.csv must be computed.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def tune_threshold(run_dir: Path, data_dir: Path, seg_csv: Path | None, objective: str | None, mask_shape: tuple[int, int],
+                   out: Path | None, plot: Path | None, overwrite: bool, batch_size: int, device: str, workers: int,
+                   quiet: bool) -> None:
+    """Choose per-class presence thresholds that maximise the Kaggle Dice of the blanked --seg
+    predictions on the run's validation images (accuracy without --seg); write thresholds.json."""
+    from cloudpipe.thresholds import tune_thresholds
+
+    result = tune_thresholds(run_dir, data_dir, seg=seg_csv, objective=objective, mask_shape=mask_shape, out=out,
+                             plot=plot, overwrite=overwrite, device=device, batch_size=batch_size, workers=workers,
+                             progress=not quiet)
+    click.echo(format_table(result.rows))
+    click.echo(result.summary())

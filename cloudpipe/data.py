@@ -42,6 +42,12 @@ def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise CloudpipeError(
             f"columns are {','.join(map(str, frame.columns))}; expected {','.join(columns)}", path=path, line=1
         )
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas silently turns the first column into the index when the first data row has
+        # more fields than the header; every column would then be shifted by one.
+        raise CloudpipeError(
+            f"the first row has more fields than the header's {len(frame.columns)}", path=path, line=2
+        )
     if frame.empty:
         raise CloudpipeError("has a header but no rows", path=path)
     return frame
@@ -61,7 +67,15 @@ def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.Dat
         CloudpipeError: wrong columns, no rows, a label without ``_``, an unknown class,
             duplicate rows, an image without all four classes, or (with ``shape``) bad RLE.
     """
-    frame = read_csv_text(path, CSV_COLUMNS)
+    return check_mask_frame(read_csv_text(path, CSV_COLUMNS), path, shape=shape)
+
+
+def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Validate a text frame with columns ``Image_Label, EncodedPixels`` (see
+    :func:`read_mask_csv`); ``path`` names it in errors, lines counted as in its CSV."""
+    if frame.empty:
+        raise CloudpipeError("has no rows", path=path)
+    frame = frame.reset_index(drop=True)
     labels = frame["Image_Label"].tolist()
     parts = [label.rpartition("_") for label in labels]
     for i, (image, sep, cls) in enumerate(parts):
@@ -186,8 +200,12 @@ def split_train_val(
     """
     from sklearn.model_selection import train_test_split
 
+    if not 0 < val_fraction < 1:
+        raise CloudpipeError(f"the validation fraction must be between 0 and 1, got {val_fraction}")
+    if len(labels) < 2:
+        raise CloudpipeError(f"need at least 2 images to hold some out for validation, got {len(labels)}")
     images = labels.index.to_numpy()
-    n_val = max(1, int(np.ceil(val_fraction * len(images))))
+    n_val = min(len(images) - 1, max(1, int(np.ceil(val_fraction * len(images)))))
     # sklearn needs two images per stratum and a validation image per stratum.
     strata = _strata(labels, 2, min(n_val, len(images) - n_val))
     train, val = train_test_split(images, test_size=n_val, random_state=seed, stratify=strata)

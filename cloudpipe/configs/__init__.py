@@ -1,0 +1,1 @@
+"""Packaged default configs (also reachable as the repository's top-level ``configs/``)."""

@@ -1,0 +1,201 @@
+"""The shared training loop, on tiny synthetic data, CPU, random weights."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from cloudpipe.checkpoint import load_checkpoint
+from cloudpipe.cli import main
+from cloudpipe.competition import CLASSES
+from cloudpipe.config import load_config
+from cloudpipe.data import presence, read_train
+from cloudpipe.train import make_splits, stage_loss, train_run
+
+TINY = dict(weights="none", image_size=(64, 96), workers=0, batch_size=4, accumulate=2, device="cpu")
+
+
+def classifier_config(**overrides):
+    return load_config("classifier", overrides={**TINY, **overrides})
+
+
+def test_run_writes_all_files(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    [result] = train_run(classifier_config(epochs=2), tiny_data, run, progress=False)
+    assert {"best.pt", "last.pt", "config.yaml", "metrics.csv", "val_probs.csv"} <= {p.name for p in run.iterdir()}
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["epochs"] == 2 and saved["image_size"] == [64, 96] and saved["lr"] == 0.005
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]
+    assert {"train_loss", "val_loss", "val_accuracy", "lr", "seconds", *(f"val_{c}" for c in CLASSES)} <= set(metrics)
+    # Checkpoints hold only tensors and plain values.
+    for name in ("best.pt", "last.pt"):
+        state = torch.load(run / name, map_location="cpu", weights_only=True)
+        assert state["classes"] == list(CLASSES) and state["config"]["arch"] == "resnet34"
+    last = load_checkpoint(run / "last.pt")
+    assert last["epoch"] == 2 and {"optimizer", "scheduler", "scaler", "rng"} <= set(last)
+    assert result.best_epoch == int(metrics.loc[metrics["val_accuracy"].idxmax(), "epoch"])
+    # val_probs: the validation images of the split, probabilities in [0, 1].
+    probs = pd.read_csv(run / "val_probs.csv")
+    assert list(probs.columns) == ["image", *CLASSES]
+    labels = presence(read_train(tiny_data))
+    _, val = make_splits(classifier_config(), labels)[0]
+    assert sorted(probs["image"]) == sorted(val)
+    assert probs[list(CLASSES)].to_numpy().min() >= 0 and probs[list(CLASSES)].to_numpy().max() <= 1
+
+
+def test_frozen_layers_do_not_change(tiny_data, tmp_path):
+    train_run(classifier_config(epochs=1), tiny_data, tmp_path / "run", progress=False)
+    state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
+    torch.manual_seed(69)
+    from cloudpipe.models import build_model
+
+    fresh = build_model(classifier_config(), weights="none").state_dict()
+    assert torch.equal(state["body.layer1.0.conv1.weight"], fresh["body.layer1.0.conv1.weight"])
+    assert torch.equal(state["body.layer2.0.conv1.weight"], fresh["body.layer2.0.conv1.weight"])
+    assert not torch.equal(state["body.layer3.0.conv1.weight"], fresh["body.layer3.0.conv1.weight"])
+
+
+def test_resume_equals_uninterrupted(tiny_data, tmp_path):
+    cfg = dict(epochs=3, lr=1e-3, patience=0)  # patience 0: the LR schedule must be restored too
+    train_run(classifier_config(**cfg), tiny_data, tmp_path / "full", progress=False)
+    train_run(classifier_config(**{**cfg, "epochs": 1}), tiny_data, tmp_path / "part", progress=False)
+    train_run(classifier_config(**cfg), tiny_data, tmp_path / "part", resume=True, progress=False)
+    full = load_checkpoint(tmp_path / "full" / "last.pt")
+    part = load_checkpoint(tmp_path / "part" / "last.pt")
+    assert part["epoch"] == 3
+    for key, value in full["model"].items():
+        torch.testing.assert_close(part["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    a, b = pd.read_csv(tmp_path / "full" / "metrics.csv"), pd.read_csv(tmp_path / "part" / "metrics.csv")
+    np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["lr"], b["lr"])
+
+
+def test_loss_falls_on_easy_data(tmp_path):
+    from cloudpipe.synth import make_dataset
+
+    data = make_dataset(tmp_path / "data", train=40, test=2, shape=(64, 96), seed=5, progress=False).out_dir
+    cfg = classifier_config(epochs=6, lr=1e-3, freeze=[], batch_size=8, accumulate=1, hflip=0, vflip=0, noise=0,
+                            brightness_contrast=0, amp=False)
+    [result] = train_run(cfg, data, tmp_path / "run", progress=False)
+    losses = [row["train_loss"] for row in result.history]
+    assert losses[-1] < 0.75 * losses[0], losses
+
+
+def test_kfold_out_of_fold_covers_every_image_once(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    results = train_run(classifier_config(epochs=1, folds=3), tiny_data, run, progress=False)
+    assert len(results) == 3
+    assert all((run / f"fold{i}" / "best.pt").exists() for i in range(3))
+    oof = pd.read_csv(run / "val_probs.csv")
+    train_images = list(presence(read_train(tiny_data)).index)
+    assert list(oof["image"]) == train_images  # each once, in train.csv order
+    folds = [set(pd.read_csv(run / f"fold{i}" / "val_probs.csv")["image"]) for i in range(3)]
+    assert sum(len(f) for f in folds) == len(train_images) and set().union(*folds) == set(train_images)
+
+
+def test_single_fold_then_the_rest(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train_run(classifier_config(epochs=1, folds=2), tiny_data, run, fold=1, progress=False)
+    assert (run / "fold1" / "best.pt").exists() and not (run / "fold0").exists()
+    assert not (run / "val_probs.csv").exists()  # out-of-fold only once all folds exist
+    train_run(classifier_config(epochs=1, folds=2), tiny_data, run, fold=0, progress=False)
+    assert len(pd.read_csv(run / "val_probs.csv")) == 24
+
+
+def test_stage_loss_shapes():
+    logits = torch.zeros(2, 4)
+    assert stage_loss("classifier", logits, torch.ones(2, 4)).item() == pytest.approx(np.log(2))
+    seg = stage_loss("segmentation", torch.zeros(2, 4, 8, 8), torch.zeros(2, 4, 8, 8, dtype=torch.uint8))
+    assert seg.item() > np.log(2)  # BCE + Dice
+
+
+def run_cli(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_cli_trains_and_refuses_to_mix_runs(tiny_data, tmp_path):
+    args = ["train-classifier", "--data", tiny_data, "--out", tmp_path / "run", "--weights", "none", "--epochs", "1",
+            "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet"]
+    first = run_cli(*args)
+    assert first.exit_code == 0, first.output
+    assert "best epoch 1/1" in first.output
+    again = run_cli(*args)
+    assert again.exit_code == 2 and "holds another run" in again.stderr
+    more = run_cli(*args[:-1], "--resume", "--epochs", 2, "--quiet")  # later --epochs wins
+    assert more.exit_code == 0, more.output
+    assert load_checkpoint(tmp_path / "run" / "last.pt")["epoch"] == 2
+    changed = run_cli(*args, "--resume", "--lr", "0.1")
+    assert changed.exit_code == 2 and "lr" in changed.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--resume"], "nothing to resume"),
+        (["--image-size", "65", "96"], "multiples of 32"),
+        (["--fold", "1"], "--fold needs --folds"),
+        (["--folds", "1"], "folds"),
+        (["--weights", "/nonexistent.pth"], "not found"),
+    ],
+)
+def test_cli_bad_options(tiny_data, tmp_path, extra, message):
+    result = run_cli("train-classifier", "--data", tiny_data, "--out", tmp_path / "run", "--weights", "none",
+                     "--epochs", 1, "--image-size", 64, 96, "--workers", 0, "--quiet", *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "last.pt").exists()
+
+
+def test_bad_config_file(tiny_data, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("epochz: 3\n")
+    result = run_cli("train-classifier", "--data", tiny_data, "--out", tmp_path / "run", "--config", bad)
+    assert result.exit_code == 2 and "unknown key(s) epochz" in result.stderr
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated", "resized", "no_csv"])
+def test_bad_data(tiny_data, tmp_path, damage):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    victim = sorted((data / "train_images").iterdir())[3]
+    if damage == "missing":
+        victim.unlink()
+    elif damage == "truncated":
+        victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    elif damage == "resized":
+        import cv2
+
+        cv2.imwrite(str(victim), np.zeros((32, 48, 3), np.uint8))
+    else:
+        (data / "train.csv").unlink()
+    result = run_cli("train-classifier", "--data", data, "--out", tmp_path / "run", "--weights", "none",
+                     "--image-size", 64, 96, "--quiet")
+    assert result.exit_code == 2, result.output
+    assert (victim.name if damage != "no_csv" else "train.csv") in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_ddp_two_processes_gloo(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+           "-m", "cloudpipe", "train-classifier", "--data", str(tiny_data), "--out", str(run), "--weights", "none",
+           "--epochs", "2", "--image-size", "64", "96", "--workers", "0", "--device", "cpu", "--quiet"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics["epoch"]) == [1, 2]  # written once per epoch, by rank 0 only
+    assert proc.stdout.count("best epoch") == 1
+    assert len(pd.read_csv(run / "val_probs.csv")) == len(make_splits(classifier_config(), presence(read_train(tiny_data)))[0][1])
