@@ -20,7 +20,27 @@ NEW_PATH = click.Path(path_type=Path)
 
 
 class _Group(click.Group):
-    """Turns a CloudpipeError raised by any command into one line on stderr and exit 2."""
+    """Every bad input, whether click finds it (usage) or the library does, ends as one
+    ``error:`` line on stderr and exit status 2."""
+
+    def main(self, *args, **kwargs):
+        kwargs["standalone_mode"] = False
+        try:
+            code = super().main(*args, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as err:
+            click.echo(err.ctx.get_help())
+            sys.exit(2)
+        except click.UsageError as err:
+            hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
+            click.echo(f"error: {err.format_message()}{hint}", err=True)
+            sys.exit(2)
+        except click.ClickException as err:
+            click.echo(f"error: {err.format_message()}", err=True)
+            sys.exit(err.exit_code)
+        except click.Abort:
+            click.echo("aborted", err=True)
+            sys.exit(130)
+        sys.exit(code if isinstance(code, int) else 0)
 
     def invoke(self, ctx: click.Context):
         try:

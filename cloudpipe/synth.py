@@ -125,7 +125,8 @@ def make_dataset(
     submission size, for ``cloudpipe evaluate``).
 
     Raises:
-        CloudpipeError: ``out_dir`` is not empty (without ``overwrite``) or sizes are invalid.
+        CloudpipeError: ``out_dir`` is not empty (without ``overwrite``, or with it when the folder
+            is not a synthetic dataset) or sizes are invalid.
     """
     out_dir = Path(out_dir)
     if train < 2 or test < 1:
@@ -139,6 +140,8 @@ def make_dataset(
     if out_dir.exists() and any(out_dir.iterdir()):
         if not overwrite:
             raise CloudpipeError("folder is not empty; pass --overwrite to replace it", path=out_dir)
+        if not (out_dir / TEST_TRUTH_CSV).is_file():  # --overwrite replaces datasets, nothing else
+            raise CloudpipeError(f"folder is not empty and holds no {TEST_TRUTH_CSV}; refusing to delete it", path=out_dir)
         shutil.rmtree(out_dir)
     rng = np.random.default_rng(seed)
     names = _names(rng, train + test)

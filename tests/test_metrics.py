@@ -125,3 +125,13 @@ def test_require_same_images():
         require_same_images(["a", "b", "c"], ["a"], "preds")
     with pytest.raises(CloudpipeError, match=r"^preds has 4 extra image\(s\) \(e\.g\. b, c, d\)$"):
         require_same_images(["a"], ["a", "b", "c", "d", "e"], "preds")
+
+
+def test_truth_at_prediction_size_read_as_full_size_is_an_error(tmp_path):
+    from cloudpipe.synth import make_dataset
+
+    data = make_dataset(tmp_path / "d", train=2, test=12, shape=(64, 96), seed=1, progress=False).out_dir
+    truth = data / "test_truth.csv"  # masks at 350 x 525
+    with pytest.raises(CloudpipeError, match="pass --truth-shape 350 525"):
+        evaluate_files(truth, truth, (1400, 2100), (350, 525))
+    assert evaluate_files(truth, truth, (350, 525), (350, 525))["mean"] == 1.0

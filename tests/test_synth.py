@@ -148,9 +148,11 @@ def test_refuses_non_empty_folder(tmp_path):
     assert (out / "keep.txt").read_text() == "precious"
     assert sorted(p.name for p in out.iterdir()) == ["keep.txt"]
 
-    make_dataset(out, train=2, test=1, shape=(16, 16), overwrite=True, progress=False)
-    assert not (out / "keep.txt").exists()
-    assert (out / "train.csv").is_file()
+    make_dataset(out / "data", train=2, test=1, shape=(16, 16), progress=False)
+    (out / "data" / "stale.txt").write_text("from an earlier dataset")
+    make_dataset(out / "data", train=3, test=1, shape=(16, 16), overwrite=True, progress=False)
+    assert not (out / "data" / "stale.txt").exists()
+    assert len(list((out / "data" / "train_images").iterdir())) == 3
 
 
 def test_empty_existing_folder_is_fine(tmp_path):
@@ -177,3 +179,12 @@ def test_invalid_arguments(tmp_path, kwargs):
     with pytest.raises(CloudpipeError):
         make_dataset(tmp_path / "out", **args)
     assert not (tmp_path / "out").exists()
+
+
+def test_overwrite_never_deletes_a_folder_that_is_not_a_dataset(tmp_path):
+    precious = tmp_path / "home"
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    with pytest.raises(CloudpipeError, match="refusing to delete"):
+        make_dataset(precious, train=2, test=1, shape=(32, 48), overwrite=True, progress=False)
+    assert (precious / "thesis.tex").read_text() == "years of work"
