@@ -25,3 +25,16 @@ def tiny_data(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("tiny") / "data"
     make_dataset(out, train=24, test=6, shape=TINY_SHAPE, seed=3, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_run(tiny_data, tmp_path_factory) -> Path:
+    """A classifier trained for one epoch on ``tiny_data`` (random init, CPU)."""
+    from cloudpipe.config import load_config
+    from cloudpipe.train import train_run
+
+    run = tmp_path_factory.mktemp("classifier") / "run"
+    config = load_config("classifier", overrides=dict(weights="none", epochs=1, image_size=TINY_SHAPE, workers=0,
+                                                      batch_size=8, accumulate=1, lr=1e-3, device="cpu"))
+    train_run(config, tiny_data, run, progress=False)
+    return run

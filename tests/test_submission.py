@@ -1,0 +1,238 @@
+"""predict: gate a segmentation submission with the classifier."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cloudpipe.cli import main
+from cloudpipe.competition import CLASSES
+from cloudpipe.data import read_mask_csv
+from cloudpipe.errors import CloudpipeError
+from cloudpipe.rle import mask2rle
+from cloudpipe.submission import gate, predict_submission, resolve_thresholds
+
+
+def seg_predictions(data, seed=0, shuffle=True) -> pd.DataFrame:
+    """A segmentation submission for the test images: random blocky masks, some empty, some
+    with valid but unusual spacing (which must be copied through byte for byte)."""
+    rng = np.random.default_rng(seed)
+    sample = pd.read_csv(data / "sample_submission.csv")
+    rles = []
+    for i in range(len(sample)):
+        mask = np.zeros((350, 525), np.uint8)
+        if rng.random() < 0.8:
+            r, c = rng.integers(0, 300), rng.integers(0, 450)
+            mask[r : r + rng.integers(5, 50), c : c + rng.integers(5, 70)] = 1
+        rle = mask2rle(mask)
+        rles.append(rle.replace(" ", "  ", 1) if i % 7 == 3 and rle else rle)
+    frame = pd.DataFrame({"Image_Label": sample["Image_Label"], "EncodedPixels": rles})
+    return frame.sample(frac=1, random_state=seed) if shuffle else frame
+
+
+@pytest.fixture()
+def seg_csv(tiny_data, tmp_path):
+    path = tmp_path / "seg.csv"
+    seg_predictions(tiny_data).to_csv(path, index=False)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["predict", *map(str, args), "--workers", "0", "--quiet", "--device", "cpu"])
+
+
+def test_predict_gates_and_keeps_order(tiny_data, tiny_classifier_run, seg_csv, tmp_path):
+    out = tmp_path / "sub" / "submission.csv"
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--threshold", 0.5)
+    assert result.exit_code == 0, result.output
+    assert "img/s" in result.output and "kept/blanked" in result.output
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    sample = pd.read_csv(tiny_data / "sample_submission.csv")
+    assert list(sub.columns) == ["Image_Label", "EncodedPixels"]
+    assert list(sub["Image_Label"]) == list(sample["Image_Label"])
+    probs = pd.read_csv(tmp_path / "sub" / "submission_probs.csv").set_index("image")
+    assert list(probs.columns) == list(CLASSES)
+    seg = pd.read_csv(seg_csv, dtype=str, keep_default_na=False).set_index("Image_Label")["EncodedPixels"]
+    for label, rle in zip(sub["Image_Label"], sub["EncodedPixels"]):
+        image, cls = label.rsplit("_", 1)
+        if probs.loc[image, cls] < 0.5:
+            assert rle == ""
+        else:
+            assert rle == seg[label]  # byte-identical, odd spacing included
+    assert read_mask_csv(out, shape=(350, 525)) is not None  # a valid submission
+
+
+def test_thresholds_precedence(tiny_classifier_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_classifier_run, run)
+    assert resolve_thresholds(run, None, None) == ({c: 0.5 for c in CLASSES}, "default 0.5")
+    tuned = {"Fish": 0.1, "Flower": 0.2, "Gravel": 0.3, "Sugar": 0.4}
+    (run / "thresholds.json").write_text(json.dumps({**tuned, "objective": "dice"}))
+    assert resolve_thresholds(run, None, None)[0] == tuned
+    assert resolve_thresholds(run, None, 0.7)[0] == {c: 0.7 for c in CLASSES}  # explicit beats the run's file
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({c: 0.9 for c in CLASSES}))
+    assert resolve_thresholds(run, other, None)[0] == {c: 0.9 for c in CLASSES}
+    with pytest.raises(CloudpipeError, match="not both"):
+        resolve_thresholds(run, other, 0.5)
+
+
+def test_gate_blanks_exactly_below_threshold():
+    seg = pd.DataFrame({"Image_Label": [f"a.jpg_{c}" for c in CLASSES], "EncodedPixels": ["1 2", "3 4", "", "9 1"],
+                        "image": "a.jpg", "class_name": list(CLASSES)})
+    probs = pd.DataFrame([[0.2, 0.5, 0.9, 0.49]], index=["a.jpg"], columns=list(CLASSES))
+    out = gate(seg, probs, {c: 0.5 for c in CLASSES})
+    assert list(out["EncodedPixels"]) == ["", "3 4", "", ""]
+    assert list(out["blanked"]) == [True, False, False, True]
+
+
+def test_python_api_takes_and_returns_dataframes(tiny_data, tiny_classifier_run):
+    seg = seg_predictions(tiny_data)
+    summary = predict_submission(seg, tiny_classifier_run, tiny_data, None, threshold=0.0, device="cpu", workers=0,
+                                 progress=False)
+    # Threshold 0 keeps every mask: the submission is the input, in sample order.
+    expected = seg_predictions(tiny_data, shuffle=False)
+    assert summary.submission["EncodedPixels"].tolist() == expected["EncodedPixels"].tolist()
+    assert sum(summary.blanked.values()) == 0
+
+
+def test_fold_models_are_averaged(tiny_data, tmp_path):
+    from cloudpipe.config import load_config
+    from cloudpipe.infer import predict_presence
+    from cloudpipe.train import train_run
+
+    run = tmp_path / "run"
+    config = load_config("classifier", overrides=dict(weights="none", epochs=1, image_size=(64, 96), workers=0,
+                                                      batch_size=8, accumulate=1, folds=2, device="cpu"))
+    train_run(config, tiny_data, run, progress=False)
+    paths = sorted((tiny_data / "test_images").iterdir())
+    both = predict_presence(run, paths, device="cpu", workers=0, progress=False)
+    each = [predict_presence(run / f"fold{i}", paths, device="cpu", workers=0, progress=False) for i in range(2)]
+    np.testing.assert_allclose(both, (each[0] + each[1]) / 2, atol=1e-6)
+
+
+def test_tta_is_the_mean_over_flips(tiny_data, tiny_classifier_run):
+    import torch
+
+    from cloudpipe.images import read_image
+    from cloudpipe.infer import load_run, stream_probs
+
+    paths = sorted((tiny_data / "test_images").iterdir())
+    run = load_run(tiny_classifier_run, "classifier", torch.device("cpu"))
+    [(indices, tta)] = list(stream_probs(run, paths, device=torch.device("cpu"), batch_size=16, workers=0, tta=True,
+                                         amp=False, progress=False))
+    images = torch.stack([torch.from_numpy(read_image(p, (64, 96), 1)) for p in paths]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        manual = sum(torch.sigmoid(run.models[0](images.flip(d) if d else images)) for d in (None, (3,), (2,))) / 3
+    assert list(indices) == list(range(len(paths)))
+    torch.testing.assert_close(tta, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_tta_changes_nothing_for_a_flip_invariant_model(tiny_data):
+    import torch
+
+    from cloudpipe.config import load_config
+    from cloudpipe.infer import RunModels, stream_probs
+
+    class MeanColour(torch.nn.Module):  # depends only on each channel's mean: flip-invariant
+        def forward(self, x):
+            return x.float().mean((2, 3)) @ torch.ones(3, 4) / 300 - 0.5
+
+    run = RunModels([MeanColour()], load_config("classifier", overrides=dict(image_size=(64, 96))), [])
+    paths = sorted((tiny_data / "test_images").iterdir())
+    kwargs = dict(device=torch.device("cpu"), workers=0, amp=False, progress=False)
+    plain = torch.cat([p for _, p in stream_probs(run, paths, **kwargs)])
+    flipped = torch.cat([p for _, p in stream_probs(run, paths, tta=True, **kwargs)])
+    torch.testing.assert_close(plain, flipped)
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing_image", "image not found"),
+        ("truncated_image", "truncated JPEG"),
+        ("extra_image_in_seg", "extra image"),
+        ("missing_image_in_seg", "lacks 1 image"),
+        ("bad_rle", "line"),
+        ("threshold_file_out_of_range", "not a number in [0, 1]"),
+        ("threshold_file_missing_class", "no threshold for Sugar"),
+        ("segmentation_run", "needs a classifier"),
+        ("corrupt_checkpoint", "cannot read checkpoint"),
+        ("out_is_input", "also an input"),
+    ],
+)
+def test_bad_inputs_exit_2_and_write_nothing(tiny_data, tiny_classifier_run, seg_csv, tmp_path, damage, message):
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny_data, data)
+    shutil.copytree(tiny_classifier_run, run)
+    out = tmp_path / "sub" / "submission.csv"
+    extra: list = []
+    victim = sorted((data / "test_images").iterdir())[2]
+    seg = pd.read_csv(seg_csv, dtype=str, keep_default_na=False)
+    if damage == "missing_image":
+        victim.unlink()
+    elif damage == "truncated_image":
+        victim.write_bytes(victim.read_bytes()[:-300])
+    elif damage == "extra_image_in_seg":
+        seg = pd.concat([seg, pd.DataFrame({"Image_Label": [f"zzz.jpg_{c}" for c in CLASSES], "EncodedPixels": ""})])
+    elif damage == "missing_image_in_seg":
+        seg = seg[~seg["Image_Label"].str.startswith(victim.name)]
+    elif damage == "bad_rle":
+        seg.iloc[5, 1] = "5 3 4 1"
+    elif damage.startswith("threshold_file"):
+        values = {c: 0.5 for c in CLASSES}
+        if damage.endswith("range"):
+            values["Gravel"] = 1.5
+        else:
+            del values["Sugar"]
+        (tmp_path / "t.json").write_text(json.dumps(values))
+        extra = ["--thresholds", tmp_path / "t.json"]
+    elif damage == "segmentation_run":
+        import torch
+
+        state = torch.load(run / "best.pt", weights_only=True)
+        state["config"]["task"] = "segmentation"
+        torch.save(state, run / "best.pt")
+    elif damage == "corrupt_checkpoint":
+        (run / "best.pt").write_bytes(b"not a checkpoint")
+    elif damage == "out_is_input":
+        out = seg_csv
+    seg.to_csv(seg_csv, index=False)
+    before = seg_csv.read_bytes()
+    result = invoke("--seg", seg_csv, "--run", run, "--data", data, "--out", out, *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    if out != seg_csv:
+        assert not out.exists() and not (out.parent / "submission_probs.csv").exists()
+    assert seg_csv.read_bytes() == before
+
+
+def test_refuses_to_overwrite_without_flag(tiny_data, tiny_classifier_run, seg_csv, tmp_path):
+    out = tmp_path / "submission.csv"
+    out.write_text("earlier work")
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert out.read_text() == "earlier work"
+    again = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert out.read_text().startswith("Image_Label,EncodedPixels")
+
+
+def test_interrupted_write_leaves_no_file(tiny_data, tiny_classifier_run, seg_csv, tmp_path, monkeypatch):
+    out = tmp_path / "submission.csv"
+    real = pd.DataFrame.to_csv
+
+    def crash_midway(self, path, *args, **kwargs):
+        real(self.head(3), path, *args, **kwargs)  # part of the file is on disk...
+        raise KeyboardInterrupt  # ...when the run is interrupted
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        predict_submission(seg_csv, tiny_classifier_run, tiny_data, out, device="cpu", workers=0, progress=False)
+    assert list(tmp_path.glob("submission*")) == [] and list(tmp_path.glob(".submission*")) == []
