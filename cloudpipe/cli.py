@@ -206,3 +206,28 @@ def tune_threshold(run_dir: Path, data_dir: Path, seg_csv: Path | None, objectiv
                              progress=not quiet)
     click.echo(format_table(result.rows))
     click.echo(result.summary())
+
+
+@main.command("predict-seg")
+@click.option("--run", "run_dir", type=EXISTING_DIR, required=True, help="Segmentation run folder.")
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
+@click.option("--split", type=click.Choice(["val", "test"]), required=True,
+              help="val: the run's validation images (and tune post-processing); test: the test images.")
+@click.option("--out", type=NEW_PATH, required=True, help="Kaggle-format CSV to write.")
+@click.option("--tta", is_flag=True, help="Average identity, horizontal and vertical flips.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=8)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
+@click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path, tta: bool, batch_size: int, device: str,
+                workers: int, overwrite: bool, quiet: bool) -> None:
+    """Masks of the segmentation model, post-processed, as a Kaggle-format CSV."""
+    from cloudpipe.competition import CLASSES
+    from cloudpipe.segment import predict_segmentation
+
+    result = predict_segmentation(run_dir, data_dir, split, out, tta=tta, batch_size=batch_size, device=device,
+                                  workers=workers, overwrite=overwrite, progress=not quiet)
+    post = result.postprocess
+    click.echo("post-processing: " + ", ".join(f"{c} p>={post.threshold[c]:g} min {post.min_size[c]}px" for c in CLASSES))
+    click.echo(result.line())

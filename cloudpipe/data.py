@@ -8,6 +8,7 @@ column per class. Error messages name the file and its line (the header is line 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pandas as pd
 
 from cloudpipe.competition import CLASSES, CSV_COLUMNS, split_label
 from cloudpipe.errors import CloudpipeError, RLEError
+from cloudpipe.images import check_images
 from cloudpipe.rle import parse_rle
 
 TRAIN_CSV = "train.csv"
@@ -77,20 +79,19 @@ def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int,
         raise CloudpipeError("has no rows", path=path)
     frame = frame.reset_index(drop=True)
     labels = frame["Image_Label"].tolist()
-    parts = [label.rpartition("_") for label in labels]
-    for i, (image, sep, cls) in enumerate(parts):
-        if not sep or not image:
-            raise CloudpipeError(
-                f"Image_Label {labels[i]!r} is not '<image>_<class>'", path=path, line=i + 2
-            )
+    parts = []
+    for i, label in enumerate(labels):
+        try:
+            image, cls = split_label(label)
+        except ValueError as err:
+            raise CloudpipeError(str(err), path=path, line=i + 2) from None
         if cls not in CLASSES:
             raise CloudpipeError(
-                f"unknown class {cls!r} in {labels[i]!r} (classes: {', '.join(CLASSES)})",
-                path=path,
-                line=i + 2,
+                f"unknown class {cls!r} in {label!r} (classes: {', '.join(CLASSES)})", path=path, line=i + 2
             )
+        parts.append((image, cls))
     frame["image"] = [p[0] for p in parts]
-    frame["class_name"] = [p[2] for p in parts]
+    frame["class_name"] = [p[1] for p in parts]
     duplicated = frame["Image_Label"].duplicated()
     if duplicated.any():
         i = int(np.flatnonzero(duplicated.to_numpy())[0])
@@ -227,3 +228,33 @@ def kfold_splits(labels: pd.DataFrame, folds: int, seed: int = 69) -> list[tuple
     strata = _strata(labels, folds, len(images))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
     return [(list(images[tr]), list(images[va])) for tr, va in splitter.split(images, strata)]
+
+
+@dataclass
+class TrainData:
+    """The training folder, read and checked once: labels, masks, image paths and size."""
+
+    data_dir: Path
+    labels: pd.DataFrame  # presence, indexed by image
+    rles: pd.DataFrame  # RLE text, indexed by image, class columns
+    image_shape: tuple[int, int]
+
+    def paths(self, images: list[str]) -> list[Path]:
+        return [self.data_dir / TRAIN_IMAGES / name for name in images]
+
+
+def load_train_data(data_dir: Path, *, check_masks: bool) -> TrainData:
+    """Read ``train.csv`` and check every training image's header (exists, JPEG, complete,
+    one common size) before any training starts.
+
+    Args:
+        check_masks: also validate every RLE against the image size (segmentation needs the
+            masks; the classifier only needs the labels, read from the CSV text).
+    """
+    data_dir = require_dir(data_dir)
+    frame = read_train(data_dir)
+    wide = to_wide(frame)
+    shape = check_images(data_dir / TRAIN_IMAGES / name for name in wide.index)
+    if check_masks:
+        validate_rle_column(frame, shape, data_dir / TRAIN_CSV)
+    return TrainData(data_dir, presence(frame), wide, shape)

@@ -21,7 +21,22 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.data import (
+    TRAIN_CSV,
+    TRAIN_IMAGES,
+    presence,
+    read_csv_text,
+    read_mask_csv,
+    read_train,
+    require_dir,
+    to_wide,
+    validate_rle_column,
+)
 from cloudpipe.errors import CloudpipeError
+from cloudpipe.images import check_images
+from cloudpipe.metrics import pair_stats
+from cloudpipe.outputs import check_output, write_text
+from cloudpipe.runs import VAL_PROBS_CSV, validation_parts
 
 THRESHOLDS_JSON = "thresholds.json"
 PROBS_COLUMNS: tuple[str, ...] = ("image", *CLASSES)
@@ -152,8 +167,6 @@ class PairScores:
              pred_shape: tuple[int, int]) -> PairScores:
         """Kaggle Dice of segmentation predictions kept or blanked (wide RLE frames; the
         images of ``pred``)."""
-        from cloudpipe.metrics import pair_stats
-
         stats = pair_stats(truth, pred, truth_shape, pred_shape)
         return cls(stats.images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0)
 
@@ -206,8 +219,6 @@ def read_probs_csv(path: Path) -> pd.DataFrame:
         CloudpipeError: missing file, wrong columns, no rows, a duplicate image, or a value
             that is not a number in [0, 1] (naming its line).
     """
-    from cloudpipe.data import read_csv_text
-
     text = read_csv_text(path, PROBS_COLUMNS)
     values = text[list(CLASSES)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = ~((values >= 0) & (values <= 1))  # also NaN: empty or not a number
@@ -222,31 +233,6 @@ def read_probs_csv(path: Path) -> pd.DataFrame:
     return pd.DataFrame(values, index=pd.Index(text["image"], name="image"), columns=list(CLASSES))
 
 
-def _run_config(run_dir: Path):
-    """The classifier config saved in ``RUN_DIR/config.yaml``."""
-    import yaml
-
-    from cloudpipe.config import config_from_dict
-    from cloudpipe.train import CONFIG_YAML, VAL_PROBS_CSV
-
-    path = run_dir / CONFIG_YAML
-    if not path.is_file():
-        raise CloudpipeError(f"no {VAL_PROBS_CSV} and no {CONFIG_YAML}: not a classifier run folder", path=run_dir)
-    try:
-        values = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise CloudpipeError(f"cannot read the run's config ({str(err).splitlines()[0]})", path=path) from None
-    if not isinstance(values, dict):
-        raise CloudpipeError("the run's config is not a YAML mapping", path=path)
-    try:
-        config = config_from_dict(values)
-    except CloudpipeError as err:
-        raise CloudpipeError(str(err), path=path) from None
-    if config.task != "classifier":
-        raise CloudpipeError(f"a {config.task} run; tune-threshold needs a classifier run", path=path)
-    return config
-
-
 def compute_val_probs(run_dir: Path, data_dir: Path, *, device: str = "auto", batch_size: int = 16,
                       workers: int = 2, progress: bool = True) -> pd.DataFrame:
     """Classifier probabilities of a run's validation images, when its ``val_probs.csv`` is lost.
@@ -258,15 +244,11 @@ def compute_val_probs(run_dir: Path, data_dir: Path, *, device: str = "auto", ba
         float DataFrame indexed by image, columns in class order.
     """
     from cloudpipe.infer import predict_presence
-    from cloudpipe.train import load_train_data, make_splits
 
-    config = _run_config(Path(run_dir))
-    data = load_train_data(data_dir, check_masks=False)
-    splits = make_splits(config, data.labels)
+    data, folders = validation_parts(run_dir, data_dir, "classifier")
     parts = []
-    for i, (_, val_images) in enumerate(splits):
-        model_dir = Path(run_dir) / f"fold{i}" if config.folds >= 2 else Path(run_dir)
-        probs = predict_presence(model_dir, data.paths(val_images), device=device, batch_size=batch_size,
+    for folder, val_images in folders:
+        probs = predict_presence(folder, data.paths(val_images), device=device, batch_size=batch_size,
                                  workers=workers, progress=progress)
         parts.append(pd.DataFrame(probs, index=pd.Index(val_images, name="image"), columns=list(CLASSES)))
     return pd.concat(parts).astype(np.float64)
@@ -361,9 +343,6 @@ def tune_thresholds(
         CloudpipeError: missing run files, malformed CSVs, predictions sharing no image with the
             validation probabilities, images without truth, or outputs that may not be written.
     """
-    from cloudpipe.data import TRAIN_CSV, presence, read_mask_csv, read_train, require_dir, to_wide
-    from cloudpipe.outputs import check_output, write_text
-    from cloudpipe.train import VAL_PROBS_CSV
 
     run_dir, data_dir = require_dir(run_dir), require_dir(data_dir)
     objective = objective or ("dice" if seg is not None else "accuracy")
@@ -388,15 +367,12 @@ def tune_thresholds(
     else:
         probs = compute_val_probs(run_dir, data_dir, device=device, batch_size=batch_size, workers=workers,
                                   progress=progress)
-        source = f"computed, no {VAL_PROBS_CSV}"
-    _require_truth(list(probs.index), labels.index, str(probs_csv) if probs_csv.exists() else "validation images")
+        source = f"computed by the run's model(s), no {VAL_PROBS_CSV}"
+    _require_truth(list(probs.index), labels.index, source)
 
     if seg is None:
         scores = PairScores.accuracy(labels.loc[probs.index])
     else:
-        from cloudpipe.data import TRAIN_IMAGES, validate_rle_column
-        from cloudpipe.images import check_images
-
         pred = to_wide(read_mask_csv(seg, shape=mask_shape))
         _require_truth(list(pred.index), labels.index, str(seg))
         pred = pred.loc[pred.index.isin(probs.index)]

@@ -24,56 +24,17 @@ from cloudpipe import __version__
 from cloudpipe.checkpoint import BEST_PT, LAST_PT, load_checkpoint, save_checkpoint
 from cloudpipe.competition import CLASSES
 from cloudpipe.config import TrainConfig, config_from_dict, save_config
-from cloudpipe.data import TRAIN_IMAGES, kfold_splits, presence, read_train, require_dir, split_train_val, to_wide, validate_rle_column
+from cloudpipe.data import TrainData, load_train_data
 from cloudpipe.datasets import CloudDataset, worker_init
 from cloudpipe.devices import Dist, autocast, resolve_device
 from cloudpipe.errors import CloudpipeError
-from cloudpipe.images import check_images, reduction_for
+from cloudpipe.images import reduction_for
 from cloudpipe.models import build_model
 from cloudpipe.outputs import write_csv
+from cloudpipe.runs import CONFIG_YAML, METRICS_CSV, VAL_PROBS_CSV, make_splits
 from cloudpipe.transforms import train_transform
 
-CONFIG_YAML = "config.yaml"
-METRICS_CSV = "metrics.csv"
-VAL_PROBS_CSV = "val_probs.csv"
 RESUMABLE_KEYS = ("epochs", "workers", "device")  # may change between a run and its resume
-
-
-@dataclass
-class TrainData:
-    """The training folder, read and checked once: labels, masks, image paths and size."""
-
-    data_dir: Path
-    labels: pd.DataFrame  # presence, indexed by image
-    rles: pd.DataFrame  # RLE text, indexed by image, class columns
-    image_shape: tuple[int, int]
-
-    def paths(self, images: list[str]) -> list[Path]:
-        return [self.data_dir / TRAIN_IMAGES / name for name in images]
-
-
-def load_train_data(data_dir: Path, *, check_masks: bool) -> TrainData:
-    """Read ``train.csv`` and check every training image's header (exists, JPEG, complete,
-    one common size) before any training starts.
-
-    Args:
-        check_masks: also validate every RLE against the image size (segmentation needs the
-            masks; the classifier only needs the labels, read from the CSV text).
-    """
-    data_dir = require_dir(data_dir)
-    frame = read_train(data_dir)
-    wide = to_wide(frame)
-    shape = check_images(data_dir / TRAIN_IMAGES / name for name in wide.index)
-    if check_masks:
-        validate_rle_column(frame, shape, data_dir / "train.csv")
-    return TrainData(data_dir, presence(frame), wide, shape)
-
-
-def make_splits(config: TrainConfig, labels: pd.DataFrame) -> list[tuple[list[str], list[str]]]:
-    """The run's (train, val) image lists: one hold-out split, or ``config.folds`` folds."""
-    if config.folds >= 2:
-        return kfold_splits(labels, config.folds, config.split_seed)
-    return [split_train_val(labels, config.val_fraction, config.split_seed)]
 
 
 # ----------------------------------------------------------------------------- stage specifics
