@@ -115,3 +115,24 @@ def test_touching_runs_are_valid():
 def test_mask_must_be_2d():
     with pytest.raises(ValueError, match="2-D"):
         mask2rle(np.zeros((2, 2, 2)))
+
+
+def test_numbers_past_int64_are_out_of_bounds_not_a_crash():
+    with pytest.raises(RLEError, match="ends past pixel 12"):
+        rle2mask("9223372036854775800 100", (3, 4))
+    with pytest.raises(RLEError, match="ends past pixel 12"):
+        rle2mask("99999999999999999999999 1", (3, 4))
+
+
+def test_lone_sign_is_not_a_number():
+    with pytest.raises(RLEError, match="token '-' is not a positive integer"):
+        rle2mask("1 - 3 1", (3, 4))
+
+
+def test_fortran_ordered_masks_encode_the_same():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        mask = (rng.random((7, 9)) < 0.4).astype(np.uint8)
+        assert mask2rle(np.asfortranarray(mask)) == mask2rle(mask) == reference_encode(mask)
+        decoded = rle2mask(mask2rle(mask), mask.shape)  # Fortran-ordered view
+        assert mask2rle(decoded) == mask2rle(mask)
