@@ -103,8 +103,12 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def training_options(fn):
+def training_options(*weights_names: str):
     """Options shared by train-classifier and train-seg; None means "from the config"."""
+    return lambda fn: _add_training_options(fn, weights_names)
+
+
+def _add_training_options(fn, weights_names: tuple[str, ...]):
     options = [
         click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder."),
         click.option("--out", "out_dir", type=NEW_PATH, required=True, help="Run folder to write."),
@@ -114,7 +118,7 @@ def training_options(fn):
         click.option("--batch-size", type=click.IntRange(min=1), default=None),
         click.option("--accumulate", type=click.IntRange(min=1), default=None, help="Gradient accumulation steps."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None),
-        click.option("--weights", default=None, help="imagenet | none | PATH to a local state dict."),
+        click.option(*weights_names, "weights", default=None, help="imagenet | none | PATH to a local state dict."),
         click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None),
         click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers."),
         click.option("--folds", type=click.IntRange(min=0), default=None, help="K >= 2 trains K fold models."),
@@ -140,14 +144,14 @@ def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, f
 
 
 @main.command("train-classifier")
-@training_options
+@training_options("--weights")
 def train_classifier(**options) -> None:
     """Train the ResNet presence classifier (defaults: configs/classifier.yaml, the seed recipe)."""
     _train("classifier", **options)
 
 
 @main.command("train-seg")
-@training_options
+@training_options("--encoder-weights", "--weights")
 @click.option("--arch", default=None, help="smp architecture: Unet, FPN, ...")
 @click.option("--encoder", default=None, help="smp encoder: resnet34, ...")
 def train_seg(**options) -> None:
@@ -231,3 +235,38 @@ def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path, tta: bool,
     post = result.postprocess
     click.echo("post-processing: " + ", ".join(f"{c} p>={post.threshold[c]:g} min {post.min_size[c]}px" for c in CLASSES))
     click.echo(result.line())
+
+
+@main.command()
+@click.option("--out", "out_dir", type=NEW_PATH, default=Path("demo"), help="Folder for data, runs and submissions.")
+@click.option("--size", type=click.Choice(["tiny", "small", "medium"]), default="small",
+              help="tiny: seconds (tests); small: a few CPU minutes; medium: tens of minutes.")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier demo in --out.")
+@click.option("--quiet", is_flag=True, help="No progress bars.")
+def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
+    """Run the whole two-stage pipeline on synthetic data and print the test Dice."""
+    from cloudpipe.competition import CLASSES
+    from cloudpipe.demo import run_demo
+
+    result = run_demo(out_dir, size, overwrite=overwrite, progress=not quiet, echo=click.echo)
+    click.echo("\nTest Dice (synthetic test set, Kaggle metric):")
+    click.echo(format_table([{"submission": name, **{c: d[c] for c in CLASSES}, "mean": d["mean"]}
+                             for name, d in result.dice.items()]))
+    click.echo("\nSeconds per step: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items())
+               + f" (total {sum(result.seconds.values()):.0f})")
+    for what, path in result.files.items():
+        click.echo(f"{what}: {path}")
+
+
+@main.command()
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
+@click.option("--image", required=True, help="Image file name, e.g. 0011165.jpg.")
+@click.option("--pred", type=EXISTING_FILE, default=None, help="Submission CSV whose masks to draw.")
+@shape_option("--mask-shape", (350, 525), "Mask size of --pred.")
+@click.option("--out", type=NEW_PATH, required=True, help="PNG file to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing PNG.")
+def show(data_dir: Path, image: str, pred: Path | None, mask_shape: tuple[int, int], out: Path, overwrite: bool) -> None:
+    """Draw an image with its truth (train images) and/or predicted masks, one panel per class."""
+    from cloudpipe.show import show_image
+
+    click.echo(f"wrote {show_image(data_dir, image, out, pred=pred, mask_shape=mask_shape, overwrite=overwrite)}")

@@ -61,3 +61,42 @@ def plot_threshold_curves(sweeps: Mapping[str, Sweep], path: Path, *, metric: st
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     return Path(path)
+
+
+def plot_overlay(image: np.ndarray, path: Path, *, truth: np.ndarray | None = None, pred: np.ndarray | None = None,
+                 title: str = "") -> Path:
+    """One panel per class: the image, truth masks in green and predicted masks in red
+    (overlap yellow), each mask's area in the panel title.
+
+    Args:
+        image: RGB uint8 (H, W, 3).
+        path: PNG file to write (atomically).
+        truth, pred: 0/1 masks (4, H, W) at the image's size, or None.
+        title: figure title.
+
+    Returns:
+        ``path``.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from cloudpipe.competition import CLASSES
+
+    height, width = image.shape[:2]
+    fig = Figure(figsize=(12, 12 * height / width + 0.6), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    for k, (ax, cls) in enumerate(zip(fig.subplots(2, 2).ravel(), CLASSES)):
+        t = truth[k].astype(bool) if truth is not None else np.zeros((height, width), bool)
+        p = pred[k].astype(bool) if pred is not None else np.zeros((height, width), bool)
+        tint = np.zeros((height, width, 3), np.float32)
+        tint[t & ~p], tint[p & ~t], tint[t & p] = (0, 255, 0), (255, 0, 0), (255, 255, 0)
+        on = (t | p)[..., None]
+        shown = np.where(on, 0.55 * image + 0.45 * tint, image)
+        parts = [f"{name} {m.mean():.0%}" for name, m, given in (("truth", t, truth), ("pred", p, pred)) if given is not None]
+        ax.imshow(shown.clip(0, 255).astype(np.uint8))
+        ax.set_title(f"{cls}" + (f" ({', '.join(parts)})" if parts else ""))
+        ax.set_axis_off()
+    fig.suptitle(title + "  (truth green, prediction red, both yellow)")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)

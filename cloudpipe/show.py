@@ -1,0 +1,53 @@
+"""``cloudpipe show``: an image with its truth and/or predicted masks, per class."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from cloudpipe.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.data import TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, read_mask_csv, require_dir, to_wide
+from cloudpipe.errors import CloudpipeError
+from cloudpipe.images import jpeg_size, read_image, reduction_for
+from cloudpipe.masks import resize_nearest
+from cloudpipe.outputs import check_output
+from cloudpipe.plots import plot_overlay
+from cloudpipe.rle import rle2mask
+
+
+def _masks(frame, image: str, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:
+    wide = to_wide(frame)
+    if image not in wide.index:
+        return None
+    return np.stack([resize_nearest(rle2mask(wide.loc[image, c], shape), size) for c in CLASSES])
+
+
+def show_image(data_dir: Path, image: str, out: Path, *, pred: Path | None = None,
+               mask_shape: tuple[int, int] = SUBMISSION_SHAPE, overwrite: bool = False) -> Path:
+    """Overlay a train or test image with its truth (``train.csv``) and/or the masks of a
+    submission (``pred``, masks at ``mask_shape``); shown at the submission size.
+
+    Raises:
+        CloudpipeError: unknown image, an image with neither truth nor prediction, bad CSVs.
+    """
+    data_dir = require_dir(data_dir)
+    check_output(out, overwrite=overwrite, inputs=[p for p in (pred,) if p is not None])
+    folder = next((f for f in (TRAIN_IMAGES, TEST_IMAGES) if (data_dir / f / image).is_file()), None)
+    if folder is None:
+        raise CloudpipeError(f"image {image!r} is in neither {TRAIN_IMAGES}/ nor {TEST_IMAGES}/", path=data_dir)
+    path = data_dir / folder / image
+    source = jpeg_size(path)
+    size = SUBMISSION_SHAPE
+    truth = None
+    if folder == TRAIN_IMAGES and (data_dir / TRAIN_CSV).is_file():
+        truth = _masks(read_mask_csv(data_dir / TRAIN_CSV, shape=source), image, source, size)
+    predicted = None
+    if pred is not None:
+        predicted = _masks(read_mask_csv(pred, shape=mask_shape), image, mask_shape, size)
+        if predicted is None:
+            raise CloudpipeError(f"has no rows for image {image!r}", path=pred)
+    if truth is None and predicted is None:
+        raise CloudpipeError(f"no truth for test image {image!r}: pass --pred SUB.csv to show predictions")
+    pixels = read_image(path, size, reduction_for(source, size))
+    return plot_overlay(pixels, out, truth=truth, pred=predicted, title=image)
