@@ -50,6 +50,30 @@ class _Group(click.Group):
             sys.exit(2)
 
 
+DEVICE = click.Choice(["auto", "cpu", "cuda"])
+
+
+def with_options(*options):
+    """Apply several click options as one decorator, in the order listed."""
+
+    def decorate(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+
+    return decorate
+
+
+def inference_options(batch_size: int):
+    """--batch-size, --device, --workers and --quiet for commands that run a model."""
+    return with_options(
+        click.option("--batch-size", type=click.IntRange(min=1), default=batch_size),
+        click.option("--device", type=DEVICE, default="auto"),
+        click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers."),
+        click.option("--quiet", is_flag=True, help="No progress bar."),
+    )
+
+
 def shape_option(name: str, default: tuple[int, int], help: str):
     """An ``H W`` option."""
     return click.option(name, type=(int, int), default=default, show_default=True, metavar="H W", help=help)
@@ -105,11 +129,7 @@ def format_table(rows: list[dict]) -> str:
 
 def training_options(*weights_names: str):
     """Options shared by train-classifier and train-seg; None means "from the config"."""
-    return lambda fn: _add_training_options(fn, weights_names)
-
-
-def _add_training_options(fn, weights_names: tuple[str, ...]):
-    options = [
+    return with_options(
         click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder."),
         click.option("--out", "out_dir", type=NEW_PATH, required=True, help="Run folder to write."),
         click.option("--config", "config_path", type=EXISTING_FILE, default=None, help="YAML overriding the defaults."),
@@ -119,17 +139,14 @@ def _add_training_options(fn, weights_names: tuple[str, ...]):
         click.option("--accumulate", type=click.IntRange(min=1), default=None, help="Gradient accumulation steps."),
         click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None),
         click.option(*weights_names, "weights", default=None, help="imagenet | none | PATH to a local state dict."),
-        click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None),
+        click.option("--device", type=DEVICE, default=None),
         click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers."),
         click.option("--folds", type=click.IntRange(min=0), default=None, help="K >= 2 trains K fold models."),
         click.option("--fold", type=click.IntRange(min=0), default=None, help="Train only fold I of --folds K."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
         click.option("--seed", type=int, default=None),
         click.option("--quiet", is_flag=True, help="No progress bars."),
-    ]
-    for option in reversed(options):
-        fn = option(fn)
-    return fn
+    )
 
 
 def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, fold: int | None, resume: bool,
@@ -168,11 +185,8 @@ def train_seg(**options) -> None:
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="One threshold for all classes [default: RUN/thresholds.json, else 0.5].")
 @shape_option("--mask-shape", (350, 525), "Mask size of the segmentation submission.")
 @click.option("--tta", is_flag=True, help="Average identity, horizontal and vertical flips.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@inference_options(batch_size=16)
 def predict(seg_csv: Path, run_dir: Path, data_dir: Path, out: Path, thresholds_file: Path | None, threshold: float | None,
             mask_shape: tuple[int, int], tta: bool, batch_size: int, device: str, workers: int, overwrite: bool, quiet: bool) -> None:
     """Blank the segmentation masks of classes the classifier judges absent; write the submission."""
@@ -194,10 +208,7 @@ def predict(seg_csv: Path, run_dir: Path, data_dir: Path, out: Path, thresholds_
 @click.option("--out", type=NEW_PATH, default=None, help="JSON to write [default: RUN/thresholds.json, replaced].")
 @click.option("--plot", type=NEW_PATH, default=None, help="PNG of score against threshold [default: --out with .png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out / --plot file.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=16, help="When val_probs.csv must be computed.")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@inference_options(batch_size=16)  # used when val_probs.csv must be computed
 def tune_threshold(run_dir: Path, data_dir: Path, seg_csv: Path | None, objective: str | None, mask_shape: tuple[int, int],
                    out: Path | None, plot: Path | None, overwrite: bool, batch_size: int, device: str, workers: int,
                    quiet: bool) -> None:
@@ -219,11 +230,8 @@ def tune_threshold(run_dir: Path, data_dir: Path, seg_csv: Path | None, objectiv
               help="val: the run's validation images (and tune post-processing); test: the test images.")
 @click.option("--out", type=NEW_PATH, required=True, help="Kaggle-format CSV to write.")
 @click.option("--tta", is_flag=True, help="Average identity, horizontal and vertical flips.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8)
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto")
-@click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@inference_options(batch_size=8)
 def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path, tta: bool, batch_size: int, device: str,
                 workers: int, overwrite: bool, quiet: bool) -> None:
     """Masks of the segmentation model, post-processed, as a Kaggle-format CSV."""
