@@ -46,7 +46,10 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CloudpipeError as err:
-            click.echo(f"error: {err}", err=True)
+            # Raised in a DataLoader worker, the message carries the worker's traceback; its
+            # last line is the original "CloudpipeError: <message>".
+            message = str(err).strip().splitlines()[-1].removeprefix(f"{CloudpipeError.__module__}.CloudpipeError: ")
+            click.echo(f"error: {message}", err=True)
             sys.exit(2)
 
 

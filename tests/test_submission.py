@@ -236,3 +236,19 @@ def test_interrupted_write_leaves_no_file(tiny_data, tiny_classifier_run, seg_cs
     with pytest.raises(KeyboardInterrupt):
         predict_submission(seg_csv, tiny_classifier_run, tiny_data, out, device="cpu", workers=0, progress=False)
     assert list(tmp_path.glob("submission*")) == [] and list(tmp_path.glob(".submission*")) == []
+
+
+def test_image_undecodable_in_a_worker_is_still_one_line(tiny_data, tiny_classifier_run, seg_csv, tmp_path, monkeypatch):
+    import cloudpipe.datasets
+
+    def broken(path, size, reduction=1):
+        raise CloudpipeError("cannot decode image (corrupt JPEG?)", path=path)
+
+    monkeypatch.setattr(cloudpipe.datasets, "read_image", broken)  # forked workers inherit the patch
+    out = tmp_path / "submission.csv"
+    result = CliRunner().invoke(main, ["predict", "--seg", str(seg_csv), "--run", str(tiny_classifier_run), "--data",
+                                       str(tiny_data), "--out", str(out), "--workers", "1", "--quiet", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert "cannot decode image" in result.stderr and ".jpg" in result.stderr
+    assert not out.exists()
