@@ -66,6 +66,11 @@ class Dist:
         torch_dist.all_gather_object(out, obj)
         return out
 
+    def barrier(self) -> None:
+        """Wait for every rank (no-op when not distributed)."""
+        if self.world > 1:
+            torch_dist.barrier()
+
     def close(self) -> None:
         """Tear the process group down (no-op when not distributed)."""
         if self.world > 1 and torch_dist.is_initialized():

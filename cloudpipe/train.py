@@ -207,6 +207,7 @@ def fit(
         history = list(state["history"])
     net = dist.wrap(model, device)
 
+    dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, out_dir / CONFIG_YAML)
@@ -218,7 +219,7 @@ def fit(
         loader = _loader(train_set, _epoch_order(len(train_set), config.seed, epoch, dist), config, device)
         steps = len(loader)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False, disable=not (progress and dist.is_main))
-        loss_sum, seen = 0.0, 0
+        loss_sum, seen = torch.zeros((), device=device), 0  # summed on the device: no sync per step
         optimizer.zero_grad(set_to_none=True)
         for step, batch in enumerate(bar):
             images = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2)
@@ -234,10 +235,11 @@ def fit(
                 scaler.step(optimizer)
                 scaler.update()
                 optimizer.zero_grad(set_to_none=True)
-            loss_sum += loss.item() * len(images)
+            loss_sum += loss.detach().float() * len(images)
             seen += len(images)
-            bar.set_postfix(loss=f"{loss_sum / seen:.4f}")
-        train_loss = dist.mean(loss_sum, seen)
+            if step % 10 == 9 or step + 1 == steps:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+        train_loss = dist.mean(loss_sum.item(), seen)
 
         val_loss, outputs = evaluate_split(net, val_set, config, device, amp_dtype, dist)
         metrics = stage_metrics(task, outputs, val_labels)
