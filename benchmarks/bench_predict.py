@@ -1,0 +1,365 @@
+"""``cloudpipe predict`` against the seed's inference + blanking, end to end on the CPU, and its memory.
+
+Run as ``python benchmarks/bench_predict.py`` (prints a table), or call :func:`run` to get the
+rows for a combined table.
+
+Both sides gate the same segmentation CSV (blocky masks at 350 x 525, about half of the pairs
+non-empty) with the same classifier weights (a cloudpipe run at 512 x 768, one epoch on a few
+synthetic images: the weights do not matter for speed; its probabilities are saturated, so the
+two sides' decisions agree by construction, and the agreement check in the note shows that the
+kept masks and the row order come out identical) over the same 1400 x 2100 test JPEGs, with the
+same batch size and DataLoader worker count, and write a submission CSV:
+
+- seed: ``torch.load`` of the checkpoint into a plain torchvision ResNet34 (the ``body.`` prefix
+  and the normalisation buffers stripped), full-size decode + albumentations Resize + Normalize
+  + ToTensorV2 in the workers, fp32 NCHW, then every mask decoded with the seed's loop decoder,
+  multiplied by the presence decision and re-encoded (:mod:`benchmarks.seed`).
+- cloudpipe: :func:`cloudpipe.submission.predict_submission` as a whole (input checks, model
+  load, reduced JPEG decode, uint8 batches, bf16 autocast + channels_last, blanking without
+  decoding, atomic writes of the submission and the probabilities).
+
+Rows: the whole command on ``2N`` images (model load and worker start-up included: the real
+cost of one command), the per-image cost without start-up (``(t(2N) - t(N)) / N``), and the
+blanking step alone. Runs are interleaved, best of ``repeats``.
+
+Memory: ``python -m cloudpipe predict`` as a subprocess on ``M`` and ``10 M`` test images (the
+10x set repeats the cached images under new names, through symlinks). ``/proc`` is polled every
+20 ms for the summed RSS of the command and its DataLoader workers; GNU time's exact peak RSS
+of the largest single process goes beside it. The ratio is peak(10 M) / peak(M): streaming
+inference should keep it near 1. (Summed RSS counts the pages the workers share with the parent
+once per process. PSS would not, but reading it walks the page tables and slows the measured
+processes; sampled rarely enough not to, it misses the short peaks of the forward passes.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpipe` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import seed  # noqa: E402
+from benchmarks.bench_rle import make_masks  # noqa: E402
+from benchmarks.bench_train_data import CACHE, format_table, row, synthetic_data, time_interleaved  # noqa: E402
+from cloudpipe.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
+from cloudpipe.data import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES  # noqa: E402
+from cloudpipe.rle import mask2rle  # noqa: E402
+
+SIZE = (512, 768)
+BATCH_SIZE = 16  # cloudpipe predict's default; the seed side uses the same
+WORKERS = 2
+SOURCE_IMAGES = 24  # distinct cached test images; bigger sets repeat them under new names
+TARGETS: dict[str, float | None] = {"predict": 2.5, "predict per image": 2.5, "blanking": None, "memory": 1.2}
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- fixtures (cached)
+
+
+def classifier_run() -> Path:
+    """A cached cloudpipe classifier run at 512 x 768 (random init, one epoch on 6 images)."""
+    from cloudpipe.config import load_config
+    from cloudpipe.infer import load_run
+    from cloudpipe.train import train_run
+
+    out = CACHE / f"classifier-run-{SIZE[0]}x{SIZE[1]}"
+    try:
+        load_run(out, "classifier", torch.device("cpu"))
+        return out
+    except Exception:  # absent, half-made, or made by an older cloudpipe: make it again
+        import shutil
+
+        shutil.rmtree(out, ignore_errors=True)
+    data_dir = synthetic_data(train=SOURCE_IMAGES, test=SOURCE_IMAGES)
+    small = CACHE / "train6"  # train.csv cut to 6 images; the images themselves are shared
+    small.mkdir(parents=True, exist_ok=True)
+    frame = pd.read_csv(data_dir / TRAIN_CSV, dtype=str, keep_default_na=False)
+    frame.iloc[: 6 * len(CLASSES)].to_csv(small / TRAIN_CSV, index=False)
+    if not (small / TRAIN_IMAGES).exists():
+        (small / TRAIN_IMAGES).symlink_to(data_dir / TRAIN_IMAGES)
+    config = load_config("classifier", overrides=dict(weights="none", epochs=1, image_size=SIZE, workers=0,
+                                                      batch_size=8, accumulate=1, device="cpu"))
+    train_run(config, small, out, progress=False)
+    return out
+
+
+def prediction_set(n: int) -> Path:
+    """A cached Kaggle-layout folder with ``n`` test images (symlinks to the cached synthetic
+    ones, repeated under new names beyond 24), its ``sample_submission.csv`` and ``seg.csv``."""
+    out = CACHE / f"predict-{n}"
+    if (out / "seg.csv").is_file():
+        return out
+    source = synthetic_data(train=SOURCE_IMAGES, test=SOURCE_IMAGES) / TEST_IMAGES
+    originals = sorted(p.name for p in source.glob("*.jpg"))
+    (out / TEST_IMAGES).mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        name = originals[i % len(originals)]
+        if i >= len(originals):
+            name = f"{name[:-4]}{i // len(originals):02d}.jpg"  # no "_": the seed splits on it
+        link = out / TEST_IMAGES / name
+        if not link.is_symlink():
+            link.symlink_to(source / originals[i % len(originals)])
+        names.append(name)
+    # Segmentation predictions: blocky masks for about half of the pairs, the rest empty.
+    rng = np.random.default_rng(n)
+    pool = [mask2rle(m) for m in make_masks(4 * len(originals), SUBMISSION_SHAPE, seed_=7)]
+    labels = [f"{name}_{c}" for name in names for c in CLASSES]
+    rles = [pool[i % len(pool)] if rng.random() < 0.5 else "" for i in range(len(labels))]
+    pd.DataFrame({"Image_Label": labels, "EncodedPixels": ["1 1"] * len(labels)}).to_csv(
+        out / SAMPLE_SUBMISSION_CSV, index=False)
+    tmp = out / "seg.csv.tmp"
+    pd.DataFrame({"Image_Label": labels, "EncodedPixels": rles}).to_csv(tmp, index=False)
+    os.replace(tmp, out / "seg.csv")
+    return out
+
+
+# ----------------------------------------------------------------------------- the two sides
+
+
+def seed_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BATCH_SIZE, workers: int = WORKERS,
+                 threshold: float = 0.5) -> pd.DataFrame:
+    """The seed's inference and blanking, from checkpoint file to submission file."""
+    state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"]
+    model = seed.build_classifier({k[len("body."):]: v for k, v in state.items() if k.startswith("body.")})
+    sub = pd.read_csv(data_dir / SAMPLE_SUBMISSION_CSV)
+    sub["im_id"] = sub["Image_Label"].apply(lambda x: x.split("_")[0])
+    test_ids = sub["im_id"].drop_duplicates().values
+    dataset = seed.CloudTestDataset(test_ids, data_dir / TEST_IMAGES, seed.test_transforms(SIZE))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
+    probs = seed.predict_probs(model, loader)
+    seg = pd.read_csv(data_dir / "seg.csv")
+    blanked = seed.blank_submission(seg, dict(zip(test_ids, probs)), threshold)
+    blanked.to_csv(out, index=False)
+    return blanked
+
+
+def ours_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BATCH_SIZE, workers: int = WORKERS,
+                 device: str = "cpu"):
+    """``cloudpipe predict`` as a library call."""
+    from cloudpipe.submission import predict_submission
+
+    return predict_submission(data_dir / "seg.csv", run_dir, data_dir, out, threshold=0.5, device=device,
+                              batch_size=batch_size, workers=workers, overwrite=True, progress=False)
+
+
+def _agreement(seed_sub: pd.DataFrame, ours_sub: pd.DataFrame) -> str:
+    """How many pairs the two submissions agree on (kept masks re-encoded by the seed must
+    equal the ones cloudpipe copies through; decisions can differ only where fp32 and bf16
+    probabilities fall on either side of the threshold)."""
+    a = seed_sub["EncodedPixels"].fillna("").astype(str).to_numpy()
+    b = ours_sub["EncodedPixels"].fillna("").astype(str).to_numpy()
+    if list(seed_sub["Image_Label"]) != list(ours_sub["Image_Label"]):
+        raise AssertionError("seed and cloudpipe submissions list different pairs")
+    return f"submissions agree on {int((a == b).sum())}/{len(a)} pairs"
+
+
+def speed_rows(n: int, repeats: int) -> list[dict]:
+    """Whole command on 2n images, per image without start-up, and blanking alone."""
+    from cloudpipe.submission import gate, read_segmentation
+
+    run_dir = classifier_run()
+    sets = {k: prediction_set(k) for k in (n, 2 * n)}
+    out = CACHE / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    times: dict[tuple[str, int], list[float]] = {}
+    results = {}
+    # One unmeasured pass first: page cache, and oneDNN's per-shape kernel set-up (a cost
+    # every process pays once per batch shape, which in a real run is amortised over
+    # thousands of images).
+    for _ in range(repeats + 1):
+        for k, data_dir in sets.items():
+            for side, fn in (("seed", seed_predict), ("ours", ours_predict)):
+                t0 = time.perf_counter()
+                results[side, k] = fn(run_dir, data_dir, out / f"{side}-{k}.csv")
+                times.setdefault((side, k), []).append(time.perf_counter() - t0)
+    times = {key: t[1:] for key, t in times.items()}
+    best = {key: min(t) for key, t in times.items()}
+    agree = _agreement(results["seed", 2 * n], results["ours", 2 * n].submission)
+    seed_img = (best["seed", 2 * n] - best["seed", n]) / n
+    ours_img = (best["ours", 2 * n] - best["ours", n]) / n
+    rows = [
+        row(f"predict {2 * n} imgs whole", best["seed", 2 * n], best["ours", 2 * n], TARGETS["predict"], unit="s",
+            scale=1.0, note=f"incl. model load + workers; best of {repeats}; {agree}"),
+        row("predict per image", seed_img, ours_img, TARGETS["predict per image"], unit="ms/img",
+            note=f"(t({2 * n}) - t({n})) / {n}; img/s {1 / seed_img:.2f} -> {1 / ours_img:.2f}; start-up "
+                 f"{best['seed', n] - n * seed_img:.1f} s -> {best['ours', n] - n * ours_img:.1f} s"),
+    ]
+    # Blanking alone, on the 2n set with the probabilities cloudpipe computed.
+    data_dir = sets[2 * n]
+    probs_frame = results["ours", 2 * n].probs
+    probs = {image: probs_frame.loc[image].to_numpy() for image in probs_frame.index}
+    seg_path = data_dir / "seg.csv"
+    thresholds = {c: 0.5 for c in CLASSES}
+    t = time_interleaved({"seed": lambda: seed.blank_submission(pd.read_csv(seg_path), probs),
+                          "ours": lambda: gate(read_segmentation(seg_path), probs_frame, thresholds)}, max(3, repeats))
+    rows.append(row(f"blanking {8 * n} pairs", t["seed"], t["ours"], TARGETS["blanking"], unit="ms",
+                    note="read seg CSV + blank: seed decode*decision+encode vs cloudpipe read/validate + gate"))
+    return rows
+
+
+# ----------------------------------------------------------------------------- memory
+
+
+def _children(pid: int) -> list[int]:
+    """``pid`` and all its descendants, from ``/proc/*/stat``."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parents[int(entry)] = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    tree, frontier = [pid], [pid]
+    while frontier:
+        frontier = [c for c, p in parents.items() if p in frontier]
+        tree += frontier
+    return tree
+
+
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss(pid: int) -> int:
+    """Resident set size of one process in bytes (``/proc/PID/statm``: cheap); 0 when gone."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0
+
+
+GNU_TIME = Path("/usr/bin/time")
+
+
+def peak_memory(command: list[str], interval: float = 0.02) -> dict:
+    """Run ``command``; poll the summed RSS of its process tree every ``interval`` s until it exits.
+
+    Returns:
+        ``rss`` peak (bytes), ``maxrss`` (GNU time's ``%M``: the kernel's exact peak
+        RSS of the largest single process of the tree, no sampling; 0 without /usr/bin/time),
+        ``seconds``, ``processes`` (most seen at once) and the command's ``output``.
+    """
+    started = time.perf_counter()
+    # GNU time, not our own wait4: a child forked from this (large) process inherits its RSS
+    # high-water mark across exec, so only a small wrapper process gives a clean one.
+    wrapped = GNU_TIME.is_file()
+    # The output goes to a file, not a pipe: a full pipe would stall the command.
+    with tempfile.TemporaryFile() as log, tempfile.NamedTemporaryFile("r", suffix=".maxrss") as maxrss_file:
+        argv = [str(GNU_TIME), "-f", "%M", "-o", maxrss_file.name, *command] if wrapped else command
+        proc = subprocess.Popen(argv, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        peak_rss = most = 0
+        while proc.poll() is None:
+            tree = _children(proc.pid)[1 if wrapped else 0 :]
+            rss = [_rss(p) for p in tree]
+            peak_rss = max(peak_rss, sum(rss))
+            most = max(most, sum(1 for r in rss if r))
+            time.sleep(interval)
+        text = maxrss_file.read().strip().splitlines() if wrapped else []
+        log.seek(0)
+        output = log.read().decode(errors="replace")
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed ({proc.returncode}):\n{output}")
+    maxrss = int(text[-1]) * 1024 if text and text[-1].isdigit() else 0
+    return {"rss": peak_rss, "maxrss": maxrss, "seconds": time.perf_counter() - started,
+            "processes": most, "output": output}
+
+
+def predict_command(data_dir: Path, run_dir: Path, out: Path, device: str = "cpu") -> list[str]:
+    return [sys.executable, "-m", "cloudpipe", "predict", "--seg", str(data_dir / "seg.csv"), "--run", str(run_dir),
+            "--data", str(data_dir), "--out", str(out), "--threshold", "0.5", "--device", device,
+            "--workers", str(WORKERS), "--batch-size", str(BATCH_SIZE), "--overwrite", "--quiet"]
+
+
+def _rate(output: str) -> str:
+    """``"cloudpipe says 11.2 img/s; "`` from the command's summary line, or ``""``."""
+    import re
+
+    found = re.search(r"at ([0-9.]+) img/s", output)
+    return f"cloudpipe says {found.group(1)} img/s; " if found else ""
+
+
+def memory_row(m: int) -> dict:
+    """Peak memory of ``cloudpipe predict`` on 10 m test images against m."""
+    run_dir = classifier_run()
+    out = CACHE / "out"
+    out.mkdir(parents=True, exist_ok=True)
+    small = peak_memory(predict_command(prediction_set(m), run_dir, out / f"mem-{m}.csv"))
+    large = peak_memory(predict_command(prediction_set(10 * m), run_dir, out / f"mem-{10 * m}.csv"))
+    mib = 2.0**20
+    return {"benchmark": f"predict peak RSS {10 * m} vs {m}", "seed_s": small["rss"], "cloudpipe_s": large["rss"],
+            "ratio": large["rss"] / small["rss"], "target": TARGETS["memory"], "target_op": "<=", "unit": "MiB",
+            "scale": 1 / mib,
+            "note": f"columns: {m} imgs | {10 * m} imgs, sum over {large['processes']} processes (command + workers); "
+                    f"largest process alone (GNU time, exact) {small['maxrss'] / mib:.0f} -> {large['maxrss'] / mib:.0f} MiB "
+                    f"({large['maxrss'] / max(small['maxrss'], 1):.2f}x); {_rate(large['output'])}"
+                    f"{small['seconds']:.0f} s | {large['seconds']:.0f} s"}
+
+
+# ----------------------------------------------------------------------------- GPU (when present)
+
+
+def gpu_row(n: int = 200, device: str = "cuda") -> dict | None:
+    """Images/s of ``cloudpipe predict`` on ``n`` images on the GPU (the whole call, model load
+    included, after one warm-up call); None without CUDA. (``device="cpu"`` runs the same code
+    on the CPU, to test it where there is no GPU.)"""
+    if device == "cuda" and not torch.cuda.is_available():
+        return None
+    run_dir = classifier_run()
+    data_dir = prediction_set(n)
+    workers = min(8, os.cpu_count() or 1)
+    out = CACHE / "out" / "gpu.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    ours_predict(run_dir, data_dir, out, batch_size=64, workers=workers, device=device)  # warm-up
+    t0 = time.perf_counter()
+    ours_predict(run_dir, data_dir, out, batch_size=64, workers=workers, device=device)
+    seconds = time.perf_counter() - t0
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    return {"benchmark": f"GPU predict {n} imgs", "gpu_images_per_s": n / seconds,
+            "note": f"whole call incl. model load, batch 64, {workers} workers, {name}"}
+
+
+# ----------------------------------------------------------------------------- entry points
+
+
+def run(n_images: int = 16, repeats: int = 2, memory_images: int = 20) -> list[dict]:
+    """Speed on ``n_images`` and ``2 * n_images`` test images (best of ``repeats``), and, when
+    ``memory_images`` > 0, peak memory on ``memory_images`` and ten times as many.
+
+    Returns:
+        Rows with ``benchmark``, ``seed_s``, ``cloudpipe_s``, ``ratio``, ``target``, ``unit``,
+        ``scale`` and ``note`` (for the memory row the two columns are the small and the large
+        run, ``target_op`` is ``<=``).
+    """
+    rows = speed_rows(n_images, repeats)
+    if memory_images:
+        rows.append(memory_row(memory_images))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=16, help="N: runs on N and 2N test images (a multiple of the batch size keeps batch shapes equal)")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per side and size")
+    parser.add_argument("--memory-images", type=int, default=20, help="M: peak memory on M and 10M images (0: skip)")
+    args = parser.parse_args(argv)
+    rows = run(args.images, args.repeats, args.memory_images)
+    gpu = gpu_row()
+    print(f"Predict (CPU, 512x768, batch {BATCH_SIZE}, {WORKERS} workers); ratio = seed / cloudpipe "
+          f"(memory: 10x / 1x)")
+    print(format_table(rows + ([gpu] if gpu else [])))
+
+
+if __name__ == "__main__":
+    main()
