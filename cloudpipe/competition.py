@@ -7,8 +7,6 @@ from typing import Final
 CLASSES: Final[tuple[str, ...]] = ("Fish", "Flower", "Gravel", "Sugar")
 """Class order used everywhere: CSV rows, model outputs, probability columns."""
 
-NUM_CLASSES: Final[int] = len(CLASSES)
-
 IMAGE_SHAPE: Final[tuple[int, int]] = (1400, 2100)
 """(H, W) of the competition's JPEGs and of the masks in ``train.csv``."""
 

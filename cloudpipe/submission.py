@@ -62,8 +62,9 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float]) -
         thresholds: class -> threshold in [0, 1].
 
     Returns:
-        ``seg`` with ``EncodedPixels`` emptied where blanked (others untouched), plus a boolean
-        ``blanked`` column.
+        ``seg`` with ``EncodedPixels`` emptied below the threshold (others untouched), plus
+        boolean columns ``absent`` (probability below threshold) and ``blanked`` (a non-empty
+        mask was removed).
     """
     p = probs.reindex(seg["image"])
     if p.isna().any().any():
@@ -72,8 +73,9 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float]) -
     pair_prob = p.to_numpy()[np.arange(len(seg)), k]
     cut = np.array([thresholds[c] for c in CLASSES])[k]
     out = seg.copy()
-    out["blanked"] = pair_prob < cut
-    out.loc[out["blanked"], "EncodedPixels"] = ""
+    out["absent"] = pair_prob < cut
+    out["blanked"] = out["absent"] & (out["EncodedPixels"] != "")
+    out.loc[out["absent"], "EncodedPixels"] = ""
     return out
 
 
@@ -150,7 +152,7 @@ def predict_submission(
     order = pd.DataFrame({"Image_Label": [join_label(i, c) for i in images for c in CLASSES]})
     submission = order.merge(gated, on="Image_Label", how="left", validate="one_to_one")
     blanked = submission.groupby("class_name")["blanked"].sum()
-    kept = submission.assign(kept=~submission["blanked"] & (submission["EncodedPixels"] != "")).groupby("class_name")["kept"].sum()
+    kept = (submission["EncodedPixels"] != "").groupby(submission["class_name"]).sum()
     submission = submission[list(CSV_COLUMNS)]
     if out is not None:
         write_csv(probs.reset_index(), probs_path_for(out), float_format="%.6f")

@@ -88,7 +88,10 @@ def test_gate_blanks_exactly_below_threshold():
     probs = pd.DataFrame([[0.2, 0.5, 0.9, 0.49]], index=["a.jpg"], columns=list(CLASSES))
     out = gate(seg, probs, {c: 0.5 for c in CLASSES})
     assert list(out["EncodedPixels"]) == ["", "3 4", "", ""]
+    assert list(out["absent"]) == [True, False, False, True]
     assert list(out["blanked"]) == [True, False, False, True]
+    empty_below = seg.assign(EncodedPixels=["", "3 4", "", "9 1"])
+    assert list(gate(empty_below, probs, {c: 0.5 for c in CLASSES})["blanked"]) == [False, False, False, True]
 
 
 def test_python_api_takes_and_returns_dataframes(tiny_data, tiny_classifier_run):
