@@ -171,6 +171,8 @@ def predict_segmentation(
     dev = resolve_device(device)
     started = time.perf_counter()
     if split == "test":
+        saved = Path(run_dir) / POSTPROCESS_JSON  # read before inference: a bad file fails fast
+        post = PostProcess.load(saved) if saved.exists() else PostProcess.default()
         parts = [(load_run(run_dir, "segmentation", dev), list_test_images(data_dir), data_dir / TEST_IMAGES)]
     else:
         data, folders = validation_parts(run_dir, data_dir, "segmentation")
@@ -178,16 +180,15 @@ def predict_segmentation(
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
         names, store = _predict_to_store(parts, Path(tmp), dev, batch_size, workers, tta, progress)
         speed = len(names) / (time.perf_counter() - started)
-        result = SegPrediction(out, len(names), PostProcess.default(), speed)
+        dice = None
         if split == "val":
             post, dice = tune_postprocess(store, names, data.rles, data.image_shape)
             write_text(post.to_json(), Path(run_dir) / POSTPROCESS_JSON)
-            result.postprocess = post
+        result = SegPrediction(out, len(names), post, speed)
+        if dice is not None:
             result.default_dice = float(dice[:, THRESHOLD_GRID.index(0.5), 0].mean())
             result.tuned_dice = float(np.mean([dice[k].max() for k in range(len(CLASSES))]))
-        elif (Path(run_dir) / POSTPROCESS_JSON).exists():
-            result.postprocess = PostProcess.load(Path(run_dir) / POSTPROCESS_JSON)
-        _write_masks(names, store, result.postprocess, out)
+        _write_masks(names, store, post, out)
         del store  # close the memory map before its folder goes
     return result
 

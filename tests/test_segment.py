@@ -118,3 +118,18 @@ def test_seg_resume_goes_through_the_shared_loop(tiny_data, tmp_path):
     full, part = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
     for key, value in full["model"].items():
         torch.testing.assert_close(part["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+
+
+def test_bad_postprocess_file_fails_before_inference(seg_run, tiny_data, tmp_path, monkeypatch):
+    import shutil
+
+    import cloudpipe.segment
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    (run / "seg_postprocess.json").write_text("{not json")
+    monkeypatch.setattr(cloudpipe.segment, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
+    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
+                    "--workers", 0, "--device", "cpu")
+    assert result.exit_code == 2 and "not a valid post-processing file" in result.stderr
+    assert not (tmp_path / "t.csv").exists()
