@@ -14,7 +14,7 @@ same batch size and DataLoader worker count, and write a submission CSV:
   and the normalisation buffers stripped), full-size decode + albumentations Resize + Normalize
   + ToTensorV2 in the workers, fp32 NCHW, then every mask decoded with the seed's loop decoder,
   multiplied by the presence decision and re-encoded (:mod:`benchmarks.seed`).
-- cloudpipe: :func:`cloudpipe.submission.predict_submission` as a whole (input checks, model
+- cloudpipe: :func:`cloudpipe.pipeline.predict.predict_submission` as a whole (input checks, model
   load, reduced JPEG decode, uint8 batches, bf16 autocast + channels_last, blanking without
   decoding, atomic writes of the submission and the probabilities).
 
@@ -51,9 +51,9 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpi
 from benchmarks import seed  # noqa: E402
 from benchmarks.bench_rle import make_masks  # noqa: E402
 from benchmarks.bench_train_data import CACHE, format_table, row, synthetic_data, time_interleaved  # noqa: E402
-from cloudpipe.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
-from cloudpipe.data import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES  # noqa: E402
-from cloudpipe.rle import mask2rle  # noqa: E402
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
+from cloudpipe.core.rle import mask2rle  # noqa: E402
+from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES  # noqa: E402
 
 SIZE = (512, 768)
 BATCH_SIZE = 16  # cloudpipe predict's default; the seed side uses the same
@@ -68,9 +68,9 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def classifier_run() -> Path:
     """A cached cloudpipe classifier run at 512 x 768 (random init, one epoch on 6 images)."""
-    from cloudpipe.config import load_config
-    from cloudpipe.infer import load_run
-    from cloudpipe.train import train_run
+    from cloudpipe.engine.config import load_config
+    from cloudpipe.engine.infer import load_run
+    from cloudpipe.engine.train import train_run
 
     out = CACHE / f"classifier-run-{SIZE[0]}x{SIZE[1]}"
     try:
@@ -147,10 +147,11 @@ def seed_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BAT
 def ours_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BATCH_SIZE, workers: int = WORKERS,
                  device: str = "cpu"):
     """``cloudpipe predict`` as a library call."""
-    from cloudpipe.submission import predict_submission
+    from cloudpipe.engine.settings import InferenceSettings
+    from cloudpipe.pipeline.predict import predict_submission
 
-    return predict_submission(data_dir / "seg.csv", run_dir, data_dir, out, threshold=0.5, device=device,
-                              batch_size=batch_size, workers=workers, overwrite=True, progress=False)
+    settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, progress=False)
+    return predict_submission(data_dir / "seg.csv", run_dir, data_dir, out, threshold=0.5, settings=settings, overwrite=True)
 
 
 def _agreement(seed_sub: pd.DataFrame, ours_sub: pd.DataFrame) -> str:
@@ -166,7 +167,8 @@ def _agreement(seed_sub: pd.DataFrame, ours_sub: pd.DataFrame) -> str:
 
 def speed_rows(n: int, repeats: int) -> list[dict]:
     """Whole command on 2n images, per image without start-up, and blanking alone."""
-    from cloudpipe.submission import gate, read_segmentation
+    from cloudpipe.algorithms.gating import gate
+    from cloudpipe.pipeline.predict import read_segmentation
 
     run_dir = classifier_run()
     sets = {k: prediction_set(k) for k in (n, 2 * n)}

@@ -1,4 +1,4 @@
-"""RLE speed: cloudpipe.rle against the seed notebooks' loop-based codec (benchmarks/seed.py).
+"""RLE speed: cloudpipe.core.rle against the seed notebooks' loop-based codec (benchmarks/seed.py).
 
 Run as ``python benchmarks/bench_rle.py`` (prints a table), or call :func:`run` to get the rows
 (``benchmark``, ``seed_s``, ``cloudpipe_s``, ``ratio``) for a combined benchmark table.
@@ -19,8 +19,9 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import cv2
 import numpy as np
@@ -29,7 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import seed  # noqa: E402
-from cloudpipe import rle  # noqa: E402
+from cloudpipe.core import rle as rle  # noqa: E402
 
 SIZES: tuple[tuple[int, int], ...] = ((350, 525), (1400, 2100))
 # Speed-up targets (seed time / cloudpipe time) from the issue; None: no target set.
@@ -130,7 +131,7 @@ def run(
         runs = float(np.mean([s.count(" ") + 1 for s in rles])) / 2
         coverage = float(np.mean([m.mean() for m in masks]))
         dec = _time_pair(
-            lambda s: seed.rle_decode(s, shape), lambda s: rle.rle2mask(s, shape), rles, repeats
+            lambda s, shape=shape: seed.rle_decode(s, shape), lambda s, shape=shape: rle.rle2mask(s, shape), rles, repeats
         )
         enc = _time_pair(seed.mask2rle, rle.mask2rle, masks, repeats)
         for name, (seed_s, ours_s) in (("decode", dec), ("encode", enc)):

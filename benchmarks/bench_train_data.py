@@ -10,7 +10,7 @@ Both sides read the same 1400 x 2100 JPEGs:
   1400 x 2100 with the seed's loop decoder (the seed derived even the classifier's labels from
   the decoded masks), albumentations Resize + flips + brightness/contrast + noise + Normalize +
   ToTensorV2 on float32 CPU arrays.
-- cloudpipe (:class:`cloudpipe.datasets.CloudDataset`): reduced JPEG decode (libjpeg DCT scaling)
+- cloudpipe (:class:`cloudpipe.data.datasets.CloudDataset`): reduced JPEG decode (libjpeg DCT scaling)
   + resize, labels from the CSV text, the same augmentations on uint8; normalisation happens
   later on the device, inside the model, and is part of the training-step row instead.
 
@@ -21,7 +21,7 @@ and the segmentation pipeline at 320 x 480 (masks decoded and resized too; flips
 
 Training step: one forward + backward + Adam step of the ResNet34 classifier (``layer1``/``layer2``
 frozen) at 512 x 768 on the CPU: the seed's fp32 NCHW on a normalised float batch against
-cloudpipe's bf16 autocast + ``channels_last`` on a uint8 batch (as ``cloudpipe.train`` does).
+cloudpipe's bf16 autocast + ``channels_last`` on a uint8 batch (as ``cloudpipe.engine.train`` does).
 
 Times are the best pass (or step) of several, seed and cloudpipe interleaved so that load from
 other processes hits both alike.
@@ -46,12 +46,12 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import seed  # noqa: E402
-from cloudpipe.competition import CLASSES, IMAGE_SHAPE  # noqa: E402
-from cloudpipe.config import load_config  # noqa: E402
-from cloudpipe.data import TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
-from cloudpipe.datasets import CloudDataset  # noqa: E402
-from cloudpipe.images import reduction_for  # noqa: E402
-from cloudpipe.transforms import train_transform  # noqa: E402
+from cloudpipe.core.competition import CLASSES, IMAGE_SHAPE  # noqa: E402
+from cloudpipe.data.datasets import CloudDataset  # noqa: E402
+from cloudpipe.data.images import reduction_for  # noqa: E402
+from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
+from cloudpipe.engine.config import load_config  # noqa: E402
+from cloudpipe.engine.stages import stage_for  # noqa: E402
 
 CACHE = Path(os.environ.get("CLOUDPIPE_BENCH_CACHE", Path(tempfile.gettempdir()) / "cloudpipe-bench"))
 REAL_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real" / "train_images"
@@ -70,12 +70,12 @@ TARGETS: dict[str, float | None] = {
 
 
 def synthetic_data(train: int, test: int, shape: tuple[int, int] = IMAGE_SHAPE, seed_: int = 0) -> Path:
-    """A cached ``cloudpipe.synth`` dataset (made once, then reused; ~0.2 s per 1400x2100 image).
+    """A cached ``cloudpipe.data.synth`` dataset (made once, then reused; ~0.2 s per 1400x2100 image).
 
     The folder is written under a temporary name and renamed into place, so an interrupted
     run never leaves a half-made cache behind.
     """
-    from cloudpipe.synth import make_dataset
+    from cloudpipe.data.synth import make_dataset
 
     out = CACHE / f"synth-{shape[0]}x{shape[1]}-train{train}-test{test}-seed{seed_}"
     if (out / "test_truth.csv").is_file():
@@ -150,7 +150,7 @@ def pipeline_rows(data_dir: Path, n: int, repeats: int, real: bool = True, seg: 
 
     seed_cls = seed.CloudDataset(df, images, data_dir / TRAIN_IMAGES, seed.training_transforms(CLS_SIZE))
     ours_cls = CloudDataset(data.paths(images), CLS_SIZE, reduction, labels=data.labels.loc[images].to_numpy(),
-                            transform=train_transform(cls_config), seed=cls_config.seed)
+                            transform=stage_for(cls_config).augmentation(), seed=cls_config.seed)
     _check_samples(seed_cls, ours_cls, "classifier", CLS_SIZE)
     rows.append(_pipeline_row(f"train data cls {CLS_SIZE[0]}x{CLS_SIZE[1]}", TARGETS["train data cls"],
                               seed_cls, ours_cls, n, repeats, "synthetic"))
@@ -167,7 +167,7 @@ def pipeline_rows(data_dir: Path, n: int, repeats: int, real: bool = True, seg: 
         labels = (rles != "").astype(np.float32)
         seed_real = seed.CloudDataset(real_df, names[:k], REAL_IMAGES, seed.training_transforms(CLS_SIZE))
         ours_real = CloudDataset([REAL_IMAGES / m for m in names[:k]], CLS_SIZE, reduction, labels=labels,
-                                 transform=train_transform(cls_config), seed=cls_config.seed)
+                                 transform=stage_for(cls_config).augmentation(), seed=cls_config.seed)
         _check_samples(seed_real, ours_real, "classifier", CLS_SIZE)
         rows.append(_pipeline_row(f"train data cls {CLS_SIZE[0]}x{CLS_SIZE[1]} real", TARGETS["train data cls real"],
                                   seed_real, ours_real, k, repeats, "real JPEGs"))
@@ -181,7 +181,7 @@ def pipeline_rows(data_dir: Path, n: int, repeats: int, real: bool = True, seg: 
         ours_seg = CloudDataset(data.paths(images), size, reduction_for(data.image_shape, size),
                                 labels=data.labels.loc[images].to_numpy(),
                                 rles=data.rles.loc[images].to_numpy().tolist(), mask_shape=data.image_shape,
-                                transform=train_transform(seg_config), seed=seg_config.seed)
+                                transform=stage_for(seg_config).augmentation(), seed=seg_config.seed)
         _check_samples(seed_seg, ours_seg, "segmentation", size)
         rows.append(_pipeline_row(f"train data seg {size[0]}x{size[1]}", TARGETS["train data seg"],
                                   seed_seg, ours_seg, n, repeats, "synthetic, masks too"))
@@ -193,15 +193,13 @@ def pipeline_rows(data_dir: Path, n: int, repeats: int, real: bool = True, seg: 
 
 def step_row(batch: int, steps: int, size: tuple[int, int] = CLS_SIZE) -> dict:
     """One classifier training step on the CPU: seed fp32 NCHW vs cloudpipe bf16 + channels_last."""
-    from cloudpipe.models import build_classifier
-    from cloudpipe.train import stage_loss
-
     torch.manual_seed(0)
     config = load_config("classifier")
+    stage = stage_for(config)
     labels = (torch.rand(batch, len(CLASSES)) < 0.5).float()
     pixels = torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8)  # NHWC, as batches arrive
 
-    ours = build_classifier(config.arch, "none", config.freeze).to(memory_format=torch.channels_last).train()
+    ours = stage.build_model(weights="none").to(memory_format=torch.channels_last).train()
     ours_opt = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=config.lr)
 
     base = seed.build_classifier({k[len("body."):]: v for k, v in ours.state_dict().items() if k.startswith("body.")})
@@ -215,10 +213,10 @@ def step_row(batch: int, steps: int, size: tuple[int, int] = CLS_SIZE) -> dict:
     def seed_step() -> None:
         seed.train_step(base, base_opt, criterion, floats, labels)
 
-    def ours_step() -> None:  # as cloudpipe.train.fit (accumulate=1; no scaler for bf16)
+    def ours_step() -> None:  # as cloudpipe.engine.train.Trainer (accumulate=1; no scaler for bf16)
         images = pixels.permute(0, 3, 1, 2)
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = stage_loss("classifier", ours(images), labels)
+            loss = stage.loss(ours(images), labels)
         loss.backward()
         ours_opt.step()
         ours_opt.zero_grad(set_to_none=True)
@@ -240,7 +238,7 @@ def gpu_epoch_row(data_dir: Path, epochs: int = 2, device: str = "cuda") -> dict
     (``device="cpu"`` runs the same code on the CPU, to test it where there is no GPU.)"""
     if device == "cuda" and not torch.cuda.is_available():
         return None
-    from cloudpipe.train import train_run
+    from cloudpipe.engine.train import train_run
 
     config = load_config("classifier", overrides=dict(weights="none", epochs=epochs, device=device, accumulate=1,
                                                       workers=min(8, os.cpu_count() or 1)))

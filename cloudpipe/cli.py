@@ -2,17 +2,18 @@
 
 Each command parses and validates its options, then calls one library function. Heavy imports
 (torch, models) happen inside the commands so ``cloudpipe --help`` is instant. A
-:class:`~cloudpipe.errors.CloudpipeError` becomes one ``error:`` line and exit status 2.
+:class:`~cloudpipe.core.errors.CloudpipeError` becomes one ``error:`` line and exit status 2.
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
 
 import click
 
-from cloudpipe.errors import CloudpipeError
+from cloudpipe.core.errors import CloudpipeError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -67,14 +68,28 @@ def with_options(*options):
     return decorate
 
 
-def inference_options(batch_size: int):
-    """--batch-size, --device, --workers and --quiet for commands that run a model."""
-    return with_options(
+def inference_options(batch_size: int, tta: bool = True):
+    """--batch-size, --device, --workers, --quiet (and --tta) for commands that run a model;
+    the command receives them as one ``settings`` (:class:`InferenceSettings`)."""
+    options = [
         click.option("--batch-size", type=click.IntRange(min=1), default=batch_size),
         click.option("--device", type=DEVICE, default="auto"),
         click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
-    )
+    ]
+    if tta:
+        options.append(click.option("--tta", is_flag=True, help="Average identity, horizontal and vertical flips."))
+
+    def decorate(fn):
+        def command(batch_size: int, device: str, workers: int, quiet: bool, tta: bool = False, **kwargs):
+            from cloudpipe.engine.settings import InferenceSettings
+
+            settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, tta=tta, progress=not quiet)
+            return fn(settings=settings, **kwargs)
+
+        return with_options(*options)(functools.wraps(fn)(command))
+
+    return decorate
 
 
 def shape_option(name: str, default: tuple[int, int], help: str):
@@ -98,7 +113,7 @@ def main() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
 def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, overwrite: bool) -> None:
     """Write a synthetic dataset in the Kaggle layout to OUT_DIR."""
-    from cloudpipe.synth import make_dataset
+    from cloudpipe.data.synth import make_dataset
 
     s = make_dataset(out_dir, train=n_train, test=n_test, shape=(height, width), seed=seed, overwrite=overwrite)
     click.echo(f"wrote {s.train} train and {s.test} test images ({s.shape[0]}x{s.shape[1]}) to {s.out_dir}")
@@ -114,7 +129,7 @@ def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int], pred
 
     Truth masks are resized to the submission's size (nearest-neighbour) when sizes differ.
     """
-    from cloudpipe.metrics import evaluate_files
+    from cloudpipe.pipeline.evaluate import evaluate_files
 
     table = evaluate_files(truth_csv, pred_csv, truth_shape, pred_shape)
     click.echo(format_table([{"class": k, "dice": v} for k, v in table.items()]))
@@ -154,8 +169,8 @@ def training_options(*weights_names: str):
 
 def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, fold: int | None, resume: bool,
            quiet: bool, **overrides) -> None:
-    from cloudpipe.config import load_config
-    from cloudpipe.train import train_run
+    from cloudpipe.engine.config import load_config
+    from cloudpipe.engine.train import train_run
 
     config = load_config(task, config_path, overrides)
     results = train_run(config, data_dir, out_dir, resume=resume, fold=fold, progress=not quiet)
@@ -165,6 +180,7 @@ def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, f
 
 @main.command("train-classifier")
 @training_options("--weights")
+@click.option("--arch", default=None, help="torchvision resnet18 | resnet34 | resnet50 (tiny: a stand-in for tests).")
 def train_classifier(**options) -> None:
     """Train the ResNet presence classifier (defaults: configs/classifier.yaml, the seed recipe)."""
     _train("classifier", **options)
@@ -187,17 +203,15 @@ def train_seg(**options) -> None:
 @click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None, help="thresholds.json from tune-threshold.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="One threshold for all classes [default: RUN/thresholds.json, else 0.5].")
 @shape_option("--mask-shape", (350, 525), "Mask size of the segmentation submission.")
-@click.option("--tta", is_flag=True, help="Average identity, horizontal and vertical flips.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=16)
 def predict(seg_csv: Path, run_dir: Path, data_dir: Path, out: Path, thresholds_file: Path | None, threshold: float | None,
-            mask_shape: tuple[int, int], tta: bool, batch_size: int, device: str, workers: int, overwrite: bool, quiet: bool) -> None:
+            mask_shape: tuple[int, int], overwrite: bool, settings) -> None:
     """Blank the segmentation masks of classes the classifier judges absent; write the submission."""
-    from cloudpipe.submission import predict_submission, probs_path_for
+    from cloudpipe.pipeline.predict import predict_submission, probs_path_for
 
     summary = predict_submission(seg_csv, run_dir, data_dir, out, thresholds_file=thresholds_file, threshold=threshold,
-                                 mask_shape=mask_shape, tta=tta, batch_size=batch_size, device=device, workers=workers,
-                                 overwrite=overwrite, progress=not quiet)
+                                 mask_shape=mask_shape, settings=settings, overwrite=overwrite)
     click.echo(summary.line())
     click.echo(f"wrote {out} and {probs_path_for(out)}")
 
@@ -211,17 +225,15 @@ def predict(seg_csv: Path, run_dir: Path, data_dir: Path, out: Path, thresholds_
 @click.option("--out", type=NEW_PATH, default=None, help="JSON to write [default: RUN/thresholds.json, replaced].")
 @click.option("--plot", type=NEW_PATH, default=None, help="PNG of score against threshold [default: --out with .png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out / --plot file.")
-@inference_options(batch_size=16)  # used when val_probs.csv must be computed
+@inference_options(batch_size=16, tta=False)  # used when val_probs.csv must be computed
 def tune_threshold(run_dir: Path, data_dir: Path, seg_csv: Path | None, objective: str | None, mask_shape: tuple[int, int],
-                   out: Path | None, plot: Path | None, overwrite: bool, batch_size: int, device: str, workers: int,
-                   quiet: bool) -> None:
+                   out: Path | None, plot: Path | None, overwrite: bool, settings) -> None:
     """Choose per-class presence thresholds that maximise the Kaggle Dice of the blanked --seg
     predictions on the run's validation images (accuracy without --seg); write thresholds.json."""
-    from cloudpipe.thresholds import tune_thresholds
+    from cloudpipe.pipeline.tune import tune_thresholds
 
     result = tune_thresholds(run_dir, data_dir, seg=seg_csv, objective=objective, mask_shape=mask_shape, out=out,
-                             plot=plot, overwrite=overwrite, device=device, batch_size=batch_size, workers=workers,
-                             progress=not quiet)
+                             plot=plot, overwrite=overwrite, settings=settings)
     click.echo(format_table(result.rows))
     click.echo(result.summary())
 
@@ -232,19 +244,14 @@ def tune_threshold(run_dir: Path, data_dir: Path, seg_csv: Path | None, objectiv
 @click.option("--split", type=click.Choice(["val", "test"]), required=True,
               help="val: the run's validation images (and tune post-processing); test: the test images.")
 @click.option("--out", type=NEW_PATH, required=True, help="Kaggle-format CSV to write.")
-@click.option("--tta", is_flag=True, help="Average identity, horizontal and vertical flips.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @inference_options(batch_size=8)
-def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path, tta: bool, batch_size: int, device: str,
-                workers: int, overwrite: bool, quiet: bool) -> None:
+def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path, overwrite: bool, settings) -> None:
     """Masks of the segmentation model, post-processed, as a Kaggle-format CSV."""
-    from cloudpipe.competition import CLASSES
-    from cloudpipe.segment import predict_segmentation
+    from cloudpipe.pipeline.segment import predict_segmentation
 
-    result = predict_segmentation(run_dir, data_dir, split, out, tta=tta, batch_size=batch_size, device=device,
-                                  workers=workers, overwrite=overwrite, progress=not quiet)
-    post = result.postprocess
-    click.echo("post-processing: " + ", ".join(f"{c} p>={post.threshold[c]:g} min {post.min_size[c]}px" for c in CLASSES))
+    result = predict_segmentation(run_dir, data_dir, split, out, settings=settings, overwrite=overwrite)
+    click.echo("post-processing: " + result.postprocess.describe())
     click.echo(result.line())
 
 
@@ -256,8 +263,8 @@ def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path, tta: bool,
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
     """Run the whole two-stage pipeline on synthetic data and print the test Dice."""
-    from cloudpipe.competition import CLASSES
-    from cloudpipe.demo import run_demo
+    from cloudpipe.core.competition import CLASSES
+    from cloudpipe.pipeline.demo import run_demo
 
     result = run_demo(out_dir, size, overwrite=overwrite, progress=not quiet, echo=click.echo)
     click.echo("\nTest Dice (synthetic test set, Kaggle metric):")

@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloudpipe.outputs import atomic_path
+from cloudpipe.data.outputs import atomic_path
 
 if TYPE_CHECKING:
-    from cloudpipe.thresholds import Sweep
+    from cloudpipe.algorithms.thresholds import Sweep
 
 
 def plot_threshold_curves(sweeps: Mapping[str, Sweep], path: Path, *, metric: str = "Dice",
@@ -26,7 +26,7 @@ def plot_threshold_curves(sweeps: Mapping[str, Sweep], path: Path, *, metric: st
     blanking.
 
     Args:
-        sweeps: class -> :class:`~cloudpipe.thresholds.Sweep`, one panel each (up to 4).
+        sweeps: class -> :class:`~cloudpipe.algorithms.thresholds.Sweep`, one panel each (up to 4).
         path: PNG file to write (atomically).
         metric: name of the score on the y axis.
         images: number of validation images, for the title.
@@ -80,7 +80,7 @@ def plot_overlay(image: np.ndarray, path: Path, *, truth: np.ndarray | None = No
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from cloudpipe.competition import CLASSES
+    from cloudpipe.core.competition import CLASSES
 
     height, width = image.shape[:2]
     fig = Figure(figsize=(12, 12 * height / width + 0.6), dpi=100, layout="constrained")

@@ -6,14 +6,21 @@ from pathlib import Path
 
 import numpy as np
 
-from cloudpipe.competition import CLASSES, SUBMISSION_SHAPE
-from cloudpipe.data import TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, read_mask_csv, require_dir, to_wide
-from cloudpipe.errors import CloudpipeError
-from cloudpipe.images import jpeg_size, read_image, reduction_for
-from cloudpipe.masks import resize_nearest
-from cloudpipe.outputs import check_output
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.rle import rle2mask
+from cloudpipe.data.images import jpeg_size, read_image, reduction_for
+from cloudpipe.data.kaggle import (
+    TEST_IMAGES,
+    TRAIN_CSV,
+    TRAIN_IMAGES,
+    read_mask_csv,
+    require_dir,
+    to_wide,
+)
+from cloudpipe.data.outputs import check_output
 from cloudpipe.plots import plot_overlay
-from cloudpipe.rle import rle2mask
 
 
 def _masks(frame, image: str, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:

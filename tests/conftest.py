@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny synthetic datasets in the Kaggle layout, made by cloudpipe.synth.
+"""Shared fixtures: tiny synthetic datasets in the Kaggle layout, made by cloudpipe.data.synth.
 
 The torch hub cache points at an empty temporary folder, so no test can download weights.
 """
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudpipe.synth import make_dataset
+from cloudpipe.data.synth import make_dataset
 
 TINY_SHAPE = (64, 96)
 
@@ -30,11 +30,11 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_classifier_run(tiny_data, tmp_path_factory) -> Path:
     """A classifier trained for one epoch on ``tiny_data`` (random init, CPU)."""
-    from cloudpipe.config import load_config
-    from cloudpipe.train import train_run
+    from cloudpipe.engine.config import load_config
+    from cloudpipe.engine.train import train_run
 
     run = tmp_path_factory.mktemp("classifier") / "run"
-    config = load_config("classifier", overrides=dict(weights="none", epochs=1, image_size=TINY_SHAPE, workers=0,
+    config = load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=1, image_size=TINY_SHAPE, workers=0,
                                                       batch_size=8, accumulate=1, lr=1e-3, device="cpu"))
     train_run(config, tiny_data, run, progress=False)
     return run

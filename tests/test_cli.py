@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
-from cloudpipe.competition import CLASSES, SUBMISSION_SHAPE
-from cloudpipe.rle import rle2mask
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.rle import rle2mask
 
 
 def run(*args: str):

@@ -7,8 +7,8 @@ import re
 import pytest
 import yaml
 
-from cloudpipe.config import config_from_dict, load_config, save_config
-from cloudpipe.errors import CloudpipeError
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.engine.config import config_from_dict, load_config, save_config
 
 
 def test_classifier_defaults_are_the_seed_recipe():

@@ -8,7 +8,7 @@ import pandas as pd
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
-from cloudpipe.competition import CLASSES
+from cloudpipe.core.competition import CLASSES
 
 
 def test_demo_tiny_end_to_end(tmp_path):
@@ -31,7 +31,7 @@ def test_demo_tiny_end_to_end(tmp_path):
     sample = pd.read_csv(out / "data" / "sample_submission.csv")
     assert list(submission["Image_Label"]) == list(sample["Image_Label"])
     # The printed Dice is the evaluation of the submission that was written.
-    from cloudpipe.metrics import evaluate_files
+    from cloudpipe.pipeline.evaluate import evaluate_files
 
     table = evaluate_files(out / "data" / "test_truth.csv", out / "submissions" / "submission.csv", (350, 525), (350, 525))
     assert [round(table[c], 4) for c in CLASSES] == rows["gated, tuned thresholds"][:4]
@@ -45,18 +45,3 @@ def test_demo_overwrite_refuses_a_folder_that_is_not_a_demo(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--size", "tiny", "--overwrite", "--quiet"])
     assert result.exit_code == 2 and "refusing to delete" in result.stderr
     assert (tmp_path / "notes.txt").read_text() == "mine"
-
-
-def test_show_draws_truth_and_prediction(tiny_data, tmp_path):
-    image = pd.read_csv(tiny_data / "train.csv")["Image_Label"].iloc[0].rsplit("_", 1)[0]
-    pred = tmp_path / "pred.csv"
-    pd.DataFrame({"Image_Label": [f"{image}_{c}" for c in CLASSES], "EncodedPixels": ["1 5000", "", "", ""]}).to_csv(pred, index=False)
-    out = tmp_path / "overlay.png"
-    result = CliRunner().invoke(main, ["show", "--data", str(tiny_data), "--image", image, "--pred", str(pred), "--out", str(out)])
-    assert result.exit_code == 0, result.output
-    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
-    test_image = sorted((tiny_data / "test_images").iterdir())[0].name
-    no_truth = CliRunner().invoke(main, ["show", "--data", str(tiny_data), "--image", test_image, "--out", str(tmp_path / "t.png")])
-    assert no_truth.exit_code == 2 and "--pred" in no_truth.stderr
-    unknown = CliRunner().invoke(main, ["show", "--data", str(tiny_data), "--image", "nope.jpg", "--out", str(tmp_path / "n.png")])
-    assert unknown.exit_code == 2 and "nope.jpg" in unknown.stderr

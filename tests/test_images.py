@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-import cloudpipe.images
-from cloudpipe.errors import CloudpipeError
-from cloudpipe.images import check_images, jpeg_size, read_image, reduction_for
+import cloudpipe.data.images
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.images import check_images, jpeg_size, read_image, reduction_for
 
 REAL_IMAGES = sorted((Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "train_images").glob("*.jpg"))
 needs_real = pytest.mark.skipif(not REAL_IMAGES, reason="real images not available")
@@ -115,7 +115,7 @@ def test_jpeg_size_unreadable(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(cloudpipe.images, "open", denied, raising=False)  # works as root too
+    monkeypatch.setattr(cloudpipe.data.images, "open", denied, raising=False)  # works as root too
     message = error_of(jpeg_size, path)
     assert "cannot read" in message and "Permission denied" in message and str(path) in message
 

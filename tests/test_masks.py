@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cloudpipe.masks import remove_small_components, resize_nearest
+from cloudpipe.core.masks import remove_small_components, resize_nearest
 
 SHAPE_PAIRS = [
     ((1400, 2100), (350, 525)),  # truth -> submission, the case evaluate relies on

@@ -4,8 +4,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cloudpipe.errors import CloudpipeError
-from cloudpipe.outputs import atomic_path, check_output, write_csv, write_text
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.outputs import atomic_path, check_output, write_csv, write_text
 
 
 class Boom(RuntimeError):

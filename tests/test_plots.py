@@ -5,9 +5,9 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from cloudpipe.competition import CLASSES
+from cloudpipe.algorithms.thresholds import sweep
+from cloudpipe.core.competition import CLASSES
 from cloudpipe.plots import plot_threshold_curves
-from cloudpipe.thresholds import sweep
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -4,8 +4,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from cloudpipe.errors import RLEError
-from cloudpipe.rle import mask2rle, parse_rle, rle2mask
+from cloudpipe.core.errors import RLEError
+from cloudpipe.core.rle import mask2rle, parse_rle, rle2mask
 
 
 def reference_encode(mask: np.ndarray) -> str:

@@ -6,12 +6,12 @@ import cv2
 import numpy as np
 import pytest
 
-from cloudpipe.competition import CLASSES, SUBMISSION_SHAPE
-from cloudpipe.data import presence, read_mask_csv, read_train
-from cloudpipe.errors import CloudpipeError
-from cloudpipe.images import jpeg_size
-from cloudpipe.rle import rle2mask
-from cloudpipe.synth import SynthSummary, make_dataset
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.rle import rle2mask
+from cloudpipe.data.images import jpeg_size
+from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
+from cloudpipe.data.synth import SynthSummary, make_dataset
 
 SHAPE = (48, 72)
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import albumentations as A
 import numpy as np
 
-from cloudpipe.config import load_config
-from cloudpipe.transforms import NOISE_STD_RANGE, GaussNoise, train_transform
+from cloudpipe.data.transforms import NOISE_STD_RANGE, GaussNoise, train_transform
 
 
 def test_gauss_noise_matches_the_albumentations_distribution():
@@ -30,11 +29,11 @@ def test_gauss_noise_saturates_instead_of_wrapping():
 
 
 def test_pipeline_is_reproducible_and_moves_masks_with_the_image():
-    config = load_config("classifier", overrides={"hflip": 1.0, "vflip": 0.0, "noise": 1.0})
+    settings = dict(hflip=1.0, vflip=0.0, brightness_contrast=0.5, noise=1.0, seed=69)
     image = np.random.default_rng(0).integers(0, 256, (16, 24, 3), dtype=np.uint8)
     mask = np.zeros((16, 24, 4), np.uint8)
     mask[:, :5, 2] = 1
-    first, second = train_transform(config), train_transform(config)
+    first, second = train_transform(**settings), train_transform(**settings)
     a, b = first(image=image, mask=mask), second(image=image, mask=mask)
     assert (a["image"] == b["image"]).all()  # same seed, same augmentation
     assert (a["mask"][:, -5:, 2] == 1).all() and a["mask"].sum() == mask.sum()  # flipped with the image

@@ -1,0 +1,1 @@
+"""Arrays and frames in, results out: Dice, threshold search, gating, post-processing. No torch, no files."""

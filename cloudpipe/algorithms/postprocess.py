@@ -1,0 +1,219 @@
+"""Post-processing of segmentation probabilities into masks: an ordered list of steps, each
+with one parameter per class and a search grid, tuned per class on Kaggle Dice.
+
+A step turns the current mask (None before the first step) and the class's uint8
+probabilities (H, W) into a new mask. :class:`PostProcess` is the ordered list with the chosen
+value of every step for every class; it is saved as JSON with a format version
+(:meth:`PostProcess.to_dict`). Tuning scores every combination of the steps' grids: a tree
+walk shares each step's output among all the values of the steps after it, and a step may give
+all of its grid's masks at once (:meth:`Step.variants`: one connected-components pass serves
+every minimum size). Classes are independent, so the best combination per class is exact.
+
+Steps are registered by name in :data:`STEPS`; a new step is a subclass with a ``name``, a
+``default`` value, a ``grid``, ``apply`` and (when cheaper) ``variants``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import ClassVar
+
+import cv2
+import numpy as np
+
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.masks import remove_small_components
+from cloudpipe.core.metric import dice_score
+
+FORMAT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class Step:
+    """One post-processing step: a parameter per class and the grid it is tuned over."""
+
+    name: ClassVar[str]
+    default: ClassVar[float]
+    reads_probs: ClassVar[bool] = False
+    """Whether the step looks at the probabilities (else it only transforms the mask, and an
+    empty mask stays empty through it)."""
+    grid: tuple = ()
+
+    def __post_init__(self):
+        if not self.grid:
+            raise CloudpipeError(f"post-processing step {self.name!r} has an empty grid")
+
+    def apply(self, mask: np.ndarray | None, probs: np.ndarray, value) -> np.ndarray:
+        """The 0/1 uint8 mask (H, W) after this step with parameter ``value``."""
+        raise NotImplementedError
+
+    def variants(self, mask: np.ndarray | None, probs: np.ndarray) -> list[np.ndarray]:
+        """The mask after this step for every value of the grid, in grid order."""
+        return [self.apply(mask, probs, value) for value in self.grid]
+
+
+@dataclass(frozen=True)
+class Threshold(Step):
+    """Pixel threshold on the probability: ``p >= value`` (probabilities stored as uint8)."""
+
+    name: ClassVar[str] = "threshold"
+    default: ClassVar[float] = 0.5
+    reads_probs: ClassVar[bool] = True
+    grid: tuple = (0.3, 0.4, 0.5, 0.6, 0.7)
+
+    def apply(self, mask, probs, value):
+        return binarize(probs, value)
+
+
+@dataclass(frozen=True)
+class MinSize(Step):
+    """Drop 8-connected components smaller than ``value`` pixels (at the mask's size)."""
+
+    name: ClassVar[str] = "min_size"
+    default: ClassVar[float] = 0
+    grid: tuple = (0, 500, 1000, 2500, 5000, 10000)  # pixels at 350 x 525, as top solutions used
+
+    def apply(self, mask, probs, value):
+        return remove_small_components(mask, int(value))
+
+    def variants(self, mask, probs):
+        if not mask.any():
+            return [mask] * len(self.grid)
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, np.uint8), connectivity=8)
+        area = stats[:, cv2.CC_STAT_AREA]
+        out = []
+        for value in self.grid:
+            keep = np.zeros(count, np.uint8)
+            keep[1:] = area[1:] >= value
+            out.append(keep[labels])
+        return out
+
+
+STEPS: dict[str, type[Step]] = {s.name: s for s in (Threshold, MinSize)}
+
+
+def binarize(probs: np.ndarray, threshold: float) -> np.ndarray:
+    """uint8 probabilities (0..255) -> 0/1 mask of ``p >= threshold``."""
+    return (probs >= round(threshold * 255)).astype(np.uint8)
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """The ordered steps and, per class, the value of each step.
+
+    Attributes:
+        steps: the steps, applied in order; the first must read the probabilities.
+        values: class -> one value per step.
+    """
+
+    steps: tuple[Step, ...] = (Threshold(), MinSize())
+    values: dict[str, tuple] = field(default_factory=dict)
+
+    def __post_init__(self):
+        if not self.steps or not self.steps[0].reads_probs:
+            raise CloudpipeError("post-processing must start with a step that reads the probabilities (e.g. threshold)")
+        if not self.values:
+            object.__setattr__(self, "values", {c: tuple(s.default for s in self.steps) for c in CLASSES})
+        for c in CLASSES:
+            if len(self.values.get(c, ())) != len(self.steps):
+                raise CloudpipeError(f"post-processing needs one value per step for {c}")
+
+    def apply(self, probs: np.ndarray, k: int) -> np.ndarray:
+        """0/1 mask of class ``k`` from its uint8 probabilities (H, W)."""
+        mask = None
+        for step, value in zip(self.steps, self.values[CLASSES[k]]):
+            mask = step.apply(mask, probs, value)
+        return mask
+
+    def describe(self) -> str:
+        """One line: each class's values, e.g. ``Fish threshold 0.5 min_size 5000``."""
+        return ", ".join(f"{c} " + " ".join(f"{s.name} {v:g}" for s, v in zip(self.steps, self.values[c])) for c in CLASSES)
+
+    def to_dict(self) -> dict:
+        """JSON-ready: ``{"format": 2, "steps": [{"step", "grid", "values": {class: v}}]}``."""
+        return {"format": FORMAT_VERSION, "steps": [
+            {"step": s.name, "grid": list(s.grid), "values": {c: self.values[c][i] for c in CLASSES}}
+            for i, s in enumerate(self.steps)]}
+
+    @classmethod
+    def from_dict(cls, data: object) -> PostProcess:
+        """Rebuild from :meth:`to_dict`'s form.
+
+        Raises:
+            CloudpipeError: another format version, an unknown step, or missing values.
+        """
+        if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+            found = data.get("format") if isinstance(data, dict) else None
+            raise CloudpipeError(f"post-processing format {found!r} is not {FORMAT_VERSION} (run predict-seg --split val "
+                                 "again to tune and save it)")
+        try:
+            steps, values = [], {c: [] for c in CLASSES}
+            for entry in data["steps"]:
+                if entry["step"] not in STEPS:
+                    raise CloudpipeError(f"unknown post-processing step {entry['step']!r}; known: {', '.join(STEPS)}")
+                steps.append(STEPS[entry["step"]](grid=tuple(entry["grid"])))
+                for c in CLASSES:
+                    values[c].append(float(entry["values"][c]))
+        except (KeyError, TypeError) as err:
+            raise CloudpipeError(f"post-processing file lacks {err}") from None
+        return cls(tuple(steps), {c: tuple(v) for c, v in values.items()})
+
+
+def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Intersection with ``truth`` and predicted area of one (image, class) pair for every
+    combination of the steps' grids.
+
+    Args:
+        steps: the post-processing steps.
+        probs: uint8 probabilities (H, W).
+        truth: 0/1 truth mask (H, W).
+
+    Returns:
+        Two int64 arrays of shape ``tuple(len(s.grid) for s in steps)``.
+    """
+    shape = tuple(len(s.grid) for s in steps)
+    inter, area = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
+    truth = truth.astype(bool)
+
+    def walk(level: int, mask: np.ndarray | None, index: tuple) -> None:
+        if mask is not None and not mask.any() and not any(s.reads_probs for s in steps[level:]):
+            return  # empty from here on: zeros
+        if level == len(steps):
+            on = mask.astype(bool)
+            inter[index], area[index] = np.count_nonzero(on & truth), np.count_nonzero(on)
+            return
+        for j, variant in enumerate(steps[level].variants(mask, probs)):
+            walk(level + 1, variant, (*index, j))
+
+    walk(0, None, ())
+    return inter, area
+
+
+def choose(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_area: np.ndarray) -> tuple[PostProcess, np.ndarray]:
+    """The best combination per class on mean Dice; ties go to the first in grid order.
+
+    Args:
+        steps: the steps whose grids were swept.
+        inter, area: (n, 4, *grid) statistics from :func:`grid_stats`.
+        truth_area: (n, 4) truth areas.
+
+    Returns:
+        The choice and the mean Dice of every combination, (4, *grid).
+    """
+    extra = (slice(None), slice(None)) + (None,) * (inter.ndim - 2)
+    dice = dice_score(inter, area, np.broadcast_to(truth_area[extra], inter.shape)).mean(axis=0)
+    values = {}
+    for k, c in enumerate(CLASSES):
+        best = np.unravel_index(int(np.argmax(dice[k])), dice[k].shape)
+        values[c] = tuple(s.grid[j] for s, j in zip(steps, best))
+    return PostProcess(tuple(steps), values), dice
+
+
+def default_index(steps: Sequence[Step]) -> tuple[int, ...] | None:
+    """The grid index of every step's default value (None when a default is not in its grid)."""
+    try:
+        return tuple(list(s.grid).index(s.default) for s in steps)
+    except ValueError:
+        return None

@@ -1,0 +1,175 @@
+"""Per-class presence thresholds, searched exactly on the competition metric.
+
+A pair (image, class) is blanked when its presence probability is below the class threshold.
+Blanking turns the pair's Dice from its segmentation Dice into 1 (class absent) or 0 (class
+present). Dice is a mean over pairs, so each class's threshold is searched on its own, and
+exactly: every distinct probability is a candidate, scored for all candidates at once with one
+sort and cumulative sums over per-pair scores computed once (:func:`sweep`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import pandas as pd
+
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.metric import pair_stats
+
+TIE_TOLERANCE = 1e-12
+"""Scores this close to the best count as ties (cumulative sums round differently)."""
+
+Objective = Literal["dice", "accuracy"]
+METRIC_NAMES: dict[str, str] = {"dice": "dice", "accuracy": "acc"}
+
+
+def check_threshold(value: object, what: str) -> float:
+    """A threshold as float in [0, 1], or a CloudpipeError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise CloudpipeError(f"{what} threshold {value!r} is not a number in [0, 1]")
+    return float(value)
+
+
+
+def parse_thresholds(data: object) -> dict[str, float]:
+    """Class thresholds from a parsed ``thresholds.json`` object (extra keys ignored).
+
+    Raises:
+        CloudpipeError: not an object, a missing class, or a value outside [0, 1].
+    """
+    if not isinstance(data, dict):
+        raise CloudpipeError("thresholds must be a JSON object of class: threshold")
+    missing = [c for c in CLASSES if c not in data]
+    if missing:
+        raise CloudpipeError(f"no threshold for {', '.join(missing)}")
+    return {c: check_threshold(data[c], c) for c in CLASSES}
+
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One class's mean score at every candidate threshold.
+
+    Attributes:
+        thresholds: (m,) candidates, ascending: 0, every distinct probability, and the next
+            float above the largest one (when that is still <= 1), which blanks every pair.
+        scores: (m,) mean per-pair score when pairs with probability < threshold are blanked.
+        best: index of the chosen candidate (the lowest one of the best score).
+    """
+
+    thresholds: np.ndarray
+    scores: np.ndarray
+    best: int
+
+    @property
+    def threshold(self) -> float:
+        """The chosen threshold."""
+        return float(self.thresholds[self.best])
+
+    @property
+    def score(self) -> float:
+        """The mean score at the chosen threshold."""
+        return float(self.scores[self.best])
+
+    def score_at(self, threshold: float) -> float:
+        """Mean score at any threshold: that of the smallest candidate >= ``threshold``, which
+        blanks exactly the same pairs (no probability lies between them)."""
+        j = min(int(np.searchsorted(self.thresholds, threshold, side="left")), len(self.thresholds) - 1)
+        return float(self.scores[j])
+
+
+def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
+    """0 (blank nothing), every distinct probability, and just above the largest (blank all).
+
+    The last one is left out when the largest probability is 1: no threshold in [0, 1] can
+    blank a pair of probability 1.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    above = np.nextafter(probs.max(), np.inf)
+    return np.unique(np.concatenate([[0.0], probs, [above] if above <= 1 else []]))
+
+
+def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray) -> Sweep:
+    """Score every candidate threshold of one class in O(n log n).
+
+    At threshold ``t`` a pair scores ``blank`` when its probability is < ``t`` and ``keep``
+    otherwise; sorted by probability, the blanked pairs are a prefix, so the mean score at every
+    candidate comes from two cumulative sums.
+
+    Args:
+        probs: (n,) presence probabilities in [0, 1].
+        keep: (n,) score of each pair when kept (e.g. its segmentation Dice).
+        blank: (n,) score of each pair when blanked (e.g. 1 if the class is absent, else 0).
+
+    Returns:
+        The sweep, best score chosen with ties broken toward the lower threshold.
+    """
+    probs = np.asarray(probs, dtype=np.float64)
+    if probs.size == 0:
+        raise CloudpipeError("no pairs to tune a threshold on")
+    order = np.argsort(probs, kind="stable")
+    sorted_probs = probs[order]
+    kept = np.concatenate([[0.0], np.cumsum(np.asarray(keep, np.float64)[order])])
+    blanked = np.concatenate([[0.0], np.cumsum(np.asarray(blank, np.float64)[order])])
+    thresholds = candidate_thresholds(probs)
+    cut = np.searchsorted(sorted_probs, thresholds, side="left")  # pairs blanked at each candidate
+    scores = (blanked[cut] + kept[-1] - kept[cut]) / probs.size
+    best = int(np.flatnonzero(scores >= scores.max() - TIE_TOLERANCE)[0])
+    return Sweep(thresholds, scores, best)
+
+
+@dataclass(frozen=True)
+class PairScores:
+    """What each (image, class) pair scores kept or blanked, arrays of shape (n_images, 4)."""
+
+    images: list[str]
+    keep: np.ndarray
+    blank: np.ndarray
+    present: np.ndarray  # bool: the class is in the image (blanking it is a mistake)
+
+    @classmethod
+    def dice(cls, truth: pd.DataFrame, pred: pd.DataFrame, truth_shape: tuple[int, int],
+             pred_shape: tuple[int, int]) -> PairScores:
+        """Kaggle Dice of segmentation predictions kept or blanked (wide RLE frames; the
+        images of ``pred``)."""
+        stats = pair_stats(truth, pred, truth_shape, pred_shape)
+        return cls(stats.images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0)
+
+    @classmethod
+    def accuracy(cls, labels: pd.DataFrame) -> PairScores:
+        """Accuracy of "present" (kept) or "absent" (blanked) against 0/1 presence labels."""
+        present = labels.loc[:, list(CLASSES)].to_numpy() > 0
+        return cls(list(labels.index), present.astype(np.float64), (~present).astype(np.float64), present)
+
+
+def choose_thresholds(probs: np.ndarray, scores: PairScores) -> dict[str, Sweep]:
+    """The sweep of every class (class order), from probabilities (n, 4) aligned with
+    ``scores.images``."""
+    return {c: sweep(probs[:, k], scores.keep[:, k], scores.blank[:, k]) for k, c in enumerate(CLASSES)}
+
+
+def summary_rows(probs: np.ndarray, scores: PairScores, sweeps: Mapping[str, Sweep], objective: Objective) -> list[dict]:
+    """The tuning table: per class and overall, the score with no blanking, at 0.5 and tuned,
+    and how many masks the tuned threshold removes, of which wrongly (class present)."""
+    metric = METRIC_NAMES[objective]
+    rows = []
+    for k, (cls, s) in enumerate(sweeps.items()):
+        removed = probs[:, k] < s.threshold
+        rows.append({
+            "class": cls,
+            "threshold": s.threshold,
+            f"{metric}_no_blank": s.score_at(0.0),
+            f"{metric}_at_0.5": s.score_at(0.5),
+            f"{metric}_tuned": s.score,
+            "removed": int(removed.sum()),
+            "wrongly": int((removed & scores.present[:, k]).sum()),
+        })
+    mean = {"class": "mean", "threshold": ""}
+    for key in list(rows[0])[2:]:
+        values = [r[key] for r in rows]
+        mean[key] = sum(values) if isinstance(values[0], int) else float(np.mean(values))
+    return rows + [mean]

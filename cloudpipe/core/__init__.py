@@ -1,0 +1,1 @@
+"""Facts of the competition: classes and shapes, the RLE codec, mask resizing, errors."""

@@ -1,0 +1,1 @@
+"""Data on disk: Kaggle CSVs, images, datasets and transforms, synthetic data, safe outputs, the run folder."""

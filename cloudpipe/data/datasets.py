@@ -1,0 +1,88 @@
+"""Torch datasets over the Kaggle folders: reduced JPEG decode, uint8 tensors out.
+
+Labels come from the CSV text; segmentation masks are decoded from RLE and resized to the
+training size. Samples are ``dict(image=uint8 (H, W, 3), target=..., index=int)``; a batch's
+``image`` is NHWC uint8, which ``permute(0, 3, 1, 2)`` turns into a channels_last NCHW view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.rle import rle2mask
+from cloudpipe.data.images import read_image
+
+
+class CloudDataset(Dataset):
+    """Images of one split, with optional presence labels or masks.
+
+    Args:
+        paths: JPEG files.
+        size: (H, W) the images are resized to.
+        reduction: libjpeg decode scale (1, 2, 4, 8), see :func:`cloudpipe.data.images.reduction_for`.
+        labels: float array (n, 4) of presence labels, or None.
+        rles: per image, the 4 RLE strings of its masks (at ``mask_shape``), or None.
+        mask_shape: (H, W) of the RLE masks.
+        transform: albumentations Compose applied to image (and mask), or None.
+        seed: with ``transform``, augmentation is seeded by (seed, epoch, index), so it is the
+            same whatever the worker count, and a resumed run replays it exactly.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[Path],
+        size: tuple[int, int],
+        reduction: int = 1,
+        labels: np.ndarray | None = None,
+        rles: Sequence[Sequence[str]] | None = None,
+        mask_shape: tuple[int, int] | None = None,
+        transform=None,
+        seed: int = 0,
+    ):
+        self.paths = list(paths)
+        self.size = tuple(size)
+        self.reduction = reduction
+        self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
+        self.rles = rles
+        self.mask_shape = mask_shape
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Choose the augmentation stream of an epoch."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        image = read_image(self.paths[index], self.size, self.reduction)
+        sample: dict = {"index": index}
+        mask = None
+        if self.rles is not None:
+            mask = np.stack(
+                [resize_nearest(rle2mask(r, self.mask_shape), self.size) for r in self.rles[index]], axis=-1
+            )
+        if self.transform is not None:
+            self.transform.set_random_seed(self.seed * 1_000_003 + self.epoch * 100_003 + index)
+            out = self.transform(image=image, mask=mask) if mask is not None else self.transform(image=image)
+            image, mask = out["image"], out.get("mask")
+        sample["image"] = torch.from_numpy(np.ascontiguousarray(image))
+        if mask is not None:
+            sample["target"] = torch.from_numpy(np.ascontiguousarray(mask.transpose(2, 0, 1)))
+        elif self.labels is not None:
+            sample["target"] = torch.from_numpy(self.labels[index])
+        return sample
+
+
+def worker_init(_: int) -> None:
+    """DataLoader workers decode one image each; OpenCV's own threads would oversubscribe."""
+    cv2.setNumThreads(0)

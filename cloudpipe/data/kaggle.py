@@ -1,0 +1,300 @@
+"""Kaggle CSVs and the data folder: reading, validation, presence labels, splits.
+
+A mask CSV (``train.csv``, ``sample_submission.csv``, any submission) is read into a "long"
+frame that keeps the file's row order and its exact ``EncodedPixels`` strings, with the parsed
+``image`` and ``class_name`` beside them. ``to_wide`` turns it into one row per image and one
+column per class. Error messages name the file and its line (the header is line 1).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, split_label
+from cloudpipe.core.errors import CloudpipeError, RLEError
+from cloudpipe.core.rle import parse_rle
+from cloudpipe.data.images import check_images
+
+TRAIN_CSV = "train.csv"
+SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
+TRAIN_IMAGES = "train_images"
+TEST_IMAGES = "test_images"
+PROBS_COLUMNS: tuple[str, ...] = ("image", *CLASSES)
+"""Columns of a probabilities CSV such as ``val_probs.csv``."""
+
+
+def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Read a CSV as text (empty cells stay ``""``) and check it has exactly ``columns``.
+
+    Raises:
+        CloudpipeError: missing or unreadable file, no header, wrong columns, no rows.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CloudpipeError("file not found", path=path)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+    except pd.errors.EmptyDataError:
+        raise CloudpipeError("file is empty (expected a header " + ",".join(columns) + ")", path=path) from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise CloudpipeError(f"not a readable CSV ({str(err).strip().splitlines()[-1]})", path=path) from None
+    if tuple(frame.columns) != tuple(columns):
+        raise CloudpipeError(
+            f"columns are {','.join(map(str, frame.columns))}; expected {','.join(columns)}", path=path, line=1
+        )
+    if not isinstance(frame.index, pd.RangeIndex):
+        # pandas silently turns the first column into the index when the first data row has
+        # more fields than the header; every column would then be shifted by one.
+        raise CloudpipeError(
+            f"the first row has more fields than the header's {len(frame.columns)}", path=path, line=2
+        )
+    if frame.empty:
+        raise CloudpipeError("has a header but no rows", path=path)
+    return frame
+
+
+def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Read and validate a Kaggle mask CSV (``Image_Label,EncodedPixels``).
+
+    Args:
+        path: the CSV file.
+        shape: (H, W) of its masks; when given, every RLE string is validated for it.
+
+    Returns:
+        DataFrame with columns ``Image_Label, EncodedPixels, image, class_name`` in file order.
+
+    Raises:
+        CloudpipeError: wrong columns, no rows, a label without ``_``, an unknown class,
+            duplicate rows, an image without all four classes, or (with ``shape``) bad RLE.
+    """
+    return check_mask_frame(read_csv_text(path, CSV_COLUMNS), path, shape=shape)
+
+
+def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
+    """Validate a text frame with columns ``Image_Label, EncodedPixels`` (see
+    :func:`read_mask_csv`); ``path`` names it in errors, lines counted as in its CSV."""
+    if frame.empty:
+        raise CloudpipeError("has no rows", path=path)
+    frame = frame.reset_index(drop=True)
+    labels = frame["Image_Label"].tolist()
+    parts = []
+    for i, label in enumerate(labels):
+        try:
+            image, cls = split_label(label)
+        except ValueError as err:
+            raise CloudpipeError(str(err), path=path, line=i + 2) from None
+        if cls not in CLASSES:
+            raise CloudpipeError(
+                f"unknown class {cls!r} in {label!r} (classes: {', '.join(CLASSES)})", path=path, line=i + 2
+            )
+        parts.append((image, cls))
+    frame["image"] = [p[0] for p in parts]
+    frame["class_name"] = [p[1] for p in parts]
+    duplicated = frame["Image_Label"].duplicated()
+    if duplicated.any():
+        i = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise CloudpipeError(f"duplicate Image_Label {labels[i]!r}", path=path, line=i + 2)
+    counts = frame.groupby("image", sort=False).size()
+    incomplete = counts[counts != len(CLASSES)]
+    if len(incomplete):
+        image = incomplete.index[0]
+        have = frame.loc[frame["image"] == image, "class_name"].tolist()
+        missing = [c for c in CLASSES if c not in have]
+        raise CloudpipeError(
+            f"image {image!r} lacks rows for {', '.join(missing)} "
+            f"({len(incomplete)} image(s) without all {len(CLASSES)} classes)",
+            path=path,
+        )
+    if shape is not None:
+        validate_rle_column(frame, shape, path)
+    return frame
+
+
+def validate_rle_column(frame: pd.DataFrame, shape: tuple[int, int], path: Path) -> None:
+    """Check every ``EncodedPixels`` of a long frame is valid RLE for masks of ``shape``."""
+    for i, rle in enumerate(frame["EncodedPixels"].tolist()):
+        if rle:
+            try:
+                parse_rle(rle, shape)
+            except RLEError as err:
+                raise CloudpipeError(
+                    f"{frame['Image_Label'].iat[i]}: {err} (masks are {shape[0]}x{shape[1]})",
+                    path=path,
+                    line=i + 2,
+                ) from None
+
+
+def to_wide(frame: pd.DataFrame) -> pd.DataFrame:
+    """Long mask frame -> one row per image (first-appearance order), one RLE column per class."""
+    wide = frame.pivot(index="image", columns="class_name", values="EncodedPixels")
+    order = pd.unique(frame["image"])
+    return wide.loc[order, list(CLASSES)].rename_axis(index="image", columns=None)
+
+
+def presence(frame: pd.DataFrame) -> pd.DataFrame:
+    """Presence labels from the CSV text: 1 where ``EncodedPixels`` is non-empty (no decoding).
+
+    Returns:
+        int64 DataFrame indexed by image, columns in class order.
+    """
+    wide = to_wide(frame)
+    return (wide.apply(lambda col: col.str.strip() != "")).astype(np.int64)
+
+
+def read_train(data_dir: Path) -> pd.DataFrame:
+    """``DIR/train.csv`` as a validated long frame (RLE checked later, at the image size)."""
+    return read_mask_csv(require_dir(data_dir) / TRAIN_CSV)
+
+
+def require_dir(path: Path) -> Path:
+    """``path`` as a Path, or a CloudpipeError when it is not an existing folder."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CloudpipeError("folder not found", path=path)
+    return path
+
+
+def list_test_images(data_dir: Path) -> list[str]:
+    """The test images in official order: from ``sample_submission.csv`` when present, else
+    the sorted names in ``DIR/test_images/``."""
+    data_dir = require_dir(data_dir)
+    sample = data_dir / SAMPLE_SUBMISSION_CSV
+    if sample.exists():
+        return pd.unique(read_mask_csv(sample)["image"]).tolist()
+    folder = data_dir / TEST_IMAGES
+    if not folder.is_dir():
+        raise CloudpipeError(f"neither {SAMPLE_SUBMISSION_CSV} nor {TEST_IMAGES}/ found", path=data_dir)
+    names = sorted(p.name for p in folder.glob("*.jpg"))
+    if not names:
+        raise CloudpipeError("no .jpg images", path=folder)
+    return names
+
+
+def _strata(labels: pd.DataFrame, min_count: int, max_strata: int) -> np.ndarray:
+    """Number of classes present per image; the smallest strata are merged into their nearest
+    neighbour until each has ``min_count`` images and there are at most ``max_strata``, so
+    stratification also works on small data (the real data never needs a merge)."""
+    strata = labels.sum(axis=1).to_numpy().copy()
+    while True:
+        values, counts = np.unique(strata, return_counts=True)
+        if len(values) <= 1 or (counts.min() >= min_count and len(values) <= max_strata):
+            return strata
+        small = values[np.argmin(counts)]
+        others = values[values != small]
+        strata[strata == small] = others[np.argmin(np.abs(others - small))]
+
+
+def split_train_val(
+    labels: pd.DataFrame, val_fraction: float = 0.1, seed: int = 69
+) -> tuple[list[str], list[str]]:
+    """The seed's hold-out split: stratified by number of classes present.
+
+    Args:
+        labels: presence labels indexed by image (see :func:`presence`).
+        val_fraction: share of images held out.
+        seed: ``random_state`` of the split.
+
+    Returns:
+        (train images, validation images).
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0 < val_fraction < 1:
+        raise CloudpipeError(f"the validation fraction must be between 0 and 1, got {val_fraction}")
+    if len(labels) < 2:
+        raise CloudpipeError(f"need at least 2 images to hold some out for validation, got {len(labels)}")
+    images = labels.index.to_numpy()
+    n_val = min(len(images) - 1, max(1, int(np.ceil(val_fraction * len(images)))))
+    # sklearn needs two images per stratum and a validation image per stratum.
+    strata = _strata(labels, 2, min(n_val, len(images) - n_val))
+    train, val = train_test_split(images, test_size=n_val, random_state=seed, stratify=strata)
+    return list(train), list(val)
+
+
+def kfold_splits(labels: pd.DataFrame, folds: int, seed: int = 69) -> list[tuple[list[str], list[str]]]:
+    """K folds stratified like :func:`split_train_val`; every image is in exactly one fold's
+    validation part.
+
+    Returns:
+        ``folds`` pairs of (train images, validation images).
+    """
+    from sklearn.model_selection import StratifiedKFold
+
+    if folds < 2 or folds > len(labels):
+        raise CloudpipeError(f"--folds must be between 2 and the number of images ({len(labels)}), got {folds}")
+    images = labels.index.to_numpy()
+    strata = _strata(labels, folds, len(images))
+    splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return [(list(images[tr]), list(images[va])) for tr, va in splitter.split(images, strata)]
+
+
+@dataclass
+class TrainData:
+    """The training folder, read and checked once: labels, masks, image paths and size."""
+
+    data_dir: Path
+    labels: pd.DataFrame  # presence, indexed by image
+    rles: pd.DataFrame  # RLE text, indexed by image, class columns
+    image_shape: tuple[int, int]
+
+    def paths(self, images: list[str]) -> list[Path]:
+        return [self.data_dir / TRAIN_IMAGES / name for name in images]
+
+
+def load_train_data(data_dir: Path, *, check_masks: bool) -> TrainData:
+    """Read ``train.csv`` and check every training image's header (exists, JPEG, complete,
+    one common size) before any training starts.
+
+    Args:
+        check_masks: also validate every RLE against the image size (segmentation needs the
+            masks; the classifier only needs the labels, read from the CSV text).
+    """
+    data_dir = require_dir(data_dir)
+    frame = read_train(data_dir)
+    wide = to_wide(frame)
+    shape = check_images(data_dir / TRAIN_IMAGES / name for name in wide.index)
+    if check_masks:
+        validate_rle_column(frame, shape, data_dir / TRAIN_CSV)
+    return TrainData(data_dir, presence(frame), wide, shape)
+
+
+def require_same_images(expected: list[str], got: list[str], what: str) -> None:
+    """Raise a one-line error listing missing and extra images when two image sets differ."""
+    got_set, expected_set = set(got), set(expected)
+    missing = [i for i in expected if i not in got_set]
+    extra = [i for i in got if i not in expected_set]
+    if missing or extra:
+        parts = []
+        if missing:
+            parts.append(f"lacks {len(missing)} image(s) (e.g. {', '.join(missing[:3])})")
+        if extra:
+            parts.append(f"has {len(extra)} extra image(s) (e.g. {', '.join(extra[:3])})")
+        raise CloudpipeError(f"{what} " + " and ".join(parts))
+
+
+def read_probs_csv(path: Path) -> pd.DataFrame:
+    """Read probabilities ``image,Fish,Flower,Gravel,Sugar`` (e.g. ``val_probs.csv``).
+
+    Returns:
+        float64 DataFrame indexed by image, columns in class order.
+
+    Raises:
+        CloudpipeError: missing file, wrong columns, no rows, a duplicate image, or a value
+            that is not a number in [0, 1] (naming its line).
+    """
+    text = read_csv_text(path, PROBS_COLUMNS)
+    values = text[list(CLASSES)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    bad = ~((values >= 0) & (values <= 1))  # also NaN: empty or not a number
+    if bad.any():
+        i, k = np.argwhere(bad)[0]
+        raise CloudpipeError(f"{CLASSES[k]} probability {text.iat[i, k + 1]!r} is not a number in [0, 1]",
+                             path=path, line=int(i) + 2)
+    duplicated = text["image"].duplicated().to_numpy()
+    if duplicated.any():
+        i = int(np.flatnonzero(duplicated)[0])
+        raise CloudpipeError(f"duplicate image {text['image'].iat[i]!r}", path=path, line=i + 2)
+    return pd.DataFrame(values, index=pd.Index(text["image"], name="image"), columns=list(CLASSES))

@@ -1,0 +1,174 @@
+"""A training run's folder, owned here: every file name, the fold layout, and the split the
+run trained on.
+
+```
+RUN/config.yaml        the resolved config          RUN/splits.csv     image,fold (see below)
+RUN/best.pt, last.pt   checkpoints (hold-out run)   RUN/fold{i}/...    one model per fold
+RUN/metrics.csv        one row per epoch            RUN/val_probs.csv  validation probabilities
+RUN/thresholds.json    tune-threshold's choice      RUN/seg_postprocess.json  predict-seg's choice
+```
+
+``splits.csv`` is written by training and read back by everything that needs the validation
+images, so they are the images the run really held out, whatever ``train.csv`` or the split
+code do later. Its ``fold`` is the model folder whose validation set holds the image: ``0``..
+``K-1`` for a K-fold run; ``0`` for the validation images of a hold-out run, and empty for its
+training images.
+
+Light on purpose (no torch import), so commands that only read a run's files start fast.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.outputs import write_csv
+
+CONFIG_YAML = "config.yaml"
+METRICS_CSV = "metrics.csv"
+VAL_PROBS_CSV = "val_probs.csv"
+SPLITS_CSV = "splits.csv"
+BEST_PT = "best.pt"
+LAST_PT = "last.pt"
+THRESHOLDS_JSON = "thresholds.json"
+POSTPROCESS_JSON = "seg_postprocess.json"
+FOLD_PREFIX = "fold"
+
+
+@dataclass(frozen=True)
+class ModelSplit:
+    """One model of a run: its folder and the images it trained and validated on."""
+
+    folder: Path
+    train: list[str]
+    val: list[str]
+
+
+def fold_dir(run_dir: Path, fold: int) -> Path:
+    """The folder of fold ``fold``'s model: ``RUN/fold{i}``."""
+    return Path(run_dir) / f"{FOLD_PREFIX}{fold}"
+
+
+def model_dirs(run_dir: Path, folds: int) -> list[Path]:
+    """The model folders of a run: ``[RUN]`` for a hold-out run, else ``RUN/fold{i}``."""
+    return [Path(run_dir)] if folds < 2 else [fold_dir(run_dir, i) for i in range(folds)]
+
+
+def trained_checkpoints(run_dir: Path) -> list[Path]:
+    """``RUN/best.pt``, or every ``RUN/fold{i}/best.pt`` of a K-fold run (in fold order).
+
+    Raises:
+        CloudpipeError: no folder, or no finished model in it.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CloudpipeError("run folder not found", path=run_dir)
+    if (run_dir / BEST_PT).exists():
+        return [run_dir / BEST_PT]
+    found = []
+    for path in run_dir.glob(f"{FOLD_PREFIX}*/{BEST_PT}"):
+        index = path.parent.name.removeprefix(FOLD_PREFIX)
+        if index.isdigit():
+            found.append((int(index), path))
+    if not found:
+        raise CloudpipeError(f"no {BEST_PT} (nor {FOLD_PREFIX}*/{BEST_PT}): not a finished training run", path=run_dir)
+    return [path for _, path in sorted(found)]
+
+
+def make_model_splits(run_dir: Path, images: list[str], pairs: list[tuple[list[str], list[str]]]) -> list[ModelSplit]:
+    """Per model, its folder and (train, val) images, each list in ``images`` order: the same
+    lists :func:`read_splits` gives back once they are written, so a resumed run sees its images
+    in the order the first run did.
+
+    Args:
+        images: every training image, in ``train.csv`` order.
+        pairs: per model, its (train images, validation images) in any order.
+    """
+    out = []
+    for folder, (train, val) in zip(model_dirs(run_dir, len(pairs) if len(pairs) > 1 else 0), pairs):
+        train_set, val_set = set(train), set(val)
+        out.append(ModelSplit(folder, [i for i in images if i in train_set], [i for i in images if i in val_set]))
+    return out
+
+
+def write_splits(run_dir: Path, images: list[str], splits: list[ModelSplit]) -> Path:
+    """Record which images each model of the run validates on (``RUN/splits.csv``).
+
+    Args:
+        images: every training image, in ``train.csv`` order.
+        splits: the run's models, in fold order.
+    """
+    fold = pd.Series("", index=pd.Index(images, name="image"), dtype=object)
+    for i, split in enumerate(splits):
+        fold[split.val] = str(i)
+    path = Path(run_dir) / SPLITS_CSV
+    write_csv(fold.rename("fold").reset_index(), path)
+    return path
+
+
+def read_splits(run_dir: Path, folds: int) -> list[ModelSplit]:
+    """Per model of the run, its folder and the images it trained and validated on, as the
+    training run recorded them in ``RUN/splits.csv``.
+
+    Raises:
+        CloudpipeError: no ``splits.csv`` (a run from an older cloudpipe), or one that does not
+            match the run's number of models.
+    """
+    path = Path(run_dir) / SPLITS_CSV
+    if not path.is_file():
+        raise CloudpipeError(f"no {SPLITS_CSV}: the run was trained by an older cloudpipe, which did not record its "
+                             "validation images; train it again", path=run_dir)
+    try:
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError) as err:
+        raise CloudpipeError(f"cannot read ({str(err).strip().splitlines()[-1]})", path=path) from None
+    if list(frame.columns) != ["image", "fold"]:
+        raise CloudpipeError("columns must be image,fold", path=path, line=1)
+    dirs = model_dirs(run_dir, folds)
+    known = {str(i) for i in range(len(dirs))}
+    bad = ~frame["fold"].isin(known | ({""} if folds < 2 else set()))
+    if bad.any():
+        i = int(np.flatnonzero(bad.to_numpy())[0])
+        raise CloudpipeError(f"fold {frame['fold'].iat[i]!r} is not a model of this run", path=path, line=i + 2)
+    images = frame["image"].to_numpy()
+    return [ModelSplit(folder, list(images[frame["fold"] != str(i)]), list(images[frame["fold"] == str(i)]))
+            for i, folder in enumerate(dirs)]
+
+
+def read_config_values(run_dir: Path) -> dict:
+    """The raw values of ``RUN/config.yaml``.
+
+    Raises:
+        CloudpipeError: no such file, unreadable YAML, or not a mapping.
+    """
+    path = Path(run_dir) / CONFIG_YAML
+    if not path.is_file():
+        raise CloudpipeError(f"no {CONFIG_YAML}: not a training run folder", path=run_dir)
+    try:
+        values = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise CloudpipeError(f"cannot read the run's config ({str(err).splitlines()[0]})", path=path) from None
+    if not isinstance(values, dict):
+        raise CloudpipeError("the run's config is not a YAML mapping", path=path)
+    return values
+
+
+def read_json(path: Path, what: str) -> object:
+    """A parsed JSON file (``what`` names it in the error).
+
+    Raises:
+        CloudpipeError: missing, unreadable or not JSON.
+    """
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CloudpipeError(f"{what} file not found", path=path) from None
+    except (OSError, ValueError) as err:
+        raise CloudpipeError(f"not a readable JSON file ({err})", path=path) from None

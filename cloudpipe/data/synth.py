@@ -1,0 +1,179 @@
+"""Synthetic data in the Kaggle layout, learnable by both stages.
+
+Each class paints a visually distinct texture into random rectangles (the competition's labels
+are blocky too): Fish diagonal stripes, Flower large bright cells, Gravel fine grain, Sugar a
+flat bright haze. Textures are defined relative to the image width, so they survive resizing.
+Some images have no class, some several; about half have a black no-data band (where the
+synthetic masks are cleared). Deterministic for a given seed.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cloudpipe.core.competition import (
+    CLASSES,
+    IMAGE_SHAPE,
+    SUBMISSION_SHAPE,
+    join_label,
+)
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.rle import mask2rle
+from cloudpipe.data.kaggle import (
+    SAMPLE_SUBMISSION_CSV,
+    TEST_IMAGES,
+    TRAIN_CSV,
+    TRAIN_IMAGES,
+)
+from cloudpipe.data.outputs import write_csv
+
+TEST_TRUTH_CSV = "test_truth.csv"
+PRESENCE_PROBABILITY = 0.4
+
+
+@dataclass(frozen=True)
+class SynthSummary:
+    """What :func:`make_dataset` wrote."""
+
+    out_dir: Path
+    train: int
+    test: int
+    shape: tuple[int, int]
+
+
+def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) -> np.ndarray:
+    """Low-frequency noise in [0, 1]: a coarse random grid, upsampled smoothly."""
+    coarse = rng.random((max(2, cells * shape[0] // shape[1]), cells), dtype=np.float32)
+    return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC).clip(0, 1)
+
+
+def _texture(cls: str, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Grey-level texture (float32, 0..255) of one class over the whole image."""
+    h, w = shape
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32) / w
+    phase = rng.random() * 2 * np.pi
+    if cls == "Fish":  # diagonal stripes
+        return 150 + 70 * np.sin(2 * np.pi * 14 * (x + y) + phase)
+    if cls == "Flower":  # large bright cells on a dark grid
+        cells = np.sin(2 * np.pi * 8 * x + phase) * np.sin(2 * np.pi * 8 * y + phase)
+        return 110 + 130 * np.clip(cells, 0, 1)
+    if cls == "Gravel":  # fine grain
+        grain = rng.random((max(2, h * 60 // w), 60), dtype=np.float32)
+        return 80 + 150 * cv2.resize(grain, (w, h), interpolation=cv2.INTER_NEAREST)
+    return 215 + 15 * _smooth_noise(rng, shape, 6)  # Sugar: flat bright haze
+
+
+def _rectangle(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[slice, slice]:
+    h, w = shape
+    rh, rw = int(h * rng.uniform(0.25, 0.6)), int(w * rng.uniform(0.2, 0.5))
+    top, left = int(rng.integers(0, h - rh + 1)), int(rng.integers(0, w - rw + 1))
+    return slice(top, top + rh), slice(left, left + rw)
+
+
+def make_image(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """One synthetic RGB image and its class masks.
+
+    Returns:
+        (uint8 image (H, W, 3), uint8 masks (4, H, W) with values 0/1).
+    """
+    h, w = shape
+    canvas = 30 + 50 * _smooth_noise(rng, shape, 5)
+    masks = np.zeros((len(CLASSES), h, w), dtype=np.uint8)
+    present = [k for k in range(len(CLASSES)) if rng.random() < PRESENCE_PROBABILITY]
+    for k in rng.permutation(present):
+        texture = _texture(CLASSES[k], rng, shape)
+        for _ in range(int(rng.integers(1, 3))):
+            rows, cols = _rectangle(rng, shape)
+            canvas[rows, cols] = texture[rows, cols]
+            masks[:, rows, cols] = 0  # a later region hides what was painted below it
+            masks[k, rows, cols] = 1
+    canvas += rng.normal(0, 6, size=shape).astype(np.float32)
+    if rng.random() < 0.5:  # black no-data band, slanted, ~10-14% of the width
+        y, x = np.mgrid[0:h, 0:w]
+        left = rng.uniform(0, 0.85) * w + (y * rng.uniform(-0.1, 0.1))
+        band = (x >= left) & (x < left + rng.uniform(0.10, 0.14) * w)
+        canvas[band] = 0
+        masks[:, band] = 0
+    grey = canvas.clip(0, 255).astype(np.uint8)
+    tint = np.array([0.92, 0.97, 1.0], dtype=np.float32)  # a bluish cast, as in the real images
+    image = (grey[..., None] * tint).astype(np.uint8)
+    return image, masks
+
+
+def _names(rng: np.random.Generator, count: int) -> list[str]:
+    """Unique Kaggle-style file names (7 hex digits)."""
+    ids = rng.choice(16**7, size=count, replace=False)
+    return sorted(f"{i:07x}.jpg" for i in ids)
+
+
+def _label_rows(name: str, masks: np.ndarray) -> list[tuple[str, str]]:
+    return [(join_label(name, c), mask2rle(masks[k])) for k, c in enumerate(CLASSES)]
+
+
+def make_dataset(
+    out_dir: Path,
+    *,
+    train: int = 100,
+    test: int = 20,
+    shape: tuple[int, int] = IMAGE_SHAPE,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> SynthSummary:
+    """Write a synthetic dataset in the Kaggle layout.
+
+    Writes ``train.csv`` (masks at the image size), ``sample_submission.csv`` (``1 1`` masks),
+    ``train_images/``, ``test_images/`` and ``test_truth.csv`` (test masks at 350 x 525, the
+    submission size, for ``cloudpipe evaluate``).
+
+    Raises:
+        CloudpipeError: ``out_dir`` is not empty (without ``overwrite``, or with it when the folder
+            is not a synthetic dataset) or sizes are invalid.
+    """
+    out_dir = Path(out_dir)
+    if train < 2 or test < 1:
+        raise CloudpipeError(f"need at least 2 train and 1 test images, got --train {train} --test {test}")
+    if min(shape) < 16:
+        raise CloudpipeError(f"images must be at least 16x16, got {shape[0]}x{shape[1]}")
+    if seed < 0:
+        raise CloudpipeError(f"--seed must be 0 or more, got {seed}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CloudpipeError("exists and is not a folder", path=out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise CloudpipeError("folder is not empty; pass --overwrite to replace it", path=out_dir)
+        if not (out_dir / TEST_TRUTH_CSV).is_file():  # --overwrite replaces datasets, nothing else
+            raise CloudpipeError(f"folder is not empty and holds no {TEST_TRUTH_CSV}; refusing to delete it", path=out_dir)
+        shutil.rmtree(out_dir)
+    rng = np.random.default_rng(seed)
+    names = _names(rng, train + test)
+    order = rng.permutation(len(names))
+    train_names = sorted(names[i] for i in order[:train])
+    test_names = sorted(names[i] for i in order[train:])
+    for folder in (TRAIN_IMAGES, TEST_IMAGES):
+        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+    train_rows: list[tuple[str, str]] = []
+    truth_rows: list[tuple[str, str]] = []
+    jobs = [(n, TRAIN_IMAGES) for n in train_names] + [(n, TEST_IMAGES) for n in test_names]
+    for name, folder in tqdm(jobs, desc="synth", unit="img", disable=not progress):
+        image, masks = make_image(np.random.default_rng([seed, int(name[:7], 16)]), shape)
+        cv2.imwrite(str(out_dir / folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if folder == TRAIN_IMAGES:
+            train_rows += _label_rows(name, masks)
+        else:
+            small = np.stack([resize_nearest(m, SUBMISSION_SHAPE) for m in masks])
+            truth_rows += _label_rows(name, small)
+    columns = ["Image_Label", "EncodedPixels"]
+    write_csv(pd.DataFrame(train_rows, columns=columns), out_dir / TRAIN_CSV)
+    write_csv(pd.DataFrame(truth_rows, columns=columns), out_dir / TEST_TRUTH_CSV)
+    sample = [(join_label(n, c), "1 1") for n in test_names for c in CLASSES]
+    write_csv(pd.DataFrame(sample, columns=columns), out_dir / SAMPLE_SUBMISSION_CSV)
+    return SynthSummary(out_dir, train, test, shape)

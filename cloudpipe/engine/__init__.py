@@ -1,0 +1,1 @@
+"""Running models: configs, stages, the training loop, streaming inference, checkpoints, devices."""

@@ -1,0 +1,100 @@
+"""Devices, mixed precision and (optional) torch.distributed, behind one small interface."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from cloudpipe.core.errors import CloudpipeError
+
+
+@dataclass
+class Dist:
+    """This process's place in a ``torchrun`` job (rank 0 of 1 when not distributed)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> Dist:
+        """Read torchrun's environment; initialise the process group when world > 1."""
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        if world <= 1:
+            return cls()
+        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        if not torch_dist.is_initialized():
+            backend = "nccl" if torch.cuda.is_available() else "gloo"
+            torch_dist.init_process_group(backend=backend)
+        return cls(rank, world, local_rank)
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    def wrap(self, model: nn.Module, device: torch.device) -> nn.Module:
+        """DistributedDataParallel around ``model`` when distributed, else ``model``."""
+        if self.world == 1:
+            return model
+        ids = [device.index] if device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=ids)
+
+    def no_sync(self, net: nn.Module, sync: bool):
+        """Skip DDP's gradient all-reduce on accumulation micro-steps (those with ``sync`` False)."""
+        if self.world == 1 or sync:
+            return contextlib.nullcontext()
+        return net.no_sync()
+
+    def mean(self, total: float, count: int) -> float:
+        """``sum(total) / sum(count)`` over ranks."""
+        if self.world > 1:
+            t = torch.tensor([total, float(count)], dtype=torch.float64)
+            torch_dist.all_reduce(t)
+            total, count = float(t[0]), int(t[1])
+        return total / max(count, 1)
+
+    def gather(self, obj) -> list:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        if self.world == 1:
+            return [obj]
+        out = [None] * self.world
+        torch_dist.all_gather_object(out, obj)
+        return out
+
+    def barrier(self) -> None:
+        """Wait for every rank (no-op when not distributed)."""
+        if self.world > 1:
+            torch_dist.barrier()
+
+    def close(self) -> None:
+        """Tear the process group down (no-op when not distributed)."""
+        if self.world > 1 and torch_dist.is_initialized():
+            torch_dist.destroy_process_group()
+
+
+def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
+    """``auto`` -> CUDA when available, else CPU; under torchrun, this rank's GPU."""
+    if name not in ("auto", "cpu", "cuda"):
+        raise CloudpipeError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CloudpipeError("--device cuda, but no CUDA GPU is available (use --device cpu or auto)")
+    if name == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    index = dist.local_rank if dist else 0
+    torch.cuda.set_device(index)
+    return torch.device("cuda", index)
+
+
+def autocast(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """The autocast dtype for a device: bf16 on CPU and on GPUs that have it, else fp16;
+    None when mixed precision is off."""
+    if not enabled:
+        return None
+    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
+    return torch.bfloat16

@@ -1,0 +1,136 @@
+"""A stage object per kind of training: what differs between the presence classifier and the
+segmentation model, so the training loop and inference never ask which one they run.
+
+Each stage knows its targets (labels or masks), its network, its loss, what validation keeps
+per image, the metric and the name of its score, and what it leaves in the run folder besides
+the checkpoints. :func:`stage_for` picks the stage of a config.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.metric import accuracy, dice_score
+from cloudpipe.data.transforms import train_transform
+from cloudpipe.engine.config import Task, TrainConfig
+from cloudpipe.models.networks import build_classifier, build_segmenter
+
+
+class Stage:
+    """The interface; subclasses are registered in :data:`STAGES` by their ``task``."""
+
+    task: ClassVar[Task]
+    score_name: ClassVar[str]
+    """Column of ``metrics.csv`` whose maximum picks ``best.pt``."""
+    needs_masks: ClassVar[bool]
+    """Whether targets are masks (decoded from RLE) rather than presence labels."""
+    keeps_val_probs: ClassVar[bool] = False
+    """Whether :meth:`best_outputs` gives a ``val_probs.csv`` table (made out-of-fold with folds)."""
+
+    def __init__(self, config: TrainConfig):
+        self.config = config
+
+    def build_model(self, weights: str | None = None) -> nn.Module:
+        """The network (``weights`` overrides ``config.weights``)."""
+        raise NotImplementedError
+
+    def augmentation(self):
+        """The training images' albumentations pipeline (masks follow it)."""
+        c = self.config
+        return train_transform(hflip=c.hflip, vflip=c.vflip, brightness_contrast=c.brightness_contrast, noise=c.noise,
+                               seed=c.seed)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Training loss of a batch, computed in float32."""
+        raise NotImplementedError
+
+    def outputs(self, logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        """What validation keeps per image of a batch (numpy, first axis the batch)."""
+        raise NotImplementedError
+
+    def per_class(self, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """The validation metric per class (4,) from every validation image's outputs."""
+        raise NotImplementedError
+
+    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """``val_<class>`` per class and their mean under :attr:`score_name`."""
+        per_class = self.per_class(outputs, labels)
+        return {self.score_name: float(per_class.mean()), **{f"val_{c}": float(v) for c, v in zip(CLASSES, per_class)}}
+
+    def best_outputs(self, outputs: np.ndarray, images: list[str]) -> pd.DataFrame | None:
+        """A table written as ``val_probs.csv`` beside ``best.pt``, or None."""
+        return None
+
+
+class ClassifierStage(Stage):
+    """Presence per class: BCE on 0/1 labels, accuracy at 0.5, validation probabilities kept."""
+
+    task = "classifier"
+    score_name = "val_accuracy"
+    needs_masks = False
+    keeps_val_probs = True
+
+    def build_model(self, weights: str | None = None) -> nn.Module:
+        c = self.config
+        return build_classifier(c.arch, c.weights if weights is None else weights, c.freeze)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float())
+
+    def outputs(self, logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        """Probabilities (B, 4)."""
+        return torch.sigmoid(logits.float()).cpu().numpy()
+
+    def per_class(self, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return accuracy(outputs, labels)
+
+    def best_outputs(self, outputs: np.ndarray, images: list[str]) -> pd.DataFrame:
+        return pd.DataFrame(outputs, columns=list(CLASSES)).assign(image=images)[["image", *CLASSES]]
+
+
+class SegmentationStage(Stage):
+    """Masks per class: BCE + smp's multilabel soft Dice, Kaggle Dice at 0.5 per pair."""
+
+    task = "segmentation"
+    score_name = "val_dice"
+    needs_masks = True
+
+    def __init__(self, config: TrainConfig):
+        from segmentation_models_pytorch.losses import DiceLoss
+
+        super().__init__(config)
+        self.dice_loss = DiceLoss(mode="multilabel", from_logits=True)
+
+    def build_model(self, weights: str | None = None) -> nn.Module:
+        c = self.config
+        return build_segmenter(c.arch, c.encoder, c.weights if weights is None else weights, c.freeze)
+
+    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits, target = logits.float(), target.float()
+        return nn.functional.binary_cross_entropy_with_logits(logits, target) + self.dice_loss(logits, target)
+
+    def outputs(self, logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
+        """Pair statistics (B, 4, 3): intersection, predicted area, true area at 0.5."""
+        pred, truth = logits.float() > 0, target > 0
+        stats = torch.stack([(pred & truth).sum((2, 3)), pred.sum((2, 3)), truth.sum((2, 3))], dim=-1)
+        return stats.cpu().numpy()
+
+    def per_class(self, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        return dice_score(outputs[..., 0], outputs[..., 1], outputs[..., 2]).mean(axis=0)
+
+
+STAGES: dict[str, type[Stage]] = {s.task: s for s in (ClassifierStage, SegmentationStage)}
+
+
+def stage_for(config: TrainConfig) -> Stage:
+    """The stage object of a config's ``task``."""
+    if config.task not in STAGES:
+        raise CloudpipeError(f"config: task {config.task!r} is not one of {', '.join(STAGES)}")
+    return STAGES[config.task](config)

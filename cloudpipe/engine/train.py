@@ -1,0 +1,336 @@
+"""One training loop for every stage (presence classifier, segmentation model).
+
+AMP (fp16/bf16 on CUDA, bf16 on CPU), gradient accumulation, ReduceLROnPlateau, ``best.pt``
+and ``last.pt`` holding only tensors and plain values, exact ``--resume``, K folds with
+out-of-fold validation probabilities, and DistributedDataParallel under ``torchrun`` (only
+rank 0 writes). Data order (torch's ``DistributedSampler`` with ``set_epoch``) and augmentation
+are seeded per epoch, so a resumed run replays exactly what an uninterrupted one would have
+done. What differs between the stages lives in :mod:`cloudpipe.engine.stages`.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import DataLoader, DistributedSampler
+from tqdm import tqdm
+
+from cloudpipe import __version__
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.datasets import CloudDataset, worker_init
+from cloudpipe.data.images import reduction_for
+from cloudpipe.data.kaggle import (
+    TrainData,
+    kfold_splits,
+    load_train_data,
+    split_train_val,
+)
+from cloudpipe.data.outputs import write_csv
+from cloudpipe.data.runfolder import (
+    BEST_PT,
+    CONFIG_YAML,
+    LAST_PT,
+    METRICS_CSV,
+    SPLITS_CSV,
+    VAL_PROBS_CSV,
+    ModelSplit,
+    make_model_splits,
+    model_dirs,
+    read_splits,
+    write_splits,
+)
+from cloudpipe.engine.checkpoint import load_checkpoint, save_checkpoint
+from cloudpipe.engine.config import TrainConfig, load_run_config, save_config
+from cloudpipe.engine.devices import Dist, autocast, resolve_device
+from cloudpipe.engine.stages import Stage, stage_for
+
+RESUMABLE_KEYS = ("epochs", "workers", "device")  # may change between a run and its resume
+BEST_KEYS = ("model", "epoch", "best_score", "best_epoch", "config", "score_name", "classes", "version")
+
+
+@dataclass
+class FitResult:
+    """Summary of one trained model."""
+
+    out_dir: Path
+    best_epoch: int
+    best_score: float
+    epochs: int
+    history: list[dict] = field(default_factory=list)
+
+
+def make_splits(config: TrainConfig, labels: pd.DataFrame) -> list[tuple[list[str], list[str]]]:
+    """The (train, val) image lists a new run trains on: one hold-out split, or K folds."""
+    if config.folds >= 2:
+        return kfold_splits(labels, config.folds, config.split_seed)
+    return [split_train_val(labels, config.val_fraction, config.split_seed)]
+
+
+class Trainer:
+    """One model's training: set up (data, model, optimiser, resumed state), then per epoch
+    :meth:`train_epoch`, :meth:`validate` and :meth:`save`."""
+
+    def __init__(self, stage: Stage, data: TrainData, split: ModelSplit, dist: Dist, state: dict | None):
+        config = self.config = stage.config
+        self.stage, self.split, self.dist = stage, split, dist
+        self.out_dir = split.folder
+        self.device = resolve_device(config.device, dist)
+        torch.manual_seed(config.seed)
+        size = tuple(config.image_size)
+        reduction = reduction_for(data.image_shape, size)
+
+        def dataset(images: list[str], transform) -> CloudDataset:
+            return CloudDataset(data.paths(images), size, reduction, labels=data.labels.loc[images].to_numpy(),
+                                rles=data.rles.loc[images].to_numpy().tolist() if stage.needs_masks else None,
+                                mask_shape=data.image_shape, transform=transform, seed=config.seed)
+
+        self.train_set = dataset(split.train, stage.augmentation())
+        self.val_set = dataset(split.val, None)
+        self.val_labels = data.labels.loc[split.val].to_numpy()
+        self.sampler = DistributedSampler(self.train_set, num_replicas=dist.world, rank=dist.rank, shuffle=True,
+                                          seed=config.seed)
+
+        self.model = stage.build_model(weights="none" if state else None).to(self.device)
+        if config.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", patience=config.patience)
+        self.amp_dtype = autocast(self.device, config.amp)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        self.start_epoch, self.best_score, self.best_epoch, self.history = 0, -math.inf, 0, []
+        if state:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            self.scaler.load_state_dict(state["scaler"])
+            torch.set_rng_state(state["rng"]["torch"])
+            self.start_epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
+            self.history = list(state["history"])
+        self.net = dist.wrap(self.model, self.device)
+
+    def _loader(self, dataset: CloudDataset, sampler) -> DataLoader:
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, num_workers=self.config.workers,
+                          pin_memory=self.device.type == "cuda", worker_init_fn=worker_init)
+
+    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        images = batch["image"].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
+        target = batch["target"].to(self.device, non_blocking=True)
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
+            return self.net(images), target
+
+    def train_epoch(self, epoch: int, progress: bool) -> float:
+        """One pass over this rank's share of the training images; the mean loss over ranks."""
+        config = self.config
+        self.train_set.set_epoch(epoch)
+        self.sampler.set_epoch(epoch)
+        self.net.train()
+        loader = self._loader(self.train_set, self.sampler)
+        steps = len(loader)
+        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
+                   disable=not (progress and self.dist.is_main))
+        loss_sum, seen = torch.zeros((), device=self.device), 0  # summed on the device: no sync per step
+        self.optimizer.zero_grad(set_to_none=True)
+        for step, batch in enumerate(bar):
+            last_micro = (step + 1) % config.accumulate == 0 or step + 1 == steps
+            # The last accumulation group of an epoch may be short: scale by its real size.
+            group = config.accumulate if step < steps - steps % config.accumulate else steps % config.accumulate
+            with self.dist.no_sync(self.net, sync=last_micro):
+                logits, target = self._forward(batch)
+                loss = self.stage.loss(logits, target)
+                self.scaler.scale(loss / group).backward()
+            if last_micro:
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+                self.optimizer.zero_grad(set_to_none=True)
+            loss_sum += loss.detach().float() * len(target)
+            seen += len(target)
+            if step % 10 == 9 or step + 1 == steps:
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+        return self.dist.mean(loss_sum.item(), seen)
+
+    @torch.no_grad()
+    def validate(self) -> tuple[float, np.ndarray]:
+        """Validation loss and per-image outputs (see :meth:`Stage.outputs`), sharded over ranks
+        and gathered back in validation order on every rank."""
+        self.net.eval()
+        indices = list(range(self.dist.rank, len(self.val_set), self.dist.world))
+        outputs, loss_sum = [], 0.0
+        for batch in self._loader(self.val_set, indices):
+            logits, target = self._forward(batch)
+            loss_sum += self.stage.loss(logits, target).item() * len(target)
+            outputs.append(self.stage.outputs(logits, target))
+        mine = np.concatenate(outputs) if outputs else np.empty((0, len(CLASSES)))
+        ordered = np.empty((len(self.val_set), *mine.shape[1:]), dtype=mine.dtype)
+        total_loss = 0.0
+        for idx, out, part_loss in self.dist.gather((indices, mine, loss_sum)):
+            if len(idx):
+                ordered[idx] = out
+            total_loss += part_loss
+        return total_loss / len(self.val_set), ordered
+
+    def record(self, epoch: int, train_loss: float, val_loss: float, outputs: np.ndarray, seconds: float) -> bool:
+        """Score the epoch, step the LR schedule, append the metrics row; True when best so far."""
+        metrics = self.stage.metrics(outputs, self.val_labels)
+        self.scheduler.step(val_loss)
+        score = metrics[self.stage.score_name]
+        improved = score > self.best_score
+        if improved:
+            self.best_score, self.best_epoch = score, epoch + 1
+        self.history.append({"epoch": epoch + 1, "train_loss": train_loss, "val_loss": val_loss, **metrics,
+                             "lr": self.optimizer.param_groups[0]["lr"], "seconds": round(seconds, 2)})
+        return improved
+
+    def save(self, epoch: int, improved: bool, outputs: np.ndarray) -> None:
+        """``last.pt`` and ``metrics.csv`` every epoch; ``best.pt`` (and the stage's validation
+        table) when the score improved. Rank 0 only."""
+        checkpoint = {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
+            "rng": {"torch": torch.get_rng_state()}, "epoch": epoch + 1, "best_score": self.best_score,
+            "best_epoch": self.best_epoch, "history": self.history, "config": self.config.to_dict(),
+            "score_name": self.stage.score_name, "classes": list(CLASSES), "version": __version__,
+        }
+        if improved:
+            save_checkpoint({k: checkpoint[k] for k in BEST_KEYS}, self.out_dir / BEST_PT)
+            table = self.stage.best_outputs(outputs, self.split.val)
+            if table is not None:
+                write_csv(table, self.out_dir / VAL_PROBS_CSV, float_format="%.6f")
+        save_checkpoint(checkpoint, self.out_dir / LAST_PT)
+        write_csv(pd.DataFrame(self.history), self.out_dir / METRICS_CSV, float_format="%.6g")
+        row = self.history[-1]
+        tqdm.write(f"epoch {row['epoch']}/{self.config.epochs}  train_loss {row['train_loss']:.4f}  "
+                   f"val_loss {row['val_loss']:.4f}  {self.stage.score_name} {row[self.stage.score_name]:.4f}  "
+                   f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else ""))
+
+
+def fit(stage: Stage, data: TrainData, split: ModelSplit, *, state: dict | None = None, progress: bool = True,
+        dist: Dist | None = None) -> FitResult:
+    """Train one model on ``split.train``, validating on ``split.val`` every epoch, into
+    ``split.folder`` (rank 0 writes): ``last.pt`` every epoch, ``best.pt`` when the stage's
+    score improves, ``metrics.csv``, and the stage's validation table (``val_probs.csv``).
+
+    Args:
+        state: a ``last.pt`` to continue from (its epochs are not run again).
+    """
+    dist = dist or Dist.from_env()
+    trainer = Trainer(stage, data, split, dist, state)
+    if dist.is_main:
+        split.folder.mkdir(parents=True, exist_ok=True)
+    for epoch in range(trainer.start_epoch, stage.config.epochs):
+        started = time.perf_counter()
+        train_loss = trainer.train_epoch(epoch, progress)
+        val_loss, outputs = trainer.validate()
+        improved = trainer.record(epoch, train_loss, val_loss, outputs, time.perf_counter() - started)
+        if dist.is_main:
+            trainer.save(epoch, improved, outputs)
+    return FitResult(split.folder, trainer.best_epoch, trainer.best_score, stage.config.epochs, trainer.history)
+
+
+# ----------------------------------------------------------------------------- runs and folds
+
+
+def train_run(
+    config: TrainConfig,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    resume: bool = False,
+    fold: int | None = None,
+    progress: bool = True,
+) -> list[FitResult]:
+    """Train a model (or K fold models) as the config says, into ``out_dir``.
+
+    The run folder gets ``config.yaml`` and ``splits.csv`` first; with ``config.folds >= 2``,
+    fold i goes to ``out_dir/fold{i}/`` (only fold ``fold`` when given), and once every fold is
+    done, ``out_dir/val_probs.csv`` holds the out-of-fold probabilities of every training image
+    (classifier). ``resume`` continues each model from its ``last.pt`` (or from the start, when
+    the run was stopped before its first epoch ended).
+
+    Returns:
+        One result per model trained (on rank 0; other ranks of a torchrun job get ``[]``).
+    """
+    dist = Dist.from_env()
+    try:
+        if config.folds < 2 and fold is not None:
+            raise CloudpipeError("--fold needs --folds K (K >= 2)")
+        if fold is not None and not 0 <= fold < config.folds:
+            raise CloudpipeError(f"--fold must be in 0..{config.folds - 1}, got {fold}")
+        stage = stage_for(config)
+        data = load_train_data(data_dir, check_masks=stage.needs_masks)
+        out_dir = Path(out_dir)
+        continuing = resume or fold is not None
+        splits = _prepare_run_dir(out_dir, config, data, continuing, resume, dist)
+        results = []
+        for i, split in enumerate(splits):
+            if fold is not None and i != fold:
+                continue
+            last = split.folder / LAST_PT
+            state = load_checkpoint(last) if continuing and last.exists() else None
+            if state is not None and config.folds >= 2 and state["epoch"] >= config.epochs:
+                continue  # a fold finished before the interruption
+            results.append(fit(stage, data, split, state=state, progress=progress, dist=dist))
+        if dist.is_main and stage.keeps_val_probs and config.folds >= 2:
+            write_out_of_fold(out_dir, config.folds, list(data.labels.index))
+        return results if dist.is_main else []
+    finally:
+        dist.close()
+
+
+def _prepare_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continuing: bool, resume: bool,
+                     dist: Dist) -> list[ModelSplit]:
+    """Check the run folder (every rank), then write ``config.yaml`` and a new run's
+    ``splits.csv`` (rank 0). A continued run keeps the split it recorded.
+
+    Raises:
+        CloudpipeError: a fresh run into a folder holding another run; ``resume`` with nothing
+            to resume; a continued run with settings that must not change.
+    """
+    config_path = out_dir / CONFIG_YAML
+    holds_run = config_path.exists() or (out_dir / LAST_PT).exists()
+    if holds_run and not continuing:
+        raise CloudpipeError("holds another run; pass --resume to continue it, or choose another --out", path=out_dir)
+    if resume and not config_path.exists():
+        raise CloudpipeError(f"nothing to resume (no {CONFIG_YAML})", path=out_dir)
+    if config_path.exists():
+        saved, wanted = load_run_config(out_dir, config.task).to_dict(), config.to_dict()
+        changed = [k for k in wanted if k not in RESUMABLE_KEYS and wanted[k] != saved[k]]
+        if changed:
+            raise CloudpipeError(
+                f"continues a run with different settings ({', '.join(f'{k}: {saved[k]!r} -> {wanted[k]!r}' for k in changed)}); "
+                f"only {', '.join(RESUMABLE_KEYS)} may change",
+                path=out_dir,
+            )
+    recorded = config_path.exists() and (out_dir / SPLITS_CSV).exists()
+    if recorded:
+        splits = read_splits(out_dir, config.folds)
+    else:
+        splits = make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels))
+    dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+    if dist.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        if not recorded:
+            write_splits(out_dir, list(data.labels.index), splits)
+        save_config(config, config_path)
+    return splits
+
+
+def write_out_of_fold(out_dir: Path, folds: int, images: list[str]) -> Path | None:
+    """Concatenate the folds' ``val_probs.csv`` into ``out_dir/val_probs.csv`` (every training
+    image exactly once, in ``train.csv`` order) once all folds have one."""
+    parts = [folder / VAL_PROBS_CSV for folder in model_dirs(out_dir, folds)]
+    if not all(p.exists() for p in parts):
+        return None
+    probs = pd.concat([pd.read_csv(p) for p in parts]).set_index("image")
+    if sorted(probs.index) != sorted(images):
+        raise CloudpipeError("fold validation images do not cover the training images exactly once", path=out_dir)
+    path = out_dir / VAL_PROBS_CSV
+    write_csv(probs.loc[images].reset_index(), path, float_format="%.6f")
+    return path

@@ -1,0 +1,1 @@
+"""Networks built by name: the presence classifier, smp segmentation models, tiny stand-ins."""

@@ -1,0 +1,141 @@
+"""Models by name: the torchvision presence classifier and smp segmentation models.
+
+Every model is wrapped in :class:`Normalized`, which takes uint8 NCHW (or NHWC-permuted,
+channels_last) batches and normalises them on the device. Checkpoint metadata
+(:func:`model_meta`) is enough to rebuild the network without the config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+from torch import nn
+
+from cloudpipe.core.competition import CLASSES, IMAGENET_MEAN, IMAGENET_STD
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.models.tiny import TinyClassifier, TinySegmenter
+
+CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
+    "resnet18": torchvision.models.resnet18,
+    "resnet34": torchvision.models.resnet34,
+    "resnet50": torchvision.models.resnet50,
+    "tiny": lambda weights=None: TinyClassifier(),  # a stand-in for tests and smoke runs
+}
+TINY_SEGMENTER = "tiny"
+"""The segmentation arch name of :class:`~cloudpipe.models.tiny.TinySegmenter` (any encoder)."""
+_IMAGENET_WEIGHTS = {
+    "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+    "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
+    "resnet50": torchvision.models.ResNet50_Weights.IMAGENET1K_V1,
+}
+
+
+class Normalized(nn.Module):
+    """``body((x / 255 - mean) / std)`` for uint8 image batches (N, 3, H, W)."""
+
+    def __init__(self, body: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD):
+        super().__init__()
+        self.body = body
+        self.register_buffer("scale", 1.0 / (255.0 * torch.tensor(std).view(1, 3, 1, 1)))
+        self.register_buffer("shift", -torch.tensor(mean).view(1, 3, 1, 1) / torch.tensor(std).view(1, 3, 1, 1))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.body(images.float() * self.scale + self.shift)
+
+
+def _load_state(module: nn.Module, path: Path, what: str) -> None:
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise CloudpipeError("weights file not found", path=path) from None
+    except Exception as err:  # unpickling errors have many types
+        raise CloudpipeError(f"cannot read weights ({type(err).__name__})", path=path) from None
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    try:
+        module.load_state_dict(state)
+    except (RuntimeError, TypeError, AttributeError) as err:
+        first = str(err).strip().splitlines()
+        raise CloudpipeError(f"not a state dict of a {what}: {first[1].strip() if len(first) > 1 else first[0]}", path=path) from None
+
+
+def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = ()) -> nn.Module:
+    """torchvision ResNet with ``fc`` replaced by a 4-output linear layer.
+
+    Args:
+        arch: key of :data:`CLASSIFIERS`.
+        weights: ``imagenet`` (local torch cache, else download), ``none``, or a path to a
+            torchvision state dict of that architecture.
+        freeze: submodule names (e.g. ``layer1``) whose parameters stay fixed.
+    """
+    if arch not in CLASSIFIERS:
+        raise CloudpipeError(f"unknown classifier arch {arch!r}; choose one of {', '.join(CLASSIFIERS)}")
+    net = CLASSIFIERS[arch](weights=None)
+    if weights == "imagenet":
+        if arch not in _IMAGENET_WEIGHTS:
+            raise CloudpipeError(f"classifier arch {arch!r} has no ImageNet weights; pass --weights none or PATH")
+        spec = _IMAGENET_WEIGHTS[arch]
+        try:
+            net.load_state_dict(spec.get_state_dict(progress=False))
+        except Exception as err:  # URLError, socket errors, corrupt cache...
+            file = Path(spec.url).name
+            cache = Path(torch.hub.get_dir()) / "checkpoints" / file
+            raise CloudpipeError(
+                f"cannot load ImageNet weights for {arch} ({type(err).__name__}): place {file} at {cache}, "
+                "or pass --weights PATH (a local state dict) or --weights none"
+            ) from None
+    elif weights != "none":
+        _load_state(net, Path(weights), f"torchvision {arch}")
+    net.fc = nn.Linear(net.fc.in_features, len(CLASSES))
+    _freeze(net, freeze)
+    return Normalized(net)
+
+
+def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = ()) -> nn.Module:
+    """An smp model with one sigmoid channel per class.
+
+    Args:
+        arch: smp architecture name (``Unet``, ``FPN``, ...).
+        encoder: smp encoder name (``resnet34``, ...).
+        weights: ``imagenet`` (smp's download/cache), ``none``, or a path to an encoder state dict.
+        freeze: submodule names (e.g. ``encoder``) whose parameters stay fixed.
+    """
+    if arch.lower() == TINY_SEGMENTER:
+        if weights != "none":
+            raise CloudpipeError(f"segmentation arch {arch!r} is a stand-in without pretrained weights; pass --weights none")
+        net = TinySegmenter(len(CLASSES))
+        _freeze(net, freeze)
+        return Normalized(net)
+    import segmentation_models_pytorch as smp
+
+    archs = {name.lower(): cls.__name__ for name, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
+    if arch.lower() not in archs:
+        raise CloudpipeError(f"unknown segmentation arch {arch!r}; choose one of {', '.join(sorted(archs.values()))} "
+                              f"(or {TINY_SEGMENTER}, a stand-in for tests)")
+    if encoder not in smp.encoders.get_encoder_names():
+        raise CloudpipeError(f"unknown encoder {encoder!r}; e.g. resnet18, resnet34, resnet50, efficientnet-b0 (see smp's list)")
+    try:
+        net = smp.create_model(arch, encoder_name=encoder, encoder_weights="imagenet" if weights == "imagenet" else None, classes=len(CLASSES))
+    except (KeyError, ValueError) as err:
+        raise CloudpipeError(f"cannot build {arch} with encoder {encoder}: {err}") from None
+    except Exception as err:  # download failures
+        raise CloudpipeError(
+            f"cannot load ImageNet weights for encoder {encoder} ({type(err).__name__}); "
+            "pass --weights PATH (a local encoder state dict) or --weights none"
+        ) from None
+    if weights not in ("imagenet", "none"):
+        _load_state(net.encoder, Path(weights), f"{encoder} encoder")
+    _freeze(net, freeze)
+    return Normalized(net)
+
+
+def _freeze(net: nn.Module, names: list[str] | tuple[str, ...]) -> None:
+    modules = dict(net.named_children())
+    for name in names:
+        if name not in modules:
+            raise CloudpipeError(f"config: freeze names {name!r}, which is not a submodule; choose from {', '.join(modules)}")
+        for p in modules[name].parameters():
+            p.requires_grad_(False)

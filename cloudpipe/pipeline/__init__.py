@@ -1,0 +1,1 @@
+"""What the commands do: read inputs, run models, call the algorithms, write outputs."""

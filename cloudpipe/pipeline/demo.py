@@ -1,0 +1,103 @@
+"""``cloudpipe demo``: the whole two-stage pipeline on synthetic data, through the same library
+functions as the real commands (no demo-only code paths), with a final table."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+
+from cloudpipe.core.competition import SUBMISSION_SHAPE
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.synth import TEST_TRUTH_CSV
+
+Size = Literal["tiny", "small", "medium"]
+T = TypeVar("T")
+
+
+@dataclass
+class DemoResult:
+    """Where the demo wrote things, its Dice table and the seconds each step took."""
+
+    out_dir: Path
+    dice: dict[str, dict[str, float]] = field(default_factory=dict)  # row -> class/mean -> Dice
+    seconds: dict[str, float] = field(default_factory=dict)
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def demo_settings(size: Size) -> dict[str, Any]:
+    """The ``data``, ``seg`` and ``classifier`` settings of a demo size (configs/demo.yaml)."""
+    sizes = yaml.safe_load(resources.files("cloudpipe.configs").joinpath("demo.yaml").read_text())
+    if size not in sizes:
+        raise CloudpipeError(f"unknown demo size {size!r}; choose one of {', '.join(sizes)}")
+    return sizes[size]
+
+
+def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, progress: bool = True,
+             echo: Callable[[str], None] = print) -> DemoResult:
+    """Generate data, train and predict both stages, tune thresholds, gate, and evaluate.
+
+    Writes ``out_dir/data`` (synthetic Kaggle layout), ``out_dir/runs/{seg,classifier}`` and
+    ``out_dir/submissions/``; returns the test Dice of the segmentation alone, gated at 0.5 and
+    gated with tuned thresholds.
+    """
+    from cloudpipe.data.synth import make_dataset
+    from cloudpipe.engine.config import load_config
+    from cloudpipe.engine.settings import InferenceSettings
+    from cloudpipe.engine.train import train_run
+    from cloudpipe.pipeline.evaluate import evaluate_files
+    from cloudpipe.pipeline.predict import predict_submission
+    from cloudpipe.pipeline.segment import predict_segmentation
+    from cloudpipe.pipeline.tune import tune_thresholds
+
+    settings = demo_settings(size)
+    out_dir = Path(out_dir)
+    data, runs, subs = out_dir / "data", out_dir / "runs", out_dir / "submissions"
+    seg_run, cls_run = runs / "seg", runs / "classifier"
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise CloudpipeError("folder is not empty; pass --overwrite to replace the demo in it", path=out_dir)
+        if not (data / TEST_TRUTH_CSV).is_file():  # --overwrite replaces a demo, nothing else
+            raise CloudpipeError("folder is not empty and holds no demo; refusing to delete it", path=out_dir)
+        for stale in (runs, subs):
+            shutil.rmtree(stale, ignore_errors=True)
+    result = DemoResult(out_dir)
+
+    def step(name: str, fn: Callable[[], T]) -> T:
+        echo(f"== {name}")
+        started = time.perf_counter()
+        value = fn()
+        result.seconds[name] = time.perf_counter() - started
+        return value
+
+    d = settings["data"]
+    step("synth", lambda: make_dataset(data, train=d["train"], test=d["test"], shape=(d["height"], d["width"]),
+                                       seed=d["seed"], overwrite=True, progress=progress))
+    seg_config = load_config("segmentation", overrides={**settings["seg"], "weights": "none"})
+    step("train-seg", lambda: train_run(seg_config, data, seg_run, progress=progress))
+    val_seg, test_seg = seg_run / "val_seg.csv", seg_run / "test_seg.csv"
+    seg_settings = InferenceSettings(batch_size=8, workers=seg_config.workers, progress=progress)
+    echo(step("predict-seg val", lambda: predict_segmentation(seg_run, data, "val", val_seg, settings=seg_settings)).line())
+    echo(step("predict-seg test", lambda: predict_segmentation(seg_run, data, "test", test_seg, settings=seg_settings)).line())
+    cls_config = load_config("classifier", overrides={**settings["classifier"], "weights": "none"})
+    step("train-classifier", lambda: train_run(cls_config, data, cls_run, progress=progress))
+    cls_settings = InferenceSettings(workers=cls_config.workers, progress=progress)
+    tuned = step("tune-threshold", lambda: tune_thresholds(cls_run, data, seg=val_seg, settings=cls_settings))
+    echo(tuned.summary())
+    gated_05, gated = subs / "submission_threshold_0.5.csv", subs / "submission.csv"
+    echo(step("predict 0.5", lambda: predict_submission(test_seg, cls_run, data, gated_05, threshold=0.5,
+                                                         settings=cls_settings)).line())
+    echo(step("predict tuned", lambda: predict_submission(test_seg, cls_run, data, gated, settings=cls_settings)).line())
+
+    truth = data / TEST_TRUTH_CSV
+    for label, path in (("segmentation alone", test_seg), ("gated at 0.5", gated_05), ("gated, tuned thresholds", gated)):
+        result.dice[label] = evaluate_files(truth, path, SUBMISSION_SHAPE, SUBMISSION_SHAPE)
+    result.files = {"data": data, "segmentation run": seg_run, "classifier run": cls_run,
+                    "threshold plot": tuned.plot_path, "submission": gated}
+    return result

@@ -1,0 +1,213 @@
+"""``tune-threshold``: per-class presence thresholds chosen on the run's validation images.
+
+Reads the classifier's validation probabilities (or computes them), the segmentation
+predictions and the truth, scores every pair kept and blanked, lets
+:mod:`cloudpipe.algorithms.thresholds` search, and writes ``thresholds.json`` and its plot.
+``predict`` reads the JSON with :func:`load_thresholds`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cloudpipe.algorithms.thresholds import (
+    METRIC_NAMES,
+    Objective,
+    PairScores,
+    Sweep,
+    choose_thresholds,
+    parse_thresholds,
+    summary_rows,
+)
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.images import check_images
+from cloudpipe.data.kaggle import (
+    TRAIN_CSV,
+    TRAIN_IMAGES,
+    presence,
+    read_mask_csv,
+    read_probs_csv,
+    read_train,
+    require_dir,
+    to_wide,
+    validate_rle_column,
+)
+from cloudpipe.data.outputs import check_output, write_text
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, read_json
+from cloudpipe.engine.settings import InferenceSettings
+from cloudpipe.pipeline.validation import validation_sets
+
+
+def load_thresholds(path: Path) -> dict[str, float]:
+    """Read ``{"Fish": t, "Flower": t, "Gravel": t, "Sugar": t, ...}`` (extra keys ignored).
+
+    Raises:
+        CloudpipeError: unreadable JSON, a missing class, or a value outside [0, 1].
+    """
+    data = read_json(path, "thresholds")
+    try:
+        return parse_thresholds(data)
+    except CloudpipeError as err:
+        raise CloudpipeError(str(err), path=path) from None
+
+
+def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings = InferenceSettings()) -> pd.DataFrame:
+    """Classifier probabilities of a run's validation images, when its ``val_probs.csv`` is lost.
+
+    The images are those ``RUN/splits.csv`` recorded; with folds, each ``fold{i}`` model
+    predicts its own validation images (out-of-fold).
+
+    Returns:
+        float DataFrame indexed by image, columns in class order.
+    """
+    from cloudpipe.engine.infer import predict_presence
+
+    data, splits = validation_sets(run_dir, data_dir, "classifier")
+    parts = []
+    for split in splits:
+        probs = predict_presence(split.folder, data.paths(split.val), settings)
+        parts.append(pd.DataFrame(probs, index=pd.Index(split.val, name="image"), columns=list(CLASSES)))
+    return pd.concat(parts).astype(np.float64)
+
+
+def _require_truth(images: list[str], known: pd.Index, what: str) -> None:
+    missing = [i for i in images if i not in known]
+    if missing:
+        raise CloudpipeError(f"{what}: {len(missing)} image(s) have no truth in train.csv "
+                             f"(e.g. {', '.join(missing[:3])})")
+
+
+@dataclass
+class TuneResult:
+    """What :func:`tune_thresholds` chose, and why."""
+
+    thresholds: dict[str, float]
+    objective: Objective
+    images: list[str]
+    sweeps: dict[str, Sweep]
+    rows: list[dict]
+    probs_source: str
+    json_path: Path | None = None
+    plot_path: Path | None = None
+
+    def to_json(self) -> dict:
+        """The ``thresholds.json`` content: class thresholds, objective, number of images."""
+        return {**self.thresholds, "objective": self.objective, "images": len(self.images)}
+
+    def summary(self) -> str:
+        """Lines to print under the table: what was optimised, on what, and what was written."""
+        if self.objective == "dice":
+            lines = [f"tuned on Kaggle Dice after blanking, {len(self.images)} validation images "
+                     f"(probabilities: {self.probs_source})"]
+        else:
+            lines = [f"tuned on ACCURACY, {len(self.images)} validation images (probabilities: {self.probs_source})",
+                     "warning: accuracy is not the competition metric (mean Dice after blanking); "
+                     "pass --seg VAL_SEG.csv to tune on Dice"]
+        written = [str(p) for p in (self.json_path, self.plot_path) if p is not None]
+        if written:
+            lines.append("wrote " + " and ".join(written))
+        return "\n".join(lines)
+
+
+def tune_thresholds(
+    run_dir: Path,
+    data_dir: Path,
+    *,
+    seg: Path | None = None,
+    objective: Objective | None = None,
+    mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
+    out: Path | None = None,
+    plot: Path | None = None,
+    overwrite: bool = False,
+    save: bool = True,
+    settings: InferenceSettings = InferenceSettings(),
+) -> TuneResult:
+    """Choose each class's presence threshold on the run's validation images.
+
+    Probabilities come from ``RUN_DIR/val_probs.csv`` (out-of-fold with folds), or are computed
+    by :func:`compute_val_probs` when it is missing. With ``seg`` (the default objective
+    ``"dice"``), each class's threshold maximises the mean Kaggle Dice of the blanked
+    predictions over the images with both a probability and a prediction; truth masks come from
+    ``DIR/train.csv`` at the training image size. Without it, ``"accuracy"`` of ``prob >= t``
+    against the ``train.csv`` labels is maximised, which is not the competition metric.
+
+    Args:
+        run_dir: classifier run folder.
+        data_dir: Kaggle-layout folder with ``train.csv`` (and ``train_images/``).
+        seg: segmentation predictions (Kaggle CSV) covering some validation images.
+        objective: ``"dice"`` (needs ``seg``) or ``"accuracy"``; default from ``seg``.
+        mask_shape: (H, W) of the masks in ``seg``.
+        out: JSON to write; default ``RUN_DIR/thresholds.json``, which is replaced when it
+            exists (the run's own tuning, read by ``predict``). A given path is not replaced
+            without ``overwrite``.
+        plot: PNG of score against threshold; default ``out`` with suffix ``.png``.
+        overwrite: replace existing ``out`` / ``plot`` files given explicitly.
+        save: write the JSON and the plot (False: only return the result).
+        settings: how to run the model(s) when probabilities must be computed.
+
+    Returns:
+        The thresholds, per-class sweeps and the summary table.
+
+    Raises:
+        CloudpipeError: missing run files, malformed CSVs, predictions sharing no image with the
+            validation probabilities, images without truth, or outputs that may not be written.
+    """
+
+    run_dir, data_dir = require_dir(run_dir), require_dir(data_dir)
+    objective = objective or ("dice" if seg is not None else "accuracy")
+    if objective not in METRIC_NAMES:
+        raise CloudpipeError(f"objective must be one of {', '.join(METRIC_NAMES)}, got {objective!r}")
+    if objective == "dice" and seg is None:
+        raise CloudpipeError("the dice objective needs segmentation predictions (--seg VAL_SEG.csv)")
+    probs_csv = run_dir / VAL_PROBS_CSV
+    json_path = Path(out) if out is not None else run_dir / THRESHOLDS_JSON
+    plot_path = Path(plot) if plot is not None else json_path.with_suffix(".png")
+    if save:
+        if json_path.resolve() == plot_path.resolve():
+            raise CloudpipeError("--plot must differ from --out", path=plot_path)
+        inputs = [p for p in (seg, probs_csv, data_dir / TRAIN_CSV) if p is not None]
+        check_output(json_path, overwrite=overwrite or out is None, inputs=inputs)
+        check_output(plot_path, overwrite=overwrite or (out is None and plot is None), inputs=inputs)
+
+    train = read_train(data_dir)
+    labels = presence(train)
+    if probs_csv.exists():
+        probs, source = read_probs_csv(probs_csv), str(probs_csv)
+    else:
+        probs = compute_val_probs(run_dir, data_dir, settings)
+        source = f"computed by the run's model(s), no {VAL_PROBS_CSV}"
+    _require_truth(list(probs.index), labels.index, source)
+
+    if seg is None:
+        scores = PairScores.accuracy(labels.loc[probs.index])
+    else:
+        pred = to_wide(read_mask_csv(seg, shape=mask_shape))
+        _require_truth(list(pred.index), labels.index, str(seg))
+        pred = pred.loc[pred.index.isin(probs.index)]
+        if pred.empty:
+            raise CloudpipeError(f"shares no image with the validation probabilities ({source}, "
+                                 f"{len(probs)} images)", path=seg)
+        if objective == "dice":
+            truth_shape = check_images(data_dir / TRAIN_IMAGES / i for i in pred.index)
+            validate_rle_column(train, truth_shape, data_dir / TRAIN_CSV)
+            scores = PairScores.dice(to_wide(train), pred, truth_shape, mask_shape)
+        else:
+            scores = PairScores.accuracy(labels.loc[pred.index])
+    p = probs.loc[scores.images].to_numpy()
+    sweeps = choose_thresholds(p, scores)
+    result = TuneResult({c: s.threshold for c, s in sweeps.items()}, objective, scores.images, sweeps,
+                        summary_rows(p, scores, sweeps, objective), source)
+    if save:
+        from cloudpipe.plots import plot_threshold_curves
+
+        write_text(json.dumps(result.to_json(), indent=2) + "\n", json_path)
+        plot_threshold_curves(sweeps, plot_path, metric="Dice" if objective == "dice" else "accuracy",
+                              images=len(scores.images))
+        result.json_path, result.plot_path = json_path, plot_path
+    return result

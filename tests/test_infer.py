@@ -1,0 +1,76 @@
+"""Streaming inference: fold models averaged, flip TTA, the checks before the first image."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.engine.config import load_config
+from cloudpipe.engine.infer import load_run, predict_presence
+from cloudpipe.engine.settings import InferenceSettings
+
+CPU = InferenceSettings(device="cpu", workers=0, progress=False)
+
+
+def test_fold_models_are_averaged(tiny_data, tmp_path):
+    from cloudpipe.engine.train import train_run
+
+    run = tmp_path / "run"
+    config = load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=1, image_size=(64, 96), workers=0,
+                                                      batch_size=8, accumulate=1, folds=2, device="cpu"))
+    train_run(config, tiny_data, run, progress=False)
+    paths = sorted((tiny_data / "test_images").iterdir())
+    both = predict_presence(run, paths, CPU)
+    each = [predict_presence(run / f"fold{i}", paths, CPU) for i in range(2)]
+    np.testing.assert_allclose(both, (each[0] + each[1]) / 2, atol=1e-6)
+
+
+def test_tta_is_the_mean_over_flips(tiny_data, tiny_classifier_run):
+    import torch
+
+    from cloudpipe.data.images import read_image
+    from cloudpipe.engine.infer import load_run, stream_probs
+
+    paths = sorted((tiny_data / "test_images").iterdir())
+    run = load_run(tiny_classifier_run, "classifier", torch.device("cpu"))
+    [(indices, tta)] = list(stream_probs(run, paths, torch.device("cpu"),
+                                         InferenceSettings(workers=0, tta=True, amp=False, progress=False)))
+    images = torch.stack([torch.from_numpy(read_image(p, (64, 96), 1)) for p in paths]).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        manual = sum(torch.sigmoid(run.models[0](images.flip(d) if d else images)) for d in (None, (3,), (2,))) / 3
+    assert list(indices) == list(range(len(paths)))
+    torch.testing.assert_close(tta, manual, atol=1e-5, rtol=1e-5)
+
+
+def test_tta_changes_nothing_for_a_flip_invariant_model(tiny_data):
+    import torch
+
+    from cloudpipe.engine.infer import RunModels, stream_probs
+
+    class MeanColour(torch.nn.Module):  # depends only on each channel's mean: flip-invariant
+        def forward(self, x):
+            return x.float().mean((2, 3)) @ torch.ones(3, 4) / 300 - 0.5
+
+    run = RunModels([MeanColour()], load_config("classifier", overrides=dict(image_size=(64, 96))), [])
+    paths = sorted((tiny_data / "test_images").iterdir())
+    cpu = torch.device("cpu")
+    plain = torch.cat([p for _, p in stream_probs(run, paths, cpu, InferenceSettings(workers=0, amp=False, progress=False))])
+    flipped = torch.cat([p for _, p in stream_probs(run, paths, cpu, InferenceSettings(workers=0, tta=True, amp=False,
+                                                                                          progress=False))])
+    torch.testing.assert_close(plain, flipped)
+
+
+def test_load_run_refuses_the_other_stage_and_foreign_weights(tiny_classifier_run, tmp_path):
+    import shutil
+
+    with pytest.raises(CloudpipeError, match="needs a segmentation"):
+        load_run(tiny_classifier_run, "segmentation", torch.device("cpu"))
+    run = tmp_path / "run"
+    shutil.copytree(tiny_classifier_run, run)
+    state = torch.load(run / "best.pt", weights_only=True)
+    state["config"]["arch"] = "resnet18"  # weights of the tiny net claimed as a ResNet18
+    torch.save(state, run / "best.pt")
+    with pytest.raises(CloudpipeError, match="weights do not fit resnet18"):
+        load_run(run, "classifier", torch.device("cpu"))

@@ -1,0 +1,410 @@
+import csv
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.rle import rle2mask
+from cloudpipe.data.images import jpeg_size
+from cloudpipe.data.kaggle import (
+    kfold_splits,
+    list_test_images,
+    presence,
+    read_mask_csv,
+    read_probs_csv,
+    read_train,
+    require_same_images,
+    split_train_val,
+    to_wide,
+)
+
+HEADER = "Image_Label,EncodedPixels\n"
+REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "sample_submission.csv"
+
+
+def rows(image: str, encoded=("", "", "", "")) -> str:
+    return "".join(f"{image}_{c},{e}\n" for c, e in zip(CLASSES, encoded))
+
+
+def write(tmp_path: Path, text: str, name: str = "masks.csv") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def error_of(path: Path, **kwargs) -> str:
+    with pytest.raises(CloudpipeError) as info:
+        read_mask_csv(path, **kwargs)
+    message = str(info.value)
+    assert str(path) in message
+    assert "\n" not in message
+    return message
+
+
+# --- read_mask_csv: bad inputs -------------------------------------------------------------
+
+
+def test_missing_file(tmp_path):
+    assert "not found" in error_of(tmp_path / "nope.csv")
+
+
+def test_folder_instead_of_file(tmp_path):
+    assert "not found" in error_of(tmp_path)
+
+
+def test_empty_file(tmp_path):
+    assert "empty" in error_of(write(tmp_path, ""))
+
+
+def test_blank_file(tmp_path):
+    assert "empty" in error_of(write(tmp_path, "\n\n"))
+
+
+@pytest.mark.parametrize("text", [HEADER, HEADER.strip()])
+def test_header_only(tmp_path, text):
+    assert "no rows" in error_of(write(tmp_path, text))
+
+
+@pytest.mark.parametrize(
+    "header", ["ImageId,EncodedPixels", "Image_Label", "Image_Label,EncodedPixels,Extra", "EncodedPixels,Image_Label"]
+)
+def test_wrong_columns(tmp_path, header):
+    message = error_of(write(tmp_path, header + "\n" + rows("a.jpg")))
+    assert "line 1" in message
+    assert "expected Image_Label,EncodedPixels" in message
+
+
+def test_extra_field_in_first_row(tmp_path):
+    # pandas would silently make the first column the index and shift everything by one.
+    text = HEADER + "a.jpg_Fish,1 1,3\n" + rows("a.jpg")[len("a.jpg_Fish,\n") :]
+    message = error_of(write(tmp_path, text))
+    assert "line 2" in message and "more fields" in message
+
+
+def test_extra_field_in_later_row(tmp_path):
+    text = HEADER + "a.jpg_Fish,1 1\na.jpg_Flower,1 1,3\na.jpg_Gravel,\na.jpg_Sugar,\n"
+    assert "line 3" in error_of(write(tmp_path, text))
+
+
+def test_not_utf8(tmp_path):
+    path = tmp_path / "latin1.csv"
+    path.write_bytes(HEADER.encode() + b"\xff\xfe.jpg_Fish,\n")
+    assert "not a readable CSV" in error_of(path)
+
+
+@pytest.mark.parametrize("label", ["a.jpgFish", "_Fish"])
+def test_label_without_image_or_underscore(tmp_path, label):
+    text = HEADER + rows("b.jpg") + f"{label},\n"
+    message = error_of(write(tmp_path, text))
+    assert "line 6" in message and repr(label) in message
+
+
+@pytest.mark.parametrize("cls", ["Cloud", "fish", "Fish ", ""])
+def test_unknown_class(tmp_path, cls):
+    text = HEADER + "a.jpg_Fish,\n" + f"a.jpg_{cls},\n"
+    message = error_of(write(tmp_path, text))
+    assert "line 3" in message and "unknown class" in message and repr(cls) in message
+
+
+def test_duplicate_row(tmp_path):
+    text = HEADER + rows("a.jpg") + rows("b.jpg") + "a.jpg_Gravel,1 1\n"
+    message = error_of(write(tmp_path, text))
+    assert "duplicate" in message and "a.jpg_Gravel" in message
+    assert "line 10" in message  # the second occurrence
+
+
+def test_image_missing_a_class(tmp_path):
+    text = HEADER + rows("a.jpg") + "b.jpg_Fish,\nb.jpg_Gravel,\nb.jpg_Sugar,\n" + rows("c.jpg")
+    message = error_of(write(tmp_path, text))
+    assert "'b.jpg'" in message and "Flower" in message
+    assert "Fish" not in message.split("lacks", 1)[1].split("(")[0]
+
+
+@pytest.mark.parametrize(
+    "rle",
+    ["1 x", "3", "0 1", "1 0", "-1 2", "5 1 3 1", "1 3 2 1", "16 2", "1.5 2", "1 1 1 1"],
+)
+def test_malformed_rle_with_shape(tmp_path, rle):
+    text = HEADER + rows("a.jpg") + rows("b.jpg", ("", rle, "", ""))  # the bad cell is on line 7
+    path = write(tmp_path, text)
+    message = error_of(path, shape=(4, 4))
+    assert "line 7" in message and "b.jpg_Flower" in message and "4x4" in message
+    # Without a shape the RLE text is not checked.
+    assert read_mask_csv(path)["EncodedPixels"].iat[5] == rle
+
+
+def test_valid_rle_with_shape(tmp_path):
+    path = write(tmp_path, HEADER + rows("a.jpg", ("1 16", "", " 2 3 ", "16 1")))
+    assert len(read_mask_csv(path, shape=(4, 4))) == 4
+
+
+# --- read_mask_csv: content -------------------------------------------------------------------
+
+
+def test_cells_stay_text(tmp_path):
+    cells = ("NA", "nan", "", "1 1")
+    frame = read_mask_csv(write(tmp_path, HEADER + rows("NA", cells) + rows("None")))
+    assert frame["EncodedPixels"].tolist()[:4] == list(cells)
+    assert frame["EncodedPixels"].tolist()[4:] == ["", "", "", ""]
+    assert all(isinstance(v, str) for v in frame.to_numpy().ravel())
+    assert frame["image"].tolist() == ["NA"] * 4 + ["None"] * 4
+    # Presence is "the cell is not empty": the NA-looking text counts, the empty cell does not.
+    assert presence(frame).loc["NA"].tolist() == [1, 1, 0, 1]
+
+
+def test_split_on_last_underscore(tmp_path):
+    text = HEADER + rows("a_b.jpg", ("1 1", "", "", "")) + rows("x_Fish_y.jpg")
+    frame = read_mask_csv(write(tmp_path, text))
+    assert list(frame.columns) == ["Image_Label", "EncodedPixels", "image", "class_name"]
+    assert frame["image"].tolist() == ["a_b.jpg"] * 4 + ["x_Fish_y.jpg"] * 4
+    assert frame["class_name"].tolist() == list(CLASSES) * 2
+    assert frame["Image_Label"].iat[0] == "a_b.jpg_Fish"
+    assert list(to_wide(frame).index) == ["a_b.jpg", "x_Fish_y.jpg"]
+
+
+def test_keeps_file_order(tmp_path):
+    # Classes out of order and interleaved images are fine; the frame keeps the file's order.
+    lines = ["b.jpg_Sugar,4 1", "a.jpg_Fish,1 1", "b.jpg_Fish,2 1", "a.jpg_Gravel,", "b.jpg_Flower,",
+             "a.jpg_Sugar,", "b.jpg_Gravel,3 2", "a.jpg_Flower,5 5"]
+    frame = read_mask_csv(write(tmp_path, HEADER + "\n".join(lines) + "\n"), shape=(4, 4))
+    assert frame["Image_Label"].tolist() == [line.split(",")[0] for line in lines]
+    assert frame["EncodedPixels"].tolist() == [line.split(",")[1] for line in lines]
+
+
+def test_to_wide_order_and_values(tmp_path):
+    lines = ["b.jpg_Sugar,4 1", "a.jpg_Fish,1 1", "b.jpg_Fish,2 1", "a.jpg_Gravel,", "b.jpg_Flower,",
+             "a.jpg_Sugar,", "b.jpg_Gravel,3 2", "a.jpg_Flower,5 5"]
+    wide = to_wide(read_mask_csv(write(tmp_path, HEADER + "\n".join(lines) + "\n")))
+    assert list(wide.index) == ["b.jpg", "a.jpg"]  # first appearance, not sorted
+    assert list(wide.columns) == ["Fish", "Flower", "Gravel", "Sugar"]
+    assert wide.loc["b.jpg"].tolist() == ["2 1", "", "3 2", "4 1"]
+    assert wide.loc["a.jpg"].tolist() == ["1 1", "5 5", "", ""]
+
+
+def test_presence_from_text(tmp_path):
+    text = HEADER + rows("z.jpg", ("", "1 1", " ", "3 4")) + rows("a.jpg", ("9 9", "", "", ""))
+    labels = presence(read_mask_csv(write(tmp_path, text)))
+    assert list(labels.index) == ["z.jpg", "a.jpg"]
+    assert list(labels.columns) == list(CLASSES)
+    assert (labels.dtypes == np.int64).all()
+    assert labels.to_numpy().tolist() == [[0, 1, 0, 1], [1, 0, 0, 0]]
+
+
+def test_presence_matches_decoded_masks(tiny_data):
+    """Independent check: read train.csv with the csv module and decode every mask."""
+    frame = read_train(tiny_data)
+    labels = presence(frame)
+    with open(tiny_data / "train.csv", newline="") as f:
+        records = list(csv.reader(f))[1:]
+    shape = jpeg_size(next((tiny_data / "train_images").glob("*.jpg")))
+    decoded: dict[str, dict[str, int]] = {}
+    for label, rle in records:
+        image, cls = label.rsplit("_", 1)
+        decoded.setdefault(image, {})[cls] = int(rle2mask(rle, shape).any())
+    assert list(labels.index) == list(decoded)
+    expected = np.array([[decoded[i][c] for c in CLASSES] for i in labels.index])
+    np.testing.assert_array_equal(labels.to_numpy(), expected)
+    assert 0 < expected.sum() < expected.size  # not a vacuous comparison
+
+
+def test_read_train(tiny_data, tmp_path):
+    frame = read_train(tiny_data)
+    assert len(frame) == 24 * 4
+    assert frame["image"].nunique() == 24
+    with pytest.raises(CloudpipeError, match="folder not found"):
+        read_train(tmp_path / "missing")
+    with pytest.raises(CloudpipeError, match="train.csv"):
+        read_train(tmp_path)
+
+
+# --- splits ---------------------------------------------------------------------------------------
+
+
+def random_labels(n: int, seed: int = 0, p: float = 0.5) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    return pd.DataFrame(
+        (rng.random((n, 4)) < p).astype(np.int64), index=[f"{i:07x}.jpg" for i in range(n)], columns=list(CLASSES)
+    )
+
+
+def labels_with_counts(counts: list[int]) -> pd.DataFrame:
+    data = [[1] * c + [0] * (4 - c) for c in counts]
+    return pd.DataFrame(data, index=[f"img{i}.jpg" for i in range(len(counts))], columns=list(CLASSES))
+
+
+def check_partition(images, train, val):
+    assert not set(train) & set(val)
+    assert sorted(train + val) == sorted(images)
+    assert len(train) + len(val) == len(images)  # no duplicates
+
+
+def test_split_train_val_basic(tiny_data):
+    labels = presence(read_train(tiny_data))
+    train, val = split_train_val(labels)
+    check_partition(list(labels.index), train, val)
+    assert len(val) == 3  # ceil(10% of 24)
+    assert (train, val) == split_train_val(labels, 0.1, 69)  # deterministic, seed 69 by default
+    assert (train, val) == split_train_val(labels.copy())
+
+
+def test_split_train_val_seed_changes_split():
+    labels = random_labels(200)
+    splits = {tuple(sorted(split_train_val(labels, seed=s)[1])) for s in range(5)}
+    assert len(splits) == 5
+
+
+def test_split_train_val_is_stratified():
+    labels = random_labels(200, seed=1)
+    train, val = split_train_val(labels)
+    check_partition(list(labels.index), train, val)
+    assert len(val) == 20
+    counts = labels.sum(axis=1)
+    overall = counts.value_counts(normalize=True)
+    in_val = counts.loc[val].value_counts(normalize=True).reindex(overall.index, fill_value=0)
+    # Stratified: each stratum's share in the 20 validation images is within one image of its share.
+    assert (in_val - overall).abs().max() <= 1 / 20 + 1e-9
+
+
+@pytest.mark.parametrize("counts", [[0, 1, 2, 3, 4], [1, 1], [4, 0], [2, 2, 2, 1, 3, 0, 4], [1] * 9 + [4]])
+def test_split_train_val_tiny(counts):
+    labels = labels_with_counts(counts)
+    train, val = split_train_val(labels)
+    check_partition(list(labels.index), train, val)
+    assert len(val) == 1
+    assert len(train) == len(counts) - 1
+
+
+def test_split_train_val_fraction():
+    labels = random_labels(50)
+    train, val = split_train_val(labels, val_fraction=0.3)
+    check_partition(list(labels.index), train, val)
+    assert len(val) == 15
+
+
+@pytest.mark.parametrize("n,fraction", [(1, 0.1), (0, 0.1), (10, 0.0), (10, 1.0), (10, -0.1)])
+def test_split_train_val_invalid(n, fraction):
+    with pytest.raises(CloudpipeError):
+        split_train_val(random_labels(n), val_fraction=fraction)
+
+
+@pytest.mark.parametrize("folds", [2, 3, 5])
+def test_kfold_every_image_validated_once(tiny_data, folds):
+    labels = presence(read_train(tiny_data))
+    splits = kfold_splits(labels, folds)
+    assert len(splits) == folds
+    seen = Counter()
+    for train, val in splits:
+        check_partition(list(labels.index), train, val)
+        seen.update(val)
+    assert set(seen) == set(labels.index) and set(seen.values()) == {1}
+    sizes = [len(val) for _, val in splits]
+    assert max(sizes) - min(sizes) <= 1
+    assert splits == kfold_splits(labels, folds)  # deterministic
+
+
+def test_kfold_stratified():
+    labels = random_labels(200, seed=2)
+    counts = labels.sum(axis=1)
+    overall = counts.value_counts()
+    for _, val in kfold_splits(labels, 4):
+        got = counts.loc[val].value_counts().reindex(overall.index, fill_value=0)
+        assert ((got - overall / 4).abs() <= 1).all()
+
+
+def test_kfold_tiny_and_leave_one_out():
+    labels = labels_with_counts([0, 1, 2, 3, 4])
+    splits = kfold_splits(labels, 5)
+    assert sorted(v for _, val in splits for v in val) == sorted(labels.index)
+    assert all(len(val) == 1 for _, val in splits)
+
+
+@pytest.mark.parametrize("folds", [-1, 0, 1, 6, 100])
+def test_kfold_invalid(folds):
+    with pytest.raises(CloudpipeError, match="folds"):
+        kfold_splits(labels_with_counts([0, 1, 2, 3, 4]), folds)
+
+
+# --- test images ------------------------------------------------------------------------------------
+
+
+def test_list_test_images_from_sample_submission(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    folder_names = sorted(p.name for p in (data / "test_images").iterdir())
+    assert list_test_images(data) == folder_names  # synth writes the sample in sorted order
+    # The sample submission's order wins over the folder's.
+    order = list(reversed(folder_names))
+    order[0], order[2] = order[2], order[0]
+    (data / "sample_submission.csv").write_text(HEADER + "".join(rows(n, ("1 1",) * 4) for n in order))
+    assert list_test_images(data) == order
+
+
+def test_list_test_images_from_folder(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / "sample_submission.csv").unlink()
+    (data / "test_images" / "notes.txt").write_text("not an image")
+    expected = sorted(p.name for p in (data / "test_images").glob("*.jpg"))
+    assert len(expected) == 6
+    assert list_test_images(data) == expected
+
+
+def test_list_test_images_errors(tmp_path):
+    with pytest.raises(CloudpipeError, match="folder not found"):
+        list_test_images(tmp_path / "missing")
+    with pytest.raises(CloudpipeError, match="sample_submission.csv"):
+        list_test_images(tmp_path)
+    (tmp_path / "test_images").mkdir()
+    with pytest.raises(CloudpipeError, match="no .jpg images"):
+        list_test_images(tmp_path)
+    write(tmp_path, HEADER + "a.jpg_Fish,1 1\n", "sample_submission.csv")
+    with pytest.raises(CloudpipeError, match="sample_submission.csv"):
+        list_test_images(tmp_path)
+
+
+@pytest.mark.skipif(not REAL_SAMPLE.is_file(), reason="real sample_submission.csv not available")
+def test_real_sample_submission(tmp_path):
+    shutil.copy(REAL_SAMPLE, tmp_path / "sample_submission.csv")
+    images = list_test_images(tmp_path)
+    with open(REAL_SAMPLE, newline="") as f:
+        first = list(csv.reader(f))[1][0]
+    assert len(images) == 3698 and len(set(images)) == 3698
+    assert images[0] == first.rsplit("_", 1)[0]
+    frame = read_mask_csv(REAL_SAMPLE, shape=(350, 525))
+    assert (frame["EncodedPixels"] == "1 1").all()
+    assert presence(frame).to_numpy().all()
+
+
+def test_require_same_images():
+    require_same_images(["a", "b"], ["b", "a"], "it")  # order does not matter
+    with pytest.raises(CloudpipeError, match=r"^preds lacks 2 image\(s\) \(e\.g\. b, c\)$"):
+        require_same_images(["a", "b", "c"], ["a"], "preds")
+    with pytest.raises(CloudpipeError, match=r"^preds has 4 extra image\(s\) \(e\.g\. b, c, d\)$"):
+        require_same_images(["a"], ["a", "b", "c", "d", "e"], "preds")
+
+
+def test_read_probs_csv(tmp_path):
+    path = tmp_path / "p.csv"
+    path.write_text("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,0.3,1\nb.jpg,0,0.5,0.25,0.75\n")
+    probs = read_probs_csv(path)
+    assert list(probs.index) == ["a.jpg", "b.jpg"] and probs.loc["b.jpg", "Sugar"] == 0.75
+
+
+@pytest.mark.parametrize("text, message", [
+    ("image,Fish,Flower,Gravel\na.jpg,0.1,0.2,0.3\n", "columns are"),
+    ("image,Fish,Flower,Gravel,Sugar\n", "no rows"),
+    ("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,x,0.3,1\n", "line 2: Flower probability 'x'"),
+    ("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,0.3,1\nb.jpg,0.1,0.2,1.5,1\n", "line 3: Gravel probability '1.5'"),
+    ("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,,1\n", "Gravel probability ''"),
+    ("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,0.3,1\na.jpg,0.1,0.2,0.3,1\n", "line 3: duplicate image 'a.jpg'"),
+])
+def test_read_probs_csv_errors(tmp_path, text, message):
+    path = tmp_path / "p.csv"
+    path.write_text(text)
+    with pytest.raises(CloudpipeError, match=message):
+        read_probs_csv(path)

@@ -1,0 +1,129 @@
+"""Post-processing steps, their JSON form, and the tuning of any list of steps."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass
+from typing import ClassVar
+
+import numpy as np
+import pytest
+
+from cloudpipe.algorithms.postprocess import (
+    STEPS,
+    MinSize,
+    PostProcess,
+    Step,
+    Threshold,
+    binarize,
+    choose,
+    default_index,
+    grid_stats,
+)
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.masks import remove_small_components
+from cloudpipe.core.metric import dice_score
+
+
+def test_postprocess_removes_small_components():
+    probs = np.zeros((20, 30), np.uint8)
+    probs[2:4, 2:4] = 200  # 4 pixels
+    probs[10:18, 10:20] = 200  # 80 pixels
+    probs[0, 29] = 100  # below threshold 0.5 (127.5)
+    post = PostProcess((Threshold(), MinSize()), {c: (0.5, 5) for c in CLASSES})
+    mask = post.apply(probs, 0)
+    assert mask.sum() == 80 and mask[2:4, 2:4].sum() == 0
+    assert PostProcess().apply(probs, 0).sum() == 84  # defaults: threshold 0.5, no minimum size
+
+
+def test_grid_stats_match_brute_force():
+    rng = np.random.default_rng(0)
+    steps = (Threshold(), MinSize(grid=(0, 3, 20, 300)))
+    for _ in range(10):
+        probs = (rng.random((35, 52)) * 255).astype(np.uint8)
+        probs[5:25, 10:40] = np.clip(probs[5:25, 10:40].astype(int) + 120, 0, 255).astype(np.uint8)
+        truth = np.zeros((35, 52), np.uint8)
+        truth[8:30, 12:45] = 1
+        inter, area = grid_stats(steps, probs, truth)
+        assert inter.shape == (5, 4)
+        for (ti, t), (mi, m) in itertools.product(enumerate(steps[0].grid), enumerate(steps[1].grid)):
+            mask = remove_small_components(binarize(probs, t), m).astype(bool)
+            assert inter[ti, mi] == np.count_nonzero(mask & truth.astype(bool))
+            assert area[ti, mi] == np.count_nonzero(mask)
+
+
+@dataclass(frozen=True)
+class Dilate(Step):
+    """A test-only step: grow the mask by ``value`` pixels (shows any new step tunes)."""
+
+    name: ClassVar[str] = "dilate"
+    default: ClassVar[float] = 0
+    grid: tuple = (0, 1, 3)
+
+    def apply(self, mask, probs, value):
+        import cv2
+
+        return mask if value == 0 else cv2.dilate(mask, np.ones((2 * value + 1,) * 2, np.uint8))
+
+
+def test_any_list_of_steps_tunes_to_the_best_combination():
+    rng = np.random.default_rng(4)
+    steps = (Threshold(grid=(0.4, 0.6)), Dilate(), MinSize(grid=(0, 30)))
+    n = 6
+    probs = (rng.random((n, 4, 24, 36)) * 255).astype(np.uint8)
+    truth = np.zeros((n, 4, 24, 36), np.uint8)
+    truth[:, :, 4:16, 6:20] = 1
+    truth[::2, 2] = 0  # some absent classes
+    stats = [[grid_stats(steps, probs[i, k], truth[i, k]) for k in range(4)] for i in range(n)]
+    inter = np.array([[s[0] for s in row] for row in stats])
+    area = np.array([[s[1] for s in row] for row in stats])
+    post, dice = choose(steps, inter, area, truth.sum((2, 3)))
+    assert dice.shape == (4, 2, 3, 2)
+    for k, c in enumerate(CLASSES):
+        scores = {}
+        for combo in itertools.product(*(s.grid for s in steps)):
+            masks = [PostProcess(steps, {cc: combo for cc in CLASSES}).apply(probs[i, k], k) for i in range(n)]
+            scores[combo] = np.mean([dice_score(np.count_nonzero(m & truth[i, k]), m.sum(), truth[i, k].sum())
+                                     for i, m in enumerate(masks)])
+        assert scores[post.values[c]] == pytest.approx(max(scores.values()))  # beats or equals every option
+        assert dice[k].max() == pytest.approx(max(scores.values()))
+
+
+def test_ties_go_to_the_first_combination():
+    steps = (Threshold(), MinSize())
+    n, t, m = 3, len(steps[0].grid), len(steps[1].grid)
+    inter = np.zeros((n, 4, t, m), np.int64)
+    area = np.full((n, 4, t, m), 10, np.int64)
+    inter[:, 1, 2, 3] = 10  # Flower perfect at threshold index 2, min size index 3
+    post, dice = choose(steps, inter, area, np.full((n, 4), 10, np.int64))
+    assert post.values["Flower"] == (steps[0].grid[2], steps[1].grid[3]) and dice[1, 2, 3] == 1.0
+    assert post.values["Fish"] == (steps[0].grid[0], steps[1].grid[0])  # all tie
+
+
+def test_choose_uses_the_grids_it_was_given():
+    steps = (Threshold(grid=(0.1, 0.9)), MinSize(grid=(7, 70)))
+    inter = np.zeros((1, 4, 2, 2), np.int64)
+    inter[0, :, 1, 1] = 5
+    post, _ = choose(steps, inter, np.full((1, 4, 2, 2), 5), np.full((1, 4), 5))
+    assert post.values["Sugar"] == (0.9, 70)
+    assert default_index(steps) is None  # 0.5 and 0 are not in these grids
+    assert default_index((Threshold(), MinSize())) == (2, 0)
+
+
+def test_json_round_trip_and_errors():
+    post = PostProcess((Threshold(grid=(0.3, 0.5)), MinSize(grid=(0, 100))), {c: (0.3, 100) for c in CLASSES})
+    data = json.loads(json.dumps(post.to_dict()))
+    assert data["format"] == 2 and [s["step"] for s in data["steps"]] == ["threshold", "min_size"]
+    again = PostProcess.from_dict(data)
+    assert again == post and set(STEPS) >= {"threshold", "min_size"}
+    with pytest.raises(CloudpipeError, match="format None is not 2"):
+        PostProcess.from_dict({"threshold": {c: 0.5 for c in CLASSES}, "min_size": {c: 0 for c in CLASSES}})
+    with pytest.raises(CloudpipeError, match="unknown post-processing step 'blur'"):
+        PostProcess.from_dict({"format": 2, "steps": [{"step": "blur", "grid": [1], "values": {}}]})
+    with pytest.raises(CloudpipeError, match="lacks 'Sugar'"):
+        PostProcess.from_dict({"format": 2, "steps": [{"step": "threshold", "grid": [0.5],
+                                                        "values": {"Fish": 0.5, "Flower": 0.5, "Gravel": 0.5}}]})
+    with pytest.raises(CloudpipeError, match="reads the probabilities"):
+        PostProcess((MinSize(),))

@@ -1,0 +1,197 @@
+"""predict: gate a segmentation submission with the classifier."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cloudpipe.cli import main
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.rle import mask2rle
+from cloudpipe.data.kaggle import read_mask_csv
+from cloudpipe.engine.settings import InferenceSettings
+from cloudpipe.pipeline.predict import predict_submission, resolve_thresholds
+
+CPU = InferenceSettings(device="cpu", workers=0, progress=False)
+
+
+def seg_predictions(data, seed=0, shuffle=True) -> pd.DataFrame:
+    """A segmentation submission for the test images: random blocky masks, some empty, some
+    with valid but unusual spacing (which must be copied through byte for byte)."""
+    rng = np.random.default_rng(seed)
+    sample = pd.read_csv(data / "sample_submission.csv")
+    rles = []
+    for i in range(len(sample)):
+        mask = np.zeros((350, 525), np.uint8)
+        if rng.random() < 0.8:
+            r, c = rng.integers(0, 300), rng.integers(0, 450)
+            mask[r : r + rng.integers(5, 50), c : c + rng.integers(5, 70)] = 1
+        rle = mask2rle(mask)
+        rles.append(rle.replace(" ", "  ", 1) if i % 7 == 3 and rle else rle)
+    frame = pd.DataFrame({"Image_Label": sample["Image_Label"], "EncodedPixels": rles})
+    return frame.sample(frac=1, random_state=seed) if shuffle else frame
+
+
+@pytest.fixture()
+def seg_csv(tiny_data, tmp_path):
+    path = tmp_path / "seg.csv"
+    seg_predictions(tiny_data).to_csv(path, index=False)
+    return path
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["predict", *map(str, args), "--workers", "0", "--quiet", "--device", "cpu"])
+
+
+def test_predict_gates_and_keeps_order(tiny_data, tiny_classifier_run, seg_csv, tmp_path):
+    out = tmp_path / "sub" / "submission.csv"
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--threshold", 0.5)
+    assert result.exit_code == 0, result.output
+    assert "img/s" in result.output and "kept/blanked" in result.output
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    sample = pd.read_csv(tiny_data / "sample_submission.csv")
+    assert list(sub.columns) == ["Image_Label", "EncodedPixels"]
+    assert list(sub["Image_Label"]) == list(sample["Image_Label"])
+    probs = pd.read_csv(tmp_path / "sub" / "submission_probs.csv").set_index("image")
+    assert list(probs.columns) == list(CLASSES)
+    seg = pd.read_csv(seg_csv, dtype=str, keep_default_na=False).set_index("Image_Label")["EncodedPixels"]
+    for label, rle in zip(sub["Image_Label"], sub["EncodedPixels"]):
+        image, cls = label.rsplit("_", 1)
+        if probs.loc[image, cls] < 0.5:
+            assert rle == ""
+        else:
+            assert rle == seg[label]  # byte-identical, odd spacing included
+    assert read_mask_csv(out, shape=(350, 525)) is not None  # a valid submission
+
+
+def test_thresholds_precedence(tiny_classifier_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_classifier_run, run)
+    assert resolve_thresholds(run, None, None) == ({c: 0.5 for c in CLASSES}, "default 0.5")
+    tuned = {"Fish": 0.1, "Flower": 0.2, "Gravel": 0.3, "Sugar": 0.4}
+    (run / "thresholds.json").write_text(json.dumps({**tuned, "objective": "dice"}))
+    assert resolve_thresholds(run, None, None)[0] == tuned
+    assert resolve_thresholds(run, None, 0.7)[0] == {c: 0.7 for c in CLASSES}  # explicit beats the run's file
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({c: 0.9 for c in CLASSES}))
+    assert resolve_thresholds(run, other, None)[0] == {c: 0.9 for c in CLASSES}
+    with pytest.raises(CloudpipeError, match="not both"):
+        resolve_thresholds(run, other, 0.5)
+
+
+def test_python_api_takes_and_returns_dataframes(tiny_data, tiny_classifier_run):
+    seg = seg_predictions(tiny_data)
+    summary = predict_submission(seg, tiny_classifier_run, tiny_data, None, threshold=0.0, settings=CPU)
+    # Threshold 0 keeps every mask: the submission is the input, in sample order.
+    expected = seg_predictions(tiny_data, shuffle=False)
+    assert summary.submission["EncodedPixels"].tolist() == expected["EncodedPixels"].tolist()
+    assert sum(summary.blanked.values()) == 0
+
+
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        ("missing_image", "image not found"),
+        ("truncated_image", "truncated JPEG"),
+        ("extra_image_in_seg", "extra image"),
+        ("missing_image_in_seg", "lacks 1 image"),
+        ("bad_rle", "line"),
+        ("threshold_file_out_of_range", "not a number in [0, 1]"),
+        ("threshold_file_missing_class", "no threshold for Sugar"),
+        ("segmentation_run", "needs a classifier"),
+        ("corrupt_checkpoint", "cannot read checkpoint"),
+        ("out_is_input", "also an input"),
+    ],
+)
+def test_bad_inputs_exit_2_and_write_nothing(tiny_data, tiny_classifier_run, seg_csv, tmp_path, damage, message):
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny_data, data)
+    shutil.copytree(tiny_classifier_run, run)
+    out = tmp_path / "sub" / "submission.csv"
+    extra: list = []
+    victim = sorted((data / "test_images").iterdir())[2]
+    seg = pd.read_csv(seg_csv, dtype=str, keep_default_na=False)
+    if damage == "missing_image":
+        victim.unlink()
+    elif damage == "truncated_image":
+        victim.write_bytes(victim.read_bytes()[:-300])
+    elif damage == "extra_image_in_seg":
+        seg = pd.concat([seg, pd.DataFrame({"Image_Label": [f"zzz.jpg_{c}" for c in CLASSES], "EncodedPixels": ""})])
+    elif damage == "missing_image_in_seg":
+        seg = seg[~seg["Image_Label"].str.startswith(victim.name)]
+    elif damage == "bad_rle":
+        seg.iloc[5, 1] = "5 3 4 1"
+    elif damage.startswith("threshold_file"):
+        values = {c: 0.5 for c in CLASSES}
+        if damage.endswith("range"):
+            values["Gravel"] = 1.5
+        else:
+            del values["Sugar"]
+        (tmp_path / "t.json").write_text(json.dumps(values))
+        extra = ["--thresholds", tmp_path / "t.json"]
+    elif damage == "segmentation_run":
+        import torch
+
+        state = torch.load(run / "best.pt", weights_only=True)
+        state["config"]["task"] = "segmentation"
+        torch.save(state, run / "best.pt")
+    elif damage == "corrupt_checkpoint":
+        (run / "best.pt").write_bytes(b"not a checkpoint")
+    elif damage == "out_is_input":
+        out = seg_csv
+    seg.to_csv(seg_csv, index=False)
+    before = seg_csv.read_bytes()
+    result = invoke("--seg", seg_csv, "--run", run, "--data", data, "--out", out, *extra)
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.output
+    if out != seg_csv:
+        assert not out.exists() and not (out.parent / "submission_probs.csv").exists()
+    assert seg_csv.read_bytes() == before
+
+
+def test_refuses_to_overwrite_without_flag(tiny_data, tiny_classifier_run, seg_csv, tmp_path):
+    out = tmp_path / "submission.csv"
+    out.write_text("earlier work")
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr
+    assert out.read_text() == "earlier work"
+    again = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--overwrite")
+    assert again.exit_code == 0, again.output
+    assert out.read_text().startswith("Image_Label,EncodedPixels")
+
+
+def test_interrupted_write_leaves_no_file(tiny_data, tiny_classifier_run, seg_csv, tmp_path, monkeypatch):
+    out = tmp_path / "submission.csv"
+    real = pd.DataFrame.to_csv
+
+    def crash_midway(self, path, *args, **kwargs):
+        real(self.head(3), path, *args, **kwargs)  # part of the file is on disk...
+        raise KeyboardInterrupt  # ...when the run is interrupted
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", crash_midway)
+    with pytest.raises(KeyboardInterrupt):
+        predict_submission(seg_csv, tiny_classifier_run, tiny_data, out, settings=CPU)
+    assert list(tmp_path.glob("submission*")) == [] and list(tmp_path.glob(".submission*")) == []
+
+
+def test_image_undecodable_in_a_worker_is_still_one_line(tiny_data, tiny_classifier_run, seg_csv, tmp_path, monkeypatch):
+    import cloudpipe.data.datasets
+
+    def broken(path, size, reduction=1):
+        raise CloudpipeError("cannot decode image (corrupt JPEG?)", path=path)
+
+    monkeypatch.setattr(cloudpipe.data.datasets, "read_image", broken)  # forked workers inherit the patch
+    out = tmp_path / "submission.csv"
+    result = CliRunner().invoke(main, ["predict", "--seg", str(seg_csv), "--run", str(tiny_classifier_run), "--data",
+                                       str(tiny_data), "--out", str(out), "--workers", "1", "--quiet", "--device", "cpu"])
+    assert result.exit_code == 2, result.output
+    assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
+    assert "cannot decode image" in result.stderr and ".jpg" in result.stderr
+    assert not out.exists()

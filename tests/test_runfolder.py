@@ -1,0 +1,82 @@
+"""The run folder: its file names, the fold layout and the recorded split."""
+
+from __future__ import annotations
+
+import pytest
+
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.runfolder import (
+    SPLITS_CSV,
+    ModelSplit,
+    fold_dir,
+    make_model_splits,
+    model_dirs,
+    read_json,
+    read_splits,
+    trained_checkpoints,
+    write_splits,
+)
+
+IMAGES = [f"{i}.jpg" for i in range(6)]
+
+
+def test_model_dirs_and_checkpoints_in_fold_order(tmp_path):
+    assert model_dirs(tmp_path, 0) == [tmp_path]
+    assert model_dirs(tmp_path, 3) == [fold_dir(tmp_path, i) for i in range(3)] == [tmp_path / f"fold{i}" for i in range(3)]
+    for i in (10, 2, 0):
+        (tmp_path / f"fold{i}").mkdir()
+        (tmp_path / f"fold{i}" / "best.pt").write_bytes(b"")
+    (tmp_path / "foldx").mkdir()
+    (tmp_path / "foldx" / "best.pt").write_bytes(b"")  # not a fold
+    assert [p.parent.name for p in trained_checkpoints(tmp_path)] == ["fold0", "fold2", "fold10"]
+    (tmp_path / "best.pt").write_bytes(b"")
+    assert trained_checkpoints(tmp_path) == [tmp_path / "best.pt"]
+
+
+def test_empty_folder_is_not_a_run(tmp_path):
+    with pytest.raises(CloudpipeError, match="not a finished training run"):
+        trained_checkpoints(tmp_path)
+    with pytest.raises(CloudpipeError, match="run folder not found"):
+        trained_checkpoints(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("pairs", [
+    [(["5.jpg", "0.jpg", "3.jpg", "1.jpg"], ["4.jpg", "2.jpg"])],  # hold-out
+    [(["5.jpg", "2.jpg", "3.jpg", "1.jpg"], ["4.jpg", "0.jpg"]), (["0.jpg", "4.jpg"], ["5.jpg", "2.jpg", "3.jpg", "1.jpg"])],
+])
+def test_splits_round_trip_in_train_csv_order(tmp_path, pairs):
+    splits = make_model_splits(tmp_path, IMAGES, pairs)
+    for split, (train, val) in zip(splits, pairs):
+        assert split.train == sorted(train) and split.val == sorted(val)  # train.csv order
+    write_splits(tmp_path, IMAGES, splits)
+    folds = len(pairs) if len(pairs) > 1 else 0
+    assert read_splits(tmp_path, folds) == splits
+    assert all(isinstance(s, ModelSplit) for s in splits)
+
+
+def test_hold_out_split_file_format(tmp_path):
+    splits = make_model_splits(tmp_path, IMAGES, [(IMAGES[:4], IMAGES[4:])])
+    write_splits(tmp_path, IMAGES, splits)
+    assert (tmp_path / SPLITS_CSV).read_text().splitlines() == [
+        "image,fold", "0.jpg,", "1.jpg,", "2.jpg,", "3.jpg,", "4.jpg,0", "5.jpg,0"]
+
+
+def test_bad_or_missing_splits(tmp_path):
+    with pytest.raises(CloudpipeError, match="no splits.csv: the run was trained by an older cloudpipe"):
+        read_splits(tmp_path, 0)
+    (tmp_path / SPLITS_CSV).write_text("image,fold\na.jpg,0\nb.jpg,3\n")
+    with pytest.raises(CloudpipeError, match=r"splits.csv, line 3: fold '3' is not a model of this run"):
+        read_splits(tmp_path, 2)
+    (tmp_path / SPLITS_CSV).write_text("image,split\na.jpg,0\n")
+    with pytest.raises(CloudpipeError, match="columns must be image,fold"):
+        read_splits(tmp_path, 0)
+
+
+def test_read_json(tmp_path):
+    (tmp_path / "a.json").write_text('{"x": 1}')
+    assert read_json(tmp_path / "a.json", "thresholds") == {"x": 1}
+    with pytest.raises(CloudpipeError, match="thresholds file not found"):
+        read_json(tmp_path / "b.json", "thresholds")
+    (tmp_path / "c.json").write_text("{not json")
+    with pytest.raises(CloudpipeError, match="not a readable JSON file"):
+        read_json(tmp_path / "c.json", "thresholds")

@@ -1,0 +1,38 @@
+"""Inference options travel as one settings object, from the command line down."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from click.testing import CliRunner
+
+from cloudpipe.cli import main
+from cloudpipe.engine.settings import InferenceSettings
+
+
+def test_defaults_and_frozen():
+    s = InferenceSettings()
+    assert (s.device, s.batch_size, s.workers, s.tta, s.amp, s.progress) == ("auto", 16, 2, False, True, True)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.tta = True
+
+
+def test_commands_build_one_settings_object(monkeypatch, tmp_path):
+    seen = {}
+
+    def fake(seg, run_dir, data_dir, out, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    monkeypatch.setattr("cloudpipe.pipeline.predict.predict_submission", fake)
+    seg = tmp_path / "seg.csv"
+    seg.write_text("Image_Label,EncodedPixels\n")
+    CliRunner().invoke(main, ["predict", "--seg", str(seg), "--run", str(tmp_path), "--data", str(tmp_path),
+                              "--tta", "--workers", "0", "--batch-size", "3", "--device", "cpu", "--quiet"])
+    assert seen["settings"] == InferenceSettings(device="cpu", batch_size=3, workers=0, tta=True, progress=False)
+
+
+def test_tta_only_where_it_means_something():
+    assert "--tta" in CliRunner().invoke(main, ["predict-seg", "--help"]).output
+    assert "--tta" not in CliRunner().invoke(main, ["tune-threshold", "--help"]).output

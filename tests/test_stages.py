@@ -1,0 +1,73 @@
+"""Stage objects: what differs between the classifier and the segmentation model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.engine.config import load_config
+from cloudpipe.engine.stages import STAGES, ClassifierStage, SegmentationStage, stage_for
+
+
+def stages():
+    return (stage_for(load_config("classifier", overrides={"arch": "tiny", "weights": "none"})),
+            stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none"})))
+
+
+def test_stage_for_picks_by_task():
+    classifier, segmenter = stages()
+    assert isinstance(classifier, ClassifierStage) and isinstance(segmenter, SegmentationStage)
+    assert set(STAGES) == {"classifier", "segmentation"}
+    assert (classifier.score_name, segmenter.score_name) == ("val_accuracy", "val_dice")
+    assert classifier.keeps_val_probs and not segmenter.keeps_val_probs
+    assert segmenter.needs_masks and not classifier.needs_masks
+
+
+def test_models_give_one_output_per_class():
+    classifier, segmenter = stages()
+    images = torch.randint(0, 256, (2, 3, 32, 64), dtype=torch.uint8)
+    assert classifier.build_model()(images).shape == (2, 4)
+    assert segmenter.build_model()(images).shape == (2, 4, 32, 64)
+
+
+def test_losses():
+    classifier, segmenter = stages()
+    assert classifier.loss(torch.zeros(2, 4), torch.ones(2, 4)).item() == pytest.approx(np.log(2))
+    target = torch.zeros(2, 4, 8, 8, dtype=torch.uint8)
+    target[0, 1, :4] = 1
+    seg = segmenter.loss(torch.zeros(2, 4, 8, 8), target)
+    assert seg.item() > np.log(2)  # BCE + Dice
+    perfect = segmenter.loss((target.float() * 2 - 1) * 50, target)
+    assert perfect.item() < 1e-3
+
+
+def test_validation_outputs_and_metrics():
+    classifier, segmenter = stages()
+    probs = classifier.outputs(torch.tensor([[10.0, -10, 10, -10], [-10, -10, 10, 10]]), torch.zeros(2, 4))
+    labels = np.array([[1, 0, 1, 0], [1, 0, 0, 1]])
+    metrics = classifier.metrics(probs, labels)
+    assert metrics["val_accuracy"] == pytest.approx(np.mean([0.5, 1, 0.5, 1]))
+    assert metrics["val_Fish"] == 0.5 and metrics["val_Flower"] == 1.0
+    table = classifier.best_outputs(probs, ["a.jpg", "b.jpg"])
+    assert list(table.columns) == ["image", *CLASSES] and isinstance(table, pd.DataFrame)
+
+    target = torch.zeros(1, 4, 4, 4, dtype=torch.uint8)
+    target[0, 0, :2] = 1  # Fish: 8 true pixels
+    logits = torch.full((1, 4, 4, 4), -5.0)
+    logits[0, 0, :1] = 5.0  # 4 predicted, all inside
+    stats = segmenter.outputs(logits, target)
+    assert stats.shape == (1, 4, 3) and stats[0, 0].tolist() == [4, 4, 8]
+    dice = segmenter.metrics(stats, labels[:1])
+    assert dice["val_Fish"] == pytest.approx(2 * 4 / 12) and dice["val_Sugar"] == 1.0  # empty vs empty
+    assert segmenter.best_outputs(stats, ["a.jpg"]) is None
+
+
+def test_unknown_task():
+    config = load_config("classifier")
+    config.task = "detector"
+    with pytest.raises(CloudpipeError, match="detector"):
+        stage_for(config)

@@ -1,0 +1,280 @@
+"""Threshold search on Dice after blanking, the thresholds file, and ``cloudpipe tune-threshold``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cloudpipe.algorithms.gating import gate
+from cloudpipe.cli import main
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.metric import accuracy, dice_table, pair_stats
+from cloudpipe.core.rle import mask2rle, rle2mask
+from cloudpipe.data.kaggle import presence, read_probs_csv, read_train, to_wide
+from cloudpipe.engine.settings import InferenceSettings
+from cloudpipe.pipeline.tune import compute_val_probs, load_thresholds, tune_thresholds
+
+CPU = InferenceSettings(device="cpu", workers=0, progress=False)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def brute_force(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, thresholds) -> np.ndarray:
+    """Mean score at each threshold, pair by pair."""
+    return np.array([np.mean([b if p < t else k for p, k, b in zip(probs, keep, blank)]) for t in thresholds])
+
+
+def brute_candidates(probs: np.ndarray) -> list[float]:
+    above = float(np.nextafter(max(probs), 2.0))
+    return sorted({0.0, *map(float, probs), *([above] if above <= 1 else [])})
+
+
+# ----------------------------------------------------------------------------- files and data
+
+
+def write_probs(path: Path, probs: pd.DataFrame) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    probs.rename_axis("image").reset_index().to_csv(path, index=False, float_format="%.6f")
+    return path
+
+
+def noisy_segmentation(data_dir: Path, images: list[str], seed: int = 0) -> pd.DataFrame:
+    """Segmentation 'predictions' at the submission size: truth, shifted, plus false-positive
+    blocks in some absent classes."""
+    rng = np.random.default_rng(seed)
+    truth = to_wide(read_train(data_dir))
+    image_shape = (64, 96)
+    rows = []
+    for image in images:
+        for c in CLASSES:
+            mask = resize_nearest(rle2mask(truth.loc[image, c], image_shape), SUBMISSION_SHAPE)
+            mask = np.roll(mask, int(rng.integers(-30, 30)), axis=1)
+            if not mask.any() and rng.random() < 0.7:
+                top, left = int(rng.integers(0, 250)), int(rng.integers(0, 400))
+                mask = np.zeros(SUBMISSION_SHAPE, np.uint8)
+                mask[top:top + 100, left:left + 120] = 1
+            rows.append((join_label(image, c), mask2rle(mask)))
+    return pd.DataFrame(rows, columns=["Image_Label", "EncodedPixels"])
+
+
+@pytest.fixture(scope="module")
+def tuning_case(tiny_data, tmp_path_factory):
+    """A hand-built run (only ``val_probs.csv``: 16 of the 24 training images, informative but
+    imperfect) and segmentation predictions on 20 images, 12 of them validation images."""
+    root = tmp_path_factory.mktemp("tuning")
+    labels = presence(read_train(tiny_data))
+    images = list(labels.index)
+    rng = np.random.default_rng(5)
+    val = images[:16]
+    logits = (labels.loc[val].to_numpy() * 2 - 1) * 1.5 + rng.normal(0, 1.5, (16, 4))
+    probs = pd.DataFrame(1 / (1 + np.exp(-logits)), index=val, columns=list(CLASSES)).round(6)
+    run = root / "run"
+    write_probs(run / "val_probs.csv", probs)
+    seg = root / "val_seg.csv"
+    noisy_segmentation(tiny_data, images[4:], seed=1).to_csv(seg, index=False)
+    return run, seg, probs, images[4:16]
+
+
+def copy_run(tuning_case, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(tuning_case[0], run)
+    return run
+
+
+def test_tune_on_dice_matches_gating_and_brute_force(tiny_data, tuning_case, tmp_path):
+    _, seg, probs, used = tuning_case
+    run = copy_run(tuning_case, tmp_path)
+    result = tune_thresholds(run, tiny_data, seg=seg)
+    assert result.objective == "dice" and result.images == used
+
+    # Independently: gate the predictions as predict does, then score them with the metric.
+    seg_frame = pd.read_csv(seg, dtype=str, keep_default_na=False)
+    seg_frame[["image", "class_name"]] = seg_frame["Image_Label"].str.rsplit("_", n=1, expand=True)
+    seg_frame = seg_frame[seg_frame["image"].isin(used)]
+    truth = to_wide(read_train(tiny_data))
+
+    def dice_at(thresholds: dict[str, float]) -> dict[str, float]:
+        gated = to_wide(gate(seg_frame, probs, thresholds))
+        return dice_table(pair_stats(truth, gated, (64, 96), SUBMISSION_SHAPE).dice())
+
+    rows = {r["class"]: r for r in result.rows}
+    tuned = dice_at(result.thresholds)
+    for c in (*CLASSES, "mean"):
+        assert rows[c]["dice_tuned"] == pytest.approx(tuned[c])
+        assert rows[c]["dice_no_blank"] == pytest.approx(dice_at({k: 0.0 for k in CLASSES})[c])
+        assert rows[c]["dice_at_0.5"] == pytest.approx(dice_at({k: 0.5 for k in CLASSES})[c])
+        assert rows[c]["dice_tuned"] >= rows[c]["dice_no_blank"] - 1e-12
+        assert rows[c]["dice_tuned"] >= rows[c]["dice_at_0.5"] - 1e-12
+    # No threshold on a grid, nor any candidate, does better, class by class.
+    grid = sorted({*np.linspace(0, 1, 51), *(t for c in CLASSES for t in brute_candidates(probs.loc[used, c]))})
+    tables = [dice_at({k: t for k in CLASSES}) for t in grid]
+    labels = presence(read_train(tiny_data)).loc[used]
+    for c in CLASSES:
+        assert rows[c]["dice_tuned"] == pytest.approx(max(table[c] for table in tables), abs=1e-12)
+        p = probs.loc[used, c].to_numpy()
+        removed = p < result.thresholds[c]
+        assert rows[c]["removed"] == removed.sum()
+        assert rows[c]["wrongly"] == (removed & (labels[c].to_numpy() > 0)).sum()
+    assert tuned["mean"] > dice_at({k: 0.0 for k in CLASSES})["mean"]  # the false positives cost
+
+    # Written files: predict's reader takes the JSON; the plot is a PNG.
+    assert result.json_path == run / "thresholds.json" and result.plot_path == run / "thresholds.png"
+    assert load_thresholds(run / "thresholds.json") == result.thresholds
+    data = json.loads((run / "thresholds.json").read_text())
+    assert data["objective"] == "dice" and data["images"] == len(used)
+    assert (run / "thresholds.png").read_bytes()[:8] == PNG_SIGNATURE
+    # The run's own default files are replaced on a re-tune.
+    assert tune_thresholds(run, tiny_data, seg=seg).thresholds == result.thresholds
+
+
+def test_predict_picks_up_tuned_thresholds(tiny_data, tuning_case, tmp_path):
+    from cloudpipe.pipeline.predict import resolve_thresholds
+
+    _, seg, _, _ = tuning_case
+    run = copy_run(tuning_case, tmp_path)
+    result = tune_thresholds(run, tiny_data, seg=seg)
+    assert resolve_thresholds(run, None, None) == (result.thresholds, str(run / "thresholds.json"))
+
+
+def test_accuracy_fallback(tiny_data, tuning_case, tmp_path):
+    _, _, probs, _ = tuning_case
+    run = copy_run(tuning_case, tmp_path)
+    result = tune_thresholds(run, tiny_data, out=tmp_path / "acc.json")
+    assert result.objective == "accuracy" and len(result.images) == 16
+    assert "not the competition metric" in result.summary()
+    labels = presence(read_train(tiny_data)).loc[probs.index].to_numpy()
+    t = np.array([result.thresholds[c] for c in CLASSES])
+    rows = {r["class"]: r for r in result.rows}
+    for k, c in enumerate(CLASSES):
+        assert rows[c]["acc_tuned"] == pytest.approx(accuracy(probs.to_numpy(), labels, t)[k])
+        assert rows[c]["acc_at_0.5"] == pytest.approx(accuracy(probs.to_numpy(), labels, 0.5)[k])
+        assert rows[c]["acc_tuned"] >= max(accuracy(probs.to_numpy(), labels, g)[k] for g in np.linspace(0, 1, 201))
+    assert json.loads((tmp_path / "acc.json").read_text())["objective"] == "accuracy"
+    assert (tmp_path / "acc.png").exists() and not (run / "thresholds.json").exists()
+
+
+def test_explicit_outputs_are_not_overwritten(tiny_data, tuning_case, tmp_path):
+    run = copy_run(tuning_case, tmp_path)
+    out = tmp_path / "t.json"
+    out.write_text("{}")
+    with pytest.raises(CloudpipeError, match="already exists"):
+        tune_thresholds(run, tiny_data, out=out)
+    assert out.read_text() == "{}"
+    tune_thresholds(run, tiny_data, out=out, overwrite=True)
+    assert load_thresholds(out)
+
+
+@pytest.fixture(scope="module")
+def real_run(tiny_data, tmp_path_factory):
+    """A tiny real classifier run with 2 folds (two epochs each, not all probabilities 0 or 1)."""
+    from cloudpipe.engine.config import load_config
+    from cloudpipe.engine.train import train_run
+
+    run = tmp_path_factory.mktemp("real") / "run"
+    cfg = load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=2, image_size=(64, 96), workers=0,
+                                                   batch_size=4, accumulate=1, lr=1e-3, device="cpu", folds=2))
+    train_run(cfg, tiny_data, run, progress=False)
+    return run
+
+
+def test_missing_val_probs_are_computed_out_of_fold(tiny_data, real_run, tmp_path):
+    run = tmp_path / "run"
+    shutil.copytree(real_run, run)
+    saved = read_probs_csv(run / "val_probs.csv")
+    (run / "val_probs.csv").unlink()
+    result = tune_thresholds(run, tiny_data, save=False, settings=CPU)
+    assert result.probs_source.startswith("computed")
+    assert sorted(result.images) == sorted(saved.index)  # every training image, out of fold
+    computed = compute_val_probs(run, tiny_data, settings=CPU)
+    np.testing.assert_allclose(computed.loc[saved.index].to_numpy(), saved.to_numpy(), atol=1e-5)
+
+
+def test_missing_val_probs_of_a_hold_out_run(tiny_data, tmp_path):
+    """Without folds, the run's own model predicts the validation images splits.csv recorded."""
+    from cloudpipe.data.runfolder import read_splits
+    from cloudpipe.engine.config import load_config
+    from cloudpipe.engine.train import train_run
+
+    run = tmp_path / "run"
+    train_run(load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=1, image_size=(64, 96),
+                                                       workers=0, device="cpu")), tiny_data, run, progress=False)
+    saved = read_probs_csv(run / "val_probs.csv")
+    (run / "val_probs.csv").unlink()
+    result = tune_thresholds(run, tiny_data, save=False, settings=CPU)
+    [split] = read_splits(run, 0)
+    assert result.images == split.val == list(saved.index)
+    np.testing.assert_allclose(compute_val_probs(run, tiny_data, CPU).to_numpy(), saved.to_numpy(), atol=1e-5)
+    (run / "splits.csv").unlink()
+    with pytest.raises(CloudpipeError, match="no splits.csv: the run was trained by an older cloudpipe"):
+        tune_thresholds(run, tiny_data, save=False, settings=CPU)
+
+
+# ----------------------------------------------------------------------------- the command
+
+
+def run_cli(*args: object):
+    return CliRunner().invoke(main, ["tune-threshold", *map(str, args)])
+
+
+def test_cli_help():
+    result = run_cli("--help")
+    assert result.exit_code == 0 and "--seg" in result.output and "--objective" in result.output
+
+
+def test_cli_end_to_end(tiny_data, tuning_case, tmp_path):
+    _, seg, _, used = tuning_case
+    run = copy_run(tuning_case, tmp_path)
+    result = run_cli("--run", run, "--data", tiny_data, "--seg", seg)
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["class", "threshold", "dice_no_blank", "dice_at_0.5", "dice_tuned", "removed", "wrongly"]
+    assert [line.split()[0] for line in lines[1:6]] == [*CLASSES, "mean"]
+    assert f"{len(used)} validation images" in result.output and "thresholds.json" in result.output
+    assert load_thresholds(run / "thresholds.json")
+
+    result = run_cli("--run", run, "--data", tiny_data, "--plot", tmp_path / "acc.png", "--out", tmp_path / "acc.json")
+    assert result.exit_code == 0, result.output
+    assert "acc_tuned" in result.output and "not the competition metric" in result.output
+
+
+def test_cli_bad_inputs(tiny_data, tuning_case, tmp_path):
+    _, seg, probs, _ = tuning_case
+    run = copy_run(tuning_case, tmp_path)
+    other = tmp_path / "other.csv"  # predictions on training images outside the validation set
+    frame = pd.read_csv(seg, dtype=str, keep_default_na=False)
+    frame[~frame["Image_Label"].str.rsplit("_", n=1).str[0].isin(probs.index)].to_csv(other, index=False)
+    unknown = tmp_path / "unknown.csv"
+    pd.DataFrame({"Image_Label": [join_label("zzz.jpg", c) for c in CLASSES], "EncodedPixels": ""}).to_csv(unknown, index=False)
+    broken = tmp_path / "broken.csv"
+    broken.write_text("Image_Label,EncodedPixels\n" + "".join(f"{probs.index[0]}_{c},5 3 1 2\n" for c in CLASSES))
+    no_probs = tmp_path / "empty_run"
+    no_probs.mkdir()
+    bad_probs = copy_run(tuning_case, tmp_path / "bad")
+    (bad_probs / "val_probs.csv").write_text("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,0.3,2\n")
+    cases = [
+        (["--seg", other], "shares no image with the validation probabilities"),
+        (["--seg", unknown], "no truth in train.csv"),
+        (["--seg", broken], "line 2"),
+        (["--objective", "dice"], "needs segmentation predictions"),
+        (["--seg", seg, "--out", seg], "also an input"),
+        (["--seg", seg, "--out", tmp_path / "x.json", "--plot", tmp_path / "x.json"], "must differ"),
+    ]
+    for extra, message in cases:
+        result = run_cli("--run", run, "--data", tiny_data, *extra)
+        assert result.exit_code == 2, (extra, result.output)
+        assert result.stderr.count("\n") == 1 and result.stderr.startswith("error:") and message in result.stderr, result.stderr
+    stranger = copy_run(tuning_case, tmp_path / "stranger")
+    write_probs(stranger / "val_probs.csv", probs.rename(index={probs.index[3]: "zzz.jpg"}))
+    for run_dir, message in [(no_probs, "no config.yaml: not a training run folder"), (bad_probs, "line 2: Sugar probability"),
+                             (stranger, "1 image(s) have no truth in train.csv (e.g. zzz.jpg)")]:
+        result = run_cli("--run", run_dir, "--data", tiny_data)
+        assert result.exit_code == 2 and result.stderr.startswith("error:") and message in result.stderr, result.stderr
+    assert not (run / "thresholds.json").exists()
