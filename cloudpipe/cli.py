@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from cloudpipe.configs import DEFAULT_CONFIGS
 from cloudpipe.core.errors import CloudpipeError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -123,7 +124,8 @@ def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, see
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, required=True, help="Truth CSV (train.csv-style).")
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
 @shape_option("--truth-shape", (1400, 2100), "Mask size of the truth CSV.")
-@shape_option("--pred-shape", (350, 525), "Mask size of the submission.")
+@click.option("--mask-shape", "--pred-shape", "pred_shape", type=(int, int), default=(350, 525), show_default=True, metavar="H W",
+              help="Mask size of the submission (--pred-shape: the same).")
 def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int], pred_shape: tuple[int, int]) -> None:
     """Kaggle mean Dice of a submission, overall and per class.
 
@@ -145,24 +147,42 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def training_options(*weights_names: str):
-    """Options shared by train-classifier and train-seg; None means "from the config"."""
+def _yaml_defaults(task: str) -> dict:
+    """The packaged defaults of a stage (``configs/*.yaml``), read without importing torch."""
+    from importlib import resources
+
+    import yaml
+
+    return yaml.safe_load(resources.files("cloudpipe.configs").joinpath(DEFAULT_CONFIGS[task]).read_text())
+
+
+def training_options(task: str):
+    """Options shared by train-classifier and train-seg. Their values default to the stage's
+    YAML (shown in ``--help``); None means "from the config"."""
+    defaults = _yaml_defaults(task)
+
+    def option(*names: str, key: str, help: str = "", **kwargs):
+        value = defaults[key]
+        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        return click.option(*names, default=None, help=f"{help} [default: {shown}, configs/{DEFAULT_CONFIGS[task]}]".strip(), **kwargs)
+
     return with_options(
         click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder."),
         click.option("--out", "out_dir", type=NEW_PATH, required=True, help="Run folder to write."),
         click.option("--config", "config_path", type=EXISTING_FILE, default=None, help="YAML overriding the defaults."),
-        click.option("--epochs", type=click.IntRange(min=1), default=None),
-        click.option("--image-size", type=(int, int), default=None, metavar="H W"),
-        click.option("--batch-size", type=click.IntRange(min=1), default=None),
-        click.option("--accumulate", type=click.IntRange(min=1), default=None, help="Gradient accumulation steps."),
-        click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None),
-        click.option(*weights_names, "weights", default=None, help="imagenet | none | PATH to a local state dict."),
-        click.option("--device", type=DEVICE, default=None),
-        click.option("--workers", type=click.IntRange(min=0), default=None, help="DataLoader workers."),
-        click.option("--folds", type=click.IntRange(min=0), default=None, help="K >= 2 trains K fold models."),
+        option("--epochs", key="epochs", type=click.IntRange(min=1)),
+        option("--image-size", key="image_size", type=(int, int), metavar="H W"),
+        option("--batch-size", key="batch_size", type=click.IntRange(min=1)),
+        option("--accumulate", key="accumulate", type=click.IntRange(min=1), help="Gradient accumulation steps."),
+        option("--lr", key="lr", type=click.FloatRange(min=0, min_open=True),
+               help=f"Learning rate (with --weights none: scratch_lr {defaults['scratch_lr']} unless given)."),
+        option("--weights", "--encoder-weights", "weights", key="weights", help="imagenet | none | PATH to a local state dict."),
+        option("--device", key="device", type=DEVICE),
+        option("--workers", key="workers", type=click.IntRange(min=0), help="DataLoader workers."),
+        option("--folds", key="folds", type=click.IntRange(min=0), help="K >= 2 trains K fold models."),
         click.option("--fold", type=click.IntRange(min=0), default=None, help="Train only fold I of --folds K."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
-        click.option("--seed", type=int, default=None),
+        option("--seed", key="seed", type=int),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     )
 
@@ -179,17 +199,17 @@ def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, f
 
 
 @main.command("train-classifier")
-@training_options("--weights")
-@click.option("--arch", default=None, help="torchvision resnet18 | resnet34 | resnet50 (tiny: a stand-in for tests).")
+@training_options("classifier")
+@click.option("--arch", default=None, help="torchvision resnet18 | resnet34 | resnet50 (tiny: a stand-in for tests) [default: resnet34].")
 def train_classifier(**options) -> None:
     """Train the ResNet presence classifier (defaults: configs/classifier.yaml, the seed recipe)."""
     _train("classifier", **options)
 
 
 @main.command("train-seg")
-@training_options("--encoder-weights", "--weights")
-@click.option("--arch", default=None, help="smp architecture: Unet, FPN, ...")
-@click.option("--encoder", default=None, help="smp encoder: resnet34, ...")
+@training_options("segmentation")
+@click.option("--arch", default=None, help="smp architecture: Unet, FPN, ... (tiny: a stand-in for tests) [default: Unet].")
+@click.option("--encoder", default=None, help="smp encoder: resnet34, ... [default: resnet34].")
 def train_seg(**options) -> None:
     """Train the segmentation model (defaults: configs/seg.yaml)."""
     _train("segmentation", **options)
@@ -243,13 +263,14 @@ def tune_threshold(run_dir: Path, data_dir: Path, seg_csv: Path | None, objectiv
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--split", type=click.Choice(["val", "test"]), required=True,
               help="val: the run's validation images (and tune post-processing); test: the test images.")
-@click.option("--out", type=NEW_PATH, required=True, help="Kaggle-format CSV to write.")
+@click.option("--out", type=NEW_PATH, default=None, help="Kaggle-format CSV to write [default: RUN/val_seg.csv or RUN/test_seg.csv].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
 @inference_options(batch_size=8)
-def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path, overwrite: bool, settings) -> None:
+def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path | None, overwrite: bool, settings) -> None:
     """Masks of the segmentation model, post-processed, as a Kaggle-format CSV."""
     from cloudpipe.pipeline.segment import predict_segmentation
 
+    out = out if out is not None else run_dir / f"{split}_seg.csv"
     result = predict_segmentation(run_dir, data_dir, split, out, settings=settings, overwrite=overwrite)
     click.echo("post-processing: " + result.postprocess.describe())
     click.echo(result.line())

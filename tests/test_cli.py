@@ -207,3 +207,22 @@ def test_evaluate_empty_files(truth_copy, tmp_path, content):
     pred = tmp_path / "pred.csv"
     pred.write_text(content)
     assert_one_line_error(evaluate(truth, pred, *SMALL), str(pred))
+
+
+def test_training_help_shows_the_yaml_defaults():
+    classifier = CliRunner().invoke(main, ["train-classifier", "--help"]).output
+    assert "[default: 30, configs/classifier.yaml]" in classifier and "[default: 512 768" in classifier
+    seg = CliRunner().invoke(main, ["train-seg", "--help"]).output
+    assert "[default: 20, configs/seg.yaml]" in seg
+    for text in (classifier, seg):
+        assert "--weights, --encoder-weights" in text  # one name for both stages, the old one still works
+
+
+def test_evaluate_takes_mask_shape_like_the_other_commands(tmp_path):
+    truth = tmp_path / "t.csv"
+    truth.write_text("Image_Label,EncodedPixels\n" + "".join(f"a.jpg_{c},1 2\n" for c in CLASSES))
+    for flag in ("--mask-shape", "--pred-shape"):
+        result = CliRunner().invoke(main, ["evaluate", "--truth", str(truth), "--pred", str(truth), "--truth-shape", "4", "6",
+                                           flag, "4", "6"])
+        assert result.exit_code == 0, result.output
+        assert "1.0000" in result.output

@@ -59,3 +59,14 @@ def test_invalid_values(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(CloudpipeError, match=re.escape(message)):
         load_config("classifier", path)
+
+
+def test_random_weights_train_at_the_scratch_lr(tmp_path):
+    assert load_config("classifier").lr == 5e-3  # the seed recipe, ImageNet weights
+    assert load_config("classifier", overrides={"weights": "none"}).lr == 5e-4
+    assert load_config("classifier", overrides={"weights": "none", "lr": 0.01}).lr == 0.01  # explicit wins
+    given = tmp_path / "c.yaml"
+    given.write_text("weights: none\nlr: 0.002\n")
+    assert load_config("classifier", given).lr == 0.002
+    given.write_text("weights: none\nscratch_lr: 0.0001\n")
+    assert load_config("classifier", given).lr == 0.0001

@@ -207,3 +207,17 @@ def test_reduction_for(source, target, expected):
     factor = reduction_for(source, target)
     assert factor == expected
     assert source[0] // factor >= target[0] and source[1] // factor >= target[1]
+
+
+@pytest.mark.parametrize("damage", ["chunk_removed", "garbage_inserted"])
+def test_corrupt_inside_but_well_framed_is_an_error(tmp_path, tiny_data, damage):
+    """Start marker, frame header and end marker intact: the header check passes, the decode
+    refuses (libjpeg would only print a warning and return a damaged image)."""
+    data = next((tiny_data / "train_images").glob("*.jpg")).read_bytes()
+    mid = len(data) // 2
+    broken = data[:mid] + data[mid + 200:] if damage == "chunk_removed" else data[:mid] + b"\xff\xd0junk" + data[mid:]
+    path = tmp_path / "broken.jpg"
+    path.write_bytes(broken)
+    assert jpeg_size(path) == (64, 96)
+    message = error_of(read_image, path, (64, 96))
+    assert "corrupt JPEG" in message and str(path) in message and "\n" not in message

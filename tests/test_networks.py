@@ -57,11 +57,60 @@ def test_segmenter_encoder_weights_path(tmp_path):
 
 
 def test_imagenet_weights_offline_give_one_clear_error(monkeypatch):
-    from torchvision.models._api import WeightsEnum
-
-    def offline(self, *args, **kwargs):
+    def offline(*args, **kwargs):
         raise OSError("no network")
 
-    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
     with pytest.raises(CloudpipeError, match=r"place resnet34-.*\.pth at .*checkpoints.*--weights none"):
         build_classifier("resnet34", "imagenet")
+
+
+def test_a_cached_file_that_is_not_the_real_weights_is_refused(tmp_path, monkeypatch):
+    import torchvision
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    cache = tmp_path / "checkpoints" / "resnet18-f37072fd.pth"
+    cache.parent.mkdir()
+    torch.save(torchvision.models.resnet18(weights=None).state_dict(), cache)  # random weights, the right name
+    with pytest.raises(CloudpipeError, match=r"resnet18-f37072fd.pth: not torchvision's resnet18 ImageNet weights"):
+        build_classifier("resnet18", "imagenet")
+
+
+def test_segmenter_imagenet_weights_come_from_local_caches_first(tmp_path, monkeypatch):
+    import segmentation_models_pytorch as smp
+    import torchvision
+    from safetensors.torch import save_file
+
+    import cloudpipe.models.networks as networks
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
+    reference = smp.create_model("Unet", encoder_name="resnet18", encoder_weights=None, classes=4).encoder.state_dict()
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.items()}, str(weights))
+    calls = []
+
+    def hub(repo_id, filename, revision, local_files_only):
+        calls.append(local_files_only)
+        return str(weights)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", hub)
+    net = build_segmenter("Unet", "resnet18", "imagenet")
+    assert calls == [True]  # the Hugging Face cache, no download
+    torch.testing.assert_close(net.body.encoder.state_dict()["conv1.weight"], reference["conv1.weight"])
+
+    # torchvision's file in the torch cache wins for ResNet encoders (its fc is dropped).
+    tv = torchvision.models.resnet18(weights=None).state_dict()
+    cache = tmp_path / "torch" / "checkpoints" / "resnet18-f37072fd.pth"
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(b"placeholder")
+    monkeypatch.setattr(networks, "torchvision_imagenet_state", lambda arch: tv)
+    net = build_segmenter("Unet", "resnet18", "imagenet")
+    torch.testing.assert_close(net.body.encoder.state_dict()["conv1.weight"], tv["conv1.weight"])
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    cache.unlink()
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
+    with pytest.raises(CloudpipeError, match=r"encoder resnet18 \(OSError\): place smp's smp-hub/resnet18.imagenet.*resnet18-f37072fd.pth"):
+        build_segmenter("Unet", "resnet18", "imagenet")

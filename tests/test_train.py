@@ -16,6 +16,7 @@ from click.testing import CliRunner
 
 from cloudpipe.cli import main
 from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import presence, read_train
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
@@ -34,7 +35,7 @@ def test_run_writes_all_files(tiny_data, tmp_path):
     [result] = train_run(classifier_config(epochs=2), tiny_data, run, progress=False)
     assert {"best.pt", "last.pt", "config.yaml", "metrics.csv", "val_probs.csv"} <= {p.name for p in run.iterdir()}
     saved = yaml.safe_load((run / "config.yaml").read_text())
-    assert saved["epochs"] == 2 and saved["image_size"] == [64, 96] and saved["lr"] == 0.005
+    assert saved["epochs"] == 2 and saved["image_size"] == [64, 96] and saved["lr"] == 0.0005  # scratch_lr: random weights
     metrics = pd.read_csv(run / "metrics.csv")
     assert list(metrics["epoch"]) == [1, 2]
     assert {"train_loss", "val_loss", "val_accuracy", "lr", "seconds", *(f"val_{c}" for c in CLASSES)} <= set(metrics)
@@ -190,3 +191,22 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     assert list(metrics["epoch"]) == [1, 2]  # written once per epoch, by rank 0 only
     assert proc.stdout.count("best epoch") == 1
     assert len(pd.read_csv(run / "val_probs.csv")) == len(make_splits(classifier_config(), presence(read_train(tiny_data)))[0][1])
+
+
+def test_a_run_stopped_before_its_first_epoch_ended_resumes_from_the_start(tiny_data, tmp_path, monkeypatch):
+    from cloudpipe.engine.train import Trainer
+
+    run = tmp_path / "run"
+
+    def killed(self, epoch, progress):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_epoch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(classifier_config(epochs=1), tiny_data, run, progress=False)
+    assert (run / "config.yaml").exists() and not (run / "last.pt").exists()
+    with pytest.raises(CloudpipeError, match="pass --resume"):
+        train_run(classifier_config(epochs=1), tiny_data, run, progress=False)
+    [result] = train_run(classifier_config(epochs=1), tiny_data, run, resume=True, progress=False)
+    assert result.best_epoch == 1 and load_checkpoint(run / "last.pt")["epoch"] == 1

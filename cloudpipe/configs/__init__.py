@@ -1,1 +1,4 @@
-"""Packaged default configs (also reachable as the repository's top-level ``configs/``)."""
+"""The packaged YAML defaults (read with importlib.resources)."""
+
+DEFAULT_CONFIGS: dict[str, str] = {"classifier": "classifier.yaml", "segmentation": "seg.yaml"}
+"""The defaults file of each stage's config."""

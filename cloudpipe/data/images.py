@@ -2,8 +2,10 @@
 
 ``check_jpeg`` reads a few bytes of each file (start marker, frame header, end marker), so a
 whole folder is checked before any work starts and a missing, corrupt, truncated or wrongly
-sized image is reported up front. ``read_image`` decodes with libjpeg's DCT scaling
-(``IMREAD_REDUCED_COLOR_2/4/8``), which is several times faster than a full decode + resize.
+sized image is reported up front. ``read_image`` decodes with libjpeg-turbo's DCT scaling
+(simplejpeg, the same pixels as OpenCV's ``IMREAD_REDUCED_COLOR_2/4/8`` and ~10% faster), which
+is several times faster than a full decode + resize, and in strict mode: data corrupt inside a
+file that still ends with a valid marker is an error, not a libjpeg warning on stderr.
 """
 
 from __future__ import annotations
@@ -14,11 +16,11 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import simplejpeg
 
 from cloudpipe.core.errors import CloudpipeError
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
-_REDUCED_FLAGS = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2, 4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}
 
 
 def jpeg_size(path: Path) -> tuple[int, int]:
@@ -96,11 +98,19 @@ def read_image(path: Path, size: tuple[int, int], reduction: int = 1) -> np.ndar
         reduction: libjpeg scale factor to decode at (see :func:`reduction_for`).
 
     Raises:
-        CloudpipeError: when OpenCV cannot decode the file.
+        CloudpipeError: unreadable file, or JPEG data that libjpeg finds corrupt (even where it
+            could recover, e.g. "premature end of data segment").
     """
-    image = cv2.imread(str(path), _REDUCED_FLAGS[reduction])
-    if image is None:
-        raise CloudpipeError("cannot decode image (corrupt JPEG?)", path=path)
+    try:
+        data = Path(path).read_bytes()
+    except OSError as err:
+        raise CloudpipeError(f"cannot read image ({err.strerror or err})", path=path) from None
+    try:
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
+        image = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height // reduction, min_width=width // reduction,
+                                       min_factor=reduction, strict=True)
+    except ValueError as err:
+        raise CloudpipeError(f"cannot decode image: corrupt JPEG ({err})", path=path) from None
     if image.shape[:2] != tuple(size):
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image

@@ -14,12 +14,12 @@ from typing import Any, Literal
 
 import yaml
 
+from cloudpipe.configs import DEFAULT_CONFIGS
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import write_text
 from cloudpipe.data.runfolder import CONFIG_YAML, read_config_values
 
 Task = Literal["classifier", "segmentation"]
-DEFAULT_CONFIGS: dict[str, str] = {"classifier": "classifier.yaml", "segmentation": "seg.yaml"}
 
 
 @dataclass
@@ -36,6 +36,7 @@ class TrainConfig:
     batch_size: int = 8
     accumulate: int = 4
     lr: float = 5e-3
+    scratch_lr: float = 5e-4
     weight_decay: float = 0.0
     patience: int = 3
     val_fraction: float = 0.1
@@ -71,8 +72,9 @@ class TrainConfig:
                 raise bad(key, "must be >= 0")
         if self.folds == 1:
             raise bad("folds", "must be 0 (one hold-out split) or >= 2")
-        if not 0 < self.lr < 10:
-            raise bad("lr", "must be in (0, 10)")
+        for key in ("lr", "scratch_lr"):
+            if not 0 < getattr(self, key) < 10:
+                raise bad(key, "must be in (0, 10)")
         if self.weight_decay < 0:
             raise bad("weight_decay", "must be >= 0")
         if not 0 < self.val_fraction < 1:
@@ -125,6 +127,10 @@ def load_config(
 ) -> TrainConfig:
     """Resolve a config: the task's packaged defaults, then ``path``, then ``overrides``.
 
+    Training from random weights (``weights: none``) uses ``scratch_lr`` unless ``lr`` itself is
+    given in ``path`` or ``overrides``: the seed's fine-tuning rate makes a randomly initialised
+    ResNet diverge (validation loss of 1e6 and more).
+
     Args:
         task: which stage's defaults to start from.
         path: optional YAML file with any subset of the keys.
@@ -135,6 +141,7 @@ def load_config(
     """
     text = resources.files("cloudpipe.configs").joinpath(DEFAULT_CONFIGS[task]).read_text()
     values: dict[str, Any] = yaml.safe_load(text)
+    loaded: dict[str, Any] = {}
     if path is not None:
         try:
             loaded = yaml.safe_load(Path(path).read_text()) or {}
@@ -143,7 +150,10 @@ def load_config(
         if not isinstance(loaded, dict):
             raise CloudpipeError("config must be a YAML mapping of key: value", path=path)
         values.update(loaded)
-    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(given)
+    if values.get("weights") == "none" and "lr" not in given and "lr" not in loaded:
+        values["lr"] = values.get("scratch_lr", values["lr"])  # random weights diverge at the fine-tuning lr
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise CloudpipeError(f"config: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_FIELDS)}")

@@ -7,6 +7,7 @@ channels_last) batches and normalises them on the device. Checkpoint metadata
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -62,12 +63,69 @@ def _load_state(module: nn.Module, path: Path, what: str) -> None:
         raise CloudpipeError(f"not a state dict of a {what}: {first[1].strip() if len(first) > 1 else first[0]}", path=path) from None
 
 
+def torchvision_imagenet_state(arch: str) -> dict:
+    """torchvision's ImageNet state dict of a ResNet: from the local torch cache
+    (``$TORCH_HOME/hub/checkpoints/<file>``), checked against the sha256 prefix in its file name,
+    else downloaded (hash-checked) where a network exists.
+
+    Raises:
+        CloudpipeError: a cached file that is not the real weights, or no file and no network,
+            naming the file to place and where.
+    """
+    url = _IMAGENET_WEIGHTS[arch].url
+    file = Path(url).name
+    cache = Path(torch.hub.get_dir()) / "checkpoints" / file
+    if cache.is_file():
+        expected = torch.hub.HASH_REGEX.search(file).group(1)
+        digest = hashlib.sha256(cache.read_bytes()).hexdigest()
+        if not digest.startswith(expected):
+            raise CloudpipeError(f"not torchvision's {arch} ImageNet weights (sha256 {digest[:8]}..., expected {expected}...); "
+                                 f"replace it with the real {file}", path=cache)
+    try:
+        return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
+    except Exception as err:  # URLError, socket errors, a download that fails its hash...
+        raise CloudpipeError(
+            f"cannot load ImageNet weights for {arch} ({type(err).__name__}): place {file} at {cache}, "
+            "or pass --weights PATH (a local state dict) or --weights none"
+        ) from None
+
+
+def smp_imagenet_state(encoder: str) -> dict:
+    """ImageNet weights of an smp encoder, offline first: torchvision's file in the torch cache
+    for the ResNets (smp's ResNet encoders are torchvision ResNets without ``fc``), else smp's
+    own file in the Hugging Face cache, else a download where a network exists.
+
+    Raises:
+        CloudpipeError: none of these worked, naming what to place where.
+    """
+    if encoder in _IMAGENET_WEIGHTS and (Path(torch.hub.get_dir()) / "checkpoints" / Path(_IMAGENET_WEIGHTS[encoder].url).name).is_file():
+        return {k: v for k, v in torchvision_imagenet_state(encoder).items() if not k.startswith("fc.")}
+    import segmentation_models_pytorch as smp
+    from huggingface_hub import hf_hub_download
+    from safetensors.torch import load_file
+
+    settings = smp.encoders.encoders[encoder]["pretrained_settings"].get("imagenet")
+    if settings is None:
+        raise CloudpipeError(f"encoder {encoder!r} has no ImageNet weights; pass --weights none or PATH")
+    for offline in (True, False):
+        try:
+            path = hf_hub_download(settings["repo_id"], filename="model.safetensors", revision=settings["revision"],
+                                   local_files_only=offline)
+            return load_file(path, device="cpu")
+        except Exception as err:  # not cached / no network / a broken file
+            reason = type(err).__name__
+    torch_file = f" or torchvision's {Path(_IMAGENET_WEIGHTS[encoder].url).name} in {Path(torch.hub.get_dir()) / 'checkpoints'}" \
+        if encoder in _IMAGENET_WEIGHTS else ""
+    raise CloudpipeError(f"cannot load ImageNet weights for encoder {encoder} ({reason}): place smp's {settings['repo_id']} "
+                         f"in the Hugging Face cache{torch_file}, or pass --weights PATH (a local encoder state dict) or --weights none")
+
+
 def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = ()) -> nn.Module:
     """torchvision ResNet with ``fc`` replaced by a 4-output linear layer.
 
     Args:
         arch: key of :data:`CLASSIFIERS`.
-        weights: ``imagenet`` (local torch cache, else download), ``none``, or a path to a
+        weights: ``imagenet`` (see :func:`torchvision_imagenet_state`), ``none``, or a path to a
             torchvision state dict of that architecture.
         freeze: submodule names (e.g. ``layer1``) whose parameters stay fixed.
     """
@@ -77,16 +135,7 @@ def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple
     if weights == "imagenet":
         if arch not in _IMAGENET_WEIGHTS:
             raise CloudpipeError(f"classifier arch {arch!r} has no ImageNet weights; pass --weights none or PATH")
-        spec = _IMAGENET_WEIGHTS[arch]
-        try:
-            net.load_state_dict(spec.get_state_dict(progress=False))
-        except Exception as err:  # URLError, socket errors, corrupt cache...
-            file = Path(spec.url).name
-            cache = Path(torch.hub.get_dir()) / "checkpoints" / file
-            raise CloudpipeError(
-                f"cannot load ImageNet weights for {arch} ({type(err).__name__}): place {file} at {cache}, "
-                "or pass --weights PATH (a local state dict) or --weights none"
-            ) from None
+        net.load_state_dict(torchvision_imagenet_state(arch))
     elif weights != "none":
         _load_state(net, Path(weights), f"torchvision {arch}")
     net.fc = nn.Linear(net.fc.in_features, len(CLASSES))
@@ -100,7 +149,7 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
     Args:
         arch: smp architecture name (``Unet``, ``FPN``, ...).
         encoder: smp encoder name (``resnet34``, ...).
-        weights: ``imagenet`` (smp's download/cache), ``none``, or a path to an encoder state dict.
+        weights: ``imagenet`` (see :func:`smp_imagenet_state`), ``none``, or a path to an encoder state dict.
         freeze: submodule names (e.g. ``encoder``) whose parameters stay fixed.
     """
     if arch.lower() == TINY_SEGMENTER:
@@ -118,14 +167,11 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
     if encoder not in smp.encoders.get_encoder_names():
         raise CloudpipeError(f"unknown encoder {encoder!r}; e.g. resnet18, resnet34, resnet50, efficientnet-b0 (see smp's list)")
     try:
-        net = smp.create_model(arch, encoder_name=encoder, encoder_weights="imagenet" if weights == "imagenet" else None, classes=len(CLASSES))
+        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=len(CLASSES))
     except (KeyError, ValueError) as err:
         raise CloudpipeError(f"cannot build {arch} with encoder {encoder}: {err}") from None
-    except Exception as err:  # download failures
-        raise CloudpipeError(
-            f"cannot load ImageNet weights for encoder {encoder} ({type(err).__name__}); "
-            "pass --weights PATH (a local encoder state dict) or --weights none"
-        ) from None
+    if weights == "imagenet":
+        net.encoder.load_state_dict(smp_imagenet_state(encoder))
     if weights not in ("imagenet", "none"):
         _load_state(net.encoder, Path(weights), f"{encoder} encoder")
     _freeze(net, freeze)
