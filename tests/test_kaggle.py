@@ -127,7 +127,8 @@ def test_image_missing_a_class(tmp_path):
 
 @pytest.mark.parametrize(
     "rle",
-    ["1 x", "3", "0 1", "1 0", "-1 2", "5 1 3 1", "1 3 2 1", "16 2", "1.5 2", "1 1 1 1"],
+    ["1 x", "3", "0 1", "1 0", "-1 2", "5 1 3 1", "1 3 2 1", "16 2", "1.5 2", "1 1 1 1",
+     "+1 +1", "1\t1", "1\xa01", "1  1", " 1 1", "1 1 "],
 )
 def test_malformed_rle_with_shape(tmp_path, rle):
     text = HEADER + rows("a.jpg") + rows("b.jpg", ("", rle, "", ""))  # the bad cell is on line 7
@@ -139,7 +140,7 @@ def test_malformed_rle_with_shape(tmp_path, rle):
 
 
 def test_valid_rle_with_shape(tmp_path):
-    path = write(tmp_path, HEADER + rows("a.jpg", ("1 16", "", " 2 3 ", "16 1")))
+    path = write(tmp_path, HEADER + rows("a.jpg", ("1 16", "", "2 3", "16 1")))
     assert len(read_mask_csv(path, shape=(4, 4))) == 4
 
 
