@@ -245,20 +245,16 @@ class TrainData:
         return [self.data_dir / TRAIN_IMAGES / name for name in images]
 
 
-def load_train_data(data_dir: Path, *, check_masks: bool) -> TrainData:
-    """Read ``train.csv`` and check every training image's header (exists, JPEG, complete,
-    one common size) before any training starts.
-
-    Args:
-        check_masks: also validate every RLE against the image size (segmentation needs the
-            masks; the classifier only needs the labels, read from the CSV text).
+def load_train_data(data_dir: Path) -> TrainData:
+    """Read ``train.csv`` and check, before any training starts, every training image's header
+    (exists, JPEG, complete, one common size) and every mask's RLE for that size (parsed, not
+    decoded: a bad mask would otherwise surface only after training, at ``tune-threshold``).
     """
     data_dir = require_dir(data_dir)
     frame = read_train(data_dir)
     wide = to_wide(frame)
     shape = check_images(data_dir / TRAIN_IMAGES / name for name in wide.index)
-    if check_masks:
-        validate_rle_column(frame, shape, data_dir / TRAIN_CSV)
+    validate_rle_column(frame, shape, data_dir / TRAIN_CSV)
     return TrainData(data_dir, presence(frame), wide, shape)
 
 
