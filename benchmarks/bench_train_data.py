@@ -141,7 +141,7 @@ def _check_samples(seed_set, ours_set, task: str, size: tuple[int, int]) -> None
 
 def pipeline_rows(data_dir: Path, n: int, repeats: int, real: bool = True, seg: bool = True) -> list[dict]:
     """Per-sample time of the seed's and cloudpipe's training datasets on the same images."""
-    data = load_train_data(data_dir, check_masks=False)
+    data = load_train_data(data_dir)
     images = list(data.labels.index[:n])
     df = seed.read_train_csv(data_dir / TRAIN_CSV)
     cls_config = load_config("classifier")

@@ -133,8 +133,9 @@ def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int], pred
     """
     from cloudpipe.pipeline.evaluate import evaluate_files
 
-    table = evaluate_files(truth_csv, pred_csv, truth_shape, pred_shape)
-    click.echo(format_table([{"class": k, "dice": v} for k, v in table.items()]))
+    result = evaluate_files(truth_csv, pred_csv, truth_shape, pred_shape)
+    click.echo(format_table([{"class": k, "dice": v} for k, v in result.table.items()]))
+    click.echo(f"scored {result.scored} of {result.truth_images} truth images")
 
 
 def format_table(rows: list[dict]) -> str:

@@ -34,7 +34,8 @@ def assert_one_line_error(result, *needles: str) -> str:
 def parse_table(stdout: str) -> dict[str, float]:
     lines = stdout.strip().splitlines()
     assert lines[0].split() == ["class", "dice"]
-    return {name: float(value) for name, value in (line.split() for line in lines[1:])}
+    assert lines[-1].startswith("scored ")
+    return {name: float(value) for name, value in (line.split() for line in lines[1:-1])}
 
 
 def read_rows(path: Path) -> list[list[str]]:
@@ -196,9 +197,15 @@ def test_evaluate_image_sets_differ(truth_copy, tmp_path):
     image = rows[1][0].rsplit("_", 1)[0]
     renamed = [[label.replace(image, "fffffff.jpg"), rle] for label, rle in rows[1:]]
     pred = write_rows(tmp_path / "pred.csv", [rows[0], *renamed])
-    assert_one_line_error(evaluate(truth, pred, *SMALL), str(pred), image, "fffffff.jpg")
+    message = assert_one_line_error(evaluate(truth, pred, *SMALL), str(pred), "has 1 extra image(s)", "fffffff.jpg")
+    assert "lacks" not in message
+    # A prediction of some of the truth's images (a run's validation images) is scored on those.
     dropped = write_rows(tmp_path / "fewer.csv", [rows[0], *rows[5:]])
-    assert_one_line_error(evaluate(truth, dropped, *SMALL), str(dropped), "lacks 1 image(s)", image)
+    result = evaluate(truth, dropped, *SMALL)
+    assert result.exit_code == 0, result.output
+    assert parse_table(result.stdout)["mean"] == 1.0
+    n = (len(rows) - 1) // 4
+    assert result.stdout.strip().splitlines()[-1] == f"scored {n - 1} of {n} truth images"
 
 
 @pytest.mark.parametrize("content", ["", "Image_Label,EncodedPixels\n"])

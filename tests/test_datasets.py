@@ -11,7 +11,7 @@ from cloudpipe.data.transforms import train_transform
 
 
 def test_samples(tiny_data):
-    data = load_train_data(tiny_data, check_masks=True)
+    data = load_train_data(tiny_data)
     images = list(data.labels.index[:3])
     labels = data.labels.loc[images].to_numpy()
     cls = CloudDataset(data.paths(images), (32, 48), 1, labels=labels)
@@ -26,7 +26,7 @@ def test_samples(tiny_data):
 
 
 def test_augmentation_is_seeded_by_epoch_and_index(tiny_data):
-    data = load_train_data(tiny_data, check_masks=False)
+    data = load_train_data(tiny_data)
     paths = data.paths(list(data.labels.index[:2]))
     augment = dict(hflip=0.5, vflip=0.5, brightness_contrast=0.5, noise=0.5, seed=1)
     a = CloudDataset(paths, (32, 48), 1, transform=train_transform(**augment), seed=1)

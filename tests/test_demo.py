@@ -33,7 +33,7 @@ def test_demo_tiny_end_to_end(tmp_path):
     # The printed Dice is the evaluation of the submission that was written.
     from cloudpipe.pipeline.evaluate import evaluate_files
 
-    table = evaluate_files(out / "data" / "test_truth.csv", out / "submissions" / "submission.csv", (350, 525), (350, 525))
+    table = evaluate_files(out / "data" / "test_truth.csv", out / "submissions" / "submission.csv", (350, 525), (350, 525)).table
     assert [round(table[c], 4) for c in CLASSES] == rows["gated, tuned thresholds"][:4]
 
     again = CliRunner().invoke(main, ["demo", "--out", str(out), "--size", "tiny", "--quiet"])

@@ -23,10 +23,11 @@ PRED = {"a": ("", "1 2", "1 2", ""), "b": ("1 6", "3 3", "5 2", "")}
 def test_evaluate_files(tmp_path):
     truth = write_csv(tmp_path / "truth.csv", {"c": ("1 1 19 1", "6 1", "24 1", "1 4"), "d": ("", "", "", "")})
     pred = write_csv(tmp_path / "pred.csv", {"d": ("", "", "", ""), "c": ("1 1", "", "6 1", "1 2")})
-    table = evaluate_files(truth, pred, (4, 6), (2, 3))
+    result = evaluate_files(truth, pred, (4, 6), (2, 3))
     # c: [2/3, 1, 0, 1] (see test_truth_resized_nearest); d: all empty = [1, 1, 1, 1]
-    assert table == pytest.approx({"Fish": 5 / 6, "Flower": 1, "Gravel": 0.5, "Sugar": 1, "mean": 5 / 6})
-    assert evaluate_files(truth, truth, (4, 6), (4, 6)) == pytest.approx(dict.fromkeys([*CLASSES, "mean"], 1.0))
+    assert result.table == pytest.approx({"Fish": 5 / 6, "Flower": 1, "Gravel": 0.5, "Sugar": 1, "mean": 5 / 6})
+    assert (result.scored, result.truth_images) == (2, 2)
+    assert evaluate_files(truth, truth, (4, 6), (4, 6)).table == pytest.approx(dict.fromkeys([*CLASSES, "mean"], 1.0))
 
 
 def test_evaluate_files_image_mismatch(tmp_path):
@@ -37,9 +38,19 @@ def test_evaluate_files_image_mismatch(tmp_path):
         evaluate_files(truth, pred, (2, 3), (2, 3))
     message = str(info.value)
     assert str(pred) in message and str(truth) in message
-    assert "lacks 1 image(s) (e.g. y.jpg)" in message
-    assert "1 extra image(s) (e.g. q.jpg)" in message
+    assert "has 1 extra image(s) (e.g. q.jpg)" in message and "lacks" not in message
     assert "\n" not in message
+
+
+def test_evaluate_scores_the_images_the_prediction_covers(tmp_path):
+    # e.g. a run's val_seg.csv against train.csv: only validation images are predicted.
+    truth = write_csv(tmp_path / "truth.csv", {**TRUTH, "c": ("1 6", "", "", "")})
+    pred = write_csv(tmp_path / "pred.csv", {"b": PRED["b"], "a": PRED["a"]})
+    result = evaluate_files(truth, pred, (2, 3), (2, 3))
+    assert (result.scored, result.truth_images) == (2, 3)
+    # The same Dice as against a truth of exactly those images.
+    same = evaluate_files(write_csv(tmp_path / "ab.csv", TRUTH), pred, (2, 3), (2, 3))
+    assert (same.scored, same.truth_images) == (2, 2) and result.table == same.table
 
 
 def test_evaluate_files_validates_rle_at_each_shape(tmp_path):
@@ -58,4 +69,17 @@ def test_truth_at_prediction_size_read_as_full_size_is_an_error(tmp_path):
     truth = data / "test_truth.csv"  # masks at 350 x 525
     with pytest.raises(CloudpipeError, match="pass --truth-shape 350 525"):
         evaluate_files(truth, truth, (1400, 2100), (350, 525))
-    assert evaluate_files(truth, truth, (350, 525), (350, 525))["mean"] == 1.0
+    assert evaluate_files(truth, truth, (350, 525), (350, 525)).table["mean"] == 1.0
+
+
+def test_prediction_at_submission_size_read_as_full_size_is_an_error(tmp_path):
+    # It used to score silently wrong (0.20 instead of 0.32 on a real submission).
+    from cloudpipe.data.synth import make_dataset
+
+    data = make_dataset(tmp_path / "d", train=2, test=12, shape=(64, 96), seed=1, progress=False).out_dir
+    submission = data / "test_truth.csv"  # masks at 350 x 525
+    with pytest.raises(CloudpipeError) as info:
+        evaluate_files(submission, submission, (350, 525), (1400, 2100))
+    message = str(info.value)
+    assert message.startswith(f"{submission}: ") and "pass --pred-shape 350 525" in message
+    assert "not 1400x2100" in message

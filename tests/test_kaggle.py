@@ -118,6 +118,29 @@ def test_duplicate_row(tmp_path):
     assert "line 10" in message  # the second occurrence
 
 
+@pytest.mark.parametrize("image", ["../x.jpg", "/etc/x.jpg", "sub/x.jpg", "..\\x.jpg", "C:\\x.jpg", ".", "..", "x\0.jpg"])
+def test_image_name_that_is_not_a_plain_file_name(tmp_path, image):
+    # It would read a file outside test_images/ (or train_images/).
+    message = error_of(write(tmp_path, HEADER + rows("a.jpg") + rows(image)))
+    assert "line 6" in message and f"image name {image!r} is not a plain file name" in message
+
+
+def test_line_numbers_count_blank_lines(tmp_path):
+    # pandas skips blank lines: the bad row (file line 8) used to be reported as line 7.
+    text = HEADER + rows("a.jpg") + "\n" + "b.jpg_Fish,\nb.jpg_Flower,5 x\n"
+    message = error_of(write(tmp_path, text))
+    assert "line 6: blank line" in message
+    text = HEADER + rows("a.jpg") + rows("b.jpg", ("", "99 1", "", ""))
+    path = write(tmp_path, text.replace("a.jpg_Sugar,\n", "a.jpg_Sugar,\n\n"))
+    assert "line 6: blank line" in error_of(path, shape=(4, 4))
+
+
+def test_cell_spanning_lines(tmp_path):
+    text = HEADER + rows("a.jpg", ("", '"1 1\n3 1"', "", "")) + rows("b.jpg", ("", "", "", "x"))
+    message = error_of(write(tmp_path, text))
+    assert "line 3: a quoted cell spans several lines" in message
+
+
 def test_image_missing_a_class(tmp_path):
     text = HEADER + rows("a.jpg") + "b.jpg_Fish,\nb.jpg_Gravel,\nb.jpg_Sugar,\n" + rows("c.jpg")
     message = error_of(write(tmp_path, text))
@@ -127,7 +150,8 @@ def test_image_missing_a_class(tmp_path):
 
 @pytest.mark.parametrize(
     "rle",
-    ["1 x", "3", "0 1", "1 0", "-1 2", "5 1 3 1", "1 3 2 1", "16 2", "1.5 2", "1 1 1 1"],
+    ["1 x", "3", "0 1", "1 0", "-1 2", "5 1 3 1", "1 3 2 1", "16 2", "1.5 2", "1 1 1 1",
+     "+1 +1", "1\t1", "1\xa01", "1  1", " 1 1", "1 1 "],
 )
 def test_malformed_rle_with_shape(tmp_path, rle):
     text = HEADER + rows("a.jpg") + rows("b.jpg", ("", rle, "", ""))  # the bad cell is on line 7
@@ -139,7 +163,7 @@ def test_malformed_rle_with_shape(tmp_path, rle):
 
 
 def test_valid_rle_with_shape(tmp_path):
-    path = write(tmp_path, HEADER + rows("a.jpg", ("1 16", "", " 2 3 ", "16 1")))
+    path = write(tmp_path, HEADER + rows("a.jpg", ("1 16", "", "2 3", "16 1")))
     assert len(read_mask_csv(path, shape=(4, 4))) == 4
 
 
@@ -402,6 +426,9 @@ def test_read_probs_csv(tmp_path):
     ("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,0.3,1\nb.jpg,0.1,0.2,1.5,1\n", "line 3: Gravel probability '1.5'"),
     ("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,,1\n", "Gravel probability ''"),
     ("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,0.3,1\na.jpg,0.1,0.2,0.3,1\n", "line 3: duplicate image 'a.jpg'"),
+    ("image,Fish,Flower,Gravel,Sugar\na.jpg,0,0,0,0\n../b.jpg,0,0,0,0\n", "line 3: image name '../b.jpg' is not a plain"),
+    ("image,Fish,Flower,Gravel,Sugar\n,0,0,0,0\n", "line 2: image name '' is not a plain"),
+    ("image,Fish,Flower,Gravel,Sugar\na.jpg,0,0,0,0\n\nb.jpg,0,x,0,0\n", "line 3: blank line"),
 ])
 def test_read_probs_csv_errors(tmp_path, text, message):
     path = tmp_path / "p.csv"

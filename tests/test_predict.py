@@ -23,7 +23,8 @@ CPU = InferenceSettings(device="cpu", workers=0, progress=False)
 
 def seg_predictions(data, seed=0, shuffle=True) -> pd.DataFrame:
     """A segmentation submission for the test images: random blocky masks, some empty, some
-    with valid but unusual spacing (which must be copied through byte for byte)."""
+    written unusually but validly, with a leading zero (which must be copied through byte
+    for byte)."""
     rng = np.random.default_rng(seed)
     sample = pd.read_csv(data / "sample_submission.csv")
     rles = []
@@ -33,7 +34,7 @@ def seg_predictions(data, seed=0, shuffle=True) -> pd.DataFrame:
             r, c = rng.integers(0, 300), rng.integers(0, 450)
             mask[r : r + rng.integers(5, 50), c : c + rng.integers(5, 70)] = 1
         rle = mask2rle(mask)
-        rles.append(rle.replace(" ", "  ", 1) if i % 7 == 3 and rle else rle)
+        rles.append("0" + rle if i % 7 == 3 and rle else rle)
     frame = pd.DataFrame({"Image_Label": sample["Image_Label"], "EncodedPixels": rles})
     return frame.sample(frac=1, random_state=seed) if shuffle else frame
 

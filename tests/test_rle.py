@@ -55,7 +55,6 @@ def test_edge_masks_round_trip(mask):
 def test_empty_mask_is_empty_string():
     assert mask2rle(np.zeros((4, 4))) == ""
     assert rle2mask("", (4, 4)).sum() == 0
-    assert rle2mask("  ", (4, 4)).sum() == 0
 
 
 @settings(max_examples=300, deadline=None)
@@ -82,16 +81,36 @@ def test_nonbinary_and_bool_masks_encode_nonzero():
     assert mask2rle(mask.astype(bool)) == "2 2"
 
 
-def test_tolerates_repeated_spaces():
-    assert (rle2mask("1  2", (2, 2)) == rle2mask("1 2", (2, 2))).all()
+@pytest.mark.parametrize(
+    "rle, found",
+    [
+        ("+100 +3", "'+' at character 1"),
+        ("1\t2", "'\\t' at character 2"),
+        ("1\xa02", "'\\xa0' at character 2"),
+        ("1 2\n", "'\\n' at character 4"),
+        ("1 \u0662", "'\u0662' at character 3"),  # a non-ASCII digit
+        (" 1 2", "a leading space"),
+        ("1 2 ", "a trailing space"),
+        ("  ", "a leading space"),  # only "" is an empty mask
+        ("1  2", "two spaces in a row at character 2"),
+    ],
+)
+def test_lenient_rle_is_refused(rle, found):
+    # Kaggle's checker may refuse these, and predict copies kept masks verbatim.
+    message = f"RLE must be digits separated by single spaces; found {found}"
+    with pytest.raises(RLEError) as info:
+        parse_rle(rle, (2, 2))
+    assert str(info.value) == message and "\n" not in str(info.value)
+    with pytest.raises(RLEError, match="single spaces"):
+        rle2mask(rle, (2, 2))
 
 
 @pytest.mark.parametrize(
     "rle, message",
     [
-        ("1 x", "not a positive integer"),
-        ("1.5 2", "not a positive integer"),
-        ("-1 2", "start -1 is below 1"),
+        ("1 x", "single spaces; found 'x'"),
+        ("1.5 2", "single spaces; found '.'"),
+        ("-1 2", "single spaces; found '-'"),
         ("1 2 3", "odd number"),
         ("0 2", "start 0 is below 1"),
         ("1 0", "length 0 is below 1"),
@@ -125,7 +144,7 @@ def test_numbers_past_int64_are_out_of_bounds_not_a_crash():
 
 
 def test_lone_sign_is_not_a_number():
-    with pytest.raises(RLEError, match="token '-' is not a positive integer"):
+    with pytest.raises(RLEError, match="found '-' at character 3"):
         rle2mask("1 - 3 1", (3, 4))
 
 

@@ -210,3 +210,21 @@ def test_a_run_stopped_before_its_first_epoch_ended_resumes_from_the_start(tiny_
         train_run(classifier_config(epochs=1), tiny_data, run, progress=False)
     [result] = train_run(classifier_config(epochs=1), tiny_data, run, resume=True, progress=False)
     assert result.best_epoch == 1 and load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
+@pytest.mark.parametrize("command", ["train-classifier", "train-seg"])
+@pytest.mark.parametrize("rle, problem", [("6144 2", "ends past pixel 6144 of a 64x96 mask"), ("1  2", "single spaces")])
+def test_bad_mask_in_train_csv_stops_both_stages_before_training(tiny_data, tmp_path, command, rle, problem):
+    # A bad mask used to surface only at tune-threshold, after the classifier had trained.
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    lines = (data / "train.csv").read_text().splitlines()
+    label = lines[6].split(",")[0]
+    lines[6] = f"{label},{rle}"  # line 7 of the file
+    (data / "train.csv").write_text("\n".join(lines) + "\n")
+    result = run_cli(command, "--data", data, "--out", tmp_path / "run", "--arch", "tiny", "--weights", "none",
+                     "--epochs", 1, "--image-size", 64, 96, "--workers", 0, "--quiet")
+    assert result.exit_code == 2, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"error: {data / 'train.csv'}, line 7: {label}: ") and problem in line, line
+    assert not (tmp_path / "run").exists()

@@ -5,7 +5,8 @@ Both directions are vectorised numpy: no Python loop over runs or pixels. Where 
 
 - decode: two numpy calls are nearly all of it: ``np.fromstring`` parsing the text and one
   ``np.repeat`` of alternating 0/1 runs (reshaped column-major without a copy). Validation is
-  two reductions; the precise error message is only worked out once they have failed.
+  one regex ``fullmatch`` of the strict syntax (digits, single spaces) and two reductions; the
+  precise error message is only worked out once they have failed.
 - encode: the changes of a mask are found on 8-byte words first (the image compared with
   itself one row further on, then ``nonzero`` over an eighth as many elements), so the image
   is read once and nothing of its size is written. The numbers are formatted through a
@@ -13,6 +14,8 @@ Both directions are vectorised numpy: no Python loop over runs or pixels. Where 
 """
 
 from __future__ import annotations
+
+import re
 
 import numpy as np
 
@@ -148,53 +151,45 @@ def _format(values: np.ndarray, largest: int | None = None) -> str:
 
 # --- decode ---------------------------------------------------------------------------------
 
-_INT64_MAX = int(np.iinfo(np.int64).max)
+_SYNTAX = re.compile(r"[0-9]+(?: [0-9]+)*")
+"""Strict Kaggle RLE text: ASCII digits separated by single ASCII spaces, nothing else."""
+
+
+def _syntax_problem(text: str) -> str:
+    """What makes ``text`` fail :data:`_SYNTAX` (worked out only once it has failed)."""
+    bad = re.search(r"[^0-9 ]", text)
+    if bad:
+        found = f"{bad.group()!r} at character {bad.start() + 1}"
+    elif text.startswith(" "):
+        found = "a leading space"
+    elif text.endswith(" "):
+        found = "a trailing space"
+    else:
+        found = f"two spaces in a row at character {text.index('  ') + 1}"
+    return f"RLE must be digits separated by single spaces; found {found}"
 
 
 def _parse(text: str) -> np.ndarray:
-    """The numbers of stripped, non-empty RLE text as int64 (too large ones saturated)."""
-    try:
-        values = np.fromstring(text, dtype=np.int64, sep=" ")
-    except ValueError:  # numpy >= 2.? raises on trailing garbage; older versions warn
-        values = np.empty(0, np.int64)
-    if values.size != text.count(" ") + 1:  # odd spacing, or a token that is not an integer
-        tokens = text.split()
-        for token in tokens:
-            if not (token.isascii() and token.isdigit()):
-                raise RLEError(f"RLE token {token!r} is not a positive integer")
-        try:
-            values = np.array(tokens, dtype=np.int64)
-        except OverflowError:  # saturate, as np.fromstring does; it is out of bounds anyway
-            values = np.array([min(int(t), _INT64_MAX) for t in tokens], dtype=np.int64)
+    """The numbers of non-empty RLE text as int64 (too large ones saturated).
+
+    Raises:
+        RLEError: text that is not strict RLE syntax, or an odd number of tokens.
+    """
+    if not _SYNTAX.fullmatch(text):  # one regex; the numbers then parse exactly
+        raise RLEError(_syntax_problem(text))
+    values = np.fromstring(text, dtype=np.int64, sep=" ")
     if values.size % 2:
-        _explain_tokens(text)  # a lone "-" or "+" reads as 0, and may have made the count odd
         raise RLEError(f"RLE has an odd number of tokens ({values.size})")
     return values
 
 
-def _explain_tokens(text: str) -> list[int]:
-    """The tokens of ``text`` as exact integers; RLEError for the first that is not one."""
-    exact = []
-    for token in text.split():
-        try:
-            exact.append(int(token))
-        except ValueError:
-            raise RLEError(f"RLE token {token!r} is not a positive integer") from None
-    return exact
-
-
-def _explain(text: str, values: np.ndarray, shape: tuple[int, int]) -> RLEError:
+def _explain(text: str, shape: tuple[int, int]) -> RLEError:
     """The error for RLE that failed the fast checks, in a fixed order of precedence.
 
     Works on exact Python integers (object arrays), so that numbers near or past the int64
     limit cannot overflow into a misleading message.
     """
-    try:
-        exact = _explain_tokens(text)  # e.g. a lone "-", which np.fromstring reads as 0
-    except RLEError as error:
-        return error
-    if len(exact) != values.size:
-        exact = values.tolist()
+    exact = [int(token) for token in text.split(" ")]  # strict syntax: digits only
     starts = np.array(exact[0::2], dtype=object)
     lengths = np.array(exact[1::2], dtype=object)
     ends = starts + lengths  # 1-indexed, exclusive
@@ -222,7 +217,7 @@ def _explain(text: str, values: np.ndarray, shape: tuple[int, int]) -> RLEError:
 
 
 def _run_counts(text: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Parse and validate stripped, non-empty RLE text.
+    """Parse and validate non-empty RLE text.
 
     Returns:
         The numbers as written, and the lengths of the alternating 0/1 runs of the flat mask,
@@ -243,21 +238,25 @@ def _run_counts(text: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarr
     # could otherwise leave plausible-looking counts (and np.repeat crash the process). With
     # all counts in [0, size] they sum to exactly size, so no sum has wrapped.
     if values.min() < 1 or counts.view(np.uint64).max() > size:
-        raise _explain(text, values, shape)
+        raise _explain(text, shape)
     return values, counts
 
 
 def parse_rle(rle: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     """Parse and validate RLE text into 0-indexed ``(starts, lengths)`` arrays.
 
+    ``""`` is an empty mask; anything else must be strict Kaggle RLE, which Kaggle's checker
+    accepts: ASCII digits separated by single ASCII spaces (no signs, tabs, newlines,
+    non-breaking spaces, leading, trailing or doubled spaces).
+
     Raises:
-        RLEError: non-integer tokens, odd token count, start or length < 1, starts not
-            strictly increasing, overlapping runs, or runs past ``H * W``.
+        RLEError: text that is not digits separated by single spaces, odd token count, start
+            or length < 1, starts not strictly increasing, overlapping runs, or runs past
+            ``H * W``.
     """
-    text = rle.strip()
-    if not text:
+    if not rle:
         return np.empty(0, np.int64), np.empty(0, np.int64)
-    values, _ = _run_counts(text, shape)
+    values, _ = _run_counts(rle, shape)
     return values[0::2] - 1, values[1::2]
 
 
@@ -269,7 +268,7 @@ def rle2mask(rle: str, shape: tuple[int, int]) -> np.ndarray:
     """Decode Kaggle RLE into a mask.
 
     Args:
-        rle: ``"start length ..."`` text; empty (or whitespace) means an empty mask.
+        rle: ``"start length ..."`` text; ``""`` means an empty mask.
         shape: (H, W) of the mask.
 
     Returns:
@@ -278,10 +277,9 @@ def rle2mask(rle: str, shape: tuple[int, int]) -> np.ndarray:
     Raises:
         RLEError: when ``rle`` is not valid for ``shape`` (see :func:`parse_rle`).
     """
-    text = rle.strip()
-    if not text:
+    if not rle:
         return np.zeros(shape, dtype=np.uint8, order="F")
-    _, counts = _run_counts(text, shape)
+    _, counts = _run_counts(rle, shape)
     if counts.size <= _ALTERNATING.size:
         pattern = _ALTERNATING[: counts.size]
     else:

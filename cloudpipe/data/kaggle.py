@@ -30,14 +30,18 @@ PROBS_COLUMNS: tuple[str, ...] = ("image", *CLASSES)
 def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """Read a CSV as text (empty cells stay ``""``) and check it has exactly ``columns``.
 
+    Row ``i`` of the frame is line ``i + 2`` of the file: blank lines (which pandas would skip,
+    shifting every later line number) and cells spanning several lines are refused.
+
     Raises:
-        CloudpipeError: missing or unreadable file, no header, wrong columns, no rows.
+        CloudpipeError: missing or unreadable file, no header, wrong columns, no rows, a blank
+            line, or a newline inside a cell.
     """
     path = Path(path)
     if not path.is_file():
         raise CloudpipeError("file not found", path=path)
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False)
+        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
         raise CloudpipeError("file is empty (expected a header " + ",".join(columns) + ")", path=path) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
@@ -54,7 +58,23 @@ def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         )
     if frame.empty:
         raise CloudpipeError("has a header but no rows", path=path)
+    blank = (frame == "").all(axis=1).to_numpy()
+    if blank.any():
+        raise CloudpipeError("blank line (or only empty fields)", path=path, line=int(np.argmax(blank)) + 2)
+    multiline = frame.apply(lambda column: column.str.contains("[\r\n]")).any(axis=1).to_numpy()
+    if multiline.any():
+        raise CloudpipeError("a quoted cell spans several lines", path=path, line=int(np.argmax(multiline)) + 2)
     return frame
+
+
+def require_plain_image_names(names: pd.Series, path: Path | str) -> None:
+    """Refuse an image name from a CSV that is not a plain file name (empty, ``.``, ``..``, or
+    with a ``/``, ``\\`` or NUL: ``../x.jpg`` or ``/etc/x.jpg`` would read outside the
+    images folder), naming its line (``names`` in file order, the header being line 1)."""
+    bad = (names.isin(["", ".", ".."]) | names.str.contains("[/\\\\\0]")).to_numpy()
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise CloudpipeError(f"image name {names.iat[i]!r} is not a plain file name", path=path, line=i + 2)
 
 
 def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
@@ -68,8 +88,8 @@ def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.Dat
         DataFrame with columns ``Image_Label, EncodedPixels, image, class_name`` in file order.
 
     Raises:
-        CloudpipeError: wrong columns, no rows, a label without ``_``, an unknown class,
-            duplicate rows, an image without all four classes, or (with ``shape``) bad RLE.
+        CloudpipeError: wrong columns, no rows, a label without ``_``, an image name that is
+            not a plain file name, an unknown class, duplicate rows, an image without all four classes, or (with ``shape``) bad RLE.
     """
     return check_mask_frame(read_csv_text(path, CSV_COLUMNS), path, shape=shape)
 
@@ -94,6 +114,7 @@ def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int,
         parts.append((image, cls))
     frame["image"] = [p[0] for p in parts]
     frame["class_name"] = [p[1] for p in parts]
+    require_plain_image_names(frame["image"], path)
     duplicated = frame["Image_Label"].duplicated()
     if duplicated.any():
         i = int(np.flatnonzero(duplicated.to_numpy())[0])
@@ -245,20 +266,16 @@ class TrainData:
         return [self.data_dir / TRAIN_IMAGES / name for name in images]
 
 
-def load_train_data(data_dir: Path, *, check_masks: bool) -> TrainData:
-    """Read ``train.csv`` and check every training image's header (exists, JPEG, complete,
-    one common size) before any training starts.
-
-    Args:
-        check_masks: also validate every RLE against the image size (segmentation needs the
-            masks; the classifier only needs the labels, read from the CSV text).
+def load_train_data(data_dir: Path) -> TrainData:
+    """Read ``train.csv`` and check, before any training starts, every training image's header
+    (exists, JPEG, complete, one common size) and every mask's RLE for that size (parsed, not
+    decoded: a bad mask would otherwise surface only after training, at ``tune-threshold``).
     """
     data_dir = require_dir(data_dir)
     frame = read_train(data_dir)
     wide = to_wide(frame)
     shape = check_images(data_dir / TRAIN_IMAGES / name for name in wide.index)
-    if check_masks:
-        validate_rle_column(frame, shape, data_dir / TRAIN_CSV)
+    validate_rle_column(frame, shape, data_dir / TRAIN_CSV)
     return TrainData(data_dir, presence(frame), wide, shape)
 
 
@@ -283,10 +300,12 @@ def read_probs_csv(path: Path) -> pd.DataFrame:
         float64 DataFrame indexed by image, columns in class order.
 
     Raises:
-        CloudpipeError: missing file, wrong columns, no rows, a duplicate image, or a value
-            that is not a number in [0, 1] (naming its line).
+        CloudpipeError: missing file, wrong columns, no rows, an image name that is not a
+            plain file name, a duplicate image, or a value that is not a number in [0, 1]
+            (naming its line).
     """
     text = read_csv_text(path, PROBS_COLUMNS)
+    require_plain_image_names(text["image"], path)
     values = text[list(CLASSES)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = ~((values >= 0) & (values <= 1))  # also NaN: empty or not a number
     if bad.any():

@@ -264,7 +264,7 @@ def train_run(
         if fold is not None and not 0 <= fold < config.folds:
             raise CloudpipeError(f"--fold must be in 0..{config.folds - 1}, got {fold}")
         stage = stage_for(config)
-        data = load_train_data(data_dir, check_masks=stage.needs_masks)
+        data = load_train_data(data_dir)
         out_dir = Path(out_dir)
         continuing = resume or fold is not None
         splits = _prepare_run_dir(out_dir, config, data, continuing, resume, dist)

@@ -97,7 +97,7 @@ def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, pr
 
     truth = data / TEST_TRUTH_CSV
     for label, path in (("segmentation alone", test_seg), ("gated at 0.5", gated_05), ("gated, tuned thresholds", gated)):
-        result.dice[label] = evaluate_files(truth, path, SUBMISSION_SHAPE, SUBMISSION_SHAPE)
+        result.dice[label] = evaluate_files(truth, path, SUBMISSION_SHAPE, SUBMISSION_SHAPE).table
     result.files = {"data": data, "segmentation run": seg_run, "classifier run": cls_run,
                     "threshold plot": tuned.plot_path, "submission": gated}
     return result

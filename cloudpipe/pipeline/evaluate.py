@@ -2,14 +2,25 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import dice_table, pair_stats
 from cloudpipe.core.rle import parse_rle
 from cloudpipe.data.kaggle import read_mask_csv, require_same_images, to_wide
+
+
+@dataclass
+class Evaluation:
+    """The Dice table of the images a prediction covers, and how many of the truth's it is."""
+
+    table: dict[str, float]  # class -> mean Dice, and "mean"
+    scored: int  # images scored: those of the prediction
+    truth_images: int  # images in the truth file
 
 
 def evaluate_files(
@@ -17,33 +28,45 @@ def evaluate_files(
     pred_csv: Path,
     truth_shape: tuple[int, int],
     pred_shape: tuple[int, int],
-) -> dict[str, float]:
-    """Kaggle Dice of a submission file against a truth file, per class and ``"mean"``.
+) -> Evaluation:
+    """Kaggle Dice of a submission file against a truth file, per class and ``"mean"``, over
+    the images of the prediction (e.g. a run's validation images against ``train.csv``).
 
     Raises:
-        CloudpipeError: invalid CSVs or RLE, or the two files cover different images.
+        CloudpipeError: invalid CSVs or RLE, either file read at a larger mask size than it
+            was written at, or prediction images that the truth lacks.
     """
+    known = (truth_shape, pred_shape, SUBMISSION_SHAPE, IMAGE_SHAPE)
     truth_frame = read_mask_csv(truth_csv, shape=truth_shape)
-    _check_truth_shape(truth_frame, truth_csv, truth_shape, pred_shape)
-    truth = to_wide(truth_frame)
-    pred = to_wide(read_mask_csv(pred_csv, shape=pred_shape))
-    require_same_images(list(truth.index), list(pred.index), f"{pred_csv}: compared with {truth_csv}, it")
-    return dice_table(pair_stats(truth, pred, truth_shape, pred_shape).dice())
+    _check_shape(truth_frame, truth_csv, truth_shape, known, "--truth-shape")
+    pred_frame = read_mask_csv(pred_csv, shape=pred_shape)
+    _check_shape(pred_frame, pred_csv, pred_shape, known, "--pred-shape")
+    truth, pred = to_wide(truth_frame), to_wide(pred_frame)
+    covered = [i for i in pred.index if i in truth.index]  # so that only extra images are named
+    require_same_images(covered, list(pred.index), f"{pred_csv}: compared with {truth_csv}, it")
+    table = dice_table(pair_stats(truth, pred, truth_shape, pred_shape).dice())
+    return Evaluation(table, len(pred), len(truth))
 
 
-def _check_truth_shape(truth: pd.DataFrame, path: Path, truth_shape: tuple[int, int], pred_shape: tuple[int, int]) -> None:
-    """Catch truth masks read at the wrong size: RLE that is valid for a large mask is also
-    valid for a smaller one, and would silently score wrong. When every truth mask ends
-    inside the first ``pred`` pixels of a larger ``truth_shape``, the truth is at the smaller
-    size (a real 1400 x 2100 mask set never lies entirely in its first 87 columns)."""
-    pred_pixels = pred_shape[0] * pred_shape[1]
-    if truth_shape[0] * truth_shape[1] <= pred_pixels:
+def _check_shape(
+    frame: pd.DataFrame, path: Path, shape: tuple[int, int], known: tuple[tuple[int, int], ...], option: str
+) -> None:
+    """Catch masks read at a larger size than they were written at: RLE that is valid for a
+    small mask is also valid for a larger one, and would silently score wrong. When every
+    mask ends inside the first H*W pixels of a smaller ``known`` shape (the smallest such),
+    the file is taken to be at that size (a real 1400 x 2100 mask set never lies entirely in
+    its first 87 columns)."""
+    smaller = sorted({s for s in known if s[0] * s[1] < shape[0] * shape[1]}, key=lambda s: s[0] * s[1])
+    if not smaller:
         return
-    ends = [int(s[-1] + n[-1]) for s, n in (parse_rle(r, truth_shape) for r in truth["EncodedPixels"] if r)]
-    if len(ends) >= 8 and max(ends) <= pred_pixels:
+    ends = [int(s[-1] + n[-1]) for s, n in (parse_rle(r, shape) for r in frame["EncodedPixels"] if r)]
+    if len(ends) < 8:
+        return
+    fits = [s for s in smaller if max(ends) <= s[0] * s[1]]
+    if fits:
+        h, w = fits[0]
         raise CloudpipeError(
-            f"every truth mask fits in {pred_pixels} pixels: it looks like the truth is at "
-            f"{pred_shape[0]}x{pred_shape[1]}, not {truth_shape[0]}x{truth_shape[1]}; pass --truth-shape "
-            f"{pred_shape[0]} {pred_shape[1]} (or the truth's real size)",
+            f"every mask fits in {h * w} pixels: it looks like the masks are at {h}x{w}, not "
+            f"{shape[0]}x{shape[1]}; pass {option} {h} {w} (or the file's real size)",
             path=path,
         )

@@ -8,7 +8,6 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import TrainData, load_train_data
 from cloudpipe.data.runfolder import SPLITS_CSV, ModelSplit, read_splits
 from cloudpipe.engine.config import Task, load_run_config
-from cloudpipe.engine.stages import STAGES
 
 
 def validation_sets(run_dir: Path, data_dir: Path, task: Task) -> tuple[TrainData, list[ModelSplit]]:
@@ -20,7 +19,7 @@ def validation_sets(run_dir: Path, data_dir: Path, task: Task) -> tuple[TrainDat
             ``train.csv`` does not have.
     """
     config = load_run_config(run_dir, task)
-    data = load_train_data(data_dir, check_masks=STAGES[task].needs_masks)
+    data = load_train_data(data_dir)
     splits = read_splits(run_dir, config.folds)
     known = set(data.labels.index)
     missing = [i for s in splits for i in s.val if i not in known]
