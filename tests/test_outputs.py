@@ -1,7 +1,5 @@
 import errno
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -235,15 +233,9 @@ def test_output_lock_refuses_a_second_writer(tmp_path):
         pass
 
 
-def dead_pid() -> int:
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    child.wait()
-    return child.pid
-
-
-def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path):
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, dead_pid):
     target = tmp_path / "sub.csv"
-    lock_path(target).write_text(f"{dead_pid()}\n")  # left by a writer killed with -9
+    lock_path(target).write_text(f"{dead_pid}\n")  # left by a writer killed with -9
     with claim_output(target) as path:
         assert lock_path(target).read_text() == f"{os.getpid()}\n"
         write_text("new", path)
