@@ -19,7 +19,7 @@ from cloudpipe.data.kaggle import (
     require_dir,
     to_wide,
 )
-from cloudpipe.data.outputs import check_output
+from cloudpipe.data.outputs import claim_output
 from cloudpipe.plots import plot_overlay
 
 
@@ -36,25 +36,27 @@ def show_image(data_dir: Path, image: str, out: Path, *, pred: Path | None = Non
     submission (``pred``, masks at ``mask_shape``); shown at the submission size.
 
     Raises:
-        CloudpipeError: unknown image, an image with neither truth nor prediction, bad CSVs.
+        CloudpipeError: unknown image, an image with neither truth nor prediction, bad CSVs,
+            an output that is an input or is being written by another process.
     """
     data_dir = require_dir(data_dir)
-    check_output(out, overwrite=overwrite, inputs=[p for p in (pred,) if p is not None])
-    folder = next((f for f in (TRAIN_IMAGES, TEST_IMAGES) if (data_dir / f / image).is_file()), None)
-    if folder is None:
-        raise CloudpipeError(f"image {image!r} is in neither {TRAIN_IMAGES}/ nor {TEST_IMAGES}/", path=data_dir)
-    path = data_dir / folder / image
-    source = jpeg_size(path)
-    size = SUBMISSION_SHAPE
-    truth = None
-    if folder == TRAIN_IMAGES and (data_dir / TRAIN_CSV).is_file():
-        truth = _masks(read_mask_csv(data_dir / TRAIN_CSV, shape=source), image, source, size)
-    predicted = None
-    if pred is not None:
-        predicted = _masks(read_mask_csv(pred, shape=mask_shape), image, mask_shape, size)
-        if predicted is None:
-            raise CloudpipeError(f"has no rows for image {image!r}", path=pred)
-    if truth is None and predicted is None:
-        raise CloudpipeError(f"no truth for test image {image!r}: pass --pred SUB.csv to show predictions")
-    pixels = read_image(path, size, reduction_for(source, size))
-    return plot_overlay(pixels, out, truth=truth, pred=predicted, title=image)
+    with claim_output(out, overwrite=overwrite, inputs=[pred, data_dir / TRAIN_CSV],
+                      input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]):
+        folder = next((f for f in (TRAIN_IMAGES, TEST_IMAGES) if (data_dir / f / image).is_file()), None)
+        if folder is None:
+            raise CloudpipeError(f"image {image!r} is in neither {TRAIN_IMAGES}/ nor {TEST_IMAGES}/", path=data_dir)
+        path = data_dir / folder / image
+        source = jpeg_size(path)
+        size = SUBMISSION_SHAPE
+        truth = None
+        if folder == TRAIN_IMAGES and (data_dir / TRAIN_CSV).is_file():
+            truth = _masks(read_mask_csv(data_dir / TRAIN_CSV, shape=source), image, source, size)
+        predicted = None
+        if pred is not None:
+            predicted = _masks(read_mask_csv(pred, shape=mask_shape), image, mask_shape, size)
+            if predicted is None:
+                raise CloudpipeError(f"has no rows for image {image!r}", path=pred)
+        if truth is None and predicted is None:
+            raise CloudpipeError(f"no truth for test image {image!r}: pass --pred SUB.csv to show predictions")
+        pixels = read_image(path, size, reduction_for(source, size))
+        return plot_overlay(pixels, out, truth=truth, pred=predicted, title=image)

@@ -5,6 +5,8 @@ The torch hub cache points at an empty temporary folder, so no test can download
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,3 +40,11 @@ def tiny_classifier_run(tiny_data, tmp_path_factory) -> Path:
                                                       batch_size=8, accumulate=1, lr=1e-3, device="cpu"))
     train_run(config, tiny_data, run, progress=False)
     return run
+
+
+@pytest.fixture()
+def dead_pid() -> int:
+    """The pid of a process that has exited, as a lock left by a writer killed with -9 holds."""
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait()
+    return child.pid

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import errno
+import io
+import os
 import pickle
 
 import pytest
@@ -40,3 +43,22 @@ def test_bad_checkpoints(tmp_path, content, message):
         torch.save(content, path)
     with pytest.raises(CloudpipeError, match=message):
         load_checkpoint(path)
+
+
+def test_full_disk_keeps_the_old_checkpoint(tmp_path, monkeypatch):
+    import cloudpipe.engine.checkpoint
+
+    class FullAfter100Bytes(io.FileIO):
+        def write(self, data):
+            if self.tell() + len(data) > 100:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            return super().write(data)
+
+    path = tmp_path / "last.pt"
+    save_checkpoint({"epoch": 1}, path)
+    before = path.read_bytes()
+    monkeypatch.setattr(cloudpipe.engine.checkpoint, "open", lambda p, mode: FullAfter100Bytes(p, "w"), raising=False)
+    with pytest.raises(CloudpipeError) as info:
+        save_checkpoint({"epoch": 2, "weights": torch.zeros(1000)}, path)
+    assert str(info.value) == f"{path}: cannot write (No space left on device)"
+    assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pt"]

@@ -1,3 +1,4 @@
+import errno
 import os
 from pathlib import Path
 
@@ -5,7 +6,17 @@ import pandas as pd
 import pytest
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.outputs import atomic_path, check_output, write_csv, write_text
+from cloudpipe.data.outputs import (
+    atomic_path,
+    check_output,
+    claim_output,
+    csv_writer,
+    lock_path,
+    output_lock,
+    write_csv,
+    write_files,
+    write_text,
+)
 
 
 class Boom(RuntimeError):
@@ -99,7 +110,7 @@ def test_atomic_path_failure_keeps_old_file(tmp_path):
 
 
 def test_atomic_path_body_writes_nothing(tmp_path):
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(CloudpipeError, match="No such file"):
         with atomic_path(tmp_path / "out.txt"):
             pass
     assert os.listdir(tmp_path) == []
@@ -137,3 +148,123 @@ def test_write_text(tmp_path):
     write_text("hello\n", tmp_path / "t.json")
     assert (tmp_path / "t.json").read_text() == "hello\n"
     assert os.listdir(tmp_path) == ["t.json"]
+
+
+def full_disk(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_full_disk_is_one_line_naming_the_file(tmp_path, monkeypatch):
+    target = tmp_path / "sub.csv"
+    target.write_text("old")
+
+    def half_then_full(self, path, **kwargs):
+        Path(path).write_text("Image_Label,Enc")
+        full_disk()
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", half_then_full)
+    with pytest.raises(CloudpipeError) as info:
+        write_csv(pd.DataFrame({"a": [1]}), target)
+    assert str(info.value) == f"{target}: cannot write (No space left on device)"
+    assert target.read_text() == "old" and os.listdir(tmp_path) == ["sub.csv"]
+    with pytest.raises(CloudpipeError, match="No space left on device"):
+        with atomic_path(tmp_path / "plot.png") as tmp:
+            tmp.write_bytes(b"\x89PNG")
+            full_disk()
+    assert os.listdir(tmp_path) == ["sub.csv"]
+
+
+def test_failed_rename_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(CloudpipeError, match="t.json: cannot write"):
+        write_text("{}", tmp_path / "t.json")
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_files_all_new(tmp_path):
+    (tmp_path / "sub.csv").write_text("old")
+    frame = pd.DataFrame({"a": [1]})
+    write_files({tmp_path / "sub.csv": csv_writer(frame), tmp_path / "sub_probs.csv": csv_writer(frame, index=True)})
+    assert (tmp_path / "sub.csv").read_text() == "a\n1\n"
+    assert (tmp_path / "sub_probs.csv").read_text() == ",a\n0,1\n"
+    assert sorted(os.listdir(tmp_path)) == ["sub.csv", "sub_probs.csv"]
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_write_files_failure_on_second_file_keeps_the_old_pair(tmp_path, existing):
+    first, second = tmp_path / "sub.csv", tmp_path / "sub_probs.csv"
+    if existing:
+        first.write_text("old sub")
+        second.write_text("old probs")
+    written = []
+
+    def write_first(tmp):
+        tmp.write_text("new sub")
+        written.append(tmp)
+
+    def write_second(tmp):
+        assert written[0].read_text() == "new sub"  # the first temporary file is complete...
+        tmp.write_text("new pr")
+        full_disk()  # ...when the disk fills during the second
+
+    with pytest.raises(CloudpipeError) as info:
+        write_files({first: write_first, second: write_second})
+    assert str(info.value) == f"{second}: cannot write (No space left on device)"
+    if existing:
+        assert first.read_text() == "old sub" and second.read_text() == "old probs"
+        assert sorted(os.listdir(tmp_path)) == ["sub.csv", "sub_probs.csv"]
+    else:
+        assert os.listdir(tmp_path) == []
+
+
+def test_output_lock_refuses_a_second_writer(tmp_path):
+    target = tmp_path / "sub.csv"
+    with output_lock(target):
+        assert lock_path(target).read_text() == f"{os.getpid()}\n"
+        with pytest.raises(CloudpipeError) as info:
+            with output_lock(target):
+                pytest.fail("two writers")
+        assert str(info.value).startswith(f"{target}: is being written by another cloudpipe process (pid {os.getpid()})")
+        with pytest.raises(CloudpipeError, match="another cloudpipe process"):
+            with claim_output(target):
+                pass
+    assert os.listdir(tmp_path) == []  # the lock is removed at the end
+    with output_lock(target):
+        pass
+
+
+def test_stale_lock_of_a_dead_process_is_taken_over(tmp_path, dead_pid):
+    target = tmp_path / "sub.csv"
+    lock_path(target).write_text(f"{dead_pid}\n")  # left by a writer killed with -9
+    with claim_output(target) as path:
+        assert lock_path(target).read_text() == f"{os.getpid()}\n"
+        write_text("new", path)
+    assert os.listdir(tmp_path) == ["sub.csv"]
+
+
+def test_claim_output_checks_again_under_the_lock(tmp_path, monkeypatch):
+    import cloudpipe.data.outputs
+
+    target = tmp_path / "sub.csv"
+    real = cloudpipe.data.outputs._acquire
+
+    def meanwhile(lock, path):
+        target.write_text("written by a process that finished first")
+        return real(lock, path)
+
+    monkeypatch.setattr(cloudpipe.data.outputs, "_acquire", meanwhile)
+    with pytest.raises(CloudpipeError, match="already exists"):
+        with claim_output(target):
+            pytest.fail("overwrote")
+    assert sorted(os.listdir(tmp_path)) == ["sub.csv"]
+
+
+def test_check_output_inside_an_input_folder(tmp_path):
+    images = tmp_path / "train_images"
+    images.mkdir()
+    (images / "a.jpg").write_bytes(b"jpeg")
+    for out in (images / "a.jpg", images / "new.png", images / "sub" / "x.png"):
+        with pytest.raises(CloudpipeError, match="inside the input folder"):
+            check_output(out, overwrite=True, input_dirs=[images])
+    assert check_output(tmp_path / "x.png", input_dirs=[images]) == tmp_path / "x.png"
+    assert not (images / "sub").exists()

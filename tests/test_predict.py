@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
 
 import numpy as np
@@ -15,6 +17,7 @@ from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.rle import mask2rle
 from cloudpipe.data.kaggle import read_mask_csv
+from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.predict import predict_submission, resolve_thresholds
 
@@ -196,3 +199,58 @@ def test_image_undecodable_in_a_worker_is_still_one_line(tiny_data, tiny_classif
     assert result.stderr.count("\n") == 1 and result.stderr.startswith("error: ")
     assert "cannot decode image" in result.stderr and ".jpg" in result.stderr
     assert not out.exists()
+
+
+def one_error_line(result, message):
+    assert result.exit_code == 2, result.output
+    assert message in result.stderr, result.stderr
+    assert result.stderr.startswith("error: ") and result.stderr.count("\n") == 1 and "Traceback" not in result.output
+
+
+def test_full_disk_on_the_second_file_keeps_the_old_pair(tiny_data, tiny_classifier_run, seg_csv, tmp_path, monkeypatch):
+    out, probs = tmp_path / "submission.csv", tmp_path / "submission_probs.csv"
+    out.write_text("old submission")
+    probs.write_text("old probs")
+    real, calls = pd.DataFrame.to_csv, []
+
+    def second_fills_the_disk(self, path, *args, **kwargs):
+        calls.append(path)
+        if len(calls) == 1:
+            return real(self, path, *args, **kwargs)  # the probabilities' temporary file is complete
+        real(self.head(3), path, *args, **kwargs)
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", second_fills_the_disk)
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--overwrite")
+    one_error_line(result, f"error: {out}: cannot write (No space left on device)")
+    assert len(calls) == 2
+    assert out.read_text() == "old submission" and probs.read_text() == "old probs"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.csv", "submission.csv", "submission_probs.csv"]
+
+
+def test_second_writer_of_the_same_output_fails_at_once(tiny_data, tiny_classifier_run, seg_csv, tmp_path, monkeypatch):
+    import cloudpipe.engine.infer
+
+    out = tmp_path / "submission.csv"
+    monkeypatch.setattr(cloudpipe.engine.infer, "predict_presence", lambda *a, **k: pytest.fail("inference ran"))
+    for held in (out, tmp_path / "submission_probs.csv"):
+        with output_lock(held):
+            result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out)
+        one_error_line(result, f"{held}: is being written by another cloudpipe process (pid {os.getpid()})")
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.csv"]
+
+
+def test_stale_lock_is_taken_over(tiny_data, tiny_classifier_run, seg_csv, tmp_path, dead_pid):
+    out = tmp_path / "submission.csv"
+    lock_path(out).write_text(f"{dead_pid}\n")  # its writer was killed with -9
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg.csv", "submission.csv", "submission_probs.csv"]
+
+
+def test_refuses_an_output_among_the_test_images(tiny_data, tiny_classifier_run, seg_csv):
+    image = sorted((tiny_data / "test_images").iterdir())[0]
+    before = image.read_bytes()
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", image, "--overwrite")
+    one_error_line(result, "inside the input folder")
+    assert image.read_bytes() == before

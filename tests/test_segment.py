@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
 
 import pandas as pd
 import pytest
@@ -11,10 +17,13 @@ from click.testing import CliRunner
 
 from cloudpipe.cli import main
 from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
+from cloudpipe.data.outputs import output_lock
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits, train_run
+from cloudpipe.pipeline.segment import probability_store
 
 SEG = dict(arch="tiny", weights="none", image_size=(32, 64), workers=0, batch_size=8, device="cpu")
 
@@ -85,8 +94,6 @@ def test_seg_resume_goes_through_the_shared_loop(tiny_data, tmp_path):
 
 
 def test_bad_postprocess_file_fails_before_inference(seg_run, tiny_data, tmp_path, monkeypatch):
-    import shutil
-
     import cloudpipe.pipeline.segment
 
     run = tmp_path / "run"
@@ -97,3 +104,61 @@ def test_bad_postprocess_file_fails_before_inference(seg_run, tiny_data, tmp_pat
                     "--workers", 0, "--device", "cpu")
     assert result.exit_code == 2 and "not a readable JSON file" in result.stderr
     assert not (tmp_path / "t.csv").exists()
+
+
+KILLED_MID_RUN = """
+import os, signal, sys
+from pathlib import Path
+from cloudpipe.pipeline.segment import probability_store
+store = probability_store(Path(sys.argv[1]), (3, 4, 350, 525))
+store[:] = 7
+print(len(os.listdir(sys.argv[1])), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_kill_9_leaves_no_probability_store(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    child = subprocess.run([sys.executable, "-c", KILLED_MID_RUN, str(folder)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout.strip() == "0"  # the 4 MB store already had no name while in use
+    assert os.listdir(folder) == []
+
+
+def test_full_disk_for_the_store_is_one_line(tmp_path, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(CloudpipeError, match="No space left on device") as info:
+        probability_store(tmp_path, (600, 4, 350, 525))
+    assert str(tmp_path) in str(info.value) and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("target", ["sample_submission.csv", "train.csv", "train_images/new.png", "run/best.pt",
+                                    "run/seg_postprocess.json"])
+def test_predict_seg_refuses_to_write_an_input(seg_run, tiny_data, tmp_path, target):
+    data, run = tmp_path / "data", tmp_path / "run"
+    shutil.copytree(tiny_data, data)
+    shutil.copytree(seg_run, run)
+    out = tmp_path / target if target.startswith("run/") else data / target
+    before = out.read_bytes() if out.exists() else None
+    result = invoke("predict-seg", "--run", run, "--data", data, "--split", "test", "--out", out, "--overwrite",
+                    "--workers", 0, "--device", "cpu", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "input" in result.stderr and result.stderr.count("\n") == 1
+    assert (out.read_bytes() if out.exists() else None) == before
+
+
+def test_predict_seg_second_writer_fails_at_once(seg_run, tiny_data, tmp_path, monkeypatch):
+    import cloudpipe.pipeline.segment
+
+    out = tmp_path / "test.csv"
+    monkeypatch.setattr(cloudpipe.pipeline.segment, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
+    with output_lock(out):
+        result = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--out", out,
+                        "--workers", 0, "--device", "cpu", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert f"is being written by another cloudpipe process (pid {os.getpid()})" in result.stderr
+    assert os.listdir(tmp_path) == []

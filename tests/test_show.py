@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+
 import pandas as pd
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
 from cloudpipe.core.competition import CLASSES
+from cloudpipe.data.outputs import lock_path, output_lock
 
 
 def test_show_draws_truth_and_prediction(tiny_data, tmp_path):
@@ -22,3 +26,34 @@ def test_show_draws_truth_and_prediction(tiny_data, tmp_path):
     assert no_truth.exit_code == 2 and "--pred" in no_truth.stderr
     unknown = CliRunner().invoke(main, ["show", "--data", str(tiny_data), "--image", "nope.jpg", "--out", str(tmp_path / "n.png")])
     assert unknown.exit_code == 2 and "nope.jpg" in unknown.stderr
+
+
+def show(*args):
+    return CliRunner().invoke(main, ["show", *map(str, args)])
+
+
+def test_show_refuses_to_write_its_inputs(tiny_data, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    image = sorted((data / "train_images").iterdir())[0]
+    pred = tmp_path / "pred.csv"
+    pred.write_text("Image_Label,EncodedPixels\n")
+    for out in (image, image.with_suffix(".png"), data / "test_images" / "x.png", pred, data / "train.csv"):
+        before = out.read_bytes() if out.exists() else None
+        result = show("--data", data, "--image", image.name, "--pred", pred, "--out", out, "--overwrite")
+        assert result.exit_code == 2, result.output
+        assert "input" in result.stderr and result.stderr.count("\n") == 1
+        assert (out.read_bytes() if out.exists() else None) == before
+
+
+def test_show_second_writer_fails_and_a_stale_lock_is_taken_over(tiny_data, tmp_path, dead_pid):
+    image = pd.read_csv(tiny_data / "train.csv")["Image_Label"].iloc[0].rsplit("_", 1)[0]
+    out = tmp_path / "overlay.png"
+    with output_lock(out):
+        result = show("--data", tiny_data, "--image", image, "--out", out)
+    assert result.exit_code == 2 and f"being written by another cloudpipe process (pid {os.getpid()})" in result.stderr
+    assert os.listdir(tmp_path) == []
+    lock_path(out).write_text(f"{dead_pid}\n")
+    result = show("--data", tiny_data, "--image", image, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert os.listdir(tmp_path) == ["overlay.png"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.metric import accuracy, dice_table, pair_stats
 from cloudpipe.core.rle import mask2rle, rle2mask
 from cloudpipe.data.kaggle import presence, read_probs_csv, read_train, to_wide
+from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.tune import compute_val_probs, load_thresholds, tune_thresholds
 
@@ -278,3 +280,15 @@ def test_cli_bad_inputs(tiny_data, tuning_case, tmp_path):
         result = run_cli("--run", run_dir, "--data", tiny_data)
         assert result.exit_code == 2 and result.stderr.startswith("error:") and message in result.stderr, result.stderr
     assert not (run / "thresholds.json").exists()
+
+
+def test_second_tuner_of_the_same_run_fails_at_once(tiny_data, tuning_case, tmp_path, dead_pid):
+    run = copy_run(tuning_case, tmp_path)
+    with output_lock(run / "thresholds.json"):
+        result = CliRunner().invoke(main, ["tune-threshold", "--run", str(run), "--data", str(tiny_data)])
+    assert result.exit_code == 2, result.output
+    assert f"thresholds.json: is being written by another cloudpipe process (pid {os.getpid()})" in result.stderr
+    assert sorted(p.name for p in run.iterdir()) == ["val_probs.csv"]
+    lock_path(run / "thresholds.json").write_text(f"{dead_pid}\n")
+    tune_thresholds(run, tiny_data)
+    assert sorted(p.name for p in run.iterdir()) == ["thresholds.json", "thresholds.png", "val_probs.csv"]

@@ -12,9 +12,20 @@ from cloudpipe.data.outputs import atomic_path
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place."""
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
+
+    Raises:
+        CloudpipeError: the write failed (e.g. no space left on device); ``path`` is untouched.
+    """
+    # Through a Python file object, so that a failed write is an OSError, which atomic_path
+    # reports; torch's zip writer may then fail closing and hide it in a RuntimeError.
+    with atomic_path(path) as tmp, open(tmp, "wb") as file:
+        try:
+            torch.save(state, file)
+        except RuntimeError as err:
+            if isinstance(err.__context__, OSError):
+                raise err.__context__ from None
+            raise
 
 
 def load_checkpoint(path: Path) -> dict:

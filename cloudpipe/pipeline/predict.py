@@ -8,6 +8,7 @@ other mask is copied through byte for byte. Rows follow ``sample_submission.csv`
 from __future__ import annotations
 
 import time
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,7 +32,7 @@ from cloudpipe.data.kaggle import (
     require_dir,
     require_same_images,
 )
-from cloudpipe.data.outputs import check_output, write_csv
+from cloudpipe.data.outputs import claim_output, csv_writer, write_files
 from cloudpipe.data.runfolder import THRESHOLDS_JSON
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.tune import load_thresholds
@@ -118,14 +119,26 @@ def predict_submission(
     Returns:
         The gated submission (sample order) and its summary.
     """
-    from cloudpipe.engine.infer import predict_presence
-
     data_dir = require_dir(data_dir)
     thresholds, source = resolve_thresholds(run_dir, thresholds_file, threshold)
-    if out is not None:
-        inputs = [data_dir / SAMPLE_SUBMISSION_CSV] + ([seg] if isinstance(seg, Path) else [])
-        check_output(out, overwrite=overwrite, inputs=inputs)
-        check_output(probs_path_for(out), overwrite=overwrite, inputs=inputs)
+    with ExitStack() as claims:
+        if out is not None:  # both outputs checked and locked until both are written
+            inputs = [data_dir / SAMPLE_SUBMISSION_CSV] + ([seg] if isinstance(seg, Path) else [])
+            for path in (out, probs_path_for(out)):
+                claims.enter_context(claim_output(path, overwrite=overwrite, inputs=inputs,
+                                                  input_dirs=[data_dir / TEST_IMAGES]))
+        summary = _gate_test_images(seg, run_dir, data_dir, thresholds, source, mask_shape, settings)
+        if out is not None:  # a pair: a failure leaves both old files or both new ones
+            write_files({probs_path_for(out): csv_writer(summary.probs.reset_index(), float_format="%.6f"),
+                         out: csv_writer(summary.submission)})
+    return summary
+
+
+def _gate_test_images(seg: Path | pd.DataFrame, run_dir: Path, data_dir: Path, thresholds: dict[str, float],
+                      source: str, mask_shape: tuple[int, int], settings: InferenceSettings) -> PredictSummary:
+    """The work of :func:`predict_submission` between checking the outputs and writing them."""
+    from cloudpipe.engine.infer import predict_presence
+
     frame = read_segmentation(seg, mask_shape)
     images = list_test_images(data_dir)
     require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions")
@@ -139,8 +152,5 @@ def predict_submission(
     blanked = submission.groupby("class_name")["blanked"].sum()
     kept = (submission["EncodedPixels"] != "").groupby(submission["class_name"]).sum()
     submission = submission[list(CSV_COLUMNS)]
-    if out is not None:
-        write_csv(probs.reset_index(), probs_path_for(out), float_format="%.6f")
-        write_csv(submission, out)
     return PredictSummary(submission, probs, thresholds, source, {c: int(kept[c]) for c in CLASSES},
                           {c: int(blanked[c]) for c in CLASSES}, len(images) / max(seconds, 1e-9))

@@ -10,6 +10,8 @@ then uses it.
 from __future__ import annotations
 
 import json
+import math
+import os
 import tempfile
 import time
 from dataclasses import dataclass
@@ -37,12 +39,14 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import mask2rle, rle2mask
 from cloudpipe.data.kaggle import (
+    SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
+    TRAIN_CSV,
     TRAIN_IMAGES,
     list_test_images,
     require_dir,
 )
-from cloudpipe.data.outputs import check_output, write_csv, write_text
+from cloudpipe.data.outputs import claim_output, write_csv, write_text
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
 from cloudpipe.engine.devices import resolve_device
 from cloudpipe.engine.infer import load_run, stream_probs
@@ -117,7 +121,15 @@ def predict_segmentation(
     (the steps' defaults when the run has none).
     """
     data_dir = require_dir(data_dir)
-    out = check_output(out, overwrite=overwrite)
+    run_files = [p for p in Path(run_dir).rglob("*") if p.is_file()] + [Path(run_dir) / POSTPROCESS_JSON]
+    with claim_output(out, overwrite=overwrite, inputs=[data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
+                      input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]) as out:
+        return _predict_and_write(run_dir, data_dir, split, out, settings)
+
+
+def _predict_and_write(run_dir: Path, data_dir: Path, split: Literal["val", "test"], out: Path,
+                       settings: InferenceSettings) -> SegPrediction:
+    """The work of :func:`predict_segmentation` once its output is checked and locked."""
     device = resolve_device(settings.device)
     started = time.perf_counter()
     if split == "test":
@@ -127,30 +139,44 @@ def predict_segmentation(
     else:
         data, splits = validation_sets(run_dir, data_dir, "segmentation")
         parts = [(load_run(s.folder, "segmentation", device), s.val, data_dir / TRAIN_IMAGES) for s in splits]
-    with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
-        names, store = _predict_to_store(parts, Path(tmp), device, settings)
-        speed = len(names) / (time.perf_counter() - started)
-        dice = None
-        if split == "val":
-            post, dice = tune_postprocess(store, names, data.rles, data.image_shape)
-            write_text(json.dumps(post.to_dict(), indent=2) + "\n", Path(run_dir) / POSTPROCESS_JSON)
-        result = SegPrediction(out, len(names), post, speed)
-        if dice is not None:
-            at_default = default_index(post.steps)
-            if at_default is not None:
-                result.default_dice = float(dice[(slice(None), *at_default)].mean())
-            result.tuned_dice = float(np.mean([dice[k].max() for k in range(len(CLASSES))]))
-        _write_masks(names, store, post, out)
-        del store  # close the memory map before its folder goes
+    names, store = _predict_to_store(parts, out.parent, device, settings)
+    speed = len(names) / (time.perf_counter() - started)
+    dice = None
+    if split == "val":
+        post, dice = tune_postprocess(store, names, data.rles, data.image_shape)
+        write_text(json.dumps(post.to_dict(), indent=2) + "\n", Path(run_dir) / POSTPROCESS_JSON)
+    result = SegPrediction(out, len(names), post, speed)
+    if dice is not None:
+        at_default = default_index(post.steps)
+        if at_default is not None:
+            result.default_dice = float(dice[(slice(None), *at_default)].mean())
+        result.tuned_dice = float(np.mean([dice[k].max() for k in range(len(CLASSES))]))
+    _write_masks(names, store, post, out)
     return result
 
 
-def _predict_to_store(parts, tmp: Path, device: torch.device, settings: InferenceSettings) -> tuple[list[str], np.memmap]:
-    """Stream every part through its model into a uint8 memory map (n, 4, 350, 525) on disk,
-    so memory stays flat however many images there are."""
+def probability_store(folder: Path, shape: tuple[int, ...]) -> np.memmap:
+    """A uint8 memory map of ``shape`` in a file of ``folder`` that has no name: the file is
+    unlinked as soon as it is made (or never named, with ``O_TMPFILE``), so its space returns
+    when the map is dropped or the process ends, even by ``kill -9``. Its space is allocated
+    up front, so a full disk fails here rather than as a SIGBUS mid-run.
+
+    Raises:
+        CloudpipeError: the file cannot be made or sized (e.g. no space left on device).
+    """
+    try:
+        with tempfile.TemporaryFile(dir=folder) as file:  # the map keeps its own handle
+            os.posix_fallocate(file.fileno(), 0, math.prod(shape))
+            return np.memmap(file, dtype=np.uint8, mode="w+", shape=shape)
+    except OSError as err:
+        raise CloudpipeError(f"cannot make the temporary probability store ({err.strerror or err})", path=folder) from None
+
+
+def _predict_to_store(parts, folder: Path, device: torch.device, settings: InferenceSettings) -> tuple[list[str], np.memmap]:
+    """Stream every part through its model into a uint8 memory map (n, 4, 350, 525) on disk
+    in ``folder``, so memory stays flat however many images there are."""
     names = [name for _, images, _ in parts for name in images]
-    store = np.lib.format.open_memmap(tmp / "probs.npy", mode="w+", dtype=np.uint8,
-                                      shape=(len(names), len(CLASSES), *SUBMISSION_SHAPE))
+    store = probability_store(folder, (len(names), len(CLASSES), *SUBMISSION_SHAPE))
     offset = 0
     for run, images, folder in parts:
         paths = [folder / name for name in images]

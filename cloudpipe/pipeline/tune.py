@@ -9,6 +9,7 @@ predictions and the truth, scores every pair kept and blanked, lets
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,7 +39,7 @@ from cloudpipe.data.kaggle import (
     to_wide,
     validate_rle_column,
 )
-from cloudpipe.data.outputs import check_output, write_text
+from cloudpipe.data.outputs import claim_output, write_text
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, read_json
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.validation import validation_sets
@@ -165,16 +166,31 @@ def tune_thresholds(
         raise CloudpipeError(f"objective must be one of {', '.join(METRIC_NAMES)}, got {objective!r}")
     if objective == "dice" and seg is None:
         raise CloudpipeError("the dice objective needs segmentation predictions (--seg VAL_SEG.csv)")
-    probs_csv = run_dir / VAL_PROBS_CSV
     json_path = Path(out) if out is not None else run_dir / THRESHOLDS_JSON
     plot_path = Path(plot) if plot is not None else json_path.with_suffix(".png")
-    if save:
-        if json_path.resolve() == plot_path.resolve():
-            raise CloudpipeError("--plot must differ from --out", path=plot_path)
-        inputs = [p for p in (seg, probs_csv, data_dir / TRAIN_CSV) if p is not None]
-        check_output(json_path, overwrite=overwrite or out is None, inputs=inputs)
-        check_output(plot_path, overwrite=overwrite or (out is None and plot is None), inputs=inputs)
+    with ExitStack() as claims:
+        if save:  # both outputs checked and locked until both are written
+            if json_path.resolve() == plot_path.resolve():
+                raise CloudpipeError("--plot must differ from --out", path=plot_path)
+            inputs = [p for p in (seg, run_dir / VAL_PROBS_CSV, data_dir / TRAIN_CSV) if p is not None]
+            claims.enter_context(claim_output(json_path, overwrite=overwrite or out is None, inputs=inputs))
+            claims.enter_context(claim_output(plot_path, overwrite=overwrite or (out is None and plot is None),
+                                              inputs=inputs))
+        result = _tune(run_dir, data_dir, seg, objective, mask_shape, settings)
+        if save:
+            from cloudpipe.plots import plot_threshold_curves
 
+            write_text(json.dumps(result.to_json(), indent=2) + "\n", json_path)
+            plot_threshold_curves(result.sweeps, plot_path, metric="Dice" if objective == "dice" else "accuracy",
+                                  images=len(result.images))
+            result.json_path, result.plot_path = json_path, plot_path
+    return result
+
+
+def _tune(run_dir: Path, data_dir: Path, seg: Path | None, objective: Objective, mask_shape: tuple[int, int],
+          settings: InferenceSettings) -> TuneResult:
+    """The work of :func:`tune_thresholds` between checking its outputs and writing them."""
+    probs_csv = run_dir / VAL_PROBS_CSV
     train = read_train(data_dir)
     labels = presence(train)
     if probs_csv.exists():
@@ -201,13 +217,5 @@ def tune_thresholds(
             scores = PairScores.accuracy(labels.loc[pred.index])
     p = probs.loc[scores.images].to_numpy()
     sweeps = choose_thresholds(p, scores)
-    result = TuneResult({c: s.threshold for c, s in sweeps.items()}, objective, scores.images, sweeps,
-                        summary_rows(p, scores, sweeps, objective), source)
-    if save:
-        from cloudpipe.plots import plot_threshold_curves
-
-        write_text(json.dumps(result.to_json(), indent=2) + "\n", json_path)
-        plot_threshold_curves(sweeps, plot_path, metric="Dice" if objective == "dice" else "accuracy",
-                              images=len(scores.images))
-        result.json_path, result.plot_path = json_path, plot_path
-    return result
+    return TuneResult({c: s.threshold for c, s in sweeps.items()}, objective, scores.images, sweeps,
+                      summary_rows(p, scores, sweeps, objective), source)
