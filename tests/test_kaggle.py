@@ -135,6 +135,13 @@ def test_line_numbers_count_blank_lines(tmp_path):
     assert "line 6: blank line" in error_of(path, shape=(4, 4))
 
 
+def test_blank_lines_at_the_end_are_ignored(tmp_path):
+    path = write(tmp_path, HEADER + rows("a.jpg") + "\n\n")
+    assert list(read_mask_csv(path)["image"]) == ["a.jpg"] * 4
+    with pytest.raises(CloudpipeError, match="has a header but no rows"):
+        read_mask_csv(write(tmp_path, HEADER + "\n\n"))
+
+
 def test_cell_spanning_lines(tmp_path):
     text = HEADER + rows("a.jpg", ("", '"1 1\n3 1"', "", "")) + rows("b.jpg", ("", "", "", "x"))
     message = error_of(write(tmp_path, text))

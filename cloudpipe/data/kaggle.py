@@ -30,8 +30,9 @@ PROBS_COLUMNS: tuple[str, ...] = ("image", *CLASSES)
 def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     """Read a CSV as text (empty cells stay ``""``) and check it has exactly ``columns``.
 
-    Row ``i`` of the frame is line ``i + 2`` of the file: blank lines (which pandas would skip,
-    shifting every later line number) and cells spanning several lines are refused.
+    Row ``i`` of the frame is line ``i + 2`` of the file: blank lines between rows (which pandas
+    would skip, shifting every later line number) and cells spanning several lines are refused;
+    blank lines at the end of the file are ignored.
 
     Raises:
         CloudpipeError: missing or unreadable file, no header, wrong columns, no rows, a blank
@@ -56,9 +57,11 @@ def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
         raise CloudpipeError(
             f"the first row has more fields than the header's {len(frame.columns)}", path=path, line=2
         )
+    blank = (frame == "").all(axis=1).to_numpy()
+    rows = len(blank) - int(np.argmin(blank[::-1])) if not blank.all() else 0  # blank lines at the end are harmless
+    frame, blank = frame.iloc[:rows], blank[:rows]
     if frame.empty:
         raise CloudpipeError("has a header but no rows", path=path)
-    blank = (frame == "").all(axis=1).to_numpy()
     if blank.any():
         raise CloudpipeError("blank line (or only empty fields)", path=path, line=int(np.argmax(blank)) + 2)
     multiline = frame.apply(lambda column: column.str.contains("[\r\n]")).any(axis=1).to_numpy()
