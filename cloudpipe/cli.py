@@ -278,6 +278,31 @@ def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path | None, ove
 
 
 @main.command()
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (images; train.csv).")
+@click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True, help="Segmentation masks to score (its images are scored).")
+@click.option("--run", "run_dir", type=EXISTING_DIR, default=None, help="Classifier run: val_probs.csv and thresholds.json.")
+@click.option("--probs", "probs_csv", type=EXISTING_FILE, default=None, help="Presence probabilities (e.g. predict's *_probs.csv).")
+@click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None,
+              help="The gate's thresholds [default: RUN/thresholds.json, else tuned on these images].")
+@click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None, help="Truth masks [default: DATA/train.csv].")
+@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+              help="Mask size of --truth [default: the training images' size for train.csv, else 350 525].")
+@shape_option("--mask-shape", (350, 525), "Mask size of --seg.")
+@click.option("--out", type=NEW_PATH, default=Path("report.html"), help="HTML page to write.")
+@click.option("--overlays", type=click.IntRange(min=0), default=6, help="Worst images drawn (and half as many best).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing page.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def report(data_dir: Path, seg_csv: Path, out: Path, overlays: int, overwrite: bool, quiet: bool, **inputs) -> None:
+    """Score segmentation masks alone, gated and against the oracle, say where the Dice goes,
+    and write it all as one self-contained HTML page."""
+    from cloudpipe.pipeline.report import write_report
+
+    result = write_report(data_dir, seg_csv, out, overwrite=overwrite, overlays=overlays, progress=not quiet, **inputs)
+    click.echo(format_table(result.headline))
+    click.echo(f"{len(result.scored.stats.images)} images in {result.seconds:.1f} s; wrote {result.path}")
+
+
+@main.command()
 @click.option("--out", "out_dir", type=NEW_PATH, default=Path("demo"), help="Folder for data, runs and submissions.")
 @click.option("--size", type=click.Choice(["tiny", "small", "medium"]), default="small",
               help="tiny: seconds (tests); small: a few CPU minutes; medium: tens of minutes.")
@@ -285,13 +310,11 @@ def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path | None, ove
 @click.option("--quiet", is_flag=True, help="No progress bars.")
 def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
     """Run the whole two-stage pipeline on synthetic data and print the test Dice."""
-    from cloudpipe.core.competition import CLASSES
     from cloudpipe.pipeline.demo import run_demo
 
     result = run_demo(out_dir, size, overwrite=overwrite, progress=not quiet, echo=click.echo)
     click.echo("\nTest Dice (synthetic test set, Kaggle metric):")
-    click.echo(format_table([{"submission": name, **{c: d[c] for c in CLASSES}, "mean": d["mean"]}
-                             for name, d in result.dice.items()]))
+    click.echo(format_table(result.rows))
     click.echo("\nSeconds per step: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items())
                + f" (total {sum(result.seconds.values()):.0f})")
     for what, path in result.files.items():

@@ -1,11 +1,14 @@
-"""Figures, written as PNG files with matplotlib's Agg canvas (no display, no global state).
+"""Figures on matplotlib's Agg canvas (no display, no global state): builders return a
+``Figure``; :func:`save_png` writes one atomically, :func:`image_bytes` gives its bytes (for a
+page that embeds it).
 
 matplotlib is imported inside the functions: importing cloudpipe stays fast.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import io
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,8 +20,30 @@ if TYPE_CHECKING:
     from cloudpipe.algorithms.thresholds import Sweep
 
 
-def plot_threshold_curves(sweeps: Mapping[str, Sweep], path: Path, *, metric: str = "Dice",
-                          images: int | None = None) -> Path:
+def _figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def save_png(fig, path: Path) -> Path:
+    """Write a figure as PNG, atomically; returns ``path``."""
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
+
+
+def image_bytes(fig, format: str = "png") -> bytes:
+    """A figure as PNG (or ``jpeg``: far smaller for photographs) bytes."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format=format, **({"pil_kwargs": {"quality": 85}} if format == "jpeg" else {}))
+    return buffer.getvalue()
+
+
+def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", images: int | None = None):
     """Plot each class's mean score against its threshold, the chosen point marked.
 
     The score is a step function of the threshold: constant between two candidates, so each
@@ -27,18 +52,10 @@ def plot_threshold_curves(sweeps: Mapping[str, Sweep], path: Path, *, metric: st
 
     Args:
         sweeps: class -> :class:`~cloudpipe.algorithms.thresholds.Sweep`, one panel each (up to 4).
-        path: PNG file to write (atomically).
         metric: name of the score on the y axis.
         images: number of validation images, for the title.
-
-    Returns:
-        ``path``.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(10, 7), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    fig = _figure(10, 7)
     axes = fig.subplots(2, 2, sharex=True).ravel()
     for ax, (cls, s) in zip(axes, sweeps.items()):
         x, y = s.thresholds, s.scores
@@ -58,45 +75,68 @@ def plot_threshold_curves(sweeps: Mapping[str, Sweep], path: Path, *, metric: st
     for ax in axes[-2:]:
         ax.set_xlabel("threshold (mask blanked when probability < threshold)")
     fig.suptitle(f"{metric} against presence threshold" + (f" ({images} validation images)" if images else ""))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
+    return fig
 
 
-def plot_overlay(image: np.ndarray, path: Path, *, truth: np.ndarray | None = None, pred: np.ndarray | None = None,
-                 title: str = "") -> Path:
+def overlay_figure(image: np.ndarray, *, truth: np.ndarray | None = None, pred: np.ndarray | None = None,
+                   title: str = "", width: float = 12, dice: Sequence[float] | None = None):
     """One panel per class: the image, truth masks in green and predicted masks in red
     (overlap yellow), each mask's area in the panel title.
 
     Args:
         image: RGB uint8 (H, W, 3).
-        path: PNG file to write (atomically).
         truth, pred: 0/1 masks (4, H, W) at the image's size, or None.
         title: figure title.
-
-    Returns:
-        ``path``.
+        width: figure width in inches.
+        dice: per class Dice, shown in each panel's title, or None.
     """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
     from cloudpipe.core.competition import CLASSES
 
-    height, width = image.shape[:2]
-    fig = Figure(figsize=(12, 12 * height / width + 0.6), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
+    height, pixels_wide = image.shape[:2]
+    fig = _figure(width, width * height / pixels_wide + 0.6)
     for k, (ax, cls) in enumerate(zip(fig.subplots(2, 2).ravel(), CLASSES)):
-        t = truth[k].astype(bool) if truth is not None else np.zeros((height, width), bool)
-        p = pred[k].astype(bool) if pred is not None else np.zeros((height, width), bool)
-        tint = np.zeros((height, width, 3), np.float32)
+        t = truth[k].astype(bool) if truth is not None else np.zeros((height, pixels_wide), bool)
+        p = pred[k].astype(bool) if pred is not None else np.zeros((height, pixels_wide), bool)
+        tint = np.zeros((height, pixels_wide, 3), np.float32)
         tint[t & ~p], tint[p & ~t], tint[t & p] = (0, 255, 0), (255, 0, 0), (255, 255, 0)
         on = (t | p)[..., None]
         shown = np.where(on, 0.55 * image + 0.45 * tint, image)
         parts = [f"{name} {m.mean():.0%}" for name, m, given in (("truth", t, truth), ("pred", p, pred)) if given is not None]
         ax.imshow(shown.clip(0, 255).astype(np.uint8))
+        if dice is not None:
+            parts.append(f"Dice {dice[k]:.2f}")
         ax.set_title(f"{cls}" + (f" ({', '.join(parts)})" if parts else ""))
         ax.set_axis_off()
     fig.suptitle(title + "  (truth green, prediction red, both yellow)")
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    return Path(path)
+    return fig
+
+
+def lines_figure(x: Sequence[str], series: Mapping[str, Sequence[float]], *, title: str, xlabel: str, ylabel: str,
+                 counts: Sequence[int] | None = None):
+    """One line per series over categorical ``x`` (bins), markers at each point; ``counts``
+    (pairs per bin) as a grey bar chart on a second axis.
+
+    Args:
+        x: bin labels.
+        series: name -> one value per bin (NaN: no point).
+        counts: optional number of pairs per bin.
+    """
+    fig = _figure(8, 4.2)
+    ax = fig.subplots()
+    positions = np.arange(len(x))
+    if counts is not None:
+        bars = ax.twinx()
+        bars.bar(positions, counts, color="0.85", width=0.6, zorder=0)
+        bars.set_ylabel("pairs")
+        ax.set_zorder(bars.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    for name, values in series.items():
+        ax.plot(positions, values, marker="o", label=name)
+    ax.set_xticks(positions, x, rotation=30, ha="right")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best", fontsize=8)
+    return fig

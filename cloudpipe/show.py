@@ -8,26 +8,24 @@ import numpy as np
 
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.core.masks import resize_nearest
-from cloudpipe.core.rle import rle2mask
+from cloudpipe.core.masks import decode_masks
 from cloudpipe.data.images import jpeg_size, read_image, reduction_for
 from cloudpipe.data.kaggle import (
     TEST_IMAGES,
     TRAIN_CSV,
     TRAIN_IMAGES,
+    find_image,
     read_mask_csv,
     require_dir,
     to_wide,
 )
 from cloudpipe.data.outputs import claim_output
-from cloudpipe.plots import plot_overlay
+from cloudpipe.plots import overlay_figure, save_png
 
 
 def _masks(frame, image: str, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:
     wide = to_wide(frame)
-    if image not in wide.index:
-        return None
-    return np.stack([resize_nearest(rle2mask(wide.loc[image, c], shape), size) for c in CLASSES])
+    return decode_masks(wide.loc[image, list(CLASSES)], shape, size) if image in wide.index else None
 
 
 def show_image(data_dir: Path, image: str, out: Path, *, pred: Path | None = None,
@@ -42,14 +40,11 @@ def show_image(data_dir: Path, image: str, out: Path, *, pred: Path | None = Non
     data_dir = require_dir(data_dir)
     with claim_output(out, overwrite=overwrite, inputs=[pred, data_dir / TRAIN_CSV],
                       input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]):
-        folder = next((f for f in (TRAIN_IMAGES, TEST_IMAGES) if (data_dir / f / image).is_file()), None)
-        if folder is None:
-            raise CloudpipeError(f"image {image!r} is in neither {TRAIN_IMAGES}/ nor {TEST_IMAGES}/", path=data_dir)
-        path = data_dir / folder / image
+        path = find_image(data_dir, image)
         source = jpeg_size(path)
         size = SUBMISSION_SHAPE
         truth = None
-        if folder == TRAIN_IMAGES and (data_dir / TRAIN_CSV).is_file():
+        if path.parent.name == TRAIN_IMAGES and (data_dir / TRAIN_CSV).is_file():
             truth = _masks(read_mask_csv(data_dir / TRAIN_CSV, shape=source), image, source, size)
         predicted = None
         if pred is not None:
@@ -59,4 +54,4 @@ def show_image(data_dir: Path, image: str, out: Path, *, pred: Path | None = Non
         if truth is None and predicted is None:
             raise CloudpipeError(f"no truth for test image {image!r}: pass --pred SUB.csv to show predictions")
         pixels = read_image(path, size, reduction_for(source, size))
-        return plot_overlay(pixels, out, truth=truth, pred=predicted, title=image)
+        return save_png(overlay_figure(pixels, truth=truth, pred=predicted, title=image), out)

@@ -9,8 +9,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label
+from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.rle import mask2rle, rle2mask
+from cloudpipe.data.kaggle import read_train, to_wide
 from cloudpipe.data.synth import make_dataset
 
 TINY_SHAPE = (64, 96)
@@ -48,3 +54,28 @@ def dead_pid() -> int:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait()
     return child.pid
+
+
+def _noisy_segmentation(data_dir: Path, images: list[str], seed: int = 0) -> pd.DataFrame:
+    """Segmentation 'predictions' at the submission size: truth, shifted, plus false-positive
+    blocks in some absent classes."""
+    rng = np.random.default_rng(seed)
+    truth = to_wide(read_train(data_dir))
+    image_shape = (64, 96)
+    rows = []
+    for image in images:
+        for c in CLASSES:
+            mask = resize_nearest(rle2mask(truth.loc[image, c], image_shape), SUBMISSION_SHAPE)
+            mask = np.roll(mask, int(rng.integers(-30, 30)), axis=1)
+            if not mask.any() and rng.random() < 0.7:
+                top, left = int(rng.integers(0, 250)), int(rng.integers(0, 400))
+                mask = np.zeros(SUBMISSION_SHAPE, np.uint8)
+                mask[top:top + 100, left:left + 120] = 1
+            rows.append((join_label(image, c), mask2rle(mask)))
+    return pd.DataFrame(rows, columns=["Image_Label", "EncodedPixels"])
+
+
+@pytest.fixture(scope="session")
+def noisy_segmentation():
+    """A maker of segmentation 'predictions' for images of a tiny dataset (see its docstring)."""
+    return _noisy_segmentation

@@ -16,13 +16,16 @@ def test_demo_tiny_end_to_end(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--size", "tiny", "--quiet"])
     assert result.exit_code == 0, result.output
     for step in ("synth", "train-seg", "predict-seg val", "predict-seg test", "train-classifier", "tune-threshold",
-                 "predict 0.5", "predict tuned"):
+                 "predict", "report"):
         assert f"== {step}" in result.output
     rows = {}
-    for name in ("segmentation alone", "gated at 0.5", "gated, tuned thresholds"):
+    for name in ("all masks empty", "segmentation alone", "gated at 0.5", "gated, tuned thresholds",
+                 "gated by true presence (oracle)"):
         line = next(line for line in result.output.splitlines() if line.strip().startswith(name))
         rows[name] = [float(v) for v in re.findall(r"\d\.\d{4}", line)]
         assert len(rows[name]) == 5 and all(0 <= v <= 1 for v in rows[name])  # 4 classes + mean
+    assert "capture share" in result.output and (out / "report.html").stat().st_size > 10_000
+    assert rows["gated by true presence (oracle)"][4] >= max(r[4] for r in rows.values())
     assert "Seconds per step" in result.output
     # The files a user would look at.
     assert (out / "runs" / "classifier" / "thresholds.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

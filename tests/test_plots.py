@@ -7,7 +7,7 @@ import numpy as np
 
 from cloudpipe.algorithms.thresholds import sweep
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.plots import plot_threshold_curves
+from cloudpipe.plots import save_png, threshold_figure
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -23,7 +23,7 @@ def sweeps(n: int = 50, seed: int = 0):
 
 def test_threshold_curves_png(tmp_path):
     path = tmp_path / "curves.png"
-    assert plot_threshold_curves(sweeps(), path, metric="Dice", images=50) == path
+    assert save_png(threshold_figure(sweeps(), metric="Dice", images=50), path) == path
     data = path.read_bytes()
     assert data[:8] == PNG_SIGNATURE and len(data) > 20_000
     image = cv2.imread(str(path))
@@ -38,5 +38,5 @@ def test_threshold_curves_png(tmp_path):
 
 def test_fewer_classes_and_probability_one(tmp_path):
     one = sweep(np.array([0.0, 1.0, 0.5]), np.array([0.2, 0.9, 0.1]), np.array([1.0, 0.0, 1.0]))
-    path = plot_threshold_curves({"Fish": one}, tmp_path / "one.png", metric="accuracy")
+    path = save_png(threshold_figure({"Fish": one}, metric="accuracy"), tmp_path / "one.png")
     assert path.read_bytes()[:8] == PNG_SIGNATURE

@@ -74,6 +74,9 @@ def test_predict_seg_val_and_test(seg_run, tiny_data, tmp_path):
     default = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet")
     assert default.exit_code == 0, default.output
     assert read_mask_csv(seg_run / "test_seg.csv")["Image_Label"].tolist() == list(sample["Image_Label"])
+    again = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet",
+                   "--overwrite")  # its own earlier output inside the run is not an input
+    assert again.exit_code == 0, again.output
 
 
 def test_predict_seg_refuses_a_classifier_run(tiny_classifier_run, tiny_data, tmp_path):

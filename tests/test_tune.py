@@ -16,9 +16,7 @@ from cloudpipe.algorithms.gating import gate
 from cloudpipe.cli import main
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.metric import accuracy, dice_table, pair_stats
-from cloudpipe.core.rle import mask2rle, rle2mask
 from cloudpipe.data.kaggle import presence, read_probs_csv, read_train, to_wide
 from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
@@ -48,27 +46,8 @@ def write_probs(path: Path, probs: pd.DataFrame) -> Path:
     return path
 
 
-def noisy_segmentation(data_dir: Path, images: list[str], seed: int = 0) -> pd.DataFrame:
-    """Segmentation 'predictions' at the submission size: truth, shifted, plus false-positive
-    blocks in some absent classes."""
-    rng = np.random.default_rng(seed)
-    truth = to_wide(read_train(data_dir))
-    image_shape = (64, 96)
-    rows = []
-    for image in images:
-        for c in CLASSES:
-            mask = resize_nearest(rle2mask(truth.loc[image, c], image_shape), SUBMISSION_SHAPE)
-            mask = np.roll(mask, int(rng.integers(-30, 30)), axis=1)
-            if not mask.any() and rng.random() < 0.7:
-                top, left = int(rng.integers(0, 250)), int(rng.integers(0, 400))
-                mask = np.zeros(SUBMISSION_SHAPE, np.uint8)
-                mask[top:top + 100, left:left + 120] = 1
-            rows.append((join_label(image, c), mask2rle(mask)))
-    return pd.DataFrame(rows, columns=["Image_Label", "EncodedPixels"])
-
-
 @pytest.fixture(scope="module")
-def tuning_case(tiny_data, tmp_path_factory):
+def tuning_case(tiny_data, tmp_path_factory, noisy_segmentation):
     """A hand-built run (only ``val_probs.csv``: 16 of the 24 training images, informative but
     imperfect) and segmentation predictions on 20 images, 12 of them validation images."""
     root = tmp_path_factory.mktemp("tuning")

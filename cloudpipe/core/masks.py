@@ -1,9 +1,13 @@
-"""Operations on binary masks: nearest-neighbour resizing, small-component removal."""
+"""Operations on binary masks: decoding a pair's set, nearest-neighbour resizing, small-component removal."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import cv2
 import numpy as np
+
+from cloudpipe.core.rle import rle2mask
 
 
 def _nearest_index(source: int, target: int) -> np.ndarray:
@@ -32,3 +36,9 @@ def remove_small_components(mask: np.ndarray, min_size: int) -> np.ndarray:
     keep = np.zeros(count, dtype=np.uint8)
     keep[1:] = stats[1:, cv2.CC_STAT_AREA] >= min_size
     return keep[labels]
+
+
+def decode_masks(rles: Sequence[str], shape: tuple[int, int], size: tuple[int, int] | None = None) -> np.ndarray:
+    """One image's masks (k, H, W) from its RLE strings at ``shape``, resized (nearest) to
+    ``size`` when given."""
+    return np.stack([resize_nearest(rle2mask(r, shape), size or shape) for r in rles])

@@ -182,6 +182,19 @@ def require_dir(path: Path) -> Path:
     return path
 
 
+def find_image(data_dir: Path, image: str) -> Path:
+    """The file of a train or test image: ``DIR/train_images/<image>`` or ``DIR/test_images/<image>``.
+
+    Raises:
+        CloudpipeError: in neither folder.
+    """
+    for folder in (TRAIN_IMAGES, TEST_IMAGES):
+        path = Path(data_dir) / folder / image
+        if path.is_file():
+            return path
+    raise CloudpipeError(f"image {image!r} is in neither {TRAIN_IMAGES}/ nor {TEST_IMAGES}/", path=data_dir)
+
+
 def list_test_images(data_dir: Path) -> list[str]:
     """The test images in official order: from ``sample_submission.csv`` when present, else
     the sorted names in ``DIR/test_images/``."""

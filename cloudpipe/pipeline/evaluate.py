@@ -36,6 +36,20 @@ def evaluate_files(
         CloudpipeError: invalid CSVs or RLE, either file read at a larger mask size than it
             was written at, or prediction images that the truth lacks.
     """
+    truth, pred = read_truth_and_prediction(truth_csv, pred_csv, truth_shape, pred_shape)
+    table = dice_table(pair_stats(truth, pred, truth_shape, pred_shape).dice())
+    return Evaluation(table, len(pred), len(truth))
+
+
+def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int],
+                              pred_shape: tuple[int, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Both mask files as wide frames (one row per image), checked: valid RLE at their
+    shapes, neither read at a larger size than it was written at, and every prediction image
+    in the truth.
+
+    Raises:
+        CloudpipeError: naming the file, line and problem.
+    """
     known = (truth_shape, pred_shape, SUBMISSION_SHAPE, IMAGE_SHAPE)
     truth_frame = read_mask_csv(truth_csv, shape=truth_shape)
     _check_shape(truth_frame, truth_csv, truth_shape, known, "--truth-shape")
@@ -44,8 +58,7 @@ def evaluate_files(
     truth, pred = to_wide(truth_frame), to_wide(pred_frame)
     covered = [i for i in pred.index if i in truth.index]  # so that only extra images are named
     require_same_images(covered, list(pred.index), f"{pred_csv}: compared with {truth_csv}, it")
-    table = dice_table(pair_stats(truth, pred, truth_shape, pred_shape).dice())
-    return Evaluation(table, len(pred), len(truth))
+    return truth, pred
 
 
 def _check_shape(

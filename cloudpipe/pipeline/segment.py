@@ -47,7 +47,7 @@ from cloudpipe.data.kaggle import (
     require_dir,
 )
 from cloudpipe.data.outputs import claim_output, write_csv, write_text
-from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
+from cloudpipe.data.runfolder import CONFIG_YAML, POSTPROCESS_JSON, SPLITS_CSV, read_json
 from cloudpipe.engine.devices import resolve_device
 from cloudpipe.engine.infer import load_run, stream_probs
 from cloudpipe.engine.settings import InferenceSettings
@@ -121,7 +121,8 @@ def predict_segmentation(
     (the steps' defaults when the run has none).
     """
     data_dir = require_dir(data_dir)
-    run_files = [p for p in Path(run_dir).rglob("*") if p.is_file()] + [Path(run_dir) / POSTPROCESS_JSON]
+    run = Path(run_dir)  # what the command reads of the run: its models, config, split and post-processing
+    run_files = [*run.rglob("*.pt"), *run.rglob(CONFIG_YAML), *run.rglob(SPLITS_CSV), run / POSTPROCESS_JSON]
     with claim_output(out, overwrite=overwrite, inputs=[data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
                       input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]) as out:
         return _predict_and_write(run_dir, data_dir, split, out, settings)

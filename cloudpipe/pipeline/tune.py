@@ -178,11 +178,11 @@ def tune_thresholds(
                                               inputs=inputs))
         result = _tune(run_dir, data_dir, seg, objective, mask_shape, settings)
         if save:
-            from cloudpipe.plots import plot_threshold_curves
+            from cloudpipe.plots import save_png, threshold_figure
 
             write_text(json.dumps(result.to_json(), indent=2) + "\n", json_path)
-            plot_threshold_curves(result.sweeps, plot_path, metric="Dice" if objective == "dice" else "accuracy",
-                                  images=len(result.images))
+            save_png(threshold_figure(result.sweeps, metric="Dice" if objective == "dice" else "accuracy",
+                                      images=len(result.images)), plot_path)
             result.json_path, result.plot_path = json_path, plot_path
     return result
 

@@ -1,0 +1,316 @@
+"""``cloudpipe report``: how good the pipeline is, stage by stage, in one self-contained page.
+
+Scores one set of segmentation masks several ways (all empty, alone, gated at 0.5, gated with
+tuned thresholds, gated by the true presence), says where the Dice is won and lost (the four
+kinds of presence decision per class, Dice against mask area and against presence
+probability, the threshold curves), and shows the worst and best images as overlays. The page
+is one HTML file with its pictures embedded: no network, no JavaScript.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cloudpipe.algorithms.breakdown import (
+    DECISIONS,
+    binned_mean,
+    decisions,
+    gated_dice,
+    headline,
+    keep_mask,
+    rank_images,
+)
+from cloudpipe.algorithms.thresholds import PairScores, choose_thresholds
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.masks import decode_masks
+from cloudpipe.core.metric import PairStats, pair_stats
+from cloudpipe.data.images import check_images, jpeg_size, read_image, reduction_for
+from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, find_image, read_probs_csv, require_dir
+from cloudpipe.data.outputs import claim_output, write_text
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV
+from cloudpipe.pipeline.evaluate import read_truth_and_prediction
+from cloudpipe.pipeline.tune import load_thresholds
+
+AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000, SUBMISSION_SHAPE[0] * SUBMISSION_SHAPE[1])
+"""Bins of true mask area (pixels at 350 x 525) for Dice against area."""
+PROB_EDGES = tuple(np.round(np.linspace(0, 1, 11), 2))
+"""Bins of presence probability for Dice against probability."""
+
+
+@dataclass
+class Scored:
+    """A segmentation submission scored against the truth, with its presence probabilities."""
+
+    stats: PairStats
+    truth: pd.DataFrame  # wide RLE frames (image rows, class columns) and their mask sizes
+    pred: pd.DataFrame
+    truth_shape: tuple[int, int]
+    mask_shape: tuple[int, int]
+    probs: np.ndarray | None = None
+    thresholds: dict[str, float] | None = None
+    thresholds_source: str = ""
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def headline(self) -> list[dict]:
+        """See :func:`cloudpipe.algorithms.breakdown.headline`."""
+        return headline(self.stats, self.probs, self.thresholds)
+
+    def best_gate(self) -> np.ndarray:
+        """Which pairs the best gate given keeps (tuned, else 0.5, else all)."""
+        if self.probs is None:
+            return np.ones_like(self.stats.truth_area, dtype=bool)
+        return keep_mask(self.probs, self.thresholds if self.thresholds is not None else 0.5)
+
+
+def score_submission(
+    data_dir: Path,
+    seg_csv: Path,
+    *,
+    run_dir: Path | None = None,
+    probs_csv: Path | None = None,
+    thresholds_file: Path | None = None,
+    truth_csv: Path | None = None,
+    truth_shape: tuple[int, int] | None = None,
+    mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
+    progress: bool = True,
+) -> Scored:
+    """Pair statistics of ``seg_csv`` against the truth, and the probabilities and thresholds
+    of the gate.
+
+    Args:
+        data_dir: Kaggle-layout folder (its ``train.csv`` is the default truth).
+        seg_csv: segmentation masks (Kaggle CSV at ``mask_shape``), scored on its images.
+        run_dir: classifier run: ``val_probs.csv`` and ``thresholds.json`` (validation images).
+        probs_csv: presence probabilities (e.g. ``predict``'s ``<stem>_probs.csv``); wins over
+            the run's.
+        thresholds_file: the tuned gate's thresholds; default the run's ``thresholds.json``;
+            without either, thresholds are tuned on these very images (in-sample, said so).
+        truth_csv: truth masks; default ``DIR/train.csv``.
+        truth_shape: mask size of the truth; default the training images' size for
+            ``train.csv``, else the submission size (350 x 525).
+
+    Raises:
+        CloudpipeError: missing files, malformed CSVs, truth or probabilities lacking images of
+            the submission, or masks read at the wrong size.
+    """
+    data_dir = require_dir(data_dir)
+    default_truth = truth_csv is None
+    truth_csv = Path(truth_csv) if truth_csv is not None else data_dir / TRAIN_CSV
+    sources = {"segmentation": str(seg_csv), "truth": str(truth_csv)}
+    if truth_shape is None:
+        truth_shape = check_images((data_dir / TRAIN_IMAGES).glob("*.jpg")) if default_truth else SUBMISSION_SHAPE
+    truth, pred = read_truth_and_prediction(truth_csv, Path(seg_csv), truth_shape, mask_shape)
+    images = list(pred.index)
+    parts = []
+    for start in tqdm(range(0, len(images), 64), desc="scoring", unit="chunk", disable=not progress, leave=False):
+        parts.append(pair_stats(truth, pred.iloc[start:start + 64], truth_shape, mask_shape))
+    stats = PairStats(images, *(np.concatenate([getattr(p, a) for p in parts]) for a in ("intersection", "pred_area", "truth_area")))
+    scored = Scored(stats, truth, pred, truth_shape, mask_shape, sources=sources)
+    probs_path = Path(probs_csv) if probs_csv is not None else (Path(run_dir) / VAL_PROBS_CSV if run_dir is not None else None)
+    if probs_path is None:
+        if thresholds_file is not None:
+            raise CloudpipeError("--thresholds needs presence probabilities (--probs PROBS.csv or --run RUN)")
+        return scored
+    probs = read_probs_csv(probs_path)
+    missing = [i for i in images if i not in probs.index]
+    if missing:
+        raise CloudpipeError(f"no probabilities for {len(missing)} image(s) of {seg_csv} (e.g. {', '.join(missing[:3])})",
+                             path=probs_path)
+    scored.probs = probs.loc[images].to_numpy()
+    sources["probabilities"] = str(probs_path)
+    if thresholds_file is None and run_dir is not None and (Path(run_dir) / THRESHOLDS_JSON).is_file():
+        thresholds_file = Path(run_dir) / THRESHOLDS_JSON
+    if thresholds_file is not None:
+        scored.thresholds, scored.thresholds_source = load_thresholds(thresholds_file), str(thresholds_file)
+    else:
+        sweeps = choose_thresholds(scored.probs, PairScores(images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0))
+        scored.thresholds = {c: s.threshold for c, s in sweeps.items()}
+        scored.thresholds_source = "tuned on these images (in-sample: an upper bound)"
+    sources["thresholds"] = scored.thresholds_source
+    return scored
+
+
+@dataclass
+class Report:
+    """What :func:`write_report` wrote."""
+
+    path: Path
+    scored: Scored
+    headline: list[dict]
+    seconds: float
+
+
+def write_report(
+    data_dir: Path,
+    seg_csv: Path,
+    out: Path,
+    *,
+    overwrite: bool = False,
+    overlays: int = 6,
+    progress: bool = True,
+    **inputs,
+) -> Report:
+    """Score ``seg_csv`` (see :func:`score_submission`, which takes ``inputs``) and write the
+    report page to ``out`` (atomically; an existing file only with ``overwrite``).
+
+    Args:
+        overlays: how many of the worst images to draw (and half as many of the best).
+
+    Raises:
+        CloudpipeError: as :func:`score_submission`, or an output that may not be written.
+    """
+    started = time.perf_counter()
+    given = [Path(p) for p in (seg_csv, inputs.get("probs_csv"), inputs.get("truth_csv"), inputs.get("thresholds_file")) if p]
+    with claim_output(out, overwrite=overwrite, inputs=[*given, Path(data_dir) / TRAIN_CSV]) as out:
+        scored = score_submission(data_dir, seg_csv, progress=progress, **inputs)
+        page = render_page(scored, Path(data_dir), Path(seg_csv).name, overlays, progress)
+        write_text(page, out)
+    return Report(out, scored, scored.headline(), time.perf_counter() - started)
+
+
+# ----------------------------------------------------------------------------- the page
+
+
+def _img(fig, alt: str, format: str = "png") -> str:
+    """A figure as an ``<img>`` with its picture inside (a data URI)."""
+    from cloudpipe.plots import image_bytes
+
+    data = base64.b64encode(image_bytes(fig, format)).decode()
+    return f'<img alt="{html.escape(alt)}" src="data:image/{format};base64,{data}">'
+
+
+def _table(rows: list[dict], digits: int = 4) -> str:
+    def cell(value) -> str:
+        if isinstance(value, float):
+            return "—" if np.isnan(value) else f"{value:.{digits}f}"
+        return html.escape(str(value))
+
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
+    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _decision_rows(scored: Scored) -> list[dict]:
+    table = decisions(scored.stats, scored.best_gate())
+    rows = []
+    for k, c in enumerate(CLASSES):
+        row: dict = {"class": c}
+        for j, d in enumerate(DECISIONS):
+            row[f"{d}: pairs"] = int(table.counts[k, j])
+        row["Dice gained by blanking absent"] = float(table.effect[k, 3])
+        row["Dice lost by blanking present"] = float(table.effect[k, 2])
+        row["net"] = float(table.effect[k].sum())
+        rows.append(row)
+    return rows
+
+
+def _area_figure(scored: Scored):
+    from cloudpipe.plots import lines_figure
+
+    stats, present = scored.stats, scored.stats.truth_area > 0
+    alone = stats.dice()
+    labels = [f"{AREA_EDGES[i]:,}-{AREA_EDGES[i + 1]:,}" for i in range(len(AREA_EDGES) - 1)]
+    series, counts = {}, np.zeros(len(labels), int)
+    for k, c in enumerate(CLASSES):
+        mean, count = binned_mean(alone[present[:, k], k], stats.truth_area[present[:, k], k].astype(float), AREA_EDGES)
+        series[c] = mean
+        counts += count
+    return lines_figure(labels, series, title="Segmentation Dice against true mask area (present pairs)",
+                        xlabel="true mask area, pixels at 350 x 525", ylabel="mean Dice (kept)", counts=counts)
+
+
+def _probability_figures(scored: Scored) -> list:
+    """Two figures over presence-probability bins, per class: the mean Dice of the kept masks,
+    and the share of pairs whose class is present (the classifier's calibration)."""
+    from cloudpipe.plots import lines_figure
+
+    labels = [f"{PROB_EDGES[i]:.1f}-{PROB_EDGES[i + 1]:.1f}" for i in range(len(PROB_EDGES) - 1)]
+    present = (scored.stats.truth_area > 0).astype(float)
+    figures = []
+    for values, title, ylabel in ((scored.stats.dice(), "Segmentation Dice against presence probability", "mean Dice (kept)"),
+                                  (present, "Share of pairs present against presence probability (calibration)",
+                                   "share present")):
+        series, counts = {}, np.zeros(len(labels), int)
+        for k, c in enumerate(CLASSES):
+            series[c], count = binned_mean(values[:, k], scored.probs[:, k], PROB_EDGES)
+            counts += count
+        figures.append(lines_figure(labels, series, title=title, xlabel="presence probability", ylabel=ylabel, counts=counts))
+    return figures
+
+
+def _overlay(scored: Scored, data_dir: Path, image: str, dice: np.ndarray) -> str:
+    from cloudpipe.plots import overlay_figure
+
+    path = find_image(data_dir, image)
+    source = jpeg_size(path)
+    pixels = read_image(path, SUBMISSION_SHAPE, reduction_for(source, SUBMISSION_SHAPE))
+    truth = decode_masks(scored.truth.loc[image, list(CLASSES)], scored.truth_shape, SUBMISSION_SHAPE)
+    pred = decode_masks(scored.pred.loc[image, list(CLASSES)], scored.mask_shape, SUBMISSION_SHAPE)
+    keep = scored.best_gate()[scored.stats.images.index(image)]
+    pred = pred * keep[:, None, None]  # as submitted: blanked classes drawn empty
+    return _img(overlay_figure(pixels, truth=truth, pred=pred, title=f"{image}: mean Dice {dice.mean():.2f}", width=9,
+                               dice=dice), f"overlay of {image}", "jpeg")
+
+
+STYLE = """
+body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; padding: 0 1em; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
+th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
+tr.key td { font-weight: bold; background: #fffbe6; }
+img { max-width: 100%; display: block; margin: 0.6em 0; }
+p.note { color: #555; font-size: 0.92em; } code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def render_page(scored: Scored, data_dir: Path, title: str, overlays: int, progress: bool) -> str:
+    """The report as one HTML document (pictures embedded as PNG data URIs)."""
+    from cloudpipe.plots import threshold_figure
+
+    stats = scored.stats
+    n = len(stats.images)
+    rows = scored.headline()
+    sections = [f"<h1>cloudpipe report: {html.escape(title)}</h1>",
+                f"<p>{n} images, {n * len(CLASSES)} (image, class) pairs; classes {', '.join(CLASSES)}. "
+                "Kaggle Dice: mean over pairs, 1 for an empty mask of an absent class.</p>",
+                "<h2>Headline</h2>", _table(rows).replace("<tr><td>gated by true presence", '<tr class="key"><td>gated by true presence'),
+                "<p class='note'>The oracle blanks exactly the absent classes: the most a presence stage can add to "
+                "these masks. The capture share is the part of that gain the gate takes.</p>"]
+    if scored.probs is not None:
+        gate = "tuned thresholds" if scored.thresholds is not None else "0.5"
+        sections += [f"<h2>Where the Dice goes (gate: {gate})</h2>",
+                     "<p>Per class: how many pairs each decision kind has, and what blanking adds to the class's "
+                     "mean Dice against keeping every mask.</p>", _table(_decision_rows(scored)),
+                     "<h2>Threshold curves</h2>"]
+        sweeps = choose_thresholds(scored.probs, PairScores(stats.images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0))
+        sections += [_img(threshold_figure(sweeps, images=n), "Dice against threshold per class"),
+                     f"<p class='note'>Thresholds of the tuned gate: "
+                     f"{', '.join(f'{c} {t:.3f}' for c, t in scored.thresholds.items())} "
+                     f"({html.escape(scored.thresholds_source)}); the red point is the best on these images.</p>",
+                     "<h2>Dice and presence against probability</h2>",
+                     *(_img(fig, "against presence probability") for fig in _probability_figures(scored))]
+    sections += ["<h2>Dice against mask area</h2>", _img(_area_figure(scored), "Dice against mask area")]
+
+    dice = gated_dice(stats, scored.best_gate())
+    worst, best = rank_images(dice, stats.images, overlays)
+    best = best[: max(1, overlays // 2)]
+    for title, chosen in (("Worst images", worst), ("Best images", best)):
+        sections.append(f"<h2>{title} (mean Dice over classes, as submitted)</h2>")
+        for image in tqdm(chosen, desc=title.lower(), unit="image", disable=not progress, leave=False):
+            i = stats.images.index(image)
+            sections.append(_overlay(scored, data_dir, image, dice[i]))
+    sections += ["<h2>Inputs</h2>", _table([{"input": k, "file": v} for k, v in scored.sources.items()])]
+    body = "\n".join(sections)
+    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>cloudpipe report</title>'
+            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")

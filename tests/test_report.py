@@ -1,0 +1,146 @@
+"""cloudpipe report: its numbers equal evaluate's on the files a user would make, the page is
+self-contained, bad inputs are one line and no file."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+from html.parser import HTMLParser
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cloudpipe.algorithms.gating import gate
+from cloudpipe.cli import main
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
+from cloudpipe.pipeline.evaluate import evaluate_files
+from cloudpipe.pipeline.report import score_submission, write_report
+
+
+@pytest.fixture(scope="module")
+def case(tiny_data, tmp_path_factory, noisy_segmentation):
+    """Segmentation masks of 16 training images, informative probabilities, thresholds."""
+    root = tmp_path_factory.mktemp("report")
+    labels = presence(read_train(tiny_data))
+    images = list(labels.index[:16])
+    seg = root / "seg.csv"
+    noisy_segmentation(tiny_data, images, seed=2).to_csv(seg, index=False)
+    rng = np.random.default_rng(1)
+    logits = (labels.loc[images].to_numpy() * 2 - 1) * 1.2 + rng.normal(0, 1.2, (16, 4))
+    probs = pd.DataFrame(1 / (1 + np.exp(-logits)), index=pd.Index(images, name="image"), columns=list(CLASSES)).round(6)
+    probs_csv = root / "probs.csv"
+    probs.reset_index().to_csv(probs_csv, index=False)
+    thresholds = root / "thresholds.json"
+    thresholds.write_text(json.dumps(dict(zip(CLASSES, (0.4, 0.5, 0.6, 0.3)))))
+    return seg, probs_csv, probs, thresholds, root
+
+
+def gated_file(seg, probs, thresholds, path):
+    frame = read_mask_csv(seg)
+    gate(frame, probs, thresholds)[["Image_Label", "EncodedPixels"]].to_csv(path, index=False)
+    return path
+
+
+def test_numbers_equal_evaluate_on_the_gated_files(tiny_data, case, tmp_path):
+    seg, probs_csv, probs, thresholds_file, _ = case
+    scored = score_submission(tiny_data, seg, probs_csv=probs_csv, thresholds_file=thresholds_file, progress=False)
+    rows = {r["submission"]: r for r in scored.headline()}
+    truth = tiny_data / "train.csv"
+    thresholds = json.loads(thresholds_file.read_text())
+    oracle = presence(read_train(tiny_data)).loc[probs.index].astype(float)  # 1 present, 0 absent: gate at 0.5
+    files = {
+        "segmentation alone": seg,
+        "gated at 0.5": gated_file(seg, probs, dict.fromkeys(CLASSES, 0.5), tmp_path / "half.csv"),
+        "gated, tuned thresholds": gated_file(seg, probs, thresholds, tmp_path / "tuned.csv"),
+        "gated by true presence (oracle)": gated_file(seg, oracle, dict.fromkeys(CLASSES, 0.5), tmp_path / "oracle.csv"),
+    }
+    for name, path in files.items():
+        table = evaluate_files(truth, path, (64, 96), (350, 525)).table
+        for key in (*CLASSES, "mean"):
+            assert rows[name][key] == pytest.approx(table[key], abs=1e-12), (name, key)
+    empty = tmp_path / "empty.csv"
+    read_mask_csv(seg).assign(EncodedPixels="")[["Image_Label", "EncodedPixels"]].to_csv(empty, index=False)
+    assert rows["all masks empty"]["mean"] == pytest.approx(evaluate_files(truth, empty, (64, 96), (350, 525)).table["mean"])
+    assert rows["gated by true presence (oracle)"]["mean"] >= max(rows[n]["mean"] for n in files)
+    assert scored.thresholds == thresholds
+
+
+class Page(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.images, self.scripts, self.external, self.text = [], 0, [], []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.images.append(attrs["src"])
+        if tag == "script":
+            self.scripts += 1
+        for key in ("src", "href"):
+            if attrs.get(key, "").startswith(("http", "//", "file:")):
+                self.external.append(attrs[key])
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_cli_writes_one_self_contained_page(tiny_data, case, tmp_path):
+    seg, probs_csv, _, thresholds, _ = case
+    out = tmp_path / "report.html"
+    result = CliRunner().invoke(main, ["report", "--data", str(tiny_data), "--seg", str(seg), "--probs", str(probs_csv),
+                                       "--thresholds", str(thresholds), "--out", str(out), "--overlays", "2", "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert "gated by true presence (oracle)" in result.output and "capture share" in result.output
+    page = Page()
+    page.feed(out.read_text())
+    assert page.scripts == 0 and page.external == []
+    assert len(page.images) == 2 + 1 + 4  # 2 worst + 1 best overlays; thresholds, Dice and presence vs probability, vs area
+    for src in page.images:
+        kind, data = re.fullmatch(r"data:image/(png|jpeg);base64,(.+)", src).groups()
+        raw = base64.b64decode(data)
+        assert raw.startswith(b"\x89PNG" if kind == "png" else b"\xff\xd8")
+    text = " ".join(page.text)
+    assert all(c in text for c in CLASSES) and "Where the Dice goes" in text
+    assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
+
+
+def test_without_probabilities_and_with_in_sample_thresholds(tiny_data, case, tmp_path):
+    seg, probs_csv, *_ = case
+    plain = write_report(tiny_data, seg, tmp_path / "plain.html", overlays=1, progress=False)
+    assert [r["submission"] for r in plain.headline][-1] == "gated by true presence (oracle)"
+    tuned = score_submission(tiny_data, seg, probs_csv=probs_csv, progress=False)
+    assert "in-sample" in tuned.thresholds_source
+    rows = {r["submission"]: r for r in tuned.headline()}
+    assert rows["gated, tuned thresholds"]["mean"] >= rows["gated at 0.5"]["mean"] - 1e-12  # tuned here: the best
+
+
+def run_report(tiny_data, *args):
+    return CliRunner().invoke(main, ["report", "--data", str(tiny_data), *map(str, args), "--quiet"])
+
+
+def test_bad_inputs_are_one_line_and_no_file(tiny_data, case, tmp_path):
+    seg, probs_csv, probs, thresholds, _ = case
+    out = tmp_path / "r.html"
+    few = tmp_path / "few.csv"
+    probs.iloc[:5].reset_index().to_csv(few, index=False)
+    truth = tmp_path / "truth.csv"
+    read_mask_csv(tiny_data / "train.csv").iloc[8:][["Image_Label", "EncodedPixels"]].to_csv(truth, index=False)
+    cases = [
+        (["--seg", seg, "--probs", few], "no probabilities for 11 image(s)"),
+        (["--seg", seg, "--truth", truth, "--truth-shape", 64, 96], "extra image(s)"),
+        (["--seg", seg, "--mask-shape", 1400, 2100], "--pred-shape 350 525"),
+        (["--seg", seg, "--probs", probs_csv, "--thresholds", probs_csv], "not a readable JSON file"),
+        (["--seg", seg, "--thresholds", thresholds], "--thresholds needs presence probabilities"),
+    ]
+    for args, message in cases:
+        result = run_report(tiny_data, *args, "--out", out)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+        assert not out.exists()
+    out.write_text("old")
+    result = run_report(tiny_data, "--seg", seg, "--out", out)
+    assert result.exit_code == 2 and "--overwrite" in result.stderr and out.read_text() == "old"
