@@ -137,7 +137,7 @@ def test_full_disk_for_the_store_is_one_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("target", ["sample_submission.csv", "train.csv", "train_images/new.png", "run/best.pt",
-                                    "run/seg_postprocess.json"])
+                                    "run/last.pt", "run/seg_postprocess.json"])
 def test_predict_seg_refuses_to_write_an_input(seg_run, tiny_data, tmp_path, target):
     data, run = tmp_path / "data", tmp_path / "run"
     shutil.copytree(tiny_data, data)
