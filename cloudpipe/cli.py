@@ -216,65 +216,110 @@ def train_seg(**options) -> None:
     _train("segmentation", **options)
 
 
+WEIGHT_OPTION = click.option("--weight", "weights", type=click.FloatRange(min=0, min_open=True), multiple=True,
+                             help="One per --run, in order: weighted mean of the runs [default: equal].")
+
+
+def ensemble_runs_option(what: str):
+    """--run (repeatable: an ensemble) and --weight."""
+    return with_options(
+        click.option("--run", "run_dirs", type=EXISTING_DIR, required=True, multiple=True,
+                     help=f"{what} run folder; repeat for an ensemble (probabilities averaged)."),
+        WEIGHT_OPTION,
+    )
+
+
 @main.command()
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True, help="Segmentation submission to gate.")
-@click.option("--run", "run_dir", type=EXISTING_DIR, required=True, help="Classifier run folder.")
+@ensemble_runs_option("Classifier")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--out", type=NEW_PATH, default=Path("submissions/submission.csv"), help="Submission to write.")
 @click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None, help="thresholds.json from tune-threshold.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None, help="One threshold for all classes [default: RUN/thresholds.json, else 0.5].")
+@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+              help="One threshold for all classes [default for one run: RUN/thresholds.json, else 0.5].")
 @shape_option("--mask-shape", (350, 525), "Mask size of the segmentation submission.")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=16)
-def predict(seg_csv: Path, run_dir: Path, data_dir: Path, out: Path, thresholds_file: Path | None, threshold: float | None,
-            mask_shape: tuple[int, int], overwrite: bool, settings) -> None:
+def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path,
+            thresholds_file: Path | None, threshold: float | None, mask_shape: tuple[int, int], overwrite: bool,
+            settings) -> None:
     """Blank the segmentation masks of classes the classifier judges absent; write the submission."""
     from cloudpipe.pipeline.predict import predict_submission, probs_path_for
 
-    summary = predict_submission(seg_csv, run_dir, data_dir, out, thresholds_file=thresholds_file, threshold=threshold,
-                                 mask_shape=mask_shape, settings=settings, overwrite=overwrite)
+    summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights, thresholds_file=thresholds_file,
+                                 threshold=threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite)
     click.echo(summary.line())
     click.echo(f"wrote {out} and {probs_path_for(out)}")
 
 
 @main.command("tune-threshold")
-@click.option("--run", "run_dir", type=EXISTING_DIR, required=True, help="Classifier run folder (val_probs.csv, else its models).")
+@ensemble_runs_option("Classifier (val_probs.csv, else its models)")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, default=None, help="Segmentation predictions on validation images.")
 @click.option("--objective", type=click.Choice(["dice", "accuracy"]), default=None, help="[default: dice with --seg, else accuracy]")
 @shape_option("--mask-shape", (350, 525), "Mask size of the --seg predictions.")
-@click.option("--out", type=NEW_PATH, default=None, help="JSON to write [default: RUN/thresholds.json, replaced].")
+@click.option("--out", type=NEW_PATH, default=None,
+              help="JSON to write [default for one run: RUN/thresholds.json, replaced; an ensemble: required].")
 @click.option("--plot", type=NEW_PATH, default=None, help="PNG of score against threshold [default: --out with .png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out / --plot file.")
 @inference_options(batch_size=16, tta=False)  # used when val_probs.csv must be computed
-def tune_threshold(run_dir: Path, data_dir: Path, seg_csv: Path | None, objective: str | None, mask_shape: tuple[int, int],
+def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path,
+                   seg_csv: Path | None, objective: str | None, mask_shape: tuple[int, int],
                    out: Path | None, plot: Path | None, overwrite: bool, settings) -> None:
     """Choose per-class presence thresholds that maximise the Kaggle Dice of the blanked --seg
     predictions on the run's validation images (accuracy without --seg); write thresholds.json."""
     from cloudpipe.pipeline.tune import tune_thresholds
 
-    result = tune_thresholds(run_dir, data_dir, seg=seg_csv, objective=objective, mask_shape=mask_shape, out=out,
-                             plot=plot, overwrite=overwrite, settings=settings)
+    result = tune_thresholds(run_dirs, data_dir, weights=weights, seg=seg_csv, objective=objective, mask_shape=mask_shape,
+                             out=out, plot=plot, overwrite=overwrite, settings=settings)
     click.echo(format_table(result.rows))
     click.echo(result.summary())
 
 
 @main.command("predict-seg")
-@click.option("--run", "run_dir", type=EXISTING_DIR, required=True, help="Segmentation run folder.")
+@ensemble_runs_option("Segmentation")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--split", type=click.Choice(["val", "test"]), required=True,
               help="val: the run's validation images (and tune post-processing); test: the test images.")
-@click.option("--out", type=NEW_PATH, default=None, help="Kaggle-format CSV to write [default: RUN/val_seg.csv or RUN/test_seg.csv].")
-@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+@click.option("--out", type=NEW_PATH, default=None,
+              help="Kaggle-format CSV to write, with <stem>_probs.npy/.json beside it [default for one run: "
+                   "RUN/val_seg.csv or RUN/test_seg.csv].")
+@click.option("--postprocess", type=EXISTING_FILE, default=None,
+              help="--split test: post-processing to apply [default for one run: RUN/seg_postprocess.json; "
+                   "an ensemble: required, its <stem>_postprocess.json].")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=8)
-def predict_seg(run_dir: Path, data_dir: Path, split: str, out: Path | None, overwrite: bool, settings) -> None:
-    """Masks of the segmentation model, post-processed, as a Kaggle-format CSV."""
+def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
+                postprocess: Path | None, overwrite: bool, settings) -> None:
+    """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
     from cloudpipe.pipeline.segment import predict_segmentation
 
-    out = out if out is not None else run_dir / f"{split}_seg.csv"
-    result = predict_segmentation(run_dir, data_dir, split, out, settings=settings, overwrite=overwrite)
+    if out is None and len(run_dirs) > 1:
+        raise click.UsageError("an ensemble of runs needs --out")
+    out = out if out is not None else run_dirs[0] / f"{split}_seg.csv"
+    result = predict_segmentation(run_dirs, data_dir, split, out, weights=weights, postprocess=postprocess,
+                                  settings=settings, overwrite=overwrite)
     click.echo("post-processing: " + result.postprocess.describe())
     click.echo(result.line())
+    click.echo("wrote " + ", ".join(map(str, result.written)))
+
+
+@main.command("tune-seg")
+@click.option("--store", "stores", type=EXISTING_FILE, required=True, multiple=True,
+              help="A validation probability store (<stem>_probs.npy from predict-seg --split val); repeat to average.")
+@click.option("--weight", "weights", type=click.FloatRange(min=0, min_open=True), multiple=True,
+              help="One per --store, in order: weighted mean of the stores [default: equal].")
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
+@click.option("--out", type=NEW_PATH, required=True, help="Validation masks CSV to write, with <stem>_postprocess.json.")
+@click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path, overwrite: bool) -> None:
+    """Tune post-processing again from stored validation probabilities alone (no model runs)."""
+    from cloudpipe.pipeline.segment import retune_segmentation
+
+    result = retune_segmentation(stores, data_dir, out, weights=weights, overwrite=overwrite)
+    click.echo("post-processing: " + result.postprocess.describe())
+    click.echo(result.line())
+    click.echo("wrote " + ", ".join(map(str, result.written)))
 
 
 @main.command()

@@ -79,3 +79,16 @@ def _noisy_segmentation(data_dir: Path, images: list[str], seed: int = 0) -> pd.
 def noisy_segmentation():
     """A maker of segmentation 'predictions' for images of a tiny dataset (see its docstring)."""
     return _noisy_segmentation
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier_run_b(tiny_data, tmp_path_factory) -> Path:
+    """A second classifier on the same split as ``tiny_classifier_run``, at another image size."""
+    from cloudpipe.engine.config import load_config
+    from cloudpipe.engine.train import train_run
+
+    run = tmp_path_factory.mktemp("classifier_b") / "run"
+    config = load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=1, image_size=(32, 64), workers=0,
+                                                      batch_size=8, accumulate=1, lr=1e-3, device="cpu"))
+    train_run(config, tiny_data, run, progress=False)
+    return run

@@ -254,3 +254,27 @@ def test_refuses_an_output_among_the_test_images(tiny_data, tiny_classifier_run,
     result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", image, "--overwrite")
     one_error_line(result, "inside the input folder")
     assert image.read_bytes() == before
+
+
+def test_ensemble_of_classifier_runs(tiny_data, tiny_classifier_run, tiny_classifier_run_b, tmp_path):
+    from cloudpipe.engine.infer import predict_presence
+    from cloudpipe.pipeline.tune import tune_thresholds
+
+    a, b = tiny_classifier_run, tiny_classifier_run_b
+    seg = seg_predictions(tiny_data)
+    with pytest.raises(CloudpipeError, match="needs --thresholds FILE"):
+        predict_submission(seg, [a, b], tiny_data, None, settings=CPU)
+    tuned = tmp_path / "ens.json"
+    tune_thresholds([a, b], tiny_data, weights=[1, 3], out=tuned)
+    with pytest.raises(CloudpipeError, match="were tuned for runs"):
+        predict_submission(seg, [a, b], tiny_data, None, thresholds_file=tuned, settings=CPU)  # other weights
+    single = tmp_path / "a.json"
+    tune_thresholds(a, tiny_data, out=single)
+    with pytest.raises(CloudpipeError, match="were tuned for runs"):
+        predict_submission(seg, [a, b], tiny_data, None, weights=[1, 3], thresholds_file=single, settings=CPU)
+    summary = predict_submission(seg, [a, b], tiny_data, tmp_path / "sub.csv", weights=[1, 3], thresholds_file=tuned,
+                                 settings=CPU)
+    paths = [tiny_data / "test_images" / i for i in summary.probs.index]
+    expected = 0.25 * predict_presence(a, paths, CPU) + 0.75 * predict_presence(b, paths, CPU)
+    np.testing.assert_allclose(summary.probs.to_numpy(), expected, rtol=1e-6)
+    assert (tmp_path / "sub.csv").exists() and (tmp_path / "sub_probs.csv").exists()

@@ -140,7 +140,7 @@ def test_full_disk_for_the_store_is_one_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("target", ["sample_submission.csv", "train.csv", "train_images/new.png", "run/best.pt",
-                                    "run/seg_postprocess.json"])
+                                    "run/last.pt", "run/seg_postprocess.json"])
 def test_predict_seg_refuses_to_write_an_input(seg_run, tiny_data, tmp_path, target):
     data, run = tmp_path / "data", tmp_path / "run"
     shutil.copytree(tiny_data, data)
@@ -165,3 +165,106 @@ def test_predict_seg_second_writer_fails_at_once(seg_run, tiny_data, tmp_path, m
     assert result.exit_code == 2, result.output
     assert f"is being written by another cloudpipe process (pid {os.getpid()})" in result.stderr
     assert os.listdir(tmp_path) == []
+
+
+CPU_QUIET = ("--workers", 0, "--device", "cpu", "--quiet")
+
+
+@pytest.fixture(scope="module")
+def seg_run_b(tiny_data, tmp_path_factory):
+    """A second run on the same split, at another image size."""
+    run = tmp_path_factory.mktemp("seg_b") / "run"
+    result = invoke("train-seg", "--data", tiny_data, "--out", run, "--epochs", 1, "--image-size", 64, 96,
+                    "--arch", "tiny", "--weights", "none", *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def copy_run(run, tmp_path, name):
+    shutil.copytree(run, tmp_path / name)
+    return tmp_path / name
+
+
+def load(npy):
+    from cloudpipe.data.probstore import read_store
+
+    return read_store(npy)
+
+
+def test_val_store_retunes_to_the_same_masks(seg_run, tiny_data, tmp_path):
+    run = copy_run(seg_run, tmp_path, "run")
+    val = tmp_path / "val_seg.csv"
+    assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
+    store, info = load(tmp_path / "val_seg_probs.npy")
+    assert info.split == "val" and info.runs == [str(run.resolve())] and info.weights == [1.0]
+    assert sorted(info.images) == sorted(pd.unique(read_mask_csv(val)["image"]))
+    assert store.dtype == "uint8" and store.shape == (len(info.images), 4, 350, 525)
+    again = tmp_path / "again.csv"
+    result = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", again)
+    assert result.exit_code == 0, result.output
+    assert again.read_bytes() == val.read_bytes()
+    tuned = json.loads((tmp_path / "again_postprocess.json").read_text())
+    assert tuned["steps"] == json.loads((run / "seg_postprocess.json").read_text())["steps"]
+    assert tuned["runs"] == [str(run.resolve())]
+
+
+def test_ensemble_is_the_weighted_mean_of_the_runs_stores(seg_run, seg_run_b, tiny_data, tmp_path):
+    a, b = copy_run(seg_run, tmp_path, "a"), copy_run(seg_run_b, tmp_path, "b")
+    for split in ("val", "test"):
+        for run in (a, b):
+            result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--overwrite", *CPU_QUIET)
+            assert result.exit_code == 0, result.output
+    ens = tmp_path / "ens_val.csv"
+    result = invoke("predict-seg", "--run", a, "--run", b, "--weight", 1, "--weight", 3, "--data", tiny_data,
+                    "--split", "val", "--out", ens, *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    (sa, ia), (sb, ib), (se, ie) = load(a / "val_seg_probs.npy"), load(b / "val_seg_probs.npy"), load(tmp_path / "ens_val_probs.npy")
+    assert ia.images == ib.images == ie.images and ie.weights == [0.25, 0.75]
+    expected = ((sa.astype("float64") + 3.0 * sb) / 4).round().astype("uint8")  # quarters: exact
+    assert (se == expected).all()
+    assert not (se == sa).all()  # the two runs differ: the mean is not one of them
+    post = tmp_path / "ens_val_postprocess.json"
+    assert json.loads(post.read_text())["runs"] == [str(a.resolve()), str(b.resolve())]
+    # The same ensemble from the stores alone tunes to the same masks.
+    result = invoke("tune-seg", "--store", a / "val_seg_probs.npy", "--store", b / "val_seg_probs.npy",
+                    "--weight", 1, "--weight", 3, "--data", tiny_data, "--out", tmp_path / "re.csv")
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "re.csv").read_bytes() == ens.read_bytes()
+    # Test masks: the ensemble needs its own post-processing file, for these runs and weights.
+    test = ["predict-seg", "--run", a, "--run", b, "--weight", 1, "--weight", 3, "--data", tiny_data, "--split", "test"]
+    refused = invoke(*test, "--out", tmp_path / "t.csv", *CPU_QUIET)
+    assert refused.exit_code == 2 and "--postprocess" in refused.stderr
+    wrong = invoke(*test, "--out", tmp_path / "t.csv", "--postprocess", a / "seg_postprocess.json", *CPU_QUIET)
+    assert wrong.exit_code == 2 and "were tuned for runs" in wrong.stderr and wrong.stderr.count("\n") == 1
+    other_weights = invoke(*test[:5], "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
+                           "--postprocess", post, *CPU_QUIET)
+    assert other_weights.exit_code == 2 and "were tuned for runs" in other_weights.stderr
+    assert not (tmp_path / "t.csv").exists() and not (tmp_path / "t_probs.npy").exists()
+    result = invoke(*test, "--out", tmp_path / "t.csv", "--postprocess", post, *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    (ta, _), (tb, _), (te, info) = load(a / "test_seg_probs.npy"), load(b / "test_seg_probs.npy"), load(tmp_path / "t_probs.npy")
+    assert info.split == "test" and (te == ((ta.astype("float64") + 3.0 * tb) / 4).round().astype("uint8")).all()
+    sample = pd.read_csv(tiny_data / "sample_submission.csv")
+    assert read_mask_csv(tmp_path / "t.csv")["Image_Label"].tolist() == list(sample["Image_Label"])
+
+
+def test_runs_of_other_validation_images_are_refused(seg_run, tiny_data, tmp_path):
+    folds = tmp_path / "folds"
+    result = invoke("train-seg", "--data", tiny_data, "--out", folds, "--epochs", 1, "--image-size", 32, 64, "--folds", 2,
+                    "--arch", "tiny", "--weights", "none", *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    result = invoke("predict-seg", "--run", seg_run, "--run", folds, "--data", tiny_data, "--split", "val",
+                    "--out", tmp_path / "v.csv", *CPU_QUIET)
+    assert result.exit_code == 2 and "validates on other images" in result.stderr
+    assert result.stderr.count("\n") == 1 and not (tmp_path / "v.csv").exists()
+
+
+def test_bad_store_is_one_line_and_writes_nothing(seg_run, tiny_data, tmp_path):
+    run = copy_run(seg_run, tmp_path, "run")
+    assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", *CPU_QUIET).exit_code == 0
+    npy = run / "val_seg_probs.npy"
+    with open(npy, "r+b") as f:
+        f.truncate(npy.stat().st_size - 1)
+    result = invoke("tune-seg", "--store", npy, "--data", tiny_data, "--out", tmp_path / "re.csv")
+    assert result.exit_code == 2 and "truncated" in result.stderr and result.stderr.count("\n") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]

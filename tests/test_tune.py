@@ -271,3 +271,28 @@ def test_second_tuner_of_the_same_run_fails_at_once(tiny_data, tuning_case, tmp_
     lock_path(run / "thresholds.json").write_text(f"{dead_pid}\n")
     tune_thresholds(run, tiny_data)
     assert sorted(p.name for p in run.iterdir()) == ["thresholds.json", "thresholds.png", "val_probs.csv"]
+
+
+def test_ensemble_of_classifier_runs(tiny_classifier_run, tiny_classifier_run_b, tiny_data, tmp_path):
+    from cloudpipe.pipeline.ensemble import Ensemble
+    from cloudpipe.pipeline.tune import ensemble_val_probs
+
+    a, b = tiny_classifier_run, tiny_classifier_run_b
+    pa, pb = read_probs_csv(a / "val_probs.csv"), read_probs_csv(b / "val_probs.csv")
+    mean, source = ensemble_val_probs(Ensemble.of([a, b], [1, 3]), tiny_data, CPU)
+    np.testing.assert_allclose(mean.to_numpy(), 0.25 * pa.to_numpy() + 0.75 * pb.loc[pa.index].to_numpy())
+    assert "weighted mean (0.25, 0.75)" in source
+    with pytest.raises(CloudpipeError, match="need --out FILE"):
+        tune_thresholds([a, b], tiny_data, save=True)
+    out = tmp_path / "ens.json"
+    result = tune_thresholds([a, b], tiny_data, weights=[1, 3], out=out)
+    saved = json.loads(out.read_text())
+    assert saved["runs"] == [str(a.resolve()), str(b.resolve())] and saved["weights"] == [0.25, 0.75]
+    assert load_thresholds(out) == result.thresholds
+    # Runs validated on other images are refused.
+    other = tmp_path / "other"
+    shutil.copytree(b, other)
+    pb.iloc[1:].reset_index().to_csv(other / "val_probs.csv", index=False)
+    with pytest.raises(CloudpipeError, match="validates on other images"):
+        tune_thresholds([a, other], tiny_data, out=tmp_path / "x.json")
+    assert not (tmp_path / "x.json").exists()

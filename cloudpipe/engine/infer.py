@@ -111,11 +111,11 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
         yield batch["index"].numpy(), total / (len(run.models) * len(flips))
 
 
-def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettings) -> np.ndarray:
-    """Presence probabilities (n, 4) of a classifier run over ``paths``."""
+def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettings, desc: str = "predict") -> np.ndarray:
+    """Presence probabilities (n, 4) of a classifier run over ``paths`` (``desc``: the progress bar's label)."""
     device = resolve_device(settings.device)
     run = load_run(run_dir, "classifier", device)
     out = np.empty((len(paths), len(CLASSES)), dtype=np.float32)
-    for indices, probs in stream_probs(run, paths, device, settings):
+    for indices, probs in stream_probs(run, paths, device, settings, desc=desc):
         out[indices] = probs.cpu().numpy()
     return out

@@ -8,12 +8,14 @@ other mask is copied through byte for byte. Rows follow ``sample_submission.csv`
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
+from cloudpipe.algorithms.ensemble import mean_probs
 from cloudpipe.algorithms.gating import gate
 from cloudpipe.algorithms.thresholds import check_threshold
 from cloudpipe.core.competition import (
@@ -33,25 +35,32 @@ from cloudpipe.data.kaggle import (
     require_same_images,
 )
 from cloudpipe.data.outputs import claim_output, csv_writer, write_files
-from cloudpipe.data.runfolder import THRESHOLDS_JSON
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
 from cloudpipe.engine.settings import InferenceSettings
+from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.tune import load_thresholds
 
 
-def resolve_thresholds(run_dir: Path, thresholds_file: Path | None, threshold: float | None) -> tuple[dict[str, float], str]:
+def resolve_thresholds(runs: Path | Ensemble, thresholds_file: Path | None, threshold: float | None) -> tuple[dict[str, float], str]:
     """Per-class thresholds and where they came from.
 
-    Precedence: ``--thresholds FILE``, then an explicit ``--threshold T``, then
-    ``RUN_DIR/thresholds.json`` (written by tune-threshold), then 0.5.
+    Precedence: ``--thresholds FILE`` (which must record these runs and weights when it
+    records any, and must for an ensemble), then an explicit ``--threshold T``, then
+    ``RUN_DIR/thresholds.json`` (written by tune-threshold) for one run, then 0.5.
     """
+    ensemble = runs if isinstance(runs, Ensemble) else Ensemble.of(runs)
     if thresholds_file is not None and threshold is not None:
         raise CloudpipeError("give --thresholds FILE or --threshold T, not both")
     if thresholds_file is not None:
+        ensemble.check_tuned_for(read_json(thresholds_file, "thresholds"), thresholds_file, "thresholds")
         return load_thresholds(thresholds_file), str(thresholds_file)
     if threshold is not None:
         t = check_threshold(threshold, "--threshold")
         return {c: t for c in CLASSES}, f"--threshold {t:g}"
-    tuned = Path(run_dir) / THRESHOLDS_JSON
+    if not ensemble.single:
+        raise CloudpipeError("an ensemble of classifier runs needs --thresholds FILE (tune-threshold with the same --run "
+                             "and --weight options and --out FILE) or --threshold T")
+    tuned = ensemble.runs[0] / THRESHOLDS_JSON
     if tuned.exists():
         return load_thresholds(tuned), str(tuned)
     return {c: 0.5 for c in CLASSES}, "default 0.5"
@@ -94,10 +103,11 @@ def probs_path_for(out: Path) -> Path:
 
 def predict_submission(
     seg: Path | pd.DataFrame,
-    run_dir: Path,
+    run_dir: Path | Sequence[Path],
     data_dir: Path,
     out: Path | None = None,
     *,
+    weights: Sequence[float] | None = None,
     thresholds_file: Path | None = None,
     threshold: float | None = None,
     mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
@@ -111,7 +121,8 @@ def predict_submission(
 
     Args:
         seg: segmentation submission, file or DataFrame.
-        run_dir: classifier run (``best.pt`` or ``fold*/best.pt``).
+        run_dir: classifier run (``best.pt`` or ``fold*/best.pt``), or several: their
+            presence probabilities are averaged with ``weights`` (equal when None).
         data_dir: Kaggle folder with ``test_images/`` (and ``sample_submission.csv``).
         out: submission to write (with ``<stem>_probs.csv`` beside it); None writes nothing.
         settings: how to run the classifier.
@@ -119,22 +130,23 @@ def predict_submission(
     Returns:
         The gated submission (sample order) and its summary.
     """
+    ensemble = Ensemble.of(run_dir, weights)
     data_dir = require_dir(data_dir)
-    thresholds, source = resolve_thresholds(run_dir, thresholds_file, threshold)
+    thresholds, source = resolve_thresholds(ensemble, thresholds_file, threshold)
     with ExitStack() as claims:
         if out is not None:  # both outputs checked and locked until both are written
             inputs = [data_dir / SAMPLE_SUBMISSION_CSV] + ([seg] if isinstance(seg, Path) else [])
             for path in (out, probs_path_for(out)):
                 claims.enter_context(claim_output(path, overwrite=overwrite, inputs=inputs,
                                                   input_dirs=[data_dir / TEST_IMAGES]))
-        summary = _gate_test_images(seg, run_dir, data_dir, thresholds, source, mask_shape, settings)
+        summary = _gate_test_images(seg, ensemble, data_dir, thresholds, source, mask_shape, settings)
         if out is not None:  # a pair: a failure leaves both old files or both new ones
             write_files({probs_path_for(out): csv_writer(summary.probs.reset_index(), float_format="%.6f"),
                          out: csv_writer(summary.submission)})
     return summary
 
 
-def _gate_test_images(seg: Path | pd.DataFrame, run_dir: Path, data_dir: Path, thresholds: dict[str, float],
+def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Path, thresholds: dict[str, float],
                       source: str, mask_shape: tuple[int, int], settings: InferenceSettings) -> PredictSummary:
     """The work of :func:`predict_submission` between checking the outputs and writing them."""
     from cloudpipe.engine.infer import predict_presence
@@ -143,7 +155,9 @@ def _gate_test_images(seg: Path | pd.DataFrame, run_dir: Path, data_dir: Path, t
     images = list_test_images(data_dir)
     require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions")
     started = time.perf_counter()
-    probs = predict_presence(run_dir, [data_dir / TEST_IMAGES / i for i in images], settings)
+    paths = [data_dir / TEST_IMAGES / i for i in images]
+    probs = mean_probs([predict_presence(run, paths, settings, desc=f"predict {run.name}") for run in ensemble.runs],
+                       ensemble.weights)
     seconds = time.perf_counter() - started
     probs = pd.DataFrame(probs, index=pd.Index(images, name="image"), columns=list(CLASSES))
     gated = gate(frame, probs, thresholds)

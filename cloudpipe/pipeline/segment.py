@@ -1,10 +1,14 @@
-"""``predict-seg``: the segmentation model's masks as a Kaggle CSV, with tuned post-processing.
+"""``predict-seg`` and ``tune-seg``: segmentation masks as a Kaggle CSV, with tuned
+post-processing, from one run or the weighted mean of several.
 
-Probabilities are streamed from the model, resized to the submission size (350 x 525) on the
-device and kept as uint8 per pixel in a memory map, so memory stays flat. Post-processing is
+Probabilities are streamed from each model, resized to the submission size (350 x 525) on the
+device and kept as uint8 per pixel in a memory map, so memory stays flat; several runs are
+averaged run by run (:mod:`cloudpipe.algorithms.ensemble`). The probabilities are kept beside
+the CSV (:mod:`cloudpipe.data.probstore`) for later ensembles and re-tuning. Post-processing is
 the ordered list of steps of :mod:`cloudpipe.algorithms.postprocess`: on the validation split
-it is tuned on Kaggle Dice and saved in the run as ``seg_postprocess.json``; the test split
-then uses it.
+it is tuned on Kaggle Dice and saved (``RUN/seg_postprocess.json`` for one run,
+``<stem>_postprocess.json`` beside the CSV for an ensemble, with the runs and weights it was
+tuned for); the test split then uses it.
 """
 
 from __future__ import annotations
@@ -14,7 +18,9 @@ import math
 import os
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -22,6 +28,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cloudpipe.algorithms.ensemble import RunningMean, mean_stores, normalise_weights
 from cloudpipe.algorithms.postprocess import (
     PostProcess,
     Step,
@@ -43,14 +50,19 @@ from cloudpipe.data.kaggle import (
     TEST_IMAGES,
     TRAIN_CSV,
     TRAIN_IMAGES,
+    TrainData,
     list_test_images,
+    load_train_data,
     require_dir,
 )
-from cloudpipe.data.outputs import claim_output, write_csv, write_text
-from cloudpipe.data.runfolder import CONFIG_YAML, POSTPROCESS_JSON, SPLITS_CSV, read_json
+from cloudpipe.data.outputs import claim_output, csv_writer, write_files
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, read_store, store_paths
+from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
+from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.devices import resolve_device
 from cloudpipe.engine.infer import load_run, stream_probs
 from cloudpipe.engine.settings import InferenceSettings
+from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.validation import validation_sets
 
 
@@ -87,7 +99,7 @@ def tune_postprocess(store: np.ndarray, names: list[str], rles: pd.DataFrame, ma
 
 @dataclass
 class SegPrediction:
-    """What :func:`predict_segmentation` wrote."""
+    """What :func:`predict_segmentation` or :func:`retune_segmentation` wrote."""
 
     out: Path
     images: int
@@ -95,6 +107,7 @@ class SegPrediction:
     images_per_second: float
     tuned_dice: float | None = None
     default_dice: float | None = None
+    written: list[Path] = field(default_factory=list)
 
     def line(self) -> str:
         text = f"{self.images} images at {self.images_per_second:.1f} img/s -> {self.out}"
@@ -104,60 +117,127 @@ class SegPrediction:
         return text
 
 
+def postprocess_path_for(out: Path) -> Path:
+    """Where an ensemble's post-processing goes beside its CSV: ``<stem>_postprocess.json``."""
+    return out.with_name(f"{out.stem}_postprocess.json")
+
+
 def predict_segmentation(
-    run_dir: Path,
+    run_dirs: Path | Sequence[Path],
     data_dir: Path,
     split: Literal["val", "test"],
     out: Path,
     *,
+    weights: Sequence[float] | None = None,
+    postprocess: Path | None = None,
     settings: InferenceSettings = InferenceSettings(batch_size=8),
     overwrite: bool = False,
 ) -> SegPrediction:
-    """Write the segmentation model's masks for the validation or test images as a Kaggle CSV.
+    """Write the masks of one segmentation run, or of the weighted mean of several, for the
+    validation or test images as a Kaggle CSV, with the probabilities beside it
+    (:func:`~cloudpipe.data.probstore.store_paths`; the three files are replaced together).
 
-    ``val``: the run's validation images (out-of-fold with folds), post-processing tuned on
-    their Dice and saved to ``RUN_DIR/seg_postprocess.json``. ``test``: the test images in
-    ``sample_submission.csv`` order, all models averaged, the saved post-processing applied
-    (the steps' defaults when the run has none).
+    ``val``: the runs' validation images (out-of-fold with folds; every run must validate on
+    the same images), post-processing tuned on their Dice and saved to
+    ``RUN/seg_postprocess.json`` for one run, to ``<stem>_postprocess.json`` beside ``out`` for
+    an ensemble. ``test``: the test images in ``sample_submission.csv`` order, every model of
+    every run averaged, post-processed by ``postprocess`` (default: the run's own file, else
+    the steps' defaults; an ensemble must name its file, and the file must record these runs
+    and weights).
+
+    Runs may differ in architecture, encoder and image size: each one's probabilities are
+    resized to 350 x 525 before averaging. N runs cost N inference passes and the memory of one.
+
+    Raises:
+        CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
+            whose validation images differ.
     """
+    ensemble = Ensemble.of(run_dirs, weights)
     data_dir = require_dir(data_dir)
-    run = Path(run_dir)  # what the command reads of the run: its models, config, split and post-processing
-    run_files = [*run.rglob("*.pt"), *run.rglob(CONFIG_YAML), *run.rglob(SPLITS_CSV), run / POSTPROCESS_JSON]
-    with claim_output(out, overwrite=overwrite, inputs=[data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
-                      input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]) as out:
-        return _predict_and_write(run_dir, data_dir, split, out, settings)
+    if split == "val" and postprocess is not None:
+        raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
+    post_out = None if split == "test" else (ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
+    outputs = [out, *store_paths(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
+    # Every run file is an input, except an earlier predict-seg's group of outputs, which --overwrite may replace.
+    earlier = {Path(p).resolve() for p in outputs} if store_paths(out)[1].exists() else set()
+    run_files = [p for run in ensemble.runs for p in (*run.rglob("*"), run / POSTPROCESS_JSON) if p.resolve() not in earlier]
+    run_files += [postprocess] if postprocess else []
+    with ExitStack() as claims:
+        for path in outputs:
+            claims.enter_context(claim_output(path, overwrite=overwrite, inputs=[
+                data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
+                input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]))
+        return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, settings)
 
 
-def _predict_and_write(run_dir: Path, data_dir: Path, split: Literal["val", "test"], out: Path,
-                       settings: InferenceSettings) -> SegPrediction:
-    """The work of :func:`predict_segmentation` once its output is checked and locked."""
+def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProcess:
+    """The post-processing the test masks use, checked to be tuned for ``ensemble``."""
+    if postprocess is None:
+        if not ensemble.single:
+            raise CloudpipeError("an ensemble's test masks need --postprocess FILE: the <stem>_postprocess.json that "
+                                 "predict-seg --split val (or tune-seg) wrote for these runs and weights")
+        saved = ensemble.runs[0] / POSTPROCESS_JSON
+        return load_postprocess(saved) if saved.exists() else PostProcess()
+    ensemble.check_tuned_for(read_json(postprocess, "post-processing"), postprocess, "post-processing settings")
+    return load_postprocess(postprocess)
+
+
+def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val", "test"], out: Path,
+                       postprocess: Path | None, post_out: Path | None, settings: InferenceSettings) -> SegPrediction:
+    """The work of :func:`predict_segmentation` once its outputs are checked and locked."""
     device = resolve_device(settings.device)
     started = time.perf_counter()
     if split == "test":
-        saved = Path(run_dir) / POSTPROCESS_JSON  # read before inference: a bad file fails fast
-        post = load_postprocess(saved) if saved.exists() else PostProcess()
-        parts = [(load_run(run_dir, "segmentation", device), list_test_images(data_dir), data_dir / TEST_IMAGES)]
+        post = _test_postprocess(ensemble, postprocess)  # read before inference: a bad file fails fast
+        for run in ensemble.runs:
+            load_run_config(run, "segmentation")
+        names = list_test_images(data_dir)
+        runs = [[(run, names, data_dir / TEST_IMAGES)] for run in ensemble.runs]
     else:
-        data, splits = validation_sets(run_dir, data_dir, "segmentation")
-        parts = [(load_run(s.folder, "segmentation", device), s.val, data_dir / TRAIN_IMAGES) for s in splits]
-    names, store = _predict_to_store(parts, out.parent, device, settings)
+        sets = [validation_sets(run, data_dir, "segmentation") for run in ensemble.runs]
+        require_same_validation(ensemble.runs, [[i for s in splits for i in s.val] for _, splits in sets])
+        data = sets[0][0]
+        names = [i for s in sets[0][1] for i in s.val]
+        runs = [[(s.folder, s.val, data_dir / TRAIN_IMAGES) for s in splits] for _, splits in sets]
+    store = _predict_to_store(ensemble, runs, names, out.parent, device, settings)
     speed = len(names) / (time.perf_counter() - started)
-    dice = None
-    if split == "val":
-        post, dice = tune_postprocess(store, names, data.rles, data.image_shape)
-        write_text(json.dumps(post.to_dict(), indent=2) + "\n", Path(run_dir) / POSTPROCESS_JSON)
+    info = StoreInfo(split, names, **ensemble.record())
+    if split == "test":
+        return _write_outputs(SegPrediction(out, len(names), post, speed), store, names, info, None, ensemble)
+    return _tune_and_write(store, names, info, data, ensemble, out, post_out, speed)
+
+
+def _tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
+                    out: Path, post_out: Path, speed: float) -> SegPrediction:
+    """Tune post-processing on a validation store and write the masks, the store (when
+    ``info``) and the choice."""
+    post, dice = tune_postprocess(store, names, data.rles, data.image_shape)
     result = SegPrediction(out, len(names), post, speed)
-    if dice is not None:
-        at_default = default_index(post.steps)
-        if at_default is not None:
-            result.default_dice = float(dice[(slice(None), *at_default)].mean())
-        result.tuned_dice = float(np.mean([dice[k].max() for k in range(len(CLASSES))]))
-    _write_masks(names, store, post, out)
+    at_default = default_index(post.steps)
+    if at_default is not None:
+        result.default_dice = float(dice[(slice(None), *at_default)].mean())
+    result.tuned_dice = float(np.mean([dice[k].max() for k in range(len(CLASSES))]))
+    return _write_outputs(result, store, names, info, post_out, ensemble)
+
+
+def _write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], info: StoreInfo | None,
+                   post_out: Path | None, ensemble: Ensemble) -> SegPrediction:
+    """Write the CSV with, as one group, the store (when ``info``) and the post-processing
+    choice (when ``post_out``): a failure leaves every old file or none."""
+    writers = {result.out: _masks_writer(names, store, result.postprocess)}
+    if info is not None:
+        npy, meta = store_paths(result.out)
+        writers |= {npy: array_writer(store), meta: info_writer(info)}
+    if post_out is not None:
+        text = json.dumps({**result.postprocess.to_dict(), **ensemble.record()}, indent=2) + "\n"
+        writers[post_out] = lambda tmp: tmp.write_text(text)
+    write_files(writers)
+    result.written = list(writers)
     return result
 
 
-def probability_store(folder: Path, shape: tuple[int, ...]) -> np.memmap:
-    """A uint8 memory map of ``shape`` in a file of ``folder`` that has no name: the file is
+def probability_store(folder: Path, shape: tuple[int, ...], dtype: type = np.uint8) -> np.memmap:
+    """A memory map of ``shape`` in a file of ``folder`` that has no name: the file is
     unlinked as soon as it is made (or never named, with ``O_TMPFILE``), so its space returns
     when the map is dropped or the process ends, even by ``kill -9``. Its space is allocated
     up front, so a full disk fails here rather than as a SIGBUS mid-run.
@@ -167,29 +247,88 @@ def probability_store(folder: Path, shape: tuple[int, ...]) -> np.memmap:
     """
     try:
         with tempfile.TemporaryFile(dir=folder) as file:  # the map keeps its own handle
-            os.posix_fallocate(file.fileno(), 0, math.prod(shape))
-            return np.memmap(file, dtype=np.uint8, mode="w+", shape=shape)
+            os.posix_fallocate(file.fileno(), 0, math.prod(shape) * np.dtype(dtype).itemsize)
+            return np.memmap(file, dtype=dtype, mode="w+", shape=shape)
     except OSError as err:
         raise CloudpipeError(f"cannot make the temporary probability store ({err.strerror or err})", path=folder) from None
 
 
-def _predict_to_store(parts, folder: Path, device: torch.device, settings: InferenceSettings) -> tuple[list[str], np.memmap]:
-    """Stream every part through its model into a uint8 memory map (n, 4, 350, 525) on disk
-    in ``folder``, so memory stays flat however many images there are."""
-    names = [name for _, images, _ in parts for name in images]
-    store = probability_store(folder, (len(names), len(CLASSES), *SUBMISSION_SHAPE))
-    offset = 0
-    for run, images, folder in parts:
-        paths = [folder / name for name in images]
-        for indices, probs in stream_probs(run, paths, device, settings, desc="predict-seg"):
-            small = torch.nn.functional.interpolate(probs, size=SUBMISSION_SHAPE, mode="bilinear", align_corners=False)
-            store[offset + indices] = (small * 255).round().to(torch.uint8).cpu().numpy()
-        offset += len(images)
-    return names, store
+Part = tuple[Path, list[str], Path]
+"""A model folder (a run, or one fold of it), the images it predicts, and their folder."""
 
 
-def _write_masks(names: list[str], store: np.ndarray, post: PostProcess, out: Path) -> None:
-    """Post-process and encode every mask; write the CSV atomically (image-major, class order)."""
+def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[str], folder: Path,
+                      device: torch.device, settings: InferenceSettings) -> np.memmap:
+    """Stream every run's parts through their models into a uint8 memory map (n, 4, 350, 525)
+    in ``folder``, rows in ``names`` order; several runs are averaged with their weights via a
+    float32 map of the same shape, run by run, so memory stays flat however many images or runs."""
+    shape = (len(names), len(CLASSES), *SUBMISSION_SHAPE)
+    store = probability_store(folder, shape)
+    mean = None if ensemble.single else RunningMean(probability_store(folder, shape, np.float32))
+    for r, (run, parts, weight) in enumerate(zip(ensemble.runs, runs, ensemble.weights)):
+        desc = f"predict-seg {run.name}" + ("" if ensemble.single else f" ({r + 1}/{len(ensemble.runs)})")
+        for model_dir, images, image_dir in parts:
+            model = load_run(model_dir, "segmentation", device)
+            rows = _rows_of(images, names)
+            for indices, probs in stream_probs(model, [image_dir / n for n in images], device, settings, desc=desc):
+                small = torch.nn.functional.interpolate(probs, size=SUBMISSION_SHAPE, mode="bilinear", align_corners=False)
+                values = (small * 255).round().to(torch.uint8).cpu().numpy()
+                if mean is None:
+                    store[rows[indices]] = values
+                else:
+                    mean.add(rows[indices], values, weight)
+    return store if mean is None else mean.write(store)
+
+
+def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess):
+    """Post-process and encode every mask; a writer of the CSV (image-major, class order)."""
     rows = [(join_label(name, c), mask2rle(post.apply(store[i, k], k)))
             for i, name in enumerate(names) for k, c in enumerate(CLASSES)]
-    write_csv(pd.DataFrame(rows, columns=list(CSV_COLUMNS)), out)
+    return csv_writer(pd.DataFrame(rows, columns=list(CSV_COLUMNS)))
+
+
+def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,
+                        overwrite: bool = False) -> SegPrediction:
+    """Tune post-processing again from validation probability stores alone, without running a
+    model: the stores' weighted mean (images matched by name) is tuned on Dice like
+    ``predict-seg --split val``; writes the masks to ``out`` and the choice, recording every run
+    averaged into the stores, to ``<stem>_postprocess.json`` (read by ``predict-seg --split
+    test --postprocess``).
+
+    Raises:
+        CloudpipeError: a bad, truncated or test store, stores of different images, images
+            without truth, or an output that may not be written.
+    """
+    data_dir = require_dir(data_dir)
+    if not stores:
+        raise CloudpipeError("give at least one --store")
+    share = normalise_weights(weights, len(stores))
+    post_out = postprocess_path_for(out)
+    inputs = [p for s in stores for p in (Path(s), info_path(s))] + [data_dir / TRAIN_CSV]
+    with ExitStack() as claims:
+        for path in (out, post_out):
+            claims.enter_context(claim_output(path, overwrite=overwrite, inputs=inputs))
+        started = time.perf_counter()
+        read = [read_store(s) for s in stores]
+        for path, (_, info) in zip(stores, read):
+            if info.split != "val":
+                raise CloudpipeError(f"holds {info.split} probabilities; tuning needs a validation store", path=path)
+        require_same_validation([Path(s) for s in stores], [info.images for _, info in read])
+        names = read[0][1].images
+        ensemble = Ensemble.merged([(info.runs, info.weights, w) for (_, info), w in zip(read, share)])
+        store = read[0][0] if len(read) == 1 else mean_stores(
+            [a for a, _ in read], share, probability_store(out.parent, read[0][0].shape),
+            rows=[_rows_of(names, info.images) for _, info in read])
+        data = load_train_data(data_dir)
+        missing = [i for i in names if i not in data.rles.index]
+        if missing:
+            raise CloudpipeError(f"{len(missing)} image(s) have no truth in train.csv (e.g. {', '.join(missing[:3])})",
+                                 path=stores[0])
+        speed = len(names) / max(time.perf_counter() - started, 1e-9)
+        return _tune_and_write(store, names, None, data, ensemble, out, post_out, speed)
+
+
+def _rows_of(names: list[str], images: list[str]) -> np.ndarray:
+    """The row of each of ``names`` in ``images`` (e.g. a store's rows)."""
+    row = {name: i for i, name in enumerate(images)}
+    return np.array([row[name] for name in names], dtype=np.int64)

@@ -9,6 +9,7 @@ predictions and the truth, scores every pair kept and blanked, lets
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from cloudpipe.algorithms.ensemble import mean_probs
 from cloudpipe.algorithms.thresholds import (
     METRIC_NAMES,
     Objective,
@@ -42,6 +44,7 @@ from cloudpipe.data.kaggle import (
 from cloudpipe.data.outputs import claim_output, write_text
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, read_json
 from cloudpipe.engine.settings import InferenceSettings
+from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.validation import validation_sets
 
 
@@ -94,12 +97,14 @@ class TuneResult:
     sweeps: dict[str, Sweep]
     rows: list[dict]
     probs_source: str
+    ensemble: Ensemble
     json_path: Path | None = None
     plot_path: Path | None = None
 
     def to_json(self) -> dict:
-        """The ``thresholds.json`` content: class thresholds, objective, number of images."""
-        return {**self.thresholds, "objective": self.objective, "images": len(self.images)}
+        """The ``thresholds.json`` content: class thresholds, objective, number of images, and
+        the runs (and weights) whose probabilities they were tuned on."""
+        return {**self.thresholds, "objective": self.objective, "images": len(self.images), **self.ensemble.record()}
 
     def summary(self) -> str:
         """Lines to print under the table: what was optimised, on what, and what was written."""
@@ -117,9 +122,10 @@ class TuneResult:
 
 
 def tune_thresholds(
-    run_dir: Path,
+    run_dir: Path | Sequence[Path],
     data_dir: Path,
     *,
+    weights: Sequence[float] | None = None,
     seg: Path | None = None,
     objective: Objective | None = None,
     mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
@@ -138,8 +144,11 @@ def tune_thresholds(
     ``DIR/train.csv`` at the training image size. Without it, ``"accuracy"`` of ``prob >= t``
     against the ``train.csv`` labels is maximised, which is not the competition metric.
 
+    Several runs (an ensemble) are averaged with ``weights`` (equal when None); they must
+    validate on the same images, and the JSON must be given as ``out``.
+
     Args:
-        run_dir: classifier run folder.
+        run_dir: classifier run folder, or several.
         data_dir: Kaggle-layout folder with ``train.csv`` (and ``train_images/``).
         seg: segmentation predictions (Kaggle CSV) covering some validation images.
         objective: ``"dice"`` (needs ``seg``) or ``"accuracy"``; default from ``seg``.
@@ -159,24 +168,28 @@ def tune_thresholds(
         CloudpipeError: missing run files, malformed CSVs, predictions sharing no image with the
             validation probabilities, images without truth, or outputs that may not be written.
     """
-
-    run_dir, data_dir = require_dir(run_dir), require_dir(data_dir)
+    ensemble = Ensemble.of(run_dir, weights)
+    for run in ensemble.runs:
+        require_dir(run)
+    data_dir = require_dir(data_dir)
+    if out is None and not ensemble.single:
+        raise CloudpipeError("an ensemble's thresholds need --out FILE (a run's own thresholds.json is for that run alone)")
     objective = objective or ("dice" if seg is not None else "accuracy")
     if objective not in METRIC_NAMES:
         raise CloudpipeError(f"objective must be one of {', '.join(METRIC_NAMES)}, got {objective!r}")
     if objective == "dice" and seg is None:
         raise CloudpipeError("the dice objective needs segmentation predictions (--seg VAL_SEG.csv)")
-    json_path = Path(out) if out is not None else run_dir / THRESHOLDS_JSON
+    json_path = Path(out) if out is not None else ensemble.runs[0] / THRESHOLDS_JSON
     plot_path = Path(plot) if plot is not None else json_path.with_suffix(".png")
     with ExitStack() as claims:
         if save:  # both outputs checked and locked until both are written
             if json_path.resolve() == plot_path.resolve():
                 raise CloudpipeError("--plot must differ from --out", path=plot_path)
-            inputs = [p for p in (seg, run_dir / VAL_PROBS_CSV, data_dir / TRAIN_CSV) if p is not None]
+            inputs = [p for p in (seg, *(run / VAL_PROBS_CSV for run in ensemble.runs), data_dir / TRAIN_CSV) if p is not None]
             claims.enter_context(claim_output(json_path, overwrite=overwrite or out is None, inputs=inputs))
             claims.enter_context(claim_output(plot_path, overwrite=overwrite or (out is None and plot is None),
                                               inputs=inputs))
-        result = _tune(run_dir, data_dir, seg, objective, mask_shape, settings)
+        result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings)
         if save:
             from cloudpipe.plots import save_png, threshold_figure
 
@@ -187,17 +200,37 @@ def tune_thresholds(
     return result
 
 
-def _tune(run_dir: Path, data_dir: Path, seg: Path | None, objective: Objective, mask_shape: tuple[int, int],
+def ensemble_val_probs(ensemble: Ensemble, data_dir: Path, settings: InferenceSettings) -> tuple[pd.DataFrame, str]:
+    """The weighted mean of the runs' validation probabilities (each from ``RUN/val_probs.csv``,
+    else computed), rows in the first run's order, and where they came from.
+
+    Raises:
+        CloudpipeError: runs whose validation images differ.
+    """
+    parts, sources = [], []
+    for run in ensemble.runs:
+        probs_csv = run / VAL_PROBS_CSV
+        if probs_csv.exists():
+            parts.append(read_probs_csv(probs_csv))
+            sources.append(str(probs_csv))
+        else:
+            parts.append(compute_val_probs(run, data_dir, settings))
+            sources.append(f"computed by {run}'s model(s), no {VAL_PROBS_CSV}")
+    require_same_validation(list(ensemble.runs), [list(p.index) for p in parts])
+    if ensemble.single:
+        return parts[0], sources[0]
+    index = parts[0].index
+    mean = mean_probs([p.loc[index].to_numpy() for p in parts], ensemble.weights)
+    weights = ", ".join(f"{w:.3g}" for w in ensemble.weights)
+    return pd.DataFrame(mean, index=index, columns=parts[0].columns), f"weighted mean ({weights}) of " + "; ".join(sources)
+
+
+def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objective, mask_shape: tuple[int, int],
           settings: InferenceSettings) -> TuneResult:
     """The work of :func:`tune_thresholds` between checking its outputs and writing them."""
-    probs_csv = run_dir / VAL_PROBS_CSV
     train = read_train(data_dir)
     labels = presence(train)
-    if probs_csv.exists():
-        probs, source = read_probs_csv(probs_csv), str(probs_csv)
-    else:
-        probs = compute_val_probs(run_dir, data_dir, settings)
-        source = f"computed by the run's model(s), no {VAL_PROBS_CSV}"
+    probs, source = ensemble_val_probs(ensemble, data_dir, settings)
     _require_truth(list(probs.index), labels.index, source)
 
     if seg is None:
@@ -218,4 +251,4 @@ def _tune(run_dir: Path, data_dir: Path, seg: Path | None, objective: Objective,
     p = probs.loc[scores.images].to_numpy()
     sweeps = choose_thresholds(p, scores)
     return TuneResult({c: s.threshold for c, s in sweeps.items()}, objective, scores.images, sweeps,
-                      summary_rows(p, scores, sweeps, objective), source)
+                      summary_rows(p, scores, sweeps, objective), source, ensemble)

@@ -1,0 +1,128 @@
+"""Probability stores: a segmentation prediction's per-pixel probabilities, kept for ensembling
+and re-tuning, owned here (names, format, checks).
+
+A store beside ``val_seg.csv`` is two files:
+
+```
+val_seg_probs.npy   uint8 (n, 4, 350, 525), NumPy .npy (C order): probability * 255, rounded
+val_seg_probs.json  {"format": 1, "split": "val", "images": [n names, in row order],
+                     "runs": [run folders], "weights": [one per run, summing to 1]}
+```
+
+``.npy`` is NumPy's own format: a short header then the raw bytes, so
+``numpy.load(path, mmap_mode="r")`` maps it without reading it (no new dependency, no
+decompression: reading a chunk costs what the disk gives), and a store of 1,000 images is
+1000 * 4 * 350 * 525 bytes = 735 MB plus a 128-byte header. The JSON names the images and says
+what was averaged, so a store is never applied to images or runs it was not made from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.errors import CloudpipeError
+
+FORMAT_VERSION = 1
+ENTRY_SHAPE = (len(CLASSES), *SUBMISSION_SHAPE)
+CHUNK = 32  # images per write: ~23 MB
+
+
+@dataclass
+class StoreInfo:
+    """What a store holds: its images (row order), the split, and the runs averaged into it."""
+
+    split: str
+    images: list[str]
+    runs: list[str]
+    weights: list[float]
+
+
+def store_paths(csv: Path) -> tuple[Path, Path]:
+    """The store beside a predictions CSV: ``<stem>_probs.npy`` and ``<stem>_probs.json``."""
+    csv = Path(csv)
+    return csv.with_name(f"{csv.stem}_probs.npy"), csv.with_name(f"{csv.stem}_probs.json")
+
+
+def info_path(store: Path) -> Path:
+    """The image list of a store: ``X_probs.npy`` -> ``X_probs.json``."""
+    return Path(store).with_suffix(".json")
+
+
+def array_writer(store: np.ndarray) -> Callable[[Path], None]:
+    """A writer for :func:`~cloudpipe.data.outputs.write_files`: the uint8 (n, 4, 350, 525)
+    array as ``.npy``, written chunk by chunk (memory stays flat; a full disk is an OSError,
+    never a SIGBUS)."""
+
+    def write(path: Path) -> None:
+        with open(path, "wb") as file:
+            np.lib.format.write_array_header_1_0(file, {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)),
+                                                        "fortran_order": False, "shape": tuple(store.shape)})
+            for start in range(0, len(store), CHUNK):
+                file.write(np.ascontiguousarray(store[start:start + CHUNK]).tobytes())
+
+    return write
+
+
+def info_writer(info: StoreInfo) -> Callable[[Path], None]:
+    """A writer for :func:`~cloudpipe.data.outputs.write_files`: the store's JSON."""
+    text = json.dumps({"format": FORMAT_VERSION, **asdict(info)}, indent=1) + "\n"
+    return lambda path: Path(path).write_text(text)
+
+
+def read_store(path: Path) -> tuple[np.memmap, StoreInfo]:
+    """Map a store read-only and read its JSON, checking both against each other.
+
+    Raises:
+        CloudpipeError: one line naming the file: missing, not ``.npy`` (wrong magic), another
+            dtype, order or shape, truncated, or a JSON that is unreadable, of another format,
+            or whose image list does not match the array.
+    """
+    path = Path(path)
+    info = _read_info(info_path(path))
+    try:
+        with open(path, "rb") as file:
+            version = np.lib.format.read_magic(file)
+            read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read_header(file)
+            offset = file.tell()
+    except FileNotFoundError:
+        raise CloudpipeError("probability store not found", path=path) from None
+    except (OSError, ValueError) as err:
+        raise CloudpipeError(f"not a probability store (.npy): {str(err).splitlines()[0]}", path=path) from None
+    if dtype != np.uint8 or fortran or len(shape) != 4 or tuple(shape[1:]) != ENTRY_SHAPE:
+        raise CloudpipeError(f"holds {dtype} {'Fortran ' if fortran else ''}{tuple(shape)}, not uint8 (n, "
+                             f"{', '.join(map(str, ENTRY_SHAPE))}) in C order", path=path)
+    size, expected = path.stat().st_size, offset + math.prod(shape)
+    if size != expected:
+        raise CloudpipeError(f"is {'truncated' if size < expected else 'too long'}: {size} bytes, its header says "
+                             f"{expected}", path=path)
+    if len(info.images) != shape[0]:
+        raise CloudpipeError(f"names {len(info.images)} images, the store holds {shape[0]}", path=info_path(path))
+    return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=tuple(shape)), info
+
+
+def _read_info(path: Path) -> StoreInfo:
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise CloudpipeError("the store's image list is missing", path=path) from None
+    except (OSError, ValueError) as err:
+        raise CloudpipeError(f"not a readable JSON file ({err})", path=path) from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
+        raise CloudpipeError(f"not a probability store's JSON of format {FORMAT_VERSION}", path=path)
+    try:
+        info = StoreInfo(str(data["split"]), list(data["images"]), list(data["runs"]), [float(w) for w in data["weights"]])
+    except (KeyError, TypeError, ValueError) as err:
+        raise CloudpipeError(f"store JSON lacks or garbles {err}", path=path) from None
+    if not all(isinstance(i, str) for i in info.images) or len(set(info.images)) != len(info.images):
+        raise CloudpipeError("the store's image list has duplicates or non-names", path=path)
+    if len(info.runs) != len(info.weights):
+        raise CloudpipeError("the store's JSON needs one weight per run", path=path)
+    return info

@@ -1,0 +1,54 @@
+"""Weighted means of uint8 stores and of presence probabilities."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from cloudpipe.algorithms.ensemble import RunningMean, mean_probs, mean_stores, normalise_weights
+from cloudpipe.core.errors import CloudpipeError
+
+
+def stores(n=5, count=3, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (n, 4, 6, 7), dtype=np.uint8) for _ in range(count)]
+
+
+def test_normalise_weights():
+    assert normalise_weights(None, 2) == [0.5, 0.5]
+    assert normalise_weights([1, 3], 2) == [0.25, 0.75]
+    with pytest.raises(CloudpipeError, match="one --weight per --run"):
+        normalise_weights([1], 2)
+    with pytest.raises(CloudpipeError, match="positive"):
+        normalise_weights([1, 0], 2)
+
+
+def test_mean_of_two_is_the_rounded_mean():
+    a, b = stores(count=2)
+    out = mean_stores([a, b], [0.5, 0.5], np.empty_like(a), chunk=2)
+    expected = np.rint((a.astype(np.float64) + b) / 2).astype(np.uint8)
+    assert np.array_equal(out, expected)
+
+
+def test_weights_and_row_order():
+    a, b = stores(count=2)
+    order = np.array([4, 2, 0, 1, 3])
+    out = mean_stores([a, b[order]], normalise_weights([1, 3], 2), np.empty_like(a), rows=[np.arange(5), np.argsort(order)])
+    expected = np.rint((a.astype(np.float64) + 3.0 * b) / 4).astype(np.uint8)
+    assert np.array_equal(out, expected)  # quarters are exact in float32
+
+
+def test_running_mean_gives_the_same_bytes_as_mean_stores():
+    parts = stores(count=3)
+    weights = normalise_weights([1, 2, 1], 3)
+    whole = mean_stores(parts, weights, np.empty_like(parts[0]))
+    running = RunningMean(np.zeros(parts[0].shape, np.float32))
+    for store, w in zip(parts, weights):
+        for rows in (np.array([3, 0]), np.array([1, 4, 2])):  # batches in any order
+            running.add(rows, store[rows], w)
+    assert np.array_equal(running.write(np.empty_like(parts[0]), chunk=2), whole)
+
+
+def test_mean_probs():
+    p, q = np.array([[0.2, 0.4, 0.6, 0.8]]), np.array([[0.6, 0.0, 0.0, 0.4]])
+    np.testing.assert_allclose(mean_probs([p, q], [0.25, 0.75]), [[0.5, 0.1, 0.15, 0.5]])

@@ -1,0 +1,75 @@
+"""Probability stores: round trip, and one-line errors for bad or truncated files."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.outputs import write_files
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, read_store, store_paths
+
+
+def write_store(tmp_path, n=3, images=None):
+    store = np.random.default_rng(0).integers(0, 256, (n, 4, 350, 525), dtype=np.uint8)
+    npy, meta = store_paths(tmp_path / "val_seg.csv")
+    info = StoreInfo("val", images or [f"{i}.jpg" for i in range(n)], ["/runs/a"], [1.0])
+    write_files({npy: array_writer(store), meta: info_writer(info)})
+    return npy, store, info
+
+
+def test_names_follow_the_csv(tmp_path):
+    assert [p.name for p in store_paths(tmp_path / "val_seg.csv")] == ["val_seg_probs.npy", "val_seg_probs.json"]
+    assert info_path(tmp_path / "val_seg_probs.npy") == tmp_path / "val_seg_probs.json"
+
+
+def test_round_trip_is_a_plain_npy(tmp_path):
+    npy, store, info = write_store(tmp_path, n=40)  # more than one write chunk
+    mapped, read = read_store(npy)
+    assert isinstance(mapped, np.memmap) and np.array_equal(mapped, store) and read == info
+    assert np.array_equal(np.load(npy, mmap_mode="r"), store)
+    assert npy.stat().st_size == 40 * 4 * 350 * 525 + 128
+
+
+def one_line(path):
+    with pytest.raises(CloudpipeError) as info:
+        read_store(path)
+    assert "\n" not in str(info.value)
+    return str(info.value)
+
+
+def test_truncated_store(tmp_path):
+    npy, _, _ = write_store(tmp_path)
+    with open(npy, "r+b") as f:
+        f.truncate(npy.stat().st_size - 10)
+    assert "truncated" in one_line(npy) and str(npy) in one_line(npy)
+
+
+def test_wrong_magic(tmp_path):
+    npy, _, _ = write_store(tmp_path)
+    npy.write_bytes(b"not numpy at all" * 20)
+    assert "not a probability store" in one_line(npy)
+
+
+@pytest.mark.parametrize("array", [np.zeros((2, 4, 350, 525), np.float32), np.zeros((2, 4, 10, 10), np.uint8),
+                                   np.asfortranarray(np.zeros((2, 4, 350, 525), np.uint8))])
+def test_wrong_dtype_shape_or_order(tmp_path, array):
+    npy, _, _ = write_store(tmp_path, n=2)
+    np.save(npy, array)
+    assert "not uint8 (n, 4, 350, 525)" in one_line(npy)
+
+
+def test_image_list_mismatch_and_damage(tmp_path):
+    npy, _, _ = write_store(tmp_path)
+    meta = info_path(npy)
+    data = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**data, "images": data["images"][:2]}))
+    assert "names 2 images, the store holds 3" in one_line(npy)
+    meta.write_text(json.dumps({**data, "images": ["a.jpg"] * 3}))
+    assert "duplicates" in one_line(npy)
+    meta.write_text("{oops")
+    assert "not a readable JSON" in one_line(npy)
+    meta.unlink()
+    assert "image list is missing" in one_line(npy)
