@@ -5,9 +5,11 @@
     .venv/bin/python benchmarks/real_clouds.py --smoke             # a tiny budget (tests, CI)
 
 Trains the segmentation run(s) and the classifier on the clouds350 train images (random
-weights, CPU budget), predicts the validation and test masks, tunes the presence thresholds on
-the validation images, gates the test masks, and writes ``report.html`` (test images, scored
-against ``test_truth.csv``) and ``report_val.html``. Steps whose outputs exist in ``--work`` are
+weights, CPU budget), predicts the validation and test masks of each run and of their
+probability-level ensemble (with several runs), tunes the presence thresholds on the
+validation images, gates the test masks, and writes a report per segmentation
+(``gated/<name>/report.html``: test images, scored against ``test_truth.csv``) and
+``report_val.html`` (the first run's validation images). Steps whose outputs exist in ``--work`` are
 not run again, so a second call (e.g. after changing only post-processing) costs seconds.
 Prints the headline table and the wall time of every step; ``results.json`` keeps them.
 """
@@ -33,7 +35,8 @@ from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV,
 from cloudpipe.data.runfolder import BEST_PT, LAST_PT  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SMOKE = {"train_images": 40, "seg": {"unet_r18": {"arch": "tiny", "image_size": [64, 96], "epochs": 1, "batch_size": 8}},
+SMOKE = {"train_images": 40, "seg": {"unet_r18": {"arch": "tiny", "image_size": [64, 96], "epochs": 1, "batch_size": 8},
+                                     "other": {"arch": "tiny", "image_size": [32, 64], "epochs": 1, "batch_size": 8}},
          "classifier": {"arch": "tiny", "image_size": [64, 96], "epochs": 1, "batch_size": 8, "accumulate": 1, "freeze": []},
          "workers": 0, "test_images": 12, "overlays": 1}
 
@@ -74,12 +77,13 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--smoke", action="store_true", help="tiny stand-in models on a few images: checks the script runs")
     args = parser.parse_args(argv)
 
+    from cloudpipe.data.probstore import read_store, store_paths
     from cloudpipe.engine.config import load_config
     from cloudpipe.engine.settings import InferenceSettings
     from cloudpipe.engine.train import train_run
-    from cloudpipe.pipeline.predict import predict_submission
+    from cloudpipe.pipeline.predict import predict_submission, probs_path_for
     from cloudpipe.pipeline.report import write_report
-    from cloudpipe.pipeline.segment import predict_segmentation
+    from cloudpipe.pipeline.segment import postprocess_path_for, predict_segmentation, retune_segmentation
     from cloudpipe.pipeline.tune import tune_thresholds
 
     settings = yaml.safe_load(args.config.read_text())
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     source = args.data or (HERE.parent / settings["data"]).resolve()  # relative to the repository
     work = args.work
     seconds: dict[str, float] = {}
+    extra: dict[str, float] = {}
     started = time.perf_counter()
 
     def step(name: str, fn, *args, **kwargs):
@@ -110,28 +115,53 @@ def main(argv: list[str] | None = None) -> dict:
         step(f"predict-seg val {name}", predict_segmentation, run, data, "val", val_csv, settings=infer, overwrite=True)
         step(f"predict-seg test {name}", predict_segmentation, run, data, "test", test_csv, settings=infer, overwrite=True)
         seg_csvs[name] = (val_csv, test_csv)
-    val_seg, test_seg = next(iter(seg_csvs.values()))
+    if len(seg_csvs) > 1:  # the probability-level ensemble of every segmentation run
+        runs, folder = [work / "runs" / name for name in seg_csvs], work / "ensemble"
+        val_csv, test_csv = folder / "val_seg.csv", folder / "test_seg.csv"
+        step("predict-seg val ensemble", predict_segmentation, runs, data, "val", val_csv, settings=infer, overwrite=True)
+        step("predict-seg test ensemble", predict_segmentation, runs, data, "test", test_csv, settings=infer, overwrite=True,
+             postprocess=postprocess_path_for(val_csv))
+        store = store_paths(val_csv)[0]
+        step("tune-seg ensemble (from stores)", retune_segmentation, [store], data, folder / "retuned_val_seg.csv", overwrite=True)
+        extra["store MB per 1,000 images"] = round(store.stat().st_size / 1e6 * 1000 / len(read_store(store)[1].images), 1)
+        extra["re-tune from stores, s"] = seconds["tune-seg ensemble (from stores)"]
+        seg_csvs["ensemble"] = (val_csv, test_csv)
 
     config = load_config("classifier", overrides={**settings["classifier"], "weights": "none", "workers": workers})
     classifier = work / "runs" / "classifier"
     if not finished(classifier, config.epochs):
         step("train-classifier", train_run, config, data, classifier, resume=classifier.exists(), progress=False)
-    step("tune-threshold", tune_thresholds, classifier, data, seg=val_seg, settings=infer)
-    submission = work / "submission.csv"
-    step("predict", predict_submission, test_seg, classifier, data, submission, settings=infer, overwrite=True)
     overlays = settings.get("overlays", 6)
-    test_report = step("report test", write_report, data, test_seg, work / "report.html", overwrite=True, progress=False,
-                       overlays=overlays, probs_csv=work / "submission_probs.csv", thresholds_file=classifier / "thresholds.json",
-                       truth_csv=data / "test_truth.csv", truth_shape=SUBMISSION_SHAPE)
-    step("report val", write_report, data, val_seg, work / "report_val.html", overwrite=True, progress=False,
-         overlays=overlays, run_dir=classifier)
+    comparison, reports = [], {}
+    for name, (val_csv, test_csv) in seg_csvs.items():
+        folder = work / "gated" / name
+        thresholds = folder / "thresholds.json"
+        step(f"tune-threshold {name}", tune_thresholds, classifier, data, seg=val_csv, out=thresholds, overwrite=True,
+             settings=infer)
+        submission = folder / "submission.csv"
+        step(f"predict {name}", predict_submission, test_csv, classifier, data, submission, thresholds_file=thresholds,
+             settings=infer, overwrite=True)
+        reports[name] = step(f"report test {name}", write_report, data, test_csv, folder / "report.html", overwrite=True,
+                             progress=False, overlays=overlays, probs_csv=probs_path_for(submission),
+                             thresholds_file=thresholds, truth_csv=data / "test_truth.csv", truth_shape=SUBMISSION_SHAPE)
+        rows = {r["submission"]: r["mean"] for r in reports[name].headline}
+        comparison.append({"segmentation": name, "alone": rows["segmentation alone"], "gated at 0.5": rows["gated at 0.5"],
+                           "gated, tuned": rows["gated, tuned thresholds"], "oracle": rows["gated by true presence (oracle)"]})
+    first = next(iter(seg_csvs))
+    step("report val", write_report, data, seg_csvs[first][0], work / "report_val.html", overwrite=True, progress=False,
+         overlays=overlays, run_dir=classifier, thresholds_file=work / "gated" / first / "thresholds.json")
+    test_report = reports[first]
     total = time.perf_counter() - started
-    print("\nTest images (clouds350 test_truth.csv), Kaggle Dice:")
+    print(f"\nTest images (clouds350 test_truth.csv), Kaggle Dice, segmentation {first}:")
     print(format_table(test_report.headline))
+    print("\nMean Dice on the test images, per segmentation:")
+    print(format_table(comparison))
+    for key, value in extra.items():
+        print(f"{key}: {value}")
     print(f"\nwall time {total / 60:.1f} min; steps: " + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items()))
     print(f"report: {test_report.path}")
-    results = {"headline": test_report.headline, "seconds": seconds, "total_seconds": round(total, 1),
-               "config": settings, "test_images": len(test_report.scored.stats.images)}
+    results = {"headline": test_report.headline, "comparison": comparison, **extra, "seconds": seconds,
+               "total_seconds": round(total, 1), "config": settings, "test_images": len(test_report.scored.stats.images)}
     (work / "results.json").write_text(json.dumps(results, indent=2, default=str))
     return results
 

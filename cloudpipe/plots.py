@@ -43,7 +43,8 @@ def image_bytes(fig, format: str = "png") -> bytes:
     return buffer.getvalue()
 
 
-def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", images: int | None = None):
+def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", images: int | None = None,
+                     which: str = "validation", applied: Mapping[str, float] | None = None):
     """Plot each class's mean score against its threshold, the chosen point marked.
 
     The score is a step function of the threshold: constant between two candidates, so each
@@ -53,7 +54,10 @@ def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", image
     Args:
         sweeps: class -> :class:`~cloudpipe.algorithms.thresholds.Sweep`, one panel each (up to 4).
         metric: name of the score on the y axis.
-        images: number of validation images, for the title.
+        images: number of images, for the title.
+        which: what the images are, for the title (``validation``, ``scored``...).
+        applied: class -> a threshold chosen elsewhere (e.g. on validation images), marked
+            with its score on these images; None for none.
     """
     fig = _figure(10, 7)
     axes = fig.subplots(2, 2, sharex=True).ravel()
@@ -64,7 +68,11 @@ def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", image
         ax.step(x, y, where="pre", color="tab:blue", linewidth=1.5)
         ax.axvline(0.5, color="grey", linestyle="--", linewidth=1, label=f"0.5: {s.score_at(0.5):.4f}")
         ax.axhline(s.score_at(0.0), color="grey", linestyle=":", linewidth=1, label=f"no blanking: {s.score_at(0.0):.4f}")
-        ax.plot([s.threshold], [s.score], "o", color="tab:red", label=f"tuned {s.threshold:.3f}: {s.score:.4f}")
+        best = "best here" if applied is not None else "tuned"
+        ax.plot([s.threshold], [s.score], "o", color="tab:red", label=f"{best} {s.threshold:.3f}: {s.score:.4f}")
+        if applied is not None:
+            ax.plot([applied[cls]], [s.score_at(applied[cls])], "D", color="tab:green",
+                    label=f"applied {applied[cls]:.3f}: {s.score_at(applied[cls]):.4f}")
         ax.set_title(cls)
         ax.set_xlim(0, 1)
         ax.set_ylabel(f"mean {metric}")
@@ -74,7 +82,7 @@ def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", image
         ax.set_visible(False)
     for ax in axes[-2:]:
         ax.set_xlabel("threshold (mask blanked when probability < threshold)")
-    fig.suptitle(f"{metric} against presence threshold" + (f" ({images} validation images)" if images else ""))
+    fig.suptitle(f"{metric} against presence threshold" + (f" ({images} {which} images)" if images else ""))
     return fig
 
 

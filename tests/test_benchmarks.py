@@ -16,7 +16,9 @@ def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
     results = real_clouds.main(["--smoke", "--data", str(tiny_data), "--work", str(work)])
     names = [r["submission"] for r in results["headline"]]
     assert names[1] == "segmentation alone" and "gated by true presence (oracle)" in names
-    assert (work / "report.html").stat().st_size > 10_000 and (work / "report_val.html").is_file()
+    assert (work / "gated" / "unet_r18" / "report.html").stat().st_size > 10_000 and (work / "report_val.html").is_file()
+    assert [r["segmentation"] for r in results["comparison"]] == ["unet_r18", "other", "ensemble"]
+    assert results["store MB per 1,000 images"] == 735.0
     assert json.loads((work / "results.json").read_text())["test_images"] == results["test_images"] == 6
     assert "wall time" in capsys.readouterr().out
     again = real_clouds.main(["--smoke", "--data", str(tiny_data), "--work", str(work)])  # trained runs are reused

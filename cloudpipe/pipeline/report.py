@@ -294,10 +294,12 @@ def render_page(scored: Scored, data_dir: Path, title: str, overlays: int, progr
                      "mean Dice against keeping every mask.</p>", _table(_decision_rows(scored)),
                      "<h2>Threshold curves</h2>"]
         sweeps = choose_thresholds(scored.probs, PairScores(stats.images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0))
-        sections += [_img(threshold_figure(sweeps, images=n), "Dice against threshold per class"),
-                     f"<p class='note'>Thresholds of the tuned gate: "
+        sections += [_img(threshold_figure(sweeps, images=n, which="scored", applied=scored.thresholds),
+                          "Dice against threshold per class"),
+                     f"<p class='note'>Thresholds of the tuned gate (green): "
                      f"{', '.join(f'{c} {t:.3f}' for c, t in scored.thresholds.items())} "
-                     f"({html.escape(scored.thresholds_source)}); the red point is the best on these images.</p>",
+                     f"({html.escape(scored.thresholds_source)}); red: the best threshold on these images. "
+                     "The gap between the two is what tuning elsewhere costs here.</p>",
                      "<h2>Dice and presence against probability</h2>",
                      *(_img(fig, "against presence probability") for fig in _probability_figures(scored))]
     sections += ["<h2>Dice against mask area</h2>", _img(_area_figure(scored), "Dice against mask area")]
