@@ -14,6 +14,7 @@ from cloudpipe.data.runfolder import (
     read_json,
     read_splits,
     trained_checkpoints,
+    training_files,
     write_splits,
 )
 
@@ -80,3 +81,10 @@ def test_read_json(tmp_path):
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(CloudpipeError, match="not a readable JSON file"):
         read_json(tmp_path / "c.json", "thresholds")
+
+
+def test_training_files_cover_folds(tmp_path):
+    (tmp_path / "fold1").mkdir()
+    names = {str(p.relative_to(tmp_path)) for p in training_files(tmp_path)}
+    assert {"best.pt", "last.pt", "config.yaml", "splits.csv", "metrics.csv", "thresholds.png", "fold1/last.pt"} <= names
+    assert "val_seg.csv" not in names

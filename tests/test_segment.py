@@ -20,6 +20,7 @@ from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
 from cloudpipe.data.outputs import output_lock
+from cloudpipe.data.probstore import store_paths
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits, train_run
@@ -76,6 +77,11 @@ def test_predict_seg_val_and_test(seg_run, tiny_data, tmp_path):
     assert read_mask_csv(seg_run / "test_seg.csv")["Image_Label"].tolist() == list(sample["Image_Label"])
     again = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet",
                    "--overwrite")  # its own earlier output inside the run is not an input
+    assert again.exit_code == 0, again.output
+    for path in store_paths(seg_run / "test_seg.csv"):
+        path.unlink()  # a CSV written before stores existed is replaced too
+    again = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet",
+                   "--overwrite")
     assert again.exit_code == 0, again.output
 
 
@@ -140,7 +146,7 @@ def test_full_disk_for_the_store_is_one_line(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("target", ["sample_submission.csv", "train.csv", "train_images/new.png", "run/best.pt",
-                                    "run/last.pt", "run/seg_postprocess.json"])
+                                    "run/last.pt", "run/seg_postprocess.json", "run/metrics.csv", "run/splits.csv"])
 def test_predict_seg_refuses_to_write_an_input(seg_run, tiny_data, tmp_path, target):
     data, run = tmp_path / "data", tmp_path / "run"
     shutil.copytree(tiny_data, data)

@@ -41,6 +41,19 @@ POSTPROCESS_JSON = "seg_postprocess.json"
 FOLD_PREFIX = "fold"
 
 
+TRAINING_FILES = (CONFIG_YAML, METRICS_CSV, VAL_PROBS_CSV, SPLITS_CSV, BEST_PT, LAST_PT, THRESHOLDS_JSON, POSTPROCESS_JSON)
+"""What training and tuning keep in a run folder (and its fold folders): never a command's --out."""
+
+
+def training_files(run_dir: Path) -> list[Path]:
+    """The paths of a run's own files (:data:`TRAINING_FILES`, the threshold plot, in the run
+    and its fold folders), existing or not: what a command that reads the run must not write.
+    Anything else in the folder (e.g. an earlier ``val_seg.csv``) is a user's output."""
+    folders = [Path(run_dir), *(p for p in Path(run_dir).glob(f"{FOLD_PREFIX}*") if p.is_dir())]
+    names = (*TRAINING_FILES, Path(THRESHOLDS_JSON).with_suffix(".png").name)
+    return [folder / name for folder in folders for name in names]
+
+
 @dataclass(frozen=True)
 class ModelSplit:
     """One model of a run: its folder and the images it trained and validated on."""

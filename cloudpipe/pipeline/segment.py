@@ -57,7 +57,7 @@ from cloudpipe.data.kaggle import (
 )
 from cloudpipe.data.outputs import claim_output, csv_writer, write_files
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, read_store, store_paths
-from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
+from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json, training_files
 from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.devices import resolve_device
 from cloudpipe.engine.infer import load_run, stream_probs
@@ -158,9 +158,7 @@ def predict_segmentation(
         raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
     post_out = None if split == "test" else (ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
     outputs = [out, *store_paths(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
-    # Every run file is an input, except an earlier predict-seg's group of outputs, which --overwrite may replace.
-    earlier = {Path(p).resolve() for p in outputs} if store_paths(out)[1].exists() else set()
-    run_files = [p for run in ensemble.runs for p in (*run.rglob("*"), run / POSTPROCESS_JSON) if p.resolve() not in earlier]
+    run_files = [p for run in ensemble.runs for p in training_files(run)]  # never replaced, even with --overwrite
     run_files += [postprocess] if postprocess else []
     with ExitStack() as claims:
         for path in outputs:
