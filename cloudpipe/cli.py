@@ -276,6 +276,15 @@ def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_
     click.echo(result.summary())
 
 
+def _step_names(ctx, param, value: str | None) -> list[str] | None:
+    return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
+
+
+STEPS_OPTION = click.option("--steps", default=None, callback=_step_names, metavar="A,B,...",
+                            help="Post-processing steps to tune, in order: threshold, top_area, min_size, shape "
+                                 "[default: threshold,min_size].")
+
+
 @main.command("predict-seg")
 @ensemble_runs_option("Segmentation")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
@@ -287,10 +296,11 @@ def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_
 @click.option("--postprocess", type=EXISTING_FILE, default=None,
               help="--split test: post-processing to apply [default for one run: RUN/seg_postprocess.json; "
                    "an ensemble: required, its <stem>_postprocess.json].")
+@STEPS_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=8)
 def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
-                postprocess: Path | None, overwrite: bool, settings) -> None:
+                postprocess: Path | None, steps: list[str] | None, overwrite: bool, settings) -> None:
     """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
     from cloudpipe.pipeline.segment import predict_segmentation
 
@@ -298,7 +308,7 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
         raise click.UsageError("an ensemble of runs needs --out")
     out = out if out is not None else run_dirs[0] / f"{split}_seg.csv"
     result = predict_segmentation(run_dirs, data_dir, split, out, weights=weights, postprocess=postprocess,
-                                  settings=settings, overwrite=overwrite)
+                                  steps=steps, settings=settings, overwrite=overwrite)
     click.echo("post-processing: " + result.postprocess.describe())
     click.echo(result.line())
     click.echo("wrote " + ", ".join(map(str, result.written)))
@@ -311,12 +321,14 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
               help="One per --store, in order: weighted mean of the stores [default: equal].")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
 @click.option("--out", type=NEW_PATH, required=True, help="Validation masks CSV to write, with <stem>_postprocess.json.")
+@STEPS_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path, overwrite: bool) -> None:
+def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path, steps: list[str] | None,
+             overwrite: bool) -> None:
     """Tune post-processing again from stored validation probabilities alone (no model runs)."""
     from cloudpipe.pipeline.segment import retune_segmentation
 
-    result = retune_segmentation(stores, data_dir, out, weights=weights, overwrite=overwrite)
+    result = retune_segmentation(stores, data_dir, out, weights=weights, steps=steps, overwrite=overwrite)
     click.echo("post-processing: " + result.postprocess.describe())
     click.echo(result.line())
     click.echo("wrote " + ", ".join(map(str, result.written)))

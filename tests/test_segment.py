@@ -208,6 +208,29 @@ def test_val_store_retunes_to_the_same_masks(seg_run, tiny_data, tmp_path):
     assert tuned["runs"] == [str(run.resolve())]
 
 
+def test_tune_seg_tunes_the_steps_named(seg_run, tiny_data, tmp_path):
+    run = copy_run(seg_run, tmp_path, "run")
+    val = tmp_path / "val_seg.csv"
+    assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
+    again = tmp_path / "again.csv"
+    result = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", again,
+                    "--steps", "threshold,top_area,min_size,shape")
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((tmp_path / "again_postprocess.json").read_text())
+    assert [s["step"] for s in tuned["steps"]] == ["threshold", "top_area", "min_size", "shape"]
+    assert "shape" in result.output and "validation Dice" in result.output
+    test = tmp_path / "test.csv"
+    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", test,
+                    "--postprocess", tmp_path / "again_postprocess.json", *CPU_QUIET)
+    assert result.exit_code == 0, result.output  # the tuned steps apply to the test masks
+    bad = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", tmp_path / "b.csv",
+                 "--steps", "shape,threshold")
+    assert bad.exit_code == 2 and "reads the probabilities" in bad.stderr
+    bad = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "c.csv",
+                 "--steps", "threshold")
+    assert bad.exit_code == 2 and "--steps is tuned by --split val" in bad.stderr
+
+
 def test_ensemble_is_the_weighted_mean_of_the_runs_stores(seg_run, seg_run_b, tiny_data, tmp_path):
     a, b = copy_run(seg_run, tmp_path, "a"), copy_run(seg_run_b, tmp_path, "b")
     for split in ("val", "test"):

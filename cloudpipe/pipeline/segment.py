@@ -35,6 +35,7 @@ from cloudpipe.algorithms.postprocess import (
     choose,
     default_index,
     grid_stats,
+    make_steps,
 )
 from cloudpipe.core.competition import (
     CLASSES,
@@ -130,6 +131,7 @@ def predict_segmentation(
     *,
     weights: Sequence[float] | None = None,
     postprocess: Path | None = None,
+    steps: Sequence[str] | None = None,
     settings: InferenceSettings = InferenceSettings(batch_size=8),
     overwrite: bool = False,
 ) -> SegPrediction:
@@ -143,7 +145,8 @@ def predict_segmentation(
     an ensemble. ``test``: the test images in ``sample_submission.csv`` order, every model of
     every run averaged, post-processed by ``postprocess`` (default: the run's own file, else
     the steps' defaults; an ensemble must name its file, and the file must record these runs
-    and weights).
+    and weights). ``steps``: the names of the steps ``val`` tunes, in order (default
+    ``threshold, min_size``; see :data:`~cloudpipe.algorithms.postprocess.STEPS`).
 
     Runs may differ in architecture, encoder and image size: each one's probabilities are
     resized to 350 x 525 before averaging. N runs cost N inference passes and the memory of one.
@@ -156,6 +159,9 @@ def predict_segmentation(
     data_dir = require_dir(data_dir)
     if split == "val" and postprocess is not None:
         raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
+    if split == "test" and steps is not None:
+        raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
+    tuned_steps = _steps(steps)
     post_out = None if split == "test" else (ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
     outputs = [out, *store_paths(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
     # Every run file is an input, except an earlier predict-seg's group of outputs, which --overwrite may replace.
@@ -167,7 +173,12 @@ def predict_segmentation(
             claims.enter_context(claim_output(path, overwrite=overwrite, inputs=[
                 data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
                 input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]))
-        return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, settings)
+        return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, settings)
+
+
+def _steps(names: Sequence[str] | None) -> tuple[Step, ...]:
+    """The steps to tune: those named, else the default list."""
+    return PostProcess().steps if names is None else make_steps(names)
 
 
 def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProcess:
@@ -183,7 +194,8 @@ def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProce
 
 
 def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val", "test"], out: Path,
-                       postprocess: Path | None, post_out: Path | None, settings: InferenceSettings) -> SegPrediction:
+                       postprocess: Path | None, post_out: Path | None, steps: tuple[Step, ...],
+                       settings: InferenceSettings) -> SegPrediction:
     """The work of :func:`predict_segmentation` once its outputs are checked and locked."""
     device = resolve_device(settings.device)
     started = time.perf_counter()
@@ -204,14 +216,14 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
     info = StoreInfo(split, names, **ensemble.record())
     if split == "test":
         return _write_outputs(SegPrediction(out, len(names), post, speed), store, names, info, None, ensemble)
-    return _tune_and_write(store, names, info, data, ensemble, out, post_out, speed)
+    return _tune_and_write(store, names, info, data, ensemble, out, post_out, speed, steps)
 
 
 def _tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
-                    out: Path, post_out: Path, speed: float) -> SegPrediction:
-    """Tune post-processing on a validation store and write the masks, the store (when
-    ``info``) and the choice."""
-    post, dice = tune_postprocess(store, names, data.rles, data.image_shape)
+                    out: Path, post_out: Path, speed: float, steps: tuple[Step, ...]) -> SegPrediction:
+    """Tune ``steps`` on a validation store and write the masks, the store (when ``info``)
+    and the choice."""
+    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps)
     result = SegPrediction(out, len(names), post, speed)
     at_default = default_index(post.steps)
     if at_default is not None:
@@ -288,12 +300,13 @@ def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess):
 
 
 def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,
-                        overwrite: bool = False) -> SegPrediction:
+                        steps: Sequence[str] | None = None, overwrite: bool = False) -> SegPrediction:
     """Tune post-processing again from validation probability stores alone, without running a
     model: the stores' weighted mean (images matched by name) is tuned on Dice like
     ``predict-seg --split val``; writes the masks to ``out`` and the choice, recording every run
     averaged into the stores, to ``<stem>_postprocess.json`` (read by ``predict-seg --split
-    test --postprocess``).
+    test --postprocess``). ``steps``: the names of the steps to tune, as for
+    :func:`predict_segmentation`.
 
     Raises:
         CloudpipeError: a bad, truncated or test store, stores of different images, images
@@ -303,6 +316,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
     if not stores:
         raise CloudpipeError("give at least one --store")
     share = normalise_weights(weights, len(stores))
+    tuned_steps = _steps(steps)
     post_out = postprocess_path_for(out)
     inputs = [p for s in stores for p in (Path(s), info_path(s))] + [data_dir / TRAIN_CSV]
     with ExitStack() as claims:
@@ -325,7 +339,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
             raise CloudpipeError(f"{len(missing)} image(s) have no truth in train.csv (e.g. {', '.join(missing[:3])})",
                                  path=stores[0])
         speed = len(names) / max(time.perf_counter() - started, 1e-9)
-        return _tune_and_write(store, names, None, data, ensemble, out, post_out, speed)
+        return _tune_and_write(store, names, None, data, ensemble, out, post_out, speed, tuned_steps)
 
 
 def _rows_of(names: list[str], images: list[str]) -> np.ndarray:
