@@ -57,7 +57,7 @@ from cloudpipe.data.kaggle import (
     require_dir,
 )
 from cloudpipe.data.outputs import claim_output, csv_writer, write_files
-from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, read_store, store_paths
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, read_store, store_paths
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
 from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.devices import resolve_device
@@ -109,6 +109,9 @@ class SegPrediction:
     tuned_dice: float | None = None
     default_dice: float | None = None
     written: list[Path] = field(default_factory=list)
+    presence: pd.DataFrame | None = None
+    """The segmentation head's presence per image (written as ``<stem>_presence.csv``), when
+    every run's model has a head."""
 
     def line(self) -> str:
         text = f"{self.images} images at {self.images_per_second:.1f} img/s -> {self.out}"
@@ -163,7 +166,7 @@ def predict_segmentation(
         raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
     tuned_steps = _steps(steps)
     post_out = None if split == "test" else (ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
-    outputs = [out, *store_paths(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
+    outputs = [out, *store_paths(out), presence_path(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
     # Every run file is an input, except an earlier predict-seg's group of outputs, which --overwrite may replace.
     earlier = {Path(p).resolve() for p in outputs} if store_paths(out)[1].exists() else set()
     run_files = [p for run in ensemble.runs for p in (*run.rglob("*"), run / POSTPROCESS_JSON) if p.resolve() not in earlier]
@@ -211,20 +214,22 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
         data = sets[0][0]
         names = [i for s in sets[0][1] for i in s.val]
         runs = [[(s.folder, s.val, data_dir / TRAIN_IMAGES) for s in splits] for _, splits in sets]
-    store = _predict_to_store(ensemble, runs, names, out.parent, device, settings)
+    store, presence = _predict_to_store(ensemble, runs, names, out.parent, device, settings)
     speed = len(names) / (time.perf_counter() - started)
     info = StoreInfo(split, names, **ensemble.record())
     if split == "test":
-        return _write_outputs(SegPrediction(out, len(names), post, speed), store, names, info, None, ensemble)
-    return _tune_and_write(store, names, info, data, ensemble, out, post_out, speed, steps)
+        return _write_outputs(SegPrediction(out, len(names), post, speed, presence=presence), store, names, info, None,
+                              ensemble)
+    return _tune_and_write(store, names, info, data, ensemble, out, post_out, speed, steps, presence)
 
 
 def _tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
-                    out: Path, post_out: Path, speed: float, steps: tuple[Step, ...]) -> SegPrediction:
-    """Tune ``steps`` on a validation store and write the masks, the store (when ``info``)
-    and the choice."""
+                    out: Path, post_out: Path, speed: float, steps: tuple[Step, ...],
+                    presence: pd.DataFrame | None = None) -> SegPrediction:
+    """Tune ``steps`` on a validation store and write the masks, the store (when ``info``),
+    the head's presence (when given) and the choice."""
     post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps)
-    result = SegPrediction(out, len(names), post, speed)
+    result = SegPrediction(out, len(names), post, speed, presence=presence)
     at_default = default_index(post.steps)
     if at_default is not None:
         result.default_dice = float(dice[(slice(None), *at_default)].mean())
@@ -240,6 +245,8 @@ def _write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], i
     if info is not None:
         npy, meta = store_paths(result.out)
         writers |= {npy: array_writer(store), meta: info_writer(info)}
+    if result.presence is not None:
+        writers[presence_path(result.out)] = csv_writer(result.presence.reset_index(), float_format="%.6f")
     if post_out is not None:
         text = json.dumps({**result.postprocess.to_dict(), **ensemble.record()}, indent=2) + "\n"
         writers[post_out] = lambda tmp: tmp.write_text(text)
@@ -270,26 +277,33 @@ Part = tuple[Path, list[str], Path]
 
 
 def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[str], folder: Path,
-                      device: torch.device, settings: InferenceSettings) -> np.memmap:
+                      device: torch.device, settings: InferenceSettings) -> tuple[np.memmap, pd.DataFrame | None]:
     """Stream every run's parts through their models into a uint8 memory map (n, 4, 350, 525)
     in ``folder``, rows in ``names`` order; several runs are averaged with their weights via a
-    float32 map of the same shape, run by run, so memory stays flat however many images or runs."""
+    float32 map of the same shape, run by run, so memory stays flat however many images or runs.
+    Also returns the weighted mean of the classification heads' presence (indexed by image)
+    when every model has a head, else None."""
     shape = (len(names), len(CLASSES), *SUBMISSION_SHAPE)
     store = probability_store(folder, shape)
     mean = None if ensemble.single else RunningMean(probability_store(folder, shape, np.float32))
+    presence, every_head = np.zeros((len(names), len(CLASSES))), True
     for r, (run, parts, weight) in enumerate(zip(ensemble.runs, runs, ensemble.weights)):
         desc = f"predict-seg {run.name}" + ("" if ensemble.single else f" ({r + 1}/{len(ensemble.runs)})")
         for model_dir, images, image_dir in parts:
             model = load_run(model_dir, "segmentation", device)
             rows = _rows_of(images, names)
-            for indices, probs in stream_probs(model, [image_dir / n for n in images], device, settings, desc=desc):
+            for indices, probs, head in stream_probs(model, [image_dir / n for n in images], device, settings, desc=desc):
+                every_head = every_head and head is not None
+                if head is not None:
+                    presence[rows[indices]] += weight * head.cpu().numpy()
                 small = torch.nn.functional.interpolate(probs, size=SUBMISSION_SHAPE, mode="bilinear", align_corners=False)
                 values = (small * 255).round().to(torch.uint8).cpu().numpy()
                 if mean is None:
                     store[rows[indices]] = values
                 else:
                     mean.add(rows[indices], values, weight)
-    return store if mean is None else mean.write(store)
+    heads = pd.DataFrame(presence, index=pd.Index(names, name="image"), columns=list(CLASSES)) if every_head else None
+    return (store if mean is None else mean.write(store)), heads
 
 
 def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess):
