@@ -79,19 +79,28 @@ def test_any_list_of_steps_tunes_to_the_best_combination():
     truth = np.zeros((n, 4, 24, 36), np.uint8)
     truth[:, :, 4:16, 6:20] = 1
     truth[::2, 2] = 0  # some absent classes
+    assert check_tuning_beats_every_option(steps, probs, truth).shape == (4, 2, 3, 2)
+
+
+def check_tuning_beats_every_option(steps: tuple[Step, ...], probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Tune ``steps`` on (n, 4, H, W) probabilities against truth; assert that every
+    combination's Dice is what applying it gives and that the choice beats or equals each.
+    Returns the Dice of every combination."""
+    n = len(probs)
     stats = [[grid_stats(steps, probs[i, k], truth[i, k]) for k in range(4)] for i in range(n)]
     inter = np.array([[s[0] for s in row] for row in stats])
     area = np.array([[s[1] for s in row] for row in stats])
     post, dice = choose(steps, inter, area, truth.sum((2, 3)))
-    assert dice.shape == (4, 2, 3, 2)
     for k, c in enumerate(CLASSES):
         scores = {}
         for combo in itertools.product(*(s.grid for s in steps)):
             masks = [PostProcess(steps, {cc: combo for cc in CLASSES}).apply(probs[i, k], k) for i in range(n)]
             scores[combo] = np.mean([dice_score(np.count_nonzero(m & truth[i, k]), m.sum(), truth[i, k].sum())
                                      for i, m in enumerate(masks)])
+            assert dice[k][tuple(s.grid.index(v) for s, v in zip(steps, combo))] == pytest.approx(scores[combo])
         assert scores[post.values[c]] == pytest.approx(max(scores.values()))  # beats or equals every option
         assert dice[k].max() == pytest.approx(max(scores.values()))
+    return dice
 
 
 def test_ties_go_to_the_first_combination():
@@ -169,18 +178,7 @@ def test_every_step_tunes_to_at_least_each_option_it_searched():
     truth = np.zeros((n, 4, 24, 36), np.uint8)
     truth[:, :, 3:17, 5:21] = 1
     truth[::2, 1:3] = 0  # some absent classes
-    stats = [[grid_stats(steps, probs[i, k], truth[i, k]) for k in range(4)] for i in range(n)]
-    inter = np.array([[s[0] for s in row] for row in stats])
-    area = np.array([[s[1] for s in row] for row in stats])
-    post, dice = choose(steps, inter, area, truth.sum((2, 3)))
-    for k, c in enumerate(CLASSES):
-        scores = {}
-        for combo in itertools.product(*(s.grid for s in steps)):
-            masks = [PostProcess(steps, {cc: combo for cc in CLASSES}).apply(probs[i, k], k) for i in range(n)]
-            scores[combo] = np.mean([dice_score(np.count_nonzero(m & truth[i, k]), m.sum(), truth[i, k].sum())
-                                     for i, m in enumerate(masks)])
-            assert dice[k][tuple(s.grid.index(v) for s, v in zip(steps, combo))] == pytest.approx(scores[combo])
-        assert scores[post.values[c]] == pytest.approx(max(scores.values()))
+    check_tuning_beats_every_option(steps, probs, truth)
 
 
 def test_new_steps_round_trip_and_build_by_name():
