@@ -216,6 +216,11 @@ def train_seg(**options) -> None:
     _train("segmentation", **options)
 
 
+def _names(ctx, param, value: str | None) -> list[str] | None:
+    """A comma-separated list of names (None stays None)."""
+    return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
+
+
 WEIGHT_OPTION = click.option("--weight", "weights", type=click.FloatRange(min=0, min_open=True), multiple=True,
                              help="One per --run, in order: weighted mean of the runs [default: equal].")
 
@@ -238,16 +243,25 @@ def ensemble_runs_option(what: str):
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="One threshold for all classes [default for one run: RUN/thresholds.json, else 0.5].")
 @shape_option("--mask-shape", (350, 525), "Mask size of the segmentation submission.")
+@click.option("--seg-store", type=EXISTING_FILE, default=None,
+              help="Test probability store (predict-seg --split test's <stem>_probs.npy), when the thresholds gate on "
+                   "pixel statistics.")
+@click.option("--presence", "presence_csv", type=EXISTING_FILE, default=None,
+              help="The segmentation head's test presence (<stem>_presence.csv), when the thresholds gate on it.")
+@click.option("--at-least-one/--no-at-least-one", default=None,
+              help="Keep the most probable class of an image whose masks are all blanked [default: as thresholds.json says].")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=16)
 def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path,
-            thresholds_file: Path | None, threshold: float | None, mask_shape: tuple[int, int], overwrite: bool,
-            settings) -> None:
-    """Blank the segmentation masks of classes the classifier judges absent; write the submission."""
+            thresholds_file: Path | None, threshold: float | None, mask_shape: tuple[int, int], seg_store: Path | None,
+            presence_csv: Path | None, at_least_one: bool | None, overwrite: bool, settings) -> None:
+    """Blank the segmentation masks of classes judged absent (by the classifier, or the sources
+    thresholds.json names); write the submission."""
     from cloudpipe.pipeline.predict import predict_submission, probs_path_for
 
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights, thresholds_file=thresholds_file,
-                                 threshold=threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite)
+                                 threshold=threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
+                                 seg_store=seg_store, presence=presence_csv, at_least_one=at_least_one)
     click.echo(summary.line())
     click.echo(f"wrote {out} and {probs_path_for(out)}")
 
@@ -262,18 +276,44 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
               help="JSON to write [default for one run: RUN/thresholds.json, replaced; an ensemble: required].")
 @click.option("--plot", type=NEW_PATH, default=None, help="PNG of score against threshold [default: --out with .png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out / --plot file.")
+@click.option("--seg-store", type=EXISTING_FILE, default=None,
+              help="Validation probability store (predict-seg --split val's <stem>_probs.npy): gate on pixel statistics.")
+@click.option("--presence", "presence_csv", type=EXISTING_FILE, default=None,
+              help="The segmentation head's validation presence (<stem>_presence.csv): gate on it.")
+@click.option("--sources", default=None, callback=_names, metavar="A,B,...",
+              help="Sources to try: classifier, head, max, top_mean, area (blends of the classifier with each other "
+                   "one are tried too) [default: the classifier and every source whose input is given].")
+@click.option("--top-k", type=click.IntRange(min=1), default=18000, help="Pixels averaged by top_mean (at 350 x 525).")
+@click.option("--area-threshold", type=click.FloatRange(0, 1), default=0.5, help="Pixel probability counted by area.")
+@click.option("--placement", type=click.Choice(["exact", "midpoint"]), default="exact",
+              help="exact: on the chosen probability; midpoint: halfway to the next lower one (same validation score).")
+@click.option("--at-least-one", is_flag=True,
+              help="Try keeping the most probable class of an image whose masks are all blanked; kept if it helps.")
 @inference_options(batch_size=16, tta=False)  # used when val_probs.csv must be computed
 def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path,
                    seg_csv: Path | None, objective: str | None, mask_shape: tuple[int, int],
-                   out: Path | None, plot: Path | None, overwrite: bool, settings) -> None:
+                   out: Path | None, plot: Path | None, overwrite: bool, seg_store: Path | None, presence_csv: Path | None,
+                   sources: list[str] | None, top_k: int, area_threshold: float, placement: str, at_least_one: bool,
+                   settings) -> None:
     """Choose per-class presence thresholds that maximise the Kaggle Dice of the blanked --seg
     predictions on the run's validation images (accuracy without --seg); write thresholds.json."""
+    from cloudpipe.algorithms.presence import PixelStats
     from cloudpipe.pipeline.tune import tune_thresholds
 
     result = tune_thresholds(run_dirs, data_dir, weights=weights, seg=seg_csv, objective=objective, mask_shape=mask_shape,
-                             out=out, plot=plot, overwrite=overwrite, settings=settings)
+                             out=out, plot=plot, overwrite=overwrite, settings=settings, presence=presence_csv,
+                             seg_store=seg_store, sources=sources, pixel=PixelStats(top_k, area_threshold),
+                             placement=placement, at_least_one=at_least_one)
     click.echo(format_table(result.rows))
+    if len(result.source_rows) > 1:
+        click.echo("\nTuned score of each source alone and of each blend:")
+        click.echo(format_table(result.source_rows))
     click.echo(result.summary())
+
+
+STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A,B,...",
+                            help="Post-processing steps to tune, in order: threshold, top_area, min_size, shape "
+                                 "[default: threshold,min_size].")
 
 
 @main.command("predict-seg")
@@ -287,10 +327,11 @@ def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_
 @click.option("--postprocess", type=EXISTING_FILE, default=None,
               help="--split test: post-processing to apply [default for one run: RUN/seg_postprocess.json; "
                    "an ensemble: required, its <stem>_postprocess.json].")
+@STEPS_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=8)
 def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
-                postprocess: Path | None, overwrite: bool, settings) -> None:
+                postprocess: Path | None, steps: list[str] | None, overwrite: bool, settings) -> None:
     """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
     from cloudpipe.pipeline.segment import predict_segmentation
 
@@ -298,7 +339,7 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
         raise click.UsageError("an ensemble of runs needs --out")
     out = out if out is not None else run_dirs[0] / f"{split}_seg.csv"
     result = predict_segmentation(run_dirs, data_dir, split, out, weights=weights, postprocess=postprocess,
-                                  settings=settings, overwrite=overwrite)
+                                  steps=steps, settings=settings, overwrite=overwrite)
     click.echo("post-processing: " + result.postprocess.describe())
     click.echo(result.line())
     click.echo("wrote " + ", ".join(map(str, result.written)))
@@ -311,12 +352,14 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
               help="One per --store, in order: weighted mean of the stores [default: equal].")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
 @click.option("--out", type=NEW_PATH, required=True, help="Validation masks CSV to write, with <stem>_postprocess.json.")
+@STEPS_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
-def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path, overwrite: bool) -> None:
+def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path, steps: list[str] | None,
+             overwrite: bool) -> None:
     """Tune post-processing again from stored validation probabilities alone (no model runs)."""
     from cloudpipe.pipeline.segment import retune_segmentation
 
-    result = retune_segmentation(stores, data_dir, out, weights=weights, overwrite=overwrite)
+    result = retune_segmentation(stores, data_dir, out, weights=weights, steps=steps, overwrite=overwrite)
     click.echo("post-processing: " + result.postprocess.describe())
     click.echo(result.line())
     click.echo("wrote " + ", ".join(map(str, result.written)))

@@ -92,3 +92,19 @@ def tiny_classifier_run_b(tiny_data, tmp_path_factory) -> Path:
                                                       batch_size=8, accumulate=1, lr=1e-3, device="cpu"))
     train_run(config, tiny_data, run, progress=False)
     return run
+
+
+def write_store(path: Path, images: list[str], split: str, seed: int = 0) -> Path:
+    """A probability store of random blocks for ``images`` (as predict-seg writes one)."""
+    from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer
+
+    rng = np.random.default_rng(seed)
+    store = (rng.random((len(images), len(CLASSES), *SUBMISSION_SHAPE)) * 90).astype(np.uint8)
+    for i in range(len(images)):
+        for k in range(len(CLASSES)):
+            if rng.random() < 0.6:
+                top, left = int(rng.integers(0, 250)), int(rng.integers(0, 400))
+                store[i, k, top:top + 100, left:left + 120] = int(rng.integers(120, 255))
+    array_writer(store)(path)
+    info_writer(StoreInfo(split, list(images), [], []))(info_path(path))
+    return path

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-import pandas as pd
+import json
 
-from cloudpipe.algorithms.gating import gate
+import numpy as np
+import pandas as pd
+import pytest
+
+from cloudpipe.algorithms.gating import GateSpec, gate, keep_most_probable
+from cloudpipe.algorithms.presence import PixelStats
 from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
 
 
 def test_gate_blanks_exactly_below_threshold():
@@ -18,3 +24,34 @@ def test_gate_blanks_exactly_below_threshold():
     assert list(out["blanked"]) == [True, False, False, True]
     empty_below = seg.assign(EncodedPixels=["", "3 4", "", "9 1"])
     assert list(gate(empty_below, probs, {c: 0.5 for c in CLASSES})["blanked"]) == [False, False, False, True]
+
+
+def test_at_least_one_keeps_the_most_probable_drawn_class():
+    absent = np.array([[True, True, True, True], [True, False, True, True], [True, True, True, True]])
+    probs = np.array([[0.1, 0.3, 0.2, 0.4], [0.9, 0.1, 0.2, 0.3], [0.1, 0.2, 0.3, 0.4]])
+    drawn = np.array([[True, True, True, False], [True, True, True, True], [False, False, False, False]])
+    out = keep_most_probable(absent, probs, drawn)
+    assert out[0].tolist() == [True, False, True, True]  # Sugar is more probable but has no mask
+    assert (out[1:] == absent[1:]).all()  # one class kept already; nothing drawn
+    seg = pd.DataFrame({"Image_Label": [f"a.jpg_{c}" for c in CLASSES] + [f"b.jpg_{c}" for c in CLASSES],
+                        "EncodedPixels": ["1 2", "3 4", "", "9 1", "1 2", "", "", ""],
+                        "image": ["a.jpg"] * 4 + ["b.jpg"] * 4, "class_name": list(CLASSES) * 2}).iloc[::-1]
+    frame = pd.DataFrame([[0.2, 0.45, 0.9, 0.3], [0.7, 0.1, 0.1, 0.1]], index=["a.jpg", "b.jpg"], columns=list(CLASSES))
+    out = gate(seg, frame, {c: 0.95 for c in CLASSES}, at_least_one=True).set_index("Image_Label")
+    assert out.loc["a.jpg_Flower", "EncodedPixels"] == "3 4" and out.loc["b.jpg_Fish", "EncodedPixels"] == "1 2"
+    assert out["EncodedPixels"].ne("").sum() == 2
+    assert gate(seg, frame, {c: 0.95 for c in CLASSES})["EncodedPixels"].eq("").all()
+
+
+def test_gate_spec_round_trip_and_errors():
+    spec = GateSpec({c: 0.4 for c in CLASSES}, {**{c: {"classifier": 1.0} for c in CLASSES},
+                                                 "Sugar": {"classifier": 0.25, "top_mean": 0.75}}, True, PixelStats(9000, 0.4))
+    data = json.loads(json.dumps(spec.to_json()))
+    assert GateSpec.from_json(data) == spec and spec.sources == ["classifier", "top_mean"]
+    assert data["top_k"] == 9000 and data["at_least_one"] is True
+    old = GateSpec.from_json({c: 0.5 for c in CLASSES})  # a file from before sources: the classifier alone
+    assert old.sources == ["classifier"] and not old.at_least_one
+    with pytest.raises(CloudpipeError, match="unknown source"):
+        GateSpec.from_json({**data, "gate": {c: {"oracle": 1.0} for c in CLASSES}})
+    with pytest.raises(CloudpipeError, match="sum to 1"):
+        GateSpec.from_json({**data, "gate": {c: {"classifier": 0.5} for c in CLASSES}})

@@ -35,7 +35,7 @@ def test_tta_is_the_mean_over_flips(tiny_data, tiny_classifier_run):
 
     paths = sorted((tiny_data / "test_images").iterdir())
     run = load_run(tiny_classifier_run, "classifier", torch.device("cpu"))
-    [(indices, tta)] = list(stream_probs(run, paths, torch.device("cpu"),
+    [(indices, tta, _)] = list(stream_probs(run, paths, torch.device("cpu"),
                                          InferenceSettings(workers=0, tta=True, amp=False, progress=False)))
     images = torch.stack([torch.from_numpy(read_image(p, (64, 96), 1)) for p in paths]).permute(0, 3, 1, 2)
     with torch.no_grad():
@@ -56,8 +56,8 @@ def test_tta_changes_nothing_for_a_flip_invariant_model(tiny_data):
     run = RunModels([MeanColour()], load_config("classifier", overrides=dict(image_size=(64, 96))), [])
     paths = sorted((tiny_data / "test_images").iterdir())
     cpu = torch.device("cpu")
-    plain = torch.cat([p for _, p in stream_probs(run, paths, cpu, InferenceSettings(workers=0, amp=False, progress=False))])
-    flipped = torch.cat([p for _, p in stream_probs(run, paths, cpu, InferenceSettings(workers=0, tta=True, amp=False,
+    plain = torch.cat([p for _, p, _ in stream_probs(run, paths, cpu, InferenceSettings(workers=0, amp=False, progress=False))])
+    flipped = torch.cat([p for _, p, _ in stream_probs(run, paths, cpu, InferenceSettings(workers=0, tta=True, amp=False,
                                                                                           progress=False))])
     torch.testing.assert_close(plain, flipped)
 

@@ -14,12 +14,15 @@ from cloudpipe.algorithms.postprocess import (
     STEPS,
     MinSize,
     PostProcess,
+    Shape,
     Step,
     Threshold,
+    TopArea,
     binarize,
     choose,
     default_index,
     grid_stats,
+    make_steps,
 )
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
@@ -76,19 +79,28 @@ def test_any_list_of_steps_tunes_to_the_best_combination():
     truth = np.zeros((n, 4, 24, 36), np.uint8)
     truth[:, :, 4:16, 6:20] = 1
     truth[::2, 2] = 0  # some absent classes
+    assert check_tuning_beats_every_option(steps, probs, truth).shape == (4, 2, 3, 2)
+
+
+def check_tuning_beats_every_option(steps: tuple[Step, ...], probs: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Tune ``steps`` on (n, 4, H, W) probabilities against truth; assert that every
+    combination's Dice is what applying it gives and that the choice beats or equals each.
+    Returns the Dice of every combination."""
+    n = len(probs)
     stats = [[grid_stats(steps, probs[i, k], truth[i, k]) for k in range(4)] for i in range(n)]
     inter = np.array([[s[0] for s in row] for row in stats])
     area = np.array([[s[1] for s in row] for row in stats])
     post, dice = choose(steps, inter, area, truth.sum((2, 3)))
-    assert dice.shape == (4, 2, 3, 2)
     for k, c in enumerate(CLASSES):
         scores = {}
         for combo in itertools.product(*(s.grid for s in steps)):
             masks = [PostProcess(steps, {cc: combo for cc in CLASSES}).apply(probs[i, k], k) for i in range(n)]
             scores[combo] = np.mean([dice_score(np.count_nonzero(m & truth[i, k]), m.sum(), truth[i, k].sum())
                                      for i, m in enumerate(masks)])
+            assert dice[k][tuple(s.grid.index(v) for s, v in zip(steps, combo))] == pytest.approx(scores[combo])
         assert scores[post.values[c]] == pytest.approx(max(scores.values()))  # beats or equals every option
         assert dice[k].max() == pytest.approx(max(scores.values()))
+    return dice
 
 
 def test_ties_go_to_the_first_combination():
@@ -127,3 +139,59 @@ def test_json_round_trip_and_errors():
                                                         "values": {"Fish": 0.5, "Flower": 0.5, "Gravel": 0.5}}]})
     with pytest.raises(CloudpipeError, match="reads the probabilities"):
         PostProcess((MinSize(),))
+
+
+def test_top_area_is_the_triplet_rule():
+    probs = np.zeros((20, 30), np.uint8)
+    probs[0:10, 0:10] = 140  # 100 pixels drawn at 0.5 but below the top threshold 0.7
+    probs[0:3, 0:3] = 200  # 9 pixels above 0.7
+    post = lambda area: PostProcess((Threshold(), TopArea()), {c: (0.5, (0.7, area)) for c in CLASSES})  # noqa: E731
+    assert post(9).apply(probs, 0).sum() == 100  # enough pixels above the top: drawn at the low threshold
+    assert post(10).apply(probs, 0).sum() == 0  # too few: blanked
+    assert post(0).apply(probs, 0).sum() == 100  # area 0 keeps every mask
+    alone = PostProcess((TopArea(),), {c: ((0.7, 9),) for c in CLASSES})
+    assert alone.apply(probs, 0).sum() == 9  # as the first step it draws at the top threshold
+
+
+def test_shapes_of_hand_made_components():
+    mask = np.zeros((30, 40), np.uint8)
+    mask[2:12, 2:12] = np.tri(10, dtype=np.uint8)  # a triangle: its hull is itself, its box the square
+    mask[20:25, 20:35] = 1
+    mask[22, 22:33] = 0  # a rectangle with a slit: hull and box fill it
+    shape = Shape()
+    assert np.array_equal(shape.apply(mask, None, "mask"), mask)
+    hull, box = shape.apply(mask, None, "hull"), shape.apply(mask, None, "box")
+    assert hull[2:12, 2:12].sum() == mask[2:12, 2:12].sum() and hull[20:25, 20:35].all()
+    assert box[2:12, 2:12].all() and box[20:25, 20:35].all() and box.sum() == 100 + 75
+    assert (hull >= mask).all() and (box >= hull).all()
+    empty = np.zeros_like(mask)
+    assert not shape.apply(empty, None, "box").any()
+
+
+def test_every_step_tunes_to_at_least_each_option_it_searched():
+    rng = np.random.default_rng(5)
+    steps = (Threshold(grid=(0.4, 0.6)), TopArea(grid=((0.5, 0.0), (0.8, 20.0), (0.8, 200.0))),
+             MinSize(grid=(0, 30, 150)), Shape())
+    n = 6
+    probs = (rng.random((n, 4, 24, 36)) * 200).astype(np.uint8)
+    probs[:, :, 4:16, 6:20] += 55
+    truth = np.zeros((n, 4, 24, 36), np.uint8)
+    truth[:, :, 3:17, 5:21] = 1
+    truth[::2, 1:3] = 0  # some absent classes
+    check_tuning_beats_every_option(steps, probs, truth)
+
+
+def test_new_steps_round_trip_and_build_by_name():
+    steps = make_steps(["threshold", "top_area", "min_size", "shape"])
+    assert [type(s) for s in steps] == [Threshold, TopArea, MinSize, Shape]
+    assert max(steps[2].grid) >= 30000  # reaches what the real data wants
+    post = PostProcess(steps, {c: (0.4, (0.7, 5000.0), 15000, "box") for c in CLASSES})
+    again = PostProcess.from_dict(json.loads(json.dumps(post.to_dict())))
+    assert again == post and "top_area 0.7 5000" in again.describe() and "shape box" in again.describe()
+    assert default_index(steps) == (2, 0, 0, 0)
+    with pytest.raises(CloudpipeError, match="unknown post-processing step"):
+        make_steps(["threshold", "blur"])
+    with pytest.raises(CloudpipeError, match="reads the probabilities"):
+        make_steps(["shape", "threshold"])
+    with pytest.raises(CloudpipeError, match="not one of mask, hull, box"):
+        PostProcess.from_dict({"format": 2, "steps": [{"step": "shape", "grid": ["oval"], "values": {}}]})

@@ -278,3 +278,40 @@ def test_ensemble_of_classifier_runs(tiny_data, tiny_classifier_run, tiny_classi
     expected = 0.25 * predict_presence(a, paths, CPU) + 0.75 * predict_presence(b, paths, CPU)
     np.testing.assert_allclose(summary.probs.to_numpy(), expected, rtol=1e-6)
     assert (tmp_path / "sub.csv").exists() and (tmp_path / "sub_probs.csv").exists()
+
+
+def test_predict_gates_on_the_sources_thresholds_json_names(tiny_data, tiny_classifier_run, seg_csv, tmp_path):
+    from cloudpipe.algorithms.presence import PixelStats, blend
+    from cloudpipe.data.kaggle import list_test_images
+    from cloudpipe.data.probstore import read_store
+    from tests.conftest import write_store
+
+    images = list_test_images(tiny_data)
+    store = write_store(tmp_path / "test_seg_probs.npy", images, "test")
+    head = tmp_path / "test_seg_presence.csv"
+    head_probs = pd.DataFrame(np.linspace(0.05, 0.95, len(images) * 4).reshape(-1, 4), index=pd.Index(images, name="image"),
+                              columns=list(CLASSES))
+    head_probs.reset_index().to_csv(head, index=False)
+    gates = {"Fish": {"classifier": 1.0}, "Flower": {"head": 1.0}, "Gravel": {"top_mean": 1.0},
+             "Sugar": {"classifier": 0.5, "max": 0.5}}
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({**{c: 0.45 for c in CLASSES}, "gate": gates, "at_least_one": True, "top_k": 5000}))
+    out = tmp_path / "sub.csv"
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out,
+                    "--thresholds", thresholds, "--presence", head)
+    assert result.exit_code == 2 and "--seg-store" in result.stderr and not out.exists()
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out,
+                    "--thresholds", thresholds, "--presence", head, "--seg-store", store)
+    assert result.exit_code == 0, result.output
+    assert "at least one class per image" in result.output
+    written = pd.read_csv(tmp_path / "sub_probs.csv").set_index("image")
+    classifier = pd.read_csv(tmp_path / "sub_probs.csv").set_index("image")["Fish"]  # Fish is gated on it alone
+    stats = PixelStats(top_k=5000).scores(read_store(store)[0])
+    expected = blend({"classifier": np.repeat(classifier.to_numpy()[:, None], 4, 1), "head": head_probs.to_numpy(), **stats},
+                     {**gates, "Sugar": {"max": 1.0}})
+    np.testing.assert_allclose(written[["Fish", "Flower", "Gravel"]].to_numpy(), expected[:, :3], atol=1e-6)
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    drawn = sub.assign(image=sub["Image_Label"].str.rsplit("_", n=1).str[0])
+    seg = pd.read_csv(seg_csv, dtype=str, keep_default_na=False)
+    has_mask = set(seg.loc[seg["EncodedPixels"] != "", "Image_Label"].str.rsplit("_", n=1).str[0])
+    assert set(drawn.loc[drawn["EncodedPixels"] != "", "image"]) == has_mask  # every image with a mask keeps one

@@ -102,6 +102,37 @@ def test_seg_resume_goes_through_the_shared_loop(tiny_data, tmp_path):
         torch.testing.assert_close(part["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
 
 
+def test_seg_head_trains_rebuilds_writes_presence_and_resumes(tiny_data, tmp_path):
+    head = {**SEG, "head_weight": 0.5}
+    cfg = lambda epochs: load_config("segmentation", overrides={**head, "epochs": epochs})  # noqa: E731
+    train_run(cfg(2), tiny_data, tmp_path / "full", progress=False)
+    train_run(cfg(1), tiny_data, tmp_path / "part", progress=False)
+    train_run(cfg(2), tiny_data, tmp_path / "part", resume=True, progress=False)
+    full, part = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    assert any("classification_head" in key for key in full["model"])
+    for key, value in full["model"].items():
+        torch.testing.assert_close(part["model"][key], value, rtol=1e-5, atol=1e-6, msg=key)
+    metrics = pd.read_csv(tmp_path / "full" / "metrics.csv")
+    assert {"val_dice", "val_head_accuracy"} <= set(metrics) and metrics["val_head_accuracy"].between(0, 1).all()
+    val = tmp_path / "val.csv"
+    result = invoke("predict-seg", "--run", tmp_path / "full", "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET)
+    assert result.exit_code == 0, result.output  # the checkpoint rebuilds with its head
+    from cloudpipe.data.kaggle import read_probs_csv
+
+    presence = read_probs_csv(tmp_path / "val_presence.csv")
+    assert sorted(presence.index) == sorted(pd.unique(read_mask_csv(val)["image"])) and list(presence.columns) == list(CLASSES)
+    result = invoke("predict-seg", "--run", tmp_path / "full", "--data", tiny_data, "--split", "test", "--out",
+                    tmp_path / "test.csv", "--tta", *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    assert len(read_probs_csv(tmp_path / "test_presence.csv")) == len(list((tiny_data / "test_images").iterdir()))
+    assert not (tmp_path / "full" / "val_seg_presence.csv").exists()
+    plain = tmp_path / "plain.csv"
+    train_run(load_config("segmentation", overrides={**SEG, "epochs": 1}), tiny_data, tmp_path / "plain", progress=False)
+    assert invoke("predict-seg", "--run", tmp_path / "plain", "--data", tiny_data, "--split", "test", "--out", plain,
+                  *CPU_QUIET).exit_code == 0
+    assert not (tmp_path / "plain_presence.csv").exists()  # no head, no presence file
+
+
 def test_bad_postprocess_file_fails_before_inference(seg_run, tiny_data, tmp_path, monkeypatch):
     import cloudpipe.pipeline.segment
 
@@ -212,6 +243,29 @@ def test_val_store_retunes_to_the_same_masks(seg_run, tiny_data, tmp_path):
     tuned = json.loads((tmp_path / "again_postprocess.json").read_text())
     assert tuned["steps"] == json.loads((run / "seg_postprocess.json").read_text())["steps"]
     assert tuned["runs"] == [str(run.resolve())]
+
+
+def test_tune_seg_tunes_the_steps_named(seg_run, tiny_data, tmp_path):
+    run = copy_run(seg_run, tmp_path, "run")
+    val = tmp_path / "val_seg.csv"
+    assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
+    again = tmp_path / "again.csv"
+    result = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", again,
+                    "--steps", "threshold,top_area,min_size,shape")
+    assert result.exit_code == 0, result.output
+    tuned = json.loads((tmp_path / "again_postprocess.json").read_text())
+    assert [s["step"] for s in tuned["steps"]] == ["threshold", "top_area", "min_size", "shape"]
+    assert "shape" in result.output and "validation Dice" in result.output
+    test = tmp_path / "test.csv"
+    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", test,
+                    "--postprocess", tmp_path / "again_postprocess.json", *CPU_QUIET)
+    assert result.exit_code == 0, result.output  # the tuned steps apply to the test masks
+    bad = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", tmp_path / "b.csv",
+                 "--steps", "shape,threshold")
+    assert bad.exit_code == 2 and "reads the probabilities" in bad.stderr
+    bad = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "c.csv",
+                 "--steps", "threshold")
+    assert bad.exit_code == 2 and "--steps is tuned by --split val" in bad.stderr
 
 
 def test_ensemble_is_the_weighted_mean_of_the_runs_stores(seg_run, seg_run_b, tiny_data, tmp_path):

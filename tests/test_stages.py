@@ -71,3 +71,27 @@ def test_unknown_task():
     config.task = "detector"
     with pytest.raises(CloudpipeError, match="detector"):
         stage_for(config)
+
+
+def test_segmentation_head_adds_its_weighted_loss_and_accuracy():
+    plain = stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none"}))
+    headed = stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none", "head_weight": 0.5}))
+    model = headed.build_model().eval()
+    images = torch.randint(0, 256, (2, 3, 32, 64), dtype=torch.uint8)
+    masks, labels = model(images)
+    assert masks.shape == (2, 4, 32, 64) and labels.shape == (2, 4)
+    assert not isinstance(plain.build_model()(images), tuple)  # head_weight 0: no head, masks alone
+    target = torch.zeros(2, 4, 32, 64)
+    target[0, 1, :8, :8] = 1
+    present = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.float32)
+    expected = plain.loss(masks, target) + 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(labels, present)
+    torch.testing.assert_close(headed.loss((masks, labels), target), expected)
+    outputs = headed.outputs((masks, labels), target)
+    assert outputs.shape == (2, 4, 4)
+    np.testing.assert_allclose(outputs[..., :3], plain.outputs(masks, target))  # the masks' statistics unchanged
+    np.testing.assert_allclose(outputs[..., 3], torch.sigmoid(labels).detach().numpy(), rtol=1e-6)
+    metrics = headed.metrics(outputs, None)
+    assert {"val_dice", "val_head_accuracy"} <= set(metrics)
+    assert metrics["val_dice"] == plain.metrics(plain.outputs(masks, target), None)["val_dice"]
+    with pytest.raises(CloudpipeError, match="head_weight"):
+        load_config("classifier", overrides={"head_weight": 0.5})

@@ -110,3 +110,22 @@ def test_parse_thresholds():
         parse_thresholds([0.5] * 4)
     with pytest.raises(CloudpipeError, match="True"):
         check_threshold(True, "Fish")
+
+
+def test_midpoint_placement_blanks_the_same_pairs_with_margin():
+    rng = np.random.default_rng(7)
+    for _ in range(20):
+        probs = rng.random(40).round(2)
+        blank = (rng.random(40) < 0.5).astype(float)
+        keep = np.where(blank == 1, rng.random(40) * 0.3, 0.5 + rng.random(40) * 0.5)
+        exact, middle = sweep(probs, keep, blank), sweep(probs, keep, blank, "midpoint")
+        assert middle.score == exact.score == middle.score_at(middle.threshold)
+        assert np.array_equal(probs < middle.threshold, probs < exact.threshold)
+        below = probs[probs < exact.threshold]
+        if below.size and exact.threshold <= probs.max():
+            assert below.max() < middle.threshold < exact.threshold
+    blank_all = sweep(np.array([0.2, 0.4]), np.zeros(2), np.ones(2), "midpoint")
+    assert blank_all.threshold == pytest.approx(0.7)  # halfway from the largest probability to 1
+    assert sweep(np.array([0.2, 0.4]), np.ones(2), np.zeros(2), "midpoint").threshold == 0.0
+    with pytest.raises(CloudpipeError, match="placement"):
+        sweep(np.array([0.2]), np.ones(1), np.zeros(1), "nearest")

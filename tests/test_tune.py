@@ -296,3 +296,36 @@ def test_ensemble_of_classifier_runs(tiny_classifier_run, tiny_classifier_run_b,
     with pytest.raises(CloudpipeError, match="validates on other images"):
         tune_thresholds([a, other], tiny_data, out=tmp_path / "x.json")
     assert not (tmp_path / "x.json").exists()
+
+
+def test_tune_chooses_among_every_source_and_says_what_each_scores(tiny_data, tuning_case, tmp_path):
+    from tests.conftest import write_store
+
+    _, seg, probs, used = tuning_case
+    run = copy_run(tuning_case, tmp_path)
+    store = write_store(tmp_path / "val_seg_probs.npy", used, "val", seed=2)
+    rng = np.random.default_rng(3)
+    head = write_probs(tmp_path / "val_seg_presence.csv", pd.DataFrame(rng.random((len(used), 4)).round(4), index=used,
+                                                                        columns=list(CLASSES)))
+    out = tmp_path / "t.json"
+    result = tune_thresholds(run, tiny_data, seg=seg, seg_store=store, presence=head, out=out, at_least_one=True,
+                             placement="midpoint")
+    names = {r["source"] for r in result.source_rows}
+    assert {"classifier", "head", "max", "top_mean", "area", "0.5 classifier + 0.5 top_mean"} <= names
+    alone = tune_thresholds(run, tiny_data, seg=seg, seg_store=store, presence=head, save=False, sources=["area"])
+    for c in CLASSES:
+        best = max(r[c] for r in result.source_rows)
+        assert result.sweeps[c].score == pytest.approx(best)  # beats or equals every source and blend
+        assert {r["source"]: r[c] for r in result.source_rows}["area"] == pytest.approx(alone.sweeps[c].score)
+    data = json.loads(out.read_text())
+    assert set(data["gate"]) == set(CLASSES) and data["placement"] == "midpoint"
+    without, with_rule = result.rule_scores
+    assert data["at_least_one"] == (with_rule > without) and "at least one class per image" in result.summary()
+    classifier_only = tune_thresholds(run, tiny_data, seg=seg, save=False)
+    assert all(g == {"classifier": 1.0} for g in classifier_only.spec.gates.values())
+    with pytest.raises(CloudpipeError, match="--presence"):
+        tune_thresholds(run, tiny_data, seg=seg, save=False, sources=["head"])
+    cli = CliRunner().invoke(main, ["tune-threshold", "--run", str(run), "--data", str(tiny_data), "--seg", str(seg),
+                                    "--seg-store", str(store), "--out", str(tmp_path / "c.json"), "--sources", "classifier,max"])
+    assert cli.exit_code == 0, cli.output
+    assert "0.5 classifier + 0.5 max" in cli.output and "gated on:" in cli.output

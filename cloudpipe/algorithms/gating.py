@@ -1,27 +1,56 @@
-"""Gating: blank the masks of (image, class) pairs whose presence probability is below the
-class threshold. Blanking needs no mask decoding; every other mask is left as it came."""
+"""Gating: blank the masks of (image, class) pairs whose presence score is below the class
+threshold. Blanking needs no mask decoding; every other mask is left as it came.
+
+:class:`GateSpec` is what ``thresholds.json`` holds: the thresholds, the score each class is
+gated on (a source or a blend, :mod:`cloudpipe.algorithms.presence`) and whether the "at least
+one class per image" rule (:func:`keep_most_probable`) applies.
+"""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
+from cloudpipe.algorithms.presence import CLASSIFIER, PIXEL_SOURCES, SOURCES, Gate, PixelStats
+from cloudpipe.algorithms.thresholds import parse_thresholds
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 
 
-def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float]) -> pd.DataFrame:
+def keep_most_probable(absent: np.ndarray, probs: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+    """The "at least one class per image" rule: in every image whose drawn masks are all judged
+    absent, keep the drawn one of highest presence score (every real image has a class).
+
+    Args:
+        absent: (n, 4) bool, pairs judged absent.
+        probs: (n, 4) presence scores.
+        drawn: (n, 4) bool, pairs with a non-empty mask (keeping an empty one changes nothing).
+
+    Returns:
+        ``absent`` with one pair per such image set back to False.
+    """
+    out = absent.copy()
+    rescue = np.flatnonzero(drawn.any(1) & ~(drawn & ~absent).any(1))
+    best = np.argmax(np.where(drawn[rescue], probs[rescue], -np.inf), axis=1)
+    out[rescue, best] = False
+    return out
+
+
+def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], at_least_one: bool = False) -> pd.DataFrame:
     """Blank the masks of pairs whose probability is below their class threshold.
 
     Args:
         seg: long frame (``Image_Label, EncodedPixels, image, class_name``).
         probs: presence probabilities indexed by image, one column per class.
         thresholds: class -> threshold in [0, 1].
+        at_least_one: apply :func:`keep_most_probable` to every image.
 
     Returns:
         ``seg`` with ``EncodedPixels`` emptied below the threshold (others untouched), plus
-        boolean columns ``absent`` (probability below threshold) and ``blanked`` (a non-empty
-        mask was removed).
+        boolean columns ``absent`` (probability below threshold, unless the rule kept it) and
+        ``blanked`` (a non-empty mask was removed).
     """
     p = probs.reindex(seg["image"])
     if p.isna().any().any():
@@ -29,8 +58,70 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float]) -
     k = seg["class_name"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
     pair_prob = p.to_numpy()[np.arange(len(seg)), k]
     cut = np.array([thresholds[c] for c in CLASSES])[k]
+    absent = pair_prob < cut
+    if at_least_one:
+        image, names = pd.factorize(seg["image"])
+        grid = lambda values, fill: np.full((len(names), len(CLASSES)), fill, values.dtype)  # noqa: E731
+        a, s, d = grid(absent, True), grid(pair_prob, -np.inf), grid(absent, False)
+        a[image, k], s[image, k], d[image, k] = absent, pair_prob, (seg["EncodedPixels"] != "").to_numpy()
+        absent = keep_most_probable(a, s, d)[image, k]
     out = seg.copy()
-    out["absent"] = pair_prob < cut
+    out["absent"] = absent
     out["blanked"] = out["absent"] & (out["EncodedPixels"] != "")
     out.loc[out["absent"], "EncodedPixels"] = ""
     return out
+
+
+@dataclass(frozen=True)
+class GateSpec:
+    """How ``predict`` gates: what ``thresholds.json`` records.
+
+    Attributes:
+        thresholds: class -> threshold.
+        gates: class -> the blend of sources its score is (default: the classifier alone).
+        at_least_one: whether :func:`keep_most_probable` applies.
+        pixel: how pixel statistics are computed (when a gate uses one).
+    """
+
+    thresholds: dict[str, float]
+    gates: dict[str, Gate] = field(default_factory=lambda: {c: {CLASSIFIER: 1.0} for c in CLASSES})
+    at_least_one: bool = False
+    pixel: PixelStats = PixelStats()
+
+    @property
+    def sources(self) -> list[str]:
+        """The sources some class is gated on, in :data:`~cloudpipe.algorithms.presence.SOURCES` order."""
+        used = {s for g in self.gates.values() for s in g}
+        return [s for s in SOURCES if s in used]
+
+    def to_json(self) -> dict:
+        """``{class: threshold, "gate": {class: {source: weight}}, "at_least_one": bool}``, plus
+        ``top_k`` and ``area_threshold`` when a pixel statistic is used."""
+        out = {**self.thresholds, "gate": self.gates, "at_least_one": self.at_least_one}
+        if any(s in PIXEL_SOURCES for s in self.sources):
+            out |= {"top_k": self.pixel.top_k, "area_threshold": self.pixel.area_threshold}
+        return out
+
+    @classmethod
+    def from_json(cls, data: object) -> GateSpec:
+        """Read :meth:`to_json`'s form; a file without ``gate`` gates on the classifier alone.
+
+        Raises:
+            CloudpipeError: bad thresholds, an unknown source, or weights not summing to 1.
+        """
+        thresholds = parse_thresholds(data)
+        gates = data.get("gate", cls(thresholds).gates)
+        if not isinstance(gates, dict) or any(not isinstance(gates.get(c), dict) or not gates[c] for c in CLASSES):
+            raise CloudpipeError("thresholds: gate must give every class {source: weight}")
+        for c in CLASSES:
+            unknown = [s for s in gates[c] if s not in SOURCES]
+            if unknown:
+                raise CloudpipeError(f"thresholds: {c} gates on unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
+            if not all(isinstance(w, (int, float)) and w >= 0 for w in gates[c].values()) or abs(sum(gates[c].values()) - 1) > 1e-6:
+                raise CloudpipeError(f"thresholds: {c}'s gate weights must be >= 0 and sum to 1")
+        try:
+            pixel = PixelStats(int(data.get("top_k", PixelStats.top_k)), float(data.get("area_threshold", PixelStats.area_threshold)))
+        except (TypeError, ValueError):
+            raise CloudpipeError("thresholds: top_k and area_threshold must be numbers") from None
+        return cls(thresholds, {c: {s: float(w) for s, w in gates[c].items()} for c in CLASSES},
+                   bool(data.get("at_least_one", False)), pixel)

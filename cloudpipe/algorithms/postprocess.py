@@ -10,7 +10,9 @@ all of its grid's masks at once (:meth:`Step.variants`: one connected-components
 every minimum size). Classes are independent, so the best combination per class is exact.
 
 Steps are registered by name in :data:`STEPS`; a new step is a subclass with a ``name``, a
-``default`` value, a ``grid``, ``apply`` and (when cheaper) ``variants``.
+``default`` value, a ``grid``, ``apply`` and (when cheaper) ``variants``; a step whose values
+are not numbers (pairs, names) also has ``parse``, which reads a value back from JSON.
+:func:`make_steps` builds a list of steps from their names (``predict-seg --steps``).
 """
 
 from __future__ import annotations
@@ -50,8 +52,20 @@ class Step:
         raise NotImplementedError
 
     def variants(self, mask: np.ndarray | None, probs: np.ndarray) -> list[np.ndarray]:
-        """The mask after this step for every value of the grid, in grid order."""
+        """The mask after this step for every value of the grid, in grid order; values that
+        give the same mask may give the same object (tuning then scores it once)."""
         return [self.apply(mask, probs, value) for value in self.grid]
+
+    @classmethod
+    def parse(cls, value: object):
+        """A value (or grid entry) as read back from JSON."""
+        return float(value)
+
+    @staticmethod
+    def show(value) -> str:
+        """A value as text, e.g. ``0.5`` or ``hull``."""
+        return f"{value:g}" if isinstance(value, (int, float)) else " ".join(map(Step.show, value)) \
+            if isinstance(value, tuple) else str(value)
 
 
 @dataclass(frozen=True)
@@ -73,7 +87,9 @@ class MinSize(Step):
 
     name: ClassVar[str] = "min_size"
     default: ClassVar[float] = 0
-    grid: tuple = (0, 500, 1000, 2500, 5000, 10000)  # pixels at 350 x 525, as top solutions used
+    # Pixels at 350 x 525: finishers used 5,000-21,000, and tuned on real clouds the minimum
+    # reached 10,000 (the old grid's top) for every class, so the grid goes well past it.
+    grid: tuple = (0, 500, 1000, 2500, 5000, 7500, 10000, 12500, 15000, 17500, 20000, 25000, 30000)
 
     def apply(self, mask, probs, value):
         return remove_small_components(mask, int(value))
@@ -83,15 +99,103 @@ class MinSize(Step):
             return [mask] * len(self.grid)
         count, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, np.uint8), connectivity=8)
         area = stats[:, cv2.CC_STAT_AREA]
-        out = []
+        out, kept_before = [], None
         for value in self.grid:
-            keep = np.zeros(count, np.uint8)
-            keep[1:] = area[1:] >= value
-            out.append(keep[labels])
+            kept = area[1:] >= value
+            if kept_before is None or not np.array_equal(kept, kept_before):  # else the same mask again
+                keep = np.zeros(count, np.uint8)
+                keep[1:] = kept
+                drawn, kept_before = keep[labels], kept
+            out.append(drawn)
         return out
 
 
-STEPS: dict[str, type[Step]] = {s.name: s for s in (Threshold, MinSize)}
+@dataclass(frozen=True)
+class TopArea(Step):
+    """The gate of the 2nd place's "triplet" rule: keep the mask only when at least ``area``
+    pixels have probability >= ``top``, else blank it; value ``(top, area)``. After a
+    :class:`Threshold` (the triplet's lower, drawing threshold) it makes the whole rule; as the
+    first step it draws the mask at ``top``. ``area`` 0 keeps every mask."""
+
+    name: ClassVar[str] = "top_area"
+    default: ClassVar[tuple] = (0.5, 0.0)
+    reads_probs: ClassVar[bool] = True
+    grid: tuple = ((0.5, 0.0), *((t, float(a)) for t in (0.5, 0.6, 0.7, 0.8) for a in (1000, 2500, 5000, 10000, 15000)))
+
+    def apply(self, mask, probs, value):
+        top, area = value
+        above = binarize(probs, top)
+        mask = above if mask is None else mask
+        return mask if np.count_nonzero(above) >= area else np.zeros_like(mask)
+
+    def variants(self, mask, probs):
+        if mask is None:
+            return super().variants(mask, probs)
+        counts = {t: np.count_nonzero(binarize(probs, t)) for t in {t for t, _ in self.grid}}
+        empty = np.zeros_like(mask)
+        return [mask if counts[t] >= a else empty for t, a in self.grid]
+
+    @classmethod
+    def parse(cls, value):
+        top, area = value
+        return float(top), float(area)
+
+
+SHAPES = ("mask", "hull", "box")
+
+
+@dataclass(frozen=True)
+class Shape(Step):
+    """Redraw every 8-connected component as predicted (``mask``), as its convex hull
+    (``hull``) or as its bounding box (``box``); real masks are unions of rectangles."""
+
+    name: ClassVar[str] = "shape"
+    default: ClassVar[str] = "mask"
+    grid: tuple = SHAPES
+
+    def __post_init__(self):
+        super().__post_init__()
+        for value in self.grid:
+            self.parse(value)
+
+    def apply(self, mask, probs, value):
+        if value == "mask" or not mask.any():
+            return mask
+        contours, _ = cv2.findContours(np.ascontiguousarray(mask, np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        out = np.zeros_like(mask)
+        for contour in contours:
+            if value == "hull":
+                cv2.fillPoly(out, [cv2.convexHull(contour)], 1)
+            else:
+                x, y, w, h = cv2.boundingRect(contour)
+                out[y:y + h, x:x + w] = 1
+        return out | mask  # a hull's outline never loses a pixel of the component
+
+    @classmethod
+    def parse(cls, value):
+        if value not in SHAPES:
+            raise CloudpipeError(f"shape {value!r} is not one of {', '.join(SHAPES)}")
+        return str(value)
+
+
+STEPS: dict[str, type[Step]] = {s.name: s for s in (Threshold, TopArea, MinSize, Shape)}
+
+
+def make_steps(names: Sequence[str]) -> tuple[Step, ...]:
+    """The steps named (in order), each with its default grid, e.g. ``["threshold", "shape"]``.
+
+    Raises:
+        CloudpipeError: an unknown or repeated name, or a list whose first step does not read
+            the probabilities.
+    """
+    unknown = [n for n in names if n not in STEPS]
+    if unknown:
+        raise CloudpipeError(f"unknown post-processing step(s) {', '.join(unknown)}; known: {', '.join(STEPS)}")
+    if len(set(names)) != len(names):
+        raise CloudpipeError(f"post-processing steps repeat: {', '.join(names)}")
+    steps = tuple(STEPS[n]() for n in names)
+    PostProcess(steps)  # checks the order
+    return steps
 
 
 def binarize(probs: np.ndarray, threshold: float) -> np.ndarray:
@@ -129,7 +233,8 @@ class PostProcess:
 
     def describe(self) -> str:
         """One line: each class's values, e.g. ``Fish threshold 0.5 min_size 5000``."""
-        return ", ".join(f"{c} " + " ".join(f"{s.name} {v:g}" for s, v in zip(self.steps, self.values[c])) for c in CLASSES)
+        return ", ".join(f"{c} " + " ".join(f"{s.name} {s.show(v)}" for s, v in zip(self.steps, self.values[c]))
+                         for c in CLASSES)
 
     def to_dict(self) -> dict:
         """JSON-ready: ``{"format": 2, "steps": [{"step", "grid", "values": {class: v}}]}``."""
@@ -153,10 +258,11 @@ class PostProcess:
             for entry in data["steps"]:
                 if entry["step"] not in STEPS:
                     raise CloudpipeError(f"unknown post-processing step {entry['step']!r}; known: {', '.join(STEPS)}")
-                steps.append(STEPS[entry["step"]](grid=tuple(entry["grid"])))
+                step = STEPS[entry["step"]]
+                steps.append(step(grid=tuple(step.parse(v) for v in entry["grid"])))
                 for c in CLASSES:
-                    values[c].append(float(entry["values"][c]))
-        except (KeyError, TypeError) as err:
+                    values[c].append(step.parse(entry["values"][c]))
+        except (KeyError, TypeError, ValueError) as err:
             raise CloudpipeError(f"post-processing file lacks {err}") from None
         return cls(tuple(steps), {c: tuple(v) for c, v in values.items()})
 
@@ -184,7 +290,12 @@ def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> t
             on = mask.astype(bool)
             inter[index], area[index] = np.count_nonzero(on & truth), np.count_nonzero(on)
             return
+        first: dict[int, int] = {}  # id of a variant -> the first grid index that gave it
         for j, variant in enumerate(steps[level].variants(mask, probs)):
+            if id(variant) in first:  # the same mask: its scores are those already computed
+                inter[(*index, j)], area[(*index, j)] = inter[(*index, first[id(variant)])], area[(*index, first[id(variant)])]
+                continue
+            first[id(variant)] = j
             walk(level + 1, variant, (*index, j))
 
     walk(0, None, ())

@@ -24,6 +24,8 @@ TIE_TOLERANCE = 1e-12
 """Scores this close to the best count as ties (cumulative sums round differently)."""
 
 Objective = Literal["dice", "accuracy"]
+Placement = Literal["exact", "midpoint"]
+PLACEMENTS: tuple[str, ...] = ("exact", "midpoint")
 METRIC_NAMES: dict[str, str] = {"dice": "dice", "accuracy": "acc"}
 
 
@@ -59,16 +61,26 @@ class Sweep:
             float above the largest one (when that is still <= 1), which blanks every pair.
         scores: (m,) mean per-pair score when pairs with probability < threshold are blanked.
         best: index of the chosen candidate (the lowest one of the best score).
+        placement: ``exact``: the threshold is the chosen candidate; ``midpoint``: halfway
+            between it and the next lower candidate (above the largest probability: halfway to
+            1), which blanks the same validation pairs with more margin on both sides.
     """
 
     thresholds: np.ndarray
     scores: np.ndarray
     best: int
+    placement: Placement = "exact"
 
     @property
     def threshold(self) -> float:
-        """The chosen threshold."""
-        return float(self.thresholds[self.best])
+        """The chosen threshold, placed as :attr:`placement` says."""
+        chosen = float(self.thresholds[self.best])
+        if self.placement == "exact" or self.best == 0:
+            return chosen
+        lower = float(self.thresholds[self.best - 1])
+        blanks_all = self.best == len(self.thresholds) - 1 and np.nextafter(lower, np.inf) == chosen
+        middle = (lower + 1.0) / 2 if blanks_all else (lower + chosen) / 2
+        return middle if middle > lower else chosen
 
     @property
     def score(self) -> float:
@@ -93,7 +105,7 @@ def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([[0.0], probs, [above] if above <= 1 else []]))
 
 
-def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray) -> Sweep:
+def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, placement: Placement = "exact") -> Sweep:
     """Score every candidate threshold of one class in O(n log n).
 
     At threshold ``t`` a pair scores ``blank`` when its probability is < ``t`` and ``keep``
@@ -104,10 +116,13 @@ def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray) -> Sweep:
         probs: (n,) presence probabilities in [0, 1].
         keep: (n,) score of each pair when kept (e.g. its segmentation Dice).
         blank: (n,) score of each pair when blanked (e.g. 1 if the class is absent, else 0).
+        placement: where the threshold goes in the chosen gap (see :class:`Sweep`).
 
     Returns:
         The sweep, best score chosen with ties broken toward the lower threshold.
     """
+    if placement not in PLACEMENTS:
+        raise CloudpipeError(f"threshold placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     probs = np.asarray(probs, dtype=np.float64)
     if probs.size == 0:
         raise CloudpipeError("no pairs to tune a threshold on")
@@ -119,7 +134,7 @@ def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray) -> Sweep:
     cut = np.searchsorted(sorted_probs, thresholds, side="left")  # pairs blanked at each candidate
     scores = (blanked[cut] + kept[-1] - kept[cut]) / probs.size
     best = int(np.flatnonzero(scores >= scores.max() - TIE_TOLERANCE)[0])
-    return Sweep(thresholds, scores, best)
+    return Sweep(thresholds, scores, best, placement)
 
 
 @dataclass(frozen=True)
@@ -130,6 +145,11 @@ class PairScores:
     keep: np.ndarray
     blank: np.ndarray
     present: np.ndarray  # bool: the class is in the image (blanking it is a mistake)
+    drawn: np.ndarray | None = None  # bool: the pair has a non-empty mask (None: all have)
+
+    def mean(self, absent: np.ndarray) -> float:
+        """Mean score when the pairs ``absent`` (n, 4) are blanked and the others kept."""
+        return float(np.where(absent, self.blank, self.keep).mean())
 
     @classmethod
     def dice(cls, truth: pd.DataFrame, pred: pd.DataFrame, truth_shape: tuple[int, int],
@@ -137,7 +157,7 @@ class PairScores:
         """Kaggle Dice of segmentation predictions kept or blanked (wide RLE frames; the
         images of ``pred``)."""
         stats = pair_stats(truth, pred, truth_shape, pred_shape)
-        return cls(stats.images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0)
+        return cls(stats.images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0, stats.pred_area > 0)
 
     @classmethod
     def accuracy(cls, labels: pd.DataFrame) -> PairScores:
@@ -146,10 +166,10 @@ class PairScores:
         return cls(list(labels.index), present.astype(np.float64), (~present).astype(np.float64), present)
 
 
-def choose_thresholds(probs: np.ndarray, scores: PairScores) -> dict[str, Sweep]:
+def choose_thresholds(probs: np.ndarray, scores: PairScores, placement: Placement = "exact") -> dict[str, Sweep]:
     """The sweep of every class (class order), from probabilities (n, 4) aligned with
-    ``scores.images``."""
-    return {c: sweep(probs[:, k], scores.keep[:, k], scores.blank[:, k]) for k, c in enumerate(CLASSES)}
+    ``scores.images``, thresholds placed as ``placement`` says."""
+    return {c: sweep(probs[:, k], scores.keep[:, k], scores.blank[:, k], placement) for k, c in enumerate(CLASSES)}
 
 
 def summary_rows(probs: np.ndarray, scores: PairScores, sweeps: Mapping[str, Sweep], objective: Objective) -> list[dict]:

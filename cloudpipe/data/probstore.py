@@ -50,6 +50,13 @@ def store_paths(csv: Path) -> tuple[Path, Path]:
     return csv.with_name(f"{csv.stem}_probs.npy"), csv.with_name(f"{csv.stem}_probs.json")
 
 
+def presence_path(csv: Path) -> Path:
+    """The segmentation head's presence beside a predictions CSV: ``<stem>_presence.csv``
+    (``image,Fish,Flower,Gravel,Sugar``; written when the model has a classification head)."""
+    csv = Path(csv)
+    return csv.with_name(f"{csv.stem}_presence.csv")
+
+
 def info_path(store: Path) -> Path:
     """The image list of a store: ``X_probs.npy`` -> ``X_probs.json``."""
     return Path(store).with_suffix(".json")

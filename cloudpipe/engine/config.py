@@ -51,6 +51,9 @@ class TrainConfig:
     vflip: float = 0.5
     brightness_contrast: float = 0.5
     noise: float = 0.5
+    head_weight: float = 0.0
+    """Segmentation only: weight of a classification head's BCE in the loss (0: no head)."""
+    head_dropout: float = 0.2
 
     def validate(self) -> TrainConfig:
         """Check every value; raise a CloudpipeError quoting the first bad one."""
@@ -77,6 +80,12 @@ class TrainConfig:
                 raise bad(key, "must be in (0, 10)")
         if self.weight_decay < 0:
             raise bad("weight_decay", "must be >= 0")
+        if self.head_weight < 0:
+            raise bad("head_weight", "must be >= 0 (0: no classification head)")
+        if self.head_weight > 0 and self.task != "segmentation":
+            raise bad("head_weight", "adds a classification head to a segmentation model; the classifier has none")
+        if not 0 <= self.head_dropout < 1:
+            raise bad("head_dropout", "must be in [0, 1)")
         if not 0 < self.val_fraction < 1:
             raise bad("val_fraction", "must be in (0, 1)")
         for key in ("hflip", "vflip", "brightness_contrast", "noise"):

@@ -84,13 +84,15 @@ def image_loader(paths: list[Path], size: tuple[int, int], source_shape: tuple[i
 
 @torch.no_grad()
 def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settings: InferenceSettings,
-                 desc: str = "predict") -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """Yield ``(indices, probabilities)`` batch by batch, in ``paths`` order.
+                 desc: str = "predict") -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
+    """Yield ``(indices, probabilities, head)`` batch by batch, in ``paths`` order.
 
     Probabilities are sigmoid outputs averaged over the run's models (and over identity,
     horizontal and vertical flips with ``settings.tta``): (B, 4) for a classifier, (B, 4, H, W)
-    at the model's input size for a segmentation model. All images are header-checked first,
-    so a missing, corrupt or truncated file stops the run before any output.
+    at the model's input size for a segmentation model. ``head``: a segmentation model's
+    classification-head presence (B, 4), averaged alike, when its models return
+    ``(masks, labels)``; else None. All images are header-checked first, so a missing, corrupt
+    or truncated file stops the run before any output.
     """
     source_shape = check_images(paths)
     size = tuple(run.config.image_size)
@@ -99,16 +101,20 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
     flips = [None, (3,), (2,)] if settings.tta else [None]
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not settings.progress, leave=False):
         images = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2)
-        total = None
+        total = head = None
         for model in run.models:
             for dims in flips:
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(images if dims is None else images.flip(dims))
+                if isinstance(logits, tuple):  # (masks, labels) of a segmentation model with a head
+                    logits, labels = logits
+                    head = torch.sigmoid(labels.float()) + (0 if head is None else head)
                 probs = torch.sigmoid(logits.float())
                 if dims is not None and probs.ndim == 4:
                     probs = probs.flip(dims)  # masks flipped back; presence is flip-invariant
                 total = probs if total is None else total + probs
-        yield batch["index"].numpy(), total / (len(run.models) * len(flips))
+        count = len(run.models) * len(flips)
+        yield batch["index"].numpy(), total / count, None if head is None else head / count
 
 
 def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettings, desc: str = "predict") -> np.ndarray:
@@ -116,6 +122,6 @@ def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettin
     device = resolve_device(settings.device)
     run = load_run(run_dir, "classifier", device)
     out = np.empty((len(paths), len(CLASSES)), dtype=np.float32)
-    for indices, probs in stream_probs(run, paths, device, settings, desc=desc):
+    for indices, probs, _ in stream_probs(run, paths, device, settings, desc=desc):
         out[indices] = probs.cpu().numpy()
     return out

@@ -96,7 +96,10 @@ class ClassifierStage(Stage):
 
 
 class SegmentationStage(Stage):
-    """Masks per class: BCE + smp's multilabel soft Dice, Kaggle Dice at 0.5 per pair."""
+    """Masks per class: BCE + smp's multilabel soft Dice, Kaggle Dice at 0.5 per pair. With
+    ``head_weight > 0`` the model also has a classification head (presence per class, the
+    target being "the mask is not empty"), trained with ``head_weight`` * BCE; validation then
+    also reports the head's accuracy at 0.5 (``val_head_accuracy``)."""
 
     task = "segmentation"
     score_name = "val_dice"
@@ -110,20 +113,36 @@ class SegmentationStage(Stage):
 
     def build_model(self, weights: str | None = None) -> nn.Module:
         c = self.config
-        return build_segmenter(c.arch, c.encoder, c.weights if weights is None else weights, c.freeze)
+        return build_segmenter(c.arch, c.encoder, c.weights if weights is None else weights, c.freeze,
+                               head_dropout=c.head_dropout if c.head_weight > 0 else None)
 
-    def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits, target = logits.float(), target.float()
-        return nn.functional.binary_cross_entropy_with_logits(logits, target) + self.dice_loss(logits, target)
+    def loss(self, logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+        masks, labels = logits if isinstance(logits, tuple) else (logits, None)
+        masks, target = masks.float(), target.float()
+        loss = nn.functional.binary_cross_entropy_with_logits(masks, target) + self.dice_loss(masks, target)
+        if labels is not None:
+            present = (target.amax((2, 3)) > 0).float()
+            loss = loss + self.config.head_weight * nn.functional.binary_cross_entropy_with_logits(labels.float(), present)
+        return loss
 
-    def outputs(self, logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
-        """Pair statistics (B, 4, 3): intersection, predicted area, true area at 0.5."""
-        pred, truth = logits.float() > 0, target > 0
-        stats = torch.stack([(pred & truth).sum((2, 3)), pred.sum((2, 3)), truth.sum((2, 3))], dim=-1)
-        return stats.cpu().numpy()
+    def outputs(self, logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> np.ndarray:
+        """Pair statistics (B, 4, 3): intersection, predicted area, true area at 0.5; with a
+        head (B, 4, 4), the head's presence probability last."""
+        masks, labels = logits if isinstance(logits, tuple) else (logits, None)
+        pred, truth = masks.float() > 0, target > 0
+        columns = [(pred & truth).sum((2, 3)), pred.sum((2, 3)), truth.sum((2, 3))]
+        if labels is not None:
+            columns = [c.double() for c in columns] + [torch.sigmoid(labels.double())]
+        return torch.stack(columns, dim=-1).detach().cpu().numpy()
 
     def per_class(self, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return dice_score(outputs[..., 0], outputs[..., 1], outputs[..., 2]).mean(axis=0)
+
+    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        metrics = super().metrics(outputs, labels)
+        if outputs.shape[-1] == 4:
+            metrics["val_head_accuracy"] = float(accuracy(outputs[..., 3], outputs[..., 2] > 0).mean())
+        return metrics
 
 
 STAGES: dict[str, type[Stage]] = {s.task: s for s in (ClassifierStage, SegmentationStage)}

@@ -143,7 +143,8 @@ def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple
     return Normalized(net)
 
 
-def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = ()) -> nn.Module:
+def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = (),
+                    head_dropout: float | None = None) -> nn.Module:
     """An smp model with one sigmoid channel per class.
 
     Args:
@@ -151,11 +152,13 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
         encoder: smp encoder name (``resnet34``, ...).
         weights: ``imagenet`` (see :func:`smp_imagenet_state`), ``none``, or a path to an encoder state dict.
         freeze: submodule names (e.g. ``encoder``) whose parameters stay fixed.
+        head_dropout: None for masks alone; else a classification head on the encoder with
+            this dropout (smp's ``aux_params``), and the model returns ``(masks, labels)``.
     """
     if arch.lower() == TINY_SEGMENTER:
         if weights != "none":
             raise CloudpipeError(f"segmentation arch {arch!r} is a stand-in without pretrained weights; pass --weights none")
-        net = TinySegmenter(len(CLASSES))
+        net = TinySegmenter(len(CLASSES), head_dropout=head_dropout)
         _freeze(net, freeze)
         return Normalized(net)
     import segmentation_models_pytorch as smp
@@ -167,7 +170,8 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
     if encoder not in smp.encoders.get_encoder_names():
         raise CloudpipeError(f"unknown encoder {encoder!r}; e.g. resnet18, resnet34, resnet50, efficientnet-b0 (see smp's list)")
     try:
-        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=len(CLASSES))
+        aux = None if head_dropout is None else {"classes": len(CLASSES), "dropout": head_dropout}
+        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=len(CLASSES), aux_params=aux)
     except (KeyError, ValueError) as err:
         raise CloudpipeError(f"cannot build {arch} with encoder {encoder}: {err}") from None
     if weights == "imagenet":

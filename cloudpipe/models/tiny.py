@@ -32,13 +32,18 @@ class TinyClassifier(nn.Module):
 
 class TinySegmenter(nn.Module):
     """A stride-4 encoder, a bilinear decoder back to the input size, a 1x1 head:
-    (N, 3, H, W) -> (N, classes, H, W)."""
+    (N, 3, H, W) -> (N, classes, H, W). With ``head_dropout`` (like smp's ``aux_params``) a
+    classification head on the encoder too: -> (masks, labels (N, classes))."""
 
-    def __init__(self, classes: int, width: int = 8):
+    def __init__(self, classes: int, width: int = 8, head_dropout: float | None = None):
         super().__init__()
         self.encoder = nn.Sequential(_block(3, width, 2), _block(width, width, 2))
         self.decoder = nn.Sequential(nn.Upsample(scale_factor=4, mode="bilinear", align_corners=False), _block(width, width, 1))
         self.segmentation_head = nn.Conv2d(width, classes, 1)
+        self.classification_head = None if head_dropout is None else nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(head_dropout), nn.Linear(width, classes))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.segmentation_head(self.decoder(self.encoder(x)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        features = self.encoder(x)
+        masks = self.segmentation_head(self.decoder(features))
+        return masks if self.classification_head is None else (masks, self.classification_head(features))

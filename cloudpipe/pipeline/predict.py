@@ -16,7 +16,8 @@ from pathlib import Path
 import pandas as pd
 
 from cloudpipe.algorithms.ensemble import mean_probs
-from cloudpipe.algorithms.gating import gate
+from cloudpipe.algorithms.gating import GateSpec, gate
+from cloudpipe.algorithms.presence import CLASSIFIER, blend
 from cloudpipe.algorithms.thresholds import check_threshold
 from cloudpipe.core.competition import (
     CLASSES,
@@ -35,35 +36,45 @@ from cloudpipe.data.kaggle import (
     require_same_images,
 )
 from cloudpipe.data.outputs import claim_output, csv_writer, write_files
+from cloudpipe.data.probstore import info_path
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble
-from cloudpipe.pipeline.tune import load_thresholds
+from cloudpipe.pipeline.sources import require_inputs, source_scores
+from cloudpipe.pipeline.tune import load_gate
 
 
 def resolve_thresholds(runs: Path | Ensemble, thresholds_file: Path | None, threshold: float | None) -> tuple[dict[str, float], str]:
-    """Per-class thresholds and where they came from.
+    """Per-class thresholds and where they came from (see :func:`resolve_gate`)."""
+    spec, source = resolve_gate(runs, thresholds_file, threshold)
+    return spec.thresholds, source
+
+
+def resolve_gate(runs: Path | Ensemble, thresholds_file: Path | None, threshold: float | None) -> tuple[GateSpec, str]:
+    """The gate (thresholds, the source of every class, the at-least-one rule) and where it
+    came from.
 
     Precedence: ``--thresholds FILE`` (which must record these runs and weights when it
-    records any, and must for an ensemble), then an explicit ``--threshold T``, then
-    ``RUN_DIR/thresholds.json`` (written by tune-threshold) for one run, then 0.5.
+    records any, and must for an ensemble), then an explicit ``--threshold T`` (on the
+    classifier), then ``RUN_DIR/thresholds.json`` (written by tune-threshold) for one run, then
+    0.5 on the classifier.
     """
     ensemble = runs if isinstance(runs, Ensemble) else Ensemble.of(runs)
     if thresholds_file is not None and threshold is not None:
         raise CloudpipeError("give --thresholds FILE or --threshold T, not both")
     if thresholds_file is not None:
         ensemble.check_tuned_for(read_json(thresholds_file, "thresholds"), thresholds_file, "thresholds")
-        return load_thresholds(thresholds_file), str(thresholds_file)
+        return load_gate(thresholds_file), str(thresholds_file)
     if threshold is not None:
         t = check_threshold(threshold, "--threshold")
-        return {c: t for c in CLASSES}, f"--threshold {t:g}"
+        return GateSpec({c: t for c in CLASSES}), f"--threshold {t:g}"
     if not ensemble.single:
         raise CloudpipeError("an ensemble of classifier runs needs --thresholds FILE (tune-threshold with the same --run "
                              "and --weight options and --out FILE) or --threshold T")
     tuned = ensemble.runs[0] / THRESHOLDS_JSON
     if tuned.exists():
-        return load_thresholds(tuned), str(tuned)
-    return {c: 0.5 for c in CLASSES}, "default 0.5"
+        return load_gate(tuned), str(tuned)
+    return GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
 
 
 def read_segmentation(seg: Path | pd.DataFrame, mask_shape: tuple[int, int] = SUBMISSION_SHAPE) -> pd.DataFrame:
@@ -84,16 +95,19 @@ class PredictSummary:
 
     submission: pd.DataFrame
     probs: pd.DataFrame
+    """The score each pair was gated on (the classifier's probability, or the class's blend)."""
     thresholds: dict[str, float]
     thresholds_source: str
     kept: dict[str, int]
     blanked: dict[str, int]
     images_per_second: float
+    spec: GateSpec | None = None
 
     def line(self) -> str:
         per_class = ", ".join(f"{c} {self.kept[c]}/{self.blanked[c]}" for c in CLASSES)
+        rule = "; at least one class per image" if self.spec is not None and self.spec.at_least_one else ""
         return (f"{len(self.probs)} images at {self.images_per_second:.1f} img/s; masks kept/blanked: {per_class} "
-                f"(thresholds: {self.thresholds_source})")
+                f"(thresholds: {self.thresholds_source}{rule})")
 
 
 def probs_path_for(out: Path) -> Path:
@@ -113,8 +127,16 @@ def predict_submission(
     mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
     settings: InferenceSettings = InferenceSettings(),
     overwrite: bool = False,
+    seg_store: Path | None = None,
+    presence: Path | None = None,
+    at_least_one: bool | None = None,
 ) -> PredictSummary:
     """Run the classifier over the test images and blank absent classes of ``seg``.
+
+    The gate is the thresholds file's (:func:`resolve_gate`): a class may be gated on another
+    source or a blend, whose test-side input must then be given (``seg_store``: the test
+    probability store, for pixel statistics; ``presence``: the segmentation head's test
+    presence CSV). The classifier runs only when some class's gate uses it.
 
     Every input is checked before the first image is decoded (CSV, RLE, image sets, image
     headers, thresholds, output paths); outputs are written atomically.
@@ -124,47 +146,63 @@ def predict_submission(
         run_dir: classifier run (``best.pt`` or ``fold*/best.pt``), or several: their
             presence probabilities are averaged with ``weights`` (equal when None).
         data_dir: Kaggle folder with ``test_images/`` (and ``sample_submission.csv``).
-        out: submission to write (with ``<stem>_probs.csv`` beside it); None writes nothing.
+        out: submission to write (with ``<stem>_probs.csv``, the scores gated on, beside it);
+            None writes nothing.
         settings: how to run the classifier.
+        seg_store: test probability store (``predict-seg --split test``'s ``<stem>_probs.npy``).
+        presence: the head's test presence CSV (``<stem>_presence.csv``).
+        at_least_one: apply the at-least-one-class rule (None: as the thresholds file says).
+
+    Raises:
+        CloudpipeError: bad inputs, or a gate that needs an input not given.
 
     Returns:
         The gated submission (sample order) and its summary.
     """
     ensemble = Ensemble.of(run_dir, weights)
     data_dir = require_dir(data_dir)
-    thresholds, source = resolve_thresholds(ensemble, thresholds_file, threshold)
+    spec, source = resolve_gate(ensemble, thresholds_file, threshold)
+    if at_least_one is not None:
+        spec = GateSpec(spec.thresholds, spec.gates, at_least_one, spec.pixel)
+    require_inputs(spec.sources, presence=presence, seg_store=seg_store)  # before any image is read
     with ExitStack() as claims:
         if out is not None:  # both outputs checked and locked until both are written
-            inputs = [data_dir / SAMPLE_SUBMISSION_CSV] + ([seg] if isinstance(seg, Path) else [])
+            inputs = [data_dir / SAMPLE_SUBMISSION_CSV] + ([seg] if isinstance(seg, Path) else []) + \
+                [p for p in (presence, seg_store, seg_store and info_path(seg_store)) if p is not None]
             for path in (out, probs_path_for(out)):
                 claims.enter_context(claim_output(path, overwrite=overwrite, inputs=inputs,
                                                   input_dirs=[data_dir / TEST_IMAGES]))
-        summary = _gate_test_images(seg, ensemble, data_dir, thresholds, source, mask_shape, settings)
+        summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, seg_store, presence)
         if out is not None:  # a pair: a failure leaves both old files or both new ones
             write_files({probs_path_for(out): csv_writer(summary.probs.reset_index(), float_format="%.6f"),
                          out: csv_writer(summary.submission)})
     return summary
 
 
-def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Path, thresholds: dict[str, float],
-                      source: str, mask_shape: tuple[int, int], settings: InferenceSettings) -> PredictSummary:
+def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Path, spec: GateSpec, source: str,
+                      mask_shape: tuple[int, int], settings: InferenceSettings, seg_store: Path | None,
+                      presence: Path | None) -> PredictSummary:
     """The work of :func:`predict_submission` between checking the outputs and writing them."""
     from cloudpipe.engine.infer import predict_presence
 
     frame = read_segmentation(seg, mask_shape)
     images = list_test_images(data_dir)
     require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions")
+    index = pd.Index(images, name="image")
+    others = [s for s in spec.sources if s != CLASSIFIER]
+    scores = source_scores(images, others, "test", presence=presence, seg_store=seg_store, pixel=spec.pixel)
     started = time.perf_counter()
-    paths = [data_dir / TEST_IMAGES / i for i in images]
-    probs = mean_probs([predict_presence(run, paths, settings, desc=f"predict {run.name}") for run in ensemble.runs],
-                       ensemble.weights)
+    if CLASSIFIER in spec.sources:
+        paths = [data_dir / TEST_IMAGES / i for i in images]
+        scores[CLASSIFIER] = mean_probs([predict_presence(run, paths, settings, desc=f"predict {run.name}")
+                                         for run in ensemble.runs], ensemble.weights)
     seconds = time.perf_counter() - started
-    probs = pd.DataFrame(probs, index=pd.Index(images, name="image"), columns=list(CLASSES))
-    gated = gate(frame, probs, thresholds)
+    probs = pd.DataFrame(blend(scores, spec.gates), index=index, columns=list(CLASSES))
+    gated = gate(frame, probs, spec.thresholds, spec.at_least_one)
     order = pd.DataFrame({"Image_Label": [join_label(i, c) for i in images for c in CLASSES]})
     submission = order.merge(gated, on="Image_Label", how="left", validate="one_to_one")
     blanked = submission.groupby("class_name")["blanked"].sum()
     kept = (submission["EncodedPixels"] != "").groupby(submission["class_name"]).sum()
     submission = submission[list(CSV_COLUMNS)]
-    return PredictSummary(submission, probs, thresholds, source, {c: int(kept[c]) for c in CLASSES},
-                          {c: int(blanked[c]) for c in CLASSES}, len(images) / max(seconds, 1e-9))
+    return PredictSummary(submission, probs, spec.thresholds, source, {c: int(kept[c]) for c in CLASSES},
+                          {c: int(blanked[c]) for c in CLASSES}, len(images) / max(seconds, 1e-9), spec)

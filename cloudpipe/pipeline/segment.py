@@ -35,6 +35,7 @@ from cloudpipe.algorithms.postprocess import (
     choose,
     default_index,
     grid_stats,
+    make_steps,
 )
 from cloudpipe.core.competition import (
     CLASSES,
@@ -56,7 +57,7 @@ from cloudpipe.data.kaggle import (
     require_dir,
 )
 from cloudpipe.data.outputs import claim_output, csv_writer, write_files
-from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, read_store, store_paths
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, read_store, store_paths
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json, training_files
 from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.devices import resolve_device
@@ -108,6 +109,9 @@ class SegPrediction:
     tuned_dice: float | None = None
     default_dice: float | None = None
     written: list[Path] = field(default_factory=list)
+    presence: pd.DataFrame | None = None
+    """The segmentation head's presence per image (written as ``<stem>_presence.csv``), when
+    every run's model has a head."""
 
     def line(self) -> str:
         text = f"{self.images} images at {self.images_per_second:.1f} img/s -> {self.out}"
@@ -130,6 +134,7 @@ def predict_segmentation(
     *,
     weights: Sequence[float] | None = None,
     postprocess: Path | None = None,
+    steps: Sequence[str] | None = None,
     settings: InferenceSettings = InferenceSettings(batch_size=8),
     overwrite: bool = False,
 ) -> SegPrediction:
@@ -143,7 +148,8 @@ def predict_segmentation(
     an ensemble. ``test``: the test images in ``sample_submission.csv`` order, every model of
     every run averaged, post-processed by ``postprocess`` (default: the run's own file, else
     the steps' defaults; an ensemble must name its file, and the file must record these runs
-    and weights).
+    and weights). ``steps``: the names of the steps ``val`` tunes, in order (default
+    ``threshold, min_size``; see :data:`~cloudpipe.algorithms.postprocess.STEPS`).
 
     Runs may differ in architecture, encoder and image size: each one's probabilities are
     resized to 350 x 525 before averaging. N runs cost N inference passes and the memory of one.
@@ -156,8 +162,11 @@ def predict_segmentation(
     data_dir = require_dir(data_dir)
     if split == "val" and postprocess is not None:
         raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
+    if split == "test" and steps is not None:
+        raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
+    tuned_steps = _steps(steps)
     post_out = None if split == "test" else (ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
-    outputs = [out, *store_paths(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
+    outputs = [out, *store_paths(out), presence_path(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
     run_files = [p for run in ensemble.runs for p in training_files(run)]  # never replaced, even with --overwrite
     run_files += [postprocess] if postprocess else []
     with ExitStack() as claims:
@@ -165,7 +174,12 @@ def predict_segmentation(
             claims.enter_context(claim_output(path, overwrite=overwrite, inputs=[
                 data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
                 input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]))
-        return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, settings)
+        return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, settings)
+
+
+def _steps(names: Sequence[str] | None) -> tuple[Step, ...]:
+    """The steps to tune: those named, else the default list."""
+    return PostProcess().steps if names is None else make_steps(names)
 
 
 def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProcess:
@@ -181,7 +195,8 @@ def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProce
 
 
 def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val", "test"], out: Path,
-                       postprocess: Path | None, post_out: Path | None, settings: InferenceSettings) -> SegPrediction:
+                       postprocess: Path | None, post_out: Path | None, steps: tuple[Step, ...],
+                       settings: InferenceSettings) -> SegPrediction:
     """The work of :func:`predict_segmentation` once its outputs are checked and locked."""
     device = resolve_device(settings.device)
     started = time.perf_counter()
@@ -197,20 +212,22 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
         data = sets[0][0]
         names = [i for s in sets[0][1] for i in s.val]
         runs = [[(s.folder, s.val, data_dir / TRAIN_IMAGES) for s in splits] for _, splits in sets]
-    store = _predict_to_store(ensemble, runs, names, out.parent, device, settings)
+    store, presence = _predict_to_store(ensemble, runs, names, out.parent, device, settings)
     speed = len(names) / (time.perf_counter() - started)
     info = StoreInfo(split, names, **ensemble.record())
     if split == "test":
-        return _write_outputs(SegPrediction(out, len(names), post, speed), store, names, info, None, ensemble)
-    return _tune_and_write(store, names, info, data, ensemble, out, post_out, speed)
+        return _write_outputs(SegPrediction(out, len(names), post, speed, presence=presence), store, names, info, None,
+                              ensemble)
+    return _tune_and_write(store, names, info, data, ensemble, out, post_out, speed, steps, presence)
 
 
 def _tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
-                    out: Path, post_out: Path, speed: float) -> SegPrediction:
-    """Tune post-processing on a validation store and write the masks, the store (when
-    ``info``) and the choice."""
-    post, dice = tune_postprocess(store, names, data.rles, data.image_shape)
-    result = SegPrediction(out, len(names), post, speed)
+                    out: Path, post_out: Path, speed: float, steps: tuple[Step, ...],
+                    presence: pd.DataFrame | None = None) -> SegPrediction:
+    """Tune ``steps`` on a validation store and write the masks, the store (when ``info``),
+    the head's presence (when given) and the choice."""
+    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps)
+    result = SegPrediction(out, len(names), post, speed, presence=presence)
     at_default = default_index(post.steps)
     if at_default is not None:
         result.default_dice = float(dice[(slice(None), *at_default)].mean())
@@ -226,6 +243,8 @@ def _write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], i
     if info is not None:
         npy, meta = store_paths(result.out)
         writers |= {npy: array_writer(store), meta: info_writer(info)}
+    if result.presence is not None:
+        writers[presence_path(result.out)] = csv_writer(result.presence.reset_index(), float_format="%.6f")
     if post_out is not None:
         text = json.dumps({**result.postprocess.to_dict(), **ensemble.record()}, indent=2) + "\n"
         writers[post_out] = lambda tmp: tmp.write_text(text)
@@ -256,26 +275,33 @@ Part = tuple[Path, list[str], Path]
 
 
 def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[str], folder: Path,
-                      device: torch.device, settings: InferenceSettings) -> np.memmap:
+                      device: torch.device, settings: InferenceSettings) -> tuple[np.memmap, pd.DataFrame | None]:
     """Stream every run's parts through their models into a uint8 memory map (n, 4, 350, 525)
     in ``folder``, rows in ``names`` order; several runs are averaged with their weights via a
-    float32 map of the same shape, run by run, so memory stays flat however many images or runs."""
+    float32 map of the same shape, run by run, so memory stays flat however many images or runs.
+    Also returns the weighted mean of the classification heads' presence (indexed by image)
+    when every model has a head, else None."""
     shape = (len(names), len(CLASSES), *SUBMISSION_SHAPE)
     store = probability_store(folder, shape)
     mean = None if ensemble.single else RunningMean(probability_store(folder, shape, np.float32))
+    presence, every_head = np.zeros((len(names), len(CLASSES))), True
     for r, (run, parts, weight) in enumerate(zip(ensemble.runs, runs, ensemble.weights)):
         desc = f"predict-seg {run.name}" + ("" if ensemble.single else f" ({r + 1}/{len(ensemble.runs)})")
         for model_dir, images, image_dir in parts:
             model = load_run(model_dir, "segmentation", device)
             rows = _rows_of(images, names)
-            for indices, probs in stream_probs(model, [image_dir / n for n in images], device, settings, desc=desc):
+            for indices, probs, head in stream_probs(model, [image_dir / n for n in images], device, settings, desc=desc):
+                every_head = every_head and head is not None
+                if head is not None:
+                    presence[rows[indices]] += weight * head.cpu().numpy()
                 small = torch.nn.functional.interpolate(probs, size=SUBMISSION_SHAPE, mode="bilinear", align_corners=False)
                 values = (small * 255).round().to(torch.uint8).cpu().numpy()
                 if mean is None:
                     store[rows[indices]] = values
                 else:
                     mean.add(rows[indices], values, weight)
-    return store if mean is None else mean.write(store)
+    heads = pd.DataFrame(presence, index=pd.Index(names, name="image"), columns=list(CLASSES)) if every_head else None
+    return (store if mean is None else mean.write(store)), heads
 
 
 def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess):
@@ -286,12 +312,13 @@ def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess):
 
 
 def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,
-                        overwrite: bool = False) -> SegPrediction:
+                        steps: Sequence[str] | None = None, overwrite: bool = False) -> SegPrediction:
     """Tune post-processing again from validation probability stores alone, without running a
     model: the stores' weighted mean (images matched by name) is tuned on Dice like
     ``predict-seg --split val``; writes the masks to ``out`` and the choice, recording every run
     averaged into the stores, to ``<stem>_postprocess.json`` (read by ``predict-seg --split
-    test --postprocess``).
+    test --postprocess``). ``steps``: the names of the steps to tune, as for
+    :func:`predict_segmentation`.
 
     Raises:
         CloudpipeError: a bad, truncated or test store, stores of different images, images
@@ -301,6 +328,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
     if not stores:
         raise CloudpipeError("give at least one --store")
     share = normalise_weights(weights, len(stores))
+    tuned_steps = _steps(steps)
     post_out = postprocess_path_for(out)
     inputs = [p for s in stores for p in (Path(s), info_path(s))] + [data_dir / TRAIN_CSV]
     with ExitStack() as claims:
@@ -323,7 +351,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
             raise CloudpipeError(f"{len(missing)} image(s) have no truth in train.csv (e.g. {', '.join(missing[:3])})",
                                  path=stores[0])
         speed = len(names) / max(time.perf_counter() - started, 1e-9)
-        return _tune_and_write(store, names, None, data, ensemble, out, post_out, speed)
+        return _tune_and_write(store, names, None, data, ensemble, out, post_out, speed, tuned_steps)
 
 
 def _rows_of(names: list[str], images: list[str]) -> np.ndarray:

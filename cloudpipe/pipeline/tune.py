@@ -18,12 +18,14 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.algorithms.ensemble import mean_probs
+from cloudpipe.algorithms.gating import GateSpec, keep_most_probable
+from cloudpipe.algorithms.presence import CLASSIFIER, HEAD, PIXEL_SOURCES, SOURCES, GateChoice, PixelStats, blend, choose_gates, gate_name
 from cloudpipe.algorithms.thresholds import (
     METRIC_NAMES,
     Objective,
     PairScores,
+    Placement,
     Sweep,
-    choose_thresholds,
     parse_thresholds,
     summary_rows,
 )
@@ -42,9 +44,11 @@ from cloudpipe.data.kaggle import (
     validate_rle_column,
 )
 from cloudpipe.data.outputs import claim_output, write_text
+from cloudpipe.data.probstore import info_path
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, read_json
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
+from cloudpipe.pipeline.sources import source_scores
 from cloudpipe.pipeline.validation import validation_sets
 
 
@@ -57,6 +61,18 @@ def load_thresholds(path: Path) -> dict[str, float]:
     data = read_json(path, "thresholds")
     try:
         return parse_thresholds(data)
+    except CloudpipeError as err:
+        raise CloudpipeError(str(err), path=path) from None
+
+
+def load_gate(path: Path) -> GateSpec:
+    """Read a ``thresholds.json`` as the whole gate: thresholds, sources, the at-least-one rule.
+
+    Raises:
+        CloudpipeError: as :func:`load_thresholds`, or a bad ``gate`` entry.
+    """
+    try:
+        return GateSpec.from_json(read_json(path, "thresholds"))
     except CloudpipeError as err:
         raise CloudpipeError(str(err), path=path) from None
 
@@ -98,13 +114,25 @@ class TuneResult:
     rows: list[dict]
     probs_source: str
     ensemble: Ensemble
+    spec: GateSpec
+    choice: GateChoice
+    placement: Placement = "exact"
+    rule_scores: tuple[float, float] | None = None
+    """Mean score without and with the at-least-one rule, when it was tried."""
     json_path: Path | None = None
     plot_path: Path | None = None
 
+    @property
+    def source_rows(self) -> list[dict]:
+        """Each candidate source or blend: its tuned score per class and mean."""
+        return self.choice.rows()
+
     def to_json(self) -> dict:
-        """The ``thresholds.json`` content: class thresholds, objective, number of images, and
-        the runs (and weights) whose probabilities they were tuned on."""
-        return {**self.thresholds, "objective": self.objective, "images": len(self.images), **self.ensemble.record()}
+        """The ``thresholds.json`` content: the gate (:meth:`GateSpec.to_json`: class thresholds,
+        the source of every class, the at-least-one rule), objective, placement, number of
+        images, and the runs (and weights) whose probabilities they were tuned on."""
+        return {**self.spec.to_json(), "objective": self.objective, "placement": self.placement, "images": len(self.images),
+                **self.ensemble.record()}
 
     def summary(self) -> str:
         """Lines to print under the table: what was optimised, on what, and what was written."""
@@ -115,6 +143,11 @@ class TuneResult:
             lines = [f"tuned on ACCURACY, {len(self.images)} validation images (probabilities: {self.probs_source})",
                      "warning: accuracy is not the competition metric (mean Dice after blanking); "
                      "pass --seg VAL_SEG.csv to tune on Dice"]
+        lines.append("gated on: " + ", ".join(f"{c} {gate_name(g)}" for c, g in self.spec.gates.items()))
+        if self.rule_scores is not None:
+            without, with_rule = self.rule_scores
+            lines.append(f"at least one class per image: {with_rule:.4f} with the rule, {without:.4f} without -> "
+                         + ("kept" if self.spec.at_least_one else "not kept (it does not help here)"))
         written = [str(p) for p in (self.json_path, self.plot_path) if p is not None]
         if written:
             lines.append("wrote " + " and ".join(written))
@@ -134,6 +167,12 @@ def tune_thresholds(
     overwrite: bool = False,
     save: bool = True,
     settings: InferenceSettings = InferenceSettings(),
+    presence: Path | None = None,
+    seg_store: Path | None = None,
+    sources: Sequence[str] | None = None,
+    pixel: PixelStats = PixelStats(),
+    placement: Placement = "exact",
+    at_least_one: bool = False,
 ) -> TuneResult:
     """Choose each class's presence threshold on the run's validation images.
 
@@ -160,6 +199,15 @@ def tune_thresholds(
         overwrite: replace existing ``out`` / ``plot`` files given explicitly.
         save: write the JSON and the plot (False: only return the result).
         settings: how to run the model(s) when probabilities must be computed.
+        presence: the segmentation head's validation presence CSV (source ``head``).
+        seg_store: a validation probability store (sources ``max``, ``top_mean``, ``area``).
+        sources: the sources to try, in order (default: the classifier and every source whose
+            input is given); with the classifier and others, their blends are tried too, and
+            each class gates on the best (:func:`~cloudpipe.algorithms.presence.choose_gates`).
+        pixel: how the pixel statistics are computed.
+        placement: ``exact`` or ``midpoint`` (see :class:`~cloudpipe.algorithms.thresholds.Sweep`).
+        at_least_one: try the at-least-one-class rule after tuning (thresholds tuned without
+            it); it is kept only when it raises the validation score.
 
     Returns:
         The thresholds, per-class sweeps and the summary table.
@@ -185,11 +233,13 @@ def tune_thresholds(
         if save:  # both outputs checked and locked until both are written
             if json_path.resolve() == plot_path.resolve():
                 raise CloudpipeError("--plot must differ from --out", path=plot_path)
-            inputs = [p for p in (seg, *(run / VAL_PROBS_CSV for run in ensemble.runs), data_dir / TRAIN_CSV) if p is not None]
+            inputs = [p for p in (seg, *(run / VAL_PROBS_CSV for run in ensemble.runs), data_dir / TRAIN_CSV, presence,
+                                  seg_store, seg_store and info_path(seg_store)) if p is not None]
             claims.enter_context(claim_output(json_path, overwrite=overwrite or out is None, inputs=inputs))
             claims.enter_context(claim_output(plot_path, overwrite=overwrite or (out is None and plot is None),
                                               inputs=inputs))
-        result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings)
+        inputs = _SourceInputs(presence, seg_store, sources, pixel, placement, at_least_one)
+        result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings, inputs)
         if save:
             from cloudpipe.plots import save_png, threshold_figure
 
@@ -225,8 +275,29 @@ def ensemble_val_probs(ensemble: Ensemble, data_dir: Path, settings: InferenceSe
     return pd.DataFrame(mean, index=index, columns=parts[0].columns), f"weighted mean ({weights}) of " + "; ".join(sources)
 
 
+@dataclass(frozen=True)
+class _SourceInputs:
+    """What :func:`tune_thresholds` gates on besides the classifier, and how it tunes."""
+
+    presence: Path | None
+    seg_store: Path | None
+    sources: Sequence[str] | None
+    pixel: PixelStats
+    placement: Placement
+    at_least_one: bool
+
+    def names(self) -> list[str]:
+        """The sources to try: those asked for, else the classifier and those given."""
+        if self.sources is not None:
+            unknown = [s for s in self.sources if s not in SOURCES]
+            if unknown or not self.sources:
+                raise CloudpipeError(f"unknown source(s) {', '.join(unknown) or '(none)'}; known: {', '.join(SOURCES)}")
+            return list(dict.fromkeys(self.sources))
+        return [CLASSIFIER] + ([HEAD] if self.presence else []) + (list(PIXEL_SOURCES) if self.seg_store else [])
+
+
 def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objective, mask_shape: tuple[int, int],
-          settings: InferenceSettings) -> TuneResult:
+          settings: InferenceSettings, inputs: _SourceInputs) -> TuneResult:
     """The work of :func:`tune_thresholds` between checking its outputs and writing them."""
     train = read_train(data_dir)
     labels = presence(train)
@@ -248,7 +319,17 @@ def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objec
             scores = PairScores.dice(to_wide(train), pred, truth_shape, mask_shape)
         else:
             scores = PairScores.accuracy(labels.loc[pred.index])
-    p = probs.loc[scores.images].to_numpy()
-    sweeps = choose_thresholds(p, scores)
-    return TuneResult({c: s.threshold for c, s in sweeps.items()}, objective, scores.images, sweeps,
-                      summary_rows(p, scores, sweeps, objective), source, ensemble)
+    names = inputs.names()
+    found = source_scores(scores.images, names, "val", classifier=probs, presence=inputs.presence,
+                          seg_store=inputs.seg_store, pixel=inputs.pixel)
+    choice = choose_gates(found, scores, names, inputs.placement)
+    p = blend(found, choice.gates)
+    thresholds = {c: s.threshold for c, s in choice.sweeps.items()}
+    spec, rule_scores = GateSpec(thresholds, choice.gates, False, inputs.pixel), None
+    if inputs.at_least_one:
+        absent = p < np.array([thresholds[c] for c in CLASSES])
+        drawn = scores.drawn if scores.drawn is not None else np.ones_like(absent)
+        rule_scores = (scores.mean(absent), scores.mean(keep_most_probable(absent, p, drawn)))
+        spec = GateSpec(thresholds, choice.gates, rule_scores[1] > rule_scores[0], inputs.pixel)
+    return TuneResult(thresholds, objective, scores.images, choice.sweeps, summary_rows(p, scores, choice.sweeps, objective),
+                      source, ensemble, spec, choice, inputs.placement, rule_scores)

@@ -1,0 +1,146 @@
+"""Presence scores from every source, and their blends, for gating.
+
+A *source* gives every (image, class) pair a score in [0, 1]: the separate classifier
+(``classifier``), the segmentation model's classification head (``head``), or a statistic of
+the segmentation probabilities (:data:`PIXEL_SOURCES`: the largest pixel probability ``max``,
+the mean of the ``top_k`` most probable pixels ``top_mean`` (the 1st place used 18,000 pixels
+at 350 x 525), and the share of pixels at or above ``area_threshold`` ``area``). A *gate* is,
+per class, a weighted blend of sources (``{"classifier": 0.75, "top_mean": 0.25}``);
+:func:`choose_gates` tunes the source and blend weight of every class on Dice after blanking,
+each class on its own (classes are independent, so the choice is exact on what it searched).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from cloudpipe.algorithms.thresholds import PairScores, Placement, Sweep, choose_thresholds
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+
+CLASSIFIER, HEAD = "classifier", "head"
+PIXEL_SOURCES: tuple[str, ...] = ("max", "top_mean", "area")
+SOURCES: tuple[str, ...] = (CLASSIFIER, HEAD, *PIXEL_SOURCES)
+BLEND_WEIGHTS: tuple[float, ...] = (0.25, 0.5, 0.75)
+"""The classifier's weights tried in its blend with each other source (the other gets the rest)."""
+
+Gate = dict[str, float]
+"""One class's gate: source -> weight, weights summing to 1."""
+
+
+@dataclass(frozen=True)
+class PixelStats:
+    """How the pixel statistics are computed.
+
+    Attributes:
+        top_k: pixels averaged by ``top_mean`` (at the store's size, 350 x 525; all pixels
+            when larger than the image).
+        area_threshold: pixel probability counted by ``area``.
+    """
+
+    top_k: int = 18000
+    area_threshold: float = 0.5
+
+    def __post_init__(self):
+        if self.top_k < 1:
+            raise CloudpipeError(f"top_k {self.top_k} must be >= 1")
+        if not 0 <= self.area_threshold <= 1:
+            raise CloudpipeError(f"area threshold {self.area_threshold} is not in [0, 1]")
+
+    def scores(self, store: np.ndarray, chunk: int = 32) -> dict[str, np.ndarray]:
+        """Every pixel statistic of uint8 probabilities (n, 4, H, W), each (n, 4) in [0, 1],
+        from one pass over the store (chunk by chunk: a memory map stays unread elsewhere)."""
+        n, k = store.shape[:2]
+        pixels = int(np.prod(store.shape[2:]))
+        hist = np.empty((n, k, 256), np.int64)
+        for start in range(0, n, chunk):
+            part = np.asarray(store[start:start + chunk]).reshape(-1, pixels)
+            offsets = (np.arange(len(part)) * 256)[:, None]
+            hist[start:start + chunk] = np.bincount((part + offsets).ravel(), minlength=256 * len(part)).reshape(-1, k, 256)
+        values = np.arange(256, dtype=np.float64)
+        top = np.where(hist.any(-1), 255 - np.argmax(hist[..., ::-1] > 0, axis=-1), 0)
+        # The top_k largest values: take each value's count from the top down until k are taken.
+        k_eff = min(self.top_k, pixels)
+        from_top = np.cumsum(hist[..., ::-1], axis=-1)
+        taken = np.minimum(hist[..., ::-1], np.maximum(k_eff - (from_top - hist[..., ::-1]), 0))
+        top_mean = (taken * values[::-1]).sum(-1) / k_eff
+        above = hist[..., round(self.area_threshold * 255):].sum(-1)
+        return {"max": top / 255.0, "top_mean": top_mean / 255.0, "area": above / pixels}
+
+
+def blend(scores: Mapping[str, np.ndarray], gates: Mapping[str, Gate]) -> np.ndarray:
+    """The gate score of every pair (n, 4): per class, the weighted sum of its sources' scores.
+
+    Raises:
+        CloudpipeError: a gate names a source missing from ``scores``.
+    """
+    missing = sorted({s for g in gates.values() for s in g} - set(scores))
+    if missing:
+        raise CloudpipeError(f"no {', '.join(missing)} scores to gate on")
+    n = len(next(iter(scores.values())))
+    out = np.zeros((n, len(CLASSES)))
+    for k, c in enumerate(CLASSES):
+        for source, weight in gates[c].items():
+            out[:, k] += weight * scores[source][:, k]
+    return out
+
+
+def gate_name(gate: Gate) -> str:
+    """``classifier`` or ``0.75 classifier + 0.25 top_mean``."""
+    if len(gate) == 1:
+        return next(iter(gate))
+    return " + ".join(f"{w:g} {s}" for s, w in gate.items())
+
+
+def candidate_gates(sources: Sequence[str]) -> list[Gate]:
+    """Every source alone, then the classifier blended with each other source at
+    :data:`BLEND_WEIGHTS` (when the classifier is among ``sources``)."""
+    gates = [{s: 1.0} for s in sources]
+    if CLASSIFIER in sources:
+        gates += [{CLASSIFIER: w, s: 1.0 - w} for s in sources if s != CLASSIFIER for w in BLEND_WEIGHTS]
+    return gates
+
+
+@dataclass(frozen=True)
+class GateChoice:
+    """What :func:`choose_gates` chose: per class the gate and its sweep, and the tuned score
+    of every candidate gate per class (``table``: gate name -> (4,))."""
+
+    gates: dict[str, Gate]
+    sweeps: dict[str, Sweep]
+    table: dict[str, np.ndarray]
+
+    def rows(self) -> list[dict]:
+        """The table of sources: tuned score per class and mean, the chosen ones marked."""
+        rows = []
+        for name, per_class in self.table.items():
+            chosen = [c for c in CLASSES if gate_name(self.gates[c]) == name]
+            rows.append({"source": name, **{c: float(v) for c, v in zip(CLASSES, per_class)},
+                         "mean": float(per_class.mean()), "chosen for": ", ".join(chosen) or "-"})
+        return rows
+
+
+def choose_gates(scores: Mapping[str, np.ndarray], pairs: PairScores, sources: Sequence[str] | None = None,
+                 placement: Placement = "exact") -> GateChoice:
+    """Per class, the candidate gate (:func:`candidate_gates`) whose tuned threshold scores best;
+    ties go to the first candidate (the first source alone).
+
+    Args:
+        scores: source -> (n, 4) scores aligned with ``pairs.images``.
+        pairs: what each pair scores kept or blanked.
+        sources: the sources to try, in order (default: those of ``scores``).
+        placement: where thresholds go (see :class:`~cloudpipe.algorithms.thresholds.Sweep`).
+    """
+    sources = list(scores) if sources is None else list(sources)
+    table, sweeps = {}, {}
+    for gate in candidate_gates(sources):
+        name = gate_name(gate)
+        sweeps[name] = choose_thresholds(blend(scores, {c: gate for c in CLASSES}), pairs, placement)
+        table[name] = np.array([sweeps[name][c].score for c in CLASSES])
+    names = list(table)
+    best = [names[int(np.argmax(np.array([table[n][k] for n in names])))] for k in range(len(CLASSES))]
+    gates = {c: next(g for g in candidate_gates(sources) if gate_name(g) == best[k]) for k, c in enumerate(CLASSES)}
+    return GateChoice(gates, {c: sweeps[best[k]][c] for k, c in enumerate(CLASSES)}, table)
