@@ -313,7 +313,7 @@ def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_
 
 STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A,B,...",
                             help="Post-processing steps to tune, in order: threshold, top_area, min_size, shape "
-                                 "[default: threshold,min_size].")
+                                 "[default: threshold,min_size,shape].")
 
 
 @main.command("predict-seg")

@@ -8,7 +8,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import real_clouds  # noqa: E402
+from benchmarks import real_clouds, real_clouds_wins  # noqa: E402
 
 
 def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
@@ -23,3 +23,7 @@ def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
     assert "wall time" in capsys.readouterr().out
     again = real_clouds.main(["--smoke", "--data", str(tiny_data), "--work", str(work)])  # trained runs are reused
     assert not any(k.startswith("train") for k in again["seconds"])
+    wins = real_clouds_wins.main(["--smoke", "--work", str(work)])  # on the folder real_clouds left
+    groups = {r["group"].split(" (")[0] for r in wins["rows"]}
+    assert groups == {"post-processing", "presence source", "segmentation with a head", "gating rules"}
+    assert all(0 <= r["gated"] <= 1 for r in wins["rows"]) and json.loads((work / "wins.json").read_text())["rows"]

@@ -57,7 +57,7 @@ def test_predict_seg_val_and_test(seg_run, tiny_data, tmp_path):
     assert result.exit_code == 0, result.output
     assert "validation Dice" in result.output
     post = json.loads((seg_run / "seg_postprocess.json").read_text())
-    assert post["format"] == 2 and [s["step"] for s in post["steps"]] == ["threshold", "min_size"]
+    assert post["format"] == 2 and [s["step"] for s in post["steps"]] == ["threshold", "min_size", "shape"]
     assert all(set(s["values"]) == set(CLASSES) for s in post["steps"])
     val = read_mask_csv(val_csv, shape=(350, 525))  # valid Kaggle format, every pair present
     classifier_val = make_splits(load_config("classifier"), presence(read_train(tiny_data)))[0][1]

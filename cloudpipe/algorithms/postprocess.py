@@ -89,7 +89,7 @@ class MinSize(Step):
     default: ClassVar[float] = 0
     # Pixels at 350 x 525: finishers used 5,000-21,000, and tuned on real clouds the minimum
     # reached 10,000 (the old grid's top) for every class, so the grid goes well past it.
-    grid: tuple = (0, 500, 1000, 2500, 5000, 7500, 10000, 12500, 15000, 17500, 20000, 25000, 30000)
+    grid: tuple = (0, 500, 1000, 2500, 5000, 7500, 10000, 12500, 15000, 17500, 20000, 25000, 30000, 40000, 50000, 60000)
 
     def apply(self, mask, probs, value):
         return remove_small_components(mask, int(value))
@@ -212,7 +212,7 @@ class PostProcess:
         values: class -> one value per step.
     """
 
-    steps: tuple[Step, ...] = (Threshold(), MinSize())
+    steps: tuple[Step, ...] = (Threshold(), MinSize(), Shape())  # shape: measured on clouds350, see benchmarks/README.md
     values: dict[str, tuple] = field(default_factory=dict)
 
     def __post_init__(self):
