@@ -34,9 +34,9 @@ from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
 HERE = Path(__file__).resolve().parent
 POSTPROCESS = {  # name -> steps, tuned per class on validation Dice
     "threshold only": "threshold",
-    "threshold + min size (default)": "threshold,min_size",
-    "+ component shape": "threshold,min_size,shape",
-    "+ triplet (top_area)": "threshold,top_area,min_size",
+    "threshold + min size": "threshold,min_size",
+    "threshold + min size + component shape (default)": "threshold,min_size,shape",
+    "threshold + triplet (top_area) + min size": "threshold,top_area,min_size",
 }
 SOURCES = {  # name -> presence sources tune-threshold may choose from, per class
     "classifier (default)": ["classifier"],
@@ -98,8 +98,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 1. Post-processing steps, tuned again from the validation store, applied to the test store's model.
     val_store = store_paths(run / "val_seg.csv")[0]
+    folders = {}
     for variant, steps in POSTPROCESS.items():
-        folder = work / "wins" / "postprocess" / variant.replace(" ", "_").replace("(", "").replace(")", "")
+        folder = folders[variant] = work / "wins" / "postprocess" / steps.replace(",", "+")
         folder.mkdir(parents=True, exist_ok=True)
         val_csv, test_csv = folder / "val_seg.csv", folder / "test_seg.csv"
         started = time.perf_counter()
@@ -109,7 +110,8 @@ def main(argv: list[str] | None = None) -> dict:
                              overwrite=True)
         scored("post-processing", variant, gate(folder / "gated", val_csv, test_csv), test_csv,
                choice=tuned.postprocess.describe())
-    base_val, base_test = (work / "wins" / "postprocess" / "threshold_+_min_size_default" / f for f in ("val_seg.csv", "test_seg.csv"))
+    default = next(folder for variant, folder in folders.items() if "(default)" in variant)
+    base_val, base_test = default / "val_seg.csv", default / "test_seg.csv"
     test_store = store_paths(base_test)[0]  # re-tuning writes no store: the validation one is the run's
 
     # 2. Presence sources (pixel statistics need the stores).

@@ -70,3 +70,8 @@ def test_random_weights_train_at_the_scratch_lr(tmp_path):
     assert load_config("classifier", given).lr == 0.002
     given.write_text("weights: none\nscratch_lr: 0.0001\n")
     assert load_config("classifier", given).lr == 0.0001
+
+
+def test_segmentation_trains_a_presence_head_by_default():
+    assert load_config("segmentation").head_weight == 0.1  # measured on clouds350 (benchmarks/README.md)
+    assert load_config("classifier").head_weight == 0.0

@@ -26,7 +26,7 @@ from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits, train_run
 from cloudpipe.pipeline.segment import probability_store
 
-SEG = dict(arch="tiny", weights="none", image_size=(32, 64), workers=0, batch_size=8, device="cpu")
+SEG = dict(arch="tiny", weights="none", image_size=(32, 64), workers=0, batch_size=8, device="cpu", head_weight=0.0)
 
 
 def invoke(*args):

@@ -15,7 +15,7 @@ from cloudpipe.engine.stages import STAGES, ClassifierStage, SegmentationStage, 
 
 def stages():
     return (stage_for(load_config("classifier", overrides={"arch": "tiny", "weights": "none"})),
-            stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none"})))
+            stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none", "head_weight": 0.0})))
 
 
 def test_stage_for_picks_by_task():
@@ -74,7 +74,7 @@ def test_unknown_task():
 
 
 def test_segmentation_head_adds_its_weighted_loss_and_accuracy():
-    plain = stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none"}))
+    plain = stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none", "head_weight": 0.0}))
     headed = stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none", "head_weight": 0.5}))
     model = headed.build_model().eval()
     images = torch.randint(0, 256, (2, 3, 32, 64), dtype=torch.uint8)
