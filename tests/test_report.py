@@ -16,6 +16,7 @@ from click.testing import CliRunner
 from cloudpipe.algorithms.gating import gate
 from cloudpipe.cli import main
 from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
 from cloudpipe.pipeline.evaluate import evaluate_files
 from cloudpipe.pipeline.report import score_submission, write_report
@@ -144,3 +145,18 @@ def test_bad_inputs_are_one_line_and_no_file(tiny_data, case, tmp_path):
     out.write_text("old")
     result = run_report(tiny_data, "--seg", seg, "--out", out)
     assert result.exit_code == 2 and "--overwrite" in result.stderr and out.read_text() == "old"
+
+
+def test_a_gate_on_other_sources_needs_the_scores_it_gated_on(tiny_data, case, tmp_path):
+    seg, probs_csv, _, _, _ = case
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "val_probs.csv").write_bytes(probs_csv.read_bytes())
+    gate = {c: {"top_mean": 1.0} for c in CLASSES}
+    (run / "thresholds.json").write_text(json.dumps({**dict.fromkeys(CLASSES, 0.5), "gate": gate, "top_k": 18000,
+                                                     "area_threshold": 0.5}))
+    with pytest.raises(CloudpipeError, match="gates on top_mean.*pass --probs"):
+        score_submission(tiny_data, seg, run_dir=run, progress=False)
+    (run / "thresholds.json").write_text(json.dumps({**dict.fromkeys(CLASSES, 0.5), "at_least_one": True}))
+    scored = score_submission(tiny_data, seg, run_dir=run, progress=False)
+    assert "at-least-one rule is not applied" in scored.thresholds_source

@@ -28,6 +28,7 @@ from cloudpipe.algorithms.breakdown import (
     keep_mask,
     rank_images,
 )
+from cloudpipe.algorithms.presence import CLASSIFIER
 from cloudpipe.algorithms.thresholds import PairScores, choose_thresholds
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
@@ -38,7 +39,7 @@ from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, find_image, read_prob
 from cloudpipe.data.outputs import claim_output, write_text
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV
 from cloudpipe.pipeline.evaluate import read_truth_and_prediction
-from cloudpipe.pipeline.tune import load_thresholds
+from cloudpipe.pipeline.tune import load_gate
 
 AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000, SUBMISSION_SHAPE[0] * SUBMISSION_SHAPE[1])
 """Bins of true mask area (pixels at 350 x 525) for Dice against area."""
@@ -130,7 +131,13 @@ def score_submission(
     if thresholds_file is None and run_dir is not None and (Path(run_dir) / THRESHOLDS_JSON).is_file():
         thresholds_file = Path(run_dir) / THRESHOLDS_JSON
     if thresholds_file is not None:
-        scored.thresholds, scored.thresholds_source = load_thresholds(thresholds_file), str(thresholds_file)
+        spec = load_gate(thresholds_file)
+        if probs_csv is None and spec.sources != [CLASSIFIER]:
+            raise CloudpipeError(f"gates on {', '.join(spec.sources)}, not on the classifier's val_probs.csv alone: pass "
+                                 "--probs with the scores gated on (predict's <stem>_probs.csv)", path=thresholds_file)
+        scored.thresholds, scored.thresholds_source = spec.thresholds, str(thresholds_file)
+        if spec.at_least_one:
+            scored.thresholds_source += " (its at-least-one rule is not applied here)"
     else:
         sweeps = choose_thresholds(scored.probs, PairScores(images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0))
         scored.thresholds = {c: s.threshold for c, s in sweeps.items()}
