@@ -257,13 +257,15 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
             presence_csv: Path | None, at_least_one: bool | None, overwrite: bool, settings) -> None:
     """Blank the segmentation masks of classes judged absent (by the classifier, or the sources
     thresholds.json names); write the submission."""
+    from cloudpipe.engine.devices import is_main_process
     from cloudpipe.pipeline.predict import predict_submission, probs_path_for
 
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights, thresholds_file=thresholds_file,
                                  threshold=threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
                                  seg_store=seg_store, presence=presence_csv, at_least_one=at_least_one)
-    click.echo(summary.line())
-    click.echo(f"wrote {out} and {probs_path_for(out)}")
+    if is_main_process():  # under torchrun, rank 0 wrote the files
+        click.echo(summary.line())
+        click.echo(f"wrote {out} and {probs_path_for(out)}")
 
 
 @main.command("tune-threshold")
@@ -333,6 +335,7 @@ STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A
 def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
                 postprocess: Path | None, steps: list[str] | None, overwrite: bool, settings) -> None:
     """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
+    from cloudpipe.engine.devices import is_main_process
     from cloudpipe.pipeline.segment import predict_segmentation
 
     if out is None and len(run_dirs) > 1:
@@ -340,9 +343,10 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
     out = out if out is not None else run_dirs[0] / f"{split}_seg.csv"
     result = predict_segmentation(run_dirs, data_dir, split, out, weights=weights, postprocess=postprocess,
                                   steps=steps, settings=settings, overwrite=overwrite)
-    click.echo("post-processing: " + result.postprocess.describe())
-    click.echo(result.line())
-    click.echo("wrote " + ", ".join(map(str, result.written)))
+    if is_main_process():  # under torchrun, rank 0 joined the other ranks' shares and wrote the files
+        click.echo("post-processing: " + result.postprocess.describe())
+        click.echo(result.line())
+        click.echo("wrote " + ", ".join(map(str, result.written)))
 
 
 @main.command("tune-seg")

@@ -108,3 +108,22 @@ def write_store(path: Path, images: list[str], split: str, seed: int = 0) -> Pat
     array_writer(store)(path)
     info_writer(StoreInfo(split, list(images), [], []))(info_path(path))
     return path
+
+
+@pytest.fixture()
+def torchrun():
+    """Run ``python -m cloudpipe ARGS...`` as two CPU ranks under torchrun (gloo); the
+    completed process."""
+    import os
+    import socket
+
+    def run(*args, nproc: int = 2) -> subprocess.CompletedProcess:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
+               "-m", "--", "cloudpipe", *map(str, args)]  # "--": else torchrun reads an option such as --run as its own
+        return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+    return run

@@ -315,3 +315,17 @@ def test_predict_gates_on_the_sources_thresholds_json_names(tiny_data, tiny_clas
     seg = pd.read_csv(seg_csv, dtype=str, keep_default_na=False)
     has_mask = set(seg.loc[seg["EncodedPixels"] != "", "Image_Label"].str.rsplit("_", n=1).str[0])
     assert set(drawn.loc[drawn["EncodedPixels"] != "", "image"]) == has_mask  # every image with a mask keeps one
+
+
+def test_predict_under_torchrun_matches_one_process(tiny_data, tiny_classifier_run, seg_csv, tmp_path, torchrun):
+    one, two = tmp_path / "one" / "submission.csv", tmp_path / "two" / "submission.csv"
+    args = ("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--threshold", 0.5, "--batch-size", 2)
+    result = invoke(*args, "--out", one)
+    assert result.exit_code == 0, result.output
+    proc = torchrun("predict", *args, "--out", two, "--workers", 0, "--quiet", "--device", "cpu")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports
+    assert two.read_bytes() == one.read_bytes()
+    probs = [pd.read_csv(p.with_name("submission_probs.csv")).set_index("image") for p in (one, two)]
+    pd.testing.assert_frame_equal(probs[1], probs[0], atol=1e-5)
+    assert sorted(p.name for p in two.parent.iterdir()) == ["submission.csv", "submission_probs.csv"]

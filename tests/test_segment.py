@@ -328,3 +328,27 @@ def test_bad_store_is_one_line_and_writes_nothing(seg_run, tiny_data, tmp_path):
     result = invoke("tune-seg", "--store", npy, "--data", tiny_data, "--out", tmp_path / "re.csv")
     assert result.exit_code == 2 and "truncated" in result.stderr and result.stderr.count("\n") == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+
+
+@pytest.mark.parametrize("split", ["test", "val"])
+def test_predict_seg_under_torchrun_matches_one_process(seg_run, tiny_data, tmp_path, torchrun, split):
+    from cloudpipe.data.probstore import presence_path
+
+    run = tmp_path / "run"
+    shutil.copytree(seg_run, run)
+    one, two = tmp_path / "one" / "seg.csv", tmp_path / "two" / "seg.csv"
+    common = ("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--workers", 0, "--device", "cpu",
+              "--batch-size", 4, "--quiet")
+    result = invoke(*common, "--out", one)
+    assert result.exit_code == 0, result.output
+    post = (run / "seg_postprocess.json").read_bytes() if split == "val" else None
+    proc = torchrun(*common, "--out", two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports
+    files = [one, *store_paths(one), presence_path(one)]
+    assert all(p.exists() for p in files[:3])
+    for a, b in zip(files, [two, *store_paths(two), presence_path(two)]):
+        assert a.exists() == b.exists() and (not a.exists() or a.read_bytes() == b.read_bytes()), b.name
+    assert sorted(p.name for p in two.parent.iterdir()) == sorted(p.name for p in one.parent.iterdir())  # no shares left
+    if post is not None:
+        assert (run / "seg_postprocess.json").read_bytes() == post

@@ -6,6 +6,7 @@ import contextlib
 import os
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as torch_dist
 from torch import nn
@@ -66,6 +67,20 @@ class Dist:
         torch_dist.all_gather_object(out, obj)
         return out
 
+    def shard(self, items: list) -> list:
+        """This rank's share of ``items``: items ``rank, rank + world, ...`` (all of them when
+        not distributed); :meth:`join` puts the shares back in order."""
+        return items[self.rank :: self.world]
+
+    def join(self, shares: list[np.ndarray]) -> np.ndarray:
+        """The rows of every rank's :meth:`shard` (``shares`` in rank order), back in order."""
+        if len(shares) == 1:
+            return shares[0]
+        out = np.empty((sum(len(s) for s in shares), *shares[0].shape[1:]), shares[0].dtype)
+        for r, share in enumerate(shares):
+            out[r :: len(shares)] = share
+        return out
+
     def barrier(self) -> None:
         """Wait for every rank (no-op when not distributed)."""
         if self.world > 1:
@@ -75,6 +90,11 @@ class Dist:
         """Tear the process group down (no-op when not distributed)."""
         if self.world > 1 and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a ``torchrun`` job (or not under torchrun at all)."""
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def resolve_device(name: str, dist: Dist | None = None) -> torch.device:

@@ -24,7 +24,7 @@ from cloudpipe.data.images import check_images, reduction_for
 from cloudpipe.data.runfolder import trained_checkpoints
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import TrainConfig, config_from_dict
-from cloudpipe.engine.devices import autocast, resolve_device
+from cloudpipe.engine.devices import Dist, autocast, resolve_device
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.engine.stages import stage_for
 
@@ -117,11 +117,17 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
         yield batch["index"].numpy(), total / count, None if head is None else head / count
 
 
-def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettings, desc: str = "predict") -> np.ndarray:
-    """Presence probabilities (n, 4) of a classifier run over ``paths`` (``desc``: the progress bar's label)."""
-    device = resolve_device(settings.device)
+def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettings, desc: str = "predict",
+                     dist: Dist | None = None) -> np.ndarray:
+    """Presence probabilities (n, 4) of a classifier run over ``paths`` (``desc``: the progress
+    bar's label). Under ``torchrun`` (``dist``), each rank runs its :meth:`~Dist.shard` of the
+    images and every rank gets all the rows."""
+    dist = dist or Dist()
+    device = resolve_device(settings.device, dist)
     run = load_run(run_dir, "classifier", device)
-    out = np.empty((len(paths), len(CLASSES)), dtype=np.float32)
-    for indices, probs, _ in stream_probs(run, paths, device, settings, desc=desc):
-        out[indices] = probs.cpu().numpy()
-    return out
+    mine = dist.shard(paths)
+    out = np.empty((len(mine), len(CLASSES)), dtype=np.float32)
+    if mine:
+        for indices, probs, _ in stream_probs(run, mine, device, settings, desc=desc):
+            out[indices] = probs.cpu().numpy()
+    return dist.join(dist.gather(out))

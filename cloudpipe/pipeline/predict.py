@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
@@ -35,13 +36,16 @@ from cloudpipe.data.kaggle import (
     require_dir,
     require_same_images,
 )
-from cloudpipe.data.outputs import claim_output, csv_writer, write_files
+from cloudpipe.data.outputs import check_output, claim_output, csv_writer, write_files
 from cloudpipe.data.probstore import info_path
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.sources import require_inputs, source_scores
 from cloudpipe.pipeline.tune import load_gate
+
+if TYPE_CHECKING:
+    from cloudpipe.engine.devices import Dist
 
 
 def resolve_thresholds(runs: Path | Ensemble, thresholds_file: Path | None, threshold: float | None) -> tuple[dict[str, float], str]:
@@ -159,6 +163,21 @@ def predict_submission(
     Returns:
         The gated submission (sample order) and its summary.
     """
+    from cloudpipe.engine.devices import Dist
+
+    dist = Dist.from_env()
+    try:
+        return _predict_submission(seg, run_dir, data_dir, out, weights, thresholds_file, threshold, mask_shape,
+                                   settings, overwrite, seg_store, presence, at_least_one, dist)
+    finally:
+        dist.close()
+
+
+def _predict_submission(seg, run_dir, data_dir, out, weights, thresholds_file, threshold, mask_shape, settings,
+                        overwrite, seg_store, presence, at_least_one, dist: Dist) -> PredictSummary:
+    """:func:`predict_submission` on one rank: under ``torchrun`` each rank runs the classifier
+    on its share of the images, every rank checks the outputs, and only rank 0 locks and
+    writes them."""
     ensemble = Ensemble.of(run_dir, weights)
     data_dir = require_dir(data_dir)
     spec, source = resolve_gate(ensemble, thresholds_file, threshold)
@@ -170,10 +189,14 @@ def predict_submission(
             inputs = [data_dir / SAMPLE_SUBMISSION_CSV] + ([seg] if isinstance(seg, Path) else []) + \
                 [p for p in (presence, seg_store, seg_store and info_path(seg_store)) if p is not None]
             for path in (out, probs_path_for(out)):
-                claims.enter_context(claim_output(path, overwrite=overwrite, inputs=inputs,
-                                                  input_dirs=[data_dir / TEST_IMAGES]))
-        summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, seg_store, presence)
-        if out is not None:  # a pair: a failure leaves both old files or both new ones
+                check = dict(overwrite=overwrite, inputs=inputs, input_dirs=[data_dir / TEST_IMAGES])
+                if dist.is_main:
+                    claims.enter_context(claim_output(path, **check))
+                else:
+                    check_output(path, **check)
+        summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, seg_store, presence,
+                                    dist)
+        if out is not None and dist.is_main:  # a pair: a failure leaves both old files or both new ones
             write_files({probs_path_for(out): csv_writer(summary.probs.reset_index(), float_format="%.6f"),
                          out: csv_writer(summary.submission)})
     return summary
@@ -181,7 +204,7 @@ def predict_submission(
 
 def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Path, spec: GateSpec, source: str,
                       mask_shape: tuple[int, int], settings: InferenceSettings, seg_store: Path | None,
-                      presence: Path | None) -> PredictSummary:
+                      presence: Path | None, dist: Dist | None = None) -> PredictSummary:
     """The work of :func:`predict_submission` between checking the outputs and writing them."""
     from cloudpipe.engine.infer import predict_presence
 
@@ -194,7 +217,7 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
     started = time.perf_counter()
     if CLASSIFIER in spec.sources:
         paths = [data_dir / TEST_IMAGES / i for i in images]
-        scores[CLASSIFIER] = mean_probs([predict_presence(run, paths, settings, desc=f"predict {run.name}")
+        scores[CLASSIFIER] = mean_probs([predict_presence(run, paths, settings, desc=f"predict {run.name}", dist=dist)
                                          for run in ensemble.runs], ensemble.weights)
     seconds = time.perf_counter() - started
     probs = pd.DataFrame(blend(scores, spec.gates), index=index, columns=list(CLASSES))

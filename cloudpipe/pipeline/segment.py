@@ -56,11 +56,11 @@ from cloudpipe.data.kaggle import (
     load_train_data,
     require_dir,
 )
-from cloudpipe.data.outputs import claim_output, csv_writer, write_files
+from cloudpipe.data.outputs import check_output, claim_output, csv_writer, write_files
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, read_store, store_paths
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json, training_files
 from cloudpipe.engine.config import load_run_config
-from cloudpipe.engine.devices import resolve_device
+from cloudpipe.engine.devices import Dist, resolve_device
 from cloudpipe.engine.infer import load_run, stream_probs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
@@ -169,12 +169,19 @@ def predict_segmentation(
     outputs = [out, *store_paths(out), presence_path(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
     run_files = [p for run in ensemble.runs for p in training_files(run)]  # never replaced, even with --overwrite
     run_files += [postprocess] if postprocess else []
-    with ExitStack() as claims:
-        for path in outputs:
-            claims.enter_context(claim_output(path, overwrite=overwrite, inputs=[
-                data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
-                input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]))
-        return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, settings)
+    dist = Dist.from_env()
+    try:
+        with ExitStack() as claims:
+            for path in outputs:  # every rank checks; rank 0, the one that writes, locks
+                check = dict(overwrite=overwrite, inputs=[data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
+                             input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES])
+                if dist.is_main:
+                    claims.enter_context(claim_output(path, **check))
+                else:
+                    check_output(path, **check)
+            return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, settings, dist)
+    finally:
+        dist.close()
 
 
 def _steps(names: Sequence[str] | None) -> tuple[Step, ...]:
@@ -196,9 +203,11 @@ def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProce
 
 def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val", "test"], out: Path,
                        postprocess: Path | None, post_out: Path | None, steps: tuple[Step, ...],
-                       settings: InferenceSettings) -> SegPrediction:
-    """The work of :func:`predict_segmentation` once its outputs are checked and locked."""
-    device = resolve_device(settings.device)
+                       settings: InferenceSettings, dist: Dist) -> SegPrediction:
+    """The work of :func:`predict_segmentation` once its outputs are checked and locked. Under
+    ``torchrun`` each rank predicts its :meth:`~Dist.shard` of the images; rank 0 joins the
+    shares, tunes and writes, and the other ranks return what they predicted, writing nothing."""
+    device = resolve_device(settings.device, dist)
     started = time.perf_counter()
     if split == "test":
         post = _test_postprocess(ensemble, postprocess)  # read before inference: a bad file fails fast
@@ -212,7 +221,16 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
         data = sets[0][0]
         names = [i for s in sets[0][1] for i in s.val]
         runs = [[(s.folder, s.val, data_dir / TRAIN_IMAGES) for s in splits] for _, splits in sets]
-    store, presence = _predict_to_store(ensemble, runs, names, out.parent, device, settings)
+    mine = dist.shard(names)
+    if dist.world > 1:
+        share = set(mine)
+        runs = [[(folder, [i for i in images if i in share], image_dir) for folder, images, image_dir in parts]
+                for parts in runs]
+    store, presence = _predict_to_store(ensemble, runs, mine, out.parent, device, settings)
+    if dist.world > 1:
+        store, presence = _join_shares(dist, store, presence, names, out)
+        if not dist.is_main:
+            return SegPrediction(out, len(mine), PostProcess(), len(mine) / (time.perf_counter() - started))
     speed = len(names) / (time.perf_counter() - started)
     info = StoreInfo(split, names, **ensemble.record())
     if split == "test":
@@ -288,6 +306,8 @@ def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[st
     for r, (run, parts, weight) in enumerate(zip(ensemble.runs, runs, ensemble.weights)):
         desc = f"predict-seg {run.name}" + ("" if ensemble.single else f" ({r + 1}/{len(ensemble.runs)})")
         for model_dir, images, image_dir in parts:
+            if not images:  # e.g. a fold none of whose images are this rank's
+                continue
             model = load_run(model_dir, "segmentation", device)
             rows = _rows_of(images, names)
             for indices, probs, head in stream_probs(model, [image_dir / n for n in images], device, settings, desc=desc):
@@ -302,6 +322,44 @@ def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[st
                     mean.add(rows[indices], values, weight)
     heads = pd.DataFrame(presence, index=pd.Index(names, name="image"), columns=list(CLASSES)) if every_head else None
     return (store if mean is None else mean.write(store)), heads
+
+
+def _join_shares(dist: Dist, store: np.ndarray, presence: pd.DataFrame | None, names: list[str],
+                 out: Path) -> tuple[np.ndarray | None, pd.DataFrame | None]:
+    """Rank 0's store and presence of all ``names`` from every rank's share (rows
+    ``rank, rank + world, ...``); (None, None) on the other ranks.
+
+    The uint8 shares pass through hidden files beside ``out`` (``.<name>.rank<r>.npy``), which
+    rank 0 copies into its memory map a few rows at a time: memory stays flat, where gathering
+    the arrays themselves would hold every rank's share in every rank's memory at once. Each
+    rank removes its file when rank 0 is done, rank 0 removes them all in any case; the small
+    presence frames are gathered directly.
+    """
+    shares = [out.with_name(f".{out.name}.rank{r}.npy") for r in range(dist.world)]
+    try:
+        try:
+            np.save(shares[dist.rank], store)
+        except OSError as err:
+            raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
+                                 path=shares[dist.rank]) from None
+        heads = dist.gather(presence)  # also: every share is written
+        full = None
+        if dist.is_main:
+            full = probability_store(out.parent, (len(names), *store.shape[1:]))
+            for r, path in enumerate(shares):
+                part = np.load(path, mmap_mode="r")
+                rows = np.arange(r, len(names), dist.world)
+                for start in range(0, len(rows), 16):
+                    full[rows[start : start + 16]] = part[start : start + 16]
+                del part
+        dist.barrier()  # rank 0 has read every share
+    finally:
+        for path in shares if dist.is_main else [shares[dist.rank]]:
+            path.unlink(missing_ok=True)
+    if not dist.is_main:
+        return None, None
+    joined = None if any(h is None for h in heads) else pd.concat(heads).reindex(pd.Index(names, name="image"))
+    return full, joined
 
 
 def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess):
