@@ -121,7 +121,9 @@ def torchrun():
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1"}
+        repo = str(Path(__file__).resolve().parents[1])  # this checkout's cloudpipe, not an installed one
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+               "PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])}
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
                "-m", "--", "cloudpipe", *map(str, args)]  # "--": else torchrun reads an option such as --run as its own
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)

@@ -352,3 +352,15 @@ def test_predict_seg_under_torchrun_matches_one_process(seg_run, tiny_data, tmp_
     assert sorted(p.name for p in two.parent.iterdir()) == sorted(p.name for p in one.parent.iterdir())  # no shares left
     if post is not None:
         assert (run / "seg_postprocess.json").read_bytes() == post
+
+
+def test_predict_seg_under_torchrun_refuses_an_existing_output_in_one_line_per_rank(seg_run, tiny_data, tmp_path,
+                                                                                     torchrun):
+    out = tmp_path / "seg.csv"
+    out.write_text("old\n")
+    proc = torchrun("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--out", out,
+                    "--workers", 0, "--device", "cpu", "--quiet")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: {out}: already exists; pass --overwrite to replace it"] * 2, proc.stderr[-3000:]
+    assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["seg.csv"]
