@@ -364,3 +364,20 @@ def test_predict_seg_under_torchrun_refuses_an_existing_output_in_one_line_per_r
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == [f"error: {out}: already exists; pass --overwrite to replace it"] * 2, proc.stderr[-3000:]
     assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["seg.csv"]
+
+
+def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_run_b, tiny_data, tmp_path, torchrun):
+    from cloudpipe.pipeline.segment import postprocess_path_for
+
+    one, two = tmp_path / "one" / "ens.csv", tmp_path / "two" / "ens.csv"
+    common = ("predict-seg", "--run", seg_run, "--run", seg_run_b, "--weight", 1, "--weight", 3, "--data", tiny_data,
+              "--split", "val", "--batch-size", 4, *CPU_QUIET)
+    result = invoke(*common, "--out", one)
+    assert result.exit_code == 0, result.output
+    proc = torchrun(*common, "--out", two)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for a, b in zip([one, *store_paths(one)], [two, *store_paths(two)]):
+        assert a.read_bytes() == b.read_bytes(), b.name
+    [a, b] = [json.loads(postprocess_path_for(p).read_text()) for p in (one, two)]
+    assert a == b
+    assert sorted(p.name for p in two.parent.iterdir()) == sorted(p.name for p in one.parent.iterdir())
