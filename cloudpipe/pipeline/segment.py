@@ -329,25 +329,27 @@ def _join_shares(dist: Dist, store: np.ndarray, presence: pd.DataFrame | None, n
     """Rank 0's store and presence of all ``names`` from every rank's share (rows
     ``rank, rank + world, ...``); (None, None) on the other ranks.
 
-    The uint8 shares pass through hidden files beside ``out`` (``.<name>.rank<r>.npy``), which
-    rank 0 copies into its memory map a few rows at a time: memory stays flat, where gathering
-    the arrays themselves would hold every rank's share in every rank's memory at once. Each
-    rank removes its file when rank 0 is done, rank 0 removes them all in any case; the small
-    presence frames are gathered directly.
+    The other ranks' uint8 shares pass through hidden files beside ``out``
+    (``.<name>.rank<r>.npy``), which rank 0 copies into its memory map a few rows at a time:
+    memory stays flat, where gathering the arrays themselves would hold every rank's share in
+    every rank's memory at once. Each rank removes its file when rank 0 is done, rank 0 removes
+    them all in any case (a rank that fails stops the others: torchrun ends them); rank 0's own
+    share never leaves its memory map, and the small presence frames are gathered directly.
     """
     shares = [out.with_name(f".{out.name}.rank{r}.npy") for r in range(dist.world)]
     try:
-        try:
-            np.save(shares[dist.rank], store)
-        except OSError as err:
-            raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
-                                 path=shares[dist.rank]) from None
+        if not dist.is_main:
+            try:
+                np.save(shares[dist.rank], store)
+            except OSError as err:
+                raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
+                                     path=shares[dist.rank]) from None
         heads = dist.gather(presence)  # also: every share is written
         full = None
         if dist.is_main:
             full = probability_store(out.parent, (len(names), *store.shape[1:]))
             for r, path in enumerate(shares):
-                part = np.load(path, mmap_mode="r")
+                part = store if r == 0 else np.load(path, mmap_mode="r")
                 rows = np.arange(r, len(names), dist.world)
                 for start in range(0, len(rows), 16):
                     full[rows[start : start + 16]] = part[start : start + 16]
