@@ -13,7 +13,7 @@ from pathlib import Path
 
 import click
 
-from cloudpipe.configs import DEFAULT_CONFIGS
+from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
 from cloudpipe.core.errors import CloudpipeError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -148,19 +148,10 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _yaml_defaults(task: str) -> dict:
-    """The packaged defaults of a stage (``configs/*.yaml``), read without importing torch."""
-    from importlib import resources
-
-    import yaml
-
-    return yaml.safe_load(resources.files("cloudpipe.configs").joinpath(DEFAULT_CONFIGS[task]).read_text())
-
-
 def training_options(task: str):
     """Options shared by train-classifier and train-seg. Their values default to the stage's
     YAML (shown in ``--help``); None means "from the config"."""
-    defaults = _yaml_defaults(task)
+    defaults = read_packaged(DEFAULT_CONFIGS[task])
 
     def option(*names: str, key: str, help: str = "", **kwargs):
         value = defaults[key]

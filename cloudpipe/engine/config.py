@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 
-from cloudpipe.configs import DEFAULT_CONFIGS
+from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import write_text
 from cloudpipe.data.runfolder import CONFIG_YAML, read_config_values
@@ -148,8 +147,7 @@ def load_config(
     Raises:
         CloudpipeError: unreadable YAML, unknown keys (the valid ones are listed), bad values.
     """
-    text = resources.files("cloudpipe.configs").joinpath(DEFAULT_CONFIGS[task]).read_text()
-    values: dict[str, Any] = yaml.safe_load(text)
+    values: dict[str, Any] = read_packaged(DEFAULT_CONFIGS[task])
     loaded: dict[str, Any] = {}
     if path is not None:
         try:

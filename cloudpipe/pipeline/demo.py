@@ -7,12 +7,10 @@ import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-import yaml
-
+from cloudpipe.configs import read_packaged
 from cloudpipe.core.competition import SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.synth import TEST_TRUTH_CSV
@@ -33,7 +31,7 @@ class DemoResult:
 
 def demo_settings(size: Size) -> dict[str, Any]:
     """The ``data``, ``seg`` and ``classifier`` settings of a demo size (configs/demo.yaml)."""
-    sizes = yaml.safe_load(resources.files("cloudpipe.configs").joinpath("demo.yaml").read_text())
+    sizes = read_packaged("demo.yaml")
     if size not in sizes:
         raise CloudpipeError(f"unknown demo size {size!r}; choose one of {', '.join(sizes)}")
     return sizes[size]
