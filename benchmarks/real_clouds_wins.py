@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         on_test = score_submission(data, base_test, probs_csv=probs_path_for(submission), thresholds_file=folder / "thresholds.json",
                                    truth_csv=truth, truth_shape=SUBMISSION_SHAPE, progress=False)
         s = on_test.stats
-        sweeps = choose_thresholds(on_test.probs, PairScores(s.images, s.dice(), s.blanked_dice(), s.truth_area > 0))
+        sweeps = choose_thresholds(on_test.probs, PairScores.of_stats(s))
         gap = float(np.mean([sw.score - sw.score_at(on_test.thresholds[c]) for c, sw in sweeps.items()]))
         scored("gating rules", variant, submission, base_test, gap_to_best_on_test=gap)
 

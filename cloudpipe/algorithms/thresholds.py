@@ -18,7 +18,7 @@ import pandas as pd
 
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.core.metric import pair_stats
+from cloudpipe.core.metric import PairStats, pair_stats
 
 TIE_TOLERANCE = 1e-12
 """Scores this close to the best count as ties (cumulative sums round differently)."""
@@ -156,7 +156,11 @@ class PairScores:
              pred_shape: tuple[int, int]) -> PairScores:
         """Kaggle Dice of segmentation predictions kept or blanked (wide RLE frames; the
         images of ``pred``)."""
-        stats = pair_stats(truth, pred, truth_shape, pred_shape)
+        return cls.of_stats(pair_stats(truth, pred, truth_shape, pred_shape))
+
+    @classmethod
+    def of_stats(cls, stats: PairStats) -> PairScores:
+        """Kaggle Dice of each pair kept (its segmentation Dice) or blanked, from its statistics."""
         return cls(stats.images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0, stats.pred_area > 0)
 
     @classmethod

@@ -139,7 +139,7 @@ def score_submission(
         if spec.at_least_one:
             scored.thresholds_source += " (its at-least-one rule is not applied here)"
     else:
-        sweeps = choose_thresholds(scored.probs, PairScores(images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0))
+        sweeps = choose_thresholds(scored.probs, PairScores.of_stats(stats))
         scored.thresholds = {c: s.threshold for c, s in sweeps.items()}
         scored.thresholds_source = "tuned on these images (in-sample: an upper bound)"
     sources["thresholds"] = scored.thresholds_source
@@ -300,7 +300,7 @@ def render_page(scored: Scored, data_dir: Path, title: str, overlays: int, progr
                      "<p>Per class: how many pairs each decision kind has, and what blanking adds to the class's "
                      "mean Dice against keeping every mask.</p>", _table(_decision_rows(scored)),
                      "<h2>Threshold curves</h2>"]
-        sweeps = choose_thresholds(scored.probs, PairScores(stats.images, stats.dice(), stats.blanked_dice(), stats.truth_area > 0))
+        sweeps = choose_thresholds(scored.probs, PairScores.of_stats(stats))
         sections += [_img(threshold_figure(sweeps, images=n, which="scored", applied=scored.thresholds),
                           "Dice against threshold per class"),
                      f"<p class='note'>Thresholds of the tuned gate (green): "
