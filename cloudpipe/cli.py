@@ -58,6 +58,26 @@ class _Group(click.Group):
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
 
 
+class Workers(click.ParamType):
+    """``auto`` or a number of DataLoader workers (>= 0)."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            number = -1
+        if number < 0:
+            self.fail(f"{value!r} is not auto or a number >= 0", param, ctx)
+        return number
+
+
+WORKERS = Workers()
+
+
 def with_options(*options):
     """Apply several click options as one decorator, in the order listed."""
 
@@ -70,22 +90,28 @@ def with_options(*options):
 
 
 def inference_options(batch_size: int, tta: bool = True):
-    """--batch-size, --device, --workers, --quiet (and --tta) for commands that run a model;
+    """--batch-size, --device, --workers, --decode, --compile, --quiet (and --tta) for commands that run a model;
     the command receives them as one ``settings`` (:class:`InferenceSettings`)."""
     options = [
         click.option("--batch-size", type=click.IntRange(min=1), default=batch_size),
         click.option("--device", type=DEVICE, default="auto"),
-        click.option("--workers", type=click.IntRange(min=0), default=2, help="DataLoader workers."),
+        click.option("--workers", type=WORKERS, default="auto", show_default=True,
+                     help="DataLoader workers (auto: 2 on the CPU, all cores but one, up to 16, with a GPU)."),
+        click.option("--decode", type=click.Choice(["workers", "device"]), default="workers", show_default=True,
+                     help="Where JPEGs are decoded: reduced in the workers, or whole batches on the model's device (nvJPEG on a GPU)."),
+        click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first (pays on many images)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     if tta:
         options.append(click.option("--tta", is_flag=True, help="Average identity, horizontal and vertical flips."))
 
     def decorate(fn):
-        def command(batch_size: int, device: str, workers: int, quiet: bool, tta: bool = False, **kwargs):
+        def command(batch_size: int, device: str, workers: int | str, decode: str, compile_: bool, quiet: bool,
+                    tta: bool = False, **kwargs):
             from cloudpipe.engine.settings import InferenceSettings
 
-            settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, tta=tta, progress=not quiet)
+            settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, decode=decode,
+                                         compile=compile_, tta=tta, progress=not quiet)
             return fn(settings=settings, **kwargs)
 
         return with_options(*options)(functools.wraps(fn)(command))
@@ -170,7 +196,8 @@ def training_options(task: str):
                help=f"Learning rate (with --weights none: scratch_lr {defaults['scratch_lr']} unless given)."),
         option("--weights", "--encoder-weights", "weights", key="weights", help="imagenet | none | PATH to a local state dict."),
         option("--device", key="device", type=DEVICE),
-        option("--workers", key="workers", type=click.IntRange(min=0), help="DataLoader workers."),
+        option("--workers", key="workers", type=WORKERS, help="DataLoader workers (auto: 2 on the CPU, all cores but one, up to 16, with a GPU)."),
+        option("--compile/--no-compile", key="compile", help="torch.compile the model."),
         option("--folds", key="folds", type=click.IntRange(min=0), help="K >= 2 trains K fold models."),
         click.option("--fold", type=click.IntRange(min=0), default=None, help="Train only fold I of --folds K."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),

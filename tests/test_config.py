@@ -47,6 +47,8 @@ def test_save_and_reload_round_trip(tmp_path):
         ("hflip: 2\n", "probability"),
         ("image_size: [100, 96]\n", "multiples of 32"),
         ("device: tpu\n", "device"),
+        ("workers: many\n", "workers = 'many' is not a valid int"),
+        ("workers: -1\n", "workers = -1 must be auto or a number >= 0"),
         ("amp: 'yes'\n", "not a valid bool"),
         ("freeze: layer1\n", "not a valid list"),
         ("task: segmentation\n", "this command trains a classifier"),
@@ -59,6 +61,14 @@ def test_invalid_values(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(CloudpipeError, match=re.escape(message)):
         load_config("classifier", path)
+
+
+def test_workers_are_auto_or_a_number(tmp_path):
+    assert load_config("classifier").workers == "auto" == load_config("segmentation").workers
+    path = tmp_path / "c.yaml"
+    path.write_text("workers: 3\n")
+    assert load_config("classifier", path).workers == 3
+    assert load_config("classifier", overrides={"workers": "auto"}).workers == "auto"
 
 
 def test_random_weights_train_at_the_scratch_lr(tmp_path):

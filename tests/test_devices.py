@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.engine.devices import Dist, autocast, resolve_device
+from cloudpipe.engine.devices import Dist, autocast, resolve_device, resolve_workers
 
 
 def test_resolve_device_on_cpu(monkeypatch):
@@ -30,3 +30,12 @@ def test_single_process_dist(monkeypatch):
     assert dist.mean(6.0, 3) == 2.0 and dist.gather("x") == ["x"]
     model = torch.nn.Linear(2, 2)
     assert dist.wrap(model, torch.device("cpu")) is model
+
+
+@pytest.mark.parametrize("cores, cpu, cuda", [(1, 1, 1), (2, 2, 1), (4, 2, 3), (16, 2, 15), (64, 2, 16)])
+def test_auto_workers_feed_a_gpu_and_leave_the_cpu_to_the_model(monkeypatch, cores, cpu, cuda):
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
+    assert resolve_workers("auto", torch.device("cpu")) == cpu
+    assert resolve_workers("auto", torch.device("cuda", 0)) == cuda
+    assert resolve_workers(5, torch.device("cuda", 0)) == 5 == resolve_workers(5, torch.device("cpu"))
+    assert resolve_workers(0, torch.device("cpu")) == 0

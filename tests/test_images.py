@@ -221,3 +221,53 @@ def test_corrupt_inside_but_well_framed_is_an_error(tmp_path, tiny_data, damage)
     assert jpeg_size(path) == (64, 96)
     message = error_of(read_image, path, (64, 96))
     assert "corrupt JPEG" in message and str(path) in message and "\n" not in message
+
+
+def _file_tensors(paths):
+    import torch
+
+    from cloudpipe.data.images import read_file
+
+    return [torch.frombuffer(bytearray(read_file(p)), dtype=torch.uint8) for p in paths]
+
+
+@pytest.mark.parametrize("size,reduction", [((64, 96), 1), ((32, 48), 2), ((48, 64), 1), ((16, 24), 4)])
+def test_decode_batch_gives_the_pixels_of_read_image(tiny_data, size, reduction):
+    """The device decode (here on the CPU) and the reduced libjpeg decode agree within a few
+    grey levels: a model sees the same images either way."""
+    import torch
+
+    from cloudpipe.data.images import decode_batch
+
+    paths = sorted((tiny_data / "test_images").glob("*.jpg"))
+    batch = decode_batch(_file_tensors(paths), paths, size, reduction, torch.device("cpu"))
+    assert batch.shape == (len(paths), 3, *size) and batch.dtype == torch.uint8
+    assert batch.is_contiguous(memory_format=torch.channels_last)
+    expected = np.stack([read_image(p, size, reduction) for p in paths]).astype(int)
+    diff = np.abs(batch.permute(0, 2, 3, 1).numpy().astype(int) - expected)
+    assert diff.mean() < 0.5 and diff.max() <= 8
+    if reduction == 1 and size == (64, 96):
+        assert diff.max() == 0  # no resize: the very same decode
+
+
+@needs_real
+def test_decode_batch_real_images():
+    import torch
+
+    from cloudpipe.data.images import decode_batch
+
+    batch = decode_batch(_file_tensors(REAL_IMAGES[:2]), REAL_IMAGES[:2], (512, 768), 2, torch.device("cpu"))
+    expected = np.stack([read_image(p, (512, 768), 2) for p in REAL_IMAGES[:2]]).astype(int)
+    assert np.abs(batch.permute(0, 2, 3, 1).numpy().astype(int) - expected).mean() < 0.5
+
+
+def test_decode_batch_names_the_bad_file(tmp_path, tiny_data):
+    import torch
+
+    from cloudpipe.data.images import decode_batch
+
+    good = next((tiny_data / "test_images").glob("*.jpg"))
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a JPEG \xff\xd9")
+    message = error_of(decode_batch, _file_tensors([good, bad]), [good, bad], (64, 96), 1, torch.device("cpu"))
+    assert "cannot decode" in message and str(bad) in message and str(good) not in message

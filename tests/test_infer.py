@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -74,3 +76,27 @@ def test_load_run_refuses_the_other_stage_and_foreign_weights(tiny_classifier_ru
     torch.save(state, run / "best.pt")
     with pytest.raises(CloudpipeError, match="weights do not fit resnet18"):
         load_run(run, "classifier", torch.device("cpu"))
+
+
+@pytest.mark.parametrize("run_name", ["tiny_classifier_run", "tiny_classifier_run_b"])
+def test_device_decode_gives_the_probabilities_of_worker_decode(tiny_data, run_name, request):
+    """``decode="device"`` (nvJPEG on a GPU; libjpeg through torchvision here) predicts what the
+    workers' reduced decode predicts, at the run's own size and at a resized one."""
+    run = request.getfixturevalue(run_name)
+    paths = sorted((tiny_data / "test_images").iterdir())
+    workers = predict_presence(run, paths, InferenceSettings(device="cpu", workers=0, amp=False, progress=False))
+    device = predict_presence(run, paths, InferenceSettings(device="cpu", workers=1, decode="device", amp=False,
+                                                            batch_size=4, progress=False))
+    np.testing.assert_allclose(device, workers, atol=0.02)
+    assert np.abs(device - workers).mean() < 0.005
+
+
+def test_compiled_model_gives_the_same_probabilities(tiny_data, tiny_classifier_run):
+    """``compile=True`` (torch.compile, frozen weights) changes nothing but the speed; a short
+    last batch (6 images, batch 4) is padded and its padding dropped."""
+    paths = sorted((tiny_data / "test_images").iterdir())
+    settings = InferenceSettings(device="cpu", workers=0, batch_size=4, progress=False)
+    eager = predict_presence(tiny_classifier_run, paths, settings)
+    compiled = predict_presence(tiny_classifier_run, paths, dataclasses.replace(settings, compile=True))
+    assert compiled.shape == eager.shape == (6, 4)
+    np.testing.assert_allclose(compiled, eager, atol=0.01)

@@ -13,7 +13,8 @@ from cloudpipe.engine.settings import InferenceSettings
 
 def test_defaults_and_frozen():
     s = InferenceSettings()
-    assert (s.device, s.batch_size, s.workers, s.tta, s.amp, s.progress) == ("auto", 16, 2, False, True, True)
+    assert (s.device, s.batch_size, s.workers, s.decode, s.compile, s.tta, s.amp, s.progress) == \
+        ("auto", 16, "auto", "workers", False, False, True, True)
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.tta = True
 
@@ -31,6 +32,18 @@ def test_commands_build_one_settings_object(monkeypatch, tmp_path):
     CliRunner().invoke(main, ["predict", "--seg", str(seg), "--run", str(tmp_path), "--data", str(tmp_path),
                               "--tta", "--workers", "0", "--batch-size", "3", "--device", "cpu", "--quiet"])
     assert seen["settings"] == InferenceSettings(device="cpu", batch_size=3, workers=0, tta=True, progress=False)
+    CliRunner().invoke(main, ["predict", "--seg", str(seg), "--run", str(tmp_path), "--data", str(tmp_path),
+                              "--decode", "device", "--compile"])
+    assert seen["settings"] == InferenceSettings(workers="auto", decode="device", compile=True)
+
+
+@pytest.mark.parametrize("workers", ["-1", "some"])
+def test_bad_workers_is_a_usage_error(tmp_path, workers):
+    seg = tmp_path / "seg.csv"
+    seg.write_text("Image_Label,EncodedPixels\n")
+    result = CliRunner().invoke(main, ["predict", "--seg", str(seg), "--run", str(tmp_path), "--data", str(tmp_path),
+                                       "--workers", workers])
+    assert result.exit_code == 2 and "is not auto or a number >= 0" in result.output
 
 
 def test_tta_only_where_it_means_something():

@@ -55,6 +55,18 @@ def test_run_writes_all_files(tiny_data, tmp_path):
     assert probs[list(CLASSES)].to_numpy().min() >= 0 and probs[list(CLASSES)].to_numpy().max() <= 1
 
 
+def test_compiled_training_saves_plain_weights(tiny_data, tmp_path):
+    """``compile: true`` trains through torch.compile; the checkpoints keep the plain module's
+    names, so a compiled run predicts like any other."""
+    from cloudpipe.engine.infer import load_run
+
+    run = tmp_path / "run"
+    [result] = train_run(classifier_config(epochs=1, compile=True), tiny_data, run, progress=False)
+    assert np.isfinite(result.history[0]["train_loss"])
+    assert not any("_orig_mod" in k for k in load_checkpoint(run / "best.pt")["model"])
+    assert load_run(run, "classifier", torch.device("cpu")).config.compile is True
+
+
 def test_frozen_layers_do_not_change(tiny_data, tmp_path):
     config = classifier_config(epochs=1, freeze=["layer1"])
     train_run(config, tiny_data, tmp_path / "run", progress=False)

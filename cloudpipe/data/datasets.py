@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import rle2mask
-from cloudpipe.data.images import read_image
+from cloudpipe.data.images import read_file, read_image
 
 
 class CloudDataset(Dataset):
@@ -81,6 +81,26 @@ class CloudDataset(Dataset):
         elif self.labels is not None:
             sample["target"] = torch.from_numpy(self.labels[index])
         return sample
+
+
+class JpegFiles(Dataset):
+    """The bytes of JPEG files, for decoding batches on the device
+    (:func:`cloudpipe.data.images.decode_batch`); batch them with :func:`collate_files`."""
+
+    def __init__(self, paths: Sequence[Path]):
+        self.paths = list(paths)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> dict:
+        data = bytearray(read_file(self.paths[index]))  # writable, as torch.frombuffer wants
+        return {"data": torch.frombuffer(data, dtype=torch.uint8), "index": index}
+
+
+def collate_files(samples: list[dict]) -> dict:
+    """A batch of :class:`JpegFiles` samples: ``data`` a list (files differ in length), ``index`` a tensor."""
+    return {"data": [s["data"] for s in samples], "index": torch.tensor([s["index"] for s in samples])}
 
 
 def worker_init(_: int) -> None:

@@ -89,6 +89,18 @@ def reduction_for(source: tuple[int, int], target: tuple[int, int]) -> int:
     return factor
 
 
+def read_file(path: Path) -> bytes:
+    """A file's bytes.
+
+    Raises:
+        CloudpipeError: the file cannot be read.
+    """
+    try:
+        return Path(path).read_bytes()
+    except OSError as err:
+        raise CloudpipeError(f"cannot read image ({err.strerror or err})", path=path) from None
+
+
 def read_image(path: Path, size: tuple[int, int], reduction: int = 1) -> np.ndarray:
     """Decode a JPEG as RGB uint8 of shape (H, W, 3) = ``size``.
 
@@ -101,10 +113,7 @@ def read_image(path: Path, size: tuple[int, int], reduction: int = 1) -> np.ndar
         CloudpipeError: unreadable file, or JPEG data that libjpeg finds corrupt (even where it
             could recover, e.g. "premature end of data segment").
     """
-    try:
-        data = Path(path).read_bytes()
-    except OSError as err:
-        raise CloudpipeError(f"cannot read image ({err.strerror or err})", path=path) from None
+    data = read_file(path)
     try:
         height, width = simplejpeg.decode_jpeg_header(data)[:2]
         image = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height // reduction, min_width=width // reduction,
@@ -114,3 +123,40 @@ def read_image(path: Path, size: tuple[int, int], reduction: int = 1) -> np.ndar
     if image.shape[:2] != tuple(size):
         image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
     return image
+
+
+def decode_batch(datas: list, paths: list[Path], size: tuple[int, int], reduction: int, device):
+    """Decode a batch of JPEG files' bytes on ``device`` (nvJPEG on a CUDA GPU, libjpeg on the
+    CPU) into a uint8 (N, 3, H, W) channels_last batch of ``size``, the pixels
+    :func:`read_image` gives within a grey level or so: the full decode, a ``reduction`` x
+    ``reduction`` mean (what libjpeg's DCT scaling approximates), then a bilinear resize.
+
+    Args:
+        datas: per image, its file's bytes as a 1-D uint8 CPU tensor; all images one size.
+        paths: the files, for error messages.
+
+    Raises:
+        CloudpipeError: naming the first file the decoder rejects.
+    """
+    import warnings
+
+    import torch
+    import torchvision.io
+
+    with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoders for TorchCodec's
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            decoded = torchvision.io.decode_jpeg(datas, mode=torchvision.io.ImageReadMode.RGB, device=device)
+        except RuntimeError:  # find the file at fault
+            for data, path in zip(datas, paths):
+                try:
+                    torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
+                except RuntimeError as err:
+                    raise CloudpipeError(f"cannot decode image: corrupt JPEG ({str(err).splitlines()[0]})", path=path) from None
+            raise
+    images = torch.stack(decoded).float()
+    if reduction > 1:
+        images = torch.nn.functional.avg_pool2d(images, reduction)
+    if tuple(images.shape[2:]) != tuple(size):
+        images = torch.nn.functional.interpolate(images, size=tuple(size), mode="bilinear", align_corners=False)
+    return images.round_().clamp_(0, 255).to(torch.uint8).contiguous(memory_format=torch.channels_last)

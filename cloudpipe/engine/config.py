@@ -42,10 +42,11 @@ class TrainConfig:
     split_seed: int = 69
     seed: int = 69
     folds: int = 0
-    workers: int = 2
+    workers: int | Literal["auto"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     amp: bool = True
     channels_last: bool = True
+    compile: bool = False
     hflip: float = 0.5
     vflip: float = 0.5
     brightness_contrast: float = 0.5
@@ -69,7 +70,9 @@ class TrainConfig:
         for key in ("epochs", "batch_size", "accumulate"):
             if getattr(self, key) < 1:
                 raise bad(key, "must be >= 1")
-        for key in ("patience", "workers", "folds"):
+        if self.workers != "auto" and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0):
+            raise bad("workers", "must be auto or a number >= 0")
+        for key in ("patience", "folds"):
             if getattr(self, key) < 0:
                 raise bad(key, "must be >= 0")
         if self.folds == 1:
@@ -105,6 +108,10 @@ _FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 def _coerce(key: str, value: Any) -> Any:
     """Convert a YAML/CLI value to the field's type, or raise a CloudpipeError."""
     default = getattr(TrainConfig(), key)
+    if key == "workers" and value == "auto":
+        return value
+    if key == "workers":
+        default = 0  # a number otherwise
     try:
         if isinstance(default, bool):
             if not isinstance(value, bool):

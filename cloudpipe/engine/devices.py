@@ -98,7 +98,8 @@ def is_main_process() -> bool:
 
 
 def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
-    """``auto`` -> CUDA when available, else CPU; under torchrun, this rank's GPU."""
+    """``auto`` -> CUDA when available, else CPU; under torchrun, this rank's GPU (with cuDNN's
+    autotuner on)."""
     if name not in ("auto", "cpu", "cuda"):
         raise CloudpipeError(f"--device must be auto, cpu or cuda, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
@@ -107,6 +108,7 @@ def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
         return torch.device("cpu")
     index = dist.local_rank if dist else 0
     torch.cuda.set_device(index)
+    torch.backends.cudnn.benchmark = True  # fixed input sizes: let cuDNN pick the fastest kernels
     return torch.device("cuda", index)
 
 
@@ -118,3 +120,26 @@ def autocast(device: torch.device, enabled: bool) -> torch.dtype | None:
     if device.type == "cuda" and not torch.cuda.is_bf16_supported():
         return torch.float16
     return torch.bfloat16
+
+
+AUTO = "auto"
+GPU_WORKERS_MAX = 16
+
+
+def resolve_workers(workers: int | str, device: torch.device) -> int:
+    """DataLoader workers: ``auto`` is every core this process may use but one (at most 16)
+    beside a CUDA GPU, where JPEG decoding must keep the GPU fed, and 2 on the CPU, where the
+    model itself needs the cores (measured in benchmarks/README.md); a number is taken as it is."""
+    if workers != AUTO:
+        return int(workers)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    if device.type == "cuda":
+        return max(1, min(cores - 1, GPU_WORKERS_MAX))
+    return min(2, cores)
+
+
+def compile_model(model: nn.Module, inference: bool) -> nn.Module:
+    """``torch.compile`` of a model for fixed input shapes; for ``inference``, with the weights
+    frozen into the graph (convolutions and batch norms folded), which roughly halves the CPU's
+    forward time at a one-off cost of some tens of seconds (benchmarks/README.md)."""
+    return torch.compile(model, dynamic=False, options={"freezing": True} if inference else None)

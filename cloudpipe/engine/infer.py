@@ -1,9 +1,11 @@
 """Batched, streaming inference of a run's model(s) on CPU or GPU.
 
-Images are decoded reduced in DataLoader workers, cross to the device as uint8, run in
-``channels_last`` under autocast (bf16 on CPU), optionally with flip TTA, and leave as
-probabilities batch by batch: memory stays flat however many images there are. A run with
-fold models (``fold*/best.pt``) averages all of them.
+Images are decoded reduced in DataLoader workers and cross to the device as uint8 (pinned,
+asynchronously), or, with ``decode="device"``, cross as JPEG bytes and are decoded there in
+batches (nvJPEG on a GPU). They run in ``channels_last`` under autocast (bf16 on CPU and on
+GPUs that have it), optionally compiled and with flip TTA, and leave as probabilities batch by
+batch: memory stays flat however many images there are. A run with fold models
+(``fold*/best.pt``) averages all of them.
 """
 
 from __future__ import annotations
@@ -19,12 +21,12 @@ from tqdm import tqdm
 
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.datasets import CloudDataset, worker_init
-from cloudpipe.data.images import check_images, reduction_for
+from cloudpipe.data.datasets import CloudDataset, JpegFiles, collate_files, worker_init
+from cloudpipe.data.images import check_images, decode_batch, reduction_for
 from cloudpipe.data.runfolder import trained_checkpoints
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import TrainConfig, config_from_dict
-from cloudpipe.engine.devices import Dist, autocast, resolve_device
+from cloudpipe.engine.devices import Dist, autocast, compile_model, resolve_device, resolve_workers
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.engine.stages import stage_for
 
@@ -67,16 +69,19 @@ def load_run(run_dir: Path, task: str, device: torch.device, channels_last: bool
     return RunModels(models, config, paths)
 
 
-def image_loader(paths: list[Path], size: tuple[int, int], source_shape: tuple[int, int], batch_size: int,
-                 workers: int, device: torch.device) -> torch.utils.data.DataLoader:
-    """Ordered, reduced-decode loader of uint8 images for inference."""
-    dataset = CloudDataset(paths, size, reduction_for(source_shape, size))
+def image_loader(paths: list[Path], size: tuple[int, int], source_shape: tuple[int, int],
+                 settings: InferenceSettings, device: torch.device) -> torch.utils.data.DataLoader:
+    """Ordered loader for inference: reduced-decode uint8 images (``decode="workers"``), or
+    the files' bytes (``decode="device"``)."""
+    workers = resolve_workers(settings.workers, device)
+    on_device = settings.decode == "device"
     return torch.utils.data.DataLoader(
-        dataset,
-        batch_size=batch_size,
+        JpegFiles(paths) if on_device else CloudDataset(paths, size, reduction_for(source_shape, size)),
+        batch_size=settings.batch_size,
         shuffle=False,
         num_workers=workers,
-        pin_memory=device.type == "cuda",
+        collate_fn=collate_files if on_device else None,
+        pin_memory=device.type == "cuda" and not on_device,
         worker_init_fn=worker_init,
         prefetch_factor=4 if workers else None,
     )
@@ -92,17 +97,27 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
     at the model's input size for a segmentation model. ``head``: a segmentation model's
     classification-head presence (B, 4), averaged alike, when its models return
     ``(masks, labels)``; else None. All images are header-checked first, so a missing, corrupt
-    or truncated file stops the run before any output.
+    or truncated file stops the run before any output. With ``settings.compile`` a short last
+    batch is padded to the batch size, so the compiled graph serves every batch.
     """
     source_shape = check_images(paths)
     size = tuple(run.config.image_size)
-    loader = image_loader(paths, size, source_shape, settings.batch_size, settings.workers, device)
+    reduction = reduction_for(source_shape, size)
+    loader = image_loader(paths, size, source_shape, settings, device)
     amp_dtype = autocast(device, settings.amp and run.config.amp)
     flips = [None, (3,), (2,)] if settings.tta else [None]
+    models = [compile_model(m, inference=True) for m in run.models] if settings.compile else run.models
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not settings.progress, leave=False):
-        images = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2)
+        if settings.decode == "device":
+            images = decode_batch(batch["data"], [paths[i] for i in batch["index"]], size, reduction, device)
+        else:
+            images = batch["image"].to(device, non_blocking=True).permute(0, 3, 1, 2)
+        n = len(images)
+        if settings.compile and n < settings.batch_size:
+            padding = images[-1:].expand(settings.batch_size - n, *images.shape[1:])
+            images = torch.cat([images, padding]).contiguous(memory_format=torch.channels_last)
         total = head = None
-        for model in run.models:
+        for model in models:
             for dims in flips:
                 with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                     logits = model(images if dims is None else images.flip(dims))
@@ -114,7 +129,7 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
                     probs = probs.flip(dims)  # masks flipped back; presence is flip-invariant
                 total = probs if total is None else total + probs
         count = len(run.models) * len(flips)
-        yield batch["index"].numpy(), total / count, None if head is None else head / count
+        yield batch["index"].numpy(), total[:n] / count, None if head is None else head[:n] / count
 
 
 def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettings, desc: str = "predict",
@@ -128,6 +143,7 @@ def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettin
     mine = dist.shard(paths)
     out = np.empty((len(mine), len(CLASSES)), dtype=np.float32)
     if mine:
-        for indices, probs, _ in stream_probs(run, mine, device, settings, desc=desc):
-            out[indices] = probs.cpu().numpy()
+        # Kept on the device until the end: no synchronisation with the GPU per batch.
+        parts = [(indices, probs) for indices, probs, _ in stream_probs(run, mine, device, settings, desc=desc)]
+        out[np.concatenate([i for i, _ in parts])] = torch.cat([p for _, p in parts]).float().cpu().numpy()
     return dist.join(dist.gather(out))

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Device = Literal["auto", "cpu", "cuda"]
+Decode = Literal["workers", "device"]
 
 
 @dataclass(frozen=True)
@@ -15,7 +16,12 @@ class InferenceSettings:
     Attributes:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         batch_size: images per forward pass.
-        workers: DataLoader worker processes decoding images (0: in the main process).
+        workers: DataLoader worker processes reading images (0: in the main process), or
+            ``auto`` (see :func:`cloudpipe.engine.devices.resolve_workers`).
+        decode: ``workers`` decodes each JPEG reduced (libjpeg's DCT scaling) in the workers;
+            ``device`` has the workers read the files' bytes and decodes whole batches on the
+            model's device (nvJPEG on a CUDA GPU), see :func:`cloudpipe.data.images.decode_batch`.
+        compile: ``torch.compile`` the model(s) first (a one-off cost; pays on many images).
         tta: average identity, horizontal and vertical flips.
         amp: mixed precision (bf16 on CPU and on GPUs that have it, else fp16) when the run
             was trained with it.
@@ -24,7 +30,9 @@ class InferenceSettings:
 
     device: Device = "auto"
     batch_size: int = 16
-    workers: int = 2
+    workers: int | Literal["auto"] = "auto"
+    decode: Decode = "workers"
+    compile: bool = False
     tta: bool = False
     amp: bool = True
     progress: bool = True

@@ -1,6 +1,7 @@
 """One training loop for every stage (presence classifier, segmentation model).
 
-AMP (fp16/bf16 on CUDA, bf16 on CPU), gradient accumulation, ReduceLROnPlateau, ``best.pt``
+AMP (fp16/bf16 on CUDA, bf16 on CPU), ``channels_last``, optional ``torch.compile``, DataLoader
+workers sized to the device (``workers: auto``), gradient accumulation, ReduceLROnPlateau, ``best.pt``
 and ``last.pt`` holding only tensors and plain values, exact ``--resume``, K folds with
 out-of-fold validation probabilities, and DistributedDataParallel under ``torchrun`` (only
 rank 0 writes). Data order (torch's ``DistributedSampler`` with ``set_epoch``) and augmentation
@@ -48,7 +49,7 @@ from cloudpipe.data.runfolder import (
 )
 from cloudpipe.engine.checkpoint import load_checkpoint, save_checkpoint
 from cloudpipe.engine.config import TrainConfig, load_run_config, save_config
-from cloudpipe.engine.devices import Dist, autocast, resolve_device
+from cloudpipe.engine.devices import Dist, autocast, compile_model, resolve_device, resolve_workers
 from cloudpipe.engine.stages import Stage, stage_for
 
 RESUMABLE_KEYS = ("epochs", "workers", "device")  # may change between a run and its resume
@@ -115,10 +116,14 @@ class Trainer:
             self.start_epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
             self.history = list(state["history"])
         self.net = dist.wrap(self.model, self.device)
+        if config.compile:
+            self.net = compile_model(self.net, inference=False)
 
     def _loader(self, dataset: CloudDataset, sampler) -> DataLoader:
-        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, num_workers=self.config.workers,
-                          pin_memory=self.device.type == "cuda", worker_init_fn=worker_init)
+        workers = resolve_workers(self.config.workers, self.device)
+        return DataLoader(dataset, batch_size=self.config.batch_size, sampler=sampler, num_workers=workers,
+                          pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
+                          prefetch_factor=4 if workers else None)
 
     def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         images = batch["image"].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
