@@ -50,12 +50,11 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpi
 
 from benchmarks import seed  # noqa: E402
 from benchmarks.bench_rle import make_masks  # noqa: E402
-from benchmarks.bench_train_data import CACHE, format_table, row, synthetic_data, time_interleaved  # noqa: E402
+from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, row, synthetic_data, time_interleaved  # noqa: E402
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
 from cloudpipe.core.rle import mask2rle  # noqa: E402
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES  # noqa: E402
 
-SIZE = (512, 768)
 BATCH_SIZE = 16  # cloudpipe predict's default; the seed side uses the same
 WORKERS = 2
 SOURCE_IMAGES = 24  # distinct cached test images; bigger sets repeat them under new names
@@ -66,13 +65,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # ----------------------------------------------------------------------------- fixtures (cached)
 
 
-def classifier_run() -> Path:
-    """A cached cloudpipe classifier run at 512 x 768 (random init, one epoch on 6 images)."""
+def classifier_run(sizes: Sizes = FULL) -> Path:
+    """A cached cloudpipe classifier run at ``sizes.cls_size`` (random init, one epoch on 6 images)."""
     from cloudpipe.engine.config import load_config
     from cloudpipe.engine.infer import load_run
     from cloudpipe.engine.train import train_run
 
-    out = CACHE / f"classifier-run-{SIZE[0]}x{SIZE[1]}"
+    h, w = sizes.cls_size
+    out = cache_dir() / f"classifier-run-{h}x{w}-from-{sizes.image_shape[0]}x{sizes.image_shape[1]}"
     try:
         load_run(out, "classifier", torch.device("cpu"))
         return out
@@ -80,26 +80,26 @@ def classifier_run() -> Path:
         import shutil
 
         shutil.rmtree(out, ignore_errors=True)
-    data_dir = synthetic_data(train=SOURCE_IMAGES, test=SOURCE_IMAGES)
-    small = CACHE / "train6"  # train.csv cut to 6 images; the images themselves are shared
+    data_dir = synthetic_data(train=SOURCE_IMAGES, test=SOURCE_IMAGES, shape=sizes.image_shape)
+    small = out.with_name(out.name + "-train6")  # train.csv cut to 6 images; the images themselves are shared
     small.mkdir(parents=True, exist_ok=True)
     frame = pd.read_csv(data_dir / TRAIN_CSV, dtype=str, keep_default_na=False)
     frame.iloc[: 6 * len(CLASSES)].to_csv(small / TRAIN_CSV, index=False)
     if not (small / TRAIN_IMAGES).exists():
         (small / TRAIN_IMAGES).symlink_to(data_dir / TRAIN_IMAGES)
-    config = load_config("classifier", overrides=dict(weights="none", epochs=1, image_size=SIZE, workers=0,
+    config = load_config("classifier", overrides=dict(weights="none", epochs=1, image_size=list(sizes.cls_size), workers=0,
                                                       batch_size=8, accumulate=1, device="cpu"))
     train_run(config, small, out, progress=False)
     return out
 
 
-def prediction_set(n: int) -> Path:
+def prediction_set(n: int, sizes: Sizes = FULL) -> Path:
     """A cached Kaggle-layout folder with ``n`` test images (symlinks to the cached synthetic
     ones, repeated under new names beyond 24), its ``sample_submission.csv`` and ``seg.csv``."""
-    out = CACHE / f"predict-{n}"
+    out = cache_dir() / f"predict-{n}-{sizes.image_shape[0]}x{sizes.image_shape[1]}"
     if (out / "seg.csv").is_file():
         return out
-    source = synthetic_data(train=SOURCE_IMAGES, test=SOURCE_IMAGES) / TEST_IMAGES
+    source = synthetic_data(train=SOURCE_IMAGES, test=SOURCE_IMAGES, shape=sizes.image_shape) / TEST_IMAGES
     originals = sorted(p.name for p in source.glob("*.jpg"))
     (out / TEST_IMAGES).mkdir(parents=True, exist_ok=True)
     names = []
@@ -128,14 +128,14 @@ def prediction_set(n: int) -> Path:
 
 
 def seed_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BATCH_SIZE, workers: int = WORKERS,
-                 threshold: float = 0.5) -> pd.DataFrame:
+                 threshold: float = 0.5, size: tuple[int, int] = FULL.cls_size) -> pd.DataFrame:
     """The seed's inference and blanking, from checkpoint file to submission file."""
     state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"]
     model = seed.build_classifier({k[len("body."):]: v for k, v in state.items() if k.startswith("body.")})
     sub = pd.read_csv(data_dir / SAMPLE_SUBMISSION_CSV)
     sub["im_id"] = sub["Image_Label"].apply(lambda x: x.split("_")[0])
     test_ids = sub["im_id"].drop_duplicates().values
-    dataset = seed.CloudTestDataset(test_ids, data_dir / TEST_IMAGES, seed.test_transforms(SIZE))
+    dataset = seed.CloudTestDataset(test_ids, data_dir / TEST_IMAGES, seed.test_transforms(size))
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=workers)
     probs = seed.predict_probs(model, loader)
     seg = pd.read_csv(data_dir / "seg.csv")
@@ -165,14 +165,15 @@ def _agreement(seed_sub: pd.DataFrame, ours_sub: pd.DataFrame) -> str:
     return f"submissions agree on {int((a == b).sum())}/{len(a)} pairs"
 
 
-def speed_rows(n: int, repeats: int) -> list[dict]:
+def speed_rows(n: int, repeats: int, sizes: Sizes = FULL) -> list[dict]:
     """Whole command on 2n images, per image without start-up, and blanking alone."""
     from cloudpipe.algorithms.gating import gate
     from cloudpipe.pipeline.predict import read_segmentation
 
-    run_dir = classifier_run()
-    sets = {k: prediction_set(k) for k in (n, 2 * n)}
-    out = CACHE / "out"
+    run_dir = classifier_run(sizes)
+    sets = {k: prediction_set(k, sizes) for k in (n, 2 * n)}
+    sides = {"seed": lambda *a: seed_predict(*a, size=sizes.cls_size), "ours": ours_predict}
+    out = cache_dir() / "out"
     out.mkdir(parents=True, exist_ok=True)
     times: dict[tuple[str, int], list[float]] = {}
     results = {}
@@ -181,7 +182,7 @@ def speed_rows(n: int, repeats: int) -> list[dict]:
     # thousands of images).
     for _ in range(repeats + 1):
         for k, data_dir in sets.items():
-            for side, fn in (("seed", seed_predict), ("ours", ours_predict)):
+            for side, fn in sides.items():
                 t0 = time.perf_counter()
                 results[side, k] = fn(run_dir, data_dir, out / f"{side}-{k}.csv")
                 times.setdefault((side, k), []).append(time.perf_counter() - t0)
@@ -292,13 +293,13 @@ def _rate(output: str) -> str:
     return f"cloudpipe says {found.group(1)} img/s; " if found else ""
 
 
-def memory_row(m: int) -> dict:
+def memory_row(m: int, sizes: Sizes = FULL) -> dict:
     """Peak memory of ``cloudpipe predict`` on 10 m test images against m."""
-    run_dir = classifier_run()
-    out = CACHE / "out"
+    run_dir = classifier_run(sizes)
+    out = cache_dir() / "out"
     out.mkdir(parents=True, exist_ok=True)
-    small = peak_memory(predict_command(prediction_set(m), run_dir, out / f"mem-{m}.csv"))
-    large = peak_memory(predict_command(prediction_set(10 * m), run_dir, out / f"mem-{10 * m}.csv"))
+    small = peak_memory(predict_command(prediction_set(m, sizes), run_dir, out / f"mem-{m}.csv"))
+    large = peak_memory(predict_command(prediction_set(10 * m, sizes), run_dir, out / f"mem-{10 * m}.csv"))
     mib = 2.0**20
     return {"benchmark": f"predict peak RSS {10 * m} vs {m}", "seed_s": small["rss"], "cloudpipe_s": large["rss"],
             "ratio": large["rss"] / small["rss"], "target": TARGETS["memory"], "target_op": "<=", "unit": "MiB",
@@ -309,33 +310,10 @@ def memory_row(m: int) -> dict:
                     f"{small['seconds']:.0f} s | {large['seconds']:.0f} s"}
 
 
-# ----------------------------------------------------------------------------- GPU (when present)
-
-
-def gpu_row(n: int = 200, device: str = "cuda") -> dict | None:
-    """Images/s of ``cloudpipe predict`` on ``n`` images on the GPU (the whole call, model load
-    included, after one warm-up call); None without CUDA. (``device="cpu"`` runs the same code
-    on the CPU, to test it where there is no GPU.)"""
-    if device == "cuda" and not torch.cuda.is_available():
-        return None
-    run_dir = classifier_run()
-    data_dir = prediction_set(n)
-    workers = min(8, os.cpu_count() or 1)
-    out = CACHE / "out" / "gpu.csv"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    ours_predict(run_dir, data_dir, out, batch_size=64, workers=workers, device=device)  # warm-up
-    t0 = time.perf_counter()
-    ours_predict(run_dir, data_dir, out, batch_size=64, workers=workers, device=device)
-    seconds = time.perf_counter() - t0
-    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    return {"benchmark": f"GPU predict {n} imgs", "gpu_images_per_s": n / seconds,
-            "note": f"whole call incl. model load, batch 64, {workers} workers, {name}"}
-
-
 # ----------------------------------------------------------------------------- entry points
 
 
-def run(n_images: int = 16, repeats: int = 2, memory_images: int = 20) -> list[dict]:
+def run(n_images: int = 16, repeats: int = 2, memory_images: int = 20, sizes: Sizes = FULL) -> list[dict]:
     """Speed on ``n_images`` and ``2 * n_images`` test images (best of ``repeats``), and, when
     ``memory_images`` > 0, peak memory on ``memory_images`` and ten times as many.
 
@@ -344,23 +322,27 @@ def run(n_images: int = 16, repeats: int = 2, memory_images: int = 20) -> list[d
         ``scale`` and ``note`` (for the memory row the two columns are the small and the large
         run, ``target_op`` is ``<=``).
     """
-    rows = speed_rows(n_images, repeats)
+    rows = speed_rows(n_images, repeats, sizes)
     if memory_images:
-        rows.append(memory_row(memory_images))
+        rows.append(memory_row(memory_images, sizes))
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=16, help="N: runs on N and 2N test images (a multiple of the batch size keeps batch shapes equal)")
     parser.add_argument("--repeats", type=int, default=2, help="runs per side and size")
     parser.add_argument("--memory-images", type=int, default=20, help="M: peak memory on M and 10M images (0: skip)")
+    parser.add_argument("--smoke", action="store_true", help="tiny images, 2 + 4 of them, one run: only check that it runs")
     args = parser.parse_args(argv)
-    rows = run(args.images, args.repeats, args.memory_images)
-    gpu = gpu_row()
-    print(f"Predict (CPU, 512x768, batch {BATCH_SIZE}, {WORKERS} workers); ratio = seed / cloudpipe "
-          f"(memory: 10x / 1x)")
-    print(format_table(rows + ([gpu] if gpu else [])))
+    sizes = SMOKE if args.smoke else FULL
+    if args.smoke:
+        args.images, args.repeats, args.memory_images = 2, 1, 2
+    rows = run(args.images, args.repeats, args.memory_images, sizes)
+    h, w = sizes.cls_size
+    print(f"Predict (CPU, {h}x{w}, batch {BATCH_SIZE}, {WORKERS} workers); ratio = seed / cloudpipe (memory: 10x / 1x)")
+    print(format_table(rows))
+    return rows
 
 
 if __name__ == "__main__":

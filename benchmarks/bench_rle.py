@@ -18,10 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -30,6 +27,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import seed  # noqa: E402
+from benchmarks.common import format_table, over, row, time_interleaved  # noqa: E402
 from cloudpipe.core import rle as rle  # noqa: E402
 
 SIZES: tuple[tuple[int, int], ...] = ((350, 525), (1400, 2100))
@@ -85,22 +83,6 @@ def make_masks(n: int, shape: tuple[int, int], seed_: int = 0) -> list[np.ndarra
     return masks
 
 
-def _one_pass(fn: Callable[[Any], object], items: list) -> float:
-    t0 = time.perf_counter()
-    for item in items:
-        fn(item)
-    return time.perf_counter() - t0
-
-
-def _time_pair(seed_fn: Callable, ours_fn: Callable, items: list, repeats: int) -> tuple[float, float]:
-    """Best-of-``repeats`` seconds per item for each function, passes interleaved."""
-    seed_t, ours_t = [], []
-    for _ in range(repeats):
-        seed_t.append(_one_pass(seed_fn, items))
-        ours_t.append(_one_pass(ours_fn, items))
-    return min(seed_t) / len(items), min(ours_t) / len(items)
-
-
 def run(
     n_masks: int = 200, repeats: int = 5, sizes: tuple[tuple[int, int], ...] = SIZES
 ) -> list[dict]:
@@ -130,48 +112,28 @@ def run(
                 raise AssertionError(f"decode differs on mask {i} at {h}x{w}")
         runs = float(np.mean([s.count(" ") + 1 for s in rles])) / 2
         coverage = float(np.mean([m.mean() for m in masks]))
-        dec = _time_pair(
-            lambda s, shape=shape: seed.rle_decode(s, shape), lambda s, shape=shape: rle.rle2mask(s, shape), rles, repeats
-        )
-        enc = _time_pair(seed.mask2rle, rle.mask2rle, masks, repeats)
-        for name, (seed_s, ours_s) in (("decode", dec), ("encode", enc)):
-            rows.append(
-                {
-                    "benchmark": f"rle {name} {h}x{w}",
-                    "seed_s": seed_s,
-                    "cloudpipe_s": ours_s,
-                    "ratio": seed_s / ours_s,
-                    "runs_per_mask": runs,
-                    "coverage": coverage,
-                    "target": TARGETS.get(f"rle {name} {h}x{w}"),
-                }
-            )
+        note = f"{len(masks)} masks, best of {repeats}; {runs:.0f} runs/mask, {coverage:.0%} cover"
+        pairs = {
+            "decode": (rles, lambda s, shape=shape: seed.rle_decode(s, shape), lambda s, shape=shape: rle.rle2mask(s, shape)),
+            "encode": (masks, seed.mask2rle, rle.mask2rle),
+        }
+        for name, (items, seed_fn, ours_fn) in pairs.items():
+            t = time_interleaved({"seed": over(seed_fn, items), "ours": over(ours_fn, items)}, repeats)
+            benchmark = f"rle {name} {h}x{w}"
+            rows.append(row(benchmark, t["seed"] / len(items), t["ours"] / len(items), TARGETS.get(benchmark),
+                            unit="ms/mask", note=note, runs_per_mask=runs, coverage=coverage))
         del masks, rles
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    """The rows of :func:`run` as a fixed-width text table."""
-    lines = [
-        f"{'benchmark':<22} {'runs/mask':>9} {'cover':>6} {'seed ms':>9} "
-        f"{'cloudpipe ms':>12} {'ratio':>7} {'target':>7}"
-    ]
-    for r in rows:
-        target = "" if r["target"] is None else f">={r['target']:g}x"
-        verdict = "" if r["target"] is None else ("  met" if r["ratio"] >= r["target"] else "  MISSED")
-        lines.append(
-            f"{r['benchmark']:<22} {r['runs_per_mask']:>9.0f} {r['coverage']:>6.1%} "
-            f"{r['seed_s'] * 1e3:>9.3f} {r['cloudpipe_s'] * 1e3:>12.3f} {r['ratio']:>6.1f}x "
-            f"{target:>7}{verdict}"
-        )
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--masks", type=int, default=200, help="masks per size")
     parser.add_argument("--repeats", type=int, default=5, help="passes per implementation")
+    parser.add_argument("--smoke", action="store_true", help="4 masks, 1 pass: only check that it runs")
     args = parser.parse_args(argv)
+    if args.smoke:
+        args.masks, args.repeats = 4, 1
     rows = run(args.masks, args.repeats)
     print(
         f"RLE codec, time per mask: best of {args.repeats} passes over {args.masks} seeded "
@@ -179,6 +141,7 @@ def main(argv: list[str] | None = None) -> None:
         f"pixels set; ratio = seed / cloudpipe)"
     )
     print(format_table(rows))
+    return rows
 
 
 if __name__ == "__main__":

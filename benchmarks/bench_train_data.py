@@ -1,4 +1,4 @@
-"""Training-side speed: cloudpipe's data pipeline and training step against the seed's.
+"""Training-side speed: cloudpipe's data pipeline, training step and epoch against the seed's.
 
 Run as ``python benchmarks/bench_train_data.py`` (prints a table), or call :func:`run` to get the
 rows (``benchmark``, ``seed_s``, ``cloudpipe_s``, ``ratio``, ``target``, ...) for a combined table.
@@ -23,19 +23,22 @@ Training step: one forward + backward + Adam step of the ResNet34 classifier (``
 frozen) at 512 x 768 on the CPU: the seed's fp32 NCHW on a normalised float batch against
 cloudpipe's bf16 autocast + ``channels_last`` on a uint8 batch (as ``cloudpipe.engine.train`` does).
 
-Times are the best pass (or step) of several, seed and cloudpipe interleaved so that load from
+Training epoch: a whole epoch over ``n`` full-size images at 512 x 768 on the CPU, batch 8 and 2
+DataLoader workers on both sides, one optimiser step per batch: the seed's dataset, loader and
+loop (:func:`benchmarks.seed.train_epoch`) against :meth:`cloudpipe.engine.train.Trainer.train_epoch`
+(which runs the data pipeline above in its workers and the step above in the main process).
+Both models start from the same random weights. This is the row that says how much faster
+training is: on 2 cores the workers compete with the model's threads for the CPU.
+
+Times are the best pass (or step, or epoch) of several, seed and cloudpipe interleaved so that load from
 other processes hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import shutil
 import sys
 import tempfile
-import time
-from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -46,85 +49,37 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks import seed  # noqa: E402
-from cloudpipe.core.competition import CLASSES, IMAGE_SHAPE  # noqa: E402
+from benchmarks.common import FULL, REAL_IMAGES, SMOKE, Sizes, format_table, over, row, synthetic_data, time_interleaved  # noqa: E402
+from cloudpipe.core.competition import CLASSES  # noqa: E402
 from cloudpipe.data.datasets import CloudDataset  # noqa: E402
 from cloudpipe.data.images import reduction_for  # noqa: E402
 from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
+from cloudpipe.data.runfolder import ModelSplit  # noqa: E402
 from cloudpipe.engine.config import load_config  # noqa: E402
+from cloudpipe.engine.devices import Dist  # noqa: E402
 from cloudpipe.engine.stages import stage_for  # noqa: E402
+from cloudpipe.engine.train import Trainer  # noqa: E402
 
-CACHE = Path(os.environ.get("CLOUDPIPE_BENCH_CACHE", Path(tempfile.gettempdir()) / "cloudpipe-bench"))
-REAL_IMAGES = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "real" / "train_images"
-CLS_SIZE = (512, 768)
-GPU_TRAIN_IMAGES = 128  # training images for the GPU epoch (made once, ~30 s, only with a GPU)
+BATCH_SIZE = 8  # the classifier's default batch
+WORKERS = 2  # DataLoader workers of the epoch row, both sides
 # Speed-up targets (seed time / cloudpipe time); None: no target set.
 TARGETS: dict[str, float | None] = {
     "train data cls": 3.0,
     "train data cls real": 3.0,
     "train data seg": None,
     "train step": None,
+    "train epoch": 2.0,
 }
-
-
-# ----------------------------------------------------------------------------- shared helpers
-
-
-def synthetic_data(train: int, test: int, shape: tuple[int, int] = IMAGE_SHAPE, seed_: int = 0) -> Path:
-    """A cached ``cloudpipe.data.synth`` dataset (made once, then reused; ~0.2 s per 1400x2100 image).
-
-    The folder is written under a temporary name and renamed into place, so an interrupted
-    run never leaves a half-made cache behind.
-    """
-    from cloudpipe.data.synth import make_dataset
-
-    out = CACHE / f"synth-{shape[0]}x{shape[1]}-train{train}-test{test}-seed{seed_}"
-    if (out / "test_truth.csv").is_file():
-        return out
-    CACHE.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=CACHE, prefix=".making-"))
-    make_dataset(tmp / "data", train=train, test=test, shape=shape, seed=seed_, progress=False)
-    try:
-        os.replace(tmp / "data", out)
-    except OSError:  # made meanwhile by another process
-        pass
-    shutil.rmtree(tmp, ignore_errors=True)
-    return out
-
-
-def time_interleaved(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, float]:
-    """Best-of-``repeats`` seconds of each zero-argument function, calls interleaved."""
-    times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
-            fn()
-            times[name].append(time.perf_counter() - t0)
-    return {name: min(t) for name, t in times.items()}
-
-
-def row(benchmark: str, seed_s: float, ours_s: float, target: float | None, unit: str = "ms", scale: float = 1e3,
-        **extra) -> dict:
-    """A table row: times in seconds, ``ratio`` = seed / cloudpipe; ``unit``/``scale`` say how
-    the times are printed."""
-    return {"benchmark": benchmark, "seed_s": seed_s, "cloudpipe_s": ours_s, "ratio": seed_s / ours_s,
-            "target": target, "unit": unit, "scale": scale, **extra}
 
 
 # ----------------------------------------------------------------------------- data pipeline
 
 
-def _pass(dataset, n: int) -> Callable[[], None]:
-    def go() -> None:
-        for i in range(n):
-            dataset[i]
-
-    return go
-
-
 def _pipeline_row(name: str, target: float | None, seed_set, ours_set, n: int, repeats: int, note: str) -> dict:
     # One sample each first: page cache, albumentations' and OpenCV's first-call costs.
     seed_set[0], ours_set[0]
-    t = time_interleaved({"seed": _pass(seed_set, n), "ours": _pass(ours_set, n)}, repeats)
+    t = time_interleaved({"seed": over(seed_set.__getitem__, range(n)), "ours": over(ours_set.__getitem__, range(n))},
+                         repeats)
     seed_s, ours_s = t["seed"] / n, t["ours"] / n
     return row(name, seed_s, ours_s, target, unit="ms/img", note=f"{n} imgs, {note}; img/s {1 / seed_s:.1f} -> {1 / ours_s:.1f}")
 
@@ -139,23 +94,26 @@ def _check_samples(seed_set, ours_set, task: str, size: tuple[int, int]) -> None
     assert tuple(target.shape) == want and tuple(sample["target"].shape) == want, (target.shape, sample["target"].shape)
 
 
-def pipeline_rows(data_dir: Path, n: int, repeats: int, real: bool = True, seg: bool = True) -> list[dict]:
+def pipeline_rows(data_dir: Path, n: int, repeats: int, sizes: Sizes = FULL, real: bool = True,
+                  seg: bool = True) -> list[dict]:
     """Per-sample time of the seed's and cloudpipe's training datasets on the same images."""
+    size_ = sizes.cls_size
     data = load_train_data(data_dir)
     images = list(data.labels.index[:n])
     df = seed.read_train_csv(data_dir / TRAIN_CSV)
     cls_config = load_config("classifier")
-    reduction = reduction_for(data.image_shape, CLS_SIZE)
+    reduction = reduction_for(data.image_shape, size_)
     rows = []
 
-    seed_cls = seed.CloudDataset(df, images, data_dir / TRAIN_IMAGES, seed.training_transforms(CLS_SIZE))
-    ours_cls = CloudDataset(data.paths(images), CLS_SIZE, reduction, labels=data.labels.loc[images].to_numpy(),
+    seed_cls = seed.CloudDataset(df, images, data_dir / TRAIN_IMAGES, seed.training_transforms(size_),
+                                 shape=data.image_shape)
+    ours_cls = CloudDataset(data.paths(images), size_, reduction, labels=data.labels.loc[images].to_numpy(),
                             transform=stage_for(cls_config).augmentation(), seed=cls_config.seed)
-    _check_samples(seed_cls, ours_cls, "classifier", CLS_SIZE)
-    rows.append(_pipeline_row(f"train data cls {CLS_SIZE[0]}x{CLS_SIZE[1]}", TARGETS["train data cls"],
+    _check_samples(seed_cls, ours_cls, "classifier", size_)
+    rows.append(_pipeline_row(f"train data cls {size_[0]}x{size_[1]}", TARGETS["train data cls"],
                               seed_cls, ours_cls, n, repeats, "synthetic"))
 
-    if real and REAL_IMAGES.is_dir():
+    if real and REAL_IMAGES.is_dir() and not sizes.smoke:
         names = sorted(p.name for p in REAL_IMAGES.glob("*.jpg"))
         k = min(len(names), len(images))
         # The real masks are not shipped: give each real image the masks of a synthetic one.
@@ -165,19 +123,19 @@ def pipeline_rows(data_dir: Path, n: int, repeats: int, real: bool = True, seg: 
             columns=["Image_Label", "EncodedPixels", "label", "im_id"],
         )
         labels = (rles != "").astype(np.float32)
-        seed_real = seed.CloudDataset(real_df, names[:k], REAL_IMAGES, seed.training_transforms(CLS_SIZE))
-        ours_real = CloudDataset([REAL_IMAGES / m for m in names[:k]], CLS_SIZE, reduction, labels=labels,
+        seed_real = seed.CloudDataset(real_df, names[:k], REAL_IMAGES, seed.training_transforms(size_))
+        ours_real = CloudDataset([REAL_IMAGES / m for m in names[:k]], size_, reduction, labels=labels,
                                  transform=stage_for(cls_config).augmentation(), seed=cls_config.seed)
-        _check_samples(seed_real, ours_real, "classifier", CLS_SIZE)
-        rows.append(_pipeline_row(f"train data cls {CLS_SIZE[0]}x{CLS_SIZE[1]} real", TARGETS["train data cls real"],
+        _check_samples(seed_real, ours_real, "classifier", size_)
+        rows.append(_pipeline_row(f"train data cls {size_[0]}x{size_[1]} real", TARGETS["train data cls real"],
                                   seed_real, ours_real, k, repeats, "real JPEGs"))
 
     if seg:
         seg_config = load_config("segmentation")
-        size = tuple(seg_config.image_size)
+        size = tuple(sizes.seg_size or seg_config.image_size)
         seed_seg = seed.CloudDataset(df, images, data_dir / TRAIN_IMAGES,
                                      seed.training_transforms(size, noise=False, brightness_contrast=False),
-                                     task="segmentation")
+                                     task="segmentation", shape=data.image_shape)
         ours_seg = CloudDataset(data.paths(images), size, reduction_for(data.image_shape, size),
                                 labels=data.labels.loc[images].to_numpy(),
                                 rles=data.rles.loc[images].to_numpy().tolist(), mask_shape=data.image_shape,
@@ -191,8 +149,9 @@ def pipeline_rows(data_dir: Path, n: int, repeats: int, real: bool = True, seg: 
 # ----------------------------------------------------------------------------- training step
 
 
-def step_row(batch: int, steps: int, size: tuple[int, int] = CLS_SIZE) -> dict:
+def step_row(batch: int, steps: int, sizes: Sizes = FULL) -> dict:
     """One classifier training step on the CPU: seed fp32 NCHW vs cloudpipe bf16 + channels_last."""
+    size = sizes.cls_size
     torch.manual_seed(0)
     config = load_config("classifier")
     stage = stage_for(config)
@@ -202,7 +161,7 @@ def step_row(batch: int, steps: int, size: tuple[int, int] = CLS_SIZE) -> dict:
     ours = stage.build_model(weights="none").to(memory_format=torch.channels_last).train()
     ours_opt = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=config.lr)
 
-    base = seed.build_classifier({k[len("body."):]: v for k, v in ours.state_dict().items() if k.startswith("body.")})
+    base = seed.build_classifier(seed_state(ours))
     base.train()
     base_opt = torch.optim.Adam(filter(lambda p: p.requires_grad, base.parameters()), lr=config.lr)
     criterion = torch.nn.BCEWithLogitsLoss()
@@ -229,88 +188,81 @@ def step_row(batch: int, steps: int, size: tuple[int, int] = CLS_SIZE) -> dict:
                                "fp32 NCHW vs bf16 autocast + channels_last")
 
 
-# ----------------------------------------------------------------------------- GPU (when present)
+# ----------------------------------------------------------------------------- training epoch
 
 
-def gpu_epoch_row(data_dir: Path, epochs: int = 2, device: str = "cuda") -> dict | None:
-    """Images/s of a cloudpipe classifier training epoch at 512 x 768 (train + validation images;
-    the last of ``epochs`` epochs, so process start-up is not counted); None without CUDA.
-    (``device="cpu"`` runs the same code on the CPU, to test it where there is no GPU.)"""
-    if device == "cuda" and not torch.cuda.is_available():
-        return None
-    from cloudpipe.engine.train import train_run
+def seed_state(model: torch.nn.Module) -> dict:
+    """A cloudpipe classifier's weights as the seed's plain torchvision ResNet names them (the
+    ``body.`` prefix and the normalisation buffers dropped)."""
+    return {k[len("body."):]: v for k, v in model.state_dict().items() if k.startswith("body.")}
 
-    config = load_config("classifier", overrides=dict(weights="none", epochs=epochs, device=device, accumulate=1,
-                                                      workers=min(8, os.cpu_count() or 1)))
-    with tempfile.TemporaryDirectory() as tmp:
-        result = train_run(config, data_dir, Path(tmp) / "run", progress=False)[0]
-    n = len(pd.read_csv(data_dir / TRAIN_CSV)) // len(CLASSES)
-    seconds = result.history[-1]["seconds"]
-    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
-    return {"benchmark": f"GPU train epoch cls {CLS_SIZE[0]}x{CLS_SIZE[1]}", "gpu_images_per_s": n / seconds,
-            "note": f"{n} imgs (train + val), epoch {epochs} of {epochs}, batch {config.batch_size}, "
-                    f"{config.workers} workers, {name}"}
+
+def epoch_row(data_dir: Path, n: int, repeats: int, sizes: Sizes = FULL, batch: int = BATCH_SIZE,
+              workers: int = WORKERS) -> dict:
+    """A classifier training epoch over ``n`` images on the CPU: the seed's dataset, loader and
+    loop against cloudpipe's :class:`~cloudpipe.engine.train.Trainer` (best of ``repeats``
+    epochs each, after one warm-up epoch each)."""
+    data = load_train_data(data_dir)
+    images = list(data.labels.index[:n])
+    config = load_config("classifier", overrides=dict(weights="none", image_size=list(sizes.cls_size), batch_size=batch,
+                                                      accumulate=1, workers=workers, device="cpu"))
+    with tempfile.TemporaryDirectory() as tmp:  # the trainer's folder; nothing is saved here
+        trainer = Trainer(stage_for(config), data, ModelSplit(Path(tmp), images, images[:1]), Dist(), state=None)
+    base = seed.build_classifier(seed_state(trainer.model))
+    base_opt = torch.optim.Adam(filter(lambda p: p.requires_grad, base.parameters()), lr=config.lr)
+    criterion = torch.nn.BCEWithLogitsLoss()
+    dataset = seed.CloudDataset(seed.read_train_csv(data_dir / TRAIN_CSV), images, data_dir / TRAIN_IMAGES,
+                                seed.training_transforms(sizes.cls_size), shape=data.image_shape)
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch, shuffle=True, num_workers=workers)
+    epochs = iter(range(repeats + 1))
+    t = time_interleaved({"seed": lambda: seed.train_epoch(base, base_opt, criterion, loader),
+                          "ours": lambda: trainer.train_epoch(next(epochs), progress=False)}, repeats, warmup=True)
+    h, w = sizes.cls_size
+    return row(f"train epoch {n} imgs {h}x{w}", t["seed"], t["ours"], TARGETS["train epoch"], unit="s", scale=1.0,
+               note=f"batch {batch}, {workers} workers, best of {repeats}; img/s {n / t['seed']:.2f} -> {n / t['ours']:.2f}")
 
 
 # ----------------------------------------------------------------------------- entry points
 
 
-def run(n_images: int = 24, repeats: int = 3, real: bool = True, seg: bool = True, step_batch: int = 2,
-        steps: int = 3) -> list[dict]:
-    """Measure the data pipelines (``n_images`` synthetic 1400x2100 images, best of ``repeats``
-    passes) and, when ``steps`` > 0, the training step at batch ``step_batch``.
+def run(n_images: int = 24, repeats: int = 3, sizes: Sizes = FULL, real: bool = True, seg: bool = True,
+        step_batch: int = 2, steps: int = 3, epochs: int = 2) -> list[dict]:
+    """Measure the data pipelines (``n_images`` synthetic images, best of ``repeats`` passes),
+    when ``steps`` > 0 the training step at batch ``step_batch``, and when ``epochs`` > 0 a
+    training epoch over the ``n_images`` (best of ``epochs``).
 
     Returns:
-        Rows with ``benchmark``, ``seed_s`` and ``cloudpipe_s`` (seconds per sample or per
-        step), ``ratio`` (seed / cloudpipe), ``target``, ``unit``, ``scale`` and ``note``.
+        Rows with ``benchmark``, ``seed_s`` and ``cloudpipe_s`` (seconds per sample, step or
+        epoch), ``ratio`` (seed / cloudpipe), ``target``, ``unit``, ``scale`` and ``note``.
     """
-    data_dir = synthetic_data(train=max(n_images, 24), test=24)
-    rows = pipeline_rows(data_dir, n_images, repeats, real=real, seg=seg)
+    data_dir = synthetic_data(train=max(n_images, 24), test=24, shape=sizes.image_shape)
+    rows = pipeline_rows(data_dir, n_images, repeats, sizes, real=real, seg=seg)
     if steps:
-        rows.append(step_row(step_batch, steps))
+        rows.append(step_row(step_batch, steps, sizes))
+    if epochs:
+        rows.append(epoch_row(data_dir, n_images, epochs, sizes))
     return rows
 
 
-def met(r: dict) -> bool | None:
-    """Whether a row meets its target (``target_op`` ``>=``, the default, or ``<=``); None
-    without a target."""
-    if r.get("target") is None or "ratio" not in r:
-        return None
-    return r["ratio"] >= r["target"] if r.get("target_op", ">=") == ">=" else r["ratio"] <= r["target"]
-
-
-def format_table(rows: Sequence[dict], baseline: str = "seed") -> str:
-    """Rows (of this module or the others) as a fixed-width text table; ``baseline`` heads the
-    baseline column."""
-    lines = [f"{'benchmark':<30} {'unit':>7} {baseline:>9} {'cloudpipe':>10} {'ratio':>7} {'target':>7} {'':>7}  note"]
-    for r in rows:
-        if "ratio" not in r:  # information-only rows (GPU throughput)
-            lines.append(f"{r['benchmark']:<30} {'img/s':>7} {'':>9} {r['gpu_images_per_s']:>10.1f} {'':>7} {'':>7} "
-                         f"{'':>7}  {r.get('note', '')}")
-            continue
-        target = "" if r["target"] is None else f"{r.get('target_op', '>=')}{r['target']:g}x"
-        ok = met(r)
-        verdict = "" if ok is None else ("met" if ok else "MISSED")
-        scale = r.get("scale", 1e3)
-        lines.append(f"{r['benchmark']:<30} {r.get('unit', 'ms'):>7} {r['seed_s'] * scale:>9.3f} "
-                     f"{r['cloudpipe_s'] * scale:>10.3f} {r['ratio']:>6.2f}x {target:>7} {verdict:>7}  {r.get('note', '')}")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=24, help="synthetic 1400x2100 training images")
     parser.add_argument("--repeats", type=int, default=3, help="passes per implementation")
     parser.add_argument("--batch", type=int, default=2, help="training-step batch size")
     parser.add_argument("--steps", type=int, default=3, help="timed training steps per side (0: skip)")
+    parser.add_argument("--epochs", type=int, default=2, help="timed training epochs per side (0: skip)")
     parser.add_argument("--no-real", action="store_true", help="skip the 6 real images")
     parser.add_argument("--no-seg", action="store_true", help="skip the segmentation pipeline")
+    parser.add_argument("--smoke", action="store_true", help="tiny images and sizes, one pass: only check that it runs")
     args = parser.parse_args(argv)
-    rows = run(args.images, args.repeats, real=not args.no_real, seg=not args.no_seg, step_batch=args.batch,
-               steps=args.steps)
-    gpu = gpu_epoch_row(synthetic_data(train=GPU_TRAIN_IMAGES, test=24)) if torch.cuda.is_available() else None
-    print("Training data (num_workers=0, per sample) and training step (CPU); ratio = seed / cloudpipe")
-    print(format_table(rows + ([gpu] if gpu else [])))
+    sizes = SMOKE if args.smoke else FULL
+    if args.smoke:
+        args.images, args.repeats, args.steps, args.epochs = 8, 1, 1, 1
+    rows = run(args.images, args.repeats, sizes, real=not args.no_real, seg=not args.no_seg, step_batch=args.batch,
+               steps=args.steps, epochs=args.epochs)
+    print("Training data (num_workers=0, per sample), step and epoch (CPU); ratio = seed / cloudpipe")
+    print(format_table(rows))
+    return rows
 
 
 if __name__ == "__main__":

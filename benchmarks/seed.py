@@ -12,7 +12,7 @@ nothing. (Only the layout, names and docstrings are ours.)
   ``Resize`` + augmentations + ``Normalize`` + ``ToTensorV2`` on the CPU, float32 out
   (``benchmarks/bench_train_data.py``).
 - Model: :func:`build_classifier` (torchvision ResNet34, 4 outputs, ``layer1``/``layer2`` frozen),
-  :func:`train_step` in fp32 NCHW.
+  :func:`train_step` in fp32 NCHW, :func:`train_epoch` (a step per batch of the loader).
 - Inference and blanking: :class:`CloudTestDataset`, :func:`test_transforms`,
   :func:`predict_probs` (fp32, NCHW, no autocast), :func:`blank_submission` (every mask decoded
   with :func:`rle_decode` at 350 x 525, multiplied by the presence decision, re-encoded with
@@ -102,7 +102,8 @@ class CloudDataset(Dataset):
     ``task="segmentation"`` returns ``(image, mask float32 (4, H, W))``.
     """
 
-    def __init__(self, df, img_ids, data_folder, transforms, task="classifier"):
+    def __init__(self, df, img_ids, data_folder, transforms, task="classifier", shape=(1400, 2100)):
+        self.shape = shape  # the notebook's make_mask default; a parameter only for smoke runs
         self.df = df
         self.img_ids = list(img_ids)
         self.data_folder = str(data_folder)
@@ -111,7 +112,7 @@ class CloudDataset(Dataset):
 
     def __getitem__(self, idx):
         image_name = self.img_ids[idx]
-        mask = make_mask(self.df, image_name)
+        mask = make_mask(self.df, image_name, self.shape)
         image_path = os.path.join(self.data_folder, image_name)
         img = cv2.imread(image_path)
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
@@ -152,6 +153,13 @@ def train_step(model, optimizer, criterion, images, labels):
     loss.backward()
     optimizer.step()
     return loss.item()
+
+
+def train_epoch(model, optimizer, criterion, loader):
+    """Seed: the notebook's epoch, one :func:`train_step` per batch of the loader."""
+    model.train()
+    losses = [train_step(model, optimizer, criterion, images, labels) for images, labels in loader]
+    return float(np.mean(losses))
 
 
 # --- inference and blanking -----------------------------------------------------------------

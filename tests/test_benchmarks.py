@@ -1,4 +1,4 @@
-"""The benchmark scripts run (smoke sizes, synthetic data in the clouds350 layout)."""
+"""Every benchmark script runs (smoke sizes: tiny synthetic data; the figures mean nothing)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,11 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import real_clouds, real_clouds_wins  # noqa: E402
+from benchmarks import bench_predict, bench_rle, bench_train_data, gpu, real_clouds, real_clouds_wins, run  # noqa: E402
 
 
 def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
@@ -27,3 +29,59 @@ def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
     groups = {r["group"].split(" (")[0] for r in wins["rows"]}
     assert groups == {"post-processing", "presence source", "segmentation with a head", "gating rules"}
     assert all(0 <= r["gated"] <= 1 for r in wins["rows"]) and json.loads((work / "wins.json").read_text())["rows"]
+
+
+@pytest.fixture(scope="module")
+def bench_cache(tmp_path_factory):
+    """One cache for the speed scripts' smoke runs: data and throw-away runs are made once."""
+    cache = tmp_path_factory.mktemp("bench-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CLOUDPIPE_BENCH_CACHE", str(cache))
+        yield cache
+
+
+def _names(rows):
+    return [r["benchmark"] for r in rows]
+
+
+def test_bench_rle_smoke(bench_cache, capsys):
+    rows = bench_rle.main(["--smoke"])
+    assert _names(rows) == ["rle decode 350x525", "rle encode 350x525", "rle decode 1400x2100", "rle encode 1400x2100"]
+    assert all(r["ratio"] > 0 and r["runs_per_mask"] > 0 for r in rows)
+    assert "rle encode 1400x2100" in capsys.readouterr().out
+
+
+def test_bench_train_data_smoke(bench_cache, capsys):
+    rows = bench_train_data.main(["--smoke"])
+    names = _names(rows)
+    assert names[0] == "train data cls 64x96" and names[-2:] == ["train step b2 64x96", "train epoch 8 imgs 64x96"]
+    assert "train data seg 32x48" in names
+    assert all(r["seed_s"] > 0 and r["cloudpipe_s"] > 0 for r in rows)
+    assert "train epoch 8 imgs" in capsys.readouterr().out
+
+
+def test_bench_predict_smoke(bench_cache, capsys):
+    rows = bench_predict.main(["--smoke"])
+    assert _names(rows) == ["predict 4 imgs whole", "predict per image", "blanking 16 pairs", "predict peak RSS 20 vs 2"]
+    assert "submissions agree on 16/16 pairs" in rows[0]["note"]
+    assert rows[-1]["seed_s"] > 0 and rows[-1]["target_op"] == "<="
+    assert "predict peak RSS" in capsys.readouterr().out
+
+
+def test_gpu_smoke_on_the_cpu(bench_cache, capsys):
+    rows = gpu.main(["--smoke", "--device", "cpu"])
+    names = _names(rows)
+    assert names[:2] == ["decode only, workers", "decode only, device"]
+    inference = [r for r in rows if r["benchmark"].startswith("predict inference")]
+    assert len(inference) == 2 and all(r["max_diff"] < 0.05 for r in inference)  # both decode paths agree
+    assert [n for n in names if n.startswith("train epoch")] == ["train epoch, recipe 8x4", "train epoch, batch 32x1"]
+    assert all(r["value"] > 0 for r in rows)
+    assert "smoke run" in capsys.readouterr().out
+
+
+def test_run_smoke_has_every_part(bench_cache, tmp_path):
+    rows = run.main(["--smoke", "--json", str(tmp_path / "rows.json")])
+    names = " | ".join(_names(rows))
+    for part in ("rle decode", "train data cls", "train step", "train epoch", "predict per image", "predict peak RSS"):
+        assert part in names
+    assert json.loads((tmp_path / "rows.json").read_text())[0]["benchmark"] == rows[0]["benchmark"]

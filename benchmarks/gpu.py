@@ -1,0 +1,226 @@
+"""cloudpipe on a GPU: ``predict`` over Kaggle's 3,698 test images, and training images/s at 512 x 768.
+
+    .venv/bin/python benchmarks/gpu.py                  # on a CUDA machine: a few minutes (data made on the first run)
+    .venv/bin/python benchmarks/gpu.py --no-compile     # without the torch.compile rows (quicker)
+    .venv/bin/python benchmarks/gpu.py --smoke          # tiny sizes on the CPU: checks the script (CI runs it)
+
+Predict: :func:`cloudpipe.pipeline.predict.predict_submission` over N = 3,698 synthetic test
+images at 1400 x 2100 (the number and size of Kaggle's test set; 24 distinct JPEGs repeated
+under new names, every file decoded every time), ResNet34 at 512 x 768, batch 64, for each way
+of decoding (``workers``: libjpeg's reduced decode in a worker per core; ``device``: the files'
+bytes decoded in batches by nvJPEG on the GPU), with and without ``torch.compile``. Each variant
+runs once as a warm-up (page cache, cuDNN's autotuner, the compiler's cache), then is timed
+twice: the inference alone (:func:`cloudpipe.engine.infer.predict_presence`: header checks,
+model load, decode, forward) and the whole call (checks, inference, blanking, both files
+written). Decoding alone (the loader, no model) is timed for both ways too: it says which side
+bounds the inference. Each GPU variant's probabilities are compared with the CPU path's on the
+first images (``same results``).
+
+Training: images/s of :meth:`cloudpipe.engine.train.Trainer.train_epoch` (the second epoch; the
+first warms up) on N_train synthetic images at 512 x 768 with the seed recipe (batch 8 x 4
+accumulated, ``layer1``/``layer2`` frozen, bf16 autocast, ``channels_last``, workers ``auto``), at
+batch 32 x 1, and compiled.
+
+Targets on one H100/H200-class GPU: inference under 5 s for the 3,698 images, training at
+>= 300 images/s. ``--json PATH`` writes the rows as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpipe` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks.bench_predict import classifier_run, prediction_set  # noqa: E402
+from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, info_row, load_average, synthetic_data  # noqa: E402
+from cloudpipe.core.competition import CLASSES  # noqa: E402
+from cloudpipe.data.images import check_images, decode_batch, reduction_for  # noqa: E402
+from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
+from cloudpipe.data.runfolder import ModelSplit  # noqa: E402
+from cloudpipe.engine.config import load_config  # noqa: E402
+from cloudpipe.engine.devices import Dist, resolve_device, resolve_workers  # noqa: E402
+from cloudpipe.engine.infer import image_loader, predict_presence  # noqa: E402
+from cloudpipe.engine.settings import InferenceSettings  # noqa: E402
+from cloudpipe.engine.stages import stage_for  # noqa: E402
+from cloudpipe.engine.train import Trainer  # noqa: E402
+from cloudpipe.pipeline.predict import predict_submission  # noqa: E402
+
+TEST_IMAGES_KAGGLE = 3698
+TRAIN_IMAGES_GPU = 1024
+SOURCE = 24  # distinct synthetic images; larger sets repeat them under new names
+TARGETS = {"inference s": 5.0, "train img/s": 300.0}
+
+
+def test_paths(data_dir: Path) -> list[Path]:
+    """The test images of a prediction set, in ``sample_submission.csv`` order."""
+    labels = pd.read_csv(data_dir / SAMPLE_SUBMISSION_CSV)["Image_Label"]
+    names = list(dict.fromkeys(label.rsplit("_", 1)[0] for label in labels))
+    return [data_dir / TEST_IMAGES / name for name in names]
+
+
+def training_set(n: int, sizes: Sizes) -> Path:
+    """A cached Kaggle-layout training folder of ``n`` images: the cached synthetic ones
+    repeated under new names (symlinks), their ``train.csv`` rows copied."""
+    out = cache_dir() / f"train-{n}-{sizes.image_shape[0]}x{sizes.image_shape[1]}"
+    if (out / TRAIN_CSV).is_file():
+        return out
+    source = synthetic_data(train=SOURCE, test=SOURCE, shape=sizes.image_shape)
+    frame = pd.read_csv(source / TRAIN_CSV, dtype=str, keep_default_na=False)
+    images = list(dict.fromkeys(label.rsplit("_", 1)[0] for label in frame["Image_Label"]))
+    (out / TRAIN_IMAGES).mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        original = images[i % len(images)]
+        name = f"{original[:-4]}r{i:05d}.jpg"
+        link = out / TRAIN_IMAGES / name
+        if not link.is_symlink():
+            link.symlink_to(source / TRAIN_IMAGES / original)
+        part = frame[frame["Image_Label"].str.startswith(original + "_")]
+        rows.append(part.assign(Image_Label=[f"{name}_{c}" for c in CLASSES]))
+    tmp = out / (TRAIN_CSV + ".tmp")
+    pd.concat(rows).to_csv(tmp, index=False)
+    os.replace(tmp, out / TRAIN_CSV)
+    return out
+
+
+def _timed(fn) -> tuple[float, object]:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return time.perf_counter() - t0, out
+
+
+def decode_row(paths: list[Path], sizes: Sizes, settings: InferenceSettings, device: torch.device) -> dict:
+    """Images/s of decoding alone (the loader and, for ``device``, the batched decode), no model."""
+    shape = check_images(paths[:1])
+    size, reduction = sizes.cls_size, reduction_for(shape, sizes.cls_size)
+
+    def go() -> None:
+        for batch in image_loader(paths, size, shape, settings, device):
+            if settings.decode == "device":
+                decode_batch(batch["data"], [paths[i] for i in batch["index"]], size, reduction, device)
+            else:
+                batch["image"].to(device, non_blocking=True)
+
+    go()  # warm-up: page cache, nvJPEG's handles
+    seconds, _ = _timed(go)
+    workers = resolve_workers(settings.workers, device)
+    return info_row(f"decode only, {settings.decode}", len(paths) / seconds, "img/s",
+                    note=f"{len(paths)} imgs to {size[0]}x{size[1]} on {device.type}, {workers} workers, batch {settings.batch_size}")
+
+
+def predict_rows(n: int, sizes: Sizes, device: torch.device, batch: int, compile_: bool, check: int = 64) -> list[dict]:
+    """Decode-only rows, then per variant (decode way x compile) the inference and whole-call
+    times and the largest probability difference from the CPU path on the first ``check`` images."""
+    run_dir = classifier_run(sizes)
+    data_dir = prediction_set(n, sizes)
+    paths = test_paths(data_dir)
+    out = cache_dir() / "out" / "gpu-predict.csv"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    base = InferenceSettings(device=device.type, batch_size=batch, workers="auto", progress=False)
+    check = min(check, n)
+    reference = predict_presence(run_dir, paths[:check], dataclasses.replace(base, device="cpu", workers=2))
+    rows = [decode_row(paths, sizes, dataclasses.replace(base, decode=d), device) for d in ("workers", "device")]
+    print(format_table(rows, baseline=""), flush=True)
+    for decode in ("workers", "device"):
+        for compiled in (False, True) if compile_ else (False,):
+            settings = dataclasses.replace(base, decode=decode, compile=compiled)
+            label = f"{decode} decode{', compiled' if compiled else ''}"
+            probs = predict_presence(run_dir, paths[:check], settings)  # warm-up, and the check
+            differs = float(np.abs(probs - reference).max())
+            whole = lambda settings=settings: predict_submission(  # noqa: E731
+                data_dir / "seg.csv", run_dir, data_dir, out, threshold=0.5, settings=settings, overwrite=True)
+            whole()  # warm-up of the whole call
+            infer_s, _ = _timed(lambda settings=settings: predict_presence(run_dir, paths, settings))
+            whole_s, _ = _timed(whole)
+            new = [info_row(f"predict inference, {label}", infer_s, "s", target=TARGETS["inference s"], max_diff=differs,
+                            note=f"{n} imgs, {n / infer_s:.0f} img/s; max |p - p_cpu| {differs:.4f} on {check} imgs"),
+                   info_row(f"predict whole, {label}", whole_s, "s",
+                            note=f"{n} imgs incl. checks, model load, blanking, writes; {n / whole_s:.0f} img/s")]
+            print(format_table(new).split("\n", 1)[1], flush=True)
+            rows += new
+    return rows
+
+
+def train_rows(n: int, sizes: Sizes, device: torch.device, compile_: bool) -> list[dict]:
+    """Images/s of a training epoch (the second) for the recipe, batch 32 x 1 and compiled."""
+    data_dir = training_set(n, sizes)
+    data = load_train_data(data_dir)
+    images = list(data.labels.index)
+    variants = {"recipe 8x4": dict(batch_size=8, accumulate=4), "batch 32x1": dict(batch_size=32, accumulate=1)}
+    if compile_:
+        variants["recipe 8x4, compiled"] = dict(batch_size=8, accumulate=4, compile=True)
+    rows = []
+    for label, overrides in variants.items():
+        config = load_config("classifier", overrides=dict(weights="none", image_size=list(sizes.cls_size), workers="auto",
+                                                          device=device.type, epochs=2, **overrides))
+        with tempfile.TemporaryDirectory() as tmp:
+            trainer = Trainer(stage_for(config), data, ModelSplit(Path(tmp), images, images[:1]), Dist(), state=None)
+            trainer.train_epoch(0, progress=False)  # warm-up: workers, cuDNN's autotuner, compilation
+            seconds, _ = _timed(lambda trainer=trainer: trainer.train_epoch(1, progress=False))
+        workers = resolve_workers(config.workers, device)
+        new = info_row(f"train epoch, {label}", n / seconds, "img/s", target=TARGETS["train img/s"],
+                       note=f"{n} imgs at {sizes.cls_size[0]}x{sizes.cls_size[1]}, {workers} workers, {seconds:.1f} s")
+        print(format_table([new]).split("\n", 1)[1], flush=True)
+        rows.append(new)
+    return rows
+
+
+def verdicts(rows: list[dict]) -> str:
+    """Which rows with a target meet it (inference: seconds <= target; training: img/s >= target)."""
+    met = [r["value"] <= r["target"] if r["unit"] == "s" else r["value"] >= r["target"] for r in rows if "target" in r]
+    return f"{sum(met)} of {len(met)} rows meet their target (inference <= {TARGETS['inference s']:g} s, " \
+           f"training >= {TARGETS['train img/s']:g} img/s)"
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
+    parser.add_argument("--images", type=int, default=TEST_IMAGES_KAGGLE, help="test images to predict")
+    parser.add_argument("--train-images", type=int, default=TRAIN_IMAGES_GPU, help="training images per epoch")
+    parser.add_argument("--batch-size", type=int, default=64, help="predict's batch size")
+    parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and counts, no compile: only check that it runs")
+    parser.add_argument("--json", type=Path, help="also write the rows here as JSON")
+    args = parser.parse_args(argv)
+    sizes = SMOKE if args.smoke else FULL
+    if args.smoke:
+        args.images, args.train_images, args.batch_size, args.no_compile = 20, 16, 8, True
+    device = resolve_device(args.device)
+    if device.type != "cuda" and not args.smoke:
+        print("no CUDA GPU here: the GPU figures stay unmeasured (--smoke checks the script on the CPU; "
+              "--device cpu runs it in full on the CPU)")
+        if args.device != "cpu":
+            return []
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"cloudpipe GPU benchmark on {name}, torch {torch.__version__}, {os.cpu_count()} CPUs "
+          f"({resolve_workers('auto', device)} workers auto); load average {load_average()}", flush=True)
+    started = time.perf_counter()
+    rows = predict_rows(args.images, sizes, device, args.batch_size, not args.no_compile)
+    rows += train_rows(args.train_images, sizes, device, not args.no_compile)
+    print()
+    print(format_table(rows, baseline=""))
+    verdict = "smoke run: the figures mean nothing" if args.smoke else verdicts(rows)
+    print(f"\n{verdict}; {time.perf_counter() - started:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=1, default=float))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
