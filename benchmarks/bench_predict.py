@@ -145,12 +145,12 @@ def seed_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BAT
 
 
 def ours_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BATCH_SIZE, workers: int = WORKERS,
-                 device: str = "cpu"):
-    """``cloudpipe predict`` as a library call."""
+                 device: str = "cpu", compile_: bool = False):
+    """``cloudpipe predict`` as a library call (``compile_``: with ``--compile``)."""
     from cloudpipe.engine.settings import InferenceSettings
     from cloudpipe.pipeline.predict import predict_submission
 
-    settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, progress=False)
+    settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, compile=compile_, progress=False)
     return predict_submission(data_dir / "seg.csv", run_dir, data_dir, out, threshold=0.5, settings=settings, overwrite=True)
 
 
@@ -165,14 +165,17 @@ def _agreement(seed_sub: pd.DataFrame, ours_sub: pd.DataFrame) -> str:
     return f"submissions agree on {int((a == b).sum())}/{len(a)} pairs"
 
 
-def speed_rows(n: int, repeats: int, sizes: Sizes = FULL) -> list[dict]:
-    """Whole command on 2n images, per image without start-up, and blanking alone."""
+def speed_rows(n: int, repeats: int, sizes: Sizes = FULL, compiled: bool = False) -> list[dict]:
+    """Whole command on 2n images, per image without start-up, and blanking alone; with
+    ``compiled``, the first two again for ``cloudpipe predict --compile``."""
     from cloudpipe.algorithms.gating import gate
     from cloudpipe.pipeline.predict import read_segmentation
 
     run_dir = classifier_run(sizes)
     sets = {k: prediction_set(k, sizes) for k in (n, 2 * n)}
     sides = {"seed": lambda *a: seed_predict(*a, size=sizes.cls_size), "ours": ours_predict}
+    if compiled:
+        sides["compiled"] = lambda *a: ours_predict(*a, compile_=True)
     out = cache_dir() / "out"
     out.mkdir(parents=True, exist_ok=True)
     times: dict[tuple[str, int], list[float]] = {}
@@ -188,16 +191,20 @@ def speed_rows(n: int, repeats: int, sizes: Sizes = FULL) -> list[dict]:
                 times.setdefault((side, k), []).append(time.perf_counter() - t0)
     times = {key: t[1:] for key, t in times.items()}
     best = {key: min(t) for key, t in times.items()}
-    agree = _agreement(results["seed", 2 * n], results["ours", 2 * n].submission)
     seed_img = (best["seed", 2 * n] - best["seed", n]) / n
-    ours_img = (best["ours", 2 * n] - best["ours", n]) / n
-    rows = [
-        row(f"predict {2 * n} imgs whole", best["seed", 2 * n], best["ours", 2 * n], TARGETS["predict"], unit="s",
-            scale=1.0, note=f"incl. model load + workers; best of {repeats}; {agree}"),
-        row("predict per image", seed_img, ours_img, TARGETS["predict per image"], unit="ms/img",
-            note=f"(t({2 * n}) - t({n})) / {n}; img/s {1 / seed_img:.2f} -> {1 / ours_img:.2f}; start-up "
-                 f"{best['seed', n] - n * seed_img:.1f} s -> {best['ours', n] - n * ours_img:.1f} s"),
-    ]
+    rows = []
+    for side, label in (("ours", ""), ("compiled", ", --compile")):
+        if side not in sides:
+            continue
+        agree = _agreement(results["seed", 2 * n], results[side, 2 * n].submission)
+        ours_img = (best[side, 2 * n] - best[side, n]) / n
+        rows += [
+            row(f"predict {2 * n} imgs whole{label}", best["seed", 2 * n], best[side, 2 * n], TARGETS["predict"], unit="s",
+                scale=1.0, note=f"incl. model load{' + compile' if label else ''} + workers; best of {repeats}; {agree}"),
+            row(f"predict per image{label}", seed_img, ours_img, TARGETS["predict per image"], unit="ms/img",
+                note=f"(t({2 * n}) - t({n})) / {n}; img/s {1 / seed_img:.2f} -> {1 / ours_img:.2f}; start-up "
+                     f"{best['seed', n] - n * seed_img:.1f} s -> {best[side, n] - n * ours_img:.1f} s"),
+        ]
     # Blanking alone, on the 2n set with the probabilities cloudpipe computed.
     data_dir = sets[2 * n]
     probs_frame = results["ours", 2 * n].probs

@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and counts: only check that it runs")
     parser.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
+    parser.add_argument("--compile", action="store_true", help="predict rows for --compile too (~30 s of compiling a call)")
     parser.add_argument("--json", type=Path, help="also write the rows here as JSON")
     args = parser.parse_args(argv)
     mode = 2 if args.smoke else 1 if args.quick else 0
@@ -67,7 +68,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         "data": lambda: bench_train_data.pipeline_rows(data_dir, s["data_images"], s["data_repeats"], sizes),
         "step": lambda: [bench_train_data.step_row(s["step_batch"], s["steps"], sizes)],
         "epoch": lambda: [bench_train_data.epoch_row(data_dir, s["epoch_images"], s["epochs"], sizes)],
-        "predict": lambda: bench_predict.speed_rows(s["predict_images"], s["predict_repeats"], sizes),
+        "predict": lambda: bench_predict.speed_rows(s["predict_images"], s["predict_repeats"], sizes, args.compile),
         "memory": lambda: [bench_predict.memory_row(s["memory_images"], sizes)],
     }
     data_dir = synthetic_data(train=max(s["data_images"], s["epoch_images"], 24), test=24, shape=sizes.image_shape)

@@ -100,3 +100,13 @@ def test_compiled_model_gives_the_same_probabilities(tiny_data, tiny_classifier_
     compiled = predict_presence(tiny_classifier_run, paths, dataclasses.replace(settings, compile=True))
     assert compiled.shape == eager.shape == (6, 4)
     np.testing.assert_allclose(compiled, eager, atol=0.01)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.py checks the same at full size)")
+@pytest.mark.parametrize("decode", ["workers", "device"])
+def test_the_gpu_path_gives_the_cpu_probabilities(tiny_data, tiny_classifier_run_b, decode):
+    paths = sorted((tiny_data / "test_images").iterdir())
+    cpu = predict_presence(tiny_classifier_run_b, paths, InferenceSettings(device="cpu", workers=0, progress=False))
+    gpu = predict_presence(tiny_classifier_run_b, paths, InferenceSettings(device="cuda", workers=1, decode=decode,
+                                                                           progress=False))
+    np.testing.assert_allclose(gpu, cpu, atol=0.02)

@@ -83,7 +83,8 @@ def image_loader(paths: list[Path], size: tuple[int, int], source_shape: tuple[i
         collate_fn=collate_files if on_device else None,
         pin_memory=device.type == "cuda" and not on_device,
         worker_init_fn=worker_init,
-        prefetch_factor=4 if workers else None,
+        # Enough batches in flight to hide a slow file; with many workers, more would only pin memory.
+        prefetch_factor=(4 if workers <= 2 else 2) if workers else None,
     )
 
 
