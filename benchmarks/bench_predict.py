@@ -8,7 +8,9 @@ non-empty) with the same classifier weights (a cloudpipe run at 512 x 768, one e
 synthetic images: the weights do not matter for speed; its probabilities are saturated, so the
 two sides' decisions agree by construction, and the agreement check in the note shows that the
 kept masks and the row order come out identical) over the same 1400 x 2100 test JPEGs, with the
-same batch size and DataLoader worker count, and write a submission CSV:
+same batch size, and write a submission CSV; the seed decodes in 2 DataLoader workers, cloudpipe
+with its default ``--workers auto`` (inline on the CPU, where workers would stall the model's
+threads; the memory row runs it with 2 workers, the harder case for flat memory):
 
 - seed: ``torch.load`` of the checkpoint into a plain torchvision ResNet34 (the ``body.`` prefix
   and the normalisation buffers stripped), full-size decode + albumentations Resize + Normalize
@@ -56,7 +58,7 @@ from cloudpipe.core.rle import mask2rle  # noqa: E402
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES  # noqa: E402
 
 BATCH_SIZE = 16  # cloudpipe predict's default; the seed side uses the same
-WORKERS = 2
+WORKERS = 2  # the seed's DataLoader workers, and cloudpipe's in the memory row
 SOURCE_IMAGES = 24  # distinct cached test images; bigger sets repeat them under new names
 TARGETS: dict[str, float | None] = {"predict": 2.5, "predict per image": 2.5, "blanking": None, "memory": 1.2}
 ROOT = Path(__file__).resolve().parent.parent
@@ -144,7 +146,7 @@ def seed_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BAT
     return blanked
 
 
-def ours_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BATCH_SIZE, workers: int = WORKERS,
+def ours_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BATCH_SIZE, workers: int | str = "auto",
                  device: str = "cpu", compile_: bool = False):
     """``cloudpipe predict`` as a library call (``compile_``: with ``--compile``)."""
     from cloudpipe.engine.settings import InferenceSettings
@@ -347,7 +349,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         args.images, args.repeats, args.memory_images = 2, 1, 2
     rows = run(args.images, args.repeats, args.memory_images, sizes)
     h, w = sizes.cls_size
-    print(f"Predict (CPU, {h}x{w}, batch {BATCH_SIZE}, {WORKERS} workers); ratio = seed / cloudpipe (memory: 10x / 1x)")
+    print(f"Predict (CPU, {h}x{w}, batch {BATCH_SIZE}; seed {WORKERS} workers, cloudpipe auto); ratio = seed / cloudpipe "
+          "(memory: 10x / 1x)")
     print(format_table(rows))
     return rows
 

@@ -20,13 +20,15 @@ and the segmentation pipeline at 320 x 480 (masks decoded and resized too; flips
 ``configs/seg.yaml``) against the seed's loader doing the same.
 
 Training step: one forward + backward + Adam step of the ResNet34 classifier (``layer1``/``layer2``
-frozen) at 512 x 768 on the CPU: the seed's fp32 NCHW on a normalised float batch against
-cloudpipe's bf16 autocast + ``channels_last`` on a uint8 batch (as ``cloudpipe.engine.train`` does).
+frozen) at 512 x 768 on the CPU: the seed's fp32 NCHW on a normalised float batch and plain Adam
+against cloudpipe's bf16 autocast + ``channels_last`` on a uint8 batch and fused Adam (as
+``cloudpipe.engine.train`` does).
 
-Training epoch: a whole epoch over ``n`` full-size images at 512 x 768 on the CPU, batch 8 and 2
-DataLoader workers on both sides, one optimiser step per batch: the seed's dataset, loader and
-loop (:func:`benchmarks.seed.train_epoch`) against :meth:`cloudpipe.engine.train.Trainer.train_epoch`
-(which runs the data pipeline above in its workers and the step above in the main process).
+Training epoch: a whole epoch over ``n`` full-size images at 512 x 768 on the CPU, batch 8 and
+one optimiser step per batch on both sides: the seed's dataset, loader (2 workers) and loop
+(:func:`benchmarks.seed.train_epoch`) against :meth:`cloudpipe.engine.train.Trainer.train_epoch`
+with its defaults (``workers: auto``, which on the CPU decodes inline; the data pipeline above
+and the step above).
 Both models start from the same random weights. This is the row that says how much faster
 training is: on 2 cores the workers compete with the model's threads for the CPU.
 
@@ -56,12 +58,12 @@ from cloudpipe.data.images import reduction_for  # noqa: E402
 from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
 from cloudpipe.data.runfolder import ModelSplit  # noqa: E402
 from cloudpipe.engine.config import load_config  # noqa: E402
-from cloudpipe.engine.devices import Dist  # noqa: E402
+from cloudpipe.engine.devices import Dist, resolve_workers  # noqa: E402
 from cloudpipe.engine.stages import stage_for  # noqa: E402
-from cloudpipe.engine.train import Trainer  # noqa: E402
+from cloudpipe.engine.train import Trainer, make_optimizer  # noqa: E402
 
 BATCH_SIZE = 8  # the classifier's default batch
-WORKERS = 2  # DataLoader workers of the epoch row, both sides
+WORKERS = 2  # the seed's DataLoader workers in the epoch row (cloudpipe's are its default, auto)
 # Speed-up targets (seed time / cloudpipe time); None: no target set.
 TARGETS: dict[str, float | None] = {
     "train data cls": 3.0,
@@ -159,7 +161,7 @@ def step_row(batch: int, steps: int, sizes: Sizes = FULL) -> dict:
     pixels = torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8)  # NHWC, as batches arrive
 
     ours = stage.build_model(weights="none").to(memory_format=torch.channels_last).train()
-    ours_opt = torch.optim.Adam([p for p in ours.parameters() if p.requires_grad], lr=config.lr)
+    ours_opt = make_optimizer(ours, config)
 
     base = seed.build_classifier(seed_state(ours))
     base.train()
@@ -199,13 +201,13 @@ def seed_state(model: torch.nn.Module) -> dict:
 
 def epoch_row(data_dir: Path, n: int, repeats: int, sizes: Sizes = FULL, batch: int = BATCH_SIZE,
               workers: int = WORKERS) -> dict:
-    """A classifier training epoch over ``n`` images on the CPU: the seed's dataset, loader and
-    loop against cloudpipe's :class:`~cloudpipe.engine.train.Trainer` (best of ``repeats``
-    epochs each, after one warm-up epoch each)."""
+    """A classifier training epoch over ``n`` images on the CPU: the seed's dataset, loader (with
+    ``workers``) and loop against cloudpipe's :class:`~cloudpipe.engine.train.Trainer` with its
+    default ``workers: auto`` (best of ``repeats`` epochs each, after one warm-up epoch each)."""
     data = load_train_data(data_dir)
     images = list(data.labels.index[:n])
     config = load_config("classifier", overrides=dict(weights="none", image_size=list(sizes.cls_size), batch_size=batch,
-                                                      accumulate=1, workers=workers, device="cpu"))
+                                                      accumulate=1, device="cpu"))
     with tempfile.TemporaryDirectory() as tmp:  # the trainer's folder; nothing is saved here
         trainer = Trainer(stage_for(config), data, ModelSplit(Path(tmp), images, images[:1]), Dist(), state=None)
     base = seed.build_classifier(seed_state(trainer.model))
@@ -219,7 +221,8 @@ def epoch_row(data_dir: Path, n: int, repeats: int, sizes: Sizes = FULL, batch: 
                           "ours": lambda: trainer.train_epoch(next(epochs), progress=False)}, repeats, warmup=True)
     h, w = sizes.cls_size
     return row(f"train epoch {n} imgs {h}x{w}", t["seed"], t["ours"], TARGETS["train epoch"], unit="s", scale=1.0,
-               note=f"batch {batch}, {workers} workers, best of {repeats}; img/s {n / t['seed']:.2f} -> {n / t['ours']:.2f}")
+               note=f"batch {batch}, workers {workers} -> {resolve_workers(config.workers, trainer.device)} (auto), "
+                    f"best of {repeats}; img/s {n / t['seed']:.2f} -> {n / t['ours']:.2f}")
 
 
 # ----------------------------------------------------------------------------- entry points

@@ -32,7 +32,7 @@ def test_single_process_dist(monkeypatch):
     assert dist.wrap(model, torch.device("cpu")) is model
 
 
-@pytest.mark.parametrize("cores, cpu, cuda", [(1, 1, 1), (2, 2, 1), (4, 2, 3), (16, 2, 15), (64, 2, 16)])
+@pytest.mark.parametrize("cores, cpu, cuda", [(1, 0, 1), (2, 0, 1), (4, 0, 3), (16, 0, 15), (64, 0, 16)])
 def test_auto_workers_feed_a_gpu_and_leave_the_cpu_to_the_model(monkeypatch, cores, cpu, cuda):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))
     assert resolve_workers("auto", torch.device("cpu")) == cpu
