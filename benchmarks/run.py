@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--quick", action="store_true", help="fewer images and repeats")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and counts: only check that it runs")
     parser.add_argument("--only", nargs="+", choices=PARTS, help="run only these parts")
-    parser.add_argument("--compile", action="store_true", help="predict rows for --compile too (~30 s of compiling a call)")
+    parser.add_argument("--compile", action="store_true", help="predict rows for --compile too (~2 min more)")
     parser.add_argument("--json", type=Path, help="also write the rows here as JSON")
     args = parser.parse_args(argv)
     mode = 2 if args.smoke else 1 if args.quick else 0
