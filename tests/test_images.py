@@ -271,3 +271,23 @@ def test_decode_batch_names_the_bad_file(tmp_path, tiny_data):
     bad.write_bytes(b"\xff\xd8 not really a JPEG \xff\xd9")
     message = error_of(decode_batch, _file_tensors([good, bad]), [good, bad], (64, 96), 1, torch.device("cpu"))
     assert "cannot decode" in message and str(bad) in message and str(good) not in message
+
+
+def test_decode_batch_says_what_to_do_when_only_the_device_fails(monkeypatch, tiny_data):
+    """Files libjpeg decodes but the device's decoder refuses: one line pointing to --decode workers."""
+    import torch
+    import torchvision.io
+
+    from cloudpipe.data.images import decode_batch
+
+    real = torchvision.io.decode_jpeg
+
+    def picky(input, mode=None, device="cpu"):
+        if isinstance(input, list):
+            raise RuntimeError("nvjpegDecodeBatched failed: 2\nmore detail")
+        return real(input, mode=mode)
+
+    monkeypatch.setattr(torchvision.io, "decode_jpeg", picky)
+    paths = sorted((tiny_data / "test_images").glob("*.jpg"))[:2]
+    message = error_of(decode_batch, _file_tensors(paths), paths, (64, 96), 1, torch.device("cpu"))
+    assert "cannot decode these images on cpu (nvjpegDecodeBatched failed: 2)" in message and "--decode workers" in message

@@ -147,13 +147,14 @@ def decode_batch(datas: list, paths: list[Path], size: tuple[int, int], reductio
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             decoded = torchvision.io.decode_jpeg(datas, mode=torchvision.io.ImageReadMode.RGB, device=device)
-        except RuntimeError:  # find the file at fault
+        except RuntimeError as batch_err:  # find the file at fault
             for data, path in zip(datas, paths):
                 try:
                     torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
                 except RuntimeError as err:
                     raise CloudpipeError(f"cannot decode image: corrupt JPEG ({str(err).splitlines()[0]})", path=path) from None
-            raise
+            raise CloudpipeError(f"cannot decode these images on {device} ({str(batch_err).splitlines()[0]}); "
+                                 "--decode workers decodes them on the CPU", path=paths[0]) from None
     images = torch.stack(decoded).float()
     if reduction > 1:
         images = torch.nn.functional.avg_pool2d(images, reduction)
