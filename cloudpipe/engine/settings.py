@@ -20,7 +20,8 @@ class InferenceSettings:
             ``auto`` (see :func:`cloudpipe.engine.devices.resolve_workers`).
         decode: ``workers`` decodes each JPEG reduced (libjpeg's DCT scaling) in the workers;
             ``device`` has the workers read the files' bytes and decodes whole batches on the
-            model's device (nvJPEG on a CUDA GPU), see :func:`cloudpipe.data.images.decode_batch`.
+            model's device (nvJPEG on a CUDA GPU), see :func:`cloudpipe.data.images.decode_batch`;
+            not strict: data corrupt inside a well-framed file decodes with a warning.
         compile: ``torch.compile`` the model(s) first (a one-off cost; pays on many images).
         tta: average identity, horizontal and vertical flips.
         amp: mixed precision (bf16 on CPU and on GPUs that have it, else fp16) when the run
