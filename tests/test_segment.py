@@ -204,6 +204,20 @@ def test_predict_seg_second_writer_fails_at_once(seg_run, tiny_data, tmp_path, m
     assert os.listdir(tmp_path) == []
 
 
+def test_predict_seg_val_waits_for_no_one_writing_the_runs_postprocessing(seg_run, tiny_data, tmp_path, monkeypatch):
+    """Two --split val runs of one model into different CSVs would both write
+    RUN/seg_postprocess.json: the second fails at once, before any inference."""
+    import cloudpipe.pipeline.segment
+
+    monkeypatch.setattr(cloudpipe.pipeline.segment, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
+    with output_lock(seg_run / "seg_postprocess.json"):
+        result = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "val", "--out",
+                        tmp_path / "val.csv", "--workers", 0, "--device", "cpu", "--quiet")
+    assert result.exit_code == 2, result.output
+    assert "seg_postprocess.json" in result.stderr and "is being written by another cloudpipe process" in result.stderr
+    assert os.listdir(tmp_path) == []
+
+
 CPU_QUIET = ("--workers", 0, "--device", "cpu", "--quiet")
 
 

@@ -56,7 +56,7 @@ from cloudpipe.data.kaggle import (
     load_train_data,
     require_dir,
 )
-from cloudpipe.data.outputs import check_output, claim_output, csv_writer, write_files
+from cloudpipe.data.outputs import check_output, claim_output, csv_writer, output_lock, write_files
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, read_store, store_paths
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json, training_files
 from cloudpipe.engine.config import load_run_config
@@ -179,6 +179,8 @@ def predict_segmentation(
                     claims.enter_context(claim_output(path, **check))
                 else:
                     check_output(path, **check)
+            if post_out is not None and ensemble.single and dist.is_main:
+                claims.enter_context(output_lock(post_out))  # the run's own file: re-tuned, so never refused, but locked
             return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, settings, dist)
     finally:
         dist.close()
