@@ -107,3 +107,17 @@ def test_binned_mean_and_ranking():
     dice = np.array([[1.0] * 4, [0.0] * 4, [0.5] * 4])
     assert rank_images(dice, ["a", "b", "c"], 1) == (["b"], ["a"])
     assert rank_images(dice, ["a", "b", "c"], 3) == (["b", "c", "a"], [])  # the best never repeat the worst
+
+
+def test_keep_mask_with_the_at_least_one_rule():
+    probs = np.array([[0.2, 0.4, 0.1, 0.3],    # all below: the most probable drawn mask (Sugar; Flower is empty) is kept
+                      [0.9, 0.1, 0.1, 0.1],    # one kept already: unchanged
+                      [0.1, 0.1, 0.1, 0.1]])   # nothing drawn: nothing to keep
+    drawn = np.array([[True, False, True, True], [True, True, True, True], [False, False, False, False]])
+    plain = keep_mask(probs, 0.5)
+    ruled = keep_mask(probs, 0.5, drawn)
+    assert plain.sum() == 1 and ruled[0].tolist() == [False, False, False, True]
+    assert (ruled[1:] == plain[1:]).all()
+    stats = PairStats(["a", "b", "c"], np.ones((3, 4)), drawn * 2.0, np.ones((3, 4)))
+    rows = {r["submission"]: r for r in headline(stats, probs, dict.fromkeys(CLASSES, 0.5), at_least_one=True)}
+    np.testing.assert_allclose(rows["gated, tuned thresholds"]["mean"], reference(stats, ruled).mean())

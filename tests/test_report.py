@@ -157,6 +157,26 @@ def test_a_gate_on_other_sources_needs_the_scores_it_gated_on(tiny_data, case, t
                                                      "area_threshold": 0.5}))
     with pytest.raises(CloudpipeError, match="gates on top_mean.*pass --probs"):
         score_submission(tiny_data, seg, run_dir=run, progress=False)
-    (run / "thresholds.json").write_text(json.dumps({**dict.fromkeys(CLASSES, 0.5), "at_least_one": True}))
-    scored = score_submission(tiny_data, seg, run_dir=run, progress=False)
-    assert "at-least-one rule is not applied" in scored.thresholds_source
+
+
+def test_the_at_least_one_rule_is_scored_as_predict_applies_it(tiny_data, case, tmp_path):
+    """Thresholds that blank every mask of some images: the tuned row is the Dice of the file
+    predict writes with the rule (a mask kept in each such image), not of plain thresholds."""
+    seg, probs_csv, probs, _, _ = case
+    strict = dict.fromkeys(CLASSES, 0.8)
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({**strict, "at_least_one": True}))
+    scored = score_submission(tiny_data, seg, probs_csv=probs_csv, thresholds_file=thresholds, progress=False)
+    assert scored.at_least_one and "with its at-least-one-class rule" in scored.thresholds_source
+    tuned = {r["submission"]: r for r in scored.headline()}["gated, tuned thresholds"]
+    frame = read_mask_csv(seg)
+    with_rule, without = tmp_path / "rule.csv", tmp_path / "plain.csv"
+    gate(frame, probs, strict, at_least_one=True)[["Image_Label", "EncodedPixels"]].to_csv(with_rule, index=False)
+    gate(frame, probs, strict)[["Image_Label", "EncodedPixels"]].to_csv(without, index=False)
+    truth = tiny_data / "train.csv"
+    expected, plain = (evaluate_files(truth, f, (64, 96), (350, 525)).table for f in (with_rule, without))
+    assert plain["mean"] != pytest.approx(expected["mean"])  # the rule changes something here
+    for key in (*CLASSES, "mean"):
+        assert tuned[key] == pytest.approx(expected[key], abs=1e-12), key
+    kept = scored.best_gate()
+    assert (kept & (scored.stats.pred_area > 0)).any(1)[(scored.stats.pred_area > 0).any(1)].all()

@@ -58,18 +58,22 @@ class Scored:
     mask_shape: tuple[int, int]
     probs: np.ndarray | None = None
     thresholds: dict[str, float] | None = None
+    at_least_one: bool = False
     thresholds_source: str = ""
     sources: dict[str, str] = field(default_factory=dict)
 
     def headline(self) -> list[dict]:
         """See :func:`cloudpipe.algorithms.breakdown.headline`."""
-        return headline(self.stats, self.probs, self.thresholds)
+        return headline(self.stats, self.probs, self.thresholds, self.at_least_one)
 
     def best_gate(self) -> np.ndarray:
-        """Which pairs the best gate given keeps (tuned, else 0.5, else all)."""
+        """Which pairs the best gate given keeps (tuned, with its at-least-one rule, else 0.5,
+        else all)."""
         if self.probs is None:
             return np.ones_like(self.stats.truth_area, dtype=bool)
-        return keep_mask(self.probs, self.thresholds if self.thresholds is not None else 0.5)
+        if self.thresholds is None:
+            return keep_mask(self.probs, 0.5)
+        return keep_mask(self.probs, self.thresholds, self.stats.pred_area > 0 if self.at_least_one else None)
 
 
 def score_submission(
@@ -136,8 +140,9 @@ def score_submission(
             raise CloudpipeError(f"gates on {', '.join(spec.sources)}, not on the classifier's val_probs.csv alone: pass "
                                  "--probs with the scores gated on (predict's <stem>_probs.csv)", path=thresholds_file)
         scored.thresholds, scored.thresholds_source = spec.thresholds, str(thresholds_file)
+        scored.at_least_one = spec.at_least_one
         if spec.at_least_one:
-            scored.thresholds_source += " (its at-least-one rule is not applied here)"
+            scored.thresholds_source += ", with its at-least-one-class rule"
     else:
         sweeps = choose_thresholds(scored.probs, PairScores.of_stats(stats))
         scored.thresholds = {c: s.threshold for c, s in sweeps.items()}
