@@ -30,7 +30,7 @@ one optimiser step per batch on both sides: the seed's dataset, loader (2 worker
 with its defaults (``workers: auto``, which on the CPU decodes inline; the data pipeline above
 and the step above).
 Both models start from the same random weights. This is the row that says how much faster
-training is: on 2 cores the workers compete with the model's threads for the CPU.
+training is: on 2 cores, DataLoader workers (the seed's) compete with the model's threads.
 
 Times are the best pass (or step, or epoch) of several, seed and cloudpipe interleaved so that load from
 other processes hits both alike.
