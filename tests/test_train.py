@@ -77,6 +77,15 @@ def test_frozen_layers_do_not_change(tiny_data, tmp_path):
     assert not torch.equal(state["body.layer2.0.weight"], fresh["body.layer2.0.weight"])
 
 
+def test_how_a_run_is_executed_may_change_on_resume_but_not_what_it_learns(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train_run(classifier_config(epochs=1), tiny_data, run, progress=False)
+    # epochs already done: nothing trains (and nothing compiles); only the settings are checked
+    train_run(classifier_config(epochs=1, compile=True, workers="auto"), tiny_data, run, resume=True, progress=False)
+    with pytest.raises(CloudpipeError, match="different settings.*lr"):
+        train_run(classifier_config(epochs=1, lr=0.1), tiny_data, run, resume=True, progress=False)
+
+
 def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     cfg = dict(epochs=3, lr=1e-3, patience=0)  # patience 0: the LR schedule must be restored too
     train_run(classifier_config(**cfg), tiny_data, tmp_path / "full", progress=False)

@@ -52,7 +52,7 @@ from cloudpipe.engine.config import TrainConfig, load_run_config, save_config
 from cloudpipe.engine.devices import Dist, autocast, compile_model, resolve_device, resolve_workers
 from cloudpipe.engine.stages import Stage, stage_for
 
-RESUMABLE_KEYS = ("epochs", "workers", "device")  # may change between a run and its resume
+RESUMABLE_KEYS = ("epochs", "workers", "device", "compile")  # may change between a run and its resume
 BEST_KEYS = ("model", "epoch", "best_score", "best_epoch", "config", "score_name", "classes", "version")
 
 
