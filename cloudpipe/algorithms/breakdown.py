@@ -36,6 +36,12 @@ def keep_mask(probs: np.ndarray, thresholds: Mapping[str, float] | float, drawn:
     return keep if drawn is None else ~keep_most_probable(~keep, probs, drawn)
 
 
+def tuned_keep(stats: PairStats, probs: np.ndarray, thresholds: Mapping[str, float], at_least_one: bool = False) -> np.ndarray:
+    """Which pairs a tuned gate keeps, with the at-least-one-class rule when ``at_least_one``
+    (the drawn pairs being those whose predicted mask is not empty)."""
+    return keep_mask(probs, thresholds, stats.pred_area > 0 if at_least_one else None)
+
+
 def _row(name: str, dice: np.ndarray) -> dict:
     return {"submission": name, **{c: float(dice[:, k].mean()) for k, c in enumerate(CLASSES)}, "mean": float(dice.mean())}
 
@@ -63,7 +69,7 @@ def headline(stats: PairStats, probs: np.ndarray | None = None, thresholds: Mapp
         gate = gated_dice(stats, keep_mask(probs, 0.5))
         rows.append(_row("gated at 0.5", gate))
         if thresholds is not None:
-            gate = gated_dice(stats, keep_mask(probs, thresholds, stats.pred_area > 0 if at_least_one else None))
+            gate = gated_dice(stats, tuned_keep(stats, probs, thresholds, at_least_one))
             rows.append(_row("gated, tuned thresholds", gate))
     rows.append(_row("gated by true presence (oracle)", oracle))
     if gate is not None:

@@ -27,6 +27,7 @@ from cloudpipe.algorithms.breakdown import (
     headline,
     keep_mask,
     rank_images,
+    tuned_keep,
 )
 from cloudpipe.algorithms.presence import CLASSIFIER
 from cloudpipe.algorithms.thresholds import PairScores, choose_thresholds
@@ -73,7 +74,7 @@ class Scored:
             return np.ones_like(self.stats.truth_area, dtype=bool)
         if self.thresholds is None:
             return keep_mask(self.probs, 0.5)
-        return keep_mask(self.probs, self.thresholds, self.stats.pred_area > 0 if self.at_least_one else None)
+        return tuned_keep(self.stats, self.probs, self.thresholds, self.at_least_one)
 
 
 def score_submission(
