@@ -52,7 +52,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpi
 
 from benchmarks import seed  # noqa: E402
 from benchmarks.bench_rle import make_masks  # noqa: E402
-from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, row, synthetic_data, time_interleaved  # noqa: E402
+from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, repeat_images, row, synthetic_data, time_interleaved  # noqa: E402
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
 from cloudpipe.core.rle import mask2rle  # noqa: E402
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES  # noqa: E402
@@ -103,16 +103,9 @@ def prediction_set(n: int, sizes: Sizes = FULL) -> Path:
         return out
     source = synthetic_data(train=SOURCE_IMAGES, test=SOURCE_IMAGES, shape=sizes.image_shape) / TEST_IMAGES
     originals = sorted(p.name for p in source.glob("*.jpg"))
-    (out / TEST_IMAGES).mkdir(parents=True, exist_ok=True)
-    names = []
-    for i in range(n):
-        name = originals[i % len(originals)]
-        if i >= len(originals):
-            name = f"{name[:-4]}{i // len(originals):02d}.jpg"  # no "_": the seed splits on it
-        link = out / TEST_IMAGES / name
-        if not link.is_symlink():
-            link.symlink_to(source / originals[i % len(originals)])
-        names.append(name)
+    k = len(originals)  # new names carry no "_": the seed splits on it
+    names = repeat_images(source, originals, n, out / TEST_IMAGES,
+                          lambda original, i: original if i < k else f"{original[:-4]}{i // k:02d}.jpg")
     # Segmentation predictions: blocky masks for about half of the pairs, the rest empty.
     rng = np.random.default_rng(n)
     pool = [mask2rle(m) for m in make_masks(4 * len(originals), SUBMISSION_SHAPE, seed_=7)]

@@ -67,6 +67,23 @@ def synthetic_data(train: int, test: int, shape: tuple[int, int] = IMAGE_SHAPE, 
     return out
 
 
+def repeat_images(source: Path, originals: Sequence[str], n: int, folder: Path,
+                  name_of: Callable[[str, int], str]) -> list[str]:
+    """``n`` symlinks in ``folder`` to the ``originals`` in ``source``, cycled, the i-th named
+    ``name_of(original, i)`` (a larger set than was made, every file decoded every time);
+    returns the names in order."""
+    folder.mkdir(parents=True, exist_ok=True)
+    names = []
+    for i in range(n):
+        original = originals[i % len(originals)]
+        name = name_of(original, i)
+        link = folder / name
+        if not link.is_symlink():
+            link.symlink_to(source / original)
+        names.append(name)
+    return names
+
+
 def over(fn: Callable[[object], object], items: Sequence) -> Callable[[], None]:
     """A zero-argument function that calls ``fn`` on every item, keeping no result (a pass for
     :func:`time_interleaved`)."""

@@ -44,10 +44,10 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.bench_predict import classifier_run, prediction_set  # noqa: E402
-from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, info_row, load_average, synthetic_data  # noqa: E402
+from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, info_row, load_average, repeat_images, synthetic_data  # noqa: E402
 from cloudpipe.core.competition import CLASSES  # noqa: E402
 from cloudpipe.data.images import check_images, decode_batch, reduction_for  # noqa: E402
-from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
+from cloudpipe.data.kaggle import TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, list_test_images, load_train_data, read_mask_csv, to_wide  # noqa: E402
 from cloudpipe.data.runfolder import ModelSplit  # noqa: E402
 from cloudpipe.engine.config import load_config  # noqa: E402
 from cloudpipe.engine.devices import Dist, resolve_device, resolve_workers  # noqa: E402
@@ -65,9 +65,7 @@ TARGETS = {"inference s": 5.0, "train img/s": 300.0}
 
 def test_paths(data_dir: Path) -> list[Path]:
     """The test images of a prediction set, in ``sample_submission.csv`` order."""
-    labels = pd.read_csv(data_dir / SAMPLE_SUBMISSION_CSV)["Image_Label"]
-    names = list(dict.fromkeys(label.rsplit("_", 1)[0] for label in labels))
-    return [data_dir / TEST_IMAGES / name for name in names]
+    return [data_dir / TEST_IMAGES / name for name in list_test_images(data_dir)]
 
 
 def training_set(n: int, sizes: Sizes) -> Path:
@@ -77,20 +75,13 @@ def training_set(n: int, sizes: Sizes) -> Path:
     if (out / TRAIN_CSV).is_file():
         return out
     source = synthetic_data(train=SOURCE, test=SOURCE, shape=sizes.image_shape)
-    frame = pd.read_csv(source / TRAIN_CSV, dtype=str, keep_default_na=False)
-    images = list(dict.fromkeys(label.rsplit("_", 1)[0] for label in frame["Image_Label"]))
-    (out / TRAIN_IMAGES).mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i in range(n):
-        original = images[i % len(images)]
-        name = f"{original[:-4]}r{i:05d}.jpg"
-        link = out / TRAIN_IMAGES / name
-        if not link.is_symlink():
-            link.symlink_to(source / TRAIN_IMAGES / original)
-        part = frame[frame["Image_Label"].str.startswith(original + "_")]
-        rows.append(part.assign(Image_Label=[f"{name}_{c}" for c in CLASSES]))
+    masks = to_wide(read_mask_csv(source / TRAIN_CSV))
+    originals = list(masks.index)
+    names = repeat_images(source / TRAIN_IMAGES, originals, n, out / TRAIN_IMAGES,
+                          lambda original, i: f"{original[:-4]}r{i:05d}.jpg")
+    rows = [(f"{name}_{c}", masks.loc[originals[i % len(originals)], c]) for i, name in enumerate(names) for c in CLASSES]
     tmp = out / (TRAIN_CSV + ".tmp")
-    pd.concat(rows).to_csv(tmp, index=False)
+    pd.DataFrame(rows, columns=["Image_Label", "EncodedPixels"]).to_csv(tmp, index=False)
     os.replace(tmp, out / TRAIN_CSV)
     return out
 

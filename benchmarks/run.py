@@ -63,15 +63,17 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(f"cloudpipe benchmarks ({['full', 'quick', 'smoke'][mode]}): {platform.processor() or platform.machine()}, "
           f"{os.cpu_count()} CPUs, torch {torch.__version__} with {torch.get_num_threads()} threads; "
           f"load average (1/5/15 min) at start {load_before}", flush=True)
+    def data_dir() -> Path:  # the training images of the data and epoch parts (cached: made once)
+        return synthetic_data(train=max(s["data_images"], s["epoch_images"], 24), test=24, shape=sizes.image_shape)
+
     steps = {
         "rle": lambda: bench_rle.run(s["rle_masks"], s["rle_repeats"]),
-        "data": lambda: bench_train_data.pipeline_rows(data_dir, s["data_images"], s["data_repeats"], sizes),
+        "data": lambda: bench_train_data.pipeline_rows(data_dir(), s["data_images"], s["data_repeats"], sizes),
         "step": lambda: [bench_train_data.step_row(s["step_batch"], s["steps"], sizes)],
-        "epoch": lambda: [bench_train_data.epoch_row(data_dir, s["epoch_images"], s["epochs"], sizes)],
+        "epoch": lambda: [bench_train_data.epoch_row(data_dir(), s["epoch_images"], s["epochs"], sizes)],
         "predict": lambda: bench_predict.speed_rows(s["predict_images"], s["predict_repeats"], sizes, args.compile),
         "memory": lambda: [bench_predict.memory_row(s["memory_images"], sizes)],
     }
-    data_dir = synthetic_data(train=max(s["data_images"], s["epoch_images"], 24), test=24, shape=sizes.image_shape)
     rows: list[dict] = []
     for part in PARTS:
         if part in parts:
