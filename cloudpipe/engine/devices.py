@@ -129,9 +129,8 @@ GPU_WORKERS_MAX = 16
 def resolve_workers(workers: int | str, device: torch.device) -> int:
     """DataLoader workers: ``auto`` is every core this process may use but one (at most 16)
     beside a CUDA GPU, where JPEG decoding must keep the GPU fed, and none on the CPU: there the
-    model's threads take every core, a worker decoding beside them stalls them (a classifier
-    epoch on 2 cores: 6.1-6.7 s inline against 7.1-10.5 s with 2 workers), and decoding inline
-    costs only its own ~10 ms per image. A number is taken as it is."""
+    model's threads take every core, a worker decoding beside them stalls them, and decoding
+    inline costs only its own time (profiled in benchmarks/README.md). A number is taken as it is."""
     if workers != AUTO:
         return int(workers)
     if device.type != "cuda":
@@ -142,6 +141,6 @@ def resolve_workers(workers: int | str, device: torch.device) -> int:
 
 def compile_model(model: nn.Module, inference: bool) -> nn.Module:
     """``torch.compile`` of a model for fixed input shapes; for ``inference``, with the weights
-    frozen into the graph (convolutions and batch norms folded): ResNet34's forward ~1.7x
-    faster on the CPU, for a one-off ~30 s of compiling (benchmarks/README.md)."""
+    frozen into the graph (convolutions and batch norms folded): faster inference for a one-off
+    compile of some tens of seconds (measured in benchmarks/README.md)."""
     return torch.compile(model, dynamic=False, options={"freezing": True} if inference else None)
