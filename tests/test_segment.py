@@ -265,10 +265,11 @@ def test_tune_seg_tunes_the_steps_named(seg_run, tiny_data, tmp_path):
     assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
     again = tmp_path / "again.csv"
     result = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", again,
-                    "--steps", "threshold,top_area,min_size,shape")
+                    "--steps", "threshold,top_area,min_size,shape", "--choice", "robust")
     assert result.exit_code == 0, result.output
     tuned = json.loads((tmp_path / "again_postprocess.json").read_text())
     assert [s["step"] for s in tuned["steps"]] == ["threshold", "top_area", "min_size", "shape"]
+    assert tuned["choice"] == "robust" and "(robust choice)" in result.output
     assert "shape" in result.output and "validation Dice" in result.output
     test = tmp_path / "test.csv"
     result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", test,
