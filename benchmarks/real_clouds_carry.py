@@ -44,7 +44,7 @@ from cloudpipe.cli import format_table  # noqa: E402
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
-SMOKE = {"train_images": 30, "test_images": 10, "seeds": [1, 2], "head_weights": [0.1],
+SMOKE = {"train_images": 24, "test_images": 6, "seeds": [1, 2], "head_weights": [0.1],
          "seg": {"arch": "tiny", "image_size": [32, 64], "epochs": 1, "batch_size": 8, "folds": 3}}
 MIN_SIZE_CUT = 10000
 """The top of the minimum-size grid before it was raised to 60,000 px."""
@@ -75,11 +75,9 @@ def train_and_predict(data: Path, run: Path, overrides: dict, log) -> dict[str, 
 
 def grid_of(stats_file: Path, store: np.ndarray, truth: np.ndarray, steps) -> dict[str, np.ndarray]:
     """Intersection and area of every (image, class) pair under every combination of the steps'
-    grids, and the truth areas; cached in ``stats_file``."""
+    grids, and the truth areas; saved to ``stats_file``."""
     from cloudpipe.algorithms.postprocess import grid_stats
 
-    if stats_file.exists():
-        return dict(np.load(stats_file))
     n = len(store)
     grid = tuple(len(s.grid) for s in steps)
     inter, area = np.zeros((n, 4, *grid), np.int64), np.zeros((n, 4, *grid), np.int64)
@@ -91,12 +89,14 @@ def grid_of(stats_file: Path, store: np.ndarray, truth: np.ndarray, steps) -> di
     return stats
 
 
-def truth_masks(rles: pd.DataFrame, names: list[str]) -> np.ndarray:
-    """0/1 truth masks (n, 4, 350, 525) of ``names`` from a wide RLE frame at 350 x 525."""
+def truth_masks(rles: pd.DataFrame, names: list[str], shape: tuple[int, int]) -> np.ndarray:
+    """0/1 truth masks (n, 4, 350, 525) of ``names`` from a wide RLE frame at ``shape``."""
+    from cloudpipe.core.masks import resize_nearest
     from cloudpipe.core.rle import rle2mask
 
     table = rles.loc[names, list(CLASSES)].to_numpy()
-    return np.stack([[rle2mask(table[i, k], SUBMISSION_SHAPE) for k in range(4)] for i in range(len(names))])
+    return np.stack([[resize_nearest(rle2mask(table[i, k], shape), SUBMISSION_SHAPE) for k in range(4)]
+                     for i in range(len(names))])
 
 
 def analyse(val: dict, test: dict, fold0: np.ndarray, sources_val: dict, sources_test: dict, steps) -> list[dict]:
@@ -173,7 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
     from benchmarks.real_clouds import prepare_data
     from cloudpipe.algorithms.postprocess import PostProcess
     from cloudpipe.algorithms.presence import PixelStats
-    from cloudpipe.data.kaggle import read_mask_csv, read_probs_csv, read_train, to_wide
+    from cloudpipe.data.kaggle import load_train_data, read_mask_csv, read_probs_csv, to_wide
     from cloudpipe.data.probstore import presence_path, read_store, store_paths
 
     settings = yaml.safe_load(args.config.read_text())
@@ -201,7 +201,7 @@ def main(argv: list[str] | None = None) -> dict:
         return {"seconds": seconds}
 
     steps = PostProcess().steps
-    val_rles = to_wide(read_train(data))
+    train = load_train_data(data)
     test_rles = to_wide(read_mask_csv(data / "test_truth.csv", shape=SUBMISSION_SHAPE))
     table = []
     for (seed, head), (run, csvs) in runs.items():
@@ -210,10 +210,13 @@ def main(argv: list[str] | None = None) -> dict:
         splits = pd.read_csv(run / "splits.csv", dtype={"image": str}, keep_default_na=False)
         fold_of = dict(zip(splits["image"], splits["fold"].astype(str)))
         fold0 = np.array([i for i, name in enumerate(val_info.images) if fold_of[name] == "0"])
-        val = log(f"grid stats val {run.name}", grid_of, run / "val_grid.npz", val_store,
-                  truth_masks(val_rles, val_info.images), steps)
-        test = log(f"grid stats test {run.name}", grid_of, run / "test_grid.npz", test_store,
-                   truth_masks(test_rles, test_info.images), steps)
+        grids = {}
+        for split, store, rles, images, shape in (("val", val_store, train.rles, val_info.images, train.image_shape),
+                                                  ("test", test_store, test_rles, test_info.images, SUBMISSION_SHAPE)):
+            cached = run / f"{split}_grid.npz"
+            grids[split] = dict(np.load(cached)) if cached.exists() else log(
+                f"grid stats {split} {run.name}", grid_of, cached, store, truth_masks(rles, images, shape), steps)
+        val, test = grids["val"], grids["test"]
         pixel = PixelStats()
         sources_val, sources_test = pixel.scores(val_store), pixel.scores(test_store)
         sources_val = {s: sources_val[s] for s in ("top_mean", "max")}

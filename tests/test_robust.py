@@ -63,7 +63,7 @@ def test_holds_up_tells_a_real_gain_from_noise_and_is_deterministic():
     rng = np.random.default_rng(6)
     noise, real = rng.standard_normal(300), 0.5 + rng.standard_normal(300)
     for gains, expected in ((noise, False), (real, True)):
-        answers = {holds_up(len(gains), lambda rows: None, lambda rows, _: gains[rows]) for _ in range(3)}
+        answers = {holds_up(len(gains), lambda rows: None, lambda rows, _, g=gains: g[rows]) for _ in range(3)}
         assert answers == {expected}
     assert not holds_up(6, lambda rows: None, lambda rows, _: np.ones(len(rows)))  # too few images to tell
 

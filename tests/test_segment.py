@@ -396,3 +396,25 @@ def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_ru
     [a, b] = [json.loads(postprocess_path_for(p).read_text()) for p in (one, two)]
     assert a == b
     assert sorted(p.name for p in two.parent.iterdir()) == sorted(p.name for p in one.parent.iterdir())
+
+
+def test_out_of_fold_tuning_uses_every_train_image_once(tiny_data, tmp_path):
+    """A K-fold segmentation run's --split val is out-of-fold: every train image once, each
+    predicted by the fold model that did not train on it, and tuned on all of them."""
+    from cloudpipe.data.probstore import read_store
+    from cloudpipe.data.runfolder import read_splits
+
+    run = tmp_path / "folds"
+    result = invoke("train-seg", "--data", tiny_data, "--out", run, "--epochs", 1, "--image-size", 32, 64, "--folds", 3,
+                    "--arch", "tiny", "--weights", "none", *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    val = tmp_path / "val_seg.csv"
+    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    train_images = sorted(set(presence(read_train(tiny_data)).index))
+    _, info = read_store(store_paths(val)[0])
+    assert sorted(info.images) == train_images and len(info.images) == len(set(info.images))
+    splits = read_splits(run, 3)
+    assert [i for s in splits for i in s.val] == info.images  # fold by fold, each image by the model that held it out
+    assert all(not set(s.val) & set(s.train) for s in splits)
+    assert f"{len(train_images)} images" in result.output  # tuned on all of them
