@@ -26,11 +26,8 @@ of tuning) and the oracle gate (true presence). ``carry.json`` keeps every figur
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -162,15 +159,11 @@ def analyse(val: dict, test: dict, fold0: np.ndarray, sources_val: dict, sources
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=HERE / "real_clouds_carry.yaml")
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cloudpipe-carry")
-    parser.add_argument("--data", type=Path, default=None, help="clouds350 folder [default: the config's]")
-    parser.add_argument("--models-only", action="store_true", help="train and predict, analyse nothing")
-    parser.add_argument("--smoke", action="store_true", help="tiny stand-in models on a few images: checks the script runs")
-    args = parser.parse_args(argv)
+    from benchmarks.real_clouds import Timed, arguments, prepare_data
 
-    from benchmarks.real_clouds import prepare_data
+    parser = arguments(__doc__, "real_clouds_carry.yaml", "cloudpipe-carry")
+    parser.add_argument("--models-only", action="store_true", help="train and predict, analyse nothing")
+    args = parser.parse_args(argv)
     from cloudpipe.algorithms.postprocess import PostProcess
     from cloudpipe.algorithms.presence import PixelStats
     from cloudpipe.data.kaggle import load_train_data, read_mask_csv, read_probs_csv, to_wide
@@ -181,14 +174,8 @@ def main(argv: list[str] | None = None) -> dict:
         settings.update(SMOKE)
     source = args.data or (HERE.parent / settings["data"]).resolve()
     work = args.work
-    seconds: dict[str, float] = {}
-
-    def log(name, fn, *a, **kw):
-        t = time.perf_counter()
-        value = fn(*a, **kw)
-        seconds[name] = round(time.perf_counter() - t, 1)
-        print(f"== {name}: {seconds[name]:.1f} s", flush=True)
-        return value
+    log = Timed()
+    seconds = log.seconds
 
     data = prepare_data(source, work, settings["train_images"], settings.get("test_images"))
     runs = {}
