@@ -97,7 +97,8 @@ def truth_masks(rles: pd.DataFrame, names: list[str], shape: tuple[int, int]) ->
 
 
 def analyse(val: dict, test: dict, fold0: np.ndarray, sources_val: dict, sources_test: dict, steps) -> list[dict]:
-    """Every tuning variant of one run, tuned on validation statistics and scored on the test ones."""
+    """Every tuning variant of one run, tuned on validation statistics and scored on the test ones
+    (``per image``: each test image's gated Dice, for paired comparisons)."""
     from cloudpipe.algorithms.postprocess import choose, chosen_dice
     from cloudpipe.algorithms.presence import blend, choose_gates
     from cloudpipe.algorithms.thresholds import PairScores
@@ -140,7 +141,8 @@ def analyse(val: dict, test: dict, fold0: np.ndarray, sources_val: dict, sources
                 gate = choose_gates({s: v[rows] for s, v in sources_val.items()}, val_pairs, rule=rule)
                 thresholds = np.array([gate.sweeps[c].threshold for c in CLASSES])
                 absent = blend(sources_test, gate.gates) < thresholds
-                gated = np.where(absent, test_pairs.blank, test_pairs.keep).mean(axis=0)
+                per_pair = np.where(absent, test_pairs.blank, test_pairs.keep)
+                gated = per_pair.mean(axis=0)
                 ceiling_gate = choose_gates(sources_test, test_pairs)
                 ceiling = np.array([ceiling_gate.sweeps[c].score for c in CLASSES])
                 row = {"steps": grid_name, "tuned on": f"{tuned_on} ({len(rows)})", "rule": rule}
@@ -153,7 +155,8 @@ def analyse(val: dict, test: dict, fold0: np.ndarray, sources_val: dict, sources
                         "capture": (gated.mean() - alone.mean()) / max(oracle.mean() - alone.mean(), 1e-9),
                         "ceiling capture": (ceiling.mean() - alone.mean()) / max(oracle.mean() - alone.mean(), 1e-9),
                         "post": post.describe(),
-                        "gates": ", ".join(f"{c} {'+'.join(g)} {gate.sweeps[c].threshold:.3f}" for c, g in gate.gates.items())}
+                        "gates": ", ".join(f"{c} {'+'.join(g)} {gate.sweeps[c].threshold:.3f}" for c, g in gate.gates.items()),
+                        "per image": per_pair.mean(axis=1)}  # the gated Dice of each test image, for paired differences
                 rows_out.append(row)
     return rows_out
 
@@ -216,8 +219,29 @@ def main(argv: list[str] | None = None) -> dict:
     frame = pd.DataFrame(table)
     show = ["seed", "head", "steps", "tuned on", "rule", "alone", "gated", "gate ceiling", "oracle", "capture", "ceiling capture"]
     print(format_table(frame[show].round(4).to_dict("records")))
-    (work / "carry.json").write_text(json.dumps({"rows": table, "seconds": seconds, "config": settings}, indent=2, default=str))
-    return {"rows": table, "seconds": seconds}
+    pairs = paired_differences(frame)
+    print("\nPaired differences of the gated test Dice (mean over test images, +- its standard error):")
+    print(format_table(pairs))
+    rows = [{k: v for k, v in r.items() if k != "per image"} for r in table]
+    (work / "carry.json").write_text(json.dumps({"rows": rows, "pairs": pairs, "seconds": seconds, "config": settings},
+                                                indent=2, default=str))
+    return {"rows": rows, "pairs": pairs, "seconds": seconds}
+
+
+def paired_differences(frame: pd.DataFrame) -> list[dict]:
+    """robust - best (per tuning set) and OOF - hold-out (per rule) for every run and grid: the
+    mean difference of the gated Dice over the test images and its standard error."""
+    out = []
+    keys = ["seed", "head", "steps"]
+    for key, group in frame.groupby(keys, sort=False):
+        by = {(r["tuned on"].split()[0], r["rule"]): r["per image"] for _, r in group.iterrows()}
+        comparisons = [(f"robust - best, {on}", by[(on, "robust")], by[(on, "best")]) for on in ("hold-out", "OOF")]
+        comparisons += [(f"OOF - hold-out, {rule}", by[("OOF", rule)], by[("hold-out", rule)]) for rule in ("best", "robust")]
+        for name, a, b in comparisons:
+            diff = a - b
+            out.append({**dict(zip(keys, key)), "comparison": name, "mean": round(float(diff.mean()), 4),
+                        "se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)})
+    return out
 
 
 if __name__ == "__main__":

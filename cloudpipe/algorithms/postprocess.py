@@ -42,6 +42,9 @@ class Step:
     reads_probs: ClassVar[bool] = False
     """Whether the step looks at the probabilities (else it only transforms the mask, and an
     empty mask stays empty through it)."""
+    ordered: ClassVar[bool] = True
+    """Whether neighbours in the grid are neighbouring values (numbers in order), so that the
+    middle of a run of near-best values means something (the robust choice, :func:`choose`)."""
     grid: tuple = ()
 
     def __post_init__(self):
@@ -121,6 +124,7 @@ class TopArea(Step):
     name: ClassVar[str] = "top_area"
     default: ClassVar[tuple] = (0.5, 0.0)
     reads_probs: ClassVar[bool] = True
+    ordered: ClassVar[bool] = False  # pairs: grid neighbours are not neighbouring rules
     grid: tuple = ((0.5, 0.0), *((t, float(a)) for t in (0.5, 0.6, 0.7, 0.8) for a in (1000, 2500, 5000, 10000, 15000)))
 
     def apply(self, mask, probs, value):
@@ -152,6 +156,7 @@ class Shape(Step):
 
     name: ClassVar[str] = "shape"
     default: ClassVar[str] = "mask"
+    ordered: ClassVar[bool] = False
     grid: tuple = SHAPES
 
     def __post_init__(self):
@@ -307,8 +312,9 @@ def choose(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_are
            rule: Rule = "best") -> tuple[PostProcess, np.ndarray]:
     """The combination of every class chosen on mean Dice by ``rule``: ``best``, ties to the
     first in grid order; ``robust``, the combination nearest the middle of the near-best ones
-    (each step's grid index scaled to [0, 1]), or the steps' defaults unless that choice beats
-    them on held-out images (:func:`~cloudpipe.algorithms.robust.choose_index`).
+    (the grid indices of the :attr:`~Step.ordered` steps scaled to [0, 1]; the best of the
+    others), or the steps' defaults unless that choice beats them on held-out images
+    (:func:`~cloudpipe.algorithms.robust.choose_index`).
 
     Args:
         steps: the steps whose grids were swept.
@@ -322,7 +328,8 @@ def choose(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_are
     extra = (slice(None), slice(None)) + (None,) * (inter.ndim - 2)
     per_image = dice_score(inter, area, np.broadcast_to(truth_area[extra], inter.shape))
     grid = per_image.shape[2:]
-    coords = np.stack([i / max(n - 1, 1) for i, n in zip(np.indices(grid), grid)], axis=-1).reshape(-1, len(grid))
+    coords = np.stack([i / max(n - 1, 1) * s.ordered for i, n, s in zip(np.indices(grid), grid, steps)],
+                      axis=-1).reshape(-1, len(grid))
     at_default = default_index(steps)
     default = None if at_default is None else int(np.ravel_multi_index(at_default, grid))
     values = {}
