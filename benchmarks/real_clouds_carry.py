@@ -161,6 +161,21 @@ def analyse(val: dict, test: dict, fold0: np.ndarray, sources_val: dict, sources
     return rows_out
 
 
+def presence_quality(sources: dict[str, np.ndarray], present: np.ndarray) -> list[dict]:
+    """What limits a presence gate: per source and class, the ROC AUC of its scores on the
+    test images, its accuracy at 0.5 and the majority baseline's (always the commoner answer)."""
+    from sklearn.metrics import roc_auc_score
+
+    rows = []
+    for source, scores in sources.items():
+        for k, c in enumerate(CLASSES):
+            labels = present[:, k]
+            auc = roc_auc_score(labels, scores[:, k]) if 0 < labels.sum() < len(labels) else float("nan")
+            rows.append({"source": source, "class": c, "auc": auc, "acc at 0.5": float(((scores[:, k] >= 0.5) == labels).mean()),
+                         "majority": float(max(labels.mean(), 1 - labels.mean()))})
+    return rows
+
+
 def main(argv: list[str] | None = None) -> dict:
     from benchmarks.real_clouds import Timed, arguments, prepare_data
 
@@ -193,7 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
     steps = PostProcess().steps
     train = load_train_data(data)
     test_rles = to_wide(read_mask_csv(data / "test_truth.csv", shape=SUBMISSION_SHAPE))
-    table = []
+    table, quality = [], []
     for (seed, head), (run, csvs) in runs.items():
         stores = {split: read_store(store_paths(csv)[0]) for split, csv in csvs.items()}
         (val_store, val_info), (test_store, test_info) = stores["val"], stores["test"]
@@ -216,15 +231,19 @@ def main(argv: list[str] | None = None) -> dict:
             sources_test["head"] = read_probs_csv(presence_path(csvs["test"])).loc[test_info.images].to_numpy()
         for row in analyse(val, test, fold0, sources_val, sources_test, steps):
             table.append({"seed": seed, "head": head, **row})
+        quality += [{"seed": seed, "head": head, **r} for r in presence_quality(sources_test, test["truth_area"] > 0)]
     frame = pd.DataFrame(table)
     show = ["seed", "head", "steps", "tuned on", "rule", "alone", "gated", "gate ceiling", "oracle", "capture", "ceiling capture"]
     print(format_table(frame[show].round(4).to_dict("records")))
+    print("\nPresence sources on the test images (ROC AUC; accuracy at 0.5 against always the commoner answer):")
+    print(format_table(pd.DataFrame(quality).groupby(["head", "source", "class"], sort=False)[["auc", "acc at 0.5", "majority"]]
+                       .mean().round(3).reset_index().to_dict("records")))
     pairs = paired_differences(frame)
     print("\nPaired differences of the gated test Dice (mean over test images, +- its standard error):")
     print(format_table(pairs))
     rows = [{k: v for k, v in r.items() if k != "per image"} for r in table]
-    (work / "carry.json").write_text(json.dumps({"rows": rows, "pairs": pairs, "seconds": seconds, "config": settings},
-                                                indent=2, default=str))
+    (work / "carry.json").write_text(json.dumps({"rows": rows, "pairs": pairs, "presence": quality, "seconds": seconds,
+                                                 "config": settings}, indent=2, default=str))
     return {"rows": rows, "pairs": pairs, "seconds": seconds}
 
 

@@ -288,7 +288,7 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
 
 CHOICE_RULES = ("best", "robust")  # cloudpipe.algorithms.robust.RULES, spelled out so --help needs no numpy
 CHOICE_OPTION = click.option(
-    "--choice", type=click.Choice(CHOICE_RULES), default="best", show_default=True,
+    "--choice", type=click.Choice(CHOICE_RULES), default="robust", show_default=True,
     help="How tuned values are chosen: best (the highest validation score) or robust (the untuned default unless "
          "the gain is beyond one standard error of the per-image differences, else the middle of the near-best values).")
 

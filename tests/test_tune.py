@@ -73,7 +73,7 @@ def copy_run(tuning_case, tmp_path) -> Path:
 def test_tune_on_dice_matches_gating_and_brute_force(tiny_data, tuning_case, tmp_path):
     _, seg, probs, used = tuning_case
     run = copy_run(tuning_case, tmp_path)
-    result = tune_thresholds(run, tiny_data, seg=seg)
+    result = tune_thresholds(run, tiny_data, seg=seg, choice="best")  # the exact search, checked against brute force
     assert result.objective == "dice" and result.images == used
 
     # Independently: gate the predictions as predict does, then score them with the metric.
@@ -113,7 +113,7 @@ def test_tune_on_dice_matches_gating_and_brute_force(tiny_data, tuning_case, tmp
     assert data["objective"] == "dice" and data["images"] == len(used)
     assert (run / "thresholds.png").read_bytes()[:8] == PNG_SIGNATURE
     # The run's own default files are replaced on a re-tune.
-    assert tune_thresholds(run, tiny_data, seg=seg).thresholds == result.thresholds
+    assert tune_thresholds(run, tiny_data, seg=seg, choice="best").thresholds == result.thresholds
 
 
 def test_predict_picks_up_tuned_thresholds(tiny_data, tuning_case, tmp_path):
@@ -128,7 +128,7 @@ def test_predict_picks_up_tuned_thresholds(tiny_data, tuning_case, tmp_path):
 def test_accuracy_fallback(tiny_data, tuning_case, tmp_path):
     _, _, probs, _ = tuning_case
     run = copy_run(tuning_case, tmp_path)
-    result = tune_thresholds(run, tiny_data, out=tmp_path / "acc.json")
+    result = tune_thresholds(run, tiny_data, out=tmp_path / "acc.json", choice="best")
     assert result.objective == "accuracy" and len(result.images) == 16
     assert "not the competition metric" in result.summary()
     labels = presence(read_train(tiny_data)).loc[probs.index].to_numpy()
@@ -218,11 +218,11 @@ def test_cli_end_to_end(tiny_data, tuning_case, tmp_path):
     lines = result.output.splitlines()
     assert lines[0].split() == ["class", "threshold", "dice_no_blank", "dice_at_0.5", "dice_tuned", "removed", "wrongly"]
     assert [line.split()[0] for line in lines[1:6]] == [*CLASSES, "mean"]
-    assert f"{len(used)} validation images, best choice" in result.output and "thresholds.json" in result.output
+    assert f"{len(used)} validation images, robust choice" in result.output and "thresholds.json" in result.output
     assert load_thresholds(run / "thresholds.json")
-    assert json.loads((run / "thresholds.json").read_text())["choice"] == "best"
-    result = run_cli("--run", run, "--data", tiny_data, "--seg", seg, "--choice", "robust")
-    assert result.exit_code == 0 and json.loads((run / "thresholds.json").read_text())["choice"] == "robust"
+    assert json.loads((run / "thresholds.json").read_text())["choice"] == "robust"
+    result = run_cli("--run", run, "--data", tiny_data, "--seg", seg, "--choice", "best")
+    assert result.exit_code == 0 and json.loads((run / "thresholds.json").read_text())["choice"] == "best"
     assert run_cli("--run", run, "--data", tiny_data, "--seg", seg, "--choice", "median").exit_code == 2
 
     result = run_cli("--run", run, "--data", tiny_data, "--plot", tmp_path / "acc.png", "--out", tmp_path / "acc.json")
@@ -313,10 +313,11 @@ def test_tune_chooses_among_every_source_and_says_what_each_scores(tiny_data, tu
                                                                         columns=list(CLASSES)))
     out = tmp_path / "t.json"
     result = tune_thresholds(run, tiny_data, seg=seg, seg_store=store, presence=head, out=out, at_least_one=True,
-                             placement="midpoint")
+                             placement="midpoint", choice="best")
     names = {r["source"] for r in result.source_rows}
     assert {"classifier", "head", "max", "top_mean", "area", "0.5 classifier + 0.5 top_mean"} <= names
-    alone = tune_thresholds(run, tiny_data, seg=seg, seg_store=store, presence=head, save=False, sources=["area"])
+    alone = tune_thresholds(run, tiny_data, seg=seg, seg_store=store, presence=head, save=False, sources=["area"],
+                            choice="best")
     for c in CLASSES:
         best = max(r[c] for r in result.source_rows)
         assert result.sweeps[c].score == pytest.approx(best)  # beats or equals every source and blend

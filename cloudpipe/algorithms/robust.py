@@ -33,7 +33,7 @@ from cloudpipe.core.errors import CloudpipeError
 
 Rule = Literal["best", "robust"]
 RULES: tuple[str, ...] = ("best", "robust")
-DEFAULT_RULE: Rule = "best"
+DEFAULT_RULE: Rule = "robust"
 """The rule every tuning command uses unless told otherwise (``--choice``)."""
 Z = 1.0
 """Standard errors: within them a candidate is near the best; beyond them a held-out gain counts."""
