@@ -20,6 +20,7 @@ Light on purpose (no torch import), so commands that only read a run's files sta
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +29,7 @@ import pandas as pd
 import yaml
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.outputs import write_csv
+from cloudpipe.data.outputs import Inputs, write_csv
 
 CONFIG_YAML = "config.yaml"
 METRICS_CSV = "metrics.csv"
@@ -37,6 +38,7 @@ SPLITS_CSV = "splits.csv"
 BEST_PT = "best.pt"
 LAST_PT = "last.pt"
 THRESHOLDS_JSON = "thresholds.json"
+THRESHOLDS_PNG = "thresholds.png"
 POSTPROCESS_JSON = "seg_postprocess.json"
 FOLD_PREFIX = "fold"
 
@@ -50,8 +52,16 @@ def training_files(run_dir: Path) -> list[Path]:
     and its fold folders), existing or not: what a command that reads the run must not write.
     Anything else in the folder (e.g. an earlier ``val_seg.csv``) is a user's output."""
     folders = [Path(run_dir), *(p for p in Path(run_dir).glob(f"{FOLD_PREFIX}*") if p.is_dir())]
-    names = (*TRAINING_FILES, Path(THRESHOLDS_JSON).with_suffix(".png").name)
+    names = (*TRAINING_FILES, THRESHOLDS_PNG)
     return [folder / name for folder in folders for name in names]
+
+
+def run_inputs(run_dirs: Iterable[Path], writes: Iterable[Path] = ()) -> Inputs:
+    """Run folders as a command that reads them sees them: every one of the runs' own files
+    (:func:`training_files`) is an input, except ``writes``, the run files the command itself
+    writes (``tune-threshold``'s ``RUN/thresholds.json``, for one)."""
+    own = {Path(p).resolve() for p in writes}
+    return Inputs.of(*(p for run in run_dirs for p in training_files(run) if p.resolve() not in own))
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,17 +27,17 @@ from cloudpipe.core.competition import (
 )
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import (
-    SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
     check_mask_frame,
+    data_inputs,
     list_test_images,
     read_mask_csv,
     require_dir,
     require_same_images,
 )
-from cloudpipe.data.outputs import check_output, claim_output, csv_writer, write_files
+from cloudpipe.data.outputs import Inputs, claim_outputs, csv_writer, write_files
 from cloudpipe.data.probstore import info_path
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json, run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.sources import require_inputs, source_scores
@@ -184,16 +183,10 @@ def _predict_submission(seg, run_dir, data_dir, out, weights, thresholds_file, t
     if at_least_one is not None:
         spec = GateSpec(spec.thresholds, spec.gates, at_least_one, spec.pixel)
     require_inputs(spec.sources, presence=presence, seg_store=seg_store)  # before any image is read
-    with ExitStack() as claims:
-        if out is not None:  # both outputs checked and locked until both are written
-            inputs = [data_dir / SAMPLE_SUBMISSION_CSV] + ([seg] if isinstance(seg, Path) else []) + \
-                [p for p in (presence, seg_store, seg_store and info_path(seg_store)) if p is not None]
-            for path in (out, probs_path_for(out)):
-                check = dict(overwrite=overwrite, inputs=inputs, input_dirs=[data_dir / TEST_IMAGES])
-                if dist.is_main:
-                    claims.enter_context(claim_output(path, **check))
-                else:
-                    check_output(path, **check)
+    inputs = data_inputs(data_dir) | run_inputs(ensemble.runs) | Inputs.of(
+        seg if isinstance(seg, Path) else None, presence, seg_store, seg_store and info_path(seg_store), thresholds_file)
+    outputs = [] if out is None else [out, probs_path_for(out)]
+    with claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main):  # both locked until both are written
         summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, seg_store, presence,
                                     dist)
         if out is not None and dist.is_main:  # a pair: a failure leaves both old files or both new ones

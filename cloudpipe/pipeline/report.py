@@ -36,9 +36,9 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import PairStats, pair_stats
 from cloudpipe.data.images import check_images, jpeg_size, read_image, reduction_for
-from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, find_image, read_probs_csv, require_dir
-from cloudpipe.data.outputs import claim_output, write_text
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV
+from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, data_inputs, find_image, read_probs_csv, require_dir
+from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, run_inputs
 from cloudpipe.pipeline.evaluate import read_truth_and_prediction
 from cloudpipe.pipeline.tune import load_gate
 
@@ -182,8 +182,9 @@ def write_report(
         CloudpipeError: as :func:`score_submission`, or an output that may not be written.
     """
     started = time.perf_counter()
-    given = [Path(p) for p in (seg_csv, inputs.get("probs_csv"), inputs.get("truth_csv"), inputs.get("thresholds_file")) if p]
-    with claim_output(out, overwrite=overwrite, inputs=[*given, Path(data_dir) / TRAIN_CSV]) as out:
+    reads = data_inputs(data_dir) | run_inputs([inputs["run_dir"]] if inputs.get("run_dir") else []) | Inputs.of(
+        seg_csv, inputs.get("probs_csv"), inputs.get("truth_csv"), inputs.get("thresholds_file"))
+    with claim_outputs([out], reads, overwrite=overwrite):
         scored = score_submission(data_dir, seg_csv, progress=progress, **inputs)
         page = render_page(scored, Path(data_dir), Path(seg_csv).name, overlays, progress)
         write_text(page, out)

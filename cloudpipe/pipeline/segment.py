@@ -47,18 +47,17 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import mask2rle, rle2mask
 from cloudpipe.data.kaggle import (
-    SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
-    TRAIN_CSV,
     TRAIN_IMAGES,
     TrainData,
+    data_inputs,
     list_test_images,
     load_train_data,
     require_dir,
 )
-from cloudpipe.data.outputs import check_output, claim_output, csv_writer, output_lock, write_files
+from cloudpipe.data.outputs import Inputs, claim_outputs, csv_writer, output_lock, write_files
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, read_store, store_paths
-from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json, training_files
+from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json, run_inputs
 from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.devices import Dist, resolve_device
 from cloudpipe.engine.infer import load_run, stream_probs
@@ -167,18 +166,12 @@ def predict_segmentation(
     tuned_steps = _steps(steps)
     post_out = None if split == "test" else (ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
     outputs = [out, *store_paths(out), presence_path(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
-    run_files = [p for run in ensemble.runs for p in training_files(run)]  # never replaced, even with --overwrite
-    run_files += [postprocess] if postprocess else []
+    # never replaced, even with --overwrite; the run's own seg_postprocess.json is re-tuned by --split val
+    inputs = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=[post_out] if post_out else []) | Inputs.of(postprocess)
     dist = Dist.from_env()
     try:
-        with ExitStack() as claims:
-            for path in outputs:  # every rank checks; rank 0, the one that writes, locks
-                check = dict(overwrite=overwrite, inputs=[data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
-                             input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES])
-                if dist.is_main:
-                    claims.enter_context(claim_output(path, **check))
-                else:
-                    check_output(path, **check)
+        with ExitStack() as claims:  # every rank checks; rank 0, the one that writes, locks
+            claims.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main))
             if post_out is not None and ensemble.single and dist.is_main:
                 claims.enter_context(output_lock(post_out))  # the run's own file: re-tuned, so never refused, but locked
             return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, settings, dist)
@@ -332,21 +325,25 @@ def _join_shares(dist: Dist, store: np.ndarray, presence: pd.DataFrame | None, n
     ``rank, rank + world, ...``); (None, None) on the other ranks.
 
     The other ranks' uint8 shares pass through hidden files beside ``out``
-    (``.<name>.rank<r>.npy``), which rank 0 copies into its memory map a few rows at a time:
-    memory stays flat, where gathering the arrays themselves would hold every rank's share in
-    every rank's memory at once. Each rank removes its file when rank 0 is done, rank 0 removes
-    them all in any case (a rank that fails stops the others: torchrun ends them); rank 0's own
-    share never leaves its memory map, and the small presence frames are gathered directly.
+    (``.<name>.rank<r>.<pid>.npy``, named by the writing process so that the next run of ``out``
+    can remove the share of a rank killed with ``-9``), which rank 0 copies into its memory map a
+    few rows at a time: memory stays flat, where gathering the arrays themselves would hold every
+    rank's share in every rank's memory at once. Each rank removes its file when rank 0 is done,
+    rank 0 removes them all in any case (a rank that fails stops the others: torchrun ends
+    them); rank 0's own share never leaves its memory map, and the small presence frames are
+    gathered directly.
     """
-    shares = [out.with_name(f".{out.name}.rank{r}.npy") for r in range(dist.world)]
+    mine = out.with_name(f".{out.name}.rank{dist.rank}.{os.getpid()}.npy")
+    shares = [mine]
     try:
         if not dist.is_main:
             try:
-                np.save(shares[dist.rank], store)
+                np.save(mine, store)
             except OSError as err:
                 raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
-                                     path=shares[dist.rank]) from None
-        heads = dist.gather(presence)  # also: every share is written
+                                     path=mine) from None
+        gathered = dist.gather((presence, mine))  # also: every share is written
+        heads, shares = [h for h, _ in gathered], [path for _, path in gathered]
         full = None
         if dist.is_main:
             full = probability_store(out.parent, (len(names), *store.shape[1:]))
@@ -358,7 +355,7 @@ def _join_shares(dist: Dist, store: np.ndarray, presence: pd.DataFrame | None, n
                 del part
         dist.barrier()  # rank 0 has read every share
     finally:
-        for path in shares if dist.is_main else [shares[dist.rank]]:
+        for path in shares if dist.is_main else [mine]:
             path.unlink(missing_ok=True)
     if not dist.is_main:
         return None, None
@@ -392,10 +389,8 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
     share = normalise_weights(weights, len(stores))
     tuned_steps = _steps(steps)
     post_out = postprocess_path_for(out)
-    inputs = [p for s in stores for p in (Path(s), info_path(s))] + [data_dir / TRAIN_CSV]
-    with ExitStack() as claims:
-        for path in (out, post_out):
-            claims.enter_context(claim_output(path, overwrite=overwrite, inputs=inputs))
+    inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
+    with claim_outputs([out, post_out], inputs, overwrite=overwrite):
         started = time.perf_counter()
         read = [read_store(s) for s in stores]
         for path, (_, info) in zip(stores, read):

@@ -35,6 +35,7 @@ from cloudpipe.data.images import check_images
 from cloudpipe.data.kaggle import (
     TRAIN_CSV,
     TRAIN_IMAGES,
+    data_inputs,
     presence,
     read_mask_csv,
     read_probs_csv,
@@ -43,9 +44,9 @@ from cloudpipe.data.kaggle import (
     to_wide,
     validate_rle_column,
 )
-from cloudpipe.data.outputs import claim_output, write_text
+from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
 from cloudpipe.data.probstore import info_path
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, read_json
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, THRESHOLDS_PNG, VAL_PROBS_CSV, read_json, run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.sources import source_scores
@@ -233,11 +234,11 @@ def tune_thresholds(
         if save:  # both outputs checked and locked until both are written
             if json_path.resolve() == plot_path.resolve():
                 raise CloudpipeError("--plot must differ from --out", path=plot_path)
-            inputs = [p for p in (seg, *(run / VAL_PROBS_CSV for run in ensemble.runs), data_dir / TRAIN_CSV, presence,
-                                  seg_store, seg_store and info_path(seg_store)) if p is not None]
-            claims.enter_context(claim_output(json_path, overwrite=overwrite or out is None, inputs=inputs))
-            claims.enter_context(claim_output(plot_path, overwrite=overwrite or (out is None and plot is None),
-                                              inputs=inputs))
+            own = [ensemble.runs[0] / THRESHOLDS_JSON, ensemble.runs[0] / THRESHOLDS_PNG]
+            inputs = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=own if ensemble.single else []) | \
+                Inputs.of(seg, presence, seg_store, seg_store and info_path(seg_store))
+            claims.enter_context(claim_outputs([json_path], inputs, overwrite=overwrite or out is None))
+            claims.enter_context(claim_outputs([plot_path], inputs, overwrite=overwrite or (out is None and plot is None)))
         inputs = _SourceInputs(presence, seg_store, sources, pixel, placement, at_least_one)
         result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings, inputs)
         if save:
