@@ -90,19 +90,12 @@ def claim_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
     Raises:
         CloudpipeError: as :func:`check_output` and :func:`output_lock`.
     """
-    created = _missing_folders(Path(path).parent)
-    try:
+    with no_new_empty_folders(Path(path).parent):  # a refusal or failure leaves no empty new folder
         path = check_output(path, overwrite=overwrite, inputs=inputs, input_dirs=input_dirs)
         with output_lock(path):
             path = check_output(path, overwrite=overwrite, inputs=inputs, input_dirs=input_dirs)
             remove_stale_temporaries(path)
             yield path
-    finally:
-        for folder in reversed(created):  # a refusal or failure leaves no empty new folder
-            try:
-                folder.rmdir()
-            except OSError:
-                break
 
 
 @contextmanager
@@ -123,13 +116,23 @@ def claim_outputs(paths: Iterable[Path], inputs: Inputs, *, overwrite: bool = Fa
         yield
 
 
-def _missing_folders(folder: Path) -> list[Path]:
-    """The folders that creating ``folder`` would make, outermost first."""
-    missing = []
+@contextmanager
+def no_new_empty_folders(folder: Path) -> Iterator[None]:
+    """Remove, when the body ends, the folders on the way to ``folder`` that the body created
+    and left empty (innermost first)."""
+    folder, missing = Path(folder), []
     while not folder.exists() and folder != folder.parent:
         missing.append(folder)
         folder = folder.parent
-    return missing[::-1]
+    try:
+        yield
+    finally:
+        for made in missing:
+            try:
+                made.rmdir()
+            except OSError:  # not empty (the body's output is in it) or never made
+                if made.exists():
+                    break
 
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
