@@ -15,7 +15,7 @@ from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_wr
 def write_store(tmp_path, n=3, images=None):
     store = np.random.default_rng(0).integers(0, 256, (n, 4, 350, 525), dtype=np.uint8)
     npy, meta = store_paths(tmp_path / "val_seg.csv")
-    info = StoreInfo("val", images or [f"{i}.jpg" for i in range(n)], ["/runs/a"], [1.0])
+    info = StoreInfo("val", images or [f"{i}.jpg" for i in range(n)], ["/runs/a"], [1.0], ["0" * 64])
     write_files({npy: array_writer(store), meta: info_writer(info)})
     return npy, store, info
 

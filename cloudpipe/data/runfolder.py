@@ -19,6 +19,7 @@ Light on purpose (no torch import), so commands that only read a run's files sta
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -102,6 +103,36 @@ def trained_checkpoints(run_dir: Path) -> list[Path]:
     if not found:
         raise CloudpipeError(f"no {BEST_PT} (nor {FOLD_PREFIX}*/{BEST_PT}): not a finished training run", path=run_dir)
     return [path for _, path in sorted(found)]
+
+
+def run_fingerprint(run_dir: Path) -> str:
+    """What a run is, whatever folder it lies in: the sha256 of the names and bytes of its
+    ``config.yaml``, ``splits.csv``, ``val_probs.csv`` and finished checkpoints (``best.pt``, or
+    every fold's, in fold order), those it has. A moved, copied or uploaded run keeps it;
+    another run put in its place, or the same run trained further, does not.
+
+    Raises:
+        CloudpipeError: no such folder, none of these files, or one that cannot be read.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CloudpipeError("run folder not found", path=run_dir)
+    try:
+        checkpoints = trained_checkpoints(run_dir)
+    except CloudpipeError:
+        checkpoints = []  # e.g. a run whose val_probs.csv alone is tuned on
+    files = [p for p in (run_dir / CONFIG_YAML, run_dir / SPLITS_CSV, run_dir / VAL_PROBS_CSV) if p.is_file()] + checkpoints
+    if not files:
+        raise CloudpipeError(f"neither {CONFIG_YAML}, {VAL_PROBS_CSV} nor {BEST_PT}: not a training run", path=run_dir)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(run_dir)).encode() + b"\0")
+        try:
+            with open(path, "rb") as file:
+                digest.update(hashlib.file_digest(file, "sha256").digest())
+        except OSError as err:
+            raise CloudpipeError(f"cannot read ({err.strerror or err})", path=path) from None
+    return digest.hexdigest()
 
 
 def make_model_splits(run_dir: Path, images: list[str], pairs: list[tuple[list[str], list[str]]]) -> list[ModelSplit]:

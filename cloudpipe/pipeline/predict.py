@@ -37,11 +37,11 @@ from cloudpipe.data.kaggle import (
 )
 from cloudpipe.data.outputs import Inputs, claim_outputs, csv_writer, write_files
 from cloudpipe.data.probstore import info_path
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json, run_inputs
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.sources import require_inputs, source_scores
-from cloudpipe.pipeline.tune import load_gate
+from cloudpipe.pipeline.tune import load_tuned_gate
 
 if TYPE_CHECKING:
     from cloudpipe.engine.devices import Dist
@@ -53,31 +53,31 @@ def resolve_thresholds(runs: Path | Ensemble, thresholds_file: Path | None, thre
     return spec.thresholds, source
 
 
-def resolve_gate(runs: Path | Ensemble, thresholds_file: Path | None, threshold: float | None) -> tuple[GateSpec, str]:
+def resolve_gate(runs: Path | Ensemble, thresholds_file: Path | None, threshold: float | None,
+                 seg_store: Path | None = None) -> tuple[GateSpec, str]:
     """The gate (thresholds, the source of every class, the at-least-one rule) and where it
     came from.
 
-    Precedence: ``--thresholds FILE`` (which must record these runs and weights when it
-    records any, and must for an ensemble), then an explicit ``--threshold T`` (on the
-    classifier), then ``RUN_DIR/thresholds.json`` (written by tune-threshold) for one run, then
-    0.5 on the classifier.
+    Precedence: ``--thresholds FILE``, then an explicit ``--threshold T`` (on the classifier),
+    then ``RUN_DIR/thresholds.json`` (written by tune-threshold) for one run, then 0.5 on the
+    classifier. A file must be tuned for these runs and weights (and must say so for an
+    ensemble), and for the segmentation runs of ``seg_store`` when it gates on them
+    (:func:`~cloudpipe.pipeline.tune.load_tuned_gate`).
     """
     ensemble = runs if isinstance(runs, Ensemble) else Ensemble.of(runs)
     if thresholds_file is not None and threshold is not None:
         raise CloudpipeError("give --thresholds FILE or --threshold T, not both")
-    if thresholds_file is not None:
-        ensemble.check_tuned_for(read_json(thresholds_file, "thresholds"), thresholds_file, "thresholds")
-        return load_gate(thresholds_file), str(thresholds_file)
-    if threshold is not None:
+    if thresholds_file is None and threshold is not None:
         t = check_threshold(threshold, "--threshold")
         return GateSpec({c: t for c in CLASSES}), f"--threshold {t:g}"
-    if not ensemble.single:
-        raise CloudpipeError("an ensemble of classifier runs needs --thresholds FILE (tune-threshold with the same --run "
-                             "and --weight options and --out FILE) or --threshold T")
-    tuned = ensemble.runs[0] / THRESHOLDS_JSON
-    if tuned.exists():
-        return load_gate(tuned), str(tuned)
-    return GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
+    if thresholds_file is None:
+        if not ensemble.single:
+            raise CloudpipeError("an ensemble of classifier runs needs --thresholds FILE (tune-threshold with the same "
+                                 "--run and --weight options and --out FILE) or --threshold T")
+        thresholds_file = ensemble.runs[0] / THRESHOLDS_JSON
+        if not thresholds_file.exists():
+            return GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
+    return load_tuned_gate(thresholds_file, ensemble, seg_store), str(thresholds_file)
 
 
 def read_segmentation(seg: Path | pd.DataFrame, mask_shape: tuple[int, int] = SUBMISSION_SHAPE) -> pd.DataFrame:
@@ -179,7 +179,7 @@ def _predict_submission(seg, run_dir, data_dir, out, weights, thresholds_file, t
     writes them."""
     ensemble = Ensemble.of(run_dir, weights)
     data_dir = require_dir(data_dir)
-    spec, source = resolve_gate(ensemble, thresholds_file, threshold)
+    spec, source = resolve_gate(ensemble, thresholds_file, threshold, seg_store)
     if at_least_one is not None:
         spec = GateSpec(spec.thresholds, spec.gates, at_least_one, spec.pixel)
     require_inputs(spec.sources, presence=presence, seg_store=seg_store)  # before any image is read

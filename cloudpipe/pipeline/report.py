@@ -39,8 +39,9 @@ from cloudpipe.data.images import check_images, jpeg_size, read_image, reduction
 from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, data_inputs, find_image, read_probs_csv, require_dir
 from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, run_inputs
+from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.evaluate import read_truth_and_prediction
-from cloudpipe.pipeline.tune import load_gate
+from cloudpipe.pipeline.tune import load_gate, load_tuned_gate
 
 AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000, SUBMISSION_SHAPE[0] * SUBMISSION_SHAPE[1])
 """Bins of true mask area (pixels at 350 x 525) for Dice against area."""
@@ -136,7 +137,8 @@ def score_submission(
     if thresholds_file is None and run_dir is not None and (Path(run_dir) / THRESHOLDS_JSON).is_file():
         thresholds_file = Path(run_dir) / THRESHOLDS_JSON
     if thresholds_file is not None:
-        spec = load_gate(thresholds_file)
+        # tuned for the run whose probabilities are scored, as predict checks
+        spec = load_gate(thresholds_file) if run_dir is None else load_tuned_gate(thresholds_file, Ensemble.of(run_dir))
         if probs_csv is None and spec.sources != [CLASSIFIER]:
             raise CloudpipeError(f"gates on {', '.join(spec.sources)}, not on the classifier's val_probs.csv alone: pass "
                                  "--probs with the scores gated on (predict's <stem>_probs.csv)", path=thresholds_file)

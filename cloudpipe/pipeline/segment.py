@@ -146,8 +146,8 @@ def predict_segmentation(
     ``RUN/seg_postprocess.json`` for one run, to ``<stem>_postprocess.json`` beside ``out`` for
     an ensemble. ``test``: the test images in ``sample_submission.csv`` order, every model of
     every run averaged, post-processed by ``postprocess`` (default: the run's own file, else
-    the steps' defaults; an ensemble must name its file, and the file must record these runs
-    and weights). ``steps``: the names of the steps ``val`` tunes, in order (default
+    none is refused; an ensemble must name its file; the file must be tuned for these runs
+    and weights, when it records any). ``steps``: the names of the steps ``val`` tunes, in order (default
     ``threshold, min_size``; see :data:`~cloudpipe.algorithms.postprocess.STEPS`).
 
     Runs may differ in architecture, encoder and image size: each one's probabilities are
@@ -190,8 +190,11 @@ def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProce
         if not ensemble.single:
             raise CloudpipeError("an ensemble's test masks need --postprocess FILE: the <stem>_postprocess.json that "
                                  "predict-seg --split val (or tune-seg) wrote for these runs and weights")
-        saved = ensemble.runs[0] / POSTPROCESS_JSON
-        return load_postprocess(saved) if saved.exists() else PostProcess()
+        postprocess = ensemble.runs[0] / POSTPROCESS_JSON
+        if not postprocess.exists():
+            raise CloudpipeError(f"no {POSTPROCESS_JSON}: the run's post-processing is not tuned; run predict-seg "
+                                 "--split val first (it tunes and writes it), or pass --postprocess FILE",
+                                 path=ensemble.runs[0])
     ensemble.check_tuned_for(read_json(postprocess, "post-processing"), postprocess, "post-processing settings")
     return load_postprocess(postprocess)
 
@@ -205,9 +208,9 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
     device = resolve_device(settings.device, dist)
     started = time.perf_counter()
     if split == "test":
-        post = _test_postprocess(ensemble, postprocess)  # read before inference: a bad file fails fast
         for run in ensemble.runs:
             load_run_config(run, "segmentation")
+        post = _test_postprocess(ensemble, postprocess)  # read before inference: a bad file fails fast
         names = list_test_images(data_dir)
         runs = [[(run, names, data_dir / TEST_IMAGES)] for run in ensemble.runs]
     else:
@@ -398,7 +401,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
                 raise CloudpipeError(f"holds {info.split} probabilities; tuning needs a validation store", path=path)
         require_same_validation([Path(s) for s in stores], [info.images for _, info in read])
         names = read[0][1].images
-        ensemble = Ensemble.merged([(info.runs, info.weights, w) for (_, info), w in zip(read, share)])
+        ensemble = Ensemble.merged([(info, w) for (_, info), w in zip(read, share)])
         store = read[0][0] if len(read) == 1 else mean_stores(
             [a for a, _ in read], share, probability_store(out.parent, read[0][0].shape),
             rows=[_rows_of(names, info.images) for _, info in read])
