@@ -166,6 +166,38 @@ def test_kill_9_leaves_no_probability_store(tmp_path):
     assert os.listdir(folder) == []
 
 
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+import cloudpipe.data.probstore
+from cloudpipe.cli import main
+real = cloudpipe.data.probstore.array_writer
+def dying(store):
+    def write(path):
+        real(store[:2])(path)  # part of the store written to its temporary, then kill -9
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write
+cloudpipe.data.probstore.array_writer = dying
+import cloudpipe.pipeline.segment
+cloudpipe.pipeline.segment.array_writer = dying
+main(sys.argv[1:])
+"""
+
+
+def test_the_next_run_removes_what_a_kill_9_in_the_write_phase_left(seg_run, tiny_data, tmp_path):
+    out = tmp_path / "out" / "val.csv"
+    run = copy_run(seg_run, tmp_path, "run")
+    args = ["predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", out, *CPU_QUIET]
+    child = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, *map(str, args)], capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert any(name.endswith(".tmp") for name in left), left  # what kill -9 leaves: no cleanup runs
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in out.parent.iterdir()) == ["val.csv", "val_presence.csv", "val_probs.json", "val_probs.npy"]
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
 def test_full_disk_for_the_store_is_one_line(tmp_path, monkeypatch):
     def full(fd, offset, length):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
