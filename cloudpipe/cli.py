@@ -149,10 +149,12 @@ def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, see
 @main.command()
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, required=True, help="Truth CSV (train.csv-style).")
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
-@shape_option("--truth-shape", (1400, 2100), "Mask size of the truth CSV.")
+@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+              help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
+                   "else 1400 2100].")
 @click.option("--mask-shape", "--pred-shape", "pred_shape", type=(int, int), default=(350, 525), show_default=True, metavar="H W",
               help="Mask size of the submission (--pred-shape: the same).")
-def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int], pred_shape: tuple[int, int]) -> None:
+def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
     """Kaggle mean Dice of a submission, overall and per class.
 
     Truth masks are resized to the submission's size (nearest-neighbour) when sizes differ.

@@ -183,6 +183,19 @@ def data_inputs(data_dir: Path) -> Inputs:
                      folders=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES])
 
 
+def train_image_shape(data_dir: Path) -> tuple[int, int]:
+    """The (H, W) of a data folder's training images, the size ``train.csv``'s masks are at.
+
+    Raises:
+        CloudpipeError: no images, or images of different sizes.
+    """
+    folder = Path(data_dir) / TRAIN_IMAGES
+    try:
+        return check_images(sorted(folder.glob("*.jpg")))
+    except CloudpipeError as err:
+        raise CloudpipeError(str(err).removeprefix(f"{folder}: "), path=folder) from None
+
+
 def require_dir(path: Path) -> Path:
     """``path`` as a Path, or a CloudpipeError when it is not an existing folder."""
     path = Path(path)

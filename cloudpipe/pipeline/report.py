@@ -35,8 +35,15 @@ from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import PairStats, pair_stats
-from cloudpipe.data.images import check_images, jpeg_size, read_image, reduction_for
-from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, data_inputs, find_image, read_probs_csv, require_dir
+from cloudpipe.data.images import jpeg_size, read_image, reduction_for
+from cloudpipe.data.kaggle import (
+    TRAIN_CSV,
+    data_inputs,
+    find_image,
+    read_probs_csv,
+    require_dir,
+    train_image_shape,
+)
 from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, run_inputs
 from cloudpipe.pipeline.ensemble import Ensemble
@@ -114,7 +121,7 @@ def score_submission(
     truth_csv = Path(truth_csv) if truth_csv is not None else data_dir / TRAIN_CSV
     sources = {"segmentation": str(seg_csv), "truth": str(truth_csv)}
     if truth_shape is None:
-        truth_shape = check_images((data_dir / TRAIN_IMAGES).glob("*.jpg")) if default_truth else SUBMISSION_SHAPE
+        truth_shape = train_image_shape(data_dir) if default_truth else SUBMISSION_SHAPE
     truth, pred = read_truth_and_prediction(truth_csv, Path(seg_csv), truth_shape, mask_shape)
     images = list(pred.index)
     parts = []
