@@ -389,7 +389,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
     data_dir = require_dir(data_dir)
     if not stores:
         raise CloudpipeError("give at least one --store")
-    share = normalise_weights(weights, len(stores))
+    share = normalise_weights(weights, len(stores), per="--store")
     tuned_steps = _steps(steps)
     post_out = postprocess_path_for(out)
     inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
