@@ -167,9 +167,11 @@ def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | Non
 
 
 def format_table(rows: list[dict]) -> str:
-    """Plain aligned text table of dict rows (floats with 4 decimals)."""
+    """Plain aligned text table of dict rows (floats with 4 decimals; NaN, a figure that does
+    not exist such as a share of no room, as ``n/a``)."""
     columns = list(rows[0])
-    cells = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
+    cells = [[("n/a" if r[c] != r[c] else f"{r[c]:.4f}") if isinstance(r[c], float) else str(r[c]) for c in columns]
+             for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]

@@ -382,3 +382,16 @@ def test_a_full_disk_leaves_no_empty_lock_file(tmp_path, monkeypatch):
         with claim_output(tmp_path / "sub.csv"):
             pass
     assert os.listdir(tmp_path) == []
+
+
+def test_a_refusal_after_the_claim_leaves_no_new_out_folder(workspace):
+    from click.testing import CliRunner
+
+    from cloudpipe.cli import main
+
+    before = _snapshot(workspace)
+    result = CliRunner().invoke(main, [str(a) for a in [
+        "report", "--data", workspace / "data", "--seg", workspace / "val_seg.csv", "--run", workspace / "runs" / "cls",
+        "--thresholds", workspace / "val_seg.csv", "--quiet", "--out", workspace / "new" / "deeper" / "r.html"]])
+    assert "not a readable JSON file" in _one_line_refusal(result)
+    assert _snapshot(workspace) == before

@@ -127,6 +127,9 @@ def _read_info(path: Path) -> StoreInfo:
         raise CloudpipeError(f"not a readable JSON file ({err})", path=path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
         raise CloudpipeError(f"not a probability store's JSON of format {FORMAT_VERSION}", path=path)
+    lists = [k for k in ("images", "runs", "weights", "fingerprints") if k in data and not isinstance(data[k], list)]
+    if lists:  # list("abc") would read a string as 3 names
+        raise CloudpipeError(f"the store's {lists[0]} must be a JSON list", path=path)
     try:
         info = StoreInfo(str(data["split"]), list(data["images"]), list(data["runs"]), [float(w) for w in data["weights"]],
                          [str(f) for f in data["fingerprints"]] if data["runs"] else [])

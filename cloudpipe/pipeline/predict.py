@@ -103,13 +103,15 @@ class PredictSummary:
     thresholds_source: str
     kept: dict[str, int]
     blanked: dict[str, int]
-    images_per_second: float
+    images_per_second: float | None
+    """The classifier's speed; None when no class gates on it (no model ran)."""
     spec: GateSpec | None = None
 
     def line(self) -> str:
         per_class = ", ".join(f"{c} {self.kept[c]}/{self.blanked[c]}" for c in CLASSES)
         rule = "; at least one class per image" if self.spec is not None and self.spec.at_least_one else ""
-        return (f"{len(self.probs)} images at {self.images_per_second:.1f} img/s; masks kept/blanked: {per_class} "
+        speed = ", no model run" if self.images_per_second is None else f" at {self.images_per_second:.1f} img/s"
+        return (f"{len(self.probs)} images{speed}; masks kept/blanked: {per_class} "
                 f"(thresholds: {self.thresholds_source}{rule})")
 
 
@@ -221,4 +223,5 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
     kept = (submission["EncodedPixels"] != "").groupby(submission["class_name"]).sum()
     submission = submission[list(CSV_COLUMNS)]
     return PredictSummary(submission, probs, spec.thresholds, source, {c: int(kept[c]) for c in CLASSES},
-                          {c: int(blanked[c]) for c in CLASSES}, len(images) / max(seconds, 1e-9), spec)
+                          {c: int(blanked[c]) for c in CLASSES},
+                          len(images) / max(seconds, 1e-9) if CLASSIFIER in spec.sources else None, spec)
