@@ -8,6 +8,7 @@ Each command parses and validates its options, then calls one library function. 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class _Group(click.Group):
             sys.exit(2)
         except click.UsageError as err:
             hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-            click.echo(f"error: {err.format_message()}{hint}", err=True)
+            echo_error(f"error: {err.format_message()}{hint}")
             sys.exit(2)
         except click.ClickException as err:
             click.echo(f"error: {err.format_message()}", err=True)
@@ -51,8 +52,22 @@ class _Group(click.Group):
             # Raised in a DataLoader worker, the message carries the worker's traceback; its
             # last line is the original "CloudpipeError: <message>".
             message = str(err).strip().splitlines()[-1].removeprefix(f"{CloudpipeError.__module__}.CloudpipeError: ")
-            click.echo(f"error: {message}", err=True)
+            echo_error(f"error: {message}")
             sys.exit(2)
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a ``torchrun`` job (or not under torchrun at all),
+    from torchrun's environment (no torch import)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def echo_error(line: str) -> None:
+    """An error line on stderr, from rank 0 only under ``torchrun``: every rank meets the same
+    error (a rank's own is shared, see :meth:`~cloudpipe.engine.devices.Dist.together`), and one
+    line says it."""
+    if is_main_process():
+        click.echo(line, err=True)
 
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
@@ -279,7 +294,6 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
             presence_csv: Path | None, at_least_one: bool | None, overwrite: bool, settings) -> None:
     """Blank the segmentation masks of classes judged absent (by the classifier, or the sources
     thresholds.json names); write the submission."""
-    from cloudpipe.engine.devices import is_main_process
     from cloudpipe.pipeline.predict import predict_submission, probs_path_for
 
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights, thresholds_file=thresholds_file,
@@ -357,7 +371,6 @@ STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A
 def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
                 postprocess: Path | None, steps: list[str] | None, overwrite: bool, settings) -> None:
     """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
-    from cloudpipe.engine.devices import is_main_process
     from cloudpipe.pipeline.segment import predict_segmentation
 
     if out is None and len(run_dirs) > 1:

@@ -378,10 +378,13 @@ def test_bad_store_is_one_line_and_writes_nothing(seg_run, tiny_data, tmp_path):
 
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_predict_seg_under_torchrun_matches_one_process(seg_run, tiny_data, tmp_path, torchrun, split):
+    from cloudpipe.algorithms.postprocess import PostProcess
     from cloudpipe.data.probstore import presence_path
 
     run = tmp_path / "run"
     shutil.copytree(seg_run, run)
+    if split == "test" and not (run / "seg_postprocess.json").exists():
+        (run / "seg_postprocess.json").write_text(json.dumps(PostProcess().to_dict()))  # the steps' defaults
     one, two = tmp_path / "one" / "seg.csv", tmp_path / "two" / "seg.csv"
     common = ("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--workers", 0, "--device", "cpu",
               "--batch-size", 4, "--quiet")
@@ -408,8 +411,28 @@ def test_predict_seg_under_torchrun_refuses_an_existing_output_in_one_line_per_r
                     "--workers", 0, "--device", "cpu", "--quiet")
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {out}: already exists; pass --overwrite to replace it"] * 2, proc.stderr[-3000:]
+    assert errors == [f"error: {out}: already exists; pass --overwrite to replace it"], proc.stderr[-3000:]  # rank 0's
     assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["seg.csv"]
+
+
+def test_a_bad_image_in_one_ranks_share_is_one_line_from_rank_0(seg_run, tiny_data, tmp_path, torchrun):
+    from cloudpipe.algorithms.postprocess import PostProcess
+    from cloudpipe.data.kaggle import list_test_images
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    bad = data / "test_images" / list_test_images(data)[1]  # rank 1's share: images 1, 3, 5
+    image = bad.read_bytes()
+    bad.write_bytes(image[:len(image) // 2] + image[len(image) // 2 + 200:])  # well framed, corrupt inside
+    run = copy_run(seg_run, tmp_path, "run")
+    (run / "seg_postprocess.json").write_text(json.dumps(PostProcess().to_dict()))  # the steps' defaults
+    out = tmp_path / "out" / "seg.csv"
+    proc = torchrun("predict-seg", "--run", run, "--data", data, "--split", "test", "--out", out, *CPU_QUIET)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "corrupt JPEG" in errors[0] and str(bad) in errors[0], proc.stderr[-3000:]
+    assert "Connection closed" not in proc.stderr and "CloudpipeError" not in proc.stderr  # no rank's traceback
+    assert not out.parent.exists()  # nothing left: no share, no temporary, no empty folder
 
 
 def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_run_b, tiny_data, tmp_path, torchrun):

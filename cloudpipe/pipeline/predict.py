@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,7 +189,9 @@ def _predict_submission(seg, run_dir, data_dir, out, weights, thresholds_file, t
     inputs = data_inputs(data_dir) | run_inputs(ensemble.runs) | Inputs.of(
         seg if isinstance(seg, Path) else None, presence, seg_store, seg_store and info_path(seg_store), thresholds_file)
     outputs = [] if out is None else [out, probs_path_for(out)]
-    with claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main):  # both locked until both are written
+    with ExitStack() as claims:
+        with dist.together():  # every rank checks; rank 0, the one that writes, locks both until both are written
+            claims.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main))
         summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, seg_store, presence,
                                     dist)
         if out is not None and dist.is_main:  # a pair: a failure leaves both old files or both new ones

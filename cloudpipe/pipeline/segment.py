@@ -170,10 +170,11 @@ def predict_segmentation(
     inputs = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=[post_out] if post_out else []) | Inputs.of(postprocess)
     dist = Dist.from_env()
     try:
-        with ExitStack() as claims:  # every rank checks; rank 0, the one that writes, locks
-            claims.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main))
-            if post_out is not None and ensemble.single and dist.is_main:
-                claims.enter_context(output_lock(post_out))  # the run's own file: re-tuned, so never refused, but locked
+        with ExitStack() as claims:
+            with dist.together():  # every rank checks; rank 0, the one that writes, locks
+                claims.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main))
+                if post_out is not None and ensemble.single and dist.is_main:
+                    claims.enter_context(output_lock(post_out))  # the run's own file: re-tuned, never refused, but locked
             return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, settings, dist)
     finally:
         dist.close()
@@ -205,26 +206,27 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
     """The work of :func:`predict_segmentation` once its outputs are checked and locked. Under
     ``torchrun`` each rank predicts its :meth:`~Dist.shard` of the images; rank 0 joins the
     shares, tunes and writes, and the other ranks return what they predicted, writing nothing."""
-    device = resolve_device(settings.device, dist)
-    started = time.perf_counter()
-    if split == "test":
-        for run in ensemble.runs:
-            load_run_config(run, "segmentation")
-        post = _test_postprocess(ensemble, postprocess)  # read before inference: a bad file fails fast
-        names = list_test_images(data_dir)
-        runs = [[(run, names, data_dir / TEST_IMAGES)] for run in ensemble.runs]
-    else:
-        sets = [validation_sets(run, data_dir, "segmentation") for run in ensemble.runs]
-        require_same_validation(ensemble.runs, [[i for s in splits for i in s.val] for _, splits in sets])
-        data = sets[0][0]
-        names = [i for s in sets[0][1] for i in s.val]
-        runs = [[(s.folder, s.val, data_dir / TRAIN_IMAGES) for s in splits] for _, splits in sets]
-    mine = dist.shard(names)
-    if dist.world > 1:
-        share = set(mine)
-        runs = [[(folder, [i for i in images if i in share], image_dir) for folder, images, image_dir in parts]
-                for parts in runs]
-    store, presence = _predict_to_store(ensemble, runs, mine, out.parent, device, settings)
+    with dist.together():  # a bad file or image on one rank stops every rank with its error
+        device = resolve_device(settings.device, dist)
+        started = time.perf_counter()
+        if split == "test":
+            for run in ensemble.runs:
+                load_run_config(run, "segmentation")
+            post = _test_postprocess(ensemble, postprocess)  # read before inference: a bad file fails fast
+            names = list_test_images(data_dir)
+            runs = [[(run, names, data_dir / TEST_IMAGES)] for run in ensemble.runs]
+        else:
+            sets = [validation_sets(run, data_dir, "segmentation") for run in ensemble.runs]
+            require_same_validation(ensemble.runs, [[i for s in splits for i in s.val] for _, splits in sets])
+            data = sets[0][0]
+            names = [i for s in sets[0][1] for i in s.val]
+            runs = [[(s.folder, s.val, data_dir / TRAIN_IMAGES) for s in splits] for _, splits in sets]
+        mine = dist.shard(names)
+        if dist.world > 1:
+            share = set(mine)
+            runs = [[(folder, [i for i in images if i in share], image_dir) for folder, images, image_dir in parts]
+                    for parts in runs]
+        store, presence = _predict_to_store(ensemble, runs, mine, out.parent, device, settings)
     if dist.world > 1:
         store, presence = _join_shares(dist, store, presence, names, out)
         if not dist.is_main:
@@ -339,12 +341,13 @@ def _join_shares(dist: Dist, store: np.ndarray, presence: pd.DataFrame | None, n
     mine = out.with_name(f".{out.name}.rank{dist.rank}.{os.getpid()}.npy")
     shares = [mine]
     try:
-        if not dist.is_main:
-            try:
-                np.save(mine, store)
-            except OSError as err:
-                raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
-                                     path=mine) from None
+        with dist.together():
+            if not dist.is_main:
+                try:
+                    np.save(mine, store)
+                except OSError as err:
+                    raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
+                                         path=mine) from None
         gathered = dist.gather((presence, mine))  # also: every share is written
         heads, shares = [h for h, _ in gathered], [path for _, path in gathered]
         full = None
