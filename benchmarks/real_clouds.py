@@ -62,6 +62,30 @@ def prepare_data(source: Path, work: Path, train_images: int, test_images: int |
     return data
 
 
+def arguments(doc: str, config: str, work: str) -> argparse.ArgumentParser:
+    """The options every real-cloud benchmark takes: its YAML, its work folder, the data, smoke."""
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=HERE / config)
+    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / work)
+    parser.add_argument("--data", type=Path, default=None, help="clouds350 folder [default: the config's]")
+    parser.add_argument("--smoke", action="store_true", help="tiny stand-in models on a few images: checks the script runs")
+    return parser
+
+
+class Timed:
+    """Runs named steps, printing the wall time of each and keeping it in :attr:`seconds`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args, **kwargs):
+        started = time.perf_counter()
+        value = fn(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - started, 1)
+        print(f"== {name}: {self.seconds[name]:.1f} s", flush=True)
+        return value
+
+
 def finished(run: Path, epochs: int) -> bool:
     """A run folder whose training went through all its epochs."""
     from cloudpipe.engine.checkpoint import load_checkpoint
@@ -70,12 +94,7 @@ def finished(run: Path, epochs: int) -> bool:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", type=Path, default=HERE / "real_clouds.yaml")
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cloudpipe-real")
-    parser.add_argument("--data", type=Path, default=None, help="clouds350 folder [default: the config's]")
-    parser.add_argument("--smoke", action="store_true", help="tiny stand-in models on a few images: checks the script runs")
-    args = parser.parse_args(argv)
+    args = arguments(__doc__, "real_clouds.yaml", "cloudpipe-real").parse_args(argv)
 
     from cloudpipe.data.probstore import read_store, store_paths
     from cloudpipe.engine.config import load_config
@@ -91,16 +110,10 @@ def main(argv: list[str] | None = None) -> dict:
         settings.update(SMOKE)
     source = args.data or (HERE.parent / settings["data"]).resolve()  # relative to the repository
     work = args.work
-    seconds: dict[str, float] = {}
+    step = Timed()
+    seconds = step.seconds
     extra: dict[str, float] = {}
     started = time.perf_counter()
-
-    def step(name: str, fn, *args, **kwargs):
-        t = time.perf_counter()
-        value = fn(*args, **kwargs)
-        seconds[name] = round(time.perf_counter() - t, 1)
-        print(f"== {name}: {seconds[name]:.1f} s", flush=True)
-        return value
 
     data = prepare_data(source, work, settings["train_images"], settings.get("test_images"))
     workers = settings["workers"]

@@ -304,6 +304,12 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
         click.echo(f"wrote {out} and {probs_path_for(out)}")
 
 
+CHOICE_RULES = ("best", "robust")  # cloudpipe.algorithms.robust.RULES, spelled out so --help needs no numpy
+CHOICE_OPTION = click.option(
+    "--choice", type=click.Choice(CHOICE_RULES), default="best", show_default=True,
+    help="How tuned values are chosen: best (the highest validation score) or robust (the untuned default unless "
+         "the gain is beyond one standard error of the per-image differences, else the middle of the near-best values).")
+
 @main.command("tune-threshold")
 @ensemble_runs_option("Classifier (val_probs.csv, else its models)")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
@@ -327,12 +333,13 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
               help="exact: on the chosen probability; midpoint: halfway to the next lower one (same validation score).")
 @click.option("--at-least-one", is_flag=True,
               help="Try keeping the most probable class of an image whose masks are all blanked; kept if it helps.")
+@CHOICE_OPTION
 @inference_options(batch_size=16, tta=False)  # used when val_probs.csv must be computed
 def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path,
                    seg_csv: Path | None, objective: str | None, mask_shape: tuple[int, int],
                    out: Path | None, plot: Path | None, overwrite: bool, seg_store: Path | None, presence_csv: Path | None,
                    sources: list[str] | None, top_k: int, area_threshold: float, placement: str, at_least_one: bool,
-                   settings) -> None:
+                   choice: str, settings) -> None:
     """Choose per-class presence thresholds that maximise the Kaggle Dice of the blanked --seg
     predictions on the run's validation images (accuracy without --seg); write thresholds.json."""
     from cloudpipe.algorithms.presence import PixelStats
@@ -341,7 +348,7 @@ def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_
     result = tune_thresholds(run_dirs, data_dir, weights=weights, seg=seg_csv, objective=objective, mask_shape=mask_shape,
                              out=out, plot=plot, overwrite=overwrite, settings=settings, presence=presence_csv,
                              seg_store=seg_store, sources=sources, pixel=PixelStats(top_k, area_threshold),
-                             placement=placement, at_least_one=at_least_one)
+                             placement=placement, at_least_one=at_least_one, choice=choice)
     click.echo(format_table(result.rows))
     if len(result.source_rows) > 1:
         click.echo("\nTuned score of each source alone and of each blend:")
@@ -366,10 +373,11 @@ STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A
               help="--split test: post-processing to apply [default for one run: RUN/seg_postprocess.json; "
                    "an ensemble: required, its <stem>_postprocess.json].")
 @STEPS_OPTION
+@CHOICE_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=8)
 def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
-                postprocess: Path | None, steps: list[str] | None, overwrite: bool, settings) -> None:
+                postprocess: Path | None, steps: list[str] | None, choice: str, overwrite: bool, settings) -> None:
     """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
     from cloudpipe.pipeline.segment import predict_segmentation
 
@@ -377,7 +385,7 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
         raise click.UsageError("an ensemble of runs needs --out")
     out = out if out is not None else run_dirs[0] / f"{split}_seg.csv"
     result = predict_segmentation(run_dirs, data_dir, split, out, weights=weights, postprocess=postprocess,
-                                  steps=steps, settings=settings, overwrite=overwrite)
+                                  steps=steps, choice=choice, settings=settings, overwrite=overwrite)
     if is_main_process():  # under torchrun, rank 0 joined the other ranks' shares and wrote the files
         click.echo("post-processing: " + result.postprocess.describe())
         click.echo(result.line())
@@ -392,13 +400,14 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
 @click.option("--out", type=NEW_PATH, required=True, help="Validation masks CSV to write, with <stem>_postprocess.json.")
 @STEPS_OPTION
+@CHOICE_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path, steps: list[str] | None,
-             overwrite: bool) -> None:
+             choice: str, overwrite: bool) -> None:
     """Tune post-processing again from stored validation probabilities alone (no model runs)."""
     from cloudpipe.pipeline.segment import retune_segmentation
 
-    result = retune_segmentation(stores, data_dir, out, weights=weights, steps=steps, overwrite=overwrite)
+    result = retune_segmentation(stores, data_dir, out, weights=weights, steps=steps, choice=choice, overwrite=overwrite)
     click.echo("post-processing: " + result.postprocess.describe())
     click.echo(result.line())
     click.echo("wrote " + ", ".join(map(str, result.written)))

@@ -10,7 +10,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_predict, bench_rle, bench_train_data, gpu, real_clouds, real_clouds_wins, run  # noqa: E402
+from benchmarks import (  # noqa: E402
+    bench_predict,
+    bench_rle,
+    bench_train_data,
+    gpu,
+    real_clouds,
+    real_clouds_carry,
+    real_clouds_wins,
+    run,
+)
 
 
 def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
@@ -29,6 +38,18 @@ def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
     groups = {r["group"].split(" (")[0] for r in wins["rows"]}
     assert groups == {"post-processing", "presence source", "segmentation with a head", "gating rules"}
     assert all(0 <= r["gated"] <= 1 for r in wins["rows"]) and json.loads((work / "wins.json").read_text())["rows"]
+
+
+def test_real_clouds_carry_smoke(tiny_data, tmp_path, capsys):
+    work = tmp_path / "work"
+    results = real_clouds_carry.main(["--smoke", "--data", str(tiny_data), "--work", str(work)])
+    rows = results["rows"]
+    assert {(r["seed"], r["tuned on"].split()[0], r["rule"]) for r in rows} == {
+        (seed, on, rule) for seed in (1, 2) for on in ("hold-out", "OOF") for rule in ("best", "robust")}
+    assert all(r["oracle"] >= r["gate ceiling"] - 1e-9 and 0 <= r["gated"] <= 1 for r in rows)
+    assert "ceiling capture" in capsys.readouterr().out
+    again = real_clouds_carry.main(["--smoke", "--data", str(tiny_data), "--work", str(work)])  # all cached
+    assert not any(k.startswith(("train", "predict", "grid")) for k in again["seconds"])
 
 
 @pytest.fixture(scope="module")

@@ -297,10 +297,11 @@ def test_tune_seg_tunes_the_steps_named(seg_run, tiny_data, tmp_path):
     assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
     again = tmp_path / "again.csv"
     result = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", again,
-                    "--steps", "threshold,top_area,min_size,shape")
+                    "--steps", "threshold,top_area,min_size,shape", "--choice", "robust")
     assert result.exit_code == 0, result.output
     tuned = json.loads((tmp_path / "again_postprocess.json").read_text())
     assert [s["step"] for s in tuned["steps"]] == ["threshold", "top_area", "min_size", "shape"]
+    assert tuned["choice"] == "robust" and "(robust choice)" in result.output
     assert "shape" in result.output and "validation Dice" in result.output
     test = tmp_path / "test.csv"
     result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", test,
@@ -520,3 +521,25 @@ def test_thresholds_record_the_segmentation_run_whose_store_they_gate_on(seg_run
     other = invoke(*common, "--seg-store", store_paths(tmp_path / "b_test.csv")[0], "--out", tmp_path / "sub2.csv")
     assert other.exit_code == 2 and "segmentation runs" in other.stderr and "were tuned for runs" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1 and not (tmp_path / "sub2.csv").exists()
+
+
+def test_out_of_fold_tuning_uses_every_train_image_once(tiny_data, tmp_path):
+    """A K-fold segmentation run's --split val is out-of-fold: every train image once, each
+    predicted by the fold model that did not train on it, and tuned on all of them."""
+    from cloudpipe.data.probstore import read_store
+    from cloudpipe.data.runfolder import read_splits
+
+    run = tmp_path / "folds"
+    result = invoke("train-seg", "--data", tiny_data, "--out", run, "--epochs", 1, "--image-size", 32, 64, "--folds", 3,
+                    "--arch", "tiny", "--weights", "none", *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    val = tmp_path / "val_seg.csv"
+    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    train_images = sorted(set(presence(read_train(tiny_data)).index))
+    _, info = read_store(store_paths(val)[0])
+    assert sorted(info.images) == train_images and len(info.images) == len(set(info.images))
+    splits = read_splits(run, 3)
+    assert [i for s in splits for i in s.val] == info.images  # fold by fold, each image by the model that held it out
+    assert all(not set(s.val) & set(s.train) for s in splits)
+    assert f"{len(train_images)} images" in result.output  # tuned on all of them

@@ -218,8 +218,12 @@ def test_cli_end_to_end(tiny_data, tuning_case, tmp_path):
     lines = result.output.splitlines()
     assert lines[0].split() == ["class", "threshold", "dice_no_blank", "dice_at_0.5", "dice_tuned", "removed", "wrongly"]
     assert [line.split()[0] for line in lines[1:6]] == [*CLASSES, "mean"]
-    assert f"{len(used)} validation images" in result.output and "thresholds.json" in result.output
+    assert f"{len(used)} validation images, best choice" in result.output and "thresholds.json" in result.output
     assert load_thresholds(run / "thresholds.json")
+    assert json.loads((run / "thresholds.json").read_text())["choice"] == "best"
+    result = run_cli("--run", run, "--data", tiny_data, "--seg", seg, "--choice", "robust")
+    assert result.exit_code == 0 and json.loads((run / "thresholds.json").read_text())["choice"] == "robust"
+    assert run_cli("--run", run, "--data", tiny_data, "--seg", seg, "--choice", "median").exit_code == 2
 
     result = run_cli("--run", run, "--data", tiny_data, "--plot", tmp_path / "acc.png", "--out", tmp_path / "acc.json")
     assert result.exit_code == 0, result.output

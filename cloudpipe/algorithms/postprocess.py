@@ -25,6 +25,7 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
+from cloudpipe.algorithms.robust import Rule, choose_index
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import remove_small_components
@@ -42,6 +43,9 @@ class Step:
     reads_probs: ClassVar[bool] = False
     """Whether the step looks at the probabilities (else it only transforms the mask, and an
     empty mask stays empty through it)."""
+    ordered: ClassVar[bool] = True
+    """Whether neighbours in the grid are neighbouring values (numbers in order), so that the
+    middle of a run of near-best values means something (the robust choice, :func:`choose`)."""
     grid: tuple = ()
 
     def __post_init__(self):
@@ -130,6 +134,7 @@ class TopArea(Step):
     name: ClassVar[str] = "top_area"
     default: ClassVar[tuple] = (0.5, 0.0)
     reads_probs: ClassVar[bool] = True
+    ordered: ClassVar[bool] = False  # pairs: grid neighbours are not neighbouring rules
     grid: tuple = ((0.5, 0.0), *((t, float(a)) for t in (0.5, 0.6, 0.7, 0.8) for a in (1000, 2500, 5000, 10000, 15000)))
 
     def apply(self, mask, probs, value):
@@ -169,6 +174,7 @@ class Shape(Step):
 
     name: ClassVar[str] = "shape"
     default: ClassVar[str] = "mask"
+    ordered: ClassVar[bool] = False
     grid: tuple = SHAPES
 
     def __post_init__(self):
@@ -320,24 +326,41 @@ def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> t
     return inter, area
 
 
-def choose(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_area: np.ndarray) -> tuple[PostProcess, np.ndarray]:
-    """The best combination per class on mean Dice; ties go to the first in grid order.
+def choose(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_area: np.ndarray,
+           rule: Rule = "best") -> tuple[PostProcess, np.ndarray]:
+    """The combination of every class chosen on mean Dice by ``rule``: ``best``, ties to the
+    first in grid order; ``robust``, the combination nearest the middle of the near-best ones
+    (the grid indices of the :attr:`~Step.ordered` steps scaled to [0, 1]; the best of the
+    others), or the steps' defaults unless that choice beats them on held-out images
+    (:func:`~cloudpipe.algorithms.robust.choose_index`).
 
     Args:
         steps: the steps whose grids were swept.
         inter, area: (n, 4, *grid) statistics from :func:`grid_stats`.
         truth_area: (n, 4) truth areas.
+        rule: ``best`` or ``robust``.
 
     Returns:
         The choice and the mean Dice of every combination, (4, *grid).
     """
     extra = (slice(None), slice(None)) + (None,) * (inter.ndim - 2)
-    dice = dice_score(inter, area, np.broadcast_to(truth_area[extra], inter.shape)).mean(axis=0)
+    per_image = dice_score(inter, area, np.broadcast_to(truth_area[extra], inter.shape))
+    grid = per_image.shape[2:]
+    coords = np.stack([i / max(n - 1, 1) * s.ordered for i, n, s in zip(np.indices(grid), grid, steps)],
+                      axis=-1).reshape(-1, len(grid))
+    at_default = default_index(steps)
+    default = None if at_default is None else int(np.ravel_multi_index(at_default, grid))
     values = {}
     for k, c in enumerate(CLASSES):
-        best = np.unravel_index(int(np.argmax(dice[k])), dice[k].shape)
-        values[c] = tuple(s.grid[j] for s, j in zip(steps, best))
-    return PostProcess(tuple(steps), values), dice
+        chosen = choose_index(per_image[:, k].reshape(len(per_image), -1), rule, default=default, coords=coords)
+        values[c] = tuple(s.grid[j] for s, j in zip(steps, np.unravel_index(chosen, grid)))
+    return PostProcess(tuple(steps), values), per_image.mean(axis=0)
+
+
+def chosen_dice(post: PostProcess, dice: np.ndarray) -> np.ndarray:
+    """The mean Dice (4,) of each class's chosen combination, from :func:`choose`'s (4, *grid)."""
+    return np.array([dice[(k, *(list(s.grid).index(v) for s, v in zip(post.steps, post.values[c])))]
+                     for k, c in enumerate(CLASSES)])
 
 
 def default_index(steps: Sequence[Step]) -> tuple[int, ...] | None:

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cloudpipe.algorithms.thresholds import PairScores, Placement, Sweep, choose_thresholds
+from cloudpipe.algorithms.robust import Rule, best_index, holds_up
+from cloudpipe.algorithms.thresholds import PairScores, Placement, Sweep, choose_thresholds, plateau_threshold
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 
@@ -124,23 +125,47 @@ class GateChoice:
 
 
 def choose_gates(scores: Mapping[str, np.ndarray], pairs: PairScores, sources: Sequence[str] | None = None,
-                 placement: Placement = "exact") -> GateChoice:
+                 placement: Placement = "exact", rule: Rule = "best") -> GateChoice:
     """Per class, the candidate gate (:func:`candidate_gates`) whose tuned threshold scores best;
-    ties go to the first candidate (the first source alone).
+    ties go to the first candidate (the first source alone). With ``rule`` ``robust`` each
+    gate's threshold is chosen robustly too, and a class keeps the first candidate unless the
+    best one beats it on held-out images, both gates' thresholds tuned again on the rest
+    (:func:`~cloudpipe.algorithms.robust.holds_up`).
 
     Args:
         scores: source -> (n, 4) scores aligned with ``pairs.images``.
         pairs: what each pair scores kept or blanked.
         sources: the sources to try, in order (default: those of ``scores``).
         placement: where thresholds go (see :class:`~cloudpipe.algorithms.thresholds.Sweep`).
+        rule: ``best`` or ``robust`` (:mod:`cloudpipe.algorithms.robust`).
     """
     sources = list(scores) if sources is None else list(sources)
-    table, sweeps = {}, {}
-    for gate in candidate_gates(sources):
-        name = gate_name(gate)
-        sweeps[name] = choose_thresholds(blend(scores, {c: gate for c in CLASSES}), pairs, placement)
-        table[name] = np.array([sweeps[name][c].score for c in CLASSES])
-    names = list(table)
-    best = [names[int(np.argmax(np.array([table[n][k] for n in names])))] for k in range(len(CLASSES))]
-    gates = {c: next(g for g in candidate_gates(sources) if gate_name(g) == best[k]) for k, c in enumerate(CLASSES)}
-    return GateChoice(gates, {c: sweeps[best[k]][c] for k, c in enumerate(CLASSES)}, table)
+    candidates = candidate_gates(sources)
+    blended = [blend(scores, {c: gate for c in CLASSES}) for gate in candidates]
+    names = [gate_name(g) for g in candidates]
+    sweeps = {name: choose_thresholds(p, pairs, placement, rule) for name, p in zip(names, blended)}
+    table = {name: np.array([sweeps[name][c].score for c in CLASSES]) for name in names}
+    gates, chosen = {}, {}
+    for k, c in enumerate(CLASSES):
+        best = best_index(np.array([table[name][k] for name in names]))
+        if rule == "robust" and best != 0 and not _beats_first(blended, best, pairs, k):
+            best = 0
+        gates[c], chosen[c] = candidates[best], sweeps[names[best]][c]
+    return GateChoice(gates, chosen, table)
+
+
+def _beats_first(blended: list[np.ndarray], best: int, pairs: PairScores, k: int) -> bool:
+    """Whether candidate ``best`` beats the first one of class ``k`` on held-out images, each
+    gate's threshold tuned again on the other images."""
+    keep, blank = pairs.keep[:, k], pairs.blank[:, k]
+
+    def score(j: int, rows: np.ndarray, threshold: float) -> np.ndarray:
+        return np.where(blended[j][rows, k] < threshold, blank[rows], keep[rows])
+
+    def choose_on(rows: np.ndarray) -> tuple[float, float]:
+        return tuple(plateau_threshold(blended[j][rows, k], keep[rows], blank[rows]) for j in (best, 0))
+
+    def gain_of(rows: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
+        return score(best, rows, thresholds[0]) - score(0, rows, thresholds[1])
+
+    return holds_up(len(keep), choose_on, gain_of)

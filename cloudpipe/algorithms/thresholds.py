@@ -16,12 +16,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
+from cloudpipe.algorithms.robust import Rule, Z, best_index, check_rule, holds_up, plateau
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import PairStats, pair_stats
-
-TIE_TOLERANCE = 1e-12
-"""Scores this close to the best count as ties (cumulative sums round differently)."""
 
 Objective = Literal["dice", "accuracy"]
 Placement = Literal["exact", "midpoint"]
@@ -105,36 +103,73 @@ def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([[0.0], probs, [above] if above <= 1 else []]))
 
 
-def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, placement: Placement = "exact") -> Sweep:
+def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, placement: Placement = "exact",
+          rule: Rule = "best", z: float = Z) -> Sweep:
     """Score every candidate threshold of one class in O(n log n).
 
     At threshold ``t`` a pair scores ``blank`` when its probability is < ``t`` and ``keep``
     otherwise; sorted by probability, the blanked pairs are a prefix, so the mean score at every
-    candidate comes from two cumulative sums.
+    candidate comes from two cumulative sums, and so does the standard error of its paired
+    difference from the best candidate (two candidates differ on the pairs between their cuts).
 
     Args:
         probs: (n,) presence probabilities in [0, 1].
         keep: (n,) score of each pair when kept (e.g. its segmentation Dice).
         blank: (n,) score of each pair when blanked (e.g. 1 if the class is absent, else 0).
         placement: where the threshold goes in the chosen gap (see :class:`Sweep`).
+        rule: ``best``: the best score, ties broken toward the lower threshold; ``robust``: the
+            middle of the near-best thresholds, or 0 (blank nothing) unless blanking pays on
+            held-out pairs (:mod:`cloudpipe.algorithms.robust`).
+        z: standard errors for ``robust``.
 
     Returns:
-        The sweep, best score chosen with ties broken toward the lower threshold.
+        The sweep, its candidate chosen by ``rule``.
     """
     if placement not in PLACEMENTS:
         raise CloudpipeError(f"threshold placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
     probs = np.asarray(probs, dtype=np.float64)
     if probs.size == 0:
         raise CloudpipeError("no pairs to tune a threshold on")
+    keep, blank = np.asarray(keep, np.float64), np.asarray(blank, np.float64)
+    thresholds, scores, gap, se = _curve(probs, keep, blank)
+    if check_rule(rule) == "best":
+        return Sweep(thresholds, scores, best_index(scores), placement)
+    chosen = plateau(scores, gap, se, thresholds, z)
+
+    def choose_on(rows: np.ndarray) -> float:
+        return plateau_threshold(probs[rows], keep[rows], blank[rows], z)
+
+    def gain_of(rows: np.ndarray, threshold: float) -> np.ndarray:
+        return np.where(probs[rows] < threshold, blank[rows] - keep[rows], 0.0)
+
+    if chosen != 0 and not holds_up(probs.size, choose_on, gain_of, z):
+        chosen = 0  # blanking gains nothing beyond the noise on pairs it was not tuned on
+    return Sweep(thresholds, scores, chosen, placement)
+
+
+def plateau_threshold(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, z: float = Z) -> float:
+    """The middle of the near-best thresholds of one class (no held-out check; see :func:`sweep`)."""
+    t, scores, gap, se = _curve(probs, keep, blank)
+    return float(t[plateau(scores, gap, se, t, z)])
+
+
+def _curve(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Candidate thresholds, their mean scores, and each one's paired gap to the best and its
+    standard error (see :func:`~cloudpipe.algorithms.robust.paired_gaps`)."""
+    n = probs.size
     order = np.argsort(probs, kind="stable")
-    sorted_probs = probs[order]
-    kept = np.concatenate([[0.0], np.cumsum(np.asarray(keep, np.float64)[order])])
-    blanked = np.concatenate([[0.0], np.cumsum(np.asarray(blank, np.float64)[order])])
+    gain = blank[order] - keep[order]  # what blanking each pair adds, by probability
+    gained = np.concatenate([[0.0], np.cumsum(gain)])
+    gained_sq = np.concatenate([[0.0], np.cumsum(gain ** 2)])
     thresholds = candidate_thresholds(probs)
-    cut = np.searchsorted(sorted_probs, thresholds, side="left")  # pairs blanked at each candidate
-    scores = (blanked[cut] + kept[-1] - kept[cut]) / probs.size
-    best = int(np.flatnonzero(scores >= scores.max() - TIE_TOLERANCE)[0])
-    return Sweep(thresholds, scores, best, placement)
+    cut = np.searchsorted(probs[order], thresholds, side="left")  # pairs blanked at each candidate
+    scores = (keep.sum() + gained[cut]) / n
+    # Two candidates differ on the pairs between their cuts, by those pairs' gains: the paired
+    # difference from the best candidate and its variance are differences of cumulative sums.
+    at_best = cut[best_index(scores)]
+    total, total_sq = gained[cut] - gained[at_best], np.abs(gained_sq[cut] - gained_sq[at_best])
+    variance = np.maximum(total_sq - total ** 2 / n, 0.0) / max(n - 1, 1)
+    return thresholds, scores, total / n, np.sqrt(variance / n)
 
 
 @dataclass(frozen=True)
@@ -170,10 +205,11 @@ class PairScores:
         return cls(list(labels.index), present.astype(np.float64), (~present).astype(np.float64), present)
 
 
-def choose_thresholds(probs: np.ndarray, scores: PairScores, placement: Placement = "exact") -> dict[str, Sweep]:
+def choose_thresholds(probs: np.ndarray, scores: PairScores, placement: Placement = "exact",
+                      rule: Rule = "best") -> dict[str, Sweep]:
     """The sweep of every class (class order), from probabilities (n, 4) aligned with
-    ``scores.images``, thresholds placed as ``placement`` says."""
-    return {c: sweep(probs[:, k], scores.keep[:, k], scores.blank[:, k], placement) for k, c in enumerate(CLASSES)}
+    ``scores.images``, thresholds placed as ``placement`` says and chosen by ``rule``."""
+    return {c: sweep(probs[:, k], scores.keep[:, k], scores.blank[:, k], placement, rule) for k, c in enumerate(CLASSES)}
 
 
 def summary_rows(probs: np.ndarray, scores: PairScores, sweeps: Mapping[str, Sweep], objective: Objective) -> list[dict]:

@@ -33,10 +33,12 @@ from cloudpipe.algorithms.postprocess import (
     PostProcess,
     Step,
     choose,
+    chosen_dice,
     default_index,
     grid_stats,
     make_steps,
 )
+from cloudpipe.algorithms.robust import DEFAULT_RULE, Rule, check_rule
 from cloudpipe.core.competition import (
     CLASSES,
     CSV_COLUMNS,
@@ -75,10 +77,10 @@ def load_postprocess(path: Path) -> PostProcess:
 
 
 def tune_postprocess(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
-                     steps: tuple[Step, ...] = PostProcess().steps) -> tuple[PostProcess, np.ndarray]:
+                     steps: tuple[Step, ...] = PostProcess().steps, rule: Rule = DEFAULT_RULE) -> tuple[PostProcess, np.ndarray]:
     """Search every combination of the steps' grids per class on the Dice of the stored
     probabilities against the truth masks (RLE at ``mask_shape``, resized to the submission
-    size).
+    size), and choose by ``rule`` (:mod:`cloudpipe.algorithms.robust`).
 
     Returns:
         The choice and the mean Dice of every combination, (4, *grid).
@@ -94,7 +96,7 @@ def tune_postprocess(store: np.ndarray, names: list[str], rles: pd.DataFrame, ma
             truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), SUBMISSION_SHAPE)
             truth_area[i, k] = int(truth.sum())
             inter[i, k], area[i, k] = grid_stats(steps, store[i, k], truth)
-    return choose(steps, inter, area, truth_area)
+    return choose(steps, inter, area, truth_area, rule)
 
 
 @dataclass
@@ -107,6 +109,8 @@ class SegPrediction:
     images_per_second: float
     tuned_dice: float | None = None
     default_dice: float | None = None
+    choice: Rule | None = None
+    """The rule the post-processing was chosen by (validation splits)."""
     written: list[Path] = field(default_factory=list)
     presence: pd.DataFrame | None = None
     """The segmentation head's presence per image (written as ``<stem>_presence.csv``), when
@@ -116,7 +120,7 @@ class SegPrediction:
         text = f"{self.images} images at {self.images_per_second:.1f} img/s -> {self.out}"
         if self.tuned_dice is not None:
             before = f"{self.default_dice:.4f} with the steps' defaults -> " if self.default_dice is not None else ""
-            text += f"; validation Dice {before}{self.tuned_dice:.4f} tuned"
+            text += f"; validation Dice {before}{self.tuned_dice:.4f} tuned ({self.choice} choice)"
         return text
 
 
@@ -134,6 +138,7 @@ def predict_segmentation(
     weights: Sequence[float] | None = None,
     postprocess: Path | None = None,
     steps: Sequence[str] | None = None,
+    choice: Rule = DEFAULT_RULE,
     settings: InferenceSettings = InferenceSettings(batch_size=8),
     overwrite: bool = False,
 ) -> SegPrediction:
@@ -148,7 +153,8 @@ def predict_segmentation(
     every run averaged, post-processed by ``postprocess`` (default: the run's own file, else
     none is refused; an ensemble must name its file; the file must be tuned for these runs
     and weights, when it records any). ``steps``: the names of the steps ``val`` tunes, in order (default
-    ``threshold, min_size``; see :data:`~cloudpipe.algorithms.postprocess.STEPS`).
+    ``threshold, min_size, shape``; see :data:`~cloudpipe.algorithms.postprocess.STEPS`), and
+    ``choice`` the rule that picks among their combinations (:mod:`cloudpipe.algorithms.robust`).
 
     Runs may differ in architecture, encoder and image size: each one's probabilities are
     resized to 350 x 525 before averaging. N runs cost N inference passes and the memory of one.
@@ -163,7 +169,7 @@ def predict_segmentation(
         raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
     if split == "test" and steps is not None:
         raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
-    tuned_steps = _steps(steps)
+    tuned_steps, choice = _steps(steps), check_rule(choice)
     post_out = None if split == "test" else (ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
     outputs = [out, *store_paths(out), presence_path(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
     # never replaced, even with --overwrite; the run's own seg_postprocess.json is re-tuned by --split val
@@ -175,7 +181,8 @@ def predict_segmentation(
                 claims.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main))
                 if post_out is not None and ensemble.single and dist.is_main:
                     claims.enter_context(output_lock(post_out))  # the run's own file: re-tuned, never refused, but locked
-            return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, settings, dist)
+            return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, choice,
+                                      settings, dist)
     finally:
         dist.close()
 
@@ -201,7 +208,7 @@ def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProce
 
 
 def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val", "test"], out: Path,
-                       postprocess: Path | None, post_out: Path | None, steps: tuple[Step, ...],
+                       postprocess: Path | None, post_out: Path | None, steps: tuple[Step, ...], choice: Rule,
                        settings: InferenceSettings, dist: Dist) -> SegPrediction:
     """The work of :func:`predict_segmentation` once its outputs are checked and locked. Under
     ``torchrun`` each rank predicts its :meth:`~Dist.shard` of the images; rank 0 joins the
@@ -236,20 +243,20 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
     if split == "test":
         return _write_outputs(SegPrediction(out, len(names), post, speed, presence=presence), store, names, info, None,
                               ensemble)
-    return _tune_and_write(store, names, info, data, ensemble, out, post_out, speed, steps, presence)
+    return _tune_and_write(store, names, info, data, ensemble, out, post_out, speed, steps, choice, presence)
 
 
 def _tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
-                    out: Path, post_out: Path, speed: float, steps: tuple[Step, ...],
+                    out: Path, post_out: Path, speed: float, steps: tuple[Step, ...], choice: Rule,
                     presence: pd.DataFrame | None = None) -> SegPrediction:
-    """Tune ``steps`` on a validation store and write the masks, the store (when ``info``),
-    the head's presence (when given) and the choice."""
-    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps)
-    result = SegPrediction(out, len(names), post, speed, presence=presence)
+    """Tune ``steps`` on a validation store (chosen by ``choice``) and write the masks, the
+    store (when ``info``), the head's presence (when given) and the choice."""
+    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice)
+    result = SegPrediction(out, len(names), post, speed, presence=presence, choice=choice)
     at_default = default_index(post.steps)
     if at_default is not None:
         result.default_dice = float(dice[(slice(None), *at_default)].mean())
-    result.tuned_dice = float(np.mean([dice[k].max() for k in range(len(CLASSES))]))
+    result.tuned_dice = float(chosen_dice(post, dice).mean())
     return _write_outputs(result, store, names, info, post_out, ensemble)
 
 
@@ -264,7 +271,7 @@ def _write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], i
     if result.presence is not None:
         writers[presence_path(result.out)] = csv_writer(result.presence.reset_index(), float_format="%.6f")
     if post_out is not None:
-        text = json.dumps({**result.postprocess.to_dict(), **ensemble.record()}, indent=2) + "\n"
+        text = json.dumps({**result.postprocess.to_dict(), "choice": result.choice, **ensemble.record()}, indent=2) + "\n"
         writers[post_out] = lambda tmp: tmp.write_text(text)
     write_files(writers)
     result.written = list(writers)
@@ -377,13 +384,13 @@ def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess):
 
 
 def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,
-                        steps: Sequence[str] | None = None, overwrite: bool = False) -> SegPrediction:
+                        steps: Sequence[str] | None = None, choice: Rule = DEFAULT_RULE,
+                        overwrite: bool = False) -> SegPrediction:
     """Tune post-processing again from validation probability stores alone, without running a
     model: the stores' weighted mean (images matched by name) is tuned on Dice like
     ``predict-seg --split val``; writes the masks to ``out`` and the choice, recording every run
     averaged into the stores, to ``<stem>_postprocess.json`` (read by ``predict-seg --split
-    test --postprocess``). ``steps``: the names of the steps to tune, as for
-    :func:`predict_segmentation`.
+    test --postprocess``). ``steps`` and ``choice``: as for :func:`predict_segmentation`.
 
     Raises:
         CloudpipeError: a bad, truncated or test store, stores of different images, images
@@ -393,7 +400,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
     if not stores:
         raise CloudpipeError("give at least one --store")
     share = normalise_weights(weights, len(stores), per="--store")
-    tuned_steps = _steps(steps)
+    tuned_steps, choice = _steps(steps), check_rule(choice)
     post_out = postprocess_path_for(out)
     inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
     with claim_outputs([out, post_out], inputs, overwrite=overwrite):
@@ -414,7 +421,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
             raise CloudpipeError(f"{len(missing)} image(s) have no truth in train.csv (e.g. {', '.join(missing[:3])})",
                                  path=stores[0])
         speed = len(names) / max(time.perf_counter() - started, 1e-9)
-        return _tune_and_write(store, names, None, data, ensemble, out, post_out, speed, tuned_steps)
+        return _tune_and_write(store, names, None, data, ensemble, out, post_out, speed, tuned_steps, choice)
 
 
 def _rows_of(names: list[str], images: list[str]) -> np.ndarray:

@@ -20,6 +20,7 @@ import pandas as pd
 from cloudpipe.algorithms.ensemble import mean_probs
 from cloudpipe.algorithms.gating import GateSpec, keep_most_probable
 from cloudpipe.algorithms.presence import CLASSIFIER, HEAD, PIXEL_SOURCES, SOURCES, GateChoice, PixelStats, blend, choose_gates, gate_name
+from cloudpipe.algorithms.robust import DEFAULT_RULE, Rule, check_rule
 from cloudpipe.algorithms.thresholds import (
     METRIC_NAMES,
     Objective,
@@ -139,6 +140,8 @@ class TuneResult:
     spec: GateSpec
     choice: GateChoice
     placement: Placement = "exact"
+    rule: Rule = DEFAULT_RULE
+    """How the thresholds and sources were chosen (:mod:`cloudpipe.algorithms.robust`)."""
     rule_scores: tuple[float, float] | None = None
     """Mean score without and with the at-least-one rule, when it was tried."""
     json_path: Path | None = None
@@ -156,13 +159,13 @@ class TuneResult:
         the source of every class, the at-least-one rule), objective, placement, number of
         images, and the runs (and weights) whose probabilities they were tuned on."""
         segmentation = {} if self.segmentation is None else {SEGMENTATION_KEY: self.segmentation.record()}
-        return {**self.spec.to_json(), "objective": self.objective, "placement": self.placement, "images": len(self.images),
-                **self.ensemble.record(), **segmentation}
+        return {**self.spec.to_json(), "objective": self.objective, "placement": self.placement, "choice": self.rule,
+                "images": len(self.images), **self.ensemble.record(), **segmentation}
 
     def summary(self) -> str:
         """Lines to print under the table: what was optimised, on what, and what was written."""
         if self.objective == "dice":
-            lines = [f"tuned on Kaggle Dice after blanking, {len(self.images)} validation images "
+            lines = [f"tuned on Kaggle Dice after blanking, {len(self.images)} validation images, {self.rule} choice "
                      f"(probabilities: {self.probs_source})"]
         else:
             lines = [f"tuned on ACCURACY, {len(self.images)} validation images (probabilities: {self.probs_source})",
@@ -198,6 +201,7 @@ def tune_thresholds(
     pixel: PixelStats = PixelStats(),
     placement: Placement = "exact",
     at_least_one: bool = False,
+    choice: Rule = DEFAULT_RULE,
 ) -> TuneResult:
     """Choose each class's presence threshold on the run's validation images.
 
@@ -234,6 +238,8 @@ def tune_thresholds(
         placement: ``exact`` or ``midpoint`` (see :class:`~cloudpipe.algorithms.thresholds.Sweep`).
         at_least_one: try the at-least-one-class rule after tuning (thresholds tuned without
             it); it is kept only when it raises the validation score.
+        choice: how thresholds and sources are chosen: ``best`` or ``robust``
+            (:mod:`cloudpipe.algorithms.robust`).
 
     Returns:
         The thresholds, per-class sweeps and the summary table.
@@ -264,7 +270,7 @@ def tune_thresholds(
                 Inputs.of(seg, presence, seg_store, seg_store and info_path(seg_store))
             claims.enter_context(claim_outputs([json_path], inputs, overwrite=overwrite or out is None))
             claims.enter_context(claim_outputs([plot_path], inputs, overwrite=overwrite or (out is None and plot is None)))
-        inputs = _SourceInputs(presence, seg_store, sources, pixel, placement, at_least_one)
+        inputs = _SourceInputs(presence, seg_store, sources, pixel, placement, at_least_one, check_rule(choice))
         result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings, inputs)
         if seg_store is not None:
             result.segmentation = Ensemble.merged([(read_store(seg_store)[1], 1.0)])
@@ -313,6 +319,7 @@ class _SourceInputs:
     pixel: PixelStats
     placement: Placement
     at_least_one: bool
+    rule: Rule
 
     def names(self) -> list[str]:
         """The sources to try: those asked for, else the classifier and those given."""
@@ -356,7 +363,7 @@ def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objec
     names = inputs.names()
     found = source_scores(scores.images, names, "val", classifier=probs, presence=inputs.presence,
                           seg_store=inputs.seg_store, pixel=inputs.pixel)
-    choice = choose_gates(found, scores, names, inputs.placement)
+    choice = choose_gates(found, scores, names, inputs.placement, inputs.rule)
     p = blend(found, choice.gates)
     thresholds = {c: s.threshold for c, s in choice.sweeps.items()}
     spec, rule_scores = GateSpec(thresholds, choice.gates, False, inputs.pixel), None
@@ -366,4 +373,4 @@ def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objec
         rule_scores = (scores.mean(absent), scores.mean(keep_most_probable(absent, p, drawn)))
         spec = GateSpec(thresholds, choice.gates, rule_scores[1] > rule_scores[0], inputs.pixel)
     return TuneResult(thresholds, objective, scores.images, choice.sweeps, summary_rows(p, scores, choice.sweeps, objective),
-                      source, ensemble, spec, choice, inputs.placement, rule_scores)
+                      source, ensemble, spec, choice, inputs.placement, inputs.rule, rule_scores)

@@ -1,0 +1,248 @@
+"""Decisions that carry: tuning on a hold-out fold or on every out-of-fold image, by the best or
+the robust choice, measured on real clouds.
+
+    .venv/bin/python benchmarks/real_clouds_carry.py --work /tmp/carry        # ~40 CPU min the first time
+    .venv/bin/python benchmarks/real_clouds_carry.py --work /tmp/carry        # again: seconds (all cached)
+    .venv/bin/python benchmarks/real_clouds_carry.py --smoke --work /tmp/s    # tiny stand-ins (tests, CI)
+
+For every seed of ``real_clouds_carry.yaml`` (each its own split) and every head weight, one
+K-fold segmentation run is trained on the first ``train_images`` clouds350 train images;
+``predict-seg --split val`` gives the out-of-fold probabilities of all of them and ``--split
+test`` the fold models' mean on the 400 test images. Then, without running a model again, every
+decision is tuned on the validation probabilities and applied to the test ones:
+
+- post-processing (threshold, minimum size, component shape; also the grid of minimum sizes cut
+  at 10,000 px and the shape step left out), and
+- the presence gate (pixel statistics of the probabilities ``max`` and ``top_mean``, and the
+  head where the run has one, each class choosing its source),
+
+each tuned on fold 0's validation images alone (**hold-out**: what a hold-out run tunes on) or
+on every out-of-fold image (**OOF**), by the ``best`` or the ``robust`` rule
+(:mod:`cloudpipe.algorithms.robust`). Test masks are the same for every variant (the fold
+models' mean), so the tuning alone differs. Each variant is scored against ``test_truth.csv``
+beside the best that the same candidates reach when chosen *on the test images* (the ceiling
+of tuning) and the oracle gate (true presence). ``carry.json`` keeps every figure.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+if __package__ in (None, ""):  # run as a script: make `cloudpipe` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from cloudpipe.cli import format_table  # noqa: E402
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+SMOKE = {"train_images": 24, "test_images": 6, "seeds": [1, 2], "head_weights": [0.1],
+         "seg": {"arch": "tiny", "image_size": [32, 64], "epochs": 1, "batch_size": 8, "folds": 3}}
+MIN_SIZE_CUT = 10000
+"""The top of the minimum-size grid before it was raised to 60,000 px."""
+
+
+def train_and_predict(data: Path, run: Path, overrides: dict, log) -> dict[str, Path]:
+    """Train (or reuse) a K-fold run and write its out-of-fold validation and test stores."""
+    from benchmarks.real_clouds import finished
+    from cloudpipe.data.probstore import store_paths
+    from cloudpipe.data.runfolder import fold_dir
+    from cloudpipe.engine.config import load_config
+    from cloudpipe.engine.settings import InferenceSettings
+    from cloudpipe.engine.train import train_run
+    from cloudpipe.pipeline.segment import predict_segmentation
+
+    config = load_config("segmentation", overrides={**overrides, "weights": "none"})
+    if not all(finished(fold_dir(run, f), config.epochs) for f in range(config.folds)):
+        log(f"train-seg {run.name}", train_run, config, data, run, resume=run.exists(), progress=False)
+    infer = InferenceSettings(batch_size=16, progress=False)
+    out = {}
+    for split in ("val", "test"):
+        csv = run / f"{split}_seg.csv"
+        if not store_paths(csv)[0].exists():
+            log(f"predict-seg {split} {run.name}", predict_segmentation, run, data, split, csv, settings=infer, overwrite=True)
+        out[split] = csv
+    return out
+
+
+def grid_of(stats_file: Path, store: np.ndarray, truth: np.ndarray, steps) -> dict[str, np.ndarray]:
+    """Intersection and area of every (image, class) pair under every combination of the steps'
+    grids, and the truth areas; saved to ``stats_file``."""
+    from cloudpipe.algorithms.postprocess import grid_stats
+
+    n = len(store)
+    grid = tuple(len(s.grid) for s in steps)
+    inter, area = np.zeros((n, 4, *grid), np.int64), np.zeros((n, 4, *grid), np.int64)
+    for i in range(n):
+        for k in range(4):
+            inter[i, k], area[i, k] = grid_stats(steps, store[i, k], truth[i, k])
+    stats = {"inter": inter, "area": area, "truth_area": truth.reshape(n, 4, -1).sum(-1)}
+    np.savez(stats_file, **stats)
+    return stats
+
+
+def truth_masks(rles: pd.DataFrame, names: list[str], shape: tuple[int, int]) -> np.ndarray:
+    """0/1 truth masks (n, 4, 350, 525) of ``names`` from a wide RLE frame at ``shape``."""
+    from cloudpipe.core.masks import resize_nearest
+    from cloudpipe.core.rle import rle2mask
+
+    table = rles.loc[names, list(CLASSES)].to_numpy()
+    return np.stack([[resize_nearest(rle2mask(table[i, k], shape), SUBMISSION_SHAPE) for k in range(4)]
+                     for i in range(len(names))])
+
+
+def analyse(val: dict, test: dict, fold0: np.ndarray, sources_val: dict, sources_test: dict, steps) -> list[dict]:
+    """Every tuning variant of one run, tuned on validation statistics and scored on the test ones
+    (``per image``: each test image's gated Dice, for paired comparisons)."""
+    from cloudpipe.algorithms.postprocess import choose, chosen_dice
+    from cloudpipe.algorithms.presence import blend, choose_gates
+    from cloudpipe.algorithms.thresholds import PairScores
+    from cloudpipe.core.metric import dice_score
+
+    names = [s.name for s in steps]
+    min_j = names.index("min_size")
+    grids = {"default steps": (slice(None),) * len(steps),
+             f"min size grid to {MIN_SIZE_CUT:,}": tuple(
+                 slice(None) if j != min_j else slice(0, list(steps[min_j].grid).index(MIN_SIZE_CUT) + 1)
+                 for j in range(len(steps))),
+             "no shape step": tuple(slice(None) if s.name != "shape" else slice(0, 1) for s in steps)}
+
+    def sub(stats, rows, cut):
+        index = (rows, slice(None), *cut)
+        return stats["inter"][index], stats["area"][index], stats["truth_area"][rows]
+
+    def pairs_at(stats, rows, cut, post, sub_steps):
+        """Per-pair Dice kept / blanked of the post-processing ``post`` (chosen in ``cut``)."""
+        inter, area, truth_area = sub(stats, rows, cut)
+        keep = np.empty(truth_area.shape)
+        for k, c in enumerate(CLASSES):
+            j = tuple(list(s.grid).index(v) for s, v in zip(sub_steps, post.values[c]))
+            keep[:, k] = dice_score(inter[(slice(None), k, *j)], area[(slice(None), k, *j)], truth_area[:, k])
+        return PairScores([str(i) for i in range(len(keep))], keep, (truth_area == 0).astype(float), truth_area > 0)
+
+    rows_out = []
+    n_val, n_test = len(val["truth_area"]), len(test["truth_area"])
+    every_test = np.arange(n_test)
+    for grid_name, cut in grids.items():
+        sub_steps = tuple(type(s)(grid=tuple(np.asarray(s.grid, dtype=object)[c])) for s, c in zip(steps, cut))
+        # The ceiling of post-processing: chosen on the test images themselves.
+        best_post, best_dice = choose(sub_steps, *sub(test, every_test, cut))
+        for tuned_on, rows in (("hold-out", fold0), ("OOF", np.arange(n_val))):
+            for rule in ("best", "robust"):
+                post, _ = choose(sub_steps, *sub(val, rows, cut), rule)
+                alone = chosen_dice(post, best_dice)
+                val_pairs, test_pairs = pairs_at(val, rows, cut, post, sub_steps), pairs_at(test, every_test, cut, post, sub_steps)
+                oracle = np.where(test_pairs.present, test_pairs.keep, 1.0).mean(axis=0)
+                gate = choose_gates({s: v[rows] for s, v in sources_val.items()}, val_pairs, rule=rule)
+                thresholds = np.array([gate.sweeps[c].threshold for c in CLASSES])
+                absent = blend(sources_test, gate.gates) < thresholds
+                per_pair = np.where(absent, test_pairs.blank, test_pairs.keep)
+                gated = per_pair.mean(axis=0)
+                ceiling_gate = choose_gates(sources_test, test_pairs)
+                ceiling = np.array([ceiling_gate.sweeps[c].score for c in CLASSES])
+                row = {"steps": grid_name, "tuned on": f"{tuned_on} ({len(rows)})", "rule": rule}
+                for k, c in enumerate(CLASSES):
+                    row[f"alone {c}"], row[f"gated {c}"] = alone[k], gated[k]
+                    row[f"post gap {c}"] = alone[k] - chosen_dice(best_post, best_dice)[k]
+                    row[f"gate gap {c}"] = gated[k] - ceiling[k]
+                row |= {"alone": alone.mean(), "gated": gated.mean(), "gate ceiling": ceiling.mean(),
+                        "oracle": oracle.mean(), "post ceiling": chosen_dice(best_post, best_dice).mean(),
+                        "capture": (gated.mean() - alone.mean()) / max(oracle.mean() - alone.mean(), 1e-9),
+                        "ceiling capture": (ceiling.mean() - alone.mean()) / max(oracle.mean() - alone.mean(), 1e-9),
+                        "post": post.describe(),
+                        "gates": ", ".join(f"{c} {'+'.join(g)} {gate.sweeps[c].threshold:.3f}" for c, g in gate.gates.items()),
+                        "per image": per_pair.mean(axis=1)}  # the gated Dice of each test image, for paired differences
+                rows_out.append(row)
+    return rows_out
+
+
+def main(argv: list[str] | None = None) -> dict:
+    from benchmarks.real_clouds import Timed, arguments, prepare_data
+
+    parser = arguments(__doc__, "real_clouds_carry.yaml", "cloudpipe-carry")
+    parser.add_argument("--models-only", action="store_true", help="train and predict, analyse nothing")
+    args = parser.parse_args(argv)
+    from cloudpipe.algorithms.postprocess import PostProcess
+    from cloudpipe.algorithms.presence import PixelStats
+    from cloudpipe.data.kaggle import load_train_data, read_mask_csv, read_probs_csv, to_wide
+    from cloudpipe.data.probstore import presence_path, read_store, store_paths
+
+    settings = yaml.safe_load(args.config.read_text())
+    if args.smoke:
+        settings.update(SMOKE)
+    source = args.data or (HERE.parent / settings["data"]).resolve()
+    work = args.work
+    log = Timed()
+    seconds = log.seconds
+
+    data = prepare_data(source, work, settings["train_images"], settings.get("test_images"))
+    runs = {}
+    for seed in settings["seeds"]:
+        for head in settings["head_weights"]:
+            run = work / "runs" / f"seed{seed}_head{head:g}"
+            overrides = {**settings["seg"], "seed": seed, "split_seed": seed, "head_weight": head}
+            runs[(seed, head)] = (run, train_and_predict(data, run, overrides, log))
+    if args.models_only:
+        return {"seconds": seconds}
+
+    steps = PostProcess().steps
+    train = load_train_data(data)
+    test_rles = to_wide(read_mask_csv(data / "test_truth.csv", shape=SUBMISSION_SHAPE))
+    table = []
+    for (seed, head), (run, csvs) in runs.items():
+        stores = {split: read_store(store_paths(csv)[0]) for split, csv in csvs.items()}
+        (val_store, val_info), (test_store, test_info) = stores["val"], stores["test"]
+        splits = pd.read_csv(run / "splits.csv", dtype={"image": str}, keep_default_na=False)
+        fold_of = dict(zip(splits["image"], splits["fold"].astype(str)))
+        fold0 = np.array([i for i, name in enumerate(val_info.images) if fold_of[name] == "0"])
+        grids = {}
+        for split, store, rles, images, shape in (("val", val_store, train.rles, val_info.images, train.image_shape),
+                                                  ("test", test_store, test_rles, test_info.images, SUBMISSION_SHAPE)):
+            cached = run / f"{split}_grid.npz"
+            grids[split] = dict(np.load(cached)) if cached.exists() else log(
+                f"grid stats {split} {run.name}", grid_of, cached, store, truth_masks(rles, images, shape), steps)
+        val, test = grids["val"], grids["test"]
+        pixel = PixelStats()
+        sources_val, sources_test = pixel.scores(val_store), pixel.scores(test_store)
+        sources_val = {s: sources_val[s] for s in ("top_mean", "max")}
+        sources_test = {s: sources_test[s] for s in ("top_mean", "max")}
+        if presence_path(csvs["val"]).exists():
+            sources_val["head"] = read_probs_csv(presence_path(csvs["val"])).loc[val_info.images].to_numpy()
+            sources_test["head"] = read_probs_csv(presence_path(csvs["test"])).loc[test_info.images].to_numpy()
+        for row in analyse(val, test, fold0, sources_val, sources_test, steps):
+            table.append({"seed": seed, "head": head, **row})
+    frame = pd.DataFrame(table)
+    show = ["seed", "head", "steps", "tuned on", "rule", "alone", "gated", "gate ceiling", "oracle", "capture", "ceiling capture"]
+    print(format_table(frame[show].round(4).to_dict("records")))
+    pairs = paired_differences(frame)
+    print("\nPaired differences of the gated test Dice (mean over test images, +- its standard error):")
+    print(format_table(pairs))
+    rows = [{k: v for k, v in r.items() if k != "per image"} for r in table]
+    (work / "carry.json").write_text(json.dumps({"rows": rows, "pairs": pairs, "seconds": seconds, "config": settings},
+                                                indent=2, default=str))
+    return {"rows": rows, "pairs": pairs, "seconds": seconds}
+
+
+def paired_differences(frame: pd.DataFrame) -> list[dict]:
+    """robust - best (per tuning set) and OOF - hold-out (per rule) for every run and grid: the
+    mean difference of the gated Dice over the test images and its standard error."""
+    out = []
+    keys = ["seed", "head", "steps"]
+    for key, group in frame.groupby(keys, sort=False):
+        by = {(r["tuned on"].split()[0], r["rule"]): r["per image"] for _, r in group.iterrows()}
+        comparisons = [(f"robust - best, {on}", by[(on, "robust")], by[(on, "best")]) for on in ("hold-out", "OOF")]
+        comparisons += [(f"OOF - hold-out, {rule}", by[("OOF", rule)], by[("hold-out", rule)]) for rule in ("best", "robust")]
+        for name, a, b in comparisons:
+            diff = a - b
+            out.append({**dict(zip(keys, key)), "comparison": name, "mean": round(float(diff.mean()), 4),
+                        "se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)})
+    return out
+
+
+if __name__ == "__main__":
+    main()

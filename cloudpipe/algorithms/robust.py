@@ -1,0 +1,146 @@
+"""Choosing a tuned value that carries from the validation images to unseen ones.
+
+Every tuned decision (a post-processing value, a presence threshold, the presence source of a
+class) is a choice among candidates, each scored on every validation image. The candidate of
+the single best mean fits the noise of those images as well as their signal: on a few hundred
+images neighbouring candidates differ by less than their sampling error, and the best one is
+then partly luck (see ``benchmarks/README.md``, "Decisions that carry").
+
+Two rules (:data:`RULES`):
+
+- ``best``: the candidate of the highest mean score; ties go to the first.
+- ``robust``: two guards against that luck.
+
+  1. *The middle of the plateau, not its peak.* Candidates whose mean is within ``z`` standard
+     errors of the best one's, the standard error being that of the paired per-image
+     difference from the best, are indistinguishable from it on these images (the
+     one-standard-error rule of Breiman et al., 1984); the one nearest the centre of that
+     near-best set is chosen (:func:`plateau`).
+  2. *Tuning must pay on images it did not see.* The choice is made again on K-1 of K parts of
+     the images and scored against the default (the untuned value) on the part left out, for
+     every part, on seeded random splits (:func:`holds_up`). Unless that held-out gain is above
+     ``z`` of its standard errors, the default is kept: the gain of tuning is inside the noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal, TypeVar
+
+import numpy as np
+
+from cloudpipe.core.errors import CloudpipeError
+
+Rule = Literal["best", "robust"]
+RULES: tuple[str, ...] = ("best", "robust")
+DEFAULT_RULE: Rule = "best"
+"""The rule every tuning command uses unless told otherwise (``--choice``)."""
+Z = 1.0
+"""Standard errors: within them a candidate is near the best; beyond them a held-out gain counts."""
+FOLDS, REPEATS, SEED = 5, 2, 0
+"""The held-out check of :func:`holds_up`: K parts, repeated on this many seeded shuffles."""
+TOLERANCE = 1e-12
+"""Mean gaps this close to zero count as ties (sums in another order round differently)."""
+
+Choice = TypeVar("Choice")
+
+
+def check_rule(rule: str) -> Rule:
+    """``rule`` if it is one of :data:`RULES`, else a CloudpipeError listing them."""
+    if rule not in RULES:
+        raise CloudpipeError(f"choice rule {rule!r} is not one of {', '.join(RULES)}")
+    return rule  # type: ignore[return-value]
+
+
+def paired_gaps(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean score of every candidate, its gap to the best, and the gap's standard error.
+
+    Args:
+        scores: (n, m) score of each of n images under each of m candidates.
+
+    Returns:
+        ``mean`` (m,), ``gap`` (m,) = mean minus the best mean (<= 0), and ``se`` (m,), the
+        standard error of the mean per-image difference from the best candidate (0 for it).
+    """
+    scores = np.asarray(scores, np.float64)
+    n = scores.shape[0]
+    mean = scores.mean(axis=0)
+    diff = scores - scores[:, [int(np.argmax(mean))]]
+    se = diff.std(axis=0, ddof=1) / np.sqrt(n) if n > 1 else np.zeros(scores.shape[1])
+    return mean, diff.mean(axis=0), se
+
+
+def best_index(mean: np.ndarray) -> int:
+    """The first candidate of the highest mean (up to :data:`TOLERANCE`)."""
+    return int(np.flatnonzero(mean >= mean.max() - TOLERANCE)[0])
+
+
+def plateau(mean: np.ndarray, gap: np.ndarray, se: np.ndarray, coords: np.ndarray | None, z: float = Z) -> int:
+    """The candidate nearest the centre of those within ``z`` standard errors of the best.
+
+    Args:
+        mean, gap, se: from :func:`paired_gaps` (or computed alike).
+        coords: (m, d) where each candidate lies (e.g. its threshold, or its grid indices scaled
+            to [0, 1]); None for unordered candidates, which have no centre: then the best.
+        z: standard errors.
+
+    Returns:
+        Its index; ties go to the higher mean, then the first.
+    """
+    if coords is None:
+        return best_index(mean)
+    idx = np.flatnonzero(gap >= -z * se - TOLERANCE)
+    points = np.asarray(coords, np.float64).reshape(len(mean), -1)[idx]
+    distance = ((points - points.mean(axis=0)) ** 2).sum(axis=1)
+    return int(idx[np.lexsort((-mean[idx], distance))[0]])
+
+
+def holds_up(n: int, choose_on: Callable[[np.ndarray], Choice], gain_of: Callable[[np.ndarray, Choice], np.ndarray],
+             z: float = Z, folds: int = FOLDS, repeats: int = REPEATS, seed: int = SEED) -> bool:
+    """Whether a choice made on some images beats the default on the others beyond the noise.
+
+    The images are shuffled ``repeats`` times (seeded: the answer is deterministic) and cut
+    into ``folds`` parts; for each part the choice is made on the rest, and each image of the
+    part gets the gain of that choice over the default. The mean gain per image must exceed
+    ``z`` standard errors.
+
+    Args:
+        n: number of images.
+        choose_on: rows (indices of images) -> the choice made on them.
+        gain_of: (rows, choice) -> per-image gain (len(rows),) of the choice over the default.
+        z: standard errors.
+        folds, repeats, seed: the splits.
+    """
+    if n < 2 * folds:
+        return False  # too few images to tell a gain from noise
+    rng = np.random.default_rng(seed)
+    gains = np.zeros(n)
+    for _ in range(repeats):
+        order = rng.permutation(n)
+        for part in np.array_split(order, folds):
+            rest = np.setdiff1d(order, part, assume_unique=True)
+            gains[part] += gain_of(part, choose_on(rest))
+    gains /= repeats
+    return bool(gains.mean() > z * gains.std(ddof=1) / np.sqrt(n))
+
+
+def choose_index(scores: np.ndarray, rule: Rule = "best", *, default: int | None = None,
+                 coords: np.ndarray | None = None, z: float = Z) -> int:
+    """The chosen candidate of per-image scores (n, m): the best one, or with ``robust`` the
+    :func:`plateau` choice, kept only where it :func:`holds_up` against ``default`` (when
+    one is given)."""
+    scores = np.asarray(scores, np.float64)
+    mean, gap, se = paired_gaps(scores)
+    if check_rule(rule) == "best":
+        return best_index(mean)
+    chosen = plateau(mean, gap, se, coords, z)
+    if default is None or chosen == default:
+        return chosen
+
+    def choose_on(rows: np.ndarray) -> int:
+        return plateau(*paired_gaps(scores[rows]), coords, z)
+
+    def gain_of(rows: np.ndarray, j: int) -> np.ndarray:
+        return scores[rows, j] - scores[rows, default]
+
+    return chosen if holds_up(len(scores), choose_on, gain_of, z) else default
