@@ -58,6 +58,17 @@ class Ensemble:
     def single(self) -> bool:
         return len(self.runs) == 1
 
+    def own_file(self, name: str, ensemble_needs: str) -> Path:
+        """A run's own tuned file, ``RUN/name``, read when none is given.
+
+        Raises:
+            CloudpipeError: this is an ensemble, which has no own file (``ensemble_needs`` says
+                what to give instead).
+        """
+        if not self.single:
+            raise CloudpipeError(ensemble_needs)
+        return self.runs[0] / name
+
     @cached_property
     def fingerprints(self) -> tuple[str, ...]:
         """What each run is (hashed once per command)."""

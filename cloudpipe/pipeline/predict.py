@@ -72,10 +72,9 @@ def resolve_gate(runs: Path | Ensemble, thresholds_file: Path | None, threshold:
         t = check_threshold(threshold, "--threshold")
         return GateSpec({c: t for c in CLASSES}), f"--threshold {t:g}"
     if thresholds_file is None:
-        if not ensemble.single:
-            raise CloudpipeError("an ensemble of classifier runs needs --thresholds FILE (tune-threshold with the same "
-                                 "--run and --weight options and --out FILE) or --threshold T")
-        thresholds_file = ensemble.runs[0] / THRESHOLDS_JSON
+        thresholds_file = ensemble.own_file(THRESHOLDS_JSON, "an ensemble of classifier runs needs --thresholds FILE "
+                                            "(tune-threshold with the same --run and --weight options and --out FILE) "
+                                            "or --threshold T")
         if not thresholds_file.exists():
             return GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
     return load_tuned_gate(thresholds_file, ensemble, seg_store), str(thresholds_file)

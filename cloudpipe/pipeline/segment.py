@@ -195,10 +195,9 @@ def _steps(names: Sequence[str] | None) -> tuple[Step, ...]:
 def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProcess:
     """The post-processing the test masks use, checked to be tuned for ``ensemble``."""
     if postprocess is None:
-        if not ensemble.single:
-            raise CloudpipeError("an ensemble's test masks need --postprocess FILE: the <stem>_postprocess.json that "
-                                 "predict-seg --split val (or tune-seg) wrote for these runs and weights")
-        postprocess = ensemble.runs[0] / POSTPROCESS_JSON
+        postprocess = ensemble.own_file(POSTPROCESS_JSON, "an ensemble's test masks need --postprocess FILE: the "
+                                        "<stem>_postprocess.json that predict-seg --split val (or tune-seg) wrote for "
+                                        "these runs and weights")
         if not postprocess.exists():
             raise CloudpipeError(f"no {POSTPROCESS_JSON}: the run's post-processing is not tuned; run predict-seg "
                                  "--split val first (it tunes and writes it), or pass --postprocess FILE",
