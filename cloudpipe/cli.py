@@ -52,7 +52,7 @@ class _Group(click.Group):
             # Raised in a DataLoader worker, the message carries the worker's traceback; its
             # last line is the original "CloudpipeError: <message>".
             message = str(err).strip().splitlines()[-1].removeprefix(f"{CloudpipeError.__module__}.CloudpipeError: ")
-            echo_error(f"error: {message}")
+            echo_error(f"error: {message}", shared=getattr(err, "shared", False))
             sys.exit(2)
 
 
@@ -62,11 +62,11 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def echo_error(line: str) -> None:
-    """An error line on stderr, from rank 0 only under ``torchrun``: every rank meets the same
-    error (a rank's own is shared, see :meth:`~cloudpipe.engine.devices.Dist.together`), and one
-    line says it."""
-    if is_main_process():
+def echo_error(line: str, shared: bool = True) -> None:
+    """An error line on stderr; under ``torchrun`` from rank 0 alone when every rank has the
+    error (``shared``: a usage error, or one :meth:`~cloudpipe.engine.devices.Dist.together`
+    shared), so that one line says it; a rank's own error is printed by that rank."""
+    if is_main_process() or not shared:
         click.echo(line, err=True)
 
 

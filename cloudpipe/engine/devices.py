@@ -87,7 +87,8 @@ class Dist:
         """A phase whose failure may be one rank's alone (a bad image in its share): every rank
         ends it together, and when any rank raised a CloudpipeError there, every rank raises the
         first one (in rank order), so that rank 0 reports it and no rank waits for one that has
-        stopped. A no-op when not distributed.
+        stopped. A no-op when not distributed. Phases never nest (a rank that failed in an
+        inner one would meet the others at another gather).
 
         Raises:
             CloudpipeError: this rank's, or another rank's, first error of the phase.
@@ -102,7 +103,9 @@ class Dist:
             failure = str(err)
         first = next((m for m in self.gather(failure) if m is not None), None)
         if first is not None:
-            raise CloudpipeError(first)
+            error = CloudpipeError(first)
+            error.shared = True  # every rank has it: rank 0 alone reports it
+            raise error
 
     def barrier(self) -> None:
         """Wait for every rank (no-op when not distributed)."""

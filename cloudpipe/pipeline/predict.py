@@ -179,17 +179,18 @@ def _predict_submission(seg, run_dir, data_dir, out, weights, thresholds_file, t
     """:func:`predict_submission` on one rank: under ``torchrun`` each rank runs the classifier
     on its share of the images, every rank checks the outputs, and only rank 0 locks and
     writes them."""
-    ensemble = Ensemble.of(run_dir, weights)
-    data_dir = require_dir(data_dir)
-    spec, source = resolve_gate(ensemble, thresholds_file, threshold, seg_store)
-    if at_least_one is not None:
-        spec = GateSpec(spec.thresholds, spec.gates, at_least_one, spec.pixel)
-    require_inputs(spec.sources, presence=presence, seg_store=seg_store)  # before any image is read
-    inputs = data_inputs(data_dir) | run_inputs(ensemble.runs) | Inputs.of(
-        seg if isinstance(seg, Path) else None, presence, seg_store, seg_store and info_path(seg_store), thresholds_file)
-    outputs = [] if out is None else [out, probs_path_for(out)]
     with ExitStack() as claims:
-        with dist.together():  # every rank checks; rank 0, the one that writes, locks both until both are written
+        with dist.together():  # every rank checks (rank 0 reports); rank 0, the one that writes, locks both outputs
+            ensemble = Ensemble.of(run_dir, weights)
+            data_dir = require_dir(data_dir)
+            spec, source = resolve_gate(ensemble, thresholds_file, threshold, seg_store)
+            if at_least_one is not None:
+                spec = GateSpec(spec.thresholds, spec.gates, at_least_one, spec.pixel)
+            require_inputs(spec.sources, presence=presence, seg_store=seg_store)  # before any image is read
+            inputs = data_inputs(data_dir) | run_inputs(ensemble.runs) | Inputs.of(
+                seg if isinstance(seg, Path) else None, presence, seg_store, seg_store and info_path(seg_store),
+                thresholds_file)
+            outputs = [] if out is None else [out, probs_path_for(out)]
             claims.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main))
         summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, seg_store, presence,
                                     dist)
@@ -203,14 +204,17 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
                       mask_shape: tuple[int, int], settings: InferenceSettings, seg_store: Path | None,
                       presence: Path | None, dist: Dist | None = None) -> PredictSummary:
     """The work of :func:`predict_submission` between checking the outputs and writing them."""
+    from cloudpipe.engine.devices import Dist
     from cloudpipe.engine.infer import predict_presence
 
-    frame = read_segmentation(seg, mask_shape)
-    images = list_test_images(data_dir)
-    require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions")
+    dist = dist or Dist()
+    with dist.together():  # not nested in another: every rank meets the same gathers
+        frame = read_segmentation(seg, mask_shape)
+        images = list_test_images(data_dir)
+        require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions")
+        others = [s for s in spec.sources if s != CLASSIFIER]
+        scores = source_scores(images, others, "test", presence=presence, seg_store=seg_store, pixel=spec.pixel)
     index = pd.Index(images, name="image")
-    others = [s for s in spec.sources if s != CLASSIFIER]
-    scores = source_scores(images, others, "test", presence=presence, seg_store=seg_store, pixel=spec.pixel)
     started = time.perf_counter()
     if CLASSIFIER in spec.sources:
         paths = [data_dir / TEST_IMAGES / i for i in images]

@@ -163,21 +163,24 @@ def predict_segmentation(
         CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
             whose validation images differ.
     """
-    ensemble = Ensemble.of(run_dirs, weights)
-    data_dir = require_dir(data_dir)
-    if split == "val" and postprocess is not None:
-        raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
-    if split == "test" and steps is not None:
-        raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
-    tuned_steps, choice = _steps(steps), check_rule(choice)
-    post_out = None if split == "test" else (ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
-    outputs = [out, *store_paths(out), presence_path(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
-    # never replaced, even with --overwrite; the run's own seg_postprocess.json is re-tuned by --split val
-    inputs = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=[post_out] if post_out else []) | Inputs.of(postprocess)
     dist = Dist.from_env()
     try:
         with ExitStack() as claims:
-            with dist.together():  # every rank checks; rank 0, the one that writes, locks
+            with dist.together():  # every rank checks (rank 0 reports); rank 0, the one that writes, locks
+                ensemble = Ensemble.of(run_dirs, weights)
+                data_dir = require_dir(data_dir)
+                if split == "val" and postprocess is not None:
+                    raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
+                if split == "test" and steps is not None:
+                    raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
+                tuned_steps, choice = _steps(steps), check_rule(choice)
+                post_out = None if split == "test" else (
+                    ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
+                outputs = [out, *store_paths(out), presence_path(out)] + (
+                    [post_out] if post_out is not None and not ensemble.single else [])
+                # never replaced, even with --overwrite; the run's own seg_postprocess.json is re-tuned by --split val
+                inputs = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=[post_out] if post_out else []) | \
+                    Inputs.of(postprocess)
                 claims.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main))
                 if post_out is not None and ensemble.single and dist.is_main:
                     claims.enter_context(output_lock(post_out))  # the run's own file: re-tuned, never refused, but locked
