@@ -8,6 +8,7 @@ Each command parses and validates its options, then calls one library function. 
 from __future__ import annotations
 
 import functools
+import os
 import sys
 from pathlib import Path
 
@@ -34,7 +35,7 @@ class _Group(click.Group):
             sys.exit(2)
         except click.UsageError as err:
             hint = f" (see '{err.ctx.command_path} --help')" if err.ctx is not None else ""
-            click.echo(f"error: {err.format_message()}{hint}", err=True)
+            echo_error(f"error: {err.format_message()}{hint}")
             sys.exit(2)
         except click.ClickException as err:
             click.echo(f"error: {err.format_message()}", err=True)
@@ -51,8 +52,22 @@ class _Group(click.Group):
             # Raised in a DataLoader worker, the message carries the worker's traceback; its
             # last line is the original "CloudpipeError: <message>".
             message = str(err).strip().splitlines()[-1].removeprefix(f"{CloudpipeError.__module__}.CloudpipeError: ")
-            click.echo(f"error: {message}", err=True)
+            echo_error(f"error: {message}", shared=getattr(err, "shared", False))
             sys.exit(2)
+
+
+def is_main_process() -> bool:
+    """Whether this process is rank 0 of a ``torchrun`` job (or not under torchrun at all),
+    from torchrun's environment (no torch import)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def echo_error(line: str, shared: bool = True) -> None:
+    """An error line on stderr; under ``torchrun`` from rank 0 alone when every rank has the
+    error (``shared``: a usage error, or one :meth:`~cloudpipe.engine.devices.Dist.together`
+    shared), so that one line says it; a rank's own error is printed by that rank."""
+    if is_main_process() or not shared:
+        click.echo(line, err=True)
 
 
 DEVICE = click.Choice(["auto", "cpu", "cuda"])
@@ -149,10 +164,12 @@ def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, see
 @main.command()
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, required=True, help="Truth CSV (train.csv-style).")
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
-@shape_option("--truth-shape", (1400, 2100), "Mask size of the truth CSV.")
+@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+              help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
+                   "else 1400 2100].")
 @click.option("--mask-shape", "--pred-shape", "pred_shape", type=(int, int), default=(350, 525), show_default=True, metavar="H W",
               help="Mask size of the submission (--pred-shape: the same).")
-def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int], pred_shape: tuple[int, int]) -> None:
+def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
     """Kaggle mean Dice of a submission, overall and per class.
 
     Truth masks are resized to the submission's size (nearest-neighbour) when sizes differ.
@@ -165,9 +182,11 @@ def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int], pred
 
 
 def format_table(rows: list[dict]) -> str:
-    """Plain aligned text table of dict rows (floats with 4 decimals)."""
+    """Plain aligned text table of dict rows (floats with 4 decimals; NaN, a figure that does
+    not exist such as a share of no room, as ``n/a``)."""
     columns = list(rows[0])
-    cells = [[f"{r[c]:.4f}" if isinstance(r[c], float) else str(r[c]) for c in columns] for r in rows]
+    cells = [[("n/a" if r[c] != r[c] else f"{r[c]:.4f}") if isinstance(r[c], float) else str(r[c]) for c in columns]
+             for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
     lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
     lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
@@ -275,7 +294,6 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
             presence_csv: Path | None, at_least_one: bool | None, overwrite: bool, settings) -> None:
     """Blank the segmentation masks of classes judged absent (by the classifier, or the sources
     thresholds.json names); write the submission."""
-    from cloudpipe.engine.devices import is_main_process
     from cloudpipe.pipeline.predict import predict_submission, probs_path_for
 
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights, thresholds_file=thresholds_file,
@@ -361,7 +379,6 @@ STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A
 def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
                 postprocess: Path | None, steps: list[str] | None, choice: str, overwrite: bool, settings) -> None:
     """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
-    from cloudpipe.engine.devices import is_main_process
     from cloudpipe.pipeline.segment import predict_segmentation
 
     if out is None and len(run_dirs) > 1:

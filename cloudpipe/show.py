@@ -11,15 +11,15 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.data.images import jpeg_size, read_image, reduction_for
 from cloudpipe.data.kaggle import (
-    TEST_IMAGES,
     TRAIN_CSV,
     TRAIN_IMAGES,
+    data_inputs,
     find_image,
     read_mask_csv,
     require_dir,
     to_wide,
 )
-from cloudpipe.data.outputs import claim_output
+from cloudpipe.data.outputs import Inputs, claim_outputs
 from cloudpipe.plots import overlay_figure, save_png
 
 
@@ -38,8 +38,7 @@ def show_image(data_dir: Path, image: str, out: Path, *, pred: Path | None = Non
             an output that is an input or is being written by another process.
     """
     data_dir = require_dir(data_dir)
-    with claim_output(out, overwrite=overwrite, inputs=[pred, data_dir / TRAIN_CSV],
-                      input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES]):
+    with claim_outputs([out], data_inputs(data_dir) | Inputs.of(pred), overwrite=overwrite):
         path = find_image(data_dir, image)
         source = jpeg_size(path)
         size = SUBMISSION_SHAPE

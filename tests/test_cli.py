@@ -233,3 +233,53 @@ def test_evaluate_takes_mask_shape_like_the_other_commands(tmp_path):
                                            flag, "4", "6"])
         assert result.exit_code == 0, result.output
         assert "1.0000" in result.output
+
+
+def test_a_figure_that_does_not_exist_is_printed_as_n_a():
+    from cloudpipe.cli import format_table
+
+    table = format_table([{"submission": "capture share", "mean": float("nan")}, {"submission": "alone", "mean": 0.5}])
+    assert "nan" not in table and "n/a" in table.splitlines()[1] and "0.5000" in table
+
+
+# --- the README's torchrun commands -----------------------------------------------------------------
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+
+
+def readme_torchrun_commands() -> list[str]:
+    """The ``torchrun`` lines of the README's bash blocks."""
+    import re
+
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    return [line for block in blocks for line in block.splitlines() if line.startswith("torchrun ")]
+
+
+def test_the_readmes_torchrun_commands_run_as_written(tiny_data, tiny_classifier_run, tmp_path):
+    import os
+    import re
+    import shlex
+
+    commands = readme_torchrun_commands()
+    assert len(commands) >= 2
+    for mention in re.findall(r"`(torchrun [^`]*)`", README.read_text()):  # the prose gives the same form
+        assert mention.startswith("torchrun --standalone --nproc-per-node") and " -m -- cloudpipe " in mention, mention
+    shutil.copytree(tiny_data, tmp_path / "data")
+    shutil.copytree(tiny_classifier_run, tmp_path / "runs" / "classifier")
+    seg = tmp_path / "runs" / "seg"
+    setup = [["train-seg", "--data", tmp_path / "data", "--out", seg, "--epochs", 1, "--image-size", 32, 64, "--arch",
+              "tiny", "--weights", "none", "--workers", 0, "--device", "cpu", "--quiet"],
+             ["predict-seg", "--run", seg, "--data", tmp_path / "data", "--split", "val", "--workers", 0, "--quiet"],
+             ["predict-seg", "--run", seg, "--data", tmp_path / "data", "--split", "test", "--workers", 0, "--quiet"]]
+    for args in setup:
+        result = run(*args)
+        assert result.exit_code == 0, result.output
+    repo = str(README.parent)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+           "PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])}
+    for command in commands:
+        proc = subprocess.run(command, shell=True, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
+        words = shlex.split(command)
+        assert (tmp_path / words[words.index("--out") + 1]).is_file(), command

@@ -52,3 +52,15 @@ def test_running_mean_gives_the_same_bytes_as_mean_stores():
 def test_mean_probs():
     p, q = np.array([[0.2, 0.4, 0.6, 0.8]]), np.array([[0.6, 0.0, 0.0, 0.4]])
     np.testing.assert_allclose(mean_probs([p, q], [0.25, 0.75]), [[0.5, 0.1, 0.15, 0.5]])
+
+
+def test_huge_weights_do_not_overflow_to_zero():
+    assert normalise_weights([1e308, 1e308], 2) == [0.5, 0.5]  # the sum overflowed: both were 0
+    assert normalise_weights([1.5e308, 5e307], 2) == pytest.approx([0.75, 0.25])
+    with pytest.raises(CloudpipeError, match="too far apart"):
+        normalise_weights([1e308, 5e-324], 2)
+
+
+def test_the_weight_message_names_the_option_weights_go_with():
+    with pytest.raises(CloudpipeError, match=r"one --weight per --store: 1 weight\(s\) for 2 store\(s\)"):
+        normalise_weights([1], 2, per="--store")

@@ -67,7 +67,7 @@ def test_truth_at_prediction_size_read_as_full_size_is_an_error(tmp_path):
 
     data = make_dataset(tmp_path / "d", train=2, test=12, shape=(64, 96), seed=1, progress=False).out_dir
     truth = data / "test_truth.csv"  # masks at 350 x 525
-    with pytest.raises(CloudpipeError, match="pass --truth-shape 350 525"):
+    with pytest.raises(CloudpipeError, match="pass --truth-shape H W with their real size"):
         evaluate_files(truth, truth, (1400, 2100), (350, 525))
     assert evaluate_files(truth, truth, (350, 525), (350, 525)).table["mean"] == 1.0
 
@@ -81,5 +81,30 @@ def test_prediction_at_submission_size_read_as_full_size_is_an_error(tmp_path):
     with pytest.raises(CloudpipeError) as info:
         evaluate_files(submission, submission, (350, 525), (1400, 2100))
     message = str(info.value)
-    assert message.startswith(f"{submission}: ") and "pass --pred-shape 350 525" in message
-    assert "not 1400x2100" in message
+    assert message.startswith(f"{submission}: ") and "pass --pred-shape H W with their real size" in message
+    assert "smaller than 1400x2100" in message
+
+
+def test_train_csv_is_read_at_its_images_size_and_no_hint_names_a_size(tiny_data, tmp_path):
+    import pandas as pd
+    from click.testing import CliRunner
+
+    from cloudpipe.cli import main
+    from cloudpipe.core.competition import SUBMISSION_SHAPE
+    from cloudpipe.core.masks import resize_nearest
+    from cloudpipe.core.rle import mask2rle, rle2mask
+    from cloudpipe.data.kaggle import read_train
+
+    train = read_train(tiny_data)  # 64 x 96 images, masks at that size
+    exact = tmp_path / "exact.csv"  # the truth itself at the submission size: Dice 1
+    rows = [(label, mask2rle(resize_nearest(rle2mask(rle, (64, 96)), SUBMISSION_SHAPE)))
+            for label, rle in zip(train["Image_Label"], train["EncodedPixels"])]
+    pd.DataFrame(rows, columns=["Image_Label", "EncodedPixels"]).to_csv(exact, index=False)
+    result = CliRunner().invoke(main, ["evaluate", "--truth", str(tiny_data / "train.csv"), "--pred", str(exact)])
+    assert result.exit_code == 0, result.output
+    assert "mean  1.0000" in result.stdout
+    copy = tmp_path / "truth.csv"  # not a data folder's train.csv: read at 1400 x 2100, refused
+    copy.write_bytes((tiny_data / "train.csv").read_bytes())
+    refused = CliRunner().invoke(main, ["evaluate", "--truth", str(copy), "--pred", str(exact)])
+    assert refused.exit_code == 2 and "with their real size" in refused.stderr
+    assert "pass --truth-shape 350 525" not in refused.stderr  # following that would score 64 x 96 masks wrong

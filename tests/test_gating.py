@@ -55,3 +55,22 @@ def test_gate_spec_round_trip_and_errors():
         GateSpec.from_json({**data, "gate": {c: {"oracle": 1.0} for c in CLASSES}})
     with pytest.raises(CloudpipeError, match="sum to 1"):
         GateSpec.from_json({**data, "gate": {c: {"classifier": 0.5} for c in CLASSES}})
+
+
+def test_thresholds_json_carries_its_format_version():
+    spec = GateSpec({c: 0.5 for c in CLASSES}, at_least_one=True)
+    assert spec.to_json()["format"] == 1 and GateSpec.from_json(spec.to_json()) == spec
+    assert GateSpec.from_json({c: 0.5 for c in CLASSES}).at_least_one is False  # hand-written, no version: fine
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"at_least_one": "false"}, "at_least_one 'false' is not true or false"),  # bool("false") would turn it on
+    ({"at_least_one": 1}, "at_least_one 1 is not true or false"),
+    ({"format": 2}, "format 2 is not 1"),
+    ({"top_k": 0}, "top_k 0 is not a whole number"),
+    ({"top_k": "18000"}, "top_k '18000' is not a whole number"),
+    ({"area_threshold": 2.0}, "area_threshold threshold 2.0 is not a number in"),
+])
+def test_a_garbled_thresholds_file_is_refused(bad, message):
+    with pytest.raises(CloudpipeError, match=message):
+        GateSpec.from_json({**GateSpec({c: 0.5 for c in CLASSES}).to_json(), **bad})

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 
@@ -114,3 +116,16 @@ def test_segmenter_imagenet_weights_come_from_local_caches_first(tmp_path, monke
     monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
     with pytest.raises(CloudpipeError, match=r"encoder resnet18 \(OSError\): place smp's smp-hub/resnet18.imagenet.*resnet18-f37072fd.pth"):
         build_segmenter("Unet", "resnet18", "imagenet")
+
+
+def test_a_failed_offline_attempt_leaves_no_empty_cache_folder(monkeypatch):
+    from pathlib import Path
+
+    def offline(*args, **kwargs):  # as torch does: make the cache folder, then fail to download
+        os.makedirs(Path(torch.hub.get_dir()) / "checkpoints", exist_ok=True)
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(CloudpipeError, match="--weights none"):
+        build_classifier("resnet18", "imagenet")
+    assert not Path(torch.hub.get_dir()).exists()

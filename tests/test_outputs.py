@@ -7,9 +7,11 @@ import pytest
 
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import (
+    Inputs,
     atomic_path,
     check_output,
     claim_output,
+    claim_outputs,
     csv_writer,
     lock_path,
     output_lock,
@@ -268,3 +270,128 @@ def test_check_output_inside_an_input_folder(tmp_path):
             check_output(out, overwrite=True, input_dirs=[images])
     assert check_output(tmp_path / "x.png", input_dirs=[images]) == tmp_path / "x.png"
     assert not (images / "sub").exists()
+
+
+# --- every file a command reads is an input, however it was reached ------------------------------
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    """Every file and folder under ``root`` with its content (folders: b"/")."""
+    return {str(p.relative_to(root)): (b"/" if p.is_dir() else p.read_bytes()) for p in sorted(root.rglob("*"))}
+
+
+def _one_line_refusal(result) -> str:
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def workspace(tiny_data, tiny_classifier_run, tmp_path_factory, noisy_segmentation):
+    """A copy of the data and of a tuned classifier run, validation masks, a thresholds file."""
+    import shutil
+
+    from click.testing import CliRunner
+
+    from cloudpipe.cli import main
+
+    root = tmp_path_factory.mktemp("reads")
+    data, run = root / "data", root / "runs" / "cls"
+    shutil.copytree(tiny_data, data)
+    shutil.copytree(tiny_classifier_run, run)
+    splits = pd.read_csv(run / "splits.csv", dtype=str, keep_default_na=False)
+    seg = root / "val_seg.csv"
+    noisy_segmentation(data, list(splits.loc[splits["fold"] == "0", "image"])).to_csv(seg, index=False)
+    tuned = CliRunner().invoke(main, ["tune-threshold", "--run", str(run), "--data", str(data), "--seg", str(seg)])
+    assert tuned.exit_code == 0, tuned.output
+    (root / "t.json").write_bytes((run / "thresholds.json").read_bytes())
+    return root
+
+
+def _commands(root: Path) -> dict[str, list[str]]:
+    data, run, seg = root / "data", root / "runs" / "cls", root / "val_seg.csv"
+    image = min((data / "train_images").glob("*.jpg"), default=data / "train_images" / "none.jpg")
+    report = ["report", "--data", data, "--seg", seg, "--run", run, "--quiet", "--overwrite", "--out"]
+    predict = ["predict", "--seg", data / "sample_submission.csv", "--run", run, "--data", data, "--workers", "0",
+               "--quiet", "--device", "cpu", "--overwrite"]
+    return {
+        "report over the run's checkpoint": [*report, run / "best.pt"],
+        "report over the run's thresholds": [*report, run / "thresholds.json"],
+        "report over the run's val_probs.csv": [*report, run / "val_probs.csv"],
+        "report over a training image": [*report, image],
+        "predict whose companion is the run's val_probs.csv": [*predict, "--out", run / "val.csv"],
+        "predict over its --thresholds": [*predict, "--thresholds", root / "t.json", "--out", root / "t.json"],
+        "tune-threshold --plot over a checkpoint": ["tune-threshold", "--run", run, "--data", data, "--seg", seg,
+                                                    "--plot", run / "best.pt", "--overwrite"],
+        "predict over the data's train.csv": [*predict, "--out", data / "train.csv"],
+    }
+
+
+@pytest.mark.parametrize("case", list(_commands(Path("."))))
+def test_no_output_replaces_a_file_the_command_reads(workspace, case):
+    from click.testing import CliRunner
+
+    from cloudpipe.cli import main
+
+    before = _snapshot(workspace)
+    result = CliRunner().invoke(main, [str(a) for a in _commands(workspace)[case]])
+    line = _one_line_refusal(result)
+    assert "is also an input" in line or "inside the input folder" in line, line
+    assert _snapshot(workspace) == before  # nothing replaced, nothing left
+
+
+def test_a_hard_link_to_an_input_is_the_input(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("x\n")
+    os.link(source, tmp_path / "alias.csv")
+    with pytest.raises(CloudpipeError, match="also an input"):
+        check_output(tmp_path / "alias.csv", overwrite=True, inputs=[source])
+
+
+# --- what a killed or refused run leaves behind -----------------------------------------------------
+
+
+def test_the_next_run_of_an_output_removes_a_killed_writers_temporaries(tmp_path, dead_pid):
+    target = tmp_path / "val_seg.csv"
+    dead = [tmp_path / f".val_seg.csv.{dead_pid}.tmp", tmp_path / f".val_seg.csv.rank1.{dead_pid}.npy"]
+    kept = [tmp_path / f".val_seg.csv.{os.getppid()}.tmp",  # a live process's
+            tmp_path / f".other.csv.{dead_pid}.tmp", tmp_path / "val_seg.csv.1.tmp"]  # not this output's
+    for path in dead + kept:
+        path.write_bytes(b"partial")
+    with claim_output(target) as path:
+        write_text("new", path)
+    assert sorted(os.listdir(tmp_path)) == sorted(["val_seg.csv", *(p.name for p in kept)])
+
+
+def test_a_refused_claim_leaves_no_new_folder(tmp_path):
+    source = tmp_path / "in.csv"
+    source.write_text("x\n")
+    with pytest.raises(CloudpipeError, match="also an input"):
+        with claim_outputs([tmp_path / "new" / "deeper" / "a.csv", source], Inputs.of(source), overwrite=True):
+            pass
+    with pytest.raises(Boom):
+        with claim_outputs([tmp_path / "new" / "a.csv"], Inputs()):
+            raise Boom  # a failure after the claim, e.g. a bad image
+    assert os.listdir(tmp_path) == ["in.csv"]
+
+
+def test_a_full_disk_leaves_no_empty_lock_file(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "write", lambda fd, data: full_disk())
+    with pytest.raises(CloudpipeError, match="cannot write the lock file .sub.csv.lock"):
+        with claim_output(tmp_path / "sub.csv"):
+            pass
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_refusal_after_the_claim_leaves_no_new_out_folder(workspace):
+    from click.testing import CliRunner
+
+    from cloudpipe.cli import main
+
+    before = _snapshot(workspace)
+    result = CliRunner().invoke(main, [str(a) for a in [
+        "report", "--data", workspace / "data", "--seg", workspace / "val_seg.csv", "--run", workspace / "runs" / "cls",
+        "--thresholds", workspace / "val_seg.csv", "--quiet", "--out", workspace / "new" / "deeper" / "r.html"]])
+    assert "not a readable JSON file" in _one_line_refusal(result)
+    assert _snapshot(workspace) == before

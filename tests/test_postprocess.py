@@ -195,3 +195,20 @@ def test_new_steps_round_trip_and_build_by_name():
         make_steps(["shape", "threshold"])
     with pytest.raises(CloudpipeError, match="not one of mask, hull, box"):
         PostProcess.from_dict({"format": 2, "steps": [{"step": "shape", "grid": ["oval"], "values": {}}]})
+
+
+@pytest.mark.parametrize("step, value, message", [
+    ("threshold", 2.0, r"threshold value 2.0 is not a number in \[0, 1\]"),
+    ("threshold", "0.5", r"threshold value '0.5' is not a number"),
+    ("min_size", -5, r"min_size value -5 is not a number in \[0, inf\]"),
+    ("min_size", float("nan"), "min_size value nan"),
+    ("top_area", [1.5, 100], "top_area top value 1.5"),
+    ("top_area", [0.5, -1], "top_area area value -1"),
+    ("top_area", 0.5, "is not a pair"),
+])
+def test_a_post_processing_value_out_of_range_is_refused(step, value, message):
+    steps = (Threshold(),) + ((STEPS[step](),) if step != "threshold" else ())
+    post = PostProcess(steps, {c: tuple(s.default for s in steps) for c in CLASSES}).to_dict()
+    post["steps"][-1]["values"]["Gravel"] = value
+    with pytest.raises(CloudpipeError, match=message):
+        PostProcess.from_dict(json.loads(json.dumps(post)))

@@ -329,3 +329,27 @@ def test_predict_under_torchrun_matches_one_process(tiny_data, tiny_classifier_r
     probs = [pd.read_csv(p.with_name("submission_probs.csv")).set_index("image") for p in (one, two)]
     pd.testing.assert_frame_equal(probs[1], probs[0], atol=1e-5)
     assert sorted(p.name for p in two.parent.iterdir()) == ["submission.csv", "submission_probs.csv"]
+
+
+def test_a_string_where_thresholds_json_wants_true_or_false_is_one_line(tiny_data, tiny_classifier_run, seg_csv, tmp_path):
+    thresholds = tmp_path / "t.json"
+    thresholds.write_text(json.dumps({**{c: 0.5 for c in CLASSES}, "at_least_one": "false"}))
+    out = tmp_path / "sub.csv"
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out,
+                    "--thresholds", thresholds)
+    assert result.exit_code == 2 and "at_least_one 'false' is not true or false" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
+
+
+def test_no_speed_is_claimed_when_no_model_runs(tiny_data, tiny_classifier_run, seg_csv, tmp_path):
+    from cloudpipe.data.kaggle import list_test_images
+
+    images = list_test_images(tiny_data)
+    head = tmp_path / "test_seg_presence.csv"
+    pd.DataFrame(0.7, index=pd.Index(images, name="image"), columns=list(CLASSES)).reset_index().to_csv(head, index=False)
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text(json.dumps({**{c: 0.5 for c in CLASSES}, "gate": {c: {"head": 1.0} for c in CLASSES}}))
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", tmp_path / "sub.csv",
+                    "--thresholds", thresholds, "--presence", head)
+    assert result.exit_code == 0, result.output
+    assert "no model run" in result.output and "img/s" not in result.output  # it said e.g. 449781 img/s

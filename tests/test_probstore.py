@@ -15,7 +15,7 @@ from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_wr
 def write_store(tmp_path, n=3, images=None):
     store = np.random.default_rng(0).integers(0, 256, (n, 4, 350, 525), dtype=np.uint8)
     npy, meta = store_paths(tmp_path / "val_seg.csv")
-    info = StoreInfo("val", images or [f"{i}.jpg" for i in range(n)], ["/runs/a"], [1.0])
+    info = StoreInfo("val", images or [f"{i}.jpg" for i in range(n)], ["/runs/a"], [1.0], ["0" * 64])
     write_files({npy: array_writer(store), meta: info_writer(info)})
     return npy, store, info
 
@@ -73,3 +73,11 @@ def test_image_list_mismatch_and_damage(tmp_path):
     assert "not a readable JSON" in one_line(npy)
     meta.unlink()
     assert "image list is missing" in one_line(npy)
+
+
+def test_a_string_where_the_store_wants_a_list_is_refused(tmp_path):
+    npy, _, _ = write_store(tmp_path, n=7)
+    meta = info_path(npy)
+    data = json.loads(meta.read_text())
+    meta.write_text(json.dumps({**data, "images": "abcdefg"}))  # 7 characters: once read as 7 names
+    assert "images must be a JSON list" in one_line(npy)

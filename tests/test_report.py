@@ -133,7 +133,7 @@ def test_bad_inputs_are_one_line_and_no_file(tiny_data, case, tmp_path):
     cases = [
         (["--seg", seg, "--probs", few], "no probabilities for 11 image(s)"),
         (["--seg", seg, "--truth", truth, "--truth-shape", 64, 96], "extra image(s)"),
-        (["--seg", seg, "--mask-shape", 1400, 2100], "--pred-shape 350 525"),
+        (["--seg", seg, "--mask-shape", 1400, 2100], "--pred-shape H W with their real size"),
         (["--seg", seg, "--probs", probs_csv, "--thresholds", probs_csv], "not a readable JSON file"),
         (["--seg", seg, "--thresholds", thresholds], "--thresholds needs presence probabilities"),
     ]
@@ -180,3 +180,23 @@ def test_the_at_least_one_rule_is_scored_as_predict_applies_it(tiny_data, case, 
         assert tuned[key] == pytest.approx(expected[key], abs=1e-12), key
     kept = scored.best_gate()
     assert (kept & (scored.stats.pred_area > 0)).any(1)[(scored.stats.pred_area > 0).any(1)].all()
+
+
+def test_thresholds_tuned_for_another_run_are_refused_as_predict_refuses_them(tiny_data, tiny_classifier_run,
+                                                                              tiny_classifier_run_b, noisy_segmentation,
+                                                                              tmp_path):
+    import shutil
+
+    run, other = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_classifier_run, run)
+    shutil.copytree(tiny_classifier_run_b, other)
+    foreign = tmp_path / "b_thresholds.json"
+    assert CliRunner().invoke(main, ["tune-threshold", "--run", str(other), "--data", str(tiny_data),
+                                     "--out", str(foreign)]).exit_code == 0
+    splits = pd.read_csv(run / "splits.csv", dtype=str, keep_default_na=False)
+    seg = tmp_path / "seg.csv"
+    noisy_segmentation(tiny_data, list(splits.loc[splits["fold"] == "0", "image"])).to_csv(seg, index=False)
+    result = CliRunner().invoke(main, ["report", "--data", str(tiny_data), "--seg", str(seg), "--run", str(run),
+                                       "--thresholds", str(foreign), "--out", str(tmp_path / "r.html"), "--quiet"])
+    assert result.exit_code == 2 and "were tuned for runs" in result.stderr, result.output
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "r.html").exists()

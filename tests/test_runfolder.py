@@ -13,6 +13,7 @@ from cloudpipe.data.runfolder import (
     model_dirs,
     read_json,
     read_splits,
+    run_fingerprint,
     trained_checkpoints,
     training_files,
     write_splits,
@@ -88,3 +89,22 @@ def test_training_files_cover_folds(tmp_path):
     names = {str(p.relative_to(tmp_path)) for p in training_files(tmp_path)}
     assert {"best.pt", "last.pt", "config.yaml", "splits.csv", "metrics.csv", "thresholds.png", "fold1/last.pt"} <= names
     assert "val_seg.csv" not in names
+
+
+def test_a_fingerprint_is_what_a_run_is_not_where_it_lies(tmp_path):
+    run = tmp_path / "a"
+    run.mkdir()
+    for name, content in (("config.yaml", b"task: x\n"), ("splits.csv", b"image,fold\n"), ("best.pt", b"weights")):
+        (run / name).write_bytes(content)
+    before = run_fingerprint(run)
+    (run / "metrics.csv").write_text("epoch\n1\n")  # not what the run is
+    (run / "thresholds.json").write_text("{}")
+    assert run_fingerprint(run) == before
+    moved = tmp_path / "elsewhere" / "b"
+    moved.parent.mkdir()
+    run.rename(moved)
+    assert run_fingerprint(moved) == before
+    (moved / "best.pt").write_bytes(b"trained further")
+    assert run_fingerprint(moved) != before
+    with pytest.raises(CloudpipeError, match="not a training run"):
+        run_fingerprint(tmp_path / "elsewhere")

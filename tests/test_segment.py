@@ -128,7 +128,7 @@ def test_seg_head_trains_rebuilds_writes_presence_and_resumes(tiny_data, tmp_pat
     assert not (tmp_path / "full" / "val_seg_presence.csv").exists()
     plain = tmp_path / "plain.csv"
     train_run(load_config("segmentation", overrides={**SEG, "epochs": 1}), tiny_data, tmp_path / "plain", progress=False)
-    assert invoke("predict-seg", "--run", tmp_path / "plain", "--data", tiny_data, "--split", "test", "--out", plain,
+    assert invoke("predict-seg", "--run", tmp_path / "plain", "--data", tiny_data, "--split", "val", "--out", plain,
                   *CPU_QUIET).exit_code == 0
     assert not (tmp_path / "plain_presence.csv").exists()  # no head, no presence file
 
@@ -164,6 +164,38 @@ def test_kill_9_leaves_no_probability_store(tmp_path):
     assert child.returncode == -signal.SIGKILL, child.stderr
     assert child.stdout.strip() == "0"  # the 4 MB store already had no name while in use
     assert os.listdir(folder) == []
+
+
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+import cloudpipe.data.probstore
+from cloudpipe.cli import main
+real = cloudpipe.data.probstore.array_writer
+def dying(store):
+    def write(path):
+        real(store[:2])(path)  # part of the store written to its temporary, then kill -9
+        os.kill(os.getpid(), signal.SIGKILL)
+    return write
+cloudpipe.data.probstore.array_writer = dying
+import cloudpipe.pipeline.segment
+cloudpipe.pipeline.segment.array_writer = dying
+main(sys.argv[1:])
+"""
+
+
+def test_the_next_run_removes_what_a_kill_9_in_the_write_phase_left(seg_run, tiny_data, tmp_path):
+    out = tmp_path / "out" / "val.csv"
+    run = copy_run(seg_run, tmp_path, "run")
+    args = ["predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", out, *CPU_QUIET]
+    child = subprocess.run([sys.executable, "-c", KILLED_WHILE_WRITING, *map(str, args)], capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    left = sorted(p.name for p in out.parent.iterdir())
+    assert any(name.endswith(".tmp") for name in left), left  # what kill -9 leaves: no cleanup runs
+    again = invoke(*args)
+    assert again.exit_code == 0, again.output
+    assert sorted(p.name for p in out.parent.iterdir()) == ["val.csv", "val_presence.csv", "val_probs.json", "val_probs.npy"]
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
 
 
 def test_full_disk_for_the_store_is_one_line(tmp_path, monkeypatch):
@@ -347,10 +379,13 @@ def test_bad_store_is_one_line_and_writes_nothing(seg_run, tiny_data, tmp_path):
 
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_predict_seg_under_torchrun_matches_one_process(seg_run, tiny_data, tmp_path, torchrun, split):
+    from cloudpipe.algorithms.postprocess import PostProcess
     from cloudpipe.data.probstore import presence_path
 
     run = tmp_path / "run"
     shutil.copytree(seg_run, run)
+    if split == "test" and not (run / "seg_postprocess.json").exists():
+        (run / "seg_postprocess.json").write_text(json.dumps(PostProcess().to_dict()))  # the steps' defaults
     one, two = tmp_path / "one" / "seg.csv", tmp_path / "two" / "seg.csv"
     common = ("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--workers", 0, "--device", "cpu",
               "--batch-size", 4, "--quiet")
@@ -377,8 +412,28 @@ def test_predict_seg_under_torchrun_refuses_an_existing_output_in_one_line_per_r
                     "--workers", 0, "--device", "cpu", "--quiet")
     assert proc.returncode != 0
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
-    assert errors == [f"error: {out}: already exists; pass --overwrite to replace it"] * 2, proc.stderr[-3000:]
+    assert errors == [f"error: {out}: already exists; pass --overwrite to replace it"], proc.stderr[-3000:]  # rank 0's
     assert out.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["seg.csv"]
+
+
+def test_a_bad_image_in_one_ranks_share_is_one_line_from_rank_0(seg_run, tiny_data, tmp_path, torchrun):
+    from cloudpipe.algorithms.postprocess import PostProcess
+    from cloudpipe.data.kaggle import list_test_images
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    bad = data / "test_images" / list_test_images(data)[1]  # rank 1's share: images 1, 3, 5
+    image = bad.read_bytes()
+    bad.write_bytes(image[:len(image) // 2] + image[len(image) // 2 + 200:])  # well framed, corrupt inside
+    run = copy_run(seg_run, tmp_path, "run")
+    (run / "seg_postprocess.json").write_text(json.dumps(PostProcess().to_dict()))  # the steps' defaults
+    out = tmp_path / "out" / "seg.csv"
+    proc = torchrun("predict-seg", "--run", run, "--data", data, "--split", "test", "--out", out, *CPU_QUIET)
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "corrupt JPEG" in errors[0] and str(bad) in errors[0], proc.stderr[-3000:]
+    assert "Connection closed" not in proc.stderr and "CloudpipeError" not in proc.stderr  # no rank's traceback
+    assert not out.parent.exists()  # nothing left: no share, no temporary, no empty folder
 
 
 def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_run_b, tiny_data, tmp_path, torchrun):
@@ -396,6 +451,76 @@ def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_ru
     [a, b] = [json.loads(postprocess_path_for(p).read_text()) for p in (one, two)]
     assert a == b
     assert sorted(p.name for p in two.parent.iterdir()) == sorted(p.name for p in one.parent.iterdir())
+
+
+# --- a tuned file follows what its runs are, not where they lie -----------------------------------
+
+
+def test_tuned_files_follow_a_moved_run_and_refuse_another_run_in_its_place(seg_run, seg_run_b, tiny_data, tmp_path):
+    a = copy_run(seg_run, tmp_path, "a")
+    val = tmp_path / "val.csv"
+    assert invoke("predict-seg", "--run", a, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
+    moved = tmp_path / "uploaded" / "a"  # e.g. a Kaggle dataset, another machine
+    moved.parent.mkdir()
+    a.rename(moved)
+    for extra in ([], ["--postprocess", moved / "seg_postprocess.json"]):  # by default and named: the same answer
+        result = invoke("predict-seg", "--run", moved, "--data", tiny_data, "--split", "test", "--out",
+                        tmp_path / "test.csv", "--overwrite", *extra, *CPU_QUIET)
+        assert result.exit_code == 0, result.output
+    retuned = invoke("tune-seg", "--store", store_paths(val)[0], "--data", tiny_data, "--out", tmp_path / "re.csv")
+    assert retuned.exit_code == 0, retuned.output  # the store's runs are known by what they are, not by a path
+    assert invoke("predict-seg", "--run", moved, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t2.csv",
+                  "--postprocess", tmp_path / "re_postprocess.json", *CPU_QUIET).exit_code == 0
+    impostor = copy_run(seg_run_b, tmp_path, "a")  # another run at the old path, with the stale tuning
+    shutil.copy(moved / "seg_postprocess.json", impostor / "seg_postprocess.json")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    for extra in ([], ["--postprocess", tmp_path / "re_postprocess.json"]):
+        stale = invoke("predict-seg", "--run", impostor, "--data", tiny_data, "--split", "test", "--out",
+                       tmp_path / "t3.csv", *extra, *CPU_QUIET)
+        assert stale.exit_code == 2 and "were tuned for runs" in stale.stderr, stale.output
+        assert len(stale.stderr.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_test_masks_of_an_untuned_run_are_refused_in_one_line(seg_run, tiny_data, tmp_path):
+    run = copy_run(seg_run, tmp_path, "run")
+    (run / "seg_postprocess.json").unlink(missing_ok=True)
+    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
+                    *CPU_QUIET)
+    assert result.exit_code == 2 and "no seg_postprocess.json" in result.stderr and "--split val" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and sorted(os.listdir(tmp_path)) == ["run"]
+
+
+def test_an_older_file_recording_run_folders_only_is_refused_with_its_reason(seg_run, tiny_data, tmp_path):
+    run = copy_run(seg_run, tmp_path, "run")
+    assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", tmp_path / "v.csv",
+                  *CPU_QUIET).exit_code == 0
+    post = json.loads((run / "seg_postprocess.json").read_text())
+    del post["fingerprints"]
+    (run / "seg_postprocess.json").write_text(json.dumps(post))
+    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
+                    *CPU_QUIET)
+    assert result.exit_code == 2 and "older cloudpipe" in result.stderr and "tune them again" in result.stderr
+
+
+def test_thresholds_record_the_segmentation_run_whose_store_they_gate_on(seg_run, seg_run_b, tiny_classifier_run,
+                                                                        tiny_data, tmp_path):
+    for name, run in (("a", seg_run), ("b", seg_run_b)):
+        for split in ("val", "test"):
+            out = tmp_path / f"{name}_{split}.csv"
+            assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--out", out,
+                          "--overwrite", *CPU_QUIET).exit_code == 0
+    classifier = copy_run(tiny_classifier_run, tmp_path, "cls")
+    tuned = invoke("tune-threshold", "--run", classifier, "--data", tiny_data, "--seg", tmp_path / "a_val.csv",
+                   "--seg-store", store_paths(tmp_path / "a_val.csv")[0], "--sources", "max")
+    assert tuned.exit_code == 0, tuned.output
+    assert json.loads((classifier / "thresholds.json").read_text())["segmentation"]["fingerprints"]
+    common = ["predict", "--seg", tmp_path / "a_test.csv", "--run", classifier, "--data", tiny_data, *CPU_QUIET]
+    ok = invoke(*common, "--seg-store", store_paths(tmp_path / "a_test.csv")[0], "--out", tmp_path / "sub.csv")
+    assert ok.exit_code == 0, ok.output
+    other = invoke(*common, "--seg-store", store_paths(tmp_path / "b_test.csv")[0], "--out", tmp_path / "sub2.csv")
+    assert other.exit_code == 2 and "segmentation runs" in other.stderr and "were tuned for runs" in other.stderr
+    assert len(other.stderr.strip().splitlines()) == 1 and not (tmp_path / "sub2.csv").exists()
 
 
 def test_out_of_fold_tuning_uses_every_train_image_once(tiny_data, tmp_path):

@@ -249,3 +249,16 @@ def test_bad_mask_in_train_csv_stops_both_stages_before_training(tiny_data, tmp_
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {data / 'train.csv'}, line 7: {label}: ") and problem in line, line
     assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_cannot_start_writes_nothing_so_its_fix_works(tiny_data, tmp_path):
+    out = tmp_path / "runs" / "cls"
+    args = ["train-classifier", "--data", tiny_data, "--out", out, "--arch", "tiny", "--epochs", 1,
+            "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet"]
+    failed = run_cli(*args)  # --weights imagenet (the default), which the stand-in network has not
+    assert failed.exit_code == 2 and "pass --weights none" in failed.stderr, failed.output
+    assert len(failed.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # nothing in --out (it held config.yaml and splits.csv), no empty folder
+    fixed = run_cli(*args, "--weights", "none")  # what the error recommends: it used to be "holds another run"
+    assert fixed.exit_code == 0, fixed.output
+    assert (out / "best.pt").is_file()

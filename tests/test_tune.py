@@ -49,7 +49,7 @@ def write_probs(path: Path, probs: pd.DataFrame) -> Path:
 @pytest.fixture(scope="module")
 def tuning_case(tiny_data, tmp_path_factory, noisy_segmentation):
     """A hand-built run (only ``val_probs.csv``: 16 of the 24 training images, informative but
-    imperfect) and segmentation predictions on 20 images, 12 of them validation images."""
+    imperfect) and segmentation predictions on 12 of these validation images."""
     root = tmp_path_factory.mktemp("tuning")
     labels = presence(read_train(tiny_data))
     images = list(labels.index)
@@ -60,7 +60,7 @@ def tuning_case(tiny_data, tmp_path_factory, noisy_segmentation):
     run = root / "run"
     write_probs(run / "val_probs.csv", probs)
     seg = root / "val_seg.csv"
-    noisy_segmentation(tiny_data, images[4:], seed=1).to_csv(seg, index=False)
+    noisy_segmentation(tiny_data, images[4:16], seed=1).to_csv(seg, index=False)
     return run, seg, probs, images[4:16]
 
 
@@ -234,8 +234,11 @@ def test_cli_bad_inputs(tiny_data, tuning_case, tmp_path):
     _, seg, probs, _ = tuning_case
     run = copy_run(tuning_case, tmp_path)
     other = tmp_path / "other.csv"  # predictions on training images outside the validation set
-    frame = pd.read_csv(seg, dtype=str, keep_default_na=False)
-    frame[~frame["Image_Label"].str.rsplit("_", n=1).str[0].isin(probs.index)].to_csv(other, index=False)
+    outside = [i for i in presence(read_train(tiny_data)).index if i not in probs.index]
+    frame = pd.DataFrame({"Image_Label": [join_label(i, c) for i in outside for c in CLASSES], "EncodedPixels": ""})
+    frame.to_csv(other, index=False)
+    partly = tmp_path / "partly.csv"  # validation images and images the classifier trained on
+    pd.concat([pd.read_csv(seg, dtype=str, keep_default_na=False), frame]).to_csv(partly, index=False)
     unknown = tmp_path / "unknown.csv"
     pd.DataFrame({"Image_Label": [join_label("zzz.jpg", c) for c in CLASSES], "EncodedPixels": ""}).to_csv(unknown, index=False)
     broken = tmp_path / "broken.csv"
@@ -246,6 +249,7 @@ def test_cli_bad_inputs(tiny_data, tuning_case, tmp_path):
     (bad_probs / "val_probs.csv").write_text("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,0.3,2\n")
     cases = [
         (["--seg", other], "shares no image with the validation probabilities"),
+        (["--seg", partly], "only 12 of its 20 images are validation images"),
         (["--seg", unknown], "no truth in train.csv"),
         (["--seg", broken], "line 2"),
         (["--objective", "dice"], "needs segmentation predictions"),

@@ -20,20 +20,29 @@ from cloudpipe.core.errors import CloudpipeError
 CHUNK = 32  # images per step: ~23 MB of uint8 at 350 x 525
 
 
-def normalise_weights(weights: Sequence[float] | None, count: int) -> list[float]:
-    """One weight per run, scaled to sum 1 (equal weights when None).
+def normalise_weights(weights: Sequence[float] | None, count: int, per: str = "--run") -> list[float]:
+    """One weight per run (or per ``per``: the option each weight goes with), scaled to sum 1
+    (equal weights when None). Scaled by the largest first, so that huge weights cannot
+    overflow the sum (1e308 twice is 0.5 each, not 0).
 
     Raises:
-        CloudpipeError: not one weight per run, or a weight that is not a positive number.
+        CloudpipeError: not one weight per run, a weight that is not a positive number, or
+            weights so far apart that the smallest would count for nothing.
     """
     if weights is None or len(weights) == 0:
         weights = [1.0] * count
     if len(weights) != count:
-        raise CloudpipeError(f"give one --weight per --run: {len(weights)} weight(s) for {count} run(s)")
+        raise CloudpipeError(f"give one --weight per {per}: {len(weights)} weight(s) for {count} {per.lstrip('-')}(s)")
     if not all(math.isfinite(w) and w > 0 for w in weights):
         raise CloudpipeError(f"weights must be positive numbers, got {', '.join(f'{w:g}' for w in weights)}")
-    total = float(sum(weights))
-    return [float(w) / total for w in weights]
+    largest = float(max(weights))
+    scaled = [float(w) / largest for w in weights]
+    total = sum(scaled)
+    out = [w / total for w in scaled]
+    if not all(w > 0 for w in out):
+        raise CloudpipeError(f"weights {', '.join(f'{w:g}' for w in weights)} are too far apart: the smallest would "
+                             "count for nothing")
+    return out
 
 
 def _add(total: np.ndarray, values: np.ndarray, weight: float) -> None:

@@ -14,9 +14,12 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.algorithms.presence import CLASSIFIER, PIXEL_SOURCES, SOURCES, Gate, PixelStats
-from cloudpipe.algorithms.thresholds import parse_thresholds
+from cloudpipe.algorithms.thresholds import check_threshold, parse_thresholds
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
+
+THRESHOLDS_FORMAT = 1
+"""The version of the ``thresholds.json`` form (:meth:`GateSpec.to_json`)."""
 
 
 def keep_most_probable(absent: np.ndarray, probs: np.ndarray, drawn: np.ndarray) -> np.ndarray:
@@ -97,7 +100,7 @@ class GateSpec:
     def to_json(self) -> dict:
         """``{class: threshold, "gate": {class: {source: weight}}, "at_least_one": bool}``, plus
         ``top_k`` and ``area_threshold`` when a pixel statistic is used."""
-        out = {**self.thresholds, "gate": self.gates, "at_least_one": self.at_least_one}
+        out = {"format": THRESHOLDS_FORMAT, **self.thresholds, "gate": self.gates, "at_least_one": self.at_least_one}
         if any(s in PIXEL_SOURCES for s in self.sources):
             out |= {"top_k": self.pixel.top_k, "area_threshold": self.pixel.area_threshold}
         return out
@@ -110,6 +113,9 @@ class GateSpec:
             CloudpipeError: bad thresholds, an unknown source, or weights not summing to 1.
         """
         thresholds = parse_thresholds(data)
+        if data.get("format", THRESHOLDS_FORMAT) != THRESHOLDS_FORMAT:  # a file without one: hand-written or older
+            raise CloudpipeError(f"thresholds: format {data['format']!r} is not {THRESHOLDS_FORMAT} (tune them again "
+                                 "with this cloudpipe)")
         gates = data.get("gate", cls(thresholds).gates)
         if not isinstance(gates, dict) or any(not isinstance(gates.get(c), dict) or not gates[c] for c in CLASSES):
             raise CloudpipeError("thresholds: gate must give every class {source: weight}")
@@ -117,11 +123,13 @@ class GateSpec:
             unknown = [s for s in gates[c] if s not in SOURCES]
             if unknown:
                 raise CloudpipeError(f"thresholds: {c} gates on unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
-            if not all(isinstance(w, (int, float)) and w >= 0 for w in gates[c].values()) or abs(sum(gates[c].values()) - 1) > 1e-6:
+            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in gates[c].values()) or abs(sum(gates[c].values()) - 1) > 1e-6:
                 raise CloudpipeError(f"thresholds: {c}'s gate weights must be >= 0 and sum to 1")
-        try:
-            pixel = PixelStats(int(data.get("top_k", PixelStats.top_k)), float(data.get("area_threshold", PixelStats.area_threshold)))
-        except (TypeError, ValueError):
-            raise CloudpipeError("thresholds: top_k and area_threshold must be numbers") from None
-        return cls(thresholds, {c: {s: float(w) for s, w in gates[c].items()} for c in CLASSES},
-                   bool(data.get("at_least_one", False)), pixel)
+        top_k, area = data.get("top_k", PixelStats.top_k), data.get("area_threshold", PixelStats.area_threshold)
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise CloudpipeError(f"thresholds: top_k {top_k!r} is not a whole number >= 1")
+        at_least_one = data.get("at_least_one", False)
+        if not isinstance(at_least_one, bool):  # "false" is a string, and bool("false") is True
+            raise CloudpipeError(f"thresholds: at_least_one {at_least_one!r} is not true or false")
+        return cls(thresholds, {c: {s: float(w) for s, w in gates[c].items()} for c in CLASSES}, at_least_one,
+                   PixelStats(top_k, check_threshold(area, "area_threshold")))

@@ -17,6 +17,7 @@ are not numbers (pairs, names) also has ``parse``, which reads a value back from
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -60,10 +61,17 @@ class Step:
         give the same mask may give the same object (tuning then scores it once)."""
         return [self.apply(mask, probs, value) for value in self.grid]
 
+    bounds: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
+    """The values a file may give the step."""
+
     @classmethod
     def parse(cls, value: object):
-        """A value (or grid entry) as read back from JSON."""
-        return float(value)
+        """A value (or grid entry) as read back from JSON.
+
+        Raises:
+            CloudpipeError: not a number within :attr:`bounds`.
+        """
+        return _number(value, cls.name, *cls.bounds)
 
     @staticmethod
     def show(value) -> str:
@@ -79,6 +87,7 @@ class Threshold(Step):
     name: ClassVar[str] = "threshold"
     default: ClassVar[float] = 0.5
     reads_probs: ClassVar[bool] = True
+    bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
     grid: tuple = (0.3, 0.4, 0.5, 0.6, 0.7)
 
     def apply(self, mask, probs, value):
@@ -91,6 +100,7 @@ class MinSize(Step):
 
     name: ClassVar[str] = "min_size"
     default: ClassVar[float] = 0
+    bounds: ClassVar[tuple[float, float]] = (0.0, math.inf)
     # Pixels at 350 x 525: finishers used 5,000-21,000, and tuned on real clouds the minimum
     # reached 10,000 (the old grid's top) for every class, so the grid goes well past it.
     grid: tuple = (0, 500, 1000, 2500, 5000, 7500, 10000, 12500, 15000, 17500, 20000, 25000, 30000, 40000, 50000, 60000)
@@ -142,8 +152,16 @@ class TopArea(Step):
 
     @classmethod
     def parse(cls, value):
-        top, area = value
-        return float(top), float(area)
+        if not isinstance(value, (list, tuple)) or len(value) != 2:
+            raise CloudpipeError(f"{cls.name} value {value!r} is not a pair [top, area]")
+        return _number(value[0], f"{cls.name} top", 0.0, 1.0), _number(value[1], f"{cls.name} area", 0.0, math.inf)
+
+
+def _number(value: object, what: str, low: float, high: float) -> float:
+    """A JSON number within [low, high] as float, or a CloudpipeError naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
+        raise CloudpipeError(f"{what} value {value!r} is not a number in [{low:g}, {high:g}]")
+    return float(value)
 
 
 SHAPES = ("mask", "hull", "box")

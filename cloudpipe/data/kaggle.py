@@ -18,6 +18,7 @@ from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, split_label
 from cloudpipe.core.errors import CloudpipeError, RLEError
 from cloudpipe.core.rle import parse_rle
 from cloudpipe.data.images import check_images
+from cloudpipe.data.outputs import Inputs
 
 TRAIN_CSV = "train.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
@@ -172,6 +173,27 @@ def presence(frame: pd.DataFrame) -> pd.DataFrame:
 def read_train(data_dir: Path) -> pd.DataFrame:
     """``DIR/train.csv`` as a validated long frame (RLE checked later, at the image size)."""
     return read_mask_csv(require_dir(data_dir) / TRAIN_CSV)
+
+
+def data_inputs(data_dir: Path) -> Inputs:
+    """What a command reading the data folder reads: ``train.csv``, ``sample_submission.csv``
+    and the image folders (no output may replace or lie in them)."""
+    data_dir = Path(data_dir)
+    return Inputs.of(data_dir / TRAIN_CSV, data_dir / SAMPLE_SUBMISSION_CSV,
+                     folders=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES])
+
+
+def train_image_shape(data_dir: Path) -> tuple[int, int]:
+    """The (H, W) of a data folder's training images, the size ``train.csv``'s masks are at.
+
+    Raises:
+        CloudpipeError: no images, or images of different sizes.
+    """
+    folder = Path(data_dir) / TRAIN_IMAGES
+    try:
+        return check_images(sorted(folder.glob("*.jpg")))
+    except CloudpipeError as err:
+        raise CloudpipeError(str(err).removeprefix(f"{folder}: "), path=folder) from None
 
 
 def require_dir(path: Path) -> Path:

@@ -1,17 +1,51 @@
 """Safe output files: never clobber without ``--overwrite``, never leave half a file, never
-write an input, never let two processes write the same file at once."""
+write an input, never let two processes write the same file at once.
+
+A command claims all its outputs at once with :func:`claim_outputs`, giving everything it reads
+as one :class:`Inputs` (built from :func:`cloudpipe.data.kaggle.data_inputs`,
+:func:`cloudpipe.data.runfolder.run_inputs` and the files named on its command line), so no
+output can replace an input however the input was reached.
+"""
 
 from __future__ import annotations
 
 import fcntl
 import os
+import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import pandas as pd
 
 from cloudpipe.core.errors import CloudpipeError
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """Everything a command reads: files no output may replace, folders no output may lie in."""
+
+    files: tuple[Path, ...] = ()
+    folders: tuple[Path, ...] = ()
+
+    @classmethod
+    def of(cls, *files: Path | None, folders: Iterable[Path] = ()) -> Inputs:
+        """Files (None skipped) and folders."""
+        return cls(tuple(Path(f) for f in files if f is not None), tuple(Path(f) for f in folders))
+
+    def __or__(self, other: Inputs) -> Inputs:
+        return Inputs(self.files + other.files, self.folders + other.folders)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """The same path (symlinks resolved) or the same file (hard links)."""
+    if a.resolve() == b.resolve():
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
@@ -28,8 +62,8 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
     """
     path = Path(path)
     for source in inputs:
-        if source is not None and Path(source).resolve() == path.resolve():
-            raise CloudpipeError("output path is also an input; choose another --out", path=path)
+        if source is not None and _same_file(Path(source), path):
+            raise CloudpipeError(f"output path is also an input ({source}); choose another --out", path=path)
     for folder in input_dirs:
         if path.resolve().is_relative_to(Path(folder).resolve()):
             raise CloudpipeError(f"output path is inside the input folder {folder}; choose another --out", path=path)
@@ -56,9 +90,79 @@ def claim_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
     Raises:
         CloudpipeError: as :func:`check_output` and :func:`output_lock`.
     """
-    path = check_output(path, overwrite=overwrite, inputs=inputs, input_dirs=input_dirs)
-    with output_lock(path):
-        yield check_output(path, overwrite=overwrite, inputs=inputs, input_dirs=input_dirs)
+    with no_new_empty_folders(Path(path).parent):  # a refusal or failure leaves no empty new folder
+        path = check_output(path, overwrite=overwrite, inputs=inputs, input_dirs=input_dirs)
+        with output_lock(path):
+            path = check_output(path, overwrite=overwrite, inputs=inputs, input_dirs=input_dirs)
+            remove_stale_temporaries(path)
+            yield path
+
+
+@contextmanager
+def claim_outputs(paths: Iterable[Path], inputs: Inputs, *, overwrite: bool = False, lock: bool = True) -> Iterator[None]:
+    """Claim every output of a command (:func:`claim_output`) until the body ends; ``lock=False``
+    only checks them (the ranks of ``torchrun`` other than rank 0, which write nothing).
+
+    Raises:
+        CloudpipeError: as :func:`claim_output`, for the first output that may not be written.
+    """
+    with ExitStack() as claims:
+        for path in paths:
+            check = dict(overwrite=overwrite, inputs=inputs.files, input_dirs=inputs.folders)
+            if lock:
+                claims.enter_context(claim_output(path, **check))
+            else:
+                check_output(path, **check)
+        yield
+
+
+@contextmanager
+def no_new_empty_folders(folder: Path) -> Iterator[None]:
+    """Remove, when the body ends, the folders on the way to ``folder`` that the body created
+    and left empty (innermost first)."""
+    folder, missing = Path(folder), []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    try:
+        yield
+    finally:
+        for made in missing:
+            try:
+                made.rmdir()
+            except OSError:  # not empty (the body's output is in it) or never made
+                if made.exists():
+                    break
+
+
+def remove_stale_temporaries(path: Path) -> list[Path]:
+    """Remove the temporaries of ``path`` left by killed processes (``kill -9`` runs no
+    cleanup): ``.<name>.<pid>.tmp`` (:func:`atomic_path`, :func:`write_files`) and
+    ``.<name>.rank<r>.<pid>.npy`` (a ``torchrun`` rank's share), whose pid is no longer alive.
+    Called with the output's lock held, so no live writer of ``path`` is racing.
+
+    Returns:
+        The files removed.
+    """
+    path = Path(path)
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:rank\d+\.)?(?P<pid>\d+)\.(?:tmp|npy)")
+    removed = []
+    for candidate in path.parent.glob(f".{path.name}.*"):
+        match = pattern.fullmatch(candidate.name)
+        if match and not _alive(int(match["pid"])):
+            candidate.unlink(missing_ok=True)
+            removed.append(candidate)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def lock_path(path: Path) -> Path:
@@ -103,7 +207,8 @@ def _acquire(lock: Path, path: Path) -> int:
             os.close(fd)
             raise CloudpipeError(f"is being written by another cloudpipe process (pid {holder}); wait for it "
                                  f"to finish or choose another --out", path=path) from None
-        except OSError as err:
+        except OSError as err:  # e.g. a full disk: leave no empty lock file behind
+            lock.unlink(missing_ok=True)
             os.close(fd)
             raise CloudpipeError(f"cannot write the lock file {lock.name} ({err.strerror})", path=path) from None
         os.close(fd)  # its holder removed it between our open and our lock: start again

@@ -6,7 +6,8 @@ A store beside ``val_seg.csv`` is two files:
 ```
 val_seg_probs.npy   uint8 (n, 4, 350, 525), NumPy .npy (C order): probability * 255, rounded
 val_seg_probs.json  {"format": 1, "split": "val", "images": [n names, in row order],
-                     "runs": [run folders], "weights": [one per run, summing to 1]}
+                     "runs": [run folders], "fingerprints": [what each run is],
+                     "weights": [one per run, summing to 1]}
 ```
 
 ``.npy`` is NumPy's own format: a short header then the raw bytes, so
@@ -21,7 +22,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -42,6 +43,8 @@ class StoreInfo:
     images: list[str]
     runs: list[str]
     weights: list[float]
+    fingerprints: list[str] = field(default_factory=list)
+    """Each run's :func:`~cloudpipe.data.runfolder.run_fingerprint`."""
 
 
 def store_paths(csv: Path) -> tuple[Path, Path]:
@@ -124,12 +127,21 @@ def _read_info(path: Path) -> StoreInfo:
         raise CloudpipeError(f"not a readable JSON file ({err})", path=path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
         raise CloudpipeError(f"not a probability store's JSON of format {FORMAT_VERSION}", path=path)
+    lists = [k for k in ("images", "runs", "weights", "fingerprints") if k in data and not isinstance(data[k], list)]
+    if lists:  # list("abc") would read a string as 3 names
+        raise CloudpipeError(f"the store's {lists[0]} must be a JSON list", path=path)
     try:
-        info = StoreInfo(str(data["split"]), list(data["images"]), list(data["runs"]), [float(w) for w in data["weights"]])
-    except (KeyError, TypeError, ValueError) as err:
+        info = StoreInfo(str(data["split"]), list(data["images"]), list(data["runs"]), [float(w) for w in data["weights"]],
+                         [str(f) for f in data["fingerprints"]] if data["runs"] else [])
+    except KeyError as err:
+        if err.args == ("fingerprints",):
+            raise CloudpipeError("records the folders of its runs, not what the runs are (an older cloudpipe's "
+                                 "store); run predict-seg again", path=path) from None
+        raise CloudpipeError(f"store JSON lacks {err}", path=path) from None
+    except (TypeError, ValueError) as err:
         raise CloudpipeError(f"store JSON lacks or garbles {err}", path=path) from None
     if not all(isinstance(i, str) for i in info.images) or len(set(info.images)) != len(info.images):
         raise CloudpipeError("the store's image list has duplicates or non-names", path=path)
-    if len(info.runs) != len(info.weights):
-        raise CloudpipeError("the store's JSON needs one weight per run", path=path)
+    if not len(info.runs) == len(info.weights) == len(info.fingerprints):
+        raise CloudpipeError("the store's JSON needs one weight and one fingerprint per run", path=path)
     return info

@@ -19,7 +19,9 @@ Light on purpose (no torch import), so commands that only read a run's files sta
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,7 +30,7 @@ import pandas as pd
 import yaml
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.outputs import write_csv
+from cloudpipe.data.outputs import Inputs, write_csv
 
 CONFIG_YAML = "config.yaml"
 METRICS_CSV = "metrics.csv"
@@ -37,6 +39,7 @@ SPLITS_CSV = "splits.csv"
 BEST_PT = "best.pt"
 LAST_PT = "last.pt"
 THRESHOLDS_JSON = "thresholds.json"
+THRESHOLDS_PNG = "thresholds.png"
 POSTPROCESS_JSON = "seg_postprocess.json"
 FOLD_PREFIX = "fold"
 
@@ -50,8 +53,16 @@ def training_files(run_dir: Path) -> list[Path]:
     and its fold folders), existing or not: what a command that reads the run must not write.
     Anything else in the folder (e.g. an earlier ``val_seg.csv``) is a user's output."""
     folders = [Path(run_dir), *(p for p in Path(run_dir).glob(f"{FOLD_PREFIX}*") if p.is_dir())]
-    names = (*TRAINING_FILES, Path(THRESHOLDS_JSON).with_suffix(".png").name)
+    names = (*TRAINING_FILES, THRESHOLDS_PNG)
     return [folder / name for folder in folders for name in names]
+
+
+def run_inputs(run_dirs: Iterable[Path], writes: Iterable[Path] = ()) -> Inputs:
+    """Run folders as a command that reads them sees them: every one of the runs' own files
+    (:func:`training_files`) is an input, except ``writes``, the run files the command itself
+    writes (``tune-threshold``'s ``RUN/thresholds.json``, for one)."""
+    own = {Path(p).resolve() for p in writes}
+    return Inputs.of(*(p for run in run_dirs for p in training_files(run) if p.resolve() not in own))
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,36 @@ def trained_checkpoints(run_dir: Path) -> list[Path]:
     if not found:
         raise CloudpipeError(f"no {BEST_PT} (nor {FOLD_PREFIX}*/{BEST_PT}): not a finished training run", path=run_dir)
     return [path for _, path in sorted(found)]
+
+
+def run_fingerprint(run_dir: Path) -> str:
+    """What a run is, whatever folder it lies in: the sha256 of the names and bytes of its
+    ``config.yaml``, ``splits.csv``, ``val_probs.csv`` and finished checkpoints (``best.pt``, or
+    every fold's, in fold order), those it has. A moved, copied or uploaded run keeps it;
+    another run put in its place, or the same run trained further, does not.
+
+    Raises:
+        CloudpipeError: no such folder, none of these files, or one that cannot be read.
+    """
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise CloudpipeError("run folder not found", path=run_dir)
+    try:
+        checkpoints = trained_checkpoints(run_dir)
+    except CloudpipeError:
+        checkpoints = []  # e.g. a run whose val_probs.csv alone is tuned on
+    files = [p for p in (run_dir / CONFIG_YAML, run_dir / SPLITS_CSV, run_dir / VAL_PROBS_CSV) if p.is_file()] + checkpoints
+    if not files:
+        raise CloudpipeError(f"neither {CONFIG_YAML}, {VAL_PROBS_CSV} nor {BEST_PT}: not a training run", path=run_dir)
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(run_dir)).encode() + b"\0")
+        try:
+            with open(path, "rb") as file:
+                digest.update(hashlib.file_digest(file, "sha256").digest())
+        except OSError as err:
+            raise CloudpipeError(f"cannot read ({err.strerror or err})", path=path) from None
+    return digest.hexdigest()
 
 
 def make_model_splits(run_dir: Path, images: list[str], pairs: list[tuple[list[str], list[str]]]) -> list[ModelSplit]:

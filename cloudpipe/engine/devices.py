@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -81,6 +82,31 @@ class Dist:
             out[r :: len(shares)] = share
         return out
 
+    @contextlib.contextmanager
+    def together(self) -> Iterator[None]:
+        """A phase whose failure may be one rank's alone (a bad image in its share): every rank
+        ends it together, and when any rank raised a CloudpipeError there, every rank raises the
+        first one (in rank order), so that rank 0 reports it and no rank waits for one that has
+        stopped. A no-op when not distributed. Phases never nest (a rank that failed in an
+        inner one would meet the others at another gather).
+
+        Raises:
+            CloudpipeError: this rank's, or another rank's, first error of the phase.
+        """
+        if self.world == 1:
+            yield
+            return
+        failure = None
+        try:
+            yield
+        except CloudpipeError as err:
+            failure = str(err)
+        first = next((m for m in self.gather(failure) if m is not None), None)
+        if first is not None:
+            error = CloudpipeError(first)
+            error.shared = True  # every rank has it: rank 0 alone reports it
+            raise error
+
     def barrier(self) -> None:
         """Wait for every rank (no-op when not distributed)."""
         if self.world > 1:
@@ -90,11 +116,6 @@ class Dist:
         """Tear the process group down (no-op when not distributed)."""
         if self.world > 1 and torch_dist.is_initialized():
             torch_dist.destroy_process_group()
-
-
-def is_main_process() -> bool:
-    """Whether this process is rank 0 of a ``torchrun`` job (or not under torchrun at all)."""
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def resolve_device(name: str, dist: Dist | None = None) -> torch.device:

@@ -139,12 +139,13 @@ def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettin
     bar's label). Under ``torchrun`` (``dist``), each rank runs its :meth:`~Dist.shard` of the
     images and every rank gets all the rows."""
     dist = dist or Dist()
-    device = resolve_device(settings.device, dist)
-    run = load_run(run_dir, "classifier", device)
     mine = dist.shard(paths)
     out = np.empty((len(mine), len(CLASSES)), dtype=np.float32)
-    if mine:
-        # Kept on the device until the end: no synchronisation with the GPU per batch.
-        parts = [(indices, probs) for indices, probs, _ in stream_probs(run, mine, device, settings, desc=desc)]
-        out[np.concatenate([i for i, _ in parts])] = torch.cat([p for _, p in parts]).float().cpu().numpy()
+    with dist.together():  # a bad image in one rank's share stops every rank with its error
+        device = resolve_device(settings.device, dist)
+        run = load_run(run_dir, "classifier", device)
+        if mine:
+            # Kept on the device until the end: no synchronisation with the GPU per batch.
+            parts = [(indices, probs) for indices, probs, _ in stream_probs(run, mine, device, settings, desc=desc)]
+            out[np.concatenate([i for i, _ in parts])] = torch.cat([p for _, p in parts]).float().cpu().numpy()
     return dist.join(dist.gather(out))

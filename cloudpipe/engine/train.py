@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -223,16 +224,19 @@ class Trainer:
 
 
 def fit(stage: Stage, data: TrainData, split: ModelSplit, *, state: dict | None = None, progress: bool = True,
-        dist: Dist | None = None) -> FitResult:
+        dist: Dist | None = None, on_start: Callable[[], None] | None = None) -> FitResult:
     """Train one model on ``split.train``, validating on ``split.val`` every epoch, into
     ``split.folder`` (rank 0 writes): ``last.pt`` every epoch, ``best.pt`` when the stage's
     score improves, ``metrics.csv``, and the stage's validation table (``val_probs.csv``).
 
     Args:
         state: a ``last.pt`` to continue from (its epochs are not run again).
+        on_start: called once the model is built (its weights found), before anything is written.
     """
     dist = dist or Dist.from_env()
     trainer = Trainer(stage, data, split, dist, state)
+    if on_start is not None:
+        on_start()
     if dist.is_main:
         split.folder.mkdir(parents=True, exist_ok=True)
     for epoch in range(trainer.start_epoch, stage.config.epochs):
@@ -259,7 +263,8 @@ def train_run(
 ) -> list[FitResult]:
     """Train a model (or K fold models) as the config says, into ``out_dir``.
 
-    The run folder gets ``config.yaml`` and ``splits.csv`` first; with ``config.folds >= 2``,
+    The run folder gets ``config.yaml`` and ``splits.csv`` once the first model is built (a run
+    that cannot start, e.g. for want of its ImageNet weights, writes nothing); with ``config.folds >= 2``,
     fold i goes to ``out_dir/fold{i}/`` (only fold ``fold`` when given), and once every fold is
     done, ``out_dir/val_probs.csv`` holds the out-of-fold probabilities of every training image
     (classifier). ``resume`` continues each model from its ``last.pt`` (or from the start, when
@@ -278,7 +283,14 @@ def train_run(
         data = load_train_data(data_dir)
         out_dir = Path(out_dir)
         continuing = resume or fold is not None
-        splits = _prepare_run_dir(out_dir, config, data, continuing, resume, dist)
+        splits, recorded = _check_run_dir(out_dir, config, data, continuing, resume)
+        started: list[bool] = []
+
+        def start() -> None:  # the first model is built, so the run can start: only now is --out written
+            if not started:
+                _record_run(out_dir, config, data, splits, recorded, dist)
+                started.append(True)
+
         results = []
         for i, split in enumerate(splits):
             if fold is not None and i != fold:
@@ -287,7 +299,8 @@ def train_run(
             state = load_checkpoint(last) if continuing and last.exists() else None
             if state is not None and config.folds >= 2 and state["epoch"] >= config.epochs:
                 continue  # a fold finished before the interruption
-            results.append(fit(stage, data, split, state=state, progress=progress, dist=dist))
+            results.append(fit(stage, data, split, state=state, progress=progress, dist=dist, on_start=start))
+        start()
         if dist.is_main and stage.keeps_val_probs and config.folds >= 2:
             write_out_of_fold(out_dir, config.folds, list(data.labels.index))
         return results if dist.is_main else []
@@ -295,10 +308,10 @@ def train_run(
         dist.close()
 
 
-def _prepare_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continuing: bool, resume: bool,
-                     dist: Dist) -> list[ModelSplit]:
-    """Check the run folder (every rank), then write ``config.yaml`` and a new run's
-    ``splits.csv`` (rank 0). A continued run keeps the split it recorded.
+def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continuing: bool,
+                   resume: bool) -> tuple[list[ModelSplit], bool]:
+    """Check the run folder (every rank), writing nothing: the run's models and whether the
+    folder already records their split (a continued run keeps the split it recorded).
 
     Raises:
         CloudpipeError: a fresh run into a folder holding another run; ``resume`` with nothing
@@ -321,16 +334,19 @@ def _prepare_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, contin
             )
     recorded = config_path.exists() and (out_dir / SPLITS_CSV).exists()
     if recorded:
-        splits = read_splits(out_dir, config.folds)
-    else:
-        splits = make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels))
+        return read_splits(out_dir, config.folds), True
+    return make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels)), False
+
+
+def _record_run(out_dir: Path, config: TrainConfig, data: TrainData, splits: list[ModelSplit], recorded: bool,
+                dist: Dist) -> None:
+    """Write ``config.yaml`` and a new run's ``splits.csv`` (rank 0), once the run can start."""
     dist.barrier()  # every rank has checked the folder before rank 0 writes into it
     if dist.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         if not recorded:
             write_splits(out_dir, list(data.labels.index), splits)
-        save_config(config, config_path)
-    return splits
+        save_config(config, out_dir / CONFIG_YAML)
 
 
 def write_out_of_fold(out_dir: Path, folds: int, images: list[str]) -> Path | None:

@@ -17,6 +17,7 @@ from torch import nn
 
 from cloudpipe.core.competition import CLASSES, IMAGENET_MEAN, IMAGENET_STD
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.outputs import no_new_empty_folders
 from cloudpipe.models.tiny import TinyClassifier, TinySegmenter
 
 CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
@@ -82,7 +83,8 @@ def torchvision_imagenet_state(arch: str) -> dict:
             raise CloudpipeError(f"not torchvision's {arch} ImageNet weights (sha256 {digest[:8]}..., expected {expected}...); "
                                  f"replace it with the real {file}", path=cache)
     try:
-        return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
+        with no_new_empty_folders(cache.parent):  # a failed offline attempt leaves no empty cache folder
+            return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
     except Exception as err:  # URLError, socket errors, a download that fails its hash...
         raise CloudpipeError(
             f"cannot load ImageNet weights for {arch} ({type(err).__name__}): place {file} at {cache}, "

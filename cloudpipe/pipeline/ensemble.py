@@ -6,18 +6,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from cloudpipe.algorithms.ensemble import normalise_weights
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.probstore import StoreInfo
+from cloudpipe.data.runfolder import run_fingerprint
 
 
 @dataclass(frozen=True)
 class Ensemble:
-    """Runs (resolved folders, in order) and their weights (summing to 1)."""
+    """Runs (resolved folders, in order) and their weights (summing to 1). A tuned file
+    records the runs' fingerprints (:func:`~cloudpipe.data.runfolder.run_fingerprint`), so it
+    follows a run that is moved or uploaded, and refuses another run put in its place."""
 
     runs: tuple[Path, ...]
     weights: tuple[float, ...]
+    known: tuple[str, ...] | None = None
+    """The runs' fingerprints when they come from a record rather than from the folders."""
 
     @classmethod
     def of(cls, runs: Path | Sequence[Path], weights: Sequence[float] | None = None) -> Ensemble:
@@ -35,43 +42,77 @@ class Ensemble:
         return cls(resolved, tuple(normalise_weights(weights, len(runs))))
 
     @classmethod
-    def merged(cls, parts: Sequence[tuple[Sequence[str], Sequence[float], float]]) -> Ensemble:
-        """The runs of several ensembles averaged with weights ``(runs, weights, weight)``; a
-        run in several of them gets the sum of its weights."""
-        total: dict[Path, float] = {}
-        for runs, weights, weight in parts:
-            for run, w in zip(runs, weights):
-                total[Path(run)] = total.get(Path(run), 0.0) + w * weight
-        return cls(tuple(total), tuple(normalise_weights(list(total.values()), len(total))))
+    def merged(cls, parts: Sequence[tuple[StoreInfo, float]]) -> Ensemble:
+        """The runs averaged into several stores, each store weighted; a run (by fingerprint)
+        in several of them gets the sum of its weights."""
+        total: dict[str, float] = {}
+        names: dict[str, Path] = {}
+        for info, weight in parts:
+            for run, fingerprint, w in zip(info.runs, info.fingerprints, info.weights):
+                total[fingerprint] = total.get(fingerprint, 0.0) + w * weight
+                names.setdefault(fingerprint, Path(run))
+        weights = tuple(normalise_weights(list(total.values()), len(total))) if total else ()
+        return cls(tuple(names[f] for f in total), weights, tuple(total))
 
     @property
     def single(self) -> bool:
         return len(self.runs) == 1
 
+    def own_file(self, name: str, ensemble_needs: str) -> Path:
+        """A run's own tuned file, ``RUN/name``, read when none is given.
+
+        Raises:
+            CloudpipeError: this is an ensemble, which has no own file (``ensemble_needs`` says
+                what to give instead).
+        """
+        if not self.single:
+            raise CloudpipeError(ensemble_needs)
+        return self.runs[0] / name
+
+    @cached_property
+    def fingerprints(self) -> tuple[str, ...]:
+        """What each run is (hashed once per command)."""
+        return self.known if self.known is not None else tuple(run_fingerprint(r) for r in self.runs)
+
     def record(self) -> dict:
-        """The ``runs`` and ``weights`` keys saved in a tuned file."""
-        return {"runs": [str(r) for r in self.runs], "weights": list(self.weights)}
+        """The ``runs`` (where they were, for people), ``fingerprints`` (what they are, for the
+        checks) and ``weights`` keys saved in a tuned file."""
+        return {"runs": [str(r) for r in self.runs], "fingerprints": list(self.fingerprints),
+                "weights": list(self.weights)}
+
+    def describe(self) -> str:
+        return ", ".join(f"{r.name} ({f[:8]}) x{w:.3g}" for r, f, w in zip(self.runs, self.fingerprints, self.weights))
 
     def check_tuned_for(self, data: object, path: Path, what: str) -> None:
         """Refuse a tuned file (``data`` parsed) that records other runs or weights, or that
-        records none while this is an ensemble.
+        records none while this is an ensemble, or records run folders only (an older
+        cloudpipe's file).
 
         Raises:
             CloudpipeError: one line naming ``path``.
         """
-        recorded = data.get("runs") if isinstance(data, dict) else None
-        if recorded is None:
+        data = data if isinstance(data, dict) else {}
+        if data.get("runs") is None and data.get("fingerprints") is None:
             if not self.single:
                 raise CloudpipeError(f"these {what} do not say which runs they were tuned for; tune them for this "
                                      "ensemble", path=path)
             return
-        weights = data.get("weights") or []
-        same = [Path(r) for r in recorded] == list(self.runs) and len(weights) == len(self.weights) and all(
-            abs(float(a) - b) < 1e-6 for a, b in zip(weights, self.weights))
+        recorded, weights = data.get("fingerprints"), data.get("weights")
+        if not isinstance(recorded, list) or not all(isinstance(f, str) for f in recorded):
+            raise CloudpipeError(f"these {what} record the folders of their runs, not what the runs are (an older "
+                                 "cloudpipe's file); tune them again", path=path)
+        try:
+            weights = [float(w) for w in weights]
+        except (TypeError, ValueError):
+            raise CloudpipeError(f"these {what} need one number per run in 'weights'", path=path) from None
+        if len(weights) != len(recorded):
+            raise CloudpipeError(f"these {what} need one number per run in 'weights'", path=path)
+        same = recorded == list(self.fingerprints) and all(abs(a - b) < 1e-6 for a, b in zip(weights, self.weights))
         if not same:
-            mine = ", ".join(f"{r} x{w:.3g}" for r, w in zip(self.runs, self.weights))
-            theirs = ", ".join(f"{r} x{float(w):.3g}" for r, w in zip(recorded, weights))
-            raise CloudpipeError(f"these {what} were tuned for runs {theirs}, not {mine}", path=path)
+            names = data.get("runs") if isinstance(data.get("runs"), list) else []
+            theirs = ", ".join(f"{Path(str(r)).name} ({f[:8]}) x{w:.3g}" for r, f, w in
+                               zip(names + ["?"] * len(recorded), recorded, weights))
+            raise CloudpipeError(f"these {what} were tuned for runs {theirs}, not {self.describe()}", path=path)
 
 
 def require_same_validation(runs: Sequence[Path], images: Sequence[Sequence[str]]) -> None:

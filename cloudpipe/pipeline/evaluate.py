@@ -11,7 +11,7 @@ from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import dice_table, pair_stats
 from cloudpipe.core.rle import parse_rle
-from cloudpipe.data.kaggle import read_mask_csv, require_same_images, to_wide
+from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, read_mask_csv, require_same_images, to_wide, train_image_shape
 
 
 @dataclass
@@ -26,19 +26,32 @@ class Evaluation:
 def evaluate_files(
     truth_csv: Path,
     pred_csv: Path,
-    truth_shape: tuple[int, int],
+    truth_shape: tuple[int, int] | None,
     pred_shape: tuple[int, int],
 ) -> Evaluation:
     """Kaggle Dice of a submission file against a truth file, per class and ``"mean"``, over
     the images of the prediction (e.g. a run's validation images against ``train.csv``).
 
+    Args:
+        truth_shape: the truth's mask size; None: the training images' size when the truth is
+            a data folder's ``train.csv`` (:func:`default_truth_shape`), else 1400 x 2100.
+
     Raises:
         CloudpipeError: invalid CSVs or RLE, either file read at a larger mask size than it
             was written at, or prediction images that the truth lacks.
     """
+    truth_shape = truth_shape or default_truth_shape(Path(truth_csv))
     truth, pred = read_truth_and_prediction(truth_csv, pred_csv, truth_shape, pred_shape)
     table = dice_table(pair_stats(truth, pred, truth_shape, pred_shape).dice())
     return Evaluation(table, len(pred), len(truth))
+
+
+def default_truth_shape(truth_csv: Path) -> tuple[int, int]:
+    """The mask size of a truth file: a data folder's ``train.csv`` is at its training images'
+    size (whatever it is: the masks were drawn on them), anything else at Kaggle's 1400 x 2100."""
+    if truth_csv.name == TRAIN_CSV and (truth_csv.parent / TRAIN_IMAGES).is_dir():
+        return train_image_shape(truth_csv.parent)
+    return IMAGE_SHAPE
 
 
 def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int],
@@ -78,8 +91,11 @@ def _check_shape(
     fits = [s for s in smaller if max(ends) <= s[0] * s[1]]
     if fits:
         h, w = fits[0]
+        # No size is suggested: a wrong one would score without complaint (masks drawn at 64 x 96
+        # also fit in 350 x 525), and only the file's maker knows the real one.
         raise CloudpipeError(
-            f"every mask fits in {h * w} pixels: it looks like the masks are at {h}x{w}, not "
-            f"{shape[0]}x{shape[1]}; pass {option} {h} {w} (or the file's real size)",
+            f"every mask fits in the first {h * w} pixels ({h}x{w} would hold them): the masks look smaller "
+            f"than {shape[0]}x{shape[1]}; pass {option} H W with their real size (the size of the images "
+            "they were drawn on, or 350 525 for a submission)",
             path=path,
         )

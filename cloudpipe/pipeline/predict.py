@@ -28,21 +28,21 @@ from cloudpipe.core.competition import (
 )
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import (
-    SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
     check_mask_frame,
+    data_inputs,
     list_test_images,
     read_mask_csv,
     require_dir,
     require_same_images,
 )
-from cloudpipe.data.outputs import check_output, claim_output, csv_writer, write_files
+from cloudpipe.data.outputs import Inputs, claim_outputs, csv_writer, write_files
 from cloudpipe.data.probstore import info_path
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.sources import require_inputs, source_scores
-from cloudpipe.pipeline.tune import load_gate
+from cloudpipe.pipeline.tune import load_tuned_gate
 
 if TYPE_CHECKING:
     from cloudpipe.engine.devices import Dist
@@ -54,31 +54,30 @@ def resolve_thresholds(runs: Path | Ensemble, thresholds_file: Path | None, thre
     return spec.thresholds, source
 
 
-def resolve_gate(runs: Path | Ensemble, thresholds_file: Path | None, threshold: float | None) -> tuple[GateSpec, str]:
+def resolve_gate(runs: Path | Ensemble, thresholds_file: Path | None, threshold: float | None,
+                 seg_store: Path | None = None) -> tuple[GateSpec, str]:
     """The gate (thresholds, the source of every class, the at-least-one rule) and where it
     came from.
 
-    Precedence: ``--thresholds FILE`` (which must record these runs and weights when it
-    records any, and must for an ensemble), then an explicit ``--threshold T`` (on the
-    classifier), then ``RUN_DIR/thresholds.json`` (written by tune-threshold) for one run, then
-    0.5 on the classifier.
+    Precedence: ``--thresholds FILE``, then an explicit ``--threshold T`` (on the classifier),
+    then ``RUN_DIR/thresholds.json`` (written by tune-threshold) for one run, then 0.5 on the
+    classifier. A file must be tuned for these runs and weights (and must say so for an
+    ensemble), and for the segmentation runs of ``seg_store`` when it gates on them
+    (:func:`~cloudpipe.pipeline.tune.load_tuned_gate`).
     """
     ensemble = runs if isinstance(runs, Ensemble) else Ensemble.of(runs)
     if thresholds_file is not None and threshold is not None:
         raise CloudpipeError("give --thresholds FILE or --threshold T, not both")
-    if thresholds_file is not None:
-        ensemble.check_tuned_for(read_json(thresholds_file, "thresholds"), thresholds_file, "thresholds")
-        return load_gate(thresholds_file), str(thresholds_file)
-    if threshold is not None:
+    if thresholds_file is None and threshold is not None:
         t = check_threshold(threshold, "--threshold")
         return GateSpec({c: t for c in CLASSES}), f"--threshold {t:g}"
-    if not ensemble.single:
-        raise CloudpipeError("an ensemble of classifier runs needs --thresholds FILE (tune-threshold with the same --run "
-                             "and --weight options and --out FILE) or --threshold T")
-    tuned = ensemble.runs[0] / THRESHOLDS_JSON
-    if tuned.exists():
-        return load_gate(tuned), str(tuned)
-    return GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
+    if thresholds_file is None:
+        thresholds_file = ensemble.own_file(THRESHOLDS_JSON, "an ensemble of classifier runs needs --thresholds FILE "
+                                            "(tune-threshold with the same --run and --weight options and --out FILE) "
+                                            "or --threshold T")
+        if not thresholds_file.exists():
+            return GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
+    return load_tuned_gate(thresholds_file, ensemble, seg_store), str(thresholds_file)
 
 
 def read_segmentation(seg: Path | pd.DataFrame, mask_shape: tuple[int, int] = SUBMISSION_SHAPE) -> pd.DataFrame:
@@ -104,13 +103,15 @@ class PredictSummary:
     thresholds_source: str
     kept: dict[str, int]
     blanked: dict[str, int]
-    images_per_second: float
+    images_per_second: float | None
+    """The classifier's speed; None when no class gates on it (no model ran)."""
     spec: GateSpec | None = None
 
     def line(self) -> str:
         per_class = ", ".join(f"{c} {self.kept[c]}/{self.blanked[c]}" for c in CLASSES)
         rule = "; at least one class per image" if self.spec is not None and self.spec.at_least_one else ""
-        return (f"{len(self.probs)} images at {self.images_per_second:.1f} img/s; masks kept/blanked: {per_class} "
+        speed = ", no model run" if self.images_per_second is None else f" at {self.images_per_second:.1f} img/s"
+        return (f"{len(self.probs)} images{speed}; masks kept/blanked: {per_class} "
                 f"(thresholds: {self.thresholds_source}{rule})")
 
 
@@ -178,22 +179,19 @@ def _predict_submission(seg, run_dir, data_dir, out, weights, thresholds_file, t
     """:func:`predict_submission` on one rank: under ``torchrun`` each rank runs the classifier
     on its share of the images, every rank checks the outputs, and only rank 0 locks and
     writes them."""
-    ensemble = Ensemble.of(run_dir, weights)
-    data_dir = require_dir(data_dir)
-    spec, source = resolve_gate(ensemble, thresholds_file, threshold)
-    if at_least_one is not None:
-        spec = GateSpec(spec.thresholds, spec.gates, at_least_one, spec.pixel)
-    require_inputs(spec.sources, presence=presence, seg_store=seg_store)  # before any image is read
     with ExitStack() as claims:
-        if out is not None:  # both outputs checked and locked until both are written
-            inputs = [data_dir / SAMPLE_SUBMISSION_CSV] + ([seg] if isinstance(seg, Path) else []) + \
-                [p for p in (presence, seg_store, seg_store and info_path(seg_store)) if p is not None]
-            for path in (out, probs_path_for(out)):
-                check = dict(overwrite=overwrite, inputs=inputs, input_dirs=[data_dir / TEST_IMAGES])
-                if dist.is_main:
-                    claims.enter_context(claim_output(path, **check))
-                else:
-                    check_output(path, **check)
+        with dist.together():  # every rank checks (rank 0 reports); rank 0, the one that writes, locks both outputs
+            ensemble = Ensemble.of(run_dir, weights)
+            data_dir = require_dir(data_dir)
+            spec, source = resolve_gate(ensemble, thresholds_file, threshold, seg_store)
+            if at_least_one is not None:
+                spec = GateSpec(spec.thresholds, spec.gates, at_least_one, spec.pixel)
+            require_inputs(spec.sources, presence=presence, seg_store=seg_store)  # before any image is read
+            inputs = data_inputs(data_dir) | run_inputs(ensemble.runs) | Inputs.of(
+                seg if isinstance(seg, Path) else None, presence, seg_store, seg_store and info_path(seg_store),
+                thresholds_file)
+            outputs = [] if out is None else [out, probs_path_for(out)]
+            claims.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main))
         summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, seg_store, presence,
                                     dist)
         if out is not None and dist.is_main:  # a pair: a failure leaves both old files or both new ones
@@ -206,14 +204,17 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
                       mask_shape: tuple[int, int], settings: InferenceSettings, seg_store: Path | None,
                       presence: Path | None, dist: Dist | None = None) -> PredictSummary:
     """The work of :func:`predict_submission` between checking the outputs and writing them."""
+    from cloudpipe.engine.devices import Dist
     from cloudpipe.engine.infer import predict_presence
 
-    frame = read_segmentation(seg, mask_shape)
-    images = list_test_images(data_dir)
-    require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions")
+    dist = dist or Dist()
+    with dist.together():  # not nested in another: every rank meets the same gathers
+        frame = read_segmentation(seg, mask_shape)
+        images = list_test_images(data_dir)
+        require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions")
+        others = [s for s in spec.sources if s != CLASSIFIER]
+        scores = source_scores(images, others, "test", presence=presence, seg_store=seg_store, pixel=spec.pixel)
     index = pd.Index(images, name="image")
-    others = [s for s in spec.sources if s != CLASSIFIER]
-    scores = source_scores(images, others, "test", presence=presence, seg_store=seg_store, pixel=spec.pixel)
     started = time.perf_counter()
     if CLASSIFIER in spec.sources:
         paths = [data_dir / TEST_IMAGES / i for i in images]
@@ -228,4 +229,5 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
     kept = (submission["EncodedPixels"] != "").groupby(submission["class_name"]).sum()
     submission = submission[list(CSV_COLUMNS)]
     return PredictSummary(submission, probs, spec.thresholds, source, {c: int(kept[c]) for c in CLASSES},
-                          {c: int(blanked[c]) for c in CLASSES}, len(images) / max(seconds, 1e-9), spec)
+                          {c: int(blanked[c]) for c in CLASSES},
+                          len(images) / max(seconds, 1e-9) if CLASSIFIER in spec.sources else None, spec)

@@ -35,12 +35,20 @@ from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import PairStats, pair_stats
-from cloudpipe.data.images import check_images, jpeg_size, read_image, reduction_for
-from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, find_image, read_probs_csv, require_dir
-from cloudpipe.data.outputs import claim_output, write_text
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV
+from cloudpipe.data.images import jpeg_size, read_image, reduction_for
+from cloudpipe.data.kaggle import (
+    TRAIN_CSV,
+    data_inputs,
+    find_image,
+    read_probs_csv,
+    require_dir,
+    train_image_shape,
+)
+from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, run_inputs
+from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.evaluate import read_truth_and_prediction
-from cloudpipe.pipeline.tune import load_gate
+from cloudpipe.pipeline.tune import load_gate, load_tuned_gate
 
 AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000, SUBMISSION_SHAPE[0] * SUBMISSION_SHAPE[1])
 """Bins of true mask area (pixels at 350 x 525) for Dice against area."""
@@ -113,7 +121,7 @@ def score_submission(
     truth_csv = Path(truth_csv) if truth_csv is not None else data_dir / TRAIN_CSV
     sources = {"segmentation": str(seg_csv), "truth": str(truth_csv)}
     if truth_shape is None:
-        truth_shape = check_images((data_dir / TRAIN_IMAGES).glob("*.jpg")) if default_truth else SUBMISSION_SHAPE
+        truth_shape = train_image_shape(data_dir) if default_truth else SUBMISSION_SHAPE
     truth, pred = read_truth_and_prediction(truth_csv, Path(seg_csv), truth_shape, mask_shape)
     images = list(pred.index)
     parts = []
@@ -136,7 +144,8 @@ def score_submission(
     if thresholds_file is None and run_dir is not None and (Path(run_dir) / THRESHOLDS_JSON).is_file():
         thresholds_file = Path(run_dir) / THRESHOLDS_JSON
     if thresholds_file is not None:
-        spec = load_gate(thresholds_file)
+        # tuned for the run whose probabilities are scored, as predict checks
+        spec = load_gate(thresholds_file) if run_dir is None else load_tuned_gate(thresholds_file, Ensemble.of(run_dir))
         if probs_csv is None and spec.sources != [CLASSIFIER]:
             raise CloudpipeError(f"gates on {', '.join(spec.sources)}, not on the classifier's val_probs.csv alone: pass "
                                  "--probs with the scores gated on (predict's <stem>_probs.csv)", path=thresholds_file)
@@ -182,8 +191,9 @@ def write_report(
         CloudpipeError: as :func:`score_submission`, or an output that may not be written.
     """
     started = time.perf_counter()
-    given = [Path(p) for p in (seg_csv, inputs.get("probs_csv"), inputs.get("truth_csv"), inputs.get("thresholds_file")) if p]
-    with claim_output(out, overwrite=overwrite, inputs=[*given, Path(data_dir) / TRAIN_CSV]) as out:
+    reads = data_inputs(data_dir) | run_inputs([inputs["run_dir"]] if inputs.get("run_dir") else []) | Inputs.of(
+        seg_csv, inputs.get("probs_csv"), inputs.get("truth_csv"), inputs.get("thresholds_file"))
+    with claim_outputs([out], reads, overwrite=overwrite):
         scored = score_submission(data_dir, seg_csv, progress=progress, **inputs)
         page = render_page(scored, Path(data_dir), Path(seg_csv).name, overlays, progress)
         write_text(page, out)

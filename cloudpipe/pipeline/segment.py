@@ -49,18 +49,17 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import mask2rle, rle2mask
 from cloudpipe.data.kaggle import (
-    SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
-    TRAIN_CSV,
     TRAIN_IMAGES,
     TrainData,
+    data_inputs,
     list_test_images,
     load_train_data,
     require_dir,
 )
-from cloudpipe.data.outputs import check_output, claim_output, csv_writer, output_lock, write_files
+from cloudpipe.data.outputs import Inputs, claim_outputs, csv_writer, output_lock, write_files
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, read_store, store_paths
-from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json, training_files
+from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json, run_inputs
 from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.devices import Dist, resolve_device
 from cloudpipe.engine.infer import load_run, stream_probs
@@ -152,8 +151,8 @@ def predict_segmentation(
     ``RUN/seg_postprocess.json`` for one run, to ``<stem>_postprocess.json`` beside ``out`` for
     an ensemble. ``test``: the test images in ``sample_submission.csv`` order, every model of
     every run averaged, post-processed by ``postprocess`` (default: the run's own file, else
-    the steps' defaults; an ensemble must name its file, and the file must record these runs
-    and weights). ``steps``: the names of the steps ``val`` tunes, in order (default
+    none is refused; an ensemble must name its file; the file must be tuned for these runs
+    and weights, when it records any). ``steps``: the names of the steps ``val`` tunes, in order (default
     ``threshold, min_size, shape``; see :data:`~cloudpipe.algorithms.postprocess.STEPS`), and
     ``choice`` the rule that picks among their combinations (:mod:`cloudpipe.algorithms.robust`).
 
@@ -164,31 +163,29 @@ def predict_segmentation(
         CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
             whose validation images differ.
     """
-    ensemble = Ensemble.of(run_dirs, weights)
-    data_dir = require_dir(data_dir)
-    if split == "val" and postprocess is not None:
-        raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
-    if split == "test" and steps is not None:
-        raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
-    tuned_steps, choice = _steps(steps), check_rule(choice)
-    post_out = None if split == "test" else (ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
-    outputs = [out, *store_paths(out), presence_path(out)] + ([post_out] if post_out is not None and not ensemble.single else [])
-    run_files = [p for run in ensemble.runs for p in training_files(run)]  # never replaced, even with --overwrite
-    run_files += [postprocess] if postprocess else []
     dist = Dist.from_env()
     try:
         with ExitStack() as claims:
-            for path in outputs:  # every rank checks; rank 0, the one that writes, locks
-                check = dict(overwrite=overwrite, inputs=[data_dir / SAMPLE_SUBMISSION_CSV, data_dir / TRAIN_CSV, *run_files],
-                             input_dirs=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES])
-                if dist.is_main:
-                    claims.enter_context(claim_output(path, **check))
-                else:
-                    check_output(path, **check)
-            if post_out is not None and ensemble.single and dist.is_main:
-                claims.enter_context(output_lock(post_out))  # the run's own file: re-tuned, so never refused, but locked
-            return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, choice, settings,
-                                      dist)
+            with dist.together():  # every rank checks (rank 0 reports); rank 0, the one that writes, locks
+                ensemble = Ensemble.of(run_dirs, weights)
+                data_dir = require_dir(data_dir)
+                if split == "val" and postprocess is not None:
+                    raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
+                if split == "test" and steps is not None:
+                    raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
+                tuned_steps, choice = _steps(steps), check_rule(choice)
+                post_out = None if split == "test" else (
+                    ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
+                outputs = [out, *store_paths(out), presence_path(out)] + (
+                    [post_out] if post_out is not None and not ensemble.single else [])
+                # never replaced, even with --overwrite; the run's own seg_postprocess.json is re-tuned by --split val
+                inputs = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=[post_out] if post_out else []) | \
+                    Inputs.of(postprocess)
+                claims.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=dist.is_main))
+                if post_out is not None and ensemble.single and dist.is_main:
+                    claims.enter_context(output_lock(post_out))  # the run's own file: re-tuned, never refused, but locked
+            return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, choice,
+                                      settings, dist)
     finally:
         dist.close()
 
@@ -201,11 +198,13 @@ def _steps(names: Sequence[str] | None) -> tuple[Step, ...]:
 def _test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProcess:
     """The post-processing the test masks use, checked to be tuned for ``ensemble``."""
     if postprocess is None:
-        if not ensemble.single:
-            raise CloudpipeError("an ensemble's test masks need --postprocess FILE: the <stem>_postprocess.json that "
-                                 "predict-seg --split val (or tune-seg) wrote for these runs and weights")
-        saved = ensemble.runs[0] / POSTPROCESS_JSON
-        return load_postprocess(saved) if saved.exists() else PostProcess()
+        postprocess = ensemble.own_file(POSTPROCESS_JSON, "an ensemble's test masks need --postprocess FILE: the "
+                                        "<stem>_postprocess.json that predict-seg --split val (or tune-seg) wrote for "
+                                        "these runs and weights")
+        if not postprocess.exists():
+            raise CloudpipeError(f"no {POSTPROCESS_JSON}: the run's post-processing is not tuned; run predict-seg "
+                                 "--split val first (it tunes and writes it), or pass --postprocess FILE",
+                                 path=ensemble.runs[0])
     ensemble.check_tuned_for(read_json(postprocess, "post-processing"), postprocess, "post-processing settings")
     return load_postprocess(postprocess)
 
@@ -216,26 +215,27 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
     """The work of :func:`predict_segmentation` once its outputs are checked and locked. Under
     ``torchrun`` each rank predicts its :meth:`~Dist.shard` of the images; rank 0 joins the
     shares, tunes and writes, and the other ranks return what they predicted, writing nothing."""
-    device = resolve_device(settings.device, dist)
-    started = time.perf_counter()
-    if split == "test":
-        post = _test_postprocess(ensemble, postprocess)  # read before inference: a bad file fails fast
-        for run in ensemble.runs:
-            load_run_config(run, "segmentation")
-        names = list_test_images(data_dir)
-        runs = [[(run, names, data_dir / TEST_IMAGES)] for run in ensemble.runs]
-    else:
-        sets = [validation_sets(run, data_dir, "segmentation") for run in ensemble.runs]
-        require_same_validation(ensemble.runs, [[i for s in splits for i in s.val] for _, splits in sets])
-        data = sets[0][0]
-        names = [i for s in sets[0][1] for i in s.val]
-        runs = [[(s.folder, s.val, data_dir / TRAIN_IMAGES) for s in splits] for _, splits in sets]
-    mine = dist.shard(names)
-    if dist.world > 1:
-        share = set(mine)
-        runs = [[(folder, [i for i in images if i in share], image_dir) for folder, images, image_dir in parts]
-                for parts in runs]
-    store, presence = _predict_to_store(ensemble, runs, mine, out.parent, device, settings)
+    with dist.together():  # a bad file or image on one rank stops every rank with its error
+        device = resolve_device(settings.device, dist)
+        started = time.perf_counter()
+        if split == "test":
+            for run in ensemble.runs:
+                load_run_config(run, "segmentation")
+            post = _test_postprocess(ensemble, postprocess)  # read before inference: a bad file fails fast
+            names = list_test_images(data_dir)
+            runs = [[(run, names, data_dir / TEST_IMAGES)] for run in ensemble.runs]
+        else:
+            sets = [validation_sets(run, data_dir, "segmentation") for run in ensemble.runs]
+            require_same_validation(ensemble.runs, [[i for s in splits for i in s.val] for _, splits in sets])
+            data = sets[0][0]
+            names = [i for s in sets[0][1] for i in s.val]
+            runs = [[(s.folder, s.val, data_dir / TRAIN_IMAGES) for s in splits] for _, splits in sets]
+        mine = dist.shard(names)
+        if dist.world > 1:
+            share = set(mine)
+            runs = [[(folder, [i for i in images if i in share], image_dir) for folder, images, image_dir in parts]
+                    for parts in runs]
+        store, presence = _predict_to_store(ensemble, runs, mine, out.parent, device, settings)
     if dist.world > 1:
         store, presence = _join_shares(dist, store, presence, names, out)
         if not dist.is_main:
@@ -339,21 +339,26 @@ def _join_shares(dist: Dist, store: np.ndarray, presence: pd.DataFrame | None, n
     ``rank, rank + world, ...``); (None, None) on the other ranks.
 
     The other ranks' uint8 shares pass through hidden files beside ``out``
-    (``.<name>.rank<r>.npy``), which rank 0 copies into its memory map a few rows at a time:
-    memory stays flat, where gathering the arrays themselves would hold every rank's share in
-    every rank's memory at once. Each rank removes its file when rank 0 is done, rank 0 removes
-    them all in any case (a rank that fails stops the others: torchrun ends them); rank 0's own
-    share never leaves its memory map, and the small presence frames are gathered directly.
+    (``.<name>.rank<r>.<pid>.npy``, named by the writing process so that the next run of ``out``
+    can remove the share of a rank killed with ``-9``), which rank 0 copies into its memory map a
+    few rows at a time: memory stays flat, where gathering the arrays themselves would hold every
+    rank's share in every rank's memory at once. Each rank removes its file when rank 0 is done,
+    rank 0 removes them all in any case (a rank that fails stops the others: torchrun ends
+    them); rank 0's own share never leaves its memory map, and the small presence frames are
+    gathered directly.
     """
-    shares = [out.with_name(f".{out.name}.rank{r}.npy") for r in range(dist.world)]
+    mine = out.with_name(f".{out.name}.rank{dist.rank}.{os.getpid()}.npy")
+    shares = [mine]
     try:
-        if not dist.is_main:
-            try:
-                np.save(shares[dist.rank], store)
-            except OSError as err:
-                raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
-                                     path=shares[dist.rank]) from None
-        heads = dist.gather(presence)  # also: every share is written
+        with dist.together():
+            if not dist.is_main:
+                try:
+                    np.save(mine, store)
+                except OSError as err:
+                    raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
+                                         path=mine) from None
+        gathered = dist.gather((presence, mine))  # also: every share is written
+        heads, shares = [h for h, _ in gathered], [path for _, path in gathered]
         full = None
         if dist.is_main:
             full = probability_store(out.parent, (len(names), *store.shape[1:]))
@@ -365,7 +370,7 @@ def _join_shares(dist: Dist, store: np.ndarray, presence: pd.DataFrame | None, n
                 del part
         dist.barrier()  # rank 0 has read every share
     finally:
-        for path in shares if dist.is_main else [shares[dist.rank]]:
+        for path in shares if dist.is_main else [mine]:
             path.unlink(missing_ok=True)
     if not dist.is_main:
         return None, None
@@ -396,13 +401,11 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
     data_dir = require_dir(data_dir)
     if not stores:
         raise CloudpipeError("give at least one --store")
-    share = normalise_weights(weights, len(stores))
+    share = normalise_weights(weights, len(stores), per="--store")
     tuned_steps, choice = _steps(steps), check_rule(choice)
     post_out = postprocess_path_for(out)
-    inputs = [p for s in stores for p in (Path(s), info_path(s))] + [data_dir / TRAIN_CSV]
-    with ExitStack() as claims:
-        for path in (out, post_out):
-            claims.enter_context(claim_output(path, overwrite=overwrite, inputs=inputs))
+    inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
+    with claim_outputs([out, post_out], inputs, overwrite=overwrite):
         started = time.perf_counter()
         read = [read_store(s) for s in stores]
         for path, (_, info) in zip(stores, read):
@@ -410,7 +413,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
                 raise CloudpipeError(f"holds {info.split} probabilities; tuning needs a validation store", path=path)
         require_same_validation([Path(s) for s in stores], [info.images for _, info in read])
         names = read[0][1].images
-        ensemble = Ensemble.merged([(info.runs, info.weights, w) for (_, info), w in zip(read, share)])
+        ensemble = Ensemble.merged([(info, w) for (_, info), w in zip(read, share)])
         store = read[0][0] if len(read) == 1 else mean_stores(
             [a for a, _ in read], share, probability_store(out.parent, read[0][0].shape),
             rows=[_rows_of(names, info.images) for _, info in read])

@@ -36,6 +36,7 @@ from cloudpipe.data.images import check_images
 from cloudpipe.data.kaggle import (
     TRAIN_CSV,
     TRAIN_IMAGES,
+    data_inputs,
     presence,
     read_mask_csv,
     read_probs_csv,
@@ -44,13 +45,16 @@ from cloudpipe.data.kaggle import (
     to_wide,
     validate_rle_column,
 )
-from cloudpipe.data.outputs import claim_output, write_text
-from cloudpipe.data.probstore import info_path
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, read_json
+from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
+from cloudpipe.data.probstore import info_path, read_store
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, THRESHOLDS_PNG, VAL_PROBS_CSV, read_json, run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.sources import source_scores
 from cloudpipe.pipeline.validation import validation_sets
+
+SEGMENTATION_KEY = "segmentation"
+"""The key of ``thresholds.json`` recording the segmentation runs of the store it was tuned on."""
 
 
 def load_thresholds(path: Path) -> dict[str, float]:
@@ -76,6 +80,24 @@ def load_gate(path: Path) -> GateSpec:
         return GateSpec.from_json(read_json(path, "thresholds"))
     except CloudpipeError as err:
         raise CloudpipeError(str(err), path=path) from None
+
+
+def load_tuned_gate(path: Path, ensemble: Ensemble, seg_store: Path | None = None) -> GateSpec:
+    """:func:`load_gate`, once the file is checked to be tuned for ``ensemble`` (the classifier
+    runs) and, when it gates on pixel statistics and records the segmentation runs whose
+    store it was tuned on, for the runs of ``seg_store``.
+
+    Raises:
+        CloudpipeError: as :func:`load_gate`, or a file tuned for other runs.
+    """
+    data = read_json(path, "thresholds")
+    ensemble.check_tuned_for(data, path, "thresholds")
+    spec = load_gate(path)
+    recorded = data.get(SEGMENTATION_KEY) if isinstance(data, dict) else None
+    if seg_store is not None and recorded is not None and any(s in PIXEL_SOURCES for s in spec.sources):
+        Ensemble.merged([(read_store(seg_store)[1], 1.0)]).check_tuned_for(
+            recorded, path, f"thresholds' segmentation runs (against {seg_store})")
+    return spec
 
 
 def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings = InferenceSettings()) -> pd.DataFrame:
@@ -124,6 +146,8 @@ class TuneResult:
     """Mean score without and with the at-least-one rule, when it was tried."""
     json_path: Path | None = None
     plot_path: Path | None = None
+    segmentation: Ensemble | None = None
+    """The segmentation runs of the store tuned on (``--seg-store``)."""
 
     @property
     def source_rows(self) -> list[dict]:
@@ -134,8 +158,9 @@ class TuneResult:
         """The ``thresholds.json`` content: the gate (:meth:`GateSpec.to_json`: class thresholds,
         the source of every class, the at-least-one rule), objective, placement, number of
         images, and the runs (and weights) whose probabilities they were tuned on."""
+        segmentation = {} if self.segmentation is None else {SEGMENTATION_KEY: self.segmentation.record()}
         return {**self.spec.to_json(), "objective": self.objective, "placement": self.placement, "choice": self.rule,
-                "images": len(self.images), **self.ensemble.record()}
+                "images": len(self.images), **self.ensemble.record(), **segmentation}
 
     def summary(self) -> str:
         """Lines to print under the table: what was optimised, on what, and what was written."""
@@ -193,7 +218,8 @@ def tune_thresholds(
     Args:
         run_dir: classifier run folder, or several.
         data_dir: Kaggle-layout folder with ``train.csv`` (and ``train_images/``).
-        seg: segmentation predictions (Kaggle CSV) covering some validation images.
+        seg: segmentation predictions (Kaggle CSV) of validation images (some or all of them;
+            an image the classifier trained on is refused).
         objective: ``"dice"`` (needs ``seg``) or ``"accuracy"``; default from ``seg``.
         mask_shape: (H, W) of the masks in ``seg``.
         out: JSON to write; default ``RUN_DIR/thresholds.json``, which is replaced when it
@@ -239,13 +265,15 @@ def tune_thresholds(
         if save:  # both outputs checked and locked until both are written
             if json_path.resolve() == plot_path.resolve():
                 raise CloudpipeError("--plot must differ from --out", path=plot_path)
-            inputs = [p for p in (seg, *(run / VAL_PROBS_CSV for run in ensemble.runs), data_dir / TRAIN_CSV, presence,
-                                  seg_store, seg_store and info_path(seg_store)) if p is not None]
-            claims.enter_context(claim_output(json_path, overwrite=overwrite or out is None, inputs=inputs))
-            claims.enter_context(claim_output(plot_path, overwrite=overwrite or (out is None and plot is None),
-                                              inputs=inputs))
+            own = [ensemble.runs[0] / THRESHOLDS_JSON, ensemble.runs[0] / THRESHOLDS_PNG]
+            inputs = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=own if ensemble.single else []) | \
+                Inputs.of(seg, presence, seg_store, seg_store and info_path(seg_store))
+            claims.enter_context(claim_outputs([json_path], inputs, overwrite=overwrite or out is None))
+            claims.enter_context(claim_outputs([plot_path], inputs, overwrite=overwrite or (out is None and plot is None)))
         inputs = _SourceInputs(presence, seg_store, sources, pixel, placement, at_least_one, check_rule(choice))
         result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings, inputs)
+        if seg_store is not None:
+            result.segmentation = Ensemble.merged([(read_store(seg_store)[1], 1.0)])
         if save:
             from cloudpipe.plots import save_png, threshold_figure
 
@@ -316,10 +344,16 @@ def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objec
     else:
         pred = to_wide(read_mask_csv(seg, shape=mask_shape))
         _require_truth(list(pred.index), labels.index, str(seg))
-        pred = pred.loc[pred.index.isin(probs.index)]
-        if pred.empty:
+        inside = pred.index.isin(probs.index)
+        if not inside.any():
             raise CloudpipeError(f"shares no image with the validation probabilities ({source}, "
                                  f"{len(probs)} images)", path=seg)
+        if not inside.all():
+            outside = list(pred.index[~inside])
+            raise CloudpipeError(f"only {int(inside.sum())} of its {len(pred)} images are validation images of the "
+                                 f"classifier ({source}); the others (e.g. {', '.join(outside[:3])}) it trained on: "
+                                 "give predictions of its validation images (both stages trained on the same split)",
+                                 path=seg)
         if objective == "dice":
             truth_shape = check_images(data_dir / TRAIN_IMAGES / i for i in pred.index)
             validate_rle_column(train, truth_shape, data_dir / TRAIN_CSV)
