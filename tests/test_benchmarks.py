@@ -10,7 +10,16 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import bench_predict, bench_rle, bench_train_data, gpu, real_clouds, real_clouds_wins, run  # noqa: E402
+from benchmarks import (  # noqa: E402
+    bench_predict,
+    bench_rle,
+    bench_train_data,
+    gpu,
+    real_clouds,
+    real_clouds_recipes,
+    real_clouds_wins,
+    run,
+)
 
 
 def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
@@ -29,6 +38,21 @@ def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
     groups = {r["group"].split(" (")[0] for r in wins["rows"]}
     assert groups == {"post-processing", "presence source", "segmentation with a head", "gating rules"}
     assert all(0 <= r["gated"] <= 1 for r in wins["rows"]) and json.loads((work / "wins.json").read_text())["rows"]
+
+
+def test_real_clouds_recipes_smoke(tiny_data, tmp_path, capsys):
+    work = tmp_path / "work"
+    args = ["--smoke", "--data", str(tiny_data), "--work", str(work), "--train-images", "24"]
+    results = real_clouds_recipes.main([*args, "--variants", "today", "ema 0.95", "tta x4"])
+    assert set(results) == {f"{stage} | {name} | seed 69" for stage in ("seg", "classifier") for name in ("today", "ema 0.95")} | \
+        {"seg | tta x4 | seed 69"}
+    assert all(0 <= r["gated"] <= 1 for r in results.values())
+    assert all(0 <= r["test accuracy"] <= 1 and 0 <= r["majority"] <= 1 for r in results.values() if r["stage"] == "classifier")
+    again = real_clouds_recipes.main([*args, "--variants", "today", "--seed", "7", "--stage", "seg"])  # results add up
+    assert len(again) == len(results) + 1 and json.loads((work / "recipes.json").read_text()) == again
+    rows = {(r["stage"], r["variant"]): r for r in real_clouds_recipes.summary(again)}
+    assert rows["seg", "today"]["seeds"] == "69,7" and rows["seg", "today"]["seg alone vs today"] == 0
+    assert "test Dice / accuracy" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")
