@@ -67,14 +67,21 @@ def test_compiled_training_saves_plain_weights(tiny_data, tmp_path):
     assert load_run(run, "classifier", torch.device("cpu")).config.compile is True
 
 
+def initial_state(config) -> dict:
+    """The weights a run of ``config`` starts from (seeded as the Trainer seeds them)."""
+    torch.manual_seed(config.seed)
+    return stage_for(config).build_model(weights="none").state_dict()
+
+
 def test_frozen_layers_do_not_change(tiny_data, tmp_path):
+    """Neither their weights nor their BatchNorm running statistics (kept in eval mode)."""
     config = classifier_config(epochs=1, freeze=["layer1"])
     train_run(config, tiny_data, tmp_path / "run", progress=False)
     state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
-    torch.manual_seed(69)
-    fresh = stage_for(config).build_model(weights="none").state_dict()
-    assert torch.equal(state["body.layer1.0.weight"], fresh["body.layer1.0.weight"])
-    assert not torch.equal(state["body.layer2.0.weight"], fresh["body.layer2.0.weight"])
+    fresh = initial_state(config)
+    for name in ("0.weight", "1.weight", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(state[f"body.layer1.{name}"], fresh[f"body.layer1.{name}"]), name
+        assert not torch.equal(state[f"body.layer2.{name}"], fresh[f"body.layer2.{name}"]), name
 
 
 def test_how_a_run_is_executed_may_change_on_resume_but_not_what_it_learns(tiny_data, tmp_path):
@@ -165,17 +172,6 @@ def test_the_average_is_validated_and_saved_as_the_model(tiny_data, tmp_path):
     torch.testing.assert_close(loaded.state_dict()[key], best["model"][key])
 
 
-def test_frozen_batchnorm_statistics_do_not_move(tiny_data, tmp_path):
-    config = classifier_config(epochs=1, freeze=["layer1"])
-    train_run(config, tiny_data, tmp_path / "run", progress=False)
-    state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
-    torch.manual_seed(69)
-    fresh = stage_for(config).build_model(weights="none").state_dict()
-    for stat in ("running_mean", "running_var", "num_batches_tracked"):
-        assert torch.equal(state[f"body.layer1.1.{stat}"], fresh[f"body.layer1.1.{stat}"]), stat
-        assert not torch.equal(state[f"body.layer2.1.{stat}"], fresh[f"body.layer2.1.{stat}"]), stat
-
-
 def test_gradient_clipping_bounds_the_step(tiny_data, tmp_path):
     """SGD's step is lr x gradient: clipped to a tiny norm, the weights barely move."""
     moved = {}
@@ -183,8 +179,7 @@ def test_gradient_clipping_bounds_the_step(tiny_data, tmp_path):
         run = tmp_path / f"clip{clip}"
         config = classifier_config(epochs=1, optimizer="sgd", lr=0.1, grad_clip=clip, freeze=[])
         train_run(config, tiny_data, run, progress=False)
-        torch.manual_seed(69)
-        fresh = stage_for(config).build_model(weights="none").state_dict()["body.fc.weight"]
+        fresh = initial_state(config)["body.fc.weight"]
         moved[clip] = (load_checkpoint(run / "last.pt")["model"]["body.fc.weight"] - fresh).abs().max().item()
     assert moved[1e-6] < 1e-5 < moved[0.0]
 
