@@ -42,17 +42,25 @@ def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
 
 def test_real_clouds_recipes_smoke(tiny_data, tmp_path, capsys):
     work = tmp_path / "work"
-    args = ["--smoke", "--data", str(tiny_data), "--work", str(work), "--train-images", "24"]
-    results = real_clouds_recipes.main([*args, "--variants", "today", "ema 0.95", "tta x4"])
-    assert set(results) == {f"{stage} | {name} | seed 69" for stage in ("seg", "classifier") for name in ("today", "ema 0.95")} | \
-        {"seg | tta x4 | seed 69"}
+    args = ["--smoke", "--data", str(tiny_data), "--work", str(work), "--train-images", "24", "--variants", "today", "tta x4"]
+    results = real_clouds_recipes.main(args)
+    assert set(results) == {"seg | today | seed 69", "seg | tta x4 | seed 69", "classifier | today | seed 69"}
     assert all(0 <= r["gated"] <= 1 for r in results.values())
-    assert all(0 <= r["test accuracy"] <= 1 and 0 <= r["majority"] <= 1 for r in results.values() if r["stage"] == "classifier")
-    again = real_clouds_recipes.main([*args, "--variants", "today", "--seed", "7", "--stage", "seg"])  # results add up
-    assert len(again) == len(results) + 1 and json.loads((work / "recipes.json").read_text()) == again
-    rows = {(r["stage"], r["variant"]): r for r in real_clouds_recipes.summary(again)}
-    assert rows["seg", "today"]["seeds"] == "69,7" and rows["seg", "today"]["seg alone vs today"] == 0
+    assert 0 <= results["classifier | today | seed 69"]["majority"] <= 1
+    assert json.loads((work / "recipes.json").read_text()) == results
+    assert real_clouds_recipes.main(args) == results  # scored variants are kept, not run again
     assert "test Dice / accuracy" in capsys.readouterr().out
+
+
+def test_recipe_table_pairs_seeds_with_todays():
+    def result(variant, seed, dice):
+        return {"stage": "seg", "variant": variant, "seed": seed, "seg alone": dice, "gated": dice + 0.1}
+
+    rows = {r["variant"]: r for r in real_clouds_recipes.summary({
+        "a": result("today", 69, 0.50), "b": result("today", 7, 0.40), "c": result("ema", 69, 0.55), "d": result("ema", 7, 0.41)})}
+    assert rows["ema"]["seeds"] == "69,7" and rows["ema"]["seg alone"] == pytest.approx(0.48)
+    assert rows["ema"]["seg alone spread"] == pytest.approx(0.14) and rows["ema"]["seg alone vs today"] == pytest.approx(0.03)
+    assert rows["today"]["gated vs today"] == 0
 
 
 @pytest.fixture(scope="module")
