@@ -108,12 +108,11 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     np.testing.assert_allclose(a["lr"], b["lr"])
 
 
-@pytest.mark.parametrize("recipe", [
-    dict(patience=0),
+@pytest.mark.parametrize("recipe", [  # plateau: test_resume_equals_uninterrupted
     dict(schedule="cosine", warmup_epochs=1, ema=0.9),
     dict(schedule="onecycle", optimizer="adamw", encoder_lr_ratio=0.1, grad_clip=1.0),
     dict(optimizer="sgd", swa_epochs=2),
-], ids=["plateau", "cosine+warmup+ema", "onecycle+adamw+ratio+clip", "sgd+swa"])
+], ids=["cosine+warmup+ema", "onecycle+adamw+ratio+clip", "sgd+swa"])
 def test_a_run_interrupted_and_resumed_replays_every_recipe_exactly(tiny_data, tmp_path, monkeypatch, recipe):
     """Schedules stepped per optimizer step, the EMA / SWA average and the optimizer's groups
     are all restored: the resumed run ends where the uninterrupted one does."""
@@ -187,10 +186,10 @@ def test_gradient_clipping_bounds_the_step(tiny_data, tmp_path):
 @pytest.mark.parametrize("recipe", [
     dict(loss="bce=0.75,dice=0.25"), dict(loss="bce=1,lovasz=1", mask_loss_on="present"), dict(loss="focal=1,dice=1"),
     dict(mask_loss_on="present", optimizer="adamw", encoder_lr_ratio=0.1, schedule="onecycle"),
-    dict(optimizer="sgd", schedule="cosine", warmup_epochs=1, swa_epochs=1, grad_clip=0.5),
+    dict(optimizer="sgd", schedule="cosine", warmup_epochs=1, swa_epochs=1, grad_clip=0.5, epochs=2),
 ])
 def test_segmentation_trains_with_every_recipe_name(tiny_data, tmp_path, recipe):
-    config = load_config("segmentation", overrides={**TINY, "epochs": 2, "head_weight": 0.1, **recipe})
+    config = load_config("segmentation", overrides={**TINY, "epochs": 1, "head_weight": 0.1, **recipe})
     [result] = train_run(config, tiny_data, tmp_path / "run", progress=False)
     assert all(np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"]) for row in result.history)
     assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["loss"] == config.loss
