@@ -59,8 +59,9 @@ from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, load_train_data  # no
 from cloudpipe.data.runfolder import ModelSplit  # noqa: E402
 from cloudpipe.engine.config import load_config  # noqa: E402
 from cloudpipe.engine.devices import Dist, resolve_workers  # noqa: E402
+from cloudpipe.engine.recipe import make_optimizer  # noqa: E402
 from cloudpipe.engine.stages import stage_for  # noqa: E402
-from cloudpipe.engine.train import Trainer, make_optimizer  # noqa: E402
+from cloudpipe.engine.train import Trainer  # noqa: E402
 
 BATCH_SIZE = 8  # the classifier's default batch
 WORKERS = 2  # the seed's DataLoader workers in the epoch row (cloudpipe's are its default, auto)
@@ -161,7 +162,7 @@ def step_row(batch: int, steps: int, sizes: Sizes = FULL) -> dict:
     pixels = torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8)  # NHWC, as batches arrive
 
     ours = stage.build_model(weights="none").to(memory_format=torch.channels_last).train()
-    ours_opt = make_optimizer(ours, config)
+    ours_opt = make_optimizer(ours, stage, config)
 
     base = seed.build_classifier(seed_state(ours))
     base.train()

@@ -105,7 +105,7 @@ def with_options(*options):
 
 
 def inference_options(batch_size: int, tta: bool = True):
-    """--batch-size, --device, --workers, --decode, --compile, --quiet (and --tta) for commands that run a model;
+    """--batch-size, --device, --workers, --decode, --compile, --quiet (and --tta, --tta-views) for commands that run a model;
     the command receives them as one ``settings`` (:class:`InferenceSettings`)."""
     options = [
         click.option("--batch-size", type=click.IntRange(min=1), default=batch_size),
@@ -118,15 +118,18 @@ def inference_options(batch_size: int, tta: bool = True):
         click.option("--quiet", is_flag=True, help="No progress bar."),
     ]
     if tta:
-        options.append(click.option("--tta", is_flag=True, help="Average identity, horizontal and vertical flips."))
+        options += [click.option("--tta", is_flag=True, help="Average the model over flipped views (see --tta-views)."),
+                    click.option("--tta-views", type=click.Choice(["3", "4"]), default=None,
+                                 help="3: identity, horizontal, vertical flip; 4: also both (implies --tta) [default: 3].")]
 
     def decorate(fn):
         def command(batch_size: int, device: str, workers: int | str, decode: str, compile_: bool, quiet: bool,
-                    tta: bool = False, **kwargs):
+                    tta: bool = False, tta_views: str | None = None, **kwargs):
             from cloudpipe.engine.settings import InferenceSettings
 
             settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, decode=decode,
-                                         compile=compile_, tta=tta, progress=not quiet)
+                                         compile=compile_, tta=tta or tta_views is not None,
+                                         tta_views=int(tta_views or 3), progress=not quiet)
             return fn(settings=settings, **kwargs)
 
         return with_options(*options)(functools.wraps(fn)(command))
@@ -201,6 +204,8 @@ def training_options(task: str):
     def option(*names: str, key: str, help: str = "", **kwargs):
         value = defaults[key]
         shown = " ".join(map(str, value)) if isinstance(value, list) else value
+        if isinstance(value, dict):
+            shown = ",".join(f"{k}={v:g}" for k, v in value.items())
         return click.option(*names, default=None, help=f"{help} [default: {shown}, configs/{DEFAULT_CONFIGS[task]}]".strip(), **kwargs)
 
     return with_options(
@@ -214,6 +219,7 @@ def training_options(task: str):
         option("--lr", key="lr", type=click.FloatRange(min=0, min_open=True),
                help=f"Learning rate (with --weights none: scratch_lr {defaults['scratch_lr']} unless given)."),
         option("--weights", "--encoder-weights", "weights", key="weights", help="imagenet | none | PATH to a local state dict."),
+        *recipe_options(task, option),
         option("--device", key="device", type=DEVICE),
         option("--workers", key="workers", type=WORKERS, help="DataLoader workers (auto: none on the CPU, all cores but one, up to 16, with a GPU)."),
         option("--compile/--no-compile", key="compile", help="torch.compile the model."),
@@ -223,6 +229,32 @@ def training_options(task: str):
         option("--seed", key="seed", type=int),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     )
+
+
+def recipe_options(task: str, option) -> list:
+    """The training recipe's options (see configs/*.yaml): optimizer, schedule, loss, weight averaging."""
+    from cloudpipe.engine.config import LOSSES, OPTIMIZERS, SCHEDULES
+
+    encoder = "the encoder" if task == "segmentation" else "the backbone (all but fc)"
+    options = [
+        option("--optimizer", key="optimizer", type=click.Choice(OPTIMIZERS), help="sgd: momentum 0.9, Nesterov."),
+        option("--encoder-lr-ratio", key="encoder_lr_ratio", type=click.FloatRange(0, 10, min_open=True),
+               help=f"The lr of {encoder} as a share of --lr."),
+        option("--weight-decay", key="weight_decay", type=click.FloatRange(min=0)),
+        option("--schedule", key="schedule", type=click.Choice(SCHEDULES),
+               help="plateau: ReduceLROnPlateau per epoch; cosine, onecycle: per optimizer step."),
+        option("--warmup-epochs", key="warmup_epochs", type=click.IntRange(min=0),
+               help="cosine: linear warmup epochs; onecycle: its rising phase (0: 30%)."),
+        option("--grad-clip", key="grad_clip", type=click.FloatRange(min=0), help="Clip the gradient norm (0: off)."),
+        option("--loss", key="loss", metavar="NAME=W,...", help=f"Loss terms and weights, of {', '.join(LOSSES[task])}."),
+        option("--ema", key="ema", type=click.FloatRange(0, 1, max_open=True),
+               help="EMA decay of the weights (0: off); the average is validated and saved."),
+        option("--swa-epochs", key="swa_epochs", type=click.IntRange(min=0), help="Average the last N epochs' weights (0: off)."),
+    ]
+    if task == "segmentation":
+        options.append(option("--mask-loss-on", key="mask_loss_on", type=click.Choice(["all", "present"]),
+                              help="present: the dice/lovasz terms on the non-empty masks only."))
+    return options
 
 
 def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, fold: int | None, resume: bool,

@@ -17,6 +17,7 @@ from benchmarks import (  # noqa: E402
     gpu,
     real_clouds,
     real_clouds_carry,
+    real_clouds_recipes,
     real_clouds_wins,
     run,
 )
@@ -50,6 +51,29 @@ def test_real_clouds_carry_smoke(tiny_data, tmp_path, capsys):
     assert "ceiling capture" in capsys.readouterr().out
     again = real_clouds_carry.main(["--smoke", "--data", str(tiny_data), "--work", str(work)])  # all cached
     assert not any(k.startswith(("train", "predict", "grid")) for k in again["seconds"])
+
+
+def test_real_clouds_recipes_smoke(tiny_data, tmp_path, capsys):
+    work = tmp_path / "work"
+    args = ["--smoke", "--data", str(tiny_data), "--work", str(work), "--train-images", "24", "--variants", "today", "tta x4"]
+    results = real_clouds_recipes.main(args)
+    assert set(results) == {"seg | today | seed 69", "seg | tta x4 | seed 69", "classifier | today | seed 69"}
+    assert all(0 <= r["gated"] <= 1 for r in results.values())
+    assert 0 <= results["classifier | today | seed 69"]["majority"] <= 1
+    assert json.loads((work / "recipes.json").read_text()) == results
+    assert real_clouds_recipes.main(args) == results  # scored variants are kept, not run again
+    assert "test Dice / accuracy" in capsys.readouterr().out
+
+
+def test_recipe_table_pairs_seeds_with_todays():
+    def result(variant, seed, dice):
+        return {"stage": "seg", "variant": variant, "seed": seed, "seg alone": dice, "gated": dice + 0.1}
+
+    rows = {r["variant"]: r for r in real_clouds_recipes.summary({
+        "a": result("today", 69, 0.50), "b": result("today", 7, 0.40), "c": result("ema", 69, 0.55), "d": result("ema", 7, 0.41)})}
+    assert rows["ema"]["seeds"] == "69,7" and rows["ema"]["seg alone"] == pytest.approx(0.48)
+    assert rows["ema"]["seg alone spread"] == pytest.approx(0.14) and rows["ema"]["seg alone vs today"] == pytest.approx(0.03)
+    assert rows["today"]["gated vs today"] == 0
 
 
 @pytest.fixture(scope="module")

@@ -53,6 +53,22 @@ def test_save_and_reload_round_trip(tmp_path):
         ("freeze: layer1\n", "not a valid list"),
         ("task: segmentation\n", "this command trains a classifier"),
         ("[1, 2]\n", "YAML mapping"),
+        ("optimizer: adamx\n", "optimizer = 'adamx' is not one of adam, adamw, sgd"),
+        ("schedule: step\n", "schedule = 'step' is not one of plateau, cosine, onecycle"),
+        ("loss: {dice: 1}\n", "must weight some of bce, focal (the classifier's losses)"),
+        ("loss: {bce: -1}\n", "weights must be >= 0"),
+        ("loss: {bce: 0}\n", "at least one > 0"),
+        ("loss: [bce]\n", "not a valid mapping of loss terms"),
+        ("loss: 'bce=x'\n", "not a valid mapping of loss terms"),
+        ("mask_loss_on: present\n", "the classifier has none"),
+        ("mask_loss_on: some\n", "is not one of all, present"),
+        ("encoder_lr_ratio: 0\n", "encoder_lr_ratio = 0.0 must be in (0, 10]"),
+        ("warmup_epochs: 1\n", "needs schedule cosine or onecycle"),
+        ("schedule: cosine\nwarmup_epochs: 30\n", "must be below epochs (30)"),
+        ("ema: 1\n", "ema = 1.0 is a decay"),
+        ("ema: 0.9\nswa_epochs: 2\n", "choose one"),
+        ("swa_epochs: 31\n", "at most epochs (30)"),
+        ("grad_clip: -1\n", "grad_clip = -1.0 must be >= 0"),
         ("epochs: [\n", "cannot read config"),
     ],
 )
@@ -85,3 +101,33 @@ def test_random_weights_train_at_the_scratch_lr(tmp_path):
 def test_segmentation_trains_a_presence_head_by_default():
     assert load_config("segmentation").head_weight == 0.1  # measured on clouds350 (benchmarks/README.md)
     assert load_config("classifier").head_weight == 0.0
+
+
+def test_recipe_defaults_are_todays_recipe():
+    """Adam, ReduceLROnPlateau, no averaging or clipping; BCE (classifier) and BCE + Dice on
+    every mask (segmentation)."""
+    for task, loss in (("classifier", {"bce": 1.0}), ("segmentation", {"bce": 1.0, "dice": 1.0})):
+        c = load_config(task)
+        assert (c.optimizer, c.encoder_lr_ratio, c.schedule, c.warmup_epochs) == ("adam", 1.0, "plateau", 0)
+        assert (c.ema, c.swa_epochs, c.grad_clip, c.mask_loss_on, c.loss) == (0.0, 0, 0.0, "all", loss)
+
+
+def test_a_run_saved_before_the_recipe_keys_loads_with_todays_recipe(tmp_path):
+    saved = load_config("segmentation").to_dict()
+    for key in ("optimizer", "encoder_lr_ratio", "schedule", "warmup_epochs", "grad_clip", "loss", "mask_loss_on", "ema",
+                "swa_epochs"):
+        del saved[key]
+    old = config_from_dict(saved)
+    assert old == load_config("segmentation") and old.loss == {"bce": 1.0, "dice": 1.0}
+
+
+def test_loss_from_yaml_or_a_command_line_string(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("loss: {bce: 0.75, dice: 0.25}\nmask_loss_on: present\n")
+    c = load_config("segmentation", path)
+    assert c.loss == {"bce": 0.75, "dice": 0.25} and c.mask_loss_on == "present"
+    assert load_config("segmentation", overrides={"loss": "bce=1, lovasz=0.5"}).loss == {"bce": 1.0, "lovasz": 0.5}
+    with pytest.raises(CloudpipeError, match="must weight some of bce, dice, lovasz, focal"):
+        load_config("segmentation", overrides={"loss": "bce=1,jaccard=1"})
+    save_config(c, tmp_path / "config.yaml")
+    assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == c

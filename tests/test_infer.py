@@ -29,7 +29,8 @@ def test_fold_models_are_averaged(tiny_data, tmp_path):
     np.testing.assert_allclose(both, (each[0] + each[1]) / 2, atol=1e-6)
 
 
-def test_tta_is_the_mean_over_flips(tiny_data, tiny_classifier_run):
+@pytest.mark.parametrize("views, flips", [(3, (None, (3,), (2,))), (4, (None, (3,), (2,), (2, 3)))])
+def test_tta_is_the_mean_over_flips(tiny_data, tiny_classifier_run, views, flips):
     import torch
 
     from cloudpipe.data.images import read_image
@@ -38,10 +39,10 @@ def test_tta_is_the_mean_over_flips(tiny_data, tiny_classifier_run):
     paths = sorted((tiny_data / "test_images").iterdir())
     run = load_run(tiny_classifier_run, "classifier", torch.device("cpu"))
     [(indices, tta, _)] = list(stream_probs(run, paths, torch.device("cpu"),
-                                         InferenceSettings(workers=0, tta=True, amp=False, progress=False)))
+                                         InferenceSettings(workers=0, tta=True, tta_views=views, amp=False, progress=False)))
     images = torch.stack([torch.from_numpy(read_image(p, (64, 96), 1)) for p in paths]).permute(0, 3, 1, 2)
     with torch.no_grad():
-        manual = sum(torch.sigmoid(run.models[0](images.flip(d) if d else images)) for d in (None, (3,), (2,))) / 3
+        manual = sum(torch.sigmoid(run.models[0](images.flip(d) if d else images)) for d in flips) / views
     assert list(indices) == list(range(len(paths)))
     torch.testing.assert_close(tta, manual, atol=1e-5, rtol=1e-5)
 
@@ -110,3 +111,25 @@ def test_the_gpu_path_gives_the_cpu_probabilities(tiny_data, tiny_classifier_run
     gpu = predict_presence(tiny_classifier_run_b, paths, InferenceSettings(device="cuda", workers=1, decode=decode,
                                                                            progress=False))
     np.testing.assert_allclose(gpu, cpu, atol=0.02)
+
+
+def test_four_view_tta_flips_masks_back(tiny_data):
+    """A segmentation model that draws its input's red channel: every view, flipped back, is the
+    identity's mask, so the 4-view mean equals the plain prediction."""
+    import torch
+
+    from cloudpipe.engine.infer import RunModels, stream_probs
+
+    class Red(torch.nn.Module):
+        def forward(self, x):
+            return (x[:, :1].float() / 25.5 - 5).expand(-1, 4, -1, -1)
+
+    run = RunModels([Red()], load_config("segmentation", overrides=dict(image_size=(64, 96))), [])
+    paths = sorted((tiny_data / "test_images").iterdir())
+    cpu = torch.device("cpu")
+
+    def probs(**tta):
+        settings = InferenceSettings(workers=0, amp=False, progress=False, **tta)
+        return torch.cat([p for _, p, _ in stream_probs(run, paths, cpu, settings)])
+
+    torch.testing.assert_close(probs(tta=True, tta_views=4), probs())

@@ -35,6 +35,11 @@ def test_commands_build_one_settings_object(monkeypatch, tmp_path):
     CliRunner().invoke(main, ["predict", "--seg", str(seg), "--run", str(tmp_path), "--data", str(tmp_path),
                               "--decode", "device", "--compile"])
     assert seen["settings"] == InferenceSettings(workers="auto", decode="device", compile=True)
+    CliRunner().invoke(main, ["predict", "--seg", str(seg), "--run", str(tmp_path), "--data", str(tmp_path),
+                              "--tta-views", "4"])
+    assert seen["settings"] == InferenceSettings(tta=True, tta_views=4)  # choosing the views turns TTA on
+    CliRunner().invoke(main, ["predict", "--seg", str(seg), "--run", str(tmp_path), "--data", str(tmp_path), "--tta"])
+    assert seen["settings"] == InferenceSettings(tta=True, tta_views=3)  # --tta alone: today's three views
 
 
 @pytest.mark.parametrize("workers", ["-1", "some"])

@@ -95,3 +95,55 @@ def test_segmentation_head_adds_its_weighted_loss_and_accuracy():
     assert metrics["val_dice"] == plain.metrics(plain.outputs(masks, target), None)["val_dice"]
     with pytest.raises(CloudpipeError, match="head_weight"):
         load_config("classifier", overrides={"head_weight": 0.5})
+
+
+def seg_stage(**overrides) -> SegmentationStage:
+    return stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none", "head_weight": 0.0, **overrides}))
+
+
+def test_loss_terms_are_smps_losses_with_their_weights():
+    from segmentation_models_pytorch.losses import DiceLoss, FocalLoss, LovaszLoss
+
+    torch.manual_seed(0)
+    logits, target = torch.randn(2, 4, 8, 8), (torch.rand(2, 4, 8, 8) > 0.6).to(torch.uint8)
+    t = target.float()
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, t)
+    dice = DiceLoss(mode="multilabel")(logits, t)
+    assert seg_stage().loss(logits, target).item() == pytest.approx((bce + dice).item())  # today's BCE + Dice
+    weighted = seg_stage(loss={"bce": 0.75, "dice": 0.25}).loss(logits, target)
+    assert weighted.item() == pytest.approx((0.75 * bce + 0.25 * dice).item())
+    lovasz = LovaszLoss(mode="binary", per_image=True)(logits.flatten(0, 1), t.flatten(0, 1))
+    assert seg_stage(loss={"lovasz": 1.0}).loss(logits, target).item() == pytest.approx(lovasz.item())
+    focal = FocalLoss(mode="multilabel")(logits, t)
+    assert seg_stage(loss={"focal": 2.0}).loss(logits, target).item() == pytest.approx(2 * focal.item())
+    classifier = stage_for(load_config("classifier", overrides={"arch": "tiny", "weights": "none", "loss": {"focal": 1.0}}))
+    assert classifier.loss(logits[:, :, 0, 0], t[:, :, 0, 0]).item() == pytest.approx(
+        FocalLoss(mode="multilabel")(logits[:, :, 0, 0], t[:, :, 0, 0]).item())
+
+
+@pytest.mark.parametrize("term", ["dice", "lovasz"])
+def test_present_only_region_losses_ignore_empty_masks(term):
+    """``mask_loss_on: present``: the Dice / Lovasz term of the non-empty (image, class) masks,
+    pair by pair; what the model draws on an empty mask does not change it (it does with ``all``)."""
+    torch.manual_seed(1)
+    logits, target = torch.randn(2, 4, 8, 8), torch.zeros(2, 4, 8, 8, dtype=torch.uint8)
+    target[0, 1, :4], target[1, 3, 2:] = 1, 1
+    changed = logits.clone()
+    changed[0, 3] += 5  # an empty pair (of a class present in the other image)
+    present, every = seg_stage(loss={term: 1.0}, mask_loss_on="present"), seg_stage(loss={term: 1.0})
+    assert present.loss(changed, target).item() == pytest.approx(present.loss(logits, target).item())
+    assert every.loss(changed, target).item() != pytest.approx(every.loss(logits, target).item())
+    pairs = [(0, 1), (1, 3)]
+    if term == "dice":
+        from segmentation_models_pytorch.losses import DiceLoss
+
+        per_pair = [DiceLoss(mode="binary")(logits[i, c][None, None], target[i, c][None, None].float()) for i, c in pairs]
+        assert present.loss(logits, target).item() == pytest.approx(torch.stack(per_pair).mean().item(), rel=1e-5)
+    empty = torch.zeros_like(target)
+    assert present.loss(logits, empty).item() == 0.0 and present.loss(logits.requires_grad_(), empty).requires_grad
+
+
+def test_the_encoder_is_named_per_stage():
+    classifier, segmenter = stages()
+    assert classifier.in_encoder("body.layer1.0.weight") and not classifier.in_encoder("body.fc.weight")
+    assert segmenter.in_encoder("body.encoder.0.0.weight") and not segmenter.in_encoder("body.decoder.1.0.weight")

@@ -67,14 +67,21 @@ def test_compiled_training_saves_plain_weights(tiny_data, tmp_path):
     assert load_run(run, "classifier", torch.device("cpu")).config.compile is True
 
 
+def initial_state(config) -> dict:
+    """The weights a run of ``config`` starts from (seeded as the Trainer seeds them)."""
+    torch.manual_seed(config.seed)
+    return stage_for(config).build_model(weights="none").state_dict()
+
+
 def test_frozen_layers_do_not_change(tiny_data, tmp_path):
+    """Neither their weights nor their BatchNorm running statistics (kept in eval mode)."""
     config = classifier_config(epochs=1, freeze=["layer1"])
     train_run(config, tiny_data, tmp_path / "run", progress=False)
     state = load_checkpoint(tmp_path / "run" / "last.pt")["model"]
-    torch.manual_seed(69)
-    fresh = stage_for(config).build_model(weights="none").state_dict()
-    assert torch.equal(state["body.layer1.0.weight"], fresh["body.layer1.0.weight"])
-    assert not torch.equal(state["body.layer2.0.weight"], fresh["body.layer2.0.weight"])
+    fresh = initial_state(config)
+    for name in ("0.weight", "1.weight", "1.running_mean", "1.running_var", "1.num_batches_tracked"):
+        assert torch.equal(state[f"body.layer1.{name}"], fresh[f"body.layer1.{name}"]), name
+        assert not torch.equal(state[f"body.layer2.{name}"], fresh[f"body.layer2.{name}"]), name
 
 
 def test_how_a_run_is_executed_may_change_on_resume_but_not_what_it_learns(tiny_data, tmp_path):
@@ -99,6 +106,98 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     a, b = pd.read_csv(tmp_path / "full" / "metrics.csv"), pd.read_csv(tmp_path / "part" / "metrics.csv")
     np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=1e-5)
     np.testing.assert_allclose(a["lr"], b["lr"])
+
+
+@pytest.mark.parametrize("recipe", [  # plateau: test_resume_equals_uninterrupted
+    dict(schedule="cosine", warmup_epochs=1, ema=0.9),
+    dict(schedule="onecycle", optimizer="adamw", encoder_lr_ratio=0.1, grad_clip=1.0),
+    dict(optimizer="sgd", swa_epochs=2),
+], ids=["cosine+warmup+ema", "onecycle+adamw+ratio+clip", "sgd+swa"])
+def test_a_run_interrupted_and_resumed_replays_every_recipe_exactly(tiny_data, tmp_path, monkeypatch, recipe):
+    """Schedules stepped per optimizer step, the EMA / SWA average and the optimizer's groups
+    are all restored: the resumed run ends where the uninterrupted one does."""
+    from cloudpipe.engine.train import Trainer
+
+    config = classifier_config(epochs=3, lr=1e-3, **recipe)
+    train_run(config, tiny_data, tmp_path / "full", progress=False)
+    save = Trainer.save
+
+    def save_then_stop(self, epoch, *args):
+        save(self, epoch, *args)
+        if epoch == 0:
+            raise KeyboardInterrupt
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Trainer, "save", save_then_stop)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(config, tiny_data, tmp_path / "part", progress=False)
+    assert load_checkpoint(tmp_path / "part" / "last.pt")["epoch"] == 1
+    train_run(config, tiny_data, tmp_path / "part", resume=True, progress=False)
+    full, part = load_checkpoint(tmp_path / "full" / "last.pt"), load_checkpoint(tmp_path / "part" / "last.pt")
+    averaged = "ema" in recipe or "swa_epochs" in recipe
+    assert ({"trained", "average"} <= set(full)) == averaged
+    for what in ("model", "trained", "average"):
+        for key, value in full.get(what, {}).items():
+            torch.testing.assert_close(part[what][key], value, rtol=1e-5, atol=1e-6, msg=f"{what} {key}")
+    a, b = pd.read_csv(tmp_path / "full" / "metrics.csv"), pd.read_csv(tmp_path / "part" / "metrics.csv")
+    np.testing.assert_allclose(a["val_loss"], b["val_loss"], rtol=1e-5)
+    np.testing.assert_allclose(a["lr"], b["lr"])
+    if recipe.get("schedule"):  # stepped per optimizer step: the lr moved within every epoch
+        assert a["lr"].nunique() == 3
+
+
+def test_runs_whose_schedule_depends_on_their_length_keep_their_epochs(tiny_data, tmp_path):
+    run = tmp_path / "run"
+    train_run(classifier_config(epochs=2, schedule="cosine"), tiny_data, run, progress=False)
+    with pytest.raises(CloudpipeError, match="epochs: 2 -> 3.*epochs sets this run's schedule"):
+        train_run(classifier_config(epochs=3, schedule="cosine"), tiny_data, run, resume=True, progress=False)
+
+
+def test_the_average_is_validated_and_saved_as_the_model(tiny_data, tmp_path):
+    """With EMA, best.pt holds the average (weights_only-loadable, what predict runs), the
+    metrics are the average's, and last.pt keeps the trained weights too."""
+    from cloudpipe.engine.infer import load_run
+
+    run = tmp_path / "run"
+    [result] = train_run(classifier_config(epochs=2, ema=0.5), tiny_data, run, progress=False)
+    last, best = load_checkpoint(run / "last.pt"), torch.load(run / "best.pt", weights_only=True)
+    key = "body.fc.weight"
+    assert not torch.equal(last["model"][key], last["trained"][key])
+    torch.testing.assert_close(last["model"][key], last["average"][f"module.{key}"])
+    if result.best_epoch == 2:
+        torch.testing.assert_close(best["model"][key], last["model"][key])
+    assert not any(k.startswith("module.") for k in best["model"])
+    loaded = load_run(run, "classifier", torch.device("cpu")).models[0]
+    torch.testing.assert_close(loaded.state_dict()[key], best["model"][key])
+
+
+def test_gradient_clipping_bounds_the_step(tiny_data, tmp_path):
+    """SGD's step is lr x gradient: clipped to a tiny norm, the weights barely move."""
+    moved = {}
+    for clip in (0.0, 1e-6):
+        run = tmp_path / f"clip{clip}"
+        config = classifier_config(epochs=1, optimizer="sgd", lr=0.1, grad_clip=clip, freeze=[])
+        train_run(config, tiny_data, run, progress=False)
+        fresh = initial_state(config)["body.fc.weight"]
+        moved[clip] = (load_checkpoint(run / "last.pt")["model"]["body.fc.weight"] - fresh).abs().max().item()
+    assert moved[1e-6] < 1e-5 < moved[0.0]
+
+
+@pytest.mark.parametrize("recipe", [
+    dict(loss="bce=0.75,dice=0.25"), dict(loss="bce=1,lovasz=1", mask_loss_on="present"), dict(loss="focal=1,dice=1"),
+    dict(mask_loss_on="present", optimizer="adamw", encoder_lr_ratio=0.1, schedule="onecycle"),
+    dict(optimizer="sgd", schedule="cosine", warmup_epochs=1, swa_epochs=1, grad_clip=0.5, epochs=2),
+])
+def test_segmentation_trains_with_every_recipe_name(tiny_data, tmp_path, recipe):
+    config = load_config("segmentation", overrides={**TINY, "epochs": 1, "head_weight": 0.1, **recipe})
+    [result] = train_run(config, tiny_data, tmp_path / "run", progress=False)
+    assert all(np.isfinite(row["train_loss"]) and np.isfinite(row["val_loss"]) for row in result.history)
+    assert yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())["loss"] == config.loss
+
+
+def test_classifier_trains_with_focal_loss(tiny_data, tmp_path):
+    [result] = train_run(classifier_config(epochs=1, loss="focal=1,bce=0.5"), tiny_data, tmp_path / "run", progress=False)
+    assert np.isfinite(result.history[0]["train_loss"])
 
 
 def test_loss_falls_on_easy_data(tmp_path):
@@ -160,6 +259,10 @@ def test_cli_trains_and_refuses_to_mix_runs(tiny_data, tmp_path):
         (["--fold", "1"], "--fold needs --folds"),
         (["--folds", "1"], "folds"),
         (["--weights", "/nonexistent.pth"], "not found"),
+        (["--optimizer", "adamx"], "'adamx' is not one of 'adam', 'adamw', 'sgd'"),
+        (["--loss", "dice=1"], "must weight some of bce, focal"),
+        (["--schedule", "plateau", "--warmup-epochs", "1"], "needs schedule cosine or onecycle"),
+        (["--ema", "1"], "--ema"),
     ],
 )
 def test_cli_bad_options(tiny_data, tmp_path, extra, message):

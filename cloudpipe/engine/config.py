@@ -19,6 +19,15 @@ from cloudpipe.data.outputs import write_text
 from cloudpipe.data.runfolder import CONFIG_YAML, read_config_values
 
 Task = Literal["classifier", "segmentation"]
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("plateau", "cosine", "onecycle")
+"""``plateau`` steps once per epoch on the validation loss; ``cosine`` and ``onecycle`` once per optimizer step."""
+LOSSES: dict[Task, tuple[str, ...]] = {"classifier": ("bce", "focal"), "segmentation": ("bce", "dice", "lovasz", "focal")}
+"""The loss terms each stage may weight (segmentation-models-pytorch's losses)."""
+DEFAULT_LOSS: dict[Task, dict[str, float]] = {"classifier": {"bce": 1.0}, "segmentation": {"bce": 1.0, "dice": 1.0}}
+"""What each stage trained with before ``loss`` was a setting: a saved config without it means this."""
+REGION_LOSSES = ("dice", "lovasz")
+"""Terms that ``mask_loss_on: present`` restricts to the (image, class) pairs whose mask is not empty."""
 
 
 @dataclass
@@ -37,7 +46,25 @@ class TrainConfig:
     lr: float = 5e-3
     scratch_lr: float = 5e-4
     weight_decay: float = 0.0
+    optimizer: str = "adam"
+    """adam | adamw | sgd (momentum 0.9, Nesterov)."""
+    encoder_lr_ratio: float = 1.0
+    """The encoder's lr as a share of ``lr`` (segmentation: smp's ``encoder``; classifier: all but ``fc``)."""
+    schedule: str = "plateau"
+    """plateau (ReduceLROnPlateau on the validation loss) | cosine | onecycle (per optimizer step)."""
+    warmup_epochs: int = 0
+    """cosine: linear warmup from lr/100 over this many epochs; onecycle: its rising phase (0: torch's 30%)."""
     patience: int = 3
+    grad_clip: float = 0.0
+    """Clip the gradients' total norm to this (0: no clipping)."""
+    loss: dict[str, float] | None = None
+    """Loss terms and their weights, e.g. ``{bce: 0.75, dice: 0.25}``; None: the stage's :data:`DEFAULT_LOSS`."""
+    mask_loss_on: str = "all"
+    """Segmentation: ``present`` computes the Dice / Lovasz terms on the non-empty (image, class) masks only."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights, updated every optimizer step (0: none)."""
+    swa_epochs: int = 0
+    """Average the weights at the end of each of the last N epochs (stochastic weight averaging; 0: none)."""
     val_fraction: float = 0.1
     split_seed: int = 69
     seed: int = 69
@@ -54,6 +81,10 @@ class TrainConfig:
     head_weight: float = 0.0
     """Segmentation only: weight of a classification head's BCE in the loss (0: no head)."""
     head_dropout: float = 0.2
+
+    def __post_init__(self) -> None:
+        if self.loss is None:
+            self.loss = dict(DEFAULT_LOSS.get(self.task, {"bce": 1.0}))
 
     def validate(self) -> TrainConfig:
         """Check every value; raise a CloudpipeError quoting the first bad one."""
@@ -88,6 +119,31 @@ class TrainConfig:
             raise bad("head_weight", "adds a classification head to a segmentation model; the classifier has none")
         if not 0 <= self.head_dropout < 1:
             raise bad("head_dropout", "must be in [0, 1)")
+        for key, names in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("mask_loss_on", ("all", "present"))):
+            if getattr(self, key) not in names:
+                raise bad(key, f"is not one of {', '.join(names)}")
+        if not 0 < self.encoder_lr_ratio <= 10:
+            raise bad("encoder_lr_ratio", "must be in (0, 10] (1: the same lr as the rest)")
+        for key in ("warmup_epochs", "swa_epochs", "grad_clip"):
+            if getattr(self, key) < 0:
+                raise bad(key, "must be >= 0")
+        if self.warmup_epochs and self.schedule == "plateau":
+            raise bad("warmup_epochs", "needs schedule cosine or onecycle")
+        if self.warmup_epochs >= self.epochs and self.schedule != "plateau":
+            raise bad("warmup_epochs", f"must be below epochs ({self.epochs})")
+        if not 0 <= self.ema < 1:
+            raise bad("ema", "is a decay and must be in [0, 1) (0: no moving average)")
+        if self.ema and self.swa_epochs:
+            raise bad("swa_epochs", "and ema both average the weights; choose one")
+        if self.swa_epochs > self.epochs:
+            raise bad("swa_epochs", f"must be at most epochs ({self.epochs})")
+        known = LOSSES.get(self.task, ())
+        if not self.loss or any(name not in known for name in self.loss):
+            raise bad("loss", f"must weight some of {', '.join(known)} (the {self.task}'s losses)")
+        if any(w < 0 for w in self.loss.values()) or not any(self.loss.values()):
+            raise bad("loss", "weights must be >= 0, at least one > 0")
+        if self.mask_loss_on == "present" and self.task != "segmentation":
+            raise bad("mask_loss_on", "restricts a mask loss; the classifier has none")
         if not 0 < self.val_fraction < 1:
             raise bad("val_fraction", "must be in (0, 1)")
         for key in ("hflip", "vflip", "brightness_contrast", "noise"):
@@ -127,14 +183,28 @@ def _coerce(key: str, value: Any) -> Any:
             return float(value)
         if isinstance(default, tuple):
             return tuple(int(v) for v in value)
+        if key == "loss":
+            return _loss_terms(value)
         if isinstance(default, list):
             if isinstance(value, str):
                 raise TypeError
             return [str(v) for v in (value or [])]
         return str(value)
     except (TypeError, ValueError):
-        kind = type(default).__name__
+        kind = "mapping of loss terms to weights (e.g. bce=0.75,dice=0.25)" if key == "loss" else type(default).__name__
         raise CloudpipeError(f"config: {key} = {value!r} is not a valid {kind}") from None
+
+
+def _loss_terms(value: Any) -> dict[str, float]:
+    """``{name: weight}`` from a YAML mapping or a ``bce=0.75,dice=0.25`` string."""
+    if isinstance(value, str):
+        pairs = [part.split("=") for part in value.split(",") if part.strip()]
+        if any(len(p) != 2 for p in pairs):
+            raise TypeError
+        value = {name.strip(): weight for name, weight in pairs}
+    if not isinstance(value, dict) or any(isinstance(w, bool) for w in value.values()):
+        raise TypeError
+    return {str(name): float(weight) for name, weight in value.items()}
 
 
 def load_config(

@@ -30,6 +30,12 @@ from cloudpipe.engine.devices import Dist, autocast, compile_model, resolve_devi
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.engine.stages import stage_for
 
+TTA_VIEWS: dict[int, tuple[tuple[int, ...] | None, ...]] = {
+    3: (None, (3,), (2,)),          # identity, horizontal flip, vertical flip
+    4: (None, (3,), (2,), (2, 3)),  # ... and both flips (a 180-degree rotation)
+}
+"""The flipped views of ``settings.tta_views``, as the NCHW dimensions each flips."""
+
 
 @dataclass
 class RunModels:
@@ -93,8 +99,8 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
                  desc: str = "predict") -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor | None]]:
     """Yield ``(indices, probabilities, head)`` batch by batch, in ``paths`` order.
 
-    Probabilities are sigmoid outputs averaged over the run's models (and over identity,
-    horizontal and vertical flips with ``settings.tta``): (B, 4) for a classifier, (B, 4, H, W)
+    Probabilities are sigmoid outputs averaged over the run's models (and over the flipped views
+    :data:`TTA_VIEWS` of ``settings.tta_views`` with ``settings.tta``): (B, 4) for a classifier, (B, 4, H, W)
     at the model's input size for a segmentation model. ``head``: a segmentation model's
     classification-head presence (B, 4), averaged alike, when its models return
     ``(masks, labels)``; else None. All images are header-checked first, so a missing, corrupt
@@ -106,7 +112,7 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
     reduction = reduction_for(source_shape, size)
     loader = image_loader(paths, size, source_shape, settings, device)
     amp_dtype = autocast(device, settings.amp and run.config.amp)
-    flips = [None, (3,), (2,)] if settings.tta else [None]
+    flips = TTA_VIEWS[settings.tta_views] if settings.tta else (None,)
     models = [compile_model(m, inference=True) for m in run.models] if settings.compile else run.models
     for batch in tqdm(loader, desc=desc, unit="batch", disable=not settings.progress, leave=False):
         if settings.decode == "device":

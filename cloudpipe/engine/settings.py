@@ -7,6 +7,7 @@ from typing import Literal
 
 Device = Literal["auto", "cpu", "cuda"]
 Decode = Literal["workers", "device"]
+TtaViews = Literal[3, 4]
 
 
 @dataclass(frozen=True)
@@ -23,7 +24,9 @@ class InferenceSettings:
             model's device (nvJPEG on a CUDA GPU), see :func:`cloudpipe.data.images.decode_batch`;
             not strict: data corrupt inside a well-framed file decodes with a warning.
         compile: ``torch.compile`` the model(s) first (a one-off cost; pays on many images).
-        tta: average identity, horizontal and vertical flips.
+        tta: average the model over flipped views of each image (masks flipped back).
+        tta_views: which views: 3 (identity, horizontal, vertical flip) or 4 (also both flips
+            at once, the 1st place's "flip TTA x4").
         amp: mixed precision (bf16 on CPU and on GPUs that have it, else fp16) when the run
             was trained with it.
         progress: show a progress bar.
@@ -35,5 +38,6 @@ class InferenceSettings:
     decode: Decode = "workers"
     compile: bool = False
     tta: bool = False
+    tta_views: TtaViews = 3
     amp: bool = True
     progress: bool = True

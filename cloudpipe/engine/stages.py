@@ -19,7 +19,7 @@ from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import accuracy, dice_score
 from cloudpipe.data.transforms import train_transform
-from cloudpipe.engine.config import Task, TrainConfig
+from cloudpipe.engine.config import REGION_LOSSES, Task, TrainConfig
 from cloudpipe.models.networks import build_classifier, build_segmenter
 
 
@@ -36,6 +36,11 @@ class Stage:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+
+    def in_encoder(self, name: str) -> bool:
+        """Whether parameter ``name`` (of :meth:`build_model`'s network) belongs to the encoder,
+        which trains at ``lr * encoder_lr_ratio``."""
+        raise NotImplementedError
 
     def build_model(self, weights: str | None = None) -> nn.Module:
         """The network (``weights`` overrides ``config.weights``)."""
@@ -77,12 +82,21 @@ class ClassifierStage(Stage):
     needs_masks = False
     keeps_val_probs = True
 
+    def __init__(self, config: TrainConfig):
+        super().__init__(config)
+        self.terms = pixel_losses(config.loss)
+
+    def in_encoder(self, name: str) -> bool:
+        """The backbone: everything but the replaced ``fc``."""
+        return not name.startswith("body.fc.")
+
     def build_model(self, weights: str | None = None) -> nn.Module:
         c = self.config
         return build_classifier(c.arch, c.weights if weights is None else weights, c.freeze)
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return nn.functional.binary_cross_entropy_with_logits(logits.float(), target.float())
+        logits, target = logits.float(), target.float()
+        return sum(weight * term(logits, target) for term, weight in self.terms)
 
     def outputs(self, logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
         """Probabilities (B, 4)."""
@@ -95,21 +109,59 @@ class ClassifierStage(Stage):
         return pd.DataFrame(outputs, columns=list(CLASSES)).assign(image=images)[["image", *CLASSES]]
 
 
+def pixel_losses(weights: dict[str, float]) -> list[tuple[nn.Module, float]]:
+    """smp's losses applied to every element (``bce``, ``focal``) with their weights; the
+    weights of other (region) terms are left to the caller."""
+    from segmentation_models_pytorch.losses import FocalLoss, SoftBCEWithLogitsLoss
+
+    made = {"bce": SoftBCEWithLogitsLoss, "focal": lambda: FocalLoss(mode="multilabel")}
+    return [(made[name](), w) for name, w in weights.items() if name in made and w > 0]
+
+
 class SegmentationStage(Stage):
-    """Masks per class: BCE + smp's multilabel soft Dice, Kaggle Dice at 0.5 per pair. With
-    ``head_weight > 0`` the model also has a classification head (presence per class, the
-    target being "the mask is not empty"), trained with ``head_weight`` * BCE; validation then
-    also reports the head's accuracy at 0.5 (``val_head_accuracy``)."""
+    """Masks per class: the weighted sum of ``config.loss``'s terms (default BCE + smp's
+    multilabel soft Dice), Kaggle Dice at 0.5 per pair. ``dice`` is smp's multilabel soft Dice
+    over the batch per class; ``lovasz`` the Lovasz hinge per (image, class) pair; with
+    ``mask_loss_on: present`` both are taken per pair over the pairs whose mask is not empty
+    only. With ``head_weight > 0`` the model also has a classification head (presence per
+    class, the target being "the mask is not empty"), trained with ``head_weight`` * BCE;
+    validation then also reports the head's accuracy at 0.5 (``val_head_accuracy``)."""
 
     task = "segmentation"
     score_name = "val_dice"
     needs_masks = True
 
     def __init__(self, config: TrainConfig):
-        from segmentation_models_pytorch.losses import DiceLoss
+        from segmentation_models_pytorch.losses import DiceLoss, LovaszLoss
 
         super().__init__(config)
+        self.terms = pixel_losses(config.loss)
         self.dice_loss = DiceLoss(mode="multilabel", from_logits=True)
+        self.lovasz_loss = LovaszLoss(mode="binary", per_image=True)
+
+    def in_encoder(self, name: str) -> bool:
+        """smp's ``encoder`` (the tiny stand-in names its own alike)."""
+        return name.startswith("body.encoder.")
+
+    def region_loss(self, masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The weighted Dice and Lovasz terms of float logits and targets (B, 4, H, W)."""
+        weights = {k: w for k, w in self.config.loss.items() if k in REGION_LOSSES and w > 0}
+        loss = masks.new_zeros(())
+        if not weights:
+            return loss
+        if self.config.mask_loss_on == "present":
+            present = target.amax((2, 3)) > 0
+            if not present.any():
+                return loss + 0 * masks.sum()  # keeps the graph whole (DDP, AMP) when no mask is present
+            # Each present pair a channel of one "image": smp's Dice then scores pair by pair.
+            pairs, truth = masks[present].unsqueeze(0), target[present].unsqueeze(0)
+        else:
+            pairs, truth = masks, target
+        if "dice" in weights:
+            loss = loss + weights["dice"] * self.dice_loss(pairs, truth)
+        if "lovasz" in weights:
+            loss = loss + weights["lovasz"] * self.lovasz_loss(pairs.flatten(0, 1), truth.flatten(0, 1))
+        return loss
 
     def build_model(self, weights: str | None = None) -> nn.Module:
         c = self.config
@@ -119,7 +171,7 @@ class SegmentationStage(Stage):
     def loss(self, logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         masks, labels = logits if isinstance(logits, tuple) else (logits, None)
         masks, target = masks.float(), target.float()
-        loss = nn.functional.binary_cross_entropy_with_logits(masks, target) + self.dice_loss(masks, target)
+        loss = sum(weight * term(masks, target) for term, weight in self.terms) + self.region_loss(masks, target)
         if labels is not None:
             present = (target.amax((2, 3)) > 0).float()
             loss = loss + self.config.head_weight * nn.functional.binary_cross_entropy_with_logits(labels.float(), present)

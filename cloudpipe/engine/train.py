@@ -1,7 +1,8 @@
 """One training loop for every stage (presence classifier, segmentation model).
 
 AMP (fp16/bf16 on CUDA, bf16 on CPU), ``channels_last``, optional ``torch.compile``, DataLoader
-workers sized to the device (``workers: auto``), gradient accumulation, ReduceLROnPlateau, ``best.pt``
+workers sized to the device (``workers: auto``), gradient accumulation, the config's recipe
+(optimizer, schedule, EMA/SWA, gradient clipping: :mod:`cloudpipe.engine.recipe`), ``best.pt``
 and ``last.pt`` holding only tensors and plain values, exact ``--resume``, K folds with
 out-of-fold validation probabilities, and DistributedDataParallel under ``torchrun`` (only
 rank 0 writes). Data order (torch's ``DistributedSampler`` with ``set_epoch``) and augmentation
@@ -51,9 +52,25 @@ from cloudpipe.data.runfolder import (
 from cloudpipe.engine.checkpoint import load_checkpoint, save_checkpoint
 from cloudpipe.engine.config import TrainConfig, load_run_config, save_config
 from cloudpipe.engine.devices import Dist, autocast, compile_model, resolve_device, resolve_workers
+from cloudpipe.engine.recipe import (
+    keep_frozen_in_eval,
+    make_average,
+    make_optimizer,
+    make_scheduler,
+    per_step,
+    steps_per_epoch,
+    swa_epoch,
+)
 from cloudpipe.engine.stages import Stage, stage_for
 
 RESUMABLE_KEYS = ("epochs", "workers", "device", "compile")  # may change between a run and its resume
+
+
+def resumable_keys(config: TrainConfig) -> tuple[str, ...]:
+    """The settings a resume may change: not ``epochs`` where the schedule or SWA's window
+    depends on the run's length."""
+    fixed_length = per_step(config) or config.swa_epochs > 0
+    return tuple(k for k in RESUMABLE_KEYS if not (k == "epochs" and fixed_length))
 BEST_KEYS = ("model", "epoch", "best_score", "best_epoch", "config", "score_name", "classes", "version")
 
 
@@ -73,13 +90,6 @@ def make_splits(config: TrainConfig, labels: pd.DataFrame) -> list[tuple[list[st
     if config.folds >= 2:
         return kfold_splits(labels, config.folds, config.split_seed)
     return [split_train_val(labels, config.val_fraction, config.split_seed)]
-
-
-def make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over the trainable parameters, fused (one kernel per parameter: quicker steps than
-    the default implementation, the same update; profiled in benchmarks/README.md)."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay, fused=True)
 
 
 class Trainer:
@@ -109,16 +119,20 @@ class Trainer:
         self.model = stage.build_model(weights="none" if state else None).to(self.device)
         if config.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.optimizer = make_optimizer(self.model, config)
-        self.scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(self.optimizer, mode="min", patience=config.patience)
+        self.optimizer = make_optimizer(self.model, stage, config)
+        batches = math.ceil(len(self.sampler) / config.batch_size)
+        self.scheduler = make_scheduler(self.optimizer, config, steps_per_epoch(batches, config.accumulate))
+        self.average = make_average(self.model, config)
         self.amp_dtype = autocast(self.device, config.amp)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.start_epoch, self.best_score, self.best_epoch, self.history = 0, -math.inf, 0, []
         if state:
-            self.model.load_state_dict(state["model"])
+            self.model.load_state_dict(state.get("trained", state["model"]))
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             self.scaler.load_state_dict(state["scaler"])
+            if self.average is not None:
+                self.average.load_state_dict(state["average"])
             torch.set_rng_state(state["rng"]["torch"])
             self.start_epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
             self.history = list(state["history"])
@@ -132,11 +146,11 @@ class Trainer:
                           pin_memory=self.device.type == "cuda", worker_init_fn=worker_init,
                           prefetch_factor=4 if workers else None)
 
-    def _forward(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    def _forward(self, batch: dict, net: torch.nn.Module | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         images = batch["image"].to(self.device, non_blocking=True).permute(0, 3, 1, 2)
         target = batch["target"].to(self.device, non_blocking=True)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-            return self.net(images), target
+            return (self.net if net is None else net)(images), target
 
     def train_epoch(self, epoch: int, progress: bool) -> float:
         """One pass over this rank's share of the training images; the mean loss over ranks."""
@@ -144,6 +158,7 @@ class Trainer:
         self.train_set.set_epoch(epoch)
         self.sampler.set_epoch(epoch)
         self.net.train()
+        keep_frozen_in_eval(self.model)
         loader = self._loader(self.train_set, self.sampler)
         steps = len(loader)
         bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch", leave=False,
@@ -159,24 +174,47 @@ class Trainer:
                 loss = self.stage.loss(logits, target)
                 self.scaler.scale(loss / group).backward()
             if last_micro:
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-                self.optimizer.zero_grad(set_to_none=True)
+                self._step()
             loss_sum += loss.detach().float() * len(target)
             seen += len(target)
             if step % 10 == 9 or step + 1 == steps:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+        if swa_epoch(config, epoch):
+            self.average.update_parameters(self.model)
         return self.dist.mean(loss_sum.item(), seen)
 
+    def _step(self) -> None:
+        """One optimizer step: gradients clipped (unscaled first under fp16), the EMA and a
+        per-step schedule moved on."""
+        config = self.config
+        if config.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if config.ema:
+            self.average.update_parameters(self.model)
+        if per_step(config):
+            self.scheduler.step()
+
+    def predicting_model(self, epoch: int) -> torch.nn.Module:
+        """The model this epoch validates and ``best.pt`` keeps: the EMA, SWA's average once
+        its window began, else the trained model (as the training loop runs it)."""
+        if self.config.ema or swa_epoch(self.config, epoch):
+            return self.average.module
+        return self.net
+
     @torch.no_grad()
-    def validate(self) -> tuple[float, np.ndarray]:
-        """Validation loss and per-image outputs (see :meth:`Stage.outputs`), sharded over ranks
-        and gathered back in validation order on every rank."""
-        self.net.eval()
+    def validate(self, epoch: int) -> tuple[float, np.ndarray]:
+        """Validation loss and per-image outputs (see :meth:`Stage.outputs`) of
+        :meth:`predicting_model`, sharded over ranks and gathered back in validation order on
+        every rank."""
+        net = self.predicting_model(epoch).eval()
         indices = list(range(self.dist.rank, len(self.val_set), self.dist.world))
         outputs, loss_sum = [], 0.0
         for batch in self._loader(self.val_set, indices):
-            logits, target = self._forward(batch)
+            logits, target = self._forward(batch, net)
             loss_sum += self.stage.loss(logits, target).item() * len(target)
             outputs.append(self.stage.outputs(logits, target))
         mine = np.concatenate(outputs) if outputs else np.empty((0, len(CLASSES)))
@@ -191,7 +229,8 @@ class Trainer:
     def record(self, epoch: int, train_loss: float, val_loss: float, outputs: np.ndarray, seconds: float) -> bool:
         """Score the epoch, step the LR schedule, append the metrics row; True when best so far."""
         metrics = self.stage.metrics(outputs, self.val_labels)
-        self.scheduler.step(val_loss)
+        if not per_step(self.config):
+            self.scheduler.step(val_loss)
         score = metrics[self.stage.score_name]
         improved = score > self.best_score
         if improved:
@@ -203,13 +242,17 @@ class Trainer:
     def save(self, epoch: int, improved: bool, outputs: np.ndarray) -> None:
         """``last.pt`` and ``metrics.csv`` every epoch; ``best.pt`` (and the stage's validation
         table) when the score improved. Rank 0 only."""
+        predicting = self.predicting_model(epoch)
         checkpoint = {
-            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "model": (self.model if predicting is self.net else predicting).state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state()}, "epoch": epoch + 1, "best_score": self.best_score,
             "best_epoch": self.best_epoch, "history": self.history, "config": self.config.to_dict(),
             "score_name": self.stage.score_name, "classes": list(CLASSES), "version": __version__,
         }
+        if self.average is not None:
+            checkpoint["trained"] = self.model.state_dict()  # the model the optimizer trains, to resume
+            checkpoint["average"] = self.average.state_dict()
         if improved:
             save_checkpoint({k: checkpoint[k] for k in BEST_KEYS}, self.out_dir / BEST_PT)
             table = self.stage.best_outputs(outputs, self.split.val)
@@ -242,7 +285,7 @@ def fit(stage: Stage, data: TrainData, split: ModelSplit, *, state: dict | None 
     for epoch in range(trainer.start_epoch, stage.config.epochs):
         started = time.perf_counter()
         train_loss = trainer.train_epoch(epoch, progress)
-        val_loss, outputs = trainer.validate()
+        val_loss, outputs = trainer.validate(epoch)
         improved = trainer.record(epoch, train_loss, val_loss, outputs, time.perf_counter() - started)
         if dist.is_main:
             trainer.save(epoch, improved, outputs)
@@ -325,11 +368,13 @@ def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continui
         raise CloudpipeError(f"nothing to resume (no {CONFIG_YAML})", path=out_dir)
     if config_path.exists():
         saved, wanted = load_run_config(out_dir, config.task).to_dict(), config.to_dict()
-        changed = [k for k in wanted if k not in RESUMABLE_KEYS and wanted[k] != saved[k]]
+        resumable = resumable_keys(config)
+        changed = [k for k in wanted if k not in resumable and wanted[k] != saved[k]]
         if changed:
             raise CloudpipeError(
                 f"continues a run with different settings ({', '.join(f'{k}: {saved[k]!r} -> {wanted[k]!r}' for k in changed)}); "
-                f"only {', '.join(RESUMABLE_KEYS)} may change",
+                f"only {', '.join(resumable)} may change" + ("" if "epochs" in resumable else
+                                                             " (epochs sets this run's schedule / SWA window)"),
                 path=out_dir,
             )
     recorded = config_path.exists() and (out_dir / SPLITS_CSV).exists()
