@@ -387,6 +387,27 @@ def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Pat
     click.echo("wrote " + ", ".join(map(str, result.written)))
 
 
+@main.command("apply-seg")
+@click.option("--store", "stores", type=EXISTING_FILE, required=True, multiple=True,
+              help="A test probability store (<stem>_probs.npy from predict-seg --split test); repeat to average.")
+@click.option("--weight", "weights", type=click.FloatRange(min=0, min_open=True), multiple=True,
+              help="One per --store, in order: weighted mean of the stores [default: equal].")
+@click.option("--postprocess", type=EXISTING_FILE, required=True,
+              help="Post-processing tuned for the stores' runs and weights (seg_postprocess.json, <stem>_postprocess.json).")
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (sample_submission.csv).")
+@click.option("--out", type=NEW_PATH, required=True, help="Test masks CSV to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess: Path, data_dir: Path, out: Path,
+              overwrite: bool) -> None:
+    """Test masks from stored test probabilities and a post-processing file (no model runs)."""
+    from cloudpipe.pipeline.segment import apply_segmentation
+
+    result = apply_segmentation(stores, data_dir, out, postprocess, weights=weights, overwrite=overwrite)
+    click.echo("post-processing: " + result.postprocess.describe())
+    click.echo(result.line())
+    click.echo("wrote " + ", ".join(map(str, result.written)))
+
+
 @main.command()
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (images; train.csv).")
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True, help="Segmentation masks to score (its images are scored).")

@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 import pytest
 
+from cloudpipe.algorithms import postprocess
 from cloudpipe.algorithms.postprocess import (
     SHAPES,
     STEPS,
@@ -214,10 +215,13 @@ SMALL_GRIDS = {"threshold": Threshold(grid=(0.3, 0.5, 0.7)), "top_area": TopArea
 COMBOS = [c for r in range(1, 5) for c in itertools.permutations(STEPS, r) if STEPS[c[0]].reads_probs]
 
 
+@pytest.mark.parametrize("one_by_one", [48, 3])
 @pytest.mark.parametrize("names", COMBOS, ids="-".join)
-def test_grid_stats_of_every_step_combination_are_exact(names):
+def test_grid_stats_of_every_step_combination_are_exact(names, one_by_one, monkeypatch):
     """Noise (many small and nested components) and blurred blobs: every combination's figures
-    are those of applying it, and those of the walk drawing every mask."""
+    are those of applying it, and those of the walk drawing every mask (with hulls and boxes
+    drawn one by one, and with kept sets of more than 3 drawn whole)."""
+    monkeypatch.setattr(postprocess, "DRAWN_ONE_BY_ONE", one_by_one)
     rng = np.random.default_rng(len(names))
     steps = tuple(SMALL_GRIDS[n] for n in names)
     walked = tuple(WalkedMinSize(grid=s.grid) if type(s) is MinSize else WalkedShape(grid=s.grid) if type(s) is Shape

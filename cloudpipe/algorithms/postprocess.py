@@ -142,6 +142,9 @@ class TopArea(Step):
 
 
 SHAPES = ("mask", "hull", "box")
+DRAWN_ONE_BY_ONE = 48
+"""Tuning draws the hulls or boxes of up to this many components one by one (cheaper than
+drawing whole masks); a kept set of more is drawn whole, as :meth:`Shape.apply` draws it."""
 
 
 @dataclass(frozen=True)
@@ -330,7 +333,8 @@ def _component_stats(sizes: tuple | None, shapes: tuple | None, mask: np.ndarray
     components sorted by decreasing area. ``mask`` is additive over components, so its figures
     are sums of per-component counts. A hull or box may overlap another component's, so those
     are drawn once per component, largest first, onto one canvas, counting only the pixels each
-    adds: the figures after each prefix are those of its union. Each component is drawn as
+    adds: the figures after each prefix are those of its union (a prefix of more than
+    :data:`DRAWN_ONE_BY_ONE` components, as many specks of noise give, is drawn whole instead). Each component is drawn as
     :meth:`Shape.apply` draws it (its external contour's hull or bounding box, or'ed with its
     pixels); a component inside another's hole adds nothing while the outer one is kept, as
     the outer hull or box covers it, which is why :meth:`Shape.apply` (external contours only)
@@ -346,13 +350,22 @@ def _component_stats(sizes: tuple | None, shapes: tuple | None, mask: np.ndarray
     # kept[j]: how many of the largest components minimum size j keeps (area >= size).
     kept = np.array([np.count_nonzero(areas >= v) for v in (sizes or (0,))])
     inter, area = np.zeros((len(kept), len(shapes or "-")), np.int64), np.zeros((len(kept), len(shapes or "-")), np.int64)
+    few = kept <= DRAWN_ONE_BY_ONE
     for s, shape in enumerate(shapes or ("mask",)):
         if shape == "mask":
             prefix_inter, prefix_area = hits[order].cumsum(), areas[order].cumsum()
         else:
-            prefix_inter, prefix_area = _drawn_prefixes(shape, order[: kept.max()], labels, stats, truth)
-        some = kept > 0  # a minimum size that keeps nothing scores zeros
+            prefix_inter, prefix_area = _drawn_prefixes(shape, order[: kept[few].max(initial=0)], labels, stats, truth)
+        some = few & (kept > 0)  # a minimum size that keeps nothing scores zeros
         inter[some, s], area[some, s] = prefix_inter[kept[some] - 1], prefix_area[kept[some] - 1]
+        drawn: dict[int, tuple[int, int]] = {}
+        for j in np.flatnonzero(~few):  # many components: the whole mask drawn by Shape.apply, once per kept set
+            if kept[j] not in drawn:
+                keep = np.zeros(count, np.uint8)
+                keep[order[: kept[j]] + 1] = 1
+                on = Shape().apply(keep[labels], None, shape).view(bool)
+                drawn[kept[j]] = np.count_nonzero(on & truth), np.count_nonzero(on)
+            inter[j, s], area[j, s] = drawn[kept[j]]
     axes = (() if sizes is not None else (0,)) + (() if shapes is not None else (1,))
     return inter.squeeze(axes) if axes else inter, area.squeeze(axes) if axes else area
 
