@@ -326,7 +326,7 @@ def test_apply_seg_writes_the_bytes_predict_seg_writes(seg_run, seg_run_b, tiny_
     a, b = copy_run(seg_run, tmp_path, "a"), copy_run(seg_run_b, tmp_path, "b")
     for run in (a, b):
         for split in ("val", "test"):
-            assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", split, *CPU_QUIET).exit_code == 0
+            assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--overwrite", *CPU_QUIET).exit_code == 0
     # One run: its test store and its own post-processing give predict-seg's CSV.
     one = invoke("apply-seg", "--store", a / "test_seg_probs.npy", "--postprocess", a / "seg_postprocess.json",
                  "--data", tiny_data, "--out", tmp_path / "one.csv")

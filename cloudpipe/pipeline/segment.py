@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import multiprocessing
 import os
 import tempfile
@@ -124,11 +125,26 @@ def postprocess_stats(store: np.ndarray, names: list[str], rles: pd.DataFrame, m
                 truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), SUBMISSION_SHAPE)
                 part[2][i - start, k] = np.count_nonzero(truth)
                 part[0][i - start, k], part[1][i - start, k] = grid_stats(steps, store[i, k], truth)
+        release_rows(store, start, stop)
         return part[0], part[1], part[2]
 
     for start, (i, a, t) in zip(range(0, len(names), ROWS_PER_TASK), over_rows(rows, len(names), processes)):
         inter[start:start + len(i)], area[start:start + len(i)], truth_area[start:start + len(i)] = i, a, t
     return inter, area, truth_area
+
+
+def release_rows(store: np.ndarray, start: int, stop: int) -> None:
+    """Hand rows ``start..stop`` of a memory-mapped store back (``MADV_DONTNEED``): the pages
+    leave this process's memory and stay in the page cache, so a process reading a store of
+    any size in turn holds a task's rows at a time. A shared map (``read_store``'s, or a
+    temporary store) loses nothing; anything else is left alone."""
+    buffer = getattr(store, "base", None)
+    if not isinstance(store, np.memmap) or not isinstance(buffer, mmap.mmap) or stop <= start:
+        return
+    row = store[0].nbytes
+    first = store.offset % mmap.ALLOCATIONGRANULARITY + start * row  # np.memmap maps from an aligned offset
+    begin = first - first % mmap.PAGESIZE
+    buffer.madvise(mmap.MADV_DONTNEED, begin, first - begin + (stop - start) * row)
 
 
 _TASK: list[Callable] = []
@@ -442,7 +458,9 @@ def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess, proces
     (:func:`over_rows`); a writer of the CSV (image-major, class order)."""
 
     def rows(start: int, stop: int) -> list[str]:
-        return [mask2rle(post.apply(store[i, k], k)) for i in range(start, stop) for k in range(len(CLASSES))]
+        rles = [mask2rle(post.apply(store[i, k], k)) for i in range(start, stop) for k in range(len(CLASSES))]
+        release_rows(store, start, stop)
+        return rles
 
     rles = [r for part in over_rows(rows, len(names), processes) for r in part]
     labels = [join_label(name, c) for name in names for c in CLASSES]
