@@ -16,13 +16,15 @@ Rows, per set size N:
 
 - ``tune N imgs``: choosing the post-processing (default steps) from the store, in one process:
   today's loop (:func:`reference_tune`: every pair walked mask by mask, as ``grid_stats`` did
-  before this benchmark's issue, kept here as the baseline) against
+  before this benchmark's issue (:func:`walked`), one process, kept here as the baseline) against
   :func:`cloudpipe.pipeline.segment.tune_postprocess` (components scored at once, images over
   every core), in the same run; the chosen values and the Dice of every combination must be
   identical (the row says so, and the run stops if they are not).
 - ``tune-seg N imgs, whole command``: ``python -m cloudpipe tune-seg`` as a subprocess (start-up,
   checks of every image header, tuning, writing the masks), its seconds and GNU time's peak RSS
-  of the largest process; the store's size beside it.
+  of the largest process; the store's size beside it. With ``--today DIR`` (a checkout of the
+  code before, e.g. ``git worktree add DIR <commit>``) the same command from there runs in the
+  same run, for the ratio, and the two CSVs are compared.
 - ``apply-seg`` against ``predict-seg --split test`` on the base run's test images, both whole
   commands, and whether their CSVs are byte-identical.
 - store formats on the N-image store: size per 1,000 images, the time to read one image's
@@ -41,6 +43,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
@@ -51,7 +54,7 @@ if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpi
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import ROOT, cache_dir, format_table, info_row, load_average, repeat_images, row, synthetic_data  # noqa: E402
-from cloudpipe.algorithms.postprocess import PostProcess, Step, choose  # noqa: E402
+from cloudpipe.algorithms.postprocess import MinSize, PostProcess, Shape, Step, choose, grid_stats  # noqa: E402
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label  # noqa: E402
 from cloudpipe.core.masks import resize_nearest  # noqa: E402
 from cloudpipe.core.rle import rle2mask  # noqa: E402
@@ -66,35 +69,27 @@ MB = 1e6
 # --- today's tuning loop (the baseline) --------------------------------------------------------
 
 
-def reference_grid_stats(steps: tuple[Step, ...], probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``grid_stats`` as it was before this benchmark's issue: a tree walk over every step's
-    masks (one per distinct variant), each leaf counted on the full image."""
-    shape = tuple(len(s.grid) for s in steps)
-    inter, area = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
-    truth = truth.astype(bool)
+@dataclass(frozen=True)
+class WalkedMinSize(MinSize):
+    """:class:`MinSize` as a subclass: ``grid_stats`` then draws its masks one by one."""
 
-    def walk(level: int, mask: np.ndarray | None, index: tuple) -> None:
-        if mask is not None and not mask.any() and not any(s.reads_probs for s in steps[level:]):
-            return
-        if level == len(steps):
-            on = mask.astype(bool)
-            inter[index], area[index] = np.count_nonzero(on & truth), np.count_nonzero(on)
-            return
-        first: dict[int, int] = {}
-        for j, variant in enumerate(steps[level].variants(mask, probs)):
-            if id(variant) in first:
-                inter[(*index, j)], area[(*index, j)] = inter[(*index, first[id(variant)])], area[(*index, first[id(variant)])]
-                continue
-            first[id(variant)] = j
-            walk(level + 1, variant, (*index, j))
 
-    walk(0, None, ())
-    return inter, area
+@dataclass(frozen=True)
+class WalkedShape(Shape):
+    """:class:`Shape` as a subclass, drawn mask by mask."""
+
+
+def walked(steps: tuple[Step, ...]) -> tuple[Step, ...]:
+    """The steps as ``grid_stats`` walked them before this benchmark's issue: the tree walk over
+    every step's masks (one per distinct variant), each leaf counted on the full image; the
+    component shortcut takes only the package's own classes, so subclasses keep the old path."""
+    kinds = {MinSize: WalkedMinSize, Shape: WalkedShape}
+    return tuple(kinds[type(s)](grid=s.grid) if type(s) in kinds else s for s in steps)
 
 
 def reference_tune(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
                    steps: tuple[Step, ...]) -> tuple[PostProcess, np.ndarray]:
-    """``tune_postprocess`` as it was: one process, every pair in turn."""
+    """``tune_postprocess`` as it was: one process, every pair in turn, walked."""
     grid = tuple(len(s.grid) for s in steps)
     inter = np.zeros((len(names), len(CLASSES), *grid), np.int64)
     area = np.zeros_like(inter)
@@ -104,22 +99,23 @@ def reference_tune(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask
         for k in range(len(CLASSES)):
             truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), SUBMISSION_SHAPE)
             truth_area[i, k] = int(truth.sum())
-            inter[i, k], area[i, k] = reference_grid_stats(steps, store[i, k], truth)
+            inter[i, k], area[i, k] = grid_stats(walked(steps), store[i, k], truth)
     return choose(steps, inter, area, truth_area)
 
 
 # --- the data -----------------------------------------------------------------------------------
 
 
-def cloudpipe(*args, timed: bool = False) -> tuple[float, int, str]:
-    """Run ``python -m cloudpipe ARGS`` (under GNU time when ``timed``); returns seconds, the
-    peak RSS of its largest process in KiB (0 untimed) and its output. Fails loudly."""
+def cloudpipe(*args, timed: bool = False, root: Path = ROOT) -> tuple[float, int, str]:
+    """Run ``python -m cloudpipe ARGS`` from the checkout ``root`` (under GNU time when
+    ``timed``); returns seconds, the peak RSS of its largest process in KiB (0 untimed) and its
+    output. Fails loudly."""
     command = [sys.executable, "-m", "cloudpipe", *map(str, args)]
     if timed and shutil.which("time") and Path("/usr/bin/time").exists():
         command = ["/usr/bin/time", "-f", "peak_kib %M", *command]
-    env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {**os.environ, "PYTHONPATH": str(root)}
     started = time.perf_counter()
-    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=ROOT)
+    done = subprocess.run(command, capture_output=True, text=True, env=env, cwd=root)
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         raise SystemExit(f"{' '.join(command)} failed:\n{done.stdout}\n{done.stderr}")
@@ -187,8 +183,9 @@ class _Rows:
 # --- the rows -----------------------------------------------------------------------------------
 
 
-def tune_rows(data: Path, npy: Path, repeats: int) -> tuple[list[dict], float]:
-    """Today's loop against :func:`tune_postprocess` in this process, and ``tune-seg`` whole."""
+def tune_rows(data: Path, npy: Path, repeats: int, today: Path | None = None) -> tuple[list[dict], float]:
+    """Today's loop against :func:`tune_postprocess` in this process, and ``tune-seg`` whole
+    (against the checkout ``today``'s when given)."""
     store, info = read_store(npy)
     train = load_train_data(data)
     steps = PostProcess().steps
@@ -207,11 +204,18 @@ def tune_rows(data: Path, npy: Path, repeats: int) -> tuple[list[dict], float]:
     rows = [row(f"tune {n} imgs", min(ref_s) / n, min(new_s) / n, 5.0, unit="ms/img",
                 note=f"best of {repeats}, same choice and Dice grid: yes; tuned Dice {tuned:.4f}; "
                      f"{os.cpu_count()} cores; whole: {min(ref_s):.1f} s -> {min(new_s):.1f} s")]
-    out = npy.parent / "tuned.csv"
-    seconds, peak, _ = cloudpipe("tune-seg", "--store", npy, "--data", data, "--out", out, "--overwrite", timed=True)
-    rows.append(info_row(f"tune-seg {n} imgs, whole command", seconds, "s",
-                         f"{seconds / n * 1e3:.1f} ms/img incl. start-up and image checks; peak RSS {peak / 1024:.0f} MiB "
-                         f"(largest process); store {npy.stat().st_size / MB:.0f} MB", peak_mib=peak / 1024))
+    command = ["tune-seg", "--store", npy, "--data", data, "--overwrite"]
+    seconds, peak, _ = cloudpipe(*command, "--out", npy.parent / "tuned.csv", timed=True)
+    note = (f"incl. start-up and image checks; peak RSS {peak / 1024:.0f} MiB (largest process); "
+            f"store {npy.stat().st_size / MB:.0f} MB")
+    if today is None:
+        rows.append(info_row(f"tune-seg {n} imgs, whole command", seconds, "s", note, peak_mib=peak / 1024))
+    else:
+        before, before_peak, _ = cloudpipe(*command, "--out", npy.parent / "tuned_today.csv", timed=True, root=today)
+        same = (npy.parent / "tuned.csv").read_bytes() == (npy.parent / "tuned_today.csv").read_bytes()
+        rows.append(row(f"tune-seg {n} imgs, whole command", before, seconds, 5.0, unit="s", scale=1.0,
+                        note=f"{note}; today's peak {before_peak / 1024:.0f} MiB; same CSV: {'yes' if same else 'NO'}",
+                        peak_mib=peak / 1024))
     return rows, tuned
 
 
@@ -308,6 +312,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--repeats", type=int, default=1, help="interleaved tuning passes per size [default: 1]")
     parser.add_argument("--work", type=Path, default=None, help="cache folder [default: $CLOUDPIPE_BENCH_CACHE/scale]")
     parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
+    parser.add_argument("--today", type=Path, default=None,
+                        help="a checkout of today's code (git worktree add DIR main): tune-seg as a whole command there too")
     args = parser.parse_args(argv)
     if args.smoke:
         args.base, args.sizes, args.test_images = 8, [8, 24], 4
@@ -318,7 +324,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows, npy, tuned = [], None, None
     for n in args.sizes:
         scaled, npy = (data, run / "val_seg_probs.npy") if n == args.base else scaled_set(work, data, run, n)
-        more, tuned = tune_rows(scaled, npy, args.repeats)
+        more, tuned = tune_rows(scaled, npy, args.repeats, args.today)
         rows += more
     rows += apply_rows(data, run)
     rows += store_rows(npy, data, run, tuned, sample=24 if args.smoke else 300)
