@@ -419,16 +419,24 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
     result = predict_segmentation(run_dirs, data_dir, split, out, weights=weights, postprocess=postprocess,
                                   steps=steps, choice=choice, settings=settings, overwrite=overwrite)
     if is_main_process():  # under torchrun, rank 0 joined the other ranks' shares and wrote the files
-        click.echo("post-processing: " + result.postprocess.describe())
-        click.echo(result.line())
-        click.echo("wrote " + ", ".join(map(str, result.written)))
+        _echo_masks(result)
+
+
+def _echo_masks(result) -> None:
+    """What the mask commands print: the post-processing, the speed line and the files written."""
+    click.echo("post-processing: " + result.postprocess.describe())
+    click.echo(result.line())
+    click.echo("wrote " + ", ".join(map(str, result.written)))
+
+
+STORE_WEIGHTS_OPTION = click.option("--weight", "weights", type=click.FloatRange(min=0, min_open=True), multiple=True,
+                                    help="One per --store, in order: weighted mean of the stores [default: equal].")
 
 
 @main.command("tune-seg")
 @click.option("--store", "stores", type=EXISTING_FILE, required=True, multiple=True,
               help="A validation probability store (<stem>_probs.npy from predict-seg --split val); repeat to average.")
-@click.option("--weight", "weights", type=click.FloatRange(min=0, min_open=True), multiple=True,
-              help="One per --store, in order: weighted mean of the stores [default: equal].")
+@STORE_WEIGHTS_OPTION
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
 @click.option("--out", type=NEW_PATH, required=True, help="Validation masks CSV to write, with <stem>_postprocess.json.")
 @STEPS_OPTION
@@ -440,9 +448,25 @@ def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Pat
     from cloudpipe.pipeline.segment import retune_segmentation
 
     result = retune_segmentation(stores, data_dir, out, weights=weights, steps=steps, choice=choice, overwrite=overwrite)
-    click.echo("post-processing: " + result.postprocess.describe())
-    click.echo(result.line())
-    click.echo("wrote " + ", ".join(map(str, result.written)))
+    _echo_masks(result)
+
+
+@main.command("apply-seg")
+@click.option("--store", "stores", type=EXISTING_FILE, required=True, multiple=True,
+              help="A test probability store (<stem>_probs.npy from predict-seg --split test); repeat to average.")
+@STORE_WEIGHTS_OPTION
+@click.option("--postprocess", type=EXISTING_FILE, required=True,
+              help="Post-processing tuned for the stores' runs and weights (seg_postprocess.json, <stem>_postprocess.json).")
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (sample_submission.csv).")
+@click.option("--out", type=NEW_PATH, required=True, help="Test masks CSV to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing output file.")
+def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess: Path, data_dir: Path, out: Path,
+              overwrite: bool) -> None:
+    """Test masks from stored test probabilities and a post-processing file (no model runs)."""
+    from cloudpipe.pipeline.segment import apply_segmentation
+
+    result = apply_segmentation(stores, data_dir, out, postprocess, weights=weights, overwrite=overwrite)
+    _echo_masks(result)
 
 
 @main.command()

@@ -130,3 +130,14 @@ def test_run_smoke_has_every_part(bench_cache, tmp_path):
     for part in ("rle decode", "train data cls", "train step", "train epoch", "predict per image", "predict peak RSS"):
         assert part in names
     assert json.loads((tmp_path / "rows.json").read_text())[0]["benchmark"] == rows[0]["benchmark"]
+
+
+def test_bench_scale_smoke(bench_cache, capsys):
+    from benchmarks import bench_scale
+
+    rows = bench_scale.main(["--smoke"])
+    names = _names(rows)
+    assert names[:4] == ["tune 8 imgs", "tune-seg 8 imgs, whole command", "tune 24 imgs", "tune-seg 24 imgs, whole command"]
+    assert "same choice and Dice grid: yes" in rows[0]["note"] and "bytes identical: yes" in rows[4]["note"]
+    assert [n for n in names if n.startswith("store")][0] == "store .npy (uint8 memory map)"
+    assert all(r["ratio"] > 0 for r in rows if "ratio" in r) and "apply-seg" in capsys.readouterr().out

@@ -7,10 +7,13 @@ import json
 from dataclasses import dataclass
 from typing import ClassVar
 
+import cv2
 import numpy as np
 import pytest
 
+from cloudpipe.algorithms import postprocess
 from cloudpipe.algorithms.postprocess import (
+    SHAPES,
     STEPS,
     MinSize,
     PostProcess,
@@ -212,3 +215,64 @@ def test_a_post_processing_value_out_of_range_is_refused(step, value, message):
     post["steps"][-1]["values"]["Gravel"] = value
     with pytest.raises(CloudpipeError, match=message):
         PostProcess.from_dict(json.loads(json.dumps(post)))
+
+
+@dataclass(frozen=True)
+class WalkedMinSize(MinSize):
+    """MinSize as the tree walk draws it, mask by mask (a subclass: no component shortcut)."""
+
+
+@dataclass(frozen=True)
+class WalkedShape(Shape):
+    """Shape as the tree walk draws it, mask by mask."""
+
+
+SMALL_GRIDS = {"threshold": Threshold(grid=(0.3, 0.5, 0.7)), "top_area": TopArea(grid=((0.5, 0.0), (0.6, 30.0), (0.8, 5.0))),
+               "min_size": MinSize(grid=(0, 2, 5, 40, 100, 400)), "shape": Shape()}
+COMBOS = [c for r in range(1, 5) for c in itertools.permutations(STEPS, r) if STEPS[c[0]].reads_probs]
+
+
+@pytest.mark.parametrize("one_by_one", [48, 3])
+@pytest.mark.parametrize("names", COMBOS, ids="-".join)
+def test_grid_stats_of_every_step_combination_are_exact(names, one_by_one, monkeypatch):
+    """Noise (many small and nested components) and blurred blobs: every combination's figures
+    are those of applying it, and those of the walk drawing every mask (with hulls and boxes
+    drawn one by one, and with kept sets of more than 3 drawn whole)."""
+    monkeypatch.setattr(postprocess, "DRAWN_ONE_BY_ONE", one_by_one)
+    rng = np.random.default_rng(len(names))
+    steps = tuple(SMALL_GRIDS[n] for n in names)
+    walked = tuple(WalkedMinSize(grid=s.grid) if type(s) is MinSize else WalkedShape(grid=s.grid) if type(s) is Shape
+                   else s for s in steps)
+    for trial in range(4):
+        probs = (rng.random((30, 45)) * 255).astype(np.uint8)
+        if trial % 2:
+            probs = cv2.GaussianBlur(np.clip(probs + (rng.random((30, 45)) < 0.3) * 100, 0, 255).astype(np.uint8), (5, 5), 0)
+        truth = (rng.random((30, 45)) < 0.4).astype(np.uint8)
+        inter, area = grid_stats(steps, probs, truth)
+        again = grid_stats(walked, probs, truth)
+        assert np.array_equal(inter, again[0]) and np.array_equal(area, again[1])
+        for index in itertools.product(*(range(len(s.grid)) for s in steps)):
+            post = PostProcess(steps, {c: tuple(s.grid[j] for s, j in zip(steps, index)) for c in CLASSES})
+            mask = post.apply(probs, 0).astype(bool)
+            assert (inter[index], area[index]) == (np.count_nonzero(mask & truth.astype(bool)), np.count_nonzero(mask))
+
+
+def test_grid_stats_shapes_overlap_and_nest():
+    """Boxes and hulls that overlap each other, and a blob inside a thin ring that a minimum
+    size drops: the union is counted once, and the blob is drawn once the ring is gone."""
+    probs = np.zeros((40, 60), np.uint8)
+    probs[2:30, 2:30] = 200
+    probs[3:29, 3:29] = 0  # a ring of 108 pixels
+    probs[6:26, 6:26] = 200  # a 400-pixel blob inside it
+    probs[np.arange(30, 40), np.arange(32, 42)] = 200  # a diagonal of 10 pixels: its box overlaps the next one's
+    probs[36:40, 30:34] = 200  # 16 pixels
+    truth = np.zeros((40, 60), np.uint8)
+    truth[0:30, 0:40] = 1
+    steps = (Threshold(grid=(0.5,)), MinSize(grid=(0, 12, 200, 500)), Shape())
+    inter, area = grid_stats(steps, probs, truth)
+    for j, size in enumerate(steps[1].grid):
+        for s, shape in enumerate(SHAPES):
+            mask = Shape().apply(MinSize().apply(binarize(probs, 0.5), None, size), None, shape).astype(bool)
+            assert (inter[0, j, s], area[0, j, s]) == (np.count_nonzero(mask & truth.astype(bool)), mask.sum())
+    assert area[0, 0, 2] == 28 * 28 + 10 * 10 + 16 - 2 * 4  # the last two boxes overlap in 8 pixels: counted once
+    assert area[0, 2, 0] == 400 and area[0, 2, 1] == 400 and area[0, 1, 0] == 108 + 400 + 16  # the ring dropped, the blob kept

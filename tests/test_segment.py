@@ -134,12 +134,12 @@ def test_seg_head_trains_rebuilds_writes_presence_and_resumes(tiny_data, tmp_pat
 
 
 def test_bad_postprocess_file_fails_before_inference(seg_run, tiny_data, tmp_path, monkeypatch):
-    import cloudpipe.pipeline.segment
+    import cloudpipe.engine.infer
 
     run = tmp_path / "run"
     shutil.copytree(seg_run, run)
     (run / "seg_postprocess.json").write_text("{not json")
-    monkeypatch.setattr(cloudpipe.pipeline.segment, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
+    monkeypatch.setattr(cloudpipe.engine.infer, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
     result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
                     "--workers", 0, "--device", "cpu")
     assert result.exit_code == 2 and "not a readable JSON file" in result.stderr
@@ -224,10 +224,10 @@ def test_predict_seg_refuses_to_write_an_input(seg_run, tiny_data, tmp_path, tar
 
 
 def test_predict_seg_second_writer_fails_at_once(seg_run, tiny_data, tmp_path, monkeypatch):
-    import cloudpipe.pipeline.segment
+    import cloudpipe.engine.infer
 
     out = tmp_path / "test.csv"
-    monkeypatch.setattr(cloudpipe.pipeline.segment, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
+    monkeypatch.setattr(cloudpipe.engine.infer, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
     with output_lock(out):
         result = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--out", out,
                         "--workers", 0, "--device", "cpu", "--quiet")
@@ -239,9 +239,9 @@ def test_predict_seg_second_writer_fails_at_once(seg_run, tiny_data, tmp_path, m
 def test_predict_seg_val_waits_for_no_one_writing_the_runs_postprocessing(seg_run, tiny_data, tmp_path, monkeypatch):
     """Two --split val runs of one model into different CSVs would both write
     RUN/seg_postprocess.json: the second fails at once, before any inference."""
-    import cloudpipe.pipeline.segment
+    import cloudpipe.engine.infer
 
-    monkeypatch.setattr(cloudpipe.pipeline.segment, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
+    monkeypatch.setattr(cloudpipe.engine.infer, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
     with output_lock(seg_run / "seg_postprocess.json"):
         result = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "val", "--out",
                         tmp_path / "val.csv", "--workers", 0, "--device", "cpu", "--quiet")
@@ -353,6 +353,62 @@ def test_ensemble_is_the_weighted_mean_of_the_runs_stores(seg_run, seg_run_b, ti
     assert info.split == "test" and (te == ((ta.astype("float64") + 3.0 * tb) / 4).round().astype("uint8")).all()
     sample = pd.read_csv(tiny_data / "sample_submission.csv")
     assert read_mask_csv(tmp_path / "t.csv")["Image_Label"].tolist() == list(sample["Image_Label"])
+
+
+def test_apply_seg_writes_the_bytes_predict_seg_writes(seg_run, seg_run_b, tiny_data, tmp_path):
+    a, b = copy_run(seg_run, tmp_path, "a"), copy_run(seg_run_b, tmp_path, "b")
+    for run in (a, b):
+        for split in ("val", "test"):
+            assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--overwrite", *CPU_QUIET).exit_code == 0
+    # One run: its test store and its own post-processing give predict-seg's CSV.
+    one = invoke("apply-seg", "--store", a / "test_seg_probs.npy", "--postprocess", a / "seg_postprocess.json",
+                 "--data", tiny_data, "--out", tmp_path / "one.csv")
+    assert one.exit_code == 0, one.output
+    assert (tmp_path / "one.csv").read_bytes() == (a / "test_seg.csv").read_bytes()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "one.csv"]  # the CSV alone
+    # An ensemble: tuned on the validation stores, applied to the test stores or to the ensemble's own test store.
+    weights = ["--weight", 1, "--weight", 3]
+    assert invoke("tune-seg", "--store", a / "val_seg_probs.npy", "--store", b / "val_seg_probs.npy", *weights,
+                  "--data", tiny_data, "--out", tmp_path / "ens_val.csv").exit_code == 0
+    post = tmp_path / "ens_val_postprocess.json"
+    result = invoke("predict-seg", "--run", a, "--run", b, *weights, "--data", tiny_data, "--split", "test",
+                    "--out", tmp_path / "ens_test.csv", "--postprocess", post, *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    stores = ["--store", a / "test_seg_probs.npy", "--store", b / "test_seg_probs.npy"]
+    for given in ([*stores, *weights], ["--store", tmp_path / "ens_test_probs.npy"]):
+        out = tmp_path / "applied.csv"
+        result = invoke("apply-seg", *given, "--postprocess", post, "--data", tiny_data, "--out", out, "--overwrite")
+        assert result.exit_code == 0, result.output
+        assert out.read_bytes() == (tmp_path / "ens_test.csv").read_bytes()
+    # Refused, in one line, writing nothing: other runs or weights, a validation store, other images.
+    other = tmp_path / "other"
+    shutil.copytree(tiny_data, other, symlinks=True)
+    sample = pd.read_csv(other / "sample_submission.csv")
+    sample.iloc[:-4].to_csv(other / "sample_submission.csv", index=False)
+    own = a / "seg_postprocess.json"
+    for args, tuned, data, message in (([*stores, "--weight", 1, "--weight", 1], post, tiny_data, "were tuned for runs"),
+                                       (stores[:2], post, tiny_data, "were tuned for runs"),
+                                       (["--store", a / "val_seg_probs.npy"], own, tiny_data, "holds val probabilities"),
+                                       (stores[:2], own, other, "holds other images than the test images")):
+        bad = invoke("apply-seg", *args, "--postprocess", tuned, "--data", data, "--out", tmp_path / "bad.csv")
+        assert bad.exit_code == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, (message, bad.output)
+        assert not (tmp_path / "bad.csv").exists()
+
+
+def test_tuning_spread_over_processes_is_the_same(seg_run, tiny_data, monkeypatch):
+    """Images in tasks of one, on two forked processes: the same statistics as inline."""
+    import cloudpipe.pipeline.segment as segment
+    from cloudpipe.data.kaggle import load_train_data
+
+    data = load_train_data(tiny_data)
+    names = sorted(data.rles.index)[:5]
+    rng = torch.Generator().manual_seed(0)
+    blobs = torch.nn.functional.avg_pool2d(torch.rand((len(names) * 4, 1, 350, 525), generator=rng), 31, 1, 15)
+    store = ((blobs - 0.4) * 1200).clamp(0, 255).to(torch.uint8).reshape(len(names), 4, 350, 525).numpy()
+    monkeypatch.setattr(segment, "ROWS_PER_TASK", 1)
+    inline = segment.postprocess_stats(store, names, data.rles, data.image_shape, processes=1)
+    forked = segment.postprocess_stats(store, names, data.rles, data.image_shape, processes=2)
+    assert all((x == y).all() for x, y in zip(inline, forked)) and inline[1].any() and inline[2].any()
 
 
 def test_runs_of_other_validation_images_are_refused(seg_run, tiny_data, tmp_path):

@@ -165,6 +165,9 @@ def _number(value: object, what: str, low: float, high: float) -> float:
 
 
 SHAPES = ("mask", "hull", "box")
+DRAWN_ONE_BY_ONE = 48
+"""Tuning draws the hulls or boxes of up to this many components one by one (cheaper than
+drawing whole masks); a kept set of more is drawn whole, as :meth:`Shape.apply` draws it."""
 
 
 @dataclass(frozen=True)
@@ -295,6 +298,11 @@ def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> t
     """Intersection with ``truth`` and predicted area of one (image, class) pair for every
     combination of the steps' grids.
 
+    A tree walk shares each step's output among all the values of the steps after it. Where
+    the steps left are :class:`MinSize` and/or :class:`Shape` (in that order), their whole grid
+    is scored from one connected-components pass (:func:`_component_stats`) instead of drawing
+    each mask: the same figures, exactly.
+
     Args:
         steps: the post-processing steps.
         probs: uint8 probabilities (H, W).
@@ -305,7 +313,8 @@ def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> t
     """
     shape = tuple(len(s.grid) for s in steps)
     inter, area = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
-    truth = truth.astype(bool)
+    truth = np.ascontiguousarray(truth, dtype=bool)
+    tails = [_component_tail(steps[level:]) for level in range(len(steps) + 1)]
 
     def walk(level: int, mask: np.ndarray | None, index: tuple) -> None:
         if mask is not None and not mask.any() and not any(s.reads_probs for s in steps[level:]):
@@ -313,6 +322,9 @@ def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> t
         if level == len(steps):
             on = mask.astype(bool)
             inter[index], area[index] = np.count_nonzero(on & truth), np.count_nonzero(on)
+            return
+        if mask is not None and tails[level] is not None:
+            inter[index], area[index] = _component_stats(*tails[level], mask, truth)
             return
         first: dict[int, int] = {}  # id of a variant -> the first grid index that gave it
         for j, variant in enumerate(steps[level].variants(mask, probs)):
@@ -324,6 +336,97 @@ def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> t
 
     walk(0, None, ())
     return inter, area
+
+
+def _component_tail(steps: Sequence[Step]) -> tuple[tuple | None, tuple | None] | None:
+    """``(min_size grid, shape grid)`` (None for a step that is not there) when ``steps`` is
+    ``[min_size][, shape]`` exactly (not subclasses, which may draw otherwise), else None."""
+    kinds = [type(s) for s in steps]
+    if kinds not in ([MinSize], [Shape], [MinSize, Shape]):
+        return None
+    return (steps[0].grid if kinds[0] is MinSize else None), (steps[-1].grid if kinds[-1] is Shape else None)
+
+
+def _component_stats(sizes: tuple | None, shapes: tuple | None, mask: np.ndarray,
+                     truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Intersection and area for every minimum size x shape (either axis absent when its grid
+    is None) from one connected-components pass over ``mask``: what :class:`MinSize` then
+    :class:`Shape` would draw, without drawing each combination.
+
+    The components kept by a minimum size are those of at least that area: a prefix of the
+    components sorted by decreasing area. ``mask`` is additive over components, so its figures
+    are sums of per-component counts. A hull or box may overlap another component's, so those
+    are drawn once per component, largest first, onto one canvas, counting only the pixels each
+    adds: the figures after each prefix are those of its union (a prefix of more than
+    :data:`DRAWN_ONE_BY_ONE` components, as many specks of noise give, is drawn whole instead). Each component is drawn as
+    :meth:`Shape.apply` draws it (its external contour's hull or bounding box, or'ed with its
+    pixels); a component inside another's hole adds nothing while the outer one is kept, as
+    the outer hull or box covers it, which is why :meth:`Shape.apply` (external contours only)
+    draws the same union.
+    """
+    # 16-bit labels where they cannot overflow (8-connected components are at most one per 2 x 2 block): less to write
+    small = -(-mask.shape[0] // 2) * -(-mask.shape[1] // 2) < 2**16
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(np.ascontiguousarray(mask, np.uint8), connectivity=8,
+                                                               ltype=cv2.CV_16U if small else cv2.CV_32S)
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
+    hits = np.bincount(labels[truth], minlength=count)[1:].astype(np.int64)
+    order = np.argsort(-areas, kind="stable")
+    # kept[j]: how many of the largest components minimum size j keeps (area >= size).
+    kept = np.array([np.count_nonzero(areas >= v) for v in (sizes or (0,))])
+    inter, area = np.zeros((len(kept), len(shapes or "-")), np.int64), np.zeros((len(kept), len(shapes or "-")), np.int64)
+    few = kept <= DRAWN_ONE_BY_ONE
+    for s, shape in enumerate(shapes or ("mask",)):
+        if shape == "mask":
+            prefix_inter, prefix_area = hits[order].cumsum(), areas[order].cumsum()
+        else:
+            prefix_inter, prefix_area = _drawn_prefixes(shape, order[: kept[few].max(initial=0)], labels, stats, truth)
+        some = few & (kept > 0)  # a minimum size that keeps nothing scores zeros
+        inter[some, s], area[some, s] = prefix_inter[kept[some] - 1], prefix_area[kept[some] - 1]
+        drawn: dict[int, tuple[int, int]] = {}
+        for j in np.flatnonzero(~few):  # many components: the whole mask drawn by Shape.apply, once per kept set
+            if kept[j] not in drawn:
+                keep = np.zeros(count, np.uint8)
+                keep[order[: kept[j]] + 1] = 1
+                on = Shape().apply(keep[labels], None, shape).view(bool)
+                drawn[kept[j]] = np.count_nonzero(on & truth), np.count_nonzero(on)
+            inter[j, s], area[j, s] = drawn[kept[j]]
+    axes = (() if sizes is not None else (0,)) + (() if shapes is not None else (1,))
+    return inter.squeeze(axes) if axes else inter, area.squeeze(axes) if axes else area
+
+
+def _drawn_prefixes(shape: str, order: np.ndarray, labels: np.ndarray, stats: np.ndarray,
+                    truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Intersection and area of the union of the first 1, 2, ... components of ``order``,
+    each drawn as ``shape`` (``hull`` or ``box``) the way :meth:`Shape.apply` draws it.
+
+    A component is drawn inside its bounding box, so one whose box meets no earlier box adds
+    all of its pixels; only the others are counted against the canvas of those drawn."""
+    height, width = labels.shape
+    canvas = np.zeros(labels.shape, bool)
+    left, top = stats[order + 1, 0], stats[order + 1, 1]
+    right, bottom = left + stats[order + 1, 2], top + stats[order + 1, 3]
+    added = np.zeros((2, len(order)), np.int64)  # pixels of the truth and in all that each component adds
+    sums = cv2.integral(truth.view(np.uint8), sdepth=cv2.CV_32S) if shape == "box" else None
+    for i, c in enumerate(order):
+        y0, y1, x0, x1 = top[i], bottom[i], left[i], right[i]
+        meets = np.any((top[:i] < y1) & (bottom[:i] > y0) & (left[:i] < x1) & (right[:i] > x0))
+        if shape == "box":
+            if not meets:  # the whole box is new: its truth from the integral image
+                added[:, i] = sums[y1, x1] - sums[y0, x1] - sums[y1, x0] + sums[y0, x0], (y1 - y0) * (x1 - x0)
+                canvas[y0:y1, x0:x1] = True
+                continue
+            drawn = np.ones((y1 - y0, x1 - x0), bool)
+        else:  # the component alone, with a margin of one pixel, traced as findContours traces it in the mask
+            m0, m1, n0, n1 = max(y0 - 1, 0), min(y1 + 1, height), max(x0 - 1, 0), min(x1 + 1, width)
+            pixels = (labels[m0:m1, n0:n1] == c + 1).view(np.uint8)
+            contours, _ = cv2.findContours(pixels, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+            filled = np.zeros_like(pixels)
+            cv2.fillPoly(filled, [cv2.convexHull(contours[0])], 1)
+            drawn = (filled | pixels).view(bool)[y0 - m0:y1 - m0, x0 - n0:x1 - n0]  # the hull lies in the box
+        new = drawn & ~canvas[y0:y1, x0:x1] if meets else drawn
+        added[:, i] = np.count_nonzero(new & truth[y0:y1, x0:x1]), np.count_nonzero(new)
+        canvas[y0:y1, x0:x1] |= drawn
+    return added[0].cumsum(), added[1].cumsum()
 
 
 def choose(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_area: np.ndarray,

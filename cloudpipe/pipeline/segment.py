@@ -9,24 +9,31 @@ the ordered list of steps of :mod:`cloudpipe.algorithms.postprocess`: on the val
 it is tuned on Kaggle Dice and saved (``RUN/seg_postprocess.json`` for one run,
 ``<stem>_postprocess.json`` beside the CSV for an ensemble, with the runs and weights it was
 tuned for); the test split then uses it.
+
+Tuning and applying post-processing to a store need no model (``tune-seg``, ``apply-seg``):
+they spread the store's images over the cores in forked processes, which read the store's
+memory map where the parent left it, and torch is imported only by the functions that run a
+model, so those commands start in a fraction of a second.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
+import multiprocessing
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal, TypeVar
 
+import cv2
 import numpy as np
 import pandas as pd
-import torch
 
 from cloudpipe.algorithms.ensemble import RunningMean, mean_stores, normalise_weights
 from cloudpipe.algorithms.postprocess import (
@@ -61,11 +68,17 @@ from cloudpipe.data.outputs import Inputs, claim_outputs, csv_writer, output_loc
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, read_store, store_paths
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json, run_inputs
 from cloudpipe.engine.config import load_run_config
-from cloudpipe.engine.devices import Dist, resolve_device
-from cloudpipe.engine.infer import load_run, stream_probs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.validation import validation_sets
+
+if TYPE_CHECKING:  # torch is imported where a model runs: tune-seg and apply-seg start without it
+    import torch
+
+    from cloudpipe.engine.devices import Dist
+
+T = TypeVar("T")
+ROWS_PER_TASK = 8  # images per task of the process pool: ~5.9 MB of the store
 
 
 def load_postprocess(path: Path) -> PostProcess:
@@ -77,26 +90,93 @@ def load_postprocess(path: Path) -> PostProcess:
 
 
 def tune_postprocess(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
-                     steps: tuple[Step, ...] = PostProcess().steps, rule: Rule = DEFAULT_RULE) -> tuple[PostProcess, np.ndarray]:
+                     steps: tuple[Step, ...] = PostProcess().steps, rule: Rule = DEFAULT_RULE,
+                     processes: int | None = None) -> tuple[PostProcess, np.ndarray]:
     """Search every combination of the steps' grids per class on the Dice of the stored
     probabilities against the truth masks (RLE at ``mask_shape``, resized to the submission
-    size), and choose by ``rule`` (:mod:`cloudpipe.algorithms.robust`).
+    size), and choose by ``rule`` (:mod:`cloudpipe.algorithms.robust`); the statistics are
+    :func:`postprocess_stats`'.
 
     Returns:
         The choice and the mean Dice of every combination, (4, *grid).
     """
+    return choose(steps, *postprocess_stats(store, names, rles, mask_shape, steps, processes), rule)
+
+
+def postprocess_stats(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
+                      steps: tuple[Step, ...] = PostProcess().steps,
+                      processes: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every image's and class's :func:`~cloudpipe.algorithms.postprocess.grid_stats`, the
+    images spread over ``processes`` forked processes (None: one per core).
+
+    Returns:
+        ``inter`` and ``area`` (n, 4, *grid) and the truth areas (n, 4), int64: all that
+        :func:`~cloudpipe.algorithms.postprocess.choose` needs. Memory holds these and the
+        store's pages the processes read; nothing else grows with the number of images.
+    """
     grid = tuple(len(s.grid) for s in steps)
-    n = len(names)
-    inter = np.zeros((n, len(CLASSES), *grid), np.int64)
+    inter = np.zeros((len(names), len(CLASSES), *grid), np.int64)
     area = np.zeros_like(inter)
-    truth_area = np.zeros((n, len(CLASSES)), np.int64)
+    truth_area = np.zeros((len(names), len(CLASSES)), np.int64)
     truth_rles = rles.loc[names, list(CLASSES)].to_numpy()
-    for i in range(n):
-        for k in range(len(CLASSES)):
-            truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), SUBMISSION_SHAPE)
-            truth_area[i, k] = int(truth.sum())
-            inter[i, k], area[i, k] = grid_stats(steps, store[i, k], truth)
-    return choose(steps, inter, area, truth_area, rule)
+
+    def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        part = [np.zeros((stop - start, *a.shape[1:]), np.int64) for a in (inter, area, truth_area)]
+        for i in range(start, stop):
+            for k in range(len(CLASSES)):
+                truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), SUBMISSION_SHAPE)
+                part[2][i - start, k] = np.count_nonzero(truth)
+                part[0][i - start, k], part[1][i - start, k] = grid_stats(steps, store[i, k], truth)
+        release_rows(store, start, stop)
+        return part[0], part[1], part[2]
+
+    for start, (i, a, t) in zip(range(0, len(names), ROWS_PER_TASK), over_rows(rows, len(names), processes)):
+        inter[start:start + len(i)], area[start:start + len(i)], truth_area[start:start + len(i)] = i, a, t
+    return inter, area, truth_area
+
+
+def release_rows(store: np.ndarray, start: int, stop: int) -> None:
+    """Hand rows ``start..stop`` of a memory-mapped store back (``MADV_DONTNEED``): the pages
+    leave this process's memory and stay in the page cache, so a process reading a store of
+    any size in turn holds a task's rows at a time. A shared map (``read_store``'s, or a
+    temporary store) loses nothing; anything else is left alone."""
+    buffer = getattr(store, "base", None)
+    if not isinstance(store, np.memmap) or not isinstance(buffer, mmap.mmap) or stop <= start:
+        return
+    row = store[0].nbytes
+    first = store.offset % mmap.ALLOCATIONGRANULARITY + start * row  # np.memmap maps from an aligned offset
+    begin = first - first % mmap.PAGESIZE
+    buffer.madvise(mmap.MADV_DONTNEED, begin, first - begin + (stop - start) * row)
+
+
+_TASK: list[Callable] = []
+"""The job of the forked processes of :func:`over_rows` (inherited, never pickled)."""
+
+
+def _run_task(rows: tuple[int, int]):
+    return _TASK[0](*rows)
+
+
+def over_rows(job: Callable[[int, int], T], n: int, processes: int | None = None) -> Iterator[T]:
+    """``job(start, stop)`` for rows ``0..n`` in tasks of :data:`ROWS_PER_TASK`, results in
+    order, on ``processes`` forked processes (None: one per core; one process, or a single
+    task, runs inline). The processes inherit ``job`` and whatever it reads (a store's memory
+    map) at the fork, so nothing of the store is copied or pickled; each runs OpenCV on one
+    thread (set before the fork, restored after)."""
+    tasks = [(start, min(start + ROWS_PER_TASK, n)) for start in range(0, n, ROWS_PER_TASK)]
+    processes = min(len(os.sched_getaffinity(0)) if processes is None else processes, len(tasks))
+    if processes <= 1:
+        yield from (job(*rows) for rows in tasks)
+        return
+    _TASK[:] = [job]
+    threads = cv2.getNumThreads()
+    cv2.setNumThreads(1)  # before the fork: a child inheriting OpenCV's thread pool would wait on its threads for ever
+    try:
+        with multiprocessing.get_context("fork").Pool(processes) as pool:
+            yield from pool.imap(_run_task, tasks)
+    finally:
+        _TASK.clear()
+        cv2.setNumThreads(threads)
 
 
 @dataclass
@@ -163,6 +243,8 @@ def predict_segmentation(
         CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
             whose validation images differ.
     """
+    from cloudpipe.engine.devices import Dist
+
     dist = Dist.from_env()
     try:
         with ExitStack() as claims:
@@ -215,6 +297,8 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
     """The work of :func:`predict_segmentation` once its outputs are checked and locked. Under
     ``torchrun`` each rank predicts its :meth:`~Dist.shard` of the images; rank 0 joins the
     shares, tunes and writes, and the other ranks return what they predicted, writing nothing."""
+    from cloudpipe.engine.devices import resolve_device
+
     with dist.together():  # a bad file or image on one rank stops every rank with its error
         device = resolve_device(settings.device, dist)
         started = time.perf_counter()
@@ -250,23 +334,23 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
 
 def _tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
                     out: Path, post_out: Path, speed: float, steps: tuple[Step, ...], choice: Rule,
-                    presence: pd.DataFrame | None = None) -> SegPrediction:
+                    presence: pd.DataFrame | None = None, processes: int | None = None) -> SegPrediction:
     """Tune ``steps`` on a validation store (chosen by ``choice``) and write the masks, the
     store (when ``info``), the head's presence (when given) and the choice."""
-    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice)
+    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice, processes)
     result = SegPrediction(out, len(names), post, speed, presence=presence, choice=choice)
     at_default = default_index(post.steps)
     if at_default is not None:
         result.default_dice = float(dice[(slice(None), *at_default)].mean())
     result.tuned_dice = float(chosen_dice(post, dice).mean())
-    return _write_outputs(result, store, names, info, post_out, ensemble)
+    return _write_outputs(result, store, names, info, post_out, ensemble, processes)
 
 
 def _write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], info: StoreInfo | None,
-                   post_out: Path | None, ensemble: Ensemble) -> SegPrediction:
+                   post_out: Path | None, ensemble: Ensemble, processes: int | None = None) -> SegPrediction:
     """Write the CSV with, as one group, the store (when ``info``) and the post-processing
     choice (when ``post_out``): a failure leaves every old file or none."""
-    writers = {result.out: _masks_writer(names, store, result.postprocess)}
+    writers = {result.out: _masks_writer(names, store, result.postprocess, processes)}
     if info is not None:
         npy, meta = store_paths(result.out)
         writers |= {npy: array_writer(store), meta: info_writer(info)}
@@ -308,6 +392,10 @@ def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[st
     float32 map of the same shape, run by run, so memory stays flat however many images or runs.
     Also returns the weighted mean of the classification heads' presence (indexed by image)
     when every model has a head, else None."""
+    import torch
+
+    from cloudpipe.engine.infer import load_run, stream_probs
+
     shape = (len(names), len(CLASSES), *SUBMISSION_SHAPE)
     store = probability_store(folder, shape)
     mean = None if ensemble.single else RunningMean(probability_store(folder, shape, np.float32))
@@ -378,21 +466,29 @@ def _join_shares(dist: Dist, store: np.ndarray, presence: pd.DataFrame | None, n
     return full, joined
 
 
-def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess):
-    """Post-process and encode every mask; a writer of the CSV (image-major, class order)."""
-    rows = [(join_label(name, c), mask2rle(post.apply(store[i, k], k)))
-            for i, name in enumerate(names) for k, c in enumerate(CLASSES)]
-    return csv_writer(pd.DataFrame(rows, columns=list(CSV_COLUMNS)))
+def _masks_writer(names: list[str], store: np.ndarray, post: PostProcess, processes: int | None = None):
+    """Post-process and encode every mask, the images spread over the cores
+    (:func:`over_rows`); a writer of the CSV (image-major, class order)."""
+
+    def rows(start: int, stop: int) -> list[str]:
+        rles = [mask2rle(post.apply(store[i, k], k)) for i in range(start, stop) for k in range(len(CLASSES))]
+        release_rows(store, start, stop)
+        return rles
+
+    rles = [r for part in over_rows(rows, len(names), processes) for r in part]
+    labels = [join_label(name, c) for name in names for c in CLASSES]
+    return csv_writer(pd.DataFrame({CSV_COLUMNS[0]: labels, CSV_COLUMNS[1]: rles}))
 
 
 def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,
-                        steps: Sequence[str] | None = None, choice: Rule = DEFAULT_RULE,
-                        overwrite: bool = False) -> SegPrediction:
+                        steps: Sequence[str] | None = None, choice: Rule = DEFAULT_RULE, overwrite: bool = False,
+                        processes: int | None = None) -> SegPrediction:
     """Tune post-processing again from validation probability stores alone, without running a
     model: the stores' weighted mean (images matched by name) is tuned on Dice like
     ``predict-seg --split val``; writes the masks to ``out`` and the choice, recording every run
     averaged into the stores, to ``<stem>_postprocess.json`` (read by ``predict-seg --split
-    test --postprocess``). ``steps`` and ``choice``: as for :func:`predict_segmentation`.
+    test --postprocess``). ``steps`` and ``choice``: as for :func:`predict_segmentation`;
+    ``processes``: how many share the images (None: one per core).
 
     Raises:
         CloudpipeError: a bad, truncated or test store, stores of different images, images
@@ -407,10 +503,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
     inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
     with claim_outputs([out, post_out], inputs, overwrite=overwrite):
         started = time.perf_counter()
-        read = [read_store(s) for s in stores]
-        for path, (_, info) in zip(stores, read):
-            if info.split != "val":
-                raise CloudpipeError(f"holds {info.split} probabilities; tuning needs a validation store", path=path)
+        read = _read_stores(stores, "val")
         require_same_validation([Path(s) for s in stores], [info.images for _, info in read])
         names = read[0][1].images
         ensemble = Ensemble.merged([(info, w) for (_, info), w in zip(read, share)])
@@ -423,7 +516,57 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
             raise CloudpipeError(f"{len(missing)} image(s) have no truth in train.csv (e.g. {', '.join(missing[:3])})",
                                  path=stores[0])
         speed = len(names) / max(time.perf_counter() - started, 1e-9)
-        return _tune_and_write(store, names, None, data, ensemble, out, post_out, speed, tuned_steps, choice)
+        return _tune_and_write(store, names, None, data, ensemble, out, post_out, speed, tuned_steps, choice, processes=processes)
+
+
+def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postprocess: Path, *,
+                       weights: Sequence[float] | None = None, overwrite: bool = False,
+                       processes: int | None = None) -> SegPrediction:
+    """The test masks from stored test probabilities, without running a model: the stores'
+    weighted mean (images matched by name), post-processed by ``postprocess``, written to
+    ``out`` with the same bytes as ``predict-seg --split test`` of the runs in the stores.
+
+    Raises:
+        CloudpipeError: a bad, truncated or validation store, a store whose images are not
+            the test images of ``data_dir``, post-processing tuned for other runs or weights
+            than those averaged into the stores, or an output that may not be written.
+    """
+    data_dir = require_dir(data_dir)
+    if not stores:
+        raise CloudpipeError("give at least one --store")
+    share = normalise_weights(weights, len(stores), per="--store")
+    inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))), Path(postprocess))
+    with claim_outputs([out], inputs, overwrite=overwrite):
+        started = time.perf_counter()
+        read = _read_stores(stores, "test")
+        ensemble = Ensemble.merged([(info, w) for (_, info), w in zip(read, share)])
+        post = _test_postprocess(ensemble, Path(postprocess))
+        names = list_test_images(data_dir)
+        for path, (_, info) in zip(stores, read):
+            lacks, extra = sorted(set(names) - set(info.images)), sorted(set(info.images) - set(names))
+            if lacks or extra:
+                raise CloudpipeError(f"holds other images than the test images of {data_dir} ({len(lacks)} missing, "
+                                     f"{len(extra)} extra, e.g. {', '.join((lacks or extra)[:3])})", path=path)
+        if len(read) == 1 and read[0][1].images == names:
+            store = read[0][0]
+        else:
+            store = mean_stores([a for a, _ in read], share, probability_store(Path(out).parent, (len(names), *read[0][0].shape[1:])),
+                                rows=[_rows_of(names, info.images) for _, info in read])
+        result = SegPrediction(Path(out), len(names), post, 0.0)
+        result = _write_outputs(result, store, names, None, None, ensemble, processes)
+        result.images_per_second = len(names) / max(time.perf_counter() - started, 1e-9)
+        return result
+
+
+def _read_stores(stores: Sequence[Path], split: str) -> list[tuple[np.memmap, StoreInfo]]:
+    """Every store, mapped and checked (:func:`~cloudpipe.data.probstore.read_store`), each
+    holding ``split`` probabilities."""
+    read = [read_store(s) for s in stores]
+    for path, (_, info) in zip(stores, read):
+        if info.split != split:
+            need = "tuning needs a validation store" if split == "val" else "applying needs a test store"
+            raise CloudpipeError(f"holds {info.split} probabilities; {need}", path=path)
+    return read
 
 
 def _rows_of(names: list[str], images: list[str]) -> np.ndarray:
