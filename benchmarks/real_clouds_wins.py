@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cloudpipe.engine.settings import InferenceSettings
     from cloudpipe.engine.train import train_run
     from cloudpipe.pipeline.evaluate import evaluate_files
+    from cloudpipe.pipeline.gate import GateInputs
     from cloudpipe.pipeline.predict import predict_submission, probs_path_for
     from cloudpipe.pipeline.report import score_submission
     from cloudpipe.pipeline.segment import postprocess_path_for, predict_segmentation, retune_segmentation
@@ -85,15 +86,15 @@ def main(argv: list[str] | None = None) -> dict:
                      "gated": table["mean"], **extra})
         print(f"{group} | {variant}: seg alone {alone:.4f}, gated {table['mean']:.4f}", flush=True)
 
-    def gate(folder: Path, val_csv: Path, test_csv: Path, **tune) -> Path:
-        """Tune presence thresholds on ``val_csv`` and gate ``test_csv``: the submission."""
+    def gate(folder: Path, val_csv: Path, test_csv: Path, test_inputs: dict | None = None, **tune) -> Path:
+        """Tune presence thresholds on ``val_csv`` (``tune``: :class:`GateInputs` fields) and gate
+        ``test_csv`` (``test_inputs``: the test side's): the submission."""
         folder.mkdir(parents=True, exist_ok=True)
-        test_inputs = {k: v for k, v in tune.pop("test_inputs", {}).items() if v is not None}
         thresholds = folder / "thresholds.json"
-        tune_thresholds(classifier, data, seg=val_csv, out=thresholds, overwrite=True, settings=infer, **tune)
+        tune_thresholds(classifier, data, seg=val_csv, out=thresholds, overwrite=True, settings=infer, inputs=GateInputs(**tune))
         submission = folder / "submission.csv"
         predict_submission(test_csv, classifier, data, submission, thresholds_file=thresholds, settings=infer,
-                           overwrite=True, **test_inputs)
+                           overwrite=True, inputs=GateInputs(**(test_inputs or {})))
         return submission
 
     # 1. Post-processing steps, tuned again from the validation store, applied to the test store's model.
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
                                    truth_csv=truth, truth_shape=SUBMISSION_SHAPE, progress=False)
         s = on_test.stats
         sweeps = choose_thresholds(on_test.probs, PairScores.of_stats(s))
-        gap = float(np.mean([sw.score - sw.score_at(on_test.thresholds[c]) for c, sw in sweeps.items()]))
+        gap = float(np.mean([sw.score - sw.score_at(on_test.gate.thresholds[c]) for c, sw in sweeps.items()]))
         scored("gating rules", variant, submission, base_test, gap_to_best_on_test=gap)
 
     print("\nTest images, Kaggle Dice (mean over pairs), each variant tuned on the validation images:")

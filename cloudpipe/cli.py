@@ -326,11 +326,12 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
             presence_csv: Path | None, at_least_one: bool | None, overwrite: bool, settings) -> None:
     """Blank the segmentation masks of classes judged absent (by the classifier, or the sources
     thresholds.json names); write the submission."""
+    from cloudpipe.pipeline.gate import GateInputs
     from cloudpipe.pipeline.predict import predict_submission, probs_path_for
 
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights, thresholds_file=thresholds_file,
                                  threshold=threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
-                                 seg_store=seg_store, presence=presence_csv, at_least_one=at_least_one)
+                                 inputs=GateInputs(presence_csv, seg_store, at_least_one=at_least_one))
     if is_main_process():  # under torchrun, rank 0 wrote the files
         click.echo(summary.line())
         click.echo(f"wrote {out} and {probs_path_for(out)}")
@@ -375,12 +376,12 @@ def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_
     """Choose per-class presence thresholds that maximise the Kaggle Dice of the blanked --seg
     predictions on the run's validation images (accuracy without --seg); write thresholds.json."""
     from cloudpipe.algorithms.presence import PixelStats
+    from cloudpipe.pipeline.gate import GateInputs
     from cloudpipe.pipeline.tune import tune_thresholds
 
+    inputs = GateInputs(presence_csv, seg_store, PixelStats(top_k, area_threshold), sources, placement, at_least_one)
     result = tune_thresholds(run_dirs, data_dir, weights=weights, seg=seg_csv, objective=objective, mask_shape=mask_shape,
-                             out=out, plot=plot, overwrite=overwrite, settings=settings, presence=presence_csv,
-                             seg_store=seg_store, sources=sources, pixel=PixelStats(top_k, area_threshold),
-                             placement=placement, at_least_one=at_least_one, choice=choice)
+                             out=out, plot=plot, overwrite=overwrite, settings=settings, inputs=inputs, choice=choice)
     click.echo(format_table(result.rows))
     if len(result.source_rows) > 1:
         click.echo("\nTuned score of each source alone and of each blend:")

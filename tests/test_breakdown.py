@@ -11,9 +11,10 @@ from cloudpipe.algorithms.breakdown import (
     decisions,
     gated_dice,
     headline,
-    keep_mask,
     rank_images,
 )
+from cloudpipe.algorithms.gating import GateSpec
+from cloudpipe.algorithms.gating import keep as keep_pairs
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.metric import PairStats
 
@@ -47,7 +48,7 @@ def reference(stats, keep):
 def test_headline_rows_equal_their_definitions(seed):
     stats, probs = random_case(seed=seed)
     thresholds = dict(zip(CLASSES, (0.3, 0.5, 0.7, 0.45)))
-    rows = {r["submission"]: r for r in headline(stats, probs, thresholds)}
+    rows = {r["submission"]: r for r in headline(stats, probs, GateSpec(thresholds))}
     everything = np.ones_like(probs, bool)
     expected = {
         "all masks empty": reference(stats, ~everything),
@@ -76,13 +77,13 @@ def test_without_probabilities_or_thresholds():
 
 def test_capture_share_is_undefined_without_room():
     stats = PairStats(["a.jpg"], np.zeros((1, 4)), np.zeros((1, 4)), np.zeros((1, 4)))  # all absent, all empty: perfect
-    share = headline(stats, np.full((1, 4), 0.9), dict.fromkeys(CLASSES, 0.5))[-1]
+    share = headline(stats, np.full((1, 4), 0.9), GateSpec(dict.fromkeys(CLASSES, 0.5)))[-1]
     assert all(np.isnan(share[k]) for k in (*CLASSES, "mean"))
 
 
 def test_decisions_count_and_cost():
     stats, probs = random_case(seed=3)
-    keep = keep_mask(probs, 0.5)
+    keep = keep_pairs(probs, 0.5)
     table = decisions(stats, keep)
     present = stats.truth_area > 0
     alone, gated = reference(stats, np.ones_like(keep)), reference(stats, keep)
@@ -109,15 +110,11 @@ def test_binned_mean_and_ranking():
     assert rank_images(dice, ["a", "b", "c"], 3) == (["b", "c", "a"], [])  # the best never repeat the worst
 
 
-def test_keep_mask_with_the_at_least_one_rule():
-    probs = np.array([[0.2, 0.4, 0.1, 0.3],    # all below: the most probable drawn mask (Sugar; Flower is empty) is kept
-                      [0.9, 0.1, 0.1, 0.1],    # one kept already: unchanged
-                      [0.1, 0.1, 0.1, 0.1]])   # nothing drawn: nothing to keep
+def test_headline_applies_the_tuned_gate_with_its_rule():
+    probs = np.array([[0.2, 0.4, 0.1, 0.3], [0.9, 0.1, 0.1, 0.1], [0.1, 0.1, 0.1, 0.1]])
     drawn = np.array([[True, False, True, True], [True, True, True, True], [False, False, False, False]])
-    plain = keep_mask(probs, 0.5)
-    ruled = keep_mask(probs, 0.5, drawn)
-    assert plain.sum() == 1 and ruled[0].tolist() == [False, False, False, True]
-    assert (ruled[1:] == plain[1:]).all()
     stats = PairStats(["a", "b", "c"], np.ones((3, 4)), drawn * 2.0, np.ones((3, 4)))
-    rows = {r["submission"]: r for r in headline(stats, probs, dict.fromkeys(CLASSES, 0.5), at_least_one=True)}
-    np.testing.assert_allclose(rows["gated, tuned thresholds"]["mean"], reference(stats, ruled).mean())
+    rows = {r["submission"]: r for r in headline(stats, probs, GateSpec(dict.fromkeys(CLASSES, 0.5), at_least_one=True))}
+    np.testing.assert_allclose(rows["gated, tuned thresholds"]["mean"], reference(stats, keep_pairs(probs, 0.5, drawn)).mean())
+    plain = {r["submission"]: r for r in headline(stats, probs, GateSpec(dict.fromkeys(CLASSES, 0.5)))}
+    assert plain["gated, tuned thresholds"]["mean"] < rows["gated, tuned thresholds"]["mean"]  # the rule kept a mask

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloudpipe.algorithms.gating import GateSpec, gate, keep_most_probable
+from cloudpipe.algorithms.gating import GateSpec, gate, keep, keep_most_probable
 from cloudpipe.algorithms.presence import PixelStats
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
@@ -41,6 +41,22 @@ def test_at_least_one_keeps_the_most_probable_drawn_class():
     assert out.loc["a.jpg_Flower", "EncodedPixels"] == "3 4" and out.loc["b.jpg_Fish", "EncodedPixels"] == "1 2"
     assert out["EncodedPixels"].ne("").sum() == 2
     assert gate(seg, frame, {c: 0.95 for c in CLASSES})["EncodedPixels"].eq("").all()
+
+
+def test_keep_applies_thresholds_then_the_rule():
+    probs = np.array([[0.2, 0.4, 0.1, 0.3],    # all below: the most probable drawn mask (Sugar; Flower is empty) is kept
+                      [0.9, 0.1, 0.1, 0.1],    # one kept already: unchanged
+                      [0.1, 0.1, 0.1, 0.1]])   # nothing drawn: nothing to keep
+    drawn = np.array([[True, False, True, True], [True, True, True, True], [False, False, False, False]])
+    plain = keep(probs, 0.5)
+    ruled = keep(probs, 0.5, drawn)
+    assert plain.sum() == 1 and ruled[0].tolist() == [False, False, False, True]
+    assert (ruled[1:] == plain[1:]).all()
+    per_class = keep(probs, {"Fish": 0.15, "Flower": 0.5, "Gravel": 0.5, "Sugar": 0.5})
+    assert per_class[:, 0].tolist() == [True, True, False] and not per_class[:, 1:].any()
+    spec = GateSpec(dict.fromkeys(CLASSES, 0.5), at_least_one=True)
+    assert (spec.keep(probs, drawn) == ruled).all()
+    assert (GateSpec(dict.fromkeys(CLASSES, 0.5)).keep(probs, drawn) == plain).all()  # no rule: drawn is not used
 
 
 def test_gate_spec_round_trip_and_errors():

@@ -19,7 +19,7 @@ from cloudpipe.core.rle import mask2rle
 from cloudpipe.data.kaggle import read_mask_csv
 from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
-from cloudpipe.pipeline.predict import predict_submission, resolve_thresholds
+from cloudpipe.pipeline.predict import predict_submission
 
 CPU = InferenceSettings(device="cpu", workers=0, progress=False)
 
@@ -72,21 +72,6 @@ def test_predict_gates_and_keeps_order(tiny_data, tiny_classifier_run, seg_csv, 
         else:
             assert rle == seg[label]  # byte-identical, odd spacing included
     assert read_mask_csv(out, shape=(350, 525)) is not None  # a valid submission
-
-
-def test_thresholds_precedence(tiny_classifier_run, tmp_path):
-    run = tmp_path / "run"
-    shutil.copytree(tiny_classifier_run, run)
-    assert resolve_thresholds(run, None, None) == ({c: 0.5 for c in CLASSES}, "default 0.5")
-    tuned = {"Fish": 0.1, "Flower": 0.2, "Gravel": 0.3, "Sugar": 0.4}
-    (run / "thresholds.json").write_text(json.dumps({**tuned, "objective": "dice"}))
-    assert resolve_thresholds(run, None, None)[0] == tuned
-    assert resolve_thresholds(run, None, 0.7)[0] == {c: 0.7 for c in CLASSES}  # explicit beats the run's file
-    other = tmp_path / "other.json"
-    other.write_text(json.dumps({c: 0.9 for c in CLASSES}))
-    assert resolve_thresholds(run, other, None)[0] == {c: 0.9 for c in CLASSES}
-    with pytest.raises(CloudpipeError, match="not both"):
-        resolve_thresholds(run, other, 0.5)
 
 
 def test_python_api_takes_and_returns_dataframes(tiny_data, tiny_classifier_run):

@@ -67,7 +67,7 @@ def test_numbers_equal_evaluate_on_the_gated_files(tiny_data, case, tmp_path):
     read_mask_csv(seg).assign(EncodedPixels="")[["Image_Label", "EncodedPixels"]].to_csv(empty, index=False)
     assert rows["all masks empty"]["mean"] == pytest.approx(evaluate_files(truth, empty, (64, 96), (350, 525)).table["mean"])
     assert rows["gated by true presence (oracle)"]["mean"] >= max(rows[n]["mean"] for n in files)
-    assert scored.thresholds == thresholds
+    assert scored.gate.thresholds == thresholds
 
 
 class Page(HTMLParser):
@@ -167,7 +167,7 @@ def test_the_at_least_one_rule_is_scored_as_predict_applies_it(tiny_data, case, 
     thresholds = tmp_path / "thresholds.json"
     thresholds.write_text(json.dumps({**strict, "at_least_one": True}))
     scored = score_submission(tiny_data, seg, probs_csv=probs_csv, thresholds_file=thresholds, progress=False)
-    assert scored.at_least_one and "with its at-least-one-class rule" in scored.thresholds_source
+    assert scored.gate.at_least_one and "with its at-least-one-class rule" in scored.thresholds_source
     tuned = {r["submission"]: r for r in scored.headline()}["gated, tuned thresholds"]
     frame = read_mask_csv(seg)
     with_rule, without = tmp_path / "rule.csv", tmp_path / "plain.csv"

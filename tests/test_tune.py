@@ -20,7 +20,8 @@ from cloudpipe.core.metric import accuracy, dice_table, pair_stats
 from cloudpipe.data.kaggle import presence, read_probs_csv, read_train, to_wide
 from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
-from cloudpipe.pipeline.tune import compute_val_probs, load_thresholds, tune_thresholds
+from cloudpipe.pipeline.gate import GateInputs, load_gate, resolve_gate
+from cloudpipe.pipeline.tune import compute_val_probs, tune_thresholds
 
 CPU = InferenceSettings(device="cpu", workers=0, progress=False)
 
@@ -75,6 +76,7 @@ def test_tune_on_dice_matches_gating_and_brute_force(tiny_data, tuning_case, tmp
     run = copy_run(tuning_case, tmp_path)
     result = tune_thresholds(run, tiny_data, seg=seg, choice="best")  # the exact search, checked against brute force
     assert result.objective == "dice" and result.images == used
+    assert "--seg covers 12 of the classifier's 16 validation images" in result.summary()  # said, not silent
 
     # Independently: gate the predictions as predict does, then score them with the metric.
     seg_frame = pd.read_csv(seg, dtype=str, keep_default_na=False)
@@ -108,7 +110,7 @@ def test_tune_on_dice_matches_gating_and_brute_force(tiny_data, tuning_case, tmp
 
     # Written files: predict's reader takes the JSON; the plot is a PNG.
     assert result.json_path == run / "thresholds.json" and result.plot_path == run / "thresholds.png"
-    assert load_thresholds(run / "thresholds.json") == result.thresholds
+    assert load_gate(run / "thresholds.json").thresholds == result.thresholds
     data = json.loads((run / "thresholds.json").read_text())
     assert data["objective"] == "dice" and data["images"] == len(used)
     assert (run / "thresholds.png").read_bytes()[:8] == PNG_SIGNATURE
@@ -117,12 +119,11 @@ def test_tune_on_dice_matches_gating_and_brute_force(tiny_data, tuning_case, tmp
 
 
 def test_predict_picks_up_tuned_thresholds(tiny_data, tuning_case, tmp_path):
-    from cloudpipe.pipeline.predict import resolve_thresholds
-
     _, seg, _, _ = tuning_case
     run = copy_run(tuning_case, tmp_path)
     result = tune_thresholds(run, tiny_data, seg=seg)
-    assert resolve_thresholds(run, None, None) == (result.thresholds, str(run / "thresholds.json"))
+    spec, source = resolve_gate(run)
+    assert (spec.thresholds, source) == (result.thresholds, str(run / "thresholds.json"))
 
 
 def test_accuracy_fallback(tiny_data, tuning_case, tmp_path):
@@ -150,7 +151,7 @@ def test_explicit_outputs_are_not_overwritten(tiny_data, tuning_case, tmp_path):
         tune_thresholds(run, tiny_data, out=out)
     assert out.read_text() == "{}"
     tune_thresholds(run, tiny_data, out=out, overwrite=True)
-    assert load_thresholds(out)
+    assert load_gate(out).thresholds
 
 
 @pytest.fixture(scope="module")
@@ -219,7 +220,7 @@ def test_cli_end_to_end(tiny_data, tuning_case, tmp_path):
     assert lines[0].split() == ["class", "threshold", "dice_no_blank", "dice_at_0.5", "dice_tuned", "removed", "wrongly"]
     assert [line.split()[0] for line in lines[1:6]] == [*CLASSES, "mean"]
     assert f"{len(used)} validation images, robust choice" in result.output and "thresholds.json" in result.output
-    assert load_thresholds(run / "thresholds.json")
+    assert load_gate(run / "thresholds.json").thresholds
     assert json.loads((run / "thresholds.json").read_text())["choice"] == "robust"
     result = run_cli("--run", run, "--data", tiny_data, "--seg", seg, "--choice", "best")
     assert result.exit_code == 0 and json.loads((run / "thresholds.json").read_text())["choice"] == "best"
@@ -296,7 +297,7 @@ def test_ensemble_of_classifier_runs(tiny_classifier_run, tiny_classifier_run_b,
     result = tune_thresholds([a, b], tiny_data, weights=[1, 3], out=out)
     saved = json.loads(out.read_text())
     assert saved["runs"] == [str(a.resolve()), str(b.resolve())] and saved["weights"] == [0.25, 0.75]
-    assert load_thresholds(out) == result.thresholds
+    assert load_gate(out).thresholds == result.thresholds
     # Runs validated on other images are refused.
     other = tmp_path / "other"
     shutil.copytree(b, other)
@@ -316,11 +317,11 @@ def test_tune_chooses_among_every_source_and_says_what_each_scores(tiny_data, tu
     head = write_probs(tmp_path / "val_seg_presence.csv", pd.DataFrame(rng.random((len(used), 4)).round(4), index=used,
                                                                         columns=list(CLASSES)))
     out = tmp_path / "t.json"
-    result = tune_thresholds(run, tiny_data, seg=seg, seg_store=store, presence=head, out=out, at_least_one=True,
-                             placement="midpoint", choice="best")
+    inputs = GateInputs(head, store, placement="midpoint", at_least_one=True)
+    result = tune_thresholds(run, tiny_data, seg=seg, inputs=inputs, out=out, choice="best")
     names = {r["source"] for r in result.source_rows}
     assert {"classifier", "head", "max", "top_mean", "area", "0.5 classifier + 0.5 top_mean"} <= names
-    alone = tune_thresholds(run, tiny_data, seg=seg, seg_store=store, presence=head, save=False, sources=["area"],
+    alone = tune_thresholds(run, tiny_data, seg=seg, inputs=GateInputs(head, store, sources=["area"]), save=False,
                             choice="best")
     for c in CLASSES:
         best = max(r[c] for r in result.source_rows)
@@ -333,7 +334,7 @@ def test_tune_chooses_among_every_source_and_says_what_each_scores(tiny_data, tu
     classifier_only = tune_thresholds(run, tiny_data, seg=seg, save=False)
     assert all(g == {"classifier": 1.0} for g in classifier_only.spec.gates.values())
     with pytest.raises(CloudpipeError, match="--presence"):
-        tune_thresholds(run, tiny_data, seg=seg, save=False, sources=["head"])
+        tune_thresholds(run, tiny_data, seg=seg, save=False, inputs=GateInputs(sources=["head"]))
     cli = CliRunner().invoke(main, ["tune-threshold", "--run", str(run), "--data", str(tiny_data), "--seg", str(seg),
                                     "--seg-store", str(store), "--out", str(tmp_path / "c.json"), "--sources", "classifier,max"])
     assert cli.exit_code == 0, cli.output

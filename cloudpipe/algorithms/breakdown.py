@@ -9,12 +9,12 @@ over the segmentation alone that a gate takes.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from cloudpipe.algorithms.gating import keep_most_probable
+from cloudpipe.algorithms.gating import GateSpec, keep
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.metric import PairStats, dice_score
 
@@ -27,37 +27,20 @@ def gated_dice(stats: PairStats, keep: np.ndarray) -> np.ndarray:
     return np.where(keep, stats.dice(), stats.blanked_dice())
 
 
-def keep_mask(probs: np.ndarray, thresholds: Mapping[str, float] | float, drawn: np.ndarray | None = None) -> np.ndarray:
-    """Which pairs a gate keeps: probability >= the class threshold; with ``drawn`` (pairs whose
-    mask is not empty), the "at least one class per image" rule too, as ``predict`` applies it
-    (:func:`~cloudpipe.algorithms.gating.keep_most_probable`)."""
-    cut = np.array([thresholds[c] for c in CLASSES]) if isinstance(thresholds, Mapping) else float(thresholds)
-    keep = probs >= cut
-    return keep if drawn is None else ~keep_most_probable(~keep, probs, drawn)
-
-
-def tuned_keep(stats: PairStats, probs: np.ndarray, thresholds: Mapping[str, float], at_least_one: bool = False) -> np.ndarray:
-    """Which pairs a tuned gate keeps, with the at-least-one-class rule when ``at_least_one``
-    (the drawn pairs being those whose predicted mask is not empty)."""
-    return keep_mask(probs, thresholds, stats.pred_area > 0 if at_least_one else None)
-
-
 def _row(name: str, dice: np.ndarray) -> dict:
     return {"submission": name, **{c: float(dice[:, k].mean()) for k, c in enumerate(CLASSES)}, "mean": float(dice.mean())}
 
 
-def headline(stats: PairStats, probs: np.ndarray | None = None, thresholds: Mapping[str, float] | None = None,
-             at_least_one: bool = False) -> list[dict]:
+def headline(stats: PairStats, probs: np.ndarray | None = None, tuned: GateSpec | None = None) -> list[dict]:
     """The headline rows: mean Dice per class and overall of all masks empty, the
-    segmentation alone, gated at 0.5 and with ``thresholds`` (when ``probs`` are given), the
-    oracle, and the capture share of the tuned gate (or of the 0.5 gate without thresholds).
+    segmentation alone, gated at 0.5 and by the ``tuned`` gate (when ``probs`` are given), the
+    oracle, and the capture share of the tuned gate (or of the 0.5 gate without one).
 
     Args:
         stats: pair statistics of the segmentation masks against the truth.
         probs: (n, 4) presence probabilities aligned with ``stats.images``, or None.
-        thresholds: class -> threshold of the tuned gate, or None.
-        at_least_one: the tuned gate applies the at-least-one-class rule (as ``predict`` does
-            when the thresholds file says so).
+        tuned: the tuned gate (its thresholds and at-least-one rule, applied to ``probs`` as
+            ``predict`` applies them), or None.
     """
     alone = stats.dice()
     truth_present = stats.truth_area > 0
@@ -66,10 +49,10 @@ def headline(stats: PairStats, probs: np.ndarray | None = None, thresholds: Mapp
             _row("segmentation alone", alone)]
     gate = None
     if probs is not None:
-        gate = gated_dice(stats, keep_mask(probs, 0.5))
+        gate = gated_dice(stats, keep(probs, 0.5))
         rows.append(_row("gated at 0.5", gate))
-        if thresholds is not None:
-            gate = gated_dice(stats, tuned_keep(stats, probs, thresholds, at_least_one))
+        if tuned is not None:
+            gate = gated_dice(stats, tuned.keep(probs, stats.pred_area > 0))
             rows.append(_row("gated, tuned thresholds", gate))
     rows.append(_row("gated by true presence (oracle)", oracle))
     if gate is not None:

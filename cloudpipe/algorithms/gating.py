@@ -8,6 +8,7 @@ one class per image" rule (:func:`keep_most_probable`) applies.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,8 +42,28 @@ def keep_most_probable(absent: np.ndarray, probs: np.ndarray, drawn: np.ndarray)
     return out
 
 
+def keep(scores: np.ndarray, thresholds: Mapping[str, float] | float, drawn: np.ndarray | None = None) -> np.ndarray:
+    """Which pairs a gate keeps: score >= the class threshold; with ``drawn`` (pairs whose mask
+    is not empty) the "at least one class per image" rule too (:func:`keep_most_probable`).
+
+    The one decision that ``predict`` (:func:`gate`), ``tune-threshold`` and the report's
+    breakdown all make.
+
+    Args:
+        scores: (n, 4) presence scores.
+        thresholds: class -> threshold, or one threshold for every class.
+        drawn: (n, 4) bool, or None for no rule.
+
+    Returns:
+        (n, 4) bool, True where the mask is kept.
+    """
+    cut = np.array([thresholds[c] for c in CLASSES]) if isinstance(thresholds, Mapping) else float(thresholds)
+    kept = scores >= cut
+    return kept if drawn is None else ~keep_most_probable(~kept, scores, drawn)
+
+
 def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], at_least_one: bool = False) -> pd.DataFrame:
-    """Blank the masks of pairs whose probability is below their class threshold.
+    """Blank the masks of pairs whose probability is below their class threshold (:func:`keep`).
 
     Args:
         seg: long frame (``Image_Label, EncodedPixels, image, class_name``).
@@ -59,17 +80,13 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], a
     if p.isna().any().any():
         raise CloudpipeError("no probabilities for some segmentation images")
     k = seg["class_name"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
-    pair_prob = p.to_numpy()[np.arange(len(seg)), k]
-    cut = np.array([thresholds[c] for c in CLASSES])[k]
-    absent = pair_prob < cut
-    if at_least_one:
-        image, names = pd.factorize(seg["image"])
-        grid = lambda values, fill: np.full((len(names), len(CLASSES)), fill, values.dtype)  # noqa: E731
-        a, s, d = grid(absent, True), grid(pair_prob, -np.inf), grid(absent, False)
-        a[image, k], s[image, k], d[image, k] = absent, pair_prob, (seg["EncodedPixels"] != "").to_numpy()
-        absent = keep_most_probable(a, s, d)[image, k]
+    image, names = pd.factorize(seg["image"])
+    scores = np.full((len(names), len(CLASSES)), -np.inf)  # a pair missing from seg is neither kept nor drawn
+    drawn = np.zeros(scores.shape, bool)
+    scores[image, k] = p.to_numpy()[np.arange(len(seg)), k]
+    drawn[image, k] = (seg["EncodedPixels"] != "").to_numpy()
     out = seg.copy()
-    out["absent"] = absent
+    out["absent"] = ~keep(scores, thresholds, drawn if at_least_one else None)[image, k]
     out["blanked"] = out["absent"] & (out["EncodedPixels"] != "")
     out.loc[out["absent"], "EncodedPixels"] = ""
     return out
@@ -96,6 +113,11 @@ class GateSpec:
         """The sources some class is gated on, in :data:`~cloudpipe.algorithms.presence.SOURCES` order."""
         used = {s for g in self.gates.values() for s in g}
         return [s for s in SOURCES if s in used]
+
+    def keep(self, scores: np.ndarray, drawn: np.ndarray) -> np.ndarray:
+        """Which pairs this gate keeps (:func:`keep`), given the blended ``scores`` (n, 4) and
+        the pairs ``drawn`` (mask not empty: the at-least-one rule's candidates, when it applies)."""
+        return keep(scores, self.thresholds, drawn if self.at_least_one else None)
 
     def to_json(self) -> dict:
         """``{class: threshold, "gate": {class: {source: weight}}, "at_least_one": bool}``, plus

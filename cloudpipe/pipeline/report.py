@@ -25,10 +25,9 @@ from cloudpipe.algorithms.breakdown import (
     decisions,
     gated_dice,
     headline,
-    keep_mask,
     rank_images,
-    tuned_keep,
 )
+from cloudpipe.algorithms.gating import GateSpec, keep
 from cloudpipe.algorithms.presence import CLASSIFIER
 from cloudpipe.algorithms.thresholds import PairScores, choose_thresholds
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
@@ -45,10 +44,9 @@ from cloudpipe.data.kaggle import (
     train_image_shape,
 )
 from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, VAL_PROBS_CSV, run_inputs
-from cloudpipe.pipeline.ensemble import Ensemble
+from cloudpipe.data.runfolder import VAL_PROBS_CSV, run_inputs
 from cloudpipe.pipeline.evaluate import read_truth_and_prediction
-from cloudpipe.pipeline.tune import load_gate, load_tuned_gate
+from cloudpipe.pipeline.gate import resolve_gate
 
 AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000, SUBMISSION_SHAPE[0] * SUBMISSION_SHAPE[1])
 """Bins of true mask area (pixels at 350 x 525) for Dice against area."""
@@ -66,23 +64,23 @@ class Scored:
     truth_shape: tuple[int, int]
     mask_shape: tuple[int, int]
     probs: np.ndarray | None = None
-    thresholds: dict[str, float] | None = None
-    at_least_one: bool = False
+    gate: GateSpec | None = None
+    """The tuned gate applied to ``probs`` (its thresholds and at-least-one rule)."""
     thresholds_source: str = ""
     sources: dict[str, str] = field(default_factory=dict)
 
     def headline(self) -> list[dict]:
         """See :func:`cloudpipe.algorithms.breakdown.headline`."""
-        return headline(self.stats, self.probs, self.thresholds, self.at_least_one)
+        return headline(self.stats, self.probs, self.gate)
 
     def best_gate(self) -> np.ndarray:
         """Which pairs the best gate given keeps (tuned, with its at-least-one rule, else 0.5,
         else all)."""
         if self.probs is None:
             return np.ones_like(self.stats.truth_area, dtype=bool)
-        if self.thresholds is None:
-            return keep_mask(self.probs, 0.5)
-        return tuned_keep(self.stats, self.probs, self.thresholds, self.at_least_one)
+        if self.gate is None:
+            return keep(self.probs, 0.5)
+        return self.gate.keep(self.probs, self.stats.pred_area > 0)
 
 
 def score_submission(
@@ -141,22 +139,19 @@ def score_submission(
                              path=probs_path)
     scored.probs = probs.loc[images].to_numpy()
     sources["probabilities"] = str(probs_path)
-    if thresholds_file is None and run_dir is not None and (Path(run_dir) / THRESHOLDS_JSON).is_file():
-        thresholds_file = Path(run_dir) / THRESHOLDS_JSON
-    if thresholds_file is not None:
-        # tuned for the run whose probabilities are scored, as predict checks
-        spec = load_gate(thresholds_file) if run_dir is None else load_tuned_gate(thresholds_file, Ensemble.of(run_dir))
+    # tuned for the run whose probabilities are scored, as predict checks
+    spec, scored.thresholds_source = resolve_gate(run_dir, thresholds_file)
+    if spec is not None:
         if probs_csv is None and spec.sources != [CLASSIFIER]:
             raise CloudpipeError(f"gates on {', '.join(spec.sources)}, not on the classifier's val_probs.csv alone: pass "
                                  "--probs with the scores gated on (predict's <stem>_probs.csv)", path=thresholds_file)
-        scored.thresholds, scored.thresholds_source = spec.thresholds, str(thresholds_file)
-        scored.at_least_one = spec.at_least_one
         if spec.at_least_one:
             scored.thresholds_source += ", with its at-least-one-class rule"
     else:
         sweeps = choose_thresholds(scored.probs, PairScores.of_stats(stats))
-        scored.thresholds = {c: s.threshold for c, s in sweeps.items()}
+        spec = GateSpec({c: s.threshold for c, s in sweeps.items()})
         scored.thresholds_source = "tuned on these images (in-sample: an upper bound)"
+    scored.gate = spec
     sources["thresholds"] = scored.thresholds_source
     return scored
 
@@ -311,16 +306,16 @@ def render_page(scored: Scored, data_dir: Path, title: str, overlays: int, progr
                 "<p class='note'>The oracle blanks exactly the absent classes: the most a presence stage can add to "
                 "these masks. The capture share is the part of that gain the gate takes.</p>"]
     if scored.probs is not None:
-        gate = "tuned thresholds" if scored.thresholds is not None else "0.5"
+        gate = "tuned thresholds" if scored.gate is not None else "0.5"
         sections += [f"<h2>Where the Dice goes (gate: {gate})</h2>",
                      "<p>Per class: how many pairs each decision kind has, and what blanking adds to the class's "
                      "mean Dice against keeping every mask.</p>", _table(_decision_rows(scored)),
                      "<h2>Threshold curves</h2>"]
         sweeps = choose_thresholds(scored.probs, PairScores.of_stats(stats))
-        sections += [_img(threshold_figure(sweeps, images=n, which="scored", applied=scored.thresholds),
+        sections += [_img(threshold_figure(sweeps, images=n, which="scored", applied=scored.gate.thresholds),
                           "Dice against threshold per class"),
                      f"<p class='note'>Thresholds of the tuned gate (green): "
-                     f"{', '.join(f'{c} {t:.3f}' for c, t in scored.thresholds.items())} "
+                     f"{', '.join(f'{c} {t:.3f}' for c, t in scored.gate.thresholds.items())} "
                      f"({html.escape(scored.thresholds_source)}); red: the best threshold on these images. "
                      "The gap between the two is what tuning elsewhere costs here.</p>",
                      "<h2>Dice and presence against probability</h2>",

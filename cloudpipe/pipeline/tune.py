@@ -3,7 +3,7 @@
 Reads the classifier's validation probabilities (or computes them), the segmentation
 predictions and the truth, scores every pair kept and blanked, lets
 :mod:`cloudpipe.algorithms.thresholds` search, and writes ``thresholds.json`` and its plot.
-``predict`` reads the JSON with :func:`load_thresholds`.
+``predict`` and ``report`` read the JSON with :func:`~cloudpipe.pipeline.gate.resolve_gate`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.algorithms.ensemble import mean_probs
-from cloudpipe.algorithms.gating import GateSpec, keep_most_probable
-from cloudpipe.algorithms.presence import CLASSIFIER, HEAD, PIXEL_SOURCES, SOURCES, GateChoice, PixelStats, blend, choose_gates, gate_name
+from cloudpipe.algorithms.gating import GateSpec, keep
+from cloudpipe.algorithms.presence import GateChoice, blend, choose_gates, gate_name
 from cloudpipe.algorithms.robust import DEFAULT_RULE, Rule, check_rule
 from cloudpipe.algorithms.thresholds import (
     METRIC_NAMES,
@@ -27,7 +27,6 @@ from cloudpipe.algorithms.thresholds import (
     PairScores,
     Placement,
     Sweep,
-    parse_thresholds,
     summary_rows,
 )
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
@@ -46,58 +45,11 @@ from cloudpipe.data.kaggle import (
     validate_rle_column,
 )
 from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
-from cloudpipe.data.probstore import info_path, read_store
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, THRESHOLDS_PNG, VAL_PROBS_CSV, read_json, run_inputs
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, THRESHOLDS_PNG, VAL_PROBS_CSV, run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
-from cloudpipe.pipeline.sources import source_scores
+from cloudpipe.pipeline.gate import SEGMENTATION_KEY, GateInputs
 from cloudpipe.pipeline.validation import validation_sets
-
-SEGMENTATION_KEY = "segmentation"
-"""The key of ``thresholds.json`` recording the segmentation runs of the store it was tuned on."""
-
-
-def load_thresholds(path: Path) -> dict[str, float]:
-    """Read ``{"Fish": t, "Flower": t, "Gravel": t, "Sugar": t, ...}`` (extra keys ignored).
-
-    Raises:
-        CloudpipeError: unreadable JSON, a missing class, or a value outside [0, 1].
-    """
-    data = read_json(path, "thresholds")
-    try:
-        return parse_thresholds(data)
-    except CloudpipeError as err:
-        raise CloudpipeError(str(err), path=path) from None
-
-
-def load_gate(path: Path) -> GateSpec:
-    """Read a ``thresholds.json`` as the whole gate: thresholds, sources, the at-least-one rule.
-
-    Raises:
-        CloudpipeError: as :func:`load_thresholds`, or a bad ``gate`` entry.
-    """
-    try:
-        return GateSpec.from_json(read_json(path, "thresholds"))
-    except CloudpipeError as err:
-        raise CloudpipeError(str(err), path=path) from None
-
-
-def load_tuned_gate(path: Path, ensemble: Ensemble, seg_store: Path | None = None) -> GateSpec:
-    """:func:`load_gate`, once the file is checked to be tuned for ``ensemble`` (the classifier
-    runs) and, when it gates on pixel statistics and records the segmentation runs whose
-    store it was tuned on, for the runs of ``seg_store``.
-
-    Raises:
-        CloudpipeError: as :func:`load_gate`, or a file tuned for other runs.
-    """
-    data = read_json(path, "thresholds")
-    ensemble.check_tuned_for(data, path, "thresholds")
-    spec = load_gate(path)
-    recorded = data.get(SEGMENTATION_KEY) if isinstance(data, dict) else None
-    if seg_store is not None and recorded is not None and any(s in PIXEL_SOURCES for s in spec.sources):
-        Ensemble.merged([(read_store(seg_store)[1], 1.0)]).check_tuned_for(
-            recorded, path, f"thresholds' segmentation runs (against {seg_store})")
-    return spec
 
 
 def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings = InferenceSettings()) -> pd.DataFrame:
@@ -148,6 +100,9 @@ class TuneResult:
     plot_path: Path | None = None
     segmentation: Ensemble | None = None
     """The segmentation runs of the store tuned on (``--seg-store``)."""
+    validation_images: int = 0
+    """How many validation images the classifier's probabilities cover (``images`` may be fewer:
+    the segmentation predictions' share of them)."""
 
     @property
     def source_rows(self) -> list[dict]:
@@ -167,6 +122,9 @@ class TuneResult:
         if self.objective == "dice":
             lines = [f"tuned on Kaggle Dice after blanking, {len(self.images)} validation images, {self.rule} choice "
                      f"(probabilities: {self.probs_source})"]
+            if self.validation_images > len(self.images):
+                lines.append(f"note: --seg covers {len(self.images)} of the classifier's {self.validation_images} validation "
+                             "images; tuned on those alone")
         else:
             lines = [f"tuned on ACCURACY, {len(self.images)} validation images (probabilities: {self.probs_source})",
                      "warning: accuracy is not the competition metric (mean Dice after blanking); "
@@ -195,12 +153,7 @@ def tune_thresholds(
     overwrite: bool = False,
     save: bool = True,
     settings: InferenceSettings = InferenceSettings(),
-    presence: Path | None = None,
-    seg_store: Path | None = None,
-    sources: Sequence[str] | None = None,
-    pixel: PixelStats = PixelStats(),
-    placement: Placement = "exact",
-    at_least_one: bool = False,
+    inputs: GateInputs = GateInputs(),
     choice: Rule = DEFAULT_RULE,
 ) -> TuneResult:
     """Choose each class's presence threshold on the run's validation images.
@@ -229,15 +182,13 @@ def tune_thresholds(
         overwrite: replace existing ``out`` / ``plot`` files given explicitly.
         save: write the JSON and the plot (False: only return the result).
         settings: how to run the model(s) when probabilities must be computed.
-        presence: the segmentation head's validation presence CSV (source ``head``).
-        seg_store: a validation probability store (sources ``max``, ``top_mean``, ``area``).
-        sources: the sources to try, in order (default: the classifier and every source whose
-            input is given); with the classifier and others, their blends are tried too, and
-            each class gates on the best (:func:`~cloudpipe.algorithms.presence.choose_gates`).
-        pixel: how the pixel statistics are computed.
-        placement: ``exact`` or ``midpoint`` (see :class:`~cloudpipe.algorithms.thresholds.Sweep`).
-        at_least_one: try the at-least-one-class rule after tuning (thresholds tuned without
-            it); it is kept only when it raises the validation score.
+        inputs: the validation-side inputs of the other presence sources (the head's presence
+            CSV, a validation probability store) and how they are searched
+            (:class:`~cloudpipe.pipeline.gate.GateInputs`): with the classifier and others, their
+            blends are tried too, and each class gates on the best
+            (:func:`~cloudpipe.algorithms.presence.choose_gates`); the at-least-one-class rule is
+            tried after tuning (thresholds tuned without it) and kept only when it raises the
+            validation score.
         choice: how thresholds and sources are chosen: ``best`` or ``robust``
             (:mod:`cloudpipe.algorithms.robust`).
 
@@ -266,14 +217,12 @@ def tune_thresholds(
             if json_path.resolve() == plot_path.resolve():
                 raise CloudpipeError("--plot must differ from --out", path=plot_path)
             own = [ensemble.runs[0] / THRESHOLDS_JSON, ensemble.runs[0] / THRESHOLDS_PNG]
-            inputs = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=own if ensemble.single else []) | \
-                Inputs.of(seg, presence, seg_store, seg_store and info_path(seg_store))
-            claims.enter_context(claim_outputs([json_path], inputs, overwrite=overwrite or out is None))
-            claims.enter_context(claim_outputs([plot_path], inputs, overwrite=overwrite or (out is None and plot is None)))
-        inputs = _SourceInputs(presence, seg_store, sources, pixel, placement, at_least_one, check_rule(choice))
-        result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings, inputs)
-        if seg_store is not None:
-            result.segmentation = Ensemble.merged([(read_store(seg_store)[1], 1.0)])
+            reads = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=own if ensemble.single else []) | \
+                Inputs.of(seg) | inputs.files()
+            claims.enter_context(claim_outputs([json_path], reads, overwrite=overwrite or out is None))
+            claims.enter_context(claim_outputs([plot_path], reads, overwrite=overwrite or (out is None and plot is None)))
+        result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings, inputs, check_rule(choice))
+        result.segmentation = inputs.segmentation()
         if save:
             from cloudpipe.plots import save_png, threshold_figure
 
@@ -309,30 +258,8 @@ def ensemble_val_probs(ensemble: Ensemble, data_dir: Path, settings: InferenceSe
     return pd.DataFrame(mean, index=index, columns=parts[0].columns), f"weighted mean ({weights}) of " + "; ".join(sources)
 
 
-@dataclass(frozen=True)
-class _SourceInputs:
-    """What :func:`tune_thresholds` gates on besides the classifier, and how it tunes."""
-
-    presence: Path | None
-    seg_store: Path | None
-    sources: Sequence[str] | None
-    pixel: PixelStats
-    placement: Placement
-    at_least_one: bool
-    rule: Rule
-
-    def names(self) -> list[str]:
-        """The sources to try: those asked for, else the classifier and those given."""
-        if self.sources is not None:
-            unknown = [s for s in self.sources if s not in SOURCES]
-            if unknown or not self.sources:
-                raise CloudpipeError(f"unknown source(s) {', '.join(unknown) or '(none)'}; known: {', '.join(SOURCES)}")
-            return list(dict.fromkeys(self.sources))
-        return [CLASSIFIER] + ([HEAD] if self.presence else []) + (list(PIXEL_SOURCES) if self.seg_store else [])
-
-
 def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objective, mask_shape: tuple[int, int],
-          settings: InferenceSettings, inputs: _SourceInputs) -> TuneResult:
+          settings: InferenceSettings, inputs: GateInputs, rule: Rule) -> TuneResult:
     """The work of :func:`tune_thresholds` between checking its outputs and writing them."""
     train = read_train(data_dir)
     labels = presence(train)
@@ -361,16 +288,14 @@ def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objec
         else:
             scores = PairScores.accuracy(labels.loc[pred.index])
     names = inputs.names()
-    found = source_scores(scores.images, names, "val", classifier=probs, presence=inputs.presence,
-                          seg_store=inputs.seg_store, pixel=inputs.pixel)
-    choice = choose_gates(found, scores, names, inputs.placement, inputs.rule)
+    found = inputs.scores(scores.images, names, "val", classifier=probs)
+    choice = choose_gates(found, scores, names, inputs.placement, rule)
     p = blend(found, choice.gates)
     thresholds = {c: s.threshold for c, s in choice.sweeps.items()}
     spec, rule_scores = GateSpec(thresholds, choice.gates, False, inputs.pixel), None
     if inputs.at_least_one:
-        absent = p < np.array([thresholds[c] for c in CLASSES])
-        drawn = scores.drawn if scores.drawn is not None else np.ones_like(absent)
-        rule_scores = (scores.mean(absent), scores.mean(keep_most_probable(absent, p, drawn)))
+        drawn = scores.drawn if scores.drawn is not None else np.ones(p.shape, bool)
+        rule_scores = (scores.mean(~keep(p, thresholds)), scores.mean(~keep(p, thresholds, drawn)))
         spec = GateSpec(thresholds, choice.gates, rule_scores[1] > rule_scores[0], inputs.pixel)
     return TuneResult(thresholds, objective, scores.images, choice.sweeps, summary_rows(p, scores, choice.sweeps, objective),
-                      source, ensemble, spec, choice, inputs.placement, inputs.rule, rule_scores)
+                      source, ensemble, spec, choice, inputs.placement, rule, rule_scores, validation_images=len(probs))

@@ -1,0 +1,191 @@
+"""The gate as the commands see it: which tuned gate applies (one precedence for ``predict``
+and ``report``), and :class:`GateInputs`, the presence inputs a gate reads besides the
+classifier (the head's presence CSV, a probability store and its pixel statistics) with the
+choices of ``tune-threshold`` (sources tried, placement, the at-least-one rule).
+
+Deciding which pairs are kept is :func:`cloudpipe.algorithms.gating.keep`; scoring and blending
+the sources is :mod:`cloudpipe.algorithms.presence`. A new presence source is its score there and
+its input here (:attr:`GateInputs.given`, :meth:`GateInputs.scores`), plus the command option
+that gives the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cloudpipe.algorithms.gating import GateSpec
+from cloudpipe.algorithms.presence import CLASSIFIER, HEAD, PIXEL_SOURCES, SOURCES, PixelStats
+from cloudpipe.algorithms.thresholds import Placement, check_threshold
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.kaggle import read_probs_csv
+from cloudpipe.data.outputs import Inputs
+from cloudpipe.data.probstore import info_path, read_store
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
+from cloudpipe.pipeline.ensemble import Ensemble
+
+SEGMENTATION_KEY = "segmentation"
+"""The key of ``thresholds.json`` recording the segmentation runs of the store it was tuned on."""
+INPUT_OPTIONS = {CLASSIFIER: "--run RUN", HEAD: "--presence HEAD.csv (predict-seg's <stem>_presence.csv)",
+                 **{s: "--seg-store STORE.npy (predict-seg's <stem>_probs.npy)" for s in PIXEL_SOURCES}}
+"""The option that gives each source's input."""
+
+
+@dataclass(frozen=True)
+class GateInputs:
+    """What a gate reads besides the classifier, and how ``tune-threshold`` searches it.
+
+    Attributes:
+        presence: the segmentation head's presence CSV (``<stem>_presence.csv``; source ``head``).
+        seg_store: a probability store (``<stem>_probs.npy``; the pixel sources).
+        pixel: how pixel statistics are computed (tuning; ``predict`` uses the tuned file's).
+        sources: the sources to try, in order (tuning; None: the classifier and every source
+            whose input is given).
+        placement: where thresholds go (tuning; :class:`~cloudpipe.algorithms.thresholds.Sweep`).
+        at_least_one: tuning: try the at-least-one-class rule (kept only if it helps);
+            ``predict``: apply it or not, None as the thresholds file says.
+    """
+
+    presence: Path | None = None
+    seg_store: Path | None = None
+    pixel: PixelStats = PixelStats()
+    sources: Sequence[str] | None = None
+    placement: Placement = "exact"
+    at_least_one: bool | None = None
+
+    def given(self, classifier: bool = True) -> dict[str, bool]:
+        """Source -> whether its input is given."""
+        return {CLASSIFIER: classifier, HEAD: self.presence is not None, **{s: self.seg_store is not None for s in PIXEL_SOURCES}}
+
+    def names(self) -> list[str]:
+        """The sources to try: those asked for, else the classifier and those whose input is given.
+
+        Raises:
+            CloudpipeError: an unknown source, or none.
+        """
+        if self.sources is not None:
+            unknown = [s for s in self.sources if s not in SOURCES]
+            if unknown or not self.sources:
+                raise CloudpipeError(f"unknown source(s) {', '.join(unknown) or '(none)'}; known: {', '.join(SOURCES)}")
+            return list(dict.fromkeys(self.sources))
+        return [s for s, given in self.given().items() if given]
+
+    def require(self, sources: Sequence[str], classifier: bool = True) -> None:
+        """Check that every one of ``sources`` has its input.
+
+        Raises:
+            CloudpipeError: naming the sources and the options that give their inputs.
+        """
+        given = self.given(classifier)
+        missing = [s for s in sources if not given[s]]
+        if missing:
+            raise CloudpipeError(f"gating on {', '.join(missing)} needs " + "; ".join(sorted({INPUT_OPTIONS[s] for s in missing})))
+
+    def files(self) -> Inputs:
+        """The files read (so that no output may replace them)."""
+        return Inputs.of(self.presence, self.seg_store, self.seg_store and info_path(self.seg_store))
+
+    def scores(self, images: list[str], sources: Sequence[str], split: str, *, classifier: pd.DataFrame | None = None,
+               pixel: PixelStats | None = None) -> dict[str, np.ndarray]:
+        """The (n, 4) scores of each of ``sources`` for ``images`` (rows in that order).
+
+        Args:
+            images: the images scored.
+            sources: source names (see :data:`~cloudpipe.algorithms.presence.SOURCES`).
+            split: ``val`` or ``test``: the split the store must hold.
+            classifier: the classifier's probabilities, indexed by image.
+            pixel: how pixel statistics are computed (default :attr:`pixel`).
+
+        Raises:
+            CloudpipeError: a source whose input was not given, a store of another split, or an
+                input lacking some of the images.
+        """
+        self.require(sources, classifier is not None)
+        out = {}
+        if CLASSIFIER in sources:
+            out[CLASSIFIER] = _rows(classifier, images, "the classifier's probabilities")
+        if HEAD in sources:
+            out[HEAD] = _rows(read_probs_csv(self.presence), images, str(self.presence))
+        if any(s in PIXEL_SOURCES for s in sources):
+            store, info = read_store(self.seg_store)
+            if info.split != split:
+                raise CloudpipeError(f"holds {info.split} probabilities; {split} images need a {split} store", path=self.seg_store)
+            row = {name: i for i, name in enumerate(info.images)}
+            lacking = [i for i in images if i not in row]
+            if lacking:
+                raise CloudpipeError(f"lacks {len(lacking)} image(s) (e.g. {', '.join(lacking[:3])})", path=self.seg_store)
+            stats = (pixel or self.pixel).scores(store)
+            rows = np.array([row[i] for i in images], dtype=np.int64)
+            out |= {s: stats[s][rows] for s in PIXEL_SOURCES if s in sources}
+        return out
+
+    def segmentation(self) -> Ensemble | None:
+        """The segmentation runs (and weights) of :attr:`seg_store`, None without one."""
+        return None if self.seg_store is None else Ensemble.merged([(read_store(self.seg_store)[1], 1.0)])
+
+
+def _rows(frame: pd.DataFrame, images: list[str], what: str) -> np.ndarray:
+    lacking = [i for i in images if i not in frame.index]
+    if lacking:
+        raise CloudpipeError(f"{what} lack {len(lacking)} image(s) (e.g. {', '.join(lacking[:3])})")
+    return frame.loc[images, list(CLASSES)].to_numpy(np.float64)
+
+
+def load_gate(path: Path, ensemble: Ensemble | None = None, seg_store: Path | None = None) -> GateSpec:
+    """Read a ``thresholds.json`` as the whole gate: thresholds, sources, the at-least-one rule;
+    with ``ensemble``, once it is checked to be tuned for those classifier runs (and weights)
+    and, when it gates on pixel statistics and records the segmentation runs whose store it was
+    tuned on, for the runs of ``seg_store``.
+
+    Raises:
+        CloudpipeError: unreadable JSON, bad thresholds or ``gate`` entry, or a file tuned for
+            other runs.
+    """
+    data = read_json(path, "thresholds")
+    if ensemble is not None:
+        ensemble.check_tuned_for(data, path, "thresholds")
+    try:
+        spec = GateSpec.from_json(data)
+    except CloudpipeError as err:
+        raise CloudpipeError(str(err), path=path) from None
+    recorded = data.get(SEGMENTATION_KEY) if isinstance(data, dict) else None
+    if ensemble is not None and seg_store is not None and recorded is not None and any(s in PIXEL_SOURCES for s in spec.sources):
+        GateInputs(seg_store=seg_store).segmentation().check_tuned_for(
+            recorded, path, f"thresholds' segmentation runs (against {seg_store})")
+    return spec
+
+
+def resolve_gate(runs: Path | Ensemble | None, thresholds_file: Path | None = None, threshold: float | None = None,
+                 seg_store: Path | None = None) -> tuple[GateSpec | None, str]:
+    """The gate that applies and where it came from; ``(None, "")`` when none is given, for the
+    caller's fallback (``predict``: 0.5 on the classifier; ``report``: tuned on the scored images).
+
+    Precedence: ``--thresholds FILE``, then an explicit ``--threshold T`` (on the classifier),
+    then ``RUN_DIR/thresholds.json`` (written by tune-threshold) of one run. A file must be
+    tuned for ``runs`` (when given) and must say so for an ensemble, and for the segmentation
+    runs of ``seg_store`` when it gates on them (:func:`load_gate`).
+
+    Raises:
+        CloudpipeError: both a file and a threshold, an ensemble without a file, or a file that
+            :func:`load_gate` refuses.
+    """
+    ensemble = None if runs is None else runs if isinstance(runs, Ensemble) else Ensemble.of(runs)
+    if thresholds_file is not None and threshold is not None:
+        raise CloudpipeError("give --thresholds FILE or --threshold T, not both")
+    if thresholds_file is None and threshold is not None:
+        t = check_threshold(threshold, "--threshold")
+        return GateSpec({c: t for c in CLASSES}), f"--threshold {t:g}"
+    if thresholds_file is None and ensemble is not None:
+        thresholds_file = ensemble.own_file(THRESHOLDS_JSON, "an ensemble of classifier runs needs --thresholds FILE "
+                                            "(tune-threshold with the same --run and --weight options and --out FILE) "
+                                            "or --threshold T")
+        if not thresholds_file.is_file():
+            return None, ""
+    if thresholds_file is None:
+        return None, ""
+    return load_gate(thresholds_file, ensemble, seg_store), str(thresholds_file)
