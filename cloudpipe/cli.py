@@ -15,6 +15,8 @@ from pathlib import Path
 import click
 
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
+from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, DEVICES, PLACEMENTS, RULES, STEP_NAMES, TOP_K
+from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -70,7 +72,7 @@ def echo_error(line: str, shared: bool = True) -> None:
         click.echo(line, err=True)
 
 
-DEVICE = click.Choice(["auto", "cpu", "cuda"])
+DEVICE = click.Choice(DEVICES)
 
 
 class Workers(click.ParamType):
@@ -109,7 +111,7 @@ def inference_options(batch_size: int, tta: bool = True):
     the command receives them as one ``settings`` (:class:`InferenceSettings`)."""
     options = [
         click.option("--batch-size", type=click.IntRange(min=1), default=batch_size),
-        click.option("--device", type=DEVICE, default="auto"),
+        click.option("--device", type=DEVICE, default=DEVICES[0]),
         click.option("--workers", type=WORKERS, default="auto", show_default=True,
                      help="DataLoader workers (auto: none on the CPU, all cores but one, up to 16, with a GPU)."),
         click.option("--decode", type=click.Choice(["workers", "device"]), default="workers", show_default=True,
@@ -152,8 +154,8 @@ def main() -> None:
 @click.argument("out_dir", type=NEW_PATH)
 @click.option("--train", "n_train", type=click.IntRange(min=2), default=100, help="Training images.")
 @click.option("--test", "n_test", type=click.IntRange(min=1), default=20, help="Test images.")
-@click.option("--height", type=click.IntRange(min=16), default=1400, help="Image height.")
-@click.option("--width", type=click.IntRange(min=16), default=2100, help="Image width.")
+@click.option("--height", type=click.IntRange(min=16), default=IMAGE_SHAPE[0], help="Image height.")
+@click.option("--width", type=click.IntRange(min=16), default=IMAGE_SHAPE[1], help="Image width.")
 @click.option("--seed", type=int, default=0, help="Random seed (same seed, same data).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
 def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, overwrite: bool) -> None:
@@ -169,9 +171,9 @@ def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, see
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
 @click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
               help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
-                   "else 1400 2100].")
-@click.option("--mask-shape", "--pred-shape", "pred_shape", type=(int, int), default=(350, 525), show_default=True, metavar="H W",
-              help="Mask size of the submission (--pred-shape: the same).")
+                   f"else {IMAGE_SHAPE[0]} {IMAGE_SHAPE[1]}].")
+@click.option("--mask-shape", "--pred-shape", "pred_shape", type=(int, int), default=SUBMISSION_SHAPE, show_default=True,
+              metavar="H W", help="Mask size of the submission (--pred-shape: the same).")
 def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
     """Kaggle mean Dice of a submission, overall and per class.
 
@@ -311,7 +313,7 @@ def ensemble_runs_option(what: str):
 @click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None, help="thresholds.json from tune-threshold.")
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="One threshold for all classes [default for one run: RUN/thresholds.json, else 0.5].")
-@shape_option("--mask-shape", (350, 525), "Mask size of the segmentation submission.")
+@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of the segmentation submission.")
 @click.option("--seg-store", type=EXISTING_FILE, default=None,
               help="Test probability store (predict-seg --split test's <stem>_probs.npy), when the thresholds gate on "
                    "pixel statistics.")
@@ -337,9 +339,8 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
         click.echo(f"wrote {out} and {probs_path_for(out)}")
 
 
-CHOICE_RULES = ("best", "robust")  # cloudpipe.algorithms.robust.RULES, spelled out so --help needs no numpy
 CHOICE_OPTION = click.option(
-    "--choice", type=click.Choice(CHOICE_RULES), default="robust", show_default=True,
+    "--choice", type=click.Choice(RULES), default=DEFAULT_RULE, show_default=True,
     help="How tuned values are chosen: best (the highest validation score) or robust (the untuned default unless "
          "the gain is beyond one standard error of the per-image differences, else the middle of the near-best values).")
 
@@ -348,7 +349,7 @@ CHOICE_OPTION = click.option(
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, default=None, help="Segmentation predictions on validation images.")
 @click.option("--objective", type=click.Choice(["dice", "accuracy"]), default=None, help="[default: dice with --seg, else accuracy]")
-@shape_option("--mask-shape", (350, 525), "Mask size of the --seg predictions.")
+@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of the --seg predictions.")
 @click.option("--out", type=NEW_PATH, default=None,
               help="JSON to write [default for one run: RUN/thresholds.json, replaced; an ensemble: required].")
 @click.option("--plot", type=NEW_PATH, default=None, help="PNG of score against threshold [default: --out with .png].")
@@ -360,9 +361,9 @@ CHOICE_OPTION = click.option(
 @click.option("--sources", default=None, callback=_names, metavar="A,B,...",
               help="Sources to try: classifier, head, max, top_mean, area (blends of the classifier with each other "
                    "one are tried too) [default: the classifier and every source whose input is given].")
-@click.option("--top-k", type=click.IntRange(min=1), default=18000, help="Pixels averaged by top_mean (at 350 x 525).")
-@click.option("--area-threshold", type=click.FloatRange(0, 1), default=0.5, help="Pixel probability counted by area.")
-@click.option("--placement", type=click.Choice(["exact", "midpoint"]), default="exact",
+@click.option("--top-k", type=click.IntRange(min=1), default=TOP_K, help="Pixels averaged by top_mean (at 350 x 525).")
+@click.option("--area-threshold", type=click.FloatRange(0, 1), default=AREA_THRESHOLD, help="Pixel probability counted by area.")
+@click.option("--placement", type=click.Choice(PLACEMENTS), default=PLACEMENTS[0],
               help="exact: on the chosen probability; midpoint: halfway to the next lower one (same validation score).")
 @click.option("--at-least-one", is_flag=True,
               help="Try keeping the most probable class of an image whose masks are all blanked; kept if it helps.")
@@ -390,8 +391,8 @@ def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_
 
 
 STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A,B,...",
-                            help="Post-processing steps to tune, in order: threshold, top_area, min_size, shape "
-                                 "[default: threshold,min_size,shape].")
+                            help=f"Post-processing steps to tune, in order: {', '.join(STEP_NAMES)} "
+                                 f"[default: {','.join(DEFAULT_STEPS)}].")
 
 
 @main.command("predict-seg")
@@ -479,8 +480,9 @@ def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess:
               help="The gate's thresholds [default: RUN/thresholds.json, else tuned on these images].")
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None, help="Truth masks [default: DATA/train.csv].")
 @click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
-              help="Mask size of --truth [default: the training images' size for train.csv, else 350 525].")
-@shape_option("--mask-shape", (350, 525), "Mask size of --seg.")
+              help="Mask size of --truth [default: the training images' size for train.csv, else "
+                   f"{SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
+@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --seg.")
 @click.option("--out", type=NEW_PATH, default=Path("report.html"), help="HTML page to write.")
 @click.option("--overlays", type=click.IntRange(min=0), default=6, help="Worst images drawn (and half as many best).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing page.")
@@ -518,7 +520,7 @@ def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--image", required=True, help="Image file name, e.g. 0011165.jpg.")
 @click.option("--pred", type=EXISTING_FILE, default=None, help="Submission CSV whose masks to draw.")
-@shape_option("--mask-shape", (350, 525), "Mask size of --pred.")
+@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --pred.")
 @click.option("--out", type=NEW_PATH, required=True, help="PNG file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing PNG.")
 def show(data_dir: Path, image: str, pred: Path | None, mask_shape: tuple[int, int], out: Path, overwrite: bool) -> None:

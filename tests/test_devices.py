@@ -18,9 +18,16 @@ def test_resolve_device_on_cpu(monkeypatch):
         resolve_device("tpu")
 
 
-def test_autocast_dtype():
-    assert autocast(torch.device("cpu"), True) == torch.bfloat16
+def test_autocast_dtype(monkeypatch):
+    from cloudpipe.engine import devices
+
     assert autocast(torch.device("cpu"), False) is None
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: True)
+    assert autocast(torch.device("cpu"), True) == torch.bfloat16
+    monkeypatch.setattr(devices, "cpu_has_bf16", lambda: False)  # emulated bf16 is slower than fp32: none
+    assert autocast(torch.device("cpu"), True) is None
+    monkeypatch.undo()
+    assert autocast(torch.device("cpu"), True) == (torch.bfloat16 if devices.cpu_has_bf16() else None)
 
 
 def test_single_process_dist(monkeypatch):

@@ -27,6 +27,7 @@ from cloudpipe.algorithms.postprocess import (
     grid_stats,
     make_steps,
 )
+from cloudpipe.core.choices import DEFAULT_STEPS, STEP_NAMES
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import remove_small_components
@@ -185,8 +186,9 @@ def test_every_step_tunes_to_at_least_each_option_it_searched():
 
 
 def test_new_steps_round_trip_and_build_by_name():
-    steps = make_steps(["threshold", "top_area", "min_size", "shape"])
-    assert [type(s) for s in steps] == [Threshold, TopArea, MinSize, Shape]
+    steps = make_steps(STEP_NAMES)  # every name the commands offer builds, in the order listed
+    assert [type(s) for s in steps] == [Threshold, TopArea, MinSize, Shape] and tuple(STEPS) == STEP_NAMES
+    assert tuple(s.name for s in PostProcess().steps) == DEFAULT_STEPS
     assert max(steps[2].grid) >= 60000  # reaches what the real data wants (clouds350: Fish chose 60,000)
     post = PostProcess(steps, {c: (0.4, (0.7, 5000.0), 15000, "box") for c in CLASSES})
     again = PostProcess.from_dict(json.loads(json.dumps(post.to_dict())))

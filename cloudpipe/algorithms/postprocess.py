@@ -26,6 +26,7 @@ import cv2
 import numpy as np
 
 from cloudpipe.algorithms.robust import Rule, choose_index
+from cloudpipe.core.choices import DEFAULT_STEPS
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import remove_small_components
@@ -239,7 +240,7 @@ class PostProcess:
         values: class -> one value per step.
     """
 
-    steps: tuple[Step, ...] = (Threshold(), MinSize(), Shape())  # shape: measured on clouds350, see benchmarks/README.md
+    steps: tuple[Step, ...] = tuple(STEPS[name]() for name in DEFAULT_STEPS)
     values: dict[str, tuple] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -19,6 +19,7 @@ import numpy as np
 
 from cloudpipe.algorithms.robust import Rule, best_index, holds_up
 from cloudpipe.algorithms.thresholds import PairScores, Placement, Sweep, choose_thresholds, plateau_threshold
+from cloudpipe.core.choices import AREA_THRESHOLD, TOP_K
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 
@@ -42,8 +43,8 @@ class PixelStats:
         area_threshold: pixel probability counted by ``area``.
     """
 
-    top_k: int = 18000
-    area_threshold: float = 0.5
+    top_k: int = TOP_K
+    area_threshold: float = AREA_THRESHOLD
 
     def __post_init__(self):
         if self.top_k < 1:

@@ -25,15 +25,13 @@ Two rules (:data:`RULES`):
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Literal, TypeVar
+from typing import TypeVar
 
 import numpy as np
 
+from cloudpipe.core.choices import RULES, Rule
 from cloudpipe.core.errors import CloudpipeError
 
-Rule = Literal["best", "robust"]
-RULES: tuple[str, ...] = ("best", "robust")
-DEFAULT_RULE: Rule = "robust"
 """The rule every tuning command uses unless told otherwise (``--choice``)."""
 Z = 1.0
 """Standard errors: within them a candidate is near the best; beyond them a held-out gain counts."""

@@ -17,13 +17,12 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.algorithms.robust import Rule, Z, best_index, check_rule, holds_up, plateau
+from cloudpipe.core.choices import PLACEMENTS, Placement
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import PairStats, pair_stats
 
 Objective = Literal["dice", "accuracy"]
-Placement = Literal["exact", "midpoint"]
-PLACEMENTS: tuple[str, ...] = ("exact", "midpoint")
 METRIC_NAMES: dict[str, str] = {"dice": "dice", "accuracy": "acc"}
 
 

@@ -13,8 +13,8 @@ NOISE_STD_RANGE = (0.012, 0.028)  # the seed's GaussNoise var_limit (10, 50), as
 class GaussNoise(A.ImageOnlyTransform):
     """Additive zero-mean Gaussian noise per pixel and channel, std drawn uniformly from
     ``std_range`` x 255: the distribution of ``A.GaussNoise(std_range=...)``, generated in
-    float32 by OpenCV, about 3x faster on a 512 x 768 image than albumentations' float64 path
-    (which was a third of a training sample's CPU time). Seeded from the pipeline's generator,
+    float32 by OpenCV instead of albumentations' float64 path (a third of a training sample's
+    CPU time; the figures are in benchmarks/README.md). Seeded from the pipeline's generator,
     so augmentation stays reproducible."""
 
     def __init__(self, std_range: tuple[float, float] = NOISE_STD_RANGE, p: float = 0.5):

@@ -14,6 +14,7 @@ from typing import Any, Literal
 import yaml
 
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
+from cloudpipe.core.choices import DEVICES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import write_text
 from cloudpipe.data.runfolder import CONFIG_YAML, read_config_values
@@ -94,8 +95,8 @@ class TrainConfig:
 
         if self.task not in DEFAULT_CONFIGS:
             raise bad("task", f"is not one of {', '.join(DEFAULT_CONFIGS)}")
-        if self.device not in ("auto", "cpu", "cuda"):
-            raise bad("device", "is not one of auto, cpu, cuda")
+        if self.device not in DEVICES:
+            raise bad("device", f"is not one of {', '.join(DEVICES)}")
         if len(self.image_size) != 2 or min(self.image_size) < 32 or any(s % 32 for s in self.image_size):
             raise bad("image_size", "must be two multiples of 32 (H W), each >= 32")
         for key in ("epochs", "batch_size", "accumulate"):

@@ -12,6 +12,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from cloudpipe.core.choices import DEVICES
 from cloudpipe.core.errors import CloudpipeError
 
 
@@ -121,8 +122,8 @@ class Dist:
 def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
     """``auto`` -> CUDA when available, else CPU; under torchrun, this rank's GPU (with cuDNN's
     autotuner on)."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise CloudpipeError(f"--device must be auto, cpu or cuda, got {name!r}")
+    if name not in DEVICES:
+        raise CloudpipeError(f"--device must be {', '.join(DEVICES[:-1])} or {DEVICES[-1]}, got {name!r}")
     if name == "cuda" and not torch.cuda.is_available():
         raise CloudpipeError("--device cuda, but no CUDA GPU is available (use --device cpu or auto)")
     if name == "cpu" or not torch.cuda.is_available():
@@ -133,14 +134,24 @@ def resolve_device(name: str, dist: Dist | None = None) -> torch.device:
     return torch.device("cuda", index)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX, as oneDNN reports it)."""
+    check = getattr(getattr(torch.ops, "mkldnn", None), "_is_mkldnn_bf16_supported", None)
+    try:
+        return bool(check()) if check is not None else False
+    except RuntimeError:  # a build without oneDNN
+        return False
+
+
 def autocast(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """The autocast dtype for a device: bf16 on CPU and on GPUs that have it, else fp16;
-    None when mixed precision is off."""
+    """The autocast dtype for a device: bf16 on GPUs that have it, else fp16; bf16 on a CPU
+    that computes it natively; None when mixed precision is off, and on other CPUs, where bf16
+    is emulated and far slower than fp32 (benchmarks/README.md)."""
     if not enabled:
         return None
-    if device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        return torch.float16
-    return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if cpu_has_bf16() else None
 
 
 AUTO = "auto"

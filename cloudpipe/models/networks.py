@@ -1,8 +1,8 @@
 """Models by name: the torchvision presence classifier and smp segmentation models.
 
 Every model is wrapped in :class:`Normalized`, which takes uint8 NCHW (or NHWC-permuted,
-channels_last) batches and normalises them on the device. Checkpoint metadata
-(:func:`model_meta`) is enough to rebuild the network without the config.
+channels_last) batches and normalises them on the device. A checkpoint's saved config is enough
+to rebuild the network (:mod:`cloudpipe.engine.infer`, :class:`~cloudpipe.engine.stages.Stage`).
 """
 
 from __future__ import annotations

@@ -45,7 +45,8 @@ from cloudpipe.algorithms.postprocess import (
     grid_stats,
     make_steps,
 )
-from cloudpipe.algorithms.robust import DEFAULT_RULE, Rule, check_rule
+from cloudpipe.algorithms.robust import check_rule
+from cloudpipe.core.choices import DEFAULT_RULE, Rule
 from cloudpipe.core.competition import (
     CLASSES,
     CSV_COLUMNS,

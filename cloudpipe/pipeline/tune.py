@@ -20,7 +20,7 @@ import pandas as pd
 from cloudpipe.algorithms.ensemble import mean_probs
 from cloudpipe.algorithms.gating import GateSpec, keep
 from cloudpipe.algorithms.presence import GateChoice, blend, choose_gates, gate_name
-from cloudpipe.algorithms.robust import DEFAULT_RULE, Rule, check_rule
+from cloudpipe.algorithms.robust import check_rule
 from cloudpipe.algorithms.thresholds import (
     METRIC_NAMES,
     Objective,
@@ -29,6 +29,7 @@ from cloudpipe.algorithms.thresholds import (
     Sweep,
     summary_rows,
 )
+from cloudpipe.core.choices import DEFAULT_RULE, Rule
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.images import check_images
