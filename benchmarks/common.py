@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudpipe.core import table
 from cloudpipe.core.competition import IMAGE_SHAPE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -132,20 +133,19 @@ def met(r: dict) -> bool | None:
 
 
 def format_table(rows: Sequence[dict], baseline: str = "seed") -> str:
-    """Rows as a fixed-width text table; ``baseline`` heads the baseline column."""
-    lines = [f"{'benchmark':<34} {'unit':>7} {baseline:>9} {'cloudpipe':>10} {'ratio':>7} {'target':>7} {'':>7}  note"]
+    """Rows as a fixed-width text table (:func:`cloudpipe.core.table.format_table`); ``baseline``
+    heads the baseline column."""
+    shown = []
     for r in rows:
-        if "ratio" not in r:
-            lines.append(f"{r['benchmark']:<34} {r['unit']:>7} {'':>9} {r['value']:>10.3g} {'':>7} {'':>7} {'':>7}  "
-                         f"{r.get('note', '')}")
-            continue
-        target = "" if r["target"] is None else f"{r.get('target_op', '>=')}{r['target']:g}x"
-        ok = met(r)
-        verdict = "" if ok is None else ("met" if ok else "MISSED")
-        scale = r.get("scale", 1e3)
-        lines.append(f"{r['benchmark']:<34} {r.get('unit', 'ms'):>7} {r['seed_s'] * scale:>9.3f} "
-                     f"{r['cloudpipe_s'] * scale:>10.3f} {r['ratio']:>6.2f}x {target:>7} {verdict:>7}  {r.get('note', '')}")
-    return "\n".join(lines)
+        scale, ok = r.get("scale", 1e3), met(r)
+        compared = "ratio" in r
+        shown.append({"benchmark": r["benchmark"], "unit": r.get("unit", "ms"),
+                      baseline: f"{r['seed_s'] * scale:.3f}" if compared else "",
+                      "cloudpipe": f"{r['cloudpipe_s'] * scale:.3f}" if compared else f"{r['value']:.3g}",
+                      "ratio": f"{r['ratio']:.2f}x" if compared else "",
+                      "target": "" if not compared or r["target"] is None else f"{r.get('target_op', '>=')}{r['target']:g}x",
+                      " ": "" if ok is None else ("met" if ok else "MISSED"), "note": r.get("note", "")})
+    return table.format_table(shown, left=("benchmark", "note"))
 
 
 def summary(rows: Sequence[dict]) -> str:

@@ -29,8 +29,8 @@ import yaml
 if __package__ in (None, ""):  # run as a script: make `cloudpipe` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cloudpipe.cli import format_table  # noqa: E402
 from cloudpipe.core.competition import SUBMISSION_SHAPE  # noqa: E402
+from cloudpipe.core.table import format_table  # noqa: E402
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES  # noqa: E402
 from cloudpipe.data.runfolder import BEST_PT, LAST_PT  # noqa: E402
 

@@ -37,8 +37,8 @@ import yaml
 if __package__ in (None, ""):  # run as a script: make `cloudpipe` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cloudpipe.cli import format_table  # noqa: E402
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
+from cloudpipe.core.table import format_table  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 SMOKE = {"train_images": 24, "test_images": 6, "seeds": [1, 2], "head_weights": [0.1],

@@ -30,8 +30,8 @@ import pandas as pd
 if __package__ in (None, ""):  # run as a script: make `cloudpipe` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cloudpipe.cli import format_table  # noqa: E402
 from cloudpipe.core.competition import SUBMISSION_SHAPE  # noqa: E402
+from cloudpipe.core.table import format_table  # noqa: E402
 from cloudpipe.data.runfolder import METRICS_CSV  # noqa: E402
 
 HERE = Path(__file__).resolve().parent

@@ -18,6 +18,7 @@ from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
 from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, DEVICES, PLACEMENTS, RULES, STEP_NAMES, TOP_K
 from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.table import format_table
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -184,18 +185,6 @@ def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | Non
     result = evaluate_files(truth_csv, pred_csv, truth_shape, pred_shape)
     click.echo(format_table([{"class": k, "dice": v} for k, v in result.table.items()]))
     click.echo(f"scored {result.scored} of {result.truth_images} truth images")
-
-
-def format_table(rows: list[dict]) -> str:
-    """Plain aligned text table of dict rows (floats with 4 decimals; NaN, a figure that does
-    not exist such as a share of no room, as ``n/a``)."""
-    columns = list(rows[0])
-    cells = [[("n/a" if r[c] != r[c] else f"{r[c]:.4f}") if isinstance(r[c], float) else str(r[c]) for c in columns]
-             for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(columns)]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(columns, widths))]
-    lines += ["  ".join(v.rjust(w) for v, w in zip(row, widths)) for row in cells]
-    return "\n".join(lines)
 
 
 def training_options(task: str):

@@ -235,13 +235,6 @@ def test_evaluate_takes_mask_shape_like_the_other_commands(tmp_path):
         assert "1.0000" in result.output
 
 
-def test_a_figure_that_does_not_exist_is_printed_as_n_a():
-    from cloudpipe.cli import format_table
-
-    table = format_table([{"submission": "capture share", "mean": float("nan")}, {"submission": "alone", "mean": 0.5}])
-    assert "nan" not in table and "n/a" in table.splitlines()[1] and "0.5000" in table
-
-
 # --- the README's torchrun commands -----------------------------------------------------------------
 
 README = Path(__file__).resolve().parents[1] / "README.md"
