@@ -188,64 +188,55 @@ def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | Non
 
 
 def training_options(task: str):
-    """Options shared by train-classifier and train-seg. Their values default to the stage's
-    YAML (shown in ``--help``); None means "from the config"."""
-    defaults = read_packaged(DEFAULT_CONFIGS[task])
+    """Options shared by train-classifier and train-seg, made from the fields of
+    :class:`~cloudpipe.engine.config.TrainConfig` that declare one (their help, names and
+    allowed values). Their values default to the stage's YAML (shown in ``--help``); None means
+    "from the config"."""
+    import dataclasses
 
-    def option(*names: str, key: str, help: str = "", **kwargs):
-        value = defaults[key]
-        shown = " ".join(map(str, value)) if isinstance(value, list) else value
+    from cloudpipe.engine.config import LOSSES, Range, TrainConfig
+
+    defaults = {f.name: getattr(TrainConfig(task=task), f.name) for f in dataclasses.fields(TrainConfig)}
+    defaults |= read_packaged(DEFAULT_CONFIGS[task])
+    fill = {"encoder": "the encoder" if task == "segmentation" else "the backbone (all but fc)",
+            "scratch_lr": defaults["scratch_lr"], "losses": ", ".join(LOSSES[task])}
+
+    def option(f: dataclasses.Field):
+        meta, value = f.metadata, defaults[f.name]
+        names = meta["cli"] if isinstance(meta["cli"], tuple) else ("--" + f.name.replace("_", "-"),)
+        check, kwargs = meta["check"], {}
+        if isinstance(value, bool):
+            names = (f"{names[0]}/--no-{names[0][2:]}",)
+        elif f.name == "workers":
+            kwargs["type"] = WORKERS
+        elif isinstance(check, tuple):
+            kwargs["type"] = click.Choice(check)
+        elif isinstance(check, Range):
+            kind = click.IntRange if isinstance(value, int) else click.FloatRange
+            kwargs["type"] = kind(check.low, check.high, min_open=check.low_open, max_open=check.high_open)
+        elif isinstance(value, (list, tuple)):
+            kwargs |= {"type": (int, int), "metavar": "H W"}
+        elif isinstance(value, dict):
+            kwargs["metavar"] = "NAME=W,..."
+        elif isinstance(value, int):
+            kwargs["type"] = int
+        shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
         if isinstance(value, dict):
             shown = ",".join(f"{k}={v:g}" for k, v in value.items())
-        return click.option(*names, default=None, help=f"{help} [default: {shown}, configs/{DEFAULT_CONFIGS[task]}]".strip(), **kwargs)
+        text = meta["help"].get(task, "") if isinstance(meta["help"], dict) else meta["help"]
+        text = f"{text.format(**fill)} [default: {shown}, configs/{DEFAULT_CONFIGS[task]}]".strip()
+        return click.option(*names, f.name, default=None, help=text, **kwargs)
 
+    generated = [option(f) for f in dataclasses.fields(TrainConfig) if f.metadata["cli"] and f.metadata["stage"] in (None, task)]
     return with_options(
         click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder."),
         click.option("--out", "out_dir", type=NEW_PATH, required=True, help="Run folder to write."),
         click.option("--config", "config_path", type=EXISTING_FILE, default=None, help="YAML overriding the defaults."),
-        option("--epochs", key="epochs", type=click.IntRange(min=1)),
-        option("--image-size", key="image_size", type=(int, int), metavar="H W"),
-        option("--batch-size", key="batch_size", type=click.IntRange(min=1)),
-        option("--accumulate", key="accumulate", type=click.IntRange(min=1), help="Gradient accumulation steps."),
-        option("--lr", key="lr", type=click.FloatRange(min=0, min_open=True),
-               help=f"Learning rate (with --weights none: scratch_lr {defaults['scratch_lr']} unless given)."),
-        option("--weights", "--encoder-weights", "weights", key="weights", help="imagenet | none | PATH to a local state dict."),
-        *recipe_options(task, option),
-        option("--device", key="device", type=DEVICE),
-        option("--workers", key="workers", type=WORKERS, help="DataLoader workers (auto: none on the CPU, all cores but one, up to 16, with a GPU)."),
-        option("--compile/--no-compile", key="compile", help="torch.compile the model."),
-        option("--folds", key="folds", type=click.IntRange(min=0), help="K >= 2 trains K fold models."),
+        *generated,
         click.option("--fold", type=click.IntRange(min=0), default=None, help="Train only fold I of --folds K."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
-        option("--seed", key="seed", type=int),
         click.option("--quiet", is_flag=True, help="No progress bars."),
     )
-
-
-def recipe_options(task: str, option) -> list:
-    """The training recipe's options (see configs/*.yaml): optimizer, schedule, loss, weight averaging."""
-    from cloudpipe.engine.config import LOSSES, OPTIMIZERS, SCHEDULES
-
-    encoder = "the encoder" if task == "segmentation" else "the backbone (all but fc)"
-    options = [
-        option("--optimizer", key="optimizer", type=click.Choice(OPTIMIZERS), help="sgd: momentum 0.9, Nesterov."),
-        option("--encoder-lr-ratio", key="encoder_lr_ratio", type=click.FloatRange(0, 10, min_open=True),
-               help=f"The lr of {encoder} as a share of --lr."),
-        option("--weight-decay", key="weight_decay", type=click.FloatRange(min=0)),
-        option("--schedule", key="schedule", type=click.Choice(SCHEDULES),
-               help="plateau: ReduceLROnPlateau per epoch; cosine, onecycle: per optimizer step."),
-        option("--warmup-epochs", key="warmup_epochs", type=click.IntRange(min=0),
-               help="cosine: linear warmup epochs; onecycle: its rising phase (0: 30%)."),
-        option("--grad-clip", key="grad_clip", type=click.FloatRange(min=0), help="Clip the gradient norm (0: off)."),
-        option("--loss", key="loss", metavar="NAME=W,...", help=f"Loss terms and weights, of {', '.join(LOSSES[task])}."),
-        option("--ema", key="ema", type=click.FloatRange(0, 1, max_open=True),
-               help="EMA decay of the weights (0: off); the average is validated and saved."),
-        option("--swa-epochs", key="swa_epochs", type=click.IntRange(min=0), help="Average the last N epochs' weights (0: off)."),
-    ]
-    if task == "segmentation":
-        options.append(option("--mask-loss-on", key="mask_loss_on", type=click.Choice(["all", "present"]),
-                              help="present: the dice/lovasz terms on the non-empty masks only."))
-    return options
 
 
 def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, fold: int | None, resume: bool,
@@ -261,7 +252,6 @@ def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, f
 
 @main.command("train-classifier")
 @training_options("classifier")
-@click.option("--arch", default=None, help="torchvision resnet18 | resnet34 | resnet50 (tiny: a stand-in for tests) [default: resnet34].")
 def train_classifier(**options) -> None:
     """Train the ResNet presence classifier (defaults: configs/classifier.yaml, the seed recipe)."""
     _train("classifier", **options)
@@ -269,8 +259,6 @@ def train_classifier(**options) -> None:
 
 @main.command("train-seg")
 @training_options("segmentation")
-@click.option("--arch", default=None, help="smp architecture: Unet, FPN, ... (tiny: a stand-in for tests) [default: Unet].")
-@click.option("--encoder", default=None, help="smp encoder: resnet34, ... [default: resnet34].")
 def train_seg(**options) -> None:
     """Train the segmentation model (defaults: configs/seg.yaml)."""
     _train("segmentation", **options)

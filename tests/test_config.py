@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 
 import pytest
 import yaml
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.engine.config import config_from_dict, load_config, save_config
+from cloudpipe.engine.config import Range, TrainConfig, config_from_dict, load_config, save_config
 
 
 def test_classifier_defaults_are_the_seed_recipe():
@@ -131,3 +132,36 @@ def test_loss_from_yaml_or_a_command_line_string(tmp_path):
         load_config("segmentation", overrides={"loss": "bce=1,jaccard=1"})
     save_config(c, tmp_path / "config.yaml")
     assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == c
+
+
+def test_every_option_is_declared_once_on_its_field():
+    """The YAML defaults name fields only and pass their checks; each field that declares a
+    command-line option is one in its stage's command, with its allowed values enforced."""
+    from click.testing import CliRunner
+
+    from cloudpipe.cli import main
+    from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
+
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    for task, command in (("classifier", "train-classifier"), ("segmentation", "train-seg")):
+        assert set(read_packaged(DEFAULT_CONFIGS[task])) <= set(fields)
+        load_config(task)  # every packaged default passes its check
+        params = {p.name: p for p in main.commands[command].params}
+        for name, f in fields.items():
+            declared = bool(f.metadata["cli"]) and f.metadata["stage"] in (None, task)
+            assert (name in params) == declared, name
+            if declared and isinstance(f.metadata["check"], tuple):
+                assert list(params[name].type.choices) == list(f.metadata["check"])
+    bad = CliRunner().invoke(main, ["train-seg", "--data", ".", "--out", "x", "--schedule", "step"])
+    assert bad.exit_code == 2 and "'step' is not one of 'plateau', 'cosine', 'onecycle'" in bad.output
+
+
+@pytest.mark.parametrize("check, inside, outside, message", [
+    (Range(1), [1, 5], [0, -1], "must be >= 1"),
+    (Range(0, 10, True, True), [0.001, 9.9], [0, 10], "must be in (0, 10)"),
+    (Range(0, 1, high_open=True, what="is a decay and ", note="(0: off)"), [0, 0.99], [1, -0.1],
+     "is a decay and must be in [0, 1) (0: off)"),
+])
+def test_ranges_hold_and_say_what_they_allow(check, inside, outside, message):
+    assert all(check.holds(v) for v in inside) and not any(check.holds(v) for v in outside)
+    assert check.message() == message

@@ -31,109 +31,136 @@ REGION_LOSSES = ("dice", "lovasz")
 """Terms that ``mask_loss_on: present`` restricts to the (image, class) pairs whose mask is not empty."""
 
 
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take, and how a refusal says so (``epochs = 0 must be >= 1``)."""
+
+    low: float
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    what: str = ""
+    """What the value is, said before the range (``is a probability and ``)."""
+    note: str = ""
+    """Said after the range (``(0: off)``)."""
+
+    def holds(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def message(self) -> str:
+        if self.high is None:
+            span = f"{'>' if self.low_open else '>='} {self.low:g}"
+        else:
+            span = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+        return f"{self.what}must be {span}" + (f" {self.note}" if self.note else "")
+
+
+def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, help: str | dict[str, str] = "",
+            cli: tuple[str, ...] | bool = False, check: Range | tuple[str, ...] | None = None,
+            stage: Task | None = None) -> Any:
+    """A :class:`TrainConfig` field, declared once: its default, its ``--help`` text (per stage
+    when a dict; ``{encoder}`` and ``{scratch_lr}`` are filled in), whether it is a command-line
+    option of the training commands (``True``: ``--name-with-dashes``; or the option's names), and
+    the values it may take (a :class:`Range` or the names allowed), checked by
+    :meth:`TrainConfig.validate`; ``stage``: an option of that stage's command only."""
+    meta = {"help": help, "cli": cli, "check": check, "stage": stage}
+    if factory is not dataclasses.MISSING:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+AT_LEAST_1, AT_LEAST_0 = Range(1), Range(0)
+PROBABILITY = Range(0, 1, what="is a probability and ")
+
+
 @dataclass
 class TrainConfig:
-    """Everything a training run needs besides the data folder; see configs/*.yaml."""
+    """Everything a training run needs besides the data folder; each stage's defaults are in
+    ``configs/classifier.yaml`` and ``configs/seg.yaml`` (a key they omit takes the default here)."""
 
-    task: Task = "classifier"
-    arch: str = "resnet34"
-    encoder: str = "resnet34"
-    weights: str = "imagenet"
-    freeze: list[str] = field(default_factory=lambda: ["layer1", "layer2"])
-    image_size: tuple[int, int] = (512, 768)
-    epochs: int = 30
-    batch_size: int = 8
-    accumulate: int = 4
-    lr: float = 5e-3
-    scratch_lr: float = 5e-4
-    weight_decay: float = 0.0
-    optimizer: str = "adam"
-    """adam | adamw | sgd (momentum 0.9, Nesterov)."""
-    encoder_lr_ratio: float = 1.0
+    task: Task = setting("classifier", check=tuple(DEFAULT_CONFIGS))
+    arch: str = setting("resnet34", cli=True, help={
+        "classifier": "torchvision resnet18 | resnet34 | resnet50 (tiny: a stand-in for tests).",
+        "segmentation": "smp architecture: Unet, FPN, ... (tiny: a stand-in for tests)."})
+    encoder: str = setting("resnet34", cli=True, stage="segmentation", help="smp encoder: resnet34, ...")
+    weights: str = setting("imagenet", cli=("--weights", "--encoder-weights"), help="imagenet | none | PATH to a local state dict.")
+    freeze: list[str] = setting(factory=lambda: ["layer1", "layer2"])
+    image_size: tuple[int, int] = setting((512, 768), cli=True)
+    epochs: int = setting(30, cli=True, check=AT_LEAST_1)
+    batch_size: int = setting(8, cli=True, check=AT_LEAST_1)
+    accumulate: int = setting(4, cli=True, check=AT_LEAST_1, help="Gradient accumulation steps.")
+    lr: float = setting(5e-3, cli=True, check=Range(0, 10, True, True),
+                        help="Learning rate (with --weights none: scratch_lr {scratch_lr} unless given).")
+    scratch_lr: float = setting(5e-4, check=Range(0, 10, True, True))
+    weight_decay: float = setting(0.0, cli=True, check=AT_LEAST_0)
+    optimizer: str = setting("adam", cli=True, check=OPTIMIZERS, help="sgd: momentum 0.9, Nesterov.")
+    encoder_lr_ratio: float = setting(1.0, cli=True, check=Range(0, 10, low_open=True, note="(1: the same lr as the rest)"),
+                                      help="The lr of {encoder} as a share of --lr.")
     """The encoder's lr as a share of ``lr`` (segmentation: smp's ``encoder``; classifier: all but ``fc``)."""
-    schedule: str = "plateau"
-    """plateau (ReduceLROnPlateau on the validation loss) | cosine | onecycle (per optimizer step)."""
-    warmup_epochs: int = 0
+    schedule: str = setting("plateau", cli=True, check=SCHEDULES,
+                            help="plateau: ReduceLROnPlateau per epoch; cosine, onecycle: per optimizer step.")
+    warmup_epochs: int = setting(0, cli=True, check=AT_LEAST_0,
+                                 help="cosine: linear warmup epochs; onecycle: its rising phase (0: 30%).")
     """cosine: linear warmup from lr/100 over this many epochs; onecycle: its rising phase (0: torch's 30%)."""
-    patience: int = 3
-    grad_clip: float = 0.0
-    """Clip the gradients' total norm to this (0: no clipping)."""
-    loss: dict[str, float] | None = None
+    patience: int = setting(3, check=AT_LEAST_0)
+    grad_clip: float = setting(0.0, cli=True, check=AT_LEAST_0, help="Clip the gradient norm (0: off).")
+    loss: dict[str, float] | None = setting(None, cli=True, help="Loss terms and weights, of {losses}.")
     """Loss terms and their weights, e.g. ``{bce: 0.75, dice: 0.25}``; None: the stage's :data:`DEFAULT_LOSS`."""
-    mask_loss_on: str = "all"
-    """Segmentation: ``present`` computes the Dice / Lovasz terms on the non-empty (image, class) masks only."""
-    ema: float = 0.0
+    mask_loss_on: str = setting("all", cli=True, stage="segmentation", check=("all", "present"),
+                                help="present: the dice/lovasz terms on the non-empty masks only.")
+    ema: float = setting(0.0, cli=True, check=Range(0, 1, high_open=True, what="is a decay and ", note="(0: no moving average)"),
+                         help="EMA decay of the weights (0: off); the average is validated and saved.")
     """Decay of an exponential moving average of the weights, updated every optimizer step (0: none)."""
-    swa_epochs: int = 0
-    """Average the weights at the end of each of the last N epochs (stochastic weight averaging; 0: none)."""
-    val_fraction: float = 0.1
-    split_seed: int = 69
-    seed: int = 69
-    folds: int = 0
-    workers: int | Literal["auto"] = "auto"
-    device: Literal["auto", "cpu", "cuda"] = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    compile: bool = False
-    hflip: float = 0.5
-    vflip: float = 0.5
-    brightness_contrast: float = 0.5
-    noise: float = 0.5
-    head_weight: float = 0.0
+    swa_epochs: int = setting(0, cli=True, check=AT_LEAST_0, help="Average the last N epochs' weights (0: off).")
+    val_fraction: float = setting(0.1, check=Range(0, 1, True, True))
+    split_seed: int = setting(69)
+    seed: int = setting(69, cli=True)
+    folds: int = setting(0, cli=True, check=AT_LEAST_0, help="K >= 2 trains K fold models.")
+    workers: int | Literal["auto"] = setting("auto", cli=True,
+                                             help="DataLoader workers (auto: none on the CPU, all cores but one, up to 16, with a GPU).")
+    device: Literal["auto", "cpu", "cuda"] = setting("auto", cli=True, check=DEVICES)
+    amp: bool = setting(True)
+    channels_last: bool = setting(True)
+    compile: bool = setting(False, cli=True, help="torch.compile the model.")
+    hflip: float = setting(0.5, check=PROBABILITY)
+    vflip: float = setting(0.5, check=PROBABILITY)
+    brightness_contrast: float = setting(0.5, check=PROBABILITY)
+    noise: float = setting(0.5, check=PROBABILITY)
+    head_weight: float = setting(0.0, check=Range(0, note="(0: no classification head)"))
     """Segmentation only: weight of a classification head's BCE in the loss (0: no head)."""
-    head_dropout: float = 0.2
+    head_dropout: float = setting(0.2, check=Range(0, 1, high_open=True))
 
     def __post_init__(self) -> None:
         if self.loss is None:
             self.loss = dict(DEFAULT_LOSS.get(self.task, {"bce": 1.0}))
 
     def validate(self) -> TrainConfig:
-        """Check every value; raise a CloudpipeError quoting the first bad one."""
+        """Check every value (each field's declared range or names, then what depends on
+        several); raise a CloudpipeError quoting the first bad one."""
 
         def bad(key: str, why: str) -> CloudpipeError:
             return CloudpipeError(f"config: {key} = {getattr(self, key)!r} {why}")
 
-        if self.task not in DEFAULT_CONFIGS:
-            raise bad("task", f"is not one of {', '.join(DEFAULT_CONFIGS)}")
-        if self.device not in DEVICES:
-            raise bad("device", f"is not one of {', '.join(DEVICES)}")
+        for f in dataclasses.fields(self):
+            check, value = f.metadata.get("check"), getattr(self, f.name)
+            if isinstance(check, Range) and not check.holds(value):
+                raise bad(f.name, check.message())
+            if isinstance(check, tuple) and value not in check:
+                raise bad(f.name, f"is not one of {', '.join(check)}")
         if len(self.image_size) != 2 or min(self.image_size) < 32 or any(s % 32 for s in self.image_size):
             raise bad("image_size", "must be two multiples of 32 (H W), each >= 32")
-        for key in ("epochs", "batch_size", "accumulate"):
-            if getattr(self, key) < 1:
-                raise bad(key, "must be >= 1")
         if self.workers != "auto" and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0):
             raise bad("workers", "must be auto or a number >= 0")
-        for key in ("patience", "folds"):
-            if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0")
         if self.folds == 1:
             raise bad("folds", "must be 0 (one hold-out split) or >= 2")
-        for key in ("lr", "scratch_lr"):
-            if not 0 < getattr(self, key) < 10:
-                raise bad(key, "must be in (0, 10)")
-        if self.weight_decay < 0:
-            raise bad("weight_decay", "must be >= 0")
-        if self.head_weight < 0:
-            raise bad("head_weight", "must be >= 0 (0: no classification head)")
         if self.head_weight > 0 and self.task != "segmentation":
             raise bad("head_weight", "adds a classification head to a segmentation model; the classifier has none")
-        if not 0 <= self.head_dropout < 1:
-            raise bad("head_dropout", "must be in [0, 1)")
-        for key, names in (("optimizer", OPTIMIZERS), ("schedule", SCHEDULES), ("mask_loss_on", ("all", "present"))):
-            if getattr(self, key) not in names:
-                raise bad(key, f"is not one of {', '.join(names)}")
-        if not 0 < self.encoder_lr_ratio <= 10:
-            raise bad("encoder_lr_ratio", "must be in (0, 10] (1: the same lr as the rest)")
-        for key in ("warmup_epochs", "swa_epochs", "grad_clip"):
-            if getattr(self, key) < 0:
-                raise bad(key, "must be >= 0")
         if self.warmup_epochs and self.schedule == "plateau":
             raise bad("warmup_epochs", "needs schedule cosine or onecycle")
         if self.warmup_epochs >= self.epochs and self.schedule != "plateau":
             raise bad("warmup_epochs", f"must be below epochs ({self.epochs})")
-        if not 0 <= self.ema < 1:
-            raise bad("ema", "is a decay and must be in [0, 1) (0: no moving average)")
         if self.ema and self.swa_epochs:
             raise bad("swa_epochs", "and ema both average the weights; choose one")
         if self.swa_epochs > self.epochs:
@@ -145,11 +172,6 @@ class TrainConfig:
             raise bad("loss", "weights must be >= 0, at least one > 0")
         if self.mask_loss_on == "present" and self.task != "segmentation":
             raise bad("mask_loss_on", "restricts a mask loss; the classifier has none")
-        if not 0 < self.val_fraction < 1:
-            raise bad("val_fraction", "must be in (0, 1)")
-        for key in ("hflip", "vflip", "brightness_contrast", "noise"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise bad(key, "is a probability and must be in [0, 1]")
         return self
 
     def to_dict(self) -> dict[str, Any]:
