@@ -442,3 +442,22 @@ def test_read_probs_csv_errors(tmp_path, text, message):
     path.write_text(text)
     with pytest.raises(CloudpipeError, match=message):
         read_probs_csv(path)
+
+
+def test_write_submission_checks_every_row_and_never_replaces_silently(tmp_path):
+    from cloudpipe.data.kaggle import write_submission
+
+    frame = pd.DataFrame({"Image_Label": [f"a.jpg_{c}" for c in CLASSES], "EncodedPixels": ["1 3", None, "", "10 2"],
+                          "extra": 1})
+    out = write_submission(frame, tmp_path / "sub.csv")
+    written = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert list(written.columns) == ["Image_Label", "EncodedPixels"] and written["EncodedPixels"].tolist() == ["1 3", "", "", "10 2"]
+    with pytest.raises(CloudpipeError, match="exists"):
+        write_submission(frame, out)
+    write_submission(frame.iloc[::-1], out, overwrite=True)  # rows kept in the frame's order
+    assert pd.read_csv(out)["Image_Label"].iloc[0] == "a.jpg_Sugar"
+    with pytest.raises(CloudpipeError, match="submission DataFrame"):
+        write_submission(frame.assign(EncodedPixels=["1 3", "", "", "999999 5"]), tmp_path / "bad.csv")
+    with pytest.raises(CloudpipeError, match="lacks column"):
+        write_submission(frame[["Image_Label"]], tmp_path / "bad.csv")
+    assert not (tmp_path / "bad.csv").exists()

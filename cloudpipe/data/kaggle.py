@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, split_label
+from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, split_label
 from cloudpipe.core.errors import CloudpipeError, RLEError
 from cloudpipe.core.rle import parse_rle
 from cloudpipe.data.images import check_images
-from cloudpipe.data.outputs import Inputs
+from cloudpipe.data.outputs import Inputs, check_output, write_csv
 
 TRAIN_CSV = "train.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
@@ -137,6 +137,30 @@ def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int,
     if shape is not None:
         validate_rle_column(frame, shape, path)
     return frame
+
+
+def mask_frame_of(frame: pd.DataFrame, what: str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
+    """A DataFrame with ``Image_Label, EncodedPixels`` (other columns ignored, NaN as empty)
+    checked as :func:`read_mask_csv` checks a file; ``what`` names it in errors."""
+    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
+    if missing:
+        raise CloudpipeError(f"{what} lacks column(s) {', '.join(missing)}")
+    return check_mask_frame(frame[list(CSV_COLUMNS)].fillna("").astype(str), what, shape=shape)
+
+
+def write_submission(frame: pd.DataFrame, path: Path, *, shape: tuple[int, int] = SUBMISSION_SHAPE,
+                     overwrite: bool = False) -> Path:
+    """Write a Kaggle submission CSV (``Image_Label, EncodedPixels``, rows in ``frame``'s order)
+    atomically, once every row is checked (:func:`mask_frame_of`: each pair once, every RLE valid
+    at ``shape``); an existing file is replaced only with ``overwrite``.
+
+    Raises:
+        CloudpipeError: a bad row, or a path that may not be written.
+    """
+    rows = mask_frame_of(frame, "submission DataFrame", shape=shape)[list(CSV_COLUMNS)]
+    check_output(Path(path), overwrite=overwrite)
+    write_csv(rows, Path(path))
+    return Path(path)
 
 
 def validate_rle_column(frame: pd.DataFrame, shape: tuple[int, int], path: Path) -> None:

@@ -25,12 +25,11 @@ from cloudpipe.core.competition import (
     SUBMISSION_SHAPE,
     join_label,
 )
-from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import (
     TEST_IMAGES,
-    check_mask_frame,
     data_inputs,
     list_test_images,
+    mask_frame_of,
     read_mask_csv,
     require_dir,
     require_same_images,
@@ -49,11 +48,7 @@ def read_segmentation(seg: Path | pd.DataFrame, mask_shape: tuple[int, int] = SU
     """A segmentation submission (file or DataFrame with ``Image_Label,EncodedPixels``) as a
     validated long frame: every pair once, every RLE valid for ``mask_shape``."""
     if isinstance(seg, pd.DataFrame):
-        missing = [c for c in CSV_COLUMNS if c not in seg.columns]
-        if missing:
-            raise CloudpipeError(f"segmentation DataFrame lacks column(s) {', '.join(missing)}")
-        frame = seg[list(CSV_COLUMNS)].fillna("").astype(str)
-        return check_mask_frame(frame, "segmentation DataFrame", shape=mask_shape)
+        return mask_frame_of(seg, "segmentation DataFrame", shape=mask_shape)
     return read_mask_csv(Path(seg), shape=mask_shape)
 
 
