@@ -1,4 +1,6 @@
-"""Shared fixtures: tiny synthetic datasets in the Kaggle layout, made by cloudpipe.data.synth.
+"""What the tests share: tiny synthetic datasets in the Kaggle layout (cloudpipe.data.synth),
+tiny configs and runs (:func:`tiny_config`, :func:`train_tiny`), the command line (:func:`cli`)
+and probability stores (:func:`write_store`).
 
 The torch hub cache points at an empty temporary folder, so no test can download weights.
 """
@@ -20,6 +22,33 @@ from cloudpipe.data.kaggle import read_train, to_wide
 from cloudpipe.data.synth import make_dataset
 
 TINY_SHAPE = (64, 96)
+TINY = dict(arch="tiny", weights="none", epochs=1, image_size=TINY_SHAPE, workers=0, batch_size=8, accumulate=1, lr=1e-3,
+            device="cpu")
+"""A run of the tiny stand-in model, one epoch on the CPU: the base of every test's config."""
+
+
+def tiny_config(task: str = "classifier", **overrides):
+    """The resolved config of a tiny run of ``task``, with ``overrides``."""
+    from cloudpipe.engine.config import load_config
+
+    return load_config(task, overrides={**TINY, **overrides})
+
+
+def train_tiny(data: Path, run: Path, task: str = "classifier", **overrides) -> Path:
+    """Train a tiny run (:func:`tiny_config`) on ``data`` into ``run``."""
+    from cloudpipe.engine.train import train_run
+
+    train_run(tiny_config(task, **overrides), data, run, progress=False)
+    return run
+
+
+def cli(*args):
+    """``cloudpipe ARGS...`` in-process (click's runner); the result (exit code, output)."""
+    from click.testing import CliRunner
+
+    from cloudpipe.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args])
 
 
 @pytest.fixture(autouse=True)
@@ -38,14 +67,7 @@ def tiny_data(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_classifier_run(tiny_data, tmp_path_factory) -> Path:
     """A classifier trained for one epoch on ``tiny_data`` (random init, CPU)."""
-    from cloudpipe.engine.config import load_config
-    from cloudpipe.engine.train import train_run
-
-    run = tmp_path_factory.mktemp("classifier") / "run"
-    config = load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=1, image_size=TINY_SHAPE, workers=0,
-                                                      batch_size=8, accumulate=1, lr=1e-3, device="cpu"))
-    train_run(config, tiny_data, run, progress=False)
-    return run
+    return train_tiny(tiny_data, tmp_path_factory.mktemp("classifier") / "run")
 
 
 @pytest.fixture()
@@ -84,14 +106,7 @@ def noisy_segmentation():
 @pytest.fixture(scope="session")
 def tiny_classifier_run_b(tiny_data, tmp_path_factory) -> Path:
     """A second classifier on the same split as ``tiny_classifier_run``, at another image size."""
-    from cloudpipe.engine.config import load_config
-    from cloudpipe.engine.train import train_run
-
-    run = tmp_path_factory.mktemp("classifier_b") / "run"
-    config = load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=1, image_size=(32, 64), workers=0,
-                                                      batch_size=8, accumulate=1, lr=1e-3, device="cpu"))
-    train_run(config, tiny_data, run, progress=False)
-    return run
+    return train_tiny(tiny_data, tmp_path_factory.mktemp("classifier_b") / "run", image_size=(32, 64))
 
 
 def write_store(path: Path, images: list[str], split: str, seed: int = 0) -> Path:

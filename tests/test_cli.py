@@ -11,10 +11,9 @@ from click.testing import CliRunner
 from cloudpipe.cli import main
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.rle import rle2mask
+from tests.conftest import cli
 
-
-def run(*args: str):
-    return CliRunner().invoke(main, [str(a) for a in args])
+run = cli
 
 
 def assert_one_line_error(result, *needles: str) -> str:

@@ -12,17 +12,14 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.infer import load_run, predict_presence
 from cloudpipe.engine.settings import InferenceSettings
+from tests.conftest import train_tiny
 
 CPU = InferenceSettings(device="cpu", workers=0, progress=False)
 
 
 def test_fold_models_are_averaged(tiny_data, tmp_path):
-    from cloudpipe.engine.train import train_run
-
     run = tmp_path / "run"
-    config = load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=1, image_size=(64, 96), workers=0,
-                                                      batch_size=8, accumulate=1, folds=2, device="cpu"))
-    train_run(config, tiny_data, run, progress=False)
+    train_tiny(tiny_data, run, folds=2, lr=None)  # lr None: scratch_lr, as before
     paths = sorted((tiny_data / "test_images").iterdir())
     both = predict_presence(run, paths, CPU)
     each = [predict_presence(run / f"fold{i}", paths, CPU) for i in range(2)]

@@ -20,6 +20,7 @@ from cloudpipe.data.kaggle import read_mask_csv
 from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.predict import predict_submission
+from tests.conftest import cli
 
 CPU = InferenceSettings(device="cpu", workers=0, progress=False)
 
@@ -50,7 +51,7 @@ def seg_csv(tiny_data, tmp_path):
 
 
 def invoke(*args):
-    return CliRunner().invoke(main, ["predict", *map(str, args), "--workers", "0", "--quiet", "--device", "cpu"])
+    return cli("predict", *args, "--workers", "0", "--quiet", "--device", "cpu")
 
 
 def test_predict_gates_and_keeps_order(tiny_data, tiny_classifier_run, seg_csv, tmp_path):

@@ -13,9 +13,7 @@ import sys
 import pandas as pd
 import pytest
 import torch
-from click.testing import CliRunner
 
-from cloudpipe.cli import main
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
@@ -25,12 +23,12 @@ from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits, train_run
 from cloudpipe.pipeline.segment import probability_store
+from tests.conftest import cli
 
 SEG = dict(arch="tiny", weights="none", image_size=(32, 64), workers=0, batch_size=8, device="cpu", head_weight=0.0)
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+invoke = cli
 
 
 @pytest.fixture(scope="module")

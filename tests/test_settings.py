@@ -2,21 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
 from cloudpipe.engine.settings import InferenceSettings
-
-
-def test_defaults_and_frozen():
-    s = InferenceSettings()
-    assert (s.device, s.batch_size, s.workers, s.decode, s.compile, s.tta, s.amp, s.progress) == \
-        ("auto", 16, "auto", "workers", False, False, True, True)
-    with pytest.raises(dataclasses.FrozenInstanceError):
-        s.tta = True
 
 
 def test_commands_build_one_settings_object(monkeypatch, tmp_path):

@@ -83,9 +83,13 @@ def test_segmentation_head_adds_its_weighted_loss_and_accuracy():
     assert not isinstance(plain.build_model()(images), tuple)  # head_weight 0: no head, masks alone
     target = torch.zeros(2, 4, 32, 64)
     target[0, 1, :8, :8] = 1
-    present = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.float32)
-    expected = plain.loss(masks, target) + 0.5 * torch.nn.functional.binary_cross_entropy_with_logits(labels, present)
-    torch.testing.assert_close(headed.loss((masks, labels), target), expected)
+    present = torch.tensor([[0, 1, 0, 0], [0, 0, 0, 0]], dtype=torch.float32)  # from the masks: only image 0's Flower
+    extra = headed.loss((masks, labels), target) - plain.loss(masks, target)
+    heavier = stage_for(load_config("segmentation", overrides={"arch": "tiny", "weights": "none", "head_weight": 1.0}))
+    assert extra > 0
+    torch.testing.assert_close(heavier.loss((masks, labels), target) - plain.loss(masks, target), 2 * extra)  # weighted
+    right = (present * 2 - 1) * 10  # confident logits that agree with the masks' presence, and their opposite
+    assert headed.loss((masks, right), target) - plain.loss(masks, target) < 1e-3 < headed.loss((masks, -right), target) - plain.loss(masks, target)
     outputs = headed.outputs((masks, labels), target)
     assert outputs.shape == (2, 4, 4)
     np.testing.assert_allclose(outputs[..., :3], plain.outputs(masks, target))  # the masks' statistics unchanged

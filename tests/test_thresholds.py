@@ -72,17 +72,18 @@ def test_candidates_cannot_blank_probability_one():
     assert candidate_thresholds(np.array([0.25])).tolist() == [0.0, 0.25, np.nextafter(0.25, 1)]
 
 
-def test_sweep_is_fast_on_competition_size():
-    import time
-
+def test_sweep_at_competition_size_matches_brute_force():
+    """5,546 images (every train image, out of fold): the vectorised sweep's choice is the best
+    of every candidate threshold (its speed is a benchmark's business, not a test's)."""
     rng = np.random.default_rng(0)
     n = 5546
-    probs, keep, blank = rng.random((n, 4)), rng.random((n, 4)), (rng.random((n, 4)) < 0.5).astype(float)
+    probs, keep, blank = rng.random((n, 4)).round(3), rng.random((n, 4)), (rng.random((n, 4)) < 0.5).astype(float)
     scores = PairScores([str(i) for i in range(n)], keep, blank, blank == 0)
-    started = time.perf_counter()
-    sweeps = choose_thresholds(probs, scores)
-    assert time.perf_counter() - started < 1.0
+    sweeps = choose_thresholds(probs, scores, rule="best")
     assert list(sweeps) == list(CLASSES)
+    for k, c in enumerate(CLASSES):
+        best = max(np.where(probs[:, k] < t, blank[:, k], keep[:, k]).mean() for t in (*np.unique(probs[:, k]), 1.1))
+        assert sweeps[c].score == pytest.approx(best)
 
 
 def test_accuracy_scores_match_metrics_accuracy():

@@ -22,6 +22,7 @@ from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.gate import GateInputs, load_gate, resolve_gate
 from cloudpipe.pipeline.tune import compute_val_probs, tune_thresholds
+from tests.conftest import train_tiny
 
 CPU = InferenceSettings(device="cpu", workers=0, progress=False)
 
@@ -157,14 +158,8 @@ def test_explicit_outputs_are_not_overwritten(tiny_data, tuning_case, tmp_path):
 @pytest.fixture(scope="module")
 def real_run(tiny_data, tmp_path_factory):
     """A tiny real classifier run with 2 folds (two epochs each, not all probabilities 0 or 1)."""
-    from cloudpipe.engine.config import load_config
-    from cloudpipe.engine.train import train_run
-
     run = tmp_path_factory.mktemp("real") / "run"
-    cfg = load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=2, image_size=(64, 96), workers=0,
-                                                   batch_size=4, accumulate=1, lr=1e-3, device="cpu", folds=2))
-    train_run(cfg, tiny_data, run, progress=False)
-    return run
+    return train_tiny(tiny_data, run, epochs=2, batch_size=4, folds=2)
 
 
 def test_missing_val_probs_are_computed_out_of_fold(tiny_data, real_run, tmp_path):
@@ -182,12 +177,8 @@ def test_missing_val_probs_are_computed_out_of_fold(tiny_data, real_run, tmp_pat
 def test_missing_val_probs_of_a_hold_out_run(tiny_data, tmp_path):
     """Without folds, the run's own model predicts the validation images splits.csv recorded."""
     from cloudpipe.data.runfolder import read_splits
-    from cloudpipe.engine.config import load_config
-    from cloudpipe.engine.train import train_run
-
     run = tmp_path / "run"
-    train_run(load_config("classifier", overrides=dict(arch="tiny", weights="none", epochs=1, image_size=(64, 96),
-                                                       workers=0, device="cpu")), tiny_data, run, progress=False)
+    train_tiny(tiny_data, run, batch_size=None, accumulate=None, lr=None)  # the config's own batch and lr
     saved = read_probs_csv(run / "val_probs.csv")
     (run / "val_probs.csv").unlink()
     result = tune_thresholds(run, tiny_data, save=False, settings=CPU)
