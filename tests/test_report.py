@@ -106,6 +106,8 @@ def test_cli_writes_one_self_contained_page(tiny_data, case, tmp_path):
         assert raw.startswith(b"\x89PNG" if kind == "png" else b"\xff\xd8")
     text = " ".join(page.text)
     assert all(c in text for c in CLASSES) and "Where the Dice goes" in text
+    html = out.read_text()
+    assert html.count('<tr class="key">') == 1 and '<tr class="key"><td>gated by true presence (oracle)' in html
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
 

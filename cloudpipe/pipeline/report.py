@@ -10,7 +10,6 @@ is one HTML file with its pictures embedded: no network, no JavaScript.
 from __future__ import annotations
 
 import base64
-import html
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -198,23 +197,26 @@ def write_report(
 # ----------------------------------------------------------------------------- the page
 
 
-def _img(fig, alt: str, format: str = "png") -> str:
-    """A figure as an ``<img>`` with its picture inside (a data URI)."""
-    from cloudpipe.plots import image_bytes
+@dataclass(frozen=True)
+class Picture:
+    """A figure drawn for the page: its bytes go inside the ``<img>`` (a data URI)."""
 
-    data = base64.b64encode(image_bytes(fig, format)).decode()
-    return f'<img alt="{html.escape(alt)}" src="data:image/{format};base64,{data}">'
+    alt: str
+    data: str
+    format: str = "png"
+
+    @classmethod
+    def of(cls, fig, alt: str, format: str = "png") -> Picture:
+        from cloudpipe.plots import image_bytes
+
+        return cls(alt, base64.b64encode(image_bytes(fig, format)).decode(), format)
 
 
-def _table(rows: list[dict], digits: int = 4) -> str:
-    def cell(value) -> str:
-        if isinstance(value, float):
-            return "—" if np.isnan(value) else f"{value:.{digits}f}"
-        return html.escape(str(value))
-
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in row.values()) + "</tr>" for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+def _cell(value) -> str:
+    """A table cell: floats with 4 decimals, NaN (a figure that does not exist) as a dash."""
+    if isinstance(value, float):
+        return "—" if np.isnan(value) else f"{value:.4f}"
+    return str(value)
 
 
 def _decision_rows(scored: Scored) -> list[dict]:
@@ -265,7 +267,7 @@ def _probability_figures(scored: Scored) -> list:
     return figures
 
 
-def _overlay(scored: Scored, data_dir: Path, image: str, dice: np.ndarray) -> str:
+def _overlay(scored: Scored, data_dir: Path, image: str, dice: np.ndarray) -> Picture:
     from cloudpipe.plots import overlay_figure
 
     path = find_image(data_dir, image)
@@ -275,62 +277,37 @@ def _overlay(scored: Scored, data_dir: Path, image: str, dice: np.ndarray) -> st
     pred = decode_masks(scored.pred.loc[image, list(CLASSES)], scored.mask_shape, SUBMISSION_SHAPE)
     keep = scored.best_gate()[scored.stats.images.index(image)]
     pred = pred * keep[:, None, None]  # as submitted: blanked classes drawn empty
-    return _img(overlay_figure(pixels, truth=truth, pred=pred, title=f"{image}: mean Dice {dice.mean():.2f}", width=9,
-                               dice=dice), f"overlay of {image}", "jpeg")
-
-
-STYLE = """
-body { font-family: system-ui, -apple-system, Segoe UI, Roboto, sans-serif; margin: 2em auto; max-width: 1100px;
-       color: #222; padding: 0 1em; }
-h1 { font-size: 1.6em; } h2 { font-size: 1.25em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.92em; }
-th, td { border: 1px solid #ccc; padding: 0.3em 0.6em; text-align: right; }
-th { background: #f3f3f3; } td:first-child, th:first-child { text-align: left; }
-tr.key td { font-weight: bold; background: #fffbe6; }
-img { max-width: 100%; display: block; margin: 0.6em 0; }
-p.note { color: #555; font-size: 0.92em; } code { background: #f4f4f4; padding: 0 0.2em; }
-"""
+    return Picture.of(overlay_figure(pixels, truth=truth, pred=pred, title=f"{image}: mean Dice {dice.mean():.2f}", width=9,
+                                     dice=dice), f"overlay of {image}", "jpeg")
 
 
 def render_page(scored: Scored, data_dir: Path, title: str, overlays: int, progress: bool) -> str:
-    """The report as one HTML document (pictures embedded as PNG data URIs)."""
+    """The report as one HTML document (``templates/report.html``; pictures embedded as data URIs)."""
+    import jinja2
+    from markupsafe import Markup
+
     from cloudpipe.plots import threshold_figure
 
     stats = scored.stats
-    n = len(stats.images)
-    rows = scored.headline()
-    sections = [f"<h1>cloudpipe report: {html.escape(title)}</h1>",
-                f"<p>{n} images, {n * len(CLASSES)} (image, class) pairs; classes {', '.join(CLASSES)}. "
-                "Kaggle Dice: mean over pairs, 1 for an empty mask of an absent class.</p>",
-                "<h2>Headline</h2>", _table(rows).replace("<tr><td>gated by true presence", '<tr class="key"><td>gated by true presence'),
-                "<p class='note'>The oracle blanks exactly the absent classes: the most a presence stage can add to "
-                "these masks. The capture share is the part of that gain the gate takes.</p>"]
+    page = {"title": title, "images": len(stats.images), "pairs": len(stats.images) * len(CLASSES), "classes": CLASSES,
+            "headline": scored.headline(), "gated": scored.probs is not None,
+            "by_area": Picture.of(_area_figure(scored), "Dice against mask area"),
+            "inputs": [{"input": k, "file": v} for k, v in scored.sources.items()]}
     if scored.probs is not None:
-        gate = "tuned thresholds" if scored.gate is not None else "0.5"
-        sections += [f"<h2>Where the Dice goes (gate: {gate})</h2>",
-                     "<p>Per class: how many pairs each decision kind has, and what blanking adds to the class's "
-                     "mean Dice against keeping every mask.</p>", _table(_decision_rows(scored)),
-                     "<h2>Threshold curves</h2>"]
         sweeps = choose_thresholds(scored.probs, PairScores.of_stats(stats))
-        sections += [_img(threshold_figure(sweeps, images=n, which="scored", applied=scored.gate.thresholds),
-                          "Dice against threshold per class"),
-                     f"<p class='note'>Thresholds of the tuned gate (green): "
-                     f"{', '.join(f'{c} {t:.3f}' for c, t in scored.gate.thresholds.items())} "
-                     f"({html.escape(scored.thresholds_source)}); red: the best threshold on these images. "
-                     "The gap between the two is what tuning elsewhere costs here.</p>",
-                     "<h2>Dice and presence against probability</h2>",
-                     *(_img(fig, "against presence probability") for fig in _probability_figures(scored))]
-    sections += ["<h2>Dice against mask area</h2>", _img(_area_figure(scored), "Dice against mask area")]
-
+        page |= {"gate_name": "tuned thresholds" if scored.gate is not None else "0.5", "decisions": _decision_rows(scored),
+                 "curves": Picture.of(threshold_figure(sweeps, images=len(stats.images), which="scored",
+                                                       applied=scored.gate.thresholds), "Dice against threshold per class"),
+                 "thresholds": ", ".join(f"{c} {t:.3f}" for c, t in scored.gate.thresholds.items()),
+                 "thresholds_source": scored.thresholds_source,
+                 "by_probability": [Picture.of(fig, "against presence probability") for fig in _probability_figures(scored)]}
     dice = gated_dice(stats, scored.best_gate())
     worst, best = rank_images(dice, stats.images, overlays)
-    best = best[: max(1, overlays // 2)]
-    for title, chosen in (("Worst images", worst), ("Best images", best)):
-        sections.append(f"<h2>{title} (mean Dice over classes, as submitted)</h2>")
-        for image in tqdm(chosen, desc=title.lower(), unit="image", disable=not progress, leave=False):
-            i = stats.images.index(image)
-            sections.append(_overlay(scored, data_dir, image, dice[i]))
-    sections += ["<h2>Inputs</h2>", _table([{"input": k, "file": v} for k, v in scored.sources.items()])]
-    body = "\n".join(sections)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>cloudpipe report</title>'
-            f"<style>{STYLE}</style></head><body>\n{body}\n</body></html>\n")
+    page["ranked"] = [(name, [_overlay(scored, data_dir, image, dice[stats.images.index(image)])
+                              for image in tqdm(chosen, desc=name.lower(), unit="image", disable=not progress, leave=False)])
+                      for name, chosen in (("Worst images", worst), ("Best images", best[: max(1, overlays // 2)]))]
+    env = jinja2.Environment(loader=jinja2.PackageLoader("cloudpipe", "templates"), autoescape=True,
+                             undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    env.filters["cell"] = _cell
+    env.globals["figure"] = lambda p: Markup('<img alt="{}" src="data:image/{};base64,{}">').format(p.alt, p.format, p.data)
+    return env.get_template("report.html").render(**page)
