@@ -102,7 +102,8 @@ def main(argv: list[str] | None = None) -> dict:
     from cloudpipe.engine.train import train_run
     from cloudpipe.pipeline.predict import predict_submission, probs_path_for
     from cloudpipe.pipeline.report import write_report
-    from cloudpipe.pipeline.segment import postprocess_path_for, predict_segmentation, retune_segmentation
+    from cloudpipe.pipeline.retune import postprocess_path_for, retune_segmentation
+    from cloudpipe.pipeline.segment import predict_segmentation
     from cloudpipe.pipeline.tune import tune_thresholds
 
     settings = yaml.safe_load(args.config.read_text())

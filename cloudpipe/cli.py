@@ -424,7 +424,7 @@ STORE_WEIGHTS_OPTION = click.option("--weight", "weights", type=click.FloatRange
 def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path, steps: list[str] | None,
              choice: str, overwrite: bool) -> None:
     """Tune post-processing again from stored validation probabilities alone (no model runs)."""
-    from cloudpipe.pipeline.segment import retune_segmentation
+    from cloudpipe.pipeline.retune import retune_segmentation
 
     result = retune_segmentation(stores, data_dir, out, weights=weights, steps=steps, choice=choice, overwrite=overwrite)
     _echo_masks(result)
@@ -442,7 +442,7 @@ def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Pat
 def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess: Path, data_dir: Path, out: Path,
               overwrite: bool) -> None:
     """Test masks from stored test probabilities and a post-processing file (no model runs)."""
-    from cloudpipe.pipeline.segment import apply_segmentation
+    from cloudpipe.pipeline.retune import apply_segmentation
 
     result = apply_segmentation(stores, data_dir, out, postprocess, weights=weights, overwrite=overwrite)
     _echo_masks(result)

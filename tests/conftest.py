@@ -7,6 +7,7 @@ The torch hub cache points at an empty temporary folder, so no test can download
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -144,3 +145,40 @@ def torchrun():
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 
     return run
+
+
+CPU_QUIET = ("--workers", 0, "--device", "cpu", "--quiet")
+"""The options that keep a command on the CPU, inline and silent."""
+
+
+@pytest.fixture(scope="session")
+def seg_run(tiny_data, tmp_path_factory):
+    """A tiny segmentation run (no head), trained once for the session by the command itself."""
+    run = tmp_path_factory.mktemp("seg") / "run"
+    result = cli("train-seg", "--data", tiny_data, "--out", run, "--epochs", 1, "--image-size", 32, 64,
+                    "--arch", "tiny", "--weights", "none", "--workers", 0, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0, result.output
+    return run
+
+
+@pytest.fixture(scope="session")
+def seg_run_b(tiny_data, tmp_path_factory):
+    """A second run on the same split, at another image size."""
+    run = tmp_path_factory.mktemp("seg_b") / "run"
+    result = cli("train-seg", "--data", tiny_data, "--out", run, "--epochs", 1, "--image-size", 64, 96,
+                    "--arch", "tiny", "--weights", "none", *CPU_QUIET)
+    assert result.exit_code == 0, result.output
+    return run
+
+
+def copy_run(run, tmp_path, name):
+    """A copy of a session run that a test may change."""
+    shutil.copytree(run, tmp_path / name)
+    return tmp_path / name
+
+
+def load(npy):
+    """A probability store and its info (:func:`~cloudpipe.data.probstore.read_store`)."""
+    from cloudpipe.data.probstore import read_store
+
+    return read_store(npy)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import write_files
-from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, read_store, store_paths
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, probability_store, read_store, store_paths
 
 
 def write_store(tmp_path, n=3, images=None):
@@ -81,3 +86,33 @@ def test_a_string_where_the_store_wants_a_list_is_refused(tmp_path):
     data = json.loads(meta.read_text())
     meta.write_text(json.dumps({**data, "images": "abcdefg"}))  # 7 characters: once read as 7 names
     assert "images must be a JSON list" in one_line(npy)
+
+
+KILLED_MID_RUN = """
+import os, signal, sys
+from pathlib import Path
+from cloudpipe.data.probstore import probability_store
+store = probability_store(Path(sys.argv[1]), (3, 4, 350, 525))
+store[:] = 7
+print(len(os.listdir(sys.argv[1])), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_kill_9_leaves_no_probability_store(tmp_path):
+    folder = tmp_path / "out"
+    folder.mkdir()
+    child = subprocess.run([sys.executable, "-c", KILLED_MID_RUN, str(folder)], capture_output=True, text=True, timeout=120)
+    assert child.returncode == -signal.SIGKILL, child.stderr
+    assert child.stdout.strip() == "0"  # the 4 MB store already had no name while in use
+    assert os.listdir(folder) == []
+
+
+def test_full_disk_for_the_store_is_one_line(tmp_path, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(CloudpipeError, match="No space left on device") as info:
+        probability_store(tmp_path, (600, 4, 350, 525))
+    assert str(tmp_path) in str(info.value) and os.listdir(tmp_path) == []

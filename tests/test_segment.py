@@ -1,8 +1,7 @@
-"""train-seg and predict-seg on tiny synthetic data (CPU, random weights)."""
+"""train-seg and predict-seg on tiny synthetic data (CPU, random weights), in one process and under torchrun."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import shutil
@@ -15,29 +14,17 @@ import pytest
 import torch
 
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
 from cloudpipe.data.outputs import output_lock
 from cloudpipe.data.probstore import store_paths
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits, train_run
-from cloudpipe.pipeline.segment import probability_store
-from tests.conftest import cli
+from tests.conftest import CPU_QUIET, cli, copy_run, load
 
 SEG = dict(arch="tiny", weights="none", image_size=(32, 64), workers=0, batch_size=8, device="cpu", head_weight=0.0)
 
 
-invoke = cli
-
-
-@pytest.fixture(scope="module")
-def seg_run(tiny_data, tmp_path_factory):
-    run = tmp_path_factory.mktemp("seg") / "run"
-    result = invoke("train-seg", "--data", tiny_data, "--out", run, "--epochs", 1, "--image-size", 32, 64,
-                    "--arch", "tiny", "--weights", "none", "--workers", 0, "--device", "cpu", "--quiet")
-    assert result.exit_code == 0, result.output
-    return run
 
 
 def test_train_seg_writes_run(seg_run):
@@ -50,7 +37,7 @@ def test_train_seg_writes_run(seg_run):
 
 def test_predict_seg_val_and_test(seg_run, tiny_data, tmp_path):
     val_csv, test_csv = tmp_path / "val.csv", tmp_path / "test.csv"
-    result = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "val", "--out", val_csv,
+    result = cli("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "val", "--out", val_csv,
                     "--workers", 0, "--device", "cpu", "--quiet")
     assert result.exit_code == 0, result.output
     assert "validation Dice" in result.output
@@ -62,29 +49,29 @@ def test_predict_seg_val_and_test(seg_run, tiny_data, tmp_path):
     assert sorted(pd.unique(val["image"])) == sorted(classifier_val)  # the classifier's validation images
     recorded = pd.read_csv(seg_run / "splits.csv", dtype=str, keep_default_na=False)
     assert sorted(recorded.loc[recorded["fold"] == "0", "image"]) == sorted(classifier_val)
-    result = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--out", test_csv,
+    result = cli("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--out", test_csv,
                     "--workers", 0, "--device", "cpu", "--quiet", "--tta")
     assert result.exit_code == 0, result.output
     test = read_mask_csv(test_csv, shape=(350, 525))
     sample = pd.read_csv(tiny_data / "sample_submission.csv")
     assert list(test["Image_Label"]) == list(sample["Image_Label"])
-    again = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--out", test_csv)
+    again = cli("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--out", test_csv)
     assert again.exit_code == 2 and "--overwrite" in again.stderr
-    default = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet")
+    default = cli("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet")
     assert default.exit_code == 0, default.output
     assert read_mask_csv(seg_run / "test_seg.csv")["Image_Label"].tolist() == list(sample["Image_Label"])
-    again = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet",
+    again = cli("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet",
                    "--overwrite")  # its own earlier output inside the run is not an input
     assert again.exit_code == 0, again.output
     for path in store_paths(seg_run / "test_seg.csv"):
         path.unlink()  # a CSV written before stores existed is replaced too
-    again = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet",
+    again = cli("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--workers", 0, "--quiet",
                    "--overwrite")
     assert again.exit_code == 0, again.output
 
 
 def test_predict_seg_refuses_a_classifier_run(tiny_classifier_run, tiny_data, tmp_path):
-    result = invoke("predict-seg", "--run", tiny_classifier_run, "--data", tiny_data, "--split", "test",
+    result = cli("predict-seg", "--run", tiny_classifier_run, "--data", tiny_data, "--split", "test",
                     "--out", tmp_path / "x.csv", "--workers", 0)
     assert result.exit_code == 2 and "needs a segmentation" in result.stderr
     assert not (tmp_path / "x.csv").exists()
@@ -113,20 +100,20 @@ def test_seg_head_trains_rebuilds_writes_presence_and_resumes(tiny_data, tmp_pat
     metrics = pd.read_csv(tmp_path / "full" / "metrics.csv")
     assert {"val_dice", "val_head_accuracy"} <= set(metrics) and metrics["val_head_accuracy"].between(0, 1).all()
     val = tmp_path / "val.csv"
-    result = invoke("predict-seg", "--run", tmp_path / "full", "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET)
+    result = cli("predict-seg", "--run", tmp_path / "full", "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET)
     assert result.exit_code == 0, result.output  # the checkpoint rebuilds with its head
     from cloudpipe.data.kaggle import read_probs_csv
 
     presence = read_probs_csv(tmp_path / "val_presence.csv")
     assert sorted(presence.index) == sorted(pd.unique(read_mask_csv(val)["image"])) and list(presence.columns) == list(CLASSES)
-    result = invoke("predict-seg", "--run", tmp_path / "full", "--data", tiny_data, "--split", "test", "--out",
+    result = cli("predict-seg", "--run", tmp_path / "full", "--data", tiny_data, "--split", "test", "--out",
                     tmp_path / "test.csv", "--tta", *CPU_QUIET)
     assert result.exit_code == 0, result.output
     assert len(read_probs_csv(tmp_path / "test_presence.csv")) == len(list((tiny_data / "test_images").iterdir()))
     assert not (tmp_path / "full" / "val_seg_presence.csv").exists()
     plain = tmp_path / "plain.csv"
     train_run(load_config("segmentation", overrides={**SEG, "epochs": 1}), tiny_data, tmp_path / "plain", progress=False)
-    assert invoke("predict-seg", "--run", tmp_path / "plain", "--data", tiny_data, "--split", "val", "--out", plain,
+    assert cli("predict-seg", "--run", tmp_path / "plain", "--data", tiny_data, "--split", "val", "--out", plain,
                   *CPU_QUIET).exit_code == 0
     assert not (tmp_path / "plain_presence.csv").exists()  # no head, no presence file
 
@@ -138,30 +125,10 @@ def test_bad_postprocess_file_fails_before_inference(seg_run, tiny_data, tmp_pat
     shutil.copytree(seg_run, run)
     (run / "seg_postprocess.json").write_text("{not json")
     monkeypatch.setattr(cloudpipe.engine.infer, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
-    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
+    result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
                     "--workers", 0, "--device", "cpu")
     assert result.exit_code == 2 and "not a readable JSON file" in result.stderr
     assert not (tmp_path / "t.csv").exists()
-
-
-KILLED_MID_RUN = """
-import os, signal, sys
-from pathlib import Path
-from cloudpipe.pipeline.segment import probability_store
-store = probability_store(Path(sys.argv[1]), (3, 4, 350, 525))
-store[:] = 7
-print(len(os.listdir(sys.argv[1])), flush=True)
-os.kill(os.getpid(), signal.SIGKILL)
-"""
-
-
-def test_kill_9_leaves_no_probability_store(tmp_path):
-    folder = tmp_path / "out"
-    folder.mkdir()
-    child = subprocess.run([sys.executable, "-c", KILLED_MID_RUN, str(folder)], capture_output=True, text=True, timeout=120)
-    assert child.returncode == -signal.SIGKILL, child.stderr
-    assert child.stdout.strip() == "0"  # the 4 MB store already had no name while in use
-    assert os.listdir(folder) == []
 
 
 KILLED_WHILE_WRITING = """
@@ -175,8 +142,8 @@ def dying(store):
         os.kill(os.getpid(), signal.SIGKILL)
     return write
 cloudpipe.data.probstore.array_writer = dying
-import cloudpipe.pipeline.segment
-cloudpipe.pipeline.segment.array_writer = dying
+import cloudpipe.pipeline.retune
+cloudpipe.pipeline.retune.array_writer = dying
 main(sys.argv[1:])
 """
 
@@ -190,20 +157,10 @@ def test_the_next_run_removes_what_a_kill_9_in_the_write_phase_left(seg_run, tin
     assert child.returncode == -signal.SIGKILL, child.stderr
     left = sorted(p.name for p in out.parent.iterdir())
     assert any(name.endswith(".tmp") for name in left), left  # what kill -9 leaves: no cleanup runs
-    again = invoke(*args)
+    again = cli(*args)
     assert again.exit_code == 0, again.output
     assert sorted(p.name for p in out.parent.iterdir()) == ["val.csv", "val_presence.csv", "val_probs.json", "val_probs.npy"]
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
-
-
-def test_full_disk_for_the_store_is_one_line(tmp_path, monkeypatch):
-    def full(fd, offset, length):
-        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-
-    monkeypatch.setattr(os, "posix_fallocate", full)
-    with pytest.raises(CloudpipeError, match="No space left on device") as info:
-        probability_store(tmp_path, (600, 4, 350, 525))
-    assert str(tmp_path) in str(info.value) and os.listdir(tmp_path) == []
 
 
 @pytest.mark.parametrize("target", ["sample_submission.csv", "train.csv", "train_images/new.png", "run/best.pt",
@@ -214,7 +171,7 @@ def test_predict_seg_refuses_to_write_an_input(seg_run, tiny_data, tmp_path, tar
     shutil.copytree(seg_run, run)
     out = tmp_path / target if target.startswith("run/") else data / target
     before = out.read_bytes() if out.exists() else None
-    result = invoke("predict-seg", "--run", run, "--data", data, "--split", "test", "--out", out, "--overwrite",
+    result = cli("predict-seg", "--run", run, "--data", data, "--split", "test", "--out", out, "--overwrite",
                     "--workers", 0, "--device", "cpu", "--quiet")
     assert result.exit_code == 2, result.output
     assert "input" in result.stderr and result.stderr.count("\n") == 1
@@ -227,7 +184,7 @@ def test_predict_seg_second_writer_fails_at_once(seg_run, tiny_data, tmp_path, m
     out = tmp_path / "test.csv"
     monkeypatch.setattr(cloudpipe.engine.infer, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
     with output_lock(out):
-        result = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--out", out,
+        result = cli("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "test", "--out", out,
                         "--workers", 0, "--device", "cpu", "--quiet")
     assert result.exit_code == 2, result.output
     assert f"is being written by another cloudpipe process (pid {os.getpid()})" in result.stderr
@@ -241,86 +198,23 @@ def test_predict_seg_val_waits_for_no_one_writing_the_runs_postprocessing(seg_ru
 
     monkeypatch.setattr(cloudpipe.engine.infer, "stream_probs", lambda *a, **k: pytest.fail("inference ran"))
     with output_lock(seg_run / "seg_postprocess.json"):
-        result = invoke("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "val", "--out",
+        result = cli("predict-seg", "--run", seg_run, "--data", tiny_data, "--split", "val", "--out",
                         tmp_path / "val.csv", "--workers", 0, "--device", "cpu", "--quiet")
     assert result.exit_code == 2, result.output
     assert "seg_postprocess.json" in result.stderr and "is being written by another cloudpipe process" in result.stderr
     assert os.listdir(tmp_path) == []
 
 
-CPU_QUIET = ("--workers", 0, "--device", "cpu", "--quiet")
-
-
-@pytest.fixture(scope="module")
-def seg_run_b(tiny_data, tmp_path_factory):
-    """A second run on the same split, at another image size."""
-    run = tmp_path_factory.mktemp("seg_b") / "run"
-    result = invoke("train-seg", "--data", tiny_data, "--out", run, "--epochs", 1, "--image-size", 64, 96,
-                    "--arch", "tiny", "--weights", "none", *CPU_QUIET)
-    assert result.exit_code == 0, result.output
-    return run
-
-
-def copy_run(run, tmp_path, name):
-    shutil.copytree(run, tmp_path / name)
-    return tmp_path / name
-
-
-def load(npy):
-    from cloudpipe.data.probstore import read_store
-
-    return read_store(npy)
-
-
-def test_val_store_retunes_to_the_same_masks(seg_run, tiny_data, tmp_path):
-    run = copy_run(seg_run, tmp_path, "run")
-    val = tmp_path / "val_seg.csv"
-    assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
-    store, info = load(tmp_path / "val_seg_probs.npy")
-    assert info.split == "val" and info.runs == [str(run.resolve())] and info.weights == [1.0]
-    assert sorted(info.images) == sorted(pd.unique(read_mask_csv(val)["image"]))
-    assert store.dtype == "uint8" and store.shape == (len(info.images), 4, 350, 525)
-    again = tmp_path / "again.csv"
-    result = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", again)
-    assert result.exit_code == 0, result.output
-    assert again.read_bytes() == val.read_bytes()
-    tuned = json.loads((tmp_path / "again_postprocess.json").read_text())
-    assert tuned["steps"] == json.loads((run / "seg_postprocess.json").read_text())["steps"]
-    assert tuned["runs"] == [str(run.resolve())]
-
-
-def test_tune_seg_tunes_the_steps_named(seg_run, tiny_data, tmp_path):
-    run = copy_run(seg_run, tmp_path, "run")
-    val = tmp_path / "val_seg.csv"
-    assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
-    again = tmp_path / "again.csv"
-    result = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", again,
-                    "--steps", "threshold,top_area,min_size,shape", "--choice", "robust")
-    assert result.exit_code == 0, result.output
-    tuned = json.loads((tmp_path / "again_postprocess.json").read_text())
-    assert [s["step"] for s in tuned["steps"]] == ["threshold", "top_area", "min_size", "shape"]
-    assert tuned["choice"] == "robust" and "(robust choice)" in result.output
-    assert "shape" in result.output and "validation Dice" in result.output
-    test = tmp_path / "test.csv"
-    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", test,
-                    "--postprocess", tmp_path / "again_postprocess.json", *CPU_QUIET)
-    assert result.exit_code == 0, result.output  # the tuned steps apply to the test masks
-    bad = invoke("tune-seg", "--store", tmp_path / "val_seg_probs.npy", "--data", tiny_data, "--out", tmp_path / "b.csv",
-                 "--steps", "shape,threshold")
-    assert bad.exit_code == 2 and "reads the probabilities" in bad.stderr
-    bad = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "c.csv",
-                 "--steps", "threshold")
-    assert bad.exit_code == 2 and "--steps is tuned by --split val" in bad.stderr
 
 
 def test_ensemble_is_the_weighted_mean_of_the_runs_stores(seg_run, seg_run_b, tiny_data, tmp_path):
     a, b = copy_run(seg_run, tmp_path, "a"), copy_run(seg_run_b, tmp_path, "b")
     for split in ("val", "test"):
         for run in (a, b):
-            result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--overwrite", *CPU_QUIET)
+            result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--overwrite", *CPU_QUIET)
             assert result.exit_code == 0, result.output
     ens = tmp_path / "ens_val.csv"
-    result = invoke("predict-seg", "--run", a, "--run", b, "--weight", 1, "--weight", 3, "--data", tiny_data,
+    result = cli("predict-seg", "--run", a, "--run", b, "--weight", 1, "--weight", 3, "--data", tiny_data,
                     "--split", "val", "--out", ens, *CPU_QUIET)
     assert result.exit_code == 0, result.output
     (sa, ia), (sb, ib), (se, ie) = load(a / "val_seg_probs.npy"), load(b / "val_seg_probs.npy"), load(tmp_path / "ens_val_probs.npy")
@@ -331,21 +225,21 @@ def test_ensemble_is_the_weighted_mean_of_the_runs_stores(seg_run, seg_run_b, ti
     post = tmp_path / "ens_val_postprocess.json"
     assert json.loads(post.read_text())["runs"] == [str(a.resolve()), str(b.resolve())]
     # The same ensemble from the stores alone tunes to the same masks.
-    result = invoke("tune-seg", "--store", a / "val_seg_probs.npy", "--store", b / "val_seg_probs.npy",
+    result = cli("tune-seg", "--store", a / "val_seg_probs.npy", "--store", b / "val_seg_probs.npy",
                     "--weight", 1, "--weight", 3, "--data", tiny_data, "--out", tmp_path / "re.csv")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "re.csv").read_bytes() == ens.read_bytes()
     # Test masks: the ensemble needs its own post-processing file, for these runs and weights.
     test = ["predict-seg", "--run", a, "--run", b, "--weight", 1, "--weight", 3, "--data", tiny_data, "--split", "test"]
-    refused = invoke(*test, "--out", tmp_path / "t.csv", *CPU_QUIET)
+    refused = cli(*test, "--out", tmp_path / "t.csv", *CPU_QUIET)
     assert refused.exit_code == 2 and "--postprocess" in refused.stderr
-    wrong = invoke(*test, "--out", tmp_path / "t.csv", "--postprocess", a / "seg_postprocess.json", *CPU_QUIET)
+    wrong = cli(*test, "--out", tmp_path / "t.csv", "--postprocess", a / "seg_postprocess.json", *CPU_QUIET)
     assert wrong.exit_code == 2 and "were tuned for runs" in wrong.stderr and wrong.stderr.count("\n") == 1
-    other_weights = invoke(*test[:5], "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
+    other_weights = cli(*test[:5], "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
                            "--postprocess", post, *CPU_QUIET)
     assert other_weights.exit_code == 2 and "were tuned for runs" in other_weights.stderr
     assert not (tmp_path / "t.csv").exists() and not (tmp_path / "t_probs.npy").exists()
-    result = invoke(*test, "--out", tmp_path / "t.csv", "--postprocess", post, *CPU_QUIET)
+    result = cli(*test, "--out", tmp_path / "t.csv", "--postprocess", post, *CPU_QUIET)
     assert result.exit_code == 0, result.output
     (ta, _), (tb, _), (te, info) = load(a / "test_seg_probs.npy"), load(b / "test_seg_probs.npy"), load(tmp_path / "t_probs.npy")
     assert info.split == "test" and (te == ((ta.astype("float64") + 3.0 * tb) / 4).round().astype("uint8")).all()
@@ -353,82 +247,26 @@ def test_ensemble_is_the_weighted_mean_of_the_runs_stores(seg_run, seg_run_b, ti
     assert read_mask_csv(tmp_path / "t.csv")["Image_Label"].tolist() == list(sample["Image_Label"])
 
 
-def test_apply_seg_writes_the_bytes_predict_seg_writes(seg_run, seg_run_b, tiny_data, tmp_path):
-    a, b = copy_run(seg_run, tmp_path, "a"), copy_run(seg_run_b, tmp_path, "b")
-    for run in (a, b):
-        for split in ("val", "test"):
-            assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--overwrite", *CPU_QUIET).exit_code == 0
-    # One run: its test store and its own post-processing give predict-seg's CSV.
-    one = invoke("apply-seg", "--store", a / "test_seg_probs.npy", "--postprocess", a / "seg_postprocess.json",
-                 "--data", tiny_data, "--out", tmp_path / "one.csv")
-    assert one.exit_code == 0, one.output
-    assert (tmp_path / "one.csv").read_bytes() == (a / "test_seg.csv").read_bytes()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "one.csv"]  # the CSV alone
-    # An ensemble: tuned on the validation stores, applied to the test stores or to the ensemble's own test store.
-    weights = ["--weight", 1, "--weight", 3]
-    assert invoke("tune-seg", "--store", a / "val_seg_probs.npy", "--store", b / "val_seg_probs.npy", *weights,
-                  "--data", tiny_data, "--out", tmp_path / "ens_val.csv").exit_code == 0
-    post = tmp_path / "ens_val_postprocess.json"
-    result = invoke("predict-seg", "--run", a, "--run", b, *weights, "--data", tiny_data, "--split", "test",
-                    "--out", tmp_path / "ens_test.csv", "--postprocess", post, *CPU_QUIET)
-    assert result.exit_code == 0, result.output
-    stores = ["--store", a / "test_seg_probs.npy", "--store", b / "test_seg_probs.npy"]
-    for given in ([*stores, *weights], ["--store", tmp_path / "ens_test_probs.npy"]):
-        out = tmp_path / "applied.csv"
-        result = invoke("apply-seg", *given, "--postprocess", post, "--data", tiny_data, "--out", out, "--overwrite")
-        assert result.exit_code == 0, result.output
-        assert out.read_bytes() == (tmp_path / "ens_test.csv").read_bytes()
-    # Refused, in one line, writing nothing: other runs or weights, a validation store, other images.
-    other = tmp_path / "other"
-    shutil.copytree(tiny_data, other, symlinks=True)
-    sample = pd.read_csv(other / "sample_submission.csv")
-    sample.iloc[:-4].to_csv(other / "sample_submission.csv", index=False)
-    own = a / "seg_postprocess.json"
-    for args, tuned, data, message in (([*stores, "--weight", 1, "--weight", 1], post, tiny_data, "were tuned for runs"),
-                                       (stores[:2], post, tiny_data, "were tuned for runs"),
-                                       (["--store", a / "val_seg_probs.npy"], own, tiny_data, "holds val probabilities"),
-                                       (stores[:2], own, other, "holds other images than the test images")):
-        bad = invoke("apply-seg", *args, "--postprocess", tuned, "--data", data, "--out", tmp_path / "bad.csv")
-        assert bad.exit_code == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, (message, bad.output)
-        assert not (tmp_path / "bad.csv").exists()
-
-
-def test_tuning_spread_over_processes_is_the_same(seg_run, tiny_data, monkeypatch):
-    """Images in tasks of one, on two forked processes: the same statistics as inline."""
-    import cloudpipe.pipeline.segment as segment
-    from cloudpipe.data.kaggle import load_train_data
-
-    data = load_train_data(tiny_data)
-    names = sorted(data.rles.index)[:5]
-    rng = torch.Generator().manual_seed(0)
-    blobs = torch.nn.functional.avg_pool2d(torch.rand((len(names) * 4, 1, 350, 525), generator=rng), 31, 1, 15)
-    store = ((blobs - 0.4) * 1200).clamp(0, 255).to(torch.uint8).reshape(len(names), 4, 350, 525).numpy()
-    monkeypatch.setattr(segment, "ROWS_PER_TASK", 1)
-    inline = segment.postprocess_stats(store, names, data.rles, data.image_shape, processes=1)
-    forked = segment.postprocess_stats(store, names, data.rles, data.image_shape, processes=2)
-    assert all((x == y).all() for x, y in zip(inline, forked)) and inline[1].any() and inline[2].any()
-
-
 def test_runs_of_other_validation_images_are_refused(seg_run, tiny_data, tmp_path):
     folds = tmp_path / "folds"
-    result = invoke("train-seg", "--data", tiny_data, "--out", folds, "--epochs", 1, "--image-size", 32, 64, "--folds", 2,
+    result = cli("train-seg", "--data", tiny_data, "--out", folds, "--epochs", 1, "--image-size", 32, 64, "--folds", 2,
                     "--arch", "tiny", "--weights", "none", *CPU_QUIET)
     assert result.exit_code == 0, result.output
-    result = invoke("predict-seg", "--run", seg_run, "--run", folds, "--data", tiny_data, "--split", "val",
+    result = cli("predict-seg", "--run", seg_run, "--run", folds, "--data", tiny_data, "--split", "val",
                     "--out", tmp_path / "v.csv", *CPU_QUIET)
     assert result.exit_code == 2 and "validates on other images" in result.stderr
     assert result.stderr.count("\n") == 1 and not (tmp_path / "v.csv").exists()
 
 
-def test_bad_store_is_one_line_and_writes_nothing(seg_run, tiny_data, tmp_path):
-    run = copy_run(seg_run, tmp_path, "run")
-    assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", *CPU_QUIET).exit_code == 0
-    npy = run / "val_seg_probs.npy"
-    with open(npy, "r+b") as f:
-        f.truncate(npy.stat().st_size - 1)
-    result = invoke("tune-seg", "--store", npy, "--data", tiny_data, "--out", tmp_path / "re.csv")
-    assert result.exit_code == 2 and "truncated" in result.stderr and result.stderr.count("\n") == 1
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
+def cli_on_one_thread(*args):
+    """:func:`cli` with torch on one thread, as each torchrun rank runs: fp32 sums taken in
+    another order (more threads) may round a pixel's probability apart."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return cli(*args)
+    finally:
+        torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("split", ["test", "val"])
@@ -443,7 +281,7 @@ def test_predict_seg_under_torchrun_matches_one_process(seg_run, tiny_data, tmp_
     one, two = tmp_path / "one" / "seg.csv", tmp_path / "two" / "seg.csv"
     common = ("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--workers", 0, "--device", "cpu",
               "--batch-size", 4, "--quiet")
-    result = invoke(*common, "--out", one)
+    result = cli_on_one_thread(*common, "--out", one)
     assert result.exit_code == 0, result.output
     post = (run / "seg_postprocess.json").read_bytes() if split == "val" else None
     proc = torchrun(*common, "--out", two)
@@ -491,12 +329,12 @@ def test_a_bad_image_in_one_ranks_share_is_one_line_from_rank_0(seg_run, tiny_da
 
 
 def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_run_b, tiny_data, tmp_path, torchrun):
-    from cloudpipe.pipeline.segment import postprocess_path_for
+    from cloudpipe.pipeline.retune import postprocess_path_for
 
     one, two = tmp_path / "one" / "ens.csv", tmp_path / "two" / "ens.csv"
     common = ("predict-seg", "--run", seg_run, "--run", seg_run_b, "--weight", 1, "--weight", 3, "--data", tiny_data,
               "--split", "val", "--batch-size", 4, *CPU_QUIET)
-    result = invoke(*common, "--out", one)
+    result = cli_on_one_thread(*common, "--out", one)
     assert result.exit_code == 0, result.output
     proc = torchrun(*common, "--out", two)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -513,23 +351,23 @@ def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_ru
 def test_tuned_files_follow_a_moved_run_and_refuse_another_run_in_its_place(seg_run, seg_run_b, tiny_data, tmp_path):
     a = copy_run(seg_run, tmp_path, "a")
     val = tmp_path / "val.csv"
-    assert invoke("predict-seg", "--run", a, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
+    assert cli("predict-seg", "--run", a, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET).exit_code == 0
     moved = tmp_path / "uploaded" / "a"  # e.g. a Kaggle dataset, another machine
     moved.parent.mkdir()
     a.rename(moved)
     for extra in ([], ["--postprocess", moved / "seg_postprocess.json"]):  # by default and named: the same answer
-        result = invoke("predict-seg", "--run", moved, "--data", tiny_data, "--split", "test", "--out",
+        result = cli("predict-seg", "--run", moved, "--data", tiny_data, "--split", "test", "--out",
                         tmp_path / "test.csv", "--overwrite", *extra, *CPU_QUIET)
         assert result.exit_code == 0, result.output
-    retuned = invoke("tune-seg", "--store", store_paths(val)[0], "--data", tiny_data, "--out", tmp_path / "re.csv")
+    retuned = cli("tune-seg", "--store", store_paths(val)[0], "--data", tiny_data, "--out", tmp_path / "re.csv")
     assert retuned.exit_code == 0, retuned.output  # the store's runs are known by what they are, not by a path
-    assert invoke("predict-seg", "--run", moved, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t2.csv",
+    assert cli("predict-seg", "--run", moved, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t2.csv",
                   "--postprocess", tmp_path / "re_postprocess.json", *CPU_QUIET).exit_code == 0
     impostor = copy_run(seg_run_b, tmp_path, "a")  # another run at the old path, with the stale tuning
     shutil.copy(moved / "seg_postprocess.json", impostor / "seg_postprocess.json")
     before = sorted(p.name for p in tmp_path.iterdir())
     for extra in ([], ["--postprocess", tmp_path / "re_postprocess.json"]):
-        stale = invoke("predict-seg", "--run", impostor, "--data", tiny_data, "--split", "test", "--out",
+        stale = cli("predict-seg", "--run", impostor, "--data", tiny_data, "--split", "test", "--out",
                        tmp_path / "t3.csv", *extra, *CPU_QUIET)
         assert stale.exit_code == 2 and "were tuned for runs" in stale.stderr, stale.output
         assert len(stale.stderr.strip().splitlines()) == 1
@@ -539,7 +377,7 @@ def test_tuned_files_follow_a_moved_run_and_refuse_another_run_in_its_place(seg_
 def test_test_masks_of_an_untuned_run_are_refused_in_one_line(seg_run, tiny_data, tmp_path):
     run = copy_run(seg_run, tmp_path, "run")
     (run / "seg_postprocess.json").unlink(missing_ok=True)
-    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
+    result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
                     *CPU_QUIET)
     assert result.exit_code == 2 and "no seg_postprocess.json" in result.stderr and "--split val" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and sorted(os.listdir(tmp_path)) == ["run"]
@@ -547,12 +385,12 @@ def test_test_masks_of_an_untuned_run_are_refused_in_one_line(seg_run, tiny_data
 
 def test_an_older_file_recording_run_folders_only_is_refused_with_its_reason(seg_run, tiny_data, tmp_path):
     run = copy_run(seg_run, tmp_path, "run")
-    assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", tmp_path / "v.csv",
+    assert cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", tmp_path / "v.csv",
                   *CPU_QUIET).exit_code == 0
     post = json.loads((run / "seg_postprocess.json").read_text())
     del post["fingerprints"]
     (run / "seg_postprocess.json").write_text(json.dumps(post))
-    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
+    result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
                     *CPU_QUIET)
     assert result.exit_code == 2 and "older cloudpipe" in result.stderr and "tune them again" in result.stderr
 
@@ -562,17 +400,17 @@ def test_thresholds_record_the_segmentation_run_whose_store_they_gate_on(seg_run
     for name, run in (("a", seg_run), ("b", seg_run_b)):
         for split in ("val", "test"):
             out = tmp_path / f"{name}_{split}.csv"
-            assert invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--out", out,
+            assert cli("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--out", out,
                           "--overwrite", *CPU_QUIET).exit_code == 0
     classifier = copy_run(tiny_classifier_run, tmp_path, "cls")
-    tuned = invoke("tune-threshold", "--run", classifier, "--data", tiny_data, "--seg", tmp_path / "a_val.csv",
+    tuned = cli("tune-threshold", "--run", classifier, "--data", tiny_data, "--seg", tmp_path / "a_val.csv",
                    "--seg-store", store_paths(tmp_path / "a_val.csv")[0], "--sources", "max")
     assert tuned.exit_code == 0, tuned.output
     assert json.loads((classifier / "thresholds.json").read_text())["segmentation"]["fingerprints"]
     common = ["predict", "--seg", tmp_path / "a_test.csv", "--run", classifier, "--data", tiny_data, *CPU_QUIET]
-    ok = invoke(*common, "--seg-store", store_paths(tmp_path / "a_test.csv")[0], "--out", tmp_path / "sub.csv")
+    ok = cli(*common, "--seg-store", store_paths(tmp_path / "a_test.csv")[0], "--out", tmp_path / "sub.csv")
     assert ok.exit_code == 0, ok.output
-    other = invoke(*common, "--seg-store", store_paths(tmp_path / "b_test.csv")[0], "--out", tmp_path / "sub2.csv")
+    other = cli(*common, "--seg-store", store_paths(tmp_path / "b_test.csv")[0], "--out", tmp_path / "sub2.csv")
     assert other.exit_code == 2 and "segmentation runs" in other.stderr and "were tuned for runs" in other.stderr
     assert len(other.stderr.strip().splitlines()) == 1 and not (tmp_path / "sub2.csv").exists()
 
@@ -584,11 +422,11 @@ def test_out_of_fold_tuning_uses_every_train_image_once(tiny_data, tmp_path):
     from cloudpipe.data.runfolder import read_splits
 
     run = tmp_path / "folds"
-    result = invoke("train-seg", "--data", tiny_data, "--out", run, "--epochs", 1, "--image-size", 32, 64, "--folds", 3,
+    result = cli("train-seg", "--data", tiny_data, "--out", run, "--epochs", 1, "--image-size", 32, 64, "--folds", 3,
                     "--arch", "tiny", "--weights", "none", *CPU_QUIET)
     assert result.exit_code == 0, result.output
     val = tmp_path / "val_seg.csv"
-    result = invoke("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET)
+    result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", val, *CPU_QUIET)
     assert result.exit_code == 0, result.output
     train_images = sorted(set(presence(read_train(tiny_data)).index))
     _, info = read_store(store_paths(val)[0])

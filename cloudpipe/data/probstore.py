@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -145,3 +147,20 @@ def _read_info(path: Path) -> StoreInfo:
     if not len(info.runs) == len(info.weights) == len(info.fingerprints):
         raise CloudpipeError("the store's JSON needs one weight and one fingerprint per run", path=path)
     return info
+
+
+def probability_store(folder: Path, shape: tuple[int, ...], dtype: type = np.uint8) -> np.memmap:
+    """A memory map of ``shape`` in a file of ``folder`` that has no name: the file is
+    unlinked as soon as it is made (or never named, with ``O_TMPFILE``), so its space returns
+    when the map is dropped or the process ends, even by ``kill -9``. Its space is allocated
+    up front, so a full disk fails here rather than as a SIGBUS mid-run.
+
+    Raises:
+        CloudpipeError: the file cannot be made or sized (e.g. no space left on device).
+    """
+    try:
+        with tempfile.TemporaryFile(dir=folder) as file:  # the map keeps its own handle
+            os.posix_fallocate(file.fileno(), 0, math.prod(shape) * np.dtype(dtype).itemsize)
+            return np.memmap(file, dtype=dtype, mode="w+", shape=shape)
+    except OSError as err:
+        raise CloudpipeError(f"cannot make the temporary probability store ({err.strerror or err})", path=folder) from None

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 
 from cloudpipe.core.choices import DEVICES
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.outputs import Inputs, claim_outputs, output_lock
+from cloudpipe.data.probstore import probability_store
 
 
 @dataclass
@@ -107,6 +111,77 @@ class Dist:
             error = CloudpipeError(first)
             error.shared = True  # every rank has it: rank 0 alone reports it
             raise error
+
+    def predict_store(self, names: list[str], predict: Callable[[list[str]], tuple[np.ndarray, pd.DataFrame | None]],
+                      out: Path) -> tuple[np.ndarray | None, pd.DataFrame | None]:
+        """A probability store of ``names`` predicted in shares: ``predict`` gets this rank's
+        :meth:`shard` (every name when not distributed) and returns its store (rows in that
+        order) and presence frame (or None); rank 0 gets the whole store, rows in ``names``
+        order, and the whole presence frame; the other ranks (None, None). A failure in any
+        rank's share stops every rank (:meth:`together`). Pipeline code calls this and never
+        looks at ranks.
+        """
+        with self.together():
+            store, presence = predict(self.shard(names))
+        if self.world == 1:
+            return store, presence
+        return self._join_store(store, presence, names, out)
+
+    def _join_store(self, store: np.ndarray, presence: pd.DataFrame | None, names: list[str],
+                    out: Path) -> tuple[np.ndarray | None, pd.DataFrame | None]:
+        """Rank 0's store and presence of all ``names`` from every rank's share (rows
+        ``rank, rank + world, ...``); (None, None) on the other ranks.
+
+        The other ranks' uint8 shares pass through hidden files beside ``out``
+        (``.<name>.rank<r>.<pid>.npy``, named by the writing process so that the next run of ``out``
+        can remove the share of a rank killed with ``-9``), which rank 0 copies into its memory map a
+        few rows at a time: memory stays flat, where gathering the arrays themselves would hold every
+        rank's share in every rank's memory at once. Each rank removes its file when rank 0 is done,
+        rank 0 removes them all in any case (a rank that fails stops the others: torchrun ends
+        them); rank 0's own share never leaves its memory map, and the small presence frames are
+        gathered directly.
+        """
+        mine = out.with_name(f".{out.name}.rank{self.rank}.{os.getpid()}.npy")
+        shares = [mine]
+        try:
+            with self.together():
+                if not self.is_main:
+                    try:
+                        np.save(mine, store)
+                    except OSError as err:
+                        raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
+                                             path=mine) from None
+            gathered = self.gather((presence, mine))  # also: every share is written
+            heads, shares = [h for h, _ in gathered], [path for _, path in gathered]
+            full = None
+            if self.is_main:
+                full = probability_store(out.parent, (len(names), *store.shape[1:]))
+                for r, path in enumerate(shares):
+                    part = store if r == 0 else np.load(path, mmap_mode="r")
+                    rows = np.arange(r, len(names), self.world)
+                    for start in range(0, len(rows), 16):
+                        full[rows[start : start + 16]] = part[start : start + 16]
+                    del part
+            self.barrier()  # rank 0 has read every share
+        finally:
+            for path in shares if self.is_main else [mine]:
+                path.unlink(missing_ok=True)
+        if not self.is_main:
+            return None, None
+        joined = None if any(h is None for h in heads) else pd.concat(heads).reindex(pd.Index(names, name="image"))
+        return full, joined
+
+    @contextlib.contextmanager
+    def claim_outputs(self, outputs: list[Path], inputs: Inputs, *, overwrite: bool = False,
+                      locked: Sequence[Path] = ()) -> Iterator[None]:
+        """:func:`~cloudpipe.data.outputs.claim_outputs` on every rank (each checks the paths, so
+        each reports the same error), locked by rank 0 alone, the one that writes; ``locked``:
+        files rank 0 also locks without checking them (replaced on purpose, never refused)."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(claim_outputs(outputs, inputs, overwrite=overwrite, lock=self.is_main))
+            for path in locked if self.is_main else ():
+                stack.enter_context(output_lock(path))
+            yield
 
     def barrier(self) -> None:
         """Wait for every rank (no-op when not distributed)."""

@@ -2,9 +2,9 @@
 
 Images are decoded reduced in DataLoader workers and cross to the device as uint8 (pinned,
 asynchronously), or, with ``decode="device"``, cross as JPEG bytes and are decoded there in
-batches (nvJPEG on a GPU). They run in ``channels_last`` under autocast (bf16 on CPU and on
-GPUs that have it), optionally compiled and with flip TTA, and leave as probabilities batch by
-batch: memory stays flat however many images there are. A run with fold models
+batches (nvJPEG on a GPU). They run in ``channels_last`` under autocast
+(:func:`~cloudpipe.engine.devices.autocast`), optionally compiled and with flip TTA, and leave
+as probabilities batch by batch: memory stays flat however many images there are. A run with fold models
 (``fold*/best.pt``) averages all of them.
 """
 

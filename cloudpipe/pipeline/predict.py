@@ -34,7 +34,7 @@ from cloudpipe.data.kaggle import (
     require_dir,
     require_same_images,
 )
-from cloudpipe.data.outputs import Inputs, claim_outputs, csv_writer, write_files
+from cloudpipe.data.outputs import Inputs, csv_writer, write_files
 from cloudpipe.data.runfolder import run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble
@@ -139,7 +139,7 @@ def predict_submission(
             reads = data_inputs(data_dir) | run_inputs(ensemble.runs) | inputs.files() | Inputs.of(
                 seg if isinstance(seg, Path) else None, thresholds_file)
             outputs = [] if out is None else [out, probs_path_for(out)]
-            claims.enter_context(claim_outputs(outputs, reads, overwrite=overwrite, lock=dist.is_main))
+            claims.enter_context(dist.claim_outputs(outputs, reads, overwrite=overwrite))
         summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, inputs, dist)
         if out is not None and dist.is_main:  # a pair: a failure leaves both old files or both new ones
             write_files({probs_path_for(out): csv_writer(summary.probs.reset_index(), float_format="%.6f"),

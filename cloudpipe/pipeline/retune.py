@@ -1,0 +1,276 @@
+"""Masks from stored probabilities: post-processing tuned on validation stores (``tune-seg``,
+and the last step of ``predict-seg --split val``), applied to test stores (``apply-seg``, and
+``predict-seg --split test``), and the masks written as Kaggle CSVs. No model runs here and
+torch is not imported, so these commands start in a fraction of a second; the images are
+spread over the cores (:mod:`cloudpipe.pipeline.parallel`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from cloudpipe.algorithms.ensemble import mean_stores, normalise_weights
+from cloudpipe.algorithms.postprocess import PostProcess, Step, choose, chosen_dice, default_index, grid_stats, make_steps
+from cloudpipe.algorithms.robust import check_rule
+from cloudpipe.core.choices import DEFAULT_RULE, Rule
+from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.rle import mask2rle, rle2mask
+from cloudpipe.data.kaggle import TrainData, data_inputs, list_test_images, load_train_data, require_dir
+from cloudpipe.data.outputs import Inputs, claim_outputs, csv_writer, write_files
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, probability_store, read_store, store_paths
+from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
+from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
+from cloudpipe.pipeline.parallel import over_rows, release_rows
+
+
+def load_postprocess(path: Path) -> PostProcess:
+    """Read a ``seg_postprocess.json``; errors name the file."""
+    try:
+        return PostProcess.from_dict(read_json(path, "post-processing"))
+    except CloudpipeError as err:
+        raise CloudpipeError(str(err).removeprefix(f"{path}: "), path=path) from None
+
+
+def tune_postprocess(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
+                     steps: tuple[Step, ...] = PostProcess().steps, rule: Rule = DEFAULT_RULE,
+                     processes: int | None = None) -> tuple[PostProcess, np.ndarray]:
+    """Search every combination of the steps' grids per class on the Dice of the stored
+    probabilities against the truth masks (RLE at ``mask_shape``, resized to the submission
+    size), and choose by ``rule`` (:mod:`cloudpipe.algorithms.robust`); the statistics are
+    :func:`postprocess_stats`'.
+
+    Returns:
+        The choice and the mean Dice of every combination, (4, *grid).
+    """
+    return choose(steps, *postprocess_stats(store, names, rles, mask_shape, steps, processes), rule)
+
+
+def postprocess_stats(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
+                      steps: tuple[Step, ...] = PostProcess().steps,
+                      processes: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every image's and class's :func:`~cloudpipe.algorithms.postprocess.grid_stats`, the
+    images spread over ``processes`` forked processes (None: one per core).
+
+    Returns:
+        ``inter`` and ``area`` (n, 4, *grid) and the truth areas (n, 4), int64: all that
+        :func:`~cloudpipe.algorithms.postprocess.choose` needs. Memory holds these and the
+        store's pages the processes read; nothing else grows with the number of images.
+    """
+    grid = tuple(len(s.grid) for s in steps)
+    inter = np.zeros((len(names), len(CLASSES), *grid), np.int64)
+    area = np.zeros_like(inter)
+    truth_area = np.zeros((len(names), len(CLASSES)), np.int64)
+    truth_rles = rles.loc[names, list(CLASSES)].to_numpy()
+
+    def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        part = [np.zeros((stop - start, *a.shape[1:]), np.int64) for a in (inter, area, truth_area)]
+        for i in range(start, stop):
+            for k in range(len(CLASSES)):
+                truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), SUBMISSION_SHAPE)
+                part[2][i - start, k] = np.count_nonzero(truth)
+                part[0][i - start, k], part[1][i - start, k] = grid_stats(steps, store[i, k], truth)
+        release_rows(store, start, stop)
+        return part[0], part[1], part[2]
+
+    for start, (i, a, t) in over_rows(rows, len(names), processes):
+        inter[start:start + len(i)], area[start:start + len(i)], truth_area[start:start + len(i)] = i, a, t
+    return inter, area, truth_area
+
+
+@dataclass
+class SegPrediction:
+    """What :func:`predict_segmentation` or :func:`retune_segmentation` wrote."""
+
+    out: Path
+    images: int
+    postprocess: PostProcess
+    images_per_second: float
+    tuned_dice: float | None = None
+    default_dice: float | None = None
+    choice: Rule | None = None
+    """The rule the post-processing was chosen by (validation splits)."""
+    written: list[Path] = field(default_factory=list)
+    presence: pd.DataFrame | None = None
+    """The segmentation head's presence per image (written as ``<stem>_presence.csv``), when
+    every run's model has a head."""
+
+    def line(self) -> str:
+        text = f"{self.images} images at {self.images_per_second:.1f} img/s -> {self.out}"
+        if self.tuned_dice is not None:
+            before = f"{self.default_dice:.4f} with the steps' defaults -> " if self.default_dice is not None else ""
+            text += f"; validation Dice {before}{self.tuned_dice:.4f} tuned ({self.choice} choice)"
+        return text
+
+
+def postprocess_path_for(out: Path) -> Path:
+    """Where an ensemble's post-processing goes beside its CSV: ``<stem>_postprocess.json``."""
+    return out.with_name(f"{out.stem}_postprocess.json")
+
+
+def steps_of(names: Sequence[str] | None) -> tuple[Step, ...]:
+    """The steps to tune: those named, else the default list."""
+    return PostProcess().steps if names is None else make_steps(names)
+
+
+def test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProcess:
+    """The post-processing the test masks use, checked to be tuned for ``ensemble``."""
+    if postprocess is None:
+        postprocess = ensemble.own_file(POSTPROCESS_JSON, "an ensemble's test masks need --postprocess FILE: the "
+                                        "<stem>_postprocess.json that predict-seg --split val (or tune-seg) wrote for "
+                                        "these runs and weights")
+        if not postprocess.exists():
+            raise CloudpipeError(f"no {POSTPROCESS_JSON}: the run's post-processing is not tuned; run predict-seg "
+                                 "--split val first (it tunes and writes it), or pass --postprocess FILE",
+                                 path=ensemble.runs[0])
+    ensemble.check_tuned_for(read_json(postprocess, "post-processing"), postprocess, "post-processing settings")
+    return load_postprocess(postprocess)
+
+
+def tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
+                    out: Path, post_out: Path, speed: float, steps: tuple[Step, ...], choice: Rule,
+                    presence: pd.DataFrame | None = None, processes: int | None = None) -> SegPrediction:
+    """Tune ``steps`` on a validation store (chosen by ``choice``) and write the masks, the
+    store (when ``info``), the head's presence (when given) and the choice."""
+    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice, processes)
+    result = SegPrediction(out, len(names), post, speed, presence=presence, choice=choice)
+    at_default = default_index(post.steps)
+    if at_default is not None:
+        result.default_dice = float(dice[(slice(None), *at_default)].mean())
+    result.tuned_dice = float(chosen_dice(post, dice).mean())
+    return write_outputs(result, store, names, info, post_out, ensemble, processes)
+
+
+def write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], info: StoreInfo | None,
+                   post_out: Path | None, ensemble: Ensemble, processes: int | None = None) -> SegPrediction:
+    """Write the CSV with, as one group, the store (when ``info``) and the post-processing
+    choice (when ``post_out``): a failure leaves every old file or none."""
+    writers = {result.out: masks_writer(names, store, result.postprocess, processes)}
+    if info is not None:
+        npy, meta = store_paths(result.out)
+        writers |= {npy: array_writer(store), meta: info_writer(info)}
+    if result.presence is not None:
+        writers[presence_path(result.out)] = csv_writer(result.presence.reset_index(), float_format="%.6f")
+    if post_out is not None:
+        text = json.dumps({**result.postprocess.to_dict(), "choice": result.choice, **ensemble.record()}, indent=2) + "\n"
+        writers[post_out] = lambda tmp: tmp.write_text(text)
+    write_files(writers)
+    result.written = list(writers)
+    return result
+
+
+def masks_writer(names: list[str], store: np.ndarray, post: PostProcess, processes: int | None = None):
+    """Post-process and encode every mask, the images spread over the cores
+    (:func:`over_rows`); a writer of the CSV (image-major, class order)."""
+
+    def rows(start: int, stop: int) -> list[str]:
+        rles = [mask2rle(post.apply(store[i, k], k)) for i in range(start, stop) for k in range(len(CLASSES))]
+        release_rows(store, start, stop)
+        return rles
+
+    rles = [r for _, part in over_rows(rows, len(names), processes) for r in part]
+    labels = [join_label(name, c) for name in names for c in CLASSES]
+    return csv_writer(pd.DataFrame({CSV_COLUMNS[0]: labels, CSV_COLUMNS[1]: rles}))
+
+
+def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,
+                        steps: Sequence[str] | None = None, choice: Rule = DEFAULT_RULE, overwrite: bool = False,
+                        processes: int | None = None) -> SegPrediction:
+    """Tune post-processing again from validation probability stores alone, without running a
+    model: the stores' weighted mean (images matched by name) is tuned on Dice like
+    ``predict-seg --split val``; writes the masks to ``out`` and the choice, recording every run
+    averaged into the stores, to ``<stem>_postprocess.json`` (read by ``predict-seg --split
+    test --postprocess``). ``steps`` and ``choice``: as for :func:`predict_segmentation`;
+    ``processes``: how many share the images (None: one per core).
+
+    Raises:
+        CloudpipeError: a bad, truncated or test store, stores of different images, images
+            without truth, or an output that may not be written.
+    """
+    data_dir = require_dir(data_dir)
+    if not stores:
+        raise CloudpipeError("give at least one --store")
+    share = normalise_weights(weights, len(stores), per="--store")
+    tuned_steps, choice = steps_of(steps), check_rule(choice)
+    post_out = postprocess_path_for(out)
+    inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
+    with claim_outputs([out, post_out], inputs, overwrite=overwrite):
+        started = time.perf_counter()
+        read = read_stores(stores, "val")
+        require_same_validation([Path(s) for s in stores], [info.images for _, info in read])
+        names = read[0][1].images
+        ensemble = Ensemble.merged([(info, w) for (_, info), w in zip(read, share)])
+        store = read[0][0] if len(read) == 1 else mean_stores(
+            [a for a, _ in read], share, probability_store(out.parent, read[0][0].shape),
+            rows=[rows_of(names, info.images) for _, info in read])
+        data = load_train_data(data_dir)
+        missing = [i for i in names if i not in data.rles.index]
+        if missing:
+            raise CloudpipeError(f"{len(missing)} image(s) have no truth in train.csv (e.g. {', '.join(missing[:3])})",
+                                 path=stores[0])
+        speed = len(names) / max(time.perf_counter() - started, 1e-9)
+        return tune_and_write(store, names, None, data, ensemble, out, post_out, speed, tuned_steps, choice, processes=processes)
+
+
+def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postprocess: Path, *,
+                       weights: Sequence[float] | None = None, overwrite: bool = False,
+                       processes: int | None = None) -> SegPrediction:
+    """The test masks from stored test probabilities, without running a model: the stores'
+    weighted mean (images matched by name), post-processed by ``postprocess``, written to
+    ``out`` with the same bytes as ``predict-seg --split test`` of the runs in the stores.
+
+    Raises:
+        CloudpipeError: a bad, truncated or validation store, a store whose images are not
+            the test images of ``data_dir``, post-processing tuned for other runs or weights
+            than those averaged into the stores, or an output that may not be written.
+    """
+    data_dir = require_dir(data_dir)
+    if not stores:
+        raise CloudpipeError("give at least one --store")
+    share = normalise_weights(weights, len(stores), per="--store")
+    inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))), Path(postprocess))
+    with claim_outputs([out], inputs, overwrite=overwrite):
+        started = time.perf_counter()
+        read = read_stores(stores, "test")
+        ensemble = Ensemble.merged([(info, w) for (_, info), w in zip(read, share)])
+        post = test_postprocess(ensemble, Path(postprocess))
+        names = list_test_images(data_dir)
+        for path, (_, info) in zip(stores, read):
+            lacks, extra = sorted(set(names) - set(info.images)), sorted(set(info.images) - set(names))
+            if lacks or extra:
+                raise CloudpipeError(f"holds other images than the test images of {data_dir} ({len(lacks)} missing, "
+                                     f"{len(extra)} extra, e.g. {', '.join((lacks or extra)[:3])})", path=path)
+        if len(read) == 1 and read[0][1].images == names:
+            store = read[0][0]
+        else:
+            store = mean_stores([a for a, _ in read], share, probability_store(Path(out).parent, (len(names), *read[0][0].shape[1:])),
+                                rows=[rows_of(names, info.images) for _, info in read])
+        result = SegPrediction(Path(out), len(names), post, 0.0)
+        result = write_outputs(result, store, names, None, None, ensemble, processes)
+        result.images_per_second = len(names) / max(time.perf_counter() - started, 1e-9)
+        return result
+
+
+def read_stores(stores: Sequence[Path], split: str) -> list[tuple[np.memmap, StoreInfo]]:
+    """Every store, mapped and checked (:func:`~cloudpipe.data.probstore.read_store`), each
+    holding ``split`` probabilities."""
+    read = [read_store(s) for s in stores]
+    for path, (_, info) in zip(stores, read):
+        if info.split != split:
+            need = "tuning needs a validation store" if split == "val" else "applying needs a test store"
+            raise CloudpipeError(f"holds {info.split} probabilities; {need}", path=path)
+    return read
+
+
+def rows_of(names: list[str], images: list[str]) -> np.ndarray:
+    """The row of each of ``names`` in ``images`` (e.g. a store's rows)."""
+    row = {name: i for i, name in enumerate(images)}
+    return np.array([row[name] for name in names], dtype=np.int64)
