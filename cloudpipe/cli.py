@@ -8,6 +8,7 @@ Each command parses and validates its options, then calls one library function. 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import sys
 from pathlib import Path
@@ -145,10 +146,29 @@ def shape_option(name: str, default: tuple[int, int], help: str):
     return click.option(name, type=(int, int), default=default, show_default=True, metavar="H W", help=help)
 
 
+class _AboveBars(logging.Handler):
+    """The library's log lines (``cloudpipe.*`` loggers) on stdout, above any progress bar."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        tqdm.write(self.format(record), file=sys.stdout)
+
+
+def log_to_stdout() -> None:
+    """Show the library's ``INFO`` lines as the commands' own output (once per process)."""
+    logger = logging.getLogger("cloudpipe")
+    if not any(isinstance(h, _AboveBars) for h in logger.handlers):
+        logger.addHandler(_AboveBars())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # printed once, here
+
+
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"], "show_default": True})
 @click.version_option(package_name="cloudpipe")
 def main() -> None:
     """Two-stage submission pipeline for Kaggle's Understanding Clouds from Satellite Images."""
+    log_to_stdout()
 
 
 @main.command()
@@ -484,7 +504,7 @@ def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
     """Run the whole two-stage pipeline on synthetic data and print the test Dice."""
     from cloudpipe.pipeline.demo import run_demo
 
-    result = run_demo(out_dir, size, overwrite=overwrite, progress=not quiet, echo=click.echo)
+    result = run_demo(out_dir, size, overwrite=overwrite, progress=not quiet)
     click.echo("\nTest Dice (synthetic test set, Kaggle metric):")
     click.echo(format_table(result.rows))
     click.echo("\nSeconds per step: " + ", ".join(f"{k} {v:.1f}" for k, v in result.seconds.items())

@@ -365,3 +365,22 @@ def test_a_run_that_cannot_start_writes_nothing_so_its_fix_works(tiny_data, tmp_
     fixed = run_cli(*args, "--weights", "none")  # what the error recommends: it used to be "holds another run"
     assert fixed.exit_code == 0, fixed.output
     assert (out / "best.pt").is_file()
+
+
+def test_epoch_lines_go_to_the_cloudpipe_logger_and_the_cli_prints_them(tiny_data, tmp_path, caplog, monkeypatch):
+    import logging
+
+    from tests.conftest import cli
+
+    monkeypatch.setattr(logging.getLogger("cloudpipe"), "propagate", True)  # the CLI, if run before, turned it off
+    with caplog.at_level(logging.INFO, logger="cloudpipe"):
+        train_run(classifier_config(epochs=1), tiny_data, tmp_path / "lib", progress=False)
+    assert {r.name for r in caplog.records} == {"cloudpipe.engine.train"}
+    assert {r.message.split("  ")[0] for r in caplog.records} == {"epoch 1/1"}
+    logging.getLogger("cloudpipe").setLevel(logging.WARNING)  # a notebook silences the library
+    caplog.clear()
+    train_run(classifier_config(epochs=1), tiny_data, tmp_path / "quiet", progress=False)
+    assert not caplog.records
+    result = cli("train-classifier", "--data", tiny_data, "--out", tmp_path / "cli", "--arch", "tiny", "--weights", "none",
+                 "--epochs", 1, "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet")
+    assert result.exit_code == 0 and result.output.count("epoch 1/1  train_loss") == 1, result.output

@@ -12,6 +12,7 @@ done. What differs between the stages lives in :mod:`cloudpipe.engine.stages`.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -63,6 +64,8 @@ from cloudpipe.engine.recipe import (
 )
 from cloudpipe.engine.stages import Stage, stage_for
 
+log = logging.getLogger(__name__)
+"""Each epoch's line (the command line prints it above the progress bar)."""
 RESUMABLE_KEYS = ("epochs", "workers", "device", "compile")  # may change between a run and its resume
 
 
@@ -261,9 +264,9 @@ class Trainer:
         save_checkpoint(checkpoint, self.out_dir / LAST_PT)
         write_csv(pd.DataFrame(self.history), self.out_dir / METRICS_CSV, float_format="%.6g")
         row = self.history[-1]
-        tqdm.write(f"epoch {row['epoch']}/{self.config.epochs}  train_loss {row['train_loss']:.4f}  "
-                   f"val_loss {row['val_loss']:.4f}  {self.stage.score_name} {row[self.stage.score_name]:.4f}  "
-                   f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else ""))
+        log.info(f"epoch {row['epoch']}/{self.config.epochs}  train_loss {row['train_loss']:.4f}  "
+                 f"val_loss {row['val_loss']:.4f}  {self.stage.score_name} {row[self.stage.score_name]:.4f}  "
+                 f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else ""))
 
 
 def fit(stage: Stage, data: TrainData, split: ModelSplit, *, state: dict | None = None, progress: bool = True,

@@ -3,6 +3,7 @@ functions as the real commands (no demo-only code paths), with a final table."""
 
 from __future__ import annotations
 
+import logging
 import shutil
 import time
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from cloudpipe.core.competition import SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.synth import TEST_TRUTH_CSV
 
+log = logging.getLogger(__name__)
 Size = Literal["tiny", "small", "medium"]
 T = TypeVar("T")
 
@@ -37,9 +39,9 @@ def demo_settings(size: Size) -> dict[str, Any]:
     return sizes[size]
 
 
-def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, progress: bool = True,
-             echo: Callable[[str], None] = print) -> DemoResult:
-    """Generate data, train and predict both stages, tune thresholds, gate, and evaluate.
+def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, progress: bool = True) -> DemoResult:
+    """Generate data, train and predict both stages, tune thresholds, gate, and evaluate; each
+    step's name and summary go to the ``cloudpipe`` logger (the command prints them).
 
     Writes ``out_dir/data`` (synthetic Kaggle layout), ``out_dir/runs/{seg,classifier}``,
     ``out_dir/submissions/`` and ``out_dir/report.html``; returns the report's headline on the
@@ -69,7 +71,7 @@ def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, pr
     result = DemoResult(out_dir)
 
     def step(name: str, fn: Callable[[], T]) -> T:
-        echo(f"== {name}")
+        log.info(f"== {name}")
         started = time.perf_counter()
         value = fn()
         result.seconds[name] = time.perf_counter() - started
@@ -82,15 +84,15 @@ def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, pr
     step("train-seg", lambda: train_run(seg_config, data, seg_run, progress=progress))
     val_seg, test_seg = seg_run / "val_seg.csv", seg_run / "test_seg.csv"
     seg_settings = InferenceSettings(batch_size=8, workers=seg_config.workers, progress=progress)
-    echo(step("predict-seg val", lambda: predict_segmentation(seg_run, data, "val", val_seg, settings=seg_settings)).line())
-    echo(step("predict-seg test", lambda: predict_segmentation(seg_run, data, "test", test_seg, settings=seg_settings)).line())
+    log.info(step("predict-seg val", lambda: predict_segmentation(seg_run, data, "val", val_seg, settings=seg_settings)).line())
+    log.info(step("predict-seg test", lambda: predict_segmentation(seg_run, data, "test", test_seg, settings=seg_settings)).line())
     cls_config = load_config("classifier", overrides={**settings["classifier"], "weights": "none"})
     step("train-classifier", lambda: train_run(cls_config, data, cls_run, progress=progress))
     cls_settings = InferenceSettings(workers=cls_config.workers, progress=progress)
     tuned = step("tune-threshold", lambda: tune_thresholds(cls_run, data, seg=val_seg, settings=cls_settings))
-    echo(tuned.summary())
+    log.info(tuned.summary())
     gated = subs / "submission.csv"
-    echo(step("predict", lambda: predict_submission(test_seg, cls_run, data, gated, settings=cls_settings)).line())
+    log.info(step("predict", lambda: predict_submission(test_seg, cls_run, data, gated, settings=cls_settings)).line())
     page = step("report", lambda: write_report(
         data, test_seg, out_dir / "report.html", overwrite=True, progress=progress, probs_csv=probs_path_for(gated),
         thresholds_file=tuned.json_path, truth_csv=data / TEST_TRUTH_CSV, truth_shape=SUBMISSION_SHAPE))
