@@ -78,7 +78,7 @@ def test_predict_seg_refuses_a_classifier_run(tiny_classifier_run, tiny_data, tm
 
 
 def test_seg_resume_goes_through_the_shared_loop(tiny_data, tmp_path):
-    cfg = lambda epochs: load_config("segmentation", overrides={**SEG, "epochs": epochs})  # noqa: E731
+    cfg = lambda epochs: load_config("segmentation", overrides={**SEG, "epochs": epochs, "schedule": "plateau"})  # noqa: E731  (a longer resume: per-epoch schedules only)
     train_run(cfg(2), tiny_data, tmp_path / "full", progress=False)
     train_run(cfg(1), tiny_data, tmp_path / "part", progress=False)
     train_run(cfg(2), tiny_data, tmp_path / "part", resume=True, progress=False)
@@ -89,7 +89,7 @@ def test_seg_resume_goes_through_the_shared_loop(tiny_data, tmp_path):
 
 def test_seg_head_trains_rebuilds_writes_presence_and_resumes(tiny_data, tmp_path):
     head = {**SEG, "head_weight": 0.5}
-    cfg = lambda epochs: load_config("segmentation", overrides={**head, "epochs": epochs})  # noqa: E731
+    cfg = lambda epochs: load_config("segmentation", overrides={**head, "epochs": epochs, "schedule": "plateau"})  # noqa: E731
     train_run(cfg(2), tiny_data, tmp_path / "full", progress=False)
     train_run(cfg(1), tiny_data, tmp_path / "part", progress=False)
     train_run(cfg(2), tiny_data, tmp_path / "part", resume=True, progress=False)
@@ -260,7 +260,8 @@ def test_runs_of_other_validation_images_are_refused(seg_run, tiny_data, tmp_pat
 
 def cli_on_one_thread(*args):
     """:func:`cli` with torch on one thread, as each torchrun rank runs: fp32 sums taken in
-    another order (more threads) may round a pixel's probability apart."""
+    another order (more threads, or another batch shape: hence batches of one below) may round
+    a pixel's probability apart."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -280,7 +281,7 @@ def test_predict_seg_under_torchrun_matches_one_process(seg_run, tiny_data, tmp_
         (run / "seg_postprocess.json").write_text(json.dumps(PostProcess().to_dict()))  # the steps' defaults
     one, two = tmp_path / "one" / "seg.csv", tmp_path / "two" / "seg.csv"
     common = ("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--workers", 0, "--device", "cpu",
-              "--batch-size", 4, "--quiet")
+              "--batch-size", 1, "--quiet")  # batches of one: fp32 kernels may round apart by batch shape
     result = cli_on_one_thread(*common, "--out", one)
     assert result.exit_code == 0, result.output
     post = (run / "seg_postprocess.json").read_bytes() if split == "val" else None
@@ -333,7 +334,7 @@ def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_ru
 
     one, two = tmp_path / "one" / "ens.csv", tmp_path / "two" / "ens.csv"
     common = ("predict-seg", "--run", seg_run, "--run", seg_run_b, "--weight", 1, "--weight", 3, "--data", tiny_data,
-              "--split", "val", "--batch-size", 4, *CPU_QUIET)
+              "--split", "val", "--batch-size", 1, *CPU_QUIET)  # batches of one, as above
     result = cli_on_one_thread(*common, "--out", one)
     assert result.exit_code == 0, result.output
     proc = torchrun(*common, "--out", two)

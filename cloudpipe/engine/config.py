@@ -230,6 +230,11 @@ def _loss_terms(value: Any) -> dict[str, float]:
     return {str(name): float(weight) for name, weight in value.items()}
 
 
+def _number(value: Any) -> float:
+    """A value compared before it is checked: a number, else infinity (the check then reports it)."""
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("inf")
+
+
 def load_config(
     task: Task, path: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
@@ -237,7 +242,9 @@ def load_config(
 
     Training from random weights (``weights: none``) uses ``scratch_lr`` unless ``lr`` itself is
     given in ``path`` or ``overrides``: the seed's fine-tuning rate makes a randomly initialised
-    ResNet diverge (validation loss of 1e6 and more).
+    ResNet diverge (validation loss of 1e6 and more). Likewise a packaged ``warmup_epochs`` (the
+    segmentation default's cosine warmup) is dropped when the run has no room for it (``epochs``
+    not above it) or a plateau schedule, unless ``warmup_epochs`` itself is given.
 
     Args:
         task: which stage's defaults to start from.
@@ -261,6 +268,9 @@ def load_config(
     values.update(given)
     if values.get("weights") == "none" and "lr" not in given and "lr" not in loaded:
         values["lr"] = values.get("scratch_lr", values["lr"])  # random weights diverge at the fine-tuning lr
+    if "warmup_epochs" not in given and "warmup_epochs" not in loaded and values.get("warmup_epochs") and (
+            values.get("schedule") == "plateau" or _number(values.get("epochs")) <= _number(values["warmup_epochs"])):
+        values["warmup_epochs"] = 0  # the packaged warmup does not fit this run (e.g. --epochs 1)
     unknown = sorted(set(values) - set(_FIELDS))
     if unknown:
         raise CloudpipeError(f"config: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(_FIELDS)}")
