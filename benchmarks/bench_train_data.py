@@ -58,7 +58,8 @@ from cloudpipe.data.images import reduction_for  # noqa: E402
 from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
 from cloudpipe.data.runfolder import ModelSplit  # noqa: E402
 from cloudpipe.engine.config import load_config  # noqa: E402
-from cloudpipe.engine.devices import Dist, resolve_workers  # noqa: E402
+from cloudpipe.engine.devices import resolve_workers  # noqa: E402
+from cloudpipe.engine.dist import Dist  # noqa: E402
 from cloudpipe.engine.recipe import make_optimizer  # noqa: E402
 from cloudpipe.engine.stages import stage_for  # noqa: E402
 from cloudpipe.engine.train import Trainer  # noqa: E402

@@ -50,7 +50,8 @@ from cloudpipe.data.images import check_images, decode_batch, reduction_for  # n
 from cloudpipe.data.kaggle import TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, list_test_images, load_train_data, read_mask_csv, to_wide  # noqa: E402
 from cloudpipe.data.runfolder import ModelSplit  # noqa: E402
 from cloudpipe.engine.config import load_config  # noqa: E402
-from cloudpipe.engine.devices import Dist, resolve_device, resolve_workers  # noqa: E402
+from cloudpipe.engine.devices import resolve_device, resolve_workers  # noqa: E402
+from cloudpipe.engine.dist import Dist  # noqa: E402
 from cloudpipe.engine.infer import image_loader, predict_presence  # noqa: E402
 from cloudpipe.engine.settings import InferenceSettings  # noqa: E402
 from cloudpipe.engine.stages import stage_for  # noqa: E402

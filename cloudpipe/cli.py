@@ -18,7 +18,7 @@ import click
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
 from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, DEVICES, PLACEMENTS, RULES, STEP_NAMES, TOP_K
 from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
-from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.errors import CloudpipeError, SharedError
 from cloudpipe.core.table import format_table
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -56,7 +56,7 @@ class _Group(click.Group):
             # Raised in a DataLoader worker, the message carries the worker's traceback; its
             # last line is the original "CloudpipeError: <message>".
             message = str(err).strip().splitlines()[-1].removeprefix(f"{CloudpipeError.__module__}.CloudpipeError: ")
-            echo_error(f"error: {message}", shared=getattr(err, "shared", False))
+            echo_error(f"error: {message}", shared=isinstance(err, SharedError))
             sys.exit(2)
 
 
@@ -68,7 +68,7 @@ def is_main_process() -> bool:
 
 def echo_error(line: str, shared: bool = True) -> None:
     """An error line on stderr; under ``torchrun`` from rank 0 alone when every rank has the
-    error (``shared``: a usage error, or one :meth:`~cloudpipe.engine.devices.Dist.together`
+    error (``shared``: a usage error, or one :meth:`~cloudpipe.engine.dist.Dist.together`
     shared), so that one line says it; a rank's own error is printed by that rank."""
     if is_main_process() or not shared:
         click.echo(line, err=True)

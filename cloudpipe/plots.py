@@ -8,13 +8,13 @@ matplotlib is imported inside the functions: importing cloudpipe stays fast.
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloudpipe.data.outputs import atomic_path
+from cloudpipe.data.outputs import write_files
 
 if TYPE_CHECKING:
     from cloudpipe.algorithms.thresholds import Sweep
@@ -29,10 +29,15 @@ def _figure(width: float, height: float):
     return fig
 
 
+def figure_writer(fig) -> Callable[[Path], None]:
+    """A writer of a figure as PNG, for :func:`~cloudpipe.data.outputs.write_files` (and a
+    command runner's ``write``)."""
+    return lambda path: fig.savefig(path, format="png")
+
+
 def save_png(fig, path: Path) -> Path:
     """Write a figure as PNG, atomically; returns ``path``."""
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
+    write_files({Path(path): figure_writer(fig)})
     return Path(path)
 
 

@@ -19,8 +19,8 @@ from cloudpipe.data.kaggle import (
     require_dir,
     to_wide,
 )
-from cloudpipe.data.outputs import Inputs, claim_outputs
-from cloudpipe.plots import overlay_figure, save_png
+from cloudpipe.data.outputs import Inputs
+from cloudpipe.plots import figure_writer, overlay_figure
 
 
 def _masks(frame, image: str, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:
@@ -37,8 +37,11 @@ def show_image(data_dir: Path, image: str, out: Path, *, pred: Path | None = Non
         CloudpipeError: unknown image, an image with neither truth nor prediction, bad CSVs,
             an output that is an input or is being written by another process.
     """
+    from cloudpipe.engine.runner import Plan, Runner
+
     data_dir = require_dir(data_dir)
-    with claim_outputs([out], data_inputs(data_dir) | Inputs.of(pred), overwrite=overwrite):
+    with Runner.start() as run:
+        run.claim(lambda: (Plan(data_inputs(data_dir) | Inputs.of(pred), [out], overwrite=overwrite), None))
         path = find_image(data_dir, image)
         source = jpeg_size(path)
         size = SUBMISSION_SHAPE
@@ -53,4 +56,5 @@ def show_image(data_dir: Path, image: str, out: Path, *, pred: Path | None = Non
         if truth is None and predicted is None:
             raise CloudpipeError(f"no truth for test image {image!r}: pass --pred SUB.csv to show predictions")
         pixels = read_image(path, size, reduction_for(source, size))
-        return save_png(overlay_figure(pixels, truth=truth, pred=predicted, title=image), out)
+        run.write({out: figure_writer(overlay_figure(pixels, truth=truth, pred=predicted, title=image))})
+    return Path(out)

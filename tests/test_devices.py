@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.engine.devices import Dist, autocast, resolve_device, resolve_workers
+from cloudpipe.engine.devices import autocast, resolve_device, resolve_workers
+from cloudpipe.engine.dist import Dist
 
 
 def test_resolve_device_on_cpu(monkeypatch):
@@ -38,30 +39,6 @@ def test_single_process_dist(monkeypatch):
     assert dist.mean(6.0, 3) == 2.0 and dist.gather("x") == ["x"]
     model = torch.nn.Linear(2, 2)
     assert dist.wrap(model, torch.device("cpu")) is model
-
-
-def test_one_process_predicts_the_whole_store_and_claims_its_outputs(tmp_path):
-    """Under torchrun the shares are joined (tests/test_segment.py runs two ranks); alone, the
-    one call predicts every name, and the claim checks and locks like claim_outputs."""
-    from cloudpipe.data.outputs import Inputs, lock_path
-
-    dist = Dist()
-    seen = []
-
-    def predict(mine):
-        seen.extend(mine)
-        return np.arange(len(mine)), None
-
-    store, presence = dist.predict_store(["a", "b", "c"], predict, tmp_path / "x.csv")
-    assert seen == ["a", "b", "c"] and store.tolist() == [0, 1, 2] and presence is None
-    out, own = tmp_path / "out.csv", tmp_path / "own.json"
-    own.write_text("{}")
-    with dist.claim_outputs([out], Inputs(), locked=[own]):
-        assert lock_path(out).exists() and lock_path(own).exists()
-    assert not lock_path(out).exists() and not lock_path(own).exists()
-    out.write_text("old")
-    with pytest.raises(CloudpipeError, match="exists"), dist.claim_outputs([out], Inputs()):
-        pass
 
 
 @pytest.mark.parametrize("cores, cpu, cuda", [(1, 0, 1), (2, 0, 1), (4, 0, 3), (16, 0, 15), (64, 0, 16)])

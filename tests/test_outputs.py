@@ -11,7 +11,6 @@ from cloudpipe.data.outputs import (
     atomic_path,
     check_output,
     claim_output,
-    claim_outputs,
     csv_writer,
     lock_path,
     output_lock,
@@ -368,12 +367,48 @@ def test_a_refused_claim_leaves_no_new_folder(tmp_path):
     source = tmp_path / "in.csv"
     source.write_text("x\n")
     with pytest.raises(CloudpipeError, match="also an input"):
-        with claim_outputs([tmp_path / "new" / "deeper" / "a.csv", source], Inputs.of(source), overwrite=True):
-            pass
+        with claim_output(tmp_path / "new" / "deeper" / "a.csv", inputs=[source]):
+            with claim_output(source, inputs=[source], overwrite=True):
+                pass
     with pytest.raises(Boom):
-        with claim_outputs([tmp_path / "new" / "a.csv"], Inputs()):
+        with claim_output(tmp_path / "new" / "a.csv"):
             raise Boom  # a failure after the claim, e.g. a bad image
     assert os.listdir(tmp_path) == ["in.csv"]
+
+
+def test_a_lock_file_planted_as_a_link_is_never_followed(tmp_path):
+    """A ``.<name>.lock`` symlink to any file: refused in one line, the file it points at untouched
+    (a lock that followed it truncated the file and wrote a pid into it); a hard link likewise."""
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    target = tmp_path / "sub.csv"
+    lock_path(target).symlink_to(precious)
+    with pytest.raises(CloudpipeError, match="symbolic link, which cloudpipe never follows"):
+        with claim_output(target):
+            pytest.fail("claimed through a link")
+    assert precious.read_text() == "keep me\n" and lock_path(target).is_symlink()
+    lock_path(target).unlink()
+    os.link(precious, lock_path(target))
+    with pytest.raises(CloudpipeError, match="not a plain file of its own"):
+        with claim_output(target):
+            pytest.fail("claimed through a hard link")
+    assert precious.read_text() == "keep me\n"
+
+
+@pytest.mark.parametrize("write", [lambda f, p: write_files({p: f}), lambda f, p: _atomic(f, p)])
+def test_a_temporary_planted_as_a_link_is_replaced_not_followed(tmp_path, write):
+    precious = tmp_path / "precious.txt"
+    precious.write_text("keep me\n")
+    target = tmp_path / "sub.csv"
+    target.with_name(f".sub.csv.{os.getpid()}.tmp").symlink_to(precious)
+    write(lambda tmp: tmp.write_text("new\n"), target)
+    assert precious.read_text() == "keep me\n" and target.read_text() == "new\n"
+    assert sorted(os.listdir(tmp_path)) == ["precious.txt", "sub.csv"]
+
+
+def _atomic(write, path):
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def test_a_full_disk_leaves_no_empty_lock_file(tmp_path, monkeypatch):

@@ -21,5 +21,10 @@ class CloudpipeError(Exception):
         super().__init__(where + message)
 
 
+class SharedError(CloudpipeError):
+    """An error every ``torchrun`` rank raises together (:meth:`~cloudpipe.engine.dist.Dist.together`):
+    rank 0 alone reports it."""
+
+
 class RLEError(CloudpipeError, ValueError):
     """A run-length encoded mask that is not valid Kaggle RLE for the given shape."""

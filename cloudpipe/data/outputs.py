@@ -1,19 +1,21 @@
 """Safe output files: never clobber without ``--overwrite``, never leave half a file, never
 write an input, never let two processes write the same file at once.
 
-A command claims all its outputs at once with :func:`claim_outputs`, giving everything it reads
-as one :class:`Inputs` (built from :func:`cloudpipe.data.kaggle.data_inputs`,
-:func:`cloudpipe.data.runfolder.run_inputs` and the files named on its command line), so no
-output can replace an input however the input was reached.
+A command declares its outputs and everything it reads as one :class:`Inputs` (built from
+:func:`cloudpipe.data.kaggle.data_inputs`, :func:`cloudpipe.data.runfolder.run_inputs` and the
+files named on its command line) to :class:`cloudpipe.engine.runner.Runner`, which claims each
+output with :func:`claim_output`, so no output can replace an input however the input was reached.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,12 +51,14 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
-                 input_dirs: Iterable[Path] = ()) -> Path:
+                 input_dirs: Iterable[Path] = (), folder: bool = False) -> Path:
     """Validate an output path before any work is done.
 
     Args:
         inputs: files the command reads; the output may be none of them.
         input_dirs: folders the command reads (image folders); the output may not lie inside one.
+        folder: the output is a folder the command fills (a training's run folder), whose
+            files the command checks itself: it may exist.
 
     Raises:
         CloudpipeError: the path exists (without ``overwrite``), equals an input or lies in an
@@ -67,9 +71,9 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
     for folder in input_dirs:
         if path.resolve().is_relative_to(Path(folder).resolve()):
             raise CloudpipeError(f"output path is inside the input folder {folder}; choose another --out", path=path)
-    if path.is_dir():
+    if path.is_dir() and not folder:
         raise CloudpipeError("output path is a folder; give a file name", path=path)
-    if path.exists() and not overwrite:
+    if path.exists() and not overwrite and not folder:
         raise CloudpipeError("already exists; pass --overwrite to replace it", path=path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,38 +86,27 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
 
 @contextmanager
 def claim_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
-                 input_dirs: Iterable[Path] = ()) -> Iterator[Path]:
+                 input_dirs: Iterable[Path] = (), folder: bool = False, lock: bool = True) -> Iterator[Path]:
     """:func:`check_output`, then hold the output's lock until the body ends (wrap the whole
     command, from the check to the last rename); the check is repeated under the lock, since
-    another process may have written the file meanwhile.
+    another process may have written the file meanwhile. ``lock=False`` only checks (the ranks
+    of ``torchrun`` other than rank 0, which write nothing). A refusal or failure leaves no
+    empty new folder. :class:`cloudpipe.engine.runner.Runner` claims every output of a command
+    with it.
 
     Raises:
         CloudpipeError: as :func:`check_output` and :func:`output_lock`.
     """
-    with no_new_empty_folders(Path(path).parent):  # a refusal or failure leaves no empty new folder
-        path = check_output(path, overwrite=overwrite, inputs=inputs, input_dirs=input_dirs)
+    check = dict(overwrite=overwrite, inputs=tuple(inputs), input_dirs=tuple(input_dirs), folder=folder)
+    with no_new_empty_folders(Path(path).parent):
+        path = check_output(path, **check)
+        if not lock:
+            yield path
+            return
         with output_lock(path):
-            path = check_output(path, overwrite=overwrite, inputs=inputs, input_dirs=input_dirs)
+            path = check_output(path, **check)
             remove_stale_temporaries(path)
             yield path
-
-
-@contextmanager
-def claim_outputs(paths: Iterable[Path], inputs: Inputs, *, overwrite: bool = False, lock: bool = True) -> Iterator[None]:
-    """Claim every output of a command (:func:`claim_output`) until the body ends; ``lock=False``
-    only checks them (the ranks of ``torchrun`` other than rank 0, which write nothing).
-
-    Raises:
-        CloudpipeError: as :func:`claim_output`, for the first output that may not be written.
-    """
-    with ExitStack() as claims:
-        for path in paths:
-            check = dict(overwrite=overwrite, inputs=inputs.files, input_dirs=inputs.folders)
-            if lock:
-                claims.enter_context(claim_output(path, **check))
-            else:
-                check_output(path, **check)
-        yield
 
 
 @contextmanager
@@ -193,9 +186,17 @@ def output_lock(path: Path) -> Iterator[None]:
 def _acquire(lock: Path, path: Path) -> int:
     while True:
         try:
-            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)  # a planted link is never followed
         except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise CloudpipeError(f"the lock file {lock.name} is a symbolic link, which cloudpipe never follows; "
+                                     "remove it", path=path) from None
             raise CloudpipeError(f"cannot create the lock file {lock.name} ({err.strerror})", path=path) from None
+        opened = os.fstat(fd)
+        if not stat.S_ISREG(opened.st_mode) or opened.st_nlink > 1:  # a hard link would let the pid overwrite another file
+            os.close(fd)
+            raise CloudpipeError(f"the lock file {lock.name} is not a plain file of its own (a link or a special file); "
+                                 "remove it", path=path)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             if os.path.exists(lock) and os.stat(lock).st_ino == os.fstat(fd).st_ino:
@@ -215,7 +216,20 @@ def _acquire(lock: Path, path: Path) -> int:
 
 
 def _temporary(path: Path) -> Path:
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    return private_file(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+
+
+def private_file(path: Path) -> Path:
+    """``path`` cleared for a temporary to be written: whatever lies there (a symbolic link
+    planted to redirect the write included) is removed, never followed.
+
+    Raises:
+        CloudpipeError: it cannot be removed.
+    """
+    path = Path(path)
+    with _reported(path):
+        path.unlink(missing_ok=True)
+    return path
 
 
 @contextmanager

@@ -26,7 +26,8 @@ from cloudpipe.data.images import check_images, decode_batch, reduction_for
 from cloudpipe.data.runfolder import trained_checkpoints
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import TrainConfig, config_from_dict
-from cloudpipe.engine.devices import Dist, autocast, compile_model, resolve_device, resolve_workers
+from cloudpipe.engine.devices import autocast, compile_model, resolve_device, resolve_workers
+from cloudpipe.engine.dist import Dist
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.engine.stages import stage_for
 

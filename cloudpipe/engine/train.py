@@ -32,6 +32,7 @@ from cloudpipe.data.datasets import CloudDataset, worker_init
 from cloudpipe.data.images import reduction_for
 from cloudpipe.data.kaggle import (
     TrainData,
+    data_inputs,
     kfold_splits,
     load_train_data,
     split_train_val,
@@ -52,7 +53,8 @@ from cloudpipe.data.runfolder import (
 )
 from cloudpipe.engine.checkpoint import load_checkpoint, save_checkpoint
 from cloudpipe.engine.config import TrainConfig, load_run_config, save_config
-from cloudpipe.engine.devices import Dist, autocast, compile_model, resolve_device, resolve_workers
+from cloudpipe.engine.devices import autocast, compile_model, resolve_device, resolve_workers
+from cloudpipe.engine.dist import Dist
 from cloudpipe.engine.recipe import (
     keep_frozen_in_eval,
     make_average,
@@ -319,17 +321,28 @@ def train_run(
     Returns:
         One result per model trained (on rank 0; other ranks of a torchrun job get ``[]``).
     """
-    dist = Dist.from_env()
-    try:
+    from cloudpipe.engine.runner import Plan, Runner
+
+    out_dir = Path(out_dir)
+    continuing = resume or fold is not None
+
+    def declare() -> tuple[Plan, tuple[Stage, TrainData, list[ModelSplit], bool]]:
         if config.folds < 2 and fold is not None:
             raise CloudpipeError("--fold needs --folds K (K >= 2)")
         if fold is not None and not 0 <= fold < config.folds:
             raise CloudpipeError(f"--fold must be in 0..{config.folds - 1}, got {fold}")
         stage = stage_for(config)
         data = load_train_data(data_dir)
-        out_dir = Path(out_dir)
-        continuing = resume or fold is not None
         splits, recorded = _check_run_dir(out_dir, config, data, continuing, resume)
+        # The run folder is claimed whole (and each fold's), so that two trainings never write one
+        # run; a training of one fold claims that fold alone, so folds may train side by side.
+        claimed = [split.folder for i, split in enumerate(splits) if fold is None or i == fold]
+        claimed = ([out_dir] if fold is None and out_dir not in claimed else []) + claimed
+        return Plan(data_inputs(data_dir), folders=claimed), (stage, data, splits, recorded)
+
+    with Runner.start() as run:
+        stage, data, splits, recorded = run.claim(declare)
+        dist = run.dist
         started: list[bool] = []
 
         def start() -> None:  # the first model is built, so the run can start: only now is --out written
@@ -350,8 +363,6 @@ def train_run(
         if dist.is_main and stage.keeps_val_probs and config.folds >= 2:
             write_out_of_fold(out_dir, config.folds, list(data.labels.index))
         return results if dist.is_main else []
-    finally:
-        dist.close()
 
 
 def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continuing: bool,

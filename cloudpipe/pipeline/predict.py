@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack, closing
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -34,14 +33,14 @@ from cloudpipe.data.kaggle import (
     require_dir,
     require_same_images,
 )
-from cloudpipe.data.outputs import Inputs, csv_writer, write_files
+from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.runfolder import run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.gate import GateInputs, resolve_gate
 
 if TYPE_CHECKING:
-    from cloudpipe.engine.devices import Dist
+    from cloudpipe.engine.runner import Runner
 
 
 def read_segmentation(seg: Path | pd.DataFrame, mask_shape: tuple[int, int] = SUBMISSION_SHAPE) -> pd.DataFrame:
@@ -124,36 +123,38 @@ def predict_submission(
     Returns:
         The gated submission (sample order) and its summary.
     """
-    from cloudpipe.engine.devices import Dist
+    from cloudpipe.engine.runner import Plan, Runner
 
-    with closing(Dist.from_env()) as dist, ExitStack() as claims:
-        with dist.together():  # every rank checks (rank 0 reports); rank 0, the one that writes, locks both outputs
-            ensemble = Ensemble.of(run_dir, weights)
-            data_dir = require_dir(data_dir)
-            spec, source = resolve_gate(ensemble, thresholds_file, threshold, inputs.seg_store)
-            if spec is None:
-                spec, source = GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
-            if inputs.at_least_one is not None:
-                spec = replace(spec, at_least_one=inputs.at_least_one)
-            inputs.require(spec.sources)  # before any image is read
-            reads = data_inputs(data_dir) | run_inputs(ensemble.runs) | inputs.files() | Inputs.of(
-                seg if isinstance(seg, Path) else None, thresholds_file)
-            outputs = [] if out is None else [out, probs_path_for(out)]
-            claims.enter_context(dist.claim_outputs(outputs, reads, overwrite=overwrite))
-        summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, inputs, dist)
-        if out is not None and dist.is_main:  # a pair: a failure leaves both old files or both new ones
-            write_files({probs_path_for(out): csv_writer(summary.probs.reset_index(), float_format="%.6f"),
-                         out: csv_writer(summary.submission)})
+    def declare() -> tuple[Plan, tuple[Ensemble, Path, GateSpec, str]]:
+        ensemble = Ensemble.of(run_dir, weights)
+        data = require_dir(data_dir)
+        spec, source = resolve_gate(ensemble, thresholds_file, threshold, inputs.seg_store)
+        if spec is None:
+            spec, source = GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
+        if inputs.at_least_one is not None:
+            spec = replace(spec, at_least_one=inputs.at_least_one)
+        inputs.require(spec.sources)  # before any image is read
+        reads = data_inputs(data) | run_inputs(ensemble.runs) | inputs.files() | Inputs.of(
+            seg if isinstance(seg, Path) else None, thresholds_file)
+        writes = [] if out is None else [out, probs_path_for(out)]
+        return Plan(reads, writes, overwrite=overwrite), (ensemble, data, spec, source)
+
+    with Runner.start() as run:
+        ensemble, data_dir, spec, source = run.claim(declare)
+        summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, inputs, run)
+        if out is not None:  # a pair: a failure leaves both old files or both new ones
+            run.write({probs_path_for(out): csv_writer(summary.probs.reset_index(), float_format="%.6f"),
+                       out: csv_writer(summary.submission)})
     return summary
 
 
 def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Path, spec: GateSpec, source: str,
                       mask_shape: tuple[int, int], settings: InferenceSettings, inputs: GateInputs,
-                      dist: Dist) -> PredictSummary:
+                      run: Runner) -> PredictSummary:
     """The work of :func:`predict_submission` between checking the outputs and writing them."""
     from cloudpipe.engine.infer import predict_presence
 
-    with dist.together():  # not nested in another: every rank meets the same gathers
+    with run.together():  # not nested in another: every rank meets the same gathers
         frame = read_segmentation(seg, mask_shape)
         images = list_test_images(data_dir)
         require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions")
@@ -163,8 +164,8 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
     started = time.perf_counter()
     if CLASSIFIER in spec.sources:
         paths = [data_dir / TEST_IMAGES / i for i in images]
-        scores[CLASSIFIER] = mean_probs([predict_presence(run, paths, settings, desc=f"predict {run.name}", dist=dist)
-                                         for run in ensemble.runs], ensemble.weights)
+        scores[CLASSIFIER] = mean_probs([predict_presence(member, paths, settings, desc=f"predict {member.name}", dist=run.dist)
+                                         for member in ensemble.runs], ensemble.weights)
     seconds = time.perf_counter() - started
     probs = pd.DataFrame(blend(scores, spec.gates), index=index, columns=list(CLASSES))
     gated = gate(frame, probs, spec.thresholds, spec.at_least_one)

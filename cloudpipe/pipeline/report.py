@@ -42,7 +42,7 @@ from cloudpipe.data.kaggle import (
     require_dir,
     train_image_shape,
 )
-from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
+from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.runfolder import VAL_PROBS_CSV, run_inputs
 from cloudpipe.pipeline.evaluate import read_truth_and_prediction
 from cloudpipe.pipeline.gate import resolve_gate
@@ -187,10 +187,13 @@ def write_report(
     started = time.perf_counter()
     reads = data_inputs(data_dir) | run_inputs([inputs["run_dir"]] if inputs.get("run_dir") else []) | Inputs.of(
         seg_csv, inputs.get("probs_csv"), inputs.get("truth_csv"), inputs.get("thresholds_file"))
-    with claim_outputs([out], reads, overwrite=overwrite):
+    from cloudpipe.engine.runner import Plan, Runner
+
+    with Runner.start() as run:
+        run.claim(lambda: (Plan(reads, [out], overwrite=overwrite), None))
         scored = score_submission(data_dir, seg_csv, progress=progress, **inputs)
         page = render_page(scored, Path(data_dir), Path(seg_csv).name, overlays, progress)
-        write_text(page, out)
+        run.write({out: lambda tmp: tmp.write_text(page)})
     return Report(out, scored, scored.headline(), time.perf_counter() - started)
 
 

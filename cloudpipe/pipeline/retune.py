@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +25,7 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import mask2rle, rle2mask
 from cloudpipe.data.kaggle import TrainData, data_inputs, list_test_images, load_train_data, require_dir
-from cloudpipe.data.outputs import Inputs, claim_outputs, csv_writer, write_files
+from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, probability_store, read_store, store_paths
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
@@ -135,34 +135,46 @@ def test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProces
     return load_postprocess(postprocess)
 
 
+@dataclass(frozen=True)
+class MaskOutputs:
+    """Where a command's masks go and how they are written: the CSV (its store, presence and
+    the choice beside it), the post-processing file (None for test masks), the runner's
+    :meth:`~cloudpipe.engine.runner.Runner.write`, and how many processes encode the masks."""
+
+    out: Path
+    post_out: Path | None
+    write: Callable[[Mapping[Path, Callable[[Path], object]]], None]
+    processes: int | None = None
+
+
 def tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
-                    out: Path, post_out: Path, speed: float, steps: tuple[Step, ...], choice: Rule,
-                    presence: pd.DataFrame | None = None, processes: int | None = None) -> SegPrediction:
+                   outputs: MaskOutputs, steps: tuple[Step, ...], choice: Rule,
+                   presence: pd.DataFrame | None = None) -> SegPrediction:
     """Tune ``steps`` on a validation store (chosen by ``choice``) and write the masks, the
     store (when ``info``), the head's presence (when given) and the choice."""
-    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice, processes)
-    result = SegPrediction(out, len(names), post, speed, presence=presence, choice=choice)
+    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice, outputs.processes)
+    result = SegPrediction(outputs.out, len(names), post, 0.0, presence=presence, choice=choice)
     at_default = default_index(post.steps)
     if at_default is not None:
         result.default_dice = float(dice[(slice(None), *at_default)].mean())
     result.tuned_dice = float(chosen_dice(post, dice).mean())
-    return write_outputs(result, store, names, info, post_out, ensemble, processes)
+    return write_outputs(result, store, names, info, ensemble, outputs)
 
 
 def write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], info: StoreInfo | None,
-                   post_out: Path | None, ensemble: Ensemble, processes: int | None = None) -> SegPrediction:
+                  ensemble: Ensemble, outputs: MaskOutputs) -> SegPrediction:
     """Write the CSV with, as one group, the store (when ``info``) and the post-processing
-    choice (when ``post_out``): a failure leaves every old file or none."""
-    writers = {result.out: masks_writer(names, store, result.postprocess, processes)}
+    choice (when ``outputs.post_out``): a failure leaves every old file or none."""
+    writers = {result.out: masks_writer(names, store, result.postprocess, outputs.processes)}
     if info is not None:
         npy, meta = store_paths(result.out)
         writers |= {npy: array_writer(store), meta: info_writer(info)}
     if result.presence is not None:
         writers[presence_path(result.out)] = csv_writer(result.presence.reset_index(), float_format="%.6f")
-    if post_out is not None:
+    if outputs.post_out is not None:
         text = json.dumps({**result.postprocess.to_dict(), "choice": result.choice, **ensemble.record()}, indent=2) + "\n"
-        writers[post_out] = lambda tmp: tmp.write_text(text)
-    write_files(writers)
+        writers[outputs.post_out] = lambda tmp: tmp.write_text(text)
+    outputs.write(writers)
     result.written = list(writers)
     return result
 
@@ -195,29 +207,49 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
         CloudpipeError: a bad, truncated or test store, stores of different images, images
             without truth, or an output that may not be written.
     """
-    data_dir = require_dir(data_dir)
-    if not stores:
-        raise CloudpipeError("give at least one --store")
-    share = normalise_weights(weights, len(stores), per="--store")
-    tuned_steps, choice = steps_of(steps), check_rule(choice)
-    post_out = postprocess_path_for(out)
-    inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
-    with claim_outputs([out, post_out], inputs, overwrite=overwrite):
+    from cloudpipe.engine.runner import Plan, Runner
+
+    def declare() -> tuple[Plan, tuple[Path, list[float], tuple[Step, ...], Rule, Path]]:
+        data = require_dir(data_dir)
+        share = _store_weights(stores, weights)
+        post_out = postprocess_path_for(out)
+        reads = data_inputs(data) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
+        return Plan(reads, [out, post_out], overwrite=overwrite), (data, share, steps_of(steps), check_rule(choice), post_out)
+
+    with Runner.start() as run:
+        data_dir, share, tuned_steps, choice, post_out = run.claim(declare)
         started = time.perf_counter()
         read = read_stores(stores, "val")
         require_same_validation([Path(s) for s in stores], [info.images for _, info in read])
         names = read[0][1].images
         ensemble = Ensemble.merged([(info, w) for (_, info), w in zip(read, share)])
-        store = read[0][0] if len(read) == 1 else mean_stores(
-            [a for a, _ in read], share, probability_store(out.parent, read[0][0].shape),
-            rows=[rows_of(names, info.images) for _, info in read])
+        store = _mean_of(read, share, names, Path(out).parent)
         data = load_train_data(data_dir)
         missing = [i for i in names if i not in data.rles.index]
         if missing:
             raise CloudpipeError(f"{len(missing)} image(s) have no truth in train.csv (e.g. {', '.join(missing[:3])})",
                                  path=stores[0])
         speed = len(names) / max(time.perf_counter() - started, 1e-9)
-        return tune_and_write(store, names, None, data, ensemble, out, post_out, speed, tuned_steps, choice, processes=processes)
+        result = tune_and_write(store, names, None, data, ensemble, MaskOutputs(Path(out), post_out, run.write, processes),
+                                tuned_steps, choice)
+        result.images_per_second = speed
+        return result
+
+
+def _store_weights(stores: Sequence[Path], weights: Sequence[float] | None) -> list[float]:
+    """The stores' weights (equal when None), checked."""
+    if not stores:
+        raise CloudpipeError("give at least one --store")
+    return normalise_weights(weights, len(stores), per="--store")
+
+
+def _mean_of(read: list[tuple[np.memmap, StoreInfo]], share: list[float], names: list[str], folder: Path) -> np.ndarray:
+    """The stores' weighted mean, rows in ``names`` order (the one store itself when it is
+    already that)."""
+    if len(read) == 1 and read[0][1].images == names:
+        return read[0][0]
+    return mean_stores([a for a, _ in read], share, probability_store(folder, (len(names), *read[0][0].shape[1:])),
+                       rows=[rows_of(names, info.images) for _, info in read])
 
 
 def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postprocess: Path, *,
@@ -232,12 +264,16 @@ def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postpr
             the test images of ``data_dir``, post-processing tuned for other runs or weights
             than those averaged into the stores, or an output that may not be written.
     """
-    data_dir = require_dir(data_dir)
-    if not stores:
-        raise CloudpipeError("give at least one --store")
-    share = normalise_weights(weights, len(stores), per="--store")
-    inputs = data_inputs(data_dir) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))), Path(postprocess))
-    with claim_outputs([out], inputs, overwrite=overwrite):
+    from cloudpipe.engine.runner import Plan, Runner
+
+    def declare() -> tuple[Plan, tuple[Path, list[float]]]:
+        data = require_dir(data_dir)
+        share = _store_weights(stores, weights)
+        reads = data_inputs(data) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))), Path(postprocess))
+        return Plan(reads, [out], overwrite=overwrite), (data, share)
+
+    with Runner.start() as run:
+        data_dir, share = run.claim(declare)
         started = time.perf_counter()
         read = read_stores(stores, "test")
         ensemble = Ensemble.merged([(info, w) for (_, info), w in zip(read, share)])
@@ -248,13 +284,9 @@ def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postpr
             if lacks or extra:
                 raise CloudpipeError(f"holds other images than the test images of {data_dir} ({len(lacks)} missing, "
                                      f"{len(extra)} extra, e.g. {', '.join((lacks or extra)[:3])})", path=path)
-        if len(read) == 1 and read[0][1].images == names:
-            store = read[0][0]
-        else:
-            store = mean_stores([a for a, _ in read], share, probability_store(Path(out).parent, (len(names), *read[0][0].shape[1:])),
-                                rows=[rows_of(names, info.images) for _, info in read])
+        store = _mean_of(read, share, names, Path(out).parent)
         result = SegPrediction(Path(out), len(names), post, 0.0)
-        result = write_outputs(result, store, names, None, None, ensemble, processes)
+        result = write_outputs(result, store, names, None, ensemble, MaskOutputs(Path(out), None, run.write, processes))
         result.images_per_second = len(names) / max(time.perf_counter() - started, 1e-9)
         return result
 

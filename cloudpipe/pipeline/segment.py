@@ -5,7 +5,7 @@ Probabilities are streamed from each model, resized to the submission size (350 
 device and kept as uint8 per pixel in a memory map, so memory stays flat; several runs are
 averaged run by run (:mod:`cloudpipe.algorithms.ensemble`). Under ``torchrun`` the images are
 shared out and the shares joined by one engine call
-(:meth:`~cloudpipe.engine.devices.Dist.predict_store`). The probabilities are kept beside the
+(:meth:`~cloudpipe.engine.runner.Runner.predict_store`). The probabilities are kept beside the
 CSV (:mod:`cloudpipe.data.probstore`) for later ensembles and re-tuning; post-processing is
 tuned (``--split val``) or applied (``--split test``) as ``tune-seg`` and ``apply-seg`` do it
 (:mod:`cloudpipe.pipeline.retune`).
@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -48,6 +47,7 @@ from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.retune import (
+    MaskOutputs,
     SegPrediction,
     postprocess_path_for,
     rows_of,
@@ -61,7 +61,7 @@ from cloudpipe.pipeline.validation import validation_sets
 if TYPE_CHECKING:  # torch is imported where a model runs: tune-seg and apply-seg start without it
     import torch
 
-    from cloudpipe.engine.devices import Dist
+    from cloudpipe.engine.runner import Runner
 
 
 def predict_segmentation(
@@ -98,51 +98,48 @@ def predict_segmentation(
         CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
             whose validation images differ.
     """
-    from cloudpipe.engine.devices import Dist
+    from cloudpipe.engine.runner import Plan, Runner
 
-    dist = Dist.from_env()
-    try:
-        with ExitStack() as claims:
-            with dist.together():  # every rank checks (rank 0 reports); rank 0, the one that writes, locks
-                ensemble = Ensemble.of(run_dirs, weights)
-                data_dir = require_dir(data_dir)
-                if split == "val" and postprocess is not None:
-                    raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
-                if split == "test" and steps is not None:
-                    raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
-                tuned_steps, choice = steps_of(steps), check_rule(choice)
-                post_out = None if split == "test" else (
-                    ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
-                outputs = [out, *store_paths(out), presence_path(out)] + (
-                    [post_out] if post_out is not None and not ensemble.single else [])
-                # never replaced, even with --overwrite; the run's own seg_postprocess.json is re-tuned by --split val
-                inputs = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=[post_out] if post_out else []) | \
-                    Inputs.of(postprocess)
-                own = [post_out] if post_out is not None and ensemble.single else []  # re-tuned, never refused, but locked
-                claims.enter_context(dist.claim_outputs(outputs, inputs, overwrite=overwrite, locked=own))
-            return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, choice,
-                                      settings, dist)
-    finally:
-        dist.close()
+    def declare() -> tuple[Plan, tuple[Ensemble, Path, tuple[Step, ...], Rule, Path | None]]:
+        ensemble = Ensemble.of(run_dirs, weights)
+        data = require_dir(data_dir)
+        if split == "val" and postprocess is not None:
+            raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
+        if split == "test" and steps is not None:
+            raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
+        post_out = None if split == "test" else (
+            ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
+        own = [post_out] if post_out is not None and ensemble.single else []  # the run's own file, re-tuned
+        writes = [out, *store_paths(out), presence_path(out)] + ([post_out] if post_out is not None and not own else [])
+        # every file of every member run is an input, never replaced, even with --overwrite: only a single
+        # run's own seg_postprocess.json is re-tuned by --split val
+        reads = data_inputs(data) | run_inputs(ensemble.runs, writes=own) | Inputs.of(postprocess)
+        return Plan(reads, writes, replaces=own, overwrite=overwrite), (ensemble, data, steps_of(steps), check_rule(choice), post_out)
+
+    with Runner.start() as run:
+        ensemble, data_dir, tuned_steps, choice, post_out = run.claim(declare)
+        target = MaskOutputs(out, post_out, run.write)
+        return _predict_and_write(ensemble, data_dir, split, target, postprocess, tuned_steps, choice, settings, run)
 
 
-def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val", "test"], out: Path,
-                       postprocess: Path | None, post_out: Path | None, steps: tuple[Step, ...], choice: Rule,
-                       settings: InferenceSettings, dist: Dist) -> SegPrediction:
+def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val", "test"], target: MaskOutputs,
+                       postprocess: Path | None, steps: tuple[Step, ...], choice: Rule,
+                       settings: InferenceSettings, run: Runner) -> SegPrediction:
     """The work of :func:`predict_segmentation` once its outputs are checked and locked. Under
-    ``torchrun`` each rank predicts its share of the images (:meth:`~Dist.predict_store`); rank 0
+    ``torchrun`` each rank predicts its share of the images (:meth:`~Runner.predict_store`); rank 0
     tunes and writes, and the other ranks return what they predicted, writing nothing."""
     from cloudpipe.engine.devices import resolve_device
 
-    with dist.together():  # a bad file or image on one rank stops every rank with its error
+    out, dist = target.out, run.dist
+    with run.together():  # a bad file or image on one rank stops every rank with its error
         device = resolve_device(settings.device, dist)
         started = time.perf_counter()
         if split == "test":
-            for run in ensemble.runs:
-                load_run_config(run, "segmentation")
+            for member in ensemble.runs:
+                load_run_config(member, "segmentation")
             post = test_postprocess(ensemble, postprocess)  # read before inference: a bad file fails fast
             names = list_test_images(data_dir)
-            runs = [[(run, names, data_dir / TEST_IMAGES)] for run in ensemble.runs]
+            runs = [[(member, names, data_dir / TEST_IMAGES)] for member in ensemble.runs]
         else:
             sets = [validation_sets(run, data_dir, "segmentation") for run in ensemble.runs]
             require_same_validation(ensemble.runs, [[i for s in splits for i in s.val] for _, splits in sets])
@@ -156,16 +153,19 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
                  for run in runs]
         return _predict_to_store(ensemble, parts, mine, out.parent, device, settings)
 
-    store, presence = dist.predict_store(names, predict, out)
+    store, presence = run.predict_store(names, predict, out)
     if store is None:  # another rank's: rank 0 tunes and writes
         mine = len(dist.shard(names))
         return SegPrediction(out, mine, PostProcess(), mine / (time.perf_counter() - started))
     speed = len(names) / (time.perf_counter() - started)
     info = StoreInfo(split, names, **ensemble.record())
     if split == "test":
-        return write_outputs(SegPrediction(out, len(names), post, speed, presence=presence), store, names, info, None,
-                              ensemble)
-    return tune_and_write(store, names, info, data, ensemble, out, post_out, speed, steps, choice, presence)
+        result = write_outputs(SegPrediction(out, len(names), post, 0.0, presence=presence), store, names, info, ensemble,
+                               target)
+    else:
+        result = tune_and_write(store, names, info, data, ensemble, target, steps, choice, presence)
+    result.images_per_second = speed
+    return result
 
 
 Part = tuple[Path, list[str], Path]

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,7 +44,7 @@ from cloudpipe.data.kaggle import (
     to_wide,
     validate_rle_column,
 )
-from cloudpipe.data.outputs import Inputs, claim_outputs, write_text
+from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, THRESHOLDS_PNG, VAL_PROBS_CSV, run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
@@ -200,36 +199,45 @@ def tune_thresholds(
         CloudpipeError: missing run files, malformed CSVs, predictions sharing no image with the
             validation probabilities, images without truth, or outputs that may not be written.
     """
-    ensemble = Ensemble.of(run_dir, weights)
-    for run in ensemble.runs:
-        require_dir(run)
-    data_dir = require_dir(data_dir)
-    if out is None and not ensemble.single:
-        raise CloudpipeError("an ensemble's thresholds need --out FILE (a run's own thresholds.json is for that run alone)")
-    objective = objective or ("dice" if seg is not None else "accuracy")
-    if objective not in METRIC_NAMES:
-        raise CloudpipeError(f"objective must be one of {', '.join(METRIC_NAMES)}, got {objective!r}")
-    if objective == "dice" and seg is None:
-        raise CloudpipeError("the dice objective needs segmentation predictions (--seg VAL_SEG.csv)")
-    json_path = Path(out) if out is not None else ensemble.runs[0] / THRESHOLDS_JSON
-    plot_path = Path(plot) if plot is not None else json_path.with_suffix(".png")
-    with ExitStack() as claims:
-        if save:  # both outputs checked and locked until both are written
-            if json_path.resolve() == plot_path.resolve():
-                raise CloudpipeError("--plot must differ from --out", path=plot_path)
-            own = [ensemble.runs[0] / THRESHOLDS_JSON, ensemble.runs[0] / THRESHOLDS_PNG]
-            reads = data_inputs(data_dir) | run_inputs(ensemble.runs, writes=own if ensemble.single else []) | \
-                Inputs.of(seg) | inputs.files()
-            claims.enter_context(claim_outputs([json_path], reads, overwrite=overwrite or out is None))
-            claims.enter_context(claim_outputs([plot_path], reads, overwrite=overwrite or (out is None and plot is None)))
+    from cloudpipe.engine.runner import Plan, Runner
+
+    def declare() -> tuple[Plan, tuple[Ensemble, Path, Objective, Path, Path]]:
+        ensemble = Ensemble.of(run_dir, weights)
+        for run in ensemble.runs:
+            require_dir(run)
+        data = require_dir(data_dir)
+        if out is None and not ensemble.single:
+            raise CloudpipeError("an ensemble's thresholds need --out FILE (a run's own thresholds.json is for that run alone)")
+        goal = objective or ("dice" if seg is not None else "accuracy")
+        if goal not in METRIC_NAMES:
+            raise CloudpipeError(f"objective must be one of {', '.join(METRIC_NAMES)}, got {goal!r}")
+        if goal == "dice" and seg is None:
+            raise CloudpipeError("the dice objective needs segmentation predictions (--seg VAL_SEG.csv)")
+        json_path = Path(out) if out is not None else ensemble.runs[0] / THRESHOLDS_JSON
+        plot_path = Path(plot) if plot is not None else json_path.with_suffix(".png")
+        if not save:
+            return Plan(), (ensemble, data, goal, json_path, plot_path)
+        if json_path.resolve() == plot_path.resolve():
+            raise CloudpipeError("--plot must differ from --out", path=plot_path)
+        own = [ensemble.runs[0] / THRESHOLDS_JSON, ensemble.runs[0] / THRESHOLDS_PNG]
+        reads = data_inputs(data) | run_inputs(ensemble.runs, writes=own if ensemble.single else []) | \
+            Inputs.of(seg) | inputs.files()
+        defaulted = [json_path] if out is None else []  # the run's own files, re-tuned
+        defaulted += [plot_path] if out is None and plot is None else []
+        writes = [p for p in (json_path, plot_path) if p not in defaulted]
+        return Plan(reads, writes, replaces=defaulted, overwrite=overwrite), (ensemble, data, goal, json_path, plot_path)
+
+    with Runner.start() as run:
+        ensemble, data_dir, objective, json_path, plot_path = run.claim(declare)
         result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings, inputs, check_rule(choice))
         result.segmentation = inputs.segmentation()
         if save:
-            from cloudpipe.plots import save_png, threshold_figure
+            from cloudpipe.plots import figure_writer, threshold_figure
 
-            write_text(json.dumps(result.to_json(), indent=2) + "\n", json_path)
-            save_png(threshold_figure(result.sweeps, metric="Dice" if objective == "dice" else "accuracy",
-                                      images=len(result.images)), plot_path)
+            figure = threshold_figure(result.sweeps, metric="Dice" if objective == "dice" else "accuracy",
+                                      images=len(result.images))
+            run.write({json_path: lambda tmp: tmp.write_text(json.dumps(result.to_json(), indent=2) + "\n"),
+                       plot_path: figure_writer(figure)})
             result.json_path, result.plot_path = json_path, plot_path
     return result
 
