@@ -126,21 +126,26 @@ def write_store(path: Path, images: list[str], split: str, seed: int = 0) -> Pat
     return path
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that starts a torchrun job is slow (see pyproject's markers)."""
+    for item in items:
+        if "torchrun" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture()
 def torchrun():
     """Run ``python -m cloudpipe ARGS...`` as two CPU ranks under torchrun (gloo); the
     completed process."""
     import os
-    import socket
 
     def run(*args, nproc: int = 2) -> subprocess.CompletedProcess:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
         repo = str(Path(__file__).resolve().parents[1])  # this checkout's cloudpipe, not an installed one
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "MASTER_ADDR": "127.0.0.1",
+        env = {**os.environ, "OMP_NUM_THREADS": "1",
                "PYTHONPATH": os.pathsep.join([repo, *filter(None, [os.environ.get("PYTHONPATH")])])}
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port", str(port),
+        # --standalone: the rendezvous binds a port of the system's choosing itself, so no other
+        # process can take it between our choice and torchrun's bind
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(nproc),
                "-m", "--", "cloudpipe", *map(str, args)]  # "--": else torchrun reads an option such as --run as its own
         return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
 

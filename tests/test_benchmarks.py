@@ -22,6 +22,8 @@ from benchmarks import (  # noqa: E402
     run,
 )
 
+pytestmark = pytest.mark.slow
+
 
 def test_real_clouds_smoke(tiny_data, tmp_path, capsys):
     work = tmp_path / "work"

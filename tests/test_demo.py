@@ -5,12 +5,14 @@ from __future__ import annotations
 import re
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
 from cloudpipe.core.competition import CLASSES
 
 
+@pytest.mark.slow
 def test_demo_tiny_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--size", "tiny", "--quiet"])

@@ -7,7 +7,6 @@ import pytest
 
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import (
-    Inputs,
     atomic_path,
     check_output,
     claim_output,

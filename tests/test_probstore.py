@@ -99,6 +99,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 """
 
 
+@pytest.mark.slow
 def test_kill_9_leaves_no_probability_store(tmp_path):
     folder = tmp_path / "out"
     folder.mkdir()

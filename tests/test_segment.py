@@ -148,6 +148,7 @@ main(sys.argv[1:])
 """
 
 
+@pytest.mark.slow
 def test_the_next_run_removes_what_a_kill_9_in_the_write_phase_left(seg_run, tiny_data, tmp_path):
     out = tmp_path / "out" / "val.csv"
     run = copy_run(seg_run, tmp_path, "run")
@@ -277,14 +278,13 @@ def test_predict_seg_under_torchrun_matches_one_process(seg_run, tiny_data, tmp_
 
     run = tmp_path / "run"
     shutil.copytree(seg_run, run)
-    if split == "test" and not (run / "seg_postprocess.json").exists():
-        (run / "seg_postprocess.json").write_text(json.dumps(PostProcess().to_dict()))  # the steps' defaults
+    (run / "seg_postprocess.json").write_text(json.dumps(PostProcess().to_dict()))  # the steps' defaults (val re-tunes it)
     one, two = tmp_path / "one" / "seg.csv", tmp_path / "two" / "seg.csv"
     common = ("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--workers", 0, "--device", "cpu",
               "--batch-size", 1, "--quiet")  # batches of one: fp32 kernels may round apart by batch shape
     result = cli_on_one_thread(*common, "--out", one)
     assert result.exit_code == 0, result.output
-    post = (run / "seg_postprocess.json").read_bytes() if split == "val" else None
+    post = (run / "seg_postprocess.json").read_bytes()  # as the first command left it: the second must write the same
     proc = torchrun(*common, "--out", two)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("wrote ") == 1  # rank 0 alone reports
@@ -293,8 +293,7 @@ def test_predict_seg_under_torchrun_matches_one_process(seg_run, tiny_data, tmp_
     for a, b in zip(files, [two, *store_paths(two), presence_path(two)]):
         assert a.exists() == b.exists() and (not a.exists() or a.read_bytes() == b.read_bytes()), b.name
     assert sorted(p.name for p in two.parent.iterdir()) == sorted(p.name for p in one.parent.iterdir())  # no shares left
-    if post is not None:
-        assert (run / "seg_postprocess.json").read_bytes() == post
+    assert (run / "seg_postprocess.json").read_bytes() == post
 
 
 def test_predict_seg_under_torchrun_refuses_an_existing_output_in_one_line_per_rank(seg_run, tiny_data, tmp_path,
@@ -436,3 +435,17 @@ def test_out_of_fold_tuning_uses_every_train_image_once(tiny_data, tmp_path):
     assert [i for s in splits for i in s.val] == info.images  # fold by fold, each image by the model that held it out
     assert all(not set(s.val) & set(s.train) for s in splits)
     assert f"{len(train_images)} images" in result.output  # tuned on all of them
+
+
+def test_an_ensemble_never_writes_a_member_runs_own_file(seg_run, seg_run_b, tiny_data, tmp_path):
+    """``--out A/seg.csv`` for an ensemble would put its post-processing at A/seg_postprocess.json,
+    run A's own file: refused with or without --overwrite, and A's file is left as it was."""
+    a, b = copy_run(seg_run, tmp_path, "a"), copy_run(seg_run_b, tmp_path, "b")
+    own = a / "seg_postprocess.json"
+    own.write_text('{"mine": 1}\n')
+    for extra in ((), ("--overwrite",)):
+        result = cli("predict-seg", "--run", a, "--run", b, "--data", tiny_data, "--split", "val", "--out", a / "seg.csv",
+                     *extra, *CPU_QUIET)
+        assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
+        assert f"{own}: output path is also an input" in result.stderr
+    assert own.read_text() == '{"mine": 1}\n' and not (a / "seg.csv").exists()

@@ -68,9 +68,9 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
     for source in inputs:
         if source is not None and _same_file(Path(source), path):
             raise CloudpipeError(f"output path is also an input ({source}); choose another --out", path=path)
-    for folder in input_dirs:
-        if path.resolve().is_relative_to(Path(folder).resolve()):
-            raise CloudpipeError(f"output path is inside the input folder {folder}; choose another --out", path=path)
+    for source_dir in input_dirs:
+        if path.resolve().is_relative_to(Path(source_dir).resolve()):
+            raise CloudpipeError(f"output path is inside the input folder {source_dir}; choose another --out", path=path)
     if path.is_dir() and not folder:
         raise CloudpipeError("output path is a folder; give a file name", path=path)
     if path.exists() and not overwrite and not folder:
