@@ -87,15 +87,16 @@ def main(argv: list[str] | None = None) -> dict:
                      "gated": table["mean"], **extra})
         print(f"{group} | {variant}: seg alone {alone:.4f}, gated {table['mean']:.4f}", flush=True)
 
-    def gate(folder: Path, val_csv: Path, test_csv: Path, test_inputs: dict | None = None, **tune) -> Path:
-        """Tune presence thresholds on ``val_csv`` (``tune``: :class:`GateInputs` fields) and gate
-        ``test_csv`` (``test_inputs``: the test side's): the submission."""
+    def gate(folder: Path, val_csv: Path, test_csv: Path, files: dict | None = None, test_inputs: dict | None = None,
+             **tune) -> Path:
+        """Tune presence thresholds on ``val_csv`` (``files``: the validation inputs, ``tune``: other
+        :class:`GateInputs` fields) and gate ``test_csv`` (``test_inputs``: the test side's files): the submission."""
         folder.mkdir(parents=True, exist_ok=True)
         thresholds = folder / "thresholds.json"
-        tune_thresholds(classifier, data, seg=val_csv, out=thresholds, overwrite=True, settings=infer, inputs=GateInputs(**tune))
+        tune_thresholds(classifier, data, seg=val_csv, out=thresholds, overwrite=True, settings=infer, inputs=GateInputs(files or {}, **tune))
         submission = folder / "submission.csv"
         predict_submission(test_csv, classifier, data, submission, thresholds_file=thresholds, settings=infer,
-                           overwrite=True, inputs=GateInputs(**(test_inputs or {})))
+                           overwrite=True, inputs=GateInputs(test_inputs or {}))
         return submission
 
     # 1. Post-processing steps, tuned again from the validation store, applied to the test store's model.
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 2. Presence sources (pixel statistics need the stores).
     for variant, sources in SOURCES.items():
         folder = work / "wins" / "sources" / variant.split(" ")[0]
-        scored("presence source", variant, gate(folder, base_val, base_test, seg_store=val_store, sources=sources,
+        scored("presence source", variant, gate(folder, base_val, base_test, {"seg_store": val_store}, sources=sources,
                                                 test_inputs={"seg_store": test_store}), base_test)
 
     # 3. A classification head on the segmentation model, trained here once.
@@ -137,12 +138,12 @@ def main(argv: list[str] | None = None) -> dict:
                              "its masks, classifier or head, blends": ["classifier", "head"]}.items():
         folder = work / "wins" / "head" / variant.split(",")[-1].strip().replace(" ", "_")
         scored(f"segmentation with a head (weight {args.head_weight:g})", variant,
-               gate(folder, head_val, head_test, presence=presence_path(head_val), sources=sources,
+               gate(folder, head_val, head_test, {"presence": presence_path(head_val)}, sources=sources,
                     test_inputs={"presence": presence_path(head_test)}), head_test)
 
     # 4. At least one class per image, and 5. where a threshold is placed between candidates.
     rules = {"threshold placement: exact (default)": {}, "threshold placement: midpoint": {"placement": "midpoint"},
-             "at least one class per image": {"at_least_one": True}}
+             "at least one class per image": {"try_at_least_one": True}}
     for variant, tune in rules.items():
         folder = work / "wins" / "rules" / variant.split(":")[-1].strip().split(" ")[0]
         submission = gate(folder, base_val, base_test, **tune)

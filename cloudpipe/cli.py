@@ -20,6 +20,7 @@ from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, 
 from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError, SharedError
 from cloudpipe.core.table import format_table
+from cloudpipe.pipeline.sources import registry, source_inputs
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
 EXISTING_FILE = click.Path(exists=True, dir_okay=False, path_type=Path)
@@ -302,6 +303,27 @@ def ensemble_runs_option(what: str):
     )
 
 
+def source_input_options(split: str):
+    """One option per input file of the registered presence sources (:mod:`cloudpipe.pipeline.sources`),
+    for the ``split`` images; the command receives them as ``gate_files`` (input name -> file)."""
+    inputs = source_inputs()
+    options = [click.option(i.option, i.name, type=EXISTING_FILE, default=None,
+                            help=f"{i.what[0].upper()}{i.what[1:]} of the {'validation' if split == 'val' else 'test'} images: gate on "
+                                 f"{', '.join(n for n, s in registry().items() if s.input == i)}"
+                                 f"{'' if split == 'val' else ' (when the thresholds do)'}.") for i in inputs.values()]
+
+    def decorate(fn):
+        def command(**kwargs):
+            files = {name: kwargs.pop(name) for name in inputs if kwargs.get(name) is not None}
+            for name in inputs:
+                kwargs.pop(name, None)
+            return fn(gate_files=files, **kwargs)
+
+        return with_options(*options)(functools.wraps(fn)(command))
+
+    return decorate
+
+
 @main.command()
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True, help="Segmentation submission to gate.")
 @ensemble_runs_option("Classifier")
@@ -311,18 +333,14 @@ def ensemble_runs_option(what: str):
 @click.option("--threshold", type=click.FloatRange(0, 1), default=None,
               help="One threshold for all classes [default for one run: RUN/thresholds.json, else 0.5].")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of the segmentation submission.")
-@click.option("--seg-store", type=EXISTING_FILE, default=None,
-              help="Test probability store (predict-seg --split test's <stem>_probs.npy), when the thresholds gate on "
-                   "pixel statistics.")
-@click.option("--presence", "presence_csv", type=EXISTING_FILE, default=None,
-              help="The segmentation head's test presence (<stem>_presence.csv), when the thresholds gate on it.")
+@source_input_options("test")
 @click.option("--at-least-one/--no-at-least-one", default=None,
               help="Keep the most probable class of an image whose masks are all blanked [default: as thresholds.json says].")
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=16)
 def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path,
-            thresholds_file: Path | None, threshold: float | None, mask_shape: tuple[int, int], seg_store: Path | None,
-            presence_csv: Path | None, at_least_one: bool | None, overwrite: bool, settings) -> None:
+            thresholds_file: Path | None, threshold: float | None, mask_shape: tuple[int, int], gate_files: dict[str, Path],
+            at_least_one: bool | None, overwrite: bool, settings) -> None:
     """Blank the segmentation masks of classes judged absent (by the classifier, or the sources
     thresholds.json names); write the submission."""
     from cloudpipe.pipeline.gate import GateInputs
@@ -330,7 +348,7 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
 
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights, thresholds_file=thresholds_file,
                                  threshold=threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
-                                 inputs=GateInputs(presence_csv, seg_store, at_least_one=at_least_one))
+                                 inputs=GateInputs(gate_files, at_least_one=at_least_one))
     if is_main_process():  # under torchrun, rank 0 wrote the files
         click.echo(summary.line())
         click.echo(f"wrote {out} and {probs_path_for(out)}")
@@ -351,12 +369,9 @@ CHOICE_OPTION = click.option(
               help="JSON to write [default for one run: RUN/thresholds.json, replaced; an ensemble: required].")
 @click.option("--plot", type=NEW_PATH, default=None, help="PNG of score against threshold [default: --out with .png].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing --out / --plot file.")
-@click.option("--seg-store", type=EXISTING_FILE, default=None,
-              help="Validation probability store (predict-seg --split val's <stem>_probs.npy): gate on pixel statistics.")
-@click.option("--presence", "presence_csv", type=EXISTING_FILE, default=None,
-              help="The segmentation head's validation presence (<stem>_presence.csv): gate on it.")
+@source_input_options("val")
 @click.option("--sources", default=None, callback=_names, metavar="A,B,...",
-              help="Sources to try: classifier, head, max, top_mean, area (blends of the classifier with each other "
+              help=f"Sources to try: {', '.join(registry())} (blends of the classifier with each other "
                    "one are tried too) [default: the classifier and every source whose input is given].")
 @click.option("--top-k", type=click.IntRange(min=1), default=TOP_K, help="Pixels averaged by top_mean (at 350 x 525).")
 @click.option("--area-threshold", type=click.FloatRange(0, 1), default=AREA_THRESHOLD, help="Pixel probability counted by area.")
@@ -368,7 +383,7 @@ CHOICE_OPTION = click.option(
 @inference_options(batch_size=16, tta=False)  # used when val_probs.csv must be computed
 def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path,
                    seg_csv: Path | None, objective: str | None, mask_shape: tuple[int, int],
-                   out: Path | None, plot: Path | None, overwrite: bool, seg_store: Path | None, presence_csv: Path | None,
+                   out: Path | None, plot: Path | None, overwrite: bool, gate_files: dict[str, Path],
                    sources: list[str] | None, top_k: int, area_threshold: float, placement: str, at_least_one: bool,
                    choice: str, settings) -> None:
     """Choose per-class presence thresholds that maximise the Kaggle Dice of the blanked --seg
@@ -377,7 +392,7 @@ def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_
     from cloudpipe.pipeline.gate import GateInputs
     from cloudpipe.pipeline.tune import tune_thresholds
 
-    inputs = GateInputs(presence_csv, seg_store, PixelStats(top_k, area_threshold), sources, placement, at_least_one)
+    inputs = GateInputs(gate_files, PixelStats(top_k, area_threshold), sources, placement, try_at_least_one=at_least_one)
     result = tune_thresholds(run_dirs, data_dir, weights=weights, seg=seg_csv, objective=objective, mask_shape=mask_shape,
                              out=out, plot=plot, overwrite=overwrite, settings=settings, inputs=inputs, choice=choice)
     click.echo(format_table(result.rows))

@@ -45,13 +45,15 @@ def test_inputs_name_require_and_read_every_source(tmp_path):
     frame = pd.DataFrame(np.linspace(0, 1, 12).reshape(3, 4), index=pd.Index(images, name="image"), columns=list(CLASSES))
     frame.reset_index().to_csv(head, index=False)
     assert GateInputs().names() == ["classifier"]
-    inputs = GateInputs(head, store, PixelStats(100, 0.4))
+    inputs = GateInputs({"presence": head, "seg_store": store}, PixelStats(100, 0.4))
     assert inputs.names() == ["classifier", "head", "max", "top_mean", "area"]
     assert GateInputs(sources=["area", "area", "head"]).names() == ["area", "head"]
     with pytest.raises(CloudpipeError, match="unknown source.*oracle"):
         GateInputs(sources=["oracle"]).names()
-    with pytest.raises(CloudpipeError, match="--seg-store STORE.npy"):
-        GateInputs(head).require(["head", "top_mean"])
+    with pytest.raises(CloudpipeError, match="--seg-store FILE"):
+        GateInputs({"presence": head}).require(["head", "top_mean"])
+    with pytest.raises(ValueError, match="unknown source input"):
+        GateInputs({"oracle": head})
     with pytest.raises(CloudpipeError, match="--run RUN"):
         inputs.require(["classifier"], classifier=False)
 
@@ -68,4 +70,4 @@ def test_inputs_name_require_and_read_every_source(tmp_path):
         inputs.scores(order, ["max"], "test")
     with pytest.raises(CloudpipeError, match="lacks 1 image"):
         inputs.scores(["a.jpg", "zzz.jpg"], ["max"], "val")
-    assert {p.name for p in inputs.files().files} >= {"head.csv", "s.npy"}
+    assert {p.name for p in inputs.reads().files} >= {"head.csv", "s.npy"}

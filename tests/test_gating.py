@@ -12,6 +12,7 @@ from cloudpipe.algorithms.gating import GateSpec, gate, keep, keep_most_probable
 from cloudpipe.algorithms.presence import PixelStats
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.pipeline.sources import registry
 
 
 def test_gate_blanks_exactly_below_threshold():
@@ -59,24 +60,27 @@ def test_keep_applies_thresholds_then_the_rule():
     assert (GateSpec(dict.fromkeys(CLASSES, 0.5)).keep(probs, drawn) == plain).all()  # no rule: drawn is not used
 
 
+KNOWN = tuple(registry())
+
+
 def test_gate_spec_round_trip_and_errors():
     spec = GateSpec({c: 0.4 for c in CLASSES}, {**{c: {"classifier": 1.0} for c in CLASSES},
                                                  "Sugar": {"classifier": 0.25, "top_mean": 0.75}}, True, PixelStats(9000, 0.4))
     data = json.loads(json.dumps(spec.to_json()))
-    assert GateSpec.from_json(data) == spec and spec.sources == ["classifier", "top_mean"]
+    assert GateSpec.from_json(data, KNOWN) == spec and spec.sources == ["classifier", "top_mean"]
     assert data["top_k"] == 9000 and data["at_least_one"] is True
-    old = GateSpec.from_json({c: 0.5 for c in CLASSES})  # a file from before sources: the classifier alone
+    old = GateSpec.from_json({c: 0.5 for c in CLASSES}, KNOWN)  # a file from before sources: the classifier alone
     assert old.sources == ["classifier"] and not old.at_least_one
     with pytest.raises(CloudpipeError, match="unknown source"):
-        GateSpec.from_json({**data, "gate": {c: {"oracle": 1.0} for c in CLASSES}})
+        GateSpec.from_json({**data, "gate": {c: {"oracle": 1.0} for c in CLASSES}}, KNOWN)
     with pytest.raises(CloudpipeError, match="sum to 1"):
-        GateSpec.from_json({**data, "gate": {c: {"classifier": 0.5} for c in CLASSES}})
+        GateSpec.from_json({**data, "gate": {c: {"classifier": 0.5} for c in CLASSES}}, KNOWN)
 
 
 def test_thresholds_json_carries_its_format_version():
     spec = GateSpec({c: 0.5 for c in CLASSES}, at_least_one=True)
-    assert spec.to_json()["format"] == 1 and GateSpec.from_json(spec.to_json()) == spec
-    assert GateSpec.from_json({c: 0.5 for c in CLASSES}).at_least_one is False  # hand-written, no version: fine
+    assert spec.to_json()["format"] == 1 and GateSpec.from_json(spec.to_json(), KNOWN) == spec
+    assert GateSpec.from_json({c: 0.5 for c in CLASSES}, KNOWN).at_least_one is False  # hand-written, no version: fine
 
 
 @pytest.mark.parametrize("bad, message", [
@@ -89,4 +93,4 @@ def test_thresholds_json_carries_its_format_version():
 ])
 def test_a_garbled_thresholds_file_is_refused(bad, message):
     with pytest.raises(CloudpipeError, match=message):
-        GateSpec.from_json({**GateSpec({c: 0.5 for c in CLASSES}).to_json(), **bad})
+        GateSpec.from_json({**GateSpec({c: 0.5 for c in CLASSES}).to_json(), **bad}, KNOWN)

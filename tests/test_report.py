@@ -133,7 +133,7 @@ def test_bad_inputs_are_one_line_and_no_file(tiny_data, case, tmp_path):
     truth = tmp_path / "truth.csv"
     read_mask_csv(tiny_data / "train.csv").iloc[8:][["Image_Label", "EncodedPixels"]].to_csv(truth, index=False)
     cases = [
-        (["--seg", seg, "--probs", few], "no probabilities for 11 image(s)"),
+        (["--seg", seg, "--probs", few], "few.csv: lacks 11 image(s) of"),
         (["--seg", seg, "--truth", truth, "--truth-shape", 64, 96], "extra image(s)"),
         (["--seg", seg, "--mask-shape", 1400, 2100], "--pred-shape H W with their real size"),
         (["--seg", seg, "--probs", probs_csv, "--thresholds", probs_csv], "not a readable JSON file"),

@@ -88,7 +88,7 @@ def test_apply_seg_writes_the_bytes_predict_seg_writes(seg_run, seg_run_b, tiny_
     for args, tuned, data, message in (([*stores, "--weight", 1, "--weight", 1], post, tiny_data, "were tuned for runs"),
                                        (stores[:2], post, tiny_data, "were tuned for runs"),
                                        (["--store", a / "val_seg_probs.npy"], own, tiny_data, "holds val probabilities"),
-                                       (stores[:2], own, other, "holds other images than the test images")):
+                                       (stores[:2], own, other, "compared with the test images of")):
         bad = cli("apply-seg", *args, "--postprocess", tuned, "--data", data, "--out", tmp_path / "bad.csv")
         assert bad.exit_code == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, (message, bad.output)
         assert not (tmp_path / "bad.csv").exists()

@@ -242,7 +242,7 @@ def test_cli_bad_inputs(tiny_data, tuning_case, tmp_path):
     cases = [
         (["--seg", other], "shares no image with the validation probabilities"),
         (["--seg", partly], "only 12 of its 20 images are validation images"),
-        (["--seg", unknown], "no truth in train.csv"),
+        (["--seg", unknown], "train.csv lacks 1 image(s) of"),
         (["--seg", broken], "line 2"),
         (["--objective", "dice"], "needs segmentation predictions"),
         (["--seg", seg, "--out", seg], "also an input"),
@@ -255,7 +255,7 @@ def test_cli_bad_inputs(tiny_data, tuning_case, tmp_path):
     stranger = copy_run(tuning_case, tmp_path / "stranger")
     write_probs(stranger / "val_probs.csv", probs.rename(index={probs.index[3]: "zzz.jpg"}))
     for run_dir, message in [(no_probs, "no config.yaml: not a training run folder"), (bad_probs, "line 2: Sugar probability"),
-                             (stranger, "1 image(s) have no truth in train.csv (e.g. zzz.jpg)")]:
+                             (stranger, "train.csv lacks 1 image(s) of")]:
         result = run_cli("--run", run_dir, "--data", tiny_data)
         assert result.exit_code == 2 and result.stderr.startswith("error:") and message in result.stderr, result.stderr
     assert not (run / "thresholds.json").exists()
@@ -308,11 +308,11 @@ def test_tune_chooses_among_every_source_and_says_what_each_scores(tiny_data, tu
     head = write_probs(tmp_path / "val_seg_presence.csv", pd.DataFrame(rng.random((len(used), 4)).round(4), index=used,
                                                                         columns=list(CLASSES)))
     out = tmp_path / "t.json"
-    inputs = GateInputs(head, store, placement="midpoint", at_least_one=True)
+    inputs = GateInputs({"presence": head, "seg_store": store}, placement="midpoint", try_at_least_one=True)
     result = tune_thresholds(run, tiny_data, seg=seg, inputs=inputs, out=out, choice="best")
     names = {r["source"] for r in result.source_rows}
     assert {"classifier", "head", "max", "top_mean", "area", "0.5 classifier + 0.5 top_mean"} <= names
-    alone = tune_thresholds(run, tiny_data, seg=seg, inputs=GateInputs(head, store, sources=["area"]), save=False,
+    alone = tune_thresholds(run, tiny_data, seg=seg, inputs=GateInputs({"presence": head, "seg_store": store}, sources=["area"]), save=False,
                             choice="best")
     for c in CLASSES:
         best = max(r[c] for r in result.source_rows)

@@ -31,7 +31,7 @@ def test_images_the_data_lacks_and_the_other_stage(tiny_data, tiny_classifier_ru
     shutil.copytree(tiny_classifier_run, run)
     with (run / "splits.csv").open("a") as f:
         f.write("stranger.jpg,0\n")
-    with pytest.raises(CloudpipeError, match=r"validated on 1 image\(s\) that .*train.csv lacks \(e.g. stranger.jpg\)"):
+    with pytest.raises(CloudpipeError, match=r"splits.csv: .*train.csv lacks 1 image\(s\) of the run's validation \(e.g. stranger.jpg\): another data folder"):
         validation_sets(run, tiny_data, "classifier")
     with pytest.raises(CloudpipeError, match="this command needs a segmentation run"):
         validation_sets(tiny_classifier_run, tiny_data, "segmentation")

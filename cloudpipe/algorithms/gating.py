@@ -8,13 +8,13 @@ one class per image" rule (:func:`keep_most_probable`) applies.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from cloudpipe.algorithms.presence import CLASSIFIER, PIXEL_SOURCES, SOURCES, Gate, PixelStats
+from cloudpipe.algorithms.presence import CLASSIFIER, Gate, PixelStats
 from cloudpipe.algorithms.thresholds import check_threshold, parse_thresholds
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
@@ -100,19 +100,18 @@ class GateSpec:
         thresholds: class -> threshold.
         gates: class -> the blend of sources its score is (default: the classifier alone).
         at_least_one: whether :func:`keep_most_probable` applies.
-        pixel: how pixel statistics are computed (when a gate uses one).
+        pixel: how pixel statistics are computed, when a gate uses one (None otherwise).
     """
 
     thresholds: dict[str, float]
     gates: dict[str, Gate] = field(default_factory=lambda: {c: {CLASSIFIER: 1.0} for c in CLASSES})
     at_least_one: bool = False
-    pixel: PixelStats = PixelStats()
+    pixel: PixelStats | None = None
 
     @property
     def sources(self) -> list[str]:
-        """The sources some class is gated on, in :data:`~cloudpipe.algorithms.presence.SOURCES` order."""
-        used = {s for g in self.gates.values() for s in g}
-        return [s for s in SOURCES if s in used]
+        """The sources some class is gated on, in the order the classes first name them."""
+        return list(dict.fromkeys(s for c in CLASSES for s in self.gates[c]))
 
     def keep(self, scores: np.ndarray, drawn: np.ndarray) -> np.ndarray:
         """Which pairs this gate keeps (:func:`keep`), given the blended ``scores`` (n, 4) and
@@ -123,12 +122,12 @@ class GateSpec:
         """``{class: threshold, "gate": {class: {source: weight}}, "at_least_one": bool}``, plus
         ``top_k`` and ``area_threshold`` when a pixel statistic is used."""
         out = {"format": THRESHOLDS_FORMAT, **self.thresholds, "gate": self.gates, "at_least_one": self.at_least_one}
-        if any(s in PIXEL_SOURCES for s in self.sources):
+        if self.pixel is not None:
             out |= {"top_k": self.pixel.top_k, "area_threshold": self.pixel.area_threshold}
         return out
 
     @classmethod
-    def from_json(cls, data: object) -> GateSpec:
+    def from_json(cls, data: object, known: Sequence[str]) -> GateSpec:
         """Read :meth:`to_json`'s form; a file without ``gate`` gates on the classifier alone.
 
         Raises:
@@ -142,16 +141,16 @@ class GateSpec:
         if not isinstance(gates, dict) or any(not isinstance(gates.get(c), dict) or not gates[c] for c in CLASSES):
             raise CloudpipeError("thresholds: gate must give every class {source: weight}")
         for c in CLASSES:
-            unknown = [s for s in gates[c] if s not in SOURCES]
+            unknown = [s for s in gates[c] if s not in known]
             if unknown:
-                raise CloudpipeError(f"thresholds: {c} gates on unknown source(s) {', '.join(unknown)}; known: {', '.join(SOURCES)}")
+                raise CloudpipeError(f"thresholds: {c} gates on unknown source(s) {', '.join(unknown)}; known: {', '.join(known)}")
             if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in gates[c].values()) or abs(sum(gates[c].values()) - 1) > 1e-6:
                 raise CloudpipeError(f"thresholds: {c}'s gate weights must be >= 0 and sum to 1")
         top_k, area = data.get("top_k", PixelStats.top_k), data.get("area_threshold", PixelStats.area_threshold)
         if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
             raise CloudpipeError(f"thresholds: top_k {top_k!r} is not a whole number >= 1")
+        pixel = PixelStats(top_k, check_threshold(area, "area_threshold")) if "top_k" in data or "area_threshold" in data else None
         at_least_one = data.get("at_least_one", False)
         if not isinstance(at_least_one, bool):  # "false" is a string, and bool("false") is True
             raise CloudpipeError(f"thresholds: at_least_one {at_least_one!r} is not true or false")
-        return cls(thresholds, {c: {s: float(w) for s, w in gates[c].items()} for c in CLASSES}, at_least_one,
-                   PixelStats(top_k, check_threshold(area, "area_threshold")))
+        return cls(thresholds, {c: {s: float(w) for s, w in gates[c].items()} for c in CLASSES}, at_least_one, pixel)

@@ -1,10 +1,9 @@
 """Presence scores from every source, and their blends, for gating.
 
 A *source* gives every (image, class) pair a score in [0, 1]: the separate classifier
-(``classifier``), the segmentation model's classification head (``head``), or a statistic of
-the segmentation probabilities (:data:`PIXEL_SOURCES`: the largest pixel probability ``max``,
-the mean of the ``top_k`` most probable pixels ``top_mean`` (the 1st place used 18,000 pixels
-at 350 x 525), and the share of pixels at or above ``area_threshold`` ``area``). A *gate* is,
+(``classifier``), the segmentation model's classification head, statistics of the segmentation
+probabilities (:class:`PixelStats`), ... (registered in :mod:`cloudpipe.pipeline.sources`; here
+they are arrays by name). A *gate* is,
 per class, a weighted blend of sources (``{"classifier": 0.75, "top_mean": 0.25}``);
 :func:`choose_gates` tunes the source and blend weight of every class on Dice after blanking,
 each class on its own (classes are independent, so the choice is exact on what it searched).
@@ -23,9 +22,8 @@ from cloudpipe.core.choices import AREA_THRESHOLD, TOP_K
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 
-CLASSIFIER, HEAD = "classifier", "head"
-PIXEL_SOURCES: tuple[str, ...] = ("max", "top_mean", "area")
-SOURCES: tuple[str, ...] = (CLASSIFIER, HEAD, *PIXEL_SOURCES)
+CLASSIFIER = "classifier"
+"""The separate presence classifier's source: the default gate, and the one blended with others."""
 BLEND_WEIGHTS: tuple[float, ...] = (0.25, 0.5, 0.75)
 """The classifier's weights tried in its blend with each other source (the other gets the rest)."""
 

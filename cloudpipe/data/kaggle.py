@@ -8,6 +8,7 @@ column per class. Error messages name the file and its line (the header is line 
 
 from __future__ import annotations
 
+from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -339,6 +340,36 @@ def load_train_data(data_dir: Path) -> TrainData:
     shape = check_images(data_dir / TRAIN_IMAGES / name for name in wide.index)
     validate_rle_column(frame, shape, data_dir / TRAIN_CSV)
     return TrainData(data_dir, presence(frame), wide, shape)
+
+
+def require_images(images: Iterable[str], have: Container[str], holder: str = "", of: str = "", *,
+                   path: Path | None = None, hint: str = "") -> None:
+    """The one "lacks N images" check: raise when ``have`` lacks some of ``images``.
+
+    Args:
+        holder: what lacks them (``train.csv``; empty when ``path`` says it).
+        of: whose images they are (``seg.csv``), for the message.
+        path: the file the error names.
+        hint: what to do, appended to the message.
+
+    Raises:
+        CloudpipeError: ``<holder> lacks N image(s) of <of> (e.g. a, b, c)<hint>``.
+    """
+    missing = [i for i in images if i not in have]
+    if missing:
+        whose = f" of {of}" if of else ""
+        raise CloudpipeError(f"{holder + ' ' if holder else ''}lacks {len(missing)} image(s){whose} "
+                             f"(e.g. {', '.join(missing[:3])}){hint}", path=path)
+
+
+def frame_rows(frame: pd.DataFrame, images: list[str], what: str) -> np.ndarray:
+    """The (n, 4) class columns of a frame indexed by image, rows in ``images`` order.
+
+    Raises:
+        CloudpipeError: ``what`` lacks some of the images.
+    """
+    require_images(images, frame.index, what)
+    return frame.loc[images, list(CLASSES)].to_numpy(np.float64)
 
 
 def require_same_images(expected: list[str], got: list[str], what: str) -> None:

@@ -51,7 +51,7 @@ def _same_file(a: Path, b: Path) -> bool:
 
 
 def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
-                 input_dirs: Iterable[Path] = (), folder: bool = False) -> Path:
+                 input_dirs: Iterable[Path] = (), folder: bool = False, create: bool = True) -> Path:
     """Validate an output path before any work is done.
 
     Args:
@@ -59,6 +59,8 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
         input_dirs: folders the command reads (image folders); the output may not lie inside one.
         folder: the output is a folder the command fills (a training's run folder), whose
             files the command checks itself: it may exist.
+        create: make the output's folder and check that it is writable (the process that
+            writes); False checks the rest only (the other ranks of a ``torchrun`` job).
 
     Raises:
         CloudpipeError: the path exists (without ``overwrite``), equals an input or lies in an
@@ -75,6 +77,8 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
         raise CloudpipeError("output path is a folder; give a file name", path=path)
     if path.exists() and not overwrite and not folder:
         raise CloudpipeError("already exists; pass --overwrite to replace it", path=path)
+    if not create:
+        return path
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -89,20 +93,20 @@ def claim_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
                  input_dirs: Iterable[Path] = (), folder: bool = False, lock: bool = True) -> Iterator[Path]:
     """:func:`check_output`, then hold the output's lock until the body ends (wrap the whole
     command, from the check to the last rename); the check is repeated under the lock, since
-    another process may have written the file meanwhile. ``lock=False`` only checks (the ranks
-    of ``torchrun`` other than rank 0, which write nothing). A refusal or failure leaves no
-    empty new folder. :class:`cloudpipe.engine.runner.Runner` claims every output of a command
+    another process may have written the file meanwhile. ``lock=False`` only checks, making no
+    folder (the ranks of ``torchrun`` other than rank 0, which write nothing). A refusal or
+    failure leaves no empty new folder. :class:`cloudpipe.engine.runner.Runner` claims every output of a command
     with it.
 
     Raises:
         CloudpipeError: as :func:`check_output` and :func:`output_lock`.
     """
     check = dict(overwrite=overwrite, inputs=tuple(inputs), input_dirs=tuple(input_dirs), folder=folder)
+    if not lock:  # the writer alone makes (and removes) folders: two ranks would race on them
+        yield check_output(path, **check, create=False)
+        return
     with no_new_empty_folders(Path(path).parent):
         path = check_output(path, **check)
-        if not lock:
-            yield path
-            return
         with output_lock(path):
             path = check_output(path, **check)
             remove_stale_temporaries(path)

@@ -3,37 +3,34 @@ and ``report``), and :class:`GateInputs`, the presence inputs a gate reads besid
 classifier (the head's presence CSV, a probability store and its pixel statistics) with the
 choices of ``tune-threshold`` (sources tried, placement, the at-least-one rule).
 
-Deciding which pairs are kept is :func:`cloudpipe.algorithms.gating.keep`; scoring and blending
-the sources is :mod:`cloudpipe.algorithms.presence`. A new presence source is its score there and
-its input here (:attr:`GateInputs.given`, :meth:`GateInputs.scores`), plus the command option
-that gives the input.
+Deciding which pairs are kept is :func:`cloudpipe.algorithms.gating.keep`; blending the sources
+is :mod:`cloudpipe.algorithms.presence`; the sources themselves, their inputs and scores, are
+registered in :mod:`cloudpipe.pipeline.sources` (a new one is a module there).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from cloudpipe.algorithms.gating import GateSpec
-from cloudpipe.algorithms.presence import CLASSIFIER, HEAD, PIXEL_SOURCES, SOURCES, PixelStats
+from cloudpipe.algorithms.presence import PixelStats
 from cloudpipe.algorithms.thresholds import Placement, check_threshold
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.kaggle import read_probs_csv
+from cloudpipe.data.kaggle import frame_rows
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.probstore import info_path, read_store
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
 from cloudpipe.pipeline.ensemble import Ensemble
+from cloudpipe.pipeline.sources import registry, source_inputs
 
 SEGMENTATION_KEY = "segmentation"
 """The key of ``thresholds.json`` recording the segmentation runs of the store it was tuned on."""
-INPUT_OPTIONS = {CLASSIFIER: "--run RUN", HEAD: "--presence HEAD.csv (predict-seg's <stem>_presence.csv)",
-                 **{s: "--seg-store STORE.npy (predict-seg's <stem>_probs.npy)" for s in PIXEL_SOURCES}}
-"""The option that gives each source's input."""
 
 
 @dataclass(frozen=True)
@@ -41,26 +38,37 @@ class GateInputs:
     """What a gate reads besides the classifier, and how ``tune-threshold`` searches it.
 
     Attributes:
-        presence: the segmentation head's presence CSV (``<stem>_presence.csv``; source ``head``).
-        seg_store: a probability store (``<stem>_probs.npy``; the pixel sources).
+        files: input name -> the file giving it (:func:`~cloudpipe.pipeline.sources.source_inputs`:
+            ``presence``, the head's ``<stem>_presence.csv``; ``seg_store``, a ``<stem>_probs.npy``).
         pixel: how pixel statistics are computed (tuning; ``predict`` uses the tuned file's).
         sources: the sources to try, in order (tuning; None: the classifier and every source
             whose input is given).
         placement: where thresholds go (tuning; :class:`~cloudpipe.algorithms.thresholds.Sweep`).
-        at_least_one: tuning: try the at-least-one-class rule (kept only if it helps);
-            ``predict``: apply it or not, None as the thresholds file says.
+        try_at_least_one: tuning: try the at-least-one-class rule (kept only if it helps).
+        at_least_one: ``predict``: apply the rule or not, None as the thresholds file says.
     """
 
-    presence: Path | None = None
-    seg_store: Path | None = None
+    files: Mapping[str, Path] = field(default_factory=dict)
     pixel: PixelStats = PixelStats()
     sources: Sequence[str] | None = None
     placement: Placement = "exact"
+    try_at_least_one: bool = False
     at_least_one: bool | None = None
+
+    def __post_init__(self):
+        unknown = [k for k in self.files if k not in source_inputs()]
+        if unknown:
+            raise ValueError(f"unknown source input(s) {', '.join(unknown)}; known: {', '.join(source_inputs())}")
+        object.__setattr__(self, "files", {k: Path(v) for k, v in self.files.items() if v is not None})
+
+    @property
+    def seg_store(self) -> Path | None:
+        """The probability store given (the segmentation runs a gate was tuned on are its)."""
+        return self.files.get("seg_store")
 
     def given(self, classifier: bool = True) -> dict[str, bool]:
         """Source -> whether its input is given."""
-        return {CLASSIFIER: classifier, HEAD: self.presence is not None, **{s: self.seg_store is not None for s in PIXEL_SOURCES}}
+        return {name: classifier if s.input is None else s.input.name in self.files for name, s in registry().items()}
 
     def names(self) -> list[str]:
         """The sources to try: those asked for, else the classifier and those whose input is given.
@@ -69,9 +77,10 @@ class GateInputs:
             CloudpipeError: an unknown source, or none.
         """
         if self.sources is not None:
-            unknown = [s for s in self.sources if s not in SOURCES]
+            known = registry()
+            unknown = [s for s in self.sources if s not in known]
             if unknown or not self.sources:
-                raise CloudpipeError(f"unknown source(s) {', '.join(unknown) or '(none)'}; known: {', '.join(SOURCES)}")
+                raise CloudpipeError(f"unknown source(s) {', '.join(unknown) or '(none)'}; known: {', '.join(known)}")
             return list(dict.fromkeys(self.sources))
         return [s for s, given in self.given().items() if given]
 
@@ -81,14 +90,16 @@ class GateInputs:
         Raises:
             CloudpipeError: naming the sources and the options that give their inputs.
         """
-        given = self.given(classifier)
+        given, known = self.given(classifier), registry()
         missing = [s for s in sources if not given[s]]
         if missing:
-            raise CloudpipeError(f"gating on {', '.join(missing)} needs " + "; ".join(sorted({INPUT_OPTIONS[s] for s in missing})))
+            options = sorted({"--run RUN" if known[s].input is None else f"{known[s].input.option} FILE ({known[s].input.what})"
+                              for s in missing})
+            raise CloudpipeError(f"gating on {', '.join(missing)} needs " + "; ".join(options))
 
-    def files(self) -> Inputs:
+    def reads(self) -> Inputs:
         """The files read (so that no output may replace them)."""
-        return Inputs.of(self.presence, self.seg_store, self.seg_store and info_path(self.seg_store))
+        return Inputs.of(*self.files.values(), self.seg_store and info_path(self.seg_store))
 
     def scores(self, images: list[str], sources: Sequence[str], split: str, *, classifier: pd.DataFrame | None = None,
                pixel: PixelStats | None = None) -> dict[str, np.ndarray]:
@@ -96,44 +107,30 @@ class GateInputs:
 
         Args:
             images: the images scored.
-            sources: source names (see :data:`~cloudpipe.algorithms.presence.SOURCES`).
-            split: ``val`` or ``test``: the split the store must hold.
+            sources: source names (:func:`~cloudpipe.pipeline.sources.registry`).
+            split: ``val`` or ``test``: the split the inputs must hold.
             classifier: the classifier's probabilities, indexed by image.
             pixel: how pixel statistics are computed (default :attr:`pixel`).
 
         Raises:
-            CloudpipeError: a source whose input was not given, a store of another split, or an
-                input lacking some of the images.
+            CloudpipeError: a source whose input was not given, or an input of another split
+                or lacking some of the images.
         """
         self.require(sources, classifier is not None)
-        out = {}
-        if CLASSIFIER in sources:
-            out[CLASSIFIER] = _rows(classifier, images, "the classifier's probabilities")
-        if HEAD in sources:
-            out[HEAD] = _rows(read_probs_csv(self.presence), images, str(self.presence))
-        if any(s in PIXEL_SOURCES for s in sources):
-            store, info = read_store(self.seg_store)
-            if info.split != split:
-                raise CloudpipeError(f"holds {info.split} probabilities; {split} images need a {split} store", path=self.seg_store)
-            row = {name: i for i, name in enumerate(info.images)}
-            lacking = [i for i in images if i not in row]
-            if lacking:
-                raise CloudpipeError(f"lacks {len(lacking)} image(s) (e.g. {', '.join(lacking[:3])})", path=self.seg_store)
-            stats = (pixel or self.pixel).scores(store)
-            rows = np.array([row[i] for i in images], dtype=np.int64)
-            out |= {s: stats[s][rows] for s in PIXEL_SOURCES if s in sources}
+        known, read, out = registry(), {}, {}
+        for name in sources:
+            source = known[name]
+            if source.input is None:
+                out[name] = frame_rows(classifier, images, "the classifier's probabilities")
+                continue
+            if source.input.name not in read:  # each file read once for all its sources
+                read[source.input.name] = source.input.read(self.files[source.input.name], images, split)
+            out[name] = source.score(read[source.input.name], pixel or self.pixel)
         return out
 
     def segmentation(self) -> Ensemble | None:
         """The segmentation runs (and weights) of :attr:`seg_store`, None without one."""
         return None if self.seg_store is None else Ensemble.merged([(read_store(self.seg_store)[1], 1.0)])
-
-
-def _rows(frame: pd.DataFrame, images: list[str], what: str) -> np.ndarray:
-    lacking = [i for i in images if i not in frame.index]
-    if lacking:
-        raise CloudpipeError(f"{what} lack {len(lacking)} image(s) (e.g. {', '.join(lacking[:3])})")
-    return frame.loc[images, list(CLASSES)].to_numpy(np.float64)
 
 
 def load_gate(path: Path, ensemble: Ensemble | None = None, seg_store: Path | None = None) -> GateSpec:
@@ -150,12 +147,13 @@ def load_gate(path: Path, ensemble: Ensemble | None = None, seg_store: Path | No
     if ensemble is not None:
         ensemble.check_tuned_for(data, path, "thresholds")
     try:
-        spec = GateSpec.from_json(data)
+        spec = GateSpec.from_json(data, tuple(registry()))
     except CloudpipeError as err:
         raise CloudpipeError(str(err), path=path) from None
     recorded = data.get(SEGMENTATION_KEY) if isinstance(data, dict) else None
-    if ensemble is not None and seg_store is not None and recorded is not None and any(s in PIXEL_SOURCES for s in spec.sources):
-        GateInputs(seg_store=seg_store).segmentation().check_tuned_for(
+    known = registry()
+    if ensemble is not None and seg_store is not None and recorded is not None and any(known[s].pixel for s in spec.sources):
+        GateInputs({"seg_store": seg_store}).segmentation().check_tuned_for(
             recorded, path, f"thresholds' segmentation runs (against {seg_store})")
     return spec
 

@@ -134,7 +134,7 @@ def predict_submission(
         if inputs.at_least_one is not None:
             spec = replace(spec, at_least_one=inputs.at_least_one)
         inputs.require(spec.sources)  # before any image is read
-        reads = data_inputs(data) | run_inputs(ensemble.runs) | inputs.files() | Inputs.of(
+        reads = data_inputs(data) | run_inputs(ensemble.runs) | inputs.reads() | Inputs.of(
             seg if isinstance(seg, Path) else None, thresholds_file)
         writes = [] if out is None else [out, probs_path_for(out)]
         return Plan(reads, writes, overwrite=overwrite), (ensemble, data, spec, source)

@@ -40,6 +40,7 @@ from cloudpipe.data.kaggle import (
     find_image,
     read_probs_csv,
     require_dir,
+    require_images,
     train_image_shape,
 )
 from cloudpipe.data.outputs import Inputs
@@ -132,10 +133,7 @@ def score_submission(
             raise CloudpipeError("--thresholds needs presence probabilities (--probs PROBS.csv or --run RUN)")
         return scored
     probs = read_probs_csv(probs_path)
-    missing = [i for i in images if i not in probs.index]
-    if missing:
-        raise CloudpipeError(f"no probabilities for {len(missing)} image(s) of {seg_csv} (e.g. {', '.join(missing[:3])})",
-                             path=probs_path)
+    require_images(images, probs.index, of=str(seg_csv), path=probs_path)
     scored.probs = probs.loc[images].to_numpy()
     sources["probabilities"] = str(probs_path)
     # tuned for the run whose probabilities are scored, as predict checks
@@ -278,8 +276,8 @@ def _overlay(scored: Scored, data_dir: Path, image: str, dice: np.ndarray) -> Pi
     pixels = read_image(path, SUBMISSION_SHAPE, reduction_for(source, SUBMISSION_SHAPE))
     truth = decode_masks(scored.truth.loc[image, list(CLASSES)], scored.truth_shape, SUBMISSION_SHAPE)
     pred = decode_masks(scored.pred.loc[image, list(CLASSES)], scored.mask_shape, SUBMISSION_SHAPE)
-    keep = scored.best_gate()[scored.stats.images.index(image)]
-    pred = pred * keep[:, None, None]  # as submitted: blanked classes drawn empty
+    kept = scored.best_gate()[scored.stats.images.index(image)]
+    pred = pred * kept[:, None, None]  # as submitted: blanked classes drawn empty
     return Picture.of(overlay_figure(pixels, truth=truth, pred=pred, title=f"{image}: mean Dice {dice.mean():.2f}", width=9,
                                      dice=dice), f"overlay of {image}", "jpeg")
 

@@ -24,7 +24,7 @@ from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, j
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import mask2rle, rle2mask
-from cloudpipe.data.kaggle import TrainData, data_inputs, list_test_images, load_train_data, require_dir
+from cloudpipe.data.kaggle import TRAIN_CSV, TrainData, data_inputs, list_test_images, load_train_data, require_dir, require_images, require_same_images
 from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, probability_store, read_store, store_paths
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
@@ -96,7 +96,7 @@ class SegPrediction:
     images_per_second: float
     tuned_dice: float | None = None
     default_dice: float | None = None
-    choice: Rule | None = None
+    rule: Rule | None = None
     """The rule the post-processing was chosen by (validation splits)."""
     written: list[Path] = field(default_factory=list)
     presence: pd.DataFrame | None = None
@@ -107,7 +107,7 @@ class SegPrediction:
         text = f"{self.images} images at {self.images_per_second:.1f} img/s -> {self.out}"
         if self.tuned_dice is not None:
             before = f"{self.default_dice:.4f} with the steps' defaults -> " if self.default_dice is not None else ""
-            text += f"; validation Dice {before}{self.tuned_dice:.4f} tuned ({self.choice} choice)"
+            text += f"; validation Dice {before}{self.tuned_dice:.4f} tuned ({self.rule} choice)"
         return text
 
 
@@ -153,7 +153,7 @@ def tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, 
     """Tune ``steps`` on a validation store (chosen by ``choice``) and write the masks, the
     store (when ``info``), the head's presence (when given) and the choice."""
     post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice, outputs.processes)
-    result = SegPrediction(outputs.out, len(names), post, 0.0, presence=presence, choice=choice)
+    result = SegPrediction(outputs.out, len(names), post, 0.0, presence=presence, rule=choice)
     at_default = default_index(post.steps)
     if at_default is not None:
         result.default_dice = float(dice[(slice(None), *at_default)].mean())
@@ -172,7 +172,7 @@ def write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], in
     if result.presence is not None:
         writers[presence_path(result.out)] = csv_writer(result.presence.reset_index(), float_format="%.6f")
     if outputs.post_out is not None:
-        text = json.dumps({**result.postprocess.to_dict(), "choice": result.choice, **ensemble.record()}, indent=2) + "\n"
+        text = json.dumps({**result.postprocess.to_dict(), "choice": result.rule, **ensemble.record()}, indent=2) + "\n"
         writers[outputs.post_out] = lambda tmp: tmp.write_text(text)
     outputs.write(writers)
     result.written = list(writers)
@@ -225,10 +225,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
         ensemble = Ensemble.merged([(info, w) for (_, info), w in zip(read, share)])
         store = _mean_of(read, share, names, Path(out).parent)
         data = load_train_data(data_dir)
-        missing = [i for i in names if i not in data.rles.index]
-        if missing:
-            raise CloudpipeError(f"{len(missing)} image(s) have no truth in train.csv (e.g. {', '.join(missing[:3])})",
-                                 path=stores[0])
+        require_images(names, data.rles.index, TRAIN_CSV, "the store", path=stores[0])
         speed = len(names) / max(time.perf_counter() - started, 1e-9)
         result = tune_and_write(store, names, None, data, ensemble, MaskOutputs(Path(out), post_out, run.write, processes),
                                 tuned_steps, choice)
@@ -280,10 +277,7 @@ def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postpr
         post = test_postprocess(ensemble, Path(postprocess))
         names = list_test_images(data_dir)
         for path, (_, info) in zip(stores, read):
-            lacks, extra = sorted(set(names) - set(info.images)), sorted(set(info.images) - set(names))
-            if lacks or extra:
-                raise CloudpipeError(f"holds other images than the test images of {data_dir} ({len(lacks)} missing, "
-                                     f"{len(extra)} extra, e.g. {', '.join((lacks or extra)[:3])})", path=path)
+            require_same_images(names, info.images, f"{path}: compared with the test images of {data_dir}, it")
         store = _mean_of(read, share, names, Path(out).parent)
         result = SegPrediction(Path(out), len(names), post, 0.0)
         result = write_outputs(result, store, names, None, ensemble, MaskOutputs(Path(out), None, run.write, processes))

@@ -41,6 +41,7 @@ from cloudpipe.data.kaggle import (
     read_probs_csv,
     read_train,
     require_dir,
+    require_images,
     to_wide,
     validate_rle_column,
 )
@@ -49,6 +50,7 @@ from cloudpipe.data.runfolder import THRESHOLDS_JSON, THRESHOLDS_PNG, VAL_PROBS_
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.gate import SEGMENTATION_KEY, GateInputs
+from cloudpipe.pipeline.sources import registry
 from cloudpipe.pipeline.validation import validation_sets
 
 
@@ -71,13 +73,6 @@ def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings
     return pd.concat(parts).astype(np.float64)
 
 
-def _require_truth(images: list[str], known: pd.Index, what: str) -> None:
-    missing = [i for i in images if i not in known]
-    if missing:
-        raise CloudpipeError(f"{what}: {len(missing)} image(s) have no truth in train.csv "
-                             f"(e.g. {', '.join(missing[:3])})")
-
-
 @dataclass
 class TuneResult:
     """What :func:`tune_thresholds` chose, and why."""
@@ -90,7 +85,8 @@ class TuneResult:
     probs_source: str
     ensemble: Ensemble
     spec: GateSpec
-    choice: GateChoice
+    chosen: GateChoice
+    """The gate chosen per class, and the tuned score of every candidate."""
     placement: Placement = "exact"
     rule: Rule = DEFAULT_RULE
     """How the thresholds and sources were chosen (:mod:`cloudpipe.algorithms.robust`)."""
@@ -107,7 +103,7 @@ class TuneResult:
     @property
     def source_rows(self) -> list[dict]:
         """Each candidate source or blend: its tuned score per class and mean."""
-        return self.choice.rows()
+        return self.chosen.rows()
 
     def to_json(self) -> dict:
         """The ``thresholds.json`` content: the gate (:meth:`GateSpec.to_json`: class thresholds,
@@ -221,7 +217,7 @@ def tune_thresholds(
             raise CloudpipeError("--plot must differ from --out", path=plot_path)
         own = [ensemble.runs[0] / THRESHOLDS_JSON, ensemble.runs[0] / THRESHOLDS_PNG]
         reads = data_inputs(data) | run_inputs(ensemble.runs, writes=own if ensemble.single else []) | \
-            Inputs.of(seg) | inputs.files()
+            Inputs.of(seg) | inputs.reads()
         defaulted = [json_path] if out is None else []  # the run's own files, re-tuned
         defaulted += [plot_path] if out is None and plot is None else []
         writes = [p for p in (json_path, plot_path) if p not in defaulted]
@@ -273,13 +269,13 @@ def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objec
     train = read_train(data_dir)
     labels = presence(train)
     probs, source = ensemble_val_probs(ensemble, data_dir, settings)
-    _require_truth(list(probs.index), labels.index, source)
+    require_images(probs.index, labels.index, TRAIN_CSV, source)
 
     if seg is None:
         scores = PairScores.accuracy(labels.loc[probs.index])
     else:
         pred = to_wide(read_mask_csv(seg, shape=mask_shape))
-        _require_truth(list(pred.index), labels.index, str(seg))
+        require_images(pred.index, labels.index, TRAIN_CSV, str(seg))
         inside = pred.index.isin(probs.index)
         if not inside.any():
             raise CloudpipeError(f"shares no image with the validation probabilities ({source}, "
@@ -298,13 +294,14 @@ def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objec
             scores = PairScores.accuracy(labels.loc[pred.index])
     names = inputs.names()
     found = inputs.scores(scores.images, names, "val", classifier=probs)
-    choice = choose_gates(found, scores, names, inputs.placement, rule)
-    p = blend(found, choice.gates)
-    thresholds = {c: s.threshold for c, s in choice.sweeps.items()}
-    spec, rule_scores = GateSpec(thresholds, choice.gates, False, inputs.pixel), None
-    if inputs.at_least_one:
+    chosen = choose_gates(found, scores, names, inputs.placement, rule)
+    p = blend(found, chosen.gates)
+    thresholds = {c: s.threshold for c, s in chosen.sweeps.items()}
+    pixel = inputs.pixel if any(registry()[s].pixel for g in chosen.gates.values() for s in g) else None
+    spec, rule_scores = GateSpec(thresholds, chosen.gates, False, pixel), None
+    if inputs.try_at_least_one:
         drawn = scores.drawn if scores.drawn is not None else np.ones(p.shape, bool)
         rule_scores = (scores.mean(~keep(p, thresholds)), scores.mean(~keep(p, thresholds, drawn)))
-        spec = GateSpec(thresholds, choice.gates, rule_scores[1] > rule_scores[0], inputs.pixel)
-    return TuneResult(thresholds, objective, scores.images, choice.sweeps, summary_rows(p, scores, choice.sweeps, objective),
-                      source, ensemble, spec, choice, inputs.placement, rule, rule_scores, validation_images=len(probs))
+        spec = GateSpec(thresholds, chosen.gates, rule_scores[1] > rule_scores[0], pixel)
+    return TuneResult(thresholds, objective, scores.images, chosen.sweeps, summary_rows(p, scores, chosen.sweeps, objective),
+                      source, ensemble, spec, chosen, inputs.placement, rule, rule_scores, validation_images=len(probs))

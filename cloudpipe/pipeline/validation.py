@@ -4,8 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.kaggle import TrainData, load_train_data
+from cloudpipe.data.kaggle import TrainData, load_train_data, require_images
 from cloudpipe.data.runfolder import SPLITS_CSV, ModelSplit, read_splits
 from cloudpipe.engine.config import Task, load_run_config
 
@@ -21,9 +20,6 @@ def validation_sets(run_dir: Path, data_dir: Path, task: Task) -> tuple[TrainDat
     config = load_run_config(run_dir, task)
     data = load_train_data(data_dir)
     splits = read_splits(run_dir, config.folds)
-    known = set(data.labels.index)
-    missing = [i for s in splits for i in s.val if i not in known]
-    if missing:
-        raise CloudpipeError(f"the run validated on {len(missing)} image(s) that {data_dir}/train.csv lacks "
-                             f"(e.g. {', '.join(missing[:3])}): another data folder?", path=Path(run_dir) / SPLITS_CSV)
+    require_images((i for s in splits for i in s.val), set(data.labels.index), f"{data_dir}/train.csv",
+                   "the run's validation", path=Path(run_dir) / SPLITS_CSV, hint=": another data folder?")
     return data, splits
