@@ -204,12 +204,43 @@ def read_config_values(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG_YAML
     if not path.is_file():
         raise CloudpipeError(f"no {CONFIG_YAML}: not a training run folder", path=run_dir)
+    return read_yaml_mapping(path, "the run's config")
+
+
+YAML_LIMIT = 64 * 1024
+"""The largest config file read, in bytes (a config is a few dozen ``key: value`` lines)."""
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML's safe loader without aliases (``*name``): a config never needs them, and a few
+    hundred bytes of nested aliases expand to gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError(f"aliases (*name) are not allowed; line {self.peek_event().start_mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+def read_yaml_mapping(path: Path, what: str = "config") -> dict:
+    """A small YAML file that must hold a mapping, read safely: at most :data:`YAML_LIMIT`
+    bytes, no aliases, no Python tags.
+
+    Raises:
+        CloudpipeError: unreadable, too large, aliases, not YAML, or not a mapping.
+    """
+    path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise CloudpipeError(f"cannot read the run's config ({str(err).splitlines()[0]})", path=path) from None
+        with path.open("rb") as f:
+            raw = f.read(YAML_LIMIT + 1)
+        if len(raw) > YAML_LIMIT:
+            raise CloudpipeError(f"cannot read {what}: larger than {YAML_LIMIT // 1024} KiB (a config is a short "
+                                 "list of key: value lines)", path=path)
+        values = yaml.load(raw.decode("utf-8"), Loader=_NoAliases) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CloudpipeError(f"cannot read {what} ({reason})", path=path) from None
     if not isinstance(values, dict):
-        raise CloudpipeError("the run's config is not a YAML mapping", path=path)
+        raise CloudpipeError(f"{what} must be a YAML mapping of key: value", path=path)
     return values
 
 
