@@ -48,6 +48,7 @@ from cloudpipe.data.runfolder import (
     make_model_splits,
     model_dirs,
     read_splits,
+    training_files,
     write_splits,
 )
 from cloudpipe.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -230,8 +231,18 @@ class Trainer:
         return total_loss / len(self.val_set), ordered
 
     def record(self, epoch: int, train_loss: float, val_loss: float, outputs: np.ndarray, seconds: float) -> bool:
-        """Score the epoch, step the LR schedule, append the metrics row; True when best so far."""
+        """Score the epoch, step the LR schedule, append the metrics row; True when best so far.
+
+        Raises:
+            CloudpipeError: a loss or metric that is not finite (the run diverged); nothing of
+                this epoch is saved.
+        """
         metrics = self.stage.metrics(outputs, self.val_labels)
+        for name, value in {"train_loss": train_loss, "val_loss": val_loss, **metrics}.items():
+            if not math.isfinite(value):
+                raise CloudpipeError(f"epoch {epoch + 1}: {name} is {value}: training diverged, the run stopped and "
+                                     "this epoch was not saved (try a lower --lr or --weight-decay, or --grad-clip)",
+                                     path=self.out_dir)
         if not per_step(self.config):
             self.scheduler.step(val_loss)
         score = metrics[self.stage.score_name]
@@ -329,7 +340,7 @@ def train_run(
         data = load_train_data(data_dir)
         out_dir = Path(out_dir)
         continuing = resume or fold is not None
-        splits, recorded = _check_run_dir(out_dir, config, data, continuing, resume)
+        splits, recorded = _check_run_dir(out_dir, config, data, continuing, resume, one_fold=fold is not None)
         started: list[bool] = []
 
         def start() -> None:  # the first model is built, so the run can start: only now is --out written
@@ -355,21 +366,25 @@ def train_run(
 
 
 def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continuing: bool,
-                   resume: bool) -> tuple[list[ModelSplit], bool]:
+                   resume: bool, one_fold: bool = False) -> tuple[list[ModelSplit], bool]:
     """Check the run folder (every rank), writing nothing: the run's models and whether the
-    folder already records their split (a continued run keeps the split it recorded).
+    folder already records their split (a continued run keeps the split it recorded). A run
+    that never finished an epoch (no ``last.pt``: it failed or was stopped in its first) is
+    started afresh, with the settings given, unless one fold of it is asked for (``--fold``:
+    the others may be training).
 
     Raises:
         CloudpipeError: a fresh run into a folder holding another run; ``resume`` with nothing
             to resume; a continued run with settings that must not change.
     """
     config_path = out_dir / CONFIG_YAML
-    holds_run = config_path.exists() or (out_dir / LAST_PT).exists()
+    finished = any(p.exists() for p in training_files(out_dir) if p.name == LAST_PT)
+    holds_run = finished or (one_fold and config_path.exists())
     if holds_run and not continuing:
         raise CloudpipeError("holds another run; pass --resume to continue it, or choose another --out", path=out_dir)
     if resume and not config_path.exists():
         raise CloudpipeError(f"nothing to resume (no {CONFIG_YAML})", path=out_dir)
-    if config_path.exists():
+    if holds_run and config_path.exists():
         saved, wanted = load_run_config(out_dir, config.task).to_dict(), config.to_dict()
         resumable = resumable_keys(config)
         changed = [k for k in wanted if k not in resumable and wanted[k] != saved[k]]
@@ -380,7 +395,7 @@ def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continui
                                                              " (epochs sets this run's schedule / SWA window)"),
                 path=out_dir,
             )
-    recorded = config_path.exists() and (out_dir / SPLITS_CSV).exists()
+    recorded = holds_run and config_path.exists() and (out_dir / SPLITS_CSV).exists()
     if recorded:
         return read_splits(out_dir, config.folds), True
     return make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels)), False
