@@ -417,3 +417,42 @@ def test_epoch_lines_go_to_the_cloudpipe_logger_and_the_cli_prints_them(tiny_dat
     result = cli("train-classifier", "--data", tiny_data, "--out", tmp_path / "cli", "--arch", "tiny", "--weights", "none",
                  "--epochs", 1, "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet")
     assert result.exit_code == 0 and result.output.count("epoch 1/1  train_loss") == 1, result.output
+
+
+@pytest.mark.parametrize("tamper, extra, message", [
+    # the epochs of a onecycle run edited in config.yaml: last.pt still says what the schedule was built for
+    ("epochs_in_yaml", {"schedule": "onecycle", "epochs": 3}, "last.pt: continues a run with different settings (epochs: 2 -> 3)"),
+    ("arch_in_yaml", {"arch": "resnet18"}, "last.pt: continues a run with different settings (arch: 'tiny' -> 'resnet18')"),
+    ("best_as_last", {}, "last.pt: checkpoint has no optimizer, scheduler, scaler, rng, history: not a last.pt"),
+    ("epoch_type", {}, "last.pt: checkpoint's epoch is not int (str)"),
+    ("image_gone", {}, "splits.csv: continues a run trained on other images than --data's: 1 image(s) no longer in train.csv"),
+])
+def test_each_resume_mismatch_is_one_line(tiny_data, tmp_path, tamper, extra, message):
+    run, data = tmp_path / "run", tiny_data
+
+    def args(**given):
+        return ["train-classifier", "--data", data, "--out", run, "--arch", given.get("arch", "tiny"), "--weights", "none",
+                "--epochs", given.get("epochs", 3), "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet",
+                "--schedule", extra.get("schedule", "plateau")]
+
+    assert run_cli(*args(epochs=2)).exit_code == 0
+    if tamper.endswith("_in_yaml"):
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        key = tamper.removesuffix("_in_yaml")
+        saved[key] = extra[key]
+        (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    elif tamper == "best_as_last":
+        shutil.copy(run / "best.pt", run / "last.pt")
+    elif tamper == "epoch_type":
+        state = torch.load(run / "last.pt", weights_only=True)
+        torch.save({**state, "epoch": "2"}, run / "last.pt")
+    else:
+        data = tmp_path / "data"
+        shutil.copytree(tiny_data, data)
+        lines = (data / "train.csv").read_text().splitlines()
+        gone = lines[1].split("_")[0]
+        (data / "train.csv").write_text("\n".join(line for line in lines if not line.startswith(gone)) + "\n")
+    result = run_cli(*args(**extra), "--resume")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert message in line, line

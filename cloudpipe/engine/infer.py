@@ -59,7 +59,10 @@ def load_run(run_dir: Path, task: str, device: torch.device, channels_last: bool
         state = load_checkpoint(path)
         if list(state["classes"]) != list(CLASSES):
             raise CloudpipeError(f"checkpoint classes {state['classes']} are not {list(CLASSES)}", path=path)
-        cfg = config_from_dict(state["config"])
+        try:
+            cfg = config_from_dict(state["config"])
+        except CloudpipeError as err:
+            raise CloudpipeError(f"checkpoint's config: {err}", path=path) from None
         if cfg.task != task:
             raise CloudpipeError(f"checkpoint is a {cfg.task} model; this command needs a {task}", path=path)
         model = stage_for(cfg).build_model(weights="none")

@@ -52,7 +52,7 @@ from cloudpipe.data.runfolder import (
     write_splits,
 )
 from cloudpipe.engine.checkpoint import load_checkpoint, save_checkpoint
-from cloudpipe.engine.config import TrainConfig, load_run_config, save_config
+from cloudpipe.engine.config import TrainConfig, config_from_dict, load_run_config, save_config
 from cloudpipe.engine.devices import Dist, autocast, compile_model, resolve_device, resolve_workers
 from cloudpipe.engine.recipe import (
     keep_frozen_in_eval,
@@ -75,6 +75,8 @@ def resumable_keys(config: TrainConfig) -> tuple[str, ...]:
     depends on the run's length."""
     fixed_length = per_step(config) or config.swa_epochs > 0
     return tuple(k for k in RESUMABLE_KEYS if not (k == "epochs" and fixed_length))
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "epoch", "best_score", "best_epoch", "history")
+"""What ``last.pt`` holds besides the model, to continue a run exactly (``best.pt`` has none of it)."""
 BEST_KEYS = ("model", "epoch", "best_score", "best_epoch", "config", "score_name", "classes", "version")
 
 
@@ -131,13 +133,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.start_epoch, self.best_score, self.best_epoch, self.history = 0, -math.inf, 0, []
         if state:
-            self.model.load_state_dict(state.get("trained", state["model"]))
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            if self.average is not None:
-                self.average.load_state_dict(state["average"])
-            torch.set_rng_state(state["rng"]["torch"])
+            try:
+                self.model.load_state_dict(state.get("trained", state["model"]))
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.scaler.load_state_dict(state["scaler"])
+                if self.average is not None:
+                    self.average.load_state_dict(state["average"])
+                torch.set_rng_state(state["rng"]["torch"])
+            except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise CloudpipeError(f"cannot resume from this checkpoint ({reason})", path=split.folder / LAST_PT) from None
             self.start_epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
             self.history = list(state["history"])
         self.net = dist.wrap(self.model, self.device)
@@ -353,7 +359,7 @@ def train_run(
             if fold is not None and i != fold:
                 continue
             last = split.folder / LAST_PT
-            state = load_checkpoint(last) if continuing and last.exists() else None
+            state = _resume_state(last, config) if continuing and last.exists() else None
             if state is not None and config.folds >= 2 and state["epoch"] >= config.epochs:
                 continue  # a fold finished before the interruption
             results.append(fit(stage, data, split, state=state, progress=progress, dist=dist, on_start=start))
@@ -385,20 +391,62 @@ def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continui
     if resume and not config_path.exists():
         raise CloudpipeError(f"nothing to resume (no {CONFIG_YAML})", path=out_dir)
     if holds_run and config_path.exists():
-        saved, wanted = load_run_config(out_dir, config.task).to_dict(), config.to_dict()
-        resumable = resumable_keys(config)
-        changed = [k for k in wanted if k not in resumable and wanted[k] != saved[k]]
-        if changed:
-            raise CloudpipeError(
-                f"continues a run with different settings ({', '.join(f'{k}: {saved[k]!r} -> {wanted[k]!r}' for k in changed)}); "
-                f"only {', '.join(resumable)} may change" + ("" if "epochs" in resumable else
-                                                             " (epochs sets this run's schedule / SWA window)"),
-                path=out_dir,
-            )
+        _check_unchanged(load_run_config(out_dir, config.task), config, out_dir)
     recorded = holds_run and config_path.exists() and (out_dir / SPLITS_CSV).exists()
     if recorded:
-        return read_splits(out_dir, config.folds), True
+        splits = read_splits(out_dir, config.folds)
+        trained, now = set(splits[0].train + splits[0].val), set(data.labels.index)
+        if trained != now:
+            gone, new = sorted(trained - now), sorted(now - trained)
+            diff = "; ".join(f"{len(names)} image(s) {what} train.csv (first {names[0]})"
+                             for names, what in ((gone, "no longer in"), (new, "new in")) if names)
+            raise CloudpipeError(f"continues a run trained on other images than --data's: {diff}; "
+                                 "train a new run on this data, or resume with the data it trained on",
+                                 path=out_dir / SPLITS_CSV)
+        return splits, True
     return make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels)), False
+
+
+def _check_unchanged(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
+    """Refuse to continue a run (saved with ``saved``) with settings that must not change.
+
+    Raises:
+        CloudpipeError: one line listing each changed setting, old -> new.
+    """
+    before, wanted = saved.to_dict(), config.to_dict()
+    resumable = resumable_keys(config)
+    changed = [k for k in wanted if k not in resumable and wanted[k] != before[k]]
+    if changed:
+        raise CloudpipeError(
+            f"continues a run with different settings ({', '.join(f'{k}: {before[k]!r} -> {wanted[k]!r}' for k in changed)}); "
+            f"only {', '.join(resumable)} may change" + ("" if "epochs" in resumable else
+                                                         " (epochs sets this run's schedule / SWA window)"),
+            path=where,
+        )
+
+
+def _resume_state(last: Path, config: TrainConfig) -> dict:
+    """A model's ``last.pt``, checked to be one (not a ``best.pt`` copied over it) and to have
+    been trained with ``config`` (bar :func:`resumable_keys`), whatever ``config.yaml`` says now.
+
+    Raises:
+        CloudpipeError: one line saying what is missing or what differs.
+    """
+    try:
+        state = load_checkpoint(last, needs=RESUME_KEYS)
+    except CloudpipeError as err:
+        if "has no" not in str(err):
+            raise
+        raise CloudpipeError(f"{err}: not a last.pt to resume from (best.pt keeps the model only); "
+                             "train a new run, or put the run's own last.pt back") from None
+    try:
+        trained = config_from_dict(state["config"])
+    except CloudpipeError as err:
+        raise CloudpipeError(f"checkpoint's config: {err}", path=last) from None
+    _check_unchanged(trained, config, last)
+    if (config.ema or config.swa_epochs) and not isinstance(state.get("average"), dict):
+        raise CloudpipeError("checkpoint has no average of the weights, which this run keeps", path=last)
+    return state
 
 
 def _record_run(out_dir: Path, config: TrainConfig, data: TrainData, splits: list[ModelSplit], recorded: bool,
