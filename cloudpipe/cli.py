@@ -141,9 +141,13 @@ def inference_options(batch_size: int, tta: bool = True):
     return decorate
 
 
+SHAPE = click.Tuple([click.IntRange(min=1), click.IntRange(min=1)])
+"""``H W``: a mask or image size, two positive numbers (every shape option takes this type)."""
+
+
 def shape_option(name: str, default: tuple[int, int], help: str):
     """An ``H W`` option."""
-    return click.option(name, type=(int, int), default=default, show_default=True, metavar="H W", help=help)
+    return click.option(name, type=SHAPE, default=default, show_default=True, metavar="H W", help=help)
 
 
 class _AboveBars(logging.Handler):
@@ -190,10 +194,10 @@ def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, see
 @main.command()
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, required=True, help="Truth CSV (train.csv-style).")
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
-@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+@click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
                    f"else {IMAGE_SHAPE[0]} {IMAGE_SHAPE[1]}].")
-@click.option("--mask-shape", "--pred-shape", "pred_shape", type=(int, int), default=SUBMISSION_SHAPE, show_default=True,
+@click.option("--mask-shape", "--pred-shape", "pred_shape", type=SHAPE, default=SUBMISSION_SHAPE, show_default=True,
               metavar="H W", help="Mask size of the submission (--pred-shape: the same).")
 def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
     """Kaggle mean Dice of a submission, overall and per class.
@@ -476,7 +480,7 @@ def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess:
 @click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None,
               help="The gate's thresholds [default: RUN/thresholds.json, else tuned on these images].")
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None, help="Truth masks [default: DATA/train.csv].")
-@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+@click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of --truth [default: the training images' size for train.csv, else "
                    f"{SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --seg.")
