@@ -28,7 +28,7 @@ import numpy as np
 from cloudpipe.algorithms.robust import Rule, choose_index
 from cloudpipe.core.choices import DEFAULT_STEPS
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.errors import BadType, BadValue, CloudpipeError
 from cloudpipe.core.masks import remove_small_components
 from cloudpipe.core.metric import dice_score
 
@@ -253,7 +253,25 @@ class PostProcess:
                 raise CloudpipeError(f"post-processing needs one value per step for {c}")
 
     def apply(self, probs: np.ndarray, k: int) -> np.ndarray:
-        """0/1 mask of class ``k`` from its uint8 probabilities (H, W)."""
+        """0/1 mask of class ``k`` from its uint8 probabilities (H, W).
+
+        Args:
+            probs: (H, W) uint8, probability x 255 as stores hold them (float probabilities:
+                ``(p * 255).round().astype(np.uint8)``).
+            k: class index, 0..3.
+
+        Raises:
+            BadType: ``probs`` not uint8 (a TypeError). BadValue: not 2-D, or ``k`` not a class
+                index (a ValueError).
+        """
+        probs = np.asarray(probs)
+        if probs.dtype != np.uint8:
+            raise BadType(f"probs must be uint8 (probability x 255, as probability stores hold them), got {probs.dtype}; "
+                            "convert float probabilities with (p * 255).round().astype(np.uint8)")
+        if probs.ndim != 2:
+            raise BadValue(f"probs must be one class's (H, W) map, got shape {probs.shape}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(CLASSES):
+            raise BadValue(f"k must be a class index 0..{len(CLASSES) - 1}, got {k!r}")
         mask = None
         for step, value in zip(self.steps, self.values[CLASSES[k]]):
             mask = step.apply(mask, probs, value)

@@ -9,6 +9,7 @@ sort and cumulative sums over per-pair scores computed once (:func:`sweep`).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -19,7 +20,7 @@ import pandas as pd
 from cloudpipe.algorithms.robust import Rule, Z, best_index, check_rule, holds_up, plateau
 from cloudpipe.core.choices import PLACEMENTS, Placement
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.errors import BadValue, CloudpipeError
 from cloudpipe.core.metric import PairStats, pair_stats
 
 Objective = Literal["dice", "accuracy"]
@@ -27,9 +28,9 @@ METRIC_NAMES: dict[str, str] = {"dice": "dice", "accuracy": "acc"}
 
 
 def check_threshold(value: object, what: str) -> float:
-    """A threshold as float in [0, 1], or a CloudpipeError naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise CloudpipeError(f"{what} threshold {value!r} is not a number in [0, 1]")
+    """A threshold as float in [0, 1], or a :class:`~cloudpipe.core.errors.BadValue` naming ``what``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise BadValue(f"{what} threshold {value!r} is not a number in [0, 1]")
     return float(value)
 
 
