@@ -339,3 +339,26 @@ def test_no_speed_is_claimed_when_no_model_runs(tiny_data, tiny_classifier_run, 
                     "--thresholds", thresholds, "--presence", head)
     assert result.exit_code == 0, result.output
     assert "no model run" in result.output and "img/s" not in result.output  # it said e.g. 449781 img/s
+
+
+def test_the_probabilities_written_are_the_ones_compared(tiny_data, tiny_classifier_run, seg_csv, tmp_path, monkeypatch):
+    """A probability of 0.9999996 was written as 1.000000, so the file showed a pair at the
+    threshold 1.0 that had been blanked; written in full, every decision can be checked from it."""
+    import cloudpipe.engine.infer
+
+    def near_one(run, paths, settings, desc="", dist=None):
+        probs = np.full((len(paths), len(CLASSES)), 0.9999996)
+        probs[::2] = 1.0
+        return probs
+
+    monkeypatch.setattr(cloudpipe.engine.infer, "predict_presence", near_one)
+    out = tmp_path / "submission.csv"
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--threshold", 1.0)
+    assert result.exit_code == 0, result.output
+    probs = pd.read_csv(tmp_path / "submission_probs.csv").set_index("image")
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    seg = pd.read_csv(seg_csv, dtype=str, keep_default_na=False).set_index("Image_Label")["EncodedPixels"]
+    for label, rle in zip(sub["Image_Label"], sub["EncodedPixels"]):
+        image, cls = label.rsplit("_", 1)
+        assert rle == (seg[label] if probs.loc[image, cls] >= 1.0 else ""), (label, probs.loc[image, cls])
+    assert set(probs.to_numpy().ravel()) == {1.0, 0.9999996}

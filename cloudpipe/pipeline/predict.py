@@ -142,7 +142,7 @@ def predict_submission(
             claims.enter_context(dist.claim_outputs(outputs, reads, overwrite=overwrite))
         summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, inputs, dist)
         if out is not None and dist.is_main:  # a pair: a failure leaves both old files or both new ones
-            write_files({probs_path_for(out): csv_writer(summary.probs.reset_index(), float_format="%.6f"),
+            write_files({probs_path_for(out): csv_writer(summary.probs.reset_index()),  # full precision: what was compared
                          out: csv_writer(summary.submission)})
     return summary
 
