@@ -120,6 +120,8 @@ def inference_options(batch_size: int, tta: bool = True):
                      help="Where JPEGs are decoded: reduced in the workers, or whole batches on the model's device (nvJPEG on a GPU)."),
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first (pays on many images)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--allow-partial", is_flag=True,
+                     help="Run a K-fold run missing some folds' models with those it has (warns) instead of refusing it."),
     ]
     if tta:
         options += [click.option("--tta", is_flag=True, help="Average the model over flipped views (see --tta-views)."),
@@ -128,12 +130,12 @@ def inference_options(batch_size: int, tta: bool = True):
 
     def decorate(fn):
         def command(batch_size: int, device: str, workers: int | str, decode: str, compile_: bool, quiet: bool,
-                    tta: bool = False, tta_views: str | None = None, **kwargs):
+                    allow_partial: bool, tta: bool = False, tta_views: str | None = None, **kwargs):
             from cloudpipe.engine.settings import InferenceSettings
 
             settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, decode=decode,
                                          compile=compile_, tta=tta or tta_views is not None,
-                                         tta_views=int(tta_views or 3), progress=not quiet)
+                                         tta_views=int(tta_views or 3), progress=not quiet, allow_partial=allow_partial)
             return fn(settings=settings, **kwargs)
 
         return with_options(*options)(functools.wraps(fn)(command))
@@ -151,12 +153,12 @@ def shape_option(name: str, default: tuple[int, int], help: str):
 
 
 class _AboveBars(logging.Handler):
-    """The library's log lines (``cloudpipe.*`` loggers) on stdout, above any progress bar."""
+    """The library's log lines (``cloudpipe.*`` loggers) above any progress bar: on stdout, warnings on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
-        tqdm.write(self.format(record), file=sys.stdout)
+        tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
 
 
 def log_to_stdout() -> None:

@@ -362,3 +362,20 @@ def test_the_probabilities_written_are_the_ones_compared(tiny_data, tiny_classif
         image, cls = label.rsplit("_", 1)
         assert rle == (seg[label] if probs.loc[image, cls] >= 1.0 else ""), (label, probs.loc[image, cls])
     assert set(probs.to_numpy().ravel()) == {1.0, 0.9999996}
+
+
+def test_a_partly_trained_k_fold_run_is_refused_or_used_loudly(tiny_data, seg_csv, tmp_path):
+    """It used to predict with 1 of its 3 fold models and say nothing."""
+    from cloudpipe.engine.train import train_run
+    from tests.conftest import tiny_config
+
+    run = tmp_path / "run"
+    train_run(tiny_config(folds=3), tiny_data, run, fold=0, progress=False)
+    out = tmp_path / "sub.csv"
+    refused = invoke("--seg", seg_csv, "--run", run, "--data", tiny_data, "--out", out)
+    assert refused.exit_code == 2 and not out.exists(), refused.output
+    [line] = refused.stderr.strip().splitlines()
+    assert "a 3-fold run with 1 fold model(s): fold1, fold2 have no best.pt" in line and "--allow-partial" in line
+    allowed = invoke("--seg", seg_csv, "--run", run, "--data", tiny_data, "--out", out, "--allow-partial")
+    assert allowed.exit_code == 0 and out.exists(), allowed.output
+    assert "warning:" in allowed.stderr and "fold1, fold2 have no best.pt; using the 1 there are" in allowed.stderr

@@ -330,3 +330,23 @@ def test_tune_chooses_among_every_source_and_says_what_each_scores(tiny_data, tu
                                     "--seg-store", str(store), "--out", str(tmp_path / "c.json"), "--sources", "classifier,max"])
     assert cli.exit_code == 0, cli.output
     assert "0.5 classifier + 0.5 max" in cli.output and "gated on:" in cli.output
+
+
+def test_val_probs_of_a_partly_trained_k_fold_run(tiny_data, tmp_path):
+    """Computed from the models, a K-fold run missing folds is refused; with allow_partial the
+    finished folds' validation images are used."""
+    import dataclasses
+
+    from cloudpipe.data.runfolder import read_splits
+    from cloudpipe.engine.settings import InferenceSettings
+    from cloudpipe.engine.train import train_run
+    from cloudpipe.pipeline.tune import compute_val_probs
+    from tests.conftest import tiny_config
+
+    run = tmp_path / "run"
+    train_run(tiny_config(folds=3), tiny_data, run, fold=1, progress=False)
+    settings = InferenceSettings(device="cpu", workers=0, progress=False)
+    with pytest.raises(CloudpipeError, match="fold0, fold2 have no best.pt"):
+        compute_val_probs(run, tiny_data, settings)
+    probs = compute_val_probs(run, tiny_data, dataclasses.replace(settings, allow_partial=True))
+    assert list(probs.index) == read_splits(run, 3)[1].val
