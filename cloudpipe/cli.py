@@ -430,6 +430,8 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
 def _echo_masks(result) -> None:
     """What the mask commands print: the post-processing, the speed line and the files written."""
     click.echo("post-processing: " + result.postprocess.describe())
+    for c, kept in result.kept.items():
+        click.echo(f"{c}: {kept.reason()}")
     click.echo(result.line())
     click.echo("wrote " + ", ".join(map(str, result.written)))
 

@@ -350,3 +350,23 @@ def test_val_probs_of_a_partly_trained_k_fold_run(tiny_data, tmp_path):
         compute_val_probs(run, tiny_data, settings)
     probs = compute_val_probs(run, tiny_data, dataclasses.replace(settings, allow_partial=True))
     assert list(probs.index) == read_splits(run, 3)[1].val
+
+
+def test_robust_says_per_class_why_it_kept_no_gating(tiny_data, tuning_case, tmp_path):
+    """On 8 validation images (the held-out check needs 10) robust keeps "no gating" for every
+    class; it used to say nothing while its table showed 0.5 doing better."""
+    _, seg, probs, used = tuning_case
+    run = copy_run(tuning_case, tmp_path)
+    few = pd.read_csv(seg, dtype=str, keep_default_na=False)
+    few = few[few["Image_Label"].str.rsplit("_", n=1).str[0].isin(used[:8])]
+    few.to_csv(tmp_path / "few.csv", index=False)
+    result = run_cli("--run", run, "--data", tiny_data, "--seg", tmp_path / "few.csv", "--out", tmp_path / "t.json")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:6]}
+    costly = [c for c in CLASSES if float(rows[c][3]) > float(rows[c][2])]  # 0.5 beats no gating in the table
+    assert costly, result.output
+    for c in costly:
+        assert rows[c][1] == "0.0000"
+        [line] = [line for line in result.output.splitlines() if line.startswith(f"{c}: kept no gating")]
+        assert "(threshold 0) over threshold" in line and "in-sample gain +" in line
+        assert line.endswith("too few images to check it on held-out ones (8 < 10)"), line

@@ -17,7 +17,7 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from cloudpipe.algorithms.robust import Rule, Z, best_index, check_rule, holds_up, plateau
+from cloudpipe.algorithms.robust import DefaultKept, Rule, Z, best_index, check_held_out, check_rule, plateau
 from cloudpipe.core.choices import PLACEMENTS, Placement
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import BadValue, CloudpipeError
@@ -62,12 +62,15 @@ class Sweep:
         placement: ``exact``: the threshold is the chosen candidate; ``midpoint``: halfway
             between it and the next lower candidate (above the largest probability: halfway to
             1), which blanks the same validation pairs with more margin on both sides.
+        kept: with the ``robust`` rule, why the default (0: blank nothing) was kept over the
+            threshold the scores favoured; None when it was not.
     """
 
     thresholds: np.ndarray
     scores: np.ndarray
     best: int
     placement: Placement = "exact"
+    kept: DefaultKept | None = None
 
     @property
     def threshold(self) -> float:
@@ -142,9 +145,13 @@ def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, placement: Pla
     def gain_of(rows: np.ndarray, threshold: float) -> np.ndarray:
         return np.where(probs[rows] < threshold, blank[rows] - keep[rows], 0.0)
 
-    if chosen != 0 and not holds_up(probs.size, choose_on, gain_of, z):
-        chosen = 0  # blanking gains nothing beyond the noise on pairs it was not tuned on
-    return Sweep(thresholds, scores, chosen, placement)
+    kept = None
+    if chosen != 0:
+        kept = check_held_out(probs.size, choose_on, gain_of, "no gating (threshold 0)",
+                              f"threshold {thresholds[chosen]:.3g}", float(scores[chosen] - scores[0]), z)
+        if kept is not None:
+            chosen = 0  # blanking gains nothing beyond the noise on pairs it was not tuned on (or too few to tell)
+    return Sweep(thresholds, scores, chosen, placement, kept)
 
 
 def plateau_threshold(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, z: float = Z) -> float:
