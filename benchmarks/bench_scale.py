@@ -196,7 +196,7 @@ def tune_rows(data: Path, npy: Path, repeats: int, today: Path | None = None) ->
         ref_post, ref_dice = reference_tune(store, info.images, train.rles, train.image_shape, steps)
         ref_s.append(time.perf_counter() - started)
         started = time.perf_counter()
-        post, dice = tune_postprocess(store, info.images, train.rles, train.image_shape, steps, "best")
+        post, dice, _ = tune_postprocess(store, info.images, train.rles, train.image_shape, steps, "best")
         new_s.append(time.perf_counter() - started)
         if post.values != ref_post.values or not np.array_equal(dice, ref_dice):
             raise SystemExit(f"tuning on {n} images chose otherwise: {post.describe()} against {ref_post.describe()}")
@@ -279,8 +279,8 @@ def store_rows(npy: Path, data: Path, run: Path, tuned: float, sample: int) -> l
     base_store, base_info = read_store(run / "val_seg_probs.npy")
     train = load_train_data(data)
     approx = np.stack([upsample(halve(base_store[i])) for i in range(len(base_store))])
-    post, dice = tune_postprocess(approx, base_info.images, train.rles, train.image_shape)
-    full_post, full_dice = tune_postprocess(base_store, base_info.images, train.rles, train.image_shape)
+    post, dice, _ = tune_postprocess(approx, base_info.images, train.rles, train.image_shape)
+    full_post, full_dice, _ = tune_postprocess(base_store, base_info.images, train.rles, train.image_shape)
     half_tuned = float(np.mean([dice[k].max() for k in range(len(CLASSES))]))
     full_tuned = float(np.mean([full_dice[k].max() for k in range(len(CLASSES))]))
     # The half-res choice scored on the full-resolution probabilities: what it would really give.

@@ -121,6 +121,8 @@ def inference_options(batch_size: int, tta: bool = True):
                      help="Where JPEGs are decoded: reduced in the workers, or whole batches on the model's device (nvJPEG on a GPU)."),
         click.option("--compile", "compile_", is_flag=True, help="torch.compile the model first (pays on many images)."),
         click.option("--quiet", is_flag=True, help="No progress bar."),
+        click.option("--allow-partial", is_flag=True,
+                     help="Run a K-fold run missing some folds' models with those it has (warns) instead of refusing it."),
     ]
     if tta:
         options += [click.option("--tta", is_flag=True, help="Average the model over flipped views (see --tta-views)."),
@@ -129,12 +131,12 @@ def inference_options(batch_size: int, tta: bool = True):
 
     def decorate(fn):
         def command(batch_size: int, device: str, workers: int | str, decode: str, compile_: bool, quiet: bool,
-                    tta: bool = False, tta_views: str | None = None, **kwargs):
+                    allow_partial: bool, tta: bool = False, tta_views: str | None = None, **kwargs):
             from cloudpipe.engine.settings import InferenceSettings
 
             settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, decode=decode,
                                          compile=compile_, tta=tta or tta_views is not None,
-                                         tta_views=int(tta_views or 3), progress=not quiet)
+                                         tta_views=int(tta_views or 3), progress=not quiet, allow_partial=allow_partial)
             return fn(settings=settings, **kwargs)
 
         return with_options(*options)(functools.wraps(fn)(command))
@@ -142,18 +144,22 @@ def inference_options(batch_size: int, tta: bool = True):
     return decorate
 
 
+SHAPE = click.Tuple([click.IntRange(min=1), click.IntRange(min=1)])
+"""``H W``: a mask or image size, two positive numbers (every shape option takes this type)."""
+
+
 def shape_option(name: str, default: tuple[int, int], help: str):
     """An ``H W`` option."""
-    return click.option(name, type=(int, int), default=default, show_default=True, metavar="H W", help=help)
+    return click.option(name, type=SHAPE, default=default, show_default=True, metavar="H W", help=help)
 
 
 class _AboveBars(logging.Handler):
-    """The library's log lines (``cloudpipe.*`` loggers) on stdout, above any progress bar."""
+    """The library's log lines (``cloudpipe.*`` loggers) above any progress bar: on stdout, warnings on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
         from tqdm import tqdm
 
-        tqdm.write(self.format(record), file=sys.stdout)
+        tqdm.write(self.format(record), file=sys.stderr if record.levelno >= logging.WARNING else sys.stdout)
 
 
 def log_to_stdout() -> None:
@@ -191,10 +197,10 @@ def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, see
 @main.command()
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, required=True, help="Truth CSV (train.csv-style).")
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
-@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+@click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
                    f"else {IMAGE_SHAPE[0]} {IMAGE_SHAPE[1]}].")
-@click.option("--mask-shape", "--pred-shape", "pred_shape", type=(int, int), default=SUBMISSION_SHAPE, show_default=True,
+@click.option("--mask-shape", "--pred-shape", "pred_shape", type=SHAPE, default=SUBMISSION_SHAPE, show_default=True,
               metavar="H W", help="Mask size of the submission (--pred-shape: the same).")
 def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
     """Kaggle mean Dice of a submission, overall and per class.
@@ -439,6 +445,8 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
 def _echo_masks(result) -> None:
     """What the mask commands print: the post-processing, the speed line and the files written."""
     click.echo("post-processing: " + result.postprocess.describe())
+    for c, kept in result.kept.items():
+        click.echo(f"{c}: {kept.reason()}")
     click.echo(result.line())
     click.echo("wrote " + ", ".join(map(str, result.written)))
 
@@ -491,7 +499,7 @@ def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess:
 @click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None,
               help="The gate's thresholds [default: RUN/thresholds.json, else tuned on these images].")
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None, help="Truth masks [default: DATA/train.csv].")
-@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+@click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of --truth [default: the training images' size for train.csv, else "
                    f"{SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --seg.")

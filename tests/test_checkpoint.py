@@ -62,3 +62,34 @@ def test_full_disk_keeps_the_old_checkpoint(tmp_path, monkeypatch):
         save_checkpoint({"epoch": 2, "weights": torch.zeros(1000)}, path)
     assert str(info.value) == f"{path}: cannot write (No space left on device)"
     assert path.read_bytes() == before and os.listdir(tmp_path) == ["last.pt"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": "weights"}, "checkpoint's model is not tensors by name (str)"),
+    ({"model": {"w": [1.0]}}, "checkpoint's model is not tensors by name (dict)"),
+    ({"config": ["task"]}, "checkpoint's config is not dict (list)"),
+    ({"classes": 4}, "checkpoint's classes is not a list of class names (int)"),
+    ({"classes": [1, 2]}, "checkpoint's classes is not a list of class names (list)"),
+])
+def test_right_keys_with_wrong_kinds_of_value_are_one_line(tmp_path, change, message):
+    path = tmp_path / "x.pt"
+    torch.save({"model": {"w": torch.ones(2)}, "config": {"task": "classifier"}, "classes": ["Fish"], **change}, path)
+    with pytest.raises(CloudpipeError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        load_checkpoint(path)
+
+
+def test_needed_keys_are_named_and_checked(tmp_path):
+    path = tmp_path / "x.pt"
+    torch.save({"model": {}, "config": {}, "classes": [], "epoch": "3"}, path)
+    with pytest.raises(CloudpipeError, match="checkpoint has no optimizer, history"):
+        load_checkpoint(path, needs=("epoch", "optimizer", "history"))
+    with pytest.raises(CloudpipeError, match=r"checkpoint's epoch is not int \(str\)"):
+        load_checkpoint(path, needs=("epoch",))
+
+
+def test_a_refused_pickle_prints_no_torch_warning(tmp_path, recwarn):
+    path = tmp_path / "best.pt"
+    path.write_bytes(pickle.dumps({"model": {}, "config": {}, "classes": []}, protocol=4))
+    with pytest.raises(CloudpipeError, match="cannot read checkpoint"):
+        load_checkpoint(path)
+    assert not recwarn.list

@@ -275,3 +275,17 @@ def test_the_readmes_torchrun_commands_run_as_written(tiny_data, tiny_classifier
         assert proc.returncode == 0, (command, proc.stderr[-3000:])
         words = shlex.split(command)
         assert (tmp_path / words[words.index("--out") + 1]).is_file(), command
+
+
+def test_every_shape_option_takes_two_positive_numbers():
+    """--mask-shape, --pred-shape, --truth-shape of every command: 0 or a negative size is refused
+    by the option itself (they used to crash, or pass and exit 0 with nothing checked)."""
+    shapes = [(name, param.opts[0]) for name, command in main.commands.items() for param in command.params
+              if param.metavar == "H W" and param.name != "image_size"]
+    assert {opt for _, opt in shapes} == {"--mask-shape", "--truth-shape"} and len(shapes) >= 7
+    for name, opt in shapes:
+        for bad in ((0, 0), (-350, 525)):
+            result = cli(name, opt, *bad)
+            assert result.exit_code == 2, (name, opt, result.output)
+            assert f"{min(bad)} is not in the range x>=1" in result.output and len(result.output.strip().splitlines()) == 1
+    assert cli("evaluate", "--pred-shape", 0, 0).exit_code == 2

@@ -57,7 +57,7 @@ def test_save_and_reload_round_trip(tmp_path):
         ("optimizer: adamx\n", "optimizer = 'adamx' is not one of adam, adamw, sgd"),
         ("schedule: step\n", "schedule = 'step' is not one of plateau, cosine, onecycle"),
         ("loss: {dice: 1}\n", "must weight some of bce, focal (the classifier's losses)"),
-        ("loss: {bce: -1}\n", "weights must be >= 0"),
+        ("loss: {bce: -1}\n", "weights must be finite and >= 0"),
         ("loss: {bce: 0}\n", "at least one > 0"),
         ("loss: [bce]\n", "not a valid mapping of loss terms"),
         ("loss: 'bce=x'\n", "not a valid mapping of loss terms"),
@@ -171,11 +171,62 @@ def test_every_option_is_declared_once_on_its_field():
 
 
 @pytest.mark.parametrize("check, inside, outside, message", [
-    (Range(1), [1, 5], [0, -1], "must be >= 1"),
-    (Range(0, 10, True, True), [0.001, 9.9], [0, 10], "must be in (0, 10)"),
+    (Range(1), [1, 5], [0, -1, float("inf"), float("nan")], "must be >= 1 (and finite)"),
+    (Range(0, 10, True, True), [0.001, 9.9], [0, 10, float("nan")], "must be in (0, 10)"),
     (Range(0, 1, high_open=True, what="is a decay and ", note="(0: off)"), [0, 0.99], [1, -0.1],
      "is a decay and must be in [0, 1) (0: off)"),
 ])
 def test_ranges_hold_and_say_what_they_allow(check, inside, outside, message):
     assert all(check.holds(v) for v in inside) and not any(check.holds(v) for v in outside)
     assert check.message() == message
+
+
+@pytest.mark.parametrize("text, message", [
+    ("weight_decay: .inf\n", "weight_decay = inf must be >= 0 (and finite)"),
+    ("grad_clip: .nan\n", "grad_clip = nan must be >= 0"),
+    ("head_weight: .inf\n", "head_weight = inf must be >= 0"),
+    ("lr: .nan\n", "lr = nan must be in (0, 10)"),
+    ("epochs: .inf\n", "epochs = inf is not a valid int"),
+    ("image_size: [.inf, 64]\n", "image_size = [inf, 64] is not a valid tuple"),
+    ("loss: {bce: .nan}\n", "weights must be finite and >= 0"),
+    ("loss: {bce: .inf}\n", "weights must be finite and >= 0"),
+    ("seed: -1\n", "seed = -1 is a seed and must be in [0, 4294967295]"),
+    ("split_seed: -1\n", "split_seed = -1 is a seed and must be in [0, 4294967295]"),
+    ("split_seed: 4294967296\n", "split_seed = 4294967296 is a seed"),
+])
+def test_non_finite_and_out_of_range_values_are_refused(tmp_path, text, message):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    with pytest.raises(CloudpipeError, match=re.escape(message)):
+        load_config("classifier", path)
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--weight-decay", "inf", "weight_decay = inf must be >= 0 (and finite)"),
+    ("--loss", "bce=nan", "weights must be finite and >= 0"),
+    ("--seed", "-1", "'--seed': -1 is not in the range 0<=x<=4294967295"),
+])
+def test_the_command_line_refuses_them_too(tmp_path, tiny_data, option, value, message):
+    from conftest import TINY, cli
+
+    args = [a for k, v in TINY.items() if k not in ("image_size",) for a in (f"--{k.replace('_', '-')}", v)]
+    result = cli("train-classifier", "--data", tiny_data, "--out", tmp_path / "run", *args, "--image-size", 64, 96,
+                 option, value, "--quiet")
+    assert result.exit_code == 2 and message in result.output and not (tmp_path / "run").exists(), result.output
+
+
+def test_yaml_bombs_are_refused(tmp_path):
+    """Aliases (a few hundred bytes that expand to gigabytes), a file too large to be a config,
+    nesting deeper than the parser's recursion: one line each."""
+    laughs = "a: &a [x, x, x, x, x, x, x, x, x]\n" + "".join(
+        f"{n}: &{n} [{', '.join([f'*{p}'] * 9)}]\n" for p, n in zip("abcdefgh", "bcdefghi"))
+    cases = {"laughs.yaml": (laughs, "aliases (*name) are not allowed; line 2"),
+             "big.yaml": ("epochs: 1\n" + "#" * 70000 + "\n", "larger than 64 KiB"),
+             "deep.yaml": ("a: " + "[" * 30000 + "]" * 30000 + "\n", "cannot read config"),
+             "binary.yaml": ("\udcff", "cannot read config")}
+    for name, (text, message) in cases.items():
+        path = tmp_path / name
+        path.write_bytes(text.encode("utf-8", "surrogateescape"))
+        with pytest.raises(CloudpipeError, match=re.escape(message)) as info:
+            load_config("classifier", path)
+        assert str(path) in str(info.value) and "\n" not in str(info.value)

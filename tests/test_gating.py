@@ -94,3 +94,34 @@ def test_thresholds_json_carries_its_format_version():
 def test_a_garbled_thresholds_file_is_refused(bad, message):
     with pytest.raises(CloudpipeError, match=message):
         GateSpec.from_json({**GateSpec({c: 0.5 for c in CLASSES}).to_json(), **bad}, KNOWN)
+
+
+def test_thresholds_that_are_not_in_0_1_are_refused_not_applied():
+    """keep(scores, nan) blanked every pair; GateSpec took 2.0 and -1.0; both are refused now,
+    as ValueErrors to Python code (CloudpipeErrors to the commands)."""
+    scores = np.full((2, 4), 0.7)
+    for bad in (float("nan"), 2.0, -1.0, "0.5"):
+        with pytest.raises(ValueError, match=f"threshold {bad!r} is not a number in"):
+            keep(scores, bad)
+        with pytest.raises(CloudpipeError, match=f"Fish threshold {bad!r} is not a number in"):
+            GateSpec({"Fish": bad, "Flower": 0.5, "Gravel": 0.5, "Sugar": 0.5})
+    with pytest.raises(ValueError, match="no threshold for Sugar"):
+        keep(scores, {"Fish": 0.5, "Flower": 0.5, "Gravel": 0.5})
+    assert keep(scores, np.float32(0.5)).all()
+
+
+def test_wrongly_shaped_inputs_are_told_the_shape_wanted():
+    with pytest.raises(ValueError, match=r"scores must be \(n, 4\): one column per class .*got shape \(4,\)"):
+        keep(np.zeros(4), 0.5)
+    with pytest.raises(ValueError, match="scores hold NaN"):
+        keep(np.full((1, 4), np.nan), 0.5)
+    seg = pd.DataFrame({"Image_Label": ["a.jpg_Fish"], "EncodedPixels": ["1 2"]})
+    probs = pd.DataFrame([[0.9] * 4], index=["a.jpg"], columns=CLASSES)
+    with pytest.raises(ValueError, match="seg must be a long frame with columns Image_Label, EncodedPixels, image, "
+                                         r"class_name .*got \['Image_Label', 'EncodedPixels'\]"):
+        gate(seg, probs, dict.fromkeys(CLASSES, 0.5))
+    seg = seg.assign(image=["a.jpg"], class_name=["Fish"])
+    with pytest.raises(ValueError, match="probs must be a frame indexed by image with columns Fish, Flower, Gravel, Sugar, "
+                                         "got ndarray"):
+        gate(seg, probs.to_numpy(), dict.fromkeys(CLASSES, 0.5))
+    assert gate(seg, probs, dict.fromkeys(CLASSES, 0.5))["EncodedPixels"].tolist() == ["1 2"]

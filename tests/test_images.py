@@ -291,3 +291,45 @@ def test_decode_batch_says_what_to_do_when_only_the_device_fails(monkeypatch, ti
     paths = sorted((tiny_data / "test_images").glob("*.jpg"))[:2]
     message = error_of(decode_batch, _file_tensors(paths), paths, (64, 96), 1, torch.device("cpu"))
     assert "cannot decode these images on cpu (nvjpegDecodeBatched failed: 2)" in message and "--decode workers" in message
+
+
+def jpeg_bomb(path: Path, declared=(12000, 12000)) -> Path:
+    """A JPEG of a few hundred bytes whose frame header declares ``declared`` (H, W)."""
+    import struct
+
+    data = bytearray(cv2.imencode(".jpg", np.zeros((16, 16, 3), np.uint8))[1].tobytes())
+    i = 2
+    while data[i + 1] not in (0xC0, 0xC2):
+        i += 2 + struct.unpack(">H", data[i + 2:i + 4])[0]
+    data[i + 5:i + 9] = struct.pack(">HH", *declared)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_a_jpeg_declaring_a_huge_size_is_refused_before_any_decode(tmp_path):
+    import torch
+
+    from cloudpipe.data.images import decode_batch
+
+    bomb = jpeg_bomb(tmp_path / "bomb.jpg")
+    assert bomb.stat().st_size < 3000
+    for message in (error_of(jpeg_size, bomb), error_of(read_image, bomb, (64, 96), 1),
+                    error_of(decode_batch, _file_tensors([bomb]), [bomb], (64, 96), 1, torch.device("cpu"))):
+        assert "declares 12000x12000 pixels" in message and "refused before decoding" in message and str(bomb) in message
+    assert "declares a 0x96 image" in error_of(jpeg_size, jpeg_bomb(tmp_path / "empty.jpg", (0, 96)))
+    assert jpeg_size(jpeg_bomb(tmp_path / "big.jpg", (2800, 4200))) == (2800, 4200)  # 4 competition images: fine
+
+
+def test_predict_seg_refuses_a_jpeg_bomb_on_both_decode_paths(tmp_path, tiny_data, seg_run):
+    from conftest import CPU_QUIET, cli
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    for path in (data / "train_images").glob("*.jpg"):
+        jpeg_bomb(path)
+    for decode in ("workers", "device"):
+        out = tmp_path / decode / "val.csv"
+        result = cli("predict-seg", "--run", seg_run, "--data", data, "--split", "val", "--out", out, "--decode", decode,
+                     *CPU_QUIET)
+        assert result.exit_code == 2 and "declares 12000x12000 pixels" in result.output, result.output
+        assert len(result.output.strip().splitlines()) == 1 and not out.parent.exists()

@@ -130,3 +130,20 @@ def test_four_view_tta_flips_masks_back(tiny_data):
         return torch.cat([p for _, p, _ in stream_probs(run, paths, cpu, settings)])
 
     torch.testing.assert_close(probs(tta=True, tta_views=4), probs())
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": "w"}, "checkpoint's model is not tensors by name"),
+    ({"config": {"task": "classifier", "epochs": "many"}}, "checkpoint's config: config: epochs = 'many' is not a valid int"),
+    ({"classes": None}, "checkpoint's classes is not a list of class names"),
+])
+def test_load_run_says_in_one_line_what_a_tampered_checkpoint_holds(tiny_classifier_run, tmp_path, change, message):
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_classifier_run, run)
+    state = torch.load(run / "best.pt", weights_only=True)
+    torch.save({**state, **change}, run / "best.pt")
+    with pytest.raises(CloudpipeError, match=message) as info:
+        load_run(run, "classifier", torch.device("cpu"))
+    assert str(run / "best.pt") in str(info.value)

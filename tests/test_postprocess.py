@@ -278,3 +278,18 @@ def test_grid_stats_shapes_overlap_and_nest():
             assert (inter[0, j, s], area[0, j, s]) == (np.count_nonzero(mask & truth.astype(bool)), mask.sum())
     assert area[0, 0, 2] == 28 * 28 + 10 * 10 + 16 - 2 * 4  # the last two boxes overlap in 8 pixels: counted once
     assert area[0, 2, 0] == 400 and area[0, 2, 1] == 400 and area[0, 1, 0] == 108 + 400 + 16  # the ring dropped, the blob kept
+
+
+def test_apply_says_it_wants_uint8_probabilities():
+    """Float probabilities in [0, 1] used to give an empty mask (compared with thresholds x 255)."""
+    from cloudpipe.algorithms.postprocess import PostProcess
+
+    probs = np.full((8, 8), 0.9)
+    with pytest.raises(TypeError, match=r"probs must be uint8 .*got float64; convert float probabilities with "
+                                        r"\(p \* 255\)\.round\(\)\.astype\(np\.uint8\)"):
+        PostProcess().apply(probs, 0)
+    assert PostProcess().apply((probs * 255).round().astype(np.uint8), 0).all()
+    with pytest.raises(ValueError, match=r"one class's \(H, W\) map, got shape \(4, 8, 8\)"):
+        PostProcess().apply(np.zeros((4, 8, 8), np.uint8), 0)
+    with pytest.raises(ValueError, match="class index 0..3, got 4"):
+        PostProcess().apply(np.zeros((8, 8), np.uint8), 4)

@@ -339,3 +339,43 @@ def test_no_speed_is_claimed_when_no_model_runs(tiny_data, tiny_classifier_run, 
                     "--thresholds", thresholds, "--presence", head)
     assert result.exit_code == 0, result.output
     assert "no model run" in result.output and "img/s" not in result.output  # it said e.g. 449781 img/s
+
+
+def test_the_probabilities_written_are_the_ones_compared(tiny_data, tiny_classifier_run, seg_csv, tmp_path, monkeypatch):
+    """A probability of 0.9999996 was written as 1.000000, so the file showed a pair at the
+    threshold 1.0 that had been blanked; written in full, every decision can be checked from it."""
+    import cloudpipe.engine.infer
+
+    def near_one(run, paths, settings, desc="", dist=None):
+        probs = np.full((len(paths), len(CLASSES)), 0.9999996)
+        probs[::2] = 1.0
+        return probs
+
+    monkeypatch.setattr(cloudpipe.engine.infer, "predict_presence", near_one)
+    out = tmp_path / "submission.csv"
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--threshold", 1.0)
+    assert result.exit_code == 0, result.output
+    probs = pd.read_csv(tmp_path / "submission_probs.csv").set_index("image")
+    sub = pd.read_csv(out, dtype=str, keep_default_na=False)
+    seg = pd.read_csv(seg_csv, dtype=str, keep_default_na=False).set_index("Image_Label")["EncodedPixels"]
+    for label, rle in zip(sub["Image_Label"], sub["EncodedPixels"]):
+        image, cls = label.rsplit("_", 1)
+        assert rle == (seg[label] if probs.loc[image, cls] >= 1.0 else ""), (label, probs.loc[image, cls])
+    assert set(probs.to_numpy().ravel()) == {1.0, 0.9999996}
+
+
+def test_a_partly_trained_k_fold_run_is_refused_or_used_loudly(tiny_data, seg_csv, tmp_path):
+    """It used to predict with 1 of its 3 fold models and say nothing."""
+    from cloudpipe.engine.train import train_run
+    from tests.conftest import tiny_config
+
+    run = tmp_path / "run"
+    train_run(tiny_config(folds=3), tiny_data, run, fold=0, progress=False)
+    out = tmp_path / "sub.csv"
+    refused = invoke("--seg", seg_csv, "--run", run, "--data", tiny_data, "--out", out)
+    assert refused.exit_code == 2 and not out.exists(), refused.output
+    [line] = refused.stderr.strip().splitlines()
+    assert "a 3-fold run with 1 fold model(s): fold1, fold2 have no best.pt" in line and "--allow-partial" in line
+    allowed = invoke("--seg", seg_csv, "--run", run, "--data", tiny_data, "--out", out, "--allow-partial")
+    assert allowed.exit_code == 0 and out.exists(), allowed.output
+    assert "warning:" in allowed.stderr and "fold1, fold2 have no best.pt; using the 1 there are" in allowed.stderr

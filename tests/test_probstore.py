@@ -117,3 +117,15 @@ def test_full_disk_for_the_store_is_one_line(tmp_path, monkeypatch):
     with pytest.raises(CloudpipeError, match="No space left on device") as info:
         probability_store(tmp_path, (600, 4, 350, 525))
     assert str(tmp_path) in str(info.value) and os.listdir(tmp_path) == []
+
+
+def test_a_store_of_no_images_is_refused(tmp_path, tiny_data):
+    """tune-seg on it used to end in a numpy traceback."""
+    from conftest import cli
+
+    npy, _, _ = write_store(tmp_path, n=0, images=[])
+    with pytest.raises(CloudpipeError, match="holds no images"):
+        read_store(npy)
+    result = cli("tune-seg", "--store", npy, "--data", tiny_data, "--out", tmp_path / "out" / "val.csv")
+    assert result.exit_code == 2 and "holds no images" in result.output and "Traceback" not in result.output, result.output
+    assert not (tmp_path / "out").exists()

@@ -155,3 +155,28 @@ def test_fortran_ordered_masks_encode_the_same():
         assert mask2rle(np.asfortranarray(mask)) == mask2rle(mask) == reference_encode(mask)
         decoded = rle2mask(mask2rle(mask), mask.shape)  # Fortran-ordered view
         assert mask2rle(decoded) == mask2rle(mask)
+
+
+def test_pandas_missing_values_are_empty_masks_and_anything_else_not_text_is_refused():
+    """An empty CSV cell (NaN, pd.NA) is an empty mask, as "" is; None or a number is a bug
+    (it used to decode as an empty mask too), refused with the value quoted."""
+    import pandas as pd
+
+    for missing in (float("nan"), np.float64("nan"), pd.NA, ""):
+        assert not rle2mask(missing, (4, 6)).any() and rle2mask(missing, (4, 6)).shape == (4, 6)
+    for bad in (None, 5, b"1 2"):
+        with pytest.raises(TypeError, match=f"got {type(bad).__name__} {bad!r}"):
+            rle2mask(bad, (4, 6))
+    for shape in ((0, 0), (-1, 5), (4,), (4.0, 6)):
+        with pytest.raises(ValueError, match="two whole numbers >= 1"):
+            rle2mask("1 2", shape)
+
+
+def test_a_mask_of_nan_is_refused_not_encoded_as_full():
+    mask = np.zeros((3, 4))
+    mask[1, 1] = np.nan
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        mask2rle(mask)
+    with pytest.raises(TypeError, match="dtype <U1"):
+        mask2rle(np.array([["a"]]))
+    assert mask2rle(np.array([[0.0, 0.7]])) == "2 1"  # finite floats: non-zero is inside, as documented

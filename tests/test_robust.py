@@ -149,3 +149,25 @@ def test_gate_choice_robust_moves_to_a_clearly_better_source():
     weak = np.clip(0.5 + 0.3 * np.random.default_rng(0).standard_normal((300, 4)), 0, 1)
     choice = choose_gates({"classifier": weak, "top_mean": signal()}, pairs, rule="robust")
     assert all(g.get("top_mean", 0) >= 0.75 for g in choice.gates.values())  # away from the uninformative one
+
+
+def test_the_default_kept_says_why_with_the_figures():
+    from cloudpipe.algorithms.robust import choose_explained
+
+    rng = np.random.default_rng(2)
+    n = 400
+    probs = rng.random(n)
+    present = rng.random(n) < 0.5
+    keep = np.where(present, 0.5, 0.3) + 0.2 * rng.random(n)
+    noise = sweep(probs, keep, (~present).astype(float), rule="robust")
+    assert noise.threshold == 0.0 and noise.kept.costs and noise.kept.held_out is not None
+    gain, se = noise.kept.held_out
+    assert noise.kept.reason() == (f"kept no gating (threshold 0) over {noise.kept.instead} (in-sample gain "
+                                   f"{noise.kept.gain:+.4f}): its held-out gain {gain:+.4f} is inside the noise "
+                                   f"(1 SE = {se:.4f}; 400 images)")
+    few = sweep(probs[:8], np.zeros(8), np.ones(8), rule="robust")  # blanking all 8 gains 1.0 each, but 8 < 10
+    assert few.threshold == 0.0 and few.kept.reason().endswith("too few images to check it on held-out ones (8 < 10)")
+    assert sweep(probs[:8], np.zeros(8), np.ones(8)).kept is None  # best: nothing kept, nothing to say
+    scores = np.tile(np.arange(5.0), (6, 1))
+    index, kept = choose_explained(scores, "robust", default=0, name=lambda j: f"min_size {j * 100}")
+    assert index == 0 and kept.reason().startswith("kept the default (min_size 0) over min_size 400 (in-sample gain +4.0000)")

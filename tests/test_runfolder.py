@@ -108,3 +108,23 @@ def test_a_fingerprint_is_what_a_run_is_not_where_it_lies(tmp_path):
     assert run_fingerprint(moved) != before
     with pytest.raises(CloudpipeError, match="not a training run"):
         run_fingerprint(tmp_path / "elsewhere")
+
+
+def test_a_k_fold_run_missing_folds_is_refused_unless_partial_is_allowed(tmp_path, caplog):
+    import logging
+
+    from cloudpipe.data.runfolder import trained_checkpoints
+
+    run = tmp_path / "run"
+    (run / "fold0").mkdir(parents=True)
+    (run / "fold0" / "best.pt").write_bytes(b"")
+    (run / "config.yaml").write_text("folds: 3\n")
+    with pytest.raises(CloudpipeError, match="a 3-fold run with 1 fold model.s.: fold1, fold2 have no best.pt; .*--allow-partial"):
+        trained_checkpoints(run)
+    with caplog.at_level(logging.WARNING, logger="cloudpipe"):
+        assert trained_checkpoints(run, allow_partial=True) == [run / "fold0" / "best.pt"]
+    assert "fold1, fold2 have no best.pt; using the 1 there are" in caplog.text
+    for i in (1, 2):
+        (run / f"fold{i}").mkdir()
+        (run / f"fold{i}" / "best.pt").write_bytes(b"")
+    assert len(trained_checkpoints(run)) == 3

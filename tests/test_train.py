@@ -329,10 +329,43 @@ def test_a_run_stopped_before_its_first_epoch_ended_resumes_from_the_start(tiny_
         with pytest.raises(KeyboardInterrupt):
             train_run(classifier_config(epochs=1), tiny_data, run, progress=False)
     assert (run / "config.yaml").exists() and not (run / "last.pt").exists()
-    with pytest.raises(CloudpipeError, match="pass --resume"):
-        train_run(classifier_config(epochs=1), tiny_data, run, progress=False)
     [result] = train_run(classifier_config(epochs=1), tiny_data, run, resume=True, progress=False)
     assert result.best_epoch == 1 and load_checkpoint(run / "last.pt")["epoch"] == 1
+
+
+def test_a_run_that_never_finished_an_epoch_does_not_block_a_fresh_start(tiny_data, tmp_path, monkeypatch):
+    """The same command again, or a corrected one, starts afresh (with or without --resume);
+    once an epoch is finished the folder needs --resume as before."""
+    from cloudpipe.engine.train import Trainer
+
+    run = tmp_path / "run"
+
+    def killed(self, epoch, progress):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(Trainer, "train_epoch", killed)
+        with pytest.raises(KeyboardInterrupt):
+            train_run(classifier_config(epochs=1, lr=0.5), tiny_data, run, progress=False)
+    [result] = train_run(classifier_config(epochs=1), tiny_data, run, progress=False)  # corrected: the default lr
+    assert result.epochs == 1 and load_checkpoint(run / "last.pt")["config"]["lr"] != 0.5
+    with pytest.raises(CloudpipeError, match="pass --resume"):
+        train_run(classifier_config(epochs=1), tiny_data, run, progress=False)
+
+
+def test_a_run_that_diverges_stops_with_one_line_and_its_fix_starts_afresh(tiny_data, tmp_path):
+    """A loss that becomes NaN stops the run at that epoch (it used to be saved as the best
+    model, with empty cells in val_probs.csv, and exit 0); the corrected command then runs."""
+    args = ["train-classifier", "--data", tiny_data, "--out", tmp_path / "run", "--arch", "tiny", "--weights", "none",
+            "--epochs", 2, "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet"]
+    diverged = run_cli(*args, "--optimizer", "sgd", "--weight-decay", "1e30", "--lr", 9, "--batch-size", 2)
+    assert diverged.exit_code == 2 and "Traceback" not in diverged.output, diverged.output
+    [line] = diverged.stderr.strip().splitlines()
+    assert "epoch 1: train_loss is nan: training diverged" in line and str(tmp_path / "run") in line
+    assert not (tmp_path / "run" / "best.pt").exists() and not (tmp_path / "run" / "val_probs.csv").exists()
+    fixed = run_cli(*args)
+    assert fixed.exit_code == 0, fixed.output
+    assert pd.read_csv(tmp_path / "run" / "val_probs.csv").notna().all().all()
 
 
 @pytest.mark.parametrize("command", ["train-classifier", "train-seg"])
@@ -405,3 +438,42 @@ def test_two_trainings_never_share_a_run_folder(tiny_data, tmp_path):
         assert (fold_dir(run, 0) / "best.pt").exists()
         with pytest.raises(CloudpipeError, match="fold1: is being written by another cloudpipe process"):
             train_run(config, tiny_data, run, resume=True, progress=False)
+
+
+@pytest.mark.parametrize("tamper, extra, message", [
+    # the epochs of a onecycle run edited in config.yaml: last.pt still says what the schedule was built for
+    ("epochs_in_yaml", {"schedule": "onecycle", "epochs": 3}, "last.pt: continues a run with different settings (epochs: 2 -> 3)"),
+    ("arch_in_yaml", {"arch": "resnet18"}, "last.pt: continues a run with different settings (arch: 'tiny' -> 'resnet18')"),
+    ("best_as_last", {}, "last.pt: checkpoint has no optimizer, scheduler, scaler, rng, history: not a last.pt"),
+    ("epoch_type", {}, "last.pt: checkpoint's epoch is not int (str)"),
+    ("image_gone", {}, "splits.csv: continues a run trained on other images than --data's: 1 image(s) no longer in train.csv"),
+])
+def test_each_resume_mismatch_is_one_line(tiny_data, tmp_path, tamper, extra, message):
+    run, data = tmp_path / "run", tiny_data
+
+    def args(**given):
+        return ["train-classifier", "--data", data, "--out", run, "--arch", given.get("arch", "tiny"), "--weights", "none",
+                "--epochs", given.get("epochs", 3), "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet",
+                "--schedule", extra.get("schedule", "plateau")]
+
+    assert run_cli(*args(epochs=2)).exit_code == 0
+    if tamper.endswith("_in_yaml"):
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+        key = tamper.removesuffix("_in_yaml")
+        saved[key] = extra[key]
+        (run / "config.yaml").write_text(yaml.safe_dump(saved))
+    elif tamper == "best_as_last":
+        shutil.copy(run / "best.pt", run / "last.pt")
+    elif tamper == "epoch_type":
+        state = torch.load(run / "last.pt", weights_only=True)
+        torch.save({**state, "epoch": "2"}, run / "last.pt")
+    else:
+        data = tmp_path / "data"
+        shutil.copytree(tiny_data, data)
+        lines = (data / "train.csv").read_text().splitlines()
+        gone = lines[1].split("_")[0]
+        (data / "train.csv").write_text("\n".join(line for line in lines if not line.startswith(gone)) + "\n")
+    result = run_cli(*args(**extra), "--resume")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    [line] = result.stderr.strip().splitlines()
+    assert message in line, line

@@ -330,3 +330,43 @@ def test_tune_chooses_among_every_source_and_says_what_each_scores(tiny_data, tu
                                     "--seg-store", str(store), "--out", str(tmp_path / "c.json"), "--sources", "classifier,max"])
     assert cli.exit_code == 0, cli.output
     assert "0.5 classifier + 0.5 max" in cli.output and "gated on:" in cli.output
+
+
+def test_val_probs_of_a_partly_trained_k_fold_run(tiny_data, tmp_path):
+    """Computed from the models, a K-fold run missing folds is refused; with allow_partial the
+    finished folds' validation images are used."""
+    import dataclasses
+
+    from cloudpipe.data.runfolder import read_splits
+    from cloudpipe.engine.settings import InferenceSettings
+    from cloudpipe.engine.train import train_run
+    from cloudpipe.pipeline.tune import compute_val_probs
+    from tests.conftest import tiny_config
+
+    run = tmp_path / "run"
+    train_run(tiny_config(folds=3), tiny_data, run, fold=1, progress=False)
+    settings = InferenceSettings(device="cpu", workers=0, progress=False)
+    with pytest.raises(CloudpipeError, match="fold0, fold2 have no best.pt"):
+        compute_val_probs(run, tiny_data, settings)
+    probs = compute_val_probs(run, tiny_data, dataclasses.replace(settings, allow_partial=True))
+    assert list(probs.index) == read_splits(run, 3)[1].val
+
+
+def test_robust_says_per_class_why_it_kept_no_gating(tiny_data, tuning_case, tmp_path):
+    """On 8 validation images (the held-out check needs 10) robust keeps "no gating" for every
+    class; it used to say nothing while its table showed 0.5 doing better."""
+    _, seg, probs, used = tuning_case
+    run = copy_run(tuning_case, tmp_path)
+    few = pd.read_csv(seg, dtype=str, keep_default_na=False)
+    few = few[few["Image_Label"].str.rsplit("_", n=1).str[0].isin(used[:8])]
+    few.to_csv(tmp_path / "few.csv", index=False)
+    result = run_cli("--run", run, "--data", tiny_data, "--seg", tmp_path / "few.csv", "--out", tmp_path / "t.json")
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.output.splitlines()[1:6]}
+    costly = [c for c in CLASSES if float(rows[c][3]) > float(rows[c][2])]  # 0.5 beats no gating in the table
+    assert costly, result.output
+    for c in costly:
+        assert rows[c][1] == "0.0000"
+        [line] = [line for line in result.output.splitlines() if line.startswith(f"{c}: kept no gating")]
+        assert "(threshold 0) over threshold" in line and "in-sample gain +" in line
+        assert line.endswith("too few images to check it on held-out ones (8 < 10)"), line

@@ -17,7 +17,7 @@ import pandas as pd
 from cloudpipe.algorithms.presence import CLASSIFIER, Gate, PixelStats
 from cloudpipe.algorithms.thresholds import check_threshold, parse_thresholds
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.errors import BadValue, CloudpipeError
 
 THRESHOLDS_FORMAT = 1
 """The version of the ``thresholds.json`` form (:meth:`GateSpec.to_json`)."""
@@ -56,8 +56,24 @@ def keep(scores: np.ndarray, thresholds: Mapping[str, float] | float, drawn: np.
 
     Returns:
         (n, 4) bool, True where the mask is kept.
+
+    Raises:
+        CloudpipeError: a threshold that is not a number in [0, 1] (NaN would blank every pair);
+            ``scores`` not (n, 4) or holding NaN.
     """
-    cut = np.array([thresholds[c] for c in CLASSES]) if isinstance(thresholds, Mapping) else float(thresholds)
+    if isinstance(thresholds, Mapping):
+        missing = [c for c in CLASSES if c not in thresholds]
+        if missing:
+            raise BadValue(f"no threshold for {', '.join(missing)}")
+        cut = np.array([check_threshold(thresholds[c], c) for c in CLASSES])
+    else:
+        cut = np.float64(check_threshold(thresholds, "the"))
+    scores = np.asarray(scores, np.float64)
+    if scores.ndim != 2 or scores.shape[1] != len(CLASSES):
+        raise BadValue(f"scores must be (n, {len(CLASSES)}): one column per class ({', '.join(CLASSES)}), "
+                             f"got shape {scores.shape}")
+    if np.isnan(scores).any():
+        raise BadValue("scores hold NaN: a presence score must be a number")
     kept = scores >= cut
     return kept if drawn is None else ~keep_most_probable(~kept, scores, drawn)
 
@@ -76,6 +92,14 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], a
         boolean columns ``absent`` (probability below threshold, unless the rule kept it) and
         ``blanked`` (a non-empty mask was removed).
     """
+    columns = ["Image_Label", "EncodedPixels", "image", "class_name"]
+    if not isinstance(seg, pd.DataFrame) or any(c not in seg.columns for c in columns):
+        got = list(seg.columns) if isinstance(seg, pd.DataFrame) else type(seg).__name__
+        raise BadValue(f"gate: seg must be a long frame with columns {', '.join(columns)} (one row per image and "
+                             f"class, as cloudpipe.data.kaggle reads a submission), got {got}")
+    if not isinstance(probs, pd.DataFrame) or list(probs.columns) != list(CLASSES):
+        got = list(probs.columns) if isinstance(probs, pd.DataFrame) else type(probs).__name__
+        raise BadValue(f"gate: probs must be a frame indexed by image with columns {', '.join(CLASSES)}, got {got}")
     p = probs.reindex(seg["image"])
     if p.isna().any().any():
         raise CloudpipeError("no probabilities for some segmentation images")
@@ -107,6 +131,10 @@ class GateSpec:
     gates: dict[str, Gate] = field(default_factory=lambda: {c: {CLASSIFIER: 1.0} for c in CLASSES})
     at_least_one: bool = False
     pixel: PixelStats | None = None
+
+    def __post_init__(self) -> None:
+        """Refuse thresholds that are not numbers in [0, 1] (2.0 would blank every pair, -1.0 none)."""
+        parse_thresholds(self.thresholds)
 
     @property
     def sources(self) -> list[str]:

@@ -25,10 +25,10 @@ from typing import ClassVar
 import cv2
 import numpy as np
 
-from cloudpipe.algorithms.robust import Rule, choose_index
+from cloudpipe.algorithms.robust import DefaultKept, Rule, choose_explained
 from cloudpipe.core.choices import DEFAULT_STEPS
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.errors import BadType, BadValue, CloudpipeError
 from cloudpipe.core.masks import remove_small_components
 from cloudpipe.core.metric import dice_score
 
@@ -253,7 +253,25 @@ class PostProcess:
                 raise CloudpipeError(f"post-processing needs one value per step for {c}")
 
     def apply(self, probs: np.ndarray, k: int) -> np.ndarray:
-        """0/1 mask of class ``k`` from its uint8 probabilities (H, W)."""
+        """0/1 mask of class ``k`` from its uint8 probabilities (H, W).
+
+        Args:
+            probs: (H, W) uint8, probability x 255 as stores hold them (float probabilities:
+                ``(p * 255).round().astype(np.uint8)``).
+            k: class index, 0..3.
+
+        Raises:
+            BadType: ``probs`` not uint8 (a TypeError). BadValue: not 2-D, or ``k`` not a class
+                index (a ValueError).
+        """
+        probs = np.asarray(probs)
+        if probs.dtype != np.uint8:
+            raise BadType(f"probs must be uint8 (probability x 255, as probability stores hold them), got {probs.dtype}; "
+                            "convert float probabilities with (p * 255).round().astype(np.uint8)")
+        if probs.ndim != 2:
+            raise BadValue(f"probs must be one class's (H, W) map, got shape {probs.shape}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(CLASSES):
+            raise BadValue(f"k must be a class index 0..{len(CLASSES) - 1}, got {k!r}")
         mask = None
         for step, value in zip(self.steps, self.values[CLASSES[k]]):
             mask = step.apply(mask, probs, value)
@@ -447,6 +465,14 @@ def choose(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_are
     Returns:
         The choice and the mean Dice of every combination, (4, *grid).
     """
+    post, dice, _ = choose_explained_steps(steps, inter, area, truth_area, rule)
+    return post, dice
+
+
+def choose_explained_steps(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_area: np.ndarray,
+                           rule: Rule = "best") -> tuple[PostProcess, np.ndarray, dict[str, DefaultKept]]:
+    """:func:`choose`, and per class where ``robust`` kept the steps' defaults over a better
+    combination, why (:class:`~cloudpipe.algorithms.robust.DefaultKept`)."""
     extra = (slice(None), slice(None)) + (None,) * (inter.ndim - 2)
     per_image = dice_score(inter, area, np.broadcast_to(truth_area[extra], inter.shape))
     grid = per_image.shape[2:]
@@ -454,11 +480,17 @@ def choose(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_are
                       axis=-1).reshape(-1, len(grid))
     at_default = default_index(steps)
     default = None if at_default is None else int(np.ravel_multi_index(at_default, grid))
-    values = {}
+    def name(index: int) -> str:
+        return " ".join(f"{s.name} {s.show(s.grid[j])}" for s, j in zip(steps, np.unravel_index(index, grid)))
+
+    values, kept = {}, {}
     for k, c in enumerate(CLASSES):
-        chosen = choose_index(per_image[:, k].reshape(len(per_image), -1), rule, default=default, coords=coords)
+        chosen, why = choose_explained(per_image[:, k].reshape(len(per_image), -1), rule, default=default, coords=coords,
+                                       name=name)
         values[c] = tuple(s.grid[j] for s, j in zip(steps, np.unravel_index(chosen, grid)))
-    return PostProcess(tuple(steps), values), per_image.mean(axis=0)
+        if why is not None and why.costs:
+            kept[c] = why
+    return PostProcess(tuple(steps), values), per_image.mean(axis=0), kept
 
 
 def chosen_dice(post: PostProcess, dice: np.ndarray) -> np.ndarray:

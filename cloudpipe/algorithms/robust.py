@@ -25,6 +25,7 @@ Two rules (:data:`RULES`):
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TypeVar
 
 import numpy as np
@@ -93,6 +94,61 @@ def plateau(mean: np.ndarray, gap: np.ndarray, se: np.ndarray, coords: np.ndarra
     return int(idx[np.lexsort((-mean[idx], distance))[0]])
 
 
+@dataclass(frozen=True)
+class DefaultKept:
+    """Why ``robust`` kept the untuned default where the best candidate was another: too few
+    images for the held-out check, or a held-out gain inside its noise.
+
+    Attributes:
+        images: images tuned on.
+        default: the default kept (e.g. ``no gating (threshold 0)``).
+        instead: the candidate declined (e.g. ``threshold 0.52``).
+        gain: its in-sample gain in mean score over the default.
+        held_out: the held-out mean gain per image and its standard error; None when there
+            were too few images to check (fewer than ``needed``).
+        needed: the fewest images the held-out check runs on.
+    """
+
+    images: int
+    default: str
+    instead: str
+    gain: float
+    held_out: tuple[float, float] | None = None
+    needed: int = 2 * FOLDS
+    z: float = Z
+
+    @property
+    def costs(self) -> bool:
+        """Whether keeping the default gave up an in-sample gain (else it was a tie, nothing to explain)."""
+        return self.gain > TOLERANCE
+
+    def reason(self) -> str:
+        """One clause, with the figures: ``too few images (8 < 10 ...)`` or ``held-out gain ...``."""
+        if self.held_out is None:
+            why = f"too few images to check it on held-out ones ({self.images} < {self.needed})"
+        else:
+            gain, se = self.held_out
+            why = f"its held-out gain {gain:+.4f} is inside the noise ({self.z:g} SE = {self.z * se:.4f}; {self.images} images)"
+        return f"kept {self.default} over {self.instead} (in-sample gain {self.gain:+.4f}): {why}"
+
+
+def held_out_gain(n: int, choose_on: Callable[[np.ndarray], Choice], gain_of: Callable[[np.ndarray, Choice], np.ndarray],
+                  folds: int = FOLDS, repeats: int = REPEATS, seed: int = SEED) -> tuple[float, float] | None:
+    """The mean held-out gain per image of a choice over the default and its standard error
+    (see :func:`holds_up`), or None with fewer than ``2 * folds`` images (too few to tell)."""
+    if n < 2 * folds:
+        return None
+    rng = np.random.default_rng(seed)
+    gains = np.zeros(n)
+    for _ in range(repeats):
+        order = rng.permutation(n)
+        for part in np.array_split(order, folds):
+            rest = np.setdiff1d(order, part, assume_unique=True)
+            gains[part] += gain_of(part, choose_on(rest))
+    gains /= repeats
+    return float(gains.mean()), float(gains.std(ddof=1) / np.sqrt(n))
+
+
 def holds_up(n: int, choose_on: Callable[[np.ndarray], Choice], gain_of: Callable[[np.ndarray, Choice], np.ndarray],
              z: float = Z, folds: int = FOLDS, repeats: int = REPEATS, seed: int = SEED) -> bool:
     """Whether a choice made on some images beats the default on the others beyond the noise.
@@ -109,31 +165,40 @@ def holds_up(n: int, choose_on: Callable[[np.ndarray], Choice], gain_of: Callabl
         z: standard errors.
         folds, repeats, seed: the splits.
     """
-    if n < 2 * folds:
-        return False  # too few images to tell a gain from noise
-    rng = np.random.default_rng(seed)
-    gains = np.zeros(n)
-    for _ in range(repeats):
-        order = rng.permutation(n)
-        for part in np.array_split(order, folds):
-            rest = np.setdiff1d(order, part, assume_unique=True)
-            gains[part] += gain_of(part, choose_on(rest))
-    gains /= repeats
-    return bool(gains.mean() > z * gains.std(ddof=1) / np.sqrt(n))
+    checked = held_out_gain(n, choose_on, gain_of, folds, repeats, seed)
+    return checked is not None and checked[0] > z * checked[1]  # too few images: cannot tell a gain from noise
+
+
+def check_held_out(n: int, choose_on: Callable[[np.ndarray], Choice], gain_of: Callable[[np.ndarray, Choice], np.ndarray],
+                   default: str, instead: str, gain: float, z: float = Z) -> DefaultKept | None:
+    """None when a choice :func:`holds_up` against the default, else why the default stays
+    (see :class:`DefaultKept` for the other arguments)."""
+    checked = held_out_gain(n, choose_on, gain_of)
+    if checked is not None and checked[0] > z * checked[1]:
+        return None
+    return DefaultKept(n, default, instead, gain, checked, z=z)
 
 
 def choose_index(scores: np.ndarray, rule: Rule = "best", *, default: int | None = None,
                  coords: np.ndarray | None = None, z: float = Z) -> int:
     """The chosen candidate of per-image scores (n, m): the best one, or with ``robust`` the
     :func:`plateau` choice, kept only where it :func:`holds_up` against ``default`` (when
-    one is given)."""
+    one is given); :func:`choose_explained` also says why a default was kept."""
+    return choose_explained(scores, rule, default=default, coords=coords, z=z)[0]
+
+
+def choose_explained(scores: np.ndarray, rule: Rule = "best", *, default: int | None = None,
+                     coords: np.ndarray | None = None, z: float = Z,
+                     name: Callable[[int], str] = str) -> tuple[int, DefaultKept | None]:
+    """:func:`choose_index`, and when ``robust`` kept ``default`` over another candidate, why
+    (``name`` says what a candidate is, for the reason)."""
     scores = np.asarray(scores, np.float64)
     mean, gap, se = paired_gaps(scores)
     if check_rule(rule) == "best":
-        return best_index(mean)
+        return best_index(mean), None
     chosen = plateau(mean, gap, se, coords, z)
     if default is None or chosen == default:
-        return chosen
+        return chosen, None
 
     def choose_on(rows: np.ndarray) -> int:
         return plateau(*paired_gaps(scores[rows]), coords, z)
@@ -141,4 +206,6 @@ def choose_index(scores: np.ndarray, rule: Rule = "best", *, default: int | None
     def gain_of(rows: np.ndarray, j: int) -> np.ndarray:
         return scores[rows, j] - scores[rows, default]
 
-    return chosen if holds_up(len(scores), choose_on, gain_of, z) else default
+    kept = check_held_out(len(scores), choose_on, gain_of, f"the default ({name(default)})", name(chosen),
+                          float(mean[chosen] - mean[default]), z)
+    return (chosen, None) if kept is None else (default, kept)

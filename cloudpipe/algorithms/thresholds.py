@@ -9,6 +9,7 @@ sort and cumulative sums over per-pair scores computed once (:func:`sweep`).
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -16,10 +17,10 @@ from typing import Literal
 import numpy as np
 import pandas as pd
 
-from cloudpipe.algorithms.robust import Rule, Z, best_index, check_rule, holds_up, plateau
+from cloudpipe.algorithms.robust import DefaultKept, Rule, Z, best_index, check_held_out, check_rule, plateau
 from cloudpipe.core.choices import PLACEMENTS, Placement
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.errors import BadValue, CloudpipeError
 from cloudpipe.core.metric import PairStats, pair_stats
 
 Objective = Literal["dice", "accuracy"]
@@ -27,9 +28,9 @@ METRIC_NAMES: dict[str, str] = {"dice": "dice", "accuracy": "acc"}
 
 
 def check_threshold(value: object, what: str) -> float:
-    """A threshold as float in [0, 1], or a CloudpipeError naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-        raise CloudpipeError(f"{what} threshold {value!r} is not a number in [0, 1]")
+    """A threshold as float in [0, 1], or a :class:`~cloudpipe.core.errors.BadValue` naming ``what``."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
+        raise BadValue(f"{what} threshold {value!r} is not a number in [0, 1]")
     return float(value)
 
 
@@ -61,12 +62,15 @@ class Sweep:
         placement: ``exact``: the threshold is the chosen candidate; ``midpoint``: halfway
             between it and the next lower candidate (above the largest probability: halfway to
             1), which blanks the same validation pairs with more margin on both sides.
+        kept: with the ``robust`` rule, why the default (0: blank nothing) was kept over the
+            threshold the scores favoured; None when it was not.
     """
 
     thresholds: np.ndarray
     scores: np.ndarray
     best: int
     placement: Placement = "exact"
+    kept: DefaultKept | None = None
 
     @property
     def threshold(self) -> float:
@@ -141,9 +145,13 @@ def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, placement: Pla
     def gain_of(rows: np.ndarray, threshold: float) -> np.ndarray:
         return np.where(probs[rows] < threshold, blank[rows] - keep[rows], 0.0)
 
-    if chosen != 0 and not holds_up(probs.size, choose_on, gain_of, z):
-        chosen = 0  # blanking gains nothing beyond the noise on pairs it was not tuned on
-    return Sweep(thresholds, scores, chosen, placement)
+    kept = None
+    if chosen != 0:
+        kept = check_held_out(probs.size, choose_on, gain_of, "no gating (threshold 0)",
+                              f"threshold {thresholds[chosen]:.3g}", float(scores[chosen] - scores[0]), z)
+        if kept is not None:
+            chosen = 0  # blanking gains nothing beyond the noise on pairs it was not tuned on (or too few to tell)
+    return Sweep(thresholds, scores, chosen, placement, kept)
 
 
 def plateau_threshold(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, z: float = Z) -> float:

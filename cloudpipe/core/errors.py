@@ -28,3 +28,13 @@ class SharedError(CloudpipeError):
 
 class RLEError(CloudpipeError, ValueError):
     """A run-length encoded mask that is not valid Kaggle RLE for the given shape."""
+
+
+class BadValue(CloudpipeError, ValueError):
+    """A value a library function refuses, quoted in the message: a ``ValueError`` to Python
+    code, one ``error:`` line to a command."""
+
+
+class BadType(BadValue, TypeError):
+    """A value of the wrong kind (e.g. float probabilities where uint8 ones are documented):
+    a ``TypeError`` (and a :class:`BadValue`)."""

@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from cloudpipe.core.errors import RLEError
+from cloudpipe.core.errors import BadType, BadValue, RLEError
 
 # --- encode ---------------------------------------------------------------------------------
 
@@ -76,6 +76,10 @@ def mask2rle(mask: np.ndarray) -> str:
     mask = np.asarray(mask)
     if mask.ndim != 2:
         raise ValueError(f"mask must be 2-D (H, W), got shape {mask.shape}")
+    if mask.dtype.kind not in "biuf":
+        raise BadType(f"mask must be numbers (0: outside, other: inside), got dtype {mask.dtype}")
+    if mask.dtype.kind == "f" and not np.isfinite(mask).all():
+        raise BadValue("mask holds NaN or infinite values: neither inside nor outside the mask")
     if mask.dtype.itemsize != 1 or mask.dtype.kind not in "biu":
         mask = mask != 0  # one-byte 0/1 values: bytes can be compared directly
     height, width = mask.shape
@@ -264,19 +268,49 @@ _ALTERNATING = np.tile(np.array([0, 1], np.uint8), 4096)  # gap, run, gap, run, 
 _ALTERNATING.flags.writeable = False
 
 
+def _is_missing(value: object) -> bool:
+    """Whether ``value`` is pandas' missing value of a CSV cell (float NaN, ``pd.NA``)."""
+    return (isinstance(value, float) and value != value) or type(value).__name__ == "NAType"
+
+
+def check_shape(shape: object) -> tuple[int, int]:
+    """``shape`` as ``(H, W)`` if it is two whole numbers >= 1.
+
+    Raises:
+        BadValue: anything else, quoted (a ValueError).
+    """
+    try:
+        height, width = shape  # type: ignore[misc]
+        ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in (height, width))
+    except (TypeError, ValueError):
+        ok = False
+    if not ok:
+        raise BadValue(f"shape must be (H, W), two whole numbers >= 1, got {shape!r}")
+    return int(height), int(width)
+
+
 def rle2mask(rle: str, shape: tuple[int, int]) -> np.ndarray:
     """Decode Kaggle RLE into a mask.
 
     Args:
-        rle: ``"start length ..."`` text; ``""`` means an empty mask.
-        shape: (H, W) of the mask.
+        rle: ``"start length ..."`` text; ``""`` and pandas' missing value (float NaN or
+            ``pd.NA``, what ``read_csv`` gives an empty cell) mean an empty mask. Anything
+            else, ``None`` included, is refused: it is more likely a bug than an empty mask.
+        shape: (H, W) of the mask, each >= 1.
 
     Returns:
         uint8 array of shape (H, W) with values 0/1 (Fortran-ordered; a view, no transpose copy).
 
     Raises:
         RLEError: when ``rle`` is not valid for ``shape`` (see :func:`parse_rle`).
+        BadType: ``rle`` is neither text nor a missing value (a TypeError).
+        BadValue: ``shape`` is not two whole numbers >= 1.
     """
+    shape = check_shape(shape)
+    if not isinstance(rle, str):
+        if not _is_missing(rle):
+            raise BadType(f"rle must be RLE text ('' or NaN: an empty mask), got {type(rle).__name__} {rle!r}")
+        rle = ""
     if not rle:
         return np.zeros(shape, dtype=np.uint8, order="F")
     _, counts = _run_counts(rle, shape)

@@ -18,7 +18,13 @@ import cv2
 import numpy as np
 import simplejpeg
 
+from cloudpipe.core.competition import IMAGE_SHAPE
 from cloudpipe.core.errors import CloudpipeError
+
+MAX_PIXELS = 16 * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+"""The most pixels an image may declare (16 competition images, 47 megapixels, ~140 MB decoded):
+a JPEG of a few kilobytes can declare 12000 x 12000 and make a decoder allocate gigabytes, so
+the size in its header is checked before any decode."""
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -57,7 +63,30 @@ def jpeg_size(path: Path) -> tuple[int, int]:
         raise CloudpipeError("is a folder, not an image", path=path) from None
     except OSError as err:  # permission denied, I/O error, ...
         raise CloudpipeError(f"cannot read image ({err.strerror or err})", path=path) from None
-    return int(size[0]), int(size[1])
+    return check_declared_size(int(size[0]), int(size[1]), path)
+
+
+def check_declared_size(height: int, width: int, path: Path) -> tuple[int, int]:
+    """``(height, width)`` as a JPEG header declares them, if an image may be that size.
+
+    Raises:
+        CloudpipeError: an empty image, or more than :data:`MAX_PIXELS` pixels.
+    """
+    if height < 1 or width < 1:
+        raise CloudpipeError(f"corrupt JPEG (declares a {height}x{width} image)", path=path)
+    if height * width > MAX_PIXELS:
+        raise CloudpipeError(f"image declares {height}x{width} pixels, more than {MAX_PIXELS:,} "
+                             f"(16 images of {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}); refused before decoding", path=path)
+    return height, width
+
+
+def _header_size(data, path: Path) -> tuple[int, int]:
+    """(H, W) declared by a JPEG file's bytes, checked by :func:`check_declared_size`."""
+    try:
+        height, width = simplejpeg.decode_jpeg_header(data)[:2]
+    except ValueError as err:
+        raise CloudpipeError(f"cannot decode image: corrupt JPEG ({err})", path=path) from None
+    return check_declared_size(height, width, path)
 
 
 def check_images(paths: Iterable[Path], shape: tuple[int, int] | None = None) -> tuple[int, int]:
@@ -114,8 +143,8 @@ def read_image(path: Path, size: tuple[int, int], reduction: int = 1) -> np.ndar
             could recover, e.g. "premature end of data segment").
     """
     data = read_file(path)
+    height, width = _header_size(data, path)
     try:
-        height, width = simplejpeg.decode_jpeg_header(data)[:2]
         image = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=height // reduction, min_width=width // reduction,
                                        min_factor=reduction, strict=True)
     except ValueError as err:
@@ -136,13 +165,16 @@ def decode_batch(datas: list, paths: list[Path], size: tuple[int, int], reductio
         paths: the files, for error messages.
 
     Raises:
-        CloudpipeError: naming the first file the decoder rejects.
+        CloudpipeError: naming the first file the decoder rejects, or whose header declares
+            an image too large to decode (checked first, see :data:`MAX_PIXELS`).
     """
     import warnings
 
     import torch
     import torchvision.io
 
+    for data, path in zip(datas, paths):
+        _header_size(data.numpy(), path)
     with warnings.catch_warnings():  # torchvision 0.29 deprecates its image decoders for TorchCodec's
         warnings.simplefilter("ignore", DeprecationWarning)
         try:

@@ -93,7 +93,7 @@ def read_store(path: Path) -> tuple[np.memmap, StoreInfo]:
 
     Raises:
         CloudpipeError: one line naming the file: missing, not ``.npy`` (wrong magic), another
-            dtype, order or shape, truncated, or a JSON that is unreadable, of another format,
+            dtype, order or shape, no images, truncated, or a JSON that is unreadable, of another format,
             or whose image list does not match the array.
     """
     path = Path(path)
@@ -111,6 +111,8 @@ def read_store(path: Path) -> tuple[np.memmap, StoreInfo]:
     if dtype != np.uint8 or fortran or len(shape) != 4 or tuple(shape[1:]) != ENTRY_SHAPE:
         raise CloudpipeError(f"holds {dtype} {'Fortran ' if fortran else ''}{tuple(shape)}, not uint8 (n, "
                              f"{', '.join(map(str, ENTRY_SHAPE))}) in C order", path=path)
+    if shape[0] == 0:
+        raise CloudpipeError("holds no images: nothing to tune or apply", path=path)
     size, expected = path.stat().st_size, offset + math.prod(shape)
     if size != expected:
         raise CloudpipeError(f"is {'truncated' if size < expected else 'too long'}: {size} bytes, its header says "

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,6 +32,8 @@ import yaml
 
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import Inputs, write_csv
+
+log = logging.getLogger(__name__)
 
 CONFIG_YAML = "config.yaml"
 METRICS_CSV = "metrics.csv"
@@ -84,25 +87,57 @@ def model_dirs(run_dir: Path, folds: int) -> list[Path]:
     return [Path(run_dir)] if folds < 2 else [fold_dir(run_dir, i) for i in range(folds)]
 
 
-def trained_checkpoints(run_dir: Path) -> list[Path]:
+def trained_checkpoints(run_dir: Path, allow_partial: bool = False) -> list[Path]:
     """``RUN/best.pt``, or every ``RUN/fold{i}/best.pt`` of a K-fold run (in fold order).
 
+    A K-fold run (``folds`` in its ``config.yaml``) must have every fold's model: one stopped
+    before all its folds trained would otherwise predict with some of them, unsaid.
+
+    Args:
+        allow_partial: use the folds that have a model, with a warning (the ``cloudpipe``
+            logger) naming the missing ones.
+
     Raises:
-        CloudpipeError: no folder, or no finished model in it.
+        CloudpipeError: no folder, no finished model in it, or (unless ``allow_partial``) a
+            K-fold run missing some folds' models, named.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CloudpipeError("run folder not found", path=run_dir)
     if (run_dir / BEST_PT).exists():
         return [run_dir / BEST_PT]
+    found = _fold_checkpoints(run_dir)
+    if not found:
+        raise CloudpipeError(f"no {BEST_PT} (nor {FOLD_PREFIX}*/{BEST_PT}): not a finished training run", path=run_dir)
+    folds = _folds_of(run_dir)
+    missing = [fold_dir(run_dir, i).name for i in range(folds) if i not in {index for index, _ in found}]
+    if missing:
+        what = (f"a {folds}-fold run with {len(found)} fold model(s): {', '.join(missing)} "
+                f"{'has' if len(missing) == 1 else 'have'} no {BEST_PT}")
+        if not allow_partial:
+            raise CloudpipeError(f"{what}; train them (--resume, or --fold I), or pass --allow-partial to use "
+                                 f"the {len(found)} there are", path=run_dir)
+        log.warning(f"warning: {run_dir}: {what}; using the {len(found)} there are (--allow-partial)")
+    return [path for _, path in sorted(found)]
+
+
+def _fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
+    """``(i, RUN/fold{i}/best.pt)`` of the folds that have one."""
     found = []
     for path in run_dir.glob(f"{FOLD_PREFIX}*/{BEST_PT}"):
         index = path.parent.name.removeprefix(FOLD_PREFIX)
         if index.isdigit():
             found.append((int(index), path))
-    if not found:
-        raise CloudpipeError(f"no {BEST_PT} (nor {FOLD_PREFIX}*/{BEST_PT}): not a finished training run", path=run_dir)
-    return [path for _, path in sorted(found)]
+    return found
+
+
+def _folds_of(run_dir: Path) -> int:
+    """The ``folds`` a run's ``config.yaml`` says it trains (0 when it cannot tell)."""
+    try:
+        folds = read_config_values(run_dir).get("folds", 0)
+    except CloudpipeError:
+        return 0
+    return folds if isinstance(folds, int) and not isinstance(folds, bool) and 2 <= folds <= 1000 else 0
 
 
 def run_fingerprint(run_dir: Path) -> str:
@@ -117,10 +152,8 @@ def run_fingerprint(run_dir: Path) -> str:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CloudpipeError("run folder not found", path=run_dir)
-    try:
-        checkpoints = trained_checkpoints(run_dir)
-    except CloudpipeError:
-        checkpoints = []  # e.g. a run whose val_probs.csv alone is tuned on
+    best = run_dir / BEST_PT
+    checkpoints = [best] if best.exists() else [path for _, path in sorted(_fold_checkpoints(run_dir))]
     files = [p for p in (run_dir / CONFIG_YAML, run_dir / SPLITS_CSV, run_dir / VAL_PROBS_CSV) if p.is_file()] + checkpoints
     if not files:
         raise CloudpipeError(f"neither {CONFIG_YAML}, {VAL_PROBS_CSV} nor {BEST_PT}: not a training run", path=run_dir)
@@ -204,12 +237,43 @@ def read_config_values(run_dir: Path) -> dict:
     path = Path(run_dir) / CONFIG_YAML
     if not path.is_file():
         raise CloudpipeError(f"no {CONFIG_YAML}: not a training run folder", path=run_dir)
+    return read_yaml_mapping(path, "the run's config")
+
+
+YAML_LIMIT = 64 * 1024
+"""The largest config file read, in bytes (a config is a few dozen ``key: value`` lines)."""
+
+
+class _NoAliases(yaml.SafeLoader):
+    """YAML's safe loader without aliases (``*name``): a config never needs them, and a few
+    hundred bytes of nested aliases expand to gigabytes (a "billion laughs")."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            raise yaml.YAMLError(f"aliases (*name) are not allowed; line {self.peek_event().start_mark.line + 1}")
+        return super().compose_node(parent, index)
+
+
+def read_yaml_mapping(path: Path, what: str = "config") -> dict:
+    """A small YAML file that must hold a mapping, read safely: at most :data:`YAML_LIMIT`
+    bytes, no aliases, no Python tags.
+
+    Raises:
+        CloudpipeError: unreadable, too large, aliases, not YAML, or not a mapping.
+    """
+    path = Path(path)
     try:
-        values = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise CloudpipeError(f"cannot read the run's config ({str(err).splitlines()[0]})", path=path) from None
+        with path.open("rb") as f:
+            raw = f.read(YAML_LIMIT + 1)
+        if len(raw) > YAML_LIMIT:
+            raise CloudpipeError(f"cannot read {what}: larger than {YAML_LIMIT // 1024} KiB (a config is a short "
+                                 "list of key: value lines)", path=path)
+        values = yaml.load(raw.decode("utf-8"), Loader=_NoAliases) or {}
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
+        reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise CloudpipeError(f"cannot read {what} ({reason})", path=path) from None
     if not isinstance(values, dict):
-        raise CloudpipeError("the run's config is not a YAML mapping", path=path)
+        raise CloudpipeError(f"{what} must be a YAML mapping of key: value", path=path)
     return values
 
 

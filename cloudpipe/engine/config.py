@@ -7,6 +7,7 @@ the defaults live in ``configs/classifier.yaml`` and ``configs/seg.yaml``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -17,7 +18,7 @@ from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
 from cloudpipe.core.choices import DEVICES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import write_text
-from cloudpipe.data.runfolder import CONFIG_YAML, read_config_values
+from cloudpipe.data.runfolder import CONFIG_YAML, read_config_values, read_yaml_mapping
 
 Task = Literal["classifier", "segmentation"]
 OPTIMIZERS = ("adam", "adamw", "sgd")
@@ -45,16 +46,25 @@ class Range:
     """Said after the range (``(0: off)``)."""
 
     def holds(self, value: float) -> bool:
+        """Whether ``value`` is a finite number in the range (NaN and infinities never are)."""
+        if not math.isfinite(value):
+            return False
         above = value > self.low if self.low_open else value >= self.low
         below = self.high is None or (value < self.high if self.high_open else value <= self.high)
         return above and below
 
     def message(self) -> str:
         if self.high is None:
-            span = f"{'>' if self.low_open else '>='} {self.low:g}"
+            span = f"{'>' if self.low_open else '>='} {_shown(self.low)} (and finite)"
         else:
-            span = f"in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+            span = (f"in {'(' if self.low_open else '['}{_shown(self.low)}, {_shown(self.high)}"
+                    f"{')' if self.high_open else ']'}")
         return f"{self.what}must be {span}" + (f" {self.note}" if self.note else "")
+
+
+def _shown(bound: float) -> str:
+    """A range's bound as written: whole numbers in full (``4294967295``), others short."""
+    return str(int(bound)) if float(bound).is_integer() else f"{bound:g}"
 
 
 def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MISSING, help: str | dict[str, str] = "",
@@ -72,6 +82,8 @@ def setting(default: Any = dataclasses.MISSING, *, factory: Any = dataclasses.MI
 
 
 AT_LEAST_1, AT_LEAST_0 = Range(1), Range(0)
+SEED = Range(0, 2**32 - 1, what="is a seed and ")
+"""What numpy's and scikit-learn's random states take."""
 PROBABILITY = Range(0, 1, what="is a probability and ")
 
 
@@ -115,8 +127,8 @@ class TrainConfig:
     """Decay of an exponential moving average of the weights, updated every optimizer step (0: none)."""
     swa_epochs: int = setting(0, cli=True, check=AT_LEAST_0, help="Average the last N epochs' weights (0: off).")
     val_fraction: float = setting(0.1, check=Range(0, 1, True, True))
-    split_seed: int = setting(69)
-    seed: int = setting(69, cli=True)
+    split_seed: int = setting(69, check=SEED)
+    seed: int = setting(69, cli=True, check=SEED)
     folds: int = setting(0, cli=True, check=AT_LEAST_0, help="K >= 2 trains K fold models.")
     workers: int | Literal["auto"] = setting("auto", cli=True,
                                              help="DataLoader workers (auto: none on the CPU, all cores but one, up to 16, with a GPU).")
@@ -168,8 +180,8 @@ class TrainConfig:
         known = LOSSES.get(self.task, ())
         if not self.loss or any(name not in known for name in self.loss):
             raise bad("loss", f"must weight some of {', '.join(known)} (the {self.task}'s losses)")
-        if any(w < 0 for w in self.loss.values()) or not any(self.loss.values()):
-            raise bad("loss", "weights must be >= 0, at least one > 0")
+        if not all(math.isfinite(w) and w >= 0 for w in self.loss.values()) or not any(self.loss.values()):
+            raise bad("loss", "weights must be finite and >= 0, at least one > 0")
         if self.mask_loss_on == "present" and self.task != "segmentation":
             raise bad("mask_loss_on", "restricts a mask loss; the classifier has none")
         return self
@@ -213,7 +225,7 @@ def _coerce(key: str, value: Any) -> Any:
                 raise TypeError
             return [str(v) for v in (value or [])]
         return str(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         kind = "mapping of loss terms to weights (e.g. bce=0.75,dice=0.25)" if key == "loss" else type(default).__name__
         raise CloudpipeError(f"config: {key} = {value!r} is not a valid {kind}") from None
 
@@ -257,12 +269,7 @@ def load_config(
     values: dict[str, Any] = read_packaged(DEFAULT_CONFIGS[task])
     loaded: dict[str, Any] = {}
     if path is not None:
-        try:
-            loaded = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as err:
-            raise CloudpipeError(f"cannot read config ({str(err).splitlines()[0]})", path=path) from None
-        if not isinstance(loaded, dict):
-            raise CloudpipeError("config must be a YAML mapping of key: value", path=path)
+        loaded = read_yaml_mapping(path)
         values.update(loaded)
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
     values.update(given)

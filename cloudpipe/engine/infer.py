@@ -47,20 +47,29 @@ class RunModels:
     checkpoints: list[Path]
 
 
-def load_run(run_dir: Path, task: str, device: torch.device, channels_last: bool = True) -> RunModels:
+def load_run(run_dir: Path, task: str, device: torch.device, channels_last: bool = True,
+             allow_partial: bool = False) -> RunModels:
     """Rebuild a run's model(s) from their checkpoints alone.
 
+    Args:
+        allow_partial: a K-fold run missing some folds' models runs with those it has (see
+            :func:`~cloudpipe.data.runfolder.trained_checkpoints`).
+
     Raises:
-        CloudpipeError: missing or unreadable checkpoints, a checkpoint of the other stage,
-            another class list, or weights that do not fit the architecture they claim.
+        CloudpipeError: missing or unreadable checkpoints (a fold's included, unless
+            ``allow_partial``), a checkpoint of the other stage, another class list, or weights
+            that do not fit the architecture they claim.
     """
-    paths = trained_checkpoints(run_dir)
+    paths = trained_checkpoints(run_dir, allow_partial)
     models, config = [], None
     for path in paths:
         state = load_checkpoint(path)
         if list(state["classes"]) != list(CLASSES):
             raise CloudpipeError(f"checkpoint classes {state['classes']} are not {list(CLASSES)}", path=path)
-        cfg = config_from_dict(state["config"])
+        try:
+            cfg = config_from_dict(state["config"])
+        except CloudpipeError as err:
+            raise CloudpipeError(f"checkpoint's config: {err}", path=path) from None
         if cfg.task != task:
             raise CloudpipeError(f"checkpoint is a {cfg.task} model; this command needs a {task}", path=path)
         model = stage_for(cfg).build_model(weights="none")
@@ -150,7 +159,7 @@ def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettin
     out = np.empty((len(mine), len(CLASSES)), dtype=np.float32)
     with dist.together():  # a bad image in one rank's share stops every rank with its error
         device = resolve_device(settings.device, dist)
-        run = load_run(run_dir, "classifier", device)
+        run = load_run(run_dir, "classifier", device, allow_partial=settings.allow_partial)
         if mine:
             # Kept on the device until the end: no synchronisation with the GPU per batch.
             parts = [(indices, probs) for indices, probs, _ in stream_probs(run, mine, device, settings, desc=desc)]

@@ -30,6 +30,8 @@ class InferenceSettings:
         amp: mixed precision (bf16 on CPU and on GPUs that have it, else fp16) when the run
             was trained with it.
         progress: show a progress bar.
+        allow_partial: run a K-fold run that lacks some folds' models with those it has (a
+            warning names the missing ones) instead of refusing it.
     """
 
     device: Device = "auto"
@@ -41,3 +43,4 @@ class InferenceSettings:
     tta_views: TtaViews = 3
     amp: bool = True
     progress: bool = True
+    allow_partial: bool = False

@@ -49,10 +49,11 @@ from cloudpipe.data.runfolder import (
     make_model_splits,
     model_dirs,
     read_splits,
+    training_files,
     write_splits,
 )
 from cloudpipe.engine.checkpoint import load_checkpoint, save_checkpoint
-from cloudpipe.engine.config import TrainConfig, load_run_config, save_config
+from cloudpipe.engine.config import TrainConfig, config_from_dict, load_run_config, save_config
 from cloudpipe.engine.devices import autocast, compile_model, resolve_device, resolve_workers
 from cloudpipe.engine.dist import Dist
 from cloudpipe.engine.recipe import (
@@ -76,6 +77,8 @@ def resumable_keys(config: TrainConfig) -> tuple[str, ...]:
     depends on the run's length."""
     fixed_length = per_step(config) or config.swa_epochs > 0
     return tuple(k for k in RESUMABLE_KEYS if not (k == "epochs" and fixed_length))
+RESUME_KEYS = ("optimizer", "scheduler", "scaler", "rng", "epoch", "best_score", "best_epoch", "history")
+"""What ``last.pt`` holds besides the model, to continue a run exactly (``best.pt`` has none of it)."""
 BEST_KEYS = ("model", "epoch", "best_score", "best_epoch", "config", "score_name", "classes", "version")
 
 
@@ -132,13 +135,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         self.start_epoch, self.best_score, self.best_epoch, self.history = 0, -math.inf, 0, []
         if state:
-            self.model.load_state_dict(state.get("trained", state["model"]))
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            self.scaler.load_state_dict(state["scaler"])
-            if self.average is not None:
-                self.average.load_state_dict(state["average"])
-            torch.set_rng_state(state["rng"]["torch"])
+            try:
+                self.model.load_state_dict(state.get("trained", state["model"]))
+                self.optimizer.load_state_dict(state["optimizer"])
+                self.scheduler.load_state_dict(state["scheduler"])
+                self.scaler.load_state_dict(state["scaler"])
+                if self.average is not None:
+                    self.average.load_state_dict(state["average"])
+                torch.set_rng_state(state["rng"]["torch"])
+            except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                raise CloudpipeError(f"cannot resume from this checkpoint ({reason})", path=split.folder / LAST_PT) from None
             self.start_epoch, self.best_score, self.best_epoch = state["epoch"], state["best_score"], state["best_epoch"]
             self.history = list(state["history"])
         self.net = dist.wrap(self.model, self.device)
@@ -232,8 +239,18 @@ class Trainer:
         return total_loss / len(self.val_set), ordered
 
     def record(self, epoch: int, train_loss: float, val_loss: float, outputs: np.ndarray, seconds: float) -> bool:
-        """Score the epoch, step the LR schedule, append the metrics row; True when best so far."""
+        """Score the epoch, step the LR schedule, append the metrics row; True when best so far.
+
+        Raises:
+            CloudpipeError: a loss or metric that is not finite (the run diverged); nothing of
+                this epoch is saved.
+        """
         metrics = self.stage.metrics(outputs, self.val_labels)
+        for name, value in {"train_loss": train_loss, "val_loss": val_loss, **metrics}.items():
+            if not math.isfinite(value):
+                raise CloudpipeError(f"epoch {epoch + 1}: {name} is {value}: training diverged, the run stopped and "
+                                     "this epoch was not saved (try a lower --lr or --weight-decay, or --grad-clip)",
+                                     path=self.out_dir)
         if not per_step(self.config):
             self.scheduler.step(val_loss)
         score = metrics[self.stage.score_name]
@@ -333,7 +350,7 @@ def train_run(
             raise CloudpipeError(f"--fold must be in 0..{config.folds - 1}, got {fold}")
         stage = stage_for(config)
         data = load_train_data(data_dir)
-        splits, recorded = _check_run_dir(out_dir, config, data, continuing, resume)
+        splits, recorded = _check_run_dir(out_dir, config, data, continuing, resume, one_fold=fold is not None)
         # The run folder is claimed whole (and each fold's), so that two trainings never write one
         # run; a training of one fold claims that fold alone, so folds may train side by side.
         claimed = [split.folder for i, split in enumerate(splits) if fold is None or i == fold]
@@ -355,7 +372,7 @@ def train_run(
             if fold is not None and i != fold:
                 continue
             last = split.folder / LAST_PT
-            state = load_checkpoint(last) if continuing and last.exists() else None
+            state = _resume_state(last, config) if continuing and last.exists() else None
             if state is not None and config.folds >= 2 and state["epoch"] >= config.epochs:
                 continue  # a fold finished before the interruption
             results.append(fit(stage, data, split, state=state, progress=progress, dist=dist, on_start=start))
@@ -366,35 +383,81 @@ def train_run(
 
 
 def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continuing: bool,
-                   resume: bool) -> tuple[list[ModelSplit], bool]:
+                   resume: bool, one_fold: bool = False) -> tuple[list[ModelSplit], bool]:
     """Check the run folder (every rank), writing nothing: the run's models and whether the
-    folder already records their split (a continued run keeps the split it recorded).
+    folder already records their split (a continued run keeps the split it recorded). A run
+    that never finished an epoch (no ``last.pt``: it failed or was stopped in its first) is
+    started afresh, with the settings given, unless one fold of it is asked for (``--fold``:
+    the others may be training).
 
     Raises:
         CloudpipeError: a fresh run into a folder holding another run; ``resume`` with nothing
             to resume; a continued run with settings that must not change.
     """
     config_path = out_dir / CONFIG_YAML
-    holds_run = config_path.exists() or (out_dir / LAST_PT).exists()
+    finished = any(p.exists() for p in training_files(out_dir) if p.name == LAST_PT)
+    holds_run = finished or (one_fold and config_path.exists())
     if holds_run and not continuing:
         raise CloudpipeError("holds another run; pass --resume to continue it, or choose another --out", path=out_dir)
     if resume and not config_path.exists():
         raise CloudpipeError(f"nothing to resume (no {CONFIG_YAML})", path=out_dir)
-    if config_path.exists():
-        saved, wanted = load_run_config(out_dir, config.task).to_dict(), config.to_dict()
-        resumable = resumable_keys(config)
-        changed = [k for k in wanted if k not in resumable and wanted[k] != saved[k]]
-        if changed:
-            raise CloudpipeError(
-                f"continues a run with different settings ({', '.join(f'{k}: {saved[k]!r} -> {wanted[k]!r}' for k in changed)}); "
-                f"only {', '.join(resumable)} may change" + ("" if "epochs" in resumable else
-                                                             " (epochs sets this run's schedule / SWA window)"),
-                path=out_dir,
-            )
-    recorded = config_path.exists() and (out_dir / SPLITS_CSV).exists()
+    if holds_run and config_path.exists():
+        _check_unchanged(load_run_config(out_dir, config.task), config, out_dir)
+    recorded = holds_run and config_path.exists() and (out_dir / SPLITS_CSV).exists()
     if recorded:
-        return read_splits(out_dir, config.folds), True
+        splits = read_splits(out_dir, config.folds)
+        trained, now = set(splits[0].train + splits[0].val), set(data.labels.index)
+        if trained != now:
+            gone, new = sorted(trained - now), sorted(now - trained)
+            diff = "; ".join(f"{len(names)} image(s) {what} train.csv (first {names[0]})"
+                             for names, what in ((gone, "no longer in"), (new, "new in")) if names)
+            raise CloudpipeError(f"continues a run trained on other images than --data's: {diff}; "
+                                 "train a new run on this data, or resume with the data it trained on",
+                                 path=out_dir / SPLITS_CSV)
+        return splits, True
     return make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels)), False
+
+
+def _check_unchanged(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
+    """Refuse to continue a run (saved with ``saved``) with settings that must not change.
+
+    Raises:
+        CloudpipeError: one line listing each changed setting, old -> new.
+    """
+    before, wanted = saved.to_dict(), config.to_dict()
+    resumable = resumable_keys(config)
+    changed = [k for k in wanted if k not in resumable and wanted[k] != before[k]]
+    if changed:
+        raise CloudpipeError(
+            f"continues a run with different settings ({', '.join(f'{k}: {before[k]!r} -> {wanted[k]!r}' for k in changed)}); "
+            f"only {', '.join(resumable)} may change" + ("" if "epochs" in resumable else
+                                                         " (epochs sets this run's schedule / SWA window)"),
+            path=where,
+        )
+
+
+def _resume_state(last: Path, config: TrainConfig) -> dict:
+    """A model's ``last.pt``, checked to be one (not a ``best.pt`` copied over it) and to have
+    been trained with ``config`` (bar :func:`resumable_keys`), whatever ``config.yaml`` says now.
+
+    Raises:
+        CloudpipeError: one line saying what is missing or what differs.
+    """
+    try:
+        state = load_checkpoint(last, needs=RESUME_KEYS)
+    except CloudpipeError as err:
+        if "has no" not in str(err):
+            raise
+        raise CloudpipeError(f"{err}: not a last.pt to resume from (best.pt keeps the model only); "
+                             "train a new run, or put the run's own last.pt back") from None
+    try:
+        trained = config_from_dict(state["config"])
+    except CloudpipeError as err:
+        raise CloudpipeError(f"checkpoint's config: {err}", path=last) from None
+    _check_unchanged(trained, config, last)
+    if (config.ema or config.swa_epochs) and not isinstance(state.get("average"), dict):
+        raise CloudpipeError("checkpoint has no average of the weights, which this run keeps", path=last)
+    return state
 
 
 def _record_run(out_dir: Path, config: TrainConfig, data: TrainData, splits: list[ModelSplit], recorded: bool,

@@ -143,7 +143,7 @@ def predict_submission(
         ensemble, data_dir, spec, source = run.claim(declare)
         summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, inputs, run)
         if out is not None:  # a pair: a failure leaves both old files or both new ones
-            run.write({probs_path_for(out): csv_writer(summary.probs.reset_index(), float_format="%.6f"),
+            run.write({probs_path_for(out): csv_writer(summary.probs.reset_index()),  # full precision: what was compared
                        out: csv_writer(summary.submission)})
     return summary
 

@@ -17,8 +17,16 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.algorithms.ensemble import mean_stores, normalise_weights
-from cloudpipe.algorithms.postprocess import PostProcess, Step, choose, chosen_dice, default_index, grid_stats, make_steps
-from cloudpipe.algorithms.robust import check_rule
+from cloudpipe.algorithms.postprocess import (
+    PostProcess,
+    Step,
+    choose_explained_steps,
+    chosen_dice,
+    default_index,
+    grid_stats,
+    make_steps,
+)
+from cloudpipe.algorithms.robust import DefaultKept, check_rule
 from cloudpipe.core.choices import DEFAULT_RULE, Rule
 from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
 from cloudpipe.core.errors import CloudpipeError
@@ -42,16 +50,17 @@ def load_postprocess(path: Path) -> PostProcess:
 
 def tune_postprocess(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
                      steps: tuple[Step, ...] = PostProcess().steps, rule: Rule = DEFAULT_RULE,
-                     processes: int | None = None) -> tuple[PostProcess, np.ndarray]:
+                     processes: int | None = None) -> tuple[PostProcess, np.ndarray, dict[str, DefaultKept]]:
     """Search every combination of the steps' grids per class on the Dice of the stored
     probabilities against the truth masks (RLE at ``mask_shape``, resized to the submission
     size), and choose by ``rule`` (:mod:`cloudpipe.algorithms.robust`); the statistics are
     :func:`postprocess_stats`'.
 
     Returns:
-        The choice and the mean Dice of every combination, (4, *grid).
+        The choice, the mean Dice of every combination, (4, *grid), and per class where
+        ``robust`` kept the defaults over a better combination, why.
     """
-    return choose(steps, *postprocess_stats(store, names, rles, mask_shape, steps, processes), rule)
+    return choose_explained_steps(steps, *postprocess_stats(store, names, rles, mask_shape, steps, processes), rule)
 
 
 def postprocess_stats(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
@@ -102,6 +111,8 @@ class SegPrediction:
     presence: pd.DataFrame | None = None
     """The segmentation head's presence per image (written as ``<stem>_presence.csv``), when
     every run's model has a head."""
+    kept: dict[str, DefaultKept] = field(default_factory=dict)
+    """Per class, why the ``robust`` choice kept the steps' defaults over a better combination."""
 
     def line(self) -> str:
         text = f"{self.images} images at {self.images_per_second:.1f} img/s -> {self.out}"
@@ -152,8 +163,8 @@ def tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, 
                    presence: pd.DataFrame | None = None) -> SegPrediction:
     """Tune ``steps`` on a validation store (chosen by ``choice``) and write the masks, the
     store (when ``info``), the head's presence (when given) and the choice."""
-    post, dice = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice, outputs.processes)
-    result = SegPrediction(outputs.out, len(names), post, 0.0, presence=presence, rule=choice)
+    post, dice, kept = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice, outputs.processes)
+    result = SegPrediction(outputs.out, len(names), post, 0.0, presence=presence, rule=choice, kept=kept)
     at_default = default_index(post.steps)
     if at_default is not None:
         result.default_dice = float(dice[(slice(None), *at_default)].mean())

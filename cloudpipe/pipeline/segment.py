@@ -192,7 +192,7 @@ def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[st
         for model_dir, images, image_dir in parts:
             if not images:  # e.g. a fold none of whose images are this rank's
                 continue
-            model = load_run(model_dir, "segmentation", device)
+            model = load_run(model_dir, "segmentation", device, allow_partial=settings.allow_partial)
             rows = rows_of(images, names)
             for indices, probs, head in stream_probs(model, [image_dir / n for n in images], device, settings, desc=desc):
                 every_head = every_head and head is not None

@@ -46,7 +46,7 @@ from cloudpipe.data.kaggle import (
     validate_rle_column,
 )
 from cloudpipe.data.outputs import Inputs
-from cloudpipe.data.runfolder import THRESHOLDS_JSON, THRESHOLDS_PNG, VAL_PROBS_CSV, run_inputs
+from cloudpipe.data.runfolder import THRESHOLDS_JSON, THRESHOLDS_PNG, VAL_PROBS_CSV, run_inputs, trained_checkpoints
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.gate import SEGMENTATION_KEY, GateInputs
@@ -58,7 +58,8 @@ def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings
     """Classifier probabilities of a run's validation images, when its ``val_probs.csv`` is lost.
 
     The images are those ``RUN/splits.csv`` recorded; with folds, each ``fold{i}`` model
-    predicts its own validation images (out-of-fold).
+    predicts its own validation images (out-of-fold). A fold without a model is refused, or
+    with ``settings.allow_partial`` its images are left out (with a warning).
 
     Returns:
         float DataFrame indexed by image, columns in class order.
@@ -66,8 +67,11 @@ def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings
     from cloudpipe.engine.infer import predict_presence
 
     data, splits = validation_sets(run_dir, data_dir, "classifier")
+    trained = {path.parent for path in trained_checkpoints(run_dir, settings.allow_partial)}
     parts = []
     for split in splits:
+        if split.folder not in trained:
+            continue  # allow_partial: a fold without a model (trained_checkpoints warned)
         probs = predict_presence(split.folder, data.paths(split.val), settings)
         parts.append(pd.DataFrame(probs, index=pd.Index(split.val, name="image"), columns=list(CLASSES)))
     return pd.concat(parts).astype(np.float64)
@@ -126,6 +130,7 @@ class TuneResult:
                      "warning: accuracy is not the competition metric (mean Dice after blanking); "
                      "pass --seg VAL_SEG.csv to tune on Dice"]
         lines.append("gated on: " + ", ".join(f"{c} {gate_name(g)}" for c, g in self.spec.gates.items()))
+        lines += [f"{c}: {s.kept.reason()}" for c, s in self.sweeps.items() if s.kept is not None and s.kept.costs]
         if self.rule_scores is not None:
             without, with_rule = self.rule_scores
             lines.append(f"at least one class per image: {with_rule:.4f} with the rule, {without:.4f} without -> "
