@@ -58,8 +58,9 @@ from cloudpipe.algorithms.postprocess import MinSize, PostProcess, Shape, Step, 
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label  # noqa: E402
 from cloudpipe.core.masks import resize_nearest  # noqa: E402
 from cloudpipe.core.rle import rle2mask  # noqa: E402
+from cloudpipe.data.beside import store_paths  # noqa: E402
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
-from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, read_store, store_paths  # noqa: E402
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, read_store  # noqa: E402
 from cloudpipe.pipeline.retune import tune_postprocess  # noqa: E402
 
 CLOUDS350 = ROOT.parent / "shared" / "data" / "clouds350"

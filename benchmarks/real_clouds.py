@@ -31,6 +31,7 @@ if __package__ in (None, ""):  # run as a script: make `cloudpipe` importable
 
 from cloudpipe.core.competition import SUBMISSION_SHAPE  # noqa: E402
 from cloudpipe.core.table import format_table  # noqa: E402
+from cloudpipe.data.beside import postprocess_path_for, probs_path_for, store_paths
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES  # noqa: E402
 from cloudpipe.data.runfolder import BEST_PT, LAST_PT  # noqa: E402
 
@@ -96,13 +97,13 @@ def finished(run: Path, epochs: int) -> bool:
 def main(argv: list[str] | None = None) -> dict:
     args = arguments(__doc__, "real_clouds.yaml", "cloudpipe-real").parse_args(argv)
 
-    from cloudpipe.data.probstore import read_store, store_paths
+    from cloudpipe.data.probstore import read_store
     from cloudpipe.engine.config import load_config
     from cloudpipe.engine.settings import InferenceSettings
     from cloudpipe.engine.train import train_run
-    from cloudpipe.pipeline.predict import predict_submission, probs_path_for
+    from cloudpipe.pipeline.predict import predict_submission
     from cloudpipe.pipeline.report import write_report
-    from cloudpipe.pipeline.retune import postprocess_path_for, retune_segmentation
+    from cloudpipe.pipeline.retune import retune_segmentation
     from cloudpipe.pipeline.segment import predict_segmentation
     from cloudpipe.pipeline.tune import tune_thresholds
 

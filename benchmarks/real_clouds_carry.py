@@ -39,6 +39,7 @@ if __package__ in (None, ""):  # run as a script: make `cloudpipe` importable
 
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
 from cloudpipe.core.table import format_table  # noqa: E402
+from cloudpipe.data.beside import presence_path, store_paths
 
 HERE = Path(__file__).resolve().parent
 SMOKE = {"train_images": 24, "test_images": 6, "seeds": [1, 2], "head_weights": [0.1],
@@ -50,7 +51,6 @@ MIN_SIZE_CUT = 10000
 def train_and_predict(data: Path, run: Path, overrides: dict, log) -> dict[str, Path]:
     """Train (or reuse) a K-fold run and write its out-of-fold validation and test stores."""
     from benchmarks.real_clouds import finished
-    from cloudpipe.data.probstore import store_paths
     from cloudpipe.data.runfolder import fold_dir
     from cloudpipe.engine.config import load_config
     from cloudpipe.engine.settings import InferenceSettings
@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cloudpipe.algorithms.postprocess import PostProcess
     from cloudpipe.algorithms.presence import PixelStats
     from cloudpipe.data.kaggle import load_train_data, read_mask_csv, read_probs_csv, to_wide
-    from cloudpipe.data.probstore import presence_path, read_store, store_paths
+    from cloudpipe.data.probstore import read_store
 
     settings = yaml.safe_load(args.config.read_text())
     if args.smoke:

@@ -30,6 +30,7 @@ if __package__ in (None, ""):  # run as a script: make `cloudpipe` importable
 
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
 from cloudpipe.core.table import format_table  # noqa: E402
+from cloudpipe.data.beside import postprocess_path_for, presence_path, probs_path_for, store_paths
 
 HERE = Path(__file__).resolve().parent
 POSTPROCESS = {  # name -> steps, tuned per class on validation Dice
@@ -57,15 +58,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     from benchmarks.real_clouds import SMOKE, finished
     from cloudpipe.algorithms.thresholds import PairScores, choose_thresholds
-    from cloudpipe.data.probstore import presence_path, store_paths
     from cloudpipe.engine.config import load_config
     from cloudpipe.engine.settings import InferenceSettings
     from cloudpipe.engine.train import train_run
     from cloudpipe.pipeline.evaluate import evaluate_files
     from cloudpipe.pipeline.gate import GateInputs
-    from cloudpipe.pipeline.predict import predict_submission, probs_path_for
+    from cloudpipe.pipeline.predict import predict_submission
     from cloudpipe.pipeline.report import score_submission
-    from cloudpipe.pipeline.retune import postprocess_path_for, retune_segmentation
+    from cloudpipe.pipeline.retune import retune_segmentation
     from cloudpipe.pipeline.segment import predict_segmentation
     from cloudpipe.pipeline.tune import tune_thresholds
 

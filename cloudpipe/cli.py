@@ -20,6 +20,7 @@ from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, 
 from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError, SharedError
 from cloudpipe.core.table import format_table
+from cloudpipe.data.beside import probs_path_for
 from cloudpipe.pipeline.sources import registry, source_inputs
 
 EXISTING_DIR = click.Path(exists=True, file_okay=False, path_type=Path)
@@ -350,7 +351,7 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
     """Blank the segmentation masks of classes judged absent (by the classifier, or the sources
     thresholds.json names); write the submission."""
     from cloudpipe.pipeline.gate import GateInputs
-    from cloudpipe.pipeline.predict import predict_submission, probs_path_for
+    from cloudpipe.pipeline.predict import predict_submission
 
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights, thresholds_file=thresholds_file,
                                  threshold=threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite,

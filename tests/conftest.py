@@ -19,6 +19,7 @@ import pytest
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import mask2rle, rle2mask
+from cloudpipe.data.beside import info_path
 from cloudpipe.data.kaggle import read_train, to_wide
 from cloudpipe.data.synth import make_dataset
 
@@ -112,7 +113,7 @@ def tiny_classifier_run_b(tiny_data, tmp_path_factory) -> Path:
 
 def write_store(path: Path, images: list[str], split: str, seed: int = 0) -> Path:
     """A probability store of random blocks for ``images`` (as predict-seg writes one)."""
-    from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer
+    from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer
 
     rng = np.random.default_rng(seed)
     store = (rng.random((len(images), len(CLASSES), *SUBMISSION_SHAPE)) * 90).astype(np.uint8)

@@ -247,6 +247,7 @@ def readme_torchrun_commands() -> list[str]:
     return [line for block in blocks for line in block.splitlines() if line.startswith("torchrun ")]
 
 
+@pytest.mark.slow
 def test_the_readmes_torchrun_commands_run_as_written(tiny_data, tiny_classifier_run, tmp_path):
     import os
     import re

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.beside import info_path, store_paths
 from cloudpipe.data.outputs import write_files
-from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, probability_store, read_store, store_paths
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, probability_store, read_store
 
 
 def write_store(tmp_path, n=3, images=None):

@@ -9,6 +9,7 @@ import shutil
 import pandas as pd
 import torch
 
+from cloudpipe.data.beside import info_path
 from cloudpipe.data.kaggle import read_mask_csv
 from tests.conftest import CPU_QUIET, cli, copy_run, load
 
@@ -131,7 +132,7 @@ def test_tune_seg_says_per_class_why_the_defaults_were_kept(tiny_data, tmp_path)
     from cloudpipe.core.masks import resize_nearest
     from cloudpipe.core.rle import rle2mask
     from cloudpipe.data.kaggle import read_train, to_wide
-    from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer
+    from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer
 
     truth = to_wide(read_train(tiny_data))
     images = list(truth.index[:8])

@@ -64,7 +64,7 @@ def test_hold_out_split_file_format(tmp_path):
 
 
 def test_bad_or_missing_splits(tmp_path):
-    with pytest.raises(CloudpipeError, match="no splits.csv: the run was trained by an older cloudpipe"):
+    with pytest.raises(CloudpipeError, match=r"no splits.csv \(training records the run.s split there\): not a training run"):
         read_splits(tmp_path, 0)
     (tmp_path / SPLITS_CSV).write_text("image,fold\na.jpg,0\nb.jpg,3\n")
     with pytest.raises(CloudpipeError, match=r"splits.csv, line 3: fold '3' is not a model of this run"):

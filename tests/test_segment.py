@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from cloudpipe.core.competition import CLASSES
+from cloudpipe.data.beside import postprocess_path_for, presence_path, store_paths
 from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
 from cloudpipe.data.outputs import output_lock
-from cloudpipe.data.probstore import store_paths
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits, train_run
@@ -274,7 +274,6 @@ def cli_on_one_thread(*args):
 @pytest.mark.parametrize("split", ["test", "val"])
 def test_predict_seg_under_torchrun_matches_one_process(seg_run, tiny_data, tmp_path, torchrun, split):
     from cloudpipe.algorithms.postprocess import PostProcess
-    from cloudpipe.data.probstore import presence_path
 
     run = tmp_path / "run"
     shutil.copytree(seg_run, run)
@@ -329,7 +328,6 @@ def test_a_bad_image_in_one_ranks_share_is_one_line_from_rank_0(seg_run, tiny_da
 
 
 def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_run_b, tiny_data, tmp_path, torchrun):
-    from cloudpipe.pipeline.retune import postprocess_path_for
 
     one, two = tmp_path / "one" / "ens.csv", tmp_path / "two" / "ens.csv"
     common = ("predict-seg", "--run", seg_run, "--run", seg_run_b, "--weight", 1, "--weight", 3, "--data", tiny_data,
@@ -383,7 +381,7 @@ def test_test_masks_of_an_untuned_run_are_refused_in_one_line(seg_run, tiny_data
     assert len(result.stderr.strip().splitlines()) == 1 and sorted(os.listdir(tmp_path)) == ["run"]
 
 
-def test_an_older_file_recording_run_folders_only_is_refused_with_its_reason(seg_run, tiny_data, tmp_path):
+def test_a_tuned_file_without_run_fingerprints_is_refused_with_its_reason(seg_run, tiny_data, tmp_path):
     run = copy_run(seg_run, tmp_path, "run")
     assert cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", tmp_path / "v.csv",
                   *CPU_QUIET).exit_code == 0
@@ -392,7 +390,7 @@ def test_an_older_file_recording_run_folders_only_is_refused_with_its_reason(seg
     (run / "seg_postprocess.json").write_text(json.dumps(post))
     result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", tmp_path / "t.csv",
                     *CPU_QUIET)
-    assert result.exit_code == 2 and "older cloudpipe" in result.stderr and "tune them again" in result.stderr
+    assert result.exit_code == 2 and "need a list of run fingerprints" in result.stderr and "tune them again" in result.stderr
 
 
 def test_thresholds_record_the_segmentation_run_whose_store_they_gate_on(seg_run, seg_run_b, tiny_classifier_run,

@@ -31,6 +31,7 @@ import numpy as np
 
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.beside import info_path
 
 FORMAT_VERSION = 1
 ENTRY_SHAPE = (len(CLASSES), *SUBMISSION_SHAPE)
@@ -49,22 +50,10 @@ class StoreInfo:
     """Each run's :func:`~cloudpipe.data.runfolder.run_fingerprint`."""
 
 
-def store_paths(csv: Path) -> tuple[Path, Path]:
-    """The store beside a predictions CSV: ``<stem>_probs.npy`` and ``<stem>_probs.json``."""
-    csv = Path(csv)
-    return csv.with_name(f"{csv.stem}_probs.npy"), csv.with_name(f"{csv.stem}_probs.json")
 
 
-def presence_path(csv: Path) -> Path:
-    """The segmentation head's presence beside a predictions CSV: ``<stem>_presence.csv``
-    (``image,Fish,Flower,Gravel,Sugar``; written when the model has a classification head)."""
-    csv = Path(csv)
-    return csv.with_name(f"{csv.stem}_presence.csv")
 
 
-def info_path(store: Path) -> Path:
-    """The image list of a store: ``X_probs.npy`` -> ``X_probs.json``."""
-    return Path(store).with_suffix(".json")
 
 
 def array_writer(store: np.ndarray) -> Callable[[Path], None]:
@@ -138,9 +127,6 @@ def _read_info(path: Path) -> StoreInfo:
         info = StoreInfo(str(data["split"]), list(data["images"]), list(data["runs"]), [float(w) for w in data["weights"]],
                          [str(f) for f in data["fingerprints"]] if data["runs"] else [])
     except KeyError as err:
-        if err.args == ("fingerprints",):
-            raise CloudpipeError("records the folders of its runs, not what the runs are (an older cloudpipe's "
-                                 "store); run predict-seg again", path=path) from None
         raise CloudpipeError(f"store JSON lacks {err}", path=path) from None
     except (TypeError, ValueError) as err:
         raise CloudpipeError(f"store JSON lacks or garbles {err}", path=path) from None

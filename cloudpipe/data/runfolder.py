@@ -209,8 +209,7 @@ def read_splits(run_dir: Path, folds: int) -> list[ModelSplit]:
     """
     path = Path(run_dir) / SPLITS_CSV
     if not path.is_file():
-        raise CloudpipeError(f"no {SPLITS_CSV}: the run was trained by an older cloudpipe, which did not record its "
-                             "validation images; train it again", path=run_dir)
+        raise CloudpipeError(f"no {SPLITS_CSV} (training records the run's split there): not a training run", path=run_dir)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False)
     except (OSError, ValueError) as err:

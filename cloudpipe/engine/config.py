@@ -27,7 +27,7 @@ SCHEDULES = ("plateau", "cosine", "onecycle")
 LOSSES: dict[Task, tuple[str, ...]] = {"classifier": ("bce", "focal"), "segmentation": ("bce", "dice", "lovasz", "focal")}
 """The loss terms each stage may weight (segmentation-models-pytorch's losses)."""
 DEFAULT_LOSS: dict[Task, dict[str, float]] = {"classifier": {"bce": 1.0}, "segmentation": {"bce": 1.0, "dice": 1.0}}
-"""What each stage trained with before ``loss`` was a setting: a saved config without it means this."""
+"""The loss terms each stage trains with when ``loss`` is not set."""
 REGION_LOSSES = ("dice", "lovasz")
 """Terms that ``mask_loss_on: present`` restricts to the (image, class) pairs whose mask is not empty."""
 

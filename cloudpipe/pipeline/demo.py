@@ -14,6 +14,7 @@ from typing import Any, Literal, TypeVar
 from cloudpipe.configs import read_packaged
 from cloudpipe.core.competition import SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.beside import probs_path_for
 from cloudpipe.data.synth import TEST_TRUTH_CSV
 
 log = logging.getLogger(__name__)
@@ -52,7 +53,7 @@ def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, pr
     from cloudpipe.engine.config import load_config
     from cloudpipe.engine.settings import InferenceSettings
     from cloudpipe.engine.train import train_run
-    from cloudpipe.pipeline.predict import predict_submission, probs_path_for
+    from cloudpipe.pipeline.predict import predict_submission
     from cloudpipe.pipeline.report import write_report
     from cloudpipe.pipeline.segment import predict_segmentation
     from cloudpipe.pipeline.tune import tune_thresholds

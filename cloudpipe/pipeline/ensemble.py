@@ -85,8 +85,7 @@ class Ensemble:
 
     def check_tuned_for(self, data: object, path: Path, what: str) -> None:
         """Refuse a tuned file (``data`` parsed) that records other runs or weights, or that
-        records none while this is an ensemble, or records run folders only (an older
-        cloudpipe's file).
+        records none while this is an ensemble.
 
         Raises:
             CloudpipeError: one line naming ``path``.
@@ -99,8 +98,8 @@ class Ensemble:
             return
         recorded, weights = data.get("fingerprints"), data.get("weights")
         if not isinstance(recorded, list) or not all(isinstance(f, str) for f in recorded):
-            raise CloudpipeError(f"these {what} record the folders of their runs, not what the runs are (an older "
-                                 "cloudpipe's file); tune them again", path=path)
+            raise CloudpipeError(f"these {what} need a list of run fingerprints in 'fingerprints'; tune them again",
+                                 path=path)
         try:
             weights = [float(w) for w in weights]
         except (TypeError, ValueError):

@@ -22,9 +22,10 @@ from cloudpipe.algorithms.presence import PixelStats
 from cloudpipe.algorithms.thresholds import Placement, check_threshold
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.beside import info_path
 from cloudpipe.data.kaggle import frame_rows
 from cloudpipe.data.outputs import Inputs
-from cloudpipe.data.probstore import info_path, read_store
+from cloudpipe.data.probstore import read_store
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
 from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.sources import registry, source_inputs

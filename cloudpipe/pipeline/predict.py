@@ -24,6 +24,7 @@ from cloudpipe.core.competition import (
     SUBMISSION_SHAPE,
     join_label,
 )
+from cloudpipe.data.beside import probs_path_for
 from cloudpipe.data.kaggle import (
     TEST_IMAGES,
     data_inputs,
@@ -74,9 +75,6 @@ class PredictSummary:
                 f"(thresholds: {self.thresholds_source}{rule})")
 
 
-def probs_path_for(out: Path) -> Path:
-    """Where the probabilities go beside a submission: ``<stem>_probs.csv``."""
-    return out.with_name(f"{out.stem}_probs.csv")
 
 
 def predict_submission(

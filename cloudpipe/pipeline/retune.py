@@ -32,9 +32,10 @@ from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, j
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import mask2rle, rle2mask
+from cloudpipe.data.beside import info_path, postprocess_path_for, presence_path, store_paths
 from cloudpipe.data.kaggle import TRAIN_CSV, TrainData, data_inputs, list_test_images, load_train_data, require_dir, require_images, require_same_images
 from cloudpipe.data.outputs import Inputs, csv_writer
-from cloudpipe.data.probstore import StoreInfo, array_writer, info_path, info_writer, presence_path, probability_store, read_store, store_paths
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, probability_store, read_store
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.parallel import over_rows, release_rows
@@ -122,9 +123,6 @@ class SegPrediction:
         return text
 
 
-def postprocess_path_for(out: Path) -> Path:
-    """Where an ensemble's post-processing goes beside its CSV: ``<stem>_postprocess.json``."""
-    return out.with_name(f"{out.stem}_postprocess.json")
 
 
 def steps_of(names: Sequence[str] | None) -> tuple[Step, ...]:

@@ -33,6 +33,7 @@ from cloudpipe.core.competition import (
     SUBMISSION_SHAPE,
 )
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.beside import postprocess_path_for, presence_path, store_paths
 from cloudpipe.data.kaggle import (
     TEST_IMAGES,
     TRAIN_IMAGES,
@@ -41,21 +42,12 @@ from cloudpipe.data.kaggle import (
     require_dir,
 )
 from cloudpipe.data.outputs import Inputs
-from cloudpipe.data.probstore import StoreInfo, presence_path, probability_store, store_paths
+from cloudpipe.data.probstore import StoreInfo, probability_store
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, run_inputs
 from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
-from cloudpipe.pipeline.retune import (
-    MaskOutputs,
-    SegPrediction,
-    postprocess_path_for,
-    rows_of,
-    steps_of,
-    test_postprocess,
-    tune_and_write,
-    write_outputs,
-)
+from cloudpipe.pipeline.retune import MaskOutputs, SegPrediction, rows_of, steps_of, test_postprocess, tune_and_write, write_outputs
 from cloudpipe.pipeline.validation import validation_sets
 
 if TYPE_CHECKING:  # torch is imported where a model runs: tune-seg and apply-seg start without it
