@@ -146,7 +146,7 @@ def ours_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BAT
     from cloudpipe.pipeline.predict import predict_submission
 
     settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, compile=compile_, progress=False)
-    return predict_submission(data_dir / "seg.csv", run_dir, data_dir, out, threshold=0.5, settings=settings, overwrite=True)
+    return predict_submission(data_dir / "seg.csv", run_dir, data_dir, out, thresholds=0.5, settings=settings, overwrite=True)
 
 
 def _agreement(seed_sub: pd.DataFrame, ours_sub: pd.DataFrame) -> str:

@@ -136,7 +136,7 @@ def predict_rows(n: int, sizes: Sizes, device: torch.device, batch: int, compile
             probs = predict_presence(run_dir, paths[:check], settings)  # warm-up, and the check
             differs = float(np.abs(probs - reference).max())
             whole = lambda settings=settings: predict_submission(  # noqa: E731
-                data_dir / "seg.csv", run_dir, data_dir, out, threshold=0.5, settings=settings, overwrite=True)
+                data_dir / "seg.csv", run_dir, data_dir, out, thresholds=0.5, settings=settings, overwrite=True)
             whole()  # warm-up of the whole call
             infer_s, _ = _timed(lambda settings=settings: predict_presence(run_dir, paths, settings))
             whole_s, _ = _timed(whole)

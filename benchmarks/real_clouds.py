@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cloudpipe.pipeline.report import write_report
     from cloudpipe.pipeline.retune import retune_segmentation
     from cloudpipe.pipeline.segment import predict_segmentation
-    from cloudpipe.pipeline.tune import tune_thresholds
+    from cloudpipe.pipeline.tune import ThresholdFiles, tune_thresholds
 
     settings = yaml.safe_load(args.config.read_text())
     if args.smoke:
@@ -151,10 +151,10 @@ def main(argv: list[str] | None = None) -> dict:
     for name, (val_csv, test_csv) in seg_csvs.items():
         folder = work / "gated" / name
         thresholds = folder / "thresholds.json"
-        step(f"tune-threshold {name}", tune_thresholds, classifier, data, seg=val_csv, out=thresholds, overwrite=True,
+        step(f"tune-threshold {name}", tune_thresholds, classifier, data, seg=val_csv, files=ThresholdFiles(thresholds, overwrite=True),
              settings=infer)
         submission = folder / "submission.csv"
-        step(f"predict {name}", predict_submission, test_csv, classifier, data, submission, thresholds_file=thresholds,
+        step(f"predict {name}", predict_submission, test_csv, classifier, data, submission, thresholds=thresholds,
              settings=infer, overwrite=True)
         reports[name] = step(f"report test {name}", write_report, data, test_csv, folder / "report.html", overwrite=True,
                              progress=False, overlays=overlays, probs_csv=probs_path_for(submission),

@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cloudpipe.pipeline.evaluate import evaluate_files
     from cloudpipe.pipeline.predict import predict_submission
     from cloudpipe.pipeline.segment import predict_segmentation
-    from cloudpipe.pipeline.tune import tune_thresholds
+    from cloudpipe.pipeline.tune import ThresholdFiles, tune_thresholds
 
     seg_base, cls_base = (SMOKE_SEG, SMOKE_CLASSIFIER) if args.smoke else (SEG, CLASSIFIER)
     work = args.work
@@ -109,8 +109,8 @@ def main(argv: list[str] | None = None) -> dict:
         """Test Dice of ``test_csv`` gated by ``classifier`` (thresholds tuned on ``val_csv``)."""
         folder.mkdir(parents=True, exist_ok=True)
         thresholds, submission = folder / "thresholds.json", folder / "submission.csv"
-        tune_thresholds(classifier, data, seg=val_csv, out=thresholds, overwrite=True, settings=infer)
-        predict_submission(test_csv, classifier, data, submission, thresholds_file=thresholds, settings=infer,
+        tune_thresholds(classifier, data, seg=val_csv, files=ThresholdFiles(thresholds, overwrite=True), settings=infer)
+        predict_submission(test_csv, classifier, data, submission, thresholds=thresholds, settings=infer,
                            overwrite=True)
         return evaluate_files(truth, submission, SUBMISSION_SHAPE, SUBMISSION_SHAPE).table["mean"]
 

@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cloudpipe.pipeline.report import score_submission
     from cloudpipe.pipeline.retune import retune_segmentation
     from cloudpipe.pipeline.segment import predict_segmentation
-    from cloudpipe.pipeline.tune import tune_thresholds
+    from cloudpipe.pipeline.tune import ThresholdFiles, tune_thresholds
 
     settings = yaml.safe_load(args.config.read_text())
     if args.smoke:
@@ -93,9 +93,9 @@ def main(argv: list[str] | None = None) -> dict:
         :class:`GateInputs` fields) and gate ``test_csv`` (``test_inputs``: the test side's files): the submission."""
         folder.mkdir(parents=True, exist_ok=True)
         thresholds = folder / "thresholds.json"
-        tune_thresholds(classifier, data, seg=val_csv, out=thresholds, overwrite=True, settings=infer, inputs=GateInputs(files or {}, **tune))
+        tune_thresholds(classifier, data, seg=val_csv, files=ThresholdFiles(thresholds, overwrite=True), settings=infer, inputs=GateInputs(files or {}, **tune))
         submission = folder / "submission.csv"
-        predict_submission(test_csv, classifier, data, submission, thresholds_file=thresholds, settings=infer,
+        predict_submission(test_csv, classifier, data, submission, thresholds=thresholds, settings=infer,
                            overwrite=True, inputs=GateInputs(test_inputs or {}))
         return submission
 

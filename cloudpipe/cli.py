@@ -353,8 +353,10 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
     from cloudpipe.pipeline.gate import GateInputs
     from cloudpipe.pipeline.predict import predict_submission
 
-    summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights, thresholds_file=thresholds_file,
-                                 threshold=threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
+    if thresholds_file is not None and threshold is not None:
+        raise click.UsageError("give --thresholds FILE or --threshold T, not both")
+    summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights,
+                                 thresholds=thresholds_file if threshold is None else threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
                                  inputs=GateInputs(gate_files, at_least_one=at_least_one))
     if is_main_process():  # under torchrun, rank 0 wrote the files
         click.echo(summary.line())
@@ -397,11 +399,11 @@ def tune_threshold(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_
     predictions on the run's validation images (accuracy without --seg); write thresholds.json."""
     from cloudpipe.algorithms.presence import PixelStats
     from cloudpipe.pipeline.gate import GateInputs
-    from cloudpipe.pipeline.tune import tune_thresholds
+    from cloudpipe.pipeline.tune import ThresholdFiles, tune_thresholds
 
     inputs = GateInputs(gate_files, PixelStats(top_k, area_threshold), sources, placement, try_at_least_one=at_least_one)
     result = tune_thresholds(run_dirs, data_dir, weights=weights, seg=seg_csv, objective=objective, mask_shape=mask_shape,
-                             out=out, plot=plot, overwrite=overwrite, settings=settings, inputs=inputs, choice=choice)
+                             files=ThresholdFiles(out, plot, overwrite), settings=settings, inputs=inputs, choice=choice)
     click.echo(format_table(result.rows))
     if len(result.source_rows) > 1:
         click.echo("\nTuned score of each source alone and of each blend:")

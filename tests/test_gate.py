@@ -26,14 +26,14 @@ def test_precedence_file_then_threshold_then_the_runs_own_file(tiny_classifier_r
     (run / "thresholds.json").write_text(json.dumps({**tuned, "objective": "dice", "at_least_one": True}))
     spec, source = resolve_gate(run)
     assert spec.thresholds == tuned and spec.at_least_one and source == str(run / "thresholds.json")
-    assert resolve_gate(run, threshold=0.7)[0].thresholds == {c: 0.7 for c in CLASSES}  # explicit beats the run's file
+    assert resolve_gate(run, 0.7)[0].thresholds == {c: 0.7 for c in CLASSES}  # explicit beats the run's file
     other = tmp_path / "other.json"
     other.write_text(json.dumps({c: 0.9 for c in CLASSES}))
     assert resolve_gate(run, other)[0].thresholds == {c: 0.9 for c in CLASSES}
     assert resolve_gate(None, other) == (load_gate(other), str(other))  # no run to check it against (report --probs)
     assert resolve_gate(None) == (None, "")
-    with pytest.raises(CloudpipeError, match="not both"):
-        resolve_gate(run, other, 0.5)
+    with pytest.raises(CloudpipeError, match=r"threshold 1.5 is not a number in \[0, 1\]"):
+        resolve_gate(run, 1.5)
     with pytest.raises(CloudpipeError, match="needs --thresholds FILE"):
         resolve_gate([run, tiny_classifier_run])  # an ensemble has no own file
 

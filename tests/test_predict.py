@@ -77,7 +77,7 @@ def test_predict_gates_and_keeps_order(tiny_data, tiny_classifier_run, seg_csv, 
 
 def test_python_api_takes_and_returns_dataframes(tiny_data, tiny_classifier_run):
     seg = seg_predictions(tiny_data)
-    summary = predict_submission(seg, tiny_classifier_run, tiny_data, None, threshold=0.0, settings=CPU)
+    summary = predict_submission(seg, tiny_classifier_run, tiny_data, None, thresholds=0.0, settings=CPU)
     # Threshold 0 keeps every mask: the submission is the input, in sample order.
     expected = seg_predictions(tiny_data, shuffle=False)
     assert summary.submission["EncodedPixels"].tolist() == expected["EncodedPixels"].tolist()
@@ -244,21 +244,21 @@ def test_refuses_an_output_among_the_test_images(tiny_data, tiny_classifier_run,
 
 def test_ensemble_of_classifier_runs(tiny_data, tiny_classifier_run, tiny_classifier_run_b, tmp_path):
     from cloudpipe.engine.infer import predict_presence
-    from cloudpipe.pipeline.tune import tune_thresholds
+    from cloudpipe.pipeline.tune import ThresholdFiles, tune_thresholds
 
     a, b = tiny_classifier_run, tiny_classifier_run_b
     seg = seg_predictions(tiny_data)
     with pytest.raises(CloudpipeError, match="needs --thresholds FILE"):
         predict_submission(seg, [a, b], tiny_data, None, settings=CPU)
     tuned = tmp_path / "ens.json"
-    tune_thresholds([a, b], tiny_data, weights=[1, 3], out=tuned)
+    tune_thresholds([a, b], tiny_data, weights=[1, 3], files=ThresholdFiles(tuned))
     with pytest.raises(CloudpipeError, match="were tuned for runs"):
-        predict_submission(seg, [a, b], tiny_data, None, thresholds_file=tuned, settings=CPU)  # other weights
+        predict_submission(seg, [a, b], tiny_data, None, thresholds=tuned, settings=CPU)  # other weights
     single = tmp_path / "a.json"
-    tune_thresholds(a, tiny_data, out=single)
+    tune_thresholds(a, tiny_data, files=ThresholdFiles(single))
     with pytest.raises(CloudpipeError, match="were tuned for runs"):
-        predict_submission(seg, [a, b], tiny_data, None, weights=[1, 3], thresholds_file=single, settings=CPU)
-    summary = predict_submission(seg, [a, b], tiny_data, tmp_path / "sub.csv", weights=[1, 3], thresholds_file=tuned,
+        predict_submission(seg, [a, b], tiny_data, None, weights=[1, 3], thresholds=single, settings=CPU)
+    summary = predict_submission(seg, [a, b], tiny_data, tmp_path / "sub.csv", weights=[1, 3], thresholds=tuned,
                                  settings=CPU)
     paths = [tiny_data / "test_images" / i for i in summary.probs.index]
     expected = 0.25 * predict_presence(a, paths, CPU) + 0.75 * predict_presence(b, paths, CPU)

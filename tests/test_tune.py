@@ -21,7 +21,7 @@ from cloudpipe.data.kaggle import presence, read_probs_csv, read_train, to_wide
 from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.gate import GateInputs, load_gate, resolve_gate
-from cloudpipe.pipeline.tune import compute_val_probs, tune_thresholds
+from cloudpipe.pipeline.tune import ThresholdFiles, compute_val_probs, tune_thresholds
 from tests.conftest import train_tiny
 
 CPU = InferenceSettings(device="cpu", workers=0, progress=False)
@@ -130,7 +130,7 @@ def test_predict_picks_up_tuned_thresholds(tiny_data, tuning_case, tmp_path):
 def test_accuracy_fallback(tiny_data, tuning_case, tmp_path):
     _, _, probs, _ = tuning_case
     run = copy_run(tuning_case, tmp_path)
-    result = tune_thresholds(run, tiny_data, out=tmp_path / "acc.json", choice="best")
+    result = tune_thresholds(run, tiny_data, files=ThresholdFiles(tmp_path / "acc.json"), choice="best")
     assert result.objective == "accuracy" and len(result.images) == 16
     assert "not the competition metric" in result.summary()
     labels = presence(read_train(tiny_data)).loc[probs.index].to_numpy()
@@ -149,9 +149,9 @@ def test_explicit_outputs_are_not_overwritten(tiny_data, tuning_case, tmp_path):
     out = tmp_path / "t.json"
     out.write_text("{}")
     with pytest.raises(CloudpipeError, match="already exists"):
-        tune_thresholds(run, tiny_data, out=out)
+        tune_thresholds(run, tiny_data, files=ThresholdFiles(out))
     assert out.read_text() == "{}"
-    tune_thresholds(run, tiny_data, out=out, overwrite=True)
+    tune_thresholds(run, tiny_data, files=ThresholdFiles(out, overwrite=True))
     assert load_gate(out).thresholds
 
 
@@ -167,7 +167,7 @@ def test_missing_val_probs_are_computed_out_of_fold(tiny_data, real_run, tmp_pat
     shutil.copytree(real_run, run)
     saved = read_probs_csv(run / "val_probs.csv")
     (run / "val_probs.csv").unlink()
-    result = tune_thresholds(run, tiny_data, save=False, settings=CPU)
+    result = tune_thresholds(run, tiny_data, files=None, settings=CPU)
     assert result.probs_source.startswith("computed")
     assert sorted(result.images) == sorted(saved.index)  # every training image, out of fold
     computed = compute_val_probs(run, tiny_data, settings=CPU)
@@ -181,13 +181,13 @@ def test_missing_val_probs_of_a_hold_out_run(tiny_data, tmp_path):
     train_tiny(tiny_data, run, batch_size=None, accumulate=None, lr=None)  # the config's own batch and lr
     saved = read_probs_csv(run / "val_probs.csv")
     (run / "val_probs.csv").unlink()
-    result = tune_thresholds(run, tiny_data, save=False, settings=CPU)
+    result = tune_thresholds(run, tiny_data, files=None, settings=CPU)
     [split] = read_splits(run, 0)
     assert result.images == split.val == list(saved.index)
     np.testing.assert_allclose(compute_val_probs(run, tiny_data, CPU).to_numpy(), saved.to_numpy(), atol=1e-5)
     (run / "splits.csv").unlink()
     with pytest.raises(CloudpipeError, match=r"no splits.csv \(training records the run.s split there\): not a training run"):
-        tune_thresholds(run, tiny_data, save=False, settings=CPU)
+        tune_thresholds(run, tiny_data, files=None, settings=CPU)
 
 
 # ----------------------------------------------------------------------------- the command
@@ -283,9 +283,9 @@ def test_ensemble_of_classifier_runs(tiny_classifier_run, tiny_classifier_run_b,
     np.testing.assert_allclose(mean.to_numpy(), 0.25 * pa.to_numpy() + 0.75 * pb.loc[pa.index].to_numpy())
     assert "weighted mean (0.25, 0.75)" in source
     with pytest.raises(CloudpipeError, match="need --out FILE"):
-        tune_thresholds([a, b], tiny_data, save=True)
+        tune_thresholds([a, b], tiny_data)
     out = tmp_path / "ens.json"
-    result = tune_thresholds([a, b], tiny_data, weights=[1, 3], out=out)
+    result = tune_thresholds([a, b], tiny_data, weights=[1, 3], files=ThresholdFiles(out))
     saved = json.loads(out.read_text())
     assert saved["runs"] == [str(a.resolve()), str(b.resolve())] and saved["weights"] == [0.25, 0.75]
     assert load_gate(out).thresholds == result.thresholds
@@ -294,7 +294,7 @@ def test_ensemble_of_classifier_runs(tiny_classifier_run, tiny_classifier_run_b,
     shutil.copytree(b, other)
     pb.iloc[1:].reset_index().to_csv(other / "val_probs.csv", index=False)
     with pytest.raises(CloudpipeError, match="validates on other images"):
-        tune_thresholds([a, other], tiny_data, out=tmp_path / "x.json")
+        tune_thresholds([a, other], tiny_data, files=ThresholdFiles(tmp_path / "x.json"))
     assert not (tmp_path / "x.json").exists()
 
 
@@ -309,10 +309,10 @@ def test_tune_chooses_among_every_source_and_says_what_each_scores(tiny_data, tu
                                                                         columns=list(CLASSES)))
     out = tmp_path / "t.json"
     inputs = GateInputs({"presence": head, "seg_store": store}, placement="midpoint", try_at_least_one=True)
-    result = tune_thresholds(run, tiny_data, seg=seg, inputs=inputs, out=out, choice="best")
+    result = tune_thresholds(run, tiny_data, seg=seg, inputs=inputs, files=ThresholdFiles(out), choice="best")
     names = {r["source"] for r in result.source_rows}
     assert {"classifier", "head", "max", "top_mean", "area", "0.5 classifier + 0.5 top_mean"} <= names
-    alone = tune_thresholds(run, tiny_data, seg=seg, inputs=GateInputs({"presence": head, "seg_store": store}, sources=["area"]), save=False,
+    alone = tune_thresholds(run, tiny_data, seg=seg, inputs=GateInputs({"presence": head, "seg_store": store}, sources=["area"]), files=None,
                             choice="best")
     for c in CLASSES:
         best = max(r[c] for r in result.source_rows)
@@ -322,10 +322,10 @@ def test_tune_chooses_among_every_source_and_says_what_each_scores(tiny_data, tu
     assert set(data["gate"]) == set(CLASSES) and data["placement"] == "midpoint"
     without, with_rule = result.rule_scores
     assert data["at_least_one"] == (with_rule > without) and "at least one class per image" in result.summary()
-    classifier_only = tune_thresholds(run, tiny_data, seg=seg, save=False)
+    classifier_only = tune_thresholds(run, tiny_data, seg=seg, files=None)
     assert all(g == {"classifier": 1.0} for g in classifier_only.spec.gates.values())
     with pytest.raises(CloudpipeError, match="--presence"):
-        tune_thresholds(run, tiny_data, seg=seg, save=False, inputs=GateInputs(sources=["head"]))
+        tune_thresholds(run, tiny_data, seg=seg, files=None, inputs=GateInputs(sources=["head"]))
     cli = CliRunner().invoke(main, ["tune-threshold", "--run", str(run), "--data", str(tiny_data), "--seg", str(seg),
                                     "--seg-store", str(store), "--out", str(tmp_path / "c.json"), "--sources", "classifier,max"])
     assert cli.exit_code == 0, cli.output

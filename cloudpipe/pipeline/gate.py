@@ -159,25 +159,29 @@ def load_gate(path: Path, ensemble: Ensemble | None = None, seg_store: Path | No
     return spec
 
 
-def resolve_gate(runs: Path | Ensemble | None, thresholds_file: Path | None = None, threshold: float | None = None,
+Thresholds = Path | float | None
+"""What a command is told to gate with: a ``thresholds.json`` (``--thresholds FILE``), one
+threshold for every class on the classifier (``--threshold T``), or None (the run's own file)."""
+
+
+def resolve_gate(runs: Path | Ensemble | None, given: Thresholds = None,
                  seg_store: Path | None = None) -> tuple[GateSpec | None, str]:
     """The gate that applies and where it came from; ``(None, "")`` when none is given, for the
     caller's fallback (``predict``: 0.5 on the classifier; ``report``: tuned on the scored images).
 
-    Precedence: ``--thresholds FILE``, then an explicit ``--threshold T`` (on the classifier),
-    then ``RUN_DIR/thresholds.json`` (written by tune-threshold) of one run. A file must be
-    tuned for ``runs`` (when given) and must say so for an ensemble, and for the segmentation
-    runs of ``seg_store`` when it gates on them (:func:`load_gate`).
+    Precedence: ``given`` (a file, or one threshold on the classifier), then
+    ``RUN_DIR/thresholds.json`` (written by tune-threshold) of one run. A file must be tuned for
+    ``runs`` (when given) and must say so for an ensemble, and for the segmentation runs of
+    ``seg_store`` when it gates on them (:func:`load_gate`).
 
     Raises:
-        CloudpipeError: both a file and a threshold, an ensemble without a file, or a file that
+        CloudpipeError: a threshold outside [0, 1], an ensemble without a file, or a file that
             :func:`load_gate` refuses.
     """
     ensemble = None if runs is None else runs if isinstance(runs, Ensemble) else Ensemble.of(runs)
-    if thresholds_file is not None and threshold is not None:
-        raise CloudpipeError("give --thresholds FILE or --threshold T, not both")
-    if thresholds_file is None and threshold is not None:
-        t = check_threshold(threshold, "--threshold")
+    thresholds_file = None if given is None or isinstance(given, (int, float)) else Path(given)
+    if isinstance(given, (int, float)):
+        t = check_threshold(given, "--threshold")
         return GateSpec({c: t for c in CLASSES}), f"--threshold {t:g}"
     if thresholds_file is None and ensemble is not None:
         thresholds_file = ensemble.own_file(THRESHOLDS_JSON, "an ensemble of classifier runs needs --thresholds FILE "

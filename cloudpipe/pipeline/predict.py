@@ -38,7 +38,7 @@ from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.runfolder import run_inputs
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble
-from cloudpipe.pipeline.gate import GateInputs, resolve_gate
+from cloudpipe.pipeline.gate import GateInputs, Thresholds, resolve_gate
 
 if TYPE_CHECKING:
     from cloudpipe.engine.runner import Runner
@@ -84,8 +84,7 @@ def predict_submission(
     out: Path | None = None,
     *,
     weights: Sequence[float] | None = None,
-    thresholds_file: Path | None = None,
-    threshold: float | None = None,
+    thresholds: Thresholds = None,
     mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
     settings: InferenceSettings = InferenceSettings(),
     overwrite: bool = False,
@@ -93,8 +92,8 @@ def predict_submission(
 ) -> PredictSummary:
     """Run the classifier over the test images and blank absent classes of ``seg``.
 
-    The gate is the first of ``thresholds_file``, ``threshold``, ``RUN/thresholds.json`` of one
-    run, and 0.5 on the classifier (:func:`~cloudpipe.pipeline.gate.resolve_gate`): a class may
+    The gate is the first of ``thresholds`` (a ``thresholds.json`` or one threshold),
+    ``RUN/thresholds.json`` of one run, and 0.5 on the classifier (:func:`~cloudpipe.pipeline.gate.resolve_gate`): a class may
     be gated on another source or a blend, whose test-side input ``inputs`` must then give
     (``seg_store``: the test probability store, for pixel statistics; ``presence``: the
     segmentation head's test presence CSV; ``at_least_one``: the rule, None as the file says).
@@ -126,14 +125,14 @@ def predict_submission(
     def declare() -> tuple[Plan, tuple[Ensemble, Path, GateSpec, str]]:
         ensemble = Ensemble.of(run_dir, weights)
         data = require_dir(data_dir)
-        spec, source = resolve_gate(ensemble, thresholds_file, threshold, inputs.seg_store)
+        spec, source = resolve_gate(ensemble, thresholds, inputs.seg_store)
         if spec is None:
             spec, source = GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
         if inputs.at_least_one is not None:
             spec = replace(spec, at_least_one=inputs.at_least_one)
         inputs.require(spec.sources)  # before any image is read
         reads = data_inputs(data) | run_inputs(ensemble.runs) | inputs.reads() | Inputs.of(
-            seg if isinstance(seg, Path) else None, thresholds_file)
+            seg if isinstance(seg, Path) else None, thresholds if isinstance(thresholds, Path) else None)
         writes = [] if out is None else [out, probs_path_for(out)]
         return Plan(reads, writes, overwrite=overwrite), (ensemble, data, spec, source)
 

@@ -141,6 +141,22 @@ class TuneResult:
         return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class ThresholdFiles:
+    """Where :func:`tune_thresholds` writes.
+
+    Attributes:
+        out: the JSON; default ``RUN_DIR/thresholds.json``, replaced when it exists (the run's
+            own tuning, read by ``predict``). A given path is not replaced without ``overwrite``.
+        plot: PNG of score against threshold; default ``out`` with suffix ``.png``.
+        overwrite: replace existing ``out`` / ``plot`` files given explicitly.
+    """
+
+    out: Path | None = None
+    plot: Path | None = None
+    overwrite: bool = False
+
+
 def tune_thresholds(
     run_dir: Path | Sequence[Path],
     data_dir: Path,
@@ -149,10 +165,7 @@ def tune_thresholds(
     seg: Path | None = None,
     objective: Objective | None = None,
     mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
-    out: Path | None = None,
-    plot: Path | None = None,
-    overwrite: bool = False,
-    save: bool = True,
+    files: ThresholdFiles | None = ThresholdFiles(),
     settings: InferenceSettings = InferenceSettings(),
     inputs: GateInputs = GateInputs(),
     choice: Rule = DEFAULT_RULE,
@@ -176,12 +189,8 @@ def tune_thresholds(
             an image the classifier trained on is refused).
         objective: ``"dice"`` (needs ``seg``) or ``"accuracy"``; default from ``seg``.
         mask_shape: (H, W) of the masks in ``seg``.
-        out: JSON to write; default ``RUN_DIR/thresholds.json``, which is replaced when it
-            exists (the run's own tuning, read by ``predict``). A given path is not replaced
-            without ``overwrite``.
-        plot: PNG of score against threshold; default ``out`` with suffix ``.png``.
-        overwrite: replace existing ``out`` / ``plot`` files given explicitly.
-        save: write the JSON and the plot (False: only return the result).
+        files: where the JSON and the plot go (:class:`ThresholdFiles`); None writes nothing
+            (only returns the result).
         settings: how to run the model(s) when probabilities must be computed.
         inputs: the validation-side inputs of the other presence sources (the head's presence
             CSV, a validation probability store) and how they are searched
@@ -202,22 +211,23 @@ def tune_thresholds(
     """
     from cloudpipe.engine.runner import Plan, Runner
 
-    def declare() -> tuple[Plan, tuple[Ensemble, Path, Objective, Path, Path]]:
+    def declare() -> tuple[Plan, tuple[Ensemble, Path, Objective, Path | None, Path | None]]:
         ensemble = Ensemble.of(run_dir, weights)
         for run in ensemble.runs:
             require_dir(run)
         data = require_dir(data_dir)
-        if out is None and not ensemble.single:
+        if files is not None and files.out is None and not ensemble.single:
             raise CloudpipeError("an ensemble's thresholds need --out FILE (a run's own thresholds.json is for that run alone)")
         goal = objective or ("dice" if seg is not None else "accuracy")
         if goal not in METRIC_NAMES:
             raise CloudpipeError(f"objective must be one of {', '.join(METRIC_NAMES)}, got {goal!r}")
         if goal == "dice" and seg is None:
             raise CloudpipeError("the dice objective needs segmentation predictions (--seg VAL_SEG.csv)")
+        if files is None:
+            return Plan(), (ensemble, data, goal, None, None)
+        out, plot = files.out, files.plot
         json_path = Path(out) if out is not None else ensemble.runs[0] / THRESHOLDS_JSON
         plot_path = Path(plot) if plot is not None else json_path.with_suffix(".png")
-        if not save:
-            return Plan(), (ensemble, data, goal, json_path, plot_path)
         if json_path.resolve() == plot_path.resolve():
             raise CloudpipeError("--plot must differ from --out", path=plot_path)
         own = [ensemble.runs[0] / THRESHOLDS_JSON, ensemble.runs[0] / THRESHOLDS_PNG]
@@ -226,13 +236,13 @@ def tune_thresholds(
         defaulted = [json_path] if out is None else []  # the run's own files, re-tuned
         defaulted += [plot_path] if out is None and plot is None else []
         writes = [p for p in (json_path, plot_path) if p not in defaulted]
-        return Plan(reads, writes, replaces=defaulted, overwrite=overwrite), (ensemble, data, goal, json_path, plot_path)
+        return Plan(reads, writes, replaces=defaulted, overwrite=files.overwrite), (ensemble, data, goal, json_path, plot_path)
 
     with Runner.start() as run:
         ensemble, data_dir, objective, json_path, plot_path = run.claim(declare)
         result = _tune(ensemble, data_dir, seg, objective, mask_shape, settings, inputs, check_rule(choice))
         result.segmentation = inputs.segmentation()
-        if save:
+        if files is not None:
             from cloudpipe.plots import figure_writer, threshold_figure
 
             figure = threshold_figure(result.sweeps, metric="Dice" if objective == "dice" else "accuracy",
