@@ -192,7 +192,7 @@ def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, see
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
 @click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
               help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
-                   f"else {IMAGE_SHAPE[0]} {IMAGE_SHAPE[1]}].")
+                   f"else {SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
 @click.option("--mask-shape", "--pred-shape", "pred_shape", type=(int, int), default=SUBMISSION_SHAPE, show_default=True,
               metavar="H W", help="Mask size of the submission (--pred-shape: the same).")
 def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
