@@ -252,6 +252,9 @@ def training_options(task: str):
         click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder."),
         click.option("--out", "out_dir", type=NEW_PATH, required=True, help="Run folder to write."),
         click.option("--config", "config_path", type=EXISTING_FILE, default=None, help="YAML overriding the defaults."),
+        click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                     help="Any config key (as in the YAML, e.g. val_fraction=0.2, hflip=0), over --config; repeatable. "
+                          "An option named for the key wins over it."),
         *generated,
         click.option("--fold", type=click.IntRange(min=0), default=None, help="Train only fold I of --folds K."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
@@ -259,12 +262,13 @@ def training_options(task: str):
     )
 
 
-def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, fold: int | None, resume: bool,
-           quiet: bool, **overrides) -> None:
-    from cloudpipe.engine.config import load_config
+def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, settings: tuple[str, ...], fold: int | None,
+           resume: bool, quiet: bool, **overrides) -> None:
+    from cloudpipe.engine.config import load_config, parse_settings
     from cloudpipe.engine.train import train_run
 
-    config = load_config(task, config_path, overrides)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    config = load_config(task, config_path, parse_settings(settings) | given)
     results = train_run(config, data_dir, out_dir, resume=resume, fold=fold, progress=not quiet)
     for r in results:
         click.echo(f"{r.out_dir}: best epoch {r.best_epoch}/{r.epochs}, score {r.best_score:.4f}")
