@@ -131,6 +131,9 @@ class TrainConfig:
     head_weight: float = setting(0.0, check=Range(0, note="(0: no classification head)"))
     """Segmentation only: weight of a classification head's BCE in the loss (0: no head)."""
     head_dropout: float = setting(0.2, check=Range(0, 1, high_open=True))
+    tensorboard: bool = setting(True, cli=True, help="TensorBoard event files in each model folder's tensorboard/.")
+    keep_last: bool = setting(True, cli=True, help="Keep last.pt once a model has trained all its epochs (--no-keep-last: "
+                                                   "best.pt only, a third of the size; the run can no longer train further).")
 
     def __post_init__(self) -> None:
         if self.loss is None:
