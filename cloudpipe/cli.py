@@ -519,13 +519,19 @@ def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
 
 @main.command()
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
-@click.option("--image", required=True, help="Image file name, e.g. 0011165.jpg.")
+@click.option("--image", required=True, help="Image file name in DIR's image folders (e.g. 0011165.jpg), or a path to it.")
 @click.option("--pred", type=EXISTING_FILE, default=None, help="Submission CSV whose masks to draw.")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --pred.")
+@click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None,
+              help="Truth masks to draw, e.g. test_truth.csv for a test image [default: DIR/train.csv for a train image].")
+@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+              help="Mask size of --truth [default: the training images' size for train.csv, else "
+                   f"{SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
 @click.option("--out", type=NEW_PATH, required=True, help="PNG file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing PNG.")
-def show(data_dir: Path, image: str, pred: Path | None, mask_shape: tuple[int, int], out: Path, overwrite: bool) -> None:
-    """Draw an image with its truth (train images) and/or predicted masks, one panel per class."""
+def show(data_dir: Path, image: str, pred: Path | None, mask_shape: tuple[int, int], truth_csv: Path | None,
+         truth_shape: tuple[int, int] | None, out: Path, overwrite: bool) -> None:
+    """Draw an image with its truth and/or predicted masks, one panel per class (Dice in its title when both)."""
     from cloudpipe.show import show_image
 
-    click.echo(f"wrote {show_image(data_dir, image, out, pred=pred, mask_shape=mask_shape, overwrite=overwrite)}")
+    click.echo(f"wrote {show_image(data_dir, image, out, pred=pred, mask_shape=mask_shape, truth_csv=truth_csv, truth_shape=truth_shape, overwrite=overwrite)}")
