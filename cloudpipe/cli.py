@@ -410,9 +410,13 @@ STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A
 @STEPS_OPTION
 @CHOICE_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--keep-store/--no-keep-store", default=True,
+              help="Keep the probabilities beside the CSV (<stem>_probs.npy, 735 MB per 1,000 images; read by tune-seg, "
+                   "apply-seg and pixel-statistics gating); --no-keep-store also removes an earlier one.")
 @inference_options(batch_size=8)
 def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
-                postprocess: Path | None, steps: list[str] | None, choice: str, overwrite: bool, settings) -> None:
+                postprocess: Path | None, steps: list[str] | None, choice: str, overwrite: bool, keep_store: bool,
+                settings) -> None:
     """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
     from cloudpipe.pipeline.segment import predict_segmentation
 
@@ -420,7 +424,7 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
         raise click.UsageError("an ensemble of runs needs --out")
     out = out if out is not None else run_dirs[0] / f"{split}_seg.csv"
     result = predict_segmentation(run_dirs, data_dir, split, out, weights=weights, postprocess=postprocess,
-                                  steps=steps, choice=choice, settings=settings, overwrite=overwrite)
+                                  steps=steps, choice=choice, settings=settings, overwrite=overwrite, keep_store=keep_store)
     if is_main_process():  # under torchrun, rank 0 joined the other ranks' shares and wrote the files
         _echo_masks(result)
 

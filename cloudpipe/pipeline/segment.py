@@ -76,6 +76,7 @@ def predict_segmentation(
     choice: Rule = DEFAULT_RULE,
     settings: InferenceSettings = InferenceSettings(batch_size=8),
     overwrite: bool = False,
+    keep_store: bool = True,
 ) -> SegPrediction:
     """Write the masks of one segmentation run, or of the weighted mean of several, for the
     validation or test images as a Kaggle CSV, with the probabilities beside it
@@ -93,6 +94,9 @@ def predict_segmentation(
 
     Runs may differ in architecture, encoder and image size: each one's probabilities are
     resized to 350 x 525 before averaging. N runs cost N inference passes and the memory of one.
+    ``keep_store=False`` writes no ``<stem>_probs.npy``/``.json`` (and removes an earlier one
+    beside ``out``, which would no longer match it): the masks alone, for ``tune-seg``,
+    ``apply-seg`` and gating on pixel statistics have no store to read.
 
     Raises:
         CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
@@ -121,14 +125,14 @@ def predict_segmentation(
                 own = [post_out] if post_out is not None and ensemble.single else []  # re-tuned, never refused, but locked
                 claims.enter_context(dist.claim_outputs(outputs, inputs, overwrite=overwrite, locked=own))
             return _predict_and_write(ensemble, data_dir, split, out, postprocess, post_out, tuned_steps, choice,
-                                      settings, dist)
+                                      settings, dist, keep_store)
     finally:
         dist.close()
 
 
 def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val", "test"], out: Path,
                        postprocess: Path | None, post_out: Path | None, steps: tuple[Step, ...], choice: Rule,
-                       settings: InferenceSettings, dist: Dist) -> SegPrediction:
+                       settings: InferenceSettings, dist: Dist, keep_store: bool = True) -> SegPrediction:
     """The work of :func:`predict_segmentation` once its outputs are checked and locked. Under
     ``torchrun`` each rank predicts its share of the images (:meth:`~Dist.predict_store`); rank 0
     tunes and writes, and the other ranks return what they predicted, writing nothing."""
@@ -161,11 +165,16 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
         mine = len(dist.shard(names))
         return SegPrediction(out, mine, PostProcess(), mine / (time.perf_counter() - started))
     speed = len(names) / (time.perf_counter() - started)
-    info = StoreInfo(split, names, **ensemble.record())
+    info = StoreInfo(split, names, **ensemble.record()) if keep_store else None
     if split == "test":
-        return write_outputs(SegPrediction(out, len(names), post, speed, presence=presence), store, names, info, None,
-                              ensemble)
-    return tune_and_write(store, names, info, data, ensemble, out, post_out, speed, steps, choice, presence)
+        result = write_outputs(SegPrediction(out, len(names), post, speed, presence=presence), store, names, info, None,
+                               ensemble)
+    else:
+        result = tune_and_write(store, names, info, data, ensemble, out, post_out, speed, steps, choice, presence)
+    if not keep_store:
+        for stale in store_paths(out):  # an earlier store would not match the new masks
+            stale.unlink(missing_ok=True)
+    return result
 
 
 Part = tuple[Path, list[str], Path]
