@@ -503,6 +503,17 @@ def report(data_dir: Path, seg_csv: Path, out: Path, overlays: int, overwrite: b
 
 
 @main.command()
+@click.argument("root", type=EXISTING_DIR)
+def runs(root: Path) -> None:
+    """List the training runs under ROOT: best validation score, epochs, and the config keys that differ between them."""
+    from cloudpipe.pipeline.runs import runs_table
+
+    rows = runs_table(root)
+    click.echo(format_table(rows, left=[k for k in rows[0] if k not in ("best",)]))
+    click.echo(f"{len(rows)} run(s) under {root}")
+
+
+@main.command()
 @click.option("--out", "out_dir", type=NEW_PATH, default=Path("demo"), help="Folder for data, runs and submissions.")
 @click.option("--size", type=click.Choice(["tiny", "small", "medium"]), default="small",
               help="tiny: seconds (tests); small: a few CPU minutes; medium: tens of minutes.")
