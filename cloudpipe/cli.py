@@ -503,6 +503,30 @@ def report(data_dir: Path, seg_csv: Path, out: Path, overlays: int, overwrite: b
 
 
 @main.command()
+@click.option("--seg", "seg_run", type=EXISTING_DIR, required=True, help="Segmentation run (tuned: seg_postprocess.json).")
+@click.option("--classifier", "classifier_run", type=EXISTING_DIR, required=True, help="Classifier run (tuned: thresholds.json).")
+@click.option("--out", type=NEW_PATH, required=True, help="Bundle folder to write (upload it as a Kaggle dataset).")
+@click.option("--wheels-from", type=EXISTING_DIR, default=None,
+              help="Copy the wheels of this folder in (a cloudpipe-*.whl among them is used instead of building one).")
+@click.option("--download/--no-download", default=True,
+              help="pip download the wheels Kaggle's image lacks (segmentation-models-pytorch, ...) for its Linux Python 3.11.")
+@click.option("--require", multiple=True, metavar="SPEC", help="Another requirement to download (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
+def bundle(seg_run: Path, classifier_run: Path, out: Path, wheels_from: Path | None, download: bool,
+           require: tuple[str, ...], overwrite: bool) -> None:
+    """Write a folder to upload to Kaggle as a dataset: wheels, the two runs' predicting files, and a notebook
+    that installs offline and writes submission.csv."""
+    from cloudpipe.pipeline.bundle import make_bundle
+
+    result = make_bundle(seg_run, classifier_run, out, wheels_from=wheels_from, download=download, require=require,
+                         overwrite=overwrite)
+    click.echo(f"wrote {result.out}: {len(result.wheels)} wheel(s) ({', '.join(result.wheels)}), "
+               f"{len(result.files)} files, notebook {result.out / 'submit.ipynb'}")
+    if result.missing:
+        click.echo(f"note: no wheel in the bundle for {', '.join(result.missing)} (fine if Kaggle's image has it)")
+
+
+@main.command()
 @click.argument("root", type=EXISTING_DIR)
 def runs(root: Path) -> None:
     """List the training runs under ROOT: best validation score, epochs, and the config keys that differ between them."""

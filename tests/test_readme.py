@@ -2,8 +2,8 @@
 
 Every ```` ```bash ```` block runs; a block whose info string says ``skip-test`` does not (the
 installs; torchrun's lines, run by ``tests/test_cli.py``). The training commands get options
-appended that make them tiny (click keeps an option's last value), so the lines themselves stay
-exactly what a user types on the Kaggle data.
+appended that make them tiny (click keeps an option's last value), and ``bundle`` gets
+``--no-download``, so the lines themselves stay exactly what a user types on the Kaggle data.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_TRAINING = ["--arch", "tiny", "--weights", "none", "--epochs", "1", "--image-size", "32", "64", "--workers", "0",
                  "--device", "cpu", "--quiet"]
 """Appended to train-seg and train-classifier: a stand-in network, one epoch, random weights, CPU."""
+APPENDED = {"train-seg": TINY_TRAINING, "train-classifier": TINY_TRAINING, "bundle": ["--no-download"]}
+"""What the test appends to a command: tiny training; a bundle without downloads (the tests are offline)."""
 
 
 def readme_blocks() -> list[tuple[str, str]]:
@@ -64,10 +66,11 @@ def test_the_readmes_command_blocks_run_as_written_in_order(tmp_path, monkeypatc
             continue
         for words in commands(block):
             assert words[0] == "cloudpipe", words
-            args = words[1:] + (TINY_TRAINING if words[1] in ("train-seg", "train-classifier") else [])
+            args = words[1:] + APPENDED.get(words[1], [])
             result = cli(*args)
             assert result.exit_code == 0, (" ".join(words), result.output[-3000:])
             ran.append(words[1])
     assert {"train-seg", "predict-seg", "tune-seg", "apply-seg", "tune-threshold", "predict", "show", "evaluate"} <= set(ran)
-    for written in ("submissions/submission.csv", "submissions/ensemble.csv", "ens/thresholds.json", "overlay.png"):
+    for written in ("submissions/submission.csv", "submissions/ensemble.csv", "ens/thresholds.json", "overlay.png",
+                    "kaggle_bundle/submit.ipynb"):
         assert (tmp_path / written).is_file(), written
