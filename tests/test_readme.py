@@ -38,14 +38,15 @@ def commands(block: str) -> list[list[str]]:
 
 
 def kaggle_like_data(root: Path) -> Path:
-    """``root/data``: 30 train and 6 test synthetic images, the first train image renamed to the
-    real data's first, ``0011165.jpg``, which the README's ``show`` line draws."""
+    """``root/data``: 30 train and 6 test synthetic images, the first train image renamed to
+    ``0035239.jpg``, which the README's ``show`` line draws (a train image of both the Kaggle
+    data and clouds350)."""
     data = root / "data"
     make_dataset(data, train=30, test=6, shape=(64, 96), seed=5, progress=False)
     train = pd.read_csv(data / "train.csv", dtype=str, keep_default_na=False)
     first = split_label(train["Image_Label"][0])[0]
-    (data / "train_images" / first).rename(data / "train_images" / "0011165.jpg")
-    train["Image_Label"] = train["Image_Label"].str.replace(first, "0011165.jpg", regex=False)
+    (data / "train_images" / first).rename(data / "train_images" / "0035239.jpg")
+    train["Image_Label"] = train["Image_Label"].str.replace(first, "0035239.jpg", regex=False)
     train.to_csv(data / "train.csv", index=False)
     return data
 
