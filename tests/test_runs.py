@@ -16,6 +16,17 @@ def test_the_score_names_are_the_stages():
     assert SCORE_NAMES == {task: stage.score_name for task, stage in STAGES.items()}
 
 
+def test_values_are_shown_compactly(tiny_data, tmp_path):
+    from cloudpipe.engine.config import load_config, save_config
+
+    for name, overrides in (("a", {"freeze": [], "image_size": [64, 96]}), ("b", {"freeze": ["layer1"], "image_size": [32, 64]})):
+        (tmp_path / name).mkdir()
+        save_config(load_config("classifier", overrides=overrides), tmp_path / name / "config.yaml")
+    rows = runs_table(tmp_path)
+    assert [(r["freeze"], r["image_size"], r["epochs"]) for r in rows] == [("-", "64x96", "0/30"), ("layer1", "32x64", "0/30")]
+    assert all(math.isnan(r["best"]) for r in rows)  # no epoch ended yet
+
+
 def test_differing_keys_keep_first_seen_order_and_leave_task_aside():
     assert differing_keys([{"task": "a", "lr": 1, "seed": 2, "x": [1]}, {"task": "b", "lr": 1, "seed": 3}]) == ["seed", "x"]
 

@@ -90,7 +90,7 @@ def runs_table(root: Path) -> list[dict]:
         if isinstance(value, dict):
             return ",".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items())
         if isinstance(value, list):
-            return "x".join(map(str, value)) if all(isinstance(v, int) for v in value) else ",".join(map(str, value)) or "-"
+            return ("x" if all(isinstance(v, int) for v in value) else ",").join(map(str, value)) or "-"
         return "-" if value is None else str(value)
 
     rows = []
