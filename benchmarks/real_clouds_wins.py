@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cloudpipe.pipeline.gate import GateInputs
     from cloudpipe.pipeline.predict import predict_submission
     from cloudpipe.pipeline.report import score_submission
-    from cloudpipe.pipeline.retune import retune_segmentation
+    from cloudpipe.pipeline.retune import Tuning, retune_segmentation
     from cloudpipe.pipeline.segment import predict_segmentation
     from cloudpipe.pipeline.tune import ThresholdFiles, tune_thresholds
 
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> dict:
         folder.mkdir(parents=True, exist_ok=True)
         val_csv, test_csv = folder / "val_seg.csv", folder / "test_seg.csv"
         started = time.perf_counter()
-        tuned = retune_segmentation([val_store], data, val_csv, steps=steps.split(","), overwrite=True)
+        tuned = retune_segmentation([val_store], data, val_csv, tuning=Tuning(steps.split(",")), overwrite=True)
         seconds[f"tune {variant}"] = round(time.perf_counter() - started, 1)
         predict_segmentation(run, data, "test", test_csv, postprocess=postprocess_path_for(val_csv), settings=infer,
                              overwrite=True)

@@ -19,13 +19,14 @@ _API: dict[str, str] = {
     "read_mask_csv": "cloudpipe.data.kaggle", "write_submission": "cloudpipe.data.kaggle",
     "make_dataset": "cloudpipe.data.synth",
     # the metric
-    "dice_score": "cloudpipe.core.metric", "evaluate_files": "cloudpipe.pipeline.evaluate",
+    "dice": "cloudpipe.core.metric", "dice_score": "cloudpipe.core.metric", "evaluate_files": "cloudpipe.pipeline.evaluate",
     # gating and post-processing
     "gate": "cloudpipe.algorithms.gating", "keep": "cloudpipe.algorithms.gating", "GateSpec": "cloudpipe.algorithms.gating",
     "PostProcess": "cloudpipe.algorithms.postprocess", "make_steps": "cloudpipe.algorithms.postprocess",
     # training, and runs on images
     "load_config": "cloudpipe.engine.config", "train_run": "cloudpipe.engine.train",
     "InferenceSettings": "cloudpipe.engine.settings", "predict_presence": "cloudpipe.engine.infer",
+    "segment_image": "cloudpipe.pipeline.notebook", "ImageSegmentation": "cloudpipe.pipeline.notebook",
     # the commands' functions
     "tune_thresholds": "cloudpipe.pipeline.tune", "predict_submission": "cloudpipe.pipeline.predict",
     "predict_segmentation": "cloudpipe.pipeline.segment",

@@ -200,7 +200,7 @@ def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, see
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
-                   f"else {IMAGE_SHAPE[0]} {IMAGE_SHAPE[1]}].")
+                   f"else {SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
 @click.option("--mask-shape", "--pred-shape", "pred_shape", type=SHAPE, default=SUBMISSION_SHAPE, show_default=True,
               metavar="H W", help="Mask size of the submission (--pred-shape: the same).")
 def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
@@ -260,6 +260,9 @@ def training_options(task: str):
         click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder."),
         click.option("--out", "out_dir", type=NEW_PATH, required=True, help="Run folder to write."),
         click.option("--config", "config_path", type=EXISTING_FILE, default=None, help="YAML overriding the defaults."),
+        click.option("--set", "settings", multiple=True, metavar="KEY=VALUE",
+                     help="Any config key (as in the YAML, e.g. val_fraction=0.2, hflip=0), over --config; repeatable. "
+                          "An option named for the key wins over it."),
         *generated,
         click.option("--fold", type=click.IntRange(min=0), default=None, help="Train only fold I of --folds K."),
         click.option("--resume", is_flag=True, help="Continue the run in --out from last.pt."),
@@ -267,12 +270,13 @@ def training_options(task: str):
     )
 
 
-def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, fold: int | None, resume: bool,
-           quiet: bool, **overrides) -> None:
-    from cloudpipe.engine.config import load_config
+def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, settings: tuple[str, ...], fold: int | None,
+           resume: bool, quiet: bool, **overrides) -> None:
+    from cloudpipe.engine.config import load_config, parse_settings
     from cloudpipe.engine.train import train_run
 
-    config = load_config(task, config_path, overrides)
+    given = {k: v for k, v in overrides.items() if v is not None}
+    config = load_config(task, config_path, parse_settings(settings) | given)
     results = train_run(config, data_dir, out_dir, resume=resume, fold=fold, progress=not quiet)
     for r in results:
         click.echo(f"{r.out_dir}: best epoch {r.best_epoch}/{r.epochs}, score {r.best_score:.4f}")
@@ -430,17 +434,22 @@ STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A
 @STEPS_OPTION
 @CHOICE_OPTION
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
+@click.option("--keep-store/--no-keep-store", default=True,
+              help="Keep the probabilities beside the CSV (<stem>_probs.npy, 735 MB per 1,000 images; read by tune-seg, "
+                   "apply-seg and pixel-statistics gating); --no-keep-store also removes an earlier one.")
 @inference_options(batch_size=8)
 def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
-                postprocess: Path | None, steps: list[str] | None, choice: str, overwrite: bool, settings) -> None:
+                postprocess: Path | None, steps: list[str] | None, choice: str, overwrite: bool, keep_store: bool,
+                settings) -> None:
     """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
+    from cloudpipe.pipeline.retune import Tuning
     from cloudpipe.pipeline.segment import predict_segmentation
 
     if out is None and len(run_dirs) > 1:
         raise click.UsageError("an ensemble of runs needs --out")
     out = out if out is not None else run_dirs[0] / f"{split}_seg.csv"
     result = predict_segmentation(run_dirs, data_dir, split, out, weights=weights, postprocess=postprocess,
-                                  steps=steps, choice=choice, settings=settings, overwrite=overwrite)
+                                  tuning=Tuning(steps, choice), settings=settings, overwrite=overwrite, keep_store=keep_store)
     if is_main_process():  # under torchrun, rank 0 joined the other ranks' shares and wrote the files
         _echo_masks(result)
 
@@ -470,9 +479,9 @@ STORE_WEIGHTS_OPTION = click.option("--weight", "weights", type=click.FloatRange
 def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path, steps: list[str] | None,
              choice: str, overwrite: bool) -> None:
     """Tune post-processing again from stored validation probabilities alone (no model runs)."""
-    from cloudpipe.pipeline.retune import retune_segmentation
+    from cloudpipe.pipeline.retune import Tuning, retune_segmentation
 
-    result = retune_segmentation(stores, data_dir, out, weights=weights, steps=steps, choice=choice, overwrite=overwrite)
+    result = retune_segmentation(stores, data_dir, out, weights=weights, tuning=Tuning(steps, choice), overwrite=overwrite)
     _echo_masks(result)
 
 
@@ -521,6 +530,41 @@ def report(data_dir: Path, seg_csv: Path, out: Path, overlays: int, overwrite: b
 
 
 @main.command()
+@click.option("--seg", "seg_run", type=EXISTING_DIR, required=True, help="Segmentation run (tuned: seg_postprocess.json).")
+@click.option("--classifier", "classifier_run", type=EXISTING_DIR, required=True, help="Classifier run (tuned: thresholds.json).")
+@click.option("--out", type=NEW_PATH, required=True, help="Bundle folder to write (upload it as a Kaggle dataset).")
+@click.option("--wheels-from", type=EXISTING_DIR, default=None,
+              help="Copy the wheels of this folder in (a cloudpipe-*.whl among them is used instead of building one).")
+@click.option("--download/--no-download", default=True,
+              help="pip download the wheels Kaggle's image lacks (segmentation-models-pytorch, ...) for its Linux Python 3.11.")
+@click.option("--require", multiple=True, metavar="SPEC", help="Another requirement to download (repeatable).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
+def bundle(seg_run: Path, classifier_run: Path, out: Path, wheels_from: Path | None, download: bool,
+           require: tuple[str, ...], overwrite: bool) -> None:
+    """Write a folder to upload to Kaggle as a dataset: wheels, the two runs' predicting files, and a notebook
+    that installs offline and writes submission.csv."""
+    from cloudpipe.pipeline.bundle import make_bundle
+
+    result = make_bundle(seg_run, classifier_run, out, wheels_from=wheels_from, download=download, require=require,
+                         overwrite=overwrite)
+    click.echo(f"wrote {result.out}: {len(result.wheels)} wheel(s) ({', '.join(result.wheels)}), "
+               f"{len(result.files)} files, notebook {result.out / 'submit.ipynb'}")
+    if result.missing:
+        click.echo(f"note: no wheel in the bundle for {', '.join(result.missing)} (fine if Kaggle's image has it)")
+
+
+@main.command()
+@click.argument("root", type=EXISTING_DIR)
+def runs(root: Path) -> None:
+    """List the training runs under ROOT: best validation score, epochs, and the config keys that differ between them."""
+    from cloudpipe.pipeline.runs import runs_table
+
+    rows = runs_table(root)
+    click.echo(format_table(rows, left=[k for k in rows[0] if k not in ("best",)]))
+    click.echo(f"{len(rows)} run(s) under {root}")
+
+
+@main.command()
 @click.option("--out", "out_dir", type=NEW_PATH, default=Path("demo"), help="Folder for data, runs and submissions.")
 @click.option("--size", type=click.Choice(["tiny", "small", "medium"]), default="small",
               help="tiny: seconds (tests); small: a few CPU minutes; medium: tens of minutes.")
@@ -541,13 +585,19 @@ def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
 
 @main.command()
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
-@click.option("--image", required=True, help="Image file name, e.g. 0011165.jpg.")
+@click.option("--image", required=True, help="Image file name in DIR's image folders (e.g. 0011165.jpg), or a path to it.")
 @click.option("--pred", type=EXISTING_FILE, default=None, help="Submission CSV whose masks to draw.")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --pred.")
+@click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None,
+              help="Truth masks to draw, e.g. test_truth.csv for a test image [default: DIR/train.csv for a train image].")
+@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+              help="Mask size of --truth [default: the training images' size for train.csv, else "
+                   f"{SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
 @click.option("--out", type=NEW_PATH, required=True, help="PNG file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing PNG.")
-def show(data_dir: Path, image: str, pred: Path | None, mask_shape: tuple[int, int], out: Path, overwrite: bool) -> None:
-    """Draw an image with its truth (train images) and/or predicted masks, one panel per class."""
+def show(data_dir: Path, image: str, pred: Path | None, mask_shape: tuple[int, int], truth_csv: Path | None,
+         truth_shape: tuple[int, int] | None, out: Path, overwrite: bool) -> None:
+    """Draw an image with its truth and/or predicted masks, one panel per class (Dice in its title when both)."""
     from cloudpipe.show import show_image
 
-    click.echo(f"wrote {show_image(data_dir, image, out, pred=pred, mask_shape=mask_shape, overwrite=overwrite)}")
+    click.echo(f"wrote {show_image(data_dir, image, out, pred=pred, mask_shape=mask_shape, truth_csv=truth_csv, truth_shape=truth_shape, overwrite=overwrite)}")

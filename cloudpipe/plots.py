@@ -104,18 +104,15 @@ def overlay_figure(image: np.ndarray, *, truth: np.ndarray | None = None, pred: 
         dice: per class Dice, shown in each panel's title, or None.
     """
     from cloudpipe.core.competition import CLASSES
+    from cloudpipe.core.masks import tint
 
     height, pixels_wide = image.shape[:2]
     fig = _figure(width, width * height / pixels_wide + 0.6)
     for k, (ax, cls) in enumerate(zip(fig.subplots(2, 2).ravel(), CLASSES)):
         t = truth[k].astype(bool) if truth is not None else np.zeros((height, pixels_wide), bool)
         p = pred[k].astype(bool) if pred is not None else np.zeros((height, pixels_wide), bool)
-        tint = np.zeros((height, pixels_wide, 3), np.float32)
-        tint[t & ~p], tint[p & ~t], tint[t & p] = (0, 255, 0), (255, 0, 0), (255, 255, 0)
-        on = (t | p)[..., None]
-        shown = np.where(on, 0.55 * image + 0.45 * tint, image)
         parts = [f"{name} {m.mean():.0%}" for name, m, given in (("truth", t, truth), ("pred", p, pred)) if given is not None]
-        ax.imshow(shown.clip(0, 255).astype(np.uint8))
+        ax.imshow(tint(image, t, p))
         if dice is not None:
             parts.append(f"Dice {dice[k]:.2f}")
         ax.set_title(f"{cls}" + (f" ({', '.join(parts)})" if parts else ""))

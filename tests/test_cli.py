@@ -243,7 +243,7 @@ def readme_torchrun_commands() -> list[str]:
     """The ``torchrun`` lines of the README's bash blocks."""
     import re
 
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), re.S)
+    blocks = re.findall(r"```bash[^\n]*\n(.*?)```", README.read_text(), re.S)
     return [line for block in blocks for line in block.splitlines() if line.startswith("torchrun ")]
 
 

@@ -230,3 +230,37 @@ def test_yaml_bombs_are_refused(tmp_path):
         with pytest.raises(CloudpipeError, match=re.escape(message)) as info:
             load_config("classifier", path)
         assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_set_reads_any_key_as_a_yaml_value_and_checks_it_as_the_yaml_would():
+    from cloudpipe.engine.config import parse_settings
+
+    values = parse_settings(["val_fraction=0.2", "hflip=0", "patience = 5", "head_weight=0.3", "image_size=[64, 96]",
+                             "loss=bce=0.75,dice=0.25", "amp=false"])
+    assert values == {"val_fraction": 0.2, "hflip": 0, "patience": 5, "head_weight": 0.3, "image_size": [64, 96],
+                      "loss": "bce=0.75,dice=0.25", "amp": False}
+    config = load_config("segmentation", overrides=values)
+    assert (config.val_fraction, config.hflip, config.patience, config.head_weight) == (0.2, 0.0, 5, 0.3)
+    assert config.image_size == (64, 96) and config.loss == {"bce": 0.75, "dice": 0.25} and config.amp is False
+    for items, message in [(["hflip"], "expected key=value"), (["=1"], "expected key=value"),
+                           (["hflips=0.5"], "unknown key 'hflips'; valid keys: task, arch"),
+                           (["freeze=[layer1"], "not a YAML value"), (["hflip="], "no value")]:
+        with pytest.raises(CloudpipeError, match=re.escape(message)):
+            parse_settings(items)
+    with pytest.raises(CloudpipeError, match=re.escape("config: hflip = 2.0 is a probability and must be in [0, 1]")):
+        load_config("classifier", overrides=parse_settings(["hflip=2"]))
+
+
+def test_set_on_the_command_line_is_validated_before_anything_runs_and_named_options_win(tiny_data, tmp_path, monkeypatch):
+    import cloudpipe.engine.train as train
+    from tests.conftest import cli
+
+    out = tmp_path / "run"
+    refused = cli("train-classifier", "--data", tiny_data, "--out", out, "--set", "patience=-1")
+    assert refused.exit_code == 2 and "config: patience = -1 must be >= 0" in refused.stderr and not out.exists()
+    seen = []
+    monkeypatch.setattr(train, "train_run", lambda config, *a, **k: seen.append(config) or [])
+    ok = cli("train-seg", "--data", tiny_data, "--out", out, "--set", "val_fraction=0.25", "--set", "epochs=7",
+             "--epochs", "2", "--set", "hflip=0")
+    assert ok.exit_code == 0, ok.output
+    assert (seen[0].val_fraction, seen[0].epochs, seen[0].hflip) == (0.25, 2, 0.0)

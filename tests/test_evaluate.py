@@ -103,8 +103,20 @@ def test_train_csv_is_read_at_its_images_size_and_no_hint_names_a_size(tiny_data
     result = CliRunner().invoke(main, ["evaluate", "--truth", str(tiny_data / "train.csv"), "--pred", str(exact)])
     assert result.exit_code == 0, result.output
     assert "mean  1.0000" in result.stdout
-    copy = tmp_path / "truth.csv"  # not a data folder's train.csv: read at 1400 x 2100, refused
+    copy = tmp_path / "truth.csv"  # not a data folder's train.csv: read at the size given, refused
     copy.write_bytes((tiny_data / "train.csv").read_bytes())
-    refused = CliRunner().invoke(main, ["evaluate", "--truth", str(copy), "--pred", str(exact)])
+    refused = CliRunner().invoke(main, ["evaluate", "--truth", str(copy), "--pred", str(exact), "--truth-shape", "1400", "2100"])
     assert refused.exit_code == 2 and "with their real size" in refused.stderr
     assert "pass --truth-shape 350 525" not in refused.stderr  # following that would score 64 x 96 masks wrong
+
+
+def test_a_test_truth_is_read_at_the_submission_size_as_report_reads_it(tiny_data, tmp_path):
+    """``synth``'s (and clouds350's) ``test_truth.csv`` is at 350 x 525: ``evaluate`` needs no
+    ``--truth-shape`` for it, as ``report`` does not; a data folder's ``train.csv`` stays at its images' size."""
+    from cloudpipe.core.competition import SUBMISSION_SHAPE
+    from cloudpipe.pipeline.evaluate import default_truth_shape
+
+    truth = tiny_data / "test_truth.csv"
+    assert default_truth_shape(truth) == SUBMISSION_SHAPE
+    assert default_truth_shape(tiny_data / "train.csv") == (64, 96)
+    assert evaluate_files(truth, truth, None, SUBMISSION_SHAPE).table["mean"] == 1.0

@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.core.metric import accuracy, dice_score, dice_table, pair_stats
+from cloudpipe.core.metric import accuracy, dice, dice_score, dice_table, pair_stats
 
 # Pixel numbers of a 2x3 mask (column-major, 1-indexed):   1 3 5
 #                                                           2 4 6
@@ -83,3 +83,14 @@ def test_dice_score_is_the_kaggle_formula():
     inter, pred, truth = np.array([0, 2, 0, 3]), np.array([0, 4, 5, 3]), np.array([0, 2, 0, 3])
     np.testing.assert_allclose(dice_score(inter, pred, truth), [1.0, 2 * 2 / 6, 0.0, 1.0])
     assert dice_score(np.zeros((2, 4, 3)), np.zeros((2, 4, 3)), np.ones((2, 4, 3))).shape == (2, 4, 3)
+
+
+def test_dice_of_two_masks_and_of_class_stacks():
+    a, b = np.zeros((4, 5), np.uint8), np.zeros((4, 5), bool)
+    assert dice(a, b) == 1.0  # both empty
+    a[0, :2], b[0, 1:4] = 1, True
+    assert dice(a, b) == pytest.approx(2 * 1 / (2 + 3))
+    stack = np.stack([a, np.zeros_like(a), a, np.ones_like(a)])
+    assert dice(stack, stack).tolist() == [1.0, 1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match=r"one shape .* got \(4, 5\) and \(5, 4\)"):
+        dice(a, b.T)

@@ -447,3 +447,21 @@ def test_an_ensemble_never_writes_a_member_runs_own_file(seg_run, seg_run_b, tin
         assert result.exit_code == 2 and result.stderr.count("\n") == 1, result.output
         assert f"{own}: output path is also an input" in result.stderr
     assert own.read_text() == '{"mine": 1}\n' and not (a / "seg.csv").exists()
+
+
+def test_no_keep_store_writes_the_same_masks_without_probabilities_and_drops_an_old_store(seg_run, tiny_data, tmp_path):
+    run = copy_run(seg_run, tmp_path, "run")
+    kept, bare = tmp_path / "kept.csv", tmp_path / "bare.csv"
+    for out, extra in ((kept, []), (bare, ["--no-keep-store"])):
+        result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", out, *CPU_QUIET, *extra)
+        assert result.exit_code == 0, result.output
+    assert kept.read_bytes() == bare.read_bytes()
+    assert all(p.exists() for p in store_paths(kept)) and not any(p.exists() for p in store_paths(bare))
+    result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "val", "--out", kept, *CPU_QUIET,
+                 "--no-keep-store", "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert not any(p.exists() for p in store_paths(kept))  # it would no longer match the masks
+    test = tmp_path / "test.csv"
+    result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", "test", "--out", test, *CPU_QUIET, "--no-keep-store")
+    assert result.exit_code == 0, result.output
+    assert test.exists() and not any(p.exists() for p in store_paths(test))

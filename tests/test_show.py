@@ -57,3 +57,32 @@ def test_show_second_writer_fails_and_a_stale_lock_is_taken_over(tiny_data, tmp_
     result = show("--data", tiny_data, "--image", image, "--out", out)
     assert result.exit_code == 0, result.output
     assert os.listdir(tmp_path) == ["overlay.png"]
+
+
+def test_show_draws_test_truth_with_each_class_dice_and_takes_an_image_path(tiny_data, tmp_path, monkeypatch):
+    import numpy as np
+
+    import cloudpipe.show as show_module
+
+    drawn = []
+    real = show_module.overlay_figure
+    monkeypatch.setattr(show_module, "overlay_figure", lambda *a, **k: drawn.append(k) or real(*a, **k))
+    path = sorted((tiny_data / "test_images").iterdir())[0]
+    truth = tiny_data / "test_truth.csv"  # at 350 x 525: no --truth-shape needed
+    rows = pd.read_csv(truth, keep_default_na=False)
+    mine = rows[rows["Image_Label"].str.startswith(path.name)]
+    pred = tmp_path / "pred.csv"
+    mine.assign(EncodedPixels=["", *mine["EncodedPixels"][1:]]).to_csv(pred, index=False)  # Fish blanked
+    out = tmp_path / "test.png"
+    result = show("--data", tiny_data, "--image", path, "--truth", truth, "--pred", pred, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fish_present = mine["EncodedPixels"].iloc[0] != ""
+    assert np.allclose(drawn[0]["dice"], [0.0 if fish_present else 1.0, 1.0, 1.0, 1.0])
+    assert drawn[0]["truth"].shape == (4, 350, 525) and drawn[0]["title"] == path.name
+    only_truth = show("--data", tiny_data, "--image", path.name, "--truth", truth, "--out", tmp_path / "t.png")
+    assert only_truth.exit_code == 0 and drawn[1]["dice"] is None
+    missing = show("--data", tiny_data, "--image", tmp_path / "nope.jpg", "--truth", truth, "--out", tmp_path / "m.png")
+    assert missing.exit_code == 2 and "nope.jpg: no such image file" in missing.stderr
+    itself = show("--data", tiny_data, "--image", pred, "--pred", pred, "--out", pred, "--overwrite")
+    assert itself.exit_code == 2 and "input" in itself.stderr

@@ -42,3 +42,13 @@ def decode_masks(rles: Sequence[str], shape: tuple[int, int], size: tuple[int, i
     """One image's masks (k, H, W) from its RLE strings at ``shape``, resized (nearest) to
     ``size`` when given."""
     return np.stack([resize_nearest(rle2mask(r, shape), size or shape) for r in rles])
+
+
+def tint(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """An RGB uint8 image (H, W, 3) with a class's truth (H, W) in green and prediction in red,
+    their overlap yellow, blended in at 45%."""
+    t, p = truth.astype(bool), pred.astype(bool)
+    colour = np.zeros((*t.shape, 3), np.float32)
+    colour[t & ~p], colour[p & ~t], colour[t & p] = (0, 255, 0), (255, 0, 0), (255, 255, 0)
+    shown = np.where((t | p)[..., None], 0.55 * image + 0.45 * colour, image)
+    return shown.clip(0, 255).astype(np.uint8)

@@ -27,6 +27,20 @@ def dice_score(intersection: np.ndarray, pred_area: np.ndarray, truth_area: np.n
     return np.where(total == 0, 1.0, 2.0 * intersection / np.maximum(total, 1.0))
 
 
+def dice(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
+    """The competition's Dice of two masks (nonzero = in the mask): one number for two (H, W)
+    masks, one per class for (4, H, W) stacks (any leading axes), 1 where both are empty.
+
+    Raises:
+        ValueError: masks of different shapes (quoted).
+    """
+    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    if a.shape != b.shape or a.ndim < 2:
+        raise ValueError(f"dice needs two masks of one shape (H, W) or (..., H, W); got {a.shape} and {b.shape}")
+    score = dice_score((a & b).sum((-2, -1)), a.sum((-2, -1)), b.sum((-2, -1)))
+    return float(score) if score.ndim == 0 else score
+
+
 @dataclass(frozen=True)
 class PairStats:
     """Per-pair statistics, arrays of shape (n_images, n_classes)."""

@@ -75,6 +75,10 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
             raise CloudpipeError(f"output path is inside the input folder {source_dir}; choose another --out", path=path)
     if path.is_dir() and not folder:
         raise CloudpipeError("output path is a folder; give a file name", path=path)
+    if folder:
+        for source in (Path(s) for s in inputs if s is not None):
+            if source.resolve().is_relative_to(path.resolve()):
+                raise CloudpipeError(f"output folder holds an input ({source}); choose another --out", path=path)
     if path.exists() and not overwrite and not folder:
         raise CloudpipeError("already exists; pass --overwrite to replace it", path=path)
     if not create:
@@ -263,13 +267,14 @@ def atomic_path(path: Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
-def write_files(writers: Mapping[Path, Callable[[Path], object]]) -> None:
+def write_files(writers: Mapping[Path, Callable[[Path], object] | None]) -> None:
     """Write files that belong together: each writer writes its file to a temporary path, and
     only when all have succeeded are they renamed into place, so a failure leaves every old
     file (or none) as it was, never a mix of old and new.
 
     Args:
-        writers: destination -> function writing the content to the path it is given.
+        writers: destination -> function writing the content to the path it is given, or None
+            to remove the destination with the group (a file the new ones no longer match).
 
     Raises:
         CloudpipeError: a write failed (naming its file); every temporary file is removed.
@@ -277,6 +282,8 @@ def write_files(writers: Mapping[Path, Callable[[Path], object]]) -> None:
     staged: list[tuple[Path, Path]] = []
     try:
         for path, write in writers.items():
+            if write is None:
+                continue
             path = Path(path)
             staged.append((_temporary(path), path))
             with _reported(path):
@@ -284,6 +291,9 @@ def write_files(writers: Mapping[Path, Callable[[Path], object]]) -> None:
         for tmp, path in staged:
             with _reported(path):
                 os.replace(tmp, path)
+        for path in (Path(p) for p, write in writers.items() if write is None):
+            with _reported(path):
+                path.unlink(missing_ok=True)
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)

@@ -45,6 +45,8 @@ THRESHOLDS_JSON = "thresholds.json"
 THRESHOLDS_PNG = "thresholds.png"
 POSTPROCESS_JSON = "seg_postprocess.json"
 FOLD_PREFIX = "fold"
+TENSORBOARD_DIR = "tensorboard"
+"""A model folder's TensorBoard event files (``tensorboard: true``)."""
 
 
 TRAINING_FILES = (CONFIG_YAML, METRICS_CSV, VAL_PROBS_CSV, SPLITS_CSV, BEST_PT, LAST_PT, THRESHOLDS_JSON, POSTPROCESS_JSON)

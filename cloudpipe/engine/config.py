@@ -143,6 +143,9 @@ class TrainConfig:
     head_weight: float = setting(0.0, check=Range(0, note="(0: no classification head)"))
     """Segmentation only: weight of a classification head's BCE in the loss (0: no head)."""
     head_dropout: float = setting(0.2, check=Range(0, 1, high_open=True))
+    tensorboard: bool = setting(True, cli=True, help="TensorBoard event files in each model folder's tensorboard/.")
+    keep_last: bool = setting(True, cli=True, help="Keep last.pt once a model has trained all its epochs (--no-keep-last: "
+                                                   "best.pt only, a third of the size; the run can no longer train further).")
 
     def __post_init__(self) -> None:
         if self.loss is None:
@@ -245,6 +248,32 @@ def _loss_terms(value: Any) -> dict[str, float]:
 def _number(value: Any) -> float:
     """A value compared before it is checked: a number, else infinity (the check then reports it)."""
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else float("inf")
+
+
+def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
+    """``--set key=value`` items as config values: each value read as a YAML value (``0.2``,
+    ``true``, ``[64, 96]``, ``{bce: 0.75}``), so it is checked exactly as the same line in a
+    YAML file would be (by :func:`load_config`).
+
+    Raises:
+        CloudpipeError: an item without ``=``, an unknown key (the valid ones are listed), a value
+            that is not YAML.
+    """
+    values: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise CloudpipeError(f"--set {item!r}: expected key=value, e.g. --set val_fraction=0.2")
+        if key not in _FIELDS:
+            raise CloudpipeError(f"--set {item!r}: unknown key {key!r}; valid keys: {', '.join(_FIELDS)}")
+        try:
+            values[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as err:
+            raise CloudpipeError(f"--set {item!r}: not a YAML value ({str(err).splitlines()[0]})") from None
+        if values[key] is None:
+            raise CloudpipeError(f"--set {item!r}: no value")
+    return values
 
 
 def load_config(

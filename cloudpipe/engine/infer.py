@@ -133,20 +133,29 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
         if settings.compile and n < settings.batch_size:
             padding = images[-1:].expand(settings.batch_size - n, *images.shape[1:])
             images = torch.cat([images, padding]).contiguous(memory_format=torch.channels_last)
-        total = head = None
-        for model in models:
-            for dims in flips:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    logits = model(images if dims is None else images.flip(dims))
-                if isinstance(logits, tuple):  # (masks, labels) of a segmentation model with a head
-                    logits, labels = logits
-                    head = torch.sigmoid(labels.float()) + (0 if head is None else head)
-                probs = torch.sigmoid(logits.float())
-                if dims is not None and probs.ndim == 4:
-                    probs = probs.flip(dims)  # masks flipped back; presence is flip-invariant
-                total = probs if total is None else total + probs
-        count = len(run.models) * len(flips)
-        yield batch["index"].numpy(), total[:n] / count, None if head is None else head[:n] / count
+        probs, head = batch_probs(models, images, flips, amp_dtype)
+        yield batch["index"].numpy(), probs[:n], None if head is None else head[:n]
+
+
+def batch_probs(models: list[nn.Module], images: torch.Tensor, flips: tuple[tuple[int, ...] | None, ...],
+                amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The mean sigmoid output of ``models`` over the flipped views ``flips`` of a uint8 NCHW
+    batch on the models' device, and of their classification heads (None without): see
+    :func:`stream_probs`."""
+    total = head = None
+    for model in models:
+        for dims in flips:
+            with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                logits = model(images if dims is None else images.flip(dims))
+            if isinstance(logits, tuple):  # (masks, labels) of a segmentation model with a head
+                logits, labels = logits
+                head = torch.sigmoid(labels.float()) + (0 if head is None else head)
+            probs = torch.sigmoid(logits.float())
+            if dims is not None and probs.ndim == 4:
+                probs = probs.flip(dims)  # masks flipped back; presence is flip-invariant
+            total = probs if total is None else total + probs
+    count = len(models) * len(flips)
+    return total / count, None if head is None else head / count
 
 
 def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettings, desc: str = "predict",

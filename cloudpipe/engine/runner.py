@@ -113,9 +113,10 @@ class Runner:
         """A phase whose failure on one rank stops every rank (:meth:`Dist.together`)."""
         return self.dist.together()
 
-    def write(self, writers: Mapping[Path, Writer]) -> None:
-        """Write outputs that belong together (:func:`~cloudpipe.data.outputs.write_files`),
-        on rank 0 alone; every path must have been claimed.
+    def write(self, writers: Mapping[Path, Writer | None]) -> None:
+        """Write outputs that belong together (:func:`~cloudpipe.data.outputs.write_files`; a
+        None writer removes its file with the group), on rank 0 alone; every path must have been
+        claimed.
 
         Raises:
             ValueError: a path that no plan of this command declared (a bug, not an input).

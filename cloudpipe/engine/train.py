@@ -66,10 +66,11 @@ from cloudpipe.engine.recipe import (
     swa_epoch,
 )
 from cloudpipe.engine.stages import Stage, stage_for
+from cloudpipe.engine.tracking import RunClock, Tracker
 
 log = logging.getLogger(__name__)
 """Each epoch's line (the command line prints it above the progress bar)."""
-RESUMABLE_KEYS = ("epochs", "workers", "device", "compile")  # may change between a run and its resume
+RESUMABLE_KEYS = ("epochs", "workers", "device", "compile", "tensorboard", "keep_last")  # may change between a run and its resume
 
 
 def resumable_keys(config: TrainConfig) -> tuple[str, ...]:
@@ -151,6 +152,8 @@ class Trainer:
         self.net = dist.wrap(self.model, self.device)
         if config.compile:
             self.net = compile_model(self.net, inference=False)
+        self.tracker = Tracker(self.out_dir, self.start_epoch) if config.tensorboard and dist.is_main else None
+        self.clock: RunClock | None = None
 
     def _loader(self, dataset: CloudDataset, sampler) -> DataLoader:
         workers = resolve_workers(self.config.workers, self.device)
@@ -282,14 +285,17 @@ class Trainer:
                 write_csv(table, self.out_dir / VAL_PROBS_CSV, float_format="%.6f")
         save_checkpoint(checkpoint, self.out_dir / LAST_PT)
         write_csv(pd.DataFrame(self.history), self.out_dir / METRICS_CSV, float_format="%.6g")
+        if self.tracker is not None:
+            self.tracker.log(self, epoch)
         row = self.history[-1]
-        log.info(f"epoch {row['epoch']}/{self.config.epochs}  train_loss {row['train_loss']:.4f}  "
+        where, eta = self.clock.tick(row["seconds"]) if self.clock is not None else ("", "")
+        log.info(where + f"epoch {row['epoch']}/{self.config.epochs}  train_loss {row['train_loss']:.4f}  "
                  f"val_loss {row['val_loss']:.4f}  {self.stage.score_name} {row[self.stage.score_name]:.4f}  "
-                 f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else ""))
+                 f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "") + eta)
 
 
 def fit(stage: Stage, data: TrainData, split: ModelSplit, *, state: dict | None = None, progress: bool = True,
-        dist: Dist | None = None, on_start: Callable[[], None] | None = None) -> FitResult:
+        dist: Dist | None = None, on_start: Callable[[], None] | None = None, clock: RunClock | None = None) -> FitResult:
     """Train one model on ``split.train``, validating on ``split.val`` every epoch, into
     ``split.folder`` (rank 0 writes): ``last.pt`` every epoch, ``best.pt`` when the stage's
     score improves, ``metrics.csv``, and the stage's validation table (``val_probs.csv``).
@@ -297,9 +303,11 @@ def fit(stage: Stage, data: TrainData, split: ModelSplit, *, state: dict | None 
     Args:
         state: a ``last.pt`` to continue from (its epochs are not run again).
         on_start: called once the model is built (its weights found), before anything is written.
+        clock: the run's fold counter and time estimate, for the epoch lines.
     """
     dist = dist or Dist.from_env()
     trainer = Trainer(stage, data, split, dist, state)
+    trainer.clock = clock
     if on_start is not None:
         on_start()
     if dist.is_main:
@@ -311,6 +319,10 @@ def fit(stage: Stage, data: TrainData, split: ModelSplit, *, state: dict | None 
         improved = trainer.record(epoch, train_loss, val_loss, outputs, time.perf_counter() - started)
         if dist.is_main:
             trainer.save(epoch, improved, outputs)
+    if trainer.tracker is not None:
+        trainer.tracker.close()
+    if dist.is_main and not stage.config.keep_last:
+        (split.folder / LAST_PT).unlink(missing_ok=True)  # trained all its epochs: best.pt is what is used
     return FitResult(split.folder, trainer.best_epoch, trainer.best_score, stage.config.epochs, trainer.history)
 
 
@@ -368,14 +380,22 @@ def train_run(
                 started.append(True)
 
         results = []
+        clock = RunClock(config.folds, config.epochs * (1 if fold is not None else len(splits)))
         for i, split in enumerate(splits):
             if fold is not None and i != fold:
                 continue
             last = split.folder / LAST_PT
             state = _resume_state(last, config) if continuing and last.exists() else None
             if state is not None and config.folds >= 2 and state["epoch"] >= config.epochs:
+                clock.begin(i, config.epochs)
                 continue  # a fold finished before the interruption
-            results.append(fit(stage, data, split, state=state, progress=progress, dist=dist, on_start=start))
+            if continuing and state is None and (split.folder / METRICS_CSV).exists():  # keep_last: false removed it
+                if len(pd.read_csv(split.folder / METRICS_CSV)) >= config.epochs:
+                    clock.begin(i, config.epochs)
+                    continue
+                raise CloudpipeError("has no last.pt to train further from (keep_last: false removed it)", path=split.folder)
+            clock.begin(i, state["epoch"] if state else 0)
+            results.append(fit(stage, data, split, state=state, progress=progress, dist=dist, on_start=start, clock=clock))
         start()
         if dist.is_main and stage.keeps_val_probs and config.folds >= 2:
             write_out_of_fold(out_dir, config.folds, list(data.labels.index))

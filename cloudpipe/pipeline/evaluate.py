@@ -34,7 +34,8 @@ def evaluate_files(
 
     Args:
         truth_shape: the truth's mask size; None: the training images' size when the truth is
-            a data folder's ``train.csv`` (:func:`default_truth_shape`), else 1400 x 2100.
+            a data folder's ``train.csv`` (:func:`default_truth_shape`), else the submission
+            size (350 x 525), as ``report`` reads it.
 
     Raises:
         CloudpipeError: invalid CSVs or RLE, either file read at a larger mask size than it
@@ -48,10 +49,11 @@ def evaluate_files(
 
 def default_truth_shape(truth_csv: Path) -> tuple[int, int]:
     """The mask size of a truth file: a data folder's ``train.csv`` is at its training images'
-    size (whatever it is: the masks were drawn on them), anything else at Kaggle's 1400 x 2100."""
+    size (whatever it is: the masks were drawn on them), anything else (a test truth such as
+    ``synth``'s ``test_truth.csv``) at the submission size, 350 x 525."""
     if truth_csv.name == TRAIN_CSV and (truth_csv.parent / TRAIN_IMAGES).is_dir():
         return train_image_shape(truth_csv.parent)
-    return IMAGE_SHAPE
+    return SUBMISSION_SHAPE
 
 
 def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int],

@@ -41,11 +41,10 @@ from cloudpipe.data.kaggle import (
     read_probs_csv,
     require_dir,
     require_images,
-    train_image_shape,
 )
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.runfolder import VAL_PROBS_CSV, run_inputs
-from cloudpipe.pipeline.evaluate import read_truth_and_prediction
+from cloudpipe.pipeline.evaluate import default_truth_shape, read_truth_and_prediction
 from cloudpipe.pipeline.gate import resolve_gate
 
 AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000, SUBMISSION_SHAPE[0] * SUBMISSION_SHAPE[1])
@@ -115,11 +114,10 @@ def score_submission(
             the submission, or masks read at the wrong size.
     """
     data_dir = require_dir(data_dir)
-    default_truth = truth_csv is None
     truth_csv = Path(truth_csv) if truth_csv is not None else data_dir / TRAIN_CSV
     sources = {"segmentation": str(seg_csv), "truth": str(truth_csv)}
     if truth_shape is None:
-        truth_shape = train_image_shape(data_dir) if default_truth else SUBMISSION_SHAPE
+        truth_shape = default_truth_shape(truth_csv)
     truth, pred = read_truth_and_prediction(truth_csv, Path(seg_csv), truth_shape, mask_shape)
     images = list(pred.index)
     parts = []

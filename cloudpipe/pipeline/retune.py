@@ -154,6 +154,23 @@ class MaskOutputs:
     post_out: Path | None
     write: Callable[[Mapping[Path, Callable[[Path], object]]], None]
     processes: int | None = None
+    keep_store: bool = True
+    """Write the probability store beside the CSV (False: the masks alone; an earlier store
+    beside them, which would no longer match, is removed)."""
+
+
+@dataclass(frozen=True)
+class Tuning:
+    """How post-processing is tuned on validation images (``predict-seg --split val``, ``tune-seg``).
+
+    Attributes:
+        steps: the names of the steps tuned, in order (None: ``threshold, min_size, shape``;
+            see :data:`~cloudpipe.algorithms.postprocess.STEPS`).
+        choice: the rule that picks among their combinations (:mod:`cloudpipe.algorithms.robust`).
+    """
+
+    steps: Sequence[str] | None = None
+    choice: Rule = DEFAULT_RULE
 
 
 def tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
@@ -175,16 +192,18 @@ def write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], in
     """Write the CSV with, as one group, the store (when ``info``) and the post-processing
     choice (when ``outputs.post_out``): a failure leaves every old file or none."""
     writers = {result.out: masks_writer(names, store, result.postprocess, outputs.processes)}
-    if info is not None:
-        npy, meta = store_paths(result.out)
+    npy, meta = store_paths(result.out)
+    if info is not None and outputs.keep_store:
         writers |= {npy: array_writer(store), meta: info_writer(info)}
+    elif info is not None:  # an earlier store would not match the new masks
+        writers |= {p: None for p in (npy, meta) if p.exists()}
     if result.presence is not None:
         writers[presence_path(result.out)] = csv_writer(result.presence.reset_index(), float_format="%.6f")
     if outputs.post_out is not None:
         text = json.dumps({**result.postprocess.to_dict(), "choice": result.rule, **ensemble.record()}, indent=2) + "\n"
         writers[outputs.post_out] = lambda tmp: tmp.write_text(text)
     outputs.write(writers)
-    result.written = list(writers)
+    result.written = [path for path, write in writers.items() if write is not None]
     return result
 
 
@@ -203,13 +222,13 @@ def masks_writer(names: list[str], store: np.ndarray, post: PostProcess, process
 
 
 def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,
-                        steps: Sequence[str] | None = None, choice: Rule = DEFAULT_RULE, overwrite: bool = False,
+                        tuning: Tuning = Tuning(), overwrite: bool = False,
                         processes: int | None = None) -> SegPrediction:
     """Tune post-processing again from validation probability stores alone, without running a
     model: the stores' weighted mean (images matched by name) is tuned on Dice like
     ``predict-seg --split val``; writes the masks to ``out`` and the choice, recording every run
     averaged into the stores, to ``<stem>_postprocess.json`` (read by ``predict-seg --split
-    test --postprocess``). ``steps`` and ``choice``: as for :func:`predict_segmentation`;
+    test --postprocess``). ``tuning``: the steps and the rule (:class:`Tuning`);
     ``processes``: how many share the images (None: one per core).
 
     Raises:
@@ -223,7 +242,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
         share = _store_weights(stores, weights)
         post_out = postprocess_path_for(out)
         reads = data_inputs(data) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
-        return Plan(reads, [out, post_out], overwrite=overwrite), (data, share, steps_of(steps), check_rule(choice), post_out)
+        return Plan(reads, [out, post_out], overwrite=overwrite), (data, share, steps_of(tuning.steps), check_rule(tuning.choice), post_out)
 
     with Runner.start() as run:
         data_dir, share, tuned_steps, choice, post_out = run.claim(declare)

@@ -27,7 +27,7 @@ from cloudpipe.algorithms.postprocess import (
     Step,
 )
 from cloudpipe.algorithms.robust import check_rule
-from cloudpipe.core.choices import DEFAULT_RULE, Rule
+from cloudpipe.core.choices import Rule
 from cloudpipe.core.competition import (
     CLASSES,
     SUBMISSION_SHAPE,
@@ -47,7 +47,7 @@ from cloudpipe.data.runfolder import POSTPROCESS_JSON, run_inputs
 from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
-from cloudpipe.pipeline.retune import MaskOutputs, SegPrediction, rows_of, steps_of, test_postprocess, tune_and_write, write_outputs
+from cloudpipe.pipeline.retune import MaskOutputs, SegPrediction, Tuning, rows_of, steps_of, test_postprocess, tune_and_write, write_outputs
 from cloudpipe.pipeline.validation import validation_sets
 
 if TYPE_CHECKING:  # torch is imported where a model runs: tune-seg and apply-seg start without it
@@ -64,10 +64,10 @@ def predict_segmentation(
     *,
     weights: Sequence[float] | None = None,
     postprocess: Path | None = None,
-    steps: Sequence[str] | None = None,
-    choice: Rule = DEFAULT_RULE,
+    tuning: Tuning = Tuning(),
     settings: InferenceSettings = InferenceSettings(batch_size=8),
     overwrite: bool = False,
+    keep_store: bool = True,
 ) -> SegPrediction:
     """Write the masks of one segmentation run, or of the weighted mean of several, for the
     validation or test images as a Kaggle CSV, with the probabilities beside it
@@ -79,12 +79,13 @@ def predict_segmentation(
     an ensemble. ``test``: the test images in ``sample_submission.csv`` order, every model of
     every run averaged, post-processed by ``postprocess`` (default: the run's own file, else
     none is refused; an ensemble must name its file; the file must be tuned for these runs
-    and weights, when it records any). ``steps``: the names of the steps ``val`` tunes, in order (default
-    ``threshold, min_size, shape``; see :data:`~cloudpipe.algorithms.postprocess.STEPS`), and
-    ``choice`` the rule that picks among their combinations (:mod:`cloudpipe.algorithms.robust`).
+    and weights, when it records any). ``tuning``: how ``val`` tunes the steps (:class:`Tuning`).
 
     Runs may differ in architecture, encoder and image size: each one's probabilities are
     resized to 350 x 525 before averaging. N runs cost N inference passes and the memory of one.
+    ``keep_store=False`` writes no ``<stem>_probs.npy``/``.json`` (and removes an earlier one
+    beside ``out``, which would no longer match it): the masks alone, for ``tune-seg``,
+    ``apply-seg`` and gating on pixel statistics have no store to read.
 
     Raises:
         CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
@@ -97,20 +98,23 @@ def predict_segmentation(
         data = require_dir(data_dir)
         if split == "val" and postprocess is not None:
             raise CloudpipeError("--postprocess is read by --split test; --split val tunes and writes it")
-        if split == "test" and steps is not None:
+        if split == "test" and tuning.steps is not None:
             raise CloudpipeError("--steps is tuned by --split val; --split test applies the tuned file's steps")
         post_out = None if split == "test" else (
             ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
         own = [post_out] if post_out is not None and ensemble.single else []  # the run's own file, re-tuned
-        writes = [out, *store_paths(out), presence_path(out)] + ([post_out] if post_out is not None and not own else [])
+        writes = [out, *(store_paths(out) if keep_store else ()), presence_path(out)] + (
+            [post_out] if post_out is not None and not own else [])
         # every file of every member run is an input, never replaced, even with --overwrite: only a single
         # run's own seg_postprocess.json is re-tuned by --split val
         reads = data_inputs(data) | run_inputs(ensemble.runs, writes=own) | Inputs.of(postprocess)
-        return Plan(reads, writes, replaces=own, overwrite=overwrite), (ensemble, data, steps_of(steps), check_rule(choice), post_out)
+        writes += [] if keep_store else [p for p in store_paths(out) if p.exists()]  # removed: they would not match
+        plan = Plan(reads, writes, replaces=own, overwrite=overwrite)
+        return plan, (ensemble, data, steps_of(tuning.steps), check_rule(tuning.choice), post_out)
 
     with Runner.start() as run:
         ensemble, data_dir, tuned_steps, choice, post_out = run.claim(declare)
-        target = MaskOutputs(out, post_out, run.write)
+        target = MaskOutputs(out, post_out, run.write, keep_store=keep_store)
         return _predict_and_write(ensemble, data_dir, split, target, postprocess, tuned_steps, choice, settings, run)
 
 

@@ -35,12 +35,14 @@ class SourceInput:
         what: what the file is, for help and errors (``the segmentation probabilities (predict-seg's <stem>_probs.npy)``).
         read: ``(file, images, split) -> data`` that the input's sources score, rows in
             ``images`` order, of the ``split`` (``val`` or ``test``) images.
+        beside: where ``predict-seg`` writes the file beside its CSV (None: made elsewhere).
     """
 
     name: str
     option: str
     what: str
     read: Callable[[Path, list[str], str], Any]
+    beside: Callable[[Path], Path] | None = None
 
 
 @dataclass(frozen=True)

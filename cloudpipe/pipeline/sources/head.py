@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from cloudpipe.data.beside import presence_path
 from cloudpipe.data.kaggle import frame_rows, read_probs_csv
 from cloudpipe.pipeline.sources import Source, SourceInput, register
 
@@ -14,6 +15,7 @@ def _read(path: Path, images: list[str], split: str) -> np.ndarray:
     return frame_rows(read_probs_csv(path), images, str(path))
 
 
-PRESENCE = SourceInput("presence", "--presence", "the segmentation head's presence (predict-seg's <stem>_presence.csv)", _read)
+PRESENCE = SourceInput("presence", "--presence", "the segmentation head's presence (predict-seg's <stem>_presence.csv)", _read,
+                       presence_path)
 
 register(Source("head", "the segmentation model's classification head", PRESENCE, lambda rows, pixel: rows))

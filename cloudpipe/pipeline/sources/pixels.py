@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.beside import store_paths
 from cloudpipe.data.kaggle import require_images
 from cloudpipe.data.probstore import read_store
 from cloudpipe.pipeline.sources import Source, SourceInput, register
@@ -34,7 +35,8 @@ def _read(path: Path, images: list[str], split: str) -> StoreRows:
     return StoreRows(store, np.array([row[i] for i in images], dtype=np.int64))
 
 
-SEG_STORE = SourceInput("seg_store", "--seg-store", "the segmentation probabilities (predict-seg's <stem>_probs.npy)", _read)
+SEG_STORE = SourceInput("seg_store", "--seg-store", "the segmentation probabilities (predict-seg's <stem>_probs.npy)", _read,
+                        lambda csv: store_paths(csv)[0])
 
 for _name, _help in [("max", "the largest pixel probability"), ("top_mean", "the mean of the top_k most probable pixels"),
                      ("area", "the share of pixels at or above area_threshold")]:

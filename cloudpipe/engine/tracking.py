@@ -1,0 +1,130 @@
+"""Following a training run: TensorBoard event files (``tensorboard: true``, the default) and
+the fold counter and time estimate of its epoch lines (:class:`RunClock`).
+
+Each model folder (the run, or each ``fold{i}``) gets ``tensorboard/``, so ``tensorboard
+--logdir runs`` shows every run and fold side by side. Per epoch: the losses (``loss/train``,
+``loss/val``), the learning rate, every validation metric of ``metrics.csv`` (``val/<name>``:
+the score and each class's), the epoch's seconds; for segmentation also a few validation images
+with truth (green) and predicted (red) masks, one 2 x 2 grid of the classes per image. A resumed
+run drops the events after its checkpoint (``purge_step``), so the curves never fold back.
+Only rank 0 writes; the writer is opened at the first epoch's end, so a run that cannot start
+writes no events.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.masks import tint
+from cloudpipe.data.runfolder import TENSORBOARD_DIR
+
+if TYPE_CHECKING:
+    from cloudpipe.engine.train import Trainer
+
+OVERLAYS = 3
+"""Validation images drawn each epoch (segmentation)."""
+
+
+def scalar_tag(name: str) -> str | None:
+    """The TensorBoard tag of a ``metrics.csv`` column (None: not plotted)."""
+    if name == "epoch":
+        return None
+    if name.endswith("_loss"):
+        return f"loss/{name.removesuffix('_loss')}"
+    if name.startswith("val_"):
+        return f"val/{name.removeprefix('val_')}"
+    return name
+
+
+def class_grid(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """The classes' overlays of one image as a 2 x 2 grid in :data:`CLASSES` order, RGB uint8
+    (2H, 2W, 3); ``truth`` and ``pred`` are 0/1 masks (4, H, W)."""
+    panels = [tint(image, truth[k], pred[k]) for k in range(len(CLASSES))]
+    return np.concatenate([np.concatenate(panels[:2], axis=1), np.concatenate(panels[2:], axis=1)], axis=0)
+
+
+class Tracker:
+    """The event files of one model folder."""
+
+    def __init__(self, folder: Path, start_epoch: int):
+        self.folder, self.start_epoch, self.writer = Path(folder) / TENSORBOARD_DIR, start_epoch, None
+
+    def log(self, trainer: Trainer, epoch: int) -> None:
+        """The scalars of the epoch just recorded (``trainer.history[-1]``) and, for
+        segmentation, the overlays of the first validation images."""
+        if self.writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(self.folder), purge_step=self.start_epoch + 1)
+        step = epoch + 1
+        for name, value in trainer.history[-1].items():
+            tag = scalar_tag(name)
+            if tag is not None:
+                self.writer.add_scalar(tag, float(value), step)
+        if trainer.stage.needs_masks:
+            for i, grid in enumerate(overlays(trainer, epoch)):
+                self.writer.add_image(f"val_masks/{i}", grid, step, dataformats="HWC")
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+@torch.no_grad()
+def overlays(trainer: Trainer, epoch: int, count: int = OVERLAYS) -> list[np.ndarray]:
+    """:func:`class_grid` of the first ``count`` validation images under the model this epoch
+    validated (pixel threshold 0.5)."""
+    from torch.utils.data import default_collate
+
+    samples = [trainer.val_set[i] for i in range(min(count, len(trainer.val_set)))]
+    if not samples:
+        return []
+    batch = default_collate(samples)
+    logits, target = trainer._forward(batch, trainer.predicting_model(epoch).eval())
+    masks = logits[0] if isinstance(logits, tuple) else logits  # (masks, presence) with a classification head
+    pred = (torch.sigmoid(masks.float()) > 0.5).cpu().numpy()
+    images, truth = batch["image"].numpy(), target.cpu().numpy()
+    return [class_grid(images[i], truth[i], pred[i]) for i in range(len(samples))]
+
+
+def duration(seconds: float) -> str:
+    """``45s``, ``12m05s``, ``3h07m``."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+
+
+@dataclass
+class RunClock:
+    """Where a run of one or K models is, for its epoch lines: ``fold i/K`` and an estimate of
+    the time left for the whole run (the mean epoch so far times the epochs still to train)."""
+
+    folds: int
+    """0: a hold-out run (no fold counter)."""
+    epochs_left: int
+    """Epochs still to train in this call, every model counted in full until it starts."""
+    fold: int = 0
+    seconds: float = 0.0
+    done: int = 0
+
+    def begin(self, fold: int, trained: int) -> None:
+        """Model ``fold`` starts (or is skipped, ``trained`` = all its epochs) with ``trained``
+        epochs already behind it."""
+        self.fold, self.epochs_left = fold, self.epochs_left - trained
+
+    def tick(self, seconds: float) -> tuple[str, str]:
+        """An epoch of ``seconds`` ended: the line's prefix (``fold 2/5  ``) and suffix (``  eta 12m05s``)."""
+        self.done, self.seconds, self.epochs_left = self.done + 1, self.seconds + seconds, self.epochs_left - 1
+        where = f"fold {self.fold + 1}/{self.folds}  " if self.folds >= 2 else ""
+        eta = f"  eta {duration(self.seconds / self.done * self.epochs_left)}" if self.epochs_left > 0 else ""
+        return where, eta
