@@ -590,7 +590,7 @@ def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --pred.")
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None,
               help="Truth masks to draw, e.g. test_truth.csv for a test image [default: DIR/train.csv for a train image].")
-@click.option("--truth-shape", type=(int, int), default=None, metavar="H W",
+@click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of --truth [default: the training images' size for train.csv, else "
                    f"{SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
 @click.option("--out", type=NEW_PATH, required=True, help="PNG file to write.")

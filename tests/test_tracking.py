@@ -70,13 +70,22 @@ def test_the_clock_counts_folds_and_estimates_the_whole_run():
     assert RunClock(folds=0, epochs_left=2).tick(3.0) == ("", "  eta 3s")
 
 
-def test_a_kfold_runs_epoch_lines_say_the_fold_and_the_time_left(tiny_data, tmp_path, caplog, monkeypatch):
+def test_a_kfold_runs_epoch_lines_say_the_fold_and_the_time_left(tiny_data, tmp_path):
     import logging
 
-    monkeypatch.setattr(logging.getLogger("cloudpipe"), "propagate", True)
-    with caplog.at_level(logging.INFO, logger="cloudpipe"):
+    records = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # the library's own lines, however other tests left the root logger
+    logger = logging.getLogger("cloudpipe")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    try:
         train_tiny(tiny_data, tmp_path / "run", folds=2, epochs=2, tensorboard=False)
-    lines = [r.message for r in caplog.records]
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    lines = [r.getMessage() for r in records]
     assert [line.split("  train_loss")[0] for line in lines] == ["fold 1/2  epoch 1/2", "fold 1/2  epoch 2/2",
                                                                  "fold 2/2  epoch 1/2", "fold 2/2  epoch 2/2"]
     assert all(" eta " in line for line in lines[:3]) and " eta " not in lines[3]
