@@ -202,7 +202,8 @@ def test_non_finite_and_out_of_range_values_are_refused(tmp_path, text, message)
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--weight-decay", "inf", "weight_decay = inf must be >= 0 (and finite)"),
+    ("--weight-decay", "inf", "'--weight-decay': 'inf' is not a finite number"),
+    ("--lr", "nan", "'--lr': 'nan' is not a finite number"),
     ("--loss", "bce=nan", "weights must be finite and >= 0"),
     ("--seed", "-1", "'--seed': -1 is not in the range 0<=x<=4294967295"),
 ])
