@@ -17,7 +17,17 @@ from pathlib import Path
 import click
 
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
-from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, DEVICES, PLACEMENTS, RULES, STEP_NAMES, TOP_K
+from cloudpipe.core.choices import (
+    AREA_THRESHOLD,
+    DEFAULT_RULE,
+    DEFAULT_STEPS,
+    DEVICES,
+    MAX_WORKERS,
+    PLACEMENTS,
+    RULES,
+    STEP_NAMES,
+    TOP_K,
+)
 from cloudpipe.core.competition import IMAGE_SHAPE, MAX_PIXELS, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.table import format_table
@@ -79,7 +89,7 @@ DEVICE = click.Choice(DEVICES)
 
 
 class Workers(click.ParamType):
-    """``auto`` or a number of DataLoader workers (>= 0)."""
+    """``auto`` or a number of DataLoader workers (0 to :data:`~cloudpipe.core.choices.MAX_WORKERS`)."""
 
     name = "auto|N"
 
@@ -90,8 +100,8 @@ class Workers(click.ParamType):
             number = int(value)
         except ValueError:
             number = -1
-        if number < 0:
-            self.fail(f"{value!r} is not auto or a number >= 0", param, ctx)
+        if not 0 <= number <= MAX_WORKERS:
+            self.fail(f"{value!r} is not auto or a number in [0, {MAX_WORKERS}]", param, ctx)
         return number
 
 

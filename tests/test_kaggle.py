@@ -461,3 +461,11 @@ def test_write_submission_checks_every_row_and_never_replaces_silently(tmp_path)
     with pytest.raises(CloudpipeError, match="lacks column"):
         write_submission(frame[["Image_Label"]], tmp_path / "bad.csv")
     assert not (tmp_path / "bad.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["../train.csv", "/etc/passwd", "a\\b.jpg", "..", ""])
+def test_find_image_takes_plain_file_names_only(tiny_data, name):
+    from cloudpipe.data.kaggle import find_image
+
+    with pytest.raises(CloudpipeError, match="is not a plain file name"):
+        find_image(tiny_data, name)

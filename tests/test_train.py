@@ -425,6 +425,7 @@ def test_epoch_lines_go_to_the_cloudpipe_logger_and_the_cli_prints_them(tiny_dat
     ("arch_in_yaml", {"arch": "resnet18"}, "last.pt: continues a run with different settings (arch: 'tiny' -> 'resnet18')"),
     ("best_as_last", {}, "last.pt: checkpoint has no optimizer, scheduler, scaler, rng, history: not a last.pt"),
     ("epoch_type", {}, "last.pt: checkpoint's epoch is not int (str)"),
+    ("epoch_range", {}, "last.pt: checkpoint's epoch -1 and best_epoch 1 are not 0 <= best_epoch <= epoch"),
     ("image_gone", {}, "splits.csv: continues a run trained on other images than --data's: 1 image(s) no longer in train.csv"),
 ])
 def test_each_resume_mismatch_is_one_line(tiny_data, tmp_path, tamper, extra, message):
@@ -443,9 +444,9 @@ def test_each_resume_mismatch_is_one_line(tiny_data, tmp_path, tamper, extra, me
         (run / "config.yaml").write_text(yaml.safe_dump(saved))
     elif tamper == "best_as_last":
         shutil.copy(run / "best.pt", run / "last.pt")
-    elif tamper == "epoch_type":
+    elif tamper.startswith("epoch_"):
         state = torch.load(run / "last.pt", weights_only=True)
-        torch.save({**state, "epoch": "2"}, run / "last.pt")
+        torch.save({**state, "epoch": "2" if tamper == "epoch_type" else -1, "best_epoch": 1}, run / "last.pt")
     else:
         data = tmp_path / "data"
         shutil.copytree(tiny_data, data)

@@ -232,8 +232,11 @@ def find_image(data_dir: Path, image: str) -> Path:
     """The file of a train or test image: ``DIR/train_images/<image>`` or ``DIR/test_images/<image>``.
 
     Raises:
-        CloudpipeError: in neither folder.
+        CloudpipeError: not a plain file name (``../train.csv``, ``/etc/x.jpg``), or in
+            neither folder.
     """
+    if image in ("", ".", "..") or any(c in image for c in "/\\\0"):
+        raise CloudpipeError(f"image name {image!r} is not a plain file name (e.g. 0011165.jpg)")
     for folder in (TRAIN_IMAGES, TEST_IMAGES):
         path = Path(data_dir) / folder / image
         if path.is_file():

@@ -439,6 +439,9 @@ def _resume_state(last: Path, config: TrainConfig) -> dict:
             raise
         raise CloudpipeError(f"{err}: not a last.pt to resume from (best.pt keeps the model only); "
                              "train a new run, or put the run's own last.pt back") from None
+    if not 0 <= state["best_epoch"] <= state["epoch"]:
+        raise CloudpipeError(f"checkpoint's epoch {state['epoch']} and best_epoch {state['best_epoch']} are not "
+                             "0 <= best_epoch <= epoch", path=last)
     try:
         trained = config_from_dict(state["config"])
     except CloudpipeError as err:
