@@ -16,7 +16,7 @@ import pandas as pd
 
 from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, split_label
 from cloudpipe.core.errors import CloudpipeError, RLEError
-from cloudpipe.core.rle import parse_rle
+from cloudpipe.core.rle import check_shape, parse_rle
 from cloudpipe.data.images import check_images
 from cloudpipe.data.outputs import Inputs, check_output, write_csv
 
@@ -101,6 +101,8 @@ def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.Dat
 def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
     """Validate a text frame with columns ``Image_Label, EncodedPixels`` (see
     :func:`read_mask_csv`); ``path`` names it in errors, lines counted as in its CSV."""
+    if shape is not None:
+        shape = check_shape(shape)  # (-1, -1) would pass a CSV of empty masks unchecked
     if frame.empty:
         raise CloudpipeError("has no rows", path=path)
     frame = frame.reset_index(drop=True)
