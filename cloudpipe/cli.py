@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,8 +17,18 @@ from pathlib import Path
 import click
 
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
-from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, DEVICES, PLACEMENTS, RULES, STEP_NAMES, TOP_K
-from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
+from cloudpipe.core.choices import (
+    AREA_THRESHOLD,
+    DEFAULT_RULE,
+    DEFAULT_STEPS,
+    DEVICES,
+    MAX_WORKERS,
+    PLACEMENTS,
+    RULES,
+    STEP_NAMES,
+    TOP_K,
+)
+from cloudpipe.core.competition import IMAGE_SHAPE, MAX_PIXELS, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError, SharedError
 from cloudpipe.core.table import format_table
 from cloudpipe.data.beside import probs_path_for
@@ -80,7 +91,7 @@ DEVICE = click.Choice(DEVICES)
 
 
 class Workers(click.ParamType):
-    """``auto`` or a number of DataLoader workers (>= 0)."""
+    """``auto`` or a number of DataLoader workers (0 to :data:`~cloudpipe.core.choices.MAX_WORKERS`)."""
 
     name = "auto|N"
 
@@ -91,8 +102,8 @@ class Workers(click.ParamType):
             number = int(value)
         except ValueError:
             number = -1
-        if number < 0:
-            self.fail(f"{value!r} is not auto or a number >= 0", param, ctx)
+        if not 0 <= number <= MAX_WORKERS:
+            self.fail(f"{value!r} is not auto or a number in [0, {MAX_WORKERS}]", param, ctx)
         return number
 
 
@@ -145,8 +156,31 @@ def inference_options(batch_size: int, tta: bool = True):
     return decorate
 
 
-SHAPE = click.Tuple([click.IntRange(min=1), click.IntRange(min=1)])
-"""``H W``: a mask or image size, two positive numbers (every shape option takes this type)."""
+class Shape(click.Tuple):
+    """``H W``: a mask or image size, two numbers >= 1 of at most
+    :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels in all (every shape option's type)."""
+
+    def __init__(self) -> None:
+        super().__init__([click.IntRange(min=1), click.IntRange(min=1)])
+
+    def convert(self, value, param, ctx):
+        height, width = super().convert(value, param, ctx)
+        if height * width > MAX_PIXELS:
+            self.fail(f"{height} x {width} is more than {MAX_PIXELS:,} pixels (16 competition images)", param, ctx)
+        return height, width
+
+
+SHAPE = Shape()
+
+
+class Finite(click.FloatRange):
+    """A float range that refuses NaN and infinities (which pass click's comparisons)."""
+
+    def convert(self, value, param, ctx):
+        number = super().convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return number
 
 
 def shape_option(name: str, default: tuple[int, int], help: str):
@@ -240,7 +274,7 @@ def training_options(task: str):
         elif isinstance(check, tuple):
             kwargs["type"] = click.Choice(check)
         elif isinstance(check, Range):
-            kind = click.IntRange if isinstance(value, int) else click.FloatRange
+            kind = click.IntRange if isinstance(value, int) else Finite
             kwargs["type"] = kind(check.low, check.high, min_open=check.low_open, max_open=check.high_open)
         elif isinstance(value, (list, tuple)):
             kwargs |= {"type": (int, int), "metavar": "H W"}
@@ -301,7 +335,7 @@ def _names(ctx, param, value: str | None) -> list[str] | None:
     return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
 
 
-WEIGHT_OPTION = click.option("--weight", "weights", type=click.FloatRange(min=0, min_open=True), multiple=True,
+WEIGHT_OPTION = click.option("--weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
                              help="One per --run, in order: weighted mean of the runs [default: equal].")
 
 
@@ -341,7 +375,7 @@ def source_input_options(split: str):
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--out", type=NEW_PATH, default=Path("submissions/submission.csv"), help="Submission to write.")
 @click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None, help="thresholds.json from tune-threshold.")
-@click.option("--threshold", type=click.FloatRange(0, 1), default=None,
+@click.option("--threshold", type=Finite(0, 1), default=None,
               help="One threshold for all classes [default for one run: RUN/thresholds.json, else 0.5].")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of the segmentation submission.")
 @source_input_options("test")
@@ -387,7 +421,7 @@ CHOICE_OPTION = click.option(
               help=f"Sources to try: {', '.join(registry())} (blends of the classifier with each other "
                    "one are tried too) [default: the classifier and every source whose input is given].")
 @click.option("--top-k", type=click.IntRange(min=1), default=TOP_K, help="Pixels averaged by top_mean (at 350 x 525).")
-@click.option("--area-threshold", type=click.FloatRange(0, 1), default=AREA_THRESHOLD, help="Pixel probability counted by area.")
+@click.option("--area-threshold", type=Finite(0, 1), default=AREA_THRESHOLD, help="Pixel probability counted by area.")
 @click.option("--placement", type=click.Choice(PLACEMENTS), default=PLACEMENTS[0],
               help="exact: on the chosen probability; midpoint: halfway to the next lower one (same validation score).")
 @click.option("--at-least-one", is_flag=True,
@@ -463,7 +497,7 @@ def _echo_masks(result) -> None:
     click.echo("wrote " + ", ".join(map(str, result.written)))
 
 
-STORE_WEIGHTS_OPTION = click.option("--weight", "weights", type=click.FloatRange(min=0, min_open=True), multiple=True,
+STORE_WEIGHTS_OPTION = click.option("--weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
                                     help="One per --store, in order: weighted mean of the stores [default: equal].")
 
 

@@ -290,3 +290,18 @@ def test_every_shape_option_takes_two_positive_numbers():
             assert result.exit_code == 2, (name, opt, result.output)
             assert f"{min(bad)} is not in the range x>=1" in result.output and len(result.output.strip().splitlines()) == 1
     assert cli("evaluate", "--pred-shape", 0, 0).exit_code == 2
+
+
+@pytest.mark.parametrize("command, option, value", [
+    ("predict", "--threshold", "nan"), ("predict", "--weight", "inf"), ("tune-threshold", "--area-threshold", "nan"),
+    ("tune-seg", "--weight", "nan"), ("train-seg", "--grad-clip", "inf"), ("train-classifier", "--ema", "nan"),
+])
+def test_no_float_option_takes_nan_or_infinity(command, option, value):
+    """NaN passes click's range checks (every comparison with it is false), infinity any open range."""
+    result = cli(command, option, value)
+    assert result.exit_code == 2 and f"'{value}' is not a finite number" in result.output, result.output
+
+
+def test_a_shape_of_more_pixels_than_an_image_may_have_is_refused():
+    result = cli("evaluate", "--pred-shape", 100000, 100000)
+    assert result.exit_code == 2 and "100000 x 100000 is more than 47,040,000 pixels" in result.output, result.output

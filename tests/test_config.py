@@ -49,7 +49,9 @@ def test_save_and_reload_round_trip(tmp_path):
         ("image_size: [100, 96]\n", "multiples of 32"),
         ("device: tpu\n", "device"),
         ("workers: many\n", "workers = 'many' is not a valid int"),
-        ("workers: -1\n", "workers = -1 must be auto or a number >= 0"),
+        ("workers: -1\n", "workers = -1 must be auto or a number in [0, 256]"),
+        ("workers: 100000\n", "workers = 100000 must be auto or a number in [0, 256]"),
+        ("image_size: [32000, 32000]\n", "image_size = (32000, 32000) is more than 47,040,000 pixels"),
         ("amp: 'yes'\n", "not a valid bool"),
         ("freeze: layer1\n", "not a valid list"),
         ("task: segmentation\n", "this command trains a classifier"),
@@ -202,7 +204,8 @@ def test_non_finite_and_out_of_range_values_are_refused(tmp_path, text, message)
 
 
 @pytest.mark.parametrize("option, value, message", [
-    ("--weight-decay", "inf", "weight_decay = inf must be >= 0 (and finite)"),
+    ("--weight-decay", "inf", "'--weight-decay': 'inf' is not a finite number"),
+    ("--lr", "nan", "'--lr': 'nan' is not a finite number"),
     ("--loss", "bce=nan", "weights must be finite and >= 0"),
     ("--seed", "-1", "'--seed': -1 is not in the range 0<=x<=4294967295"),
 ])

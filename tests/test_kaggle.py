@@ -461,3 +461,20 @@ def test_write_submission_checks_every_row_and_never_replaces_silently(tmp_path)
     with pytest.raises(CloudpipeError, match="lacks column"):
         write_submission(frame[["Image_Label"]], tmp_path / "bad.csv")
     assert not (tmp_path / "bad.csv").exists()
+
+
+@pytest.mark.parametrize("name", ["../train.csv", "/etc/passwd", "a\\b.jpg", "..", ""])
+def test_find_image_takes_plain_file_names_only(tiny_data, name):
+    from cloudpipe.data.kaggle import find_image
+
+    with pytest.raises(CloudpipeError, match="is not a plain file name"):
+        find_image(tiny_data, name)
+
+
+def test_a_mask_shape_that_is_not_two_positive_numbers_is_refused(tiny_data):
+    """predict's library call with mask_shape (-1, -1) used to pass a CSV of empty masks."""
+    from cloudpipe.data.kaggle import read_mask_csv
+
+    for shape in ((-1, -1), (0, 525)):
+        with pytest.raises(ValueError, match="shape must be \\(H, W\\), two whole numbers >= 1"):
+            read_mask_csv(tiny_data / "sample_submission.csv", shape=shape)

@@ -293,3 +293,13 @@ def test_apply_says_it_wants_uint8_probabilities():
         PostProcess().apply(np.zeros((4, 8, 8), np.uint8), 0)
     with pytest.raises(ValueError, match="class index 0..3, got 4"):
         PostProcess().apply(np.zeros((8, 8), np.uint8), 4)
+
+
+def test_values_outside_a_steps_bounds_are_refused_when_built():
+    """PostProcess(values=...) took a threshold of 2.0 (which blanks every mask) without a word."""
+    from cloudpipe.algorithms.postprocess import PostProcess, make_steps
+
+    with pytest.raises(ValueError, match="threshold value 2.0 is not a number in"):
+        PostProcess(make_steps(["threshold"]), {"Fish": (2.0,), "Flower": (0.5,), "Gravel": (0.5,), "Sugar": (0.5,)})
+    with pytest.raises(ValueError, match="shape 'circle' is not one of"):
+        PostProcess(make_steps(["threshold", "shape"]), {c: (0.5, "circle") for c in CLASSES})

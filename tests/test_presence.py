@@ -51,3 +51,21 @@ def test_tuned_gate_beats_or_equals_every_source_and_blend_it_searched():
     assert all(g == {"classifier": 1.0} for g in only.gates.values()) and list(only.table) == ["classifier"]
     with pytest.raises(CloudpipeError, match="no area scores"):
         blend(scores, {c: {"area": 1.0} for c in CLASSES})
+
+
+
+def test_robust_says_why_it_kept_the_first_source_over_a_better_one():
+    """A second source that only copies the classifier with noise scores a little better on
+    some classes by luck; robust keeps the classifier there and says why, with the figures."""
+    rng = np.random.default_rng(0)
+    n = 200
+    present = rng.random((n, 4)) < 0.5
+    pairs = PairScores([str(i) for i in range(n)], np.where(present, 0.6, 0.0), (~present).astype(float), present)
+    classifier = np.clip(present * 0.3 + rng.random((n, 4)) * 0.7, 0, 1).round(3)
+    head = np.clip(classifier + rng.normal(0, 0.02, (n, 4)), 0, 1).round(3)
+    choice = choose_gates({"classifier": classifier, "head": head}, pairs, rule="robust")
+    assert choice.kept and all(choice.gates[c] == {"classifier": 1.0} for c in choice.kept)
+    for kept in choice.kept.values():
+        assert kept.reason().startswith("kept the classifier gate over the ") and "in-sample gain +0.0" in kept.reason()
+        assert kept.reason().endswith(f"is inside the noise (1 SE = {kept.held_out[1]:.4f}; 200 images)")
+    assert not choose_gates({"classifier": classifier, "head": head}, pairs).kept  # best: nothing kept

@@ -180,3 +180,8 @@ def test_a_mask_of_nan_is_refused_not_encoded_as_full():
     with pytest.raises(TypeError, match="dtype <U1"):
         mask2rle(np.array([["a"]]))
     assert mask2rle(np.array([[0.0, 0.7]])) == "2 1"  # finite floats: non-zero is inside, as documented
+
+
+def test_a_shape_larger_than_an_image_may_be_is_refused_before_allocating():
+    with pytest.raises(ValueError, match="at most 47,040,000 pixels, got \\(100000, 100000\\)"):
+        rle2mask("", (100000, 100000))

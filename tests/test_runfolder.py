@@ -128,3 +128,16 @@ def test_a_k_fold_run_missing_folds_is_refused_unless_partial_is_allowed(tmp_pat
         (run / f"fold{i}").mkdir()
         (run / f"fold{i}" / "best.pt").write_bytes(b"")
     assert len(trained_checkpoints(run)) == 3
+
+
+def test_json_nested_deeper_than_the_parser_goes_is_one_line(tmp_path):
+    from cloudpipe.data.probstore import read_store
+
+    deep = tmp_path / "thresholds.json"
+    deep.write_text("[" * 200000 + "]" * 200000)
+    with pytest.raises(CloudpipeError, match="not a readable JSON file"):
+        read_json(deep, "thresholds")
+    (tmp_path / "x_probs.npy").write_bytes(b"")
+    deep.rename(tmp_path / "x_probs.json")
+    with pytest.raises(CloudpipeError, match="not a readable JSON file"):
+        read_store(tmp_path / "x_probs.npy")

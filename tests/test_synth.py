@@ -172,7 +172,7 @@ def test_refuses_a_file(tmp_path):
 
 @pytest.mark.parametrize(
     "kwargs",
-    [dict(train=1), dict(test=0), dict(shape=(15, 64)), dict(shape=(64, 8)), dict(seed=-1)],
+    [dict(train=1), dict(test=0), dict(shape=(15, 64)), dict(shape=(64, 8)), dict(seed=-1), dict(shape=(100000, 100000))],
 )
 def test_invalid_arguments(tmp_path, kwargs):
     args = dict(train=2, test=1, shape=(16, 16), seed=0, progress=False) | kwargs

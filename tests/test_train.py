@@ -316,10 +316,9 @@ def test_ddp_two_processes_gloo(tiny_data, tmp_path):
     assert len(pd.read_csv(run / "val_probs.csv")) == len(make_splits(classifier_config(), presence(read_train(tiny_data)))[0][1])
 
 
-def test_a_run_stopped_before_its_first_epoch_ended_resumes_from_the_start(tiny_data, tmp_path, monkeypatch):
+def _stopped_in_first_epoch(data, run, monkeypatch, **config):
+    """A run killed before its first epoch ended: config.yaml and splits.csv, no checkpoint."""
     from cloudpipe.engine.train import Trainer
-
-    run = tmp_path / "run"
 
     def killed(self, epoch, progress):
         raise KeyboardInterrupt
@@ -327,26 +326,20 @@ def test_a_run_stopped_before_its_first_epoch_ended_resumes_from_the_start(tiny_
     with monkeypatch.context() as m:
         m.setattr(Trainer, "train_epoch", killed)
         with pytest.raises(KeyboardInterrupt):
-            train_run(classifier_config(epochs=1), tiny_data, run, progress=False)
+            train_run(classifier_config(epochs=1, **config), data, run, progress=False)
     assert (run / "config.yaml").exists() and not (run / "last.pt").exists()
-    [result] = train_run(classifier_config(epochs=1), tiny_data, run, resume=True, progress=False)
-    assert result.best_epoch == 1 and load_checkpoint(run / "last.pt")["epoch"] == 1
 
 
 def test_a_run_that_never_finished_an_epoch_does_not_block_a_fresh_start(tiny_data, tmp_path, monkeypatch):
-    """The same command again, or a corrected one, starts afresh (with or without --resume);
-    once an epoch is finished the folder needs --resume as before."""
-    from cloudpipe.engine.train import Trainer
-
+    """--resume starts it again from its first epoch; so does the same command, or a corrected
+    one, without --resume (it used to refuse: "holds another run"); once an epoch is finished
+    the folder needs --resume as before."""
     run = tmp_path / "run"
-
-    def killed(self, epoch, progress):
-        raise KeyboardInterrupt
-
-    with monkeypatch.context() as m:
-        m.setattr(Trainer, "train_epoch", killed)
-        with pytest.raises(KeyboardInterrupt):
-            train_run(classifier_config(epochs=1, lr=0.5), tiny_data, run, progress=False)
+    _stopped_in_first_epoch(tiny_data, run, monkeypatch)
+    [result] = train_run(classifier_config(epochs=1), tiny_data, run, resume=True, progress=False)
+    assert result.best_epoch == 1 and load_checkpoint(run / "last.pt")["epoch"] == 1
+    run = tmp_path / "again"
+    _stopped_in_first_epoch(tiny_data, run, monkeypatch, lr=0.5)
     [result] = train_run(classifier_config(epochs=1), tiny_data, run, progress=False)  # corrected: the default lr
     assert result.epochs == 1 and load_checkpoint(run / "last.pt")["config"]["lr"] != 0.5
     with pytest.raises(CloudpipeError, match="pass --resume"):
@@ -446,6 +439,7 @@ def test_two_trainings_never_share_a_run_folder(tiny_data, tmp_path):
     ("arch_in_yaml", {"arch": "resnet18"}, "last.pt: continues a run with different settings (arch: 'tiny' -> 'resnet18')"),
     ("best_as_last", {}, "last.pt: checkpoint has no optimizer, scheduler, scaler, rng, history: not a last.pt"),
     ("epoch_type", {}, "last.pt: checkpoint's epoch is not int (str)"),
+    ("epoch_range", {}, "last.pt: checkpoint's epoch -1 and best_epoch 1 are not 0 <= best_epoch <= epoch"),
     ("image_gone", {}, "splits.csv: continues a run trained on other images than --data's: 1 image(s) no longer in train.csv"),
 ])
 def test_each_resume_mismatch_is_one_line(tiny_data, tmp_path, tamper, extra, message):
@@ -464,9 +458,9 @@ def test_each_resume_mismatch_is_one_line(tiny_data, tmp_path, tamper, extra, me
         (run / "config.yaml").write_text(yaml.safe_dump(saved))
     elif tamper == "best_as_last":
         shutil.copy(run / "best.pt", run / "last.pt")
-    elif tamper == "epoch_type":
+    elif tamper.startswith("epoch_"):
         state = torch.load(run / "last.pt", weights_only=True)
-        torch.save({**state, "epoch": "2"}, run / "last.pt")
+        torch.save({**state, "epoch": "2" if tamper == "epoch_type" else -1, "best_epoch": 1}, run / "last.pt")
     else:
         data = tmp_path / "data"
         shutil.copytree(tiny_data, data)

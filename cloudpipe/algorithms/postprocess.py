@@ -154,14 +154,14 @@ class TopArea(Step):
     @classmethod
     def parse(cls, value):
         if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise CloudpipeError(f"{cls.name} value {value!r} is not a pair [top, area]")
+            raise BadValue(f"{cls.name} value {value!r} is not a pair [top, area]")
         return _number(value[0], f"{cls.name} top", 0.0, 1.0), _number(value[1], f"{cls.name} area", 0.0, math.inf)
 
 
 def _number(value: object, what: str, low: float, high: float) -> float:
     """A JSON number within [low, high] as float, or a CloudpipeError naming ``what``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-        raise CloudpipeError(f"{what} value {value!r} is not a number in [{low:g}, {high:g}]")
+        raise BadValue(f"{what} value {value!r} is not a number in [{low:g}, {high:g}]")
     return float(value)
 
 
@@ -202,7 +202,7 @@ class Shape(Step):
     @classmethod
     def parse(cls, value):
         if value not in SHAPES:
-            raise CloudpipeError(f"shape {value!r} is not one of {', '.join(SHAPES)}")
+            raise BadValue(f"shape {value!r} is not one of {', '.join(SHAPES)}")
         return str(value)
 
 
@@ -251,6 +251,8 @@ class PostProcess:
         for c in CLASSES:
             if len(self.values.get(c, ())) != len(self.steps):
                 raise CloudpipeError(f"post-processing needs one value per step for {c}")
+            for step, value in zip(self.steps, self.values[c]):
+                step.parse(value)  # in the step's bounds (a threshold of 2.0 would blank every mask)
 
     def apply(self, probs: np.ndarray, k: int) -> np.ndarray:
         """0/1 mask of class ``k`` from its uint8 probabilities (H, W).

@@ -12,11 +12,11 @@ each class on its own (classes are independent, so the choice is exact on what i
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from cloudpipe.algorithms.robust import Rule, best_index, holds_up
+from cloudpipe.algorithms.robust import DefaultKept, Rule, best_index, check_held_out
 from cloudpipe.algorithms.thresholds import PairScores, Placement, Sweep, choose_thresholds, plateau_threshold
 from cloudpipe.core.choices import AREA_THRESHOLD, TOP_K
 from cloudpipe.core.competition import CLASSES
@@ -112,6 +112,8 @@ class GateChoice:
     gates: dict[str, Gate]
     sweeps: dict[str, Sweep]
     table: dict[str, np.ndarray]
+    kept: dict[str, DefaultKept] = field(default_factory=dict)
+    """Per class, why ``robust`` kept the first candidate over a better-scoring one."""
 
     def rows(self) -> list[dict]:
         """The table of sources: tuned score per class and mean, the chosen ones marked."""
@@ -144,18 +146,24 @@ def choose_gates(scores: Mapping[str, np.ndarray], pairs: PairScores, sources: S
     names = [gate_name(g) for g in candidates]
     sweeps = {name: choose_thresholds(p, pairs, placement, rule) for name, p in zip(names, blended)}
     table = {name: np.array([sweeps[name][c].score for c in CLASSES]) for name in names}
-    gates, chosen = {}, {}
+    gates, chosen, kept = {}, {}, {}
     for k, c in enumerate(CLASSES):
         best = best_index(np.array([table[name][k] for name in names]))
-        if rule == "robust" and best != 0 and not _beats_first(blended, best, pairs, k):
-            best = 0
+        if rule == "robust" and best != 0:
+            why = _beats_first(blended, best, pairs, k, names, float(table[names[best]][k] - table[names[0]][k]))
+            if why is not None:
+                best = 0
+                if why.costs:
+                    kept[c] = why
         gates[c], chosen[c] = candidates[best], sweeps[names[best]][c]
-    return GateChoice(gates, chosen, table)
+    return GateChoice(gates, chosen, table, kept)
 
 
-def _beats_first(blended: list[np.ndarray], best: int, pairs: PairScores, k: int) -> bool:
-    """Whether candidate ``best`` beats the first one of class ``k`` on held-out images, each
-    gate's threshold tuned again on the other images."""
+def _beats_first(blended: list[np.ndarray], best: int, pairs: PairScores, k: int, names: list[str],
+                 gain: float) -> DefaultKept | None:
+    """None when candidate ``best`` beats the first one of class ``k`` on held-out images, each
+    gate's threshold tuned again on the other images; else why the first one stays (``names``
+    of the candidates, ``gain``: the in-sample one)."""
     keep, blank = pairs.keep[:, k], pairs.blank[:, k]
 
     def score(j: int, rows: np.ndarray, threshold: float) -> np.ndarray:
@@ -167,4 +175,4 @@ def _beats_first(blended: list[np.ndarray], best: int, pairs: PairScores, k: int
     def gain_of(rows: np.ndarray, thresholds: tuple[float, float]) -> np.ndarray:
         return score(best, rows, thresholds[0]) - score(0, rows, thresholds[1])
 
-    return holds_up(len(keep), choose_on, gain_of)
+    return check_held_out(len(keep), choose_on, gain_of, f"the {names[0]} gate", f"the {names[best]} gate", gain)

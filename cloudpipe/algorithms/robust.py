@@ -107,6 +107,7 @@ class DefaultKept:
         held_out: the held-out mean gain per image and its standard error; None when there
             were too few images to check (fewer than ``needed``).
         needed: the fewest images the held-out check runs on.
+        z: the standard errors a held-out gain must exceed.
     """
 
     images: int

@@ -27,3 +27,6 @@ AREA_THRESHOLD: Final[float] = 0.5
 
 DEVICES: Final[tuple[str, ...]] = ("auto", "cpu", "cuda")
 """Where models run: ``auto`` is CUDA when available."""
+
+MAX_WORKERS: Final[int] = 256
+"""The most DataLoader worker processes a setting may ask for (one per core of the largest machines)."""

@@ -13,6 +13,11 @@ IMAGE_SHAPE: Final[tuple[int, int]] = (1400, 2100)
 SUBMISSION_SHAPE: Final[tuple[int, int]] = (350, 525)
 """(H, W) of the masks in a submission."""
 
+MAX_PIXELS: Final[int] = 16 * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
+"""The most pixels an image or mask may have (16 competition images, 47 megapixels): a JPEG of a
+few kilobytes can declare 12000 x 12000, an option --mask-shape 100000 100000, and make a decoder
+or a mask allocate gigabytes; sizes are checked against this before anything is allocated."""
+
 CSV_COLUMNS: Final[tuple[str, str]] = ("Image_Label", "EncodedPixels")
 
 IMAGENET_MEAN: Final[tuple[float, float, float]] = (0.485, 0.456, 0.406)

@@ -19,6 +19,7 @@ import re
 
 import numpy as np
 
+from cloudpipe.core.competition import MAX_PIXELS
 from cloudpipe.core.errors import BadType, BadValue, RLEError
 
 # --- encode ---------------------------------------------------------------------------------
@@ -274,7 +275,8 @@ def _is_missing(value: object) -> bool:
 
 
 def check_shape(shape: object) -> tuple[int, int]:
-    """``shape`` as ``(H, W)`` if it is two whole numbers >= 1.
+    """``shape`` as ``(H, W)`` if it is two whole numbers >= 1, of at most
+    :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels in all.
 
     Raises:
         BadValue: anything else, quoted (a ValueError).
@@ -282,10 +284,11 @@ def check_shape(shape: object) -> tuple[int, int]:
     try:
         height, width = shape  # type: ignore[misc]
         ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in (height, width))
+        ok = ok and int(height) * int(width) <= MAX_PIXELS
     except (TypeError, ValueError):
         ok = False
     if not ok:
-        raise BadValue(f"shape must be (H, W), two whole numbers >= 1, got {shape!r}")
+        raise BadValue(f"shape must be (H, W), two whole numbers >= 1 of at most {MAX_PIXELS:,} pixels, got {shape!r}")
     return int(height), int(width)
 
 

@@ -18,13 +18,8 @@ import cv2
 import numpy as np
 import simplejpeg
 
-from cloudpipe.core.competition import IMAGE_SHAPE
+from cloudpipe.core.competition import IMAGE_SHAPE, MAX_PIXELS
 from cloudpipe.core.errors import CloudpipeError
-
-MAX_PIXELS = 16 * IMAGE_SHAPE[0] * IMAGE_SHAPE[1]
-"""The most pixels an image may declare (16 competition images, 47 megapixels, ~140 MB decoded):
-a JPEG of a few kilobytes can declare 12000 x 12000 and make a decoder allocate gigabytes, so
-the size in its header is checked before any decode."""
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -70,7 +65,7 @@ def check_declared_size(height: int, width: int, path: Path) -> tuple[int, int]:
     """``(height, width)`` as a JPEG header declares them, if an image may be that size.
 
     Raises:
-        CloudpipeError: an empty image, or more than :data:`MAX_PIXELS` pixels.
+        CloudpipeError: an empty image, or more than :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels.
     """
     if height < 1 or width < 1:
         raise CloudpipeError(f"corrupt JPEG (declares a {height}x{width} image)", path=path)
@@ -166,7 +161,8 @@ def decode_batch(datas: list, paths: list[Path], size: tuple[int, int], reductio
 
     Raises:
         CloudpipeError: naming the first file the decoder rejects, or whose header declares
-            an image too large to decode (checked first, see :data:`MAX_PIXELS`).
+            an image too large to decode (checked first, see
+            :data:`~cloudpipe.core.competition.MAX_PIXELS`).
     """
     import warnings
 

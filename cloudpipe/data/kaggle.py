@@ -17,7 +17,7 @@ import pandas as pd
 
 from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, split_label
 from cloudpipe.core.errors import CloudpipeError, RLEError
-from cloudpipe.core.rle import parse_rle
+from cloudpipe.core.rle import check_shape, parse_rle
 from cloudpipe.data.images import check_images
 from cloudpipe.data.outputs import Inputs, check_output, write_csv
 
@@ -102,6 +102,8 @@ def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.Dat
 def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
     """Validate a text frame with columns ``Image_Label, EncodedPixels`` (see
     :func:`read_mask_csv`); ``path`` names it in errors, lines counted as in its CSV."""
+    if shape is not None:
+        shape = check_shape(shape)  # (-1, -1) would pass a CSV of empty masks unchecked
     if frame.empty:
         raise CloudpipeError("has no rows", path=path)
     frame = frame.reset_index(drop=True)
@@ -233,8 +235,11 @@ def find_image(data_dir: Path, image: str) -> Path:
     """The file of a train or test image: ``DIR/train_images/<image>`` or ``DIR/test_images/<image>``.
 
     Raises:
-        CloudpipeError: in neither folder.
+        CloudpipeError: not a plain file name (``../train.csv``, ``/etc/x.jpg``), or in
+            neither folder.
     """
+    if image in ("", ".", "..") or any(c in image for c in "/\\\0"):
+        raise CloudpipeError(f"image name {image!r} is not a plain file name (e.g. 0011165.jpg)")
     for folder in (TRAIN_IMAGES, TEST_IMAGES):
         path = Path(data_dir) / folder / image
         if path.is_file():

@@ -116,7 +116,7 @@ def _read_info(path: Path) -> StoreInfo:
         data = json.loads(path.read_text())
     except FileNotFoundError:
         raise CloudpipeError("the store's image list is missing", path=path) from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested deeper than the parser goes
         raise CloudpipeError(f"not a readable JSON file ({err})", path=path) from None
     if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
         raise CloudpipeError(f"not a probability store's JSON of format {FORMAT_VERSION}", path=path)

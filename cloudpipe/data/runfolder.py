@@ -289,5 +289,5 @@ def read_json(path: Path, what: str) -> object:
         return json.loads(path.read_text())
     except FileNotFoundError:
         raise CloudpipeError(f"{what} file not found", path=path) from None
-    except (OSError, ValueError) as err:
+    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested deeper than the parser goes
         raise CloudpipeError(f"not a readable JSON file ({err})", path=path) from None

@@ -21,6 +21,7 @@ from tqdm import tqdm
 from cloudpipe.core.competition import (
     CLASSES,
     IMAGE_SHAPE,
+    MAX_PIXELS,
     SUBMISSION_SHAPE,
     join_label,
 )
@@ -143,6 +144,8 @@ def make_dataset(
         raise CloudpipeError(f"need at least 2 train and 1 test images, got --train {train} --test {test}")
     if min(shape) < 16:
         raise CloudpipeError(f"images must be at least 16x16, got {shape[0]}x{shape[1]}")
+    if shape[0] * shape[1] > MAX_PIXELS:
+        raise CloudpipeError(f"images of {shape[0]}x{shape[1]} are more than {MAX_PIXELS:,} pixels (16 competition images)")
     if seed < 0:
         raise CloudpipeError(f"--seed must be 0 or more, got {seed}")
     if out_dir.exists() and not out_dir.is_dir():

@@ -15,7 +15,8 @@ from typing import Any, Literal
 import yaml
 
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
-from cloudpipe.core.choices import DEVICES
+from cloudpipe.core.choices import DEVICES, MAX_WORKERS
+from cloudpipe.core.competition import MAX_PIXELS
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import write_text
 from cloudpipe.data.runfolder import CONFIG_YAML, read_config_values, read_yaml_mapping
@@ -166,8 +167,11 @@ class TrainConfig:
                 raise bad(f.name, f"is not one of {', '.join(check)}")
         if len(self.image_size) != 2 or min(self.image_size) < 32 or any(s % 32 for s in self.image_size):
             raise bad("image_size", "must be two multiples of 32 (H W), each >= 32")
-        if self.workers != "auto" and (isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0):
-            raise bad("workers", "must be auto or a number >= 0")
+        if self.image_size[0] * self.image_size[1] > MAX_PIXELS:
+            raise bad("image_size", f"is more than {MAX_PIXELS:,} pixels (16 competition images)")
+        if self.workers != "auto" and (isinstance(self.workers, bool) or not isinstance(self.workers, int)
+                                       or not 0 <= self.workers <= MAX_WORKERS):
+            raise bad("workers", f"must be auto or a number in [0, {MAX_WORKERS}]")
         if self.folds == 1:
             raise bad("folds", "must be 0 (one hold-out split) or >= 2")
         if self.head_weight > 0 and self.task != "segmentation":

@@ -406,16 +406,16 @@ def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continui
                    resume: bool, one_fold: bool = False) -> tuple[list[ModelSplit], bool]:
     """Check the run folder (every rank), writing nothing: the run's models and whether the
     folder already records their split (a continued run keeps the split it recorded). A run
-    that never finished an epoch (no ``last.pt``: it failed or was stopped in its first) is
-    started afresh, with the settings given, unless one fold of it is asked for (``--fold``:
-    the others may be training).
+    that never finished an epoch (no ``last.pt``, ``best.pt`` or ``metrics.csv``: it failed or
+    was stopped in its first) is started afresh, with the settings given, unless one fold of
+    it is asked for (``--fold``: the others may be training).
 
     Raises:
         CloudpipeError: a fresh run into a folder holding another run; ``resume`` with nothing
             to resume; a continued run with settings that must not change.
     """
     config_path = out_dir / CONFIG_YAML
-    finished = any(p.exists() for p in training_files(out_dir) if p.name == LAST_PT)
+    finished = any(p.exists() for p in training_files(out_dir) if p.name in (LAST_PT, BEST_PT, METRICS_CSV))
     holds_run = finished or (one_fold and config_path.exists())
     if holds_run and not continuing:
         raise CloudpipeError("holds another run; pass --resume to continue it, or choose another --out", path=out_dir)
@@ -470,6 +470,9 @@ def _resume_state(last: Path, config: TrainConfig) -> dict:
             raise
         raise CloudpipeError(f"{err}: not a last.pt to resume from (best.pt keeps the model only); "
                              "train a new run, or put the run's own last.pt back") from None
+    if not 0 <= state["best_epoch"] <= state["epoch"]:
+        raise CloudpipeError(f"checkpoint's epoch {state['epoch']} and best_epoch {state['best_epoch']} are not "
+                             "0 <= best_epoch <= epoch", path=last)
     try:
         trained = config_from_dict(state["config"])
     except CloudpipeError as err:

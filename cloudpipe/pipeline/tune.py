@@ -131,6 +131,7 @@ class TuneResult:
                      "pass --seg VAL_SEG.csv to tune on Dice"]
         lines.append("gated on: " + ", ".join(f"{c} {gate_name(g)}" for c, g in self.spec.gates.items()))
         lines += [f"{c}: {s.kept.reason()}" for c, s in self.sweeps.items() if s.kept is not None and s.kept.costs]
+        lines += [f"{c}: {kept.reason()}" for c, kept in self.chosen.kept.items()]
         if self.rule_scores is not None:
             without, with_rule = self.rule_scores
             lines.append(f"at least one class per image: {with_rule:.4f} with the rule, {without:.4f} without -> "
