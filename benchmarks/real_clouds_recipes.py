@@ -48,6 +48,11 @@ SEG_VARIANTS: dict[str, dict] = {  # name -> overrides of SEG; "tta" entries reu
     "bce 0.75 + dice 0.25": {"loss": {"bce": 0.75, "dice": 0.25}},
     "present-only dice": {"mask_loss_on": "present"},
     "bce + lovasz": {"loss": {"bce": 1.0, "lovasz": 1.0}},
+    "augment light": {"augment": "light"},  # issue 30: the medallists' augmentations (cloudpipe.data.transforms.PRESETS)
+    "augment medium": {"augment": "medium"},
+    "augment heavy": {"augment": "heavy"},
+    "positive-only loss": {"mask_loss_on": "positive"},  # every term (BCE too) on the non-empty masks only
+    "cutmix 0.5": {"cutmix": 0.5},
     "tta x3": {"tta": 3},
     "tta x4": {"tta": 4},
 }

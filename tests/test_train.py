@@ -112,13 +112,16 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     dict(schedule="cosine", warmup_epochs=1, ema=0.9),
     dict(schedule="onecycle", optimizer="adamw", encoder_lr_ratio=0.1, grad_clip=1.0),
     dict(optimizer="sgd", swa_epochs=2),
-], ids=["cosine+warmup+ema", "onecycle+adamw+ratio+clip", "sgd+swa"])
+    dict(task="segmentation", augment="heavy", cutmix=0.5, mask_loss_on="positive"),
+    dict(augment=[{"name": "GridDistortion", "p": 0.5}, {"name": "InvertImg", "p": 0.2}], best_by="auc"),
+], ids=["cosine+warmup+ema", "onecycle+adamw+ratio+clip", "sgd+swa", "seg+heavy+cutmix+positive", "listed+auc"])
 def test_a_run_interrupted_and_resumed_replays_every_recipe_exactly(tiny_data, tmp_path, monkeypatch, recipe):
-    """Schedules stepped per optimizer step, the EMA / SWA average and the optimizer's groups
-    are all restored: the resumed run ends where the uninterrupted one does."""
+    """Schedules stepped per optimizer step, the EMA / SWA average, the optimizer's groups, the
+    augmentations and CutMix are all restored: the resumed run ends where the uninterrupted one does."""
     from cloudpipe.engine.train import Trainer
 
-    config = classifier_config(epochs=3, lr=1e-3, **recipe)
+    recipe = dict(recipe)
+    config = load_config(recipe.pop("task", "classifier"), overrides={**TINY, "epochs": 3, "lr": 1e-3, **recipe})
     train_run(config, tiny_data, tmp_path / "full", progress=False)
     save = Trainer.save
 
@@ -384,3 +387,12 @@ def test_epoch_lines_go_to_the_cloudpipe_logger_and_the_cli_prints_them(tiny_dat
     result = cli("train-classifier", "--data", tiny_data, "--out", tmp_path / "cli", "--arch", "tiny", "--weights", "none",
                  "--epochs", 1, "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet")
     assert result.exit_code == 0 and result.output.count("epoch 1/1  train_loss") == 1, result.output
+
+
+def test_the_classifier_records_auc_per_class_and_keeps_its_best_epoch_by_it(tiny_data, tmp_path):
+    [result] = train_run(classifier_config(epochs=2, best_by="auc"), tiny_data, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert {"val_accuracy", "val_auc", *(f"auc_{c}" for c in CLASSES)} <= set(metrics.columns)
+    aucs = [row["val_auc"] for row in result.history]
+    assert result.best_score == max(aucs) and result.best_epoch == aucs.index(max(aucs)) + 1
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["score_name"] == "val_auc"

@@ -168,7 +168,9 @@ class Trainer:
                    disable=not (progress and self.dist.is_main))
         loss_sum, seen = torch.zeros((), device=self.device), 0  # summed on the device: no sync per step
         self.optimizer.zero_grad(set_to_none=True)
+        mixing = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 100_003 + self.dist.rank)
         for step, batch in enumerate(bar):
+            batch = self.stage.mix(batch, mixing)
             last_micro = (step + 1) % config.accumulate == 0 or step + 1 == steps
             # The last accumulation group of an epoch may be short: scale by its real size.
             group = config.accumulate if step < steps - steps % config.accumulate else steps % config.accumulate
