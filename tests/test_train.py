@@ -114,7 +114,10 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     dict(optimizer="sgd", swa_epochs=2),
     dict(task="segmentation", augment="heavy", cutmix=0.5, mask_loss_on="positive"),
     dict(augment=[{"name": "GridDistortion", "p": 0.5}, {"name": "InvertImg", "p": 0.2}], best_by="auc"),
-], ids=["cosine+warmup+ema", "onecycle+adamw+ratio+clip", "sgd+swa", "seg+heavy+cutmix+positive", "listed+auc"])
+    dict(arch="timm:mobilenetv3_small_050", freeze=[], encoder_lr_ratio=0.1),
+    dict(task="segmentation", arch="Unet", encoder="tu-mobilenetv3_small_050", epochs=2),
+], ids=["cosine+warmup+ema", "onecycle+adamw+ratio+clip", "sgd+swa", "seg+heavy+cutmix+positive", "listed+auc",
+        "timm-classifier", "seg+timm-encoder"])
 def test_a_run_interrupted_and_resumed_replays_every_recipe_exactly(tiny_data, tmp_path, monkeypatch, recipe):
     """Schedules stepped per optimizer step, the EMA / SWA average, the optimizer's groups, the
     augmentations and CutMix are all restored: the resumed run ends where the uninterrupted one does."""
@@ -266,6 +269,11 @@ def test_cli_trains_and_refuses_to_mix_runs(tiny_data, tmp_path):
         (["--loss", "dice=1"], "must weight some of bce, focal"),
         (["--schedule", "plateau", "--warmup-epochs", "1"], "needs schedule cosine or onecycle"),
         (["--ema", "1"], "--ema"),
+        (["--augment", "[{name: Afine, p: 1}]"], "augment[0]: unknown transform 'Afine'; did you mean Affine"),
+        (["--augment", "heavier"], "augment = 'heavier' is not a preset (basic, light, medium, heavy)"),
+        (["--arch", "resnet35"], "unknown classifier arch 'resnet35'; did you mean"),
+        (["--arch", "timm:resnet35"], "unknown timm model 'resnet35'; did you mean"),
+        (["--best-by", "dice"], "'dice' is not one of 'score', 'auc'"),
     ],
 )
 def test_cli_bad_options(tiny_data, tmp_path, extra, message):

@@ -88,9 +88,10 @@ class TrainConfig:
 
     task: Task = setting("classifier", check=tuple(DEFAULT_CONFIGS))
     arch: str = setting("resnet34", cli=True, help={
-        "classifier": "torchvision resnet18 | resnet34 | resnet50 (tiny: a stand-in for tests).",
+        "classifier": "any torchvision classification model (resnet34, efficientnet_b0, ...) or timm:<name> "
+                      "(tiny: a stand-in for tests).",
         "segmentation": "smp architecture: Unet, FPN, ... (tiny: a stand-in for tests)."})
-    encoder: str = setting("resnet34", cli=True, stage="segmentation", help="smp encoder: resnet34, ...")
+    encoder: str = setting("resnet34", cli=True, stage="segmentation", help="smp encoder: resnet34, efficientnet-b0, ... or tu-<any timm model>.")
     weights: str = setting("imagenet", cli=("--weights", "--encoder-weights"), help="imagenet | none | PATH to a local state dict.")
     freeze: list[str] = setting(factory=lambda: ["layer1", "layer2"])
     image_size: tuple[int, int] = setting((512, 768), cli=True)

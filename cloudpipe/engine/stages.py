@@ -94,14 +94,18 @@ class ClassifierStage(Stage):
         self.terms = pixel_losses(config.loss)
         if config.best_by == "auc":
             self.score_name = "val_auc"
+        self.head = "fc"
+        """The replaced last linear layer (a ResNet's ``fc``), known once :meth:`build_model` ran."""
 
     def in_encoder(self, name: str) -> bool:
-        """The backbone: everything but the replaced ``fc``."""
-        return not name.startswith("body.fc.")
+        """The backbone: everything but the replaced head."""
+        return not name.startswith(f"body.{self.head}.")
 
     def build_model(self, weights: str | None = None) -> nn.Module:
         c = self.config
-        return build_classifier(c.arch, c.weights if weights is None else weights, c.freeze)
+        model = build_classifier(c.arch, c.weights if weights is None else weights, c.freeze)
+        self.head = model.head
+        return model
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()
