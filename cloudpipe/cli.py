@@ -108,6 +108,19 @@ def with_options(*options):
     return decorate
 
 
+def _scales(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    """``--tta-scales 0.75,1,1.25``: distinct factors in [0.25, 4]."""
+    if value is None:
+        return None
+    try:
+        scales = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.75,1,1.25") from None
+    if not scales or any(not 0.25 <= s <= 4 for s in scales) or len(set(scales)) < len(scales):
+        raise click.BadParameter(f"{value!r}: give distinct factors in [0.25, 4], e.g. 0.75,1,1.25")
+    return scales
+
+
 def inference_options(batch_size: int, tta: bool = True):
     """--batch-size, --device, --workers, --decode, --compile, --quiet (and --tta, --tta-views) for commands that run a model;
     the command receives them as one ``settings`` (:class:`InferenceSettings`)."""
@@ -124,16 +137,19 @@ def inference_options(batch_size: int, tta: bool = True):
     if tta:
         options += [click.option("--tta", is_flag=True, help="Average the model over flipped views (see --tta-views)."),
                     click.option("--tta-views", type=click.Choice(["3", "4"]), default=None,
-                                 help="3: identity, horizontal, vertical flip; 4: also both (implies --tta) [default: 3].")]
+                                 help="3: identity, horizontal, vertical flip; 4: also both (implies --tta) [default: 3]."),
+                    click.option("--tta-scales", default=None, callback=_scales, metavar="S,S,...",
+                                 help="Also average over the images resized by these factors, e.g. 0.75,1,1.25 "
+                                      "(multi-scale TTA; with --tta, every flip at every scale) [default: 1].")]
 
     def decorate(fn):
         def command(batch_size: int, device: str, workers: int | str, decode: str, compile_: bool, quiet: bool,
-                    tta: bool = False, tta_views: str | None = None, **kwargs):
+                    tta: bool = False, tta_views: str | None = None, tta_scales: tuple[float, ...] | None = None, **kwargs):
             from cloudpipe.engine.settings import InferenceSettings
 
             settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, decode=decode,
                                          compile=compile_, tta=tta or tta_views is not None,
-                                         tta_views=int(tta_views or 3), progress=not quiet)
+                                         tta_views=int(tta_views or 3), tta_scales=tta_scales or (1.0,), progress=not quiet)
             return fn(settings=settings, **kwargs)
 
         return with_options(*options)(functools.wraps(fn)(command))
