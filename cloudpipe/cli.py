@@ -510,6 +510,31 @@ def report(data_dir: Path, seg_csv: Path, out: Path, overlays: int, overwrite: b
     click.echo(f"{len(result.scored.stats.images)} images in {result.seconds:.1f} s; wrote {result.path}")
 
 
+@main.command("pseudo-label")
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
+@click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True,
+              help="The test submission whose masks become labels (e.g. predict's, from a tuned ensemble).")
+@click.option("--probs", "probs_csv", type=EXISTING_FILE, default=None,
+              help="Presence probabilities it was gated on [default: the submission's <stem>_probs.csv].")
+@click.option("--min-confidence", type=click.FloatRange(0.5, 1, min_open=True), default=0.9,
+              help="Keep an image when every class's probability is >= this or <= 1 - this.")
+@click.option("--min-area", type=click.IntRange(min=0), default=0, help="... and every mask it keeps has this many pixels.")
+@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --seg.")
+@click.option("--out", "out_dir", type=NEW_PATH, required=True, help="The new data folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def pseudo_label(data_dir: Path, seg_csv: Path, probs_csv: Path | None, min_confidence: float, min_area: int,
+                 mask_shape: tuple[int, int], out_dir: Path, overwrite: bool) -> None:
+    """Write a data folder that also trains on the test images labelled confidently by --seg;
+    training on it keeps them out of every validation split (the rule is saved in pseudo.yaml)."""
+    from cloudpipe.algorithms.pseudo import PseudoRule
+    from cloudpipe.pipeline.predict import probs_path_for
+    from cloudpipe.pipeline.pseudo import pseudo_label as write_pseudo
+
+    probs = probs_csv or probs_path_for(seg_csv)
+    rule = PseudoRule(min_confidence=min_confidence, min_area=min_area)
+    click.echo(write_pseudo(data_dir, seg_csv, probs, out_dir, rule, mask_shape=mask_shape, overwrite=overwrite).line())
+
+
 @main.command()
 @click.option("--out", "out_dir", type=NEW_PATH, default=Path("demo"), help="Folder for data, runs and submissions.")
 @click.option("--size", type=click.Choice(["tiny", "small", "medium"]), default="small",

@@ -88,11 +88,15 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
-def make_splits(config: TrainConfig, labels: pd.DataFrame) -> list[tuple[list[str], list[str]]]:
-    """The (train, val) image lists a new run trains on: one hold-out split, or K folds."""
+def make_splits(config: TrainConfig, labels: pd.DataFrame, pseudo: tuple[str, ...] | list[str] = ()) -> list[tuple[list[str], list[str]]]:
+    """The (train, val) image lists a new run trains on: one hold-out split, or K folds, of the
+    images with real labels; the ``pseudo``-labelled images train in every one and validate in none."""
+    real = labels.drop(index=list(pseudo))
     if config.folds >= 2:
-        return kfold_splits(labels, config.folds, config.split_seed)
-    return [split_train_val(labels, config.val_fraction, config.split_seed)]
+        splits = kfold_splits(real, config.folds, config.split_seed)
+    else:
+        splits = [split_train_val(real, config.val_fraction, config.split_seed)]
+    return [(train + list(pseudo), val) for train, val in splits]
 
 
 class Trainer:
@@ -350,7 +354,7 @@ def train_run(
             results.append(fit(stage, data, split, state=state, progress=progress, dist=dist, on_start=start))
         start()
         if dist.is_main and stage.keeps_val_probs and config.folds >= 2:
-            write_out_of_fold(out_dir, config.folds, list(data.labels.index))
+            write_out_of_fold(out_dir, config.folds, data.labelled)
         return results if dist.is_main else []
     finally:
         dist.close()
@@ -385,7 +389,7 @@ def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continui
     recorded = config_path.exists() and (out_dir / SPLITS_CSV).exists()
     if recorded:
         return read_splits(out_dir, config.folds), True
-    return make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels)), False
+    return make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels, data.pseudo)), False
 
 
 def _record_run(out_dir: Path, config: TrainConfig, data: TrainData, splits: list[ModelSplit], recorded: bool,
