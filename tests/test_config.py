@@ -201,3 +201,16 @@ def test_augmentations_by_name_are_saved_as_given(tmp_path):
     assert load_config("segmentation").augment == "basic" and load_config("segmentation").cutmix == 0.0
     with pytest.raises(CloudpipeError, match="best_by = 'auc' is the classifier's choice"):
         load_config("segmentation", overrides={"best_by": "auc"})
+
+
+@pytest.mark.parametrize("task, name", [("segmentation", "seg_competition.yaml"), ("classifier", "classifier_competition.yaml")])
+def test_the_competition_configs_hold_the_medallists_recipe(task, name):
+    from importlib import resources
+
+    c = load_config(task, resources.files("cloudpipe.configs") / name, {"weights": "none"})
+    assert (c.image_size, c.optimizer, c.encoder_lr_ratio, c.schedule, c.augment) == ((384, 576), "adamw", 0.1, "onecycle", "heavy")
+    assert c.ema > 0 and c.lr == 0.001  # lr given in the file: not replaced by scratch_lr
+    if task == "segmentation":
+        assert c.loss == {"bce": 0.75, "dice": 0.25} and c.encoder.startswith("tu-")
+    else:
+        assert c.best_by == "auc" and c.arch.startswith("timm:") and c.freeze == []
