@@ -147,8 +147,9 @@ class SegmentationStage(Stage):
     ``mask_loss_on: present`` both are taken per pair over the pairs whose mask is not empty
     only; with ``positive`` every term (BCE, focal too) is, so empty masks teach nothing and the
     presence decision is left to the classifier (1st place's ``ignore_negative``). ``cutmix``
-    pastes a box of another image of the batch, with its masks, into each image. With ``head_weight > 0`` the model also has a classification head (presence per
-    class, the target being "the mask is not empty"), trained with ``head_weight`` * BCE;
+    pastes a box of another image of the batch, with its masks, into each image. With
+    ``head_weight > 0`` the model also has a classification head (presence per class, the
+    target being "the mask is not empty"), trained with ``head_weight`` * BCE;
     validation then also reports the head's accuracy at 0.5 (``val_head_accuracy``)."""
 
     task = "segmentation"
