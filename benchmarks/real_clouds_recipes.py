@@ -62,6 +62,7 @@ CLASSIFIER_VARIANTS: dict[str, dict] = {
     "adamw + backbone lr x0.1": {"optimizer": "adamw", "encoder_lr_ratio": 0.1, "weight_decay": 0.01},
     "cosine + warmup 1": {"schedule": "cosine", "warmup_epochs": 1},
     "ema 0.95": {"ema": 0.95},
+    "best by auc": {"best_by": "auc"},  # issue 30: best.pt by the mean per-class ROC AUC instead of accuracy at 0.5
 }
 SMOKE_SEG = {"arch": "tiny", "image_size": [64, 96], "epochs": 2, "batch_size": 8}
 SMOKE_CLASSIFIER = {"arch": "tiny", "image_size": [64, 96], "epochs": 2, "batch_size": 8, "accumulate": 1, "freeze": []}
