@@ -40,7 +40,7 @@ SEG = {"arch": "Unet", "encoder": "resnet18", "image_size": [96, 160], "epochs":
        "val_fraction": 0.2, "head_weight": 0.0}
 CLASSIFIER = {"arch": "resnet18", "image_size": [128, 192], "epochs": 5, "batch_size": 16, "accumulate": 1,
               "freeze": [], "val_fraction": 0.2}
-SEG_VARIANTS: dict[str, dict] = {  # name -> overrides of SEG; "tta" entries reuse today's run
+SEG_VARIANTS: dict[str, dict] = {  # name -> overrides of SEG; "tta" / "tta_scales" entries reuse today's run
     "today": {},
     "adamw + encoder lr x0.1": {"optimizer": "adamw", "encoder_lr_ratio": 0.1, "weight_decay": 0.01},
     "cosine + warmup 1": {"schedule": "cosine", "warmup_epochs": 1},
@@ -48,14 +48,21 @@ SEG_VARIANTS: dict[str, dict] = {  # name -> overrides of SEG; "tta" entries reu
     "bce 0.75 + dice 0.25": {"loss": {"bce": 0.75, "dice": 0.25}},
     "present-only dice": {"mask_loss_on": "present"},
     "bce + lovasz": {"loss": {"bce": 1.0, "lovasz": 1.0}},
+    "augment light": {"augment": "light"},  # issue 30: the medallists' augmentations (cloudpipe.data.transforms.PRESETS)
+    "augment medium": {"augment": "medium"},
+    "augment heavy": {"augment": "heavy"},
+    "positive-only loss": {"mask_loss_on": "positive"},  # every term (BCE too) on the non-empty masks only
+    "cutmix 0.5": {"cutmix": 0.5},
     "tta x3": {"tta": 3},
     "tta x4": {"tta": 4},
+    "tta scales 0.75,1,1.25": {"tta_scales": (0.75, 1.0, 1.25)},  # the 5th place's multi-scale TTA
 }
 CLASSIFIER_VARIANTS: dict[str, dict] = {
     "today": {},
     "adamw + backbone lr x0.1": {"optimizer": "adamw", "encoder_lr_ratio": 0.1, "weight_decay": 0.01},
     "cosine + warmup 1": {"schedule": "cosine", "warmup_epochs": 1},
     "ema 0.95": {"ema": 0.95},
+    "best by auc": {"best_by": "auc"},  # issue 30: best.pt by the mean per-class ROC AUC instead of accuracy at 0.5
 }
 SMOKE_SEG = {"arch": "tiny", "image_size": [64, 96], "epochs": 2, "batch_size": 8}
 SMOKE_CLASSIFIER = {"arch": "tiny", "image_size": [64, 96], "epochs": 2, "batch_size": 8, "accumulate": 1, "freeze": []}
@@ -114,9 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
                            overwrite=True)
         return evaluate_files(truth, submission, SUBMISSION_SHAPE, SUBMISSION_SHAPE).table["mean"]
 
-    def seg_masks(run: Path, folder: Path, tta: int | None) -> tuple[Path, Path]:
+    def seg_masks(run: Path, folder: Path, tta: dict) -> tuple[Path, Path]:
         """Validation and test masks of a run (post-processing tuned on validation), with TTA."""
-        settings = InferenceSettings(**{**infer.__dict__, "tta": tta is not None, "tta_views": tta or 3})
+        settings = InferenceSettings(**{**infer.__dict__, "tta": "tta" in tta, "tta_views": tta.get("tta", 3),
+                                        "tta_scales": tta.get("tta_scales", (1.0,))})
         folder.mkdir(parents=True, exist_ok=True)
         val_csv, test_csv = folder / "val_seg.csv", folder / "test_seg.csv"
         predict_segmentation(run, data, "val", val_csv, settings=settings, overwrite=True)
@@ -130,9 +138,11 @@ def main(argv: list[str] | None = None) -> dict:
             key = f"seg | {name} | seed {args.seed}"
             if not wanted(name) or key in results:
                 continue
-            tta = overrides.get("tta")
+            tta = {k: v for k, v in overrides.items() if k in ("tta", "tta_scales")}
             run, seconds = trained("seg", "today" if tta else name, {} if tta else overrides, args.seed)
-            folder = work / "scored" / "seg" / f"{run.name}{f'_tta{tta}' if tta else ''}"
+            views = f"_tta{tta['tta']}" if "tta" in tta else ""
+            views += f"_scales{'-'.join(f'{v:g}' for v in tta['tta_scales'])}" if "tta_scales" in tta else ""
+            folder = work / "scored" / "seg" / f"{run.name}{views}"
             val_csv, test_csv = seg_masks(run, folder, tta)
             alone = evaluate_files(truth, test_csv, SUBMISSION_SHAPE, SUBMISSION_SHAPE).table["mean"]
             results[key] = {"stage": "seg", "variant": name, "seed": args.seed, "seg alone": alone,
@@ -140,7 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
             results_path.write_text(json.dumps(results, indent=2))
             print(f"{key}: {results[key]}", flush=True)
     if args.stage in ("classifier", "both"):
-        today_val, today_test = seg_masks(today_seg, work / "scored" / "seg" / today_seg.name, None)
+        today_val, today_test = seg_masks(today_seg, work / "scored" / "seg" / today_seg.name, {})
         test_images = list_test_images(data)
         paths = [find_image(data, image) for image in test_images]
         labels = presence(read_mask_csv(truth)).loc[test_images].to_numpy().astype(bool)

@@ -121,6 +121,19 @@ def with_options(*options):
     return decorate
 
 
+def _scales(ctx, param, value: str | None) -> tuple[float, ...] | None:
+    """``--tta-scales 0.75,1,1.25``: distinct factors in [0.25, 4]."""
+    if value is None:
+        return None
+    try:
+        scales = tuple(float(part) for part in value.split(",") if part.strip())
+    except ValueError:
+        raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.75,1,1.25") from None
+    if not scales or any(not 0.25 <= s <= 4 for s in scales) or len(set(scales)) < len(scales):
+        raise click.BadParameter(f"{value!r}: give distinct factors in [0.25, 4], e.g. 0.75,1,1.25")
+    return scales
+
+
 def inference_options(batch_size: int, tta: bool = True):
     """--batch-size, --device, --workers, --decode, --compile, --quiet (and --tta, --tta-views) for commands that run a model;
     the command receives them as one ``settings`` (:class:`InferenceSettings`)."""
@@ -139,16 +152,21 @@ def inference_options(batch_size: int, tta: bool = True):
     if tta:
         options += [click.option("--tta", is_flag=True, help="Average the model over flipped views (see --tta-views)."),
                     click.option("--tta-views", type=click.Choice(["3", "4"]), default=None,
-                                 help="3: identity, horizontal, vertical flip; 4: also both (implies --tta) [default: 3].")]
+                                 help="3: identity, horizontal, vertical flip; 4: also both (implies --tta) [default: 3]."),
+                    click.option("--tta-scales", default=None, callback=_scales, metavar="S,S,...",
+                                 help="Also average over the images resized by these factors, e.g. 0.75,1,1.25 "
+                                      "(multi-scale TTA; with --tta, every flip at every scale) [default: 1].")]
 
     def decorate(fn):
         def command(batch_size: int, device: str, workers: int | str, decode: str, compile_: bool, quiet: bool,
-                    allow_partial: bool, tta: bool = False, tta_views: str | None = None, **kwargs):
+                    allow_partial: bool, tta: bool = False, tta_views: str | None = None,
+                    tta_scales: tuple[float, ...] | None = None, **kwargs):
             from cloudpipe.engine.settings import InferenceSettings
 
             settings = InferenceSettings(device=device, batch_size=batch_size, workers=workers, decode=decode,
                                          compile=compile_, tta=tta or tta_views is not None,
-                                         tta_views=int(tta_views or 3), progress=not quiet, allow_partial=allow_partial)
+                                         tta_views=int(tta_views or 3), tta_scales=tta_scales or (1.0,), progress=not quiet,
+                                         allow_partial=allow_partial)
             return fn(settings=settings, **kwargs)
 
         return with_options(*options)(functools.wraps(fn)(command))
@@ -561,6 +579,31 @@ def report(data_dir: Path, seg_csv: Path, out: Path, overlays: int, overwrite: b
     result = write_report(data_dir, seg_csv, out, overwrite=overwrite, overlays=overlays, progress=not quiet, **inputs)
     click.echo(format_table(result.headline))
     click.echo(f"{len(result.scored.stats.images)} images in {result.seconds:.1f} s; wrote {result.path}")
+
+
+@main.command("pseudo-label")
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
+@click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True,
+              help="The test submission whose masks become labels (e.g. predict's, from a tuned ensemble).")
+@click.option("--probs", "probs_csv", type=EXISTING_FILE, default=None,
+              help="Presence probabilities it was gated on [default: the submission's <stem>_probs.csv].")
+@click.option("--min-confidence", type=click.FloatRange(0.5, 1, min_open=True), default=0.9,
+              help="Keep an image when every class's probability is >= this or <= 1 - this.")
+@click.option("--min-area", type=click.IntRange(min=0), default=0, help="... and every mask it keeps has this many pixels.")
+@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --seg.")
+@click.option("--out", "out_dir", type=NEW_PATH, required=True, help="The new data folder to write.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+def pseudo_label(data_dir: Path, seg_csv: Path, probs_csv: Path | None, min_confidence: float, min_area: int,
+                 mask_shape: tuple[int, int], out_dir: Path, overwrite: bool) -> None:
+    """Write a data folder that also trains on the test images labelled confidently by --seg;
+    training on it keeps them out of every validation split (the rule is saved in pseudo.yaml)."""
+    from cloudpipe.algorithms.pseudo import PseudoRule
+    from cloudpipe.pipeline.predict import probs_path_for
+    from cloudpipe.pipeline.pseudo import pseudo_label as write_pseudo
+
+    probs = probs_csv or probs_path_for(seg_csv)
+    rule = PseudoRule(min_confidence=min_confidence, min_area=min_area)
+    click.echo(write_pseudo(data_dir, seg_csv, probs, out_dir, rule, mask_shape=mask_shape, overwrite=overwrite).line())
 
 
 @main.command()

@@ -143,3 +143,16 @@ def test_bench_scale_smoke(bench_cache, capsys):
     assert "same choice and Dice grid: yes" in rows[0]["note"] and "bytes identical: yes" in rows[4]["note"]
     assert [n for n in names if n.startswith("store")][0] == "store .npy (uint8 memory map)"
     assert all(r["ratio"] > 0 for r in rows if "ratio" in r) and "apply-seg" in capsys.readouterr().out
+
+
+def test_gpu_competition_smoke(tiny_data, tmp_path, capsys):
+    from benchmarks import gpu_competition
+
+    results = gpu_competition.main(["--smoke", "--data", str(tiny_data), "--work", str(tmp_path / "work"),
+                                    "--json", str(tmp_path / "comp.json")])
+    assert 0 <= results["test Dice, masks alone"] <= 1 and 0 <= results["test Dice, gated"] <= 1
+    assert [k.split(" (")[0] for k in results["seconds"]] == [
+        "prepare data", "train classifier", "train segmentation", "predict-seg val + test", "tune gate thresholds",
+        "predict"]
+    assert json.loads((tmp_path / "comp.json").read_text())["weights"] == "none"
+    assert "smoke run: the figures mean nothing" in capsys.readouterr().out

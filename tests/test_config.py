@@ -64,7 +64,14 @@ def test_save_and_reload_round_trip(tmp_path):
         ("loss: [bce]\n", "not a valid mapping of loss terms"),
         ("loss: 'bce=x'\n", "not a valid mapping of loss terms"),
         ("mask_loss_on: present\n", "the classifier has none"),
-        ("mask_loss_on: some\n", "is not one of all, present"),
+        ("mask_loss_on: some\n", "is not one of all, present, positive"),
+        ("mask_loss_on: positive\n", "the classifier has none"),
+        ("cutmix: 0.5\n", "cutmix = 0.5 mixes masks"),
+        ("cutmix: 2\n", "cutmix = 2.0 is a probability"),
+        ("best_by: dice\n", "best_by = 'dice' is not one of score, auc"),
+        ("augment: huge\n", "augment = 'huge' is not a preset"),
+        ("augment: {name: Affine}\n", "augment = {'name': 'Affine'} is not a valid preset name or list of transforms"),
+        ("augment: [{name: Afine}]\n", "augment[0]: unknown transform 'Afine'; did you mean Affine"),
         ("encoder_lr_ratio: 0\n", "encoder_lr_ratio = 0.0 must be in (0, 10]"),
         ("warmup_epochs: 1\n", "needs schedule cosine or onecycle"),
         ("schedule: cosine\nwarmup_epochs: 30\n", "must be below epochs (30)"),
@@ -144,7 +151,7 @@ def test_the_packaged_warmup_gives_way_to_a_short_run_or_a_plateau(tmp_path):
 def test_a_run_saved_before_the_recipe_keys_loads_with_todays_recipe(tmp_path):
     saved = load_config("segmentation").to_dict()
     for key in ("optimizer", "encoder_lr_ratio", "schedule", "warmup_epochs", "grad_clip", "loss", "mask_loss_on", "ema",
-                "swa_epochs"):
+                "swa_epochs", "augment", "cutmix"):
         del saved[key]
     old = config_from_dict(saved)
     assert old == load_config("segmentation", overrides={"schedule": "plateau"}) and old.loss == {"bce": 1.0, "dice": 1.0}
@@ -259,3 +266,31 @@ def test_set_on_the_command_line_is_validated_before_anything_runs_and_named_opt
              "--epochs", "2", "--set", "hflip=0")
     assert ok.exit_code == 0, ok.output
     assert (seen[0].val_fraction, seen[0].epochs, seen[0].hflip) == (0.25, 2, 0.0)
+
+
+def test_augmentations_by_name_are_saved_as_given(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("augment:\n  - {name: Affine, rotate: [-10, 10], p: 0.5}\n  - {name: GridDistortion, p: 0.3}\n")
+    c = load_config("segmentation", path, {"cutmix": 0.5})
+    assert c.augment == [{"name": "Affine", "rotate": [-10, 10], "p": 0.5}, {"name": "GridDistortion", "p": 0.3}]
+    save_config(c, tmp_path / "config.yaml")
+    assert config_from_dict(yaml.safe_load((tmp_path / "config.yaml").read_text())) == c
+    assert load_config("segmentation", overrides={"augment": "[{name: ChannelShuffle, p: 0.1}]"}).augment == [
+        {"name": "ChannelShuffle", "p": 0.1}]  # a list on the command line, in YAML
+    assert load_config("classifier", overrides={"augment": "heavy"}).augment == "heavy"
+    assert load_config("segmentation").augment == "basic" and load_config("segmentation").cutmix == 0.0
+    with pytest.raises(CloudpipeError, match="best_by = 'auc' is the classifier's choice"):
+        load_config("segmentation", overrides={"best_by": "auc"})
+
+
+@pytest.mark.parametrize("task, name", [("segmentation", "seg_competition.yaml"), ("classifier", "classifier_competition.yaml")])
+def test_the_competition_configs_hold_the_medallists_recipe(task, name):
+    from importlib import resources
+
+    c = load_config(task, resources.files("cloudpipe.configs") / name, {"weights": "none"})
+    assert (c.image_size, c.optimizer, c.encoder_lr_ratio, c.schedule, c.augment) == ((384, 576), "adamw", 0.1, "onecycle", "heavy")
+    assert c.ema > 0 and c.lr == 0.001  # lr given in the file: not replaced by scratch_lr
+    if task == "segmentation":
+        assert c.loss == {"bce": 0.75, "dice": 0.25} and c.encoder.startswith("tu-")
+    else:
+        assert c.best_by == "auc" and c.arch.startswith("timm:") and c.freeze == []

@@ -147,3 +147,40 @@ def test_load_run_says_in_one_line_what_a_tampered_checkpoint_holds(tiny_classif
     with pytest.raises(CloudpipeError, match=message) as info:
         load_run(run, "classifier", torch.device("cpu"))
     assert str(run / "best.pt") in str(info.value)
+
+
+def test_multiscale_tta_resizes_the_input_and_the_masks_back(tiny_data):
+    """Each scale is a view at a size rounded to multiples of 32; masks come back at the
+    model's size, so a model that draws a constant field averages to that field; a model
+    drawing its input's mean sees the same mean at every scale."""
+    from cloudpipe.engine.infer import RunModels, scaled, stream_probs
+
+    seen = []
+
+    class Constant(torch.nn.Module):
+        def forward(self, x):
+            seen.append(tuple(x.shape[-2:]))
+            return torch.zeros(len(x), 4, *x.shape[-2:])  # probability 0.5 everywhere
+
+    run = RunModels([Constant()], load_config("segmentation", overrides=dict(image_size=(64, 96))), [])
+    paths = sorted((tiny_data / "test_images").iterdir())
+    settings = InferenceSettings(workers=0, amp=False, progress=False, tta=True, tta_views=3, tta_scales=(0.5, 1.0, 2.0))
+    [(_, probs, _)] = list(stream_probs(run, paths, torch.device("cpu"), settings))
+    assert probs.shape == (len(paths), 4, 64, 96) and torch.allclose(probs, torch.full_like(probs, 0.5))
+    assert sorted(set(seen)) == [(32, 64), (64, 96), (128, 192)] and len(seen) == 9  # 3 flips x 3 scales
+    images = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
+    assert scaled(images, 1.0) is images
+    torch.testing.assert_close(scaled(images, 2.0).mean(), images.float().mean(), rtol=0.01, atol=0.5)
+
+
+def test_tta_scales_on_the_command_line(tiny_data, tiny_classifier_run, tmp_path):
+    from tests.conftest import cli
+
+    seg = tmp_path / "x.csv"
+    seg.write_text("Image_Label,EncodedPixels\n")
+    bad = cli("predict", "--seg", seg, "--run", tiny_classifier_run, "--data", tiny_data, "--out", tmp_path / "s.csv",
+              "--tta-scales", "0.75,x")
+    assert bad.exit_code == 2 and "'0.75,x' is not a comma-separated list of numbers" in bad.output
+    bad = cli("predict", "--seg", seg, "--run", tiny_classifier_run, "--data", tiny_data, "--out", tmp_path / "s.csv",
+              "--tta-scales", "1,1")
+    assert bad.exit_code == 2 and "distinct factors in [0.25, 4]" in bad.output

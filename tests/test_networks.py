@@ -28,8 +28,14 @@ def test_normalisation_matches_imagenet_stats():
 
 
 def test_unknown_names_list_the_choices():
-    with pytest.raises(CloudpipeError, match="resnet34"):
-        build_classifier("vgg11")
+    with pytest.raises(CloudpipeError, match="unknown classifier arch 'resnet35'; did you mean .*resnet34"):
+        build_classifier("resnet35")
+    with pytest.raises(CloudpipeError, match="unknown timm model 'efficientnet_b99'; did you mean efficientnet_b"):
+        build_classifier("timm:efficientnet_b99")
+    with pytest.raises(CloudpipeError, match=r"unknown timm encoder \(tu-<name>\) 'resnxt50'; did you mean .*resnet50"):
+        build_segmenter("Unet", "tu-resnxt50")
+    with pytest.raises(CloudpipeError, match="unknown encoder 'resnet35'; did you mean .*resnet34"):
+        build_segmenter("Unet", "resnet35")
     with pytest.raises(CloudpipeError, match="Unet"):
         build_segmenter("NotANet", "resnet18")
     with pytest.raises(CloudpipeError, match="not a submodule"):
@@ -129,3 +135,68 @@ def test_a_failed_offline_attempt_leaves_no_empty_cache_folder(monkeypatch):
     with pytest.raises(CloudpipeError, match="--weights none"):
         build_classifier("resnet18", "imagenet")
     assert not Path(torch.hub.get_dir()).exists()
+
+
+SMALL_TIMM = "mobilenetv3_small_050"
+"""A timm model small enough for tests (0.6M parameters)."""
+
+
+@pytest.mark.parametrize("arch, head", [("mobilenet_v3_small", "classifier.3"), (f"timm:{SMALL_TIMM}", "classifier"),
+                                        ("resnet18", "fc")])
+def test_any_torchvision_or_timm_classifier_gets_a_four_class_head(arch, head):
+    from cloudpipe.engine.config import load_config
+    from cloudpipe.engine.recipe import param_groups
+    from cloudpipe.engine.stages import stage_for
+
+    stage = stage_for(load_config("classifier", overrides={"arch": arch, "weights": "none", "freeze": [], "encoder_lr_ratio": 0.1}))
+    model = stage.build_model()
+    assert model.head == head and model(torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)).shape == (2, 4)
+    rest, backbone = param_groups(model, stage, stage.config)
+    head_params = {id(p) for p in model.body.get_submodule(head).parameters()}
+    assert {id(p) for p in rest["params"]} == head_params and not head_params & {id(p) for p in backbone["params"]}
+
+
+def test_timm_encoders_by_smps_name():
+    model = build_segmenter("Unet", f"tu-{SMALL_TIMM}", "none")
+    assert model(torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)).shape == (1, 4, 64, 96)
+
+
+def test_timm_imagenet_weights_come_from_the_hugging_face_cache_else_one_clear_error(tmp_path, monkeypatch):
+    import timm
+    from safetensors.torch import save_file
+
+    torch.manual_seed(3)
+    reference = timm.create_model(SMALL_TIMM, pretrained=False).state_dict()
+    weights = tmp_path / "model.safetensors"
+    save_file({k: v.contiguous() for k, v in reference.items()}, str(weights))
+    calls = []
+
+    def cached(repo_id, filename, local_files_only):
+        calls.append((repo_id, filename, local_files_only))
+        return str(weights)
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", cached)
+    classifier = build_classifier(f"timm:{SMALL_TIMM}", "imagenet")
+    torch.testing.assert_close(classifier.body.conv_stem.weight, reference["conv_stem.weight"])
+    encoder = build_segmenter("Unet", f"tu-{SMALL_TIMM}", "imagenet").body.encoder
+    torch.testing.assert_close(encoder.model.conv_stem.weight, reference["conv_stem.weight"])
+    assert {local for _, _, local in calls} == {True} and calls[0][0].startswith(f"timm/{SMALL_TIMM}")
+
+    def offline(repo_id, filename, local_files_only):
+        raise OSError("no network")
+
+    monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
+    for build in (lambda: build_classifier(f"timm:{SMALL_TIMM}", "imagenet"),
+                  lambda: build_segmenter("Unet", f"tu-{SMALL_TIMM}", "imagenet")):
+        with pytest.raises(CloudpipeError, match=rf"cannot load ImageNet weights for timm {SMALL_TIMM} \(OSError\): "
+                                                 rf"place timm/{SMALL_TIMM}.* in the Hugging Face cache.*--weights none"):
+            build()
+
+
+def test_torchvision_classifiers_beyond_resnets_use_the_torch_cache_rule(monkeypatch):
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", offline)
+    with pytest.raises(CloudpipeError, match=r"place mobilenet_v3_small-.*\.pth at .*checkpoints.*--weights none"):
+        build_classifier("mobilenet_v3_small", "imagenet")

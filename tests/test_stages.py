@@ -151,3 +151,63 @@ def test_the_encoder_is_named_per_stage():
     classifier, segmenter = stages()
     assert classifier.in_encoder("body.layer1.0.weight") and not classifier.in_encoder("body.fc.weight")
     assert segmenter.in_encoder("body.encoder.0.0.weight") and not segmenter.in_encoder("body.decoder.1.0.weight")
+
+
+@pytest.mark.parametrize("loss", [{"bce": 1.0}, {"bce": 0.75, "dice": 0.25}, {"focal": 1.0, "lovasz": 1.0}])
+def test_positive_only_loss_ignores_empty_masks_in_every_term(loss):
+    """``mask_loss_on: positive``: BCE (and focal) too see only the non-empty pairs; with
+    ``present`` BCE still sees the empty ones."""
+    from segmentation_models_pytorch.losses import SoftBCEWithLogitsLoss
+
+    torch.manual_seed(2)
+    logits, target = torch.randn(2, 4, 8, 8), torch.zeros(2, 4, 8, 8, dtype=torch.uint8)
+    target[0, 1, :4], target[1, 3, 2:] = 1, 1
+    changed = logits.clone()
+    changed[0, 3] += 5  # an empty pair
+    positive, present = seg_stage(loss=loss, mask_loss_on="positive"), seg_stage(loss=loss, mask_loss_on="present")
+    assert positive.loss(changed, target).item() == pytest.approx(positive.loss(logits, target).item())
+    if "bce" in loss:
+        assert present.loss(changed, target).item() != pytest.approx(present.loss(logits, target).item())
+    if loss == {"bce": 1.0}:
+        pairs = torch.stack([logits[0, 1], logits[1, 3]]), torch.stack([target[0, 1], target[1, 3]]).float()
+        assert positive.loss(logits, target).item() == pytest.approx(SoftBCEWithLogitsLoss()(*pairs).item(), rel=1e-6)
+    empty = torch.zeros_like(target)
+    nothing = positive.loss(logits.requires_grad_(), empty)
+    assert nothing.item() == 0.0 and nothing.requires_grad
+
+
+def test_cutmix_pastes_one_box_of_a_partner_with_its_masks():
+    stage = seg_stage(cutmix=1.0)
+    g = torch.Generator().manual_seed(0)
+    images = torch.arange(4, dtype=torch.uint8).view(4, 1, 1, 1).expand(4, 32, 48, 3).clone()
+    target = torch.zeros(4, 4, 32, 48, dtype=torch.uint8)
+    for i in range(4):
+        target[i, i] = 1  # image i: class i everywhere
+    batch = {"image": images, "target": target, "index": torch.arange(4)}
+    mixed = stage.mix(batch, g)
+    assert torch.equal(batch["image"], images)  # the input batch is left alone
+    for i in range(4):
+        source = mixed["image"][i, ..., 0].long()  # which image each pixel came from
+        assert set(source.unique().tolist()) <= {i, *range(4)}
+        for k in range(4):
+            assert torch.equal(mixed["target"][i, k].bool(), source == k)  # masks follow the pixels
+    pasted = mixed["image"][..., 0] != images[..., 0]
+    assert pasted.any() and not pasted.all()
+    again = stage.mix(batch, torch.Generator().manual_seed(0))
+    assert torch.equal(again["image"], mixed["image"])  # seeded: a resumed epoch replays it
+    assert seg_stage(cutmix=0.0).mix(batch, g) is batch
+
+
+def test_the_classifier_reports_auc_per_class_and_may_pick_best_by_it():
+    classifier, _ = stages()
+    labels = np.array([[1, 0, 1, 1], [0, 0, 1, 0], [1, 0, 0, 1], [0, 0, 1, 0]])
+    probs = np.array([[0.9, 0.1, 0.4, 0.6], [0.2, 0.2, 0.3, 0.7], [0.6, 0.3, 0.45, 0.8], [0.4, 0.1, 0.2, 0.1]])
+    metrics = classifier.metrics(probs, labels)
+    assert metrics["auc_Fish"] == 1.0 and np.isnan(metrics["auc_Flower"])  # Flower: no positive, no AUC
+    assert metrics["auc_Gravel"] == 0.0 and metrics["auc_Sugar"] == 0.75  # Gravel: its negative ranks first
+    assert metrics["val_auc"] == pytest.approx((1 + 0 + 0.75) / 3)
+    assert metrics["val_accuracy"] == pytest.approx(np.mean([1, 1, 0.25, 0.75]))
+    assert classifier.score_name == "val_accuracy"
+    by_auc = stage_for(load_config("classifier", overrides={"arch": "tiny", "weights": "none", "best_by": "auc"}))
+    assert by_auc.score_name == "val_auc" and by_auc.metrics(probs, labels) == pytest.approx(metrics, nan_ok=True)
+    assert classifier.metrics(probs, np.ones_like(labels))["val_auc"] == 0.5  # no class has an AUC

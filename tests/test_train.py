@@ -112,13 +112,19 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path):
     dict(schedule="cosine", warmup_epochs=1, ema=0.9),
     dict(schedule="onecycle", optimizer="adamw", encoder_lr_ratio=0.1, grad_clip=1.0),
     dict(optimizer="sgd", swa_epochs=2),
-], ids=["cosine+warmup+ema", "onecycle+adamw+ratio+clip", "sgd+swa"])
+    dict(task="segmentation", augment="heavy", cutmix=0.5, mask_loss_on="positive"),
+    dict(augment=[{"name": "GridDistortion", "p": 0.5}, {"name": "InvertImg", "p": 0.2}], best_by="auc"),
+    dict(arch="timm:mobilenetv3_small_050", freeze=[], encoder_lr_ratio=0.1),
+    dict(task="segmentation", arch="Unet", encoder="tu-mobilenetv3_small_050", epochs=2),
+], ids=["cosine+warmup+ema", "onecycle+adamw+ratio+clip", "sgd+swa", "seg+heavy+cutmix+positive", "listed+auc",
+        "timm-classifier", "seg+timm-encoder"])
 def test_a_run_interrupted_and_resumed_replays_every_recipe_exactly(tiny_data, tmp_path, monkeypatch, recipe):
-    """Schedules stepped per optimizer step, the EMA / SWA average and the optimizer's groups
-    are all restored: the resumed run ends where the uninterrupted one does."""
+    """Schedules stepped per optimizer step, the EMA / SWA average, the optimizer's groups, the
+    augmentations and CutMix are all restored: the resumed run ends where the uninterrupted one does."""
     from cloudpipe.engine.train import Trainer
 
-    config = classifier_config(epochs=3, lr=1e-3, **recipe)
+    recipe = dict(recipe)
+    config = load_config(recipe.pop("task", "classifier"), overrides={**TINY, "epochs": 3, "lr": 1e-3, **recipe})
     train_run(config, tiny_data, tmp_path / "full", progress=False)
     save = Trainer.save
 
@@ -262,6 +268,11 @@ def test_cli_trains_and_refuses_to_mix_runs(tiny_data, tmp_path):
         (["--loss", "dice=1"], "must weight some of bce, focal"),
         (["--schedule", "plateau", "--warmup-epochs", "1"], "needs schedule cosine or onecycle"),
         (["--ema", "1"], "--ema"),
+        (["--augment", "[{name: Afine, p: 1}]"], "augment[0]: unknown transform 'Afine'; did you mean Affine"),
+        (["--augment", "heavier"], "augment = 'heavier' is not a preset (basic, light, medium, heavy)"),
+        (["--arch", "resnet35"], "unknown classifier arch 'resnet35'; did you mean"),
+        (["--arch", "timm:resnet35"], "unknown timm model 'resnet35'; did you mean"),
+        (["--best-by", "dice"], "'dice' is not one of 'score', 'auc'"),
     ],
 )
 def test_cli_bad_options(tiny_data, tmp_path, extra, message):
@@ -471,3 +482,12 @@ def test_each_resume_mismatch_is_one_line(tiny_data, tmp_path, tamper, extra, me
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     [line] = result.stderr.strip().splitlines()
     assert message in line, line
+
+
+def test_the_classifier_records_auc_per_class_and_keeps_its_best_epoch_by_it(tiny_data, tmp_path):
+    [result] = train_run(classifier_config(epochs=2, best_by="auc"), tiny_data, tmp_path / "run", progress=False)
+    metrics = pd.read_csv(tmp_path / "run" / "metrics.csv")
+    assert {"val_accuracy", "val_auc", *(f"auc_{c}" for c in CLASSES)} <= set(metrics.columns)
+    aucs = [row["val_auc"] for row in result.history]
+    assert result.best_score == max(aucs) and result.best_epoch == aucs.index(max(aucs)) + 1
+    assert load_checkpoint(tmp_path / "run" / "best.pt")["score_name"] == "val_auc"

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import albumentations as A
 import numpy as np
+import pytest
 
-from cloudpipe.data.transforms import NOISE_STD_RANGE, GaussNoise, train_transform
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.transforms import NOISE_STD_RANGE, PRESETS, GaussNoise, check_augment, train_transform
 
 
 def test_gauss_noise_matches_the_albumentations_distribution():
@@ -39,3 +41,67 @@ def test_pipeline_is_reproducible_and_moves_masks_with_the_image():
     assert (a["mask"][:, -5:, 2] == 1).all() and a["mask"].sum() == mask.sum()  # flipped with the image
     first.set_random_seed(123)
     assert not (first(image=image, mask=mask)["image"] == a["image"]).all()
+
+
+def _aligned_sample(size=(64, 96)):
+    """An image whose red channel is the first mask, drawn as a blocky pattern."""
+    rng = np.random.default_rng(3)
+    mask = np.zeros((*size, 4), np.uint8)
+    for _ in range(4):
+        y, x = rng.integers(0, size[0] - 16), rng.integers(0, size[1] - 24)
+        mask[y:y + 16, x:x + 24, 0] = 1
+    image = np.zeros((*size, 3), np.uint8)
+    image[..., 0] = mask[..., 0] * 255
+    return image, mask
+
+
+@pytest.mark.parametrize("preset", ["light", "medium", "heavy"])
+def test_presets_keep_the_size_and_move_masks_with_the_image(preset):
+    image, mask = _aligned_sample()
+    # Only the spatial steps, always on: the mask must land where the image's red block does.
+    spatial = [dict(step, p=1.0) for step in PRESETS[preset] if step["name"] in ("Affine", "GridDistortion", "RandomResizedCrop")]
+    pipeline = train_transform(hflip=1, vflip=1, brightness_contrast=0, noise=0, seed=5, augment=spatial, size=(64, 96))
+    out = pipeline(image=image, mask=mask)
+    assert out["image"].shape == image.shape and out["mask"].shape == mask.shape and out["image"].dtype == np.uint8
+    assert not (out["mask"] == mask).all()  # it moved
+    agree = ((out["image"][..., 0] > 127) == (out["mask"][..., 0] > 0)).mean()
+    assert agree > 0.97  # the image interpolates linearly, masks nearest: only edges may differ
+    full = train_transform(hflip=0.5, vflip=0.5, brightness_contrast=0.5, noise=0.5, seed=5, augment=preset, size=(64, 96))
+    assert len(full.transforms) == 4 + len(PRESETS[preset])  # the basic steps, then the preset's
+    check_augment(preset, (64, 96))
+
+
+def test_basic_is_the_seeds_pipeline():
+    image, mask = _aligned_sample()
+    settings = dict(hflip=0.5, vflip=0.5, brightness_contrast=0.5, noise=0.5, seed=7)
+    default, basic = train_transform(**settings), train_transform(**settings, augment="basic", size=(64, 96))
+    for seed in range(5):
+        default.set_random_seed(seed), basic.set_random_seed(seed)
+        assert (default(image=image, mask=mask)["image"] == basic(image=image, mask=mask)["image"]).all()
+
+
+def test_a_list_names_the_whole_pipeline_and_is_reproducible():
+    steps = [{"name": "GridDistortion", "p": 1.0}, {"name": "ChannelShuffle", "p": 1.0}, {"name": "GaussNoise", "p": 1.0}]
+    image, mask = _aligned_sample()
+    a = train_transform(hflip=1, vflip=1, brightness_contrast=1, noise=1, seed=1, augment=steps)
+    b = train_transform(hflip=1, vflip=1, brightness_contrast=1, noise=1, seed=1, augment=steps)
+    assert [type(t).__name__ for t in a.transforms] == ["GridDistortion", "ChannelShuffle", "GaussNoise"]
+    assert isinstance(a.transforms[2], GaussNoise)  # this module's faster noise, same distribution
+    assert (a(image=image, mask=mask)["image"] == b(image=image, mask=mask)["image"]).all()
+
+
+@pytest.mark.parametrize("augment, message", [
+    ("huge", "augment = 'huge' is not a preset (basic, light, medium, heavy)"),
+    ([{"name": "GridDistorsion"}], "augment[0]: unknown transform 'GridDistorsion'; did you mean GridDistortion"),
+    ([{"name": "HorizontalFlip"}, {"name": "Afine", "p": 1}], "augment[1]: unknown transform 'Afine'; did you mean Affine"),
+    ([{"name": "Compose"}], "unknown transform 'Compose'"),
+    ([{"name": "Affine", "rotat": 10}], "augment[0]: Affine(rotat=10) refused: Argument(s) 'rotat' are not valid"),
+    ([{"name": "GridDistortion", "num_steps": -2}], "GridDistortion(num_steps=-2) refused: num_steps; Input should be greater"),
+    (["HorizontalFlip"], "augment[0] = 'HorizontalFlip' must be a mapping with a transform name"),
+    ([{"name": "Normalize"}], "must keep images uint8 at image_size [64, 96]"),
+    ([{"name": "Resize", "height": 32, "width": 32}], "it gives an image uint8 [32, 32, 3]"),
+])
+def test_bad_pipelines_are_refused_in_one_line(augment, message):
+    with pytest.raises(CloudpipeError) as err:
+        check_augment(augment, (64, 96))
+    assert message in str(err.value) and "\n" not in str(err.value)

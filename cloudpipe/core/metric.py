@@ -96,3 +96,13 @@ def dice_table(dice: np.ndarray) -> dict[str, float]:
 def accuracy(probs: np.ndarray, labels: np.ndarray, threshold: float | np.ndarray = 0.5) -> np.ndarray:
     """Per-class accuracy of ``probs >= threshold`` against 0/1 ``labels`` (n, n_classes)."""
     return ((probs >= threshold) == (labels > 0)).mean(axis=0)
+
+
+def roc_auc(probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """Per-class ROC AUC of ``probs`` against 0/1 ``labels`` (n, n_classes); NaN for a class
+    whose labels are all alike (no AUC exists)."""
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.asarray(labels) > 0
+    return np.array([roc_auc_score(truth[:, k], probs[:, k]) if 0 < truth[:, k].sum() < len(truth) else np.nan
+                     for k in range(truth.shape[1])])

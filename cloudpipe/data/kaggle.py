@@ -25,6 +25,9 @@ TRAIN_CSV = "train.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
 TRAIN_IMAGES = "train_images"
 TEST_IMAGES = "test_images"
+PSEUDO_CSV = "pseudo_labels.csv"
+"""In a data folder made by ``cloudpipe pseudo-label``: the training images whose labels are
+pseudo-labels (``image`` and the probabilities they were chosen on); they never validate."""
 PROBS_COLUMNS: tuple[str, ...] = ("image", *CLASSES)
 """Columns of a probabilities CSV such as ``val_probs.csv``."""
 
@@ -329,6 +332,14 @@ class TrainData:
     labels: pd.DataFrame  # presence, indexed by image
     rles: pd.DataFrame  # RLE text, indexed by image, class columns
     image_shape: tuple[int, int]
+    pseudo: tuple[str, ...] = ()
+    """Pseudo-labelled training images (:data:`PSEUDO_CSV`): they train, never validate."""
+
+    @property
+    def labelled(self) -> list[str]:
+        """The training images with real labels, in ``train.csv`` order (those that may validate)."""
+        pseudo = set(self.pseudo)
+        return [image for image in self.labels.index if image not in pseudo]
 
     def paths(self, images: list[str]) -> list[Path]:
         return [self.data_dir / TRAIN_IMAGES / name for name in images]
@@ -337,14 +348,24 @@ class TrainData:
 def load_train_data(data_dir: Path) -> TrainData:
     """Read ``train.csv`` and check, before any training starts, every training image's header
     (exists, JPEG, complete, one common size) and every mask's RLE for that size (parsed, not
-    decoded: a bad mask would otherwise surface only after training, at ``tune-threshold``).
+    decoded: a bad mask would otherwise surface only after training, at ``tune-threshold``),
+    and the pseudo-labelled images :data:`PSEUDO_CSV` names, if any (training images all).
     """
     data_dir = require_dir(data_dir)
     frame = read_train(data_dir)
     wide = to_wide(frame)
     shape = check_images(data_dir / TRAIN_IMAGES / name for name in wide.index)
     validate_rle_column(frame, shape, data_dir / TRAIN_CSV)
-    return TrainData(data_dir, presence(frame), wide, shape)
+    pseudo: tuple[str, ...] = ()
+    if (data_dir / PSEUDO_CSV).exists():
+        pseudo = tuple(read_probs_csv(data_dir / PSEUDO_CSV).index)
+        unknown = [image for image in pseudo if image not in wide.index]
+        if unknown:
+            raise CloudpipeError(f"names {unknown[0]}, which is not a training image of {TRAIN_CSV}", path=data_dir / PSEUDO_CSV)
+        if len(pseudo) == len(wide):
+            raise CloudpipeError("names every training image; some must keep real labels to validate on",
+                                 path=data_dir / PSEUDO_CSV)
+    return TrainData(data_dir, presence(frame), wide, shape, pseudo)
 
 
 def require_images(images: Iterable[str], have: Container[str], holder: str = "", of: str = "", *,

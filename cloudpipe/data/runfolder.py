@@ -220,7 +220,7 @@ def read_splits(run_dir: Path, folds: int) -> list[ModelSplit]:
         raise CloudpipeError("columns must be image,fold", path=path, line=1)
     dirs = model_dirs(run_dir, folds)
     known = {str(i) for i in range(len(dirs))}
-    bad = ~frame["fold"].isin(known | ({""} if folds < 2 else set()))
+    bad = ~frame["fold"].isin(known | {""})  # "": validated by no model (hold-out training images, pseudo-labels)
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise CloudpipeError(f"fold {frame['fold'].iat[i]!r} is not a model of this run", path=path, line=i + 2)

@@ -31,6 +31,12 @@ DEFAULT_LOSS: dict[Task, dict[str, float]] = {"classifier": {"bce": 1.0}, "segme
 """The loss terms each stage trains with when ``loss`` is not set."""
 REGION_LOSSES = ("dice", "lovasz")
 """Terms that ``mask_loss_on: present`` restricts to the (image, class) pairs whose mask is not empty."""
+MASK_LOSS_ON = ("all", "present", "positive")
+"""``all``: every term on every pair; ``present``: the :data:`REGION_LOSSES` on the non-empty pairs
+only; ``positive``: every term (BCE too) on the non-empty pairs only (1st place's ``ignore_negative``)."""
+BEST_BY = ("score", "auc")
+"""What picks ``best.pt``: the stage's score (classifier accuracy at 0.5, segmentation Dice) or,
+for the classifier, the mean per-class ROC AUC of the validation probabilities."""
 
 
 @dataclass(frozen=True)
@@ -95,9 +101,10 @@ class TrainConfig:
 
     task: Task = setting("classifier", check=tuple(DEFAULT_CONFIGS))
     arch: str = setting("resnet34", cli=True, help={
-        "classifier": "torchvision resnet18 | resnet34 | resnet50 (tiny: a stand-in for tests).",
+        "classifier": "any torchvision classification model (resnet34, efficientnet_b0, ...) or timm:<name> "
+                      "(tiny: a stand-in for tests).",
         "segmentation": "smp architecture: Unet, FPN, ... (tiny: a stand-in for tests)."})
-    encoder: str = setting("resnet34", cli=True, stage="segmentation", help="smp encoder: resnet34, ...")
+    encoder: str = setting("resnet34", cli=True, stage="segmentation", help="smp encoder: resnet34, efficientnet-b0, ... or tu-<any timm model>.")
     weights: str = setting("imagenet", cli=("--weights", "--encoder-weights"), help="imagenet | none | PATH to a local state dict.")
     freeze: list[str] = setting(factory=lambda: ["layer1", "layer2"])
     image_size: tuple[int, int] = setting((512, 768), cli=True)
@@ -121,8 +128,9 @@ class TrainConfig:
     grad_clip: float = setting(0.0, cli=True, check=AT_LEAST_0, help="Clip the gradient norm (0: off).")
     loss: dict[str, float] | None = setting(None, cli=True, help="Loss terms and weights, of {losses}.")
     """Loss terms and their weights, e.g. ``{bce: 0.75, dice: 0.25}``; None: the stage's :data:`DEFAULT_LOSS`."""
-    mask_loss_on: str = setting("all", cli=True, stage="segmentation", check=("all", "present"),
-                                help="present: the dice/lovasz terms on the non-empty masks only.")
+    mask_loss_on: str = setting("all", cli=True, stage="segmentation", check=MASK_LOSS_ON,
+                                help="present: the dice/lovasz terms on the non-empty masks only; "
+                                     "positive: every term (BCE too) on them only.")
     ema: float = setting(0.0, cli=True, check=Range(0, 1, high_open=True, what="is a decay and ", note="(0: no moving average)"),
                          help="EMA decay of the weights (0: off); the average is validated and saved.")
     """Decay of an exponential moving average of the weights, updated every optimizer step (0: none)."""
@@ -141,6 +149,14 @@ class TrainConfig:
     vflip: float = setting(0.5, check=PROBABILITY)
     brightness_contrast: float = setting(0.5, check=PROBABILITY)
     noise: float = setting(0.5, check=PROBABILITY)
+    augment: str | list[dict] = setting("basic", cli=True, help=(
+        "basic (the seed's flips, brightness/contrast, noise) | light | medium | heavy (basic + shift-scale-rotate, "
+        "grid distortion, crops...), or a YAML list of {{name: <albumentations transform>, <params>}}."))
+    """A preset of :data:`cloudpipe.data.transforms.PRESETS` or a list of albumentations steps."""
+    cutmix: float = setting(0.0, cli=True, stage="segmentation", check=PROBABILITY,
+                            help="CutMix: probability per batch of pasting a box of another image (and its masks).")
+    best_by: str = setting("score", cli=True, stage="classifier", check=BEST_BY,
+                           help="What picks best.pt: score (accuracy at 0.5) | auc (mean per-class ROC AUC).")
     head_weight: float = setting(0.0, check=Range(0, note="(0: no classification head)"))
     """Segmentation only: weight of a classification head's BCE in the loss (0: no head)."""
     head_dropout: float = setting(0.2, check=Range(0, 1, high_open=True))
@@ -189,8 +205,15 @@ class TrainConfig:
             raise bad("loss", f"must weight some of {', '.join(known)} (the {self.task}'s losses)")
         if not all(math.isfinite(w) and w >= 0 for w in self.loss.values()) or not any(self.loss.values()):
             raise bad("loss", "weights must be finite and >= 0, at least one > 0")
-        if self.mask_loss_on == "present" and self.task != "segmentation":
+        if self.mask_loss_on != "all" and self.task != "segmentation":
             raise bad("mask_loss_on", "restricts a mask loss; the classifier has none")
+        if self.cutmix and self.task != "segmentation":
+            raise bad("cutmix", "mixes masks; the classifier's labels have none")
+        if self.best_by == "auc" and self.task != "classifier":
+            raise bad("best_by", "is the classifier's choice; segmentation picks best.pt by Dice")
+        from cloudpipe.data.transforms import check_augment
+
+        check_augment(self.augment, self.image_size)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -227,13 +250,16 @@ def _coerce(key: str, value: Any) -> Any:
             return tuple(int(v) for v in value)
         if key == "loss":
             return _loss_terms(value)
+        if key == "augment":
+            return _augment(value)
         if isinstance(default, list):
             if isinstance(value, str):
                 raise TypeError
             return [str(v) for v in (value or [])]
         return str(value)
     except (TypeError, ValueError, OverflowError):
-        kind = "mapping of loss terms to weights (e.g. bce=0.75,dice=0.25)" if key == "loss" else type(default).__name__
+        kind = {"loss": "mapping of loss terms to weights (e.g. bce=0.75,dice=0.25)",
+                "augment": "preset name or list of transforms"}.get(key, type(default).__name__)
         raise CloudpipeError(f"config: {key} = {value!r} is not a valid {kind}") from None
 
 
@@ -247,6 +273,20 @@ def _loss_terms(value: Any) -> dict[str, float]:
     if not isinstance(value, dict) or any(isinstance(w, bool) for w in value.values()):
         raise TypeError
     return {str(name): float(weight) for name, weight in value.items()}
+
+
+def _augment(value: Any) -> str | list[dict]:
+    """A preset name, or a list of steps (from YAML, or a YAML/JSON list given on the command line)."""
+    if isinstance(value, str) and value.lstrip().startswith("["):
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise TypeError from None
+    if isinstance(value, list):
+        return [dict(step) if isinstance(step, dict) else step for step in value]
+    if not isinstance(value, str):
+        raise TypeError
+    return value
 
 
 def _number(value: Any) -> float:

@@ -38,6 +38,17 @@ TTA_VIEWS: dict[int, tuple[tuple[int, ...] | None, ...]] = {
 """The flipped views of ``settings.tta_views``, as the NCHW dimensions each flips."""
 
 
+def scaled(images: torch.Tensor, scale: float) -> torch.Tensor:
+    """A batch (N, 3, H, W) resized by ``scale`` (bilinear, as float), each side rounded to a
+    multiple of 32 (at least 32), the size the encoders need; itself for 1."""
+    if scale == 1:
+        return images
+    h, w = images.shape[-2:]
+    size = tuple(max(32, round(side * scale / 32) * 32) for side in (h, w))
+    out = nn.functional.interpolate(images.float(), size=size, mode="bilinear", align_corners=False)
+    return out.contiguous(memory_format=torch.channels_last)
+
+
 @dataclass
 class RunModels:
     """The trained model(s) of a run folder, ready for inference."""
@@ -110,7 +121,8 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
     """Yield ``(indices, probabilities, head)`` batch by batch, in ``paths`` order.
 
     Probabilities are sigmoid outputs averaged over the run's models (and over the flipped views
-    :data:`TTA_VIEWS` of ``settings.tta_views`` with ``settings.tta``): (B, 4) for a classifier, (B, 4, H, W)
+    :data:`TTA_VIEWS` of ``settings.tta_views`` with ``settings.tta``, and over the sizes of
+    ``settings.tta_scales``, see :func:`scaled`): (B, 4) for a classifier, (B, 4, H, W)
     at the model's input size for a segmentation model. ``head``: a segmentation model's
     classification-head presence (B, 4), averaged alike, when its models return
     ``(masks, labels)``; else None. All images are header-checked first, so a missing, corrupt
@@ -133,28 +145,32 @@ def stream_probs(run: RunModels, paths: list[Path], device: torch.device, settin
         if settings.compile and n < settings.batch_size:
             padding = images[-1:].expand(settings.batch_size - n, *images.shape[1:])
             images = torch.cat([images, padding]).contiguous(memory_format=torch.channels_last)
-        probs, head = batch_probs(models, images, flips, amp_dtype)
+        probs, head = batch_probs(models, images, flips, amp_dtype, settings.tta_scales)
         yield batch["index"].numpy(), probs[:n], None if head is None else head[:n]
 
 
 def batch_probs(models: list[nn.Module], images: torch.Tensor, flips: tuple[tuple[int, ...] | None, ...],
-                amp_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The mean sigmoid output of ``models`` over the flipped views ``flips`` of a uint8 NCHW
-    batch on the models' device, and of their classification heads (None without): see
-    :func:`stream_probs`."""
+                amp_dtype: torch.dtype | None, scales: tuple[float, ...] = (1.0,)) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The mean sigmoid output of ``models`` over the flipped views ``flips`` at each of the
+    ``scales`` (:func:`scaled`; masks resized back) of a uint8 NCHW batch on the models' device,
+    and of their classification heads (None without): see :func:`stream_probs`."""
     total = head = None
     for model in models:
-        for dims in flips:
-            with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                logits = model(images if dims is None else images.flip(dims))
-            if isinstance(logits, tuple):  # (masks, labels) of a segmentation model with a head
-                logits, labels = logits
-                head = torch.sigmoid(labels.float()) + (0 if head is None else head)
-            probs = torch.sigmoid(logits.float())
-            if dims is not None and probs.ndim == 4:
-                probs = probs.flip(dims)  # masks flipped back; presence is flip-invariant
-            total = probs if total is None else total + probs
-    count = len(models) * len(flips)
+        for scale in scales:
+            view = scaled(images, scale)
+            for dims in flips:
+                with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                    logits = model(view if dims is None else view.flip(dims))
+                if isinstance(logits, tuple):  # (masks, labels) of a segmentation model with a head
+                    logits, labels = logits
+                    head = torch.sigmoid(labels.float()) + (0 if head is None else head)
+                probs = torch.sigmoid(logits.float())
+                if dims is not None and probs.ndim == 4:
+                    probs = probs.flip(dims)  # masks flipped back; presence is flip-invariant
+                if probs.ndim == 4 and probs.shape[-2:] != images.shape[-2:]:
+                    probs = nn.functional.interpolate(probs, size=images.shape[-2:], mode="bilinear", align_corners=False)
+                total = probs if total is None else total + probs
+    count = len(models) * len(flips) * len(scales)
     return total / count, None if head is None else head / count
 
 

@@ -27,6 +27,10 @@ class InferenceSettings:
         tta: average the model over flipped views of each image (masks flipped back).
         tta_views: which views: 3 (identity, horizontal, vertical flip) or 4 (also both flips
             at once, the 1st place's "flip TTA x4").
+        tta_scales: also average over the image resized by each of these factors (each side
+            rounded to a multiple of 32; masks resized back), the 5th place's multi-scale TTA;
+            ``(1.0,)``: the image's own size only. Independent of ``tta``: with both, every
+            flipped view at every scale.
         amp: mixed precision (bf16 on CPU and on GPUs that have it, else fp16) when the run
             was trained with it.
         progress: show a progress bar.
@@ -41,6 +45,7 @@ class InferenceSettings:
     compile: bool = False
     tta: bool = False
     tta_views: TtaViews = 3
+    tta_scales: tuple[float, ...] = (1.0,)
     amp: bool = True
     progress: bool = True
     allow_partial: bool = False

@@ -8,6 +8,7 @@ the checkpoints. :func:`stage_for` picks the stage of a config.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -17,7 +18,7 @@ from torch import nn
 
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.core.metric import accuracy, dice_score
+from cloudpipe.core.metric import accuracy, dice_score, roc_auc
 from cloudpipe.data.transforms import train_transform
 from cloudpipe.engine.config import REGION_LOSSES, Task, TrainConfig
 from cloudpipe.models.networks import build_classifier, build_segmenter
@@ -47,10 +48,14 @@ class Stage:
         raise NotImplementedError
 
     def augmentation(self):
-        """The training images' albumentations pipeline (masks follow it)."""
+        """The training images' albumentations pipeline, the config's ``augment`` (masks follow it)."""
         c = self.config
         return train_transform(hflip=c.hflip, vflip=c.vflip, brightness_contrast=c.brightness_contrast, noise=c.noise,
-                               seed=c.seed)
+                               seed=c.seed, augment=c.augment, size=tuple(c.image_size))
+
+    def mix(self, batch: dict, generator: torch.Generator) -> dict:
+        """A training batch as the loss sees it (``generator``: this epoch's, seeded); as it came here."""
+        return batch
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Training loss of a batch, computed in float32."""
@@ -75,7 +80,9 @@ class Stage:
 
 
 class ClassifierStage(Stage):
-    """Presence per class: BCE on 0/1 labels, accuracy at 0.5, validation probabilities kept."""
+    """Presence per class: BCE on 0/1 labels, accuracy at 0.5 and ROC AUC per class (``val_<class>``,
+    ``auc_<class>``; their means ``val_accuracy`` and ``val_auc``), validation probabilities kept.
+    ``best_by: auc`` makes ``val_auc`` the score that picks ``best.pt``."""
 
     task = "classifier"
     score_name = "val_accuracy"
@@ -85,14 +92,20 @@ class ClassifierStage(Stage):
     def __init__(self, config: TrainConfig):
         super().__init__(config)
         self.terms = pixel_losses(config.loss)
+        if config.best_by == "auc":
+            self.score_name = "val_auc"
+        self.head = "fc"
+        """The replaced last linear layer (a ResNet's ``fc``), known once :meth:`build_model` ran."""
 
     def in_encoder(self, name: str) -> bool:
-        """The backbone: everything but the replaced ``fc``."""
-        return not name.startswith("body.fc.")
+        """The backbone: everything but the replaced head."""
+        return not name.startswith(f"body.{self.head}.")
 
     def build_model(self, weights: str | None = None) -> nn.Module:
         c = self.config
-        return build_classifier(c.arch, c.weights if weights is None else weights, c.freeze)
+        model = build_classifier(c.arch, c.weights if weights is None else weights, c.freeze)
+        self.head = model.head
+        return model
 
     def loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits, target = logits.float(), target.float()
@@ -104,6 +117,15 @@ class ClassifierStage(Stage):
 
     def per_class(self, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
         return accuracy(outputs, labels)
+
+    def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+        """Accuracy at 0.5 per class and its mean ``val_accuracy``; ROC AUC per class (NaN where
+        the validation images hold one label only) and ``val_auc``, its mean over the classes
+        that have one (0.5, chance, when none has)."""
+        correct, auc = self.per_class(outputs, labels), roc_auc(outputs, labels)
+        return {"val_accuracy": float(correct.mean()), **{f"val_{c}": float(v) for c, v in zip(CLASSES, correct)},
+                "val_auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else 0.5,
+                **{f"auc_{c}": float(v) for c, v in zip(CLASSES, auc)}}
 
     def best_outputs(self, outputs: np.ndarray, images: list[str]) -> pd.DataFrame:
         return pd.DataFrame(outputs, columns=list(CLASSES)).assign(image=images)[["image", *CLASSES]]
@@ -123,8 +145,11 @@ class SegmentationStage(Stage):
     multilabel soft Dice), Kaggle Dice at 0.5 per pair. ``dice`` is smp's multilabel soft Dice
     over the batch per class; ``lovasz`` the Lovasz hinge per (image, class) pair; with
     ``mask_loss_on: present`` both are taken per pair over the pairs whose mask is not empty
-    only. With ``head_weight > 0`` the model also has a classification head (presence per
-    class, the target being "the mask is not empty"), trained with ``head_weight`` * BCE;
+    only; with ``positive`` every term (BCE, focal too) is, so empty masks teach nothing and the
+    presence decision is left to the classifier (1st place's ``ignore_negative``). ``cutmix``
+    pastes a box of another image of the batch, with its masks, into each image. With
+    ``head_weight > 0`` the model also has a classification head (presence per class, the
+    target being "the mask is not empty"), trained with ``head_weight`` * BCE;
     validation then also reports the head's accuracy at 0.5 (``val_head_accuracy``)."""
 
     task = "segmentation"
@@ -143,25 +168,49 @@ class SegmentationStage(Stage):
         """smp's ``encoder`` (the tiny stand-in names its own alike)."""
         return name.startswith("body.encoder.")
 
+    @staticmethod
+    def present_pairs(masks: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """The (image, class) pairs whose mask is not empty, each a channel of one "image"
+        (1, N, H, W), so that smp's Dice scores pair by pair; None when there is none."""
+        present = target.amax((2, 3)) > 0
+        if not present.any():
+            return None
+        return masks[present].unsqueeze(0), target[present].unsqueeze(0)
+
     def region_loss(self, masks: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The weighted Dice and Lovasz terms of float logits and targets (B, 4, H, W)."""
         weights = {k: w for k, w in self.config.loss.items() if k in REGION_LOSSES and w > 0}
         loss = masks.new_zeros(())
         if not weights:
             return loss
-        if self.config.mask_loss_on == "present":
-            present = target.amax((2, 3)) > 0
-            if not present.any():
+        pairs, truth = masks, target
+        if self.config.mask_loss_on != "all":
+            present = self.present_pairs(masks, target)
+            if present is None:
                 return loss + 0 * masks.sum()  # keeps the graph whole (DDP, AMP) when no mask is present
-            # Each present pair a channel of one "image": smp's Dice then scores pair by pair.
-            pairs, truth = masks[present].unsqueeze(0), target[present].unsqueeze(0)
-        else:
-            pairs, truth = masks, target
+            pairs, truth = present
         if "dice" in weights:
             loss = loss + weights["dice"] * self.dice_loss(pairs, truth)
         if "lovasz" in weights:
             loss = loss + weights["lovasz"] * self.lovasz_loss(pairs.flatten(0, 1), truth.flatten(0, 1))
         return loss
+
+    def mix(self, batch: dict, generator: torch.Generator) -> dict:
+        """CutMix with probability ``cutmix``: one box, its area a uniform share of the image,
+        cut from each image's partner (a random permutation of the batch) with its masks."""
+        if not self.config.cutmix or len(batch["image"]) < 2 or torch.rand((), generator=generator) >= self.config.cutmix:
+            return batch
+        images, target = batch["image"], batch["target"]  # (B, H, W, 3) uint8, (B, 4, H, W)
+        h, w = images.shape[1:3]
+        side = math.sqrt(torch.rand((), generator=generator).item())
+        bh, bw = int(h * side), int(w * side)
+        y = int(torch.randint(h - bh + 1, (), generator=generator))
+        x = int(torch.randint(w - bw + 1, (), generator=generator))
+        partner = torch.randperm(len(images), generator=generator)
+        images, target = images.clone(), target.clone()
+        images[:, y:y + bh, x:x + bw] = batch["image"][partner, y:y + bh, x:x + bw]
+        target[:, :, y:y + bh, x:x + bw] = batch["target"][partner, :, y:y + bh, x:x + bw]
+        return {**batch, "image": images, "target": target}
 
     def build_model(self, weights: str | None = None) -> nn.Module:
         c = self.config
@@ -171,7 +220,12 @@ class SegmentationStage(Stage):
     def loss(self, logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> torch.Tensor:
         masks, labels = logits if isinstance(logits, tuple) else (logits, None)
         masks, target = masks.float(), target.float()
-        loss = sum(weight * term(masks, target) for term, weight in self.terms) + self.region_loss(masks, target)
+        loss = self.region_loss(masks, target)
+        pairs = self.present_pairs(masks, target) if self.config.mask_loss_on == "positive" else (masks, target)
+        if pairs is None:
+            loss = loss + 0 * masks.sum()  # no mask present: the graph stays whole (DDP, AMP)
+        else:
+            loss = loss + sum(weight * term(*pairs) for term, weight in self.terms)
         if labels is not None:
             present = (target.amax((2, 3)) > 0).float()
             loss = loss + self.config.head_weight * nn.functional.binary_cross_entropy_with_logits(labels.float(), present)

@@ -94,11 +94,15 @@ class FitResult:
     history: list[dict] = field(default_factory=list)
 
 
-def make_splits(config: TrainConfig, labels: pd.DataFrame) -> list[tuple[list[str], list[str]]]:
-    """The (train, val) image lists a new run trains on: one hold-out split, or K folds."""
+def make_splits(config: TrainConfig, labels: pd.DataFrame, pseudo: tuple[str, ...] | list[str] = ()) -> list[tuple[list[str], list[str]]]:
+    """The (train, val) image lists a new run trains on: one hold-out split, or K folds, of the
+    images with real labels; the ``pseudo``-labelled images train in every one and validate in none."""
+    real = labels.drop(index=list(pseudo))
     if config.folds >= 2:
-        return kfold_splits(labels, config.folds, config.split_seed)
-    return [split_train_val(labels, config.val_fraction, config.split_seed)]
+        splits = kfold_splits(real, config.folds, config.split_seed)
+    else:
+        splits = [split_train_val(real, config.val_fraction, config.split_seed)]
+    return [(train + list(pseudo), val) for train, val in splits]
 
 
 class Trainer:
@@ -180,7 +184,9 @@ class Trainer:
                    disable=not (progress and self.dist.is_main))
         loss_sum, seen = torch.zeros((), device=self.device), 0  # summed on the device: no sync per step
         self.optimizer.zero_grad(set_to_none=True)
+        mixing = torch.Generator().manual_seed(config.seed * 1_000_003 + epoch * 100_003 + self.dist.rank)
         for step, batch in enumerate(bar):
+            batch = self.stage.mix(batch, mixing)
             last_micro = (step + 1) % config.accumulate == 0 or step + 1 == steps
             # The last accumulation group of an epoch may be short: scale by its real size.
             group = config.accumulate if step < steps - steps % config.accumulate else steps % config.accumulate
@@ -398,7 +404,7 @@ def train_run(
             results.append(fit(stage, data, split, state=state, progress=progress, dist=dist, on_start=start, clock=clock))
         start()
         if dist.is_main and stage.keeps_val_probs and config.folds >= 2:
-            write_out_of_fold(out_dir, config.folds, list(data.labels.index))
+            write_out_of_fold(out_dir, config.folds, data.labelled)
         return results if dist.is_main else []
 
 
@@ -435,7 +441,7 @@ def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continui
                                  "train a new run on this data, or resume with the data it trained on",
                                  path=out_dir / SPLITS_CSV)
         return splits, True
-    return make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels)), False
+    return make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels, data.pseudo)), False
 
 
 def _check_unchanged(saved: TrainConfig, config: TrainConfig, where: Path) -> None:

@@ -1,4 +1,5 @@
-"""Models by name: the torchvision presence classifier and smp segmentation models.
+"""Models by name: the presence classifier (any torchvision classification model, or any timm
+model as ``timm:<name>``) and smp segmentation models (smp's encoders, or timm's as ``tu-<name>``).
 
 Every model is wrapped in :class:`Normalized`, which takes uint8 NCHW (or NHWC-permuted,
 channels_last) batches and normalises them on the device. A checkpoint's saved config is enough
@@ -7,8 +8,8 @@ to rebuild the network (:mod:`cloudpipe.engine.infer`, :class:`~cloudpipe.engine
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -20,13 +21,13 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import no_new_empty_folders
 from cloudpipe.models.tiny import TinyClassifier, TinySegmenter
 
-CLASSIFIERS: dict[str, Callable[..., nn.Module]] = {
-    "resnet18": torchvision.models.resnet18,
-    "resnet34": torchvision.models.resnet34,
-    "resnet50": torchvision.models.resnet50,
-    "tiny": lambda weights=None: TinyClassifier(),  # a stand-in for tests and smoke runs
-}
-TINY_SEGMENTER = "tiny"
+TINY = "tiny"
+"""The arch name of the stand-ins for tests and smoke runs (:mod:`cloudpipe.models.tiny`)."""
+TIMM_CLASSIFIER = "timm:"
+"""Prefix of a classifier arch that is a timm model (``timm:efficientnet_b1``)."""
+TIMM_ENCODER = "tu-"
+"""Prefix of an smp encoder that is a timm model (smp's own spelling: ``tu-efficientnet_b1``)."""
+TINY_SEGMENTER = TINY
 """The segmentation arch name of :class:`~cloudpipe.models.tiny.TinySegmenter` (any encoder)."""
 _IMAGENET_WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
@@ -64,6 +65,17 @@ def _load_state(module: nn.Module, path: Path, what: str) -> None:
         raise CloudpipeError(f"not a state dict of a {what}: {first[1].strip() if len(first) > 1 else first[0]}", path=path) from None
 
 
+def _torchvision_url(arch: str) -> str:
+    """The URL of torchvision's ImageNet weights of ``arch`` (the ResNets' first release, as
+    before; else torchvision's default weights)."""
+    if arch in _IMAGENET_WEIGHTS:
+        return _IMAGENET_WEIGHTS[arch].url
+    try:
+        return torchvision.models.get_model_weights(arch).DEFAULT.url
+    except (ValueError, KeyError, AttributeError):
+        raise CloudpipeError(f"classifier arch {arch!r} has no ImageNet weights in torchvision; pass --weights none or PATH") from None
+
+
 def torchvision_imagenet_state(arch: str) -> dict:
     """torchvision's ImageNet state dict of a ResNet: from the local torch cache
     (``$TORCH_HOME/hub/checkpoints/<file>``), checked against the sha256 prefix in its file name,
@@ -73,11 +85,12 @@ def torchvision_imagenet_state(arch: str) -> dict:
         CloudpipeError: a cached file that is not the real weights, or no file and no network,
             naming the file to place and where.
     """
-    url = _IMAGENET_WEIGHTS[arch].url
+    url = _torchvision_url(arch)
     file = Path(url).name
     cache = Path(torch.hub.get_dir()) / "checkpoints" / file
-    if cache.is_file():
-        expected = torch.hub.HASH_REGEX.search(file).group(1)
+    named = torch.hub.HASH_REGEX.search(file)
+    if cache.is_file() and named:
+        expected = named.group(1)
         digest = hashlib.sha256(cache.read_bytes()).hexdigest()
         if not digest.startswith(expected):
             raise CloudpipeError(f"not torchvision's {arch} ImageNet weights (sha256 {digest[:8]}..., expected {expected}...); "
@@ -122,27 +135,88 @@ def smp_imagenet_state(encoder: str) -> dict:
                          f"in the Hugging Face cache{torch_file}, or pass --weights PATH (a local encoder state dict) or --weights none")
 
 
+def timm_imagenet_state(name: str) -> dict:
+    """The ImageNet state dict of timm model ``name`` (its default pretrained tag), offline
+    first: the Hugging Face cache, else a download where a network exists.
+
+    Raises:
+        CloudpipeError: no pretrained weights, or none of these worked, naming what to place where.
+    """
+    import timm
+    from huggingface_hub import hf_hub_download
+
+    cfg = timm.models.get_pretrained_cfg(name)
+    if cfg is None or not cfg.hf_hub_id:
+        raise CloudpipeError(f"timm model {name!r} has no ImageNet weights on the Hugging Face hub; pass --weights none or PATH")
+    reason = "not found"
+    for offline in (True, False):
+        for filename in ("model.safetensors", "pytorch_model.bin"):
+            try:
+                path = hf_hub_download(cfg.hf_hub_id, filename=filename, local_files_only=offline)
+            except Exception as err:  # not cached / no network / no such file
+                reason = type(err).__name__
+                continue
+            if filename.endswith(".safetensors"):
+                from safetensors.torch import load_file
+
+                return load_file(path, device="cpu")
+            return torch.load(path, map_location="cpu", weights_only=True)
+    raise CloudpipeError(f"cannot load ImageNet weights for timm {name} ({reason}): place {cfg.hf_hub_id} "
+                         "(model.safetensors) in the Hugging Face cache, or pass --weights PATH (a local state dict) or --weights none")
+
+
+def _choose(kind: str, name: str, known: list[str], examples: str) -> CloudpipeError:
+    """The one-line refusal of an unknown name, with its close matches or examples."""
+    close = difflib.get_close_matches(name, known, n=4, cutoff=0.6)
+    return CloudpipeError(f"unknown {kind} {name!r}; " + (f"did you mean {', '.join(close)}?" if close else f"e.g. {examples}"))
+
+
+def torchvision_classifiers() -> list[str]:
+    """The names of torchvision's classification models (``resnet34``, ``efficientnet_b0``, ...)."""
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
 def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = ()) -> nn.Module:
-    """torchvision ResNet with ``fc`` replaced by a 4-output linear layer.
+    """A classification network with its last linear layer replaced by a 4-output one; the
+    returned :class:`Normalized` names that layer in ``head`` (``fc`` for a ResNet).
 
     Args:
-        arch: key of :data:`CLASSIFIERS`.
-        weights: ``imagenet`` (see :func:`torchvision_imagenet_state`), ``none``, or a path to a
-            torchvision state dict of that architecture.
+        arch: a torchvision classification model (``resnet34``, ``efficientnet_b0``, ...),
+            ``timm:<name>`` (any timm model), or ``tiny`` (a stand-in for tests).
+        weights: ``imagenet`` (torchvision's file in the torch cache, see
+            :func:`torchvision_imagenet_state`; timm's in the Hugging Face cache, see
+            :func:`timm_imagenet_state`), ``none``, or a path to a state dict of that model.
         freeze: submodule names (e.g. ``layer1``) whose parameters stay fixed.
     """
-    if arch not in CLASSIFIERS:
-        raise CloudpipeError(f"unknown classifier arch {arch!r}; choose one of {', '.join(CLASSIFIERS)}")
-    net = CLASSIFIERS[arch](weights=None)
-    if weights == "imagenet":
-        if arch not in _IMAGENET_WEIGHTS:
+    if arch == TINY:
+        if weights == "imagenet":
             raise CloudpipeError(f"classifier arch {arch!r} has no ImageNet weights; pass --weights none or PATH")
-        net.load_state_dict(torchvision_imagenet_state(arch))
-    elif weights != "none":
-        _load_state(net, Path(weights), f"torchvision {arch}")
-    net.fc = nn.Linear(net.fc.in_features, len(CLASSES))
+        net, what = TinyClassifier(), f"{arch} classifier"
+    elif arch.startswith(TIMM_CLASSIFIER):
+        import timm
+
+        name = arch.removeprefix(TIMM_CLASSIFIER)
+        if not timm.is_model(name):
+            raise _choose("timm model", name, timm.list_models(), "timm:resnet34, timm:efficientnet_b1, timm:inception_resnet_v2")
+        net, what = timm.create_model(name, pretrained=False), f"timm {name}"
+        if weights == "imagenet":
+            net.load_state_dict(timm_imagenet_state(name))
+    else:
+        if arch not in torchvision_classifiers():
+            raise _choose("classifier arch", arch, torchvision_classifiers(),
+                          "resnet18, resnet34, resnet50, efficientnet_b0 (torchvision) or timm:<name>")
+        net, what = torchvision.models.get_model(arch, weights=None), f"torchvision {arch}"
+        if weights == "imagenet":
+            net.load_state_dict(torchvision_imagenet_state(arch))
+    if weights not in ("imagenet", "none"):
+        _load_state(net, Path(weights), what)
+    head = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
+    parent, _, last = head.rpartition(".")
+    setattr(net.get_submodule(parent), last, nn.Linear(net.get_submodule(head).in_features, len(CLASSES)))
     _freeze(net, freeze)
-    return Normalized(net)
+    model = Normalized(net)
+    model.head = head
+    return model
 
 
 def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = (),
@@ -169,19 +243,38 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
     if arch.lower() not in archs:
         raise CloudpipeError(f"unknown segmentation arch {arch!r}; choose one of {', '.join(sorted(archs.values()))} "
                               f"(or {TINY_SEGMENTER}, a stand-in for tests)")
-    if encoder not in smp.encoders.get_encoder_names():
-        raise CloudpipeError(f"unknown encoder {encoder!r}; e.g. resnet18, resnet34, resnet50, efficientnet-b0 (see smp's list)")
+    if encoder.startswith(TIMM_ENCODER):
+        import timm
+
+        if not timm.is_model(encoder.removeprefix(TIMM_ENCODER)):
+            raise _choose(f"timm encoder ({TIMM_ENCODER}<name>)", encoder.removeprefix(TIMM_ENCODER), timm.list_models(),
+                          "efficientnet_b1, resnext50_32x4d, inception_resnet_v2")
+    elif encoder not in smp.encoders.get_encoder_names():
+        raise _choose("encoder", encoder, smp.encoders.get_encoder_names(),
+                      f"resnet18, resnet34, resnet50, efficientnet-b0 (smp's) or {TIMM_ENCODER}<any timm model>")
     try:
         aux = None if head_dropout is None else {"classes": len(CLASSES), "dropout": head_dropout}
         net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=len(CLASSES), aux_params=aux)
     except (KeyError, ValueError) as err:
         raise CloudpipeError(f"cannot build {arch} with encoder {encoder}: {err}") from None
-    if weights == "imagenet":
+    if weights == "imagenet" and encoder.startswith(TIMM_ENCODER):
+        _load_timm_encoder(net.encoder, encoder.removeprefix(TIMM_ENCODER))
+    elif weights == "imagenet":
         net.encoder.load_state_dict(smp_imagenet_state(encoder))
     if weights not in ("imagenet", "none"):
         _load_state(net.encoder, Path(weights), f"{encoder} encoder")
     _freeze(net, freeze)
     return Normalized(net)
+
+
+def _load_timm_encoder(encoder: nn.Module, name: str) -> None:
+    """timm's ImageNet weights into smp's ``tu-`` encoder (timm's feature extractor, which
+    keeps the classifier's layer names and drops its head)."""
+    state, wanted = timm_imagenet_state(name), encoder.model.state_dict()
+    missing = [k for k in wanted if k not in state]
+    if missing:
+        raise CloudpipeError(f"timm's {name} ImageNet weights lack {len(missing)} of the encoder's tensors (e.g. {missing[0]})")
+    encoder.model.load_state_dict({k: state[k] for k in wanted})
 
 
 def _freeze(net: nn.Module, names: list[str] | tuple[str, ...]) -> None:

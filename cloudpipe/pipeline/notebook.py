@@ -92,7 +92,8 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
     batch = torch.from_numpy(pixels).permute(2, 0, 1)[None].to(device).contiguous(memory_format=torch.channels_last)
     flips = TTA_VIEWS[settings.tta_views] if settings.tta else (None,)
     with torch.no_grad():
-        probs, head = batch_probs(run.models, batch, flips, autocast(device, settings.amp and run.config.amp))
+        probs, head = batch_probs(run.models, batch, flips, autocast(device, settings.amp and run.config.amp),
+                                  settings.tta_scales)
         small = torch.nn.functional.interpolate(probs, size=SUBMISSION_SHAPE, mode="bilinear", align_corners=False)
     stored = (small[0] * 255).round().to(torch.uint8).cpu().numpy()  # what predict-seg's store holds
     masks = np.stack([post.apply(stored[k], k) for k in range(len(CLASSES))]).astype(np.uint8)

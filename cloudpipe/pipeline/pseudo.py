@@ -1,0 +1,158 @@
+"""``cloudpipe pseudo-label``: a new data folder whose training set also holds the test images a
+tuned ensemble labelled confidently (:mod:`cloudpipe.algorithms.pseudo`).
+
+The new folder is a complete Kaggle-layout folder: ``train_images/`` links every original
+training image and each chosen test image, ``train.csv`` holds the original rows and the
+pseudo-labels (masks at the training images' size), ``test_images/`` and
+``sample_submission.csv`` are the original ones, and ``pseudo_labels.csv`` names the
+pseudo-labelled images (with the probabilities they were chosen on) beside ``pseudo.yaml``
+(the rule and the sources). Training on it keeps the pseudo-labelled images out of every
+validation split and fold (:func:`cloudpipe.engine.train.make_splits`), so validation scores
+stay on real labels.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cloudpipe.algorithms.pseudo import PseudoRule, confident
+from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.rle import mask2rle, parse_rle, rle2mask
+from cloudpipe.data.images import check_images
+from cloudpipe.data.kaggle import (
+    PSEUDO_CSV,
+    SAMPLE_SUBMISSION_CSV,
+    TEST_IMAGES,
+    TRAIN_CSV,
+    TRAIN_IMAGES,
+    data_inputs,
+    list_test_images,
+    read_mask_csv,
+    read_probs_csv,
+    read_train,
+    require_dir,
+    require_same_images,
+    to_wide,
+    train_image_shape,
+)
+from cloudpipe.data.outputs import Inputs
+from cloudpipe.engine.runner import Plan, Runner
+
+PSEUDO_YAML = "pseudo.yaml"
+DEFAULT_RULE = PseudoRule()
+
+
+@dataclass
+class PseudoSummary:
+    """What :func:`pseudo_label` wrote."""
+
+    out_dir: Path
+    train_images: int
+    pseudo: list[str]
+    test_images: int
+
+    def line(self) -> str:
+        return (f"{len(self.pseudo)} of {self.test_images} test images pseudo-labelled; {self.out_dir} trains on "
+                f"{self.train_images} + {len(self.pseudo)} images (the pseudo-labelled ones never validate)")
+
+
+def pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: PseudoRule = DEFAULT_RULE, *,
+                 mask_shape: tuple[int, int] = SUBMISSION_SHAPE, overwrite: bool = False) -> PseudoSummary:
+    """Write a data folder training on ``data_dir``'s images and the confident test images.
+
+    Args:
+        data_dir: the Kaggle-layout folder (not itself pseudo-labelled).
+        seg: the test submission whose masks become labels (e.g. ``cloudpipe predict``'s).
+        probs: the presence probabilities the submission was gated on (``<stem>_probs.csv``).
+        out_dir: the new folder (must not exist, or ``overwrite``).
+        rule: which images are confident (:func:`cloudpipe.algorithms.pseudo.confident`).
+        mask_shape: the submission's mask size.
+
+    Raises:
+        CloudpipeError: bad inputs (naming file and line), image sets that differ, test images
+            of another size than the training images, no confident image, an existing
+            ``out_dir``; nothing is written then.
+    """
+    data_dir, out_dir = require_dir(data_dir).resolve(), Path(out_dir)
+    if (data_dir / PSEUDO_CSV).exists():
+        raise CloudpipeError(f"already pseudo-labelled ({PSEUDO_CSV}); pseudo-label its source folder", path=data_dir)
+    if out_dir.exists() and not overwrite:
+        raise CloudpipeError("already exists; pass --overwrite to replace it", path=out_dir)
+    if out_dir.resolve().is_relative_to(data_dir) or data_dir.is_relative_to(out_dir.resolve()):
+        raise CloudpipeError(f"must lie outside the data folder {data_dir}", path=out_dir)
+    reads = data_inputs(data_dir) | Inputs.of(seg, probs)
+    with Runner.start() as run:  # locked; never replacing a folder that holds one of its inputs
+        run.claim(lambda: (Plan(reads, folders=[out_dir]), None))
+        return _pseudo_label(data_dir, seg, probs, out_dir, rule, mask_shape, overwrite)
+
+
+def _pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: PseudoRule, mask_shape: tuple[int, int],
+                  overwrite: bool) -> PseudoSummary:
+    """The work of :func:`pseudo_label` once ``out_dir`` is claimed."""
+    train = read_train(data_dir)
+    shape = train_image_shape(data_dir)
+    masks = to_wide(read_mask_csv(seg, shape=mask_shape))
+    scores = read_probs_csv(probs)
+    test = list_test_images(data_dir)
+    require_same_images(test, list(masks.index), f"{seg}:")
+    require_same_images(test, list(scores.index), f"{probs}:")
+    clash = sorted(set(test) & set(train["image"]))
+    if clash:
+        raise CloudpipeError(f"test image {clash[0]} is also a training image", path=data_dir)
+    areas = np.array([[int(parse_rle(masks.at[i, c], mask_shape)[1].sum()) for c in CLASSES] for i in test])
+    chosen = [image for image, keep in zip(test, confident(scores.loc[test].to_numpy(), areas, rule)) if keep]
+    if not chosen:
+        raise CloudpipeError(f"no test image of {len(test)} meets the rule (min_confidence {rule.min_confidence}, "
+                             f"min_area {rule.min_area}); nothing written", path=seg)
+    paths = {image: data_dir / TEST_IMAGES / image for image in chosen}
+    check_images(paths.values(), shape)  # the same size as the training images (train.csv's masks)
+    rows = [(join_label(image, c), _at(masks.at[image, c], mask_shape, shape)) for image in chosen for c in CLASSES]
+    labels = pd.concat([train[list(CSV_COLUMNS)], pd.DataFrame(rows, columns=list(CSV_COLUMNS))], ignore_index=True)
+    _write_folder(data_dir, out_dir, labels, [*pd.unique(train["image"]), *chosen], paths, scores.loc[chosen], {
+        "rule": rule.to_dict(), "source": str(data_dir), "seg": str(Path(seg).resolve()), "probs": str(Path(probs).resolve()),
+        "pseudo_images": len(chosen), "test_images": len(test)}, overwrite)
+    return PseudoSummary(out_dir, train["image"].nunique(), chosen, len(test))
+
+
+def _at(rle: str, source: tuple[int, int], shape: tuple[int, int]) -> str:
+    """An RLE mask of size ``source`` at size ``shape`` (nearest neighbour)."""
+    return rle if source == tuple(shape) or not rle else mask2rle(resize_nearest(rle2mask(rle, source), shape))
+
+
+def _write_folder(data_dir: Path, out_dir: Path, labels: pd.DataFrame, images: list[str], pseudo: dict[str, Path],
+                  probs: pd.DataFrame, record: dict, overwrite: bool) -> None:
+    """Build the folder beside ``out_dir`` and rename it into place only once complete."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    try:
+        (staging / TRAIN_IMAGES).mkdir(parents=True)
+        for image in images:
+            source = pseudo.get(image, data_dir / TRAIN_IMAGES / image)
+            (staging / TRAIN_IMAGES / image).symlink_to(source.resolve())
+        (staging / TEST_IMAGES).symlink_to((data_dir / TEST_IMAGES).resolve(), target_is_directory=True)
+        if (data_dir / SAMPLE_SUBMISSION_CSV).exists():
+            shutil.copyfile(data_dir / SAMPLE_SUBMISSION_CSV, staging / SAMPLE_SUBMISSION_CSV)
+        labels.to_csv(staging / TRAIN_CSV, index=False)
+        probs.reset_index().to_csv(staging / PSEUDO_CSV, index=False, float_format="%.6f")
+        (staging / PSEUDO_YAML).write_text(yaml.safe_dump(record, sort_keys=False))
+        if out_dir.exists():  # overwrite: the old folder goes only once the new one is complete
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+            out_dir.rename(old)
+            staging.rename(out_dir)
+            shutil.rmtree(old)
+        else:
+            staging.rename(out_dir)
+    except OSError as err:
+        raise CloudpipeError(f"cannot write the pseudo-labelled folder ({err.strerror or err})", path=out_dir) from None
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
