@@ -251,15 +251,22 @@ class Trainer:
         """Score the epoch, step the LR schedule, append the metrics row; True when best so far.
 
         Raises:
-            CloudpipeError: a loss or metric that is not finite (the run diverged); nothing of
-                this epoch is saved.
+            CloudpipeError: a loss, the outputs or the score that picks ``best.pt`` not finite
+                (the run diverged); nothing of this epoch is saved. A per-class ROC AUC may be
+                NaN: it is undefined where the validation images hold one label only.
         """
-        metrics = self.stage.metrics(outputs, self.val_labels)
-        for name, value in {"train_loss": train_loss, "val_loss": val_loss, **metrics}.items():
+        def check(name: str, value: float) -> None:
             if not math.isfinite(value):
                 raise CloudpipeError(f"epoch {epoch + 1}: {name} is {value}: training diverged, the run stopped and "
                                      "this epoch was not saved (try a lower --lr or --weight-decay, or --grad-clip)",
                                      path=self.out_dir)
+
+        for name, value in {"train_loss": train_loss, "val_loss": val_loss}.items():
+            check(name, value)
+        if not np.isfinite(outputs).all():
+            check("a validation output", float("nan"))
+        metrics = self.stage.metrics(outputs, self.val_labels)
+        check(self.stage.score_name, metrics[self.stage.score_name])
         if not per_step(self.config):
             self.scheduler.step(val_loss)
         score = metrics[self.stage.score_name]
