@@ -46,6 +46,8 @@ def error_line(what: str, model: type[BaseModel], err: ValidationError) -> str:
         rule = _description(model, first["loc"]) or ("must be a JSON object" if first["type"] == "model_type" else
                                                       first["msg"][:1].lower() + first["msg"][1:])
     where = f"{what}: {loc}" if loc else what
+    if not loc and first["type"] == "value_error":  # the model's own check of several fields: no one value to quote
+        return f"{where}: {rule}"
     if first["type"] == "missing":
         return f"{where}: missing ({rule})"
     shown = repr(first["input"])
