@@ -192,7 +192,7 @@ class ThresholdsFile(per_class("ClassThresholds", CLASSES, Annotated[float, Fiel
 
     format: Literal[1] = Field(THRESHOLDS_FORMAT, description=f"must be {THRESHOLDS_FORMAT} (tune them again with this "
                                                               "cloudpipe)")  # a file without one: hand-written or older
-    gate: Gates = Field(None, description="must give every class {source: weight}")
+    gate: Gates = Field(None, description="must give every class {source: weight}")  # None: not given (null is refused)
     at_least_one: bool = Field(False, description="must be true or false")  # "false" is a string, bool("false") True
     top_k: int = Field(PixelStats.top_k, ge=1, description="must be a whole number >= 1")
     area_threshold: float = Field(PixelStats.area_threshold, ge=0, le=1, description="must be a number in [0, 1]")
