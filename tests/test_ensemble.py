@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from cloudpipe.algorithms.ensemble import RunningMean, mean_probs, mean_stores, normalise_weights
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.pipeline.ensemble import Ensemble
 
 
 def stores(n=5, count=3, seed=0):
@@ -64,3 +67,21 @@ def test_huge_weights_do_not_overflow_to_zero():
 def test_the_weight_message_names_the_option_weights_go_with():
     with pytest.raises(CloudpipeError, match=r"one --weight per --store: 1 weight\(s\) for 2 store\(s\)"):
         normalise_weights([1], 2, per="--store")
+
+
+@pytest.mark.parametrize("record, message", [
+    ({"runs": ["/r/a"], "weights": [1.0]}, "need a list of run fingerprints in 'fingerprints'; tune them again"),
+    ({"fingerprints": "aaaa", "weights": [1.0]}, "fingerprints: must be a JSON list of run fingerprints (tune them again), "
+                                                 "got 'aaaa'"),
+    ({"fingerprints": ["a" * 64], "weights": ["1"]}, "weights.0: must be a JSON list of numbers, one per run, got '1'"),
+    ({"fingerprints": ["a" * 64]}, "need one number per run in 'weights': 1 fingerprint(s), 0 weight(s)"),
+    ({"runs": "/r/a", "fingerprints": ["a" * 64], "weights": [1.0]}, "runs: must be a JSON list of run folders, got '/r/a'"),
+    ({"runs": ["/r/b"], "fingerprints": ["b" * 64], "weights": [1.0]}, "were tuned for runs b (bbbbbbbb) x1, not a (aaaaaaaa) x1"),
+])
+def test_a_tuned_file_for_other_or_garbled_runs_is_refused_in_one_line(record, message):
+    single = Ensemble((Path("/r/a"),), (1.0,), known=("a" * 64,))
+    single.check_tuned_for({"runs": ["/r/a"], "fingerprints": ["a" * 64], "weights": [1], "Fish": 0.5}, Path("t.json"), "x")
+    single.check_tuned_for({"Fish": 0.5}, Path("t.json"), "x")  # from before fingerprints: a single run's own
+    with pytest.raises(CloudpipeError) as info:
+        single.check_tuned_for(record, Path("t.json"), "thresholds")
+    assert str(info.value).startswith("t.json: ") and message in str(info.value) and "\n" not in str(info.value)

@@ -71,9 +71,9 @@ def test_gate_spec_round_trip_and_errors():
     assert data["top_k"] == 9000 and data["at_least_one"] is True
     old = GateSpec.from_json({c: 0.5 for c in CLASSES}, KNOWN)  # a file from before sources: the classifier alone
     assert old.sources == ["classifier"] and not old.at_least_one
-    with pytest.raises(CloudpipeError, match="unknown source"):
+    with pytest.raises(CloudpipeError, match="gate.Fish: unknown source"):
         GateSpec.from_json({**data, "gate": {c: {"oracle": 1.0} for c in CLASSES}}, KNOWN)
-    with pytest.raises(CloudpipeError, match="sum to 1"):
+    with pytest.raises(CloudpipeError, match="gate.Fish: gate weights must sum to 1"):
         GateSpec.from_json({**data, "gate": {c: {"classifier": 0.5} for c in CLASSES}}, KNOWN)
 
 
@@ -84,16 +84,29 @@ def test_thresholds_json_carries_its_format_version():
 
 
 @pytest.mark.parametrize("bad, message", [
-    ({"at_least_one": "false"}, "at_least_one 'false' is not true or false"),  # bool("false") would turn it on
-    ({"at_least_one": 1}, "at_least_one 1 is not true or false"),
-    ({"format": 2}, "format 2 is not 1"),
-    ({"top_k": 0}, "top_k 0 is not a whole number"),
-    ({"top_k": "18000"}, "top_k '18000' is not a whole number"),
-    ({"area_threshold": 2.0}, "area_threshold threshold 2.0 is not a number in"),
+    ({"at_least_one": "false"}, "at_least_one: must be true or false, got 'false'"),  # bool("false") would turn it on
+    ({"at_least_one": 1}, "at_least_one: must be true or false, got 1"),
+    ({"format": 2}, "format: must be 1 .*, got 2"),
+    ({"top_k": 0}, "top_k: must be a whole number >= 1, got 0"),
+    ({"top_k": "18000"}, "top_k: must be a whole number >= 1, got '18000'"),
+    ({"top_k": True}, "top_k: must be a whole number >= 1, got True"),
+    ({"area_threshold": 2.0}, r"area_threshold: must be a number in \[0, 1\], got 2.0"),
+    ({"Gravel": 1.5}, r"^thresholds: Gravel: must be a number in \[0, 1\], got 1.5$"),
+    ({"Sugar": None}, "Sugar: must be a number in"),
+    ({"gate": None}, "gate: must give every class {source: weight}, got None"),
+    ({"gate": {"Fish": {"classifier": 1.0}}}, "gate.Flower: missing"),
+    ({"gate": {c: {"classifier": -1.0} for c in CLASSES}}, "gate.Fish.classifier: .* weights >= 0 .*, got -1.0"),
 ])
 def test_a_garbled_thresholds_file_is_refused(bad, message):
     with pytest.raises(CloudpipeError, match=message):
         GateSpec.from_json({**GateSpec({c: 0.5 for c in CLASSES}).to_json(), **bad}, KNOWN)
+
+
+def test_a_thresholds_file_that_is_no_object_or_lacks_a_class_is_refused():
+    with pytest.raises(CloudpipeError, match=r"^thresholds: must be a JSON object, got \[0.5, 0.5, 0.5, 0.5\]$"):
+        GateSpec.from_json([0.5] * 4, KNOWN)
+    with pytest.raises(CloudpipeError, match=r"^thresholds: Sugar: missing \(must be a number in \[0, 1\]\)$"):
+        GateSpec.from_json({"Fish": 0, "Flower": 1, "Gravel": 0.25}, KNOWN)
 
 
 def test_thresholds_that_are_not_in_0_1_are_refused_not_applied():

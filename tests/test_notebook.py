@@ -17,10 +17,11 @@ from tests.conftest import CPU_QUIET, cli, copy_run, load
 
 def test_one_image_in_memory_is_what_predict_seg_stores_and_draws(seg_run, tiny_data, tmp_path):
     run = copy_run(seg_run, tmp_path, "seg")
+    (run / "seg_postprocess.json").unlink(missing_ok=True)  # the session's run is tuned by whichever test ran first
     untuned = segment_image(run, tiny_data / "test_images" / sorted((tiny_data / "test_images").iterdir())[0].name)
     assert not untuned.tuned and untuned.masks.shape == (4, *SUBMISSION_SHAPE) and untuned.probs.dtype == np.float32
     for split in ("val", "test"):
-        assert cli("predict-seg", "--run", run, "--data", tiny_data, "--split", split, *CPU_QUIET).exit_code == 0
+        assert cli("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--overwrite", *CPU_QUIET).exit_code == 0
     files = sorted(p.name for p in run.rglob("*"))
     store, info = load(run / "test_seg_probs.npy")
     drawn = to_wide(read_mask_csv(run / "test_seg.csv", shape=SUBMISSION_SHAPE))

@@ -134,11 +134,11 @@ def test_json_round_trip_and_errors():
     assert data["format"] == 2 and [s["step"] for s in data["steps"]] == ["threshold", "min_size"]
     again = PostProcess.from_dict(data)
     assert again == post and set(STEPS) >= {"threshold", "min_size"}
-    with pytest.raises(CloudpipeError, match="format None is not 2"):
+    with pytest.raises(CloudpipeError, match="^post-processing: format: missing \\(must be 2: run predict-seg --split val"):
         PostProcess.from_dict({"threshold": {c: 0.5 for c in CLASSES}, "min_size": {c: 0 for c in CLASSES}})
-    with pytest.raises(CloudpipeError, match="unknown post-processing step 'blur'"):
+    with pytest.raises(CloudpipeError, match="steps.0.step: must be one of 'threshold', 'top_area', .*, got 'blur'$"):
         PostProcess.from_dict({"format": 2, "steps": [{"step": "blur", "grid": [1], "values": {}}]})
-    with pytest.raises(CloudpipeError, match="lacks 'Sugar'"):
+    with pytest.raises(CloudpipeError, match=r"steps.0.threshold.values.Sugar: missing \(must be a number in \[0, 1\]\)$"):
         PostProcess.from_dict({"format": 2, "steps": [{"step": "threshold", "grid": [0.5],
                                                         "values": {"Fish": 0.5, "Flower": 0.5, "Gravel": 0.5}}]})
     with pytest.raises(CloudpipeError, match="reads the probabilities"):
@@ -198,18 +198,21 @@ def test_new_steps_round_trip_and_build_by_name():
         make_steps(["threshold", "blur"])
     with pytest.raises(CloudpipeError, match="reads the probabilities"):
         make_steps(["shape", "threshold"])
-    with pytest.raises(CloudpipeError, match="not one of mask, hull, box"):
+    with pytest.raises(CloudpipeError, match="steps.0.shape.grid.0: must be a non-empty list, each one of mask, hull, box, got 'oval'"):
         PostProcess.from_dict({"format": 2, "steps": [{"step": "shape", "grid": ["oval"], "values": {}}]})
 
 
 @pytest.mark.parametrize("step, value, message", [
-    ("threshold", 2.0, r"threshold value 2.0 is not a number in \[0, 1\]"),
-    ("threshold", "0.5", r"threshold value '0.5' is not a number"),
-    ("min_size", -5, r"min_size value -5 is not a number in \[0, inf\]"),
-    ("min_size", float("nan"), "min_size value nan"),
-    ("top_area", [1.5, 100], "top_area top value 1.5"),
-    ("top_area", [0.5, -1], "top_area area value -1"),
-    ("top_area", 0.5, "is not a pair"),
+    ("threshold", 2.0, r"steps.0.threshold.values.Gravel: must be a number in \[0, 1\], got 2.0"),
+    ("threshold", "0.5", r"steps.0.threshold.values.Gravel: must be a number in \[0, 1\], got '0.5'"),
+    ("min_size", -5, "steps.1.min_size.values.Gravel: must be a finite number >= 0, got -5"),
+    ("min_size", float("nan"), "steps.1.min_size.values.Gravel: must be a finite number >= 0, got nan"),
+    ("min_size", float("inf"), "steps.1.min_size.values.Gravel: must be a finite number >= 0, got inf"),
+    ("top_area", [1.5, 100], r"values.Gravel.0: must be a pair \[top in \[0, 1\], finite area >= 0\], got 1.5"),
+    ("top_area", [0.5, -1], r"values.Gravel.1: must be a pair .*, got -1"),
+    ("top_area", 0.5, r"values.Gravel: must be a pair .*, got 0.5"),
+    ("top_area", [0.5, 1, 2], r"values.Gravel: must be a pair .*, got \[0.5, 1, 2\]"),
+    ("shape", "oval", "steps.1.shape.values.Gravel: must be one of mask, hull, box, got 'oval'"),
 ])
 def test_a_post_processing_value_out_of_range_is_refused(step, value, message):
     steps = (Threshold(),) + ((STEPS[step](),) if step != "threshold" else ())
@@ -299,7 +302,7 @@ def test_values_outside_a_steps_bounds_are_refused_when_built():
     """PostProcess(values=...) took a threshold of 2.0 (which blanks every mask) without a word."""
     from cloudpipe.algorithms.postprocess import PostProcess, make_steps
 
-    with pytest.raises(ValueError, match="threshold value 2.0 is not a number in"):
+    with pytest.raises(ValueError, match=r"^threshold value: must be a number in \[0, 1\], got 2.0$"):
         PostProcess(make_steps(["threshold"]), {"Fish": (2.0,), "Flower": (0.5,), "Gravel": (0.5,), "Sugar": (0.5,)})
-    with pytest.raises(ValueError, match="shape 'circle' is not one of"):
+    with pytest.raises(ValueError, match="^shape value: must be one of mask, hull, box, got 'circle'$"):
         PostProcess(make_steps(["threshold", "shape"]), {c: (0.5, "circle") for c in CLASSES})

@@ -92,8 +92,8 @@ def test_python_api_takes_and_returns_dataframes(tiny_data, tiny_classifier_run)
         ("extra_image_in_seg", "extra image"),
         ("missing_image_in_seg", "lacks 1 image"),
         ("bad_rle", "line"),
-        ("threshold_file_out_of_range", "not a number in [0, 1]"),
-        ("threshold_file_missing_class", "no threshold for Sugar"),
+        ("threshold_file_out_of_range", "thresholds: Gravel: must be a number in [0, 1], got 1.5"),
+        ("threshold_file_missing_class", "thresholds: Sugar: missing"),
         ("segmentation_run", "needs a classifier"),
         ("corrupt_checkpoint", "cannot read checkpoint"),
         ("out_is_input", "also an input"),
@@ -323,7 +323,7 @@ def test_a_string_where_thresholds_json_wants_true_or_false_is_one_line(tiny_dat
     out = tmp_path / "sub.csv"
     result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out,
                     "--thresholds", thresholds)
-    assert result.exit_code == 2 and "at_least_one 'false' is not true or false" in result.stderr, result.output
+    assert result.exit_code == 2 and "at_least_one: must be true or false, got 'false'" in result.stderr, result.output
     assert len(result.stderr.strip().splitlines()) == 1 and not out.exists()
 
 

@@ -74,7 +74,7 @@ def test_image_list_mismatch_and_damage(tmp_path):
     meta.write_text(json.dumps({**data, "images": data["images"][:2]}))
     assert "names 2 images, the store holds 3" in one_line(npy)
     meta.write_text(json.dumps({**data, "images": ["a.jpg"] * 3}))
-    assert "duplicates" in one_line(npy)
+    assert "probability store: images: has duplicates (a.jpg), got ['a.jpg', 'a.jpg', 'a.jpg']" in one_line(npy)
     meta.write_text("{oops")
     assert "not a readable JSON" in one_line(npy)
     meta.unlink()
@@ -86,7 +86,23 @@ def test_a_string_where_the_store_wants_a_list_is_refused(tmp_path):
     meta = info_path(npy)
     data = json.loads(meta.read_text())
     meta.write_text(json.dumps({**data, "images": "abcdefg"}))  # 7 characters: once read as 7 names
-    assert "images must be a JSON list" in one_line(npy)
+    assert f"{meta}: probability store: images: must be a JSON list of image names, got 'abcdefg'" in one_line(npy)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ({"format": 2}, "format: must be 1 (a probability store's JSON of this cloudpipe), got 2"),
+    ({"split": None}, "split: must be a split name, got None"),
+    ({"images": [1, 2, 3]}, "images.0: must be a JSON list of image names, got 1"),
+    ({"runs": "/runs/a"}, "runs: must be a JSON list of run folders, got '/runs/a'"),
+    ({"weights": ["1.0"]}, "weights.0: must be a JSON list of numbers, one per run, got '1.0'"),
+    ({"weights": [0.5, 0.5]}, "needs one weight and one fingerprint per run: 1 run(s), 2 weight(s), 1 fingerprint(s)"),
+    ({"fingerprints": []}, "needs one weight and one fingerprint per run: 1 run(s), 1 weight(s), 0 fingerprint(s)"),
+])
+def test_a_garbled_store_json_is_refused_naming_the_field(tmp_path, bad, message):
+    npy, _, _ = write_store(tmp_path)
+    meta = info_path(npy)
+    meta.write_text(json.dumps({**json.loads(meta.read_text()), **bad}))
+    assert f"{meta}: probability store: {message}" in one_line(npy)
 
 
 KILLED_MID_RUN = """

@@ -10,8 +10,8 @@ from cloudpipe.algorithms.thresholds import (
     PairScores,
     candidate_thresholds,
     check_threshold,
+    check_thresholds,
     choose_thresholds,
-    parse_thresholds,
     sweep,
 )
 from cloudpipe.core.competition import CLASSES
@@ -100,15 +100,13 @@ def test_accuracy_scores_match_metrics_accuracy():
         assert sweeps[c].score >= max(grid) - 1e-12
 
 
-def test_parse_thresholds():
-    assert parse_thresholds({"Fish": 0, "Flower": 1, "Gravel": 0.25, "Sugar": 0.5, "objective": "dice"}) == \
+def test_check_thresholds():
+    assert check_thresholds({"Sugar": 0.5, "Fish": 0, "Flower": 1, "Gravel": 0.25, "objective": "dice"}) == \
         {"Fish": 0.0, "Flower": 1.0, "Gravel": 0.25, "Sugar": 0.5}
     with pytest.raises(CloudpipeError, match="no threshold for Sugar"):
-        parse_thresholds({"Fish": 0, "Flower": 1, "Gravel": 0.25})
+        check_thresholds({"Fish": 0, "Flower": 1, "Gravel": 0.25})
     with pytest.raises(CloudpipeError, match="Gravel threshold 1.5"):
-        parse_thresholds({"Fish": 0, "Flower": 1, "Gravel": 1.5, "Sugar": 0})
-    with pytest.raises(CloudpipeError, match="JSON object"):
-        parse_thresholds([0.5] * 4)
+        check_thresholds({"Fish": 0, "Flower": 1, "Gravel": 1.5, "Sugar": 0})
     with pytest.raises(CloudpipeError, match="True"):
         check_threshold(True, "Fish")
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
+from pydantic import AfterValidator, Field, ValidationInfo
 
 from cloudpipe.algorithms.presence import CLASSIFIER, Gate, PixelStats
-from cloudpipe.algorithms.thresholds import check_threshold, parse_thresholds
+from cloudpipe.algorithms.thresholds import check_threshold, check_thresholds
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import BadValue, CloudpipeError
+from cloudpipe.core.models import per_class, read_model
 
 THRESHOLDS_FORMAT = 1
 """The version of the ``thresholds.json`` form (:meth:`GateSpec.to_json`)."""
@@ -62,10 +65,7 @@ def keep(scores: np.ndarray, thresholds: Mapping[str, float] | float, drawn: np.
             ``scores`` not (n, 4) or holding NaN.
     """
     if isinstance(thresholds, Mapping):
-        missing = [c for c in CLASSES if c not in thresholds]
-        if missing:
-            raise BadValue(f"no threshold for {', '.join(missing)}")
-        cut = np.array([check_threshold(thresholds[c], c) for c in CLASSES])
+        cut = np.array(list(check_thresholds(thresholds).values()))
     else:
         cut = np.float64(check_threshold(thresholds, "the"))
     scores = np.asarray(scores, np.float64)
@@ -134,7 +134,7 @@ class GateSpec:
 
     def __post_init__(self) -> None:
         """Refuse thresholds that are not numbers in [0, 1] (2.0 would blank every pair, -1.0 none)."""
-        parse_thresholds(self.thresholds)
+        check_thresholds(self.thresholds)
 
     @property
     def sources(self) -> list[str]:
@@ -156,29 +156,43 @@ class GateSpec:
 
     @classmethod
     def from_json(cls, data: object, known: Sequence[str]) -> GateSpec:
-        """Read :meth:`to_json`'s form; a file without ``gate`` gates on the classifier alone.
+        """Read :meth:`to_json`'s form (:class:`ThresholdsFile`); a file without ``gate`` gates
+        on the classifier alone, one without ``top_k`` or ``area_threshold`` on no pixel statistic.
 
         Raises:
-            CloudpipeError: bad thresholds, an unknown source, or weights not summing to 1.
+            CloudpipeError: one line naming the first wrong field (bad thresholds, an unknown
+                source, weights not summing to 1...).
         """
-        thresholds = parse_thresholds(data)
-        if data.get("format", THRESHOLDS_FORMAT) != THRESHOLDS_FORMAT:  # a file without one: hand-written or older
-            raise CloudpipeError(f"thresholds: format {data['format']!r} is not {THRESHOLDS_FORMAT} (tune them again "
-                                 "with this cloudpipe)")
-        gates = data.get("gate", cls(thresholds).gates)
-        if not isinstance(gates, dict) or any(not isinstance(gates.get(c), dict) or not gates[c] for c in CLASSES):
-            raise CloudpipeError("thresholds: gate must give every class {source: weight}")
-        for c in CLASSES:
-            unknown = [s for s in gates[c] if s not in known]
-            if unknown:
-                raise CloudpipeError(f"thresholds: {c} gates on unknown source(s) {', '.join(unknown)}; known: {', '.join(known)}")
-            if not all(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0 for w in gates[c].values()) or abs(sum(gates[c].values()) - 1) > 1e-6:
-                raise CloudpipeError(f"thresholds: {c}'s gate weights must be >= 0 and sum to 1")
-        top_k, area = data.get("top_k", PixelStats.top_k), data.get("area_threshold", PixelStats.area_threshold)
-        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
-            raise CloudpipeError(f"thresholds: top_k {top_k!r} is not a whole number >= 1")
-        pixel = PixelStats(top_k, check_threshold(area, "area_threshold")) if "top_k" in data or "area_threshold" in data else None
-        at_least_one = data.get("at_least_one", False)
-        if not isinstance(at_least_one, bool):  # "false" is a string, and bool("false") is True
-            raise CloudpipeError(f"thresholds: at_least_one {at_least_one!r} is not true or false")
-        return cls(thresholds, {c: {s: float(w) for s, w in gates[c].items()} for c in CLASSES}, at_least_one, pixel)
+        file = read_model(ThresholdsFile, data, "thresholds", context={"known": known})
+        thresholds = {c: getattr(file, c) for c in CLASSES}
+        gates = cls(thresholds).gates if file.gate is None else {c: dict(getattr(file.gate, c)) for c in CLASSES}
+        pixel = PixelStats(file.top_k, file.area_threshold) if {"top_k", "area_threshold"} & file.model_fields_set else None
+        return cls(thresholds, gates, file.at_least_one, pixel)
+
+
+def _check_blend(weights: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+    """Refuse a class's blend whose sources are not in ``context["known"]`` or whose weights do
+    not sum to 1."""
+    known = info.context["known"]
+    unknown = [s for s in weights if s not in known]
+    if unknown:
+        raise ValueError(f"unknown source(s) {', '.join(unknown)}; known: {', '.join(known)}")
+    if abs(sum(weights.values()) - 1) > 1e-6:
+        raise ValueError("gate weights must sum to 1")
+    return weights
+
+
+Blend = Annotated[dict[str, Annotated[float, Field(ge=0)]], Field(min_length=1), AfterValidator(_check_blend)]
+Gates = per_class("Gates", CLASSES, Blend, "must be {source: weight}, weights >= 0 summing to 1")
+
+
+class ThresholdsFile(per_class("ClassThresholds", CLASSES, Annotated[float, Field(ge=0, le=1)], "must be a number in [0, 1]")):
+    """What ``thresholds.json`` must hold (:meth:`GateSpec.to_json`; keys it does not name, such
+    as those tune records, are allowed). Validate with ``context={"known": source names}``."""
+
+    format: Literal[1] = Field(THRESHOLDS_FORMAT, description=f"must be {THRESHOLDS_FORMAT} (tune them again with this "
+                                                              "cloudpipe)")  # a file without one: hand-written or older
+    gate: Gates = Field(None, description="must give every class {source: weight}")  # None: not given (null is refused)
+    at_least_one: bool = Field(False, description="must be true or false")  # "false" is a string, bool("false") True
+    top_k: int = Field(PixelStats.top_k, ge=1, description="must be a whole number >= 1")
+    area_threshold: float = Field(PixelStats.area_threshold, ge=0, le=1, description="must be a number in [0, 1]")

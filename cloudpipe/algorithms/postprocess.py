@@ -11,19 +11,22 @@ every minimum size). Classes are independent, so the best combination per class 
 
 Steps are registered by name in :data:`STEPS`; a new step is a subclass with a ``name``, a
 ``default`` value, a ``grid``, ``apply`` and (when cheaper) ``variants``; a step whose values
-are not numbers (pairs, names) also has ``parse``, which reads a value back from JSON.
+are not any finite number (a range, pairs, names) also has ``value``, their pydantic type, and
+``what`` they are in words: ``seg_postprocess.json`` is read by a model built from them
+(:class:`PostProcessFile`).
 :func:`make_steps` builds a list of steps from their names (``predict-seg --steps``).
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from functools import cache
+from typing import Annotated, Any, ClassVar, Literal, Union
 
 import cv2
 import numpy as np
+from pydantic import Field, Strict, TypeAdapter, ValidationError, create_model
 
 from cloudpipe.algorithms.robust import DefaultKept, Rule, choose_explained
 from cloudpipe.core.choices import DEFAULT_STEPS
@@ -31,8 +34,17 @@ from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import BadType, BadValue, CloudpipeError
 from cloudpipe.core.masks import remove_small_components
 from cloudpipe.core.metric import dice_score
+from cloudpipe.core.models import FileModel, error_line, per_class, read_model
 
 FORMAT_VERSION = 2
+Probability = Annotated[float, Strict(), Field(ge=0, le=1)]
+Size = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+
+
+@cache
+def _adapter(value: Any) -> TypeAdapter:
+    """A validator of one step value type (built once per type)."""
+    return TypeAdapter(value)
 
 
 @dataclass(frozen=True)
@@ -62,17 +74,22 @@ class Step:
         give the same mask may give the same object (tuning then scores it once)."""
         return [self.apply(mask, probs, value) for value in self.grid]
 
-    bounds: ClassVar[tuple[float, float]] = (-math.inf, math.inf)
-    """The values a file may give the step."""
+    value: ClassVar[Any] = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    """The type of one value (a pydantic type, checked strictly: ``"0.5"`` is no number)."""
+    what: ClassVar[str] = "a finite number"
+    """What one value is, in words: ``a number in [0, 1]``."""
 
     @classmethod
     def parse(cls, value: object):
-        """A value (or grid entry) as read back from JSON.
+        """A value (or grid entry) as read back from JSON, or as given in code.
 
         Raises:
-            CloudpipeError: not a number within :attr:`bounds`.
+            BadValue: not a :attr:`value`.
         """
-        return _number(value, cls.name, *cls.bounds)
+        try:
+            return _adapter(cls.value).validate_python(value)
+        except ValidationError as err:
+            raise BadValue(error_line(f"{cls.name} value", err, rule=f"must be {cls.what}")) from None
 
     @staticmethod
     def show(value) -> str:
@@ -88,7 +105,8 @@ class Threshold(Step):
     name: ClassVar[str] = "threshold"
     default: ClassVar[float] = 0.5
     reads_probs: ClassVar[bool] = True
-    bounds: ClassVar[tuple[float, float]] = (0.0, 1.0)
+    value: ClassVar[Any] = Probability
+    what: ClassVar[str] = "a number in [0, 1]"
     grid: tuple = (0.3, 0.4, 0.5, 0.6, 0.7)
 
     def apply(self, mask, probs, value):
@@ -101,7 +119,8 @@ class MinSize(Step):
 
     name: ClassVar[str] = "min_size"
     default: ClassVar[float] = 0
-    bounds: ClassVar[tuple[float, float]] = (0.0, math.inf)
+    value: ClassVar[Any] = Size
+    what: ClassVar[str] = "a finite number >= 0"
     # Pixels at 350 x 525: finishers used 5,000-21,000, and tuned on real clouds the minimum
     # reached 10,000 (the old grid's top) for every class, so the grid goes well past it.
     grid: tuple = (0, 500, 1000, 2500, 5000, 7500, 10000, 12500, 15000, 17500, 20000, 25000, 30000, 40000, 50000, 60000)
@@ -136,6 +155,8 @@ class TopArea(Step):
     default: ClassVar[tuple] = (0.5, 0.0)
     reads_probs: ClassVar[bool] = True
     ordered: ClassVar[bool] = False  # pairs: grid neighbours are not neighbouring rules
+    value: ClassVar[Any] = Annotated[tuple[Probability, Size], Strict(False)]  # a JSON list is a pair
+    what: ClassVar[str] = "a pair [top in [0, 1], finite area >= 0]"
     grid: tuple = ((0.5, 0.0), *((t, float(a)) for t in (0.5, 0.6, 0.7, 0.8) for a in (1000, 2500, 5000, 10000, 15000)))
 
     def apply(self, mask, probs, value):
@@ -150,19 +171,6 @@ class TopArea(Step):
         counts = {t: np.count_nonzero(binarize(probs, t)) for t in {t for t, _ in self.grid}}
         empty = np.zeros_like(mask)
         return [mask if counts[t] >= a else empty for t, a in self.grid]
-
-    @classmethod
-    def parse(cls, value):
-        if not isinstance(value, (list, tuple)) or len(value) != 2:
-            raise BadValue(f"{cls.name} value {value!r} is not a pair [top, area]")
-        return _number(value[0], f"{cls.name} top", 0.0, 1.0), _number(value[1], f"{cls.name} area", 0.0, math.inf)
-
-
-def _number(value: object, what: str, low: float, high: float) -> float:
-    """A JSON number within [low, high] as float, or a CloudpipeError naming ``what``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or not low <= value <= high:
-        raise BadValue(f"{what} value {value!r} is not a number in [{low:g}, {high:g}]")
-    return float(value)
 
 
 SHAPES = ("mask", "hull", "box")
@@ -179,6 +187,8 @@ class Shape(Step):
     name: ClassVar[str] = "shape"
     default: ClassVar[str] = "mask"
     ordered: ClassVar[bool] = False
+    value: ClassVar[Any] = Literal[SHAPES]
+    what: ClassVar[str] = f"one of {', '.join(SHAPES)}"
     grid: tuple = SHAPES
 
     def __post_init__(self):
@@ -198,12 +208,6 @@ class Shape(Step):
                 x, y, w, h = cv2.boundingRect(contour)
                 out[y:y + h, x:x + w] = 1
         return out | mask  # a hull's outline never loses a pixel of the component
-
-    @classmethod
-    def parse(cls, value):
-        if value not in SHAPES:
-            raise BadValue(f"shape {value!r} is not one of {', '.join(SHAPES)}")
-        return str(value)
 
 
 STEPS: dict[str, type[Step]] = {s.name: s for s in (Threshold, TopArea, MinSize, Shape)}
@@ -295,24 +299,33 @@ class PostProcess:
         """Rebuild from :meth:`to_dict`'s form.
 
         Raises:
-            CloudpipeError: another format version, an unknown step, or missing values.
+            CloudpipeError: one line naming the first wrong field (another format version, an
+                unknown step, a value missing or out of its step's range...).
         """
-        if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
-            found = data.get("format") if isinstance(data, dict) else None
-            raise CloudpipeError(f"post-processing format {found!r} is not {FORMAT_VERSION} (run predict-seg --split val "
-                                 "again to tune and save it)")
-        try:
-            steps, values = [], {c: [] for c in CLASSES}
-            for entry in data["steps"]:
-                if entry["step"] not in STEPS:
-                    raise CloudpipeError(f"unknown post-processing step {entry['step']!r}; known: {', '.join(STEPS)}")
-                step = STEPS[entry["step"]]
-                steps.append(step(grid=tuple(step.parse(v) for v in entry["grid"])))
-                for c in CLASSES:
-                    values[c].append(step.parse(entry["values"][c]))
-        except (KeyError, TypeError, ValueError) as err:
-            raise CloudpipeError(f"post-processing file lacks {err}") from None
-        return cls(tuple(steps), {c: tuple(v) for c, v in values.items()})
+        file = read_model(PostProcessFile, data, "post-processing")
+        steps = tuple(STEPS[entry.step](grid=tuple(entry.grid)) for entry in file.steps)
+        return cls(steps, {c: tuple(getattr(entry.values, c) for entry in file.steps) for c in CLASSES})
+
+
+def _entry(step: type[Step]) -> type[FileModel]:
+    """The model of one step's entry in ``seg_postprocess.json``."""
+    return create_model(
+        f"{step.__name__}Entry", __base__=FileModel, step=(Literal[step.name], ...),
+        grid=(list[step.value], Field(min_length=1, description=f"must be a non-empty list, each {step.what}")),
+        values=(per_class(f"{step.__name__}Values", CLASSES, step.value, f"must be {step.what}"),
+                Field(description="must give every class a value")))
+
+
+StepEntry = Annotated[Union[tuple(_entry(s) for s in STEPS.values())], Field(discriminator="step")]  # noqa: UP007 (built)
+
+
+class PostProcessFile(FileModel):
+    """What ``seg_postprocess.json`` must hold (:meth:`PostProcess.to_dict`)."""
+
+    format: Literal[2] = Field(description=f"must be {FORMAT_VERSION}: run predict-seg --split val again to tune and "
+                                           "save it")
+    steps: list[StepEntry] = Field(
+        description=f"must be a list of {{\"step\": one of {', '.join(STEPS)}, \"grid\": [...], \"values\": {{class: value}}}}")
 
 
 def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -34,20 +34,16 @@ def check_threshold(value: object, what: str) -> float:
     return float(value)
 
 
-
-def parse_thresholds(data: object) -> dict[str, float]:
-    """Class thresholds from a parsed ``thresholds.json`` object (extra keys ignored).
+def check_thresholds(thresholds: Mapping[str, object]) -> dict[str, float]:
+    """Every class's threshold (:func:`check_threshold`), in class order.
 
     Raises:
-        CloudpipeError: not an object, a missing class, or a value outside [0, 1].
+        BadValue: a missing class, or a value that is not a number in [0, 1].
     """
-    if not isinstance(data, dict):
-        raise CloudpipeError("thresholds must be a JSON object of class: threshold")
-    missing = [c for c in CLASSES if c not in data]
+    missing = [c for c in CLASSES if c not in thresholds]
     if missing:
-        raise CloudpipeError(f"no threshold for {', '.join(missing)}")
-    return {c: check_threshold(data[c], c) for c in CLASSES}
-
+        raise BadValue(f"no threshold for {', '.join(missing)}")
+    return {c: check_threshold(thresholds[c], c) for c in CLASSES}
 
 
 @dataclass(frozen=True)

@@ -23,14 +23,18 @@ import json
 import math
 import os
 import tempfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Annotated, Literal
 
 import numpy as np
+from pydantic import AfterValidator, Field, model_validator
 
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.models import FileModel, read_model
 from cloudpipe.data.beside import info_path
 
 FORMAT_VERSION = 1
@@ -50,10 +54,30 @@ class StoreInfo:
     """Each run's :func:`~cloudpipe.data.runfolder.run_fingerprint`."""
 
 
+def _unique(images: list[str]) -> list[str]:
+    repeated = [name for name, n in Counter(images).items() if n > 1]
+    if repeated:
+        raise ValueError(f"has duplicates ({', '.join(repeated[:3])})")
+    return images
 
 
+class StoreJson(FileModel):
+    """What a store's JSON must hold (:func:`info_writer`): lists are JSON lists (``list("abc")``
+    would read a string as 3 names), one weight and one fingerprint per run."""
 
+    format: Literal[1] = Field(description=f"must be {FORMAT_VERSION} (a probability store's JSON of this cloudpipe)")
+    split: str = Field(description="must be a split name")
+    images: Annotated[list[str], AfterValidator(_unique)] = Field(description="must be a JSON list of image names")
+    runs: list[str] = Field(description="must be a JSON list of run folders")
+    weights: list[float] = Field(description="must be a JSON list of numbers, one per run")
+    fingerprints: list[str] = Field([], description="must be a JSON list of run fingerprints, one per run")
 
+    @model_validator(mode="after")
+    def _one_per_run(self) -> StoreJson:
+        if not len(self.runs) == len(self.weights) == len(self.fingerprints):
+            raise ValueError(f"needs one weight and one fingerprint per run: {len(self.runs)} run(s), "
+                             f"{len(self.weights)} weight(s), {len(self.fingerprints)} fingerprint(s)")
+        return self
 
 
 def array_writer(store: np.ndarray) -> Callable[[Path], None]:
@@ -118,23 +142,8 @@ def _read_info(path: Path) -> StoreInfo:
         raise CloudpipeError("the store's image list is missing", path=path) from None
     except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested deeper than the parser goes
         raise CloudpipeError(f"not a readable JSON file ({err})", path=path) from None
-    if not isinstance(data, dict) or data.get("format") != FORMAT_VERSION:
-        raise CloudpipeError(f"not a probability store's JSON of format {FORMAT_VERSION}", path=path)
-    lists = [k for k in ("images", "runs", "weights", "fingerprints") if k in data and not isinstance(data[k], list)]
-    if lists:  # list("abc") would read a string as 3 names
-        raise CloudpipeError(f"the store's {lists[0]} must be a JSON list", path=path)
-    try:
-        info = StoreInfo(str(data["split"]), list(data["images"]), list(data["runs"]), [float(w) for w in data["weights"]],
-                         [str(f) for f in data["fingerprints"]] if data["runs"] else [])
-    except KeyError as err:
-        raise CloudpipeError(f"store JSON lacks {err}", path=path) from None
-    except (TypeError, ValueError) as err:
-        raise CloudpipeError(f"store JSON lacks or garbles {err}", path=path) from None
-    if not all(isinstance(i, str) for i in info.images) or len(set(info.images)) != len(info.images):
-        raise CloudpipeError("the store's image list has duplicates or non-names", path=path)
-    if not len(info.runs) == len(info.weights) == len(info.fingerprints):
-        raise CloudpipeError("the store's JSON needs one weight and one fingerprint per run", path=path)
-    return info
+    file = read_model(StoreJson, data, "probability store", path=path)
+    return StoreInfo(file.split, file.images, file.runs, file.weights, file.fingerprints)
 
 
 def probability_store(folder: Path, shape: tuple[int, ...], dtype: type = np.uint8) -> np.memmap:

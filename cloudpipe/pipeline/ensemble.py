@@ -9,10 +9,31 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from pydantic import Field, model_validator
+
 from cloudpipe.algorithms.ensemble import normalise_weights
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.models import FileModel, read_model
 from cloudpipe.data.probstore import StoreInfo
 from cloudpipe.data.runfolder import run_fingerprint
+
+
+class TunedFor(FileModel):
+    """The runs a tuned file was tuned for (:meth:`Ensemble.record`); a file that names none
+    (neither ``runs`` nor ``fingerprints``) was tuned for a single run before fingerprints."""
+
+    runs: list[str] | None = Field(None, description="must be a JSON list of run folders")
+    fingerprints: list[str] | None = Field(None, description="must be a JSON list of run fingerprints (tune them again)")
+    weights: list[float] | None = Field(None, description="must be a JSON list of numbers, one per run")
+
+    @model_validator(mode="after")
+    def _one_weight_per_fingerprint(self) -> TunedFor:
+        if self.runs is not None and self.fingerprints is None:
+            raise ValueError("need a list of run fingerprints in 'fingerprints'; tune them again")
+        if self.fingerprints is not None and len(self.weights or ()) != len(self.fingerprints):
+            raise ValueError(f"need one number per run in 'weights': {len(self.fingerprints)} fingerprint(s), "
+                             f"{len(self.weights or ())} weight(s)")
+        return self
 
 
 @dataclass(frozen=True)
@@ -90,26 +111,17 @@ class Ensemble:
         Raises:
             CloudpipeError: one line naming ``path``.
         """
-        data = data if isinstance(data, dict) else {}
-        if data.get("runs") is None and data.get("fingerprints") is None:
+        tuned = read_model(TunedFor, data if isinstance(data, dict) else {}, what, path=path)
+        if tuned.fingerprints is None:
             if not self.single:
                 raise CloudpipeError(f"these {what} do not say which runs they were tuned for; tune them for this "
                                      "ensemble", path=path)
             return
-        recorded, weights = data.get("fingerprints"), data.get("weights")
-        if not isinstance(recorded, list) or not all(isinstance(f, str) for f in recorded):
-            raise CloudpipeError(f"these {what} need a list of run fingerprints in 'fingerprints'; tune them again",
-                                 path=path)
-        try:
-            weights = [float(w) for w in weights]
-        except (TypeError, ValueError):
-            raise CloudpipeError(f"these {what} need one number per run in 'weights'", path=path) from None
-        if len(weights) != len(recorded):
-            raise CloudpipeError(f"these {what} need one number per run in 'weights'", path=path)
+        recorded, weights = tuned.fingerprints, tuned.weights
         same = recorded == list(self.fingerprints) and all(abs(a - b) < 1e-6 for a, b in zip(weights, self.weights))
         if not same:
-            names = data.get("runs") if isinstance(data.get("runs"), list) else []
-            theirs = ", ".join(f"{Path(str(r)).name} ({f[:8]}) x{w:.3g}" for r, f, w in
+            names = tuned.runs or []
+            theirs = ", ".join(f"{Path(r).name} ({f[:8]}) x{w:.3g}" for r, f, w in
                                zip(names + ["?"] * len(recorded), recorded, weights))
             raise CloudpipeError(f"these {what} were tuned for runs {theirs}, not {self.describe()}", path=path)
 
