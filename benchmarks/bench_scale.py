@@ -17,7 +17,7 @@ Rows, per set size N:
 - ``tune N imgs``: choosing the post-processing (default steps) from the store, in one process:
   today's loop (:func:`reference_tune`: every pair walked mask by mask, as ``grid_stats`` did
   before this benchmark's issue (:func:`walked`), one process, kept here as the baseline) against
-  :func:`cloudpipe.pipeline.retune.tune_postprocess` (components scored at once, images over
+  :func:`cloudpipe.pipeline.seg_masks.tune_postprocess` (components scored at once, images over
   every core), in the same run; the chosen values and the Dice of every combination must be
   identical (the row says so, and the run stops if they are not).
 - ``tune-seg N imgs, whole command``: ``python -m cloudpipe tune-seg`` as a subprocess (start-up,
@@ -61,7 +61,7 @@ from cloudpipe.core.rle import rle2mask  # noqa: E402
 from cloudpipe.data.beside import store_paths  # noqa: E402
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, read_store  # noqa: E402
-from cloudpipe.pipeline.retune import tune_postprocess  # noqa: E402
+from cloudpipe.pipeline.seg_masks import tune_postprocess  # noqa: E402
 
 CLOUDS350 = ROOT.parent / "shared" / "data" / "clouds350"
 MB = 1e6

@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cloudpipe.engine.train import train_run
     from cloudpipe.pipeline.predict import predict_submission
     from cloudpipe.pipeline.report import write_report
-    from cloudpipe.pipeline.retune import retune_segmentation
+    from cloudpipe.pipeline.seg_masks import retune_segmentation
     from cloudpipe.pipeline.segment import predict_segmentation
     from cloudpipe.pipeline.tune import ThresholdFiles, tune_thresholds
 

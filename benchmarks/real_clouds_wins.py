@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> dict:
     from cloudpipe.pipeline.gate import GateInputs
     from cloudpipe.pipeline.predict import predict_submission
     from cloudpipe.pipeline.report import score_submission
-    from cloudpipe.pipeline.retune import Tuning, retune_segmentation
+    from cloudpipe.pipeline.seg_masks import Tuning, retune_segmentation
     from cloudpipe.pipeline.segment import predict_segmentation
     from cloudpipe.pipeline.tune import ThresholdFiles, tune_thresholds
 

@@ -494,7 +494,7 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
                 postprocess: Path | None, steps: list[str] | None, choice: str, overwrite: bool, keep_store: bool,
                 settings) -> None:
     """Masks of the segmentation model (or the mean of several), post-processed, as a Kaggle-format CSV."""
-    from cloudpipe.pipeline.retune import Tuning
+    from cloudpipe.pipeline.seg_masks import Tuning
     from cloudpipe.pipeline.segment import predict_segmentation
 
     if out is None and len(run_dirs) > 1:
@@ -531,7 +531,7 @@ STORE_WEIGHTS_OPTION = click.option("--weight", "weights", type=Finite(min=0, mi
 def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path, steps: list[str] | None,
              choice: str, overwrite: bool) -> None:
     """Tune post-processing again from stored validation probabilities alone (no model runs)."""
-    from cloudpipe.pipeline.retune import Tuning, retune_segmentation
+    from cloudpipe.pipeline.seg_masks import Tuning, retune_segmentation
 
     result = retune_segmentation(stores, data_dir, out, weights=weights, tuning=Tuning(steps, choice), overwrite=overwrite)
     _echo_masks(result)
@@ -549,7 +549,7 @@ def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Pat
 def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess: Path, data_dir: Path, out: Path,
               overwrite: bool) -> None:
     """Test masks from stored test probabilities and a post-processing file (no model runs)."""
-    from cloudpipe.pipeline.retune import apply_segmentation
+    from cloudpipe.pipeline.seg_masks import apply_segmentation
 
     result = apply_segmentation(stores, data_dir, out, postprocess, weights=weights, overwrite=overwrite)
     _echo_masks(result)

@@ -77,7 +77,7 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
 
     from cloudpipe.engine.devices import autocast, resolve_device
     from cloudpipe.engine.infer import TTA_VIEWS, batch_probs, load_run
-    from cloudpipe.pipeline.retune import load_postprocess
+    from cloudpipe.pipeline.seg_masks import load_postprocess
 
     run_dir = Path(run_dir)
     if isinstance(postprocess, PostProcess):

@@ -8,7 +8,7 @@ shared out and the shares joined by one engine call
 (:meth:`~cloudpipe.engine.runner.Runner.predict_store`). The probabilities are kept beside the
 CSV (:mod:`cloudpipe.data.probstore`) for later ensembles and re-tuning; post-processing is
 tuned (``--split val``) or applied (``--split test``) as ``tune-seg`` and ``apply-seg`` do it
-(:mod:`cloudpipe.pipeline.retune`).
+(:mod:`cloudpipe.pipeline.seg_masks`).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ from cloudpipe.data.runfolder import POSTPROCESS_JSON, run_inputs
 from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
-from cloudpipe.pipeline.retune import MaskOutputs, SegPrediction, Tuning, rows_of, steps_of, test_postprocess, tune_and_write, write_outputs
+from cloudpipe.pipeline.seg_masks import MaskOutputs, SegPrediction, Tuning, rows_of, steps_of, test_postprocess, tune_and_write, write_outputs
 from cloudpipe.pipeline.validation import validation_sets
 
 if TYPE_CHECKING:  # torch is imported where a model runs: tune-seg and apply-seg start without it

@@ -98,7 +98,7 @@ def test_apply_seg_writes_the_bytes_predict_seg_writes(seg_run, seg_run_b, tiny_
 def test_tuning_spread_over_processes_is_the_same(seg_run, tiny_data, monkeypatch):
     """Images in tasks of one, on two forked processes: the same statistics as inline."""
     import cloudpipe.pipeline.parallel as parallel
-    import cloudpipe.pipeline.retune as retune
+    import cloudpipe.pipeline.seg_masks as seg_masks
     from cloudpipe.data.kaggle import load_train_data
 
     data = load_train_data(tiny_data)
@@ -107,8 +107,8 @@ def test_tuning_spread_over_processes_is_the_same(seg_run, tiny_data, monkeypatc
     blobs = torch.nn.functional.avg_pool2d(torch.rand((len(names) * 4, 1, 350, 525), generator=rng), 31, 1, 15)
     store = ((blobs - 0.4) * 1200).clamp(0, 255).to(torch.uint8).reshape(len(names), 4, 350, 525).numpy()
     monkeypatch.setattr(parallel, "ROWS_PER_TASK", 1)
-    inline = retune.postprocess_stats(store, names, data.rles, data.image_shape, processes=1)
-    forked = retune.postprocess_stats(store, names, data.rles, data.image_shape, processes=2)
+    inline = seg_masks.postprocess_stats(store, names, data.rles, data.image_shape, processes=1)
+    forked = seg_masks.postprocess_stats(store, names, data.rles, data.image_shape, processes=2)
     assert all((x == y).all() for x, y in zip(inline, forked)) and inline[1].any() and inline[2].any()
 
 
