@@ -20,9 +20,10 @@ from cloudpipe.data.outputs import output_lock
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits, train_run
-from tests.conftest import CPU_QUIET, cli, copy_run, load
+from tests.conftest import CPU_QUIET, TINY, cli, copy_run, load
 
-SEG = dict(arch="tiny", weights="none", image_size=(32, 64), workers=0, batch_size=8, device="cpu", head_weight=0.0)
+SEG = {**TINY, "image_size": (32, 64), "head_weight": 0.0}
+"""conftest's tiny run at the session seg runs' size, without a head."""
 
 
 

@@ -22,8 +22,11 @@ from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.stages import stage_for
 from cloudpipe.engine.train import make_splits, train_run
+from tests.conftest import TINY as CONFTEST_TINY
 
-TINY = dict(arch="tiny", weights="none", image_size=(64, 96), workers=0, batch_size=4, accumulate=2, device="cpu")
+TINY = {**{k: v for k, v in CONFTEST_TINY.items() if k != "lr"}, "batch_size": 4, "accumulate": 2}
+"""conftest's tiny run with gradient accumulation (two micro-batches a step), which resume must
+replay, and without an lr, so the stage's own (scratch_lr for random weights) applies."""
 
 
 def classifier_config(**overrides):
