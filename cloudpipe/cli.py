@@ -488,7 +488,7 @@ STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @click.option("--keep-store/--no-keep-store", default=True,
               help="Keep the probabilities beside the CSV (<stem>_probs.npy, 735 MB per 1,000 images; read by tune-seg, "
-                   "apply-seg and pixel-statistics gating); --no-keep-store also removes an earlier one.")
+                   "apply-seg and pixel-statistics gating); --no-keep-store with --overwrite also removes an earlier one.")
 @inference_options(batch_size=8)
 def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, split: str, out: Path | None,
                 postprocess: Path | None, steps: list[str] | None, choice: str, overwrite: bool, keep_store: bool,
