@@ -224,10 +224,10 @@ def _acquire(lock: Path, path: Path) -> int:
 
 
 def _temporary(path: Path) -> Path:
-    return private_file(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
+    return cleared_path(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
 
 
-def private_file(path: Path) -> Path:
+def cleared_path(path: Path) -> Path:
     """``path`` cleared for a temporary to be written: whatever lies there (a symbolic link
     planted to redirect the write included) is removed, never followed.
 

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.outputs import Inputs, claim_output, private_file, write_files
+from cloudpipe.data.outputs import Inputs, claim_output, cleared_path, write_files
 from cloudpipe.data.probstore import probability_store
 from cloudpipe.engine.dist import Dist
 
@@ -162,7 +162,7 @@ class Runner:
             with dist.together():
                 if not dist.is_main:
                     try:
-                        with open(private_file(mine), "xb") as file:  # never through a planted link
+                        with open(cleared_path(mine), "xb") as file:  # never through a planted link
                             np.save(file, store)
                     except OSError as err:
                         raise CloudpipeError(f"cannot write this rank's probabilities ({err.strerror or err})",
