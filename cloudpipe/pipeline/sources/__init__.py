@@ -34,14 +34,9 @@ Writer = Callable[[Path], object]
 
 @dataclass(frozen=True)
 class Predicted:
-    """What ``predict-seg`` computed, for the producers of the inputs it writes (:class:`Producer`).
-
-    Attributes:
-        store: the probabilities, uint8 (n, 4, 350, 525) (probability * 255), rows in ``info.images`` order.
-        info: the images, split, runs and weights of ``store``.
-        presence: the weighted mean of the models' classification heads, (n, 4) indexed by
-            image, when every model has a head; else None.
-    """
+    """What ``predict-seg`` computed, for the :class:`Producer` of each input it writes: the
+    probabilities (uint8 (n, 4, 350, 525), rows in ``info.images`` order), their images, split and
+    runs, and the mean of the models' classification heads (indexed by image) when every model has one."""
 
     store: np.ndarray
     info: StoreInfo
@@ -68,10 +63,6 @@ class Producer:
     command: str = PREDICT_SEG
 
 
-def _no_companions(file: Path) -> tuple[Path, ...]:
-    return ()
-
-
 @dataclass(frozen=True)
 class SourceInput:
     """A file presence sources read, given to ``predict`` (test images) and ``tune-threshold``
@@ -95,7 +86,7 @@ class SourceInput:
     what: str
     read: Callable[[Path, list[str], str], Any]
     producer: Producer | None = None
-    companions: Callable[[Path], tuple[Path, ...]] = _no_companions
+    companions: Callable[[Path], tuple[Path, ...]] = lambda file: ()
     runs: Callable[[Path], Ensemble] | None = None
 
     def files(self, file: Path) -> tuple[Path, ...]:
