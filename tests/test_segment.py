@@ -143,8 +143,8 @@ def dying(store):
         os.kill(os.getpid(), signal.SIGKILL)
     return write
 cloudpipe.data.probstore.array_writer = dying
-import cloudpipe.pipeline.seg_masks
-cloudpipe.pipeline.seg_masks.array_writer = dying
+import cloudpipe.pipeline.sources.pixels  # the store's producer
+cloudpipe.pipeline.sources.pixels.array_writer = dying
 main(sys.argv[1:])
 """
 

@@ -39,7 +39,7 @@ from cloudpipe.data.runfolder import (
     trained_checkpoints,
 )
 from cloudpipe.engine.runner import Plan, Runner
-from cloudpipe.pipeline.sources import registry, source_inputs
+from cloudpipe.pipeline.sources import PREDICT_SEG, produced_by, registry, source_inputs
 
 KAGGLE_EXTRAS = ("segmentation-models-pytorch>=0.5,<0.7", "simplejpeg>=1.7", "albumentations==2.0.8", "albucore==0.0.24",
                  "stringzilla", "simsimd")
@@ -141,7 +141,7 @@ def notebook(gates: set[str]) -> dict:
     """The bundle's notebook (nbformat 4): find the bundle, install its wheels offline, predict
     the test masks and gate them into ``/kaggle/working/submission.csv``. Paths come from
     ``CLOUDPIPE_DATA`` / ``CLOUDPIPE_WORKING`` when set (Kaggle's otherwise)."""
-    seg_out = ["--no-keep-store"] if "seg_store" not in gates else []
+    seg_out = [] if any(i.producer.with_store for i in produced_by(PREDICT_SEG) if i.name in gates) else ["--no-keep-store"]
     test_seg = Path("test_seg.csv")
     gate_args = [f"{i.option!r}, str(WORK / {i.beside(test_seg).name!r})" for name, i in source_inputs().items() if name in gates]
     cells = [

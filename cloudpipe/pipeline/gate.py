@@ -22,10 +22,8 @@ from cloudpipe.algorithms.presence import PixelStats
 from cloudpipe.algorithms.thresholds import Placement, check_threshold
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.beside import info_path
 from cloudpipe.data.kaggle import frame_rows
 from cloudpipe.data.outputs import Inputs
-from cloudpipe.data.probstore import read_store
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
 from cloudpipe.pipeline.ensemble import Ensemble
 from cloudpipe.pipeline.sources import registry, source_inputs
@@ -62,11 +60,6 @@ class GateInputs:
             raise ValueError(f"unknown source input(s) {', '.join(unknown)}; known: {', '.join(source_inputs())}")
         object.__setattr__(self, "files", {k: Path(v) for k, v in self.files.items() if v is not None})
 
-    @property
-    def seg_store(self) -> Path | None:
-        """The probability store given (the segmentation runs a gate was tuned on are its)."""
-        return self.files.get("seg_store")
-
     def given(self, classifier: bool = True) -> dict[str, bool]:
         """Source -> whether its input is given."""
         return {name: classifier if s.input is None else s.input.name in self.files for name, s in registry().items()}
@@ -99,8 +92,8 @@ class GateInputs:
             raise CloudpipeError(f"gating on {', '.join(missing)} needs " + "; ".join(options))
 
     def reads(self) -> Inputs:
-        """The files read (so that no output may replace them)."""
-        return Inputs.of(*self.files.values(), self.seg_store and info_path(self.seg_store))
+        """The files read, companions included (so that no output may replace them)."""
+        return Inputs.of(*(p for name, file in self.files.items() for p in source_inputs()[name].files(file)))
 
     def scores(self, images: list[str], sources: Sequence[str], split: str, *, classifier: pd.DataFrame | None = None,
                pixel: PixelStats | None = None) -> dict[str, np.ndarray]:
@@ -129,16 +122,25 @@ class GateInputs:
             out[name] = source.score(read[source.input.name], pixel or self.pixel)
         return out
 
-    def segmentation(self) -> Ensemble | None:
-        """The segmentation runs (and weights) of :attr:`seg_store`, None without one."""
-        return None if self.seg_store is None else Ensemble.merged([(read_store(self.seg_store)[1], 1.0)])
+    def recording(self, sources: Sequence[str] | None = None) -> str | None:
+        """The first input given that records the segmentation runs it was made from
+        (:attr:`~cloudpipe.pipeline.sources.SourceInput.runs`: a probability store), of those
+        ``sources`` read (None: of every source); None without one."""
+        known = registry()
+        inputs = [s.input for s in known.values()] if sources is None else [known[s].input for s in sources]
+        return next((i.name for i in inputs if i is not None and i.runs is not None and i.name in self.files), None)
+
+    def segmentation(self, sources: Sequence[str] | None = None) -> Ensemble | None:
+        """The segmentation runs (and weights) of the :meth:`recording` input, None without one."""
+        name = self.recording(sources)
+        return None if name is None else source_inputs()[name].runs(self.files[name])
 
 
-def load_gate(path: Path, ensemble: Ensemble | None = None, seg_store: Path | None = None) -> GateSpec:
+def load_gate(path: Path, ensemble: Ensemble | None = None, inputs: GateInputs | None = None) -> GateSpec:
     """Read a ``thresholds.json`` as the whole gate: thresholds, sources, the at-least-one rule;
     with ``ensemble``, once it is checked to be tuned for those classifier runs (and weights)
-    and, when it gates on pixel statistics and records the segmentation runs whose store it was
-    tuned on, for the runs of ``seg_store``.
+    and, when it records the segmentation runs it was tuned on and gates on a source whose input
+    ``inputs`` gives that records its own (a probability store), for that input's runs.
 
     Raises:
         CloudpipeError: unreadable JSON, bad thresholds or ``gate`` entry, or a file tuned for
@@ -152,10 +154,9 @@ def load_gate(path: Path, ensemble: Ensemble | None = None, seg_store: Path | No
     except CloudpipeError as err:
         raise CloudpipeError(str(err), path=path) from None
     recorded = data.get(SEGMENTATION_KEY) if isinstance(data, dict) else None
-    known = registry()
-    if ensemble is not None and seg_store is not None and recorded is not None and any(known[s].pixel for s in spec.sources):
-        GateInputs({"seg_store": seg_store}).segmentation().check_tuned_for(
-            recorded, path, f"thresholds' segmentation runs (against {seg_store})")
+    name = None if inputs is None else inputs.recording(spec.sources)
+    if ensemble is not None and name is not None and recorded is not None:
+        inputs.segmentation(spec.sources).check_tuned_for(recorded, path, f"thresholds' segmentation runs (against {inputs.files[name]})")
     return spec
 
 
@@ -165,14 +166,14 @@ threshold for every class on the classifier (``--threshold T``), or None (the ru
 
 
 def resolve_gate(runs: Path | Ensemble | None, given: Thresholds = None,
-                 seg_store: Path | None = None) -> tuple[GateSpec | None, str]:
+                 inputs: GateInputs | None = None) -> tuple[GateSpec | None, str]:
     """The gate that applies and where it came from; ``(None, "")`` when none is given, for the
     caller's fallback (``predict``: 0.5 on the classifier; ``report``: tuned on the scored images).
 
     Precedence: ``given`` (a file, or one threshold on the classifier), then
     ``RUN_DIR/thresholds.json`` (written by tune-threshold) of one run. A file must be tuned for
     ``runs`` (when given) and must say so for an ensemble, and for the segmentation runs of
-    ``seg_store`` when it gates on them (:func:`load_gate`).
+    the inputs ``inputs`` gives when it gates on them (:func:`load_gate`).
 
     Raises:
         CloudpipeError: a threshold outside [0, 1], an ensemble without a file, or a file that
@@ -191,4 +192,4 @@ def resolve_gate(runs: Path | Ensemble | None, given: Thresholds = None,
             return None, ""
     if thresholds_file is None:
         return None, ""
-    return load_gate(thresholds_file, ensemble, seg_store), str(thresholds_file)
+    return load_gate(thresholds_file, ensemble, inputs), str(thresholds_file)

@@ -125,7 +125,7 @@ def predict_submission(
     def declare() -> tuple[Plan, tuple[Ensemble, Path, GateSpec, str]]:
         ensemble = Ensemble.of(run_dir, weights)
         data = require_dir(data_dir)
-        spec, source = resolve_gate(ensemble, thresholds, inputs.seg_store)
+        spec, source = resolve_gate(ensemble, thresholds, inputs)
         if spec is None:
             spec, source = GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
         if inputs.at_least_one is not None:

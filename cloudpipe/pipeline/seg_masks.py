@@ -32,13 +32,14 @@ from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, j
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import mask2rle, rle2mask
-from cloudpipe.data.beside import info_path, postprocess_path_for, presence_path, store_paths
+from cloudpipe.data.beside import info_path, postprocess_path_for
 from cloudpipe.data.kaggle import TRAIN_CSV, TrainData, data_inputs, list_test_images, load_train_data, require_dir, require_images, require_same_images
 from cloudpipe.data.outputs import Inputs, csv_writer
-from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, probability_store, read_store
+from cloudpipe.data.probstore import StoreInfo, probability_store, read_store
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
 from cloudpipe.pipeline.parallel import over_rows, release_rows
+from cloudpipe.pipeline.sources import PREDICT_SEG, Predicted, SourceInput, Writer, produced_by
 
 
 def load_postprocess(path: Path) -> PostProcess:
@@ -109,9 +110,6 @@ class SegPrediction:
     rule: Rule | None = None
     """The rule the post-processing was chosen by (validation splits)."""
     written: list[Path] = field(default_factory=list)
-    presence: pd.DataFrame | None = None
-    """The segmentation head's presence per image (written as ``<stem>_presence.csv``), when
-    every run's model has a head."""
     kept: dict[str, DefaultKept] = field(default_factory=dict)
     """Per class, why the ``robust`` choice kept the steps' defaults over a better combination."""
 
@@ -173,38 +171,59 @@ class Tuning:
     choice: Rule = DEFAULT_RULE
 
 
-def tune_and_write(store: np.ndarray, names: list[str], info: StoreInfo | None, data: TrainData, ensemble: Ensemble,
-                   outputs: MaskOutputs, steps: tuple[Step, ...], choice: Rule,
-                   presence: pd.DataFrame | None = None) -> SegPrediction:
+def tune_and_write(store: np.ndarray, names: list[str], data: TrainData, ensemble: Ensemble, outputs: MaskOutputs,
+                   steps: tuple[Step, ...], choice: Rule, made: Predicted | None = None) -> SegPrediction:
     """Tune ``steps`` on a validation store (chosen by ``choice``) and write the masks, the
-    store (when ``info``), the head's presence (when given) and the choice."""
+    gate inputs made of ``made`` (when given) and the choice."""
     post, dice, kept = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice, outputs.processes)
-    result = SegPrediction(outputs.out, len(names), post, 0.0, presence=presence, rule=choice, kept=kept)
+    result = SegPrediction(outputs.out, len(names), post, 0.0, rule=choice, kept=kept)
     at_default = default_index(post.steps)
     if at_default is not None:
         result.default_dice = float(dice[(slice(None), *at_default)].mean())
     result.tuned_dice = float(chosen_dice(post, dice).mean())
-    return write_outputs(result, store, names, info, ensemble, outputs)
+    return write_outputs(result, store, names, ensemble, outputs, made)
 
 
-def write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], info: StoreInfo | None,
-                  ensemble: Ensemble, outputs: MaskOutputs) -> SegPrediction:
-    """Write the CSV with, as one group, the store (when ``info``) and the post-processing
-    choice (when ``outputs.post_out``): a failure leaves every old file or none."""
+def write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], ensemble: Ensemble, outputs: MaskOutputs,
+                  made: Predicted | None = None) -> SegPrediction:
+    """Write the CSV with, as one group, the gate inputs made of ``made`` (predict-seg's:
+    :func:`input_writers`) and the post-processing choice (when ``outputs.post_out``): a
+    failure leaves every old file or none."""
     writers = {result.out: masks_writer(names, store, result.postprocess, outputs.processes)}
-    npy, meta = store_paths(result.out)
-    if info is not None and outputs.keep_store:
-        writers |= {npy: array_writer(store), meta: info_writer(info)}
-    elif info is not None:  # an earlier store would not match the new masks
-        writers |= {p: None for p in (npy, meta) if p.exists()}
-    if result.presence is not None:
-        writers[presence_path(result.out)] = csv_writer(result.presence.reset_index(), float_format="%.6f")
+    if made is not None:
+        writers |= input_writers(result.out, made, outputs.keep_store)
     if outputs.post_out is not None:
         text = json.dumps({**result.postprocess.to_dict(), "choice": result.rule, **ensemble.record()}, indent=2) + "\n"
         writers[outputs.post_out] = lambda tmp: tmp.write_text(text)
     outputs.write(writers)
     result.written = [path for path, write in writers.items() if write is not None]
     return result
+
+
+def _kept(made: SourceInput, keep_store: bool) -> bool:
+    """Whether predict-seg writes the input ``made`` (``keep_store=False`` drops those written with the store)."""
+    return keep_store or not made.producer.with_store
+
+
+def input_files(out: Path, keep_store: bool = True) -> tuple[list[Path], list[Path]]:
+    """The files of the gate inputs predict-seg writes beside ``out``
+    (:func:`~cloudpipe.pipeline.sources.produced_by`): those it writes, and the existing ones
+    it removes (an input that ``keep_store=False`` drops would no longer match the masks)."""
+    made = produced_by(PREDICT_SEG)
+    return ([p for i in made if _kept(i, keep_store) for p in i.files_beside(out)],
+            [p for i in made if not _kept(i, keep_store) for p in i.files_beside(out) if p.exists()])
+
+
+def input_writers(out: Path, made: Predicted, keep_store: bool = True) -> dict[Path, Writer | None]:
+    """The writers of :func:`input_files` (None: removed) from what predict-seg computed."""
+    writers: dict[Path, Writer | None] = {}
+    for i in produced_by(PREDICT_SEG):
+        files = i.files_beside(out)
+        if not _kept(i, keep_store):
+            writers |= {p: None for p in files if p.exists()}
+        elif (write := i.producer.write(made)) is not None:
+            writers |= dict(zip(files, write, strict=True))
+    return writers
 
 
 def masks_writer(names: list[str], store: np.ndarray, post: PostProcess, processes: int | None = None):
@@ -255,7 +274,7 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
         data = load_train_data(data_dir)
         require_images(names, data.rles.index, TRAIN_CSV, "the store", path=stores[0])
         speed = len(names) / max(time.perf_counter() - started, 1e-9)
-        result = tune_and_write(store, names, None, data, ensemble, MaskOutputs(Path(out), post_out, run.write, processes),
+        result = tune_and_write(store, names, data, ensemble, MaskOutputs(Path(out), post_out, run.write, processes),
                                 tuned_steps, choice)
         result.images_per_second = speed
         return result
@@ -308,7 +327,7 @@ def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postpr
             require_same_images(names, info.images, f"{path}: compared with the test images of {data_dir}, it")
         store = _mean_of(read, share, names, Path(out).parent)
         result = SegPrediction(Path(out), len(names), post, 0.0)
-        result = write_outputs(result, store, names, None, ensemble, MaskOutputs(Path(out), None, run.write, processes))
+        result = write_outputs(result, store, names, ensemble, MaskOutputs(Path(out), None, run.write, processes))
         result.images_per_second = len(names) / max(time.perf_counter() - started, 1e-9)
         return result
 

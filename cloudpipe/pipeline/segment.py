@@ -33,7 +33,7 @@ from cloudpipe.core.competition import (
     SUBMISSION_SHAPE,
 )
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.beside import postprocess_path_for, presence_path, store_paths
+from cloudpipe.data.beside import postprocess_path_for
 from cloudpipe.data.kaggle import (
     TEST_IMAGES,
     TRAIN_IMAGES,
@@ -47,7 +47,8 @@ from cloudpipe.data.runfolder import POSTPROCESS_JSON, run_inputs
 from cloudpipe.engine.config import load_run_config
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.ensemble import Ensemble, require_same_validation
-from cloudpipe.pipeline.seg_masks import MaskOutputs, SegPrediction, Tuning, rows_of, steps_of, test_postprocess, tune_and_write, write_outputs
+from cloudpipe.pipeline.seg_masks import MaskOutputs, SegPrediction, Tuning, input_files, rows_of, steps_of, test_postprocess, tune_and_write, write_outputs
+from cloudpipe.pipeline.sources import Predicted
 from cloudpipe.pipeline.validation import validation_sets
 
 if TYPE_CHECKING:  # torch is imported where a model runs: tune-seg and apply-seg start without it
@@ -70,8 +71,9 @@ def predict_segmentation(
     keep_store: bool = True,
 ) -> SegPrediction:
     """Write the masks of one segmentation run, or of the weighted mean of several, for the
-    validation or test images as a Kaggle CSV, with the probabilities beside it
-    (:func:`~cloudpipe.data.probstore.store_paths`; the three files are replaced together).
+    validation or test images as a Kaggle CSV, with the gate inputs made of its predictions
+    beside it (:func:`~cloudpipe.pipeline.sources.produced_by`: the probability store, the head's
+    presence; every file is replaced together).
 
     ``val``: the runs' validation images (out-of-fold with folds; every run must validate on
     the same images), post-processing tuned on their Dice and saved to
@@ -83,9 +85,9 @@ def predict_segmentation(
 
     Runs may differ in architecture, encoder and image size: each one's probabilities are
     resized to 350 x 525 before averaging. N runs cost N inference passes and the memory of one.
-    ``keep_store=False`` writes no ``<stem>_probs.npy``/``.json`` (and removes an earlier one
-    beside ``out``, which would no longer match it): the masks alone, for ``tune-seg``,
-    ``apply-seg`` and gating on pixel statistics have no store to read.
+    ``keep_store=False`` writes no ``<stem>_probs.npy``/``.json`` nor any other input written with
+    the store (and removes an earlier one beside ``out``, which would no longer match it): the
+    masks alone, for ``tune-seg``, ``apply-seg`` and gating on pixel statistics have no store to read.
 
     Raises:
         CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
@@ -103,12 +105,12 @@ def predict_segmentation(
         post_out = None if split == "test" else (
             ensemble.runs[0] / POSTPROCESS_JSON if ensemble.single else postprocess_path_for(out))
         own = [post_out] if post_out is not None and ensemble.single else []  # the run's own file, re-tuned
-        writes = [out, *(store_paths(out) if keep_store else ()), presence_path(out)] + (
-            [post_out] if post_out is not None and not own else [])
+        inputs, dropped = input_files(out, keep_store)
+        writes = [out, *inputs] + ([post_out] if post_out is not None and not own else [])
         # every file of every member run is an input, never replaced, even with --overwrite: only a single
         # run's own seg_postprocess.json is re-tuned by --split val
         reads = data_inputs(data) | run_inputs(ensemble.runs, writes=own) | Inputs.of(postprocess)
-        writes += [] if keep_store else [p for p in store_paths(out) if p.exists()]  # removed: they would not match
+        writes += dropped  # removed: they would not match
         plan = Plan(reads, writes, replaces=own, overwrite=overwrite)
         return plan, (ensemble, data, steps_of(tuning.steps), check_rule(tuning.choice), post_out)
 
@@ -154,12 +156,11 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
         mine = len(dist.shard(names))
         return SegPrediction(out, mine, PostProcess(), mine / (time.perf_counter() - started))
     speed = len(names) / (time.perf_counter() - started)
-    info = StoreInfo(split, names, **ensemble.record())
+    made = Predicted(store, StoreInfo(split, names, **ensemble.record()), presence)
     if split == "test":
-        result = write_outputs(SegPrediction(out, len(names), post, 0.0, presence=presence), store, names, info, ensemble,
-                               target)
+        result = write_outputs(SegPrediction(out, len(names), post, 0.0), store, names, ensemble, target, made)
     else:
-        result = tune_and_write(store, names, info, data, ensemble, target, steps, choice, presence)
+        result = tune_and_write(store, names, data, ensemble, target, steps, choice, made)
     result.images_per_second = speed
     return result
 

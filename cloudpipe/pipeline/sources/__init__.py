@@ -2,11 +2,13 @@
 
 A *source* gives every (image, class) pair a presence score in [0, 1]; a gate blends sources per
 class (:mod:`cloudpipe.algorithms.presence`). Each source is one :class:`Source` object — its
-name, the input file it reads (a :class:`SourceInput`: the command-line option that gives it and
-how it is read) and its score — registered by a module of this package, which is found and
-imported on first use. Gating, tuning, the report, the commands' options and help all read
-:func:`registry`, so a new source, one that needs a new input file included, is one module here
-(plus its test); nothing else changes.
+name, the input file it reads (a :class:`SourceInput`: the command-line option that gives it, how
+it is read, its companion files and, when a command makes it, its :class:`Producer`) and its
+score — registered by a module of this package, which is found and imported on first use.
+Gating, tuning, the report, the commands' options and help, the files ``predict-seg`` claims and
+writes beside its CSV and the bundle's notebook all read :func:`registry`, so a new source, one
+whose new input ``predict-seg`` writes included, is one module here, its file's name in
+:mod:`cloudpipe.data.beside` (plus its test); nothing else changes.
 """
 
 from __future__ import annotations
@@ -20,8 +22,45 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import numpy as np
+    import pandas as pd
 
     from cloudpipe.algorithms.presence import PixelStats
+    from cloudpipe.data.probstore import StoreInfo
+    from cloudpipe.pipeline.ensemble import Ensemble
+
+PREDICT_SEG = "predict-seg"
+Writer = Callable[[Path], object]
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """What ``predict-seg`` computed, for the :class:`Producer` of each input it writes: the
+    probabilities (uint8 (n, 4, 350, 525), rows in ``info.images`` order), their images, split and
+    runs, and the mean of the models' classification heads (indexed by image) when every model has one."""
+
+    store: np.ndarray
+    info: StoreInfo
+    presence: pd.DataFrame | None = None
+
+
+@dataclass(frozen=True)
+class Producer:
+    """How a command writes a source input beside its output.
+
+    Attributes:
+        beside: the input's path beside the command's ``--out`` (a name of :mod:`cloudpipe.data.beside`).
+        write: what the command computed (:class:`Predicted`) -> one writer per file, the input's
+            then its companions' (:attr:`SourceInput.companions`), for
+            :func:`~cloudpipe.data.outputs.write_files`; None: nothing to write (e.g. no head).
+        with_store: written with the probability store: ``predict-seg --no-keep-store`` skips it
+            (and removes an earlier one, which would no longer match the masks).
+        command: the command that writes it.
+    """
+
+    beside: Callable[[Path], Path]
+    write: Callable[[Predicted], tuple[Writer, ...] | None]
+    with_store: bool = False
+    command: str = PREDICT_SEG
 
 
 @dataclass(frozen=True)
@@ -35,14 +74,32 @@ class SourceInput:
         what: what the file is, for help and errors (``the segmentation probabilities (predict-seg's <stem>_probs.npy)``).
         read: ``(file, images, split) -> data`` that the input's sources score, rows in
             ``images`` order, of the ``split`` (``val`` or ``test``) images.
-        beside: where ``predict-seg`` writes the file beside its CSV (None: made elsewhere).
+        producer: the command that writes the file and how (None: made elsewhere).
+        companions: the file -> the files read with it (a store's JSON), so that no output
+            replaces them either.
+        runs: the file -> the segmentation runs (and weights) it records having been made from,
+            which a ``thresholds.json`` tuned on it records and checks (None: it records none).
     """
 
     name: str
     option: str
     what: str
     read: Callable[[Path, list[str], str], Any]
-    beside: Callable[[Path], Path] | None = None
+    producer: Producer | None = None
+    companions: Callable[[Path], tuple[Path, ...]] = lambda file: ()
+    runs: Callable[[Path], Ensemble] | None = None
+
+    def files(self, file: Path) -> tuple[Path, ...]:
+        """The input's file and its companions."""
+        return (Path(file), *self.companions(Path(file)))
+
+    def beside(self, out: Path) -> Path:
+        """Where its producer writes it beside ``out``."""
+        return self.producer.beside(Path(out))
+
+    def files_beside(self, out: Path) -> tuple[Path, ...]:
+        """The files its producer writes beside ``out``: the input's, then its companions'."""
+        return self.files(self.beside(out))
 
 
 @dataclass(frozen=True)
@@ -95,3 +152,9 @@ def registry() -> dict[str, Source]:
 def source_inputs() -> dict[str, SourceInput]:
     """Every input file some source reads, by name, in registration order."""
     return {s.input.name: s.input for s in registry().values() if s.input is not None}
+
+
+def produced_by(command: str) -> list[SourceInput]:
+    """The inputs ``command`` writes beside its output, those written with the probability store first."""
+    made = [i for i in source_inputs().values() if i.producer is not None and i.producer.command == command]
+    return sorted(made, key=lambda i: not i.producer.with_store)

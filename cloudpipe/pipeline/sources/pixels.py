@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.beside import store_paths
+from cloudpipe.data.beside import info_path, store_paths
 from cloudpipe.data.kaggle import require_images
-from cloudpipe.data.probstore import read_store
-from cloudpipe.pipeline.sources import Source, SourceInput, register
+from cloudpipe.data.probstore import array_writer, info_writer, read_store
+from cloudpipe.pipeline.ensemble import Ensemble
+from cloudpipe.pipeline.sources import Predicted, Producer, Source, SourceInput, Writer, register
 
 
 class StoreRows:
@@ -35,8 +36,14 @@ def _read(path: Path, images: list[str], split: str) -> StoreRows:
     return StoreRows(store, np.array([row[i] for i in images], dtype=np.int64))
 
 
+def _write(made: Predicted) -> tuple[Writer, ...]:
+    return array_writer(made.store), info_writer(made.info)
+
+
 SEG_STORE = SourceInput("seg_store", "--seg-store", "the segmentation probabilities (predict-seg's <stem>_probs.npy)", _read,
-                        lambda csv: store_paths(csv)[0])
+                        Producer(lambda csv: store_paths(csv)[0], _write, with_store=True),
+                        companions=lambda store: (info_path(store),),
+                        runs=lambda store: Ensemble.merged([(read_store(store)[1], 1.0)]))
 
 for _name, _help in [("max", "the largest pixel probability"), ("top_mean", "the mean of the top_k most probable pixels"),
                      ("area", "the share of pixels at or above area_threshold")]:
