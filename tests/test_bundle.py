@@ -50,8 +50,9 @@ def test_a_bundle_installs_offline_and_its_notebook_writes_the_submission(seg_ru
         "runs/classifier/best.pt", "runs/classifier/config.yaml", "runs/classifier/splits.csv",
         "runs/classifier/thresholds.json", "runs/classifier/val_probs.csv",
         "runs/seg/best.pt", "runs/seg/config.yaml", "runs/seg/seg_postprocess.json", "runs/seg/splits.csv"]
-    again = cli("bundle", "--seg", seg, "--classifier", classifier, "--out", out, "--wheels-from", out / "wheels", "--no-download")
-    assert again.exit_code == 2 and "--overwrite" in again.stderr
+    again = cli("bundle", "--seg", seg, "--classifier", classifier, "--out", out, "--wheels-from", out / "wheels", "--no-download",
+                "--overwrite")
+    assert again.exit_code == 2 and "output folder holds an input" in again.stderr  # its own wheels: never replaced
     # The notebook's code, as Kaggle would run it: wheels installed with pip --no-index (into a folder of
     # their own, first on the path), the competition data and the working folder where Kaggle has them.
     target, work = tmp_path / "site", tmp_path / "working"

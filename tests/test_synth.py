@@ -44,7 +44,8 @@ def forty(tmp_path_factory) -> Path:
 
 def test_layout(tiny_data):
     names = {p.name for p in tiny_data.iterdir()}
-    assert names == {"train.csv", "sample_submission.csv", "test_truth.csv", "train_images", "test_images"}
+    assert names == {"train.csv", "sample_submission.csv", "test_truth.csv", "train_images", "test_images", ".cloudpipe"}
+    assert (tiny_data / ".cloudpipe").read_text() == "cloudpipe synth\n"  # what --overwrite may replace
     train_images = sorted(p.name for p in (tiny_data / "train_images").iterdir())
     test_images = sorted(p.name for p in (tiny_data / "test_images").iterdir())
     assert len(train_images) == 24 and len(test_images) == 6
@@ -90,7 +91,7 @@ def test_deterministic(tmp_path):
     make_dataset(tmp_path / "b", seed=7, **kwargs)
     make_dataset(tmp_path / "c", seed=8, **kwargs)
     a, b, c = (all_files(tmp_path / x) for x in "abc")
-    assert len(a) == 4 + 2 + 3
+    assert len(a) == 4 + 2 + 3 + 1  # images, CSVs and the mark
     assert a == b  # byte for byte, CSVs and JPEGs
     assert a["train.csv"] != c["train.csv"]
     assert set(a) != set(c)  # other image names too
