@@ -1,4 +1,5 @@
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -189,3 +190,30 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_dataset(tmp_path):
     with pytest.raises(CloudpipeError, match="refusing to delete"):
         make_dataset(precious, train=2, test=1, shape=(32, 48), overwrite=True, progress=False)
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def _hidden(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_link_at_out_dir_is_refused_never_followed(tmp_path):
+    data, link = tmp_path / "data", tmp_path / "link"
+    make_dataset(data, train=2, test=1, shape=(16, 16), progress=False)
+    link.symlink_to(data)
+    for overwrite in (False, True):
+        with pytest.raises(CloudpipeError, match="symbolic link"):
+            make_dataset(link, train=3, test=1, shape=(16, 16), overwrite=overwrite, progress=False)
+    assert link.is_symlink() and len(list((data / "train_images").iterdir())) == 2
+
+
+def test_a_failed_image_write_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(cv2, "imwrite", lambda *args: False)  # what OpenCV says on a full disk
+    with pytest.raises(CloudpipeError, match="cannot write"):
+        make_dataset(tmp_path / "data", train=2, test=1, shape=(16, 16), progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_what_a_killed_synth_leaves_blocks_nothing(tmp_path, dead_pid):
+    (tmp_path / f".data.{dead_pid}.tmp" / "train_images").mkdir(parents=True)  # a build killed with -9
+    make_dataset(tmp_path / "data", train=2, test=1, shape=(16, 16), progress=False)
+    assert _hidden(tmp_path) == [] and len(list((tmp_path / "data" / "train_images").iterdir())) == 2
