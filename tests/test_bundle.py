@@ -13,9 +13,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from cloudpipe.engine.runner import Runner
 from cloudpipe.pipeline.bundle import KAGGLE_EXTRAS, _wheel_name, notebook
-from tests.conftest import CPU_QUIET, cli, copy_run
+from tests.conftest import CPU_QUIET, cli, copy_run, finished_meanwhile
 
 
 @pytest.fixture(scope="module")
@@ -184,15 +183,7 @@ def test_overwrite_replaces_only_a_bundle_never_a_link_or_a_file(tuned, tmp_path
 def test_two_bundles_started_together_never_replace_one_without_overwrite(tuned, tmp_path, monkeypatch):
     """The other bundle finishes between this one's start and its lock: the check under the lock sees it."""
     out = tmp_path / "bundle"
-    claim = Runner.claim
-
-    def the_other_finishes_first(self, declare):
-        out.mkdir()
-        (out / ".cloudpipe").write_text("cloudpipe bundle\n")
-        (out / "bundle.json").write_text("the other's")
-        return claim(self, declare)
-
-    monkeypatch.setattr(Runner, "claim", the_other_finishes_first)
+    finished_meanwhile(monkeypatch, out, "bundle", "bundle.json")
     assert "already exists; pass --overwrite" in _refused(_bundle(tuned, out))
     assert (out / "bundle.json").read_text() == "the other's"
 

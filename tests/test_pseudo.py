@@ -18,10 +18,9 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.rle import rle2mask
 from cloudpipe.data.kaggle import PSEUDO_CSV, load_train_data, presence, read_mask_csv, read_train, to_wide
 from cloudpipe.engine.config import load_config
-from cloudpipe.engine.runner import Runner
 from cloudpipe.engine.train import make_splits
 from cloudpipe.pipeline.pseudo import pseudo_label
-from tests.conftest import TINY, cli, train_tiny
+from tests.conftest import TINY, cli, finished_meanwhile, train_tiny
 
 
 def test_an_image_is_confident_when_every_class_is_decided_and_the_masks_agree():
@@ -139,15 +138,7 @@ def test_two_pseudo_labels_started_together_never_replace_one_without_overwrite(
     """The other command finishes between this one's start and its lock: the check under the lock sees it."""
     seg, probs, _, _ = _inputs(tiny_data, tmp_path)
     out = tmp_path / "pseudo"
-    claim = Runner.claim
-
-    def the_other_finishes_first(self, declare):
-        out.mkdir()
-        (out / ".cloudpipe").write_text("cloudpipe pseudo-label\n")
-        (out / "train.csv").write_text("the other's")
-        return claim(self, declare)
-
-    monkeypatch.setattr(Runner, "claim", the_other_finishes_first)
+    finished_meanwhile(monkeypatch, out, "pseudo-label", "train.csv")
     with pytest.raises(CloudpipeError, match="already exists; pass --overwrite"):
         pseudo_label(tiny_data, seg, probs, out)
     assert (out / "train.csv").read_text() == "the other's"
