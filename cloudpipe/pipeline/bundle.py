@@ -97,8 +97,9 @@ def _run_files(run_dir: Path, task: Task) -> list[Path]:
 
 
 def _own_file(root: Path, member: Path) -> os.stat_result:
-    """Check that ``root / member`` is a regular file of ``root``'s own: no link on the way (the
-    file, or a folder of ``member`` that leads elsewhere), and not hard-linked or special.
+    """Check that ``root / member`` (a run's file, a wheel) is a regular file of ``root``'s own: no
+    link on the way (the file, or a folder of ``member`` that leads elsewhere), and not
+    hard-linked or special.
 
     Raises:
         CloudpipeError: one line naming the file and what it is.
@@ -111,11 +112,11 @@ def _own_file(root: Path, member: Path) -> os.stat_result:
         except OSError as err:
             raise CloudpipeError(f"cannot read ({err.strerror})", path=path) from None
         if stat.S_ISLNK(found.st_mode):
-            raise CloudpipeError("is a symbolic link: a bundle carries its runs' own regular files only, never a file "
-                                 "from elsewhere; replace the link with a copy of the file", path=path)
+            raise CloudpipeError("is a symbolic link: a bundle packs its inputs' own regular files only, never what a "
+                                 "link points to; replace the link with a copy of the file", path=path)
     if not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
-        raise CloudpipeError("is not a regular file of the run's own (a hard link or a special file): a bundle carries "
-                             "its runs' own regular files only; replace it with a copy of the file", path=path)
+        raise CloudpipeError("is a hard link or a special file: a bundle packs its inputs' own regular files only; "
+                             "replace it with a copy of the file", path=path)
     return found
 
 
