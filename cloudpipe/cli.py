@@ -238,7 +238,7 @@ def main() -> None:
 @click.option("--height", type=click.IntRange(min=16), default=IMAGE_SHAPE[0], help="Image height.")
 @click.option("--width", type=click.IntRange(min=16), default=IMAGE_SHAPE[1], help="Image width.")
 @click.option("--seed", type=int, default=0, help="Random seed (same seed, same data).")
-@click.option("--overwrite", is_flag=True, help="Replace OUT_DIR if it is not empty.")
+@click.option("--overwrite", is_flag=True, help="Replace an OUT_DIR that synth made (never another folder).")
 def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, overwrite: bool) -> None:
     """Write a synthetic dataset in the Kaggle layout to OUT_DIR."""
     from cloudpipe.data.synth import make_dataset
@@ -592,7 +592,7 @@ def report(data_dir: Path, seg_csv: Path, out: Path, overlays: int, overwrite: b
 @click.option("--min-area", type=click.IntRange(min=0), default=0, help="... and every mask it keeps has this many pixels.")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --seg.")
 @click.option("--out", "out_dir", type=NEW_PATH, required=True, help="The new data folder to write.")
-@click.option("--overwrite", is_flag=True, help="Replace an existing --out.")
+@click.option("--overwrite", is_flag=True, help="Replace an --out that pseudo-label made (never another folder).")
 def pseudo_label(data_dir: Path, seg_csv: Path, probs_csv: Path | None, min_confidence: float, min_area: int,
                  mask_shape: tuple[int, int], out_dir: Path, overwrite: bool) -> None:
     """Write a data folder that also trains on the test images labelled confidently by --seg;
@@ -615,7 +615,7 @@ def pseudo_label(data_dir: Path, seg_csv: Path, probs_csv: Path | None, min_conf
 @click.option("--download/--no-download", default=True,
               help="pip download the wheels Kaggle's image lacks (segmentation-models-pytorch, ...) for its Linux Python 3.11.")
 @click.option("--require", multiple=True, metavar="SPEC", help="Another requirement to download (repeatable).")
-@click.option("--overwrite", is_flag=True, help="Replace an existing bundle folder.")
+@click.option("--overwrite", is_flag=True, help="Replace a bundle folder that bundle made (never another folder).")
 def bundle(seg_run: Path, classifier_run: Path, out: Path, wheels_from: Path | None, download: bool,
            require: tuple[str, ...], overwrite: bool) -> None:
     """Write a folder to upload to Kaggle as a dataset: wheels, the two runs' predicting files, and a notebook

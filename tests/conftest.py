@@ -188,3 +188,19 @@ def load(npy):
     from cloudpipe.data.probstore import read_store
 
     return read_store(npy)
+
+
+def finished_meanwhile(monkeypatch, out: Path, made_by: str, name: str) -> None:
+    """Make the next command's claim find ``out`` as another ``made_by`` command left it, having
+    finished between this one's start and its lock (``out/name`` holds ``the other's``)."""
+    from cloudpipe.engine.runner import Runner
+
+    claim = Runner.claim
+
+    def the_other_finishes_first(self, declare):
+        out.mkdir()
+        (out / ".cloudpipe").write_text(f"cloudpipe {made_by}\n")
+        (out / name).write_text("the other's")
+        return claim(self, declare)
+
+    monkeypatch.setattr(Runner, "claim", the_other_finishes_first)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 
 import pandas as pd
@@ -50,3 +51,14 @@ def test_demo_overwrite_refuses_a_folder_that_is_not_a_demo(tmp_path):
     result = CliRunner().invoke(main, ["demo", "--out", str(tmp_path), "--size", "tiny", "--overwrite", "--quiet"])
     assert result.exit_code == 2 and "refusing to delete" in result.stderr
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_demo_out_a_link_or_a_file_is_refused(tmp_path):
+    link, empty, plain = tmp_path / "link", tmp_path / "empty", tmp_path / "notes.txt"
+    empty.mkdir()
+    link.symlink_to(empty)
+    plain.write_text("mine")
+    for out, says in ((link, "symbolic link"), (plain, "not a folder")):
+        result = CliRunner().invoke(main, ["demo", "--out", str(out), "--size", "tiny", "--quiet"])
+        assert result.exit_code == 2 and says in result.stderr, result.output
+    assert os.listdir(empty) == [] and plain.read_text() == "mine"

@@ -7,12 +7,15 @@ import pytest
 
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.outputs import (
+    FOLDER_MARK,
     atomic_path,
+    build_folder,
     check_output,
     claim_output,
     csv_writer,
     lock_path,
     output_lock,
+    remove_stale_temporaries,
     write_csv,
     write_files,
     write_text,
@@ -429,3 +432,54 @@ def test_a_refusal_after_the_claim_leaves_no_new_out_folder(workspace):
         "--thresholds", workspace / "val_seg.csv", "--quiet", "--out", workspace / "new" / "deeper" / "r.html"]])
     assert "not a readable JSON file" in _one_line_refusal(result)
     assert _snapshot(workspace) == before
+
+
+def test_stale_temporary_folders_are_removed_whole_never_followed(tmp_path, dead_pid):
+    """A folder built whole and killed with -9 leaves its staging folder and the old one it was
+    replacing (``.<name>.<pid>.tmp``, ``.<name>.<pid>.old``): removed by the next claim, the links
+    in them removed, never what they point to; a live process's are left alone."""
+    outside = tmp_path / "outside.txt"
+    outside.write_text("kept")
+    stale = [tmp_path / f".out.{dead_pid}.tmp", tmp_path / f".out.{dead_pid}.old"]
+    for folder in stale:
+        (folder / "sub").mkdir(parents=True)
+        (folder / "sub" / "link").symlink_to(outside)
+        (folder / "link_dir").symlink_to(tmp_path, target_is_directory=True)
+    live = tmp_path / f".out.{os.getpid()}.tmp"
+    live.mkdir()
+    assert sorted(remove_stale_temporaries(tmp_path / "out")) == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == [live.name, "outside.txt"] and outside.read_text() == "kept"
+    live.rmdir()
+    stale[0].mkdir()
+    with claim_output(tmp_path / "out", made_by="demo"):
+        assert not stale[0].exists()
+
+
+def test_build_folder_swaps_a_complete_folder_in_or_leaves_the_old_one(tmp_path):
+    out = tmp_path / "out"
+
+    def build(folder):
+        (folder / "a.txt").write_text("new")
+        return "built"
+
+    with claim_output(out, made_by="synth"):
+        assert build_folder(out, build, "synth") == "built"
+    assert sorted(os.listdir(out)) == [FOLDER_MARK, "a.txt"] and (out / FOLDER_MARK).read_text() == "cloudpipe synth\n"
+
+    def fails(folder):
+        (folder / "a.txt").write_text("half")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with pytest.raises(CloudpipeError, match=f"{out}: cannot write \\(No space left on device\\)"):
+        build_folder(out, fails, "synth", overwrite=True)
+    assert (out / "a.txt").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out"]
+    for made_by, overwrite, says in (("synth", False, "already exists; pass --overwrite"),
+                                     ("bundle", True, "was not made by cloudpipe bundle")):
+        with pytest.raises(CloudpipeError, match=says):
+            with claim_output(out, made_by=made_by, overwrite=overwrite):
+                pass
+    (out / FOLDER_MARK).unlink()
+    (out / FOLDER_MARK).symlink_to(tmp_path / "elsewhere")  # a planted mark is no mark
+    with pytest.raises(CloudpipeError, match="refusing to delete it"):
+        check_output(out, made_by="synth", overwrite=True)
+    assert (out / "a.txt").read_text() == "new" and sorted(os.listdir(tmp_path)) == ["out"]

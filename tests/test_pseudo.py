@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -14,7 +20,7 @@ from cloudpipe.data.kaggle import PSEUDO_CSV, load_train_data, presence, read_ma
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits
 from cloudpipe.pipeline.pseudo import pseudo_label
-from tests.conftest import TINY, cli, train_tiny
+from tests.conftest import TINY, cli, finished_meanwhile, train_tiny
 
 
 def test_an_image_is_confident_when_every_class_is_decided_and_the_masks_agree():
@@ -107,3 +113,65 @@ def test_cli(tiny_data, tmp_path):
     assert f"{len(expected)} of {len(expected) + 2} test images pseudo-labelled" in result.output
     bad = cli("pseudo-label", "--data", tiny_data, "--seg", seg, "--out", tmp_path / "p")
     assert bad.exit_code == 2 and "already exists" in bad.output and "Traceback" not in bad.output
+
+
+def _hidden(folder):
+    """The hidden leftovers beside outputs (staging folders, old folders, locks)."""
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_overwrite_replaces_only_a_pseudo_labelled_folder_never_a_link_or_a_file(tiny_data, tmp_path):
+    seg, probs, _, _ = _inputs(tiny_data, tmp_path)
+    plain, link, precious = tmp_path / "ps_file", tmp_path / "ps_link", tmp_path / "home"
+    plain.write_text("mine")
+    precious.mkdir()
+    (precious / "thesis.tex").write_text("years of work")
+    link.symlink_to(precious)
+    for out, says in ((plain, "not a folder"), (link, "symbolic link"), (precious, "refusing to delete")):
+        with pytest.raises(CloudpipeError, match=says):
+            pseudo_label(tiny_data, seg, probs, out, overwrite=True)
+    assert plain.read_text() == "mine" and link.is_symlink() and os.listdir(precious) == ["thesis.tex"]
+    assert _hidden(tmp_path) == []
+
+
+def test_two_pseudo_labels_started_together_never_replace_one_without_overwrite(tiny_data, tmp_path, monkeypatch):
+    """The other command finishes between this one's start and its lock: the check under the lock sees it."""
+    seg, probs, _, _ = _inputs(tiny_data, tmp_path)
+    out = tmp_path / "pseudo"
+    finished_meanwhile(monkeypatch, out, "pseudo-label", "train.csv")
+    with pytest.raises(CloudpipeError, match="already exists; pass --overwrite"):
+        pseudo_label(tiny_data, seg, probs, out)
+    assert (out / "train.csv").read_text() == "the other's"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_pseudo_label_killed_with_9_blocks_nothing(tiny_data, tmp_path, overwrite):
+    """kill -9 while the folder is built, or (replacing one) once the old folder is moved aside and
+    before the new one is in place: the next run works and removes what the killed one left."""
+    seg, probs, _, _ = _inputs(tiny_data, tmp_path)
+    out = tmp_path / "pseudo"
+    if overwrite:
+        pseudo_label(tiny_data, seg, probs, out)
+    killer = textwrap.dedent(f"""
+        import os, signal
+        import yaml
+        from cloudpipe.pipeline.pseudo import pseudo_label
+        OUT, rename = {str(out)!r}, os.rename
+        def kill(*args, **kwargs):
+            os.kill(os.getpid(), signal.SIGKILL)
+        def rename_then_kill(source, target):  # the old folder moved aside, the new one not yet in place
+            rename(source, target)
+            if str(source) == OUT:
+                kill()
+        if {overwrite}:
+            os.rename = rename_then_kill
+        else:
+            yaml.safe_dump = kill  # while the folder is built
+        pseudo_label({str(tiny_data)!r}, {str(seg)!r}, {str(probs)!r}, OUT, overwrite={overwrite})
+    """)
+    done = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    assert _hidden(tmp_path), "the killed run left nothing to clean"
+    pseudo_label(tiny_data, seg, probs, out, overwrite=overwrite)
+    assert (out / "pseudo.yaml").is_file() and _hidden(tmp_path) == []

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from cloudpipe.core.errors import CloudpipeError
@@ -82,6 +84,14 @@ def test_read_json(tmp_path):
     (tmp_path / "c.json").write_text("{not json")
     with pytest.raises(CloudpipeError, match="not a readable JSON file"):
         read_json(tmp_path / "c.json", "thresholds")
+
+
+def test_read_json_refuses_a_huge_file_before_reading_it(tmp_path):
+    huge = tmp_path / "thresholds.json"
+    huge.touch()
+    os.truncate(huge, 3 * 2**30)  # sparse: 3 GB that take no disk, and must not be read into memory
+    with pytest.raises(CloudpipeError, match=f"{huge}: cannot read this thresholds file: larger than 64 MiB"):
+        read_json(huge, "thresholds")
 
 
 def test_training_files_cover_folds(tmp_path):

@@ -71,3 +71,22 @@ def test_only_declared_outputs_are_written(tmp_path):
         with pytest.raises(ValueError, match="not declared"):
             run.write({tmp_path / "other.csv": lambda tmp: tmp.write_text("x")})
     assert os.listdir(tmp_path) == []
+
+
+def test_a_folder_is_built_whole_and_swapped_in_only_where_the_plan_says(tmp_path):
+    out = tmp_path / "bundle"
+    with Runner.start() as run:
+        run.claim(lambda: (Plan(builds={out: "bundle"}), None))
+        assert lock_path(out).exists()
+        with pytest.raises(ValueError, match="not declared"):
+            run.write_folder(tmp_path / "other", lambda folder: None)
+        assert run.write_folder(out, lambda folder: (folder / "bundle.json").write_text("{}")) == 2
+    assert sorted(os.listdir(tmp_path)) == ["bundle"] and sorted(os.listdir(out)) == [".cloudpipe", "bundle.json"]
+    with pytest.raises(CloudpipeError, match="already exists; pass --overwrite"), Runner.start() as run:
+        run.claim(lambda: (Plan(builds={out: "bundle"}), None))
+    with pytest.raises(CloudpipeError, match="was not made by cloudpipe demo"), Runner.start() as run:
+        run.claim(lambda: (Plan(builds={out: "demo"}, overwrite=True), None))
+    with Runner.start() as run:
+        run.claim(lambda: (Plan(builds={out: "bundle"}, overwrite=True), None))
+        run.write_folder(out, lambda folder: (folder / "bundle.json").write_text("{\"new\": 1}"))
+    assert (out / "bundle.json").read_text() == '{"new": 1}' and sorted(os.listdir(tmp_path)) == ["bundle"]

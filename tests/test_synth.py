@@ -1,4 +1,5 @@
 import csv
+import os
 import re
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def forty(tmp_path_factory) -> Path:
 
 def test_layout(tiny_data):
     names = {p.name for p in tiny_data.iterdir()}
-    assert names == {"train.csv", "sample_submission.csv", "test_truth.csv", "train_images", "test_images"}
+    assert names == {"train.csv", "sample_submission.csv", "test_truth.csv", "train_images", "test_images", ".cloudpipe"}
+    assert (tiny_data / ".cloudpipe").read_text() == "cloudpipe synth\n"  # what --overwrite may replace
     train_images = sorted(p.name for p in (tiny_data / "train_images").iterdir())
     test_images = sorted(p.name for p in (tiny_data / "test_images").iterdir())
     assert len(train_images) == 24 and len(test_images) == 6
@@ -90,7 +92,7 @@ def test_deterministic(tmp_path):
     make_dataset(tmp_path / "b", seed=7, **kwargs)
     make_dataset(tmp_path / "c", seed=8, **kwargs)
     a, b, c = (all_files(tmp_path / x) for x in "abc")
-    assert len(a) == 4 + 2 + 3
+    assert len(a) == 4 + 2 + 3 + 1  # images, CSVs and the mark
     assert a == b  # byte for byte, CSVs and JPEGs
     assert a["train.csv"] != c["train.csv"]
     assert set(a) != set(c)  # other image names too
@@ -188,3 +190,30 @@ def test_overwrite_never_deletes_a_folder_that_is_not_a_dataset(tmp_path):
     with pytest.raises(CloudpipeError, match="refusing to delete"):
         make_dataset(precious, train=2, test=1, shape=(32, 48), overwrite=True, progress=False)
     assert (precious / "thesis.tex").read_text() == "years of work"
+
+
+def _hidden(folder):
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_a_link_at_out_dir_is_refused_never_followed(tmp_path):
+    data, link = tmp_path / "data", tmp_path / "link"
+    make_dataset(data, train=2, test=1, shape=(16, 16), progress=False)
+    link.symlink_to(data)
+    for overwrite in (False, True):
+        with pytest.raises(CloudpipeError, match="symbolic link"):
+            make_dataset(link, train=3, test=1, shape=(16, 16), overwrite=overwrite, progress=False)
+    assert link.is_symlink() and len(list((data / "train_images").iterdir())) == 2
+
+
+def test_a_failed_image_write_is_one_error_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(cv2, "imwrite", lambda *args: False)  # what OpenCV says on a full disk
+    with pytest.raises(CloudpipeError, match="cannot write"):
+        make_dataset(tmp_path / "data", train=2, test=1, shape=(16, 16), progress=False)
+    assert os.listdir(tmp_path) == []
+
+
+def test_what_a_killed_synth_leaves_blocks_nothing(tmp_path, dead_pid):
+    (tmp_path / f".data.{dead_pid}.tmp" / "train_images").mkdir(parents=True)  # a build killed with -9
+    make_dataset(tmp_path / "data", train=2, test=1, shape=(16, 16), progress=False)
+    assert _hidden(tmp_path) == [] and len(list((tmp_path / "data" / "train_images").iterdir())) == 2

@@ -13,16 +13,19 @@ import errno
 import fcntl
 import os
 import re
+import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import pandas as pd
 
 from cloudpipe.core.errors import CloudpipeError
 
+T = TypeVar("T")
 
 @dataclass(frozen=True)
 class Inputs:
@@ -50,8 +53,14 @@ def _same_file(a: Path, b: Path) -> bool:
         return False
 
 
+FOLDER_MARK = ".cloudpipe"
+"""The file inside every folder a command built whole (:func:`build_folder`), naming that command
+(``cloudpipe bundle``): ``--overwrite`` replaces only a folder the same command made."""
+
+
 def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
-                 input_dirs: Iterable[Path] = (), folder: bool = False, create: bool = True) -> Path:
+                 input_dirs: Iterable[Path] = (), folder: bool = False, made_by: str | None = None,
+                 create: bool = True) -> Path:
     """Validate an output path before any work is done.
 
     Args:
@@ -59,12 +68,15 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
         input_dirs: folders the command reads (image folders); the output may not lie inside one.
         folder: the output is a folder the command fills (a training's run folder), whose
             files the command checks itself: it may exist.
+        made_by: the output is a folder the command ``made_by`` builds whole
+            (:func:`build_folder`): absent or empty, or (with ``overwrite``) one it made.
         create: make the output's folder and check that it is writable (the process that
             writes); False checks the rest only (the other ranks of a ``torchrun`` job).
 
     Raises:
         CloudpipeError: the path exists (without ``overwrite``), equals an input or lies in an
-            input folder, is a folder, or its folder cannot be created or written.
+            input folder, is a folder, or its folder cannot be created or written; a folder
+            built whole that holds an input, is a link or a file, or was not made by ``made_by``.
     """
     path = Path(path)
     for source in inputs:
@@ -73,13 +85,15 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
     for source_dir in input_dirs:
         if path.resolve().is_relative_to(Path(source_dir).resolve()):
             raise CloudpipeError(f"output path is inside the input folder {source_dir}; choose another --out", path=path)
-    if path.is_dir() and not folder:
+    if path.is_dir() and not folder and made_by is None:
         raise CloudpipeError("output path is a folder; give a file name", path=path)
-    if folder:
-        for source in (Path(s) for s in inputs if s is not None):
+    if folder or made_by is not None:
+        for source in (Path(s) for s in (*inputs, *(input_dirs if made_by else ())) if s is not None):
             if source.resolve().is_relative_to(path.resolve()):
                 raise CloudpipeError(f"output folder holds an input ({source}); choose another --out", path=path)
-    if path.exists() and not overwrite and not folder:
+    if made_by is not None:
+        _check_replaceable(path, made_by, overwrite)
+    elif path.exists() and not overwrite and not folder:
         raise CloudpipeError("already exists; pass --overwrite to replace it", path=path)
     if not create:
         return path
@@ -92,9 +106,46 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
     return path
 
 
+def _check_replaceable(path: Path, made_by: str, overwrite: bool) -> None:
+    """Refuse to build the folder ``path`` over what lies there: a link or anything but a folder
+    (never followed, never replaced), a folder with something in it without ``overwrite``, or
+    one that ``made_by`` did not make (:data:`FOLDER_MARK`).
+
+    Raises:
+        CloudpipeError: one line naming ``path`` and what lies there.
+    """
+    if path.is_symlink():
+        raise CloudpipeError("is a symbolic link, which cloudpipe never follows or replaces; remove it or choose "
+                             "another output folder", path=path)
+    if not path.exists():
+        return
+    if not path.is_dir():
+        raise CloudpipeError("exists and is not a folder; choose another output folder", path=path)
+    if not any(path.iterdir()):
+        return
+    if not overwrite:
+        raise CloudpipeError("already exists; pass --overwrite to replace it", path=path)
+    if _mark_of(path) != f"cloudpipe {made_by}":
+        raise CloudpipeError(f"is not empty and was not made by cloudpipe {made_by} (it holds no {FOLDER_MARK} of it); "
+                             "refusing to delete it: choose another output folder, or remove it yourself", path=path)
+
+
+def _mark_of(folder: Path) -> str | None:
+    """What ``folder``'s :data:`FOLDER_MARK` says (a link, or no plain file: None)."""
+    try:
+        fd = os.open(folder / FOLDER_MARK, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return os.read(fd, 256).decode(errors="replace").strip() if stat.S_ISREG(os.fstat(fd).st_mode) else None
+    finally:
+        os.close(fd)
+
+
 @contextmanager
 def claim_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
-                 input_dirs: Iterable[Path] = (), folder: bool = False, lock: bool = True) -> Iterator[Path]:
+                 input_dirs: Iterable[Path] = (), folder: bool = False, made_by: str | None = None,
+                 lock: bool = True) -> Iterator[Path]:
     """:func:`check_output`, then hold the output's lock until the body ends (wrap the whole
     command, from the check to the last rename); the check is repeated under the lock, since
     another process may have written the file meanwhile. ``lock=False`` only checks, making no
@@ -105,7 +156,7 @@ def claim_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
     Raises:
         CloudpipeError: as :func:`check_output` and :func:`output_lock`.
     """
-    check = dict(overwrite=overwrite, inputs=tuple(inputs), input_dirs=tuple(input_dirs), folder=folder)
+    check = dict(overwrite=overwrite, inputs=tuple(inputs), input_dirs=tuple(input_dirs), folder=folder, made_by=made_by)
     if not lock:  # the writer alone makes (and removes) folders: two ranks would race on them
         yield check_output(path, **check, create=False)
         return
@@ -138,21 +189,25 @@ def no_new_empty_folders(folder: Path) -> Iterator[None]:
 
 def remove_stale_temporaries(path: Path) -> list[Path]:
     """Remove the temporaries of ``path`` left by killed processes (``kill -9`` runs no
-    cleanup): ``.<name>.<pid>.tmp`` (:func:`atomic_path`, :func:`write_files`) and
-    ``.<name>.rank<r>.<pid>.npy`` (a ``torchrun`` rank's share), whose pid is no longer alive.
-    Called with the output's lock held, so no live writer of ``path`` is racing.
+    cleanup): ``.<name>.<pid>.tmp`` (a file of :func:`atomic_path` or :func:`write_files`, a
+    folder of :func:`build_folder`), ``.<name>.<pid>.old`` (the folder :func:`build_folder` was
+    replacing) and ``.<name>.rank<r>.<pid>.npy`` (a ``torchrun`` rank's share), whose pid is no
+    longer alive; a folder is removed whole, a link itself (never what it points to). Called
+    with the output's lock held, so no live writer of ``path`` is racing.
 
     Returns:
-        The files removed.
+        The paths removed.
+
+    Raises:
+        CloudpipeError: one cannot be removed.
     """
     path = Path(path)
-    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:rank\d+\.)?(?P<pid>\d+)\.(?:tmp|npy)")
+    pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:rank\d+\.)?(?P<pid>\d+)\.(?:tmp|npy|old)")
     removed = []
     for candidate in path.parent.glob(f".{path.name}.*"):
         match = pattern.fullmatch(candidate.name)
         if match and not _alive(int(match["pid"])):
-            candidate.unlink(missing_ok=True)
-            removed.append(candidate)
+            removed.append(cleared_path(candidate))
     return removed
 
 
@@ -229,14 +284,17 @@ def _temporary(path: Path) -> Path:
 
 def cleared_path(path: Path) -> Path:
     """``path`` cleared for a temporary to be written: whatever lies there (a symbolic link
-    planted to redirect the write included) is removed, never followed.
+    planted to redirect the write included, a folder whole) is removed, never followed.
 
     Raises:
         CloudpipeError: it cannot be removed.
     """
     path = Path(path)
     with _reported(path):
-        path.unlink(missing_ok=True)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)  # removes the links inside, never what they point to
+        else:
+            path.unlink(missing_ok=True)
     return path
 
 
@@ -297,6 +355,46 @@ def write_files(writers: Mapping[Path, Callable[[Path], object] | None]) -> None
     finally:
         for tmp, _ in staged:
             tmp.unlink(missing_ok=True)
+
+
+def build_folder(path: Path, build: Callable[[Path], T], made_by: str, *, overwrite: bool = False) -> T:
+    """Build the folder ``path`` whole: ``build`` fills an empty staging folder beside it
+    (``.<name>.<pid>.tmp``), the mark of ``made_by`` is added (:data:`FOLDER_MARK`), and only
+    then does it take ``path``'s place; a folder it replaces is moved aside
+    (``.<name>.<pid>.old``) and removed once the new one is in place. Call it with ``path``'s
+    lock held (:func:`claim_output` with ``made_by``); what lies at ``path`` is checked again
+    just before the swap. A failure leaves ``path`` as it was and no staging folder; a process
+    killed at any point leaves at most those hidden folders, which the next claim of ``path``
+    removes (:func:`remove_stale_temporaries`).
+
+    Returns:
+        What ``build`` returned.
+
+    Raises:
+        CloudpipeError: ``build``'s own, or a failed write or rename (e.g. no space left on
+            device), one line naming ``path``; or what lies at ``path`` may not be replaced.
+    """
+    path = Path(path)
+    staging, old = _temporary(path), cleared_path(path.with_name(f".{path.name}.{os.getpid()}.old"))
+    try:
+        with _reported(path):
+            staging.mkdir()
+            made = build(staging)
+            (staging / FOLDER_MARK).write_text(f"cloudpipe {made_by}\n")
+            _check_replaceable(path, made_by, overwrite)
+            if path.exists():
+                os.rename(path, old)
+                try:
+                    os.rename(staging, path)
+                except OSError:
+                    os.rename(old, path)
+                    raise
+            else:
+                os.rename(staging, path)
+    finally:
+        for leftover in (staging, old):
+            shutil.rmtree(leftover, ignore_errors=True)
+    return made
 
 
 def csv_writer(frame: pd.DataFrame, **kwargs) -> Callable[[Path], None]:

@@ -36,6 +36,7 @@ from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.models import FileModel, read_model
 from cloudpipe.data.beside import info_path
+from cloudpipe.data.runfolder import read_json
 
 FORMAT_VERSION = 1
 ENTRY_SHAPE = (len(CLASSES), *SUBMISSION_SHAPE)
@@ -136,12 +137,7 @@ def read_store(path: Path) -> tuple[np.memmap, StoreInfo]:
 
 
 def _read_info(path: Path) -> StoreInfo:
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CloudpipeError("the store's image list is missing", path=path) from None
-    except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested deeper than the parser goes
-        raise CloudpipeError(f"not a readable JSON file ({err})", path=path) from None
+    data = read_json(path, "probability store", missing="the store's image list is missing")
     file = read_model(StoreJson, data, "probability store", path=path)
     return StoreInfo(file.split, file.images, file.runs, file.weights, file.fingerprints)
 

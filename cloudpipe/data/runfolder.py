@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,16 +279,29 @@ def read_yaml_mapping(path: Path, what: str = "config") -> dict:
     return values
 
 
-def read_json(path: Path, what: str) -> object:
-    """A parsed JSON file (``what`` names it in the error).
+JSON_LIMIT = 64 * 1024 * 1024
+"""The largest JSON file read, in bytes (a store's list of a million image names is ~20 MB; a
+tuned file is a few KB)."""
+
+
+def read_json(path: Path, what: str, missing: str | None = None) -> object:
+    """A parsed JSON file of at most :data:`JSON_LIMIT` bytes, refused before it is read when
+    larger (``what`` names it in the error; ``missing``, when given, is the error of a missing file).
 
     Raises:
-        CloudpipeError: missing, unreadable or not JSON.
+        CloudpipeError: missing, too large, unreadable or not JSON.
     """
     path = Path(path)
     try:
-        return json.loads(path.read_text())
+        with path.open("rb") as file:
+            too_large = f"cannot read this {what} file: larger than {JSON_LIMIT // 2**20} MiB"
+            if os.fstat(file.fileno()).st_size > JSON_LIMIT:
+                raise CloudpipeError(too_large, path=path)
+            raw = file.read(JSON_LIMIT + 1)
+        if len(raw) > JSON_LIMIT:
+            raise CloudpipeError(too_large, path=path)
+        return json.loads(raw)
     except FileNotFoundError:
-        raise CloudpipeError(f"{what} file not found", path=path) from None
+        raise CloudpipeError(missing or f"{what} file not found", path=path) from None
     except (OSError, ValueError, RecursionError) as err:  # RecursionError: nested deeper than the parser goes
         raise CloudpipeError(f"not a readable JSON file ({err})", path=path) from None

@@ -9,7 +9,7 @@ synthetic masks are cleared). Deterministic for a given seed.
 
 from __future__ import annotations
 
-import shutil
+import errno
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from cloudpipe.data.kaggle import (
     TRAIN_CSV,
     TRAIN_IMAGES,
 )
-from cloudpipe.data.outputs import write_csv
+from cloudpipe.data.outputs import build_folder, claim_output
 
 TEST_TRUTH_CSV = "test_truth.csv"
 PRESENCE_PROBABILITY = 0.4
@@ -135,9 +135,14 @@ def make_dataset(
     ``train_images/``, ``test_images/`` and ``test_truth.csv`` (test masks at 350 x 525, the
     submission size, for ``cloudpipe evaluate``).
 
+    The folder is built beside ``out_dir`` and swapped in under its lock, as the runner builds
+    every folder (:func:`~cloudpipe.data.outputs.build_folder`; this layer lies below the
+    runner and never runs under ``torchrun``): an empty or absent ``out_dir`` is written, one
+    with files in it only with ``overwrite`` and only when ``synth`` made it.
+
     Raises:
-        CloudpipeError: ``out_dir`` is not empty (without ``overwrite``, or with it when the folder
-            is not a synthetic dataset) or sizes are invalid.
+        CloudpipeError: ``out_dir`` is a file or a link, or is not empty (without ``overwrite``,
+            or with it when ``synth`` did not make it), sizes are invalid, or a write failed.
     """
     out_dir = Path(out_dir)
     if train < 2 or test < 1:
@@ -148,35 +153,36 @@ def make_dataset(
         raise CloudpipeError(f"images of {shape[0]}x{shape[1]} are more than {MAX_PIXELS:,} pixels (16 competition images)")
     if seed < 0:
         raise CloudpipeError(f"--seed must be 0 or more, got {seed}")
-    if out_dir.exists() and not out_dir.is_dir():
-        raise CloudpipeError("exists and is not a folder", path=out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise CloudpipeError("folder is not empty; pass --overwrite to replace it", path=out_dir)
-        if not (out_dir / TEST_TRUTH_CSV).is_file():  # --overwrite replaces datasets, nothing else
-            raise CloudpipeError(f"folder is not empty and holds no {TEST_TRUTH_CSV}; refusing to delete it", path=out_dir)
-        shutil.rmtree(out_dir)
+    with claim_output(out_dir, overwrite=overwrite, made_by="synth"):
+        build_folder(out_dir, lambda folder: _write_dataset(folder, train, test, shape, seed, progress), "synth",
+                     overwrite=overwrite)
+    return SynthSummary(out_dir, train, test, shape)
+
+
+def _write_dataset(out_dir: Path, train: int, test: int, shape: tuple[int, int], seed: int, progress: bool) -> None:
+    """The work of :func:`make_dataset`: the dataset written into the empty ``out_dir``."""
     rng = np.random.default_rng(seed)
     names = _names(rng, train + test)
     order = rng.permutation(len(names))
     train_names = sorted(names[i] for i in order[:train])
     test_names = sorted(names[i] for i in order[train:])
     for folder in (TRAIN_IMAGES, TEST_IMAGES):
-        (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        (out_dir / folder).mkdir()
     train_rows: list[tuple[str, str]] = []
     truth_rows: list[tuple[str, str]] = []
     jobs = [(n, TRAIN_IMAGES) for n in train_names] + [(n, TEST_IMAGES) for n in test_names]
     for name, folder in tqdm(jobs, desc="synth", unit="img", disable=not progress):
         image, masks = make_image(np.random.default_rng([seed, int(name[:7], 16)]), shape)
-        cv2.imwrite(str(out_dir / folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 92])
+        if not cv2.imwrite(str(out_dir / folder / name), cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+                           [cv2.IMWRITE_JPEG_QUALITY, 92]):
+            raise OSError(errno.EIO, f"cannot write image {folder}/{name}")
         if folder == TRAIN_IMAGES:
             train_rows += _label_rows(name, masks)
         else:
             small = np.stack([resize_nearest(m, SUBMISSION_SHAPE) for m in masks])
             truth_rows += _label_rows(name, small)
     columns = ["Image_Label", "EncodedPixels"]
-    write_csv(pd.DataFrame(train_rows, columns=columns), out_dir / TRAIN_CSV)
-    write_csv(pd.DataFrame(truth_rows, columns=columns), out_dir / TEST_TRUTH_CSV)
+    pd.DataFrame(train_rows, columns=columns).to_csv(out_dir / TRAIN_CSV, index=False)
+    pd.DataFrame(truth_rows, columns=columns).to_csv(out_dir / TEST_TRUTH_CSV, index=False)
     sample = [(join_label(n, c), "1 1") for n in test_names for c in CLASSES]
-    write_csv(pd.DataFrame(sample, columns=columns), out_dir / SAMPLE_SUBMISSION_CSV)
-    return SynthSummary(out_dir, train, test, shape)
+    pd.DataFrame(sample, columns=columns).to_csv(out_dir / SAMPLE_SUBMISSION_CSV, index=False)

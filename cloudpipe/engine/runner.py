@@ -7,11 +7,13 @@ every ``torchrun`` rank is one line, from rank 0) and the runner, not the comman
   without ``--overwrite`` (the files of a run read as a member of an ensemble included);
 - refuses an existing output without ``overwrite``, except those the command re-makes on
   purpose (:attr:`Plan.replaces`: a run's own tuned file; :attr:`Plan.folders`: a training's
-  run folder, whose files training checks itself);
+  run folder, whose files training checks itself); a folder built whole (:attr:`Plan.builds`:
+  a bundle, a data folder) only ever replaces one the same command made, never a link or a file;
 - locks every output (rank 0, the one that writes; never following a link) until the command
   ends, so two commands never write one file or train into one folder at once;
 - writes the outputs that belong together as one group (:meth:`Runner.write`: all new or all
-  old), on rank 0 alone;
+  old), and builds a folder beside its place and swaps it in (:meth:`Runner.write_folder`), on
+  rank 0 alone;
 - shares the work of a sharded command across ranks (:meth:`Runner.predict_store`).
 
 Pipeline functions call :meth:`Runner.start` once and never look at ranks, locks or links.
@@ -30,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.outputs import Inputs, claim_output, cleared_path, write_files
+from cloudpipe.data.outputs import Inputs, build_folder, claim_output, cleared_path, write_files
 from cloudpipe.data.probstore import probability_store
 from cloudpipe.engine.dist import Dist
 
@@ -49,7 +51,10 @@ class Plan:
             locked, never refused for existing.
         folders: folders the command fills (a training's run folder, each fold's): locked,
             never refused for existing (the command checks what they hold).
-        overwrite: whether ``writes`` may replace existing files.
+        builds: folders the command builds whole (:meth:`Runner.write_folder`), each with the
+            name of the command (``bundle``): locked; refused when a link or a file, and when
+            holding anything unless ``overwrite`` and made by that command.
+        overwrite: whether ``writes`` and ``builds`` may replace existing ones.
     """
 
     reads: Inputs = field(default_factory=Inputs)
@@ -57,11 +62,12 @@ class Plan:
     _: KW_ONLY
     replaces: Sequence[Path] = ()
     folders: Sequence[Path] = ()
+    builds: Mapping[Path, str] = field(default_factory=dict)
     overwrite: bool = False
 
     def outputs(self) -> list[Path]:
         """Every path the command may write."""
-        return [Path(p) for p in (*self.writes, *self.replaces, *self.folders)]
+        return [Path(p) for p in (*self.writes, *self.replaces, *self.folders, *self.builds)]
 
 
 class Runner:
@@ -71,6 +77,7 @@ class Runner:
         self.dist = dist
         self._claims = claims
         self._outputs: set[Path] = set()
+        self._builds: dict[Path, tuple[str, bool]] = {}
 
     @classmethod
     @contextlib.contextmanager
@@ -101,12 +108,14 @@ class Runner:
         """
         with self.dist.together():
             plan, value = declare()
+            builds = {Path(p): made_by for p, made_by in plan.builds.items()}
             for path in plan.outputs():
                 replaced = any(Path(path) == Path(p) for p in plan.replaces)
                 self._claims.enter_context(claim_output(
                     path, overwrite=plan.overwrite or replaced, inputs=plan.reads.files, input_dirs=plan.reads.folders,
-                    folder=Path(path) in map(Path, plan.folders), lock=self.is_main))
+                    folder=Path(path) in map(Path, plan.folders), made_by=builds.get(Path(path)), lock=self.is_main))
         self._outputs |= {Path(p).resolve() for p in plan.outputs()}
+        self._builds |= {p.resolve(): (made_by, plan.overwrite) for p, made_by in builds.items()}
         return value
 
     def together(self) -> contextlib.AbstractContextManager[None]:
@@ -127,6 +136,24 @@ class Runner:
             raise ValueError(f"outputs not declared in the command's plan: {', '.join(undeclared)}")
         if self.is_main:
             write_files(writers)
+
+    def write_folder(self, path: Path, build: Callable[[Path], T]) -> T | None:
+        """Build a folder of the plan's ``builds`` whole (:func:`~cloudpipe.data.outputs.build_folder`):
+        ``build`` fills an empty folder beside ``path``, which then takes its place, marked as the
+        command's; on rank 0 alone (the other ranks get None).
+
+        Returns:
+            What ``build`` returned.
+
+        Raises:
+            ValueError: a path that no plan of this command declared as built (a bug, not an input).
+            CloudpipeError: ``build``'s own, or a failed write (``path`` is left as it was).
+        """
+        declared = self._builds.get(Path(path).resolve())
+        if declared is None:
+            raise ValueError(f"folder not declared in the command's plan: {path}")
+        made_by, overwrite = declared
+        return build_folder(path, build, made_by, overwrite=overwrite) if self.is_main else None
 
     def predict_store(self, names: list[str], predict: Callable[[list[str]], tuple[np.ndarray, pd.DataFrame | None]],
                       out: Path) -> tuple[np.ndarray | None, pd.DataFrame | None]:

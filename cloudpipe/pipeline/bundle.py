@@ -13,6 +13,13 @@ is not on their image. The bundle holds what the notebook needs beyond that imag
 - ``submit.ipynb``: installs the wheels with ``pip --no-index``, runs ``predict-seg --split
   test`` and ``predict`` on the competition data, and writes ``/kaggle/working/submission.csv``;
 - ``bundle.json``: what is in it (the notebook finds the bundle by this file).
+
+Before anything is written, every file it packs is checked as the commands that will read it
+on Kaggle check it (:func:`_check_runs`), and must be a regular file of the run's own (never a
+link, whose target may lie anywhere, nor a hard-linked or special file): the bundle is made to
+be uploaded, and one that would fail there, or carry a file from outside its runs, is refused.
+The folder is built beside ``--out`` and swapped in by the runner
+(:meth:`~cloudpipe.engine.runner.Runner.write_folder`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -34,11 +42,15 @@ from cloudpipe.data.runfolder import (
     SPLITS_CSV,
     THRESHOLDS_JSON,
     VAL_PROBS_CSV,
-    read_config_values,
+    read_json,
     run_inputs,
     trained_checkpoints,
 )
+from cloudpipe.engine.config import Task, load_run_config
 from cloudpipe.engine.runner import Plan, Runner
+from cloudpipe.pipeline.ensemble import Ensemble
+from cloudpipe.pipeline.gate import SEGMENTATION_KEY, load_gate
+from cloudpipe.pipeline.seg_masks import test_postprocess
 from cloudpipe.pipeline.sources import PREDICT_SEG, produced_by, registry, source_inputs
 
 KAGGLE_EXTRAS = ("segmentation-models-pytorch>=0.5,<0.7", "simplejpeg>=1.7", "albumentations==2.0.8", "albucore==0.0.24",
@@ -67,33 +79,96 @@ class Bundle:
     """Requirements of :data:`KAGGLE_EXTRAS` (and ``--require``) with no wheel in the bundle."""
 
 
-def _run_files(run_dir: Path, task: str) -> list[Path]:
-    """The files of a run the bundle carries, relative to it.
+def _run_files(run_dir: Path, task: Task) -> list[Path]:
+    """The files of a ``task`` run the bundle carries, relative to it, each checked to be the
+    run's own (:func:`_own_file`) before anything reads it.
 
     Raises:
-        CloudpipeError: not a ``task`` run, or one without a finished checkpoint.
+        CloudpipeError: one that is not, not a ``task`` run, or one without a finished checkpoint.
     """
-    config = read_config_values(run_dir)
-    if config.get("task") != task:
-        raise CloudpipeError(f"a {config.get('task')} run; --{'seg' if task == 'segmentation' else 'classifier'} needs "
-                             f"a {task} run", path=run_dir)
-    files = [Path(name) for name in RUN_FILES if (run_dir / name).is_file()]
-    return files + [p.relative_to(run_dir) for p in trained_checkpoints(run_dir)]
+    files = [Path(name) for name in RUN_FILES if os.path.lexists(run_dir / name)]
+    for member in files:
+        _own_file(run_dir, member)
+    load_run_config(run_dir, task)
+    checkpoints = [p.relative_to(run_dir) for p in trained_checkpoints(run_dir)]
+    for member in checkpoints:
+        _own_file(run_dir, member)
+    return files + checkpoints
 
 
-def _gate_inputs(classifier: Path) -> set[str]:
-    """The inputs (:func:`~cloudpipe.pipeline.sources.source_inputs`' names) of the sources beyond
-    the classifier that the run's ``thresholds.json`` gates on."""
-    path = classifier / THRESHOLDS_JSON
+def _own_file(root: Path, member: Path) -> os.stat_result:
+    """Check that ``root / member`` (a run's file, a wheel) is a regular file of ``root``'s own: no
+    link on the way (the file, or a folder of ``member`` that leads elsewhere), and not
+    hard-linked or special.
+
+    Raises:
+        CloudpipeError: one line naming the file and what it is.
+    """
+    path = Path(root)
+    for part in member.parts:
+        path = path / part
+        try:
+            found = os.lstat(path)
+        except OSError as err:
+            raise CloudpipeError(f"cannot read ({err.strerror})", path=path) from None
+        if stat.S_ISLNK(found.st_mode):
+            raise CloudpipeError("is a symbolic link: a bundle packs its inputs' own regular files only, never what a "
+                                 "link points to; replace the link with a copy of the file", path=path)
+    if not stat.S_ISREG(found.st_mode) or found.st_nlink > 1:
+        raise CloudpipeError("is a hard link or a special file: a bundle packs its inputs' own regular files only; "
+                             "replace it with a copy of the file", path=path)
+    return found
+
+
+def _copy_own(root: Path, member: Path, target: Path) -> None:
+    """Copy ``root / member`` (checked by :func:`_own_file`) to ``target``, never through a link
+    put in its place meanwhile."""
+    checked = _own_file(root, member)
+    fd = os.open(Path(root) / member, os.O_RDONLY | os.O_NOFOLLOW)
+    with os.fdopen(fd, "rb") as source:
+        opened = os.fstat(source.fileno())
+        if (opened.st_dev, opened.st_ino) != (checked.st_dev, checked.st_ino):
+            raise CloudpipeError("changed while the bundle was built; run bundle again", path=Path(root) / member)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(target, "xb") as copy:
+            shutil.copyfileobj(source, copy)
+
+
+def _check_runs(seg_run: Path, classifier_run: Path) -> set[str]:
+    """Check the runs' files as the notebook's commands will read them on Kaggle: each run's
+    checkpoints (``predict-seg``, ``predict``), the seg run's
+    ``seg_postprocess.json`` tuned for exactly this run, the classifier's ``thresholds.json``
+    (:class:`~cloudpipe.algorithms.gating.ThresholdsFile`) tuned for exactly this classifier
+    and, when it gates on the segmentation's probabilities, for this seg run.
+
+    Returns:
+        The inputs (:func:`~cloudpipe.pipeline.sources.source_inputs`' names) of the sources
+        beyond the classifier that the gate reads.
+
+    Raises:
+        CloudpipeError: the first file a command would refuse, one line naming it.
+    """
+    import torch
+
+    from cloudpipe.engine.infer import load_run
+
+    for run, task in ((seg_run, "segmentation"), (classifier_run, "classifier")):
+        load_run(run, task, torch.device("cpu"), channels_last=False)
+    seg, classifier = Ensemble.of(seg_run), Ensemble.of(classifier_run)
+    if not (seg_run / POSTPROCESS_JSON).is_file():
+        raise CloudpipeError(f"no {POSTPROCESS_JSON}: run predict-seg --split val on the run first", path=seg_run)
+    test_postprocess(seg, None)
+    path = classifier_run / THRESHOLDS_JSON
     if not path.is_file():
-        raise CloudpipeError(f"no {THRESHOLDS_JSON}: run tune-threshold on the classifier first", path=classifier)
-    try:
-        gate = json.loads(path.read_text()).get("gate") or {}
-    except (OSError, ValueError, AttributeError) as err:
-        raise CloudpipeError(f"cannot read ({err})", path=path) from None
+        raise CloudpipeError(f"no {THRESHOLDS_JSON}: run tune-threshold on the classifier first", path=classifier_run)
+    spec = load_gate(path, classifier)
     known = registry()
-    sources = {s for weights in gate.values() for s in weights if s in known}
-    return {known[s].input.name for s in sources if known[s].input is not None}
+    gates = {known[s].input.name for s in spec.sources if known[s].input is not None}
+    recorded = read_json(path, "thresholds").get(SEGMENTATION_KEY)
+    records_runs = any(source_inputs()[name].runs is not None for name in gates)
+    if records_runs and recorded is not None:  # predict on Kaggle checks that input's runs: the bundled seg run
+        seg.check_tuned_for(recorded, path, "thresholds' segmentation runs (against the bundled seg run)")
+    return gates
 
 
 def _source_root() -> Path:
@@ -177,8 +252,9 @@ def notebook(gates: set[str]) -> dict:
 
 def make_bundle(seg_run: Path, classifier_run: Path, out: Path, *, wheels_from: Path | None = None,
                 download: bool = True, require: tuple[str, ...] = (), overwrite: bool = False) -> Bundle:
-    """Write the bundle folder ``out`` (see the module's text), built in a temporary folder
-    beside it and renamed into place: a failure leaves no partial bundle.
+    """Write the bundle folder ``out`` (see the module's text), built beside it and swapped in
+    (:meth:`~cloudpipe.engine.runner.Runner.write_folder`): a failure leaves no partial bundle,
+    and ``overwrite`` replaces only a folder ``bundle`` made.
 
     Args:
         wheels_from: a folder of wheels to copy in (``cloudpipe-*.whl`` among them: no build).
@@ -186,57 +262,53 @@ def make_bundle(seg_run: Path, classifier_run: Path, out: Path, *, wheels_from: 
             (needs the network); False: the wheels of ``wheels_from`` only.
 
     Raises:
-        CloudpipeError: a bad run, a classifier run not tuned, an existing ``out`` without
-            ``overwrite``, a failed build or download.
+        CloudpipeError: a bad run, a file of a run that is not its own regular file or that the
+            notebook's commands would refuse (:func:`_check_runs`), an existing ``out`` (without
+            ``overwrite``, or not a bundle), a failed build, download or write.
     """
     seg_run, classifier_run, out = Path(seg_run), Path(classifier_run), Path(out)
-    runs = {"seg": (seg_run, _run_files(seg_run, "segmentation")),
-            "classifier": (classifier_run, _run_files(classifier_run, "classifier"))}
-    if not (seg_run / POSTPROCESS_JSON).is_file():
-        raise CloudpipeError(f"no {POSTPROCESS_JSON}: run predict-seg --split val on the run first", path=seg_run)
-    gates = _gate_inputs(classifier_run)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise CloudpipeError("already exists; pass --overwrite to replace it", path=out)
-    if wheels_from is not None and not Path(wheels_from).is_dir():
-        raise CloudpipeError("wheel folder not found", path=Path(wheels_from))
-    reads = run_inputs([seg_run, classifier_run]) | Inputs.of(*(Path(wheels_from).glob("*.whl") if wheels_from else ()))
-    with Runner.start() as claim:  # locked; never replacing a folder that holds one of its inputs (a run, the wheels)
-        claim.claim(lambda: (Plan(reads, folders=[out]), None))
-        return _build(runs, gates, out, wheels_from, download, require)
+
+    def declare() -> tuple[Plan, tuple[dict[str, tuple[Path, list[Path]]], set[str], list[Path]]]:
+        runs = {"seg": (seg_run, _run_files(seg_run, "segmentation")),
+                "classifier": (classifier_run, _run_files(classifier_run, "classifier"))}
+        gates = _check_runs(seg_run, classifier_run)
+        if wheels_from is not None and not Path(wheels_from).is_dir():
+            raise CloudpipeError("wheel folder not found", path=Path(wheels_from))
+        wheels = sorted(Path(p.name) for p in Path(wheels_from).glob("*.whl")) if wheels_from is not None else []
+        for wheel in wheels:
+            _own_file(Path(wheels_from), wheel)
+        reads = run_inputs([seg_run, classifier_run]) | Inputs.of(*(Path(wheels_from) / w for w in wheels))
+        return Plan(reads, builds={out: "bundle"}, overwrite=overwrite), (runs, gates, wheels)
+
+    with Runner.start() as run:  # locked; never replacing a folder that holds one of its inputs (a run, the wheels)
+        runs, gates, wheels = run.claim(declare)
+        return run.write_folder(out, lambda folder: _build(runs, gates, folder, out, wheels_from, wheels, download,
+                                                           require))
 
 
-def _build(runs: dict[str, tuple[Path, list[Path]]], gates: set[str], out: Path, wheels_from: Path | None,
-           download: bool, require: tuple[str, ...]) -> Bundle:
-    """The work of :func:`make_bundle` once ``out`` is claimed."""
-    tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        wheels = tmp / "wheels"
-        wheels.mkdir(parents=True)
-        for wheel in sorted(Path(wheels_from).glob("*.whl")) if wheels_from is not None else []:
-            shutil.copy2(wheel, wheels / wheel.name)
-        if not list(wheels.glob("cloudpipe-*.whl")):
-            _build_wheel(wheels, tmp / "source")
-        specs = (*KAGGLE_EXTRAS, *require)
-        if download:
-            platform, python = KAGGLE_PLATFORM
-            _pip("download", "--no-deps", "--only-binary=:all:", "--platform", platform, "--python-version", python,
-                 "--quiet", "--dest", str(wheels), *specs)
-        files = []
-        for name, (run, members) in runs.items():
-            for member in members:
-                target = tmp / "runs" / name / member
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(run / member, target)
-                files.append(f"runs/{name}/{member.as_posix()}")
-        names = sorted(p.name for p in wheels.glob("*.whl"))
-        missing = [s for s in specs if not any(n.lower().startswith(_wheel_name(s) + "-") for n in names)]
-        (tmp / NOTEBOOK).write_text(json.dumps(notebook(gates), indent=1) + "\n")
-        (tmp / BUNDLE_JSON).write_text(json.dumps({"cloudpipe": __version__, "runs": {k: str(v[0]) for k, v in runs.items()},
-                                                    "wheels": names, "gates_on": sorted(gates)}, indent=2) + "\n")
-        if out.exists():
-            shutil.rmtree(out) if out.is_dir() else out.unlink()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+def _build(runs: dict[str, tuple[Path, list[Path]]], gates: set[str], folder: Path, out: Path, wheels_from: Path | None,
+           wheels_given: list[Path], download: bool, require: tuple[str, ...]) -> Bundle:
+    """The work of :func:`make_bundle`: the bundle written into the empty ``folder``, which will
+    become ``out``."""
+    wheels = folder / "wheels"
+    wheels.mkdir()
+    for wheel in wheels_given:
+        _copy_own(Path(wheels_from), wheel, wheels / wheel.name)
+    if not list(wheels.glob("cloudpipe-*.whl")):
+        _build_wheel(wheels, folder / "source")
+    specs = (*KAGGLE_EXTRAS, *require)
+    if download:
+        platform, python = KAGGLE_PLATFORM
+        _pip("download", "--no-deps", "--only-binary=:all:", "--platform", platform, "--python-version", python,
+             "--quiet", "--dest", str(wheels), *specs)
+    files = []
+    for name, (run, members) in runs.items():
+        for member in members:
+            _copy_own(run, member, folder / "runs" / name / member)
+            files.append(f"runs/{name}/{member.as_posix()}")
+    names = sorted(p.name for p in wheels.glob("*.whl"))
+    missing = [s for s in specs if not any(n.lower().startswith(_wheel_name(s) + "-") for n in names)]
+    (folder / NOTEBOOK).write_text(json.dumps(notebook(gates), indent=1) + "\n")
+    (folder / BUNDLE_JSON).write_text(json.dumps({"cloudpipe": __version__, "runs": {k: str(v[0]) for k, v in runs.items()},
+                                                  "wheels": names, "gates_on": sorted(gates)}, indent=2) + "\n")
     return Bundle(out, names, [*files, NOTEBOOK, BUNDLE_JSON], missing)

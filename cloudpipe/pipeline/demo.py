@@ -4,7 +4,6 @@ functions as the real commands (no demo-only code paths), with a final table."""
 from __future__ import annotations
 
 import logging
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +47,23 @@ def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, pr
     ``out_dir/submissions/`` and ``out_dir/report.html``; returns the report's headline on the
     synthetic test set: all masks empty, the segmentation alone, gated at 0.5 and with the tuned
     thresholds, the oracle (gated by the true presence) and the share of its gain the gate took.
+    The whole folder is built beside ``out_dir`` and swapped in when the demo ends
+    (:meth:`~cloudpipe.engine.runner.Runner.write_folder`): ``out_dir`` absent or empty, or
+    (``overwrite``) a demo's.
+
+    Raises:
+        CloudpipeError: an unknown size, or an ``out_dir`` that may not be replaced.
     """
+    from cloudpipe.engine.runner import Plan, Runner
+
+    settings, out_dir = demo_settings(size), Path(out_dir)
+    with Runner.start() as run:
+        run.claim(lambda: (Plan(builds={out_dir: "demo"}, overwrite=overwrite), None))
+        return run.write_folder(out_dir, lambda folder: _demo(folder, out_dir, settings, progress))
+
+
+def _demo(folder: Path, out_dir: Path, settings: dict[str, Any], progress: bool) -> DemoResult:
+    """The work of :func:`run_demo`, in the empty ``folder`` that becomes ``out_dir``."""
     from cloudpipe.data.synth import make_dataset
     from cloudpipe.engine.config import load_config
     from cloudpipe.engine.settings import InferenceSettings
@@ -58,17 +73,8 @@ def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, pr
     from cloudpipe.pipeline.segment import predict_segmentation
     from cloudpipe.pipeline.tune import tune_thresholds
 
-    settings = demo_settings(size)
-    out_dir = Path(out_dir)
-    data, runs, subs = out_dir / "data", out_dir / "runs", out_dir / "submissions"
+    data, runs, subs = folder / "data", folder / "runs", folder / "submissions"
     seg_run, cls_run = runs / "seg", runs / "classifier"
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise CloudpipeError("folder is not empty; pass --overwrite to replace the demo in it", path=out_dir)
-        if not (data / TEST_TRUTH_CSV).is_file():  # --overwrite replaces a demo, nothing else
-            raise CloudpipeError("folder is not empty and holds no demo; refusing to delete it", path=out_dir)
-        for stale in (runs, subs):
-            shutil.rmtree(stale, ignore_errors=True)
     result = DemoResult(out_dir)
 
     def step(name: str, fn: Callable[[], T]) -> T:
@@ -80,7 +86,7 @@ def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, pr
 
     d = settings["data"]
     step("synth", lambda: make_dataset(data, train=d["train"], test=d["test"], shape=(d["height"], d["width"]),
-                                       seed=d["seed"], overwrite=True, progress=progress))
+                                       seed=d["seed"], progress=progress))
     seg_config = load_config("segmentation", overrides={**settings["seg"], "weights": "none"})
     step("train-seg", lambda: train_run(seg_config, data, seg_run, progress=progress))
     val_seg, test_seg = seg_run / "val_seg.csv", seg_run / "test_seg.csv"
@@ -95,9 +101,10 @@ def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, pr
     gated = subs / "submission.csv"
     log.info(step("predict", lambda: predict_submission(test_seg, cls_run, data, gated, settings=cls_settings)).line())
     page = step("report", lambda: write_report(
-        data, test_seg, out_dir / "report.html", overwrite=True, progress=progress, probs_csv=probs_path_for(gated),
+        data, test_seg, folder / "report.html", progress=progress, probs_csv=probs_path_for(gated),
         thresholds_file=tuned.json_path, truth_csv=data / TEST_TRUTH_CSV, truth_shape=SUBMISSION_SHAPE))
     result.rows = page.headline
-    result.files = {"data": data, "segmentation run": seg_run, "classifier run": cls_run,
-                    "threshold plot": tuned.plot_path, "submission": gated, "report": page.path}
+    files = {"data": data, "segmentation run": seg_run, "classifier run": cls_run, "threshold plot": tuned.plot_path,
+             "submission": gated, "report": page.path}
+    result.files = {what: out_dir / Path(path).relative_to(folder) for what, path in files.items()}
     return result

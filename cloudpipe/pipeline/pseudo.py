@@ -13,7 +13,6 @@ stay on real labels.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,30 +72,29 @@ def pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: Ps
         data_dir: the Kaggle-layout folder (not itself pseudo-labelled).
         seg: the test submission whose masks become labels (e.g. ``cloudpipe predict``'s).
         probs: the presence probabilities the submission was gated on (``<stem>_probs.csv``).
-        out_dir: the new folder (must not exist, or ``overwrite``).
+        out_dir: the new folder (absent or empty, or with ``overwrite`` one that pseudo-label made).
         rule: which images are confident (:func:`cloudpipe.algorithms.pseudo.confident`).
         mask_shape: the submission's mask size.
 
     Raises:
         CloudpipeError: bad inputs (naming file and line), image sets that differ, test images
             of another size than the training images, no confident image, an existing
-            ``out_dir``; nothing is written then.
+            ``out_dir`` (without ``overwrite``, or not made by pseudo-label), a failed write;
+            nothing is written then.
     """
     data_dir, out_dir = require_dir(data_dir).resolve(), Path(out_dir)
     if (data_dir / PSEUDO_CSV).exists():
         raise CloudpipeError(f"already pseudo-labelled ({PSEUDO_CSV}); pseudo-label its source folder", path=data_dir)
-    if out_dir.exists() and not overwrite:
-        raise CloudpipeError("already exists; pass --overwrite to replace it", path=out_dir)
     if out_dir.resolve().is_relative_to(data_dir) or data_dir.is_relative_to(out_dir.resolve()):
         raise CloudpipeError(f"must lie outside the data folder {data_dir}", path=out_dir)
     reads = data_inputs(data_dir) | Inputs.of(seg, probs)
-    with Runner.start() as run:  # locked; never replacing a folder that holds one of its inputs
-        run.claim(lambda: (Plan(reads, folders=[out_dir]), None))
-        return _pseudo_label(data_dir, seg, probs, out_dir, rule, mask_shape, overwrite)
+    with Runner.start() as run:  # locked; never replacing a folder that holds one of its inputs, or one it did not make
+        run.claim(lambda: (Plan(reads, builds={out_dir: "pseudo-label"}, overwrite=overwrite), None))
+        return _pseudo_label(data_dir, seg, probs, out_dir, rule, mask_shape, run)
 
 
 def _pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: PseudoRule, mask_shape: tuple[int, int],
-                  overwrite: bool) -> PseudoSummary:
+                  run: Runner) -> PseudoSummary:
     """The work of :func:`pseudo_label` once ``out_dir`` is claimed."""
     train = read_train(data_dir)
     shape = train_image_shape(data_dir)
@@ -117,9 +115,10 @@ def _pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: P
     check_images(paths.values(), shape)  # the same size as the training images (train.csv's masks)
     rows = [(join_label(image, c), _at(masks.at[image, c], mask_shape, shape)) for image in chosen for c in CLASSES]
     labels = pd.concat([train[list(CSV_COLUMNS)], pd.DataFrame(rows, columns=list(CSV_COLUMNS))], ignore_index=True)
-    _write_folder(data_dir, out_dir, labels, [*pd.unique(train["image"]), *chosen], paths, scores.loc[chosen], {
-        "rule": rule.to_dict(), "source": str(data_dir), "seg": str(Path(seg).resolve()), "probs": str(Path(probs).resolve()),
-        "pseudo_images": len(chosen), "test_images": len(test)}, overwrite)
+    record = {"rule": rule.to_dict(), "source": str(data_dir), "seg": str(Path(seg).resolve()),
+              "probs": str(Path(probs).resolve()), "pseudo_images": len(chosen), "test_images": len(test)}
+    images = [*pd.unique(train["image"]), *chosen]
+    run.write_folder(out_dir, lambda folder: _fill_folder(data_dir, folder, labels, images, paths, scores.loc[chosen], record))
     return PseudoSummary(out_dir, train["image"].nunique(), chosen, len(test))
 
 
@@ -128,31 +127,16 @@ def _at(rle: str, source: tuple[int, int], shape: tuple[int, int]) -> str:
     return rle if source == tuple(shape) or not rle else mask2rle(resize_nearest(rle2mask(rle, source), shape))
 
 
-def _write_folder(data_dir: Path, out_dir: Path, labels: pd.DataFrame, images: list[str], pseudo: dict[str, Path],
-                  probs: pd.DataFrame, record: dict, overwrite: bool) -> None:
-    """Build the folder beside ``out_dir`` and rename it into place only once complete."""
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    try:
-        (staging / TRAIN_IMAGES).mkdir(parents=True)
-        for image in images:
-            source = pseudo.get(image, data_dir / TRAIN_IMAGES / image)
-            (staging / TRAIN_IMAGES / image).symlink_to(source.resolve())
-        (staging / TEST_IMAGES).symlink_to((data_dir / TEST_IMAGES).resolve(), target_is_directory=True)
-        if (data_dir / SAMPLE_SUBMISSION_CSV).exists():
-            shutil.copyfile(data_dir / SAMPLE_SUBMISSION_CSV, staging / SAMPLE_SUBMISSION_CSV)
-        labels.to_csv(staging / TRAIN_CSV, index=False)
-        probs.reset_index().to_csv(staging / PSEUDO_CSV, index=False, float_format="%.6f")
-        (staging / PSEUDO_YAML).write_text(yaml.safe_dump(record, sort_keys=False))
-        if out_dir.exists():  # overwrite: the old folder goes only once the new one is complete
-            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-            out_dir.rename(old)
-            staging.rename(out_dir)
-            shutil.rmtree(old)
-        else:
-            staging.rename(out_dir)
-    except OSError as err:
-        raise CloudpipeError(f"cannot write the pseudo-labelled folder ({err.strerror or err})", path=out_dir) from None
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+def _fill_folder(data_dir: Path, folder: Path, labels: pd.DataFrame, images: list[str], pseudo: dict[str, Path],
+                 probs: pd.DataFrame, record: dict) -> None:
+    """Write the new data folder's files into the empty ``folder``."""
+    (folder / TRAIN_IMAGES).mkdir()
+    for image in images:
+        source = pseudo.get(image, data_dir / TRAIN_IMAGES / image)
+        (folder / TRAIN_IMAGES / image).symlink_to(source.resolve())
+    (folder / TEST_IMAGES).symlink_to((data_dir / TEST_IMAGES).resolve(), target_is_directory=True)
+    if (data_dir / SAMPLE_SUBMISSION_CSV).exists():
+        shutil.copyfile(data_dir / SAMPLE_SUBMISSION_CSV, folder / SAMPLE_SUBMISSION_CSV)
+    labels.to_csv(folder / TRAIN_CSV, index=False)
+    probs.reset_index().to_csv(folder / PSEUDO_CSV, index=False, float_format="%.6f")
+    (folder / PSEUDO_YAML).write_text(yaml.safe_dump(record, sort_keys=False))
