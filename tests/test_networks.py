@@ -150,7 +150,7 @@ def test_segmenter_imagenet_weights_come_from_local_caches_first(tmp_path, monke
 
     cache.unlink()
     shutil.rmtree(tmp_path / "hf_cache")
-    with pytest.raises(CloudpipeError, match=r"encoder resnet18 \(https://huggingface.co does not answer: .*\): place "
+    with pytest.raises(CloudpipeError, match=r"encoder resnet18 \(huggingface.co does not answer: .*\): place "
                                              r"smp-hub/resnet18.imagenet's model.safetensors at .*resnet18-f37072fd.pth"):
         build_segmenter("Unet", "resnet18", "imagenet")
 
@@ -212,18 +212,29 @@ def test_timm_imagenet_weights_come_from_the_hugging_face_cache(tmp_path, networ
     (lambda: build_segmenter("Unet", f"tu-{SMALL_TIMM}", "imagenet"), f"timm {SMALL_TIMM}", "--encoder-weights"),
     (lambda: build_segmenter("Unet", "resnet18", "imagenet"), "encoder resnet18", "--encoder-weights"),
 ])
-def test_hugging_face_weights_asked_for_offline_fail_in_one_line_at_once(build, what, option, network, tmp_path):
+def test_hugging_face_weights_asked_for_offline_fail_in_one_line_at_once(build, what, option, network, tmp_path, capfd):
     """Offline, hf_hub_download retried each file for ~30 s ("Retrying in 8s", 10-22 lines) before
-    the error; now one request tells the hub does not answer, and nothing is retried."""
+    the error; now one request tells the hub does not answer, and nothing is retried or printed."""
     with pytest.raises(CloudpipeError) as refusal:
         build()
+    assert capfd.readouterr().err == ""
     message = str(refusal.value)
-    assert "\n" not in message and message.startswith(f"cannot load ImageNet weights for {what} (https://huggingface.co "
+    assert "\n" not in message and message.startswith(f"cannot load ImageNet weights for {what} (huggingface.co "
                                                        "does not answer: ")
     assert str(tmp_path / "hf_cache" / "models--") in message and "`hf download " in message
     assert message.endswith(f"or pass {option} PATH (a local state dict) or {option} none")
     assert len(network) == 1  # the one probe, not a retried download
     assert not (tmp_path / "hf_cache").exists() or not any((tmp_path / "hf_cache").rglob("*.lock"))
+
+
+def test_torchvision_weights_asked_for_offline_fail_in_one_line_with_nothing_before_it(network, capfd):
+    """torch.hub printed 'Downloading: "https://download.pytorch.org/..."' before the error line."""
+    with pytest.raises(CloudpipeError, match=r"^cannot load ImageNet weights for resnet18 \(download.pytorch.org does not "
+                                             r"answer: URLError\): place resnet18-f37072fd.pth at .*checkpoints/"
+                                             r"resnet18-f37072fd.pth, or pass --weights PATH \(a local state dict\) "
+                                             r"or --weights none$"):
+        build_classifier("resnet18", "imagenet")
+    assert capfd.readouterr().err == "" and len(network) == 1
 
 
 def test_with_hf_hub_offline_set_the_hub_is_not_asked_at_all(network, monkeypatch, tmp_path):

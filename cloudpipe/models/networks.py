@@ -65,6 +65,30 @@ def _load_state(module: nn.Module, path: Path, what: str) -> None:
         raise CloudpipeError(f"not a state dict of a {what}: {first[1].strip() if len(first) > 1 else first[0]}", path=path) from None
 
 
+WEIGHTS_OPTION = {"classifier": "--weights", "segmentation": "--encoder-weights"}
+"""The training option each stage's ImageNet weights come from, named in the offline error."""
+PROBE_SECONDS = 5
+"""How long the one request that tells whether a server of weights answers may take."""
+
+
+def unreachable(url: str) -> str | None:
+    """Why the server of ``url`` cannot be asked for a file now, or None when it answers: one
+    request (HEAD, the environment's proxies), no retries, nothing printed."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).netloc
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=PROBE_SECONDS) as response:
+            status = response.status
+    except urllib.error.HTTPError as err:  # it answered, if only with an error status
+        status = err.code
+    except Exception as err:  # no network, no name resolution, a refused or timed-out connection
+        return f"{host} does not answer: {type(err).__name__}"
+    return f"{host} answers {status}" if status >= 500 else None
+
+
 def _torchvision_url(arch: str) -> str:
     """The URL of torchvision's ImageNet weights of ``arch`` (the ResNets' first release, as
     before; else torchvision's default weights)."""
@@ -95,35 +119,25 @@ def torchvision_imagenet_state(arch: str) -> dict:
         if not digest.startswith(expected):
             raise CloudpipeError(f"not torchvision's {arch} ImageNet weights (sha256 {digest[:8]}..., expected {expected}...); "
                                  f"replace it with the real {file}", path=cache)
-    try:
-        with no_new_empty_folders(cache.parent):  # a failed offline attempt leaves no empty cache folder
-            return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
-    except Exception as err:  # URLError, socket errors, a download that fails its hash...
-        raise CloudpipeError(
-            f"cannot load ImageNet weights for {arch} ({type(err).__name__}): place {file} at {cache}, "
-            "or pass --weights PATH (a local state dict) or --weights none"
-        ) from None
-
-
-WEIGHTS_OPTION = {"classifier": "--weights", "segmentation": "--encoder-weights"}
-"""The training option each stage's ImageNet weights come from, named in the offline error."""
-HUB_PROBE_SECONDS = 5
-"""How long the one request that tells whether the Hugging Face hub answers may take."""
+    reason = None if cache.is_file() else unreachable(url)  # offline: no "Downloading: ..." line before the error
+    if reason is None:
+        try:
+            with no_new_empty_folders(cache.parent):  # a failed attempt leaves no empty cache folder
+                return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
+        except Exception as err:  # URLError, socket errors, a download that fails its hash...
+            reason = type(err).__name__
+    option = WEIGHTS_OPTION["classifier"]
+    raise CloudpipeError(f"cannot load ImageNet weights for {arch} ({reason}): place {file} at {cache}, "
+                         f"or pass {option} PATH (a local state dict) or {option} none")
 
 
 def hub_unreachable() -> str | None:
     """Why the Hugging Face hub cannot be asked for a file now, or None when it answers:
-    ``HF_HUB_OFFLINE`` set, or one request to its endpoint failing (no retries: offline,
-    ``hf_hub_download`` would retry each file for ~30 s, "Retrying in 8s")."""
-    from huggingface_hub import constants, get_session
+    ``HF_HUB_OFFLINE`` set, or :func:`unreachable` (offline, ``hf_hub_download`` would retry each
+    file for ~30 s, "Retrying in 8s")."""
+    from huggingface_hub import constants
 
-    if constants.is_offline_mode():
-        return "HF_HUB_OFFLINE is set"
-    try:  # the hub's own client (its proxies, certificates, headers), without its retries and their log lines
-        status = get_session().head(constants.ENDPOINT, timeout=HUB_PROBE_SECONDS).status_code
-    except Exception as err:  # no network, no name resolution, a refused or timed-out connection
-        return f"{constants.ENDPOINT} does not answer: {type(err).__name__}"
-    return f"{constants.ENDPOINT} answers {status}" if status >= 500 else None
+    return "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else unreachable(constants.ENDPOINT)
 
 
 def hub_state(repo_id: str, filenames: tuple[str, ...], revision: str | None, what: str, option: str,
