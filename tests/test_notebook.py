@@ -33,6 +33,8 @@ def test_one_image_in_memory_is_what_predict_seg_stores_and_draws(seg_run, tiny_
         assert np.array_equal(result.masks, decode_masks(drawn.loc[name, list(CLASSES)], SUBMISSION_SHAPE, SUBMISSION_SHAPE))
         as_array = read_image(path, (32, 64), 1)  # an array at the model's size goes in as it is
         assert np.array_equal(segment_image(run, as_array).masks, result.masks)
+        bgr = np.ascontiguousarray(as_array[..., ::-1])  # as cv2.imread reads it, then flipped to RGB without a copy
+        assert np.array_equal(segment_image(run, bgr[..., ::-1]).masks, result.masks)
     assert sorted(p.name for p in run.rglob("*")) == files  # nothing written
 
 

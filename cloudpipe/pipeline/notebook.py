@@ -53,7 +53,7 @@ def as_model_input(image: Path | str | np.ndarray, size: tuple[int, int]) -> np.
         path = Path(image)
         source = check_images([path])
         return read_image(path, size, reduction_for(source, size))
-    return resize_decoded(check_rgb(image), size)
+    return np.ascontiguousarray(resize_decoded(check_rgb(image), size))  # image[..., ::-1] (BGR to RGB) is a view
 
 
 def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess: Path | PostProcess | None = None,
