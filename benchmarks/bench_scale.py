@@ -140,7 +140,7 @@ def base_set(work: Path, images: int, test_images: int, smoke: bool) -> tuple[Pa
         if not (data / folder).exists():
             (data / folder).symlink_to((source / folder).resolve(), target_is_directory=True)
     size = (32, 64) if smoke else (96, 160)
-    cloudpipe("train-seg", "--data", data, "--out", run, "--arch", "tiny", "--folds", 2, "--epochs", 1,
+    cloudpipe("train-seg", "--data", data, "--out", run, "--arch", "tiny", "--weights", "none", "--folds", 2, "--epochs", 1,
               "--image-size", *size, "--quiet", "--device", "cpu")
     for split in ("val", "test"):
         cloudpipe("predict-seg", "--run", run, "--data", data, "--split", split, "--quiet", "--device", "cpu")

@@ -7,8 +7,12 @@ so ``import cloudpipe`` (and ``cloudpipe --help``) stays instant. See README.md,
 from __future__ import annotations
 
 import importlib
+import os
 
 __version__ = "0.1.0"
+
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # set before any module imports albumentations: its
+# import otherwise asks PyPI for a newer version, on every command, and warns in 2 lines offline
 
 _API: dict[str, str] = {
     # the facts and the codec

@@ -29,7 +29,7 @@ from cloudpipe.core.choices import (
     TOP_K,
 )
 from cloudpipe.core.competition import IMAGE_SHAPE, MAX_PIXELS, SUBMISSION_SHAPE
-from cloudpipe.core.errors import CloudpipeError, SharedError
+from cloudpipe.core.errors import BadValue, CloudpipeError, SharedError
 from cloudpipe.core.table import format_table
 from cloudpipe.data.beside import probs_path_for
 from cloudpipe.pipeline.sources import registry, source_inputs
@@ -122,16 +122,18 @@ def with_options(*options):
 
 
 def _scales(ctx, param, value: str | None) -> tuple[float, ...] | None:
-    """``--tta-scales 0.75,1,1.25``: distinct factors in [0.25, 4]."""
+    """``--tta-scales 0.75,1,1.25``: distinct factors in [0.25, 4] (:func:`~cloudpipe.engine.settings.check_tta_scales`)."""
+    from cloudpipe.engine.settings import TTA_SCALES, check_tta_scales
+
     if value is None:
         return None
     try:
-        scales = tuple(float(part) for part in value.split(",") if part.strip())
+        return check_tta_scales(tuple(float(part) for part in value.split(",") if part.strip()))
+    except BadValue:
+        raise click.BadParameter(f"{value!r}: give distinct factors in [{TTA_SCALES[0]:g}, {TTA_SCALES[1]:g}], "
+                                 "e.g. 0.75,1,1.25") from None
     except ValueError:
         raise click.BadParameter(f"{value!r} is not a comma-separated list of numbers, e.g. 0.75,1,1.25") from None
-    if not scales or any(not 0.25 <= s <= 4 for s in scales) or len(set(scales)) < len(scales):
-        raise click.BadParameter(f"{value!r}: give distinct factors in [0.25, 4], e.g. 0.75,1,1.25")
-    return scales
 
 
 def inference_options(batch_size: int, tta: bool = True):

@@ -21,7 +21,7 @@ def test_classifier_defaults_are_the_seed_recipe():
 
 def test_segmentation_defaults_share_the_split():
     seg, cls = load_config("segmentation"), load_config("classifier")
-    assert seg.arch == "Unet" and seg.weights == "none"
+    assert seg.arch == "Unet" and seg.weights == cls.weights == "imagenet"  # one rule: README step 1 and 2 alike offline
     assert (seg.val_fraction, seg.split_seed, seg.folds) == (cls.val_fraction, cls.split_seed, cls.folds)
 
 

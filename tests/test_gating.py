@@ -138,3 +138,17 @@ def test_wrongly_shaped_inputs_are_told_the_shape_wanted():
                                          "got ndarray"):
         gate(seg, probs.to_numpy(), dict.fromkeys(CLASSES, 0.5))
     assert gate(seg, probs, dict.fromkeys(CLASSES, 0.5))["EncodedPixels"].tolist() == ["1 2"]
+
+
+@pytest.mark.parametrize("value, found", [(1.5, "1.5"), (-0.1, "-0.1"), (np.nan, "nan"), (np.inf, "inf")])
+def test_a_probability_that_is_no_probability_is_refused_naming_its_image_and_class(value, found):
+    """gate kept a pair of probability 1.5, and read NaN as "no probabilities for some images"."""
+    seg = pd.DataFrame({"Image_Label": [f"{i}_{c}" for i in ("a.jpg", "b.jpg") for c in CLASSES], "EncodedPixels": "1 2",
+                        "image": [i for i in ("a.jpg", "b.jpg") for _ in CLASSES], "class_name": list(CLASSES) * 2})
+    probs = pd.DataFrame([[0.9] * 4, [0.9, 0.9, value, 0.9]], index=["a.jpg", "b.jpg"], columns=list(CLASSES))
+    with pytest.raises(ValueError, match=rf"^gate: probs holds {found} at row 'b.jpg', column 'Gravel'"):
+        gate(seg, probs, dict.fromkeys(CLASSES, 0.5))
+    with pytest.raises(TypeError, match="gate: probs must be numbers, got dtype object"):
+        gate(seg, probs.astype(object).assign(Fish="high"), dict.fromkeys(CLASSES, 0.5))
+    with pytest.raises(CloudpipeError, match="no probabilities for some segmentation images"):
+        gate(seg, probs.loc[["a.jpg"]], dict.fromkeys(CLASSES, 0.5))

@@ -333,3 +333,25 @@ def test_predict_seg_refuses_a_jpeg_bomb_on_both_decode_paths(tmp_path, tiny_dat
                      *CPU_QUIET)
         assert result.exit_code == 2 and "declares 12000x12000 pixels" in result.output, result.output
         assert len(result.output.strip().splitlines()) == 1 and not out.parent.exists()
+
+
+def test_a_decoded_array_is_brought_to_size_by_the_decoders_steps(tmp_path):
+    """resize_decoded: the decoder's reduction as a mean of whole blocks (edges replicated), then
+    bilinear; exactly read_image's pixels where no reduction applies, within a grey level where it does."""
+    import simplejpeg
+
+    from cloudpipe.data.images import resize_decoded
+    from cloudpipe.data.synth import make_image
+
+    image, _ = make_image(np.random.default_rng(1), (350, 525))  # 525 is no multiple of 2 or 4
+    path = tmp_path / "a.jpg"
+    path.write_bytes(simplejpeg.encode_jpeg(image, quality=90, colorspace="RGB"))
+    full = read_image(path, (350, 525))
+    for size in ((350, 525), (200, 300), (160, 240), (80, 120)):  # reductions 1, 1, 2, 4
+        decoded = read_image(path, size, reduction_for((350, 525), size))
+        mine = resize_decoded(full, size)
+        assert mine.shape == (*size, 3)
+        if reduction_for((350, 525), size) == 1:
+            assert np.array_equal(mine, decoded)
+        else:
+            assert np.abs(mine.astype(int) - decoded).mean() < 0.5

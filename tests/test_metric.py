@@ -94,3 +94,16 @@ def test_dice_of_two_masks_and_of_class_stacks():
     assert dice(stack, stack).tolist() == [1.0, 1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match=r"one shape .* got \(4, 5\) and \(5, 4\)"):
         dice(a, b.T)
+
+
+@pytest.mark.parametrize("value, message", [(np.nan, r"b holds nan at index \(1, 2\)"), (np.inf, r"b holds inf at index \(1, 2\)"),
+                                            (0.3, r"b must be 0/1 \(or bool\), holds 0.3 at index \(1, 2\); threshold"),
+                                            (255, r"b must be 0/1 \(or bool\), holds 255\.0 at index \(1, 2\)")])
+def test_dice_refuses_masks_that_are_not_0_1(value, message):
+    """A NaN mask scored 0.0, an inf one 1.0, probabilities were read as masks."""
+    a, b = np.zeros((3, 4)), np.zeros((3, 4))
+    b[1, 2] = value
+    with pytest.raises(ValueError, match=message):
+        dice(a, b)
+    with pytest.raises(TypeError, match="a must be numbers, got dtype <U1"):
+        dice(np.full((3, 4), "1"), a)

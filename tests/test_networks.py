@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import socket
+import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +14,27 @@ import torch
 from cloudpipe.core.competition import IMAGENET_MEAN, IMAGENET_STD
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.models.networks import build_classifier, build_segmenter
+
+
+@pytest.fixture(autouse=True)
+def network(monkeypatch, tmp_path) -> list:
+    """No test here reaches a network: a name lookup or a connection raises, and is recorded
+    (the list returned); a retry's sleep raises too. The Hugging Face cache is an empty folder."""
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("no network (a test)")
+
+    def no_retry(seconds):
+        raise AssertionError(f"slept {seconds}s to retry")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(time, "sleep", no_retry)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hf_cache"))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+    return attempts
 
 
 def test_classifier_has_four_outputs_and_frozen_layers():
@@ -84,27 +109,35 @@ def test_a_cached_file_that_is_not_the_real_weights_is_refused(tmp_path, monkeyp
         build_classifier("resnet18", "imagenet")
 
 
-def test_segmenter_imagenet_weights_come_from_local_caches_first(tmp_path, monkeypatch):
+def in_hub_cache(cache: Path, repo_id: str, state: dict, revision: str | None = None) -> Path:
+    """``state`` as ``model.safetensors`` where the Hugging Face cache keeps ``repo_id``'s file
+    (``snapshots/<commit>/``, and ``refs/main`` naming that commit when no revision is pinned)."""
+    from safetensors.torch import save_file
+
+    folder = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = revision or "0" * 40
+    if revision is None:
+        (folder / "refs").mkdir(parents=True)
+        (folder / "refs" / "main").write_text(commit)
+    file = folder / "snapshots" / commit / "model.safetensors"
+    file.parent.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in state.items()}, str(file))
+    return file
+
+
+def test_segmenter_imagenet_weights_come_from_local_caches_first(tmp_path, monkeypatch, network):
     import segmentation_models_pytorch as smp
     import torchvision
-    from safetensors.torch import save_file
 
     import cloudpipe.models.networks as networks
 
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch"))
     reference = smp.create_model("Unet", encoder_name="resnet18", encoder_weights=None, classes=4).encoder.state_dict()
-    weights = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in reference.items()}, str(weights))
-    calls = []
-
-    def hub(repo_id, filename, revision, local_files_only):
-        calls.append(local_files_only)
-        return str(weights)
-
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", hub)
+    settings = smp.encoders.encoders["resnet18"]["pretrained_settings"]["imagenet"]
+    in_hub_cache(tmp_path / "hf_cache", settings["repo_id"], reference, settings["revision"])
     net = build_segmenter("Unet", "resnet18", "imagenet")
-    assert calls == [True]  # the Hugging Face cache, no download
     torch.testing.assert_close(net.body.encoder.state_dict()["conv1.weight"], reference["conv1.weight"])
+    assert network == []  # the Hugging Face cache, no request
 
     # torchvision's file in the torch cache wins for ResNet encoders (its fc is dropped).
     tv = torchvision.models.resnet18(weights=None).state_dict()
@@ -115,18 +148,14 @@ def test_segmenter_imagenet_weights_come_from_local_caches_first(tmp_path, monke
     net = build_segmenter("Unet", "resnet18", "imagenet")
     torch.testing.assert_close(net.body.encoder.state_dict()["conv1.weight"], tv["conv1.weight"])
 
-    def offline(*args, **kwargs):
-        raise OSError("no network")
-
     cache.unlink()
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
-    with pytest.raises(CloudpipeError, match=r"encoder resnet18 \(OSError\): place smp's smp-hub/resnet18.imagenet.*resnet18-f37072fd.pth"):
+    shutil.rmtree(tmp_path / "hf_cache")
+    with pytest.raises(CloudpipeError, match=r"encoder resnet18 \(huggingface.co does not answer: .*\): place "
+                                             r"smp-hub/resnet18.imagenet's model.safetensors at .*resnet18-f37072fd.pth"):
         build_segmenter("Unet", "resnet18", "imagenet")
 
 
 def test_a_failed_offline_attempt_leaves_no_empty_cache_folder(monkeypatch):
-    from pathlib import Path
-
     def offline(*args, **kwargs):  # as torch does: make the cache folder, then fail to download
         os.makedirs(Path(torch.hub.get_dir()) / "checkpoints", exist_ok=True)
         raise OSError("no network")
@@ -161,36 +190,77 @@ def test_timm_encoders_by_smps_name():
     assert model(torch.randint(0, 256, (1, 3, 64, 96), dtype=torch.uint8)).shape == (1, 4, 64, 96)
 
 
-def test_timm_imagenet_weights_come_from_the_hugging_face_cache_else_one_clear_error(tmp_path, monkeypatch):
+def test_timm_imagenet_weights_come_from_the_hugging_face_cache(tmp_path, network):
     import timm
-    from safetensors.torch import save_file
 
     torch.manual_seed(3)
     reference = timm.create_model(SMALL_TIMM, pretrained=False).state_dict()
-    weights = tmp_path / "model.safetensors"
-    save_file({k: v.contiguous() for k, v in reference.items()}, str(weights))
-    calls = []
-
-    def cached(repo_id, filename, local_files_only):
-        calls.append((repo_id, filename, local_files_only))
-        return str(weights)
-
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", cached)
+    file = in_hub_cache(tmp_path / "hf_cache", timm.models.get_pretrained_cfg(SMALL_TIMM).hf_hub_id, reference)
     classifier = build_classifier(f"timm:{SMALL_TIMM}", "imagenet")
     torch.testing.assert_close(classifier.body.conv_stem.weight, reference["conv_stem.weight"])
     encoder = build_segmenter("Unet", f"tu-{SMALL_TIMM}", "imagenet").body.encoder
     torch.testing.assert_close(encoder.model.conv_stem.weight, reference["conv_stem.weight"])
-    assert {local for _, _, local in calls} == {True} and calls[0][0].startswith(f"timm/{SMALL_TIMM}")
+    assert network == []  # no request
+    file.write_bytes(b"not safetensors")
+    with pytest.raises(CloudpipeError, match=rf"model.safetensors: cannot read timm {SMALL_TIMM}'s ImageNet weights "
+                                             r"\(.*\): replace the file with .*, or pass --weights PATH or --weights none"):
+        build_classifier(f"timm:{SMALL_TIMM}", "imagenet")
 
-    def offline(repo_id, filename, local_files_only):
-        raise OSError("no network")
 
-    monkeypatch.setattr("huggingface_hub.hf_hub_download", offline)
-    for build in (lambda: build_classifier(f"timm:{SMALL_TIMM}", "imagenet"),
-                  lambda: build_segmenter("Unet", f"tu-{SMALL_TIMM}", "imagenet")):
-        with pytest.raises(CloudpipeError, match=rf"cannot load ImageNet weights for timm {SMALL_TIMM} \(OSError\): "
-                                                 rf"place timm/{SMALL_TIMM}.* in the Hugging Face cache.*--weights none"):
-            build()
+@pytest.mark.parametrize("build, what, option", [
+    (lambda: build_classifier(f"timm:{SMALL_TIMM}", "imagenet"), f"timm {SMALL_TIMM}", "--weights"),
+    (lambda: build_segmenter("Unet", f"tu-{SMALL_TIMM}", "imagenet"), f"timm {SMALL_TIMM}", "--encoder-weights"),
+    (lambda: build_segmenter("Unet", "resnet18", "imagenet"), "encoder resnet18", "--encoder-weights"),
+])
+def test_hugging_face_weights_asked_for_offline_fail_in_one_line_at_once(build, what, option, network, tmp_path, capfd):
+    """Offline, hf_hub_download retried each file for ~30 s ("Retrying in 8s", 10-22 lines) before
+    the error; now one request tells the hub does not answer, and nothing is retried or printed."""
+    with pytest.raises(CloudpipeError) as refusal:
+        build()
+    assert capfd.readouterr().err == ""
+    message = str(refusal.value)
+    assert "\n" not in message and message.startswith(f"cannot load ImageNet weights for {what} (huggingface.co "
+                                                       "does not answer: ")
+    assert str(tmp_path / "hf_cache" / "models--") in message and "`hf download " in message
+    assert message.endswith(f"or pass {option} PATH (a local state dict) or {option} none")
+    assert len(network) == 1  # the one probe, not a retried download
+    assert not (tmp_path / "hf_cache").exists() or not any((tmp_path / "hf_cache").rglob("*.lock"))
+
+
+def test_torchvision_weights_asked_for_offline_fail_in_one_line_with_nothing_before_it(network, capfd):
+    """torch.hub printed 'Downloading: "https://download.pytorch.org/..."' before the error line."""
+    with pytest.raises(CloudpipeError, match=r"^cannot load ImageNet weights for resnet18 \(download.pytorch.org does not "
+                                             r"answer: URLError\): place resnet18-f37072fd.pth at .*checkpoints/"
+                                             r"resnet18-f37072fd.pth, or pass --weights PATH \(a local state dict\) "
+                                             r"or --weights none$"):
+        build_classifier("resnet18", "imagenet")
+    assert capfd.readouterr().err == "" and len(network) == 1
+
+
+def test_with_hf_hub_offline_set_the_hub_is_not_asked_at_all(network, monkeypatch, tmp_path):
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", True)
+    with pytest.raises(CloudpipeError, match=r"\(HF_HUB_OFFLINE is set\): place smp-hub/resnet18.imagenet's model.safetensors "
+                                             r"at .*hf_cache/models--smp-hub--resnet18.imagenet/snapshots/[0-9a-f]{40}/"
+                                             r"model.safetensors \(`hf download smp-hub/resnet18.imagenet model.safetensors "
+                                             r"--revision [0-9a-f]{40}` fetches it"):
+        build_segmenter("Unet", "resnet18", "imagenet")
+    assert network == []
+
+
+def test_albumentations_does_not_ask_pypi_for_updates():
+    """Its import checked PyPI on every training command and warned in 2 lines offline."""
+    import subprocess
+    import sys
+
+    code = ("import socket, warnings\n"
+            "def refuse(*a, **k): raise AssertionError('network')\n"
+            "socket.getaddrinfo = socket.create_connection = refuse\n"
+            "warnings.simplefilter('error')\n"
+            "import cloudpipe.data.transforms\n"
+            "print('quiet')")
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0 and out.stdout == "quiet\n" and out.stderr == "", out.stderr
 
 
 def test_torchvision_classifiers_beyond_resnets_use_the_torch_cache_rule(monkeypatch):

@@ -69,3 +69,10 @@ def test_robust_says_why_it_kept_the_first_source_over_a_better_one():
         assert kept.reason().startswith("kept the classifier gate over the ") and "in-sample gain +0.0" in kept.reason()
         assert kept.reason().endswith(f"is inside the noise (1 SE = {kept.held_out[1]:.4f}; 200 images)")
     assert not choose_gates({"classifier": classifier, "head": head}, pairs).kept  # best: nothing kept
+
+
+def test_a_blend_of_weights_summing_to_1_within_the_tolerance_stays_a_probability():
+    """A thresholds file's weights may sum to 1 within 1e-6; the blend must not leave [0, 1], which gate refuses."""
+    scores = {"classifier": np.ones((2, 4)), "max": np.ones((2, 4))}
+    weights = {c: {"classifier": 0.5000004, "max": 0.5000004} for c in CLASSES}
+    assert blend(scores, weights).max() == 1.0

@@ -44,3 +44,13 @@ def test_bad_workers_is_a_usage_error(tmp_path, workers):
 def test_tta_only_where_it_means_something():
     assert "--tta" in CliRunner().invoke(main, ["predict-seg", "--help"]).output
     assert "--tta" not in CliRunner().invoke(main, ["tune-threshold", "--help"]).output
+
+
+@pytest.mark.parametrize("scales", [(0.0,), (-1.0,), (float("nan"),), (1.0, float("inf")), (), (1.0, 1.0), (8.0,)])
+def test_tta_scales_no_model_can_run_at_are_refused(scales):
+    """segment_image ran tta_scales (0,) and (-1,) at 32 x 32; the library now refuses what --tta-scales refuses."""
+    with pytest.raises(ValueError, match=r"^tta_scales must be distinct factors in \[0.25, 4\], e.g. .*; got"):
+        InferenceSettings(device="cpu", tta_scales=scales)
+    with pytest.raises(TypeError, match="tta_scales must be a tuple of numbers"):
+        InferenceSettings(tta_scales=1.0)
+    assert InferenceSettings(tta_scales=[0.75, 1]).tta_scales == (0.75, 1.0)

@@ -18,6 +18,7 @@ from pydantic import AfterValidator, Field, ValidationInfo
 
 from cloudpipe.algorithms.presence import CLASSIFIER, Gate, PixelStats
 from cloudpipe.algorithms.thresholds import check_threshold, check_thresholds
+from cloudpipe.core.arrays import check_numbers
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import BadValue, CloudpipeError
 from cloudpipe.core.models import per_class, read_model
@@ -91,6 +92,10 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], a
         ``seg`` with ``EncodedPixels`` emptied below the threshold (others untouched), plus
         boolean columns ``absent`` (probability below threshold, unless the rule kept it) and
         ``blanked`` (a non-empty mask was removed).
+
+    Raises:
+        BadValue: ``seg`` or ``probs`` not the frames described; a probability that is NaN or
+            outside [0, 1] (naming its image and class); no probabilities for some images.
     """
     columns = ["Image_Label", "EncodedPixels", "image", "class_name"]
     if not isinstance(seg, pd.DataFrame) or any(c not in seg.columns for c in columns):
@@ -100,6 +105,7 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], a
     if not isinstance(probs, pd.DataFrame) or list(probs.columns) != list(CLASSES):
         got = list(probs.columns) if isinstance(probs, pd.DataFrame) else type(probs).__name__
         raise BadValue(f"gate: probs must be a frame indexed by image with columns {', '.join(CLASSES)}, got {got}")
+    check_numbers(probs, "gate: probs", low=0, high=1, fix="probs are presence probabilities in [0, 1]")
     p = probs.reindex(seg["image"])
     if p.isna().any().any():
         raise CloudpipeError("no probabilities for some segmentation images")

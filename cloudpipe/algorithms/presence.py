@@ -72,7 +72,8 @@ class PixelStats:
 
 
 def blend(scores: Mapping[str, np.ndarray], gates: Mapping[str, Gate]) -> np.ndarray:
-    """The gate score of every pair (n, 4): per class, the weighted sum of its sources' scores.
+    """The gate score of every pair (n, 4): per class, the weighted sum of its sources' scores
+    (each in [0, 1]), in [0, 1].
 
     Raises:
         CloudpipeError: a gate names a source missing from ``scores``.
@@ -85,7 +86,7 @@ def blend(scores: Mapping[str, np.ndarray], gates: Mapping[str, Gate]) -> np.nda
     for k, c in enumerate(CLASSES):
         for source, weight in gates[c].items():
             out[:, k] += weight * scores[source][:, k]
-    return out
+    return np.clip(out, 0, 1, out=out)  # weights summing to 1 within 1e-6 may overshoot a source's [0, 1] as much
 
 
 def gate_name(gate: Gate) -> str:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from cloudpipe.core.arrays import check_numbers
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.rle import rle2mask
@@ -28,13 +29,16 @@ def dice_score(intersection: np.ndarray, pred_area: np.ndarray, truth_area: np.n
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float | np.ndarray:
-    """The competition's Dice of two masks (nonzero = in the mask): one number for two (H, W)
-    masks, one per class for (4, H, W) stacks (any leading axes), 1 where both are empty.
+    """The competition's Dice of two 0/1 masks (bool or numbers 0 and 1): one number for two
+    (H, W) masks, one per class for (4, H, W) stacks (any leading axes), 1 where both are empty.
 
     Raises:
-        ValueError: masks of different shapes (quoted).
+        ValueError: masks of different shapes (quoted); NaN, infinite or other values than 0
+            and 1 (probabilities, a 0/255 image), naming ``a`` or ``b``.
+        TypeError: masks that are not numbers.
     """
-    a, b = np.asarray(a) != 0, np.asarray(b) != 0
+    fix = "threshold first, e.g. probs >= 0.5 or mask > 0"
+    a, b = (check_numbers(m, name, binary=True, fix=fix) != 0 for m, name in ((a, "a"), (b, "b")))
     if a.shape != b.shape or a.ndim < 2:
         raise ValueError(f"dice needs two masks of one shape (H, W) or (..., H, W); got {a.shape} and {b.shape}")
     score = dice_score((a & b).sum((-2, -1)), a.sum((-2, -1)), b.sum((-2, -1)))

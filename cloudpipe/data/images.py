@@ -18,8 +18,9 @@ import cv2
 import numpy as np
 import simplejpeg
 
+from cloudpipe.core.arrays import check_numbers
 from cloudpipe.core.competition import IMAGE_SHAPE, MAX_PIXELS
-from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.errors import BadType, BadValue, CloudpipeError
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -144,9 +145,56 @@ def read_image(path: Path, size: tuple[int, int], reduction: int = 1) -> np.ndar
                                        min_factor=reduction, strict=True)
     except ValueError as err:
         raise CloudpipeError(f"cannot decode image: corrupt JPEG ({err})", path=path) from None
-    if image.shape[:2] != tuple(size):
-        image = cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
-    return image
+    return _bilinear(image, size)
+
+
+def _bilinear(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """``image`` resized to ``size`` (H, W) bilinearly; itself when it has that size."""
+    return image if image.shape[:2] == tuple(size) else cv2.resize(image, (size[1], size[0]), interpolation=cv2.INTER_LINEAR)
+
+
+def check_rgb(image: object, name: str = "image") -> np.ndarray:
+    """``image`` as an RGB array a model reads: uint8 (H, W, 3) values 0-255, not empty, at most
+    :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels (checked before anything is read).
+
+    Raises:
+        BadValue: another shape, an empty or too large image, values outside 0-255 or NaN
+            (checked before any conversion could wrap or zero them), naming ``name``.
+        BadType: a dtype other than uint8 (a float image in [0, 1] would read as black), with
+            how to convert it.
+    """
+    array = np.asarray(image)
+    if array.ndim != 3 or array.shape[2] != 3:
+        raise BadValue(f"{name} must be RGB (H, W, 3); got shape {array.shape}")
+    height, width = array.shape[:2]
+    if height == 0 or width == 0:
+        raise BadValue(f"{name} is empty ({height} x {width})")
+    if height * width > MAX_PIXELS:
+        raise BadValue(f"{name} is {height} x {width}, more than {MAX_PIXELS:,} pixels (16 images of "
+                       f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]})")
+    if array.dtype != np.uint8:
+        check_numbers(array, name, low=0, high=255, fix="RGB values are 0-255")
+        if array.dtype.kind in "iu":
+            how = "image.astype(np.uint8)"
+        elif float(array.max()) <= 1:
+            how = "(image * 255).round().astype(np.uint8) (values in [0, 1])"
+        else:
+            how = "image.round().astype(np.uint8)"
+        raise BadType(f"{name} must be uint8 RGB values 0-255, got dtype {array.dtype}; convert it with {how}")
+    return array
+
+
+def resize_decoded(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """A fully decoded RGB image (H, W, 3) brought to ``size`` as :func:`read_image` brings its
+    JPEG: reduced by the same factor (:func:`reduction_for`) as the mean of each factor x factor
+    block, edges replicated to whole blocks (what libjpeg's DCT scaling computes, within a grey
+    level or so), then resized bilinearly."""
+    factor = reduction_for(image.shape[:2], size)
+    if factor > 1:
+        height, width = (-(-side // factor) * factor for side in image.shape[:2])
+        whole = cv2.copyMakeBorder(image, 0, height - image.shape[0], 0, width - image.shape[1], cv2.BORDER_REPLICATE)
+        image = cv2.resize(whole, (width // factor, height // factor), interpolation=cv2.INTER_AREA)
+    return _bilinear(image, size)
 
 
 def decode_batch(datas: list, paths: list[Path], size: tuple[int, int], reduction: int, device):

@@ -2,12 +2,33 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass
 from typing import Literal
+
+from cloudpipe.core.errors import BadType, BadValue
 
 Device = Literal["auto", "cpu", "cuda"]
 Decode = Literal["workers", "device"]
 TtaViews = Literal[3, 4]
+TTA_SCALES: tuple[float, float] = (0.25, 4.0)
+"""The range of a multi-scale TTA factor: 0 would run the model on a 32 x 32 image, 40 on a huge one."""
+
+
+def check_tta_scales(scales: object) -> tuple[float, ...]:
+    """``scales`` as a tuple of distinct factors in :data:`TTA_SCALES`.
+
+    Raises:
+        BadType: not a tuple or list of numbers. BadValue: empty, repeated, NaN, infinite, or
+            outside the range (naming ``tta_scales``).
+    """
+    low, high = TTA_SCALES
+    if not isinstance(scales, (tuple, list)) or any(isinstance(s, bool) or not isinstance(s, numbers.Real) for s in scales):
+        raise BadType(f"tta_scales must be a tuple of numbers, e.g. (0.75, 1.0, 1.25); got {scales!r}")
+    if not scales or any(not (math.isfinite(s) and low <= s <= high) for s in scales) or len(set(scales)) < len(scales):
+        raise BadValue(f"tta_scales must be distinct factors in [{low:g}, {high:g}], e.g. (0.75, 1.0, 1.25); got {scales!r}")
+    return tuple(float(s) for s in scales)
 
 
 @dataclass(frozen=True)
@@ -49,3 +70,7 @@ class InferenceSettings:
     amp: bool = True
     progress: bool = True
     allow_partial: bool = False
+
+    def __post_init__(self) -> None:
+        """Refuse TTA scales no model can run at (:func:`check_tta_scales`)."""
+        object.__setattr__(self, "tta_scales", check_tta_scales(self.tta_scales))

@@ -65,6 +65,30 @@ def _load_state(module: nn.Module, path: Path, what: str) -> None:
         raise CloudpipeError(f"not a state dict of a {what}: {first[1].strip() if len(first) > 1 else first[0]}", path=path) from None
 
 
+WEIGHTS_OPTION = {"classifier": "--weights", "segmentation": "--encoder-weights"}
+"""The training option each stage's ImageNet weights come from, named in the offline error."""
+PROBE_SECONDS = 5
+"""How long the one request that tells whether a server of weights answers may take."""
+
+
+def unreachable(url: str) -> str | None:
+    """Why the server of ``url`` cannot be asked for a file now, or None when it answers: one
+    request (HEAD, the environment's proxies), no retries, nothing printed."""
+    import urllib.error
+    import urllib.request
+    from urllib.parse import urlsplit
+
+    host = urlsplit(url).netloc
+    try:
+        with urllib.request.urlopen(urllib.request.Request(url, method="HEAD"), timeout=PROBE_SECONDS) as response:
+            status = response.status
+    except urllib.error.HTTPError as err:  # it answered, if only with an error status
+        status = err.code
+    except Exception as err:  # no network, no name resolution, a refused or timed-out connection
+        return f"{host} does not answer: {type(err).__name__}"
+    return f"{host} answers {status}" if status >= 500 else None
+
+
 def _torchvision_url(arch: str) -> str:
     """The URL of torchvision's ImageNet weights of ``arch`` (the ResNets' first release, as
     before; else torchvision's default weights)."""
@@ -95,74 +119,114 @@ def torchvision_imagenet_state(arch: str) -> dict:
         if not digest.startswith(expected):
             raise CloudpipeError(f"not torchvision's {arch} ImageNet weights (sha256 {digest[:8]}..., expected {expected}...); "
                                  f"replace it with the real {file}", path=cache)
+    reason = None if cache.is_file() else unreachable(url)  # offline: no "Downloading: ..." line before the error
+    if reason is None:
+        try:
+            with no_new_empty_folders(cache.parent):  # a failed attempt leaves no empty cache folder
+                return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
+        except Exception as err:  # URLError, socket errors, a download that fails its hash...
+            reason = type(err).__name__
+    option = WEIGHTS_OPTION["classifier"]
+    raise CloudpipeError(f"cannot load ImageNet weights for {arch} ({reason}): place {file} at {cache}, "
+                         f"or pass {option} PATH (a local state dict) or {option} none")
+
+
+def hub_unreachable() -> str | None:
+    """Why the Hugging Face hub cannot be asked for a file now, or None when it answers:
+    ``HF_HUB_OFFLINE`` set, or :func:`unreachable` (offline, ``hf_hub_download`` would retry each
+    file for ~30 s, "Retrying in 8s")."""
+    from huggingface_hub import constants
+
+    return "HF_HUB_OFFLINE is set" if constants.is_offline_mode() else unreachable(constants.ENDPOINT)
+
+
+def hub_state(repo_id: str, filenames: tuple[str, ...], revision: str | None, what: str, option: str,
+              elsewhere: str = "") -> dict:
+    """A state dict from the first of ``filenames`` that Hugging Face repo ``repo_id`` holds,
+    offline first: the Hugging Face cache (no network), else, when the hub answers at once
+    (:func:`hub_unreachable`), a download.
+
+    Args:
+        what: the weights' owner for the message (``encoder resnet34``, ``timm resnet34``).
+        option: the training option that chooses them (:data:`WEIGHTS_OPTION`).
+        elsewhere: another place the weights may be put, for the message.
+
+    Raises:
+        CloudpipeError: not cached and the hub unreachable (or the download failing): one line
+            naming the file to place where, or ``option PATH`` / ``option none`` instead.
+    """
+    from huggingface_hub import constants, hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import EntryNotFoundError
+
+    cached = (try_to_load_from_cache(repo_id, filename, revision=revision) for filename in filenames)  # no network
+    path = next((found for found in cached if isinstance(found, str)), None)
+    if path is None and (reason := hub_unreachable()) is None:
+        for filename in filenames:
+            try:
+                path = hf_hub_download(repo_id, filename=filename, revision=revision)
+                break
+            except EntryNotFoundError:  # the repo holds another of the file names
+                reason = f"{repo_id} has no {filename}"
+            except Exception as err:  # a download that fails though the hub answered
+                reason = type(err).__name__
+                break
+    if path is None:
+        folder = Path(constants.HF_HUB_CACHE) / f"models--{repo_id.replace('/', '--')}"
+        pinned = revision is not None and len(revision) == 40  # a commit: its snapshot folder is known
+        place = folder / "snapshots" / revision / filenames[0] if pinned else folder
+        fetch = f"hf download {repo_id} {filenames[0]}" + (f" --revision {revision}" if revision else "")
+        raise CloudpipeError(f"cannot load ImageNet weights for {what} ({reason}): place {repo_id}'s {filenames[0]} "
+                             f"{'at' if pinned else 'in'} {place} (`{fetch}` fetches it into that cache where a network "
+                             f"exists){elsewhere}, or pass {option} PATH (a local state dict) or {option} none")
     try:
-        with no_new_empty_folders(cache.parent):  # a failed offline attempt leaves no empty cache folder
-            return torch.hub.load_state_dict_from_url(url, progress=False, check_hash=True, weights_only=True)
-    except Exception as err:  # URLError, socket errors, a download that fails its hash...
-        raise CloudpipeError(
-            f"cannot load ImageNet weights for {arch} ({type(err).__name__}): place {file} at {cache}, "
-            "or pass --weights PATH (a local state dict) or --weights none"
-        ) from None
+        if path.endswith(".safetensors"):
+            from safetensors.torch import load_file
+
+            return load_file(path, device="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # a truncated or foreign file: many error types
+        raise CloudpipeError(f"cannot read {what}'s ImageNet weights ({type(err).__name__}): replace the file with "
+                             f"{repo_id}'s {Path(path).name}, or pass {option} PATH or {option} none", path=path) from None
 
 
 def smp_imagenet_state(encoder: str) -> dict:
     """ImageNet weights of an smp encoder, offline first: torchvision's file in the torch cache
     for the ResNets (smp's ResNet encoders are torchvision ResNets without ``fc``), else smp's
-    own file in the Hugging Face cache, else a download where a network exists.
+    own file from the Hugging Face hub (:func:`hub_state`: its cache, else a download where the
+    hub answers).
 
     Raises:
         CloudpipeError: none of these worked, naming what to place where.
     """
+    option = WEIGHTS_OPTION["segmentation"]
     if encoder in _IMAGENET_WEIGHTS and (Path(torch.hub.get_dir()) / "checkpoints" / Path(_IMAGENET_WEIGHTS[encoder].url).name).is_file():
         return {k: v for k, v in torchvision_imagenet_state(encoder).items() if not k.startswith("fc.")}
     import segmentation_models_pytorch as smp
-    from huggingface_hub import hf_hub_download
-    from safetensors.torch import load_file
 
     settings = smp.encoders.encoders[encoder]["pretrained_settings"].get("imagenet")
     if settings is None:
-        raise CloudpipeError(f"encoder {encoder!r} has no ImageNet weights; pass --weights none or PATH")
-    for offline in (True, False):
-        try:
-            path = hf_hub_download(settings["repo_id"], filename="model.safetensors", revision=settings["revision"],
-                                   local_files_only=offline)
-            return load_file(path, device="cpu")
-        except Exception as err:  # not cached / no network / a broken file
-            reason = type(err).__name__
+        raise CloudpipeError(f"encoder {encoder!r} has no ImageNet weights; pass {option} none or PATH")
     torch_file = f" or torchvision's {Path(_IMAGENET_WEIGHTS[encoder].url).name} in {Path(torch.hub.get_dir()) / 'checkpoints'}" \
         if encoder in _IMAGENET_WEIGHTS else ""
-    raise CloudpipeError(f"cannot load ImageNet weights for encoder {encoder} ({reason}): place smp's {settings['repo_id']} "
-                         f"in the Hugging Face cache{torch_file}, or pass --weights PATH (a local encoder state dict) or --weights none")
+    return hub_state(settings["repo_id"], ("model.safetensors",), settings["revision"], f"encoder {encoder}", option, torch_file)
 
 
-def timm_imagenet_state(name: str) -> dict:
+def timm_imagenet_state(name: str, option: str) -> dict:
     """The ImageNet state dict of timm model ``name`` (its default pretrained tag), offline
-    first: the Hugging Face cache, else a download where a network exists.
+    first (:func:`hub_state`: the Hugging Face cache, else a download where the hub answers).
+
+    Args:
+        option: the training option that asked for them (:data:`WEIGHTS_OPTION`), for the message.
 
     Raises:
         CloudpipeError: no pretrained weights, or none of these worked, naming what to place where.
     """
     import timm
-    from huggingface_hub import hf_hub_download
 
     cfg = timm.models.get_pretrained_cfg(name)
     if cfg is None or not cfg.hf_hub_id:
-        raise CloudpipeError(f"timm model {name!r} has no ImageNet weights on the Hugging Face hub; pass --weights none or PATH")
-    reason = "not found"
-    for offline in (True, False):
-        for filename in ("model.safetensors", "pytorch_model.bin"):
-            try:
-                path = hf_hub_download(cfg.hf_hub_id, filename=filename, local_files_only=offline)
-            except Exception as err:  # not cached / no network / no such file
-                reason = type(err).__name__
-                continue
-            if filename.endswith(".safetensors"):
-                from safetensors.torch import load_file
-
-                return load_file(path, device="cpu")
-            return torch.load(path, map_location="cpu", weights_only=True)
-    raise CloudpipeError(f"cannot load ImageNet weights for timm {name} ({reason}): place {cfg.hf_hub_id} "
-                         "(model.safetensors) in the Hugging Face cache, or pass --weights PATH (a local state dict) or --weights none")
+        raise CloudpipeError(f"timm model {name!r} has no ImageNet weights on the Hugging Face hub; pass {option} none or PATH")
+    return hub_state(cfg.hf_hub_id, ("model.safetensors", "pytorch_model.bin"), None, f"timm {name}", option)
 
 
 def _choose(kind: str, name: str, known: list[str], examples: str) -> CloudpipeError:
@@ -200,7 +264,7 @@ def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple
             raise _choose("timm model", name, timm.list_models(), "timm:resnet34, timm:efficientnet_b1, timm:inception_resnet_v2")
         net, what = timm.create_model(name, pretrained=False), f"timm {name}"
         if weights == "imagenet":
-            net.load_state_dict(timm_imagenet_state(name))
+            net.load_state_dict(timm_imagenet_state(name, WEIGHTS_OPTION["classifier"]))
     else:
         if arch not in torchvision_classifiers():
             raise _choose("classifier arch", arch, torchvision_classifiers(),
@@ -270,7 +334,7 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
 def _load_timm_encoder(encoder: nn.Module, name: str) -> None:
     """timm's ImageNet weights into smp's ``tu-`` encoder (timm's feature extractor, which
     keeps the classifier's layer names and drops its head)."""
-    state, wanted = timm_imagenet_state(name), encoder.model.state_dict()
+    state, wanted = timm_imagenet_state(name, WEIGHTS_OPTION["segmentation"]), encoder.model.state_dict()
     missing = [k for k in wanted if k not in state]
     if missing:
         raise CloudpipeError(f"timm's {name} ImageNet weights lack {len(missing)} of the encoder's tensors (e.g. {missing[0]})")

@@ -1,9 +1,10 @@
 """One image through a segmentation run, in memory: for a notebook, no files written.
 
 :func:`segment_image` takes a JPEG path or an RGB array and gives the run's probabilities and
-its post-processed masks at the submission size (350 x 525), exactly as ``predict-seg`` computes
-them for that image (the same decode, every fold model averaged, the probabilities quantised to
-the uint8 the stores keep, the run's tuned post-processing).
+its post-processed masks at the submission size (350 x 525): for a path exactly as ``predict-seg``
+computes them for that image (the same decode, every fold model averaged, the probabilities
+quantised to the uint8 the stores keep, the run's tuned post-processing); an array goes through
+the same steps from its pixels (:func:`as_model_input`).
 """
 
 from __future__ import annotations
@@ -11,13 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from cloudpipe.algorithms.postprocess import PostProcess
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
-from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.images import check_images, read_image, reduction_for
+from cloudpipe.data.images import check_images, check_rgb, read_image, reduction_for, resize_decoded
 from cloudpipe.data.runfolder import POSTPROCESS_JSON
 from cloudpipe.engine.settings import InferenceSettings
 
@@ -43,20 +42,18 @@ class ImageSegmentation:
 
 def as_model_input(image: Path | str | np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """RGB uint8 (H, W, 3) at the model's ``size``: a JPEG decoded as the commands decode it,
-    or an RGB array resized as they resize a decoded image (bilinear).
+    or an RGB array (that JPEG decoded at full size, say) brought to ``size`` by the same steps
+    (:func:`~cloudpipe.data.images.resize_decoded`: the decoder's reduction, then bilinear).
 
     Raises:
-        CloudpipeError: a missing or corrupt file, an array that is not (H, W, 3).
+        CloudpipeError: a missing or corrupt file. BadValue, BadType: an array that is not
+            uint8 RGB (H, W, 3) values 0-255, empty or too large (:func:`~cloudpipe.data.images.check_rgb`).
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
         source = check_images([path])
         return read_image(path, size, reduction_for(source, size))
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] != 3:
-        raise CloudpipeError(f"an image array must be RGB (H, W, 3); got shape {array.shape}")
-    array = array.astype(np.uint8) if array.dtype != np.uint8 else array
-    return cv2.resize(array, (size[1], size[0]), interpolation=cv2.INTER_LINEAR) if array.shape[:2] != tuple(size) else array
+    return np.ascontiguousarray(resize_decoded(check_rgb(image), size))  # image[..., ::-1] (BGR to RGB) is a view
 
 
 def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess: Path | PostProcess | None = None,
@@ -65,13 +62,22 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
 
     Args:
         run_dir: a segmentation run folder.
-        image: a JPEG path, or an RGB uint8 array (H, W, 3) of any size.
+        image: a JPEG path, or an RGB uint8 array (H, W, 3), values 0-255, of any size up to
+            :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels. An array goes through the
+            steps a path's decode takes (the same reduction, as a block mean, then the same
+            bilinear resize), so a JPEG and its full-size decode (``cv2.imread``, PIL) give the
+            same model input exactly where the image is under twice the model's size, else
+            within a grey level or so (libjpeg's DCT scaling is not exactly a block mean): the
+            same masks but for a few pixels at their edges.
         postprocess: a post-processing file or object; default the run's ``seg_postprocess.json``
             when ``predict-seg --split val`` has tuned it, else the steps' untuned defaults.
         settings: device, TTA and precision (``batch_size``, ``workers`` and ``decode`` do not apply).
 
     Raises:
-        CloudpipeError: a bad run, image or post-processing file.
+        CloudpipeError: a bad run, image or post-processing file. BadType (a TypeError) or
+            BadValue (a ValueError) naming ``image``: an array that is not uint8 RGB, empty,
+            holding NaN or values outside 0-255, or too large. ``settings`` refuses TTA scales
+            outside [0.25, 4] when it is made.
     """
     import torch
 
@@ -80,6 +86,8 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
     from cloudpipe.pipeline.seg_masks import load_postprocess
 
     run_dir = Path(run_dir)
+    if not isinstance(image, (str, Path)):
+        image = check_rgb(image)  # refused before any model loads
     if isinstance(postprocess, PostProcess):
         post, tuned = postprocess, True
     else:
