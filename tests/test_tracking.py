@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloudpipe.engine.stages import ClassifierStage, SegmentationStage
-from cloudpipe.engine.tracking import Tracker, class_grid, scalar_tags
+from cloudpipe.engine.tracking import class_grid
 from tests.conftest import train_tiny
 
 
@@ -21,6 +20,9 @@ def read_events(folder):
 def test_metrics_columns_become_tags_grouped_by_metric_the_same_way_for_every_metric():
     """Each metric's mean under val/<metric>, its classes under <metric>/<class> (the classifier's
     AUC per class was tagged auc_Fish beside val/auc); the epoch is the step."""
+    from cloudpipe.engine.stages import ClassifierStage, SegmentationStage
+    from cloudpipe.engine.tracking import scalar_tags
+
     row = {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.7, "val_Fish": 0.8, "val_auc": 0.9,
            "auc_Fish": 0.4, "lr": 1e-3, "seconds": 3}
     assert scalar_tags(row, ClassifierStage.metric_columns) == {
@@ -35,6 +37,7 @@ def test_the_tracker_writes_plain_values_and_images_and_imports_nothing_of_the_t
     import inspect
 
     import cloudpipe.engine.tracking as tracking
+    from cloudpipe.engine.tracking import Tracker
 
     imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(tracking))) if isinstance(node, ast.ImportFrom)}
     assert "cloudpipe.engine.train" not in imported  # it reached into the Trainer (an import circle at type level)
