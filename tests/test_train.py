@@ -266,6 +266,7 @@ def test_cli_trains_and_refuses_to_mix_runs(tiny_data, tmp_path):
         (["--image-size", "65", "96"], "multiples of 32"),
         (["--fold", "1"], "--fold needs --folds"),
         (["--folds", "1"], "folds"),
+        (["--folds", "100000000"], "--folds must be between 2 and the number of images (24), got 100000000"),  # no 10^8 paths
         (["--weights", "/nonexistent.pth"], "not found"),
         (["--optimizer", "adamx"], "'adamx' is not one of 'adam', 'adamw', 'sgd'"),
         (["--loss", "dice=1"], "must weight some of bce, focal"),

@@ -117,7 +117,7 @@ class ClassifierStage(Stage):
 
     task = "classifier"
     metric_columns = (Metric("accuracy", "val_accuracy", "val_"), Metric("auc", "val_auc", "auc_"))
-    scores = {"score": "val_accuracy", "auc": "val_auc"}
+    scores = {"score": metric_columns[0].column, "auc": metric_columns[1].column}
     unused_settings = ("encoder", "mask_loss_on", "cutmix", "head_weight", "head_dropout")
     needs_masks = False
     keeps_val_probs = True
@@ -189,7 +189,7 @@ class SegmentationStage(Stage):
 
     task = "segmentation"
     metric_columns = (Metric("dice", "val_dice", "val_"), Metric("head_accuracy", "val_head_accuracy"))
-    scores = {"score": "val_dice"}
+    scores = {"score": metric_columns[0].column}
     unused_settings = ("best_by",)
     needs_masks = True
 

@@ -33,6 +33,7 @@ from cloudpipe.data.datasets import CloudDataset, worker_init
 from cloudpipe.data.images import reduction_for
 from cloudpipe.data.kaggle import (
     TrainData,
+    check_folds,
     data_inputs,
     kfold_splits,
     load_train_data,
@@ -430,6 +431,8 @@ def train_run(
             raise CloudpipeError(f"--fold must be in 0..{config.folds - 1}, got {fold}")
         stage = stage_for(config)
         data = load_train_data(data_dir)
+        if config.folds >= 2:
+            check_folds(config.folds, len(data.labels) - len(data.pseudo))
         # The run folder is claimed whole (and each fold's), so that two trainings never write one
         # run; a training of one fold claims that fold alone, so folds may train side by side.
         folders = [d for i, d in enumerate(model_dirs(out_dir, config.folds)) if fold is None or i == fold]
