@@ -529,3 +529,26 @@ def test_training_never_writes_through_a_link_nor_meets_a_file_where_it_makes_a_
     assert line == f"error: {path}: {what}; {'move it away' if kind == 'file' else 'remove it'}, or choose another --out", line
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written, here or there
     assert (elsewhere / "precious.txt").read_text() == "keep me\n"
+
+
+def test_each_models_state_is_worked_out_once_from_the_folder_and_the_command(tiny_data, tiny_classifier_run, tmp_path):
+    """Fresh, in progress, failed before its first epoch: read from the folder, nothing written."""
+    from cloudpipe.data.kaggle import load_train_data
+    from cloudpipe.engine.train import Progress, run_state
+    from tests.conftest import tiny_config
+
+    data, config = load_train_data(tiny_data), tiny_config()
+    [fresh] = run_state(tmp_path / "new", config, data).models
+    assert (fresh.progress, fresh.trained, fresh.checkpoint) == (Progress.FRESH, 0, None) and not (tmp_path / "new").exists()
+    run = shutil.copytree(tiny_classifier_run, tmp_path / "run")
+    files = sorted(run.rglob("*"))
+    with pytest.raises(CloudpipeError, match="holds another run"):
+        run_state(run, config, data)
+    state = run_state(run, tiny_config(epochs=3), data, resume=True)
+    [model] = state.models
+    assert state.recorded and model.progress is Progress.IN_PROGRESS and model.trained == model.checkpoint["epoch"] == 1
+    assert sorted(run.rglob("*")) == files
+    for name in ("last.pt", "best.pt", "metrics.csv"):  # as a run stopped before its first epoch ended leaves it
+        (run / name).unlink()
+    [again] = run_state(run, config, data, resume=True).models
+    assert (again.progress, again.trained) == (Progress.RESTARTED, 0)
