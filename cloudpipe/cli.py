@@ -10,7 +10,6 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import sys
 from pathlib import Path
 
@@ -73,17 +72,13 @@ class _Group(click.Group):
             sys.exit(2)
 
 
-def is_main_process() -> bool:
-    """Whether this process is rank 0 of a ``torchrun`` job (or not under torchrun at all),
-    from torchrun's environment (no torch import)."""
-    return int(os.environ.get("RANK", "0")) == 0
-
-
 def echo_error(line: str, shared: bool = True) -> None:
     """An error line on stderr; under ``torchrun`` from rank 0 alone when every rank has the
     error (``shared``: a usage error, or one :meth:`~cloudpipe.engine.dist.Dist.together`
     shared), so that one line says it; a rank's own error is printed by that rank."""
-    if is_main_process() or not shared:
+    from cloudpipe.engine.dist import Dist
+
+    if Dist.env_rank() == 0 or not shared:
         click.echo(line, err=True)
 
 
@@ -416,7 +411,9 @@ def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights,
                                  thresholds=thresholds_file if threshold is None else threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
                                  inputs=GateInputs(gate_files, at_least_one=at_least_one))
-    if is_main_process():  # under torchrun, rank 0 wrote the files
+    from cloudpipe.engine.dist import Dist
+
+    if Dist.env_rank() == 0:  # under torchrun, rank 0 wrote the files
         click.echo(summary.line())
         click.echo(f"wrote {out} and {probs_path_for(out)}")
 
@@ -504,7 +501,7 @@ def predict_seg(run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir
     out = out if out is not None else run_dirs[0] / f"{split}_seg.csv"
     result = predict_segmentation(run_dirs, data_dir, split, out, weights=weights, postprocess=postprocess,
                                   tuning=Tuning(steps, choice), settings=settings, overwrite=overwrite, keep_store=keep_store)
-    if is_main_process():  # under torchrun, rank 0 joined the other ranks' shares and wrote the files
+    if result is not None:  # None on the other ranks of torchrun: rank 0 joined their shares and wrote the files
         _echo_masks(result)
 
 

@@ -40,6 +40,20 @@ def test_single_process_dist(monkeypatch):
     assert dist.wrap(model, torch.device("cpu")) is model
 
 
+def test_the_command_line_asks_dist_for_the_rank(monkeypatch, tmp_path):
+    """Under torchrun an error every rank meets is said by rank 0 alone; Dist reads the rank."""
+    from tests.conftest import cli
+
+    args = ("evaluate", "--truth", tmp_path / "none.csv", "--pred", tmp_path / "none.csv")
+    monkeypatch.setenv("RANK", "1")
+    assert Dist.env_rank() == 1
+    quiet = cli(*args)
+    assert quiet.exit_code == 2 and quiet.stderr == ""
+    monkeypatch.delenv("RANK")
+    said = cli(*args)
+    assert said.exit_code == 2 and said.stderr.count("error:") == 1
+
+
 @pytest.mark.parametrize("cores, cpu, cuda", [(1, 0, 1), (2, 0, 1), (4, 0, 3), (16, 0, 15), (64, 0, 16)])
 def test_auto_workers_feed_a_gpu_and_leave_the_cpu_to_the_model(monkeypatch, cores, cpu, cuda):
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(cores)))

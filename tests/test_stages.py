@@ -211,3 +211,40 @@ def test_the_classifier_reports_auc_per_class_and_may_pick_best_by_it():
     by_auc = stage_for(load_config("classifier", overrides={"arch": "tiny", "weights": "none", "best_by": "auc"}))
     assert by_auc.score_name == "val_auc" and by_auc.metrics(probs, labels) == pytest.approx(metrics, nan_ok=True)
     assert classifier.metrics(probs, np.ones_like(labels))["val_auc"] == 0.5  # no class has an AUC
+
+
+def test_what_a_stage_writes_to_metrics_csv_and_picks_best_by_is_declared_once():
+    """`cloudpipe runs` and TensorBoard read the stages' metric columns and score names (runs had
+    its own copy of the score names): the declaration is what validation writes."""
+    from cloudpipe.engine.stages import score_name
+
+    classifier, segmenter = stages()
+    probs, labels = np.array([[0.9, 0.1, 0.4, 0.6], [0.2, 0.7, 0.3, 0.7]]), np.array([[1, 0, 1, 1], [0, 1, 0, 0]])
+    declared = [m.column for m in ClassifierStage.metric_columns] + [c for m in ClassifierStage.metric_columns
+                                                                     for c in m.class_columns().values()]
+    assert sorted(classifier.metrics(probs, labels)) == sorted(declared)
+    dice, head = SegmentationStage.metric_columns
+    stats = np.ones((1, 4, 3))
+    assert sorted(segmenter.metrics(stats, None)) == sorted([dice.column, *dice.class_columns().values()])
+    assert head.column in segmenter.metrics(np.ones((1, 4, 4)), None)
+    assert (score_name("classifier"), score_name("classifier", "auc"), score_name("segmentation")) == (
+        "val_accuracy", "val_auc", "val_dice")
+    assert score_name("segmentation", "auc") is None and score_name("detector") is None and score_name(["x"]) is None
+
+
+def test_a_stages_unused_settings_are_no_options_of_its_command_and_importing_stages_needs_no_torch():
+    import re
+    import subprocess
+    import sys
+
+    from tests.conftest import cli
+
+    for task, command in (("classifier", "train-classifier"), ("segmentation", "train-seg")):
+        text = cli(command, "--help").output
+        other = "train-seg" if task == "classifier" else "train-classifier"
+        for key in STAGES[task].unused_settings:
+            option = "--" + key.replace("_", "-")
+            assert not re.search(rf"{option}(?![\w-])", text), (command, option)  # --encoder-weights is --weights' alias
+            assert key not in STAGES["segmentation" if task == "classifier" else "classifier"].unused_settings, other
+    code = "import sys, cloudpipe.pipeline.runs; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0  # cloudpipe runs starts fast

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from cloudpipe.engine.tracking import class_grid, scalar_tag
+from cloudpipe.engine.tracking import class_grid
 from tests.conftest import train_tiny
 
 
@@ -17,9 +17,35 @@ def read_events(folder):
     return events
 
 
-def test_metrics_columns_become_grouped_tags():
-    assert [scalar_tag(n) for n in ("epoch", "train_loss", "val_loss", "val_dice", "val_Fish", "lr", "seconds")] == \
-        [None, "loss/train", "loss/val", "val/dice", "val/Fish", "lr", "seconds"]
+def test_metrics_columns_become_tags_grouped_by_metric_the_same_way_for_every_metric():
+    """Each metric's mean under val/<metric>, its classes under <metric>/<class> (the classifier's
+    AUC per class was tagged auc_Fish beside val/auc); the epoch is the step."""
+    from cloudpipe.engine.stages import ClassifierStage, SegmentationStage
+    from cloudpipe.engine.tracking import scalar_tags
+
+    row = {"epoch": 2, "train_loss": 0.5, "val_loss": 0.6, "val_accuracy": 0.7, "val_Fish": 0.8, "val_auc": 0.9,
+           "auc_Fish": 0.4, "lr": 1e-3, "seconds": 3}
+    assert scalar_tags(row, ClassifierStage.metric_columns) == {
+        "loss/train": 0.5, "loss/val": 0.6, "val/accuracy": 0.7, "accuracy/Fish": 0.8, "val/auc": 0.9, "auc/Fish": 0.4,
+        "lr": 1e-3, "seconds": 3.0}
+    seg = {"val_dice": 0.3, "val_Sugar": 0.2, "val_head_accuracy": 0.6}
+    assert scalar_tags(seg, SegmentationStage.metric_columns) == {"val/dice": 0.3, "dice/Sugar": 0.2, "val/head_accuracy": 0.6}
+
+
+def test_the_tracker_writes_plain_values_and_images_and_imports_nothing_of_the_training_loop(tmp_path):
+    import ast
+    import inspect
+
+    import cloudpipe.engine.tracking as tracking
+    from cloudpipe.engine.tracking import Tracker
+
+    imported = {node.module for node in ast.walk(ast.parse(inspect.getsource(tracking))) if isinstance(node, ast.ImportFrom)}
+    assert "cloudpipe.engine.train" not in imported  # it reached into the Trainer (an import circle at type level)
+    tracker = Tracker(tmp_path, start_epoch=0)
+    tracker.log(1, {"val/dice": 0.25}, [np.zeros((4, 6, 3), np.uint8)])
+    tracker.close()
+    events = read_events(tmp_path / "tensorboard")
+    assert [e.value for e in events.Scalars("val/dice")] == [0.25] and events.Images("val_masks/0")[0].width == 6
 
 
 def test_class_grid_places_the_classes_two_by_two_with_truth_green_and_prediction_red():
@@ -37,7 +63,7 @@ def test_a_segmentation_run_writes_every_epochs_scalars_and_overlays(tiny_data, 
     run = train_tiny(tiny_data, tmp_path / "seg", "segmentation", epochs=2, image_size=(32, 64))
     events = read_events(run / "tensorboard")
     tags = events.Tags()
-    assert {"loss/train", "loss/val", "lr", "val/dice", "val/Fish", "val/Sugar"} <= set(tags["scalars"])
+    assert {"loss/train", "loss/val", "lr", "val/dice", "dice/Fish", "dice/Sugar"} <= set(tags["scalars"])
     assert [e.step for e in events.Scalars("loss/train")] == [1, 2]
     metrics = np.genfromtxt(run / "metrics.csv", delimiter=",", names=True)
     assert np.allclose([e.value for e in events.Scalars("val/dice")], metrics["val_dice"], atol=1e-5)
@@ -48,7 +74,9 @@ def test_a_segmentation_run_writes_every_epochs_scalars_and_overlays(tiny_data, 
 def test_each_fold_has_its_events_and_tensorboard_false_writes_none(tiny_data, tmp_path):
     run = train_tiny(tiny_data, tmp_path / "folds", folds=2)
     for fold in ("fold0", "fold1"):
-        assert "val/accuracy" in read_events(run / fold / "tensorboard").Tags()["scalars"]
+        tags = set(read_events(run / fold / "tensorboard").Tags()["scalars"])
+        assert {"val/accuracy", "accuracy/Fish", "val/auc", "auc/Fish"} <= tags
+        assert not [t for t in tags if "_" in t]  # one scheme: no metrics.csv column name left as a tag
     quiet = train_tiny(tiny_data, tmp_path / "off", tensorboard=False)
     assert (quiet / "best.pt").exists() and not (quiet / "tensorboard").exists()
 

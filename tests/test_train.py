@@ -266,6 +266,7 @@ def test_cli_trains_and_refuses_to_mix_runs(tiny_data, tmp_path):
         (["--image-size", "65", "96"], "multiples of 32"),
         (["--fold", "1"], "--fold needs --folds"),
         (["--folds", "1"], "folds"),
+        (["--folds", "100000000"], "--folds must be between 2 and the number of images (24), got 100000000"),  # no 10^8 paths
         (["--weights", "/nonexistent.pth"], "not found"),
         (["--optimizer", "adamx"], "'adamx' is not one of 'adam', 'adamw', 'sgd'"),
         (["--loss", "dice=1"], "must weight some of bce, focal"),
@@ -494,3 +495,60 @@ def test_the_classifier_records_auc_per_class_and_keeps_its_best_epoch_by_it(tin
     aucs = [row["val_auc"] for row in result.history]
     assert result.best_score == max(aucs) and result.best_epoch == aucs.index(max(aucs)) + 1
     assert load_checkpoint(tmp_path / "run" / "best.pt")["score_name"] == "val_auc"
+
+
+@pytest.mark.parametrize("planted, kind, folds", [
+    ("fold0", "link_dir", 2), ("fold1/tensorboard", "link_dir", 2), ("tensorboard", "link_dir", 0),
+    ("tensorboard", "file", 0), ("fold0", "file", 2), (".", "link_dir", 0),
+    *((name, "link_file", 0) for name in ("best.pt", "last.pt", "metrics.csv", "val_probs.csv", "splits.csv", "config.yaml")),
+    ("fold1/best.pt", "link_file", 2), ("val_probs.csv", "link_file", 2),
+])
+def test_training_never_writes_through_a_link_nor_meets_a_file_where_it_makes_a_folder(tiny_data, tmp_path, planted,
+                                                                                       kind, folds):
+    """A link at a folder or file training fills (a run's, a fold's, tensorboard/, each file) got
+    best.pt, last.pt, metrics.csv, ... written where it pointed, exit 0; a plain file named
+    tensorboard crashed after the first epoch with a traceback. Each is one line up front, exit 2,
+    nothing written, the link's target untouched."""
+    run, elsewhere = tmp_path / "runs" / "run", tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (elsewhere / "precious.txt").write_text("keep me\n")
+    path = run / planted if planted != "." else run
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "link_dir":
+        path.symlink_to(elsewhere, target_is_directory=True)
+    elif kind == "link_file":
+        path.symlink_to(elsewhere / "precious.txt")
+    else:
+        path.write_text("not a folder\n")
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    result = run_cli("train-classifier", "--data", tiny_data, "--out", run, "--arch", "tiny", "--weights", "none",
+                     "--epochs", 1, "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet", "--folds", folds)
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+    [line] = result.stderr.strip().splitlines()
+    what = "is a file where a folder is written" if kind == "file" else "is a symbolic link, which cloudpipe never writes through"
+    assert line == f"error: {path}: {what}; {'move it away' if kind == 'file' else 'remove it'}, or choose another --out", line
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written, here or there
+    assert (elsewhere / "precious.txt").read_text() == "keep me\n"
+
+
+def test_each_models_state_is_worked_out_once_from_the_folder_and_the_command(tiny_data, tiny_classifier_run, tmp_path):
+    """Fresh, in progress, failed before its first epoch: read from the folder, nothing written."""
+    from cloudpipe.data.kaggle import load_train_data
+    from cloudpipe.engine.train import Progress, run_state
+    from tests.conftest import tiny_config
+
+    data, config = load_train_data(tiny_data), tiny_config()
+    [fresh] = run_state(tmp_path / "new", config, data).models
+    assert (fresh.progress, fresh.trained, fresh.checkpoint) == (Progress.FRESH, 0, None) and not (tmp_path / "new").exists()
+    run = shutil.copytree(tiny_classifier_run, tmp_path / "run")
+    files = sorted(run.rglob("*"))
+    with pytest.raises(CloudpipeError, match="holds another run"):
+        run_state(run, config, data)
+    state = run_state(run, tiny_config(epochs=3), data, resume=True)
+    [model] = state.models
+    assert state.recorded and model.progress is Progress.IN_PROGRESS and model.trained == model.checkpoint["epoch"] == 1
+    assert sorted(run.rglob("*")) == files
+    for name in ("last.pt", "best.pt", "metrics.csv"):  # as a run stopped before its first epoch ended leaves it
+        (run / name).unlink()
+    [again] = run_state(run, config, data, resume=True).models
+    assert (again.progress, again.trained) == (Progress.RESTARTED, 0)

@@ -307,6 +307,17 @@ def split_train_val(
     return list(train), list(val)
 
 
+def check_folds(folds: int, images: int) -> None:
+    """Refuse a number of folds that is not between 2 and the number of ``images`` (before any
+    fold's folder is named: a count of 10^8 would name 10^8 of them).
+
+    Raises:
+        CloudpipeError: one line with the range and the value.
+    """
+    if folds < 2 or folds > images:
+        raise CloudpipeError(f"--folds must be between 2 and the number of images ({images}), got {folds}")
+
+
 def kfold_splits(labels: pd.DataFrame, folds: int, seed: int = 69) -> list[tuple[list[str], list[str]]]:
     """K folds stratified like :func:`split_train_val`; every image is in exactly one fold's
     validation part.
@@ -316,8 +327,7 @@ def kfold_splits(labels: pd.DataFrame, folds: int, seed: int = 69) -> list[tuple
     """
     from sklearn.model_selection import StratifiedKFold
 
-    if folds < 2 or folds > len(labels):
-        raise CloudpipeError(f"--folds must be between 2 and the number of images ({len(labels)}), got {folds}")
+    check_folds(folds, len(labels))
     images = labels.index.to_numpy()
     strata = _strata(labels, folds, len(images))
     splitter = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)

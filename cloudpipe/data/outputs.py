@@ -282,6 +282,25 @@ def _temporary(path: Path) -> Path:
     return cleared_path(path.with_name(f".{path.name}.{os.getpid()}.tmp"))
 
 
+def check_plain_path(path: Path, *, folder: bool = False) -> Path:
+    """Refuse a path a command writes in place (a file it replaces, a folder it fills) that is a
+    symbolic link, whose target the write would reach or replace, or that is of the other kind
+    (a file where a ``folder`` is needed, or a folder where a file is); a missing path is fine.
+
+    Raises:
+        CloudpipeError: one line naming the path and what to do.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise CloudpipeError("is a symbolic link, which cloudpipe never writes through; remove it, or choose "
+                             "another --out", path=path)
+    if folder and path.exists() and not path.is_dir():
+        raise CloudpipeError("is a file where a folder is written; move it away, or choose another --out", path=path)
+    if not folder and path.is_dir():
+        raise CloudpipeError("is a folder where a file is written; move it away, or choose another --out", path=path)
+    return path
+
+
 def cleared_path(path: Path) -> Path:
     """``path`` cleared for a temporary to be written: whatever lies there (a symbolic link
     planted to redirect the write included, a folder whole) is removed, never followed.

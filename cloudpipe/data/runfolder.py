@@ -32,7 +32,7 @@ import pandas as pd
 import yaml
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.data.outputs import Inputs, write_csv
+from cloudpipe.data.outputs import Inputs, check_plain_path, write_csv
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ TENSORBOARD_DIR = "tensorboard"
 """A model folder's TensorBoard event files (``tensorboard: true``)."""
 
 
+RUN_FILES = (CONFIG_YAML, SPLITS_CSV, VAL_PROBS_CSV)
+"""What training writes in the run folder itself (``val_probs.csv``: out-of-fold, K folds)."""
+MODEL_FILES = (BEST_PT, LAST_PT, METRICS_CSV, VAL_PROBS_CSV)
+"""What training writes in each model folder (the run's, or each fold's), besides ``tensorboard/``."""
 TRAINING_FILES = (CONFIG_YAML, METRICS_CSV, VAL_PROBS_CSV, SPLITS_CSV, BEST_PT, LAST_PT, THRESHOLDS_JSON, POSTPROCESS_JSON)
 """What training and tuning keep in a run folder (and its fold folders): never a command's --out."""
 
@@ -61,6 +65,26 @@ def training_files(run_dir: Path) -> list[Path]:
     folders = [Path(run_dir), *(p for p in Path(run_dir).glob(f"{FOLD_PREFIX}*") if p.is_dir())]
     names = (*TRAINING_FILES, THRESHOLDS_PNG)
     return [folder / name for folder in folders for name in names]
+
+
+def check_training_paths(run_dir: Path, model_folders: Iterable[Path], tensorboard: bool = True) -> None:
+    """Refuse, before training does any work, a run folder where training would write through a
+    symbolic link or find a file where it makes a folder: the run folder, each of
+    ``model_folders``, their ``tensorboard/`` (when ``tensorboard``) and every file training
+    writes in them (:data:`RUN_FILES`, :data:`MODEL_FILES`); nothing is written.
+
+    Raises:
+        CloudpipeError: one line naming the first such path (:func:`~cloudpipe.data.outputs.check_plain_path`).
+    """
+    check_plain_path(run_dir, folder=True)
+    for name in RUN_FILES:
+        check_plain_path(Path(run_dir) / name)
+    for folder in map(Path, model_folders):
+        check_plain_path(folder, folder=True)
+        for name in MODEL_FILES:
+            check_plain_path(folder / name)
+        if tensorboard:
+            check_plain_path(folder / TENSORBOARD_DIR, folder=True)
 
 
 def run_inputs(run_dirs: Iterable[Path], writes: Iterable[Path] = ()) -> Inputs:
@@ -134,13 +158,24 @@ def _fold_checkpoints(run_dir: Path) -> list[tuple[int, Path]]:
     return found
 
 
+MAX_FOLDS = 1000
+"""The most fold models a run's files are looked for (a count read from a file builds no more paths)."""
+
+
+def folds_value(value: object) -> int | None:
+    """A ``folds`` read from a run's ``config.yaml``: the whole number it is (0 or 1: a hold-out
+    run), or None when it is none, negative or above :data:`MAX_FOLDS`."""
+    valid = isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_FOLDS
+    return value if valid else None
+
+
 def _folds_of(run_dir: Path) -> int:
     """The ``folds`` a run's ``config.yaml`` says it trains (0 when it cannot tell)."""
     try:
-        folds = read_config_values(run_dir).get("folds", 0)
+        folds = folds_value(read_config_values(run_dir).get("folds", 0))
     except CloudpipeError:
         return 0
-    return folds if isinstance(folds, int) and not isinstance(folds, bool) and 2 <= folds <= 1000 else 0
+    return folds if folds is not None and folds >= 2 else 0
 
 
 def run_fingerprint(run_dir: Path) -> str:

@@ -39,11 +39,17 @@ class Dist:
         import torch
         import torch.distributed as torch_dist
 
-        rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+        rank, local_rank = cls.env_rank(), int(os.environ.get("LOCAL_RANK", "0"))
         if not torch_dist.is_initialized():
             backend = "nccl" if torch.cuda.is_available() else "gloo"
             torch_dist.init_process_group(backend=backend)
         return cls(rank, world, local_rank)
+
+    @staticmethod
+    def env_rank() -> int:
+        """This process's rank, from torchrun's environment (0 when not under torchrun),
+        without starting anything: what a command line asks before or after a command's run."""
+        return int(os.environ.get("RANK", "0"))
 
     @property
     def is_main(self) -> bool:

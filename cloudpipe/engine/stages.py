@@ -3,33 +3,60 @@ segmentation model, so the training loop and inference never ask which one they 
 
 Each stage knows its targets (labels or masks), its network, its loss, what validation keeps
 per image, the metric and the name of its score, and what it leaves in the run folder besides
-the checkpoints. :func:`stage_for` picks the stage of a config.
+the checkpoints. :func:`stage_for` picks the stage of a config. What a stage writes to
+``metrics.csv`` (:attr:`Stage.metric_columns`) and which column picks ``best.pt``
+(:func:`score_name`) are read without torch, so ``cloudpipe runs`` starts fast: torch, the
+networks and the augmentations are imported where a stage trains.
 """
 
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 import pandas as pd
-import torch
-from torch import nn
 
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import accuracy, dice_score, roc_auc
-from cloudpipe.data.transforms import train_transform
 from cloudpipe.engine.config import REGION_LOSSES, Task, TrainConfig
-from cloudpipe.models.networks import build_classifier, build_segmenter
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A validation metric as ``metrics.csv`` holds it: its mean over the classes in ``column``
+    and, with a ``class_prefix``, each class's in ``<class_prefix><class>``."""
+
+    name: str
+    column: str
+    class_prefix: str | None = None
+
+    def class_columns(self) -> dict[str, str]:
+        """Class -> its column (none without a ``class_prefix``)."""
+        return {} if self.class_prefix is None else {c: f"{self.class_prefix}{c}" for c in CLASSES}
+
+    def values(self, mean: float, per_class: np.ndarray | None = None) -> dict[str, float]:
+        """The metric's columns of one epoch: the mean, then each class's (4,)."""
+        classes = {} if per_class is None else dict(zip(self.class_columns().values(), map(float, per_class)))
+        return {self.column: float(mean), **classes}
 
 
 class Stage:
     """The interface; subclasses are registered in :data:`STAGES` by their ``task``."""
 
     task: ClassVar[Task]
-    score_name: ClassVar[str]
-    """Column of ``metrics.csv`` whose maximum picks ``best.pt``."""
+    metric_columns: ClassVar[tuple[Metric, ...]]
+    """What validation writes to ``metrics.csv`` (a metric of a model with a head alone included)."""
+    scores: ClassVar[dict[str, str]]
+    """``best_by`` -> the column of ``metrics.csv`` whose maximum picks ``best.pt``."""
+    unused_settings: ClassVar[tuple[str, ...]]
+    """Config keys this stage never reads (another stage's), though its ``config.yaml`` holds them."""
     needs_masks: ClassVar[bool]
     """Whether targets are masks (decoded from RLE) rather than presence labels."""
     keeps_val_probs: ClassVar[bool] = False
@@ -37,6 +64,8 @@ class Stage:
 
     def __init__(self, config: TrainConfig):
         self.config = config
+        self.score_name = self.scores[config.best_by]
+        """Column of ``metrics.csv`` whose maximum picks ``best.pt``."""
 
     def in_encoder(self, name: str) -> bool:
         """Whether parameter ``name`` (of :meth:`build_model`'s network) belongs to the encoder,
@@ -49,6 +78,8 @@ class Stage:
 
     def augmentation(self):
         """The training images' albumentations pipeline, the config's ``augment`` (masks follow it)."""
+        from cloudpipe.data.transforms import train_transform
+
         c = self.config
         return train_transform(hflip=c.hflip, vflip=c.vflip, brightness_contrast=c.brightness_contrast, noise=c.noise,
                                seed=c.seed, augment=c.augment, size=tuple(c.image_size))
@@ -70,9 +101,9 @@ class Stage:
         raise NotImplementedError
 
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-        """``val_<class>`` per class and their mean under :attr:`score_name`."""
+        """The first of :attr:`metric_columns`: its value per class and their mean."""
         per_class = self.per_class(outputs, labels)
-        return {self.score_name: float(per_class.mean()), **{f"val_{c}": float(v) for c, v in zip(CLASSES, per_class)}}
+        return self.metric_columns[0].values(per_class.mean(), per_class)
 
     def best_outputs(self, outputs: np.ndarray, images: list[str]) -> pd.DataFrame | None:
         """A table written as ``val_probs.csv`` beside ``best.pt``, or None."""
@@ -85,15 +116,15 @@ class ClassifierStage(Stage):
     ``best_by: auc`` makes ``val_auc`` the score that picks ``best.pt``."""
 
     task = "classifier"
-    score_name = "val_accuracy"
+    metric_columns = (Metric("accuracy", "val_accuracy", "val_"), Metric("auc", "val_auc", "auc_"))
+    scores = {"score": metric_columns[0].column, "auc": metric_columns[1].column}
+    unused_settings = ("encoder", "mask_loss_on", "cutmix", "head_weight", "head_dropout")
     needs_masks = False
     keeps_val_probs = True
 
     def __init__(self, config: TrainConfig):
         super().__init__(config)
         self.terms = pixel_losses(config.loss)
-        if config.best_by == "auc":
-            self.score_name = "val_auc"
         self.head = "fc"
         """The replaced last linear layer (a ResNet's ``fc``), known once :meth:`build_model` ran."""
 
@@ -102,6 +133,8 @@ class ClassifierStage(Stage):
         return not name.startswith(f"body.{self.head}.")
 
     def build_model(self, weights: str | None = None) -> nn.Module:
+        from cloudpipe.models.networks import build_classifier
+
         c = self.config
         model = build_classifier(c.arch, c.weights if weights is None else weights, c.freeze)
         self.head = model.head
@@ -113,6 +146,8 @@ class ClassifierStage(Stage):
 
     def outputs(self, logits: torch.Tensor, target: torch.Tensor) -> np.ndarray:
         """Probabilities (B, 4)."""
+        import torch
+
         return torch.sigmoid(logits.float()).cpu().numpy()
 
     def per_class(self, outputs: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -123,9 +158,9 @@ class ClassifierStage(Stage):
         the validation images hold one label only) and ``val_auc``, its mean over the classes
         that have one (0.5, chance, when none has)."""
         correct, auc = self.per_class(outputs, labels), roc_auc(outputs, labels)
-        return {"val_accuracy": float(correct.mean()), **{f"val_{c}": float(v) for c, v in zip(CLASSES, correct)},
-                "val_auc": float(np.nanmean(auc)) if np.isfinite(auc).any() else 0.5,
-                **{f"auc_{c}": float(v) for c, v in zip(CLASSES, auc)}}
+        by_accuracy, by_auc = self.metric_columns
+        return {**by_accuracy.values(correct.mean(), correct),
+                **by_auc.values(np.nanmean(auc) if np.isfinite(auc).any() else 0.5, auc)}
 
     def best_outputs(self, outputs: np.ndarray, images: list[str]) -> pd.DataFrame:
         return pd.DataFrame(outputs, columns=list(CLASSES)).assign(image=images)[["image", *CLASSES]]
@@ -153,7 +188,9 @@ class SegmentationStage(Stage):
     validation then also reports the head's accuracy at 0.5 (``val_head_accuracy``)."""
 
     task = "segmentation"
-    score_name = "val_dice"
+    metric_columns = (Metric("dice", "val_dice", "val_"), Metric("head_accuracy", "val_head_accuracy"))
+    scores = {"score": metric_columns[0].column}
+    unused_settings = ("best_by",)
     needs_masks = True
 
     def __init__(self, config: TrainConfig):
@@ -198,6 +235,8 @@ class SegmentationStage(Stage):
     def mix(self, batch: dict, generator: torch.Generator) -> dict:
         """CutMix with probability ``cutmix``: one box, its area a uniform share of the image,
         cut from each image's partner (a random permutation of the batch) with its masks."""
+        import torch
+
         if not self.config.cutmix or len(batch["image"]) < 2 or torch.rand((), generator=generator) >= self.config.cutmix:
             return batch
         images, target = batch["image"], batch["target"]  # (B, H, W, 3) uint8, (B, 4, H, W)
@@ -213,6 +252,8 @@ class SegmentationStage(Stage):
         return {**batch, "image": images, "target": target}
 
     def build_model(self, weights: str | None = None) -> nn.Module:
+        from cloudpipe.models.networks import build_segmenter
+
         c = self.config
         return build_segmenter(c.arch, c.encoder, c.weights if weights is None else weights, c.freeze,
                                head_dropout=c.head_dropout if c.head_weight > 0 else None)
@@ -227,13 +268,17 @@ class SegmentationStage(Stage):
         else:
             loss = loss + sum(weight * term(*pairs) for term, weight in self.terms)
         if labels is not None:
+            from torch.nn.functional import binary_cross_entropy_with_logits
+
             present = (target.amax((2, 3)) > 0).float()
-            loss = loss + self.config.head_weight * nn.functional.binary_cross_entropy_with_logits(labels.float(), present)
+            loss = loss + self.config.head_weight * binary_cross_entropy_with_logits(labels.float(), present)
         return loss
 
     def outputs(self, logits: torch.Tensor | tuple[torch.Tensor, torch.Tensor], target: torch.Tensor) -> np.ndarray:
         """Pair statistics (B, 4, 3): intersection, predicted area, true area at 0.5; with a
         head (B, 4, 4), the head's presence probability last."""
+        import torch
+
         masks, labels = logits if isinstance(logits, tuple) else (logits, None)
         pred, truth = masks.float() > 0, target > 0
         columns = [(pred & truth).sum((2, 3)), pred.sum((2, 3)), truth.sum((2, 3))]
@@ -247,11 +292,19 @@ class SegmentationStage(Stage):
     def metrics(self, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
         metrics = super().metrics(outputs, labels)
         if outputs.shape[-1] == 4:
-            metrics["val_head_accuracy"] = float(accuracy(outputs[..., 3], outputs[..., 2] > 0).mean())
+            metrics |= self.metric_columns[1].values(accuracy(outputs[..., 3], outputs[..., 2] > 0).mean())
         return metrics
 
 
 STAGES: dict[str, type[Stage]] = {s.task: s for s in (ClassifierStage, SegmentationStage)}
+
+
+def score_name(task: object, best_by: object = "score") -> str | None:
+    """The column of ``metrics.csv`` whose maximum picks ``best.pt`` in a run of ``task``
+    trained with ``best_by`` (raw values, as a run's ``config.yaml`` holds them); None when
+    they name no stage or no score of it."""
+    stage = STAGES.get(task) if isinstance(task, str) else None
+    return stage.scores.get(best_by) if stage is not None and isinstance(best_by, str) else None
 
 
 def stage_for(config: TrainConfig) -> Stage:

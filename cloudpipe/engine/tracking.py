@@ -2,44 +2,46 @@
 the fold counter and time estimate of its epoch lines (:class:`RunClock`).
 
 Each model folder (the run, or each ``fold{i}``) gets ``tensorboard/``, so ``tensorboard
---logdir runs`` shows every run and fold side by side. Per epoch: the losses (``loss/train``,
-``loss/val``), the learning rate, every validation metric of ``metrics.csv`` (``val/<name>``:
-the score and each class's), the epoch's seconds; for segmentation also a few validation images
-with truth (green) and predicted (red) masks, one 2 x 2 grid of the classes per image. A resumed
-run drops the events after its checkpoint (``purge_step``), so the curves never fold back.
-Only rank 0 writes; the writer is opened at the first epoch's end, so a run that cannot start
-writes no events.
+--logdir runs`` shows every run and fold side by side. Per epoch, every column of
+``metrics.csv`` (:func:`scalar_tags`): the losses (``loss/train``, ``loss/val``), each of the
+stage's validation metrics (its mean ``val/<metric>``, each class's ``<metric>/<class>``), the
+learning rate and the epoch's seconds; for segmentation also a few validation images with truth
+(green) and predicted (red) masks, one 2 x 2 grid of the classes per image (:func:`class_grid`,
+drawn by the trainer). A resumed run drops the events after its checkpoint (``purge_step``), so
+the curves never fold back. The tracker takes plain values and images: only rank 0 makes one;
+the writer is opened at the first epoch's end, so a run that cannot start writes no events.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.masks import tint
 from cloudpipe.data.runfolder import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
-    from cloudpipe.engine.train import Trainer
+    from cloudpipe.engine.stages import Metric
 
 OVERLAYS = 3
 """Validation images drawn each epoch (segmentation)."""
 
 
-def scalar_tag(name: str) -> str | None:
-    """The TensorBoard tag of a ``metrics.csv`` column (None: not plotted)."""
-    if name == "epoch":
-        return None
-    if name.endswith("_loss"):
-        return f"loss/{name.removesuffix('_loss')}"
-    if name.startswith("val_"):
-        return f"val/{name.removeprefix('val_')}"
-    return name
+def scalar_tags(row: Mapping[str, float], metrics: Iterable[Metric]) -> dict[str, float]:
+    """A ``metrics.csv`` row as TensorBoard scalars, by tag: ``<x>_loss`` under ``loss/<x>``,
+    each of ``metrics``' mean under ``val/<metric>`` and its classes under ``<metric>/<class>``,
+    any other column as named; ``epoch`` is the step, not a scalar."""
+    named = {}
+    for metric in metrics:
+        named[metric.column] = f"val/{metric.name}"
+        named |= {column: f"{metric.name}/{c}" for c, column in metric.class_columns().items()}
+    return {named.get(name, f"loss/{name.removesuffix('_loss')}" if name.endswith("_loss") else name): float(value)
+            for name, value in row.items() if name != "epoch"}
 
 
 def class_grid(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -55,43 +57,22 @@ class Tracker:
     def __init__(self, folder: Path, start_epoch: int):
         self.folder, self.start_epoch, self.writer = Path(folder) / TENSORBOARD_DIR, start_epoch, None
 
-    def log(self, trainer: Trainer, epoch: int) -> None:
-        """The scalars of the epoch just recorded (``trainer.history[-1]``) and, for
-        segmentation, the overlays of the first validation images."""
+    def log(self, step: int, scalars: Mapping[str, float], images: Sequence[np.ndarray] = ()) -> None:
+        """One epoch's ``scalars`` (tag -> value, :func:`scalar_tags`) and ``images`` (RGB uint8
+        (H, W, 3), e.g. :func:`class_grid`s, tagged ``val_masks/<i>``) at ``step`` (the epoch, from 1)."""
         if self.writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
             self.writer = SummaryWriter(str(self.folder), purge_step=self.start_epoch + 1)
-        step = epoch + 1
-        for name, value in trainer.history[-1].items():
-            tag = scalar_tag(name)
-            if tag is not None:
-                self.writer.add_scalar(tag, float(value), step)
-        if trainer.stage.needs_masks:
-            for i, grid in enumerate(overlays(trainer, epoch)):
-                self.writer.add_image(f"val_masks/{i}", grid, step, dataformats="HWC")
+        for tag, value in scalars.items():
+            self.writer.add_scalar(tag, value, step)
+        for i, grid in enumerate(images):
+            self.writer.add_image(f"val_masks/{i}", grid, step, dataformats="HWC")
         self.writer.flush()
 
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
-
-
-@torch.no_grad()
-def overlays(trainer: Trainer, epoch: int, count: int = OVERLAYS) -> list[np.ndarray]:
-    """:func:`class_grid` of the first ``count`` validation images under the model this epoch
-    validated (pixel threshold 0.5)."""
-    from torch.utils.data import default_collate
-
-    samples = [trainer.val_set[i] for i in range(min(count, len(trainer.val_set)))]
-    if not samples:
-        return []
-    batch = default_collate(samples)
-    logits, target = trainer._forward(batch, trainer.predicting_model(epoch).eval())
-    masks = logits[0] if isinstance(logits, tuple) else logits  # (masks, presence) with a classification head
-    pred = (torch.sigmoid(masks.float()) > 0.5).cpu().numpy()
-    images, truth = batch["image"].numpy(), target.cpu().numpy()
-    return [class_grid(images[i], truth[i], pred[i]) for i in range(len(samples))]
 
 
 def duration(seconds: float) -> str:

@@ -15,9 +15,10 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,7 @@ from cloudpipe.data.datasets import CloudDataset, worker_init
 from cloudpipe.data.images import reduction_for
 from cloudpipe.data.kaggle import (
     TrainData,
+    check_folds,
     data_inputs,
     kfold_splits,
     load_train_data,
@@ -46,6 +48,7 @@ from cloudpipe.data.runfolder import (
     SPLITS_CSV,
     VAL_PROBS_CSV,
     ModelSplit,
+    check_training_paths,
     make_model_splits,
     model_dirs,
     read_splits,
@@ -66,7 +69,10 @@ from cloudpipe.engine.recipe import (
     swa_epoch,
 )
 from cloudpipe.engine.stages import Stage, stage_for
-from cloudpipe.engine.tracking import RunClock, Tracker
+from cloudpipe.engine.tracking import OVERLAYS, RunClock, Tracker, class_grid, scalar_tags
+
+if TYPE_CHECKING:
+    from cloudpipe.engine.runner import Runner
 
 log = logging.getLogger(__name__)
 """Each epoch's line (the command line prints it above the progress bar)."""
@@ -247,6 +253,22 @@ class Trainer:
             total_loss += part_loss
         return total_loss / len(self.val_set), ordered
 
+    @torch.no_grad()
+    def overlays(self, epoch: int, count: int = OVERLAYS) -> list[np.ndarray]:
+        """:func:`~cloudpipe.engine.tracking.class_grid` of the first ``count`` validation images
+        under the model this epoch validated (pixel threshold 0.5); segmentation only."""
+        from torch.utils.data import default_collate
+
+        samples = [self.val_set[i] for i in range(min(count, len(self.val_set)))]
+        if not samples:
+            return []
+        batch = default_collate(samples)
+        logits, target = self._forward(batch, self.predicting_model(epoch).eval())
+        masks = logits[0] if isinstance(logits, tuple) else logits  # (masks, presence) with a classification head
+        pred = (torch.sigmoid(masks.float()) > 0.5).cpu().numpy()
+        images, truth = batch["image"].numpy(), target.cpu().numpy()
+        return [class_grid(images[i], truth[i], pred[i]) for i in range(len(samples))]
+
     def record(self, epoch: int, train_loss: float, val_loss: float, outputs: np.ndarray, seconds: float) -> bool:
         """Score the epoch, step the LR schedule, append the metrics row; True when best so far.
 
@@ -279,7 +301,10 @@ class Trainer:
 
     def save(self, epoch: int, improved: bool, outputs: np.ndarray) -> None:
         """``last.pt`` and ``metrics.csv`` every epoch; ``best.pt`` (and the stage's validation
-        table) when the score improved. Rank 0 only."""
+        table) when the score improved; the epoch's line. Rank 0 only: the other ranks write nothing."""
+        if not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
         predicting = self.predicting_model(epoch)
         checkpoint = {
             "model": (self.model if predicting is self.net else predicting).state_dict(), "optimizer": self.optimizer.state_dict(),
@@ -298,48 +323,79 @@ class Trainer:
                 write_csv(table, self.out_dir / VAL_PROBS_CSV, float_format="%.6f")
         save_checkpoint(checkpoint, self.out_dir / LAST_PT)
         write_csv(pd.DataFrame(self.history), self.out_dir / METRICS_CSV, float_format="%.6g")
-        if self.tracker is not None:
-            self.tracker.log(self, epoch)
         row = self.history[-1]
+        if self.tracker is not None:
+            self.tracker.log(epoch + 1, scalar_tags(row, self.stage.metric_columns),
+                             self.overlays(epoch) if self.stage.needs_masks else [])
         where, eta = self.clock.tick(row["seconds"]) if self.clock is not None else ("", "")
         log.info(where + f"epoch {row['epoch']}/{self.config.epochs}  train_loss {row['train_loss']:.4f}  "
                  f"val_loss {row['val_loss']:.4f}  {self.stage.score_name} {row[self.stage.score_name]:.4f}  "
                  f"lr {row['lr']:.2g}  {row['seconds']:.1f}s" + ("  *best" if improved else "") + eta)
 
+    def finish(self) -> None:
+        """The model trained all its epochs: its event file closed; without ``keep_last`` its
+        ``last.pt`` removed (``best.pt`` is what is used). Rank 0 only."""
+        if self.tracker is not None:
+            self.tracker.close()
+        if self.dist.is_main and not self.config.keep_last:
+            (self.out_dir / LAST_PT).unlink(missing_ok=True)
 
-def fit(stage: Stage, data: TrainData, split: ModelSplit, *, state: dict | None = None, progress: bool = True,
-        dist: Dist | None = None, on_start: Callable[[], None] | None = None, clock: RunClock | None = None) -> FitResult:
-    """Train one model on ``split.train``, validating on ``split.val`` every epoch, into
-    ``split.folder`` (rank 0 writes): ``last.pt`` every epoch, ``best.pt`` when the stage's
-    score improves, ``metrics.csv``, and the stage's validation table (``val_probs.csv``).
 
-    Args:
-        state: a ``last.pt`` to continue from (its epochs are not run again).
-        on_start: called once the model is built (its weights found), before anything is written.
-        clock: the run's fold counter and time estimate, for the epoch lines.
-    """
-    dist = dist or Dist.from_env()
-    trainer = Trainer(stage, data, split, dist, state)
-    trainer.clock = clock
-    if on_start is not None:
-        on_start()
-    if dist.is_main:
-        split.folder.mkdir(parents=True, exist_ok=True)
-    for epoch in range(trainer.start_epoch, stage.config.epochs):
+def fit(trainer: Trainer, progress: bool = True) -> FitResult:
+    """Train ``trainer``'s model from its start epoch to the config's last, validating every
+    epoch, into its folder (rank 0 writes): ``last.pt`` every epoch, ``best.pt`` when the
+    stage's score improves, ``metrics.csv``, and the stage's validation table (``val_probs.csv``)."""
+    for epoch in range(trainer.start_epoch, trainer.config.epochs):
         started = time.perf_counter()
         train_loss = trainer.train_epoch(epoch, progress)
         val_loss, outputs = trainer.validate(epoch)
         improved = trainer.record(epoch, train_loss, val_loss, outputs, time.perf_counter() - started)
-        if dist.is_main:
-            trainer.save(epoch, improved, outputs)
-    if trainer.tracker is not None:
-        trainer.tracker.close()
-    if dist.is_main and not stage.config.keep_last:
-        (split.folder / LAST_PT).unlink(missing_ok=True)  # trained all its epochs: best.pt is what is used
-    return FitResult(split.folder, trainer.best_epoch, trainer.best_score, stage.config.epochs, trainer.history)
+        trainer.save(epoch, improved, outputs)
+    trainer.finish()
+    return FitResult(trainer.out_dir, trainer.best_epoch, trainer.best_score, trainer.config.epochs, trainer.history)
 
 
 # ----------------------------------------------------------------------------- runs and folds
+
+
+class Progress(Enum):
+    """Where one model of a run stands when a training command starts."""
+
+    FRESH = "fresh"
+    """A new run's model: trains from its first epoch."""
+    RESTARTED = "failed before its first epoch"
+    """Continued (``--resume``, ``--fold``) with no epoch finished: trains from its first epoch."""
+    IN_PROGRESS = "in progress"
+    """Continues from its ``last.pt`` (a hold-out model that trained all its epochs too, for no
+    epoch: the command reports its best, and ``keep_last: false`` removes its ``last.pt``)."""
+    FINISHED = "finished"
+    """Trained all its epochs, a fold (or a model whose ``last.pt`` ``keep_last: false``
+    removed): not trained again."""
+
+
+@dataclass(frozen=True)
+class ModelState:
+    """One model of a run as a training command finds it."""
+
+    index: int
+    """Its fold (0 for a hold-out run)."""
+    split: ModelSplit
+    progress: Progress
+    trained: int
+    """Epochs behind it."""
+    checkpoint: dict | None = None
+    """The ``last.pt`` it continues from (:attr:`Progress.IN_PROGRESS`)."""
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A run folder as a training command finds it: the run's models, whether the folder
+    records their split already, and each model the command trains."""
+
+    splits: list[ModelSplit]
+    recorded: bool
+    """The folder holds this run's ``config.yaml`` and ``splits.csv`` (a continued run keeps its split)."""
+    models: list[ModelState]
 
 
 def train_run(
@@ -358,7 +414,8 @@ def train_run(
     fold i goes to ``out_dir/fold{i}/`` (only fold ``fold`` when given), and once every fold is
     done, ``out_dir/val_probs.csv`` holds the out-of-fold probabilities of every training image
     (classifier). ``resume`` continues each model from its ``last.pt`` (or from the start, when
-    the run was stopped before its first epoch ended).
+    the run was stopped before its first epoch ended). Every model's state is worked out
+    (:func:`run_state`) before the first trains.
 
     Returns:
         One result per model trained (on rank 0; other ranks of a torchrun job get ``[]``).
@@ -366,70 +423,65 @@ def train_run(
     from cloudpipe.engine.runner import Plan, Runner
 
     out_dir = Path(out_dir)
-    continuing = resume or fold is not None
 
-    def declare() -> tuple[Plan, tuple[Stage, TrainData, list[ModelSplit], bool]]:
+    def declare() -> tuple[Plan, tuple[Stage, TrainData]]:
         if config.folds < 2 and fold is not None:
             raise CloudpipeError("--fold needs --folds K (K >= 2)")
         if fold is not None and not 0 <= fold < config.folds:
             raise CloudpipeError(f"--fold must be in 0..{config.folds - 1}, got {fold}")
         stage = stage_for(config)
         data = load_train_data(data_dir)
-        splits, recorded = _check_run_dir(out_dir, config, data, continuing, resume, one_fold=fold is not None)
+        if config.folds >= 2:
+            check_folds(config.folds, len(data.labels) - len(data.pseudo))
         # The run folder is claimed whole (and each fold's), so that two trainings never write one
         # run; a training of one fold claims that fold alone, so folds may train side by side.
-        claimed = [split.folder for i, split in enumerate(splits) if fold is None or i == fold]
-        claimed = ([out_dir] if fold is None and out_dir not in claimed else []) + claimed
-        return Plan(data_inputs(data_dir), folders=claimed), (stage, data, splits, recorded)
+        folders = [d for i, d in enumerate(model_dirs(out_dir, config.folds)) if fold is None or i == fold]
+        check_training_paths(out_dir, folders, tensorboard=config.tensorboard)
+        claimed = ([out_dir] if fold is None and out_dir not in folders else []) + folders
+        return Plan(data_inputs(data_dir), folders=claimed), (stage, data)
 
     with Runner.start() as run:
-        stage, data, splits, recorded = run.claim(declare)
-        dist = run.dist
-        started: list[bool] = []
-
-        def start() -> None:  # the first model is built, so the run can start: only now is --out written
-            if not started:
-                _record_run(out_dir, config, data, splits, recorded, dist)
-                started.append(True)
-
-        results = []
-        clock = RunClock(config.folds, config.epochs * (1 if fold is not None else len(splits)))
-        for i, split in enumerate(splits):
-            if fold is not None and i != fold:
+        stage, data = run.claim(declare)
+        with run.together():
+            state = run_state(out_dir, config, data, resume=resume, fold=fold)
+        results, written = [], False
+        clock = RunClock(config.folds, config.epochs * len(state.models))
+        for model in state.models:
+            clock.begin(model.index, model.trained)
+            if model.progress is Progress.FINISHED:
                 continue
-            last = split.folder / LAST_PT
-            state = _resume_state(last, config) if continuing and last.exists() else None
-            if state is not None and config.folds >= 2 and state["epoch"] >= config.epochs:
-                clock.begin(i, config.epochs)
-                continue  # a fold finished before the interruption
-            if continuing and state is None and (split.folder / METRICS_CSV).exists():  # keep_last: false removed it
-                if len(pd.read_csv(split.folder / METRICS_CSV)) >= config.epochs:
-                    clock.begin(i, config.epochs)
-                    continue
-                raise CloudpipeError("has no last.pt to train further from (keep_last: false removed it)", path=split.folder)
-            clock.begin(i, state["epoch"] if state else 0)
-            results.append(fit(stage, data, split, state=state, progress=progress, dist=dist, on_start=start, clock=clock))
-        start()
-        if dist.is_main and stage.keeps_val_probs and config.folds >= 2:
+            trainer = Trainer(stage, data, model.split, run.dist, model.checkpoint)
+            trainer.clock = clock
+            if not written:  # the first model is built (its weights found): only now is --out written
+                _record_run(out_dir, config, data, state, run)
+                written = True
+            results.append(fit(trainer, progress))
+        if not written:
+            _record_run(out_dir, config, data, state, run)
+        if run.is_main and stage.keeps_val_probs and config.folds >= 2:
             write_out_of_fold(out_dir, config.folds, data.labelled)
-        return results if dist.is_main else []
+        return results if run.is_main else []
 
 
-def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continuing: bool,
-                   resume: bool, one_fold: bool = False) -> tuple[list[ModelSplit], bool]:
-    """Check the run folder (every rank), writing nothing: the run's models and whether the
-    folder already records their split (a continued run keeps the split it recorded). A run
-    that never finished an epoch (no ``last.pt``, ``best.pt`` or ``metrics.csv``: it failed or
-    was stopped in its first) is started afresh, with the settings given, unless one fold of
+def run_state(out_dir: Path, config: TrainConfig, data: TrainData, *, resume: bool = False,
+              fold: int | None = None) -> RunState:
+    """The run in ``out_dir`` and each model a training command (``resume``, ``fold``) trains
+    there, as the folder holds them; reads, writes nothing.
+
+    A run that never finished an epoch (no ``last.pt``, ``best.pt`` or ``metrics.csv``: it failed
+    or was stopped in its first) is started afresh, with the settings given, unless one fold of
     it is asked for (``--fold``: the others may be training).
 
     Raises:
         CloudpipeError: a fresh run into a folder holding another run; ``resume`` with nothing
-            to resume; a continued run with settings that must not change.
+            to resume; a continued run with settings that must not change, or trained on other
+            images; a model whose ``last.pt`` is not one to resume from, or that has none left
+            to train further from.
     """
+    continuing = resume or fold is not None
     config_path = out_dir / CONFIG_YAML
     finished = any(p.exists() for p in training_files(out_dir) if p.name in (LAST_PT, BEST_PT, METRICS_CSV))
-    holds_run = finished or (one_fold and config_path.exists())
+    holds_run = finished or (fold is not None and config_path.exists())
     if holds_run and not continuing:
         raise CloudpipeError("holds another run; pass --resume to continue it, or choose another --out", path=out_dir)
     if resume and not config_path.exists():
@@ -439,16 +491,44 @@ def _check_run_dir(out_dir: Path, config: TrainConfig, data: TrainData, continui
     recorded = holds_run and config_path.exists() and (out_dir / SPLITS_CSV).exists()
     if recorded:
         splits = read_splits(out_dir, config.folds)
-        trained, now = set(splits[0].train + splits[0].val), set(data.labels.index)
-        if trained != now:
-            gone, new = sorted(trained - now), sorted(now - trained)
-            diff = "; ".join(f"{len(names)} image(s) {what} train.csv (first {names[0]})"
-                             for names, what in ((gone, "no longer in"), (new, "new in")) if names)
-            raise CloudpipeError(f"continues a run trained on other images than --data's: {diff}; "
-                                 "train a new run on this data, or resume with the data it trained on",
-                                 path=out_dir / SPLITS_CSV)
-        return splits, True
-    return make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels, data.pseudo)), False
+        _check_same_images(splits, data, out_dir)
+    else:
+        splits = make_model_splits(out_dir, list(data.labels.index), make_splits(config, data.labels, data.pseudo))
+    models = [_model_state(i, split, config, continuing) for i, split in enumerate(splits) if fold is None or i == fold]
+    return RunState(splits, recorded, models)
+
+
+def _check_same_images(splits: list[ModelSplit], data: TrainData, out_dir: Path) -> None:
+    """Refuse to continue a run on other training images than it recorded.
+
+    Raises:
+        CloudpipeError: one line counting the images gone and new, naming the first of each.
+    """
+    trained, now = set(splits[0].train + splits[0].val), set(data.labels.index)
+    if trained != now:
+        gone, new = sorted(trained - now), sorted(now - trained)
+        diff = "; ".join(f"{len(names)} image(s) {what} train.csv (first {names[0]})"
+                         for names, what in ((gone, "no longer in"), (new, "new in")) if names)
+        raise CloudpipeError(f"continues a run trained on other images than --data's: {diff}; "
+                             "train a new run on this data, or resume with the data it trained on",
+                             path=out_dir / SPLITS_CSV)
+
+
+def _model_state(index: int, split: ModelSplit, config: TrainConfig, continuing: bool) -> ModelState:
+    """One model's :class:`ModelState` from its folder (a new run's, unless ``continuing``)."""
+    if not continuing:
+        return ModelState(index, split, Progress.FRESH, 0)
+    last, metrics = split.folder / LAST_PT, split.folder / METRICS_CSV
+    if last.exists():
+        checkpoint = _resume_state(last, config)
+        if config.folds >= 2 and checkpoint["epoch"] >= config.epochs:
+            return ModelState(index, split, Progress.FINISHED, config.epochs)
+        return ModelState(index, split, Progress.IN_PROGRESS, checkpoint["epoch"], checkpoint)
+    if metrics.exists():  # keep_last: false removed its last.pt once it had trained all its epochs
+        if len(pd.read_csv(metrics)) >= config.epochs:
+            return ModelState(index, split, Progress.FINISHED, config.epochs)
+        raise CloudpipeError("has no last.pt to train further from (keep_last: false removed it)", path=split.folder)
+    return ModelState(index, split, Progress.RESTARTED, 0)
 
 
 def _check_unchanged(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
@@ -496,14 +576,13 @@ def _resume_state(last: Path, config: TrainConfig) -> dict:
     return state
 
 
-def _record_run(out_dir: Path, config: TrainConfig, data: TrainData, splits: list[ModelSplit], recorded: bool,
-                dist: Dist) -> None:
+def _record_run(out_dir: Path, config: TrainConfig, data: TrainData, state: RunState, run: Runner) -> None:
     """Write ``config.yaml`` and a new run's ``splits.csv`` (rank 0), once the run can start."""
-    dist.barrier()  # every rank has checked the folder before rank 0 writes into it
-    if dist.is_main:
+    run.dist.barrier()  # every rank has checked the folder before rank 0 writes into it
+    if run.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        if not recorded:
-            write_splits(out_dir, list(data.labels.index), splits)
+        if not state.recorded:
+            write_splits(out_dir, list(data.labels.index), state.splits)
         save_config(config, out_dir / CONFIG_YAML)
 
 

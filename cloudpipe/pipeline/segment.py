@@ -22,10 +22,7 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.algorithms.ensemble import RunningMean
-from cloudpipe.algorithms.postprocess import (
-    PostProcess,
-    Step,
-)
+from cloudpipe.algorithms.postprocess import Step
 from cloudpipe.algorithms.robust import check_rule
 from cloudpipe.core.choices import Rule
 from cloudpipe.core.competition import (
@@ -69,7 +66,7 @@ def predict_segmentation(
     settings: InferenceSettings = InferenceSettings(batch_size=8),
     overwrite: bool = False,
     keep_store: bool = True,
-) -> SegPrediction:
+) -> SegPrediction | None:
     """Write the masks of one segmentation run, or of the weighted mean of several, for the
     validation or test images as a Kaggle CSV, with the gate inputs made of its predictions
     beside it (:func:`~cloudpipe.pipeline.sources.produced_by`: the probability store, the head's
@@ -88,6 +85,10 @@ def predict_segmentation(
     ``keep_store=False`` writes no ``<stem>_probs.npy``/``.json`` nor any other input written with
     the store (and removes an earlier one beside ``out``, which would no longer match it): the
     masks alone, for ``tune-seg``, ``apply-seg`` and gating on pixel statistics have no store to read.
+
+    Returns:
+        What was written; None on the ranks of a ``torchrun`` job other than rank 0, which
+        writes and reports.
 
     Raises:
         CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
@@ -122,15 +123,15 @@ def predict_segmentation(
 
 def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val", "test"], target: MaskOutputs,
                        postprocess: Path | None, steps: tuple[Step, ...], choice: Rule,
-                       settings: InferenceSettings, run: Runner) -> SegPrediction:
+                       settings: InferenceSettings, run: Runner) -> SegPrediction | None:
     """The work of :func:`predict_segmentation` once its outputs are checked and locked. Under
     ``torchrun`` each rank predicts its share of the images (:meth:`~Runner.predict_store`); rank 0
-    tunes and writes, and the other ranks return what they predicted, writing nothing."""
+    tunes and writes, and the other ranks return None, writing nothing."""
     from cloudpipe.engine.devices import resolve_device
 
-    out, dist = target.out, run.dist
+    out = target.out
     with run.together():  # a bad file or image on one rank stops every rank with its error
-        device = resolve_device(settings.device, dist)
+        device = resolve_device(settings.device, run.dist)
         started = time.perf_counter()
         if split == "test":
             for member in ensemble.runs:
@@ -153,8 +154,7 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
 
     store, presence = run.predict_store(names, predict, out)
     if store is None:  # another rank's: rank 0 tunes and writes
-        mine = len(dist.shard(names))
-        return SegPrediction(out, mine, PostProcess(), mine / (time.perf_counter() - started))
+        return None
     speed = len(names) / (time.perf_counter() - started)
     made = Predicted(store, StoreInfo(split, names, **ensemble.record()), presence)
     if split == "test":
