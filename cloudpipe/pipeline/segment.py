@@ -154,7 +154,7 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
         mine = len(dist.shard(names))
         return SegPrediction(out, mine, PostProcess(), mine / (time.perf_counter() - started))
     speed = len(names) / (time.perf_counter() - started)
-    info = StoreInfo(split, names, **ensemble.record())
+    info = StoreInfo.of(split, names, **ensemble.record())
     if split == "test":
         result = write_outputs(SegPrediction(out, len(names), post, 0.0, presence=presence), store, names, info, ensemble,
                                target)
