@@ -315,7 +315,8 @@ def test_set_reads_its_values_as_a_config_file_is_read():
         load_config("classifier", overrides={"augment": "[&a {name: HorizontalFlip}, *a]"})  # --augment's text alike
 
 
-@pytest.mark.parametrize("overrides", [{"hflip": "x" * 100_000}, {"arch": ["y" * 100_000]},
+@pytest.mark.parametrize("overrides", [{"hflip": "x" * 100_000}, {"arch": ["y" * 100_000]}, {"arch": "y" * 100_000},
+                                       {"weights": "/" + "w" * 100_000}, {"encoder": "e" * 300},
                                        {"augment": [{"name": "x" * 100_000}]}, {"augment": "z" * 100_000},
                                        {"augment": [{"name": "Affine", "rotate": "x" * 100_000}]}, {"epochz" * 20_000: 1}])
 def test_a_long_value_is_cut_in_its_error_line(overrides):

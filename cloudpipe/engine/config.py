@@ -94,18 +94,18 @@ class Option:
 
 
 def setting(default: Any = ..., *, factory: Any = None, help: str | dict[str, str] = "", cli: tuple[str, ...] | bool = False,
-            check: Range | None = None, stage: Task | None = None, rule: str | None = None) -> Any:
+            check: Range | None = None, stage: Task | None = None, rule: str | None = None, **limits: Any) -> Any:
     """A :class:`TrainConfig` field, declared once: its default, its :class:`Option` (``--help``
     text, whether it is a command-line option, of which stage), and what it may be: a
     :class:`Range` (its bounds, checked by the model) or ``rule``, the words a refusal uses (a
-    flag's go without saying)."""
+    flag's go without saying), with ``limits`` (``max_length``...) checked too."""
     whole = type(default) is int
     if check is not None:
         rule = check.message(whole)
     elif type(default) is bool:
         rule = "must be true or false"
     kwargs = {"default_factory": factory} if factory else {"default": default}
-    info = Field(**kwargs, description=rule, **(check.bounds(whole) if check else {}))
+    info = Field(**kwargs, description=rule, **(check.bounds(whole) if check else {}), **limits)
     info.metadata.append(Option(help, cli, stage, check))
     return info
 
@@ -161,6 +161,8 @@ STAGE_ONLY: dict[str, tuple[Task, Any, str]] = {
     "best_by": ("classifier", "score", "is the classifier's choice; segmentation picks best.pt by Dice"),
     "head_weight": ("segmentation", 0.0, "adds a classification head to a segmentation model; the classifier has none")}
 """The settings of one stage alone: the stage, the value the other keeps, and why."""
+NAME, PATH = 200, 4096
+"""The longest model or encoder name, and the longest path (Linux's ``PATH_MAX``), a config may give."""
 AT_LEAST_1, AT_LEAST_0 = Range(1), Range(0)
 SEED = Range(0, 2**32 - 1, what="a seed")
 """What numpy's and scikit-learn's random states take."""
@@ -175,13 +177,15 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
     task: Task = setting("classifier")
-    arch: str = setting("resnet34", cli=True, rule="must be a model name", help={
+    arch: str = setting("resnet34", cli=True, rule=f"must be a model name of at most {NAME} characters", max_length=NAME, help={
         "classifier": "any torchvision classification model (resnet34, efficientnet_b0, ...) or timm:<name> "
                       "(tiny: a stand-in for tests).",
         "segmentation": "smp architecture: Unet, FPN, ... (tiny: a stand-in for tests)."})
-    encoder: str = setting("resnet34", cli=True, stage="segmentation", rule="must be an encoder name",
+    encoder: str = setting("resnet34", cli=True, stage="segmentation", rule=f"must be an encoder name of at most {NAME} characters",
+                           max_length=NAME,
                            help="smp encoder: resnet34, efficientnet-b0, ... or tu-<any timm model>.")
-    weights: str = setting("imagenet", cli=("--weights", "--encoder-weights"), rule="must be imagenet, none or a path",
+    weights: str = setting("imagenet", cli=("--weights", "--encoder-weights"), max_length=PATH,
+                           rule=f"must be imagenet, none or a path of at most {PATH} characters",
                            help="imagenet | none | PATH to a local state dict.")
     freeze: list[str] = setting(factory=lambda: ["layer1", "layer2"], rule="must be a list of submodule names")
     image_size: tuple[Whole, Whole] = setting((512, 768), cli=True, rule="must be two multiples of 32 (H W), each >= 32")
