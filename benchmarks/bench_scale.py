@@ -163,7 +163,7 @@ def scaled_set(work: Path, data: Path, run: Path, n: int) -> tuple[Path, Path]:
     rows = np.arange(n) % len(info.images)
     tmp = npy.with_suffix(".tmp")
     array_writer(_Rows(store, rows))(tmp)
-    info_writer(StoreInfo("val", names, info.runs, info.weights, info.fingerprints))(store_paths(folder / "val_seg.csv")[1])
+    info_writer(StoreInfo.of("val", names, info.runs, info.weights, info.fingerprints))(store_paths(folder / "val_seg.csv")[1])
     os.replace(tmp, npy)
     return folder / "data", npy
 

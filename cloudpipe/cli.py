@@ -269,22 +269,19 @@ def training_options(task: str):
     :class:`~cloudpipe.engine.config.TrainConfig` that declare one (their help, names and
     allowed values). Their values default to the stage's YAML (shown in ``--help``); None means
     "from the config"."""
-    import dataclasses
+    from cloudpipe.engine.config import LOSSES, Option, Range, TrainConfig, options
 
-    from cloudpipe.engine.config import LOSSES, Range, TrainConfig
-
-    defaults = {f.name: getattr(TrainConfig(task=task), f.name) for f in dataclasses.fields(TrainConfig)}
-    defaults |= read_packaged(DEFAULT_CONFIGS[task])
+    defaults = TrainConfig.model_construct().model_dump() | read_packaged(DEFAULT_CONFIGS[task])
     fill = {"encoder": "the encoder" if task == "segmentation" else "the backbone (all but fc)",
             "scratch_lr": defaults["scratch_lr"], "losses": ", ".join(LOSSES[task])}
 
-    def option(f: dataclasses.Field):
-        meta, value = f.metadata, defaults[f.name]
-        names = meta["cli"] if isinstance(meta["cli"], tuple) else ("--" + f.name.replace("_", "-"),)
-        check, kwargs = meta["check"], {}
+    def option(name: str, meta: Option):
+        value = defaults[name]
+        names = meta.cli if isinstance(meta.cli, tuple) else ("--" + name.replace("_", "-"),)
+        check, kwargs = meta.check, {}
         if isinstance(value, bool):
             names = (f"{names[0]}/--no-{names[0][2:]}",)
-        elif f.name == "workers":
+        elif name == "workers":
             kwargs["type"] = WORKERS
         elif isinstance(check, tuple):
             kwargs["type"] = click.Choice(check)
@@ -300,11 +297,11 @@ def training_options(task: str):
         shown = " ".join(map(str, value)) if isinstance(value, (list, tuple)) else value
         if isinstance(value, dict):
             shown = ",".join(f"{k}={v:g}" for k, v in value.items())
-        text = meta["help"].get(task, "") if isinstance(meta["help"], dict) else meta["help"]
+        text = meta.help.get(task, "") if isinstance(meta.help, dict) else meta.help
         text = f"{text.format(**fill)} [default: {shown}, configs/{DEFAULT_CONFIGS[task]}]".strip()
-        return click.option(*names, f.name, default=None, help=text, **kwargs)
+        return click.option(*names, name, default=None, help=text, **kwargs)
 
-    generated = [option(f) for f in dataclasses.fields(TrainConfig) if f.metadata["cli"] and f.metadata["stage"] in (None, task)]
+    generated = [option(name, meta) for name, meta in options(task).items()]
     return with_options(
         click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder."),
         click.option("--out", "out_dir", type=NEW_PATH, required=True, help="Run folder to write."),

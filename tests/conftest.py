@@ -123,7 +123,7 @@ def write_store(path: Path, images: list[str], split: str, seed: int = 0) -> Pat
                 top, left = int(rng.integers(0, 250)), int(rng.integers(0, 400))
                 store[i, k, top:top + 100, left:left + 120] = int(rng.integers(120, 255))
     array_writer(store)(path)
-    info_writer(StoreInfo(split, list(images), [], []))(info_path(path))
+    info_writer(StoreInfo.of(split, list(images), [], []))(info_path(path))
     return path
 
 

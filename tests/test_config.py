@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import dataclasses
 import re
 
 import pytest
 import yaml
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.engine.config import Range, TrainConfig, config_from_dict, load_config, save_config
+from cloudpipe.engine.config import Range, TrainConfig, config_from_dict, load_config, options, parse_settings, save_config
 
 
 def test_classifier_defaults_are_the_seed_recipe():
@@ -42,56 +41,57 @@ def test_save_and_reload_round_trip(tmp_path):
     "text, message",
     [
         ("epochz: 1\n", "unknown key(s) epochz"),
-        ("epochs: 0\n", "epochs = 0 must be >= 1"),
-        ("epochs: 1.5\n", "not a valid int"),
-        ("lr: -1\n", "lr = -1.0 must be in"),
-        ("hflip: 2\n", "probability"),
-        ("image_size: [100, 96]\n", "multiples of 32"),
-        ("device: tpu\n", "device"),
-        ("workers: many\n", "workers = 'many' is not a valid int"),
-        ("workers: -1\n", "workers = -1 must be auto or a number in [0, 256]"),
-        ("workers: 100000\n", "workers = 100000 must be auto or a number in [0, 256]"),
-        ("image_size: [32000, 32000]\n", "image_size = (32000, 32000) is more than 47,040,000 pixels"),
-        ("amp: 'yes'\n", "not a valid bool"),
-        ("freeze: layer1\n", "not a valid list"),
-        ("task: segmentation\n", "this command trains a classifier"),
+        ("epochs: 0\n", "config: epochs: must be a whole number >= 1, got 0"),
+        ("epochs: 1.5\n", "config: epochs: must be a whole number >= 1, got 1.5"),
+        ("lr: -1\n", "config: lr: must be a number in (0, 10), got -1"),
+        ("hflip: 2\n", "config: hflip: must be a probability in [0, 1], got 2"),
+        ("image_size: [100, 96]\n", "config: image_size: must be two multiples of 32 (H W), each >= 32, got [100, 96]"),
+        ("device: tpu\n", "config: device: must be one of 'auto', 'cpu' or 'cuda', got 'tpu'"),
+        ("workers: many\n", "config: workers: must be auto or a whole number in [0, 256], got 'many'"),
+        ("workers: -1\n", "config: workers: must be auto or a whole number in [0, 256], got -1"),
+        ("workers: 100000\n", "config: workers: must be auto or a whole number in [0, 256], got 100000"),
+        ("image_size: [32000, 32000]\n", "config: image_size: must be at most 47,040,000 pixels (16 competition images), got [32000, 32000]"),
+        ("amp: 'yes'\n", "config: amp: must be true or false, got 'yes'"),
+        ("freeze: layer1\n", "config: freeze: must be a list of submodule names, got 'layer1'"),
+        ("task: segmentation\n", "config: task: must be classifier, the stage this command trains, got 'segmentation'"),
         ("[1, 2]\n", "YAML mapping"),
-        ("optimizer: adamx\n", "optimizer = 'adamx' is not one of adam, adamw, sgd"),
-        ("schedule: step\n", "schedule = 'step' is not one of plateau, cosine, onecycle"),
-        ("loss: {dice: 1}\n", "must weight some of bce, focal (the classifier's losses)"),
-        ("loss: {bce: -1}\n", "weights must be finite and >= 0"),
+        ("optimizer: adamx\n", "config: optimizer: must be one of 'adam', 'adamw' or 'sgd', got 'adamx'"),
+        ("schedule: step\n", "config: schedule: must be one of 'plateau', 'cosine' or 'onecycle', got 'step'"),
+        ("loss: {dice: 1}\n", "config: loss: must weight some of bce, focal (the classifier's losses), got {'dice': 1}"),
+        ("loss: {bce: -1}\n", "config: loss: weights must be finite and >= 0, at least one > 0, got {'bce': -1}"),
         ("loss: {bce: 0}\n", "at least one > 0"),
-        ("loss: [bce]\n", "not a valid mapping of loss terms"),
-        ("loss: 'bce=x'\n", "not a valid mapping of loss terms"),
-        ("mask_loss_on: present\n", "the classifier has none"),
-        ("mask_loss_on: some\n", "is not one of all, present, positive"),
+        ("loss: [bce]\n", "config: loss: must be a mapping of loss terms to weights (e.g. bce=0.75,dice=0.25), got ['bce']"),
+        ("loss: 'bce=x'\n", "config: loss.bce: must be a mapping of loss terms to weights (e.g. bce=0.75,dice=0.25), got 'x'"),
+        ("mask_loss_on: present\n", "config: mask_loss_on: restricts a mask loss; the classifier has none, got 'present'"),
+        ("mask_loss_on: some\n", "config: mask_loss_on: must be one of 'all', 'present' or 'positive', got 'some'"),
         ("mask_loss_on: positive\n", "the classifier has none"),
-        ("cutmix: 0.5\n", "cutmix = 0.5 mixes masks"),
-        ("cutmix: 2\n", "cutmix = 2.0 is a probability"),
-        ("best_by: dice\n", "best_by = 'dice' is not one of score, auc"),
-        ("augment: huge\n", "augment = 'huge' is not a preset"),
-        ("augment: {name: Affine}\n", "augment = {'name': 'Affine'} is not a valid preset name or list of transforms"),
+        ("cutmix: 0.5\n", "config: cutmix: mixes masks; the classifier's labels have none, got 0.5"),
+        ("cutmix: 2\n", "config: cutmix: must be a probability in [0, 1], got 2"),
+        ("best_by: dice\n", "config: best_by: must be one of 'score' or 'auc', got 'dice'"),
+        ("augment: huge\n", "config: augment: must be a preset (basic, light, medium, heavy) or a list of transforms, got 'huge'"),
+        ("augment: {name: Affine}\n",
+         "config: augment: must be a preset name or a list of {name: <albumentations transform>, <params>}, got {'name': 'Affine'}"),
         ("augment: [{name: Afine}]\n", "augment[0]: unknown transform 'Afine'; did you mean Affine"),
-        ("encoder_lr_ratio: 0\n", "encoder_lr_ratio = 0.0 must be in (0, 10]"),
-        ("warmup_epochs: 1\n", "needs schedule cosine or onecycle"),
-        ("schedule: cosine\nwarmup_epochs: 30\n", "must be below epochs (30)"),
-        ("ema: 1\n", "ema = 1.0 is a decay"),
-        ("ema: 0.9\nswa_epochs: 2\n", "choose one"),
-        ("swa_epochs: 31\n", "at most epochs (30)"),
-        ("grad_clip: -1\n", "grad_clip = -1.0 must be >= 0"),
+        ("encoder_lr_ratio: 0\n", "config: encoder_lr_ratio: must be a number in (0, 10] (1: the same lr as the rest), got 0"),
+        ("warmup_epochs: 1\n", "config: warmup_epochs: needs schedule cosine or onecycle, got 1"),
+        ("schedule: cosine\nwarmup_epochs: 30\n", "config: warmup_epochs: must be below epochs (30), got 30"),
+        ("ema: 1\n", "config: ema: must be a decay in [0, 1) (0: no moving average), got 1"),
+        ("ema: 0.9\nswa_epochs: 2\n", "config: swa_epochs: and ema both average the weights; choose one, got 2"),
+        ("swa_epochs: 31\n", "config: swa_epochs: must be at most epochs (30), got 31"),
+        ("grad_clip: -1\n", "config: grad_clip: must be a finite number >= 0, got -1"),
         ("epochs: [\n", "cannot read config"),
         # non-finite and out-of-range values, refused up front (they trained NaN or crashed)
-        ("weight_decay: .inf\n", "weight_decay = inf must be >= 0 (and finite)"),
-        ("grad_clip: .nan\n", "grad_clip = nan must be >= 0"),
-        ("head_weight: .inf\n", "head_weight = inf must be >= 0"),
-        ("lr: .nan\n", "lr = nan must be in (0, 10)"),
-        ("epochs: .inf\n", "epochs = inf is not a valid int"),
-        ("image_size: [.inf, 64]\n", "image_size = [inf, 64] is not a valid tuple"),
+        ("weight_decay: .inf\n", "config: weight_decay: must be a finite number >= 0, got inf"),
+        ("grad_clip: .nan\n", "config: grad_clip: must be a finite number >= 0, got nan"),
+        ("head_weight: .inf\n", "config: head_weight: must be a finite number >= 0 (0: no classification head), got inf"),
+        ("lr: .nan\n", "config: lr: must be a number in (0, 10), got nan"),
+        ("epochs: .inf\n", "config: epochs: must be a whole number >= 1, got inf"),
+        ("image_size: [.inf, 64]\n", "config: image_size.0: must be two multiples of 32 (H W), each >= 32, got inf"),
         ("loss: {bce: .nan}\n", "weights must be finite and >= 0"),
         ("loss: {bce: .inf}\n", "weights must be finite and >= 0"),
-        ("seed: -1\n", "seed = -1 is a seed and must be in [0, 4294967295]"),
-        ("split_seed: -1\n", "split_seed = -1 is a seed and must be in [0, 4294967295]"),
-        ("split_seed: 4294967296\n", "split_seed = 4294967296 is a seed"),
+        ("seed: -1\n", "config: seed: must be a seed in [0, 4294967295], got -1"),
+        ("split_seed: -1\n", "config: split_seed: must be a seed in [0, 4294967295], got -1"),
+        ("split_seed: 4294967296\n", "config: split_seed: must be a seed in [0, 4294967295], got 4294967296"),
     ],
 )
 def test_invalid_values(tmp_path, text, message):
@@ -177,29 +177,32 @@ def test_every_option_is_declared_once_on_its_field():
     from cloudpipe.cli import main
     from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
 
-    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     for task, command in (("classifier", "train-classifier"), ("segmentation", "train-seg")):
-        assert set(read_packaged(DEFAULT_CONFIGS[task])) <= set(fields)
+        assert set(read_packaged(DEFAULT_CONFIGS[task])) <= set(TrainConfig.model_fields)
         load_config(task)  # every packaged default passes its check
-        params = {p.name: p for p in main.commands[command].params}
-        for name, f in fields.items():
-            declared = bool(f.metadata["cli"]) and f.metadata["stage"] in (None, task)
-            assert (name in params) == declared, name
-            if declared and isinstance(f.metadata["check"], tuple):
-                assert list(params[name].type.choices) == list(f.metadata["check"])
+        params = {p.name: p for p in main.commands[command].params if p.name in TrainConfig.model_fields}
+        assert list(params) == list(options(task))
+        for name, option in options(task).items():
+            if isinstance(option.check, tuple):
+                assert list(params[name].type.choices) == list(option.check)
+            if isinstance(option.check, Range):
+                assert (params[name].type.min, params[name].type.max) == (option.check.low, option.check.high)
+    assert set(options("classifier")) ^ set(options("segmentation")) == {"encoder", "mask_loss_on", "cutmix", "best_by"}
     bad = CliRunner().invoke(main, ["train-seg", "--data", ".", "--out", "x", "--schedule", "step"])
     assert bad.exit_code == 2 and "'step' is not one of 'plateau', 'cosine', 'onecycle'" in bad.output
 
 
-@pytest.mark.parametrize("check, inside, outside, message", [
-    (Range(1), [1, 5], [0, -1, float("inf"), float("nan")], "must be >= 1 (and finite)"),
-    (Range(0, 10, True, True), [0.001, 9.9], [0, 10, float("nan")], "must be in (0, 10)"),
-    (Range(0, 1, high_open=True, what="is a decay and ", note="(0: off)"), [0, 0.99], [1, -0.1],
-     "is a decay and must be in [0, 1) (0: off)"),
+@pytest.mark.parametrize("key, inside, outside, message", [
+    ("epochs", [1, 5], [0, -1, float("inf"), float("nan"), True], "must be a whole number >= 1"),
+    ("lr", [0.001, 9.9], [0, 10, float("nan"), False], "must be a number in (0, 10)"),
+    ("ema", [0, 0.99], [1, -0.1], "must be a decay in [0, 1) (0: no moving average)"),
 ])
-def test_ranges_hold_and_say_what_they_allow(check, inside, outside, message):
-    assert all(check.holds(v) for v in inside) and not any(check.holds(v) for v in outside)
-    assert check.message() == message
+def test_ranges_hold_and_say_what_they_allow(key, inside, outside, message):
+    for value in inside:
+        assert getattr(load_config("classifier", overrides={key: value}), key) == value
+    for value in outside:
+        with pytest.raises(CloudpipeError, match=re.escape(f"config: {key}: {message}, got {value!r}")):
+            load_config("classifier", overrides={key: value})
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -249,7 +252,7 @@ def test_set_reads_any_key_as_a_yaml_value_and_checks_it_as_the_yaml_would():
                            (["freeze=[layer1"], "not a YAML value"), (["hflip="], "no value")]:
         with pytest.raises(CloudpipeError, match=re.escape(message)):
             parse_settings(items)
-    with pytest.raises(CloudpipeError, match=re.escape("config: hflip = 2.0 is a probability and must be in [0, 1]")):
+    with pytest.raises(CloudpipeError, match=re.escape("config: hflip: must be a probability in [0, 1], got 2")):
         load_config("classifier", overrides=parse_settings(["hflip=2"]))
 
 
@@ -259,7 +262,7 @@ def test_set_on_the_command_line_is_validated_before_anything_runs_and_named_opt
 
     out = tmp_path / "run"
     refused = cli("train-classifier", "--data", tiny_data, "--out", out, "--set", "patience=-1")
-    assert refused.exit_code == 2 and "config: patience = -1 must be >= 0" in refused.stderr and not out.exists()
+    assert refused.exit_code == 2 and "config: patience: must be a whole number >= 0, got -1" in refused.stderr and not out.exists()
     seen = []
     monkeypatch.setattr(train, "train_run", lambda config, *a, **k: seen.append(config) or [])
     ok = cli("train-seg", "--data", tiny_data, "--out", out, "--set", "val_fraction=0.25", "--set", "epochs=7",
@@ -279,7 +282,7 @@ def test_augmentations_by_name_are_saved_as_given(tmp_path):
         {"name": "ChannelShuffle", "p": 0.1}]  # a list on the command line, in YAML
     assert load_config("classifier", overrides={"augment": "heavy"}).augment == "heavy"
     assert load_config("segmentation").augment == "basic" and load_config("segmentation").cutmix == 0.0
-    with pytest.raises(CloudpipeError, match="best_by = 'auc' is the classifier's choice"):
+    with pytest.raises(CloudpipeError, match="config: best_by: is the classifier's choice; segmentation picks best.pt by Dice, got 'auc'"):
         load_config("segmentation", overrides={"best_by": "auc"})
 
 
@@ -294,3 +297,57 @@ def test_the_competition_configs_hold_the_medallists_recipe(task, name):
         assert c.loss == {"bce": 0.75, "dice": 0.25} and c.encoder.startswith("tu-")
     else:
         assert c.best_by == "auc" and c.arch.startswith("timm:") and c.freeze == []
+
+
+def test_set_reads_its_values_as_a_config_file_is_read():
+    """No aliases (a few hundred bytes of them expand to gigabytes: MemoryError), nothing larger
+    than a config file may be, nesting deeper than the parser goes: one line each, as ``--config``."""
+    from cloudpipe.engine.config import parse_settings
+
+    for item, message in [("freeze=[&a layer1, *a]", "--set 'freeze=[&a layer1, *a]': not a YAML value (aliases (*name) "
+                                                     "are not allowed; line 1)"),
+                          ("hflip=" + "9" * 70_000, "larger than 64 KiB, as no config file may be"),
+                          ("freeze=" + "[" * 30_000 + "]" * 30_000, "not a YAML value")]:
+        with pytest.raises(CloudpipeError, match=re.escape(message)) as info:
+            parse_settings([item])
+        assert "\n" not in str(info.value) and len(str(info.value)) < 200
+    with pytest.raises(CloudpipeError, match=re.escape("config: augment: not a YAML list (aliases (*name) are not allowed")):
+        load_config("classifier", overrides={"augment": "[&a {name: HorizontalFlip}, *a]"})  # --augment's text alike
+
+
+@pytest.mark.parametrize("overrides", [{"hflip": "x" * 100_000}, {"arch": ["y" * 100_000]}, {"arch": "y" * 100_000},
+                                       {"weights": "/" + "w" * 100_000}, {"encoder": "e" * 300},
+                                       {"augment": [{"name": "x" * 100_000}]}, {"augment": "z" * 100_000},
+                                       {"augment": [{"name": "Affine", "rotate": "x" * 100_000}]}, {"epochz" * 20_000: 1}])
+def test_a_long_value_is_cut_in_its_error_line(overrides):
+    with pytest.raises(CloudpipeError) as info:
+        load_config("classifier", overrides={"image_size": [64, 96], **overrides})
+    message = str(info.value)
+    assert "..." in message and len(message) < 700 and "\n" not in message, message
+    with pytest.raises(CloudpipeError) as info:
+        parse_settings(["x" * 100_000 + "=1"])
+    assert "x" * 81 not in str(info.value)
+
+
+@pytest.mark.parametrize("task, steps, message", [
+    ("segmentation", [{"name": "HistogramMatching", "p": 0.5}], "augment[0]: HistogramMatching reads hm_metadata beside each image"),
+    ("classifier", [{"name": "HorizontalFlip"}, {"name": "FDA", "p": 0.1}], "augment[1]: FDA reads fda_metadata"),
+    ("classifier", [{"name": "MaskDropout", "p": 0.5}], "augment[0]: MaskDropout reads masks, which the classifier's images have none of"),
+    ("segmentation", [{"name": "PadIfNeeded", "min_height": 100_000, "min_width": 100_000, "p": 0.0}],
+     "augment[0]: PadIfNeeded: min_height = 100000 is larger than 6858 pixels"),
+])
+def test_augmentations_training_cannot_run_are_refused_when_the_config_loads(task, steps, message):
+    with pytest.raises(CloudpipeError, match=re.escape(f"config: {message}")):
+        load_config(task, overrides={"augment": steps, "image_size": [64, 96]})
+
+
+def test_a_saved_config_is_written_as_before():
+    """config.yaml is what --resume compares: the same bytes for the same settings (numbers as
+    floats where the key is a float, ints as given, keys in their order)."""
+    c = load_config("segmentation", overrides={"image_size": [64, 96], "hflip": 0, "lr": "1e-3", "epochs": 2.0, "seed": "7",
+                                               "loss": "bce=1,dice=0.5", "workers": 3})
+    text = yaml.safe_dump(c.to_dict(), sort_keys=False)
+    assert text.startswith("task: segmentation\narch: Unet\nencoder: resnet34\nweights: none\nfreeze: []\nimage_size:\n- 64\n- 96\n"
+                           "epochs: 2\nbatch_size: 8\naccumulate: 1\nlr: 0.001\n")
+    assert "\nhflip: 0.0\n" in text and "\nseed: 7\n" in text and "\nloss:\n  bce: 1.0\n  dice: 0.5\n" in text
+    assert "\nworkers: 3\n" in text and list(yaml.safe_load(text)) == list(TrainConfig.model_fields)

@@ -134,7 +134,7 @@ def test_four_view_tta_flips_masks_back(tiny_data):
 
 @pytest.mark.parametrize("change, message", [
     ({"model": "w"}, "checkpoint's model is not tensors by name"),
-    ({"config": {"task": "classifier", "epochs": "many"}}, "checkpoint's config: config: epochs = 'many' is not a valid int"),
+    ({"config": {"task": "classifier", "epochs": "many"}}, "checkpoint's config: config: epochs: must be a whole number >= 1, got 'many'"),
     ({"classes": None}, "checkpoint's classes is not a list of class names"),
 ])
 def test_load_run_says_in_one_line_what_a_tampered_checkpoint_holds(tiny_classifier_run, tmp_path, change, message):

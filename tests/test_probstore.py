@@ -21,9 +21,20 @@ from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, proba
 def write_store(tmp_path, n=3, images=None):
     store = np.random.default_rng(0).integers(0, 256, (n, 4, 350, 525), dtype=np.uint8)
     npy, meta = store_paths(tmp_path / "val_seg.csv")
-    info = StoreInfo("val", images or [f"{i}.jpg" for i in range(n)], ["/runs/a"], [1.0], ["0" * 64])
+    info = StoreInfo.of("val", images or [f"{i}.jpg" for i in range(n)], ["/runs/a"], [1.0], ["0" * 64])
     write_files({npy: array_writer(store), meta: info_writer(info)})
     return npy, store, info
+
+
+def test_the_store_json_is_written_by_the_model_that_reads_it(tmp_path):
+    """StoreInfo is the JSON's model: written in its field order, and never a file its reader
+    refuses (duplicate names, a weight missing)."""
+    npy, _, info = write_store(tmp_path)
+    assert list(json.loads(info_path(npy).read_text())) == list(StoreInfo.model_fields)
+    with pytest.raises(CloudpipeError, match=r"^probability store: images: has duplicates \(a.jpg\), got \['a.jpg', 'a.jpg'\]$"):
+        StoreInfo.of("val", ["a.jpg", "a.jpg"], [], [])
+    with pytest.raises(CloudpipeError, match="^probability store: needs one weight and one fingerprint per run"):
+        StoreInfo.of("val", ["a.jpg"], ["/runs/a"], [], ["0" * 64])
 
 
 def test_names_follow_the_csv(tmp_path):

@@ -142,7 +142,7 @@ def test_tune_seg_says_per_class_why_the_defaults_were_kept(tiny_data, tmp_path)
             store[i, k] = resize_nearest(rle2mask(truth.loc[image, c], (64, 96)), SUBMISSION_SHAPE) * 102
     npy = tmp_path / "val_seg_probs.npy"
     array_writer(store)(npy)
-    info_writer(StoreInfo("val", images, [], []))(info_path(npy))
+    info_writer(StoreInfo.of("val", images, [], []))(info_path(npy))
     result = cli("tune-seg", "--store", npy, "--data", tiny_data, "--out", tmp_path / "val.csv", "--steps", "threshold")
     assert result.exit_code == 0, result.output
     said = [line for line in result.output.splitlines() if line.split(":")[0] in CLASSES]

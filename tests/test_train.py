@@ -273,7 +273,7 @@ def test_cli_trains_and_refuses_to_mix_runs(tiny_data, tmp_path):
         (["--schedule", "plateau", "--warmup-epochs", "1"], "needs schedule cosine or onecycle"),
         (["--ema", "1"], "--ema"),
         (["--augment", "[{name: Afine, p: 1}]"], "augment[0]: unknown transform 'Afine'; did you mean Affine"),
-        (["--augment", "heavier"], "augment = 'heavier' is not a preset (basic, light, medium, heavy)"),
+        (["--augment", "heavier"], "config: augment: must be a preset (basic, light, medium, heavy) or a list of transforms, got 'heavier'"),
         (["--arch", "resnet35"], "unknown classifier arch 'resnet35'; did you mean"),
         (["--arch", "timm:resnet35"], "unknown timm model 'resnet35'; did you mean"),
         (["--best-by", "dice"], "'dice' is not one of 'score', 'auc'"),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import albumentations as A
 import numpy as np
 import pytest
@@ -91,13 +93,13 @@ def test_a_list_names_the_whole_pipeline_and_is_reproducible():
 
 
 @pytest.mark.parametrize("augment, message", [
-    ("huge", "augment = 'huge' is not a preset (basic, light, medium, heavy)"),
+    ("huge", "config: augment: must be a preset (basic, light, medium, heavy) or a list of transforms, got 'huge'"),
     ([{"name": "GridDistorsion"}], "augment[0]: unknown transform 'GridDistorsion'; did you mean GridDistortion"),
     ([{"name": "HorizontalFlip"}, {"name": "Afine", "p": 1}], "augment[1]: unknown transform 'Afine'; did you mean Affine"),
     ([{"name": "Compose"}], "unknown transform 'Compose'"),
     ([{"name": "Affine", "rotat": 10}], "augment[0]: Affine(rotat=10) refused: Argument(s) 'rotat' are not valid"),
     ([{"name": "GridDistortion", "num_steps": -2}], "GridDistortion(num_steps=-2) refused: num_steps; Input should be greater"),
-    (["HorizontalFlip"], "augment[0] = 'HorizontalFlip' must be a mapping with a transform name"),
+    (["HorizontalFlip"], "augment[0]: must be a mapping with a transform name, e.g. {name: GridDistortion, p: 0.3}, got 'HorizontalFlip'"),
     ([{"name": "Normalize"}], "must keep images uint8 at image_size [64, 96]"),
     ([{"name": "Resize", "height": 32, "width": 32}], "it gives an image uint8 [32, 32, 3]"),
 ])
@@ -105,3 +107,41 @@ def test_bad_pipelines_are_refused_in_one_line(augment, message):
     with pytest.raises(CloudpipeError) as err:
         check_augment(augment, (64, 96))
     assert message in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["HistogramMatching", "FDA", "PixelDistributionAdaptation", "Mosaic", "OverlayElements",
+                                  "RandomCropNearBBox"])
+@pytest.mark.parametrize("masks", [True, False])
+def test_steps_that_read_data_beside_the_image_are_refused(name, masks):
+    """Reference images, other samples, boxes: training gives a step the image (and its masks)
+    alone, so these would fail whenever they are drawn (at p=0.5: somewhere in epoch 1)."""
+    with pytest.raises(CloudpipeError) as err:
+        check_augment([{"name": "HorizontalFlip"}, {"name": name, "p": 0.5}], (64, 96), masks=masks)
+    message = str(err.value)
+    assert message.startswith(f"config: augment[1]: {name} reads ") and "which training does not give" in message
+    assert message.endswith("only the image and its masks" if masks else "only the image") and "\n" not in message
+
+
+def test_a_step_is_run_as_training_gives_it_samples():
+    """Masks for segmentation, the image alone for the classifier; a step that fails on them is
+    one line (here a crop that wants bounding boxes: a KeyError otherwise)."""
+    check_augment([{"name": "MaskDropout", "p": 0.5}], (64, 96), masks=True)
+    with pytest.raises(CloudpipeError, match=r"^config: augment\[0\]: MaskDropout reads masks, which the classifier's"):
+        check_augment([{"name": "MaskDropout", "p": 0.5}], (64, 96), masks=False)
+    with pytest.raises(CloudpipeError, match=re.escape("config: augment[0]: BBoxSafeRandomCrop fails on a 64 x 96 image "
+                                                       "and masks: KeyError: 'bboxes'")):
+        check_augment([{"name": "BBoxSafeRandomCrop", "p": 0.5}], (64, 96))
+
+
+@pytest.mark.parametrize("spec, key", [
+    ({"name": "PadIfNeeded", "min_height": 100_000, "min_width": 100_000}, "min_height = 100000"),
+    ({"name": "Resize", "height": 64, "width": 100_000}, "width = 100000"),
+    ({"name": "Pad", "padding": 100_000}, "padding = 100000"),
+    ({"name": "RandomResizedCrop", "size": [100_000, 100_000]}, "size = [100000, 100000]"),
+    ({"name": "CropAndPad", "px": -100_000}, "px = -100000"),
+])
+def test_absurd_sizes_are_refused_before_anything_is_allocated(spec, key):
+    """A pad, crop or resize to 100000 pixels would allocate tens of gigabytes; refused on its
+    parameters (never run), whatever its probability."""
+    with pytest.raises(CloudpipeError, match=re.escape(f"config: augment[0]: {spec['name']}: {key} is larger than 6858 pixels")):
+        check_augment([{**spec, "p": 0.0}], (64, 96))

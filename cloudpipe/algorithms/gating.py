@@ -21,7 +21,7 @@ from cloudpipe.algorithms.thresholds import check_threshold, check_thresholds
 from cloudpipe.core.arrays import check_numbers
 from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import BadValue, CloudpipeError
-from cloudpipe.core.models import per_class, read_model
+from cloudpipe.core.models import WHOLE_KEPT, FileModel, dump_model, per_class, read_model
 
 THRESHOLDS_FORMAT = 1
 """The version of the ``thresholds.json`` form (:meth:`GateSpec.to_json`)."""
@@ -153,12 +153,12 @@ class GateSpec:
         return keep(scores, self.thresholds, drawn if self.at_least_one else None)
 
     def to_json(self) -> dict:
-        """``{class: threshold, "gate": {class: {source: weight}}, "at_least_one": bool}``, plus
-        ``top_k`` and ``area_threshold`` when a pixel statistic is used."""
-        out = {"format": THRESHOLDS_FORMAT, **self.thresholds, "gate": self.gates, "at_least_one": self.at_least_one}
-        if self.pixel is not None:
-            out |= {"top_k": self.pixel.top_k, "area_threshold": self.pixel.area_threshold}
-        return out
+        """``{"format": 1, class: threshold, "gate": {class: {source: weight}}, "at_least_one": bool}``,
+        plus ``top_k`` and ``area_threshold`` when a pixel statistic is used (:class:`ThresholdsFile`)."""
+        pixel = {} if self.pixel is None else {"top_k": self.pixel.top_k, "area_threshold": self.pixel.area_threshold}
+        return dump_model(ThresholdsFile, {"format": THRESHOLDS_FORMAT, **self.thresholds, "gate": self.gates,
+                                           "at_least_one": self.at_least_one, **pixel}, "thresholds",
+                          context={"known": self.sources})
 
     @classmethod
     def from_json(cls, data: object, known: Sequence[str]) -> GateSpec:
@@ -188,17 +188,25 @@ def _check_blend(weights: dict[str, float], info: ValidationInfo) -> dict[str, f
     return weights
 
 
-Blend = Annotated[dict[str, Annotated[float, Field(ge=0)]], Field(min_length=1), AfterValidator(_check_blend)]
+Blend = Annotated[dict[str, Annotated[float, Field(ge=0), WHOLE_KEPT]], Field(min_length=1), AfterValidator(_check_blend)]
 Gates = per_class("Gates", CLASSES, Blend, "must be {source: weight}, weights >= 0 summing to 1")
 
 
-class ThresholdsFile(per_class("ClassThresholds", CLASSES, Annotated[float, Field(ge=0, le=1)], "must be a number in [0, 1]")):
-    """What ``thresholds.json`` must hold (:meth:`GateSpec.to_json`; keys it does not name, such
-    as those tune records, are allowed). Validate with ``context={"known": source names}``."""
+class _Format(FileModel):
+    """``thresholds.json``'s first key."""
 
     format: Literal[1] = Field(THRESHOLDS_FORMAT, description=f"must be {THRESHOLDS_FORMAT} (tune them again with this "
                                                               "cloudpipe)")  # a file without one: hand-written or older
+
+
+class ThresholdsFile(per_class("ClassThresholds", CLASSES, Annotated[float, Field(ge=0, le=1), WHOLE_KEPT],
+                               "must be a number in [0, 1]", base=_Format)):
+    """What ``thresholds.json`` must hold, in its order (:meth:`GateSpec.to_json` writes it; keys
+    it does not name, such as those tune records, are allowed). Validate with
+    ``context={"known": source names}``."""
+
     gate: Gates = Field(None, description="must give every class {source: weight}")  # None: not given (null is refused)
     at_least_one: bool = Field(False, description="must be true or false")  # "false" is a string, bool("false") True
     top_k: int = Field(PixelStats.top_k, ge=1, description="must be a whole number >= 1")
-    area_threshold: float = Field(PixelStats.area_threshold, ge=0, le=1, description="must be a number in [0, 1]")
+    area_threshold: Annotated[float, WHOLE_KEPT] = Field(PixelStats.area_threshold, ge=0, le=1,
+                                                         description="must be a number in [0, 1]")

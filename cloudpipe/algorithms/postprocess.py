@@ -34,11 +34,11 @@ from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import BadType, BadValue, CloudpipeError
 from cloudpipe.core.masks import remove_small_components
 from cloudpipe.core.metric import dice_score
-from cloudpipe.core.models import FileModel, error_line, per_class, read_model
+from cloudpipe.core.models import WHOLE_KEPT, FileModel, dump_model, error_line, per_class, read_model
 
 FORMAT_VERSION = 2
-Probability = Annotated[float, Strict(), Field(ge=0, le=1)]
-Size = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False)]
+Probability = Annotated[float, Strict(), Field(ge=0, le=1), WHOLE_KEPT]
+Size = Annotated[float, Strict(), Field(ge=0, allow_inf_nan=False), WHOLE_KEPT]
 
 
 @cache
@@ -74,7 +74,7 @@ class Step:
         give the same mask may give the same object (tuning then scores it once)."""
         return [self.apply(mask, probs, value) for value in self.grid]
 
-    value: ClassVar[Any] = Annotated[float, Strict(), Field(allow_inf_nan=False)]
+    value: ClassVar[Any] = Annotated[float, Strict(), Field(allow_inf_nan=False), WHOLE_KEPT]
     """The type of one value (a pydantic type, checked strictly: ``"0.5"`` is no number)."""
     what: ClassVar[str] = "a finite number"
     """What one value is, in words: ``a number in [0, 1]``."""
@@ -289,10 +289,10 @@ class PostProcess:
                          for c in CLASSES)
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``{"format": 2, "steps": [{"step", "grid", "values": {class: v}}]}``."""
-        return {"format": FORMAT_VERSION, "steps": [
+        """JSON-ready: ``{"format": 2, "steps": [{"step", "grid", "values": {class: v}}]}`` (:class:`PostProcessFile`)."""
+        return dump_model(PostProcessFile, {"format": FORMAT_VERSION, "steps": [
             {"step": s.name, "grid": list(s.grid), "values": {c: self.values[c][i] for c in CLASSES}}
-            for i, s in enumerate(self.steps)]}
+            for i, s in enumerate(self.steps)]}, "post-processing")
 
     @classmethod
     def from_dict(cls, data: object) -> PostProcess:

@@ -12,7 +12,7 @@ from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, TypeVar, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, WrapValidator, create_model
 
 from cloudpipe.core.errors import CloudpipeError
 
@@ -28,9 +28,45 @@ class FileModel(BaseModel):
     model_config = ConfigDict(strict=True, extra="allow", frozen=True)
 
 
-def per_class(name: str, classes: Sequence[str], value: Any, description: str) -> type[FileModel]:
-    """A model of ``{class: value}`` with every class of ``classes`` required."""
-    return create_model(name, __base__=FileModel, **{c: (value, Field(description=description)) for c in classes})
+def _whole_kept(value: Any, check: Any) -> Any:
+    checked = check(value)
+    return value if type(value) is int else checked
+
+
+WHOLE_KEPT = WrapValidator(_whole_kept)
+"""On a float field: a whole number that passes the field's checks stays an ``int``, so a file
+is written back as it was given (``500``, not ``500.0``)."""
+
+
+def per_class(name: str, classes: Sequence[str], value: Any, description: str,
+              base: type[FileModel] = FileModel) -> type[FileModel]:
+    """A model of ``{class: value}`` with every class of ``classes`` required (after ``base``'s fields)."""
+    return create_model(name, __base__=base, **{c: (value, Field(description=description)) for c in classes})
+
+
+def dump_model(model: type[M], values: dict, what: str, context: dict | None = None) -> dict:
+    """``values`` as a writer saves them: checked by the ``model`` its reader uses (so nothing is
+    written that the reader would refuse, and no key the model does not name), in the model's
+    field order, fields not given left out.
+
+    Raises:
+        CloudpipeError: a value the model refuses (:func:`error_line`).
+        TypeError: a key the model does not name (a writer's bug).
+    """
+    file = read_model(model, values, what, context=context)
+    if file.model_extra:
+        raise TypeError(f"{model.__name__} names no {', '.join(file.model_extra)}")
+    return file.model_dump(exclude_unset=True)
+
+
+def cut(text: str) -> str:
+    """``text`` as an error line quotes it: at most :data:`SHOWN` characters, cut with ``...``."""
+    return text if len(text) <= SHOWN else text[:SHOWN] + "..."
+
+
+def shown(value: Any) -> str:
+    """``repr(value)``, :func:`cut`."""
+    return cut(repr(value))
 
 
 def error_line(what: str, err: ValidationError, model: type[BaseModel] | None = None, rule: str | None = None) -> str:
@@ -48,15 +84,15 @@ def error_line(what: str, err: ValidationError, model: type[BaseModel] | None = 
     elif first["type"] == "value_error":
         rule = str(first["ctx"]["error"])
     else:
-        rule = (model and _description(model, first["loc"])) or rule or (
-            "must be a JSON object" if first["type"] == "model_type" else first["msg"][:1].lower() + first["msg"][1:])
+        own = {"model_type": "must be a JSON object",
+               "literal_error": f"must be one of {first.get('ctx', {}).get('expected')}"}.get(first["type"])
+        rule = (model and _description(model, first["loc"])) or rule or own or first["msg"][:1].lower() + first["msg"][1:]
     where = f"{what}: {loc}" if loc else what
     if not loc and first["type"] == "value_error":  # the model's own check of several fields: no one value to quote
         return f"{where}: {rule}"
     if first["type"] == "missing":
         return f"{where}: missing ({rule})"
-    shown = repr(first["input"])
-    return f"{where}: {rule}, got {shown if len(shown) <= SHOWN else shown[:SHOWN] + '...'}"
+    return f"{where}: {rule}, got {shown(first['input'])}"
 
 
 def _description(model: type[BaseModel], loc: tuple) -> str | None:

@@ -24,8 +24,7 @@ import math
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -43,18 +42,6 @@ ENTRY_SHAPE = (len(CLASSES), *SUBMISSION_SHAPE)
 CHUNK = 32  # images per write: ~23 MB
 
 
-@dataclass
-class StoreInfo:
-    """What a store holds: its images (row order), the split, and the runs averaged into it."""
-
-    split: str
-    images: list[str]
-    runs: list[str]
-    weights: list[float]
-    fingerprints: list[str] = field(default_factory=list)
-    """Each run's :func:`~cloudpipe.data.runfolder.run_fingerprint`."""
-
-
 def _unique(images: list[str]) -> list[str]:
     repeated = [name for name, n in Counter(images).items() if n > 1]
     if repeated:
@@ -62,9 +49,10 @@ def _unique(images: list[str]) -> list[str]:
     return images
 
 
-class StoreJson(FileModel):
-    """What a store's JSON must hold (:func:`info_writer`): lists are JSON lists (``list("abc")``
-    would read a string as 3 names), one weight and one fingerprint per run."""
+class StoreInfo(FileModel):
+    """What a store holds, as its JSON says (:func:`info_writer` writes it, :func:`read_store`
+    reads it): its images (row order), the split, and the runs averaged into it. Lists are JSON
+    lists (``list("abc")`` would read a string as 3 names), one weight and one fingerprint per run."""
 
     format: Literal[1] = Field(description=f"must be {FORMAT_VERSION} (a probability store's JSON of this cloudpipe)")
     split: str = Field(description="must be a split name")
@@ -72,9 +60,21 @@ class StoreJson(FileModel):
     runs: list[str] = Field(description="must be a JSON list of run folders")
     weights: list[float] = Field(description="must be a JSON list of numbers, one per run")
     fingerprints: list[str] = Field([], description="must be a JSON list of run fingerprints, one per run")
+    """Each run's :func:`~cloudpipe.data.runfolder.run_fingerprint`."""
+
+    @classmethod
+    def of(cls, split: str, images: Sequence[str], runs: Sequence[str], weights: Sequence[float],
+           fingerprints: Sequence[str] = ()) -> StoreInfo:
+        """A store's description as code makes it, checked as its reader will check it.
+
+        Raises:
+            CloudpipeError: what the reader would refuse (duplicate images, a weight missing...).
+        """
+        return read_model(cls, {"format": FORMAT_VERSION, "split": split, "images": list(images), "runs": list(runs),
+                                "weights": list(weights), "fingerprints": list(fingerprints)}, "probability store")
 
     @model_validator(mode="after")
-    def _one_per_run(self) -> StoreJson:
+    def _one_per_run(self) -> StoreInfo:
         if not len(self.runs) == len(self.weights) == len(self.fingerprints):
             raise ValueError(f"needs one weight and one fingerprint per run: {len(self.runs)} run(s), "
                              f"{len(self.weights)} weight(s), {len(self.fingerprints)} fingerprint(s)")
@@ -98,7 +98,7 @@ def array_writer(store: np.ndarray) -> Callable[[Path], None]:
 
 def info_writer(info: StoreInfo) -> Callable[[Path], None]:
     """A writer for :func:`~cloudpipe.data.outputs.write_files`: the store's JSON."""
-    text = json.dumps({"format": FORMAT_VERSION, **asdict(info)}, indent=1) + "\n"
+    text = json.dumps(info.model_dump(), indent=1) + "\n"
     return lambda path: Path(path).write_text(text)
 
 
@@ -138,8 +138,7 @@ def read_store(path: Path) -> tuple[np.memmap, StoreInfo]:
 
 def _read_info(path: Path) -> StoreInfo:
     data = read_json(path, "probability store", missing="the store's image list is missing")
-    file = read_model(StoreJson, data, "probability store", path=path)
-    return StoreInfo(file.split, file.images, file.runs, file.weights, file.fingerprints)
+    return read_model(StoreInfo, data, "probability store", path=path)
 
 
 def probability_store(folder: Path, shape: tuple[int, ...], dtype: type = np.uint8) -> np.memmap:

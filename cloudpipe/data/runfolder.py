@@ -291,6 +291,15 @@ class _NoAliases(yaml.SafeLoader):
         return super().compose_node(parent, index)
 
 
+def yaml_value(text: str) -> object:
+    """``text`` read as YAML the way a config file is read: safely, without aliases.
+
+    Raises:
+        yaml.YAMLError: not YAML, or an alias. RecursionError: nested deeper than the parser goes.
+    """
+    return yaml.load(text, Loader=_NoAliases)
+
+
 def read_yaml_mapping(path: Path, what: str = "config") -> dict:
     """A small YAML file that must hold a mapping, read safely: at most :data:`YAML_LIMIT`
     bytes, no aliases, no Python tags.
@@ -305,7 +314,7 @@ def read_yaml_mapping(path: Path, what: str = "config") -> dict:
         if len(raw) > YAML_LIMIT:
             raise CloudpipeError(f"cannot read {what}: larger than {YAML_LIMIT // 1024} KiB (a config is a short "
                                  "list of key: value lines)", path=path)
-        values = yaml.load(raw.decode("utf-8"), Loader=_NoAliases) or {}
+        values = yaml_value(raw.decode("utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError, RecursionError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise CloudpipeError(f"cannot read {what} ({reason})", path=path) from None

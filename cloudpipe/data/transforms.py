@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import math
 import warnings
 from typing import Any
 
@@ -16,7 +17,9 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from cloudpipe.core.competition import MAX_PIXELS
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.models import cut, shown
 
 NOISE_STD_RANGE = (0.012, 0.028)  # the seed's GaussNoise var_limit (10, 50), as a fraction of 255
 
@@ -77,7 +80,8 @@ def train_transform(*, hflip: float, vflip: float, brightness_contrast: float, n
     """
     if isinstance(augment, str):
         if augment not in PRESETS:
-            raise CloudpipeError(f"config: augment = {augment!r} is not a preset ({', '.join(PRESETS)}) or a list of transforms")
+            raise CloudpipeError(f"config: augment: must be a preset ({', '.join(PRESETS)}) or a list of transforms, "
+                                 f"got {shown(augment)}")
         basic = [
             A.HorizontalFlip(p=hflip),
             A.VerticalFlip(p=vflip),
@@ -105,13 +109,14 @@ def make_step(spec: Any, index: int, size: tuple[int, int] | None = None) -> A.B
     """
     where = f"config: augment[{index}]"
     if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-        raise CloudpipeError(f"{where} = {spec!r} must be a mapping with a transform name, e.g. {{name: GridDistortion, p: 0.3}}")
+        raise CloudpipeError(f"{where}: must be a mapping with a transform name, e.g. {{name: GridDistortion, p: 0.3}}, "
+                             f"got {shown(spec)}")
     name, params = spec["name"], {k: v for k, v in spec.items() if k != "name"}
     cls = _OWN.get(name) or getattr(A, name, None)
     if not (isinstance(cls, type) and issubclass(cls, A.BasicTransform)) or name.startswith("_"):
         close = difflib.get_close_matches(name, transform_names(), n=3, cutoff=0.6)
         hint = f"; did you mean {', '.join(close)}?" if close else " (albumentations' transform names, e.g. GridDistortion, Affine)"
-        raise CloudpipeError(f"{where}: unknown transform {name!r}{hint}")
+        raise CloudpipeError(f"{where}: unknown transform {shown(name)}{hint}")
     signature = inspect.signature(cls)
     if size is not None and "size" in signature.parameters and "size" not in params \
             and signature.parameters["size"].default is inspect.Parameter.empty:
@@ -123,13 +128,37 @@ def make_step(spec: Any, index: int, size: tuple[int, int] | None = None) -> A.B
     except (TypeError, ValueError, UserWarning) as err:
         lines = [line.strip() for line in str(err).splitlines() if line.strip()]
         why = "; ".join(lines[1:3]) if len(lines) > 2 and "validation error" in lines[0] else lines[0] if lines else type(err).__name__
-        raise CloudpipeError(f"{where}: {name}({', '.join(f'{k}={v!r}' for k, v in params.items())}) refused: {why}") from None
+        called = cut(f"{name}({', '.join(f'{k}={v!r}' for k, v in params.items())})")
+        raise CloudpipeError(f"{where}: {called} refused: {cut(why)}") from None
 
 
-def check_augment(augment: str | list[dict], size: tuple[int, int]) -> None:
-    """Build the pipeline ``augment`` names (see :func:`train_transform`) and, for a list, run it
-    once on a blank image and masks of ``size``: it must keep them uint8 at that size (no
-    ``Normalize``, no ``Resize`` to another size).
+MAX_SIDE = math.isqrt(MAX_PIXELS)
+"""The most pixels a size a step names may be (6858: the side of a square of
+:data:`~cloudpipe.core.competition.MAX_PIXELS`); a pad, crop or resize to 100000 x 100000 would
+allocate tens of gigabytes."""
+SIZES = ("height", "width", "min_height", "min_width", "size", "max_size", "max_size_hw", "min_max_height",
+         "target_size", "cell_shape", "padding", "px", "x_min", "x_max", "y_min", "y_max", "pad_height_divisor",
+         "pad_width_divisor")
+"""Parameters of albumentations' transforms that are sizes in pixels."""
+
+
+def _numbers(value: Any) -> list[float]:
+    """The numbers in a parameter's value (nested lists and tuples included)."""
+    if isinstance(value, (list, tuple)):
+        return [n for v in value for n in _numbers(v)]
+    return [value] if isinstance(value, (int, float)) and not isinstance(value, bool) else []
+
+
+def check_augment(augment: str | list[dict], size: tuple[int, int], masks: bool = True) -> None:
+    """Build the pipeline ``augment`` names (see :func:`train_transform`) and, for a list, run
+    each step once, always applied, on a blank image (and masks) of ``size``: it must keep them
+    uint8 at that size (no ``Normalize``, no ``Resize`` to another size). A step must need no
+    data beside the image and its masks (``HistogramMatching``, ``FDA``, ``Mosaic``... read
+    reference images or other samples that training does not give) and name no size in pixels
+    above :data:`MAX_SIDE`.
+
+    Args:
+        masks: whether training gives the steps masks (segmentation) or the image alone.
 
     Raises:
         CloudpipeError: the first problem, in one line.
@@ -138,9 +167,29 @@ def check_augment(augment: str | list[dict], size: tuple[int, int]) -> None:
                                size=size)
     if isinstance(augment, str):
         return
+    given = {"image", "mask"} if masks else {"image"}
+    sample = {"image": np.zeros((*size, 3), np.uint8)} | ({"mask": np.zeros((*size, 4), np.uint8)} if masks else {})
+    for i, (spec, step) in enumerate(zip(augment, pipeline.transforms)):
+        where = f"config: augment[{i}]: {spec['name']}"
+        large = [k for k, v in spec.items() if k in SIZES and any(abs(n) > MAX_SIDE for n in _numbers(v))]
+        if large:
+            raise CloudpipeError(f"{where}: {large[0]} = {shown(spec[large[0]])} is larger than {MAX_SIDE} pixels "
+                                 f"(the side of {MAX_PIXELS:,} pixels, 16 competition images)")
+        needs = sorted(set(step.targets_as_params) - given)
+        if needs == ["mask"]:
+            raise CloudpipeError(f"{where} reads masks, which the classifier's images have none of")
+        if needs:
+            raise CloudpipeError(f"{where} reads {', '.join(needs)} beside each image (reference images or other samples), "
+                                 f"which training does not give: only the image{' and its masks' if masks else ''}")
+        try:
+            sample = A.Compose([make_step({**spec, "p": 1.0}, i, size)], seed=0)(**sample)
+        except Exception as err:  # noqa: BLE001 (whatever albumentations raises: one line, not a traceback at training)
+            why = f"{type(err).__name__}: {str(err).strip().splitlines()[0]}" if str(err).strip() else type(err).__name__
+            raise CloudpipeError(f"{where} fails on a {size[0]} x {size[1]} image{' and masks' if masks else ''}: "
+                                 f"{cut(why)}") from None
     shape = tuple(size)
-    out = pipeline(image=np.zeros((*shape, 3), np.uint8), mask=np.zeros((*shape, 4), np.uint8))
-    image, mask = out["image"], out["mask"]
-    if image.dtype != np.uint8 or image.shape != (*shape, 3) or mask.shape != (*shape, 4):
-        raise CloudpipeError(f"config: augment must keep images uint8 at image_size {list(shape)} and masks alike; "
-                             f"it gives an image {image.dtype} {list(image.shape)} and masks {list(mask.shape)}")
+    image, mask = sample["image"], sample.get("mask")
+    if image.dtype != np.uint8 or image.shape != (*shape, 3) or (masks and mask.shape != (*shape, 4)):
+        got = f"an image {image.dtype} {list(image.shape)}" + (f" and masks {list(mask.shape)}" if masks else "")
+        raise CloudpipeError(f"config: augment must keep images uint8 at image_size {list(shape)}"
+                             f"{' and masks alike' if masks else ''}; it gives {got}")

@@ -13,7 +13,7 @@ from pydantic import Field, model_validator
 
 from cloudpipe.algorithms.ensemble import normalise_weights
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.core.models import FileModel, read_model
+from cloudpipe.core.models import FileModel, dump_model, read_model
 from cloudpipe.data.probstore import StoreInfo
 from cloudpipe.data.runfolder import run_fingerprint
 
@@ -97,9 +97,9 @@ class Ensemble:
 
     def record(self) -> dict:
         """The ``runs`` (where they were, for people), ``fingerprints`` (what they are, for the
-        checks) and ``weights`` keys saved in a tuned file."""
-        return {"runs": [str(r) for r in self.runs], "fingerprints": list(self.fingerprints),
-                "weights": list(self.weights)}
+        checks) and ``weights`` keys saved in a tuned file (:class:`TunedFor`)."""
+        return dump_model(TunedFor, {"runs": [str(r) for r in self.runs], "fingerprints": list(self.fingerprints),
+                                     "weights": list(self.weights)}, "tuned-for record")
 
     def describe(self) -> str:
         return ", ".join(f"{r.name} ({f[:8]}) x{w:.3g}" for r, f, w in zip(self.runs, self.fingerprints, self.weights))

@@ -156,7 +156,7 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
     if store is None:  # another rank's: rank 0 tunes and writes
         return None
     speed = len(names) / (time.perf_counter() - started)
-    made = Predicted(store, StoreInfo(split, names, **ensemble.record()), presence)
+    made = Predicted(store, StoreInfo.of(split, names, **ensemble.record()), presence)
     if split == "test":
         result = write_outputs(SegPrediction(out, len(names), post, 0.0), store, names, ensemble, target, made)
     else:
