@@ -45,10 +45,10 @@ def test_runs_lists_hold_out_and_kfold_runs_with_their_best_and_differences(tiny
     assert math.isclose(rows[1]["best"], sum(fold_bests) / 2)
     assert rows[0]["seed"] == "69" and rows[1]["seed"] == "7" and rows[1]["folds"] == "2"
     assert "lr" not in rows[0]  # the same in both: not a difference
-    result = cli("runs", root)
+    result = cli("runs", "--root", root)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split()[:5] == ["run", "task", "score", "best", "epochs"] and "2 run(s) under" in lines[-1]
     assert lines[2].startswith("folds") and "2/2 folds" in lines[2]
-    none = cli("runs", root / "empty")
+    none = cli("runs", "--root", root / "empty")
     assert none.exit_code == 2 and "no training run (config.yaml) under this folder" in none.stderr

@@ -75,7 +75,7 @@ def _run_files(run_dir: Path, task: str) -> list[Path]:
     """
     config = read_config_values(run_dir)
     if config.get("task") != task:
-        raise CloudpipeError(f"a {config.get('task')} run; --{'seg' if task == 'segmentation' else 'classifier'} needs "
+        raise CloudpipeError(f"a {config.get('task')} run; --{'seg' if task == 'segmentation' else 'classifier'}-run needs "
                              f"a {task} run", path=run_dir)
     files = [Path(name) for name in RUN_FILES if (run_dir / name).is_file()]
     return files + [p.relative_to(run_dir) for p in trained_checkpoints(run_dir)]
