@@ -391,12 +391,12 @@ def _names(ctx, param, value: str | None) -> list[str] | None:
     return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
 
 
-WEIGHT_OPTION = click.option("--run-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
+WEIGHT_OPTION = click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
                              help="One per --run, in order: weighted mean of the runs [default: equal].")
 
 
 def ensemble_runs_option(what: str):
-    """--run (repeatable: an ensemble) and --run-weight."""
+    """--run (repeatable: an ensemble) and --ensemble-weight."""
     return with_options(
         click.option("--run", "run_dirs", type=EXISTING_DIR, required=True, multiple=True,
                      help=f"{what} run folder; repeat for an ensemble (probabilities averaged)."),
@@ -558,7 +558,7 @@ def _echo_masks(result) -> None:
     click.echo("wrote " + ", ".join(map(str, result.written)))
 
 
-STORE_WEIGHTS_OPTION = click.option("--store-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
+STORE_WEIGHTS_OPTION = click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
                                     help="One per --store, in order: weighted mean of the stores [default: equal].")
 
 

@@ -368,8 +368,8 @@ def test_every_shape_option_takes_two_positive_numbers():
 
 
 @pytest.mark.parametrize("command, option, value", [
-    ("predict", "--thresholds", "nan"), ("predict", "--run-weight", "inf"), ("tune-threshold", "--area-threshold", "nan"),
-    ("tune-seg", "--store-weight", "nan"), ("train-seg", "--grad-clip", "inf"), ("train-classifier", "--ema", "nan"),
+    ("predict", "--thresholds", "nan"), ("predict", "--ensemble-weight", "inf"), ("tune-threshold", "--area-threshold", "nan"),
+    ("tune-seg", "--ensemble-weight", "nan"), ("train-seg", "--grad-clip", "inf"), ("train-classifier", "--ema", "nan"),
 ])
 def test_no_float_option_takes_nan_or_infinity(command, option, value):
     """NaN passes click's range checks (every comparison with it is false), infinity any open range."""

@@ -185,7 +185,7 @@ def resolve_gate(runs: Path | Ensemble | None, given: Thresholds = None,
         return GateSpec({c: t for c in CLASSES}), f"--thresholds {t:g}"
     if thresholds_file is None and ensemble is not None:
         thresholds_file = ensemble.own_file(THRESHOLDS_JSON, "an ensemble of classifier runs needs --thresholds FILE "
-                                            "(tune-threshold with the same --run and --run-weight options and --out FILE) "
+                                            "(tune-threshold with the same --run and --ensemble-weight options and --out FILE) "
                                             "or --thresholds T")
         if not thresholds_file.is_file():
             return None, ""
