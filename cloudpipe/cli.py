@@ -198,9 +198,33 @@ class Finite(click.FloatRange):
         return number
 
 
-def shape_option(name: str, default: tuple[int, int], help: str):
-    """An ``H W`` option."""
-    return click.option(name, type=SHAPE, default=default, show_default=True, metavar="H W", help=help)
+class GateThresholds(click.ParamType):
+    """``--thresholds FILE|T``: a ``thresholds.json`` (tune-threshold's), or one threshold in [0, 1]
+    for every class (a number is read as a threshold)."""
+
+    name = "FILE|T"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (float, Path)):
+            return value
+        try:
+            number = float(value)
+        except ValueError:
+            return EXISTING_FILE.convert(value, param, ctx)
+        if not math.isfinite(number):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        if not 0 <= number <= 1:
+            self.fail(f"{value!r} is not a threshold in [0, 1] (nor a thresholds.json file)", param, ctx)
+        return number
+
+
+GATE_THRESHOLDS = GateThresholds()
+
+
+def shape_option(names: str | tuple[str, ...], default: tuple[int, int], help: str):
+    """An ``H W`` option (one name, or its names and parameter), its default shown as typed."""
+    return click.option(*((names,) if isinstance(names, str) else names), type=SHAPE, default=default, show_default=False, metavar="H W",
+                        help=f"{help} [default: {default[0]} {default[1]}]")
 
 
 class _AboveBars(logging.Handler):
@@ -229,19 +253,34 @@ def main() -> None:
 
 
 @main.command()
-@click.argument("out_dir", type=NEW_PATH)
+@click.option("--out", "out_dir", type=NEW_PATH, required=True, help="The data folder to write.")
 @click.option("--train", "n_train", type=click.IntRange(min=2), default=100, help="Training images.")
 @click.option("--test", "n_test", type=click.IntRange(min=1), default=20, help="Test images.")
 @click.option("--height", type=click.IntRange(min=16), default=IMAGE_SHAPE[0], help="Image height.")
 @click.option("--width", type=click.IntRange(min=16), default=IMAGE_SHAPE[1], help="Image width.")
-@click.option("--seed", type=int, default=0, help="Random seed (same seed, same data).")
-@click.option("--overwrite", is_flag=True, help="Replace an OUT_DIR that synth made (never another folder).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, help="Random seed (same seed, same data).")
+@click.option("--overwrite", is_flag=True, help="Replace an --out folder that synth made (never another folder).")
 def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, overwrite: bool) -> None:
-    """Write a synthetic dataset in the Kaggle layout to OUT_DIR."""
+    """Write a synthetic dataset in the Kaggle layout to --out."""
     from cloudpipe.data.synth import make_dataset
 
     s = make_dataset(out_dir, train=n_train, test=n_test, shape=(height, width), seed=seed, overwrite=overwrite)
     click.echo(f"wrote {s.train} train and {s.test} test images ({s.shape[0]}x{s.shape[1]}) to {s.out_dir}")
+
+
+@main.command()
+@click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder to take images from.")
+@click.option("--out", "out_dir", type=NEW_PATH, required=True, help="The new data folder to write.")
+@click.option("--train", "n_train", type=click.IntRange(min=2), required=True, help="Training images to keep (at random).")
+@click.option("--test", "n_test", type=click.IntRange(min=1), required=True, help="Test images to keep (at random).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, help="Random seed (same seed, same images).")
+@click.option("--overwrite", is_flag=True, help="Replace an earlier subset in --out.")
+def subset(data_dir: Path, out_dir: Path, n_train: int, n_test: int, seed: int, overwrite: bool) -> None:
+    """Write a data folder in the Kaggle layout holding part of --data: copies of N random train and
+    test images, with their rows of train.csv, sample_submission.csv and test_truth.csv."""
+    from cloudpipe.pipeline.subset import subset_data
+
+    click.echo(subset_data(data_dir, out_dir, train=n_train, test=n_test, seed=seed, overwrite=overwrite).line())
 
 
 @main.command()
@@ -250,8 +289,7 @@ def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, see
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
                    f"else {SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
-@click.option("--mask-shape", "--pred-shape", "pred_shape", type=SHAPE, default=SUBMISSION_SHAPE, show_default=True,
-              metavar="H W", help="Mask size of the submission (--pred-shape: the same).")
+@shape_option(("--mask-shape", "--pred-shape", "pred_shape"), SUBMISSION_SHAPE, "Mask size of the submission (--pred-shape: the same).")
 def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
     """Kaggle mean Dice of a submission, overall and per class.
 
@@ -347,12 +385,12 @@ def _names(ctx, param, value: str | None) -> list[str] | None:
     return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
 
 
-WEIGHT_OPTION = click.option("--weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
+WEIGHT_OPTION = click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
                              help="One per --run, in order: weighted mean of the runs [default: equal].")
 
 
 def ensemble_runs_option(what: str):
-    """--run (repeatable: an ensemble) and --weight."""
+    """--run (repeatable: an ensemble) and --ensemble-weight."""
     return with_options(
         click.option("--run", "run_dirs", type=EXISTING_DIR, required=True, multiple=True,
                      help=f"{what} run folder; repeat for an ensemble (probabilities averaged)."),
@@ -386,9 +424,11 @@ def source_input_options(split: str):
 @ensemble_runs_option("Classifier")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--out", type=NEW_PATH, default=Path("submissions/submission.csv"), help="Submission to write.")
-@click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None, help="thresholds.json from tune-threshold.")
-@click.option("--threshold", type=Finite(0, 1), default=None,
-              help="One threshold for all classes [default for one run: RUN/thresholds.json, else 0.5].")
+@click.option("--thresholds", "thresholds", type=GATE_THRESHOLDS, default=None,
+              help="thresholds.json from tune-threshold, or one threshold T for every class "
+                   "[default for one run: RUN/thresholds.json, else 0.5].")
+@click.option("--threshold", "old_threshold", type=Finite(0, 1), default=None, hidden=True,
+              help="Deprecated spelling of --thresholds T.")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of the segmentation submission.")
 @source_input_options("test")
 @click.option("--at-least-one/--no-at-least-one", default=None,
@@ -396,17 +436,20 @@ def source_input_options(split: str):
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=16)
 def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path,
-            thresholds_file: Path | None, threshold: float | None, mask_shape: tuple[int, int], gate_files: dict[str, Path],
+            thresholds: Path | float | None, old_threshold: float | None, mask_shape: tuple[int, int], gate_files: dict[str, Path],
             at_least_one: bool | None, overwrite: bool, settings) -> None:
     """Blank the segmentation masks of classes judged absent (by the classifier, or the sources
     thresholds.json names); write the submission."""
     from cloudpipe.pipeline.gate import GateInputs
     from cloudpipe.pipeline.predict import predict_submission
 
-    if thresholds_file is not None and threshold is not None:
-        raise click.UsageError("give --thresholds FILE or --threshold T, not both")
+    if old_threshold is not None:
+        click.echo("warning: --threshold is deprecated; use --thresholds T", err=True)
+        if thresholds is not None:
+            raise click.UsageError("give --thresholds once (--threshold is its deprecated spelling)")
+        thresholds = old_threshold
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights,
-                                 thresholds=thresholds_file if threshold is None else threshold, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
+                                 thresholds=thresholds, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
                                  inputs=GateInputs(gate_files, at_least_one=at_least_one))
     from cloudpipe.engine.dist import Dist
 
@@ -511,7 +554,7 @@ def _echo_masks(result) -> None:
     click.echo("wrote " + ", ".join(map(str, result.written)))
 
 
-STORE_WEIGHTS_OPTION = click.option("--weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
+STORE_WEIGHTS_OPTION = click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
                                     help="One per --store, in order: weighted mean of the stores [default: equal].")
 
 
@@ -556,8 +599,9 @@ def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess:
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True, help="Segmentation masks to score (its images are scored).")
 @click.option("--run", "run_dir", type=EXISTING_DIR, default=None, help="Classifier run: val_probs.csv and thresholds.json.")
 @click.option("--probs", "probs_csv", type=EXISTING_FILE, default=None, help="Presence probabilities (e.g. predict's *_probs.csv).")
-@click.option("--thresholds", "thresholds_file", type=EXISTING_FILE, default=None,
-              help="The gate's thresholds [default: RUN/thresholds.json, else tuned on these images].")
+@click.option("--thresholds", "thresholds_file", type=GATE_THRESHOLDS, default=None,
+              help="The gate's thresholds: a thresholds.json, or one threshold T for every class "
+                   "[default: RUN/thresholds.json, else tuned on these images (in-sample)].")
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None, help="Truth masks [default: DATA/train.csv].")
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of --truth [default: the training images' size for train.csv, else "
@@ -603,8 +647,9 @@ def pseudo_label(data_dir: Path, seg_csv: Path, probs_csv: Path | None, min_conf
 
 
 @main.command()
-@click.option("--seg", "seg_run", type=EXISTING_DIR, required=True, help="Segmentation run (tuned: seg_postprocess.json).")
-@click.option("--classifier", "classifier_run", type=EXISTING_DIR, required=True, help="Classifier run (tuned: thresholds.json).")
+@click.option("--seg-run", "seg_run", type=EXISTING_DIR, required=True, help="Segmentation run folder (tuned: seg_postprocess.json).")
+@click.option("--classifier-run", "classifier_run", type=EXISTING_DIR, required=True,
+              help="Classifier run folder (tuned: thresholds.json).")
 @click.option("--out", type=NEW_PATH, required=True, help="Bundle folder to write (upload it as a Kaggle dataset).")
 @click.option("--wheels-from", type=EXISTING_DIR, default=None,
               help="Copy the wheels of this folder in (a cloudpipe-*.whl among them is used instead of building one).")
@@ -627,9 +672,9 @@ def bundle(seg_run: Path, classifier_run: Path, out: Path, wheels_from: Path | N
 
 
 @main.command()
-@click.argument("root", type=EXISTING_DIR)
+@click.option("--root", type=EXISTING_DIR, default=Path("runs"), help="Folder whose training runs (at any depth) to list.")
 def runs(root: Path) -> None:
-    """List the training runs under ROOT: best validation score, epochs, and the config keys that differ between them."""
+    """List the training runs under --root: best validation score, epochs, and the config keys that differ between them."""
     from cloudpipe.pipeline.runs import runs_table
 
     rows = runs_table(root)
@@ -658,15 +703,15 @@ def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
 
 @main.command()
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
-@click.option("--image", required=True, help="Image file name in DIR's image folders (e.g. 0011165.jpg), or a path to it.")
+@click.option("--image", required=True, help="Image file name in DATA's image folders (e.g. 0011165.jpg), or a path to it.")
 @click.option("--pred", type=EXISTING_FILE, default=None, help="Submission CSV whose masks to draw.")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --pred.")
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None,
-              help="Truth masks to draw, e.g. test_truth.csv for a test image [default: DIR/train.csv for a train image].")
+              help="Truth masks to draw, e.g. test_truth.csv for a test image [default: DATA/train.csv for a train image].")
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of --truth [default: the training images' size for train.csv, else "
                    f"{SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
-@click.option("--out", type=NEW_PATH, required=True, help="PNG file to write.")
+@click.option("--out", type=NEW_PATH, default=Path("overlay.png"), help="PNG file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing PNG.")
 def show(data_dir: Path, image: str, pred: Path | None, mask_shape: tuple[int, int], truth_csv: Path | None,
          truth_shape: tuple[int, int] | None, out: Path, overwrite: bool) -> None:

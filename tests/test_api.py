@@ -29,7 +29,7 @@ def test_readme_library_example_runs_as_written(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     exec(compile(code, str(README), "exec"), {"__name__": "readme"})
     out = capsys.readouterr().out
-    assert "(8, 4)" in out and "masks kept/blanked" in out and "(4, 350, 525) [" in out and out.strip().endswith("1.0")
+    assert "(8, 4)" in out and "pairs kept/blanked" in out and "(4, 350, 525) [" in out and out.strip().endswith("1.0")
     assert not (tmp_path / "runs" / "seg" / "test_seg.csv").exists()  # segment_image writes nothing
     written = pd.read_csv(tmp_path / "submission.csv", dtype=str, keep_default_na=False)
     sample = pd.read_csv(tmp_path / "clouds" / "sample_submission.csv")

@@ -36,7 +36,7 @@ def tuned(seg_run, tiny_classifier_run, tiny_data, tmp_path_factory):
 def _bundle(tuned, out, *options, seg=None, classifier=None):
     """``cloudpipe bundle`` of the tuned runs (or ``seg``, ``classifier``) to ``out``, offline, with the
     stand-in wheel (no pip runs)."""
-    return cli("bundle", "--seg", seg or tuned[0], "--classifier", classifier or tuned[1], "--out", out,
+    return cli("bundle", "--seg-run", seg or tuned[0], "--classifier-run", classifier or tuned[1], "--out", out,
                "--wheels-from", tuned[2], "--no-download", *options)
 
 
@@ -71,22 +71,22 @@ def test_the_notebook_passes_what_the_gate_reads():
 def test_a_bundle_installs_offline_and_its_notebook_writes_the_submission(seg_run, tiny_classifier_run, tuned, tiny_data,
                                                                            tmp_path):
     seg, classifier = copy_run(tuned[0], tmp_path, "seg"), copy_run(tuned[1], tmp_path, "classifier")
-    untuned = cli("bundle", "--seg", seg_run, "--classifier", tiny_classifier_run, "--out", tmp_path / "b0", "--no-download")
+    untuned = cli("bundle", "--seg-run", seg_run, "--classifier-run", tiny_classifier_run, "--out", tmp_path / "b0", "--no-download")
     assert untuned.exit_code == 2 and not (tmp_path / "b0").exists()
     out = tmp_path / "bundle"
-    result = cli("bundle", "--seg", seg, "--classifier", classifier, "--out", out, "--no-download")  # builds cloudpipe's wheel
+    result = cli("bundle", "--seg-run", seg, "--classifier-run", classifier, "--out", out, "--no-download")  # builds cloudpipe's wheel
     assert result.exit_code == 0, result.output
     assert "note: no wheel in the bundle for segmentation-models-pytorch" in result.output
     wheels = sorted(p.name for p in (out / "wheels").iterdir())
     assert len(wheels) == 1 and wheels[0].startswith("cloudpipe-0.1.0-")
-    holds_a_run = cli("bundle", "--seg", seg, "--classifier", classifier, "--out", seg, "--no-download", "--overwrite")
+    holds_a_run = cli("bundle", "--seg-run", seg, "--classifier-run", classifier, "--out", seg, "--no-download", "--overwrite")
     assert holds_a_run.exit_code == 2 and "output folder holds an input" in holds_a_run.stderr, holds_a_run.output
     assert (seg / "best.pt").exists()  # an --out that is an input run is refused, never replaced
     assert sorted(p.relative_to(out).as_posix() for p in (out / "runs").rglob("*") if p.is_file()) == [
         "runs/classifier/best.pt", "runs/classifier/config.yaml", "runs/classifier/splits.csv",
         "runs/classifier/thresholds.json", "runs/classifier/val_probs.csv",
         "runs/seg/best.pt", "runs/seg/config.yaml", "runs/seg/seg_postprocess.json", "runs/seg/splits.csv"]
-    again = cli("bundle", "--seg", seg, "--classifier", classifier, "--out", out, "--wheels-from", out / "wheels", "--no-download",
+    again = cli("bundle", "--seg-run", seg, "--classifier-run", classifier, "--out", out, "--wheels-from", out / "wheels", "--no-download",
                 "--overwrite")
     assert again.exit_code == 2 and "output folder holds an input" in again.stderr  # its own wheels: never replaced
     # The notebook's code, as Kaggle would run it: wheels installed with pip --no-index (into a folder of

@@ -1,9 +1,11 @@
 import csv
+import re
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import click
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -71,6 +73,79 @@ def test_every_command_has_help(flag):
             assert command.help.split()[0] in result.stdout, name
 
 
+def _options():
+    """``(command, option name, click parameter, context)`` of every option of every command."""
+    for name, command in main.commands.items():
+        ctx = click.Context(command, info_name=name, parent=click.Context(main, info_name="cloudpipe"))
+        for param in command.params:
+            if isinstance(param, click.Option) and not param.hidden:
+                for opt in (*param.opts, *param.secondary_opts):
+                    yield name, opt, param, ctx
+
+
+def _meaning(param: click.Option, ctx: click.Context) -> tuple:
+    """What an option takes, as its help shows it: its metavar (FILE, DIRECTORY, H W, ...), the
+    choices or range it allows, and whether it is a flag."""
+    kind = param.type
+    return (param.make_metavar(ctx), tuple(getattr(kind, "choices", ()) or ()), getattr(kind, "min", None),
+            getattr(kind, "max", None), param.is_flag, param.nargs)
+
+
+def test_one_option_name_has_one_meaning_across_every_command():
+    """An option spelled the same takes the same kind of value in every command (``--seg`` a CSV,
+    ``--run`` a run folder, ``--seed`` the same range, ...)."""
+    meanings: dict[str, dict[tuple, list[str]]] = {}
+    for command, opt, param, ctx in _options():
+        meanings.setdefault(opt, {}).setdefault(_meaning(param, ctx), []).append(command)
+    twice = {opt: found for opt, found in meanings.items() if len(found) > 1}
+    assert not twice, twice
+    for opt, metavar in (("--seg", "FILE"), ("--run", "DIRECTORY"), ("--data", "DIRECTORY"), ("--thresholds", "FILE|T")):
+        assert [m[0] for m in meanings[opt]] == [metavar], (opt, meanings[opt])
+
+
+def test_no_two_option_names_differ_by_a_plural_s():
+    """``--weight`` beside ``--weights`` or ``--threshold`` beside ``--thresholds`` read as one option;
+    ``--fold I`` of ``--folds K`` (one command, one concept) is the one pair allowed."""
+    names = {opt for _, opt, _, _ in _options()}
+    pairs = sorted(f"{n} / {n}s" for n in names if f"{n}s" in names)
+    assert pairs == ["--fold / --folds"], pairs
+
+
+def test_every_path_is_an_option_and_outputs_are_named_out():
+    """No positional arguments (``synth --out``, ``runs --root`` as ``demo --out``)."""
+    positional = [(name, p.name) for name, c in main.commands.items() for p in c.params if isinstance(p, click.Argument)]
+    assert positional == []
+
+
+def test_a_shown_default_reads_as_it_is_typed():
+    """``[default: 350 525]``, not click's ``350, 525``, for every option taking several values."""
+    for command, opt, param, ctx in _options():
+        record = param.get_help_record(ctx)
+        shown = record[1] if record else ""
+        assert not re.search(r"default: \(?\d+, \d+", shown), (command, opt, shown)
+        if param.nargs > 1 and param.default is not None:
+            assert f"[default: {' '.join(map(str, param.default))}]" in shown, (command, opt, shown)
+
+
+def test_help_names_only_options_the_command_has():
+    """A placeholder in help (``RUN/thresholds.json``, ``DATA's image folders``) is one of the
+    command's own options (``--run``, ``--data``), never a ``DIR`` it does not take."""
+    for name, command in main.commands.items():
+        own = {opt.lstrip("-").upper() for p in command.params for opt in getattr(p, "opts", [])}
+        texts = [command.help or ""] + [getattr(p, "help", None) or "" for p in command.params]
+        for text in texts:
+            for placeholder in re.findall(r"\b([A-Z][A-Z_]+)(?=/|'s\b)", text):
+                assert placeholder in own, (name, placeholder, text)
+
+
+@pytest.mark.parametrize("command", ["train-seg", "train-classifier"])
+def test_val_fraction_has_an_option_of_its_own_on_both_stages(command):
+    result = run(command, "--help")
+    assert "--val-fraction" in result.stdout and "give both stages the same value" in " ".join(result.stdout.split())
+    refused = run(command, "--data", ".", "--out", "x", "--val-fraction", "1")
+    assert refused.exit_code == 2 and "--val-fraction" in refused.stderr and "1" in refused.stderr
+
+
 def test_python_dash_m():
     result = subprocess.run(
         [sys.executable, "-m", "cloudpipe", "--help"], capture_output=True, text=True, timeout=60
@@ -84,7 +159,7 @@ def test_python_dash_m():
 
 def test_synth(tmp_path):
     out = tmp_path / "data"
-    args = ["synth", out, "--train", "3", "--test", "2", "--height", "32", "--width", "48", "--seed", "1"]
+    args = ["synth", "--out", out, "--train", "3", "--test", "2", "--height", "32", "--width", "48", "--seed", "1"]
     result = run(*args)
     assert result.exit_code == 0, result.output
     assert f"wrote 3 train and 2 test images (32x48) to {out}" in result.stdout
@@ -105,12 +180,12 @@ def test_synth(tmp_path):
 
 def test_synth_bad_arguments(tmp_path):
     (tmp_path / "afile").write_text("x")
-    assert_one_line_error(run("synth", tmp_path / "afile", "--train", "2", "--test", "1"), "afile")
-    assert_one_line_error(run("synth", tmp_path / "d", "--seed", "-1"), "--seed")
+    assert_one_line_error(run("synth", "--out", tmp_path / "afile", "--train", "2", "--test", "1"), "afile")
+    assert_one_line_error(run("synth", "--out", tmp_path / "d", "--seed", "-1"), "--seed")
     assert not (tmp_path / "d").exists()
     # Range checks are click's own (usage error, exit 2).
-    assert run("synth", tmp_path / "d", "--train", "1").exit_code == 2
-    assert run("synth", tmp_path / "d", "--height", "8").exit_code == 2
+    assert run("synth", "--out", tmp_path / "d", "--train", "1").exit_code == 2
+    assert run("synth", "--out", tmp_path / "d", "--height", "8").exit_code == 2
 
 
 # --- evaluate -------------------------------------------------------------------------------------
@@ -293,8 +368,8 @@ def test_every_shape_option_takes_two_positive_numbers():
 
 
 @pytest.mark.parametrize("command, option, value", [
-    ("predict", "--threshold", "nan"), ("predict", "--weight", "inf"), ("tune-threshold", "--area-threshold", "nan"),
-    ("tune-seg", "--weight", "nan"), ("train-seg", "--grad-clip", "inf"), ("train-classifier", "--ema", "nan"),
+    ("predict", "--thresholds", "nan"), ("predict", "--ensemble-weight", "inf"), ("tune-threshold", "--area-threshold", "nan"),
+    ("tune-seg", "--ensemble-weight", "nan"), ("train-seg", "--grad-clip", "inf"), ("train-classifier", "--ema", "nan"),
 ])
 def test_no_float_option_takes_nan_or_infinity(command, option, value):
     """NaN passes click's range checks (every comparison with it is false), infinity any open range."""

@@ -20,7 +20,7 @@ def stores(n=5, count=3, seed=0):
 def test_normalise_weights():
     assert normalise_weights(None, 2) == [0.5, 0.5]
     assert normalise_weights([1, 3], 2) == [0.25, 0.75]
-    with pytest.raises(CloudpipeError, match="one --weight per --run"):
+    with pytest.raises(CloudpipeError, match="one --ensemble-weight per --run"):
         normalise_weights([1], 2)
     with pytest.raises(CloudpipeError, match="positive"):
         normalise_weights([1, 0], 2)
@@ -65,7 +65,7 @@ def test_huge_weights_do_not_overflow_to_zero():
 
 
 def test_the_weight_message_names_the_option_weights_go_with():
-    with pytest.raises(CloudpipeError, match=r"one --weight per --store: 1 weight\(s\) for 2 store\(s\)"):
+    with pytest.raises(CloudpipeError, match=r"one --ensemble-weight per --store: 1 weight\(s\) for 2 store\(s\)"):
         normalise_weights([1], 2, per="--store")
 
 

@@ -56,7 +56,7 @@ def invoke(*args):
 
 def test_predict_gates_and_keeps_order(tiny_data, tiny_classifier_run, seg_csv, tmp_path):
     out = tmp_path / "sub" / "submission.csv"
-    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--threshold", 0.5)
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--thresholds", 0.5)
     assert result.exit_code == 0, result.output
     assert "img/s" in result.output and "kept/blanked" in result.output
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)
@@ -73,6 +73,10 @@ def test_predict_gates_and_keeps_order(tiny_data, tiny_classifier_run, seg_csv, 
         else:
             assert rle == seg[label]  # byte-identical, odd spacing included
     assert read_mask_csv(out, shape=(350, 525)) is not None  # a valid submission
+    # kept/blanked count the gate's decisions over every pair, as report does (empty masks too).
+    for c in CLASSES:
+        kept, blanked = int((probs[c] >= 0.5).sum()), int((probs[c] < 0.5).sum())
+        assert f"{c} {kept}/{blanked}" in result.output and kept + blanked == len(probs), (c, result.output)
 
 
 def test_python_api_takes_and_returns_dataframes(tiny_data, tiny_classifier_run):
@@ -90,6 +94,7 @@ def test_python_api_takes_and_returns_dataframes(tiny_data, tiny_classifier_run)
         ("missing_image", "image not found"),
         ("truncated_image", "truncated JPEG"),
         ("extra_image_in_seg", "extra image"),
+        ("val_masks_as_seg", "--seg wants the test masks of sample_submission.csv's images: predict-seg --split test's CSV"),
         ("missing_image_in_seg", "lacks 1 image"),
         ("bad_rle", "line"),
         ("threshold_file_out_of_range", "thresholds: Gravel: must be a number in [0, 1], got 1.5"),
@@ -113,6 +118,9 @@ def test_bad_inputs_exit_2_and_write_nothing(tiny_data, tiny_classifier_run, seg
         victim.write_bytes(victim.read_bytes()[:-300])
     elif damage == "extra_image_in_seg":
         seg = pd.concat([seg, pd.DataFrame({"Image_Label": [f"zzz.jpg_{c}" for c in CLASSES], "EncodedPixels": ""})])
+    elif damage == "val_masks_as_seg":  # masks of training images (a --split val CSV)
+        seg = pd.read_csv(data / "train.csv", dtype=str, keep_default_na=False).iloc[:8]
+        extra = ["--mask-shape", 64, 96]
     elif damage == "missing_image_in_seg":
         seg = seg[~seg["Image_Label"].str.startswith(victim.name)]
     elif damage == "bad_rle":
@@ -305,7 +313,7 @@ def test_predict_gates_on_the_sources_thresholds_json_names(tiny_data, tiny_clas
 
 def test_predict_under_torchrun_matches_one_process(tiny_data, tiny_classifier_run, seg_csv, tmp_path, torchrun):
     one, two = tmp_path / "one" / "submission.csv", tmp_path / "two" / "submission.csv"
-    args = ("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--threshold", 0.5, "--batch-size", 2)
+    args = ("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--thresholds", 0.5, "--batch-size", 2)
     result = invoke(*args, "--out", one)
     assert result.exit_code == 0, result.output
     proc = torchrun("predict", *args, "--out", two, "--workers", 0, "--quiet", "--device", "cpu")
@@ -353,7 +361,7 @@ def test_the_probabilities_written_are_the_ones_compared(tiny_data, tiny_classif
 
     monkeypatch.setattr(cloudpipe.engine.infer, "predict_presence", near_one)
     out = tmp_path / "submission.csv"
-    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--threshold", 1.0)
+    result = invoke("--seg", seg_csv, "--run", tiny_classifier_run, "--data", tiny_data, "--out", out, "--thresholds", 1.0)
     assert result.exit_code == 0, result.output
     probs = pd.read_csv(tmp_path / "submission_probs.csv").set_index("image")
     sub = pd.read_csv(out, dtype=str, keep_default_na=False)

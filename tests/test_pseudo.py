@@ -94,6 +94,8 @@ def test_bad_inputs_are_refused_and_nothing_is_written(tiny_data, tmp_path):
     pd.read_csv(probs).iloc[1:].to_csv(short, index=False)
     with pytest.raises(CloudpipeError, match=r"short_probs.csv: lacks 1 image\(s\)"):
         pseudo_label(tiny_data, seg, short, tmp_path / "other")
+    with pytest.raises(CloudpipeError, match="--seg wants the test submission predict wrote with this --data"):
+        pseudo_label(tiny_data, tiny_data / "train.csv", probs, tmp_path / "other")  # masks of other images
     with pytest.raises(CloudpipeError, match="must lie outside the data folder"):
         pseudo_label(tiny_data, seg, probs, tiny_data / "inside")
     assert not (tmp_path / "other").exists() and not (tiny_data / "inside").exists()

@@ -2,8 +2,9 @@
 
 Every ```` ```bash ```` block runs; a block whose info string says ``skip-test`` does not (the
 installs; torchrun's lines, run by ``tests/test_cli.py``). The training commands get options
-appended that make them tiny (click keeps an option's last value), and ``bundle`` gets
-``--no-download``, so the lines themselves stay exactly what a user types on the Kaggle data.
+appended that make them tiny (click keeps an option's last value), ``bundle`` gets
+``--no-download`` and ``subset`` smaller counts, so the lines themselves stay exactly what a user
+types on the Kaggle data (the quick start's on ``clouds350``, here a synthetic stand-in in its layout).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from cloudpipe.core.competition import split_label
+from cloudpipe.core.competition import SUBMISSION_SHAPE, split_label
 from cloudpipe.data.synth import make_dataset
 from tests.conftest import cli
 
@@ -22,8 +23,10 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_TRAINING = ["--arch", "tiny", "--weights", "none", "--epochs", "1", "--image-size", "32", "64", "--workers", "0",
                  "--device", "cpu", "--quiet"]
 """Appended to train-seg and train-classifier: a stand-in network, one epoch, random weights, CPU."""
-APPENDED = {"train-seg": TINY_TRAINING, "train-classifier": TINY_TRAINING, "bundle": ["--no-download"]}
-"""What the test appends to a command: tiny training; a bundle without downloads (the tests are offline)."""
+APPENDED = {"train-seg": TINY_TRAINING, "train-classifier": TINY_TRAINING, "bundle": ["--no-download"],
+            "subset": ["--train", "20", "--test", "5"]}
+"""What the test appends to a command: tiny training; a bundle without downloads (the tests are offline); a
+subset of the small stand-in for clouds350."""
 
 
 def readme_blocks() -> list[tuple[str, str]]:
@@ -51,15 +54,33 @@ def kaggle_like_data(root: Path) -> Path:
     return data
 
 
+def clouds350_like_data(root: Path) -> Path:
+    """``root/clouds350``: a synthetic stand-in in clouds350's layout (images, ``train.csv`` and
+    ``test_truth.csv`` masks at 350 x 525), 30 train and 6 test images, for the quick start."""
+    make_dataset(root / "clouds350", train=30, test=6, shape=SUBMISSION_SHAPE, seed=6, progress=False)
+    return root / "clouds350"
+
+
 def test_every_bash_block_is_run_or_says_why_not():
     infos = [info for info, _ in readme_blocks()]
     assert infos.count("bash") >= 1 and set(infos) <= {"bash", "bash skip-test"}, infos
     skipped = [text for info, text in readme_blocks() if info != "bash"]
-    assert all(line.startswith(("python -m venv", "torchrun ")) for text in skipped for line in text.splitlines())
+    assert all(line.startswith(("test -x .venv/bin/cloudpipe || ", "torchrun ")) for text in skipped for line in text.splitlines())
+
+
+def test_the_readme_starts_with_the_two_set_up_commands_and_ci_runs_the_second():
+    """The first lines: one installs (once) and runs the demo, one installs (once) and runs the tests;
+    .ci/run runs that very test line, on a fresh .venv."""
+    demo, tests = readme_blocks()[0][1].splitlines()
+    install = "test -x .venv/bin/cloudpipe || { python -m venv .venv && .venv/bin/pip install -e '.[dev]'; } && "
+    assert (demo, tests) == (install + ".venv/bin/cloudpipe demo", install + ".venv/bin/python -m pytest")
+    ci = (README.parent / ".ci" / "run").read_text().splitlines()
+    assert tests in ci and ci.index("rm -rf .venv") < ci.index(tests)
 
 
 def test_the_readmes_command_blocks_run_as_written_in_order(tmp_path, monkeypatch):
     kaggle_like_data(tmp_path)
+    clouds350_like_data(tmp_path)
     monkeypatch.chdir(tmp_path)
     ran = []
     for info, block in readme_blocks():
@@ -71,7 +92,8 @@ def test_the_readmes_command_blocks_run_as_written_in_order(tmp_path, monkeypatc
             result = cli(*args)
             assert result.exit_code == 0, (" ".join(words), result.output[-3000:])
             ran.append(words[1])
-    assert {"train-seg", "predict-seg", "tune-seg", "apply-seg", "tune-threshold", "predict", "show", "evaluate"} <= set(ran)
+    assert {"subset", "train-seg", "predict-seg", "tune-seg", "apply-seg", "tune-threshold", "predict", "report", "show",
+            "evaluate"} <= set(ran)
     for written in ("submissions/submission.csv", "submissions/ensemble.csv", "ens/thresholds.json", "overlay.png",
-                    "kaggle_bundle/submit.ipynb"):
+                    "kaggle_bundle/submit.ipynb", "quick/submission.csv", "quick/report.html"):
         assert (tmp_path / written).is_file(), written

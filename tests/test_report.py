@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
 from html.parser import HTMLParser
 
 import numpy as np
@@ -111,6 +112,9 @@ def test_cli_writes_one_self_contained_page(tiny_data, case, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["report.html"]
 
 
+TUNED, IN_SAMPLE = "gated, tuned thresholds", "gated, tuned on these images (in-sample)"
+
+
 def test_without_probabilities_and_with_in_sample_thresholds(tiny_data, case, tmp_path):
     seg, probs_csv, *_ = case
     plain = write_report(tiny_data, seg, tmp_path / "plain.html", overlays=1, progress=False)
@@ -118,7 +122,29 @@ def test_without_probabilities_and_with_in_sample_thresholds(tiny_data, case, tm
     tuned = score_submission(tiny_data, seg, probs_csv=probs_csv, progress=False)
     assert "in-sample" in tuned.thresholds_source
     rows = {r["submission"]: r for r in tuned.headline()}
-    assert rows["gated, tuned thresholds"]["mean"] >= rows["gated at 0.5"]["mean"] - 1e-12  # tuned here: the best
+    assert rows[IN_SAMPLE]["mean"] >= rows["gated at 0.5"]["mean"] - 1e-12  # tuned here: the best
+    assert TUNED not in rows
+    # Printed and drawn: the row says it is in-sample on stdout and on the page.
+    result = run_report(tiny_data, "--seg", seg, "--probs", probs_csv, "--out", tmp_path / "in.html")
+    assert result.exit_code == 0, result.output
+    assert IN_SAMPLE in result.stdout and TUNED not in result.stdout
+    assert IN_SAMPLE in (tmp_path / "in.html").read_text()
+    given = run_report(tiny_data, "--seg", seg, "--probs", probs_csv, "--thresholds", 0.5, "--out", tmp_path / "given.html")
+    assert given.exit_code == 0 and TUNED in given.stdout and "in-sample" not in given.stdout, given.output
+
+
+def test_a_gated_submission_as_seg_is_warned_about(tiny_data, case, tmp_path):
+    """predict writes <stem>_probs.csv beside each submission it gates: report says its masks are no
+    'segmentation alone', and scores them all the same."""
+    seg, probs_csv, probs, thresholds, _ = case
+    submission = gated_file(seg, probs, json.loads(thresholds.read_text()), tmp_path / "submission.csv")
+    shutil.copyfile(probs_csv, tmp_path / "submission_probs.csv")
+    result = run_report(tiny_data, "--seg", submission, "--probs", tmp_path / "submission_probs.csv", "--out", tmp_path / "r.html")
+    assert result.exit_code == 0, result.output
+    assert "looks gated" in result.stderr and "pass predict-seg's masks (RUN/test_seg.csv) as --seg" in result.stderr
+    assert "looks gated" in (tmp_path / "r.html").read_text()
+    plain = run_report(tiny_data, "--seg", seg, "--probs", probs_csv, "--out", tmp_path / "p.html")
+    assert plain.exit_code == 0 and "looks gated" not in plain.output
 
 
 def run_report(tiny_data, *args):
@@ -135,6 +161,8 @@ def test_bad_inputs_are_one_line_and_no_file(tiny_data, case, tmp_path):
     cases = [
         (["--seg", seg, "--probs", few], "few.csv: lacks 11 image(s) of"),
         (["--seg", seg, "--truth", truth, "--truth-shape", 64, 96], "extra image(s)"),
+        (["--seg", tiny_data / "test_truth.csv"], "; --truth must hold their masks (test images: --truth test_truth.csv"),
+        (["--seg", seg, "--probs", probs_csv, "--thresholds", 2], "'2' is not a threshold in [0, 1]"),
         (["--seg", seg, "--mask-shape", 1400, 2100], "--pred-shape H W with their real size"),
         (["--seg", seg, "--probs", probs_csv, "--thresholds", probs_csv], "not a readable JSON file"),
         (["--seg", seg, "--thresholds", thresholds], "--thresholds needs presence probabilities"),

@@ -41,12 +41,12 @@ def test_runs_lists_hold_out_and_kfold_runs_with_their_best_and_differences(tiny
     assert math.isclose(rows[1]["best"], sum(fold_bests) / 2)
     assert rows[0]["seed"] == "69" and rows[1]["seed"] == "7" and rows[1]["folds"] == "2"
     assert "lr" not in rows[0]  # the same in both: not a difference
-    result = cli("runs", root)
+    result = cli("runs", "--root", root)
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0].split()[:5] == ["run", "task", "score", "best", "trained"] and "2 run(s) under" in lines[-1]
     assert lines[2].startswith("folds") and "2/2 folds" in lines[2]
-    none = cli("runs", root / "empty")
+    none = cli("runs", "--root", root / "empty")
     assert none.exit_code == 2 and "no training run (config.yaml) under this folder" in none.stderr
 
 
@@ -83,7 +83,7 @@ def test_one_odd_run_is_a_row_saying_what_is_wrong_and_the_others_still_show(tin
     metrics.to_csv(text / "metrics.csv", index=False)
     (tmp_path / "runs" / "unreadable").mkdir()
     (tmp_path / "runs" / "unreadable" / "config.yaml").write_text("[1, 2\n")
-    result = cli("runs", tmp_path / "runs")
+    result = cli("runs", "--root", tmp_path / "runs")
     assert result.exit_code == 0 and "Traceback" not in result.output, result.output
     rows = {r["run"]: r for r in runs_table(tmp_path / "runs")}
     assert rows["good"]["problem"] == "-" and rows["good"]["best"] == pd.read_csv(tiny_classifier_run / "metrics.csv")["val_accuracy"].max()

@@ -67,7 +67,7 @@ def test_apply_seg_writes_the_bytes_predict_seg_writes(seg_run, seg_run_b, tiny_
     assert (tmp_path / "one.csv").read_bytes() == (a / "test_seg.csv").read_bytes()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a", "b", "one.csv"]  # the CSV alone
     # An ensemble: tuned on the validation stores, applied to the test stores or to the ensemble's own test store.
-    weights = ["--weight", 1, "--weight", 3]
+    weights = ["--ensemble-weight", 1, "--ensemble-weight", 3]
     assert cli("tune-seg", "--store", a / "val_seg_probs.npy", "--store", b / "val_seg_probs.npy", *weights,
                   "--data", tiny_data, "--out", tmp_path / "ens_val.csv").exit_code == 0
     post = tmp_path / "ens_val_postprocess.json"
@@ -86,10 +86,11 @@ def test_apply_seg_writes_the_bytes_predict_seg_writes(seg_run, seg_run_b, tiny_
     sample = pd.read_csv(other / "sample_submission.csv")
     sample.iloc[:-4].to_csv(other / "sample_submission.csv", index=False)
     own = a / "seg_postprocess.json"
-    for args, tuned, data, message in (([*stores, "--weight", 1, "--weight", 1], post, tiny_data, "were tuned for runs"),
+    for args, tuned, data, message in (([*stores, "--ensemble-weight", 1, "--ensemble-weight", 1], post, tiny_data, "were tuned for runs"),
                                        (stores[:2], post, tiny_data, "were tuned for runs"),
                                        (["--store", a / "val_seg_probs.npy"], own, tiny_data, "holds val probabilities"),
-                                       (stores[:2], own, other, "compared with the test images of")):
+                                       (stores[:2], own, other, "compared with the test images of"),
+                                       (stores[:2], own, other, "; pass the store predict-seg --split test wrote with this --data")):
         bad = cli("apply-seg", *args, "--postprocess", tuned, "--data", data, "--out", tmp_path / "bad.csv")
         assert bad.exit_code == 2 and message in bad.stderr and bad.stderr.count("\n") == 1, (message, bad.output)
         assert not (tmp_path / "bad.csv").exists()

@@ -216,7 +216,7 @@ def test_ensemble_is_the_weighted_mean_of_the_runs_stores(seg_run, seg_run_b, ti
             result = cli("predict-seg", "--run", run, "--data", tiny_data, "--split", split, "--overwrite", *CPU_QUIET)
             assert result.exit_code == 0, result.output
     ens = tmp_path / "ens_val.csv"
-    result = cli("predict-seg", "--run", a, "--run", b, "--weight", 1, "--weight", 3, "--data", tiny_data,
+    result = cli("predict-seg", "--run", a, "--run", b, "--ensemble-weight", 1, "--ensemble-weight", 3, "--data", tiny_data,
                     "--split", "val", "--out", ens, *CPU_QUIET)
     assert result.exit_code == 0, result.output
     (sa, ia), (sb, ib), (se, ie) = load(a / "val_seg_probs.npy"), load(b / "val_seg_probs.npy"), load(tmp_path / "ens_val_probs.npy")
@@ -228,11 +228,11 @@ def test_ensemble_is_the_weighted_mean_of_the_runs_stores(seg_run, seg_run_b, ti
     assert json.loads(post.read_text())["runs"] == [str(a.resolve()), str(b.resolve())]
     # The same ensemble from the stores alone tunes to the same masks.
     result = cli("tune-seg", "--store", a / "val_seg_probs.npy", "--store", b / "val_seg_probs.npy",
-                    "--weight", 1, "--weight", 3, "--data", tiny_data, "--out", tmp_path / "re.csv")
+                    "--ensemble-weight", 1, "--ensemble-weight", 3, "--data", tiny_data, "--out", tmp_path / "re.csv")
     assert result.exit_code == 0, result.output
     assert (tmp_path / "re.csv").read_bytes() == ens.read_bytes()
     # Test masks: the ensemble needs its own post-processing file, for these runs and weights.
-    test = ["predict-seg", "--run", a, "--run", b, "--weight", 1, "--weight", 3, "--data", tiny_data, "--split", "test"]
+    test = ["predict-seg", "--run", a, "--run", b, "--ensemble-weight", 1, "--ensemble-weight", 3, "--data", tiny_data, "--split", "test"]
     refused = cli(*test, "--out", tmp_path / "t.csv", *CPU_QUIET)
     assert refused.exit_code == 2 and "--postprocess" in refused.stderr
     wrong = cli(*test, "--out", tmp_path / "t.csv", "--postprocess", a / "seg_postprocess.json", *CPU_QUIET)
@@ -331,7 +331,7 @@ def test_a_bad_image_in_one_ranks_share_is_one_line_from_rank_0(seg_run, tiny_da
 def test_predict_seg_ensemble_under_torchrun_matches_one_process(seg_run, seg_run_b, tiny_data, tmp_path, torchrun):
 
     one, two = tmp_path / "one" / "ens.csv", tmp_path / "two" / "ens.csv"
-    common = ("predict-seg", "--run", seg_run, "--run", seg_run_b, "--weight", 1, "--weight", 3, "--data", tiny_data,
+    common = ("predict-seg", "--run", seg_run, "--run", seg_run_b, "--ensemble-weight", 1, "--ensemble-weight", 3, "--data", tiny_data,
               "--split", "val", "--batch-size", 1, *CPU_QUIET)  # batches of one, as above
     result = cli_on_one_thread(*common, "--out", one)
     assert result.exit_code == 0, result.output

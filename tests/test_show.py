@@ -32,6 +32,16 @@ def show(*args):
     return CliRunner().invoke(main, ["show", *map(str, args)])
 
 
+def test_show_writes_overlay_png_by_default_as_report_and_predict_have_defaults(tiny_data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    image = pd.read_csv(tiny_data / "train.csv")["Image_Label"].iloc[0].rsplit("_", 1)[0]
+    result = show("--data", tiny_data, "--image", image)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "overlay.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = show("--data", tiny_data, "--image", image)
+    assert again.exit_code == 2 and "--overwrite" in again.stderr
+
+
 def test_show_refuses_to_write_its_inputs(tiny_data, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)

@@ -123,7 +123,7 @@ def test_a_new_source_whose_input_predict_seg_writes_goes_through_tuning_predict
     wheels = tmp_path / "wheels"
     wheels.mkdir()
     (wheels / "cloudpipe-0.1.0-py3-none-any.whl").write_bytes(b"")  # a stand-in: the install cell is not run here
-    result = cli("bundle", "--seg", seg, "--classifier", classifier, "--out", tmp_path / "bundle", "--wheels-from", wheels,
+    result = cli("bundle", "--seg-run", seg, "--classifier-run", classifier, "--out", tmp_path / "bundle", "--wheels-from", wheels,
                  "--no-download")
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "bundle" / "bundle.json").read_text())["gates_on"] == ["coverage"]

@@ -241,6 +241,9 @@ def test_cli_bad_inputs(tiny_data, tuning_case, tmp_path):
     (bad_probs / "val_probs.csv").write_text("image,Fish,Flower,Gravel,Sugar\na.jpg,0.1,0.2,0.3,2\n")
     cases = [
         (["--seg", other], "shares no image with the validation probabilities"),
+        (["--seg", other], "give predict-seg --split val's CSV (RUN/val_seg.csv) of a segmentation run trained on the "
+                           "classifier's split (the same --val-fraction"),
+        (["--seg", tiny_data / "test_truth.csv"], "--seg wants validation masks: predict-seg --split val's CSV"),
         (["--seg", partly], "only 12 of its 20 images are validation images"),
         (["--seg", unknown], "train.csv lacks 1 image(s) of"),
         (["--seg", broken], "line 2"),

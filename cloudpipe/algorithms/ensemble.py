@@ -32,7 +32,7 @@ def normalise_weights(weights: Sequence[float] | None, count: int, per: str = "-
     if weights is None or len(weights) == 0:
         weights = [1.0] * count
     if len(weights) != count:
-        raise CloudpipeError(f"give one --weight per {per}: {len(weights)} weight(s) for {count} {per.lstrip('-')}(s)")
+        raise CloudpipeError(f"give one --ensemble-weight per {per}: {len(weights)} weight(s) for {count} {per.lstrip('-')}(s)")
     if not all(math.isfinite(w) and w > 0 for w in weights):
         raise CloudpipeError(f"weights must be positive numbers, got {', '.join(f'{w:g}' for w in weights)}")
     largest = float(max(weights))

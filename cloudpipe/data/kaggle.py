@@ -408,8 +408,9 @@ def frame_rows(frame: pd.DataFrame, images: list[str], what: str) -> np.ndarray:
     return frame.loc[images, list(CLASSES)].to_numpy(np.float64)
 
 
-def require_same_images(expected: list[str], got: list[str], what: str) -> None:
-    """Raise a one-line error listing missing and extra images when two image sets differ."""
+def require_same_images(expected: list[str], got: list[str], what: str, hint: str = "") -> None:
+    """Raise a one-line error listing missing and extra images when two image sets differ, with
+    ``hint`` (what to do) appended."""
     got_set, expected_set = set(got), set(expected)
     missing = [i for i in expected if i not in got_set]
     extra = [i for i in got if i not in expected_set]
@@ -419,7 +420,7 @@ def require_same_images(expected: list[str], got: list[str], what: str) -> None:
             parts.append(f"lacks {len(missing)} image(s) (e.g. {', '.join(missing[:3])})")
         if extra:
             parts.append(f"has {len(extra)} extra image(s) (e.g. {', '.join(extra[:3])})")
-        raise CloudpipeError(f"{what} " + " and ".join(parts))
+        raise CloudpipeError(f"{what} " + " and ".join(parts) + hint)
 
 
 def read_probs_csv(path: Path) -> pd.DataFrame:

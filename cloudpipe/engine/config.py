@@ -218,7 +218,9 @@ class TrainConfig(BaseModel):
                           help="EMA decay of the weights (0: off); the average is validated and saved.")
     """Decay of an exponential moving average of the weights, updated every optimizer step (0: none)."""
     swa_epochs: Whole = setting(0, cli=True, check=AT_LEAST_0, help="Average the last N epochs' weights (0: off).")
-    val_fraction: Number = setting(0.1, check=Range(0, 1, True, True))
+    val_fraction: Number = setting(0.1, cli=True, check=Range(0, 1, True, True), help=(
+        "Share of the images held out for validation (without --folds); give both stages the same value "
+        "(and split_seed) so their validation images agree."))
     split_seed: Whole = setting(69, check=SEED)
     seed: Whole = setting(69, cli=True, check=SEED)
     folds: Whole = setting(0, cli=True, check=AT_LEAST_0, help="K >= 2 trains K fold models.")

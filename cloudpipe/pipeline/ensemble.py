@@ -59,7 +59,7 @@ class Ensemble:
             raise CloudpipeError("give at least one --run")
         resolved = tuple(r.resolve() for r in runs)
         if len(set(resolved)) != len(resolved):
-            raise CloudpipeError("the same --run is given twice; give it a larger --weight instead")
+            raise CloudpipeError("the same --run is given twice; give it a larger --ensemble-weight instead")
         return cls(resolved, tuple(normalise_weights(weights, len(runs))))
 
     @classmethod

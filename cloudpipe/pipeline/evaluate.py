@@ -72,7 +72,8 @@ def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tupl
     _check_shape(pred_frame, pred_csv, pred_shape, known, "--pred-shape")
     truth, pred = to_wide(truth_frame), to_wide(pred_frame)
     covered = [i for i in pred.index if i in truth.index]  # so that only extra images are named
-    require_same_images(covered, list(pred.index), f"{pred_csv}: compared with {truth_csv}, it")
+    require_same_images(covered, list(pred.index), f"{pred_csv}: compared with {truth_csv}, it",
+                        "; --truth must hold their masks (test images: --truth test_truth.csv, e.g. synth's or clouds350's)")
     return truth, pred
 
 

@@ -162,7 +162,7 @@ def load_gate(path: Path, ensemble: Ensemble | None = None, inputs: GateInputs |
 
 Thresholds = Path | float | None
 """What a command is told to gate with: a ``thresholds.json`` (``--thresholds FILE``), one
-threshold for every class on the classifier (``--threshold T``), or None (the run's own file)."""
+threshold for every class on the classifier (``--thresholds T``), or None (the run's own file)."""
 
 
 def resolve_gate(runs: Path | Ensemble | None, given: Thresholds = None,
@@ -182,12 +182,12 @@ def resolve_gate(runs: Path | Ensemble | None, given: Thresholds = None,
     ensemble = None if runs is None else runs if isinstance(runs, Ensemble) else Ensemble.of(runs)
     thresholds_file = None if given is None or isinstance(given, (int, float)) else Path(given)
     if isinstance(given, (int, float)):
-        t = check_threshold(given, "--threshold")
-        return GateSpec({c: t for c in CLASSES}), f"--threshold {t:g}"
+        t = check_threshold(given, "--thresholds")
+        return GateSpec({c: t for c in CLASSES}), f"--thresholds {t:g}"
     if thresholds_file is None and ensemble is not None:
         thresholds_file = ensemble.own_file(THRESHOLDS_JSON, "an ensemble of classifier runs needs --thresholds FILE "
-                                            "(tune-threshold with the same --run and --weight options and --out FILE) "
-                                            "or --threshold T")
+                                            "(tune-threshold with the same --run and --ensemble-weight options and --out FILE) "
+                                            "or --thresholds T")
         if not thresholds_file.is_file():
             return None, ""
     if thresholds_file is None:

@@ -62,7 +62,10 @@ class PredictSummary:
     thresholds: dict[str, float]
     thresholds_source: str
     kept: dict[str, int]
+    """Per class, the (image, class) pairs the gate kept (its mask, empty or not, passed through),
+    counted as ``report`` counts its decisions."""
     blanked: dict[str, int]
+    """Per class, the pairs the gate judged absent (their masks emptied)."""
     images_per_second: float | None
     """The classifier's speed; None when no class gates on it (no model ran)."""
     spec: GateSpec | None = None
@@ -71,7 +74,7 @@ class PredictSummary:
         per_class = ", ".join(f"{c} {self.kept[c]}/{self.blanked[c]}" for c in CLASSES)
         rule = "; at least one class per image" if self.spec is not None and self.spec.at_least_one else ""
         speed = ", no model run" if self.images_per_second is None else f" at {self.images_per_second:.1f} img/s"
-        return (f"{len(self.probs)} images{speed}; masks kept/blanked: {per_class} "
+        return (f"{len(self.probs)} images{speed}; pairs kept/blanked (the gate's decisions, as report counts them): {per_class} "
                 f"(thresholds: {self.thresholds_source}{rule})")
 
 
@@ -154,7 +157,9 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
     with run.together():  # not nested in another: every rank meets the same gathers
         frame = read_segmentation(seg, mask_shape)
         images = list_test_images(data_dir)
-        require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions")
+        require_same_images(images, pd.unique(frame["image"]).tolist(), "segmentation predictions",
+                            "; --seg wants the test masks of sample_submission.csv's images: predict-seg --split test's "
+                            "CSV (RUN/test_seg.csv)")
         others = [s for s in spec.sources if s != CLASSIFIER]
         scores = inputs.scores(images, others, "test", pixel=spec.pixel)
     index = pd.Index(images, name="image")
@@ -168,8 +173,8 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
     gated = gate(frame, probs, spec.thresholds, spec.at_least_one)
     order = pd.DataFrame({"Image_Label": [join_label(i, c) for i in images for c in CLASSES]})
     submission = order.merge(gated, on="Image_Label", how="left", validate="one_to_one")
-    blanked = submission.groupby("class_name")["blanked"].sum()
-    kept = (submission["EncodedPixels"] != "").groupby(submission["class_name"]).sum()
+    blanked = submission.groupby("class_name")["absent"].sum()
+    kept = (~submission["absent"]).groupby(submission["class_name"]).sum()
     submission = submission[list(CSV_COLUMNS)]
     return PredictSummary(submission, probs, spec.thresholds, source, {c: int(kept[c]) for c in CLASSES},
                           {c: int(blanked[c]) for c in CLASSES},

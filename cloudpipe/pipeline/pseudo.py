@@ -101,7 +101,7 @@ def _pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: P
     masks = to_wide(read_mask_csv(seg, shape=mask_shape))
     scores = read_probs_csv(probs)
     test = list_test_images(data_dir)
-    require_same_images(test, list(masks.index), f"{seg}:")
+    require_same_images(test, list(masks.index), f"{seg}:", "; --seg wants the test submission predict wrote with this --data")
     require_same_images(test, list(scores.index), f"{probs}:")
     clash = sorted(set(test) & set(train["image"]))
     if clash:

@@ -10,6 +10,7 @@ is one HTML file with its pictures embedded: no network, no JavaScript.
 from __future__ import annotations
 
 import base64
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +34,7 @@ from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import PairStats, pair_stats
+from cloudpipe.data.beside import probs_path_for
 from cloudpipe.data.images import jpeg_size, read_image, reduction_for
 from cloudpipe.data.kaggle import (
     TRAIN_CSV,
@@ -52,6 +54,8 @@ AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000, SUBMISSION_SHAPE[
 PROB_EDGES = tuple(np.round(np.linspace(0, 1, 11), 2))
 """Bins of presence probability for Dice against probability."""
 
+log = logging.getLogger(__name__)
+
 
 @dataclass
 class Scored:
@@ -67,10 +71,12 @@ class Scored:
     """The tuned gate applied to ``probs`` (its thresholds and at-least-one rule)."""
     thresholds_source: str = ""
     sources: dict[str, str] = field(default_factory=dict)
+    in_sample: bool = False
+    """The gate was tuned on these very images (its row says so)."""
 
     def headline(self) -> list[dict]:
         """See :func:`cloudpipe.algorithms.breakdown.headline`."""
-        return headline(self.stats, self.probs, self.gate)
+        return headline(self.stats, self.probs, self.gate, in_sample=self.in_sample)
 
     def best_gate(self) -> np.ndarray:
         """Which pairs the best gate given keeps (tuned, with its at-least-one rule, else 0.5,
@@ -88,7 +94,7 @@ def score_submission(
     *,
     run_dir: Path | None = None,
     probs_csv: Path | None = None,
-    thresholds_file: Path | None = None,
+    thresholds_file: Path | float | None = None,
     truth_csv: Path | None = None,
     truth_shape: tuple[int, int] | None = None,
     mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
@@ -103,7 +109,8 @@ def score_submission(
         run_dir: classifier run: ``val_probs.csv`` and ``thresholds.json`` (validation images).
         probs_csv: presence probabilities (e.g. ``predict``'s ``<stem>_probs.csv``); wins over
             the run's.
-        thresholds_file: the tuned gate's thresholds; default the run's ``thresholds.json``;
+        thresholds_file: the tuned gate's thresholds (a file, or one threshold for every
+            class); default the run's ``thresholds.json``;
             without either, thresholds are tuned on these very images (in-sample, said so).
         truth_csv: truth masks; default ``DIR/train.csv``.
         truth_shape: mask size of the truth; default the training images' size for
@@ -116,6 +123,10 @@ def score_submission(
     data_dir = require_dir(data_dir)
     truth_csv = Path(truth_csv) if truth_csv is not None else data_dir / TRAIN_CSV
     sources = {"segmentation": str(seg_csv), "truth": str(truth_csv)}
+    if probs_path_for(seg_csv).is_file():  # predict writes <stem>_probs.csv beside every submission it gates
+        gated = f"looks gated (predict wrote {probs_path_for(seg_csv).name} beside it), so 'segmentation alone' is already gated"
+        log.warning(f"warning: {seg_csv} {gated}: pass predict-seg's masks (RUN/test_seg.csv) as --seg")
+        sources["segmentation"] += f" ({gated})"
     if truth_shape is None:
         truth_shape = default_truth_shape(truth_csv)
     truth, pred = read_truth_and_prediction(truth_csv, Path(seg_csv), truth_shape, mask_shape)
@@ -146,6 +157,7 @@ def score_submission(
         sweeps = choose_thresholds(scored.probs, PairScores.of_stats(stats))
         spec = GateSpec({c: s.threshold for c, s in sweeps.items()})
         scored.thresholds_source = "tuned on these images (in-sample: an upper bound)"
+        scored.in_sample = True
     scored.gate = spec
     sources["thresholds"] = scored.thresholds_source
     return scored
@@ -182,7 +194,8 @@ def write_report(
     """
     started = time.perf_counter()
     reads = data_inputs(data_dir) | run_inputs([inputs["run_dir"]] if inputs.get("run_dir") else []) | Inputs.of(
-        seg_csv, inputs.get("probs_csv"), inputs.get("truth_csv"), inputs.get("thresholds_file"))
+        seg_csv, inputs.get("probs_csv"), inputs.get("truth_csv"),
+        *[t for t in [inputs.get("thresholds_file")] if isinstance(t, (str, Path))])
     from cloudpipe.engine.runner import Plan, Runner
 
     with Runner.start() as run:

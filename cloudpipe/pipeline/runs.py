@@ -1,4 +1,4 @@
-"""``cloudpipe runs DIR``: the training runs under a folder, their best scores and how their
+"""``cloudpipe runs --root DIR``: the training runs under a folder, their best scores and how their
 configs differ (read from ``config.yaml`` and ``metrics.csv``; no torch, no checkpoints). Which
 column holds a run's score and which settings its stage reads are the stage's
 (:mod:`cloudpipe.engine.stages`). A run whose files cannot be read, or hold what no run writes,

@@ -324,7 +324,8 @@ def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postpr
         post = test_postprocess(ensemble, Path(postprocess))
         names = list_test_images(data_dir)
         for path, (_, info) in zip(stores, read):
-            require_same_images(names, info.images, f"{path}: compared with the test images of {data_dir}, it")
+            require_same_images(names, info.images, f"{path}: compared with the test images of {data_dir}, it",
+                                "; pass the store predict-seg --split test wrote with this --data")
         store = _mean_of(read, share, names, Path(out).parent)
         result = SegPrediction(Path(out), len(names), post, 0.0)
         result = write_outputs(result, store, names, ensemble, MaskOutputs(Path(out), None, run.write, processes))

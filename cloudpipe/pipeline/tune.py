@@ -53,6 +53,8 @@ from cloudpipe.pipeline.gate import SEGMENTATION_KEY, GateInputs
 from cloudpipe.pipeline.sources import registry
 from cloudpipe.pipeline.validation import validation_sets
 
+SEG_WANTS_VAL = "--seg wants validation masks: predict-seg --split val's CSV (RUN/val_seg.csv), not test masks"
+
 
 def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings = InferenceSettings()) -> pd.DataFrame:
     """Classifier probabilities of a run's validation images, when its ``val_probs.csv`` is lost.
@@ -291,16 +293,19 @@ def _tune(ensemble: Ensemble, data_dir: Path, seg: Path | None, objective: Objec
         scores = PairScores.accuracy(labels.loc[probs.index])
     else:
         pred = to_wide(read_mask_csv(seg, shape=mask_shape))
-        require_images(pred.index, labels.index, TRAIN_CSV, str(seg))
+        require_images(pred.index, labels.index, TRAIN_CSV, str(seg), hint=f"; {SEG_WANTS_VAL}")
         inside = pred.index.isin(probs.index)
         if not inside.any():
             raise CloudpipeError(f"shares no image with the validation probabilities ({source}, "
-                                 f"{len(probs)} images)", path=seg)
+                                 f"{len(probs)} images): give predict-seg --split val's CSV (RUN/val_seg.csv) of a "
+                                 "segmentation run trained on the classifier's split (the same --val-fraction, or --folds, "
+                                 "and split_seed)", path=seg)
         if not inside.all():
             outside = list(pred.index[~inside])
             raise CloudpipeError(f"only {int(inside.sum())} of its {len(pred)} images are validation images of the "
                                  f"classifier ({source}); the others (e.g. {', '.join(outside[:3])}) it trained on: "
-                                 "give predictions of its validation images (both stages trained on the same split)",
+                                 "give predictions of its validation images (both stages trained on the same split: "
+                                 "the same --val-fraction, or --folds, and split_seed)",
                                  path=seg)
         if objective == "dice":
             truth_shape = check_images(data_dir / TRAIN_IMAGES / i for i in pred.index)

@@ -1,0 +1,174 @@
+"""``cloudpipe subset``: part of a Kaggle-layout data folder, as a data folder of its own.
+
+The new folder is a complete Kaggle-layout folder holding copies (never links) of the chosen
+images: ``train.csv`` and ``sample_submission.csv`` keep the chosen images' rows exactly as
+they were, in their order, ``test_truth.csv`` too when the source has one (clouds350's,
+``cloudpipe synth``'s), and ``subset.yaml`` records the source, the counts and the seed. Every
+command reads it as it reads the whole data.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from cloudpipe.core.competition import CSV_COLUMNS
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.data.kaggle import (
+    PSEUDO_CSV,
+    SAMPLE_SUBMISSION_CSV,
+    TEST_IMAGES,
+    TRAIN_CSV,
+    TRAIN_IMAGES,
+    check_mask_frame,
+    data_inputs,
+    read_csv_text,
+    require_dir,
+)
+from cloudpipe.data.outputs import Inputs
+from cloudpipe.data.synth import TEST_TRUTH_CSV
+from cloudpipe.engine.runner import Plan, Runner
+
+SUBSET_YAML = "subset.yaml"
+"""The record of a subset folder; ``--overwrite`` replaces only a folder holding one."""
+
+
+@dataclass(frozen=True)
+class SubsetSummary:
+    """What :func:`subset_data` wrote."""
+
+    out_dir: Path
+    train: int
+    test: int
+    train_of: int
+    test_of: int
+
+    def line(self) -> str:
+        return (f"wrote {self.train} of {self.train_of} train and {self.test} of {self.test_of} test images "
+                f"(copies, Kaggle layout) to {self.out_dir}")
+
+
+def subset_data(data_dir: Path, out_dir: Path, *, train: int, test: int, seed: int = 0,
+                overwrite: bool = False) -> SubsetSummary:
+    """Write a data folder holding ``train`` random training images and ``test`` random test
+    images of ``data_dir`` (copies), with their rows of its CSVs.
+
+    Args:
+        data_dir: a Kaggle-layout folder (``train.csv``, ``sample_submission.csv``, the image
+            folders; ``test_truth.csv`` is carried when present).
+        out_dir: the new folder (must not exist, or hold an earlier subset and ``overwrite``).
+        train: training images to keep (>= 2; at most all of them).
+        test: test images to keep (>= 1; at most all of them).
+        seed: the random choice (same seed and source, same subset).
+
+    Raises:
+        CloudpipeError: a bad source (naming file and line), counts out of range, an ``out_dir``
+            that exists (without ``overwrite``, or not a subset), lies in the source or holds it;
+            nothing is written then.
+    """
+    data_dir, out_dir = require_dir(data_dir).resolve(), Path(out_dir)
+    if (data_dir / PSEUDO_CSV).exists():
+        raise CloudpipeError(f"is pseudo-labelled ({PSEUDO_CSV}); take a subset of its source folder", path=data_dir)
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise CloudpipeError("exists and is not a folder (a link is never followed); choose another --out", path=out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise CloudpipeError("already exists; pass --overwrite to replace it", path=out_dir)
+        if not (out_dir / SUBSET_YAML).is_file():
+            raise CloudpipeError(f"holds no {SUBSET_YAML}, so it is not a subset; refusing to replace it", path=out_dir)
+    if out_dir.resolve().is_relative_to(data_dir) or data_dir.is_relative_to(out_dir.resolve()):
+        raise CloudpipeError(f"must lie outside the data folder {data_dir}", path=out_dir)
+    truth = data_dir / TEST_TRUTH_CSV
+    reads = data_inputs(data_dir) | Inputs.of(truth if truth.exists() else None)
+    with Runner.start() as run:  # locked; never replacing a folder that holds one of its inputs
+        run.claim(lambda: (Plan(reads, folders=[out_dir]), None))
+        return _subset(data_dir, out_dir, train, test, seed)
+
+
+def _rows(path: Path) -> pd.DataFrame:
+    """A mask CSV's rows as text, validated, with their ``image``."""
+    return check_mask_frame(read_csv_text(path, CSV_COLUMNS), path)
+
+
+def _choose(frame: pd.DataFrame, count: int, least: int, rng: np.random.Generator, path: Path, option: str) -> pd.DataFrame:
+    """The rows of ``count`` images of ``frame`` chosen at random, in the file's order."""
+    images = pd.unique(frame["image"])
+    if not least <= count <= len(images):
+        raise CloudpipeError(f"{option} {count}: choose between {least} and the {len(images)} images it lists", path=path)
+    chosen = set(rng.choice(images, size=count, replace=False))
+    return frame[frame["image"].isin(chosen)]
+
+
+def _subset(data_dir: Path, out_dir: Path, train: int, test: int, seed: int) -> SubsetSummary:
+    """The work of :func:`subset_data` once ``out_dir`` is claimed."""
+    rng = np.random.default_rng(seed)
+    train_rows, sample_rows = _rows(data_dir / TRAIN_CSV), _rows(data_dir / SAMPLE_SUBMISSION_CSV)
+    chosen_train = _choose(train_rows, train, 2, rng, data_dir / TRAIN_CSV, "--train")
+    chosen_test = _choose(sample_rows, test, 1, rng, data_dir / SAMPLE_SUBMISSION_CSV, "--test")
+    csvs = {TRAIN_CSV: chosen_train, SAMPLE_SUBMISSION_CSV: chosen_test}
+    if (data_dir / TEST_TRUTH_CSV).exists():
+        truth = _rows(data_dir / TEST_TRUTH_CSV)
+        csvs[TEST_TRUTH_CSV] = truth[truth["image"].isin(set(chosen_test["image"]))]
+    images = {TRAIN_IMAGES: pd.unique(chosen_train["image"]), TEST_IMAGES: pd.unique(chosen_test["image"])}
+    for folder, names in images.items():
+        missing = [n for n in names if not (data_dir / folder / n).is_file()]
+        if missing:
+            raise CloudpipeError(f"{missing[0]} is listed but not there ({len(missing)} missing)", path=data_dir / folder)
+    record = {"source": str(data_dir), "seed": seed, "train_images": train, "test_images": test}
+
+    def fill(staging: Path) -> None:
+        for folder, names in images.items():
+            (staging / folder).mkdir()
+            for name in names:
+                shutil.copyfile(data_dir / folder / name, staging / folder / name)
+        for name, rows in csvs.items():
+            rows[list(CSV_COLUMNS)].to_csv(staging / name, index=False)
+        (staging / SUBSET_YAML).write_text(yaml.safe_dump(record, sort_keys=False))
+
+    write_folder(out_dir, fill)
+    return SubsetSummary(out_dir, train, test, train_rows["image"].nunique(), sample_rows["image"].nunique())
+
+
+def write_folder(out_dir: Path, fill) -> None:
+    """Build a folder beside ``out_dir`` with ``fill(staging)`` and swap it in only once complete
+    (an earlier ``out_dir`` goes once the new one is in place); called with ``out_dir`` claimed
+    (locked) by the runner. Nothing is followed: a planted staging link is removed, not entered.
+
+    Raises:
+        CloudpipeError: a write failed; ``out_dir`` is left as it was, no staging folder remains.
+    """
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
+    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
+    for stale in (staging, old):
+        _remove(stale)
+    try:
+        staging.mkdir()
+        fill(staging)
+        if out_dir.exists():
+            os.replace(out_dir, old)
+        try:
+            os.replace(staging, out_dir)
+        except OSError:
+            if old.exists():  # put the earlier folder back before reporting
+                os.replace(old, out_dir)
+            raise
+    except OSError as err:
+        raise CloudpipeError(f"cannot write the folder ({err.strerror or err})", path=out_dir) from None
+    finally:
+        _remove(staging)
+        _remove(old)
+
+
+def _remove(path: Path) -> None:
+    """Remove a file, link (itself, not its target) or folder tree at ``path``, if any."""
+    if path.is_symlink() or path.is_file():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
