@@ -57,7 +57,7 @@ def test_overwrite_replaces_only_a_subset(tiny_data, tmp_path):
     mine.mkdir()
     (mine / "notes.txt").write_text("keep")
     assert_one_line_error(cli("subset", "--data", tiny_data, "--out", mine, "--train", 4, "--test", 2, "--overwrite"),
-                          "not a subset")
+                          "was not made by cloudpipe subset")
     assert (mine / "notes.txt").read_text() == "keep"
 
 
@@ -71,6 +71,6 @@ def test_bad_requests_are_one_line_and_write_nothing(tiny_data, tmp_path):
                           "must lie outside the data folder")
     link = tmp_path / "link"
     link.symlink_to(tmp_path / "elsewhere", target_is_directory=True)
-    assert_one_line_error(cli("subset", "--data", tiny_data, "--out", link, "--train", 4, "--test", 2), "a link is never followed")
+    assert_one_line_error(cli("subset", "--data", tiny_data, "--out", link, "--train", 4, "--test", 2), "symbolic link, which cloudpipe never follows")
     assert not (tmp_path / "elsewhere").exists()
     assert cli("subset", "--data", tiny_data, "--out", out, "--train", 1, "--test", 1).exit_code == 2  # click's range

@@ -9,7 +9,6 @@ command reads it as it reads the whole data.
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,7 +35,7 @@ from cloudpipe.data.synth import TEST_TRUTH_CSV
 from cloudpipe.engine.runner import Plan, Runner
 
 SUBSET_YAML = "subset.yaml"
-"""The record of a subset folder; ``--overwrite`` replaces only a folder holding one."""
+"""The record of a subset folder: its source, seed and counts."""
 
 
 @dataclass(frozen=True)
@@ -75,20 +74,13 @@ def subset_data(data_dir: Path, out_dir: Path, *, train: int, test: int, seed: i
     data_dir, out_dir = require_dir(data_dir).resolve(), Path(out_dir)
     if (data_dir / PSEUDO_CSV).exists():
         raise CloudpipeError(f"is pseudo-labelled ({PSEUDO_CSV}); take a subset of its source folder", path=data_dir)
-    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
-        raise CloudpipeError("exists and is not a folder (a link is never followed); choose another --out", path=out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()):
-        if not overwrite:
-            raise CloudpipeError("already exists; pass --overwrite to replace it", path=out_dir)
-        if not (out_dir / SUBSET_YAML).is_file():
-            raise CloudpipeError(f"holds no {SUBSET_YAML}, so it is not a subset; refusing to replace it", path=out_dir)
     if out_dir.resolve().is_relative_to(data_dir) or data_dir.is_relative_to(out_dir.resolve()):
         raise CloudpipeError(f"must lie outside the data folder {data_dir}", path=out_dir)
     truth = data_dir / TEST_TRUTH_CSV
     reads = data_inputs(data_dir) | Inputs.of(truth if truth.exists() else None)
-    with Runner.start() as run:  # locked; never replacing a folder that holds one of its inputs
-        run.claim(lambda: (Plan(reads, folders=[out_dir]), None))
-        return _subset(data_dir, out_dir, train, test, seed)
+    with Runner.start() as run:  # locked; never replacing a folder that holds one of its inputs, or one it did not make
+        run.claim(lambda: (Plan(reads, builds={out_dir: "subset"}, overwrite=overwrite), None))
+        return _subset(data_dir, out_dir, train, test, seed, run)
 
 
 def _rows(path: Path) -> pd.DataFrame:
@@ -105,7 +97,7 @@ def _choose(frame: pd.DataFrame, count: int, least: int, rng: np.random.Generato
     return frame[frame["image"].isin(chosen)]
 
 
-def _subset(data_dir: Path, out_dir: Path, train: int, test: int, seed: int) -> SubsetSummary:
+def _subset(data_dir: Path, out_dir: Path, train: int, test: int, seed: int, run: Runner) -> SubsetSummary:
     """The work of :func:`subset_data` once ``out_dir`` is claimed."""
     rng = np.random.default_rng(seed)
     train_rows, sample_rows = _rows(data_dir / TRAIN_CSV), _rows(data_dir / SAMPLE_SUBMISSION_CSV)
@@ -131,44 +123,6 @@ def _subset(data_dir: Path, out_dir: Path, train: int, test: int, seed: int) -> 
             rows[list(CSV_COLUMNS)].to_csv(staging / name, index=False)
         (staging / SUBSET_YAML).write_text(yaml.safe_dump(record, sort_keys=False))
 
-    write_folder(out_dir, fill)
+    run.write_folder(out_dir, fill)
     return SubsetSummary(out_dir, train, test, train_rows["image"].nunique(), sample_rows["image"].nunique())
 
-
-def write_folder(out_dir: Path, fill) -> None:
-    """Build a folder beside ``out_dir`` with ``fill(staging)`` and swap it in only once complete
-    (an earlier ``out_dir`` goes once the new one is in place); called with ``out_dir`` claimed
-    (locked) by the runner. Nothing is followed: a planted staging link is removed, not entered.
-
-    Raises:
-        CloudpipeError: a write failed; ``out_dir`` is left as it was, no staging folder remains.
-    """
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f".{out_dir.name}.tmp-{os.getpid()}")
-    old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}")
-    for stale in (staging, old):
-        _remove(stale)
-    try:
-        staging.mkdir()
-        fill(staging)
-        if out_dir.exists():
-            os.replace(out_dir, old)
-        try:
-            os.replace(staging, out_dir)
-        except OSError:
-            if old.exists():  # put the earlier folder back before reporting
-                os.replace(old, out_dir)
-            raise
-    except OSError as err:
-        raise CloudpipeError(f"cannot write the folder ({err.strerror or err})", path=out_dir) from None
-    finally:
-        _remove(staging)
-        _remove(old)
-
-
-def _remove(path: Path) -> None:
-    """Remove a file, link (itself, not its target) or folder tree at ``path``, if any."""
-    if path.is_symlink() or path.is_file():
-        path.unlink()
-    elif path.exists():
-        shutil.rmtree(path)
