@@ -20,12 +20,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from cloudpipe.core import table
 from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES
+
+if TYPE_CHECKING:
+    from cloudpipe.engine.settings import InferenceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = ROOT / "benchmarks"
@@ -264,7 +268,7 @@ class Bench:
     """A suite's pipeline on one data folder: its inference settings and its timed steps."""
 
     data: Path
-    infer: object  # cloudpipe's InferenceSettings
+    infer: InferenceSettings
     step: Timed = field(default_factory=Timed)
 
     def train(self, task: str, overrides: dict, run: Path, reuse: bool = True) -> Path:
@@ -279,7 +283,8 @@ class Bench:
         return run
 
     def pipeline(self, label: str, runs: Path | list[Path] | None, masks_dir: Path, classifier: Path | None = None,
-                 gate_dir: Path | None = None, *, masks: tuple[Path, Path] | None = None, seg_settings=None,
+                 gate_dir: Path | None = None, *, masks: tuple[Path, Path] | None = None,
+                 seg_settings: InferenceSettings | None = None,
                  postprocess: Path | None = None, reuse: bool = False, inputs: dict | None = None,
                  test_inputs: dict | None = None, tune: dict | None = None, report: dict | None = None) -> Outputs:
         """predict-seg of ``runs`` (one, or several averaged) on the validation and the test images

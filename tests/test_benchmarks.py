@@ -29,7 +29,8 @@ def check_speed(rows, work, out):
     assert names[4:] == ["train data cls 64x96", "train data seg 32x48", "train step b2 64x96", "train epoch 8 imgs 64x96",
                          "predict 4 imgs whole", "predict per image", "blanking 16 pairs", "predict peak RSS 20 vs 2"]
     assert "submissions agree on 16/16 pairs" in rows[8]["note"] and rows[-1]["target_op"] == "<="
-    assert all(r["ratio"] > 0 for r in rows) and "predict peak RSS" in out
+    # per image is a difference of two times, which load can make negative at smoke sizes
+    assert all(r["ratio"] > 0 for r in rows if r["benchmark"] != "predict per image") and "predict peak RSS" in out
 
 
 def check_scale(rows, work, out):
