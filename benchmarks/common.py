@@ -1,4 +1,6 @@
-"""What every benchmark script shares: sizes, the cached synthetic data, timing, rows and the table.
+"""The set-up every suite shares: the one entry's parser, sizes, the cached synthetic data,
+clouds350 subsets, the pipeline (train, predict-seg, tune-threshold, predict, report) as one
+function, step timing, interleaved timing, rows and the table.
 
 A row is a dict: ``benchmark`` (its name), ``seed_s`` and ``cloudpipe_s`` (the two sides' times
 in seconds, or whatever ``unit``/``scale`` say), ``ratio`` (baseline / cloudpipe), ``target``
@@ -8,19 +10,33 @@ Rows without a baseline (throughput only) carry ``value`` and ``unit`` instead o
 
 from __future__ import annotations
 
+import argparse
+import importlib
+import json
 import os
 import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import pandas as pd
 
 from cloudpipe.core import table
-from cloudpipe.core.competition import IMAGE_SHAPE
+from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
+from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES
+
+if TYPE_CHECKING:
+    from cloudpipe.engine.settings import InferenceSettings
 
 ROOT = Path(__file__).resolve().parent.parent
+HERE = ROOT / "benchmarks"
 REAL_IMAGES = ROOT.parent / "shared" / "data" / "real" / "train_images"
+CLOUDS350 = ROOT.parent / "shared" / "data" / "clouds350"
+SUITES = ("speed", "scale", "gpu", "competition", "clouds", "wins", "carry", "recipes")
+"""The suites of ``python -m benchmarks SUITE``, each a module of :mod:`benchmarks.suites`."""
 
 
 @dataclass(frozen=True)
@@ -158,3 +174,163 @@ def summary(rows: Sequence[dict]) -> str:
 def load_average() -> str:
     """The 1/5/15-minute load averages, for the header and footer of a run."""
     return " / ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+# --- the one entry ------------------------------------------------------------------------------
+
+
+def parser(name: str) -> argparse.ArgumentParser:
+    """The options of suite ``name``: every suite's (``--smoke``, ``--json``), a work folder and
+    the clouds350 folder where the suite declares ``WORK``, then its own (its ``options``)."""
+    suite = importlib.import_module(f"benchmarks.suites.{name}")
+    out = argparse.ArgumentParser(prog=f"python -m benchmarks {name}", description=suite.MEASURES)
+    out.add_argument("--smoke", action="store_true", help="tiny sizes and stand-in models: only checks that the suite runs")
+    out.add_argument("--json", type=Path, help="also write the results here as JSON")
+    if getattr(suite, "WORK", None):
+        out.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / suite.WORK,
+                         help="where data, runs and results go (trained runs are reused)")
+        out.add_argument("--data", type=Path, default=CLOUDS350, help="the clouds350 folder")
+    suite.options(out)
+    return out
+
+
+def jsonable(value: object) -> object:
+    """What JSON cannot hold as it is: NumPy values as Python ones, anything else (paths) as text."""
+    return value.tolist() if hasattr(value, "tolist") else str(value)
+
+
+def run_suite(name: str, argv: Sequence[str] = ()) -> object:
+    """Run suite ``name`` with the command-line options ``argv``; its results (rows or a dict)."""
+    args = parser(name).parse_args(list(argv))
+    results = importlib.import_module(f"benchmarks.suites.{name}").run(args)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1, default=jsonable) + "\n")
+    return results
+
+
+# --- steps, data and the pipeline ---------------------------------------------------------------
+
+
+class Timed:
+    """Runs named steps, printing the wall time of each and keeping it in :attr:`seconds`."""
+
+    def __init__(self):
+        self.seconds: dict[str, float] = {}
+
+    def __call__(self, name: str, fn, *args, **kwargs):
+        started = time.perf_counter()
+        value = fn(*args, **kwargs)
+        self.seconds[name] = round(time.perf_counter() - started, 1)
+        print(f"== {name}: {self.seconds[name]:.1f} s", flush=True)
+        return value
+
+
+def prepare_data(source: Path, data: Path, train_images: int, test_images: int | None) -> Path:
+    """A Kaggle-layout folder ``data`` holding the first ``train_images`` images of the source's
+    ``train.csv`` (and the first ``test_images`` test images, all with None; their truth where the
+    source has ``test_truth.csv``), the image folders linked, not copied."""
+    data.mkdir(parents=True, exist_ok=True)
+    read = lambda name: pd.read_csv(source / name, dtype=str, keep_default_na=False)  # noqa: E731
+    read(TRAIN_CSV).iloc[: 4 * train_images].to_csv(data / TRAIN_CSV, index=False)
+    for name in (SAMPLE_SUBMISSION_CSV, "test_truth.csv"):
+        if (source / name).is_file():
+            frame = read(name)
+            (frame if test_images is None else frame.iloc[: 4 * test_images]).to_csv(data / name, index=False)
+    for folder in (TRAIN_IMAGES, TEST_IMAGES):
+        if not (data / folder).exists():
+            (data / folder).symlink_to((source / folder).resolve(), target_is_directory=True)
+    return data
+
+
+def finished(run: Path, epochs: int, folds: int = 0) -> bool:
+    """A run folder whose training (every fold's, with ``folds``) went through all its epochs."""
+    from cloudpipe.data.runfolder import BEST_PT, LAST_PT, fold_dir
+    from cloudpipe.engine.checkpoint import load_checkpoint
+
+    return all((m / BEST_PT).exists() and (m / LAST_PT).exists() and load_checkpoint(m / LAST_PT)["epoch"] >= epochs
+               for m in ([fold_dir(run, f) for f in range(folds)] if folds else [run]))
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What :meth:`Bench.pipeline` wrote: the validation and test masks, and with a classifier
+    the thresholds and the gated submission, with a report its page."""
+
+    val: Path
+    test: Path
+    thresholds: Path | None = None
+    submission: Path | None = None
+    report: object = None
+
+
+@dataclass
+class Bench:
+    """A suite's pipeline on one data folder: its inference settings and its timed steps."""
+
+    data: Path
+    infer: InferenceSettings
+    step: Timed = field(default_factory=Timed)
+
+    def train(self, task: str, overrides: dict, run: Path, reuse: bool = True) -> Path:
+        """``run`` trained from random weights (unless ``overrides`` name others) as the
+        packaged ``task`` config with ``overrides`` says; a finished run is kept with ``reuse``."""
+        from cloudpipe import load_config, train_run
+
+        config = load_config(task, overrides={"weights": "none", **overrides})
+        if not (reuse and finished(run, config.epochs, config.folds)):
+            self.step(f"train-{'seg' if task == 'segmentation' else task} {run.name}", train_run, config, self.data, run,
+                      resume=reuse and run.exists(), progress=False)
+        return run
+
+    def pipeline(self, label: str, runs: Path | list[Path] | None, masks_dir: Path, classifier: Path | None = None,
+                 gate_dir: Path | None = None, *, masks: tuple[Path, Path] | None = None,
+                 seg_settings: InferenceSettings | None = None,
+                 postprocess: Path | None = None, reuse: bool = False, inputs: dict | None = None,
+                 test_inputs: dict | None = None, tune: dict | None = None, report: dict | None = None) -> Outputs:
+        """predict-seg of ``runs`` (one, or several averaged) on the validation and the test images
+        into ``masks_dir`` (``val_seg.csv``, ``test_seg.csv``; ``masks``: those two already made;
+        ``reuse``: kept where their stores exist; ``postprocess``: the test's file, default the
+        run's own, an ensemble's beside its validation CSV), then with a ``classifier``
+        tune-threshold on the validation masks (``inputs``: files, ``tune``: other
+        :class:`~cloudpipe.pipeline.gate.GateInputs` fields) and predict of the test masks
+        (``test_inputs``) into ``gate_dir``, then with ``report`` (write_report's options) the
+        test report there. Steps are timed as ``predict-seg val LABEL`` and so on."""
+        from cloudpipe import predict_segmentation, predict_submission, tune_thresholds
+        from cloudpipe.data.beside import postprocess_path_for, probs_path_for, store_paths
+        from cloudpipe.pipeline.gate import GateInputs
+        from cloudpipe.pipeline.tune import ThresholdFiles
+
+        if masks is None:
+            masks_dir.mkdir(parents=True, exist_ok=True)
+            masks = masks_dir / "val_seg.csv", masks_dir / "test_seg.csv"
+            if postprocess is None and isinstance(runs, list) and len(runs) > 1:
+                postprocess = postprocess_path_for(masks[0])
+            for split, csv in zip(("val", "test"), masks):
+                if not (reuse and store_paths(csv)[0].exists()):
+                    self.step(f"predict-seg {split} {label}", predict_segmentation, runs, self.data, split, csv,
+                              settings=seg_settings or self.infer, overwrite=True,
+                              **({"postprocess": postprocess} if split == "test" and postprocess else {}))
+        if classifier is None:
+            return Outputs(*masks)
+        gate_dir = gate_dir or masks_dir
+        gate_dir.mkdir(parents=True, exist_ok=True)
+        thresholds, submission = gate_dir / "thresholds.json", gate_dir / "submission.csv"
+        self.step(f"tune-threshold {label}", tune_thresholds, classifier, self.data, seg=masks[0],
+                  files=ThresholdFiles(thresholds, overwrite=True), settings=self.infer,
+                  inputs=GateInputs(inputs or {}, **(tune or {})))
+        self.step(f"predict {label}", predict_submission, masks[1], classifier, self.data, submission,
+                  thresholds=thresholds, settings=self.infer, overwrite=True, inputs=GateInputs(test_inputs or {}))
+        page = None
+        if report is not None:
+            from cloudpipe.pipeline.report import write_report
+
+            page = self.step(f"report test {label}", write_report, self.data, masks[1], gate_dir / "report.html",
+                             overwrite=True, progress=False, probs_csv=probs_path_for(submission), thresholds_file=thresholds,
+                             truth_csv=self.data / "test_truth.csv", truth_shape=SUBMISSION_SHAPE, **report)
+        return Outputs(*masks, thresholds, submission, page)
+
+    def dice(self, csv: Path) -> dict[str, float]:
+        """Kaggle Dice of a test mask CSV against ``test_truth.csv``, per class and ``mean``."""
+        from cloudpipe import evaluate_files
+
+        return evaluate_files(self.data / "test_truth.csv", csv, SUBMISSION_SHAPE, SUBMISSION_SHAPE).table

@@ -5,18 +5,18 @@ These are the classic loop-based implementations used by the seed notebooks of t
 purpose -- do not "improve", vectorise or fix them: a benchmark against a tuned baseline says
 nothing. (Only the layout, names and docstrings are ours.)
 
-- RLE codec: :func:`rle_decode`, :func:`mask2rle` (``benchmarks/bench_rle.py``).
+- RLE codec: :func:`rle_decode`, :func:`mask2rle` (``benchmarks/rle.py``).
 - Training data: :func:`read_train_csv`, :func:`make_mask`, :func:`training_transforms`,
   :class:`CloudDataset` -- full-size ``cv2.imread``, all four masks decoded at 1400 x 2100 even
   for the classifier (whose labels the seed derived from the decoded masks), albumentations
   ``Resize`` + augmentations + ``Normalize`` + ``ToTensorV2`` on the CPU, float32 out
-  (``benchmarks/bench_train_data.py``).
+  (``benchmarks/training.py``).
 - Model: :func:`build_classifier` (torchvision ResNet34, 4 outputs, ``layer1``/``layer2`` frozen),
   :func:`train_step` in fp32 NCHW, :func:`train_epoch` (a step per batch of the loader).
 - Inference and blanking: :class:`CloudTestDataset`, :func:`test_transforms`,
   :func:`predict_probs` (fp32, NCHW, no autocast), :func:`blank_submission` (every mask decoded
   with :func:`rle_decode` at 350 x 525, multiplied by the presence decision, re-encoded with
-  :func:`mask2rle`) (``benchmarks/bench_predict.py``).
+  :func:`mask2rle`) (``benchmarks/predicting.py``).
 
 The only departure from the notebook: albumentations 2.x spells the seed's
 ``GaussNoise(var_limit=(10, 50))`` as ``GaussNoise(std_range=(0.012, 0.028))`` (the same noise:

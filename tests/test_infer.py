@@ -100,7 +100,7 @@ def test_compiled_model_gives_the_same_probabilities(tiny_data, tiny_classifier_
     np.testing.assert_allclose(compiled, eager, atol=0.01)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (benchmarks/gpu.py checks the same at full size)")
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (python -m benchmarks gpu checks the same at full size)")
 @pytest.mark.parametrize("decode", ["workers", "device"])
 def test_the_gpu_path_gives_the_cpu_probabilities(tiny_data, tiny_classifier_run_b, decode):
     paths = sorted((tiny_data / "test_images").iterdir())

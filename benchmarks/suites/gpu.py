@@ -1,37 +1,12 @@
-"""cloudpipe on a GPU: ``predict`` over Kaggle's 3,698 test images, and training images/s at 512 x 768.
-
-    .venv/bin/python benchmarks/gpu.py                  # on a CUDA machine: a few minutes (data made on the first run)
-    .venv/bin/python benchmarks/gpu.py --no-compile     # without the torch.compile rows (quicker)
-    .venv/bin/python benchmarks/gpu.py --smoke          # tiny sizes on the CPU: checks the script (CI runs it)
-
-Predict: :func:`cloudpipe.pipeline.predict.predict_submission` over N = 3,698 synthetic test
-images at 1400 x 2100 (the number and size of Kaggle's test set; 24 distinct JPEGs repeated
-under new names, every file decoded every time), ResNet34 at 512 x 768, batch 64, for each way
-of decoding (``workers``: libjpeg's reduced decode in a worker per core; ``device``: the files'
-bytes decoded in batches by nvJPEG on the GPU), with and without ``torch.compile``. Each variant
-runs once as a warm-up (page cache, cuDNN's autotuner, the compiler's cache), then is timed
-twice: the inference alone (:func:`cloudpipe.engine.infer.predict_presence`: header checks,
-model load, decode, forward) and the whole call (checks, inference, blanking, both files
-written). Decoding alone (the loader, no model) is timed for both ways too: it says which side
-bounds the inference. Each GPU variant's probabilities are compared with the CPU path's on the
-first images (``same results``).
-
-Training: images/s of :meth:`cloudpipe.engine.train.Trainer.train_epoch` (the second epoch; the
-first warms up) on N_train synthetic images at 512 x 768 with the seed recipe (batch 8 x 4
-accumulated, ``layer1``/``layer2`` frozen, bf16 autocast, ``channels_last``, workers ``auto``), at
-batch 32 x 1, and compiled.
-
-Targets on one H100/H200-class GPU: inference under 5 s for the 3,698 images, training at
->= 300 images/s. ``--json PATH`` writes the rows as well.
-"""
+"""cloudpipe on one GPU: predict over Kaggle's 3,698 test images (24 synthetic 1400 x 2100 JPEGs
+repeated under new names, every file decoded every time; ResNet34 at 512 x 768, batch 64) for
+each way of decoding, with and without ``torch.compile``, and training images/s at 512 x 768;
+benchmarks/README.md, "The GPU", says what each row times. Each variant runs once as a warm-up."""
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -40,23 +15,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpipe` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks.bench_predict import classifier_run, prediction_set  # noqa: E402
-from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, info_row, load_average, repeat_images, synthetic_data  # noqa: E402
-from cloudpipe.core.competition import CLASSES  # noqa: E402
-from cloudpipe.data.images import check_images, decode_batch, reduction_for  # noqa: E402
-from cloudpipe.data.kaggle import TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, list_test_images, load_train_data, read_mask_csv, to_wide  # noqa: E402
-from cloudpipe.data.runfolder import ModelSplit  # noqa: E402
-from cloudpipe.engine.config import load_config  # noqa: E402
-from cloudpipe.engine.devices import resolve_device, resolve_workers  # noqa: E402
-from cloudpipe.engine.dist import Dist  # noqa: E402
-from cloudpipe.engine.infer import image_loader, predict_presence  # noqa: E402
-from cloudpipe.engine.settings import InferenceSettings  # noqa: E402
-from cloudpipe.engine.stages import stage_for  # noqa: E402
-from cloudpipe.engine.train import Trainer  # noqa: E402
-from cloudpipe.pipeline.predict import predict_submission  # noqa: E402
+from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, info_row, load_average, repeat_images, synthetic_data
+from benchmarks.predicting import classifier_run, prediction_set
+from benchmarks.training import new_trainer
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.data.images import check_images, decode_batch, reduction_for
+from cloudpipe.data.kaggle import TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, list_test_images, load_train_data, read_mask_csv, to_wide
+from cloudpipe.engine.config import load_config
+from cloudpipe.engine.devices import resolve_device, resolve_workers
+from cloudpipe.engine.infer import image_loader, predict_presence
+from cloudpipe.engine.settings import InferenceSettings
+from cloudpipe.pipeline.predict import predict_submission
 
 TEST_IMAGES_KAGGLE = 3698
 TRAIN_IMAGES_GPU = 1024
@@ -162,7 +131,7 @@ def train_rows(n: int, sizes: Sizes, device: torch.device, compile_: bool) -> li
         config = load_config("classifier", overrides=dict(weights="none", image_size=list(sizes.cls_size), workers="auto",
                                                           device=device.type, epochs=2, **overrides))
         with tempfile.TemporaryDirectory() as tmp:
-            trainer = Trainer(stage_for(config), data, ModelSplit(Path(tmp), images, images[:1]), Dist(), state=None)
+            trainer = new_trainer(config, data, images, Path(tmp))
             trainer.train_epoch(0, progress=False)  # warm-up: workers, cuDNN's autotuner, compilation
             seconds, _ = _timed(lambda trainer=trainer: trainer.train_epoch(1, progress=False))
         workers = resolve_workers(config.workers, device)
@@ -180,16 +149,18 @@ def verdicts(rows: list[dict]) -> str:
            f"training >= {TARGETS['train img/s']:g} img/s)"
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+MEASURES = "one CUDA GPU: predict over 3,698 full-size images (< 5 s), training img/s at 512 x 768 (>= 300)"
+
+
+def options(parser) -> None:
     parser.add_argument("--device", choices=["auto", "cuda", "cpu"], default="auto")
     parser.add_argument("--images", type=int, default=TEST_IMAGES_KAGGLE, help="test images to predict")
     parser.add_argument("--train-images", type=int, default=TRAIN_IMAGES_GPU, help="training images per epoch")
     parser.add_argument("--batch-size", type=int, default=64, help="predict's batch size")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile variants")
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes and counts, no compile: only check that it runs")
-    parser.add_argument("--json", type=Path, help="also write the rows here as JSON")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> list[dict]:
     sizes = SMOKE if args.smoke else FULL
     if args.smoke:
         args.images, args.train_images, args.batch_size, args.no_compile = 20, 16, 8, True
@@ -209,10 +180,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
     print(format_table(rows, baseline=""))
     verdict = "smoke run: the figures mean nothing" if args.smoke else verdicts(rows)
     print(f"\n{verdict}; {time.perf_counter() - started:.0f} s")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1, default=float))
     return rows
-
-
-if __name__ == "__main__":
-    main()

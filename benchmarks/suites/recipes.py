@@ -1,41 +1,26 @@
-"""Training recipes on real clouds: each element of the top solutions' recipes against today's.
-
-    flock /tmp/cloudpipe-bench.lock .venv/bin/python benchmarks/real_clouds_recipes.py --work /tmp/rr
-    ... --variants today cosine --seed 7    # some variants only, with another seed (results add up)
-    ... --smoke                             # tiny stand-in models on a few images: checks the script runs
-
-On ``../shared/data/clouds350`` (the first ``--train-images`` training images, 20% of them
-validate, and the test images), with the CPU budget of :data:`SEG` and :data:`CLASSIFIER`
-(random weights): every segmentation variant of :data:`SEG_VARIANTS` trains one run, predicts
-its validation masks (post-processing tuned there, the default steps) and its test masks,
-and is scored on the test images alone and gated by today's classifier (thresholds tuned on
-validation Dice). The TTA variants reuse today's run. Every classifier variant of
-:data:`CLASSIFIER_VARIANTS` is scored by its test accuracy (at 0.5, per class, against the
-majority label of the training images) and by the test Dice of today's segmentation gated by
-it. Finished runs and scores are kept in ``--work`` (``recipes.json``), so the script can be
-called variant by variant, seed by seed; each call prints the whole table so far.
-"""
+"""Training recipes on real clouds: each element of the top solutions' recipes against today's,
+on the first ``--train-images`` clouds350 training images (20% validate) with the CPU budget of
+:data:`SEG` and :data:`CLASSIFIER` (random weights). A segmentation variant is scored on the
+test images alone (post-processing tuned on validation) and gated by today's classifier; a
+classifier variant by its test accuracy at 0.5 (against the training images' majority label)
+and by today's masks gated by it; TTA variants reuse today's run. Runs and scores are kept in
+``--work`` (``recipes.json``): call it variant by variant, seed by seed; each call prints the
+whole table so far."""
 
 from __future__ import annotations
 
-import argparse
+import dataclasses
 import json
-import os
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):  # run as a script: make `cloudpipe` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import Bench, prepare_data
+from cloudpipe.core.table import format_table
+from cloudpipe.data.runfolder import METRICS_CSV
 
-from cloudpipe.core.competition import SUBMISSION_SHAPE  # noqa: E402
-from cloudpipe.core.table import format_table  # noqa: E402
-from cloudpipe.data.runfolder import METRICS_CSV  # noqa: E402
-
-HERE = Path(__file__).resolve().parent
-DATA = HERE.parent.parent / "shared" / "data" / "clouds350"
+MEASURES = "clouds350: each training-recipe element (optimiser, schedule, EMA, losses, augmentations, TTA) against today's"
+WORK = "cloudpipe-recipes"
 SEG = {"arch": "Unet", "encoder": "resnet18", "image_size": [96, 160], "epochs": 5, "batch_size": 16, "lr": 0.001,
        "val_fraction": 0.2, "head_weight": 0.0}
 CLASSIFIER = {"arch": "resnet18", "image_size": [128, 192], "epochs": 5, "batch_size": 16, "accumulate": 1,
@@ -68,68 +53,48 @@ SMOKE_SEG = {"arch": "tiny", "image_size": [64, 96], "epochs": 2, "batch_size": 
 SMOKE_CLASSIFIER = {"arch": "tiny", "image_size": [64, 96], "epochs": 2, "batch_size": 8, "accumulate": 1, "freeze": []}
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "cloudpipe-recipes")
-    parser.add_argument("--data", type=Path, default=DATA, help="clouds350 folder")
-    parser.add_argument("--train-images", type=int, default=480)
+def options(parser) -> None:
+    parser.add_argument("--train-images", type=int, default=None, help="[default: 480; 24 with --smoke]")
     parser.add_argument("--test-images", type=int, default=None, help="[default: all]")
-    parser.add_argument("--variants", nargs="*", default=None, help="variant names to run [default: all of both stages]")
+    parser.add_argument("--variants", nargs="*", default=None,
+                        help="variant names to run [default: all of both stages; with --smoke today and tta x4]")
     parser.add_argument("--stage", choices=["seg", "classifier", "both"], default="both")
     parser.add_argument("--seed", type=int, default=69, help="training seed (the split stays split_seed 69)")
-    parser.add_argument("--smoke", action="store_true", help="tiny stand-in models on a few images: checks the script runs")
-    args = parser.parse_args(argv)
 
-    from benchmarks.real_clouds import finished, prepare_data
+
+def run(args) -> dict:
+    from cloudpipe import InferenceSettings, predict_presence
     from cloudpipe.data.kaggle import find_image, list_test_images, presence, read_mask_csv, read_train
-    from cloudpipe.engine.config import load_config
-    from cloudpipe.engine.infer import predict_presence
-    from cloudpipe.engine.settings import InferenceSettings
-    from cloudpipe.engine.train import train_run
-    from cloudpipe.pipeline.evaluate import evaluate_files
-    from cloudpipe.pipeline.predict import predict_submission
-    from cloudpipe.pipeline.segment import predict_segmentation
-    from cloudpipe.pipeline.tune import ThresholdFiles, tune_thresholds
 
     seg_base, cls_base = (SMOKE_SEG, SMOKE_CLASSIFIER) if args.smoke else (SEG, CLASSIFIER)
+    train_images = args.train_images or (24 if args.smoke else 480)
+    variants = args.variants if args.variants is not None or not args.smoke else ["today", "tta x4"]
     work = args.work
-    data = prepare_data(args.data, work, args.train_images, args.test_images)
-    truth = data / "test_truth.csv"
     infer = InferenceSettings(batch_size=16, workers=0, progress=False)
+    bench = Bench(prepare_data(args.data, work / "data", train_images, args.test_images), infer)
+    data, truth = bench.data, bench.data / "test_truth.csv"
     results_path = work / "recipes.json"
     results: dict[str, dict] = json.loads(results_path.read_text()) if results_path.exists() else {}
 
     def wanted(name: str) -> bool:
-        return args.variants is None or name in args.variants
+        return variants is None or name in variants
 
-    def trained(stage: str, name: str, overrides: dict, seed: int) -> tuple[Path, float]:
+    def trained(stage: str, name: str, overrides: dict, seed: int):
         """The run of a variant (trained here unless finished) and its training seconds (metrics.csv)."""
-        task = "segmentation" if stage == "seg" else "classifier"
-        base = seg_base if stage == "seg" else cls_base
-        config = load_config(task, overrides={**base, **overrides, "weights": "none", "workers": 0, "seed": seed})
-        run = work / "runs" / stage / f"{name.replace(' ', '_').replace('+', 'and')}_s{seed}"
-        if not finished(run, config.epochs):
-            train_run(config, data, run, resume=run.exists(), progress=False)
+        run = bench.train("segmentation" if stage == "seg" else "classifier",
+                          {**(seg_base if stage == "seg" else cls_base), **overrides, "workers": 0, "seed": seed},
+                          work / "runs" / stage / f"{name.replace(' ', '_').replace('+', 'and')}_s{seed}")
         return run, round(float(pd.read_csv(run / METRICS_CSV)["seconds"].sum()), 1)
 
-    def gated(folder: Path, classifier: Path, val_csv: Path, test_csv: Path) -> float:
-        """Test Dice of ``test_csv`` gated by ``classifier`` (thresholds tuned on ``val_csv``)."""
-        folder.mkdir(parents=True, exist_ok=True)
-        thresholds, submission = folder / "thresholds.json", folder / "submission.csv"
-        tune_thresholds(classifier, data, seg=val_csv, files=ThresholdFiles(thresholds, overwrite=True), settings=infer)
-        predict_submission(test_csv, classifier, data, submission, thresholds=thresholds, settings=infer,
-                           overwrite=True)
-        return evaluate_files(truth, submission, SUBMISSION_SHAPE, SUBMISSION_SHAPE).table["mean"]
+    def seg_masks(run, folder, tta: dict, classifier=None):
+        """Validation and test masks of a run (post-processing tuned on validation), with TTA, and
+        with a classifier gated by it into ``folder/gated``."""
+        settings = dataclasses.replace(infer, tta="tta" in tta, tta_views=tta.get("tta", 3), tta_scales=tta.get("tta_scales", (1.0,)))
+        return bench.pipeline(folder.name, run, folder, classifier, folder / "gated", seg_settings=settings)
 
-    def seg_masks(run: Path, folder: Path, tta: dict) -> tuple[Path, Path]:
-        """Validation and test masks of a run (post-processing tuned on validation), with TTA."""
-        settings = InferenceSettings(**{**infer.__dict__, "tta": "tta" in tta, "tta_views": tta.get("tta", 3),
-                                        "tta_scales": tta.get("tta_scales", (1.0,))})
-        folder.mkdir(parents=True, exist_ok=True)
-        val_csv, test_csv = folder / "val_seg.csv", folder / "test_seg.csv"
-        predict_segmentation(run, data, "val", val_csv, settings=settings, overwrite=True)
-        predict_segmentation(run, data, "test", test_csv, settings=settings, overwrite=True)
-        return val_csv, test_csv
+    def gated(folder, classifier, masks) -> float:
+        """Test Dice of the test masks gated by ``classifier`` (thresholds tuned on the validation masks)."""
+        return bench.dice(bench.pipeline(folder.name, None, folder, classifier, masks=masks).submission)["mean"]
 
     today_classifier, _ = trained("classifier", "today", {}, 69)
     today_seg, _ = trained("seg", "today", {}, 69)
@@ -143,14 +108,13 @@ def main(argv: list[str] | None = None) -> dict:
             views = f"_tta{tta['tta']}" if "tta" in tta else ""
             views += f"_scales{'-'.join(f'{v:g}' for v in tta['tta_scales'])}" if "tta_scales" in tta else ""
             folder = work / "scored" / "seg" / f"{run.name}{views}"
-            val_csv, test_csv = seg_masks(run, folder, tta)
-            alone = evaluate_files(truth, test_csv, SUBMISSION_SHAPE, SUBMISSION_SHAPE).table["mean"]
-            results[key] = {"stage": "seg", "variant": name, "seed": args.seed, "seg alone": alone,
-                            "gated": gated(folder / "gated", today_classifier, val_csv, test_csv), "train s": seconds}
+            out = seg_masks(run, folder, tta, today_classifier)
+            results[key] = {"stage": "seg", "variant": name, "seed": args.seed, "seg alone": bench.dice(out.test)["mean"],
+                            "gated": bench.dice(out.submission)["mean"], "train s": seconds}
             results_path.write_text(json.dumps(results, indent=2))
             print(f"{key}: {results[key]}", flush=True)
     if args.stage in ("classifier", "both"):
-        today_val, today_test = seg_masks(today_seg, work / "scored" / "seg" / today_seg.name, {})
+        today = seg_masks(today_seg, work / "scored" / "seg" / today_seg.name, {})
         test_images = list_test_images(data)
         paths = [find_image(data, image) for image in test_images]
         labels = presence(read_mask_csv(truth)).loc[test_images].to_numpy().astype(bool)
@@ -164,11 +128,11 @@ def main(argv: list[str] | None = None) -> dict:
             probs = predict_presence(run, paths, infer)
             results[key] = {"stage": "classifier", "variant": name, "seed": args.seed,
                             "test accuracy": float(((probs >= 0.5) == labels).mean()), "majority": majority_accuracy,
-                            "gated": gated(work / "scored" / "classifier" / run.name, run, today_val, today_test),
+                            "gated": gated(work / "scored" / "classifier" / run.name, run, (today.val, today.test)),
                             "train s": seconds}
             results_path.write_text(json.dumps(results, indent=2))
             print(f"{key}: {results[key]}", flush=True)
-    print(f"\nclouds350, {args.train_images} training images (20% validate), test Dice / accuracy on the test images:")
+    print(f"\nclouds350, {train_images} training images (20% validate), test Dice / accuracy on the test images:")
     print(format_table(summary(results)))
     return results
 
@@ -202,6 +166,3 @@ def _columns(rows: list[dict]) -> list[str]:
     for r in rows:
         columns += [k for k in r if k not in columns]
     return columns
-
-if __name__ == "__main__":
-    main()

@@ -1,45 +1,10 @@
-"""Training-side speed: cloudpipe's data pipeline, training step and epoch against the seed's.
-
-Run as ``python benchmarks/bench_train_data.py`` (prints a table), or call :func:`run` to get the
-rows (``benchmark``, ``seed_s``, ``cloudpipe_s``, ``ratio``, ``target``, ...) for a combined table.
-
-Data pipeline (per sample, ``num_workers=0``: ``dataset[i]`` in a loop, the pure per-sample cost).
-Both sides read the same 1400 x 2100 JPEGs:
-
-- seed (:class:`benchmarks.seed.CloudDataset`): full-size ``cv2.imread``, all four masks decoded at
-  1400 x 2100 with the seed's loop decoder (the seed derived even the classifier's labels from
-  the decoded masks), albumentations Resize + flips + brightness/contrast + noise + Normalize +
-  ToTensorV2 on float32 CPU arrays.
-- cloudpipe (:class:`cloudpipe.data.datasets.CloudDataset`): reduced JPEG decode (libjpeg DCT scaling)
-  + resize, labels from the CSV text, the same augmentations on uint8; normalisation happens
-  later on the device, inside the model, and is part of the training-step row instead.
-
-Rows: the classifier at 512 x 768 on synthetic images and on the 6 real competition images
-(their masks borrowed from the synthetic ``train.csv``, since the real masks are not shipped),
-and the segmentation pipeline at 320 x 480 (masks decoded and resized too; flips only, as
-``configs/seg.yaml``) against the seed's loader doing the same.
-
-Training step: one forward + backward + Adam step of the ResNet34 classifier (``layer1``/``layer2``
-frozen) at 512 x 768 on the CPU: the seed's fp32 NCHW on a normalised float batch and plain Adam
-against cloudpipe's bf16 autocast + ``channels_last`` on a uint8 batch and fused Adam (as
-``cloudpipe.engine.train`` does).
-
-Training epoch: a whole epoch over ``n`` full-size images at 512 x 768 on the CPU, batch 8 and
-one optimiser step per batch on both sides: the seed's dataset, loader (2 workers) and loop
-(:func:`benchmarks.seed.train_epoch`) against :meth:`cloudpipe.engine.train.Trainer.train_epoch`
-with its defaults (``workers: auto``, which on the CPU decodes inline; the data pipeline above
-and the step above).
-Both models start from the same random weights. This is the row that says how much faster
-training is: on 2 cores, DataLoader workers (the seed's) compete with the model's threads.
-
-Times are the best pass (or step, or epoch) of several, seed and cloudpipe interleaved so that load from
-other processes hits both alike.
-"""
+"""The speed suite's training rows: the per-sample data pipeline (``dataset[i]`` in a loop,
+``num_workers=0``), one training step and a whole epoch of the ResNet34 classifier on the CPU,
+cloudpipe against the seed's (:mod:`benchmarks.seed`) on the same images from the same weights;
+benchmarks/README.md, "The rows", says what each side does."""
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
 
@@ -47,22 +12,19 @@ import numpy as np
 import pandas as pd
 import torch
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpipe` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import seed  # noqa: E402
-from benchmarks.common import FULL, REAL_IMAGES, SMOKE, Sizes, format_table, over, row, synthetic_data, time_interleaved  # noqa: E402
-from cloudpipe.core.competition import CLASSES  # noqa: E402
-from cloudpipe.data.datasets import CloudDataset  # noqa: E402
-from cloudpipe.data.images import reduction_for  # noqa: E402
-from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
-from cloudpipe.data.runfolder import ModelSplit  # noqa: E402
-from cloudpipe.engine.config import load_config  # noqa: E402
-from cloudpipe.engine.devices import resolve_workers  # noqa: E402
-from cloudpipe.engine.dist import Dist  # noqa: E402
-from cloudpipe.engine.recipe import make_optimizer  # noqa: E402
-from cloudpipe.engine.stages import stage_for  # noqa: E402
-from cloudpipe.engine.train import Trainer  # noqa: E402
+from benchmarks import seed
+from benchmarks.common import FULL, REAL_IMAGES, Sizes, over, row, time_interleaved
+from cloudpipe.core.competition import CLASSES
+from cloudpipe.data.datasets import CloudDataset
+from cloudpipe.data.images import reduction_for
+from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, load_train_data
+from cloudpipe.data.runfolder import ModelSplit
+from cloudpipe.engine.config import load_config
+from cloudpipe.engine.devices import resolve_workers
+from cloudpipe.engine.dist import Dist
+from cloudpipe.engine.recipe import make_optimizer
+from cloudpipe.engine.stages import stage_for
+from cloudpipe.engine.train import Trainer
 
 BATCH_SIZE = 8  # the classifier's default batch
 WORKERS = 2  # the seed's DataLoader workers in the epoch row (cloudpipe's are its default, auto)
@@ -165,7 +127,7 @@ def step_row(batch: int, steps: int, sizes: Sizes = FULL) -> dict:
     ours = stage.build_model(weights="none").to(memory_format=torch.channels_last).train()
     ours_opt = make_optimizer(ours, stage, config)
 
-    base = seed.build_classifier(seed_state(ours))
+    base = seed.build_classifier(seed_state(ours.state_dict()))
     base.train()
     base_opt = torch.optim.Adam(filter(lambda p: p.requires_grad, base.parameters()), lr=config.lr)
     criterion = torch.nn.BCEWithLogitsLoss()
@@ -195,10 +157,15 @@ def step_row(batch: int, steps: int, sizes: Sizes = FULL) -> dict:
 # ----------------------------------------------------------------------------- training epoch
 
 
-def seed_state(model: torch.nn.Module) -> dict:
+def seed_state(state: dict) -> dict:
     """A cloudpipe classifier's weights as the seed's plain torchvision ResNet names them (the
     ``body.`` prefix and the normalisation buffers dropped)."""
-    return {k[len("body."):]: v for k, v in model.state_dict().items() if k.startswith("body.")}
+    return {k[len("body."):]: v for k, v in state.items() if k.startswith("body.")}
+
+
+def new_trainer(config, data, images: list[str], folder: Path) -> Trainer:
+    """cloudpipe's trainer of ``config`` over ``images`` (the first also validates), fresh, in ``folder``."""
+    return Trainer(stage_for(config), data, ModelSplit(folder, images, images[:1]), Dist(), state=None)
 
 
 def epoch_row(data_dir: Path, n: int, repeats: int, sizes: Sizes = FULL, batch: int = BATCH_SIZE,
@@ -211,8 +178,8 @@ def epoch_row(data_dir: Path, n: int, repeats: int, sizes: Sizes = FULL, batch: 
     config = load_config("classifier", overrides=dict(weights="none", image_size=list(sizes.cls_size), batch_size=batch,
                                                       accumulate=1, device="cpu"))
     with tempfile.TemporaryDirectory() as tmp:  # the trainer's folder; nothing is saved here
-        trainer = Trainer(stage_for(config), data, ModelSplit(Path(tmp), images, images[:1]), Dist(), state=None)
-    base = seed.build_classifier(seed_state(trainer.model))
+        trainer = new_trainer(config, data, images, Path(tmp))
+    base = seed.build_classifier(seed_state(trainer.model.state_dict()))
     base_opt = torch.optim.Adam(filter(lambda p: p.requires_grad, base.parameters()), lr=config.lr)
     criterion = torch.nn.BCEWithLogitsLoss()
     dataset = seed.CloudDataset(seed.read_train_csv(data_dir / TRAIN_CSV), images, data_dir / TRAIN_IMAGES,
@@ -226,49 +193,3 @@ def epoch_row(data_dir: Path, n: int, repeats: int, sizes: Sizes = FULL, batch: 
                note=f"batch {batch}, workers {workers} -> {resolve_workers(config.workers, trainer.device)} (auto), "
                     f"best of {repeats}; img/s {n / t['seed']:.2f} -> {n / t['ours']:.2f}")
 
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def run(n_images: int = 24, repeats: int = 3, sizes: Sizes = FULL, real: bool = True, seg: bool = True,
-        step_batch: int = 2, steps: int = 3, epochs: int = 2) -> list[dict]:
-    """Measure the data pipelines (``n_images`` synthetic images, best of ``repeats`` passes),
-    when ``steps`` > 0 the training step at batch ``step_batch``, and when ``epochs`` > 0 a
-    training epoch over the ``n_images`` (best of ``epochs``).
-
-    Returns:
-        Rows with ``benchmark``, ``seed_s`` and ``cloudpipe_s`` (seconds per sample, step or
-        epoch), ``ratio`` (seed / cloudpipe), ``target``, ``unit``, ``scale`` and ``note``.
-    """
-    data_dir = synthetic_data(train=max(n_images, 24), test=24, shape=sizes.image_shape)
-    rows = pipeline_rows(data_dir, n_images, repeats, sizes, real=real, seg=seg)
-    if steps:
-        rows.append(step_row(step_batch, steps, sizes))
-    if epochs:
-        rows.append(epoch_row(data_dir, n_images, epochs, sizes))
-    return rows
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=24, help="synthetic 1400x2100 training images")
-    parser.add_argument("--repeats", type=int, default=3, help="passes per implementation")
-    parser.add_argument("--batch", type=int, default=2, help="training-step batch size")
-    parser.add_argument("--steps", type=int, default=3, help="timed training steps per side (0: skip)")
-    parser.add_argument("--epochs", type=int, default=2, help="timed training epochs per side (0: skip)")
-    parser.add_argument("--no-real", action="store_true", help="skip the 6 real images")
-    parser.add_argument("--no-seg", action="store_true", help="skip the segmentation pipeline")
-    parser.add_argument("--smoke", action="store_true", help="tiny images and sizes, one pass: only check that it runs")
-    args = parser.parse_args(argv)
-    sizes = SMOKE if args.smoke else FULL
-    if args.smoke:
-        args.images, args.repeats, args.steps, args.epochs = 8, 1, 1, 1
-    rows = run(args.images, args.repeats, sizes, real=not args.no_real, seg=not args.no_seg, step_batch=args.batch,
-               steps=args.steps, epochs=args.epochs)
-    print("Training data (num_workers=0, per sample), step and epoch (CPU); ratio = seed / cloudpipe")
-    print(format_table(rows))
-    return rows
-
-
-if __name__ == "__main__":
-    main()

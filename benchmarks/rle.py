@@ -1,34 +1,15 @@
-"""RLE speed: cloudpipe.core.rle against the seed notebooks' loop-based codec (benchmarks/seed.py).
-
-Run as ``python benchmarks/bench_rle.py`` (prints a table), or call :func:`run` to get the rows
-(``benchmark``, ``seed_s``, ``cloudpipe_s``, ``ratio``) for a combined benchmark table.
-
-The masks are meant to look like the competition's labels: large blocky regions (1-3 rotated
-rectangles / polygons per mask, together covering roughly 10-50% of the image) with slightly
-jagged borders, drawn with ``cv2.fillPoly`` directly at the size being measured. Run counts
-matter far more than pixel counts for the decoder, so the table reports them too.
-
-Times are per mask: the best of several passes over all masks, seed and cloudpipe passes
-interleaved so that load from other processes hits both alike. A pass goes through every
-mask once, so masks are mostly not in the CPU cache when they are encoded (200 masks at
-1400x2100 are ~590 MB): reading them from memory is part of both implementations' time.
-"""
+"""The speed suite's RLE rows: cloudpipe.core.rle against the seed's loop-based codec, per mask,
+on seeded blocky masks like the competition's labels (1-3 jagged polygons covering 10-50%),
+drawn at the size measured; run counts matter more than pixels, so the notes give them."""
 
 from __future__ import annotations
-
-import argparse
-import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpipe` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import seed  # noqa: E402
-from benchmarks.common import format_table, over, row, time_interleaved  # noqa: E402
-from cloudpipe.core import rle as rle  # noqa: E402
+from benchmarks import seed
+from benchmarks.common import over, row, time_interleaved
+from cloudpipe.core import rle
 
 SIZES: tuple[tuple[int, int], ...] = ((350, 525), (1400, 2100))
 # Speed-up targets (seed time / cloudpipe time) from the issue; None: no target set.
@@ -83,9 +64,7 @@ def make_masks(n: int, shape: tuple[int, int], seed_: int = 0) -> list[np.ndarra
     return masks
 
 
-def run(
-    n_masks: int = 200, repeats: int = 5, sizes: tuple[tuple[int, int], ...] = SIZES
-) -> list[dict]:
+def rows(n_masks: int = 200, repeats: int = 5, sizes: tuple[tuple[int, int], ...] = SIZES) -> list[dict]:
     """Measure decode and encode at each size.
 
     Args:
@@ -98,7 +77,7 @@ def run(
         per mask), ``ratio`` (seed / cloudpipe), and ``runs_per_mask``, ``coverage`` (mean
         fraction of pixels set) and ``target`` (the ratio asked for, or None).
     """
-    rows = []
+    out = []
     for shape in sizes:
         h, w = shape
         masks = make_masks(n_masks, shape, seed_=h * 10_000 + w)
@@ -120,29 +99,8 @@ def run(
         for name, (items, seed_fn, ours_fn) in pairs.items():
             t = time_interleaved({"seed": over(seed_fn, items), "ours": over(ours_fn, items)}, repeats)
             benchmark = f"rle {name} {h}x{w}"
-            rows.append(row(benchmark, t["seed"] / len(items), t["ours"] / len(items), TARGETS.get(benchmark),
-                            unit="ms/mask", note=note, runs_per_mask=runs, coverage=coverage))
+            out.append(row(benchmark, t["seed"] / len(items), t["ours"] / len(items), TARGETS.get(benchmark),
+                           unit="ms/mask", note=note, runs_per_mask=runs, coverage=coverage))
         del masks, rles
-    return rows
+    return out
 
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--masks", type=int, default=200, help="masks per size")
-    parser.add_argument("--repeats", type=int, default=5, help="passes per implementation")
-    parser.add_argument("--smoke", action="store_true", help="4 masks, 1 pass: only check that it runs")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.masks, args.repeats = 4, 1
-    rows = run(args.masks, args.repeats)
-    print(
-        f"RLE codec, time per mask: best of {args.repeats} passes over {args.masks} seeded "
-        f"blocky masks per size\n(runs/mask = mean number of runs, cover = mean fraction of "
-        f"pixels set; ratio = seed / cloudpipe)"
-    )
-    print(format_table(rows))
-    return rows
-
-
-if __name__ == "__main__":
-    main()

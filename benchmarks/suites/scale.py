@@ -1,42 +1,12 @@
-"""``tune-seg`` and ``apply-seg`` at the competition's scale: tuning against today's loop, the
-memory of a whole command, applying against ``predict-seg --split test``, and store formats.
-
-Run as ``python benchmarks/bench_scale.py`` (prints a table; ``--smoke`` for CI). Each heavy
-run belongs under ``flock /tmp/cloudpipe-bench.lock``.
-
-Data: the first ``--base`` train images of ``../shared/data/clouds350`` (real clouds at 350 x
-525; synthetic images at that size where it is missing, and always with ``--smoke``), a
-``--arch tiny`` segmentation run with 2 folds trained on them, and its out-of-fold validation
-store from ``predict-seg --split val``. A larger set of ``N`` images repeats those images and
-their stored probabilities under new names (``r<i>_<name>``, the images linked): what an
-out-of-fold store of N images costs to tune, without running the model over N images. All of
-it is cached in ``--work``.
-
-Rows, per set size N:
-
-- ``tune N imgs``: choosing the post-processing (default steps) from the store, in one process:
-  today's loop (:func:`reference_tune`: every pair walked mask by mask, as ``grid_stats`` did
-  before this benchmark's issue (:func:`walked`), one process, kept here as the baseline) against
-  :func:`cloudpipe.pipeline.seg_masks.tune_postprocess` (components scored at once, images over
-  every core), in the same run; the chosen values and the Dice of every combination must be
-  identical (the row says so, and the run stops if they are not).
-- ``tune-seg N imgs, whole command``: ``python -m cloudpipe tune-seg`` as a subprocess (start-up,
-  checks of every image header, tuning, writing the masks), its seconds and GNU time's peak RSS
-  of the largest process; the store's size beside it. With ``--today DIR`` (a checkout of the
-  code before, e.g. ``git worktree add DIR <commit>``) the same command from there runs in the
-  same run, for the ratio, and the two CSVs are compared.
-- ``apply-seg`` against ``predict-seg --split test`` on the base run's test images, both whole
-  commands, and whether their CSVs are byte-identical.
-- store formats on the N-image store: size per 1,000 images, the time to read one image's
-  probabilities in tuning (memory map copy, blosc2 zstd decompression, or a half-resolution
-  store upsampled), and the tuned Dice on the base set (a lossless store gives the same bytes,
-  so the same choice; half resolution is re-tuned and compared).
-"""
+"""tune-seg and apply-seg at the competition's scale: today's tuning loop (kept here as the
+baseline) against :func:`tune_postprocess` in the same run, ``tune-seg`` as a whole command
+(against a checkout of the code before with ``--today``), ``apply-seg`` against ``predict-seg
+--split test``, and store formats; on a tiny 2-fold run over the first ``--base`` clouds350
+train images (synthetic ones where it is missing, and with ``--smoke``), its store repeated under
+new names for larger sets. benchmarks/README.md, "At the competition's scale", has the rows."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import re
 import shutil
@@ -50,20 +20,16 @@ import cv2
 import numpy as np
 import pandas as pd
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpipe` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.common import CLOUDS350, ROOT, cache_dir, format_table, info_row, load_average, prepare_data, repeat_images, row, synthetic_data
+from cloudpipe.algorithms.postprocess import MinSize, PostProcess, Shape, Step, choose, grid_stats
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label
+from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.rle import rle2mask
+from cloudpipe.data.beside import store_paths
+from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TRAIN_CSV, TRAIN_IMAGES, load_train_data
+from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, read_store
+from cloudpipe.pipeline.seg_masks import tune_postprocess
 
-from benchmarks.common import ROOT, cache_dir, format_table, info_row, load_average, repeat_images, row, synthetic_data  # noqa: E402
-from cloudpipe.algorithms.postprocess import MinSize, PostProcess, Shape, Step, choose, grid_stats  # noqa: E402
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label  # noqa: E402
-from cloudpipe.core.masks import resize_nearest  # noqa: E402
-from cloudpipe.core.rle import rle2mask  # noqa: E402
-from cloudpipe.data.beside import store_paths  # noqa: E402
-from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, load_train_data  # noqa: E402
-from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, read_store  # noqa: E402
-from cloudpipe.pipeline.seg_masks import tune_postprocess  # noqa: E402
-
-CLOUDS350 = ROOT.parent / "shared" / "data" / "clouds350"
 MB = 1e6
 
 
@@ -131,14 +97,7 @@ def base_set(work: Path, images: int, test_images: int, smoke: bool) -> tuple[Pa
     if (run / "test_seg_probs.npy").is_file():
         return data, run
     source = CLOUDS350 if CLOUDS350.is_dir() and not smoke else synthetic_data(images, test_images, SUBMISSION_SHAPE)
-    data.mkdir(parents=True, exist_ok=True)
-    train = pd.read_csv(source / TRAIN_CSV, dtype=str, keep_default_na=False)
-    train.iloc[: 4 * images].to_csv(data / TRAIN_CSV, index=False)
-    sample = pd.read_csv(source / SAMPLE_SUBMISSION_CSV, dtype=str, keep_default_na=False)
-    sample.iloc[: 4 * test_images].to_csv(data / SAMPLE_SUBMISSION_CSV, index=False)
-    for folder in (TRAIN_IMAGES, TEST_IMAGES):
-        if not (data / folder).exists():
-            (data / folder).symlink_to((source / folder).resolve(), target_is_directory=True)
+    prepare_data(source, data, images, test_images)
     size = (32, 64) if smoke else (96, 160)
     cloudpipe("train-seg", "--data", data, "--out", run, "--arch", "tiny", "--weights", "none", "--folds", 2, "--epochs", 1,
               "--image-size", *size, "--quiet", "--device", "cpu")
@@ -305,23 +264,25 @@ def _per_image(fn, rows: np.ndarray) -> float:
     return best
 
 
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny synthetic sizes, one pass: checks the script runs")
+MEASURES = "tune-seg (against today's loop), apply-seg and probability stores at 300 and 3,000 images"
+
+
+def options(parser) -> None:
     parser.add_argument("--base", type=int, default=300, help="real images trained on and stored [default: 300]")
     parser.add_argument("--sizes", type=int, nargs="+", default=[300, 3000], help="set sizes to tune [default: 300 3000]")
     parser.add_argument("--test-images", type=int, default=100, help="test images for the apply rows [default: 100]")
     parser.add_argument("--repeats", type=int, default=1, help="interleaved tuning passes per size [default: 1]")
     parser.add_argument("--work", type=Path, default=None, help="cache folder [default: $CLOUDPIPE_BENCH_CACHE/scale]")
-    parser.add_argument("--json", type=Path, default=None, help="also write the rows here")
     parser.add_argument("--today", type=Path, default=None,
                         help="a checkout of today's code (git worktree add DIR main): tune-seg as a whole command there too")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> list[dict]:
     if args.smoke:
         args.base, args.sizes, args.test_images = 8, [8, 24], 4
     work = args.work or cache_dir() / ("scale-smoke" if args.smoke else "scale")
     work.mkdir(parents=True, exist_ok=True)
-    print(f"bench_scale: load {load_average()}, {os.cpu_count()} cores, work {work}" + (" (smoke run)" if args.smoke else ""))
+    print(f"scale: load {load_average()}, {os.cpu_count()} cores, work {work}" + (" (smoke run)" if args.smoke else ""))
     data, run = base_set(work, args.base, args.test_images, args.smoke)
     rows, npy, tuned = [], None, None
     for n in args.sizes:
@@ -332,10 +293,4 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows += store_rows(npy, data, run, tuned, sample=24 if args.smoke else 300)
     print(format_table(rows, baseline="today"))
     print(f"load at the end {load_average()}")
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=1) + "\n")
     return rows
-
-
-if __name__ == "__main__":
-    main()

@@ -1,41 +1,11 @@
-"""``cloudpipe predict`` against the seed's inference + blanking, end to end on the CPU, and its memory.
-
-Run as ``python benchmarks/bench_predict.py`` (prints a table), or call :func:`run` to get the
-rows for a combined table.
-
-Both sides gate the same segmentation CSV (blocky masks at 350 x 525, about half of the pairs
-non-empty) with the same classifier weights (a cloudpipe run at 512 x 768, one epoch on a few
-synthetic images: the weights do not matter for speed; its probabilities are saturated, so the
-two sides' decisions agree by construction, and the agreement check in the note shows that the
-kept masks and the row order come out identical) over the same 1400 x 2100 test JPEGs, with the
-same batch size, and write a submission CSV; the seed decodes in 2 DataLoader workers, cloudpipe
-with its default ``--workers auto`` (inline on the CPU, where workers would stall the model's
-threads; the memory row runs it with 2 workers, the harder case for flat memory):
-
-- seed: ``torch.load`` of the checkpoint into a plain torchvision ResNet34 (the ``body.`` prefix
-  and the normalisation buffers stripped), full-size decode + albumentations Resize + Normalize
-  + ToTensorV2 in the workers, fp32 NCHW, then every mask decoded with the seed's loop decoder,
-  multiplied by the presence decision and re-encoded (:mod:`benchmarks.seed`).
-- cloudpipe: :func:`cloudpipe.pipeline.predict.predict_submission` as a whole (input checks, model
-  load, reduced JPEG decode, uint8 batches, bf16 autocast + channels_last, blanking without
-  decoding, atomic writes of the submission and the probabilities).
-
-Rows: the whole command on ``2N`` images (model load and worker start-up included: the real
-cost of one command), the per-image cost without start-up (``(t(2N) - t(N)) / N``), and the
-blanking step alone. Runs are interleaved, best of ``repeats``.
-
-Memory: ``python -m cloudpipe predict`` as a subprocess on ``M`` and ``10 M`` test images (the
-10x set repeats the cached images under new names, through symlinks). ``/proc`` is polled every
-20 ms for the summed RSS of the command and its DataLoader workers; GNU time's exact peak RSS
-of the largest single process goes beside it. The ratio is peak(10 M) / peak(M): streaming
-inference should keep it near 1. (Summed RSS counts the pages the workers share with the parent
-once per process. PSS would not, but reading it walks the page tables and slows the measured
-processes; sampled rarely enough not to, it misses the short peaks of the forward passes.)
-"""
+"""The speed suite's predict rows: ``cloudpipe predict`` (:func:`predict_submission`, whole)
+against the seed's inference + blanking + ``to_csv`` on the same checkpoint, images and
+segmentation CSV, and the peak memory of ``python -m cloudpipe predict`` on 10x the images;
+also the cached throw-away classifier and prediction sets the gpu suite reuses.
+benchmarks/README.md, "The rows", says what each side does."""
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -47,21 +17,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-if __package__ in (None, ""):  # run as a script: make `benchmarks` and `cloudpipe` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks import seed  # noqa: E402
-from benchmarks.bench_rle import make_masks  # noqa: E402
-from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, repeat_images, row, synthetic_data, time_interleaved  # noqa: E402
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
-from cloudpipe.core.rle import mask2rle  # noqa: E402
-from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES  # noqa: E402
+from benchmarks import seed
+from benchmarks.common import FULL, ROOT, Sizes, cache_dir, repeat_images, row, synthetic_data, time_interleaved
+from benchmarks.rle import make_masks
+from benchmarks.training import seed_state
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.rle import mask2rle
+from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES
 
 BATCH_SIZE = 16  # cloudpipe predict's default; the seed side uses the same
 WORKERS = 2  # the seed's DataLoader workers, and cloudpipe's in the memory row
 SOURCE_IMAGES = 24  # distinct cached test images; bigger sets repeat them under new names
 TARGETS: dict[str, float | None] = {"predict": 2.5, "predict per image": 2.5, "blanking": None, "memory": 1.2}
-ROOT = Path(__file__).resolve().parent.parent
 
 
 # ----------------------------------------------------------------------------- fixtures (cached)
@@ -125,8 +92,7 @@ def prediction_set(n: int, sizes: Sizes = FULL) -> Path:
 def seed_predict(run_dir: Path, data_dir: Path, out: Path, batch_size: int = BATCH_SIZE, workers: int = WORKERS,
                  threshold: float = 0.5, size: tuple[int, int] = FULL.cls_size) -> pd.DataFrame:
     """The seed's inference and blanking, from checkpoint file to submission file."""
-    state = torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"]
-    model = seed.build_classifier({k[len("body."):]: v for k, v in state.items() if k.startswith("body.")})
+    model = seed.build_classifier(seed_state(torch.load(run_dir / "best.pt", map_location="cpu", weights_only=True)["model"]))
     sub = pd.read_csv(data_dir / SAMPLE_SUBMISSION_CSV)
     sub["im_id"] = sub["Image_Label"].apply(lambda x: x.split("_")[0])
     test_ids = sub["im_id"].drop_duplicates().values
@@ -311,42 +277,3 @@ def memory_row(m: int, sizes: Sizes = FULL) -> dict:
                     f"({large['maxrss'] / max(small['maxrss'], 1):.2f}x); {_rate(large['output'])}"
                     f"{small['seconds']:.0f} s | {large['seconds']:.0f} s"}
 
-
-# ----------------------------------------------------------------------------- entry points
-
-
-def run(n_images: int = 16, repeats: int = 2, memory_images: int = 20, sizes: Sizes = FULL) -> list[dict]:
-    """Speed on ``n_images`` and ``2 * n_images`` test images (best of ``repeats``), and, when
-    ``memory_images`` > 0, peak memory on ``memory_images`` and ten times as many.
-
-    Returns:
-        Rows with ``benchmark``, ``seed_s``, ``cloudpipe_s``, ``ratio``, ``target``, ``unit``,
-        ``scale`` and ``note`` (for the memory row the two columns are the small and the large
-        run, ``target_op`` is ``<=``).
-    """
-    rows = speed_rows(n_images, repeats, sizes)
-    if memory_images:
-        rows.append(memory_row(memory_images, sizes))
-    return rows
-
-
-def main(argv: list[str] | None = None) -> list[dict]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=16, help="N: runs on N and 2N test images (a multiple of the batch size keeps batch shapes equal)")
-    parser.add_argument("--repeats", type=int, default=2, help="runs per side and size")
-    parser.add_argument("--memory-images", type=int, default=20, help="M: peak memory on M and 10M images (0: skip)")
-    parser.add_argument("--smoke", action="store_true", help="tiny images, 2 + 4 of them, one run: only check that it runs")
-    args = parser.parse_args(argv)
-    sizes = SMOKE if args.smoke else FULL
-    if args.smoke:
-        args.images, args.repeats, args.memory_images = 2, 1, 2
-    rows = run(args.images, args.repeats, args.memory_images, sizes)
-    h, w = sizes.cls_size
-    print(f"Predict (CPU, {h}x{w}, batch {BATCH_SIZE}; seed {WORKERS} workers, cloudpipe auto); ratio = seed / cloudpipe "
-          "(memory: 10x / 1x)")
-    print(format_table(rows))
-    return rows
-
-
-if __name__ == "__main__":
-    main()

@@ -1,73 +1,32 @@
-"""Decisions that carry: tuning on a hold-out fold or on every out-of-fold image, by the best or
-the robust choice, measured on real clouds.
-
-    .venv/bin/python benchmarks/real_clouds_carry.py --work /tmp/carry        # ~40 CPU min the first time
-    .venv/bin/python benchmarks/real_clouds_carry.py --work /tmp/carry        # again: seconds (all cached)
-    .venv/bin/python benchmarks/real_clouds_carry.py --smoke --work /tmp/s    # tiny stand-ins (tests, CI)
-
-For every seed of ``real_clouds_carry.yaml`` (each its own split) and every head weight, one
-K-fold segmentation run is trained on the first ``train_images`` clouds350 train images;
-``predict-seg --split val`` gives the out-of-fold probabilities of all of them and ``--split
-test`` the fold models' mean on the 400 test images. Then, without running a model again, every
-decision is tuned on the validation probabilities and applied to the test ones:
-
-- post-processing (threshold, minimum size, component shape; also the grid of minimum sizes cut
-  at 10,000 px and the shape step left out), and
-- the presence gate (pixel statistics of the probabilities ``max`` and ``top_mean``, and the
-  head where the run has one, each class choosing its source),
-
-each tuned on fold 0's validation images alone (**hold-out**: what a hold-out run tunes on) or
-on every out-of-fold image (**OOF**), by the ``best`` or the ``robust`` rule
-(:mod:`cloudpipe.algorithms.robust`). Test masks are the same for every variant (the fold
-models' mean), so the tuning alone differs. Each variant is scored against ``test_truth.csv``
-beside the best that the same candidates reach when chosen *on the test images* (the ceiling
-of tuning) and the oracle gate (true presence). ``carry.json`` keeps every figure.
-"""
+"""Decisions that carry: for every seed of benchmarks/carry.yaml (each its own split) and every
+head weight, one K-fold segmentation run on the first clouds350 train images; ``predict-seg
+--split val`` gives the out-of-fold probabilities, ``--split test`` the fold models' mean. Then,
+without running a model again, post-processing and the presence gate are tuned on fold 0's
+validation images (hold-out) or on every out-of-fold image (OOF), by the ``best`` or the
+``robust`` rule, and applied to the test images, beside the best the same candidates reach when
+chosen on the test images and the oracle gate. Everything is cached in ``--work``; ``carry.json``
+keeps every figure."""
 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-if __package__ in (None, ""):  # run as a script: make `cloudpipe` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE  # noqa: E402
-from cloudpipe.core.table import format_table  # noqa: E402
+from benchmarks.common import HERE, Bench, prepare_data
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.table import format_table
 from cloudpipe.data.beside import presence_path, store_paths
 
-HERE = Path(__file__).resolve().parent
+MEASURES = "clouds350: whether post-processing and gates tuned on hold-out or out-of-fold images carry to the test images"
+WORK = "cloudpipe-carry"
 SMOKE = {"train_images": 24, "test_images": 6, "seeds": [1, 2], "head_weights": [0.1],
          "seg": {"arch": "tiny", "image_size": [32, 64], "epochs": 1, "batch_size": 8, "folds": 3}}
 MIN_SIZE_CUT = 10000
 """The top of the minimum-size grid before it was raised to 60,000 px."""
-
-
-def train_and_predict(data: Path, run: Path, overrides: dict, log) -> dict[str, Path]:
-    """Train (or reuse) a K-fold run and write its out-of-fold validation and test stores."""
-    from benchmarks.real_clouds import finished
-    from cloudpipe.data.runfolder import fold_dir
-    from cloudpipe.engine.config import load_config
-    from cloudpipe.engine.settings import InferenceSettings
-    from cloudpipe.engine.train import train_run
-    from cloudpipe.pipeline.segment import predict_segmentation
-
-    config = load_config("segmentation", overrides={**overrides, "weights": "none"})
-    if not all(finished(fold_dir(run, f), config.epochs) for f in range(config.folds)):
-        log(f"train-seg {run.name}", train_run, config, data, run, resume=run.exists(), progress=False)
-    infer = InferenceSettings(batch_size=16, progress=False)
-    out = {}
-    for split in ("val", "test"):
-        csv = run / f"{split}_seg.csv"
-        if not store_paths(csv)[0].exists():
-            log(f"predict-seg {split} {run.name}", predict_segmentation, run, data, split, csv, settings=infer, overwrite=True)
-        out[split] = csv
-    return out
 
 
 def grid_of(stats_file: Path, store: np.ndarray, truth: np.ndarray, steps) -> dict[str, np.ndarray]:
@@ -176,12 +135,13 @@ def presence_quality(sources: dict[str, np.ndarray], present: np.ndarray) -> lis
     return rows
 
 
-def main(argv: list[str] | None = None) -> dict:
-    from benchmarks.real_clouds import Timed, arguments, prepare_data
-
-    parser = arguments(__doc__, "real_clouds_carry.yaml", "cloudpipe-carry")
+def options(parser) -> None:
+    parser.add_argument("--config", type=Path, default=HERE / "carry.yaml", help="the budget [default: benchmarks/carry.yaml]")
     parser.add_argument("--models-only", action="store_true", help="train and predict, analyse nothing")
-    args = parser.parse_args(argv)
+
+
+def run(args) -> dict:
+    from cloudpipe import InferenceSettings
     from cloudpipe.algorithms.postprocess import PostProcess
     from cloudpipe.algorithms.presence import PixelStats
     from cloudpipe.data.kaggle import load_train_data, read_mask_csv, read_probs_csv, to_wide
@@ -190,24 +150,23 @@ def main(argv: list[str] | None = None) -> dict:
     settings = yaml.safe_load(args.config.read_text())
     if args.smoke:
         settings.update(SMOKE)
-    source = args.data or (HERE.parent / settings["data"]).resolve()
     work = args.work
-    log = Timed()
-    seconds = log.seconds
-
-    data = prepare_data(source, work, settings["train_images"], settings.get("test_images"))
+    bench = Bench(prepare_data(args.data, work / "data", settings["train_images"], settings.get("test_images")),
+                  InferenceSettings(batch_size=16, progress=False))
+    log, seconds = bench.step, bench.step.seconds
     runs = {}
     for seed in settings["seeds"]:
         for head in settings["head_weights"]:
-            run = work / "runs" / f"seed{seed}_head{head:g}"
-            overrides = {**settings["seg"], "seed": seed, "split_seed": seed, "head_weight": head}
-            runs[(seed, head)] = (run, train_and_predict(data, run, overrides, log))
+            run = bench.train("segmentation", {**settings["seg"], "seed": seed, "split_seed": seed, "head_weight": head},
+                              work / "runs" / f"seed{seed}_head{head:g}")
+            out = bench.pipeline(run.name, run, run, reuse=True)
+            runs[(seed, head)] = (run, {"val": out.val, "test": out.test})
     if args.models_only:
         return {"seconds": seconds}
 
     steps = PostProcess().steps
-    train = load_train_data(data)
-    test_rles = to_wide(read_mask_csv(data / "test_truth.csv", shape=SUBMISSION_SHAPE))
+    train = load_train_data(bench.data)
+    test_rles = to_wide(read_mask_csv(bench.data / "test_truth.csv", shape=SUBMISSION_SHAPE))
     table, quality = [], []
     for (seed, head), (run, csvs) in runs.items():
         stores = {split: read_store(store_paths(csv)[0]) for split, csv in csvs.items()}
@@ -261,7 +220,3 @@ def paired_differences(frame: pd.DataFrame) -> list[dict]:
             out.append({**dict(zip(keys, key)), "comparison": name, "mean": round(float(diff.mean()), 4),
                         "se": round(float(diff.std(ddof=1) / np.sqrt(len(diff))), 4)})
     return out
-
-
-if __name__ == "__main__":
-    main()
