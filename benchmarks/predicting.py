@@ -249,7 +249,7 @@ def peak_memory(command: list[str], interval: float = 0.02) -> dict:
 
 def predict_command(data_dir: Path, run_dir: Path, out: Path, device: str = "cpu") -> list[str]:
     return [sys.executable, "-m", "cloudpipe", "predict", "--seg", str(data_dir / "seg.csv"), "--run", str(run_dir),
-            "--data", str(data_dir), "--out", str(out), "--threshold", "0.5", "--device", device,
+            "--data", str(data_dir), "--out", str(out), "--thresholds", "0.5", "--device", device,
             "--workers", str(WORKERS), "--batch-size", str(BATCH_SIZE), "--overwrite", "--quiet"]
 
 

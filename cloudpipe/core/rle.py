@@ -1,7 +1,7 @@
 """Kaggle run-length encoding: 1-indexed ``start length`` pairs over column-major pixels.
 
 Both directions are vectorised numpy: no Python loop over runs or pixels. Where the time goes
-(measured against the seed notebooks' loops in ``benchmarks/bench_rle.py``):
+(measured against the seed notebooks' loops in ``python -m benchmarks speed --only rle``):
 
 - decode: two numpy calls are nearly all of it: ``np.fromstring`` parsing the text and one
   ``np.repeat`` of alternating 0/1 runs (reshaped column-major without a copy). Validation is
