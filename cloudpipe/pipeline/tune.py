@@ -57,14 +57,9 @@ SEG_WANTS_VAL = "--seg wants validation masks: predict-seg --split val's CSV (RU
 
 
 def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings = InferenceSettings()) -> pd.DataFrame:
-    """Classifier probabilities of a run's validation images, when its ``val_probs.csv`` is lost.
-
-    The images are those ``RUN/splits.csv`` recorded; with folds, each ``fold{i}`` model
-    predicts its own validation images (out-of-fold). A fold without a model is refused, or
-    with ``settings.allow_partial`` its images are left out (with a warning).
-
-    Returns:
-        float DataFrame indexed by image, columns in class order.
+    """Classifier probabilities (indexed by image, class columns) of the validation images
+    ``RUN/splits.csv`` recorded, when its ``val_probs.csv`` is lost; out-of-fold with folds. A
+    fold without a model is refused, or with ``settings.allow_partial`` left out (warned).
     """
     from cloudpipe.engine.infer import predict_presence
 
@@ -112,9 +107,7 @@ class TuneResult:
         return self.chosen.rows()
 
     def to_json(self) -> dict:
-        """The ``thresholds.json`` content: the gate (:meth:`GateSpec.to_json`: class thresholds,
-        the source of every class, the at-least-one rule), objective, placement, number of
-        images, and the runs (and weights) whose probabilities they were tuned on."""
+        """The ``thresholds.json`` content: the gate, how and on what it was tuned."""
         segmentation = {} if self.segmentation is None else {SEGMENTATION_KEY: self.segmentation.record()}
         return {**self.spec.to_json(), "objective": self.objective, "placement": self.placement, "choice": self.rule,
                 "images": len(self.images), **self.ensemble.record(), **segmentation}
@@ -146,14 +139,9 @@ class TuneResult:
 
 @dataclass(frozen=True)
 class ThresholdFiles:
-    """Where :func:`tune_thresholds` writes.
-
-    Attributes:
-        out: the JSON; default ``RUN_DIR/thresholds.json``, replaced when it exists (the run's
-            own tuning, read by ``predict``). A given path is not replaced without ``overwrite``.
-        plot: PNG of score against threshold; default ``out`` with suffix ``.png``.
-        overwrite: replace existing ``out`` / ``plot`` files given explicitly.
-    """
+    """Where :func:`tune_thresholds` writes: the JSON (default ``RUN_DIR/thresholds.json``,
+    replaced when it exists: the run's own tuning), the plot (default ``out`` with ``.png``),
+    and whether files given explicitly may be replaced."""
 
     out: Path | None = None
     plot: Path | None = None
@@ -175,38 +163,21 @@ def tune_thresholds(
 ) -> TuneResult:
     """Choose each class's presence threshold on the run's validation images.
 
-    Probabilities come from ``RUN_DIR/val_probs.csv`` (out-of-fold with folds), or are computed
-    by :func:`compute_val_probs` when it is missing. With ``seg`` (the default objective
-    ``"dice"``), each class's threshold maximises the mean Kaggle Dice of the blanked
-    predictions over the images with both a probability and a prediction; truth masks come from
-    ``DIR/train.csv`` at the training image size. Without it, ``"accuracy"`` of ``prob >= t``
-    against the ``train.csv`` labels is maximised, which is not the competition metric.
-
-    Several runs (an ensemble) are averaged with ``weights`` (equal when None); they must
-    validate on the same images, and the JSON must be given as ``out``.
+    Probabilities come from ``RUN_DIR/val_probs.csv``, else :func:`compute_val_probs`; several
+    runs (which must validate on the same images, the JSON given as ``out``) are averaged with
+    ``weights``. With ``seg`` (the default objective ``"dice"``), each threshold maximises the
+    mean Kaggle Dice of the blanked predictions against ``train.csv`` at the training image
+    size; without it, the ``"accuracy"`` of ``prob >= t`` (not the competition metric).
 
     Args:
-        run_dir: classifier run folder, or several.
-        data_dir: Kaggle-layout folder with ``train.csv`` (and ``train_images/``).
         seg: segmentation predictions (Kaggle CSV) of validation images (some or all of them;
-            an image the classifier trained on is refused).
-        objective: ``"dice"`` (needs ``seg``) or ``"accuracy"``; default from ``seg``.
-        mask_shape: (H, W) of the masks in ``seg``.
-        files: where the JSON and the plot go (:class:`ThresholdFiles`); None writes nothing
-            (only returns the result).
+            an image the classifier trained on is refused), masks at ``mask_shape``.
+        files: where the JSON and the plot go; None writes nothing.
         settings: how to run the model(s) when probabilities must be computed.
-        inputs: the validation-side inputs of the other presence sources (the head's presence
-            CSV, a validation probability store) and how they are searched
-            (:class:`~cloudpipe.pipeline.gate.GateInputs`): with the classifier and others, their
-            blends are tried too, and each class gates on the best
-            (:func:`~cloudpipe.algorithms.presence.choose_gates`); the at-least-one-class rule is
-            tried after tuning (thresholds tuned without it) and kept only when it raises the
-            validation score.
-        choice: how thresholds and sources are chosen: ``best`` or ``robust``
-            (:mod:`cloudpipe.algorithms.robust`).
-
-    Returns:
-        The thresholds, per-class sweeps and the summary table.
+        inputs: the other presence sources' validation inputs and how they are searched: each
+            class gates on the best source or blend (:func:`~cloudpipe.algorithms.presence.choose_gates`);
+            the at-least-one-class rule is kept only when it raises the validation score.
+        choice: how thresholds and sources are chosen (:mod:`cloudpipe.algorithms.robust`).
 
     Raises:
         CloudpipeError: missing run files, malformed CSVs, predictions sharing no image with the
@@ -258,11 +229,8 @@ def tune_thresholds(
 
 def ensemble_val_probs(ensemble: Ensemble, data_dir: Path, settings: InferenceSettings) -> tuple[pd.DataFrame, str]:
     """The weighted mean of the runs' validation probabilities (each from ``RUN/val_probs.csv``,
-    else computed), rows in the first run's order, and where they came from.
-
-    Raises:
-        CloudpipeError: runs whose validation images differ.
-    """
+    else computed), rows in the first run's order, and where they came from; runs whose
+    validation images differ are refused."""
     parts, sources = [], []
     for run in ensemble.runs:
         probs_csv = run / VAL_PROBS_CSV
