@@ -18,12 +18,7 @@ import pandas as pd
 from cloudpipe.algorithms.ensemble import mean_probs
 from cloudpipe.algorithms.gating import GateSpec, gate
 from cloudpipe.algorithms.presence import CLASSIFIER, blend
-from cloudpipe.core.competition import (
-    CLASSES,
-    CSV_COLUMNS,
-    SUBMISSION_SHAPE,
-    join_label,
-)
+from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
 from cloudpipe.data.beside import probs_path_for
 from cloudpipe.data.kaggle import (
     TEST_IMAGES,
@@ -78,8 +73,6 @@ class PredictSummary:
                 f"(thresholds: {self.thresholds_source}{rule})")
 
 
-
-
 def predict_submission(
     seg: Path | pd.DataFrame,
     run_dir: Path | Sequence[Path],
@@ -93,35 +86,17 @@ def predict_submission(
     overwrite: bool = False,
     inputs: GateInputs = GateInputs(),
 ) -> PredictSummary:
-    """Run the classifier over the test images and blank absent classes of ``seg``.
+    """Blank the classes of ``seg`` (a file or DataFrame) that the gate judges absent, and
+    write the submission to ``out`` (None: nothing) with ``<stem>_probs.csv``, the scores gated on.
 
-    The gate is the first of ``thresholds`` (a ``thresholds.json`` or one threshold),
-    ``RUN/thresholds.json`` of one run, and 0.5 on the classifier (:func:`~cloudpipe.pipeline.gate.resolve_gate`): a class may
-    be gated on another source or a blend, whose test-side input ``inputs`` must then give
-    (``seg_store``: the test probability store, for pixel statistics; ``presence``: the
-    segmentation head's test presence CSV; ``at_least_one``: the rule, None as the file says).
-    The classifier runs only when some class's gate uses it.
-
-    Every input is checked before the first image is decoded (CSV, RLE, image sets, image
-    headers, thresholds, output paths); outputs are written atomically. Under ``torchrun`` each
-    rank runs the classifier on its share of the images, every rank checks the outputs, and only
-    rank 0 locks and writes them.
-
-    Args:
-        seg: segmentation submission, file or DataFrame.
-        run_dir: classifier run (``best.pt`` or ``fold*/best.pt``), or several: their
-            presence probabilities are averaged with ``weights`` (equal when None).
-        data_dir: Kaggle folder with ``test_images/`` (and ``sample_submission.csv``).
-        out: submission to write (with ``<stem>_probs.csv``, the scores gated on, beside it);
-            None writes nothing.
-        settings: how to run the classifier.
-        inputs: the test-side inputs of the gate's other sources.
+    The gate is the first of ``thresholds``, ``RUN/thresholds.json`` of one run, and 0.5 on the
+    classifier (:func:`~cloudpipe.pipeline.gate.resolve_gate`); a class gated on another source
+    needs its test-side input in ``inputs``. The classifier runs (several: their probabilities
+    averaged with ``weights``) only when some class's gate uses it, and only once every input
+    is checked. Under ``torchrun`` each rank runs it on its share; rank 0 writes.
 
     Raises:
         CloudpipeError: bad inputs, or a gate that needs an input not given.
-
-    Returns:
-        The gated submission (sample order) and its summary.
     """
     from cloudpipe.engine.runner import Plan, Runner
 

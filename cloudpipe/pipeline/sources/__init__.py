@@ -35,8 +35,7 @@ Writer = Callable[[Path], object]
 @dataclass(frozen=True)
 class Predicted:
     """What ``predict-seg`` computed, for the :class:`Producer` of each input it writes: the
-    probabilities (uint8 (n, 4, 350, 525), rows in ``info.images`` order), their images, split and
-    runs, and the mean of the models' classification heads (indexed by image) when every model has one."""
+    uint8 probabilities, their :class:`StoreInfo`, and the heads' mean presence (when every model has one)."""
 
     store: np.ndarray
     info: StoreInfo
@@ -50,8 +49,7 @@ class Producer:
     Attributes:
         beside: the input's path beside the command's ``--out`` (a name of :mod:`cloudpipe.data.beside`).
         write: what the command computed (:class:`Predicted`) -> one writer per file, the input's
-            then its companions' (:attr:`SourceInput.companions`), for
-            :func:`~cloudpipe.data.outputs.write_files`; None: nothing to write (e.g. no head).
+            then its companions'; None: nothing to write (e.g. no head).
         with_store: written with the probability store: ``predict-seg --no-keep-store`` skips it
             (and removes an earlier one, which would no longer match the masks).
         command: the command that writes it.
@@ -93,13 +91,9 @@ class SourceInput:
         """The input's file and its companions."""
         return (Path(file), *self.companions(Path(file)))
 
-    def beside(self, out: Path) -> Path:
-        """Where its producer writes it beside ``out``."""
-        return self.producer.beside(Path(out))
-
     def files_beside(self, out: Path) -> tuple[Path, ...]:
         """The files its producer writes beside ``out``: the input's, then its companions'."""
-        return self.files(self.beside(out))
+        return self.files(self.producer.beside(Path(out)))
 
 
 @dataclass(frozen=True)
