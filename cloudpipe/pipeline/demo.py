@@ -40,19 +40,12 @@ def demo_settings(size: Size) -> dict[str, Any]:
 
 
 def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, progress: bool = True) -> DemoResult:
-    """Generate data, train and predict both stages, tune thresholds, gate, and evaluate; each
-    step's name and summary go to the ``cloudpipe`` logger (the command prints them).
+    """Generate data, train and predict both stages, tune thresholds, gate, and evaluate, each
+    step logged; returns the report's headline on the synthetic test set.
 
-    Writes ``out_dir/data`` (synthetic Kaggle layout), ``out_dir/runs/{seg,classifier}``,
-    ``out_dir/submissions/`` and ``out_dir/report.html``; returns the report's headline on the
-    synthetic test set: all masks empty, the segmentation alone, gated at 0.5 and with the tuned
-    thresholds, the oracle (gated by the true presence) and the share of its gain the gate took.
-    The whole folder is built beside ``out_dir`` and swapped in when the demo ends
-    (:meth:`~cloudpipe.engine.runner.Runner.write_folder`): ``out_dir`` absent or empty, or
-    (``overwrite``) a demo's.
-
-    Raises:
-        CloudpipeError: an unknown size, or an ``out_dir`` that may not be replaced.
+    Writes ``out_dir/data``, ``out_dir/runs/{seg,classifier}``, ``out_dir/submissions/`` and
+    ``out_dir/report.html``, built beside ``out_dir`` and swapped in at the end: ``out_dir``
+    absent or empty, or (``overwrite``) a demo's.
     """
     from cloudpipe.engine.runner import Plan, Runner
 

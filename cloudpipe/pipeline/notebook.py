@@ -62,22 +62,18 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
 
     Args:
         run_dir: a segmentation run folder.
-        image: a JPEG path, or an RGB uint8 array (H, W, 3), values 0-255, of any size up to
-            :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels. An array goes through the
-            steps a path's decode takes (the same reduction, as a block mean, then the same
-            bilinear resize), so a JPEG and its full-size decode (``cv2.imread``, PIL) give the
-            same model input exactly where the image is under twice the model's size, else
-            within a grey level or so (libjpeg's DCT scaling is not exactly a block mean): the
-            same masks but for a few pixels at their edges.
+        image: a JPEG path, or an RGB uint8 array (H, W, 3) of up to
+            :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels (:func:`as_model_input`): a
+            JPEG and its full-size decode give the same model input exactly under twice the
+            model's size, else within a grey level or so (libjpeg's DCT scaling is not exactly a
+            block mean): the same masks but for a few pixels at their edges.
         postprocess: a post-processing file or object; default the run's ``seg_postprocess.json``
             when ``predict-seg --split val`` has tuned it, else the steps' untuned defaults.
         settings: device, TTA and precision (``batch_size``, ``workers`` and ``decode`` do not apply).
 
     Raises:
-        CloudpipeError: a bad run, image or post-processing file. BadType (a TypeError) or
-            BadValue (a ValueError) naming ``image``: an array that is not uint8 RGB, empty,
-            holding NaN or values outside 0-255, or too large. ``settings`` refuses TTA scales
-            outside [0.25, 4] when it is made.
+        CloudpipeError: a bad run, image or post-processing file. BadType, BadValue: an array
+            that :func:`as_model_input` refuses.
     """
     import torch
 
