@@ -24,23 +24,15 @@ from cloudpipe.data.outputs import Inputs
 from cloudpipe.plots import figure_writer, overlay_figure
 
 
-def _masks(frame, image: str, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:
-    wide = to_wide(frame)
-    return decode_masks(wide.loc[image, list(CLASSES)], shape, size) if image in wide.index else None
-
-
-def image_path(data_dir: Path, image: str | Path) -> Path:
-    """The file of ``image``: a path to a JPEG as given, or a file name looked up in the data
-    folder's ``train_images/`` and ``test_images/``.
-
-    Raises:
-        CloudpipeError: a path that is no file, a name in neither folder.
-    """
-    if Path(image).name != str(image):  # a path, not a bare name
-        if not Path(image).is_file():
-            raise CloudpipeError("no such image file", path=Path(image))
-        return Path(image)
-    return find_image(data_dir, str(image))
+def _masks(csv: Path, image: str, shape: tuple[int, int], size: tuple[int, int], required: bool = True) -> np.ndarray | None:
+    """The masks of ``image`` in a mask CSV (at ``shape``) at ``size``; None when it has no rows
+    for it (refused when ``required``)."""
+    wide = to_wide(read_mask_csv(csv, shape=shape))
+    if image in wide.index:
+        return decode_masks(wide.loc[image, list(CLASSES)], shape, size)
+    if required:
+        raise CloudpipeError(f"has no rows for image {image!r}", path=csv)
+    return None
 
 
 def show_image(data_dir: Path, image: str | Path, out: Path, *, pred: Path | None = None,
@@ -69,22 +61,17 @@ def show_image(data_dir: Path, image: str | Path, out: Path, *, pred: Path | Non
     given = Path(image) if Path(image).name != str(image) else None  # an image path: an input too
     with Runner.start() as run:
         run.claim(lambda: (Plan(data_inputs(data_dir) | Inputs.of(pred, truth_csv, given), [out], overwrite=overwrite), None))
-        path = image_path(data_dir, image)
+        if given is not None and not given.is_file():
+            raise CloudpipeError("no such image file", path=given)
+        path = given or find_image(data_dir, str(image))  # a bare name: in train_images/ or test_images/
         image, source = path.name, jpeg_size(path)
         size = SUBMISSION_SHAPE
         truth = None
         if truth_csv is not None:
-            shape = truth_shape or default_truth_shape(Path(truth_csv))
-            truth = _masks(read_mask_csv(truth_csv, shape=shape), image, shape, size)
-            if truth is None:
-                raise CloudpipeError(f"has no rows for image {image!r}", path=truth_csv)
+            truth = _masks(truth_csv, image, truth_shape or default_truth_shape(Path(truth_csv)), size)
         elif path.parent.name == TRAIN_IMAGES and (data_dir / TRAIN_CSV).is_file():
-            truth = _masks(read_mask_csv(data_dir / TRAIN_CSV, shape=source), image, source, size)
-        predicted = None
-        if pred is not None:
-            predicted = _masks(read_mask_csv(pred, shape=mask_shape), image, mask_shape, size)
-            if predicted is None:
-                raise CloudpipeError(f"has no rows for image {image!r}", path=pred)
+            truth = _masks(data_dir / TRAIN_CSV, image, source, size, required=False)
+        predicted = None if pred is None else _masks(pred, image, mask_shape, size)
         if truth is None and predicted is None:
             raise CloudpipeError(f"no truth for test image {image!r}: pass --pred SUB.csv to show predictions "
                                  "(or --truth TRUTH.csv, e.g. synth's test_truth.csv)")
