@@ -304,9 +304,8 @@ def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | Non
 
 def training_options(task: str):
     """Options shared by train-classifier and train-seg, made from the fields of
-    :class:`~cloudpipe.engine.config.TrainConfig` that declare one (their help, names and
-    allowed values). Their values default to the stage's YAML (shown in ``--help``); None means
-    "from the config"."""
+    :class:`~cloudpipe.engine.config.TrainConfig` that declare one; None means "from the
+    config" (the stage's YAML, whose values ``--help`` shows)."""
     from cloudpipe.engine.config import LOSSES, Option, Range, TrainConfig, options
 
     defaults = TrainConfig.model_construct().model_dump() | read_packaged(DEFAULT_CONFIGS[task])
@@ -409,10 +408,8 @@ def source_input_options(split: str):
 
     def decorate(fn):
         def command(**kwargs):
-            files = {name: kwargs.pop(name) for name in inputs if kwargs.get(name) is not None}
-            for name in inputs:
-                kwargs.pop(name, None)
-            return fn(gate_files=files, **kwargs)
+            given = {name: kwargs.pop(name, None) for name in inputs}
+            return fn(gate_files={name: file for name, file in given.items() if file is not None}, **kwargs)
 
         return with_options(*options)(functools.wraps(fn)(command))
 
@@ -638,7 +635,6 @@ def pseudo_label(data_dir: Path, seg_csv: Path, probs_csv: Path | None, min_conf
     """Write a data folder that also trains on the test images labelled confidently by --seg;
     training on it keeps them out of every validation split (the rule is saved in pseudo.yaml)."""
     from cloudpipe.algorithms.pseudo import PseudoRule
-    from cloudpipe.pipeline.predict import probs_path_for
     from cloudpipe.pipeline.pseudo import pseudo_label as write_pseudo
 
     probs = probs_csv or probs_path_for(seg_csv)
