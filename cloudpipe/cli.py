@@ -16,17 +16,7 @@ from pathlib import Path
 import click
 
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
-from cloudpipe.core.choices import (
-    AREA_THRESHOLD,
-    DEFAULT_RULE,
-    DEFAULT_STEPS,
-    DEVICES,
-    MAX_WORKERS,
-    PLACEMENTS,
-    RULES,
-    STEP_NAMES,
-    TOP_K,
-)
+from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, DEVICES, MAX_WORKERS, PLACEMENTS, RULES, STEP_NAMES, TOP_K
 from cloudpipe.core.competition import IMAGE_SHAPE, MAX_PIXELS, SUBMISSION_SHAPE
 from cloudpipe.core.errors import BadValue, CloudpipeError, SharedError
 from cloudpipe.core.table import format_table

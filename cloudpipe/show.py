@@ -11,15 +11,7 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import dice
 from cloudpipe.data.images import jpeg_size, read_image, reduction_for
-from cloudpipe.data.kaggle import (
-    TRAIN_CSV,
-    TRAIN_IMAGES,
-    data_inputs,
-    find_image,
-    read_mask_csv,
-    require_dir,
-    to_wide,
-)
+from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, data_inputs, find_image, read_mask_csv, require_dir, to_wide
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.plots import figure_writer, overlay_figure
 
@@ -38,21 +30,15 @@ def _masks(csv: Path, image: str, shape: tuple[int, int], size: tuple[int, int],
 def show_image(data_dir: Path, image: str | Path, out: Path, *, pred: Path | None = None,
                mask_shape: tuple[int, int] = SUBMISSION_SHAPE, truth_csv: Path | None = None,
                truth_shape: tuple[int, int] | None = None, overwrite: bool = False) -> Path:
-    """Overlay a train or test image with its truth and/or the masks of a submission (``pred``,
-    masks at ``mask_shape``); shown at the submission size, with each class's Dice in its
-    title when both are drawn.
-
-    Args:
-        image: a file name in the data folder's image folders, or a path to the JPEG.
-        truth_csv: the truth masks (e.g. ``test_truth.csv`` for a test image); default the data
-            folder's ``train.csv`` for a train image.
-        truth_shape: mask size of ``truth_csv``; default as ``evaluate`` reads it
-            (:func:`~cloudpipe.pipeline.evaluate.default_truth_shape`: 350 x 525 but for a data
-            folder's ``train.csv``).
+    """Overlay ``image`` (a file name in the data folder's image folders, or a path to the JPEG)
+    at the submission size with its truth and/or the masks of ``pred`` (at ``mask_shape``),
+    each class's Dice in its title when both are drawn. The truth is ``truth_csv`` (masks at
+    ``truth_shape``, default :func:`~cloudpipe.pipeline.evaluate.default_truth_shape`), else
+    the data folder's ``train.csv`` for a train image.
 
     Raises:
         CloudpipeError: unknown image, an image with neither truth nor prediction, bad CSVs,
-            an output that is an input or is being written by another process.
+            an output that may not be written.
     """
     from cloudpipe.engine.runner import Plan, Runner
     from cloudpipe.pipeline.evaluate import default_truth_shape

@@ -1,11 +1,7 @@
 """The gate as the commands see it: which tuned gate applies (one precedence for ``predict``
 and ``report``), and :class:`GateInputs`, the presence inputs a gate reads besides the
-classifier (the head's presence CSV, a probability store and its pixel statistics) with the
-choices of ``tune-threshold`` (sources tried, placement, the at-least-one rule).
-
-Deciding which pairs are kept is :func:`cloudpipe.algorithms.gating.keep`; blending the sources
-is :mod:`cloudpipe.algorithms.presence`; the sources themselves, their inputs and scores, are
-registered in :mod:`cloudpipe.pipeline.sources` (a new one is a module there).
+classifier with the choices of ``tune-threshold``. The sources themselves are registered in
+:mod:`cloudpipe.pipeline.sources`; blending them is :mod:`cloudpipe.algorithms.presence`.
 """
 
 from __future__ import annotations

@@ -1,10 +1,9 @@
 """One image through a segmentation run, in memory: for a notebook, no files written.
 
-:func:`segment_image` takes a JPEG path or an RGB array and gives the run's probabilities and
-its post-processed masks at the submission size (350 x 525): for a path exactly as ``predict-seg``
-computes them for that image (the same decode, every fold model averaged, the probabilities
-quantised to the uint8 the stores keep, the run's tuned post-processing); an array goes through
-the same steps from its pixels (:func:`as_model_input`).
+:func:`segment_image` gives the run's probabilities and post-processed masks at 350 x 525 of a
+JPEG exactly as ``predict-seg`` computes them (the same decode, fold models averaged,
+probabilities quantised to uint8 as stored, the tuned post-processing), or of an RGB array
+through the same steps (:func:`as_model_input`).
 """
 
 from __future__ import annotations

@@ -20,15 +20,7 @@ from cloudpipe.algorithms.gating import GateSpec, gate
 from cloudpipe.algorithms.presence import CLASSIFIER, blend
 from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
 from cloudpipe.data.beside import probs_path_for
-from cloudpipe.data.kaggle import (
-    TEST_IMAGES,
-    data_inputs,
-    list_test_images,
-    mask_frame_of,
-    read_mask_csv,
-    require_dir,
-    require_same_images,
-)
+from cloudpipe.data.kaggle import TEST_IMAGES, data_inputs, list_test_images, mask_frame_of, read_mask_csv, require_dir, require_same_images
 from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.runfolder import run_inputs
 from cloudpipe.engine.settings import InferenceSettings

@@ -1,14 +1,11 @@
 """``cloudpipe pseudo-label``: a new data folder whose training set also holds the test images a
 tuned ensemble labelled confidently (:mod:`cloudpipe.algorithms.pseudo`).
 
-The new folder is a complete Kaggle-layout folder: ``train_images/`` links every original
-training image and each chosen test image, ``train.csv`` holds the original rows and the
-pseudo-labels (masks at the training images' size), ``test_images/`` and
-``sample_submission.csv`` are the original ones, and ``pseudo_labels.csv`` names the
-pseudo-labelled images (with the probabilities they were chosen on) beside ``pseudo.yaml``
-(the rule and the sources). Training on it keeps the pseudo-labelled images out of every
-validation split and fold (:func:`cloudpipe.engine.train.make_splits`), so validation scores
-stay on real labels.
+The new folder is a complete Kaggle-layout folder linking the original images and the chosen
+test images; ``train.csv`` adds their pseudo-labels (at the training images' size),
+``pseudo_labels.csv`` names them (with their probabilities) and ``pseudo.yaml`` records the
+rule and the sources. Training on it keeps them out of every validation split and fold
+(:func:`cloudpipe.engine.train.make_splits`), so validation scores stay on real labels.
 """
 
 from __future__ import annotations
@@ -68,10 +65,8 @@ def pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: Ps
     """Write a data folder training on ``data_dir``'s images and the confident test images.
 
     Args:
-        data_dir: the Kaggle-layout folder (not itself pseudo-labelled).
-        seg: the test submission whose masks become labels (e.g. ``cloudpipe predict``'s).
+        seg: the test submission whose masks (at ``mask_shape``) become labels.
         probs: the presence probabilities the submission was gated on (``<stem>_probs.csv``).
-        out_dir: the new folder (absent or empty, or with ``overwrite`` one that pseudo-label made).
         rule: which images are confident (:func:`cloudpipe.algorithms.pseudo.confident`).
 
     Raises:

@@ -1,10 +1,8 @@
 """``cloudpipe report``: how good the pipeline is, stage by stage, in one self-contained page.
 
-Scores one set of segmentation masks several ways (all empty, alone, gated at 0.5, gated with
-tuned thresholds, gated by the true presence), says where the Dice is won and lost (the four
-kinds of presence decision per class, Dice against mask area and against presence
-probability, the threshold curves), and shows the worst and best images as overlays. The page
-is one HTML file with its pictures embedded: no network, no JavaScript.
+Scores one set of segmentation masks several ways (all empty, alone, gated, gated by the true
+presence), says where the Dice is won and lost, and shows the worst and best images as
+overlays, in one HTML file with its pictures embedded: no network, no JavaScript.
 """
 
 from __future__ import annotations

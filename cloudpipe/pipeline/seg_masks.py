@@ -17,15 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.algorithms.ensemble import mean_stores, normalise_weights
-from cloudpipe.algorithms.postprocess import (
-    PostProcess,
-    Step,
-    choose_explained_steps,
-    chosen_dice,
-    default_index,
-    grid_stats,
-    make_steps,
-)
+from cloudpipe.algorithms.postprocess import PostProcess, Step, choose_explained_steps, chosen_dice, default_index, grid_stats, make_steps
 from cloudpipe.algorithms.robust import DefaultKept, check_rule
 from cloudpipe.core.choices import DEFAULT_RULE, Rule
 from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
@@ -66,13 +58,12 @@ def tune_postprocess(store: np.ndarray, names: list[str], rles: pd.DataFrame, ma
 def postprocess_stats(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
                       steps: tuple[Step, ...] = PostProcess().steps,
                       processes: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every image's and class's :func:`~cloudpipe.algorithms.postprocess.grid_stats`, the
-    images spread over ``processes`` forked processes (None: one per core).
+    """Every image's and class's :func:`~cloudpipe.algorithms.postprocess.grid_stats` against
+    the truth (RLE at ``mask_shape``), the images spread over ``processes`` (None: one per core).
 
     Returns:
-        ``inter`` and ``area`` (n, 4, *grid) and the truth areas (n, 4), int64: all that
-        :func:`~cloudpipe.algorithms.postprocess.choose` needs. Memory holds these and the
-        store's pages the processes read; nothing else grows with the number of images.
+        ``inter`` and ``area`` (n, 4, *grid) and the truth areas (n, 4), int64: nothing else
+        held grows with the number of images.
     """
     grid = tuple(len(s.grid) for s in steps)
     inter = np.zeros((len(names), len(CLASSES), *grid), np.int64)

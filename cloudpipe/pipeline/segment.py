@@ -68,13 +68,7 @@ def predict_segmentation(
     ``keep_store=False`` writes no input written with the store (and removes an earlier one
     beside ``out``, which would no longer match it).
 
-    Returns:
-        What was written; None on the ranks of a ``torchrun`` job other than rank 0, which
-        writes and reports.
-
-    Raises:
-        CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
-            whose validation images differ.
+    Returns None on the ranks of a ``torchrun`` job but rank 0, which writes and reports.
     """
     from cloudpipe.engine.runner import Plan, Runner
 

@@ -58,14 +58,9 @@ class SubsetSummary:
 
 def subset_data(data_dir: Path, out_dir: Path, *, train: int, test: int, seed: int = 0,
                 overwrite: bool = False) -> SubsetSummary:
-    """Write a data folder holding ``train`` random training images and ``test`` random test
-    images of ``data_dir`` (copies), with their rows of its CSVs.
-
-    Args:
-        data_dir: a Kaggle-layout folder (``test_truth.csv`` is carried when present).
-        out_dir: the new folder (must not exist, or hold an earlier subset and ``overwrite``).
-        train, test: images to keep (>= 2 and >= 1; at most all of them).
-        seed: the random choice (same seed and source, same subset).
+    """Write a data folder holding copies of ``train`` (>= 2) random training images and
+    ``test`` (>= 1) random test images of ``data_dir`` (chosen by ``seed``), with their rows of
+    its CSVs (``test_truth.csv`` too when present).
 
     Raises:
         CloudpipeError: a bad source (naming file and line), counts out of range, an ``out_dir``

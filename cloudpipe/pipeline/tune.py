@@ -1,9 +1,5 @@
-"""``tune-threshold``: per-class presence thresholds chosen on the run's validation images.
-
-Reads the classifier's validation probabilities (or computes them), the segmentation
-predictions and the truth, scores every pair kept and blanked, lets
-:mod:`cloudpipe.algorithms.thresholds` search, and writes ``thresholds.json`` and its plot.
-``predict`` and ``report`` read the JSON with :func:`~cloudpipe.pipeline.gate.resolve_gate`.
+"""``tune-threshold``: per-class presence thresholds chosen on the run's validation images
+(:mod:`cloudpipe.algorithms.thresholds` searches), written as ``thresholds.json`` and its plot.
 """
 
 from __future__ import annotations
@@ -20,14 +16,7 @@ from cloudpipe.algorithms.ensemble import mean_probs
 from cloudpipe.algorithms.gating import GateSpec, keep
 from cloudpipe.algorithms.presence import GateChoice, blend, choose_gates, gate_name
 from cloudpipe.algorithms.robust import check_rule
-from cloudpipe.algorithms.thresholds import (
-    METRIC_NAMES,
-    Objective,
-    PairScores,
-    Placement,
-    Sweep,
-    summary_rows,
-)
+from cloudpipe.algorithms.thresholds import METRIC_NAMES, Objective, PairScores, Placement, Sweep, summary_rows
 from cloudpipe.core.choices import DEFAULT_RULE, Rule
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
@@ -170,14 +159,12 @@ def tune_thresholds(
     size; without it, the ``"accuracy"`` of ``prob >= t`` (not the competition metric).
 
     Args:
-        seg: segmentation predictions (Kaggle CSV) of validation images (some or all of them;
-            an image the classifier trained on is refused), masks at ``mask_shape``.
+        seg: segmentation predictions (masks at ``mask_shape``) of validation images (some or
+            all of them; an image the classifier trained on is refused).
         files: where the JSON and the plot go; None writes nothing.
-        settings: how to run the model(s) when probabilities must be computed.
-        inputs: the other presence sources' validation inputs and how they are searched: each
-            class gates on the best source or blend (:func:`~cloudpipe.algorithms.presence.choose_gates`);
-            the at-least-one-class rule is kept only when it raises the validation score.
-        choice: how thresholds and sources are chosen (:mod:`cloudpipe.algorithms.robust`).
+        inputs: the other sources' validation inputs and how they are searched: each class
+            gates on the best source or blend; the at-least-one-class rule is kept only when it
+            raises the validation score.
 
     Raises:
         CloudpipeError: missing run files, malformed CSVs, predictions sharing no image with the
