@@ -374,8 +374,10 @@ def _names(ctx, param, value: str | None) -> list[str] | None:
     return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
 
 
-WEIGHT_OPTION = click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
-                             help="One per --run, in order: weighted mean of the runs [default: equal].")
+def weights_option(per: str, of: str):
+    """--ensemble-weight: one weight per ``per`` given, the weighted mean ``of`` them."""
+    return click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
+                        help=f"One per {per}, in order: weighted mean of the {of} [default: equal].")
 
 
 def ensemble_runs_option(what: str):
@@ -383,7 +385,7 @@ def ensemble_runs_option(what: str):
     return with_options(
         click.option("--run", "run_dirs", type=EXISTING_DIR, required=True, multiple=True,
                      help=f"{what} run folder; repeat for an ensemble (probabilities averaged)."),
-        WEIGHT_OPTION,
+        weights_option("--run", "runs"),
     )
 
 
@@ -541,8 +543,7 @@ def _echo_masks(result) -> None:
     click.echo("wrote " + ", ".join(map(str, result.written)))
 
 
-STORE_WEIGHTS_OPTION = click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
-                                    help="One per --store, in order: weighted mean of the stores [default: equal].")
+STORE_WEIGHTS_OPTION = weights_option("--store", "stores")
 
 
 @main.command("tune-seg")

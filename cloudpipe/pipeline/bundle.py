@@ -152,19 +152,13 @@ def _check_runs(seg_run: Path, classifier_run: Path) -> set[str]:
     return gates
 
 
-def _source_root() -> Path:
-    """The folder cloudpipe was installed from (its ``pyproject.toml``), to build its wheel."""
+def _build_wheel(wheels: Path, scratch: Path) -> None:
+    """cloudpipe's wheel into ``wheels``, built (offline, with this Python's setuptools) from a
+    copy of the source it was installed from in ``scratch``: the source tree gets no build folders."""
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
         raise CloudpipeError("cloudpipe's source (pyproject.toml) is not beside the package: pass --wheels-from a folder "
                              "holding its wheel")
-    return root
-
-
-def _build_wheel(wheels: Path, scratch: Path) -> None:
-    """cloudpipe's wheel into ``wheels``, built (offline, with this Python's setuptools) from a
-    copy of its source in ``scratch``: the source tree gets no build folders."""
-    root = _source_root()
     scratch.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(root / name, scratch / name)

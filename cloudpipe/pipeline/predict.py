@@ -65,19 +65,11 @@ class PredictSummary:
                 f"(thresholds: {self.thresholds_source}{rule})")
 
 
-def predict_submission(
-    seg: Path | pd.DataFrame,
-    run_dir: Path | Sequence[Path],
-    data_dir: Path,
-    out: Path | None = None,
-    *,
-    weights: Sequence[float] | None = None,
-    thresholds: Thresholds = None,
-    mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
-    settings: InferenceSettings = InferenceSettings(),
-    overwrite: bool = False,
-    inputs: GateInputs = GateInputs(),
-) -> PredictSummary:
+def predict_submission(seg: Path | pd.DataFrame, run_dir: Path | Sequence[Path], data_dir: Path,
+                       out: Path | None = None, *, weights: Sequence[float] | None = None,
+                       thresholds: Thresholds = None, mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
+                       settings: InferenceSettings = InferenceSettings(), overwrite: bool = False,
+                       inputs: GateInputs = GateInputs()) -> PredictSummary:
     """Blank the classes of ``seg`` (a file or DataFrame) that the gate judges absent, and
     write the submission to ``out`` (None: nothing) with ``<stem>_probs.csv``, the scores gated on.
 

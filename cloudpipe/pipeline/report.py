@@ -72,18 +72,10 @@ class Scored:
         return self.gate.keep(self.probs, self.stats.pred_area > 0)
 
 
-def score_submission(
-    data_dir: Path,
-    seg_csv: Path,
-    *,
-    run_dir: Path | None = None,
-    probs_csv: Path | None = None,
-    thresholds_file: Path | float | None = None,
-    truth_csv: Path | None = None,
-    truth_shape: tuple[int, int] | None = None,
-    mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
-    progress: bool = True,
-) -> Scored:
+def score_submission(data_dir: Path, seg_csv: Path, *, run_dir: Path | None = None, probs_csv: Path | None = None,
+                     thresholds_file: Path | float | None = None, truth_csv: Path | None = None,
+                     truth_shape: tuple[int, int] | None = None, mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
+                     progress: bool = True) -> Scored:
     """Pair statistics of ``seg_csv`` (masks at ``mask_shape``, scored on its images) against
     the truth, and the probabilities and thresholds of the gate.
 
@@ -153,16 +145,8 @@ class Report:
     seconds: float
 
 
-def write_report(
-    data_dir: Path,
-    seg_csv: Path,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    overlays: int = 6,
-    progress: bool = True,
-    **inputs,
-) -> Report:
+def write_report(data_dir: Path, seg_csv: Path, out: Path, *, overwrite: bool = False, overlays: int = 6,
+                 progress: bool = True, **inputs) -> Report:
     """Score ``seg_csv`` (:func:`score_submission`, which takes ``inputs``) and write the report
     page to ``out``, ``overlays`` worst images drawn (and half as many of the best)."""
     started = time.perf_counter()

@@ -43,19 +43,10 @@ if TYPE_CHECKING:  # torch is imported where a model runs: tune-seg and apply-se
     from cloudpipe.engine.runner import Runner
 
 
-def predict_segmentation(
-    run_dirs: Path | Sequence[Path],
-    data_dir: Path,
-    split: Literal["val", "test"],
-    out: Path,
-    *,
-    weights: Sequence[float] | None = None,
-    postprocess: Path | None = None,
-    tuning: Tuning = Tuning(),
-    settings: InferenceSettings = InferenceSettings(batch_size=8),
-    overwrite: bool = False,
-    keep_store: bool = True,
-) -> SegPrediction | None:
+def predict_segmentation(run_dirs: Path | Sequence[Path], data_dir: Path, split: Literal["val", "test"], out: Path, *,
+                         weights: Sequence[float] | None = None, postprocess: Path | None = None,
+                         tuning: Tuning = Tuning(), settings: InferenceSettings = InferenceSettings(batch_size=8),
+                         overwrite: bool = False, keep_store: bool = True) -> SegPrediction | None:
     """Write the masks of one segmentation run, or of the weighted mean of several (which may
     differ in architecture and image size), as a Kaggle CSV, with the gate inputs made of its
     predictions beside it (:func:`~cloudpipe.pipeline.sources.produced_by`), replaced together.

@@ -137,19 +137,11 @@ class ThresholdFiles:
     overwrite: bool = False
 
 
-def tune_thresholds(
-    run_dir: Path | Sequence[Path],
-    data_dir: Path,
-    *,
-    weights: Sequence[float] | None = None,
-    seg: Path | None = None,
-    objective: Objective | None = None,
-    mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
-    files: ThresholdFiles | None = ThresholdFiles(),
-    settings: InferenceSettings = InferenceSettings(),
-    inputs: GateInputs = GateInputs(),
-    choice: Rule = DEFAULT_RULE,
-) -> TuneResult:
+def tune_thresholds(run_dir: Path | Sequence[Path], data_dir: Path, *, weights: Sequence[float] | None = None,
+                    seg: Path | None = None, objective: Objective | None = None,
+                    mask_shape: tuple[int, int] = SUBMISSION_SHAPE, files: ThresholdFiles | None = ThresholdFiles(),
+                    settings: InferenceSettings = InferenceSettings(), inputs: GateInputs = GateInputs(),
+                    choice: Rule = DEFAULT_RULE) -> TuneResult:
     """Choose each class's presence threshold on the run's validation images.
 
     Probabilities come from ``RUN_DIR/val_probs.csv``, else :func:`compute_val_probs`; several
