@@ -124,11 +124,8 @@ def _copy_own(root: Path, member: Path, target: Path) -> None:
 def _check_runs(seg_run: Path, classifier_run: Path) -> set[str]:
     """Check the runs' files as the notebook's commands will read them on Kaggle (the first
     refused raises): the checkpoints, the seg run's ``seg_postprocess.json`` and the
-    classifier's ``thresholds.json``, each tuned for exactly these runs.
-
-    Returns:
-        The names of the inputs beyond the classifier that the gate reads.
-    """
+    classifier's ``thresholds.json``, each tuned for exactly these runs; returns the names of
+    the inputs beyond the classifier that the gate reads."""
     import torch
 
     from cloudpipe.engine.infer import load_run
@@ -223,17 +220,10 @@ def notebook(gates: set[str]) -> dict:
 def make_bundle(seg_run: Path, classifier_run: Path, out: Path, *, wheels_from: Path | None = None,
                 download: bool = True, require: tuple[str, ...] = (), overwrite: bool = False) -> Bundle:
     """Write the bundle folder ``out`` (see the module's text); ``overwrite`` replaces only a
-    folder ``bundle`` made.
-
-    Args:
-        wheels_from: a folder of wheels to copy in (``cloudpipe-*.whl`` among them: no build).
-        download: ``pip download`` :data:`KAGGLE_EXTRAS` and ``require`` for Kaggle's platform
-            (needs the network); False: the wheels of ``wheels_from`` only.
-
-    Raises:
-        CloudpipeError: a run file refused (:func:`_run_files`, :func:`_check_runs`), an
-            ``out`` that may not be replaced, a failed build, download or write.
-    """
+    folder ``bundle`` made. ``wheels_from``: a folder of wheels to copy in (``cloudpipe-*.whl``
+    among them: no build); ``download``: ``pip download`` :data:`KAGGLE_EXTRAS` and ``require``
+    (needs the network). A run file refused (:func:`_run_files`, :func:`_check_runs`) stops it
+    before anything is written."""
     seg_run, classifier_run, out = Path(seg_run), Path(classifier_run), Path(out)
 
     def declare() -> tuple[Plan, tuple[dict[str, tuple[Path, list[Path]]], set[str], list[Path]]]:

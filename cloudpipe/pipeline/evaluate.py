@@ -26,12 +26,8 @@ class Evaluation:
 def evaluate_files(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None,
                    pred_shape: tuple[int, int]) -> Evaluation:
     """Kaggle Dice of a submission file against a truth file (masks at ``truth_shape``, None:
-    :func:`default_truth_shape`), per class and ``"mean"``, over the images of the prediction.
-
-    Raises:
-        CloudpipeError: invalid CSVs or RLE, either file read at a larger mask size than it
-            was written at, or prediction images that the truth lacks.
-    """
+    :func:`default_truth_shape`), per class and ``"mean"``, over the images of the prediction;
+    the files are checked by :func:`read_truth_and_prediction`."""
     truth_shape = truth_shape or default_truth_shape(Path(truth_csv))
     truth, pred = read_truth_and_prediction(truth_csv, pred_csv, truth_shape, pred_shape)
     table = dice_table(pair_stats(truth, pred, truth_shape, pred_shape).dice())

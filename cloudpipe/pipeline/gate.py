@@ -85,12 +85,8 @@ class GateInputs:
     def scores(self, images: list[str], sources: Sequence[str], split: str, *, classifier: pd.DataFrame | None = None,
                pixel: PixelStats | None = None) -> dict[str, np.ndarray]:
         """The (n, 4) scores of each of ``sources`` for ``images`` (rows in that order), from
-        the ``split`` (``val``, ``test``) inputs and ``classifier`` (probabilities by image).
-
-        Raises:
-            CloudpipeError: a source whose input was not given, or an input of another split
-                or lacking some of the images.
-        """
+        the ``split`` (``val``, ``test``) inputs and ``classifier`` (probabilities by image); an
+        input not given, of another split or lacking some of the images is refused."""
         self.require(sources, classifier is not None)
         known, read, out = registry(), {}, {}
         for name in sources:
@@ -119,11 +115,7 @@ class GateInputs:
 def load_gate(path: Path, ensemble: Ensemble | None = None, inputs: GateInputs | None = None) -> GateSpec:
     """Read a ``thresholds.json`` as the whole gate; with ``ensemble``, once it is checked to be
     tuned for those classifier runs (and weights) and, when it records segmentation runs and
-    gates on an input ``inputs`` gives that records its own (a probability store), for those.
-
-    Raises:
-        CloudpipeError: unreadable JSON, a bad entry, or a file tuned for other runs.
-    """
+    gates on an input ``inputs`` gives that records its own (a probability store), for those."""
     data = read_json(path, "thresholds")
     if ensemble is not None:
         ensemble.check_tuned_for(data, path, "thresholds")

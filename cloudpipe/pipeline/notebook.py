@@ -22,15 +22,9 @@ from cloudpipe.engine.settings import InferenceSettings
 
 @dataclass
 class ImageSegmentation:
-    """What a segmentation run makes of one image.
-
-    Attributes:
-        probs: float32 (4, 350, 525) pixel probabilities in :data:`CLASSES` order (in steps of 1/255, as stored).
-        masks: uint8 0/1 (4, 350, 525), post-processed by ``postprocess``.
-        presence: the classification head's probabilities (4,), or None for a model without a head.
-        postprocess: the post-processing applied (the run's tuned file, or the steps' defaults).
-        tuned: whether ``postprocess`` was tuned (a file), not the untuned defaults.
-    """
+    """What a segmentation run makes of one image: float32 (4, 350, 525) pixel probabilities (in
+    steps of 1/255, as stored), uint8 0/1 masks post-processed by ``postprocess`` (``tuned``: a
+    file's, not the steps' defaults), and the head's presence (4,) or None without a head."""
 
     probs: np.ndarray
     masks: np.ndarray
@@ -40,13 +34,12 @@ class ImageSegmentation:
 
 
 def as_model_input(image: Path | str | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 (H, W, 3) at the model's ``size``: a JPEG decoded as the commands decode it,
-    or an RGB array (that JPEG decoded at full size, say) brought to ``size`` by the same steps
-    (:func:`~cloudpipe.data.images.resize_decoded`: the decoder's reduction, then bilinear).
+    """RGB uint8 (H, W, 3) at the model's ``size``: a JPEG decoded as the commands decode it, or
+    an RGB array brought to ``size`` by the same steps (the decoder's reduction, then bilinear).
 
     Raises:
-        CloudpipeError: a missing or corrupt file. BadValue, BadType: an array that is not
-            uint8 RGB (H, W, 3) values 0-255, empty or too large (:func:`~cloudpipe.data.images.check_rgb`).
+        CloudpipeError: a missing or corrupt file. BadValue, BadType: an array that
+            :func:`~cloudpipe.data.images.check_rgb` refuses (not uint8 RGB, empty or too large).
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
@@ -60,7 +53,6 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
     """Segment one image with a run (its fold models averaged), in memory.
 
     Args:
-        run_dir: a segmentation run folder.
         image: a JPEG path, or an RGB uint8 array (H, W, 3) of up to
             :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels (:func:`as_model_input`): a
             JPEG and its full-size decode give the same model input exactly under twice the

@@ -78,9 +78,6 @@ def predict_submission(seg: Path | pd.DataFrame, run_dir: Path | Sequence[Path],
     needs its test-side input in ``inputs``. The classifier runs (several: their probabilities
     averaged with ``weights``) only when some class's gate uses it, and only once every input
     is checked. Under ``torchrun`` each rank runs it on its share; rank 0 writes.
-
-    Raises:
-        CloudpipeError: bad inputs, or a gate that needs an input not given.
     """
     from cloudpipe.engine.runner import Plan, Runner
 

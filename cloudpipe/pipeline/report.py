@@ -81,8 +81,7 @@ def score_submission(data_dir: Path, seg_csv: Path, *, run_dir: Path | None = No
 
     Args:
         run_dir: classifier run: ``val_probs.csv`` and ``thresholds.json`` (validation images).
-        probs_csv: presence probabilities (e.g. ``predict``'s ``<stem>_probs.csv``); wins over
-            the run's.
+        probs_csv: presence probabilities (``predict``'s ``<stem>_probs.csv``), over the run's.
         thresholds_file: the tuned gate's thresholds (a file, or one threshold for every
             class); default the run's ``thresholds.json``; without either, thresholds are
             tuned on these very images (in-sample, said so).
@@ -90,8 +89,7 @@ def score_submission(data_dir: Path, seg_csv: Path, *, run_dir: Path | None = No
             (:func:`~cloudpipe.pipeline.evaluate.default_truth_shape`).
 
     Raises:
-        CloudpipeError: missing files, malformed CSVs, truth or probabilities lacking images of
-            the submission, or masks read at the wrong size.
+        CloudpipeError: bad or missing files, or truth or probabilities lacking its images.
     """
     data_dir = require_dir(data_dir)
     truth_csv = Path(truth_csv) if truth_csv is not None else data_dir / TRAIN_CSV
