@@ -16,17 +16,7 @@ from pathlib import Path
 import click
 
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
-from cloudpipe.core.choices import (
-    AREA_THRESHOLD,
-    DEFAULT_RULE,
-    DEFAULT_STEPS,
-    DEVICES,
-    MAX_WORKERS,
-    PLACEMENTS,
-    RULES,
-    STEP_NAMES,
-    TOP_K,
-)
+from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, DEVICES, MAX_WORKERS, PLACEMENTS, RULES, STEP_NAMES, TOP_K
 from cloudpipe.core.competition import IMAGE_SHAPE, MAX_PIXELS, SUBMISSION_SHAPE
 from cloudpipe.core.errors import BadValue, CloudpipeError, SharedError
 from cloudpipe.core.table import format_table
@@ -304,9 +294,8 @@ def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | Non
 
 def training_options(task: str):
     """Options shared by train-classifier and train-seg, made from the fields of
-    :class:`~cloudpipe.engine.config.TrainConfig` that declare one (their help, names and
-    allowed values). Their values default to the stage's YAML (shown in ``--help``); None means
-    "from the config"."""
+    :class:`~cloudpipe.engine.config.TrainConfig` that declare one; None means "from the
+    config" (the stage's YAML, whose values ``--help`` shows)."""
     from cloudpipe.engine.config import LOSSES, Option, Range, TrainConfig, options
 
     defaults = TrainConfig.model_construct().model_dump() | read_packaged(DEFAULT_CONFIGS[task])
@@ -385,8 +374,10 @@ def _names(ctx, param, value: str | None) -> list[str] | None:
     return None if value is None else [name.strip() for name in value.split(",") if name.strip()]
 
 
-WEIGHT_OPTION = click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
-                             help="One per --run, in order: weighted mean of the runs [default: equal].")
+def weights_option(per: str, of: str):
+    """--ensemble-weight: one weight per ``per`` given, the weighted mean ``of`` them."""
+    return click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
+                        help=f"One per {per}, in order: weighted mean of the {of} [default: equal].")
 
 
 def ensemble_runs_option(what: str):
@@ -394,7 +385,7 @@ def ensemble_runs_option(what: str):
     return with_options(
         click.option("--run", "run_dirs", type=EXISTING_DIR, required=True, multiple=True,
                      help=f"{what} run folder; repeat for an ensemble (probabilities averaged)."),
-        WEIGHT_OPTION,
+        weights_option("--run", "runs"),
     )
 
 
@@ -409,10 +400,8 @@ def source_input_options(split: str):
 
     def decorate(fn):
         def command(**kwargs):
-            files = {name: kwargs.pop(name) for name in inputs if kwargs.get(name) is not None}
-            for name in inputs:
-                kwargs.pop(name, None)
-            return fn(gate_files=files, **kwargs)
+            given = {name: kwargs.pop(name, None) for name in inputs}
+            return fn(gate_files={name: file for name, file in given.items() if file is not None}, **kwargs)
 
         return with_options(*options)(functools.wraps(fn)(command))
 
@@ -554,8 +543,7 @@ def _echo_masks(result) -> None:
     click.echo("wrote " + ", ".join(map(str, result.written)))
 
 
-STORE_WEIGHTS_OPTION = click.option("--ensemble-weight", "weights", type=Finite(min=0, min_open=True), multiple=True,
-                                    help="One per --store, in order: weighted mean of the stores [default: equal].")
+STORE_WEIGHTS_OPTION = weights_option("--store", "stores")
 
 
 @main.command("tune-seg")
@@ -638,7 +626,6 @@ def pseudo_label(data_dir: Path, seg_csv: Path, probs_csv: Path | None, min_conf
     """Write a data folder that also trains on the test images labelled confidently by --seg;
     training on it keeps them out of every validation split (the rule is saved in pseudo.yaml)."""
     from cloudpipe.algorithms.pseudo import PseudoRule
-    from cloudpipe.pipeline.predict import probs_path_for
     from cloudpipe.pipeline.pseudo import pseudo_label as write_pseudo
 
     probs = probs_csv or probs_path_for(seg_csv)

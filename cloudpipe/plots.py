@@ -50,19 +50,10 @@ def image_bytes(fig, format: str = "png") -> bytes:
 
 def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", images: int | None = None,
                      which: str = "validation", applied: Mapping[str, float] | None = None):
-    """Plot each class's mean score against its threshold, the chosen point marked.
-
-    The score is a step function of the threshold: constant between two candidates, so each
-    curve is drawn as steps up to 1. A dashed line marks 0.5, a dotted one the score with no
-    blanking.
-
-    Args:
-        sweeps: class -> :class:`~cloudpipe.algorithms.thresholds.Sweep`, one panel each (up to 4).
-        metric: name of the score on the y axis.
-        images: number of images, for the title.
-        which: what the images are, for the title (``validation``, ``scored``...).
-        applied: class -> a threshold chosen elsewhere (e.g. on validation images), marked
-            with its score on these images; None for none.
+    """Plot each class's mean ``metric`` against its threshold (one panel per sweep, up to 4) as
+    steps up to 1, the chosen point marked, a dashed line at 0.5, a dotted one at the score with
+    no blanking; ``applied``: class -> a threshold chosen elsewhere, marked with its score here.
+    ``images`` and ``which`` (``validation``, ``scored``...) go in the title.
     """
     fig = _figure(10, 7)
     axes = fig.subplots(2, 2, sharex=True).ravel()
@@ -93,15 +84,9 @@ def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", image
 
 def overlay_figure(image: np.ndarray, *, truth: np.ndarray | None = None, pred: np.ndarray | None = None,
                    title: str = "", width: float = 12, dice: Sequence[float] | None = None):
-    """One panel per class: the image, truth masks in green and predicted masks in red
-    (overlap yellow), each mask's area in the panel title.
-
-    Args:
-        image: RGB uint8 (H, W, 3).
-        truth, pred: 0/1 masks (4, H, W) at the image's size, or None.
-        title: figure title.
-        width: figure width in inches.
-        dice: per class Dice, shown in each panel's title, or None.
+    """One panel per class: the RGB uint8 ``image``, ``truth`` masks in green and ``pred`` in red
+    (0/1 (4, H, W) at the image's size; overlap yellow), each mask's area and the class's
+    ``dice`` (when given) in the panel title; ``width`` in inches.
     """
     from cloudpipe.core.competition import CLASSES
     from cloudpipe.core.masks import tint
@@ -123,14 +108,8 @@ def overlay_figure(image: np.ndarray, *, truth: np.ndarray | None = None, pred: 
 
 def lines_figure(x: Sequence[str], series: Mapping[str, Sequence[float]], *, title: str, xlabel: str, ylabel: str,
                  counts: Sequence[int] | None = None):
-    """One line per series over categorical ``x`` (bins), markers at each point; ``counts``
-    (pairs per bin) as a grey bar chart on a second axis.
-
-    Args:
-        x: bin labels.
-        series: name -> one value per bin (NaN: no point).
-        counts: optional number of pairs per bin.
-    """
+    """One line per series (name -> one value per bin, NaN: no point) over the bin labels ``x``;
+    ``counts`` (pairs per bin) as a grey bar chart on a second axis."""
     fig = _figure(8, 4.2)
     ax = fig.subplots()
     positions = np.arange(len(x))

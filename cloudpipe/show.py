@@ -11,56 +11,34 @@ from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import dice
 from cloudpipe.data.images import jpeg_size, read_image, reduction_for
-from cloudpipe.data.kaggle import (
-    TRAIN_CSV,
-    TRAIN_IMAGES,
-    data_inputs,
-    find_image,
-    read_mask_csv,
-    require_dir,
-    to_wide,
-)
+from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, data_inputs, find_image, read_mask_csv, require_dir, to_wide
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.plots import figure_writer, overlay_figure
 
 
-def _masks(frame, image: str, shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray | None:
-    wide = to_wide(frame)
-    return decode_masks(wide.loc[image, list(CLASSES)], shape, size) if image in wide.index else None
-
-
-def image_path(data_dir: Path, image: str | Path) -> Path:
-    """The file of ``image``: a path to a JPEG as given, or a file name looked up in the data
-    folder's ``train_images/`` and ``test_images/``.
-
-    Raises:
-        CloudpipeError: a path that is no file, a name in neither folder.
-    """
-    if Path(image).name != str(image):  # a path, not a bare name
-        if not Path(image).is_file():
-            raise CloudpipeError("no such image file", path=Path(image))
-        return Path(image)
-    return find_image(data_dir, str(image))
+def _masks(csv: Path, image: str, shape: tuple[int, int], size: tuple[int, int], required: bool = True) -> np.ndarray | None:
+    """The masks of ``image`` in a mask CSV (at ``shape``) at ``size``; None when it has no rows
+    for it (refused when ``required``)."""
+    wide = to_wide(read_mask_csv(csv, shape=shape))
+    if image in wide.index:
+        return decode_masks(wide.loc[image, list(CLASSES)], shape, size)
+    if required:
+        raise CloudpipeError(f"has no rows for image {image!r}", path=csv)
+    return None
 
 
 def show_image(data_dir: Path, image: str | Path, out: Path, *, pred: Path | None = None,
                mask_shape: tuple[int, int] = SUBMISSION_SHAPE, truth_csv: Path | None = None,
                truth_shape: tuple[int, int] | None = None, overwrite: bool = False) -> Path:
-    """Overlay a train or test image with its truth and/or the masks of a submission (``pred``,
-    masks at ``mask_shape``); shown at the submission size, with each class's Dice in its
-    title when both are drawn.
-
-    Args:
-        image: a file name in the data folder's image folders, or a path to the JPEG.
-        truth_csv: the truth masks (e.g. ``test_truth.csv`` for a test image); default the data
-            folder's ``train.csv`` for a train image.
-        truth_shape: mask size of ``truth_csv``; default as ``evaluate`` reads it
-            (:func:`~cloudpipe.pipeline.evaluate.default_truth_shape`: 350 x 525 but for a data
-            folder's ``train.csv``).
+    """Overlay ``image`` (a file name in the data folder's image folders, or a path to the JPEG)
+    at the submission size with its truth and/or the masks of ``pred`` (at ``mask_shape``),
+    each class's Dice in its title when both are drawn. The truth is ``truth_csv`` (masks at
+    ``truth_shape``, default :func:`~cloudpipe.pipeline.evaluate.default_truth_shape`), else
+    the data folder's ``train.csv`` for a train image.
 
     Raises:
         CloudpipeError: unknown image, an image with neither truth nor prediction, bad CSVs,
-            an output that is an input or is being written by another process.
+            an output that may not be written.
     """
     from cloudpipe.engine.runner import Plan, Runner
     from cloudpipe.pipeline.evaluate import default_truth_shape
@@ -69,22 +47,17 @@ def show_image(data_dir: Path, image: str | Path, out: Path, *, pred: Path | Non
     given = Path(image) if Path(image).name != str(image) else None  # an image path: an input too
     with Runner.start() as run:
         run.claim(lambda: (Plan(data_inputs(data_dir) | Inputs.of(pred, truth_csv, given), [out], overwrite=overwrite), None))
-        path = image_path(data_dir, image)
+        if given is not None and not given.is_file():
+            raise CloudpipeError("no such image file", path=given)
+        path = given or find_image(data_dir, str(image))  # a bare name: in train_images/ or test_images/
         image, source = path.name, jpeg_size(path)
         size = SUBMISSION_SHAPE
         truth = None
         if truth_csv is not None:
-            shape = truth_shape or default_truth_shape(Path(truth_csv))
-            truth = _masks(read_mask_csv(truth_csv, shape=shape), image, shape, size)
-            if truth is None:
-                raise CloudpipeError(f"has no rows for image {image!r}", path=truth_csv)
+            truth = _masks(truth_csv, image, truth_shape or default_truth_shape(Path(truth_csv)), size)
         elif path.parent.name == TRAIN_IMAGES and (data_dir / TRAIN_CSV).is_file():
-            truth = _masks(read_mask_csv(data_dir / TRAIN_CSV, shape=source), image, source, size)
-        predicted = None
-        if pred is not None:
-            predicted = _masks(read_mask_csv(pred, shape=mask_shape), image, mask_shape, size)
-            if predicted is None:
-                raise CloudpipeError(f"has no rows for image {image!r}", path=pred)
+            truth = _masks(data_dir / TRAIN_CSV, image, source, size, required=False)
+        predicted = None if pred is None else _masks(pred, image, mask_shape, size)
         if truth is None and predicted is None:
             raise CloudpipeError(f"no truth for test image {image!r}: pass --pred SUB.csv to show predictions "
                                  "(or --truth TRUTH.csv, e.g. synth's test_truth.csv)")

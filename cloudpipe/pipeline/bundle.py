@@ -3,23 +3,18 @@
 Kaggle's code competitions run notebooks with the internet off, and segmentation-models-pytorch
 is not on their image. The bundle holds what the notebook needs beyond that image:
 
-- ``wheels/``: cloudpipe's own wheel (built from its source with ``pip wheel --no-deps``) and
-  the wheels of :data:`KAGGLE_EXTRAS` (``pip download --no-deps`` for Kaggle's Linux x86_64
-  Python), or those of a prepared folder (``wheels_from``, offline);
-- ``runs/seg``, ``runs/classifier``: each run's ``config.yaml``, ``splits.csv``,
-  ``val_probs.csv``, ``best.pt`` (or every ``fold{i}/best.pt``) and tuned files
-  (``seg_postprocess.json``, ``thresholds.json``): what predicting needs and what the tuned
-  files' run fingerprints are computed from; no ``last.pt``, metrics or stores;
+- ``wheels/``: cloudpipe's own wheel (built from its source) and those of
+  :data:`KAGGLE_EXTRAS` (``pip download`` for Kaggle's platform), or of a prepared folder;
+- ``runs/seg``, ``runs/classifier``: each run's :data:`RUN_FILES` and finished checkpoints:
+  what predicting needs and what the tuned files' run fingerprints are computed from;
 - ``submit.ipynb``: installs the wheels with ``pip --no-index``, runs ``predict-seg --split
-  test`` and ``predict`` on the competition data, and writes ``/kaggle/working/submission.csv``;
+  test`` and ``predict``, and writes ``/kaggle/working/submission.csv``;
 - ``bundle.json``: what is in it (the notebook finds the bundle by this file).
 
 Before anything is written, every file it packs is checked as the commands that will read it
-on Kaggle check it (:func:`_check_runs`), and must be a regular file of the run's own (never a
-link, whose target may lie anywhere, nor a hard-linked or special file): the bundle is made to
-be uploaded, and one that would fail there, or carry a file from outside its runs, is refused.
-The folder is built beside ``--out`` and swapped in by the runner
-(:meth:`~cloudpipe.engine.runner.Runner.write_folder`).
+on Kaggle check it, and must be a regular file of the run's own (never a link, whose target
+may lie anywhere, nor a hard-linked or special file). The folder is built beside ``--out``
+and swapped in by the runner (:meth:`~cloudpipe.engine.runner.Runner.write_folder`).
 """
 
 from __future__ import annotations
@@ -81,11 +76,8 @@ class Bundle:
 
 def _run_files(run_dir: Path, task: Task) -> list[Path]:
     """The files of a ``task`` run the bundle carries, relative to it, each checked to be the
-    run's own (:func:`_own_file`) before anything reads it.
-
-    Raises:
-        CloudpipeError: one that is not, not a ``task`` run, or one without a finished checkpoint.
-    """
+    run's own (:func:`_own_file`) before anything reads it; a run without a finished checkpoint
+    is refused."""
     files = [Path(name) for name in RUN_FILES if os.path.lexists(run_dir / name)]
     for member in files:
         _own_file(run_dir, member)
@@ -98,12 +90,7 @@ def _run_files(run_dir: Path, task: Task) -> list[Path]:
 
 def _own_file(root: Path, member: Path) -> os.stat_result:
     """Check that ``root / member`` (a run's file, a wheel) is a regular file of ``root``'s own: no
-    link on the way (the file, or a folder of ``member`` that leads elsewhere), and not
-    hard-linked or special.
-
-    Raises:
-        CloudpipeError: one line naming the file and what it is.
-    """
+    link on the way, and not hard-linked or special (else one line naming it and what it is)."""
     path = Path(root)
     for part in member.parts:
         path = path / part
@@ -135,19 +122,10 @@ def _copy_own(root: Path, member: Path, target: Path) -> None:
 
 
 def _check_runs(seg_run: Path, classifier_run: Path) -> set[str]:
-    """Check the runs' files as the notebook's commands will read them on Kaggle: each run's
-    checkpoints (``predict-seg``, ``predict``), the seg run's
-    ``seg_postprocess.json`` tuned for exactly this run, the classifier's ``thresholds.json``
-    (:class:`~cloudpipe.algorithms.gating.ThresholdsFile`) tuned for exactly this classifier
-    and, when it gates on the segmentation's probabilities, for this seg run.
-
-    Returns:
-        The inputs (:func:`~cloudpipe.pipeline.sources.source_inputs`' names) of the sources
-        beyond the classifier that the gate reads.
-
-    Raises:
-        CloudpipeError: the first file a command would refuse, one line naming it.
-    """
+    """Check the runs' files as the notebook's commands will read them on Kaggle (the first
+    refused raises): the checkpoints, the seg run's ``seg_postprocess.json`` and the
+    classifier's ``thresholds.json``, each tuned for exactly these runs; returns the names of
+    the inputs beyond the classifier that the gate reads."""
     import torch
 
     from cloudpipe.engine.infer import load_run
@@ -171,23 +149,13 @@ def _check_runs(seg_run: Path, classifier_run: Path) -> set[str]:
     return gates
 
 
-def _source_root() -> Path:
-    """The folder cloudpipe was installed from (its ``pyproject.toml``), to build its wheel.
-
-    Raises:
-        CloudpipeError: cloudpipe runs from an installed wheel: pass ``--wheels-from``.
-    """
+def _build_wheel(wheels: Path, scratch: Path) -> None:
+    """cloudpipe's wheel into ``wheels``, built (offline, with this Python's setuptools) from a
+    copy of the source it was installed from in ``scratch``: the source tree gets no build folders."""
     root = Path(__file__).resolve().parents[2]
     if not (root / "pyproject.toml").is_file():
         raise CloudpipeError("cloudpipe's source (pyproject.toml) is not beside the package: pass --wheels-from a folder "
                              "holding its wheel")
-    return root
-
-
-def _build_wheel(wheels: Path, scratch: Path) -> None:
-    """cloudpipe's wheel into ``wheels``, built (offline, with this Python's setuptools) from a
-    copy of its source in ``scratch``: the source tree gets no build folders."""
-    root = _source_root()
     scratch.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(root / name, scratch / name)
@@ -213,12 +181,11 @@ def _wheel_name(spec: str) -> str:
 
 
 def notebook(gates: set[str]) -> dict:
-    """The bundle's notebook (nbformat 4): find the bundle, install its wheels offline, predict
-    the test masks and gate them into ``/kaggle/working/submission.csv``. Paths come from
-    ``CLOUDPIPE_DATA`` / ``CLOUDPIPE_WORKING`` when set (Kaggle's otherwise)."""
+    """The bundle's notebook (nbformat 4); paths from ``CLOUDPIPE_DATA`` / ``CLOUDPIPE_WORKING``
+    when set (Kaggle's otherwise)."""
     seg_out = [] if any(i.producer.with_store for i in produced_by(PREDICT_SEG) if i.name in gates) else ["--no-keep-store"]
     test_seg = Path("test_seg.csv")
-    gate_args = [f"{i.option!r}, str(WORK / {i.beside(test_seg).name!r})" for name, i in source_inputs().items() if name in gates]
+    gate_args = [f"{i.option!r}, str(WORK / {i.files_beside(test_seg)[0].name!r})" for name, i in source_inputs().items() if name in gates]
     cells = [
         ("markdown", "# cloudpipe: the submission, offline\n\nAdd this dataset and the competition's data to the "
                      "notebook; run all. Installs cloudpipe from the bundle's wheels (no internet), draws the test "
@@ -252,20 +219,11 @@ def notebook(gates: set[str]) -> dict:
 
 def make_bundle(seg_run: Path, classifier_run: Path, out: Path, *, wheels_from: Path | None = None,
                 download: bool = True, require: tuple[str, ...] = (), overwrite: bool = False) -> Bundle:
-    """Write the bundle folder ``out`` (see the module's text), built beside it and swapped in
-    (:meth:`~cloudpipe.engine.runner.Runner.write_folder`): a failure leaves no partial bundle,
-    and ``overwrite`` replaces only a folder ``bundle`` made.
-
-    Args:
-        wheels_from: a folder of wheels to copy in (``cloudpipe-*.whl`` among them: no build).
-        download: ``pip download`` :data:`KAGGLE_EXTRAS` and ``require`` for Kaggle's platform
-            (needs the network); False: the wheels of ``wheels_from`` only.
-
-    Raises:
-        CloudpipeError: a bad run, a file of a run that is not its own regular file or that the
-            notebook's commands would refuse (:func:`_check_runs`), an existing ``out`` (without
-            ``overwrite``, or not a bundle), a failed build, download or write.
-    """
+    """Write the bundle folder ``out`` (see the module's text); ``overwrite`` replaces only a
+    folder ``bundle`` made. ``wheels_from``: a folder of wheels to copy in (``cloudpipe-*.whl``
+    among them: no build); ``download``: ``pip download`` :data:`KAGGLE_EXTRAS` and ``require``
+    (needs the network). A run file refused (:func:`_run_files`, :func:`_check_runs`) stops it
+    before anything is written."""
     seg_run, classifier_run, out = Path(seg_run), Path(classifier_run), Path(out)
 
     def declare() -> tuple[Plan, tuple[dict[str, tuple[Path, list[Path]]], set[str], list[Path]]]:
@@ -288,8 +246,7 @@ def make_bundle(seg_run: Path, classifier_run: Path, out: Path, *, wheels_from: 
 
 def _build(runs: dict[str, tuple[Path, list[Path]]], gates: set[str], folder: Path, out: Path, wheels_from: Path | None,
            wheels_given: list[Path], download: bool, require: tuple[str, ...]) -> Bundle:
-    """The work of :func:`make_bundle`: the bundle written into the empty ``folder``, which will
-    become ``out``."""
+    """The work of :func:`make_bundle`, in the empty ``folder`` that becomes ``out``."""
     wheels = folder / "wheels"
     wheels.mkdir()
     for wheel in wheels_given:

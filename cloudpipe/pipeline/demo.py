@@ -31,32 +31,20 @@ class DemoResult:
     files: dict[str, Path] = field(default_factory=dict)
 
 
-def demo_settings(size: Size) -> dict[str, Any]:
-    """The ``data``, ``seg`` and ``classifier`` settings of a demo size (configs/demo.yaml)."""
-    sizes = read_packaged("demo.yaml")
-    if size not in sizes:
-        raise CloudpipeError(f"unknown demo size {size!r}; choose one of {', '.join(sizes)}")
-    return sizes[size]
-
-
 def run_demo(out_dir: Path, size: Size = "small", *, overwrite: bool = False, progress: bool = True) -> DemoResult:
-    """Generate data, train and predict both stages, tune thresholds, gate, and evaluate; each
-    step's name and summary go to the ``cloudpipe`` logger (the command prints them).
+    """Generate data, train and predict both stages, tune thresholds, gate, and evaluate, each
+    step logged; returns the report's headline on the synthetic test set.
 
-    Writes ``out_dir/data`` (synthetic Kaggle layout), ``out_dir/runs/{seg,classifier}``,
-    ``out_dir/submissions/`` and ``out_dir/report.html``; returns the report's headline on the
-    synthetic test set: all masks empty, the segmentation alone, gated at 0.5 and with the tuned
-    thresholds, the oracle (gated by the true presence) and the share of its gain the gate took.
-    The whole folder is built beside ``out_dir`` and swapped in when the demo ends
-    (:meth:`~cloudpipe.engine.runner.Runner.write_folder`): ``out_dir`` absent or empty, or
-    (``overwrite``) a demo's.
-
-    Raises:
-        CloudpipeError: an unknown size, or an ``out_dir`` that may not be replaced.
+    Writes ``out_dir/data``, ``out_dir/runs/{seg,classifier}``, ``out_dir/submissions/`` and
+    ``out_dir/report.html``, built beside ``out_dir`` and swapped in at the end: ``out_dir``
+    absent or empty, or (``overwrite``) a demo's. The sizes' settings are configs/demo.yaml's.
     """
     from cloudpipe.engine.runner import Plan, Runner
 
-    settings, out_dir = demo_settings(size), Path(out_dir)
+    sizes, out_dir = read_packaged("demo.yaml"), Path(out_dir)
+    if size not in sizes:
+        raise CloudpipeError(f"unknown demo size {size!r}; choose one of {', '.join(sizes)}")
+    settings = sizes[size]
     with Runner.start() as run:
         run.claim(lambda: (Plan(builds={out_dir: "demo"}, overwrite=overwrite), None))
         return run.write_folder(out_dir, lambda folder: _demo(folder, out_dir, settings, progress))

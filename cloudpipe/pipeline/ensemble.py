@@ -49,11 +49,8 @@ class Ensemble:
 
     @classmethod
     def of(cls, runs: Path | Sequence[Path], weights: Sequence[float] | None = None) -> Ensemble:
-        """One run or several, with optional weights (equal when None).
-
-        Raises:
-            CloudpipeError: no run, the same run twice, or weights that do not fit.
-        """
+        """One run or several, with weights (equal when None); no run, the same run twice, or
+        weights that do not fit are refused."""
         runs = [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
         if not runs:
             raise CloudpipeError("give at least one --run")
@@ -80,12 +77,8 @@ class Ensemble:
         return len(self.runs) == 1
 
     def own_file(self, name: str, ensemble_needs: str) -> Path:
-        """A run's own tuned file, ``RUN/name``, read when none is given.
-
-        Raises:
-            CloudpipeError: this is an ensemble, which has no own file (``ensemble_needs`` says
-                what to give instead).
-        """
+        """A run's own tuned file, ``RUN/name``, read when none is given; an ensemble has none
+        (refused, ``ensemble_needs`` saying what to give instead)."""
         if not self.single:
             raise CloudpipeError(ensemble_needs)
         return self.runs[0] / name
@@ -105,12 +98,8 @@ class Ensemble:
         return ", ".join(f"{r.name} ({f[:8]}) x{w:.3g}" for r, f, w in zip(self.runs, self.fingerprints, self.weights))
 
     def check_tuned_for(self, data: object, path: Path, what: str) -> None:
-        """Refuse a tuned file (``data`` parsed) that records other runs or weights, or that
-        records none while this is an ensemble.
-
-        Raises:
-            CloudpipeError: one line naming ``path``.
-        """
+        """Refuse a tuned file (``data`` parsed, from ``path``) that records other runs or
+        weights, or that records none while this is an ensemble."""
         tuned = read_model(TunedFor, data if isinstance(data, dict) else {}, what, path=path)
         if tuned.fingerprints is None:
             if not self.single:
@@ -127,12 +116,8 @@ class Ensemble:
 
 
 def require_same_validation(runs: Sequence[Path], images: Sequence[Sequence[str]]) -> None:
-    """Refuse to average runs whose validation images differ (K-fold runs covering the same
-    images are fine: each one's out-of-fold predictions cover them all).
-
-    Raises:
-        CloudpipeError: one line naming the first run that differs.
-    """
+    """Refuse to average runs whose validation images differ, naming the first that does
+    (K-fold runs covering the same images are fine)."""
     first = set(images[0])
     for run, other in zip(runs[1:], images[1:]):
         other = set(other)

@@ -23,24 +23,11 @@ class Evaluation:
     truth_images: int  # images in the truth file
 
 
-def evaluate_files(
-    truth_csv: Path,
-    pred_csv: Path,
-    truth_shape: tuple[int, int] | None,
-    pred_shape: tuple[int, int],
-) -> Evaluation:
-    """Kaggle Dice of a submission file against a truth file, per class and ``"mean"``, over
-    the images of the prediction (e.g. a run's validation images against ``train.csv``).
-
-    Args:
-        truth_shape: the truth's mask size; None: the training images' size when the truth is
-            a data folder's ``train.csv`` (:func:`default_truth_shape`), else the submission
-            size (350 x 525), as ``report`` reads it.
-
-    Raises:
-        CloudpipeError: invalid CSVs or RLE, either file read at a larger mask size than it
-            was written at, or prediction images that the truth lacks.
-    """
+def evaluate_files(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None,
+                   pred_shape: tuple[int, int]) -> Evaluation:
+    """Kaggle Dice of a submission file against a truth file (masks at ``truth_shape``, None:
+    :func:`default_truth_shape`), per class and ``"mean"``, over the images of the prediction;
+    the files are checked by :func:`read_truth_and_prediction`."""
     truth_shape = truth_shape or default_truth_shape(Path(truth_csv))
     truth, pred = read_truth_and_prediction(truth_csv, pred_csv, truth_shape, pred_shape)
     table = dice_table(pair_stats(truth, pred, truth_shape, pred_shape).dice())
@@ -60,11 +47,7 @@ def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tupl
                               pred_shape: tuple[int, int]) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Both mask files as wide frames (one row per image), checked: valid RLE at their
     shapes, neither read at a larger size than it was written at, and every prediction image
-    in the truth.
-
-    Raises:
-        CloudpipeError: naming the file, line and problem.
-    """
+    in the truth."""
     known = (truth_shape, pred_shape, SUBMISSION_SHAPE, IMAGE_SHAPE)
     truth_frame = read_mask_csv(truth_csv, shape=truth_shape)
     _check_shape(truth_frame, truth_csv, truth_shape, known, "--truth-shape")
@@ -77,9 +60,8 @@ def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tupl
     return truth, pred
 
 
-def _check_shape(
-    frame: pd.DataFrame, path: Path, shape: tuple[int, int], known: tuple[tuple[int, int], ...], option: str
-) -> None:
+def _check_shape(frame: pd.DataFrame, path: Path, shape: tuple[int, int], known: tuple[tuple[int, int], ...],
+                 option: str) -> None:
     """Catch masks read at a larger size than they were written at: RLE that is valid for a
     small mask is also valid for a larger one, and would silently score wrong. When every
     mask ends inside the first H*W pixels of a smaller ``known`` shape (the smallest such),
@@ -96,9 +78,6 @@ def _check_shape(
         h, w = fits[0]
         # No size is suggested: a wrong one would score without complaint (masks drawn at 64 x 96
         # also fit in 350 x 525), and only the file's maker knows the real one.
-        raise CloudpipeError(
-            f"every mask fits in the first {h * w} pixels ({h}x{w} would hold them): the masks look smaller "
-            f"than {shape[0]}x{shape[1]}; pass {option} H W with their real size (the size of the images "
-            "they were drawn on, or 350 525 for a submission)",
-            path=path,
-        )
+        raise CloudpipeError(f"every mask fits in the first {h * w} pixels ({h}x{w} would hold them): the masks look "
+                             f"smaller than {shape[0]}x{shape[1]}; pass {option} H W with their real size (the size of "
+                             "the images they were drawn on, or 350 525 for a submission)", path=path)

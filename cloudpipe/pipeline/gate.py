@@ -1,11 +1,7 @@
 """The gate as the commands see it: which tuned gate applies (one precedence for ``predict``
 and ``report``), and :class:`GateInputs`, the presence inputs a gate reads besides the
-classifier (the head's presence CSV, a probability store and its pixel statistics) with the
-choices of ``tune-threshold`` (sources tried, placement, the at-least-one rule).
-
-Deciding which pairs are kept is :func:`cloudpipe.algorithms.gating.keep`; blending the sources
-is :mod:`cloudpipe.algorithms.presence`; the sources themselves, their inputs and scores, are
-registered in :mod:`cloudpipe.pipeline.sources` (a new one is a module there).
+classifier with the choices of ``tune-threshold``. The sources themselves are registered in
+:mod:`cloudpipe.pipeline.sources`; blending them is :mod:`cloudpipe.algorithms.presence`.
 """
 
 from __future__ import annotations
@@ -37,11 +33,9 @@ class GateInputs:
     """What a gate reads besides the classifier, and how ``tune-threshold`` searches it.
 
     Attributes:
-        files: input name -> the file giving it (:func:`~cloudpipe.pipeline.sources.source_inputs`:
-            ``presence``, the head's ``<stem>_presence.csv``; ``seg_store``, a ``<stem>_probs.npy``).
+        files: input name (:func:`~cloudpipe.pipeline.sources.source_inputs`) -> the file giving it.
         pixel: how pixel statistics are computed (tuning; ``predict`` uses the tuned file's).
-        sources: the sources to try, in order (tuning; None: the classifier and every source
-            whose input is given).
+        sources: the sources to try, in order (tuning; None: :meth:`names`).
         placement: where thresholds go (tuning; :class:`~cloudpipe.algorithms.thresholds.Sweep`).
         try_at_least_one: tuning: try the at-least-one-class rule (kept only if it helps).
         at_least_one: ``predict``: apply the rule or not, None as the thresholds file says.
@@ -65,11 +59,8 @@ class GateInputs:
         return {name: classifier if s.input is None else s.input.name in self.files for name, s in registry().items()}
 
     def names(self) -> list[str]:
-        """The sources to try: those asked for, else the classifier and those whose input is given.
-
-        Raises:
-            CloudpipeError: an unknown source, or none.
-        """
+        """The sources to try: those asked for (an unknown one, or none, refused), else the
+        classifier and those whose input is given."""
         if self.sources is not None:
             known = registry()
             unknown = [s for s in self.sources if s not in known]
@@ -79,11 +70,7 @@ class GateInputs:
         return [s for s, given in self.given().items() if given]
 
     def require(self, sources: Sequence[str], classifier: bool = True) -> None:
-        """Check that every one of ``sources`` has its input.
-
-        Raises:
-            CloudpipeError: naming the sources and the options that give their inputs.
-        """
+        """Refuse ``sources`` whose input is not given, naming the options that give them."""
         given, known = self.given(classifier), registry()
         missing = [s for s in sources if not given[s]]
         if missing:
@@ -97,19 +84,9 @@ class GateInputs:
 
     def scores(self, images: list[str], sources: Sequence[str], split: str, *, classifier: pd.DataFrame | None = None,
                pixel: PixelStats | None = None) -> dict[str, np.ndarray]:
-        """The (n, 4) scores of each of ``sources`` for ``images`` (rows in that order).
-
-        Args:
-            images: the images scored.
-            sources: source names (:func:`~cloudpipe.pipeline.sources.registry`).
-            split: ``val`` or ``test``: the split the inputs must hold.
-            classifier: the classifier's probabilities, indexed by image.
-            pixel: how pixel statistics are computed (default :attr:`pixel`).
-
-        Raises:
-            CloudpipeError: a source whose input was not given, or an input of another split
-                or lacking some of the images.
-        """
+        """The (n, 4) scores of each of ``sources`` for ``images`` (rows in that order), from
+        the ``split`` (``val``, ``test``) inputs and ``classifier`` (probabilities by image); an
+        input not given, of another split or lacking some of the images is refused."""
         self.require(sources, classifier is not None)
         known, read, out = registry(), {}, {}
         for name in sources:
@@ -123,9 +100,8 @@ class GateInputs:
         return out
 
     def recording(self, sources: Sequence[str] | None = None) -> str | None:
-        """The first input given that records the segmentation runs it was made from
-        (:attr:`~cloudpipe.pipeline.sources.SourceInput.runs`: a probability store), of those
-        ``sources`` read (None: of every source); None without one."""
+        """The first input given, of those ``sources`` read (None: every source), that records
+        the segmentation runs it was made from (a probability store); None without one."""
         known = registry()
         inputs = [s.input for s in known.values()] if sources is None else [known[s].input for s in sources]
         return next((i.name for i in inputs if i is not None and i.runs is not None and i.name in self.files), None)
@@ -137,15 +113,9 @@ class GateInputs:
 
 
 def load_gate(path: Path, ensemble: Ensemble | None = None, inputs: GateInputs | None = None) -> GateSpec:
-    """Read a ``thresholds.json`` as the whole gate: thresholds, sources, the at-least-one rule;
-    with ``ensemble``, once it is checked to be tuned for those classifier runs (and weights)
-    and, when it records the segmentation runs it was tuned on and gates on a source whose input
-    ``inputs`` gives that records its own (a probability store), for that input's runs.
-
-    Raises:
-        CloudpipeError: unreadable JSON, bad thresholds or ``gate`` entry, or a file tuned for
-            other runs.
-    """
+    """Read a ``thresholds.json`` as the whole gate; with ``ensemble``, once it is checked to be
+    tuned for those classifier runs (and weights) and, when it records segmentation runs and
+    gates on an input ``inputs`` gives that records its own (a probability store), for those."""
     data = read_json(path, "thresholds")
     if ensemble is not None:
         ensemble.check_tuned_for(data, path, "thresholds")
@@ -167,29 +137,27 @@ threshold for every class on the classifier (``--thresholds T``), or None (the r
 
 def resolve_gate(runs: Path | Ensemble | None, given: Thresholds = None,
                  inputs: GateInputs | None = None) -> tuple[GateSpec | None, str]:
-    """The gate that applies and where it came from; ``(None, "")`` when none is given, for the
-    caller's fallback (``predict``: 0.5 on the classifier; ``report``: tuned on the scored images).
-
-    Precedence: ``given`` (a file, or one threshold on the classifier), then
-    ``RUN_DIR/thresholds.json`` (written by tune-threshold) of one run. A file must be tuned for
-    ``runs`` (when given) and must say so for an ensemble, and for the segmentation runs of
-    the inputs ``inputs`` gives when it gates on them (:func:`load_gate`).
+    """The gate that applies and where it came from: ``given`` (a file, or one threshold on the
+    classifier), else ``RUN_DIR/thresholds.json`` of one run (checked by :func:`load_gate`);
+    ``(None, "")`` when neither is, for the caller's fallback (``predict``: 0.5 on the
+    classifier; ``report``: tuned on the scored images).
 
     Raises:
         CloudpipeError: a threshold outside [0, 1], an ensemble without a file, or a file that
             :func:`load_gate` refuses.
     """
     ensemble = None if runs is None else runs if isinstance(runs, Ensemble) else Ensemble.of(runs)
-    thresholds_file = None if given is None or isinstance(given, (int, float)) else Path(given)
     if isinstance(given, (int, float)):
         t = check_threshold(given, "--thresholds")
         return GateSpec({c: t for c in CLASSES}), f"--thresholds {t:g}"
-    if thresholds_file is None and ensemble is not None:
+    if given is not None:
+        thresholds_file = Path(given)
+    elif ensemble is None:
+        return None, ""
+    else:
         thresholds_file = ensemble.own_file(THRESHOLDS_JSON, "an ensemble of classifier runs needs --thresholds FILE "
                                             "(tune-threshold with the same --run and --ensemble-weight options and --out FILE) "
                                             "or --thresholds T")
         if not thresholds_file.is_file():
             return None, ""
-    if thresholds_file is None:
-        return None, ""
     return load_gate(thresholds_file, ensemble, inputs), str(thresholds_file)

@@ -1,10 +1,9 @@
 """One image through a segmentation run, in memory: for a notebook, no files written.
 
-:func:`segment_image` takes a JPEG path or an RGB array and gives the run's probabilities and
-its post-processed masks at the submission size (350 x 525): for a path exactly as ``predict-seg``
-computes them for that image (the same decode, every fold model averaged, the probabilities
-quantised to the uint8 the stores keep, the run's tuned post-processing); an array goes through
-the same steps from its pixels (:func:`as_model_input`).
+:func:`segment_image` gives the run's probabilities and post-processed masks at 350 x 525 of a
+JPEG exactly as ``predict-seg`` computes them (the same decode, fold models averaged,
+probabilities quantised to uint8 as stored, the tuned post-processing), or of an RGB array
+through the same steps (:func:`as_model_input`).
 """
 
 from __future__ import annotations
@@ -23,15 +22,9 @@ from cloudpipe.engine.settings import InferenceSettings
 
 @dataclass
 class ImageSegmentation:
-    """What a segmentation run makes of one image.
-
-    Attributes:
-        probs: float32 (4, 350, 525) pixel probabilities in :data:`CLASSES` order (in steps of 1/255, as stored).
-        masks: uint8 0/1 (4, 350, 525), post-processed by ``postprocess``.
-        presence: the classification head's probabilities (4,), or None for a model without a head.
-        postprocess: the post-processing applied (the run's tuned file, or the steps' defaults).
-        tuned: whether ``postprocess`` was tuned (a file), not the untuned defaults.
-    """
+    """What a segmentation run makes of one image: float32 (4, 350, 525) pixel probabilities (in
+    steps of 1/255, as stored), uint8 0/1 masks post-processed by ``postprocess`` (``tuned``: a
+    file's, not the steps' defaults), and the head's presence (4,) or None without a head."""
 
     probs: np.ndarray
     masks: np.ndarray
@@ -41,13 +34,12 @@ class ImageSegmentation:
 
 
 def as_model_input(image: Path | str | np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """RGB uint8 (H, W, 3) at the model's ``size``: a JPEG decoded as the commands decode it,
-    or an RGB array (that JPEG decoded at full size, say) brought to ``size`` by the same steps
-    (:func:`~cloudpipe.data.images.resize_decoded`: the decoder's reduction, then bilinear).
+    """RGB uint8 (H, W, 3) at the model's ``size``: a JPEG decoded as the commands decode it, or
+    an RGB array brought to ``size`` by the same steps (the decoder's reduction, then bilinear).
 
     Raises:
-        CloudpipeError: a missing or corrupt file. BadValue, BadType: an array that is not
-            uint8 RGB (H, W, 3) values 0-255, empty or too large (:func:`~cloudpipe.data.images.check_rgb`).
+        CloudpipeError: a missing or corrupt file. BadValue, BadType: an array that
+            :func:`~cloudpipe.data.images.check_rgb` refuses (not uint8 RGB, empty or too large).
     """
     if isinstance(image, (str, Path)):
         path = Path(image)
@@ -61,23 +53,18 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
     """Segment one image with a run (its fold models averaged), in memory.
 
     Args:
-        run_dir: a segmentation run folder.
-        image: a JPEG path, or an RGB uint8 array (H, W, 3), values 0-255, of any size up to
-            :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels. An array goes through the
-            steps a path's decode takes (the same reduction, as a block mean, then the same
-            bilinear resize), so a JPEG and its full-size decode (``cv2.imread``, PIL) give the
-            same model input exactly where the image is under twice the model's size, else
-            within a grey level or so (libjpeg's DCT scaling is not exactly a block mean): the
-            same masks but for a few pixels at their edges.
+        image: a JPEG path, or an RGB uint8 array (H, W, 3) of up to
+            :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels (:func:`as_model_input`): a
+            JPEG and its full-size decode give the same model input exactly under twice the
+            model's size, else within a grey level or so (libjpeg's DCT scaling is not exactly a
+            block mean): the same masks but for a few pixels at their edges.
         postprocess: a post-processing file or object; default the run's ``seg_postprocess.json``
             when ``predict-seg --split val`` has tuned it, else the steps' untuned defaults.
         settings: device, TTA and precision (``batch_size``, ``workers`` and ``decode`` do not apply).
 
     Raises:
-        CloudpipeError: a bad run, image or post-processing file. BadType (a TypeError) or
-            BadValue (a ValueError) naming ``image``: an array that is not uint8 RGB, empty,
-            holding NaN or values outside 0-255, or too large. ``settings`` refuses TTA scales
-            outside [0.25, 4] when it is made.
+        CloudpipeError: a bad run, image or post-processing file. BadType, BadValue: an array
+            that :func:`as_model_input` refuses.
     """
     import torch
 

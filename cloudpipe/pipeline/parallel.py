@@ -20,9 +20,8 @@ ROWS_PER_TASK = 8  # images per task of the process pool: ~5.9 MB of the store
 
 def release_rows(store: np.ndarray, start: int, stop: int) -> None:
     """Hand rows ``start..stop`` of a memory-mapped store back (``MADV_DONTNEED``): the pages
-    leave this process's memory and stay in the page cache, so a process reading a store of
-    any size in turn holds a task's rows at a time. A shared map (``read_store``'s, or a
-    temporary store) loses nothing; anything else is left alone."""
+    leave this process's memory (a shared map loses nothing) and stay in the page cache;
+    anything but a memory map is left alone."""
     buffer = getattr(store, "base", None)
     if not isinstance(store, np.memmap) or not isinstance(buffer, mmap.mmap) or stop <= start:
         return
@@ -43,9 +42,7 @@ def _run_task(rows: tuple[int, int]):
 def over_rows(job: Callable[[int, int], T], n: int, processes: int | None = None) -> Iterator[tuple[int, T]]:
     """``(start, job(start, stop))`` for rows ``0..n`` in tasks of :data:`ROWS_PER_TASK`, in
     order, on ``processes`` forked processes (None: one per core; one process, or a single
-    task, runs inline). The processes inherit ``job`` and whatever it reads (a store's memory
-    map) at the fork, so nothing of the store is copied or pickled; each runs OpenCV on one
-    thread (set before the fork, restored after)."""
+    task, runs inline), which inherit ``job`` and run OpenCV on one thread."""
     tasks = [(start, min(start + ROWS_PER_TASK, n)) for start in range(0, n, ROWS_PER_TASK)]
     processes = min(len(os.sched_getaffinity(0)) if processes is None else processes, len(tasks))
     if processes <= 1:

@@ -18,22 +18,9 @@ import pandas as pd
 from cloudpipe.algorithms.ensemble import mean_probs
 from cloudpipe.algorithms.gating import GateSpec, gate
 from cloudpipe.algorithms.presence import CLASSIFIER, blend
-from cloudpipe.core.competition import (
-    CLASSES,
-    CSV_COLUMNS,
-    SUBMISSION_SHAPE,
-    join_label,
-)
+from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
 from cloudpipe.data.beside import probs_path_for
-from cloudpipe.data.kaggle import (
-    TEST_IMAGES,
-    data_inputs,
-    list_test_images,
-    mask_frame_of,
-    read_mask_csv,
-    require_dir,
-    require_same_images,
-)
+from cloudpipe.data.kaggle import TEST_IMAGES, data_inputs, list_test_images, mask_frame_of, read_mask_csv, require_dir, require_same_images
 from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.runfolder import run_inputs
 from cloudpipe.engine.settings import InferenceSettings
@@ -78,50 +65,19 @@ class PredictSummary:
                 f"(thresholds: {self.thresholds_source}{rule})")
 
 
+def predict_submission(seg: Path | pd.DataFrame, run_dir: Path | Sequence[Path], data_dir: Path,
+                       out: Path | None = None, *, weights: Sequence[float] | None = None,
+                       thresholds: Thresholds = None, mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
+                       settings: InferenceSettings = InferenceSettings(), overwrite: bool = False,
+                       inputs: GateInputs = GateInputs()) -> PredictSummary:
+    """Blank the classes of ``seg`` (a file or DataFrame) that the gate judges absent, and
+    write the submission to ``out`` (None: nothing) with ``<stem>_probs.csv``, the scores gated on.
 
-
-def predict_submission(
-    seg: Path | pd.DataFrame,
-    run_dir: Path | Sequence[Path],
-    data_dir: Path,
-    out: Path | None = None,
-    *,
-    weights: Sequence[float] | None = None,
-    thresholds: Thresholds = None,
-    mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
-    settings: InferenceSettings = InferenceSettings(),
-    overwrite: bool = False,
-    inputs: GateInputs = GateInputs(),
-) -> PredictSummary:
-    """Run the classifier over the test images and blank absent classes of ``seg``.
-
-    The gate is the first of ``thresholds`` (a ``thresholds.json`` or one threshold),
-    ``RUN/thresholds.json`` of one run, and 0.5 on the classifier (:func:`~cloudpipe.pipeline.gate.resolve_gate`): a class may
-    be gated on another source or a blend, whose test-side input ``inputs`` must then give
-    (``seg_store``: the test probability store, for pixel statistics; ``presence``: the
-    segmentation head's test presence CSV; ``at_least_one``: the rule, None as the file says).
-    The classifier runs only when some class's gate uses it.
-
-    Every input is checked before the first image is decoded (CSV, RLE, image sets, image
-    headers, thresholds, output paths); outputs are written atomically. Under ``torchrun`` each
-    rank runs the classifier on its share of the images, every rank checks the outputs, and only
-    rank 0 locks and writes them.
-
-    Args:
-        seg: segmentation submission, file or DataFrame.
-        run_dir: classifier run (``best.pt`` or ``fold*/best.pt``), or several: their
-            presence probabilities are averaged with ``weights`` (equal when None).
-        data_dir: Kaggle folder with ``test_images/`` (and ``sample_submission.csv``).
-        out: submission to write (with ``<stem>_probs.csv``, the scores gated on, beside it);
-            None writes nothing.
-        settings: how to run the classifier.
-        inputs: the test-side inputs of the gate's other sources.
-
-    Raises:
-        CloudpipeError: bad inputs, or a gate that needs an input not given.
-
-    Returns:
-        The gated submission (sample order) and its summary.
+    The gate is the first of ``thresholds``, ``RUN/thresholds.json`` of one run, and 0.5 on the
+    classifier (:func:`~cloudpipe.pipeline.gate.resolve_gate`); a class gated on another source
+    needs its test-side input in ``inputs``. The classifier runs (several: their probabilities
+    averaged with ``weights``) only when some class's gate uses it, and only once every input
+    is checked. Under ``torchrun`` each rank runs it on its share; rank 0 writes.
     """
     from cloudpipe.engine.runner import Plan, Runner
 

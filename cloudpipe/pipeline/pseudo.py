@@ -1,14 +1,11 @@
 """``cloudpipe pseudo-label``: a new data folder whose training set also holds the test images a
 tuned ensemble labelled confidently (:mod:`cloudpipe.algorithms.pseudo`).
 
-The new folder is a complete Kaggle-layout folder: ``train_images/`` links every original
-training image and each chosen test image, ``train.csv`` holds the original rows and the
-pseudo-labels (masks at the training images' size), ``test_images/`` and
-``sample_submission.csv`` are the original ones, and ``pseudo_labels.csv`` names the
-pseudo-labelled images (with the probabilities they were chosen on) beside ``pseudo.yaml``
-(the rule and the sources). Training on it keeps the pseudo-labelled images out of every
-validation split and fold (:func:`cloudpipe.engine.train.make_splits`), so validation scores
-stay on real labels.
+The new folder is a complete Kaggle-layout folder linking the original images and the chosen
+test images; ``train.csv`` adds their pseudo-labels (at the training images' size),
+``pseudo_labels.csv`` names them (with their probabilities) and ``pseudo.yaml`` records the
+rule and the sources. Training on it keeps them out of every validation split and fold
+(:func:`cloudpipe.engine.train.make_splits`), so validation scores stay on real labels.
 """
 
 from __future__ import annotations
@@ -33,18 +30,17 @@ from cloudpipe.data.kaggle import (
     TEST_IMAGES,
     TRAIN_CSV,
     TRAIN_IMAGES,
-    data_inputs,
     list_test_images,
     read_mask_csv,
     read_probs_csv,
     read_train,
-    require_dir,
     require_same_images,
     to_wide,
     train_image_shape,
 )
 from cloudpipe.data.outputs import Inputs
-from cloudpipe.engine.runner import Plan, Runner
+from cloudpipe.engine.runner import Runner
+from cloudpipe.pipeline.subset import build_data_folder
 
 PSEUDO_YAML = "pseudo.yaml"
 DEFAULT_RULE = PseudoRule()
@@ -69,28 +65,18 @@ def pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: Ps
     """Write a data folder training on ``data_dir``'s images and the confident test images.
 
     Args:
-        data_dir: the Kaggle-layout folder (not itself pseudo-labelled).
-        seg: the test submission whose masks become labels (e.g. ``cloudpipe predict``'s).
+        seg: the test submission whose masks (at ``mask_shape``) become labels.
         probs: the presence probabilities the submission was gated on (``<stem>_probs.csv``).
-        out_dir: the new folder (absent or empty, or with ``overwrite`` one that pseudo-label made).
         rule: which images are confident (:func:`cloudpipe.algorithms.pseudo.confident`).
-        mask_shape: the submission's mask size.
 
     Raises:
         CloudpipeError: bad inputs (naming file and line), image sets that differ, test images
-            of another size than the training images, no confident image, an existing
-            ``out_dir`` (without ``overwrite``, or not made by pseudo-label), a failed write;
-            nothing is written then.
+            of another size than the training images, no confident image, an ``out_dir`` that
+            may not be replaced, a failed write; nothing is written then.
     """
-    data_dir, out_dir = require_dir(data_dir).resolve(), Path(out_dir)
-    if (data_dir / PSEUDO_CSV).exists():
-        raise CloudpipeError(f"already pseudo-labelled ({PSEUDO_CSV}); pseudo-label its source folder", path=data_dir)
-    if out_dir.resolve().is_relative_to(data_dir) or data_dir.is_relative_to(out_dir.resolve()):
-        raise CloudpipeError(f"must lie outside the data folder {data_dir}", path=out_dir)
-    reads = data_inputs(data_dir) | Inputs.of(seg, probs)
-    with Runner.start() as run:  # locked; never replacing a folder that holds one of its inputs, or one it did not make
-        run.claim(lambda: (Plan(reads, builds={out_dir: "pseudo-label"}, overwrite=overwrite), None))
-        return _pseudo_label(data_dir, seg, probs, out_dir, rule, mask_shape, run)
+    return build_data_folder(data_dir, out_dir, "pseudo-label", f"already pseudo-labelled ({PSEUDO_CSV}); pseudo-label "
+                             "its source folder", Inputs.of(seg, probs), overwrite,
+                             lambda source, run: _pseudo_label(source, seg, probs, Path(out_dir), rule, mask_shape, run))
 
 
 def _pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: PseudoRule, mask_shape: tuple[int, int],

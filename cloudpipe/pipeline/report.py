@@ -1,10 +1,8 @@
 """``cloudpipe report``: how good the pipeline is, stage by stage, in one self-contained page.
 
-Scores one set of segmentation masks several ways (all empty, alone, gated at 0.5, gated with
-tuned thresholds, gated by the true presence), says where the Dice is won and lost (the four
-kinds of presence decision per class, Dice against mask area and against presence
-probability, the threshold curves), and shows the worst and best images as overlays. The page
-is one HTML file with its pictures embedded: no network, no JavaScript.
+Scores one set of segmentation masks several ways (all empty, alone, gated, gated by the true
+presence), says where the Dice is won and lost, and shows the worst and best images as
+overlays, in one HTML file with its pictures embedded: no network, no JavaScript.
 """
 
 from __future__ import annotations
@@ -19,14 +17,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cloudpipe.algorithms.breakdown import (
-    DECISIONS,
-    binned_mean,
-    decisions,
-    gated_dice,
-    headline,
-    rank_images,
-)
+from cloudpipe.algorithms.breakdown import DECISIONS, binned_mean, decisions, gated_dice, headline, rank_images
 from cloudpipe.algorithms.gating import GateSpec, keep
 from cloudpipe.algorithms.presence import CLASSIFIER
 from cloudpipe.algorithms.thresholds import PairScores, choose_thresholds
@@ -36,14 +27,7 @@ from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import PairStats, pair_stats
 from cloudpipe.data.beside import probs_path_for
 from cloudpipe.data.images import jpeg_size, read_image, reduction_for
-from cloudpipe.data.kaggle import (
-    TRAIN_CSV,
-    data_inputs,
-    find_image,
-    read_probs_csv,
-    require_dir,
-    require_images,
-)
+from cloudpipe.data.kaggle import TRAIN_CSV, data_inputs, find_image, read_probs_csv, require_dir, require_images
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.runfolder import VAL_PROBS_CSV, run_inputs
 from cloudpipe.pipeline.evaluate import default_truth_shape, read_truth_and_prediction
@@ -88,37 +72,24 @@ class Scored:
         return self.gate.keep(self.probs, self.stats.pred_area > 0)
 
 
-def score_submission(
-    data_dir: Path,
-    seg_csv: Path,
-    *,
-    run_dir: Path | None = None,
-    probs_csv: Path | None = None,
-    thresholds_file: Path | float | None = None,
-    truth_csv: Path | None = None,
-    truth_shape: tuple[int, int] | None = None,
-    mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
-    progress: bool = True,
-) -> Scored:
-    """Pair statistics of ``seg_csv`` against the truth, and the probabilities and thresholds
-    of the gate.
+def score_submission(data_dir: Path, seg_csv: Path, *, run_dir: Path | None = None, probs_csv: Path | None = None,
+                     thresholds_file: Path | float | None = None, truth_csv: Path | None = None,
+                     truth_shape: tuple[int, int] | None = None, mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
+                     progress: bool = True) -> Scored:
+    """Pair statistics of ``seg_csv`` (masks at ``mask_shape``, scored on its images) against
+    the truth, and the probabilities and thresholds of the gate.
 
     Args:
-        data_dir: Kaggle-layout folder (its ``train.csv`` is the default truth).
-        seg_csv: segmentation masks (Kaggle CSV at ``mask_shape``), scored on its images.
         run_dir: classifier run: ``val_probs.csv`` and ``thresholds.json`` (validation images).
-        probs_csv: presence probabilities (e.g. ``predict``'s ``<stem>_probs.csv``); wins over
-            the run's.
+        probs_csv: presence probabilities (``predict``'s ``<stem>_probs.csv``), over the run's.
         thresholds_file: the tuned gate's thresholds (a file, or one threshold for every
-            class); default the run's ``thresholds.json``;
-            without either, thresholds are tuned on these very images (in-sample, said so).
-        truth_csv: truth masks; default ``DIR/train.csv``.
-        truth_shape: mask size of the truth; default the training images' size for
-            ``train.csv``, else the submission size (350 x 525).
+            class); default the run's ``thresholds.json``; without either, thresholds are
+            tuned on these very images (in-sample, said so).
+        truth_csv, truth_shape: truth masks and their size; default ``DATA/train.csv``
+            (:func:`~cloudpipe.pipeline.evaluate.default_truth_shape`).
 
     Raises:
-        CloudpipeError: missing files, malformed CSVs, truth or probabilities lacking images of
-            the submission, or masks read at the wrong size.
+        CloudpipeError: bad or missing files, or truth or probabilities lacking its images.
     """
     data_dir = require_dir(data_dir)
     truth_csv = Path(truth_csv) if truth_csv is not None else data_dir / TRAIN_CSV
@@ -131,9 +102,8 @@ def score_submission(
         truth_shape = default_truth_shape(truth_csv)
     truth, pred = read_truth_and_prediction(truth_csv, Path(seg_csv), truth_shape, mask_shape)
     images = list(pred.index)
-    parts = []
-    for start in tqdm(range(0, len(images), 64), desc="scoring", unit="chunk", disable=not progress, leave=False):
-        parts.append(pair_stats(truth, pred.iloc[start:start + 64], truth_shape, mask_shape))
+    parts = [pair_stats(truth, pred.iloc[start:start + 64], truth_shape, mask_shape)
+             for start in tqdm(range(0, len(images), 64), desc="scoring", unit="chunk", disable=not progress, leave=False)]
     stats = PairStats(images, *(np.concatenate([getattr(p, a) for p in parts]) for a in ("intersection", "pred_area", "truth_area")))
     scored = Scored(stats, truth, pred, truth_shape, mask_shape, sources=sources)
     probs_path = Path(probs_csv) if probs_csv is not None else (Path(run_dir) / VAL_PROBS_CSV if run_dir is not None else None)
@@ -173,25 +143,10 @@ class Report:
     seconds: float
 
 
-def write_report(
-    data_dir: Path,
-    seg_csv: Path,
-    out: Path,
-    *,
-    overwrite: bool = False,
-    overlays: int = 6,
-    progress: bool = True,
-    **inputs,
-) -> Report:
-    """Score ``seg_csv`` (see :func:`score_submission`, which takes ``inputs``) and write the
-    report page to ``out`` (atomically; an existing file only with ``overwrite``).
-
-    Args:
-        overlays: how many of the worst images to draw (and half as many of the best).
-
-    Raises:
-        CloudpipeError: as :func:`score_submission`, or an output that may not be written.
-    """
+def write_report(data_dir: Path, seg_csv: Path, out: Path, *, overwrite: bool = False, overlays: int = 6,
+                 progress: bool = True, **inputs) -> Report:
+    """Score ``seg_csv`` (:func:`score_submission`, which takes ``inputs``) and write the report
+    page to ``out``, ``overlays`` worst images drawn (and half as many of the best)."""
     started = time.perf_counter()
     reads = data_inputs(data_dir) | run_inputs([inputs["run_dir"]] if inputs.get("run_dir") else []) | Inputs.of(
         seg_csv, inputs.get("probs_csv"), inputs.get("truth_csv"),
@@ -233,31 +188,31 @@ def _cell(value) -> str:
 
 def _decision_rows(scored: Scored) -> list[dict]:
     table = decisions(scored.stats, scored.best_gate())
-    rows = []
-    for k, c in enumerate(CLASSES):
-        row: dict = {"class": c}
-        for j, d in enumerate(DECISIONS):
-            row[f"{d}: pairs"] = int(table.counts[k, j])
-        row["Dice gained by blanking absent"] = float(table.effect[k, 3])
-        row["Dice lost by blanking present"] = float(table.effect[k, 2])
-        row["net"] = float(table.effect[k].sum())
-        rows.append(row)
-    return rows
+    return [{"class": c, **{f"{d}: pairs": int(table.counts[k, j]) for j, d in enumerate(DECISIONS)},
+             "Dice gained by blanking absent": float(table.effect[k, 3]),
+             "Dice lost by blanking present": float(table.effect[k, 2]), "net": float(table.effect[k].sum())}
+            for k, c in enumerate(CLASSES)]
 
 
 def _area_figure(scored: Scored):
     from cloudpipe.plots import lines_figure
 
     stats, present = scored.stats, scored.stats.truth_area > 0
-    alone = stats.dice()
     labels = [f"{AREA_EDGES[i]:,}-{AREA_EDGES[i + 1]:,}" for i in range(len(AREA_EDGES) - 1)]
-    series, counts = {}, np.zeros(len(labels), int)
-    for k, c in enumerate(CLASSES):
-        mean, count = binned_mean(alone[present[:, k], k], stats.truth_area[present[:, k], k].astype(float), AREA_EDGES)
-        series[c] = mean
-        counts += count
+    series, counts = _per_class(stats.dice(), stats.truth_area.astype(float), AREA_EDGES, present)
     return lines_figure(labels, series, title="Segmentation Dice against true mask area (present pairs)",
                         xlabel="true mask area, pixels at 350 x 525", ylabel="mean Dice (kept)", counts=counts)
+
+
+def _per_class(values: np.ndarray, by: np.ndarray, edges: tuple, where: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
+    """Each class's binned mean of ``values`` over bins of ``by`` (pairs ``where`` is true), and
+    the pairs in each bin over all classes."""
+    series, counts = {}, np.zeros(len(edges) - 1, int)
+    for k, c in enumerate(CLASSES):
+        rows = slice(None) if where is None else where[:, k]
+        series[c], count = binned_mean(values[rows, k], by[rows, k], edges)
+        counts += count
+    return series, counts
 
 
 def _probability_figures(scored: Scored) -> list:
@@ -271,10 +226,7 @@ def _probability_figures(scored: Scored) -> list:
     for values, title, ylabel in ((scored.stats.dice(), "Segmentation Dice against presence probability", "mean Dice (kept)"),
                                   (present, "Share of pairs present against presence probability (calibration)",
                                    "share present")):
-        series, counts = {}, np.zeros(len(labels), int)
-        for k, c in enumerate(CLASSES):
-            series[c], count = binned_mean(values[:, k], scored.probs[:, k], PROB_EDGES)
-            counts += count
+        series, counts = _per_class(values, scored.probs, PROB_EDGES)
         figures.append(lines_figure(labels, series, title=title, xlabel="presence probability", ylabel=ylabel, counts=counts))
     return figures
 

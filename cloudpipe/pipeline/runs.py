@@ -47,11 +47,7 @@ def summarise(run_dir: Path) -> RunSummary:
 
 
 def _summarise(run_dir: Path) -> RunSummary:
-    """:func:`summarise` of a readable run.
-
-    Raises:
-        CloudpipeError: an unreadable config or metrics file, or one holding what no run writes.
-    """
+    """:func:`summarise` of a readable run (else a CloudpipeError saying what is wrong)."""
     config_path = run_dir / CONFIG_YAML
     config = read_config_values(run_dir)
     odd = [k for k in config if not isinstance(k, str)]
@@ -74,11 +70,8 @@ def _summarise(run_dir: Path) -> RunSummary:
 
 
 def _best(path: Path, score: str) -> tuple[float, int] | None:
-    """The best ``score`` in a ``metrics.csv`` and its number of epochs (None: no epoch, or no such column).
-
-    Raises:
-        CloudpipeError: unreadable, or a ``score`` that is not a number.
-    """
+    """The best ``score`` in a ``metrics.csv`` and its number of epochs (None: no epoch, or no
+    such column); an unreadable file, or a ``score`` that is not a number, is refused."""
     try:
         metrics = pd.read_csv(path)
     except (OSError, ValueError, pd.errors.ParserError) as err:
@@ -93,21 +86,6 @@ def _best(path: Path, score: str) -> tuple[float, int] | None:
     return float(values.max()), len(metrics)
 
 
-def find_runs(root: Path) -> list[RunSummary]:
-    """Every run folder under ``root`` (a folder holding ``config.yaml``, its own included), in
-    path order.
-
-    Raises:
-        CloudpipeError: no such folder, or no run in it.
-    """
-    root = require_dir(root)
-    found = sorted(p.parent for p in root.rglob(CONFIG_YAML))
-    runs = [summarise(p) for p in found]
-    if not runs:
-        raise CloudpipeError(f"no training run ({CONFIG_YAML}) under this folder", path=root)
-    return runs
-
-
 def differing_keys(configs: list[dict]) -> list[str]:
     """The config keys whose values are not the same in every config (``task`` aside), in
     the order they first appear."""
@@ -118,8 +96,11 @@ def differing_keys(configs: list[dict]) -> list[str]:
 def runs_table(root: Path) -> list[dict]:
     """One row per run under ``root``: its path (relative to ``root``), task, score name, best
     score, epochs trained (of those asked), the value of every config key that differs between
-    the runs (``-``: not set, or not read by its stage) and, when a run has one, its problem."""
-    runs = find_runs(root)
+    the runs (``-``: not set, or not read by its stage) and, when a run has one, its problem.
+    A run is a folder holding ``config.yaml`` (``root`` itself included)."""
+    runs = [summarise(p) for p in sorted(p.parent for p in require_dir(root).rglob(CONFIG_YAML))]
+    if not runs:
+        raise CloudpipeError(f"no training run ({CONFIG_YAML}) under this folder", path=root)
     readable = [r.config for r in runs if not r.problem]  # a run with a problem shows none of its settings
     keys = [k for k in differing_keys(readable) if k not in ("run", "score", "best", "trained", "problem")]
 

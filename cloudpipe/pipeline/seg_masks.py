@@ -17,15 +17,7 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.algorithms.ensemble import mean_stores, normalise_weights
-from cloudpipe.algorithms.postprocess import (
-    PostProcess,
-    Step,
-    choose_explained_steps,
-    chosen_dice,
-    default_index,
-    grid_stats,
-    make_steps,
-)
+from cloudpipe.algorithms.postprocess import PostProcess, Step, choose_explained_steps, chosen_dice, default_index, grid_stats, make_steps
 from cloudpipe.algorithms.robust import DefaultKept, check_rule
 from cloudpipe.core.choices import DEFAULT_RULE, Rule
 from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
@@ -54,9 +46,7 @@ def tune_postprocess(store: np.ndarray, names: list[str], rles: pd.DataFrame, ma
                      steps: tuple[Step, ...] = PostProcess().steps, rule: Rule = DEFAULT_RULE,
                      processes: int | None = None) -> tuple[PostProcess, np.ndarray, dict[str, DefaultKept]]:
     """Search every combination of the steps' grids per class on the Dice of the stored
-    probabilities against the truth masks (RLE at ``mask_shape``, resized to the submission
-    size), and choose by ``rule`` (:mod:`cloudpipe.algorithms.robust`); the statistics are
-    :func:`postprocess_stats`'.
+    probabilities against the truth masks (:func:`postprocess_stats`), chosen by ``rule``.
 
     Returns:
         The choice, the mean Dice of every combination, (4, *grid), and per class where
@@ -68,13 +58,12 @@ def tune_postprocess(store: np.ndarray, names: list[str], rles: pd.DataFrame, ma
 def postprocess_stats(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask_shape: tuple[int, int],
                       steps: tuple[Step, ...] = PostProcess().steps,
                       processes: int | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Every image's and class's :func:`~cloudpipe.algorithms.postprocess.grid_stats`, the
-    images spread over ``processes`` forked processes (None: one per core).
+    """Every image's and class's :func:`~cloudpipe.algorithms.postprocess.grid_stats` against
+    the truth (RLE at ``mask_shape``), the images spread over ``processes`` (None: one per core).
 
     Returns:
-        ``inter`` and ``area`` (n, 4, *grid) and the truth areas (n, 4), int64: all that
-        :func:`~cloudpipe.algorithms.postprocess.choose` needs. Memory holds these and the
-        store's pages the processes read; nothing else grows with the number of images.
+        ``inter`` and ``area`` (n, 4, *grid) and the truth areas (n, 4), int64: nothing else
+        held grows with the number of images.
     """
     grid = tuple(len(s.grid) for s in steps)
     inter = np.zeros((len(names), len(CLASSES), *grid), np.int64)
@@ -121,8 +110,6 @@ class SegPrediction:
         return text
 
 
-
-
 def steps_of(names: Sequence[str] | None) -> tuple[Step, ...]:
     """The steps to tune: those named, else the default list."""
     return PostProcess().steps if names is None else make_steps(names)
@@ -144,9 +131,8 @@ def test_postprocess(ensemble: Ensemble, postprocess: Path | None) -> PostProces
 
 @dataclass(frozen=True)
 class MaskOutputs:
-    """Where a command's masks go and how they are written: the CSV (its store, presence and
-    the choice beside it), the post-processing file (None for test masks), the runner's
-    :meth:`~cloudpipe.engine.runner.Runner.write`, and how many processes encode the masks."""
+    """Where a command's masks go: the CSV, the post-processing file (None for test masks),
+    the runner's ``write``, and how many processes encode the masks."""
 
     out: Path
     post_out: Path | None
@@ -159,13 +145,8 @@ class MaskOutputs:
 
 @dataclass(frozen=True)
 class Tuning:
-    """How post-processing is tuned on validation images (``predict-seg --split val``, ``tune-seg``).
-
-    Attributes:
-        steps: the names of the steps tuned, in order (None: ``threshold, min_size, shape``;
-            see :data:`~cloudpipe.algorithms.postprocess.STEPS`).
-        choice: the rule that picks among their combinations (:mod:`cloudpipe.algorithms.robust`).
-    """
+    """How post-processing is tuned on validation images: the names of the steps tuned, in
+    order (None: the default list), and the rule that picks among their combinations."""
 
     steps: Sequence[str] | None = None
     choice: Rule = DEFAULT_RULE
@@ -173,8 +154,8 @@ class Tuning:
 
 def tune_and_write(store: np.ndarray, names: list[str], data: TrainData, ensemble: Ensemble, outputs: MaskOutputs,
                    steps: tuple[Step, ...], choice: Rule, made: Predicted | None = None) -> SegPrediction:
-    """Tune ``steps`` on a validation store (chosen by ``choice``) and write the masks, the
-    gate inputs made of ``made`` (when given) and the choice."""
+    """Tune ``steps`` on a validation store and write the masks, the choice and the gate
+    inputs made of ``made`` (:func:`write_outputs`)."""
     post, dice, kept = tune_postprocess(store, names, data.rles, data.image_shape, steps, choice, outputs.processes)
     result = SegPrediction(outputs.out, len(names), post, 0.0, rule=choice, kept=kept)
     at_default = default_index(post.steps)
@@ -186,9 +167,8 @@ def tune_and_write(store: np.ndarray, names: list[str], data: TrainData, ensembl
 
 def write_outputs(result: SegPrediction, store: np.ndarray, names: list[str], ensemble: Ensemble, outputs: MaskOutputs,
                   made: Predicted | None = None) -> SegPrediction:
-    """Write the CSV with, as one group, the gate inputs made of ``made`` (predict-seg's:
-    :func:`input_writers`) and the post-processing choice (when ``outputs.post_out``): a
-    failure leaves every old file or none."""
+    """Write the CSV with, as one group (a failure leaves every old file or none), the gate
+    inputs made of ``made`` (:func:`input_writers`) and the choice (when ``outputs.post_out``)."""
     writers = {result.out: masks_writer(names, store, result.postprocess, outputs.processes)}
     if made is not None:
         writers |= input_writers(result.out, made, outputs.keep_store)
@@ -227,8 +207,8 @@ def input_writers(out: Path, made: Predicted, keep_store: bool = True) -> dict[P
 
 
 def masks_writer(names: list[str], store: np.ndarray, post: PostProcess, processes: int | None = None):
-    """Post-process and encode every mask, the images spread over the cores
-    (:func:`over_rows`); a writer of the CSV (image-major, class order)."""
+    """A writer of the CSV (image-major, class order): every mask post-processed and encoded,
+    the images spread over the cores."""
 
     def rows(start: int, stop: int) -> list[str]:
         rles = [mask2rle(post.apply(store[i, k], k)) for i in range(start, stop) for k in range(len(CLASSES))]
@@ -243,12 +223,9 @@ def masks_writer(names: list[str], store: np.ndarray, post: PostProcess, process
 def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,
                         tuning: Tuning = Tuning(), overwrite: bool = False,
                         processes: int | None = None) -> SegPrediction:
-    """Tune post-processing again from validation probability stores alone, without running a
-    model: the stores' weighted mean (images matched by name) is tuned on Dice like
-    ``predict-seg --split val``; writes the masks to ``out`` and the choice, recording every run
-    averaged into the stores, to ``<stem>_postprocess.json`` (read by ``predict-seg --split
-    test --postprocess``). ``tuning``: the steps and the rule (:class:`Tuning`);
-    ``processes``: how many share the images (None: one per core).
+    """Tune post-processing again on the weighted mean of validation stores (images matched by
+    name) as ``predict-seg --split val`` does, without running a model; writes the masks to
+    ``out`` and the choice, recording every run in the stores, to ``<stem>_postprocess.json``.
 
     Raises:
         CloudpipeError: a bad, truncated or test store, stores of different images, images
@@ -258,9 +235,8 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
 
     def declare() -> tuple[Plan, tuple[Path, list[float], tuple[Step, ...], Rule, Path]]:
         data = require_dir(data_dir)
-        share = _store_weights(stores, weights)
+        share, reads = _stores_read(stores, weights, data)
         post_out = postprocess_path_for(out)
-        reads = data_inputs(data) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
         return Plan(reads, [out, post_out], overwrite=overwrite), (data, share, steps_of(tuning.steps), check_rule(tuning.choice), post_out)
 
     with Runner.start() as run:
@@ -280,16 +256,16 @@ def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, we
         return result
 
 
-def _store_weights(stores: Sequence[Path], weights: Sequence[float] | None) -> list[float]:
-    """The stores' weights (equal when None), checked."""
+def _stores_read(stores: Sequence[Path], weights: Sequence[float] | None, data: Path) -> tuple[list[float], Inputs]:
+    """The stores' weights (equal when None), checked, and the files read: ``data``'s, the stores'."""
     if not stores:
         raise CloudpipeError("give at least one --store")
-    return normalise_weights(weights, len(stores), per="--store")
+    reads = data_inputs(data) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))))
+    return normalise_weights(weights, len(stores), per="--store"), reads
 
 
 def _mean_of(read: list[tuple[np.memmap, StoreInfo]], share: list[float], names: list[str], folder: Path) -> np.ndarray:
-    """The stores' weighted mean, rows in ``names`` order (the one store itself when it is
-    already that)."""
+    """The stores' weighted mean, rows in ``names`` order (one store in that order: itself)."""
     if len(read) == 1 and read[0][1].images == names:
         return read[0][0]
     return mean_stores([a for a, _ in read], share, probability_store(folder, (len(names), *read[0][0].shape[1:])),
@@ -299,9 +275,8 @@ def _mean_of(read: list[tuple[np.memmap, StoreInfo]], share: list[float], names:
 def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postprocess: Path, *,
                        weights: Sequence[float] | None = None, overwrite: bool = False,
                        processes: int | None = None) -> SegPrediction:
-    """The test masks from stored test probabilities, without running a model: the stores'
-    weighted mean (images matched by name), post-processed by ``postprocess``, written to
-    ``out`` with the same bytes as ``predict-seg --split test`` of the runs in the stores.
+    """The test masks of the weighted mean of test stores, post-processed by ``postprocess``,
+    without running a model: the same bytes as ``predict-seg --split test`` of their runs.
 
     Raises:
         CloudpipeError: a bad, truncated or validation store, a store whose images are not
@@ -312,9 +287,8 @@ def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postpr
 
     def declare() -> tuple[Plan, tuple[Path, list[float]]]:
         data = require_dir(data_dir)
-        share = _store_weights(stores, weights)
-        reads = data_inputs(data) | Inputs.of(*(p for s in stores for p in (Path(s), info_path(s))), Path(postprocess))
-        return Plan(reads, [out], overwrite=overwrite), (data, share)
+        share, reads = _stores_read(stores, weights, data)
+        return Plan(reads | Inputs.of(postprocess), [out], overwrite=overwrite), (data, share)
 
     with Runner.start() as run:
         data_dir, share = run.claim(declare)
@@ -334,8 +308,7 @@ def apply_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, postpr
 
 
 def read_stores(stores: Sequence[Path], split: str) -> list[tuple[np.memmap, StoreInfo]]:
-    """Every store, mapped and checked (:func:`~cloudpipe.data.probstore.read_store`), each
-    holding ``split`` probabilities."""
+    """Every store, mapped and checked to hold ``split`` probabilities."""
     read = [read_store(s) for s in stores]
     for path, (_, info) in zip(stores, read):
         if info.split != split:

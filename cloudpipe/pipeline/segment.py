@@ -1,14 +1,12 @@
 """``predict-seg``: segmentation masks as a Kaggle CSV, with tuned post-processing, from one
 run or the weighted mean of several.
 
-Probabilities are streamed from each model, resized to the submission size (350 x 525) on the
-device and kept as uint8 per pixel in a memory map, so memory stays flat; several runs are
-averaged run by run (:mod:`cloudpipe.algorithms.ensemble`). Under ``torchrun`` the images are
-shared out and the shares joined by one engine call
-(:meth:`~cloudpipe.engine.runner.Runner.predict_store`). The probabilities are kept beside the
-CSV (:mod:`cloudpipe.data.probstore`) for later ensembles and re-tuning; post-processing is
-tuned (``--split val``) or applied (``--split test``) as ``tune-seg`` and ``apply-seg`` do it
-(:mod:`cloudpipe.pipeline.seg_masks`).
+Probabilities are streamed from each model, resized to 350 x 525 on the device and kept as
+uint8 in a memory map, so memory stays flat (N runs cost N passes and the memory of one). Under
+``torchrun`` the images are shared out and joined by
+:meth:`~cloudpipe.engine.runner.Runner.predict_store`. The store is kept beside the CSV for
+later ensembles and re-tuning; post-processing is tuned or applied by
+:mod:`cloudpipe.pipeline.seg_masks`.
 """
 
 from __future__ import annotations
@@ -25,19 +23,10 @@ from cloudpipe.algorithms.ensemble import RunningMean
 from cloudpipe.algorithms.postprocess import Step
 from cloudpipe.algorithms.robust import check_rule
 from cloudpipe.core.choices import Rule
-from cloudpipe.core.competition import (
-    CLASSES,
-    SUBMISSION_SHAPE,
-)
+from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.beside import postprocess_path_for
-from cloudpipe.data.kaggle import (
-    TEST_IMAGES,
-    TRAIN_IMAGES,
-    data_inputs,
-    list_test_images,
-    require_dir,
-)
+from cloudpipe.data.kaggle import TEST_IMAGES, TRAIN_IMAGES, data_inputs, list_test_images, require_dir
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.probstore import StoreInfo, probability_store
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, run_inputs
@@ -54,45 +43,23 @@ if TYPE_CHECKING:  # torch is imported where a model runs: tune-seg and apply-se
     from cloudpipe.engine.runner import Runner
 
 
-def predict_segmentation(
-    run_dirs: Path | Sequence[Path],
-    data_dir: Path,
-    split: Literal["val", "test"],
-    out: Path,
-    *,
-    weights: Sequence[float] | None = None,
-    postprocess: Path | None = None,
-    tuning: Tuning = Tuning(),
-    settings: InferenceSettings = InferenceSettings(batch_size=8),
-    overwrite: bool = False,
-    keep_store: bool = True,
-) -> SegPrediction | None:
-    """Write the masks of one segmentation run, or of the weighted mean of several, for the
-    validation or test images as a Kaggle CSV, with the gate inputs made of its predictions
-    beside it (:func:`~cloudpipe.pipeline.sources.produced_by`: the probability store, the head's
-    presence; every file is replaced together).
+def predict_segmentation(run_dirs: Path | Sequence[Path], data_dir: Path, split: Literal["val", "test"], out: Path, *,
+                         weights: Sequence[float] | None = None, postprocess: Path | None = None,
+                         tuning: Tuning = Tuning(), settings: InferenceSettings = InferenceSettings(batch_size=8),
+                         overwrite: bool = False, keep_store: bool = True) -> SegPrediction | None:
+    """Write the masks of one segmentation run, or of the weighted mean of several (which may
+    differ in architecture and image size), as a Kaggle CSV, with the gate inputs made of its
+    predictions beside it (:func:`~cloudpipe.pipeline.sources.produced_by`), replaced together.
 
-    ``val``: the runs' validation images (out-of-fold with folds; every run must validate on
-    the same images), post-processing tuned on their Dice and saved to
-    ``RUN/seg_postprocess.json`` for one run, to ``<stem>_postprocess.json`` beside ``out`` for
-    an ensemble. ``test``: the test images in ``sample_submission.csv`` order, every model of
-    every run averaged, post-processed by ``postprocess`` (default: the run's own file, else
-    none is refused; an ensemble must name its file; the file must be tuned for these runs
-    and weights, when it records any). ``tuning``: how ``val`` tunes the steps (:class:`Tuning`).
+    ``val``: the runs' validation images (out-of-fold; the same for every run), post-processing
+    tuned (``tuning``) and saved to ``RUN/seg_postprocess.json`` for one run, to
+    ``<stem>_postprocess.json`` beside ``out`` for an ensemble. ``test``: the test images in
+    ``sample_submission.csv`` order, post-processed by ``postprocess`` (default: the run's own
+    file; an ensemble must name one tuned for these runs and weights).
+    ``keep_store=False`` writes no input written with the store (and removes an earlier one
+    beside ``out``, which would no longer match it).
 
-    Runs may differ in architecture, encoder and image size: each one's probabilities are
-    resized to 350 x 525 before averaging. N runs cost N inference passes and the memory of one.
-    ``keep_store=False`` writes no ``<stem>_probs.npy``/``.json`` nor any other input written with
-    the store (and removes an earlier one beside ``out``, which would no longer match it): the
-    masks alone, for ``tune-seg``, ``apply-seg`` and gating on pixel statistics have no store to read.
-
-    Returns:
-        What was written; None on the ranks of a ``torchrun`` job other than rank 0, which
-        writes and reports.
-
-    Raises:
-        CloudpipeError: a bad run, data folder, post-processing file or output path, or runs
-            whose validation images differ.
+    Returns None on the ranks of a ``torchrun`` job but rank 0, which writes and reports.
     """
     from cloudpipe.engine.runner import Plan, Runner
 
@@ -125,8 +92,7 @@ def _predict_and_write(ensemble: Ensemble, data_dir: Path, split: Literal["val",
                        postprocess: Path | None, steps: tuple[Step, ...], choice: Rule,
                        settings: InferenceSettings, run: Runner) -> SegPrediction | None:
     """The work of :func:`predict_segmentation` once its outputs are checked and locked. Under
-    ``torchrun`` each rank predicts its share of the images (:meth:`~Runner.predict_store`); rank 0
-    tunes and writes, and the other ranks return None, writing nothing."""
+    ``torchrun`` each rank predicts its share of the images; rank 0 tunes and writes."""
     from cloudpipe.engine.devices import resolve_device
 
     out = target.out
@@ -172,10 +138,8 @@ Part = tuple[Path, list[str], Path]
 def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[str], folder: Path,
                       device: torch.device, settings: InferenceSettings) -> tuple[np.memmap, pd.DataFrame | None]:
     """Stream every run's parts through their models into a uint8 memory map (n, 4, 350, 525)
-    in ``folder``, rows in ``names`` order; several runs are averaged with their weights via a
-    float32 map of the same shape, run by run, so memory stays flat however many images or runs.
-    Also returns the weighted mean of the classification heads' presence (indexed by image)
-    when every model has a head, else None."""
+    in ``folder``, rows in ``names`` order (several runs: their weighted mean, run by run via a
+    float32 map), and the weighted mean of the heads' presence when every model has a head."""
     import torch
 
     from cloudpipe.engine.infer import load_run, stream_probs

@@ -10,8 +10,10 @@ command reads it as it reads the whole data.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import pandas as pd
@@ -36,6 +38,7 @@ from cloudpipe.engine.runner import Plan, Runner
 
 SUBSET_YAML = "subset.yaml"
 """The record of a subset folder: its source, seed and counts."""
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -55,32 +58,34 @@ class SubsetSummary:
 
 def subset_data(data_dir: Path, out_dir: Path, *, train: int, test: int, seed: int = 0,
                 overwrite: bool = False) -> SubsetSummary:
-    """Write a data folder holding ``train`` random training images and ``test`` random test
-    images of ``data_dir`` (copies), with their rows of its CSVs.
-
-    Args:
-        data_dir: a Kaggle-layout folder (``train.csv``, ``sample_submission.csv``, the image
-            folders; ``test_truth.csv`` is carried when present).
-        out_dir: the new folder (must not exist, or hold an earlier subset and ``overwrite``).
-        train: training images to keep (>= 2; at most all of them).
-        test: test images to keep (>= 1; at most all of them).
-        seed: the random choice (same seed and source, same subset).
+    """Write a data folder holding copies of ``train`` (>= 2) random training images and
+    ``test`` (>= 1) random test images of ``data_dir`` (chosen by ``seed``), with their rows of
+    its CSVs (``test_truth.csv`` too when present).
 
     Raises:
         CloudpipeError: a bad source (naming file and line), counts out of range, an ``out_dir``
-            that exists (without ``overwrite``, or not a subset), lies in the source or holds it;
-            nothing is written then.
+            that may not be replaced, lies in the source or holds it; nothing is written then.
     """
+    truth = Path(data_dir) / TEST_TRUTH_CSV
+    return build_data_folder(data_dir, out_dir, "subset", f"is pseudo-labelled ({PSEUDO_CSV}); take a subset of its source "
+                             "folder", Inputs.of(truth if truth.exists() else None), overwrite,
+                             lambda source, run: _subset(source, Path(out_dir), train, test, seed, run))
+
+
+def build_data_folder(data_dir: Path, out_dir: Path, command: str, pseudo_refusal: str, reads: Inputs, overwrite: bool,
+                      work: Callable[[Path, Runner], T]) -> T:
+    """``work(data_dir resolved, runner)`` once ``out_dir``, a data folder ``command`` builds from
+    ``data_dir`` (reading ``reads`` too), is claimed: never a folder that holds one of its
+    inputs, or one it did not make. A pseudo-labelled ``data_dir`` is refused
+    (``pseudo_refusal``), and so is an ``out_dir`` inside it or holding it."""
     data_dir, out_dir = require_dir(data_dir).resolve(), Path(out_dir)
     if (data_dir / PSEUDO_CSV).exists():
-        raise CloudpipeError(f"is pseudo-labelled ({PSEUDO_CSV}); take a subset of its source folder", path=data_dir)
+        raise CloudpipeError(pseudo_refusal, path=data_dir)
     if out_dir.resolve().is_relative_to(data_dir) or data_dir.is_relative_to(out_dir.resolve()):
         raise CloudpipeError(f"must lie outside the data folder {data_dir}", path=out_dir)
-    truth = data_dir / TEST_TRUTH_CSV
-    reads = data_inputs(data_dir) | Inputs.of(truth if truth.exists() else None)
-    with Runner.start() as run:  # locked; never replacing a folder that holds one of its inputs, or one it did not make
-        run.claim(lambda: (Plan(reads, builds={out_dir: "subset"}, overwrite=overwrite), None))
-        return _subset(data_dir, out_dir, train, test, seed, run)
+    with Runner.start() as run:
+        run.claim(lambda: (Plan(data_inputs(data_dir) | reads, builds={out_dir: command}, overwrite=overwrite), None))
+        return work(data_dir, run)
 
 
 def _rows(path: Path) -> pd.DataFrame:

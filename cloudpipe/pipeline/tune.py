@@ -1,9 +1,5 @@
-"""``tune-threshold``: per-class presence thresholds chosen on the run's validation images.
-
-Reads the classifier's validation probabilities (or computes them), the segmentation
-predictions and the truth, scores every pair kept and blanked, lets
-:mod:`cloudpipe.algorithms.thresholds` search, and writes ``thresholds.json`` and its plot.
-``predict`` and ``report`` read the JSON with :func:`~cloudpipe.pipeline.gate.resolve_gate`.
+"""``tune-threshold``: per-class presence thresholds chosen on the run's validation images
+(:mod:`cloudpipe.algorithms.thresholds` searches), written as ``thresholds.json`` and its plot.
 """
 
 from __future__ import annotations
@@ -20,14 +16,7 @@ from cloudpipe.algorithms.ensemble import mean_probs
 from cloudpipe.algorithms.gating import GateSpec, keep
 from cloudpipe.algorithms.presence import GateChoice, blend, choose_gates, gate_name
 from cloudpipe.algorithms.robust import check_rule
-from cloudpipe.algorithms.thresholds import (
-    METRIC_NAMES,
-    Objective,
-    PairScores,
-    Placement,
-    Sweep,
-    summary_rows,
-)
+from cloudpipe.algorithms.thresholds import METRIC_NAMES, Objective, PairScores, Placement, Sweep, summary_rows
 from cloudpipe.core.choices import DEFAULT_RULE, Rule
 from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
@@ -57,14 +46,9 @@ SEG_WANTS_VAL = "--seg wants validation masks: predict-seg --split val's CSV (RU
 
 
 def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings = InferenceSettings()) -> pd.DataFrame:
-    """Classifier probabilities of a run's validation images, when its ``val_probs.csv`` is lost.
-
-    The images are those ``RUN/splits.csv`` recorded; with folds, each ``fold{i}`` model
-    predicts its own validation images (out-of-fold). A fold without a model is refused, or
-    with ``settings.allow_partial`` its images are left out (with a warning).
-
-    Returns:
-        float DataFrame indexed by image, columns in class order.
+    """Classifier probabilities (indexed by image, class columns) of the validation images
+    ``RUN/splits.csv`` recorded, when its ``val_probs.csv`` is lost; out-of-fold with folds. A
+    fold without a model is refused, or with ``settings.allow_partial`` left out (warned).
     """
     from cloudpipe.engine.infer import predict_presence
 
@@ -112,9 +96,7 @@ class TuneResult:
         return self.chosen.rows()
 
     def to_json(self) -> dict:
-        """The ``thresholds.json`` content: the gate (:meth:`GateSpec.to_json`: class thresholds,
-        the source of every class, the at-least-one rule), objective, placement, number of
-        images, and the runs (and weights) whose probabilities they were tuned on."""
+        """The ``thresholds.json`` content: the gate, how and on what it was tuned."""
         segmentation = {} if self.segmentation is None else {SEGMENTATION_KEY: self.segmentation.record()}
         return {**self.spec.to_json(), "objective": self.objective, "placement": self.placement, "choice": self.rule,
                 "images": len(self.images), **self.ensemble.record(), **segmentation}
@@ -146,67 +128,35 @@ class TuneResult:
 
 @dataclass(frozen=True)
 class ThresholdFiles:
-    """Where :func:`tune_thresholds` writes.
-
-    Attributes:
-        out: the JSON; default ``RUN_DIR/thresholds.json``, replaced when it exists (the run's
-            own tuning, read by ``predict``). A given path is not replaced without ``overwrite``.
-        plot: PNG of score against threshold; default ``out`` with suffix ``.png``.
-        overwrite: replace existing ``out`` / ``plot`` files given explicitly.
-    """
+    """Where :func:`tune_thresholds` writes: the JSON (default ``RUN_DIR/thresholds.json``,
+    replaced when it exists: the run's own tuning), the plot (default ``out`` with ``.png``),
+    and whether files given explicitly may be replaced."""
 
     out: Path | None = None
     plot: Path | None = None
     overwrite: bool = False
 
 
-def tune_thresholds(
-    run_dir: Path | Sequence[Path],
-    data_dir: Path,
-    *,
-    weights: Sequence[float] | None = None,
-    seg: Path | None = None,
-    objective: Objective | None = None,
-    mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
-    files: ThresholdFiles | None = ThresholdFiles(),
-    settings: InferenceSettings = InferenceSettings(),
-    inputs: GateInputs = GateInputs(),
-    choice: Rule = DEFAULT_RULE,
-) -> TuneResult:
+def tune_thresholds(run_dir: Path | Sequence[Path], data_dir: Path, *, weights: Sequence[float] | None = None,
+                    seg: Path | None = None, objective: Objective | None = None,
+                    mask_shape: tuple[int, int] = SUBMISSION_SHAPE, files: ThresholdFiles | None = ThresholdFiles(),
+                    settings: InferenceSettings = InferenceSettings(), inputs: GateInputs = GateInputs(),
+                    choice: Rule = DEFAULT_RULE) -> TuneResult:
     """Choose each class's presence threshold on the run's validation images.
 
-    Probabilities come from ``RUN_DIR/val_probs.csv`` (out-of-fold with folds), or are computed
-    by :func:`compute_val_probs` when it is missing. With ``seg`` (the default objective
-    ``"dice"``), each class's threshold maximises the mean Kaggle Dice of the blanked
-    predictions over the images with both a probability and a prediction; truth masks come from
-    ``DIR/train.csv`` at the training image size. Without it, ``"accuracy"`` of ``prob >= t``
-    against the ``train.csv`` labels is maximised, which is not the competition metric.
-
-    Several runs (an ensemble) are averaged with ``weights`` (equal when None); they must
-    validate on the same images, and the JSON must be given as ``out``.
+    Probabilities come from ``RUN_DIR/val_probs.csv``, else :func:`compute_val_probs`; several
+    runs (which must validate on the same images, the JSON given as ``out``) are averaged with
+    ``weights``. With ``seg`` (the default objective ``"dice"``), each threshold maximises the
+    mean Kaggle Dice of the blanked predictions against ``train.csv`` at the training image
+    size; without it, the ``"accuracy"`` of ``prob >= t`` (not the competition metric).
 
     Args:
-        run_dir: classifier run folder, or several.
-        data_dir: Kaggle-layout folder with ``train.csv`` (and ``train_images/``).
-        seg: segmentation predictions (Kaggle CSV) of validation images (some or all of them;
-            an image the classifier trained on is refused).
-        objective: ``"dice"`` (needs ``seg``) or ``"accuracy"``; default from ``seg``.
-        mask_shape: (H, W) of the masks in ``seg``.
-        files: where the JSON and the plot go (:class:`ThresholdFiles`); None writes nothing
-            (only returns the result).
-        settings: how to run the model(s) when probabilities must be computed.
-        inputs: the validation-side inputs of the other presence sources (the head's presence
-            CSV, a validation probability store) and how they are searched
-            (:class:`~cloudpipe.pipeline.gate.GateInputs`): with the classifier and others, their
-            blends are tried too, and each class gates on the best
-            (:func:`~cloudpipe.algorithms.presence.choose_gates`); the at-least-one-class rule is
-            tried after tuning (thresholds tuned without it) and kept only when it raises the
-            validation score.
-        choice: how thresholds and sources are chosen: ``best`` or ``robust``
-            (:mod:`cloudpipe.algorithms.robust`).
-
-    Returns:
-        The thresholds, per-class sweeps and the summary table.
+        seg: segmentation predictions (masks at ``mask_shape``) of validation images (some or
+            all of them; an image the classifier trained on is refused).
+        files: where the JSON and the plot go; None writes nothing.
+        inputs: the other sources' validation inputs and how they are searched: each class
+            gates on the best source or blend; the at-least-one-class rule is kept only when it
+            raises the validation score.
 
     Raises:
         CloudpipeError: missing run files, malformed CSVs, predictions sharing no image with the
@@ -258,11 +208,8 @@ def tune_thresholds(
 
 def ensemble_val_probs(ensemble: Ensemble, data_dir: Path, settings: InferenceSettings) -> tuple[pd.DataFrame, str]:
     """The weighted mean of the runs' validation probabilities (each from ``RUN/val_probs.csv``,
-    else computed), rows in the first run's order, and where they came from.
-
-    Raises:
-        CloudpipeError: runs whose validation images differ.
-    """
+    else computed), rows in the first run's order, and where they came from; runs whose
+    validation images differ are refused."""
     parts, sources = [], []
     for run in ensemble.runs:
         probs_csv = run / VAL_PROBS_CSV

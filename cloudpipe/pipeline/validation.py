@@ -11,12 +11,8 @@ from cloudpipe.engine.config import Task, load_run_config
 
 def validation_sets(run_dir: Path, data_dir: Path, task: Task) -> tuple[TrainData, list[ModelSplit]]:
     """The training data of ``data_dir`` and, per model of the run, its folder and the images
-    it trained and validated on (out-of-fold with folds), from ``RUN/splits.csv``.
-
-    Raises:
-        CloudpipeError: not a ``task`` run, no ``splits.csv``, or recorded images that
-            ``train.csv`` does not have.
-    """
+    it trained and validated on, from ``RUN/splits.csv`` (refused: not a ``task`` run, or
+    recorded images that ``train.csv`` does not have)."""
     config = load_run_config(run_dir, task)
     data = load_train_data(data_dir)
     splits = read_splits(run_dir, config.folds)

@@ -1,14 +1,11 @@
 """Presence sources, registered by name.
 
 A *source* gives every (image, class) pair a presence score in [0, 1]; a gate blends sources per
-class (:mod:`cloudpipe.algorithms.presence`). Each source is one :class:`Source` object — its
-name, the input file it reads (a :class:`SourceInput`: the command-line option that gives it, how
-it is read, its companion files and, when a command makes it, its :class:`Producer`) and its
-score — registered by a module of this package, which is found and imported on first use.
-Gating, tuning, the report, the commands' options and help, the files ``predict-seg`` claims and
-writes beside its CSV and the bundle's notebook all read :func:`registry`, so a new source, one
-whose new input ``predict-seg`` writes included, is one module here, its file's name in
-:mod:`cloudpipe.data.beside` (plus its test); nothing else changes.
+class (:mod:`cloudpipe.algorithms.presence`). Each :class:`Source` (its name, the
+:class:`SourceInput` it reads and its score) is registered by a module of this package, imported
+on first use. Everything else (gating, tuning, the commands' options, the files ``predict-seg``
+writes, the bundle's notebook) reads :func:`registry`, so a new source, one whose new input
+``predict-seg`` writes included, is one module here and its file's name in :mod:`cloudpipe.data.beside`.
 """
 
 from __future__ import annotations
@@ -35,8 +32,7 @@ Writer = Callable[[Path], object]
 @dataclass(frozen=True)
 class Predicted:
     """What ``predict-seg`` computed, for the :class:`Producer` of each input it writes: the
-    probabilities (uint8 (n, 4, 350, 525), rows in ``info.images`` order), their images, split and
-    runs, and the mean of the models' classification heads (indexed by image) when every model has one."""
+    uint8 probabilities, their :class:`StoreInfo`, and the heads' mean presence (when every model has one)."""
 
     store: np.ndarray
     info: StoreInfo
@@ -50,8 +46,7 @@ class Producer:
     Attributes:
         beside: the input's path beside the command's ``--out`` (a name of :mod:`cloudpipe.data.beside`).
         write: what the command computed (:class:`Predicted`) -> one writer per file, the input's
-            then its companions' (:attr:`SourceInput.companions`), for
-            :func:`~cloudpipe.data.outputs.write_files`; None: nothing to write (e.g. no head).
+            then its companions'; None: nothing to write (e.g. no head).
         with_store: written with the probability store: ``predict-seg --no-keep-store`` skips it
             (and removes an earlier one, which would no longer match the masks).
         command: the command that writes it.
@@ -70,13 +65,11 @@ class SourceInput:
 
     Attributes:
         name: the option's parameter name and the key of :attr:`GateInputs.files`.
-        option: the command-line option, e.g. ``--seg-store``.
-        what: what the file is, for help and errors (``the segmentation probabilities (predict-seg's <stem>_probs.npy)``).
+        option, what: the command-line option, and what the file is (for help and errors).
         read: ``(file, images, split) -> data`` that the input's sources score, rows in
             ``images`` order, of the ``split`` (``val`` or ``test``) images.
         producer: the command that writes the file and how (None: made elsewhere).
-        companions: the file -> the files read with it (a store's JSON), so that no output
-            replaces them either.
+        companions: the file -> the files read with it (a store's JSON).
         runs: the file -> the segmentation runs (and weights) it records having been made from,
             which a ``thresholds.json`` tuned on it records and checks (None: it records none).
     """
@@ -93,13 +86,9 @@ class SourceInput:
         """The input's file and its companions."""
         return (Path(file), *self.companions(Path(file)))
 
-    def beside(self, out: Path) -> Path:
-        """Where its producer writes it beside ``out``."""
-        return self.producer.beside(Path(out))
-
     def files_beside(self, out: Path) -> tuple[Path, ...]:
         """The files its producer writes beside ``out``: the input's, then its companions'."""
-        return self.files(self.beside(out))
+        return self.files(self.producer.beside(Path(out)))
 
 
 @dataclass(frozen=True)
@@ -107,12 +96,10 @@ class Source:
     """One presence source.
 
     Attributes:
-        name: its name in ``--sources``, ``thresholds.json`` and the tables.
-        help: one line for the commands' help.
+        name, help: its name in ``--sources``, ``thresholds.json`` and the tables; one line of help.
         input: the file it reads; None for the classifier, which the commands run themselves.
         score: ``(data read from its input, pixel statistics' settings) -> (n, 4)`` scores.
-        pixel: whether its score depends on the pixel statistics' settings (then recorded in
-            ``thresholds.json``).
+        pixel: whether its score depends on the pixel statistics' settings (recorded then).
     """
 
     name: str
@@ -126,11 +113,8 @@ _REGISTRY: dict[str, Source] = {}
 
 
 def register(source: Source) -> Source:
-    """Add a source (a module of this package calls this when imported).
-
-    Raises:
-        ValueError: a name taken, or an input name shared with another input's option.
-    """
+    """Add a source (a module of this package calls this when imported); a name taken, or an
+    input name shared with another input, is a ValueError."""
     if source.name in _REGISTRY:
         raise ValueError(f"presence source {source.name!r} is registered twice")
     if source.input is not None:
