@@ -416,8 +416,6 @@ def source_input_options(split: str):
 @click.option("--thresholds", "thresholds", type=GATE_THRESHOLDS, default=None,
               help="thresholds.json from tune-threshold, or one threshold T for every class "
                    "[default for one run: RUN/thresholds.json, else 0.5].")
-@click.option("--threshold", "old_threshold", type=Finite(0, 1), default=None, hidden=True,
-              help="Deprecated spelling of --thresholds T.")
 @shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of the segmentation submission.")
 @source_input_options("test")
 @click.option("--at-least-one/--no-at-least-one", default=None,
@@ -425,18 +423,13 @@ def source_input_options(split: str):
 @click.option("--overwrite", is_flag=True, help="Replace existing output files.")
 @inference_options(batch_size=16)
 def predict(seg_csv: Path, run_dirs: tuple[Path, ...], weights: tuple[float, ...], data_dir: Path, out: Path,
-            thresholds: Path | float | None, old_threshold: float | None, mask_shape: tuple[int, int], gate_files: dict[str, Path],
+            thresholds: Path | float | None, mask_shape: tuple[int, int], gate_files: dict[str, Path],
             at_least_one: bool | None, overwrite: bool, settings) -> None:
     """Blank the segmentation masks of classes judged absent (by the classifier, or the sources
     thresholds.json names); write the submission."""
     from cloudpipe.pipeline.gate import GateInputs
     from cloudpipe.pipeline.predict import predict_submission
 
-    if old_threshold is not None:
-        click.echo("warning: --threshold is deprecated; use --thresholds T", err=True)
-        if thresholds is not None:
-            raise click.UsageError("give --thresholds once (--threshold is its deprecated spelling)")
-        thresholds = old_threshold
     summary = predict_submission(seg_csv, run_dirs, data_dir, out, weights=weights,
                                  thresholds=thresholds, mask_shape=mask_shape, settings=settings, overwrite=overwrite,
                                  inputs=GateInputs(gate_files, at_least_one=at_least_one))
