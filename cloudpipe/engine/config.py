@@ -417,14 +417,20 @@ def save_config(config: TrainConfig, path: Path) -> None:
     write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), path)
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+def config_from_dict(values: dict[str, Any], path: Path | None = None, what: str = "config") -> TrainConfig:
     """Rebuild a saved config (e.g. from a checkpoint) without re-reading defaults; keys this
     cloudpipe does not name are dropped.
 
     Raises:
-        CloudpipeError: a bad value, in one line.
+        CloudpipeError: a bad value, in one line naming ``path`` (the file it came from) and ``what``.
     """
-    return read_model(TrainConfig, {k: v for k, v in values.items() if k in TrainConfig.model_fields}, "config")
+    known = {k: v for k, v in values.items() if k in TrainConfig.model_fields}
+    return read_model(TrainConfig, known, what, path=path)
+
+
+def checkpoint_config(state: dict, path: Path) -> TrainConfig:
+    """The config a checkpoint (read from ``path``) was trained with, checked as a config file is."""
+    return config_from_dict(state["config"], path, "checkpoint's config: config")
 
 
 def load_run_config(run_dir: Path, task: Task) -> TrainConfig:
@@ -433,12 +439,8 @@ def load_run_config(run_dir: Path, task: Task) -> TrainConfig:
     Raises:
         CloudpipeError: no such file, unreadable YAML, invalid values, or the other stage.
     """
-    values = read_config_values(run_dir)
     path = Path(run_dir) / CONFIG_YAML
-    try:
-        config = config_from_dict(values)
-    except CloudpipeError as err:
-        raise CloudpipeError(str(err), path=path) from None
+    config = config_from_dict(read_config_values(run_dir), path)
     if config.task != task:
         raise CloudpipeError(f"a {config.task} run; this command needs a {task} run", path=path)
     return config

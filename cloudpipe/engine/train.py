@@ -56,7 +56,7 @@ from cloudpipe.data.runfolder import (
     write_splits,
 )
 from cloudpipe.engine.checkpoint import load_checkpoint, save_checkpoint
-from cloudpipe.engine.config import TrainConfig, config_from_dict, load_run_config, save_config
+from cloudpipe.engine.config import TrainConfig, checkpoint_config, load_run_config, save_config
 from cloudpipe.engine.devices import autocast, compile_model, resolve_device, resolve_workers
 from cloudpipe.engine.dist import Dist
 from cloudpipe.engine.recipe import (
@@ -566,11 +566,7 @@ def _resume_state(last: Path, config: TrainConfig) -> dict:
     if not 0 <= state["best_epoch"] <= state["epoch"]:
         raise CloudpipeError(f"checkpoint's epoch {state['epoch']} and best_epoch {state['best_epoch']} are not "
                              "0 <= best_epoch <= epoch", path=last)
-    try:
-        trained = config_from_dict(state["config"])
-    except CloudpipeError as err:
-        raise CloudpipeError(f"checkpoint's config: {err}", path=last) from None
-    _check_unchanged(trained, config, last)
+    _check_unchanged(checkpoint_config(state, last), config, last)
     if (config.ema or config.swa_epochs) and not isinstance(state.get("average"), dict):
         raise CloudpipeError("checkpoint has no average of the weights, which this run keeps", path=last)
     return state
