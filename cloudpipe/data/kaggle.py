@@ -75,6 +75,14 @@ def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
+def _refuse_duplicates(values: pd.Series, what: str, path: Path | str) -> None:
+    """Refuse the first value of a CSV's column (in file order) that repeats an earlier one, naming its line."""
+    duplicated = values.duplicated().to_numpy()
+    if duplicated.any():
+        i = int(np.argmax(duplicated))
+        raise CloudpipeError(f"duplicate {what} {values.iat[i]!r}", path=path, line=i + 2)
+
+
 def require_plain_image_names(names: pd.Series, path: Path | str) -> None:
     """Refuse an image name from a CSV that is not a plain file name (empty, ``.``, ``..``, or
     with a ``/``, ``\\`` or NUL: ``../x.jpg`` or ``/etc/x.jpg`` would read outside the
@@ -86,14 +94,9 @@ def require_plain_image_names(names: pd.Series, path: Path | str) -> None:
 
 
 def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
-    """Read and validate a Kaggle mask CSV (``Image_Label,EncodedPixels``).
-
-    Args:
-        path: the CSV file.
-        shape: (H, W) of its masks; when given, every RLE string is validated for it.
-
-    Returns:
-        DataFrame with columns ``Image_Label, EncodedPixels, image, class_name`` in file order.
+    """Read and validate a Kaggle mask CSV (``Image_Label,EncodedPixels``) into columns
+    ``Image_Label, EncodedPixels, image, class_name`` in file order; with ``shape`` (H, W),
+    every RLE string is validated for masks of that size.
 
     Raises:
         CloudpipeError: wrong columns, no rows, a label without ``_``, an image name that is
@@ -125,10 +128,7 @@ def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int,
     frame["image"] = [p[0] for p in parts]
     frame["class_name"] = [p[1] for p in parts]
     require_plain_image_names(frame["image"], path)
-    duplicated = frame["Image_Label"].duplicated()
-    if duplicated.any():
-        i = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise CloudpipeError(f"duplicate Image_Label {labels[i]!r}", path=path, line=i + 2)
+    _refuse_duplicates(frame["Image_Label"], "Image_Label", path)
     counts = frame.groupby("image", sort=False).size()
     incomplete = counts[counts != len(CLASSES)]
     if len(incomplete):
@@ -191,11 +191,8 @@ def to_wide(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def presence(frame: pd.DataFrame) -> pd.DataFrame:
-    """Presence labels from the CSV text: 1 where ``EncodedPixels`` is non-empty (no decoding).
-
-    Returns:
-        int64 DataFrame indexed by image, columns in class order.
-    """
+    """Presence labels from the CSV text: 1 where ``EncodedPixels`` is non-empty (no decoding),
+    as an int64 frame indexed by image, columns in class order."""
     wide = to_wide(frame)
     return (wide.apply(lambda col: col.str.strip() != "")).astype(np.int64)
 
@@ -283,16 +280,8 @@ def _strata(labels: pd.DataFrame, min_count: int, max_strata: int) -> np.ndarray
 def split_train_val(
     labels: pd.DataFrame, val_fraction: float = 0.1, seed: int = 69
 ) -> tuple[list[str], list[str]]:
-    """The seed's hold-out split: stratified by number of classes present.
-
-    Args:
-        labels: presence labels indexed by image (see :func:`presence`).
-        val_fraction: share of images held out.
-        seed: ``random_state`` of the split.
-
-    Returns:
-        (train images, validation images).
-    """
+    """The seed's hold-out split of ``labels``' images (:func:`presence`), stratified by number
+    of classes present: (train images, validation images)."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < val_fraction < 1:
@@ -319,12 +308,8 @@ def check_folds(folds: int, images: int) -> None:
 
 
 def kfold_splits(labels: pd.DataFrame, folds: int, seed: int = 69) -> list[tuple[list[str], list[str]]]:
-    """K folds stratified like :func:`split_train_val`; every image is in exactly one fold's
-    validation part.
-
-    Returns:
-        ``folds`` pairs of (train images, validation images).
-    """
+    """K folds stratified like :func:`split_train_val`: ``folds`` pairs of (train images,
+    validation images), every image in exactly one fold's validation part."""
     from sklearn.model_selection import StratifiedKFold
 
     check_folds(folds, len(labels))
@@ -380,17 +365,9 @@ def load_train_data(data_dir: Path) -> TrainData:
 
 def require_images(images: Iterable[str], have: Container[str], holder: str = "", of: str = "", *,
                    path: Path | None = None, hint: str = "") -> None:
-    """The one "lacks N images" check: raise when ``have`` lacks some of ``images``.
-
-    Args:
-        holder: what lacks them (``train.csv``; empty when ``path`` says it).
-        of: whose images they are (``seg.csv``), for the message.
-        path: the file the error names.
-        hint: what to do, appended to the message.
-
-    Raises:
-        CloudpipeError: ``<holder> lacks N image(s) of <of> (e.g. a, b, c)<hint>``.
-    """
+    """The one "lacks N images" check: when ``have`` lacks some of ``images``, a CloudpipeError
+    ``<holder> lacks N image(s) of <of> (e.g. a, b, c)<hint>`` naming ``path`` (``holder``: what
+    lacks them, empty when ``path`` says it; ``of``: whose images they are; ``hint``: what to do)."""
     missing = [i for i in images if i not in have]
     if missing:
         whose = f" of {of}" if of else ""
@@ -399,11 +376,8 @@ def require_images(images: Iterable[str], have: Container[str], holder: str = ""
 
 
 def frame_rows(frame: pd.DataFrame, images: list[str], what: str) -> np.ndarray:
-    """The (n, 4) class columns of a frame indexed by image, rows in ``images`` order.
-
-    Raises:
-        CloudpipeError: ``what`` lacks some of the images.
-    """
+    """The (n, 4) class columns of a frame indexed by image, rows in ``images`` order
+    (:func:`require_images` of ``what``)."""
     require_images(images, frame.index, what)
     return frame.loc[images, list(CLASSES)].to_numpy(np.float64)
 
@@ -424,10 +398,8 @@ def require_same_images(expected: list[str], got: list[str], what: str, hint: st
 
 
 def read_probs_csv(path: Path) -> pd.DataFrame:
-    """Read probabilities ``image,Fish,Flower,Gravel,Sugar`` (e.g. ``val_probs.csv``).
-
-    Returns:
-        float64 DataFrame indexed by image, columns in class order.
+    """Read probabilities ``image,Fish,Flower,Gravel,Sugar`` (e.g. ``val_probs.csv``) as a float64
+    frame indexed by image, columns in class order.
 
     Raises:
         CloudpipeError: missing file, wrong columns, no rows, an image name that is not a
@@ -442,8 +414,5 @@ def read_probs_csv(path: Path) -> pd.DataFrame:
         i, k = np.argwhere(bad)[0]
         raise CloudpipeError(f"{CLASSES[k]} probability {text.iat[i, k + 1]!r} is not a number in [0, 1]",
                              path=path, line=int(i) + 2)
-    duplicated = text["image"].duplicated().to_numpy()
-    if duplicated.any():
-        i = int(np.flatnonzero(duplicated)[0])
-        raise CloudpipeError(f"duplicate image {text['image'].iat[i]!r}", path=path, line=i + 2)
+    _refuse_duplicates(text["image"], "image", path)
     return pd.DataFrame(values, index=pd.Index(text["image"], name="image"), columns=list(CLASSES))

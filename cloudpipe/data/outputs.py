@@ -146,16 +146,10 @@ def _mark_of(folder: Path) -> str | None:
 def claim_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
                  input_dirs: Iterable[Path] = (), folder: bool = False, made_by: str | None = None,
                  lock: bool = True) -> Iterator[Path]:
-    """:func:`check_output`, then hold the output's lock until the body ends (wrap the whole
-    command, from the check to the last rename); the check is repeated under the lock, since
-    another process may have written the file meanwhile. ``lock=False`` only checks, making no
-    folder (the ranks of ``torchrun`` other than rank 0, which write nothing). A refusal or
-    failure leaves no empty new folder. :class:`cloudpipe.engine.runner.Runner` claims every output of a command
-    with it.
-
-    Raises:
-        CloudpipeError: as :func:`check_output` and :func:`output_lock`.
-    """
+    """:func:`check_output`, then hold the output's lock (:func:`output_lock`) until the body
+    ends; the check is repeated under the lock, since another process may have written the file
+    meanwhile. ``lock=False`` only checks, making no folder (the ranks of ``torchrun`` other than
+    rank 0, which write nothing). A refusal or failure leaves no empty new folder."""
     check = dict(overwrite=overwrite, inputs=tuple(inputs), input_dirs=tuple(input_dirs), folder=folder, made_by=made_by)
     if not lock:  # the writer alone makes (and removes) folders: two ranks would race on them
         yield check_output(path, **check, create=False)
@@ -303,11 +297,8 @@ def check_plain_path(path: Path, *, folder: bool = False) -> Path:
 
 def cleared_path(path: Path) -> Path:
     """``path`` cleared for a temporary to be written: whatever lies there (a symbolic link
-    planted to redirect the write included, a folder whole) is removed, never followed.
-
-    Raises:
-        CloudpipeError: it cannot be removed.
-    """
+    planted to redirect the write included, a folder whole) is removed, never followed (or a
+    CloudpipeError)."""
     path = Path(path)
     with _reported(path):
         if path.is_dir() and not path.is_symlink():
@@ -328,12 +319,8 @@ def _reported(path: Path) -> Iterator[None]:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
-
-    Raises:
-        CloudpipeError: writing or renaming failed (e.g. no space left on device); the
-            temporary file is removed and an existing ``path`` is left as it was.
-    """
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success (a failed
+    write or rename is a CloudpipeError, the temporary file removed and ``path`` left as it was)."""
     path = Path(path)
     tmp = _temporary(path)
     try:
@@ -345,13 +332,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_files(writers: Mapping[Path, Callable[[Path], object] | None]) -> None:
-    """Write files that belong together: each writer writes its file to a temporary path, and
-    only when all have succeeded are they renamed into place, so a failure leaves every old
-    file (or none) as it was, never a mix of old and new.
-
-    Args:
-        writers: destination -> function writing the content to the path it is given, or None
-            to remove the destination with the group (a file the new ones no longer match).
+    """Write files that belong together: each writer (destination -> function writing to the
+    path it is given) writes to a temporary path, and only when all have succeeded are they
+    renamed into place (a None writer's destination removed), so a failure leaves every old file
+    (or none) as it was, never a mix of old and new.
 
     Raises:
         CloudpipeError: a write failed (naming its file); every temporary file is removed.

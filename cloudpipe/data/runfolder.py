@@ -117,12 +117,8 @@ def model_dirs(run_dir: Path, folds: int) -> list[Path]:
 def trained_checkpoints(run_dir: Path, allow_partial: bool = False) -> list[Path]:
     """``RUN/best.pt``, or every ``RUN/fold{i}/best.pt`` of a K-fold run (in fold order).
 
-    A K-fold run (``folds`` in its ``config.yaml``) must have every fold's model: one stopped
-    before all its folds trained would otherwise predict with some of them, unsaid.
-
-    Args:
-        allow_partial: use the folds that have a model, with a warning (the ``cloudpipe``
-            logger) naming the missing ones.
+    A K-fold run (``folds`` in its ``config.yaml``) must have every fold's model, unless
+    ``allow_partial``: then the folds that have one are used, with a warning naming the others.
 
     Raises:
         CloudpipeError: no folder, no finished model in it, or (unless ``allow_partial``) a
@@ -207,14 +203,9 @@ def run_fingerprint(run_dir: Path) -> str:
 
 
 def make_model_splits(run_dir: Path, images: list[str], pairs: list[tuple[list[str], list[str]]]) -> list[ModelSplit]:
-    """Per model, its folder and (train, val) images, each list in ``images`` order: the same
-    lists :func:`read_splits` gives back once they are written, so a resumed run sees its images
-    in the order the first run did.
-
-    Args:
-        images: every training image, in ``train.csv`` order.
-        pairs: per model, its (train images, validation images) in any order.
-    """
+    """Per model, its folder and (train, val) images (``pairs``, in any order), each list in the
+    order of ``images`` (``train.csv``'s): the lists :func:`read_splits` gives back once they are
+    written, so a resumed run sees its images in the order the first run did."""
     out = []
     for folder, (train, val) in zip(model_dirs(run_dir, len(pairs) if len(pairs) > 1 else 0), pairs):
         train_set, val_set = set(train), set(val)
@@ -223,12 +214,8 @@ def make_model_splits(run_dir: Path, images: list[str], pairs: list[tuple[list[s
 
 
 def write_splits(run_dir: Path, images: list[str], splits: list[ModelSplit]) -> Path:
-    """Record which images each model of the run validates on (``RUN/splits.csv``).
-
-    Args:
-        images: every training image, in ``train.csv`` order.
-        splits: the run's models, in fold order.
-    """
+    """Record which images (every training image, in ``train.csv`` order) each model of the
+    run (``splits``, in fold order) validates on: ``RUN/splits.csv``."""
     fold = pd.Series("", index=pd.Index(images, name="image"), dtype=object)
     for i, split in enumerate(splits):
         fold[split.val] = str(i)
@@ -266,11 +253,7 @@ def read_splits(run_dir: Path, folds: int) -> list[ModelSplit]:
 
 
 def read_config_values(run_dir: Path) -> dict:
-    """The raw values of ``RUN/config.yaml``.
-
-    Raises:
-        CloudpipeError: no such file, unreadable YAML, or not a mapping.
-    """
+    """The raw values of ``RUN/config.yaml`` (:func:`read_yaml_mapping`; no such file: a CloudpipeError)."""
     path = Path(run_dir) / CONFIG_YAML
     if not path.is_file():
         raise CloudpipeError(f"no {CONFIG_YAML}: not a training run folder", path=run_dir)
