@@ -104,25 +104,17 @@ def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
 
 def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, placement: Placement = "exact",
           rule: Rule = "best", z: float = Z) -> Sweep:
-    """Score every candidate threshold of one class in O(n log n).
+    """Score every candidate threshold of one class in O(n log n), and choose one by ``rule``.
 
-    At threshold ``t`` a pair scores ``blank`` when its probability is < ``t`` and ``keep``
-    otherwise; sorted by probability, the blanked pairs are a prefix, so the mean score at every
-    candidate comes from two cumulative sums, and so does the standard error of its paired
+    At threshold ``t`` a pair (of presence probability ``probs``) scores ``blank`` (e.g. 1 if the
+    class is absent, else 0) when its probability is < ``t`` and ``keep`` (e.g. its segmentation
+    Dice) otherwise; sorted by probability, the blanked pairs are a prefix, so the mean score at
+    every candidate comes from two cumulative sums, and so does the standard error of its paired
     difference from the best candidate (two candidates differ on the pairs between their cuts).
-
-    Args:
-        probs: (n,) presence probabilities in [0, 1].
-        keep: (n,) score of each pair when kept (e.g. its segmentation Dice).
-        blank: (n,) score of each pair when blanked (e.g. 1 if the class is absent, else 0).
-        placement: where the threshold goes in the chosen gap (see :class:`Sweep`).
-        rule: ``best``: the best score, ties broken toward the lower threshold; ``robust``: the
-            middle of the near-best thresholds, or 0 (blank nothing) unless blanking pays on
-            held-out pairs (:mod:`cloudpipe.algorithms.robust`).
-        z: standard errors for ``robust``.
-
-    Returns:
-        The sweep, its candidate chosen by ``rule``.
+    ``rule`` ``best``: the best score, ties broken toward the lower threshold; ``robust``: the
+    middle of the near-best thresholds (``z`` standard errors), or 0 (blank nothing) unless
+    blanking pays on held-out pairs (:mod:`cloudpipe.algorithms.robust`). ``placement``: see
+    :class:`Sweep`.
     """
     if placement not in PLACEMENTS:
         raise CloudpipeError(f"threshold placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")

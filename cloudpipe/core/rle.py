@@ -60,19 +60,13 @@ def _bytes_to_index(words: np.ndarray, flags: np.ndarray) -> np.ndarray:
 
 
 def mask2rle(mask: np.ndarray) -> str:
-    """Encode a mask as Kaggle RLE.
+    """Encode a mask (H, W; any non-zero pixel is "in the mask") as Kaggle RLE:
+    ``"start length start length ..."`` with 1-indexed column-major starts; ``""`` when empty.
 
-    Works on the (H, W) array as it lies in memory: run boundaries are found within columns
+    Works on the array as it lies in memory: run boundaries are found within columns
     (row-to-row changes) and across column ends, then put in column-major order, so no
     transposed copy of the full image is made. (A Fortran-ordered mask, such as
     :func:`rle2mask` returns, is scanned in column-major order directly.)
-
-    Args:
-        mask: array of shape (H, W); any non-zero pixel is "in the mask".
-
-    Returns:
-        ``"start length start length ..."`` with 1-indexed column-major starts; ``""`` for an
-        empty mask.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -124,12 +118,8 @@ def _format(values: np.ndarray, largest: int | None = None) -> str:
 
     Every number becomes a field of 4-digit chunks from the lookup tables, leading zeros
     marked; the field is one digit wider than the largest number, so its first byte is always
-    a mark and becomes the separating space. One ``bytes.translate`` then deletes the marks
-    (timed against ``" ".join(map(str, ...))`` by ``benchmarks/``).
-
-    Args:
-        values: 1-D int64 array of numbers >= 1.
-        largest: an upper bound on ``values`` if known (else their maximum is taken).
+    a mark and becomes the separating space. One ``bytes.translate`` then deletes the marks.
+    ``largest``: an upper bound on ``values`` if known (else their maximum is taken).
     """
     if largest is None:
         largest = int(values.max())
@@ -222,12 +212,8 @@ def _explain(text: str, shape: tuple[int, int]) -> RLEError:
 
 
 def _run_counts(text: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Parse and validate non-empty RLE text.
-
-    Returns:
-        The numbers as written, and the lengths of the alternating 0/1 runs of the flat mask,
-        ``[gap, run, gap, run, ..., tail gap]``, which sum to ``H * W``.
-    """
+    """Parse and validate non-empty RLE text: the numbers as written, and the lengths of the
+    alternating 0/1 runs of the flat mask, ``[gap, run, gap, run, ..., tail gap]`` (summing to ``H * W``)."""
     values = _parse(text)
     size = shape[0] * shape[1]
     # Run bounds 1, s0, e0, s1, e1, ..., size + 1 (1-indexed, e = s + length, exclusive end).
@@ -293,16 +279,10 @@ def check_shape(shape: object) -> tuple[int, int]:
 
 
 def rle2mask(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """Decode Kaggle RLE into a mask.
-
-    Args:
-        rle: ``"start length ..."`` text; ``""`` and pandas' missing value (float NaN or
-            ``pd.NA``, what ``read_csv`` gives an empty cell) mean an empty mask. Anything
-            else, ``None`` included, is refused: it is more likely a bug than an empty mask.
-        shape: (H, W) of the mask, each >= 1.
-
-    Returns:
-        uint8 array of shape (H, W) with values 0/1 (Fortran-ordered; a view, no transpose copy).
+    """Decode Kaggle RLE into a uint8 0/1 mask of ``shape`` (H, W), Fortran-ordered (a view, no
+    transpose copy). ``""`` and pandas' missing value (float NaN or ``pd.NA``, what ``read_csv``
+    gives an empty cell) mean an empty mask; anything else that is not text, ``None`` included,
+    is refused: it is more likely a bug than an empty mask.
 
     Raises:
         RLEError: when ``rle`` is not valid for ``shape`` (see :func:`parse_rle`).

@@ -86,10 +86,7 @@ def _header_size(data, path: Path) -> tuple[int, int]:
 
 
 def check_images(paths: Iterable[Path], shape: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Check every image's header; all must share one size (``shape`` if given).
-
-    Returns:
-        The common (H, W).
+    """Check every image's header; all must share one size (``shape`` if given), returned as (H, W).
 
     Raises:
         CloudpipeError: naming the first bad file.
@@ -115,11 +112,7 @@ def reduction_for(source: tuple[int, int], target: tuple[int, int]) -> int:
 
 
 def read_file(path: Path) -> bytes:
-    """A file's bytes.
-
-    Raises:
-        CloudpipeError: the file cannot be read.
-    """
+    """A file's bytes (or a CloudpipeError naming it)."""
     try:
         return Path(path).read_bytes()
     except OSError as err:
@@ -127,12 +120,8 @@ def read_file(path: Path) -> bytes:
 
 
 def read_image(path: Path, size: tuple[int, int], reduction: int = 1) -> np.ndarray:
-    """Decode a JPEG as RGB uint8 of shape (H, W, 3) = ``size``.
-
-    Args:
-        path: JPEG file.
-        size: (H, W) wanted.
-        reduction: libjpeg scale factor to decode at (see :func:`reduction_for`).
+    """Decode a JPEG as RGB uint8 (H, W, 3), (H, W) = ``size``, at the libjpeg scale factor
+    ``reduction`` (:func:`reduction_for`).
 
     Raises:
         CloudpipeError: unreadable file, or JPEG data that libjpeg finds corrupt (even where it
@@ -202,10 +191,7 @@ def decode_batch(datas: list, paths: list[Path], size: tuple[int, int], reductio
     CPU) into a uint8 (N, 3, H, W) channels_last batch of ``size``, the pixels
     :func:`read_image` gives within a grey level or so: the full decode, a ``reduction`` x
     ``reduction`` mean (what libjpeg's DCT scaling approximates), then a bilinear resize.
-
-    Args:
-        datas: per image, its file's bytes as a 1-D uint8 CPU tensor; all images one size.
-        paths: the files, for error messages.
+    ``datas``: per image (all one size), its file's bytes as a 1-D uint8 CPU tensor.
 
     Raises:
         CloudpipeError: naming the first file the decoder rejects, or whose header declares
