@@ -41,13 +41,9 @@ def headline(stats: PairStats, probs: np.ndarray | None = None, tuned: GateSpec 
     """The headline rows: mean Dice per class and overall of all masks empty, the
     segmentation alone, gated at 0.5 and by the ``tuned`` gate (when ``probs`` are given), the
     oracle, and the capture share of the tuned gate (or of the 0.5 gate without one).
-
-    Args:
-        stats: pair statistics of the segmentation masks against the truth.
-        probs: (n, 4) presence probabilities aligned with ``stats.images``, or None.
-        tuned: the tuned gate (its thresholds and at-least-one rule, applied to ``probs`` as
-            ``predict`` applies them), or None.
-        in_sample: ``tuned`` was tuned on these pairs: its row is named :data:`IN_SAMPLE_ROW`.
+    ``probs`` (n, 4) are aligned with ``stats.images``; ``tuned`` is applied to them as
+    ``predict`` applies it; ``in_sample``: it was tuned on these pairs (its row is
+    :data:`IN_SAMPLE_ROW`).
     """
     alone = stats.dice()
     truth_present = stats.truth_area > 0

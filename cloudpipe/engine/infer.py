@@ -60,11 +60,8 @@ class RunModels:
 
 def load_run(run_dir: Path, task: str, device: torch.device, channels_last: bool = True,
              allow_partial: bool = False) -> RunModels:
-    """Rebuild a run's model(s) from their checkpoints alone.
-
-    Args:
-        allow_partial: a K-fold run missing some folds' models runs with those it has (see
-            :func:`~cloudpipe.data.runfolder.trained_checkpoints`).
+    """Rebuild a run's model(s) from their checkpoints alone (``allow_partial``: see
+    :func:`~cloudpipe.data.runfolder.trained_checkpoints`).
 
     Raises:
         CloudpipeError: missing or unreadable checkpoints (a fold's included, unless

@@ -89,6 +89,11 @@ def unreachable(url: str) -> str | None:
     return f"{host} answers {status}" if status >= 500 else None
 
 
+def _torch_cache(url: str) -> Path:
+    """Where torch's cache keeps the file of ``url`` (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
 def _torchvision_url(arch: str) -> str:
     """The URL of torchvision's ImageNet weights of ``arch`` (the ResNets' first release, as
     before; else torchvision's default weights)."""
@@ -110,8 +115,8 @@ def torchvision_imagenet_state(arch: str) -> dict:
             naming the file to place and where.
     """
     url = _torchvision_url(arch)
-    file = Path(url).name
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / file
+    cache = _torch_cache(url)
+    file = cache.name
     named = torch.hub.HASH_REGEX.search(file)
     if cache.is_file() and named:
         expected = named.group(1)
@@ -144,12 +149,9 @@ def hub_state(repo_id: str, filenames: tuple[str, ...], revision: str | None, wh
               elsewhere: str = "") -> dict:
     """A state dict from the first of ``filenames`` that Hugging Face repo ``repo_id`` holds,
     offline first: the Hugging Face cache (no network), else, when the hub answers at once
-    (:func:`hub_unreachable`), a download.
-
-    Args:
-        what: the weights' owner for the message (``encoder resnet34``, ``timm resnet34``).
-        option: the training option that chooses them (:data:`WEIGHTS_OPTION`).
-        elsewhere: another place the weights may be put, for the message.
+    (:func:`hub_unreachable`), a download. For the message: ``what`` owns the weights
+    (``encoder resnet34``), ``option`` chooses them (:data:`WEIGHTS_OPTION`), ``elsewhere`` is
+    another place they may be put.
 
     Raises:
         CloudpipeError: not cached and the hub unreachable (or the download failing): one line
@@ -199,24 +201,21 @@ def smp_imagenet_state(encoder: str) -> dict:
         CloudpipeError: none of these worked, naming what to place where.
     """
     option = WEIGHTS_OPTION["segmentation"]
-    if encoder in _IMAGENET_WEIGHTS and (Path(torch.hub.get_dir()) / "checkpoints" / Path(_IMAGENET_WEIGHTS[encoder].url).name).is_file():
+    torch_file = _torch_cache(_IMAGENET_WEIGHTS[encoder].url) if encoder in _IMAGENET_WEIGHTS else None
+    if torch_file is not None and torch_file.is_file():
         return {k: v for k, v in torchvision_imagenet_state(encoder).items() if not k.startswith("fc.")}
     import segmentation_models_pytorch as smp
 
     settings = smp.encoders.encoders[encoder]["pretrained_settings"].get("imagenet")
     if settings is None:
         raise CloudpipeError(f"encoder {encoder!r} has no ImageNet weights; pass {option} none or PATH")
-    torch_file = f" or torchvision's {Path(_IMAGENET_WEIGHTS[encoder].url).name} in {Path(torch.hub.get_dir()) / 'checkpoints'}" \
-        if encoder in _IMAGENET_WEIGHTS else ""
-    return hub_state(settings["repo_id"], ("model.safetensors",), settings["revision"], f"encoder {encoder}", option, torch_file)
+    elsewhere = f" or torchvision's {torch_file.name} in {torch_file.parent}" if torch_file is not None else ""
+    return hub_state(settings["repo_id"], ("model.safetensors",), settings["revision"], f"encoder {encoder}", option, elsewhere)
 
 
 def timm_imagenet_state(name: str, option: str) -> dict:
     """The ImageNet state dict of timm model ``name`` (its default pretrained tag), offline
-    first (:func:`hub_state`: the Hugging Face cache, else a download where the hub answers).
-
-    Args:
-        option: the training option that asked for them (:data:`WEIGHTS_OPTION`), for the message.
+    first (:func:`hub_state`, ``option`` asking for them).
 
     Raises:
         CloudpipeError: no pretrained weights, or none of these worked, naming what to place where.
@@ -285,11 +284,10 @@ def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple
 
 def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = (),
                     head_dropout: float | None = None) -> nn.Module:
-    """An smp model with one sigmoid channel per class.
+    """An smp model (``arch``: ``Unet``, ``FPN``...; smp's ``encoder``) with one sigmoid channel
+    per class.
 
     Args:
-        arch: smp architecture name (``Unet``, ``FPN``, ...).
-        encoder: smp encoder name (``resnet34``, ...).
         weights: ``imagenet`` (see :func:`smp_imagenet_state`), ``none``, or a path to an encoder state dict.
         freeze: submodule names (e.g. ``encoder``) whose parameters stay fixed.
         head_dropout: None for masks alone; else a classification head on the encoder with
