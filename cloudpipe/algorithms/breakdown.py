@@ -16,7 +16,7 @@ import numpy as np
 
 from cloudpipe.algorithms.gating import GateSpec, keep
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.core.metric import PairStats, dice_score
+from cloudpipe.core.metric import PairStats, dice_score, dice_table
 
 DECISIONS = ("kept, present", "kept, absent", "blanked, present", "blanked, absent")
 """The four kinds of presence decision, in table order."""
@@ -28,7 +28,7 @@ def gated_dice(stats: PairStats, keep: np.ndarray) -> np.ndarray:
 
 
 def _row(name: str, dice: np.ndarray) -> dict:
-    return {"submission": name, **{c: float(dice[:, k].mean()) for k, c in enumerate(CLASSES)}, "mean": float(dice.mean())}
+    return {"submission": name, **dice_table(dice)}
 
 
 TUNED_ROW = "gated, tuned thresholds"

@@ -369,8 +369,8 @@ class Progress(Enum):
     """Continues from its ``last.pt`` (a hold-out model that trained all its epochs too, for no
     epoch: the command reports its best, and ``keep_last: false`` removes its ``last.pt``)."""
     FINISHED = "finished"
-    """Trained all its epochs, a fold (or a model whose ``last.pt`` ``keep_last: false``
-    removed): not trained again."""
+    """A fold that trained all its epochs, or a model whose ``last.pt`` ``keep_last: false``
+    removed: not trained again."""
 
 
 @dataclass(frozen=True)
@@ -407,18 +407,14 @@ def train_run(
     fold: int | None = None,
     progress: bool = True,
 ) -> list[FitResult]:
-    """Train a model (or K fold models) as the config says, into ``out_dir``.
+    """Train a model (or K fold models) as the config says, into ``out_dir``; one result per
+    model trained (on rank 0; other ranks of a torchrun job get ``[]``).
 
     The run folder gets ``config.yaml`` and ``splits.csv`` once the first model is built (a run
     that cannot start, e.g. for want of its ImageNet weights, writes nothing); with ``config.folds >= 2``,
     fold i goes to ``out_dir/fold{i}/`` (only fold ``fold`` when given), and once every fold is
     done, ``out_dir/val_probs.csv`` holds the out-of-fold probabilities of every training image
-    (classifier). ``resume`` continues each model from its ``last.pt`` (or from the start, when
-    the run was stopped before its first epoch ended). Every model's state is worked out
-    (:func:`run_state`) before the first trains.
-
-    Returns:
-        One result per model trained (on rank 0; other ranks of a torchrun job get ``[]``).
+    (classifier). ``resume`` continues each model as :func:`run_state` finds it, before the first trains.
     """
     from cloudpipe.engine.runner import Plan, Runner
 
@@ -499,11 +495,8 @@ def run_state(out_dir: Path, config: TrainConfig, data: TrainData, *, resume: bo
 
 
 def _check_same_images(splits: list[ModelSplit], data: TrainData, out_dir: Path) -> None:
-    """Refuse to continue a run on other training images than it recorded.
-
-    Raises:
-        CloudpipeError: one line counting the images gone and new, naming the first of each.
-    """
+    """Refuse to continue a run on other training images than it recorded: one line counting
+    the images gone and new, naming the first of each."""
     trained, now = set(splits[0].train + splits[0].val), set(data.labels.index)
     if trained != now:
         gone, new = sorted(trained - now), sorted(now - trained)
@@ -532,11 +525,8 @@ def _model_state(index: int, split: ModelSplit, config: TrainConfig, continuing:
 
 
 def _check_unchanged(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
-    """Refuse to continue a run (saved with ``saved``) with settings that must not change.
-
-    Raises:
-        CloudpipeError: one line listing each changed setting, old -> new.
-    """
+    """Refuse to continue a run (saved with ``saved``) with settings that must not change: one
+    line listing each changed setting, old -> new."""
     before, wanted = saved.to_dict(), config.to_dict()
     resumable = resumable_keys(config)
     changed = [k for k in wanted if k not in resumable and wanted[k] != before[k]]
@@ -551,11 +541,8 @@ def _check_unchanged(saved: TrainConfig, config: TrainConfig, where: Path) -> No
 
 def _resume_state(last: Path, config: TrainConfig) -> dict:
     """A model's ``last.pt``, checked to be one (not a ``best.pt`` copied over it) and to have
-    been trained with ``config`` (bar :func:`resumable_keys`), whatever ``config.yaml`` says now.
-
-    Raises:
-        CloudpipeError: one line saying what is missing or what differs.
-    """
+    been trained with ``config`` (bar :func:`resumable_keys`), whatever ``config.yaml`` says now;
+    else one line saying what is missing or what differs."""
     try:
         state = load_checkpoint(last, needs=RESUME_KEYS)
     except CloudpipeError as err:
