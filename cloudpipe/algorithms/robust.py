@@ -51,15 +51,9 @@ def check_rule(rule: str) -> Rule:
 
 
 def paired_gaps(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean score of every candidate, its gap to the best, and the gap's standard error.
-
-    Args:
-        scores: (n, m) score of each of n images under each of m candidates.
-
-    Returns:
-        ``mean`` (m,), ``gap`` (m,) = mean minus the best mean (<= 0), and ``se`` (m,), the
-        standard error of the mean per-image difference from the best candidate (0 for it).
-    """
+    """From the scores (n, m) of n images under m candidates: the ``mean`` score of every
+    candidate, its ``gap`` to the best mean (<= 0), and ``se``, the standard error of its mean
+    per-image difference from the best candidate (0 for it)."""
     scores = np.asarray(scores, np.float64)
     n = scores.shape[0]
     mean = scores.mean(axis=0)
@@ -88,19 +82,10 @@ def plateau(mean: np.ndarray, gap: np.ndarray, se: np.ndarray, coords: np.ndarra
 
 @dataclass(frozen=True)
 class DefaultKept:
-    """Why ``robust`` kept the untuned default where the best candidate was another: too few
-    images for the held-out check, or a held-out gain inside its noise.
-
-    Attributes:
-        images: images tuned on.
-        default: the default kept (e.g. ``no gating (threshold 0)``).
-        instead: the candidate declined (e.g. ``threshold 0.52``).
-        gain: its in-sample gain in mean score over the default.
-        held_out: the held-out mean gain per image and its standard error; None when there
-            were too few images to check (fewer than ``needed``).
-        needed: the fewest images the held-out check runs on.
-        z: the standard errors a held-out gain must exceed.
-    """
+    """Why ``robust`` kept the untuned ``default`` (``no gating (threshold 0)``) over the
+    candidate ``instead`` (``threshold 0.52``) of in-sample ``gain`` on ``images`` images: too
+    few images for the held-out check (``held_out`` None: fewer than ``needed``), or a held-out
+    mean gain per image inside ``z`` of its standard errors (``held_out``: the two)."""
 
     images: int
     default: str

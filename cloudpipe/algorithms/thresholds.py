@@ -48,19 +48,13 @@ def check_thresholds(thresholds: Mapping[str, object]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Sweep:
-    """One class's mean score at every candidate threshold.
-
-    Attributes:
-        thresholds: (m,) candidates, ascending: 0, every distinct probability, and the next
-            float above the largest one (when that is still <= 1), which blanks every pair.
-        scores: (m,) mean per-pair score when pairs with probability < threshold are blanked.
-        best: index of the chosen candidate (the lowest one of the best score).
-        placement: ``exact``: the threshold is the chosen candidate; ``midpoint``: halfway
-            between it and the next lower candidate (above the largest probability: halfway to
-            1), which blanks the same validation pairs with more margin on both sides.
-        kept: with the ``robust`` rule, why the default (0: blank nothing) was kept over the
-            threshold the scores favoured; None when it was not.
-    """
+    """One class's mean score (``scores``, m) when the pairs of probability below each candidate
+    threshold (:func:`candidate_thresholds`, ascending) are blanked, and the index ``best`` of
+    the chosen one. ``placement`` ``exact``: the threshold is the chosen candidate;
+    ``midpoint``: halfway between it and the next lower candidate (above the largest
+    probability: halfway to 1), which blanks the same validation pairs with more margin on both
+    sides. ``kept``: with the ``robust`` rule, why the default (0: blank nothing) was kept over
+    the threshold the scores favoured."""
 
     thresholds: np.ndarray
     scores: np.ndarray

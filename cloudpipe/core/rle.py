@@ -241,9 +241,8 @@ def parse_rle(rle: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]
     non-breaking spaces, leading, trailing or doubled spaces).
 
     Raises:
-        RLEError: text that is not digits separated by single spaces, odd token count, start
-            or length < 1, starts not strictly increasing, overlapping runs, or runs past
-            ``H * W``.
+        RLEError: odd token count, start or length < 1, starts not strictly increasing,
+            overlapping runs, or runs past ``H * W``.
     """
     if not rle:
         return np.empty(0, np.int64), np.empty(0, np.int64)

@@ -187,14 +187,8 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     folder of :func:`build_folder`), ``.<name>.<pid>.old`` (the folder :func:`build_folder` was
     replacing) and ``.<name>.rank<r>.<pid>.npy`` (a ``torchrun`` rank's share), whose pid is no
     longer alive; a folder is removed whole, a link itself (never what it points to). Called
-    with the output's lock held, so no live writer of ``path`` is racing.
-
-    Returns:
-        The paths removed.
-
-    Raises:
-        CloudpipeError: one cannot be removed.
-    """
+    with the output's lock held, so no live writer of ``path`` is racing. Returns the paths
+    removed (one that cannot be: a CloudpipeError)."""
     path = Path(path)
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:rank\d+\.)?(?P<pid>\d+)\.(?:tmp|npy|old)")
     removed = []
@@ -226,11 +220,8 @@ def output_lock(path: Path) -> Iterator[None]:
 
     The lock file holds the writer's pid and an ``flock``, which the kernel drops when the
     process dies: a lock file left behind by a killed process (its pid no longer alive) is
-    simply taken over. The file is removed when the body ends.
-
-    Raises:
-        CloudpipeError: another live process holds the lock, or the lock file cannot be made.
-    """
+    simply taken over. The file is removed when the body ends. Another live process holding
+    the lock, or a lock file that cannot be made, is a CloudpipeError."""
     lock = lock_path(path)
     fd = _acquire(lock, Path(path))
     try:
@@ -368,10 +359,7 @@ def build_folder(path: Path, build: Callable[[Path], T], made_by: str, *, overwr
     lock held (:func:`claim_output` with ``made_by``); what lies at ``path`` is checked again
     just before the swap. A failure leaves ``path`` as it was and no staging folder; a process
     killed at any point leaves at most those hidden folders, which the next claim of ``path``
-    removes (:func:`remove_stale_temporaries`).
-
-    Returns:
-        What ``build`` returned.
+    removes (:func:`remove_stale_temporaries`). Returns what ``build`` returned.
 
     Raises:
         CloudpipeError: ``build``'s own, or a failed write or rename (e.g. no space left on

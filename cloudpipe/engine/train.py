@@ -470,9 +470,8 @@ def run_state(out_dir: Path, config: TrainConfig, data: TrainData, *, resume: bo
 
     Raises:
         CloudpipeError: a fresh run into a folder holding another run; ``resume`` with nothing
-            to resume; a continued run with settings that must not change, or trained on other
-            images; a model whose ``last.pt`` is not one to resume from, or that has none left
-            to train further from.
+            to resume; a continued run that :func:`_check_unchanged`, :func:`_check_same_images`
+            or :func:`_resume_state` refuses, or that has no ``last.pt`` left to train further from.
     """
     continuing = resume or fold is not None
     config_path = out_dir / CONFIG_YAML
