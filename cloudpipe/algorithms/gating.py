@@ -104,14 +104,9 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], a
 
 @dataclass(frozen=True)
 class GateSpec:
-    """How ``predict`` gates: what ``thresholds.json`` records.
-
-    Attributes:
-        thresholds: class -> threshold.
-        gates: class -> the blend of sources its score is (default: the classifier alone).
-        at_least_one: whether :func:`keep_most_probable` applies.
-        pixel: how pixel statistics are computed, when a gate uses one (None otherwise).
-    """
+    """How ``predict`` gates, as ``thresholds.json`` records it: per class the threshold and the
+    blend of sources its score is (default: the classifier alone), whether
+    :func:`keep_most_probable` applies, and how pixel statistics are computed (None: no gate uses one)."""
 
     thresholds: dict[str, float]
     gates: dict[str, Gate] = field(default_factory=lambda: {c: {CLASSIFIER: 1.0} for c in CLASSES})

@@ -374,14 +374,11 @@ def _component_stats(sizes: tuple | None, shapes: tuple | None, mask: np.ndarray
 
     The components kept by a minimum size are those of at least that area: a prefix of the
     components sorted by decreasing area. ``mask`` is additive over components, so its figures
-    are sums of per-component counts. A hull or box may overlap another component's, so those
-    are drawn once per component, largest first, onto one canvas, counting only the pixels each
-    adds: the figures after each prefix are those of its union (a prefix of more than
-    :data:`DRAWN_ONE_BY_ONE` components, as many specks of noise give, is drawn whole instead). Each component is drawn as
-    :meth:`Shape.apply` draws it (its external contour's hull or bounding box, or'ed with its
-    pixels); a component inside another's hole adds nothing while the outer one is kept, as
-    the outer hull or box covers it, which is why :meth:`Shape.apply` (external contours only)
-    draws the same union.
+    are sums of per-component counts; hulls and boxes may overlap, so their figures come from
+    :func:`_drawn_prefixes` (a prefix of more than :data:`DRAWN_ONE_BY_ONE` components, as many
+    specks of noise give, is drawn whole instead). A component inside another's hole adds
+    nothing while the outer one is kept, as the outer hull or box covers it, which is why
+    :meth:`Shape.apply` (external contours only) draws the same union.
     """
     # 16-bit labels where they cannot overflow (8-connected components are at most one per 2 x 2 block): less to write
     small = -(-mask.shape[0] // 2) * -(-mask.shape[1] // 2) < 2**16
@@ -416,10 +413,10 @@ def _component_stats(sizes: tuple | None, shapes: tuple | None, mask: np.ndarray
 def _drawn_prefixes(shape: str, order: np.ndarray, labels: np.ndarray, stats: np.ndarray,
                     truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Intersection and area of the union of the first 1, 2, ... components of ``order``,
-    each drawn as ``shape`` (``hull`` or ``box``) the way :meth:`Shape.apply` draws it.
-
-    A component is drawn inside its bounding box, so one whose box meets no earlier box adds
-    all of its pixels; only the others are counted against the canvas of those drawn."""
+    each drawn as ``shape`` (``hull`` or ``box``) the way :meth:`Shape.apply` draws it (its
+    external contour's hull or bounding box, or'ed with its pixels), largest first, onto one
+    canvas, counting only the pixels each adds. A component is drawn inside its bounding box,
+    so one whose box meets no earlier box adds all of its pixels."""
     height, width = labels.shape
     canvas = np.zeros(labels.shape, bool)
     left, top = stats[order + 1, 0], stats[order + 1, 1]

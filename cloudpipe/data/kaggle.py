@@ -37,11 +37,7 @@ def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
     Row ``i`` of the frame is line ``i + 2`` of the file: blank lines between rows (which pandas
     would skip, shifting every later line number) and cells spanning several lines are refused;
-    blank lines at the end of the file are ignored.
-
-    Raises:
-        CloudpipeError: missing or unreadable file, no header, wrong columns, no rows, a blank
-            line, or a newline inside a cell.
+    blank lines at the end of the file are ignored. A refusal is one CloudpipeError naming the file (and line).
     """
     path = Path(path)
     if not path.is_file():

@@ -80,11 +80,7 @@ def _rectangle(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[slice,
 
 
 def make_image(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic RGB image and its class masks.
-
-    Returns:
-        (uint8 image (H, W, 3), uint8 masks (4, H, W) with values 0/1).
-    """
+    """One synthetic RGB image, uint8 (H, W, 3), and its class masks, 0/1 uint8 (4, H, W)."""
     h, w = shape
     canvas = 30 + 50 * _smooth_noise(rng, shape, 5)
     masks = np.zeros((len(CLASSES), h, w), dtype=np.uint8)

@@ -440,7 +440,7 @@ def train_run(
         stage, data = run.claim(declare)
         with run.together():
             state = run_state(out_dir, config, data, resume=resume, fold=fold)
-        results, written = [], False
+        results: list[FitResult] = []
         clock = RunClock(config.folds, config.epochs * len(state.models))
         for model in state.models:
             clock.begin(model.index, model.trained)
@@ -448,11 +448,10 @@ def train_run(
                 continue
             trainer = Trainer(stage, data, model.split, run.dist, model.checkpoint)
             trainer.clock = clock
-            if not written:  # the first model is built (its weights found): only now is --out written
+            if not results:  # the first model is built (its weights found): only now is --out written
                 _record_run(out_dir, config, data, state, run)
-                written = True
             results.append(fit(trainer, progress))
-        if not written:
+        if not results:  # every model had finished
             _record_run(out_dir, config, data, state, run)
         if run.is_main and stage.keeps_val_probs and config.folds >= 2:
             write_out_of_fold(out_dir, config.folds, data.labelled)
