@@ -81,11 +81,8 @@ class Step:
 
     @classmethod
     def parse(cls, value: object):
-        """A value (or grid entry) as read back from JSON, or as given in code.
-
-        Raises:
-            BadValue: not a :attr:`value`.
-        """
+        """A value (or grid entry) as read back from JSON, or as given in code; a BadValue when it
+        is not a :attr:`value`."""
         try:
             return _adapter(cls.value).validate_python(value)
         except ValidationError as err:

@@ -69,11 +69,7 @@ class PixelStats:
 
 def blend(scores: Mapping[str, np.ndarray], gates: Mapping[str, Gate]) -> np.ndarray:
     """The gate score of every pair (n, 4): per class, the weighted sum of its sources' scores
-    (each in [0, 1]), in [0, 1].
-
-    Raises:
-        CloudpipeError: a gate names a source missing from ``scores``.
-    """
+    (each in [0, 1]), in [0, 1]; a source missing from ``scores`` is a CloudpipeError."""
     missing = sorted({s for g in gates.values() for s in g} - set(scores))
     if missing:
         raise CloudpipeError(f"no {', '.join(missing)} scores to gate on")

@@ -35,11 +35,7 @@ def check_threshold(value: object, what: str) -> float:
 
 
 def check_thresholds(thresholds: Mapping[str, object]) -> dict[str, float]:
-    """Every class's threshold (:func:`check_threshold`), in class order.
-
-    Raises:
-        BadValue: a missing class, or a value that is not a number in [0, 1].
-    """
+    """Every class's threshold (:func:`check_threshold`), in class order; a missing class is a BadValue."""
     missing = [c for c in CLASSES if c not in thresholds]
     if missing:
         raise BadValue(f"no threshold for {', '.join(missing)}")

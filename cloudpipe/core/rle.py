@@ -165,11 +165,8 @@ def _syntax_problem(text: str) -> str:
 
 
 def _parse(text: str) -> np.ndarray:
-    """The numbers of non-empty RLE text as int64 (too large ones saturated).
-
-    Raises:
-        RLEError: text that is not strict RLE syntax, or an odd number of tokens.
-    """
+    """The numbers of non-empty RLE text as int64 (too large ones saturated); text that is not
+    strict RLE syntax, or an odd number of tokens, is an RLEError."""
     if not _SYNTAX.fullmatch(text):  # one regex; the numbers then parse exactly
         raise RLEError(_syntax_problem(text))
     values = np.fromstring(text, dtype=np.int64, sep=" ")
@@ -261,11 +258,7 @@ def _is_missing(value: object) -> bool:
 
 def check_shape(shape: object) -> tuple[int, int]:
     """``shape`` as ``(H, W)`` if it is two whole numbers >= 1, of at most
-    :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels in all.
-
-    Raises:
-        BadValue: anything else, quoted (a ValueError).
-    """
+    :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels in all; anything else is a BadValue quoting it."""
     try:
         height, width = shape  # type: ignore[misc]
         ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in (height, width))

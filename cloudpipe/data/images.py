@@ -86,11 +86,8 @@ def _header_size(data, path: Path) -> tuple[int, int]:
 
 
 def check_images(paths: Iterable[Path], shape: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Check every image's header; all must share one size (``shape`` if given), returned as (H, W).
-
-    Raises:
-        CloudpipeError: naming the first bad file.
-    """
+    """Check every image's header (a CloudpipeError names the first bad file); all must share
+    one size (``shape`` if given), returned as (H, W)."""
     for path in paths:
         size = jpeg_size(path)
         if shape is None:

@@ -207,11 +207,8 @@ def data_inputs(data_dir: Path) -> Inputs:
 
 
 def train_image_shape(data_dir: Path) -> tuple[int, int]:
-    """The (H, W) of a data folder's training images, the size ``train.csv``'s masks are at.
-
-    Raises:
-        CloudpipeError: no images, or images of different sizes.
-    """
+    """The (H, W) of a data folder's training images, the size ``train.csv``'s masks are at
+    (:func:`~cloudpipe.data.images.check_images`, the folder named)."""
     folder = Path(data_dir) / TRAIN_IMAGES
     try:
         return check_images(sorted(folder.glob("*.jpg")))
@@ -294,11 +291,8 @@ def split_train_val(
 
 def check_folds(folds: int, images: int) -> None:
     """Refuse a number of folds that is not between 2 and the number of ``images`` (before any
-    fold's folder is named: a count of 10^8 would name 10^8 of them).
-
-    Raises:
-        CloudpipeError: one line with the range and the value.
-    """
+    fold's folder is named: a count of 10^8 would name 10^8 of them), in one line with the
+    range and the value."""
     if folds < 2 or folds > images:
         raise CloudpipeError(f"--folds must be between 2 and the number of images ({images}), got {folds}")
 

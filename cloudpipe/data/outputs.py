@@ -109,11 +109,8 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
 def _check_replaceable(path: Path, made_by: str, overwrite: bool) -> None:
     """Refuse to build the folder ``path`` over what lies there: a link or anything but a folder
     (never followed, never replaced), a folder with something in it without ``overwrite``, or
-    one that ``made_by`` did not make (:data:`FOLDER_MARK`).
-
-    Raises:
-        CloudpipeError: one line naming ``path`` and what lies there.
-    """
+    one that ``made_by`` did not make (:data:`FOLDER_MARK`), in one line naming ``path`` and
+    what lies there."""
     if path.is_symlink():
         raise CloudpipeError("is a symbolic link, which cloudpipe never follows or replaces; remove it or choose "
                              "another output folder", path=path)
@@ -270,11 +267,8 @@ def _temporary(path: Path) -> Path:
 def check_plain_path(path: Path, *, folder: bool = False) -> Path:
     """Refuse a path a command writes in place (a file it replaces, a folder it fills) that is a
     symbolic link, whose target the write would reach or replace, or that is of the other kind
-    (a file where a ``folder`` is needed, or a folder where a file is); a missing path is fine.
-
-    Raises:
-        CloudpipeError: one line naming the path and what to do.
-    """
+    (a file where a ``folder`` is needed, or a folder where a file is), in one line naming the
+    path and what to do; a missing path is fine."""
     path = Path(path)
     if path.is_symlink():
         raise CloudpipeError("is a symbolic link, which cloudpipe never writes through; remove it, or choose "

@@ -145,11 +145,7 @@ def probability_store(folder: Path, shape: tuple[int, ...], dtype: type = np.uin
     """A memory map of ``shape`` in a file of ``folder`` that has no name: the file is
     unlinked as soon as it is made (or never named, with ``O_TMPFILE``), so its space returns
     when the map is dropped or the process ends, even by ``kill -9``. Its space is allocated
-    up front, so a full disk fails here rather than as a SIGBUS mid-run.
-
-    Raises:
-        CloudpipeError: the file cannot be made or sized (e.g. no space left on device).
-    """
+    up front, so a full disk fails here (a CloudpipeError) rather than as a SIGBUS mid-run."""
     try:
         with tempfile.TemporaryFile(dir=folder) as file:  # the map keeps its own handle
             os.posix_fallocate(file.fileno(), 0, math.prod(shape) * np.dtype(dtype).itemsize)

@@ -71,11 +71,8 @@ def check_training_paths(run_dir: Path, model_folders: Iterable[Path], tensorboa
     """Refuse, before training does any work, a run folder where training would write through a
     symbolic link or find a file where it makes a folder: the run folder, each of
     ``model_folders``, their ``tensorboard/`` (when ``tensorboard``) and every file training
-    writes in them (:data:`RUN_FILES`, :data:`MODEL_FILES`); nothing is written.
-
-    Raises:
-        CloudpipeError: one line naming the first such path (:func:`~cloudpipe.data.outputs.check_plain_path`).
-    """
+    writes in them (:data:`RUN_FILES`, :data:`MODEL_FILES`), naming the first such path
+    (:func:`~cloudpipe.data.outputs.check_plain_path`); nothing is written."""
     check_plain_path(run_dir, folder=True)
     for name in RUN_FILES:
         check_plain_path(Path(run_dir) / name)

@@ -152,9 +152,7 @@ def check_augment(augment: str | list[dict], size: tuple[int, int], masks: bool 
     data beside the image and its masks (``HistogramMatching``, ``FDA``, ``Mosaic``... read
     reference images or other samples that training does not give) and name no size in pixels
     above :data:`MAX_SIDE`. ``masks``: whether training gives the steps masks (segmentation).
-
-    Raises:
-        CloudpipeError: the first problem, in one line.
+    The first problem is a CloudpipeError, in one line.
     """
     pipeline = train_transform(hflip=0.5, vflip=0.5, brightness_contrast=0.5, noise=0.5, seed=0, augment=augment,
                                size=size)

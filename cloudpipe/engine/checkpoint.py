@@ -13,11 +13,8 @@ from cloudpipe.data.outputs import atomic_path
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
-
-    Raises:
-        CloudpipeError: the write failed (e.g. no space left on device); ``path`` is untouched.
-    """
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place (a failed
+    write, e.g. no space left on device, is a CloudpipeError and leaves ``path`` untouched)."""
     # Through a Python file object, so that a failed write is an OSError, which atomic_path
     # reports; torch's zip writer may then fail closing and hide it in a RuntimeError.
     with atomic_path(path) as tmp, open(tmp, "wb") as file:

@@ -412,11 +412,8 @@ def save_config(config: TrainConfig, path: Path) -> None:
 
 def config_from_dict(values: dict[str, Any], path: Path | None = None, what: str = "config") -> TrainConfig:
     """Rebuild a saved config (e.g. from a checkpoint) without re-reading defaults; keys this
-    cloudpipe does not name are dropped.
-
-    Raises:
-        CloudpipeError: a bad value, in one line naming ``path`` (the file it came from) and ``what``.
-    """
+    cloudpipe does not name are dropped. A bad value is one line naming ``path`` (the file it
+    came from) and ``what``."""
     known = {k: v for k, v in values.items() if k in TrainConfig.model_fields}
     return read_model(TrainConfig, known, what, path=path)
 
