@@ -61,11 +61,10 @@ FOLDER_MARK = ".cloudpipe"
 def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
                  input_dirs: Iterable[Path] = (), folder: bool = False, made_by: str | None = None,
                  create: bool = True) -> Path:
-    """Validate an output path before any work is done.
+    """Validate an output path before any work is done: none of the files the command reads
+    (``inputs``), in none of the folders it reads (``input_dirs``).
 
     Args:
-        inputs: files the command reads; the output may be none of them.
-        input_dirs: folders the command reads (image folders); the output may not lie inside one.
         folder: the output is a folder the command fills (a training's run folder), whose
             files the command checks itself: it may exist.
         made_by: the output is a folder the command ``made_by`` builds whole

@@ -22,13 +22,11 @@ from cloudpipe.data.outputs import no_new_empty_folders
 from cloudpipe.models.tiny import TinyClassifier, TinySegmenter
 
 TINY = "tiny"
-"""The arch name of the stand-ins for tests and smoke runs (:mod:`cloudpipe.models.tiny`)."""
+"""The arch name of the stand-ins for tests and smoke runs (:mod:`cloudpipe.models.tiny`), with any encoder."""
 TIMM_CLASSIFIER = "timm:"
 """Prefix of a classifier arch that is a timm model (``timm:efficientnet_b1``)."""
 TIMM_ENCODER = "tu-"
 """Prefix of an smp encoder that is a timm model (smp's own spelling: ``tu-efficientnet_b1``)."""
-TINY_SEGMENTER = TINY
-"""The segmentation arch name of :class:`~cloudpipe.models.tiny.TinySegmenter` (any encoder)."""
 _IMAGENET_WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
@@ -293,7 +291,7 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
         head_dropout: None for masks alone; else a classification head on the encoder with
             this dropout (smp's ``aux_params``), and the model returns ``(masks, labels)``.
     """
-    if arch.lower() == TINY_SEGMENTER:
+    if arch.lower() == TINY:
         if weights != "none":
             raise CloudpipeError(f"segmentation arch {arch!r} is a stand-in without pretrained weights; pass --weights none")
         net = TinySegmenter(len(CLASSES), head_dropout=head_dropout)
@@ -304,7 +302,7 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
     archs = {name.lower(): cls.__name__ for name, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
     if arch.lower() not in archs:
         raise CloudpipeError(f"unknown segmentation arch {arch!r}; choose one of {', '.join(sorted(archs.values()))} "
-                              f"(or {TINY_SEGMENTER}, a stand-in for tests)")
+                              f"(or {TINY}, a stand-in for tests)")
     if encoder.startswith(TIMM_ENCODER):
         import timm
 
