@@ -101,11 +101,7 @@ def check_images(paths: Iterable[Path], shape: tuple[int, int] | None = None) ->
 
 def reduction_for(source: tuple[int, int], target: tuple[int, int]) -> int:
     """Largest libjpeg scale factor (1, 2, 4, 8) that still decodes at least ``target``."""
-    factor = 1
-    for f in (2, 4, 8):
-        if source[0] // f >= target[0] and source[1] // f >= target[1]:
-            factor = f
-    return factor
+    return max((f for f in (2, 4, 8) if source[0] // f >= target[0] and source[1] // f >= target[1]), default=1)
 
 
 def read_file(path: Path) -> bytes:

@@ -232,11 +232,6 @@ def _choose(kind: str, name: str, known: list[str], examples: str) -> CloudpipeE
     return CloudpipeError(f"unknown {kind} {name!r}; " + (f"did you mean {', '.join(close)}?" if close else f"e.g. {examples}"))
 
 
-def torchvision_classifiers() -> list[str]:
-    """The names of torchvision's classification models (``resnet34``, ``efficientnet_b0``, ...)."""
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
 def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = ()) -> nn.Module:
     """A classification network with its last linear layer replaced by a 4-output one; the
     returned :class:`Normalized` names that layer in ``head`` (``fc`` for a ResNet).
@@ -263,8 +258,9 @@ def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple
         if weights == "imagenet":
             net.load_state_dict(timm_imagenet_state(name, WEIGHTS_OPTION["classifier"]))
     else:
-        if arch not in torchvision_classifiers():
-            raise _choose("classifier arch", arch, torchvision_classifiers(),
+        known = sorted(torchvision.models.list_models(module=torchvision.models))  # classification models only
+        if arch not in known:
+            raise _choose("classifier arch", arch, known,
                           "resnet18, resnet34, resnet50, efficientnet_b0 (torchvision) or timm:<name>")
         net, what = torchvision.models.get_model(arch, weights=None), f"torchvision {arch}"
         if weights == "imagenet":
