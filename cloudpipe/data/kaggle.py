@@ -8,6 +8,7 @@ column per class. Error messages name the file and its line (the header is line 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ PSEUDO_CSV = "pseudo_labels.csv"
 pseudo-labels (``image`` and the probabilities they were chosen on); they never validate."""
 PROBS_COLUMNS: tuple[str, ...] = ("image", *CLASSES)
 """Columns of a probabilities CSV such as ``val_probs.csv``."""
+NOT_PLAIN = re.compile(r"^\.{0,2}\Z|[/\\\x00]")
+"""What makes an image name no plain file name: empty, ``.``, ``..``, or a ``/``, ``\\`` or NUL in
+it (``../x.jpg`` or ``/etc/x.jpg`` would read outside the images folder)."""
 
 
 def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -80,10 +84,9 @@ def _refuse_duplicates(values: pd.Series, what: str, path: Path | str) -> None:
 
 
 def require_plain_image_names(names: pd.Series, path: Path | str) -> None:
-    """Refuse an image name from a CSV that is not a plain file name (empty, ``.``, ``..``, or
-    with a ``/``, ``\\`` or NUL: ``../x.jpg`` or ``/etc/x.jpg`` would read outside the
-    images folder), naming its line (``names`` in file order, the header being line 1)."""
-    bad = (names.isin(["", ".", ".."]) | names.str.contains("[/\\\\\0]")).to_numpy()
+    """Refuse an image name from a CSV that is not a plain file name (:data:`NOT_PLAIN`), naming
+    its line (``names`` in file order, the header being line 1)."""
+    bad = names.str.contains(NOT_PLAIN).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
         raise CloudpipeError(f"image name {names.iat[i]!r} is not a plain file name", path=path, line=i + 2)
@@ -231,7 +234,7 @@ def find_image(data_dir: Path, image: str) -> Path:
         CloudpipeError: not a plain file name (``../train.csv``, ``/etc/x.jpg``), or in
             neither folder.
     """
-    if image in ("", ".", "..") or any(c in image for c in "/\\\0"):
+    if NOT_PLAIN.search(image):
         raise CloudpipeError(f"image name {image!r} is not a plain file name (e.g. 0011165.jpg)")
     for folder in (TRAIN_IMAGES, TEST_IMAGES):
         path = Path(data_dir) / folder / image
