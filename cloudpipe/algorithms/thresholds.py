@@ -149,8 +149,6 @@ def _curve(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray) -> tuple[np.n
     thresholds = candidate_thresholds(probs)
     cut = np.searchsorted(probs[order], thresholds, side="left")  # pairs blanked at each candidate
     scores = (keep.sum() + gained[cut]) / n
-    # Two candidates differ on the pairs between their cuts, by those pairs' gains: the paired
-    # difference from the best candidate and its variance are differences of cumulative sums.
     at_best = cut[best_index(scores)]
     total, total_sq = gained[cut] - gained[at_best], np.abs(gained_sq[cut] - gained_sq[at_best])
     variance = np.maximum(total_sq - total ** 2 / n, 0.0) / max(n - 1, 1)

@@ -274,12 +274,8 @@ def rle2mask(rle: str, shape: tuple[int, int]) -> np.ndarray:
     """Decode Kaggle RLE into a uint8 0/1 mask of ``shape`` (H, W), Fortran-ordered (a view, no
     transpose copy). ``""`` and pandas' missing value (float NaN or ``pd.NA``, what ``read_csv``
     gives an empty cell) mean an empty mask; anything else that is not text, ``None`` included,
-    is refused: it is more likely a bug than an empty mask.
-
-    Raises:
-        RLEError: when ``rle`` is not valid for ``shape`` (see :func:`parse_rle`).
-        BadType: ``rle`` is neither text nor a missing value (a TypeError).
-        BadValue: ``shape`` is not two whole numbers >= 1.
+    is refused (a BadType): it is more likely a bug than an empty mask. RLE not valid for
+    ``shape`` is an RLEError (:func:`parse_rle`), a bad ``shape`` a BadValue (:func:`check_shape`).
     """
     shape = check_shape(shape)
     if not isinstance(rle, str):

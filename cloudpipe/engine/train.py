@@ -342,9 +342,8 @@ class Trainer:
 
 
 def fit(trainer: Trainer, progress: bool = True) -> FitResult:
-    """Train ``trainer``'s model from its start epoch to the config's last, validating every
-    epoch, into its folder (rank 0 writes): ``last.pt`` every epoch, ``best.pt`` when the
-    stage's score improves, ``metrics.csv``, and the stage's validation table (``val_probs.csv``)."""
+    """Train ``trainer``'s model from its start epoch to the config's last, validating and saving
+    (:meth:`Trainer.save`) every epoch."""
     for epoch in range(trainer.start_epoch, trainer.config.epochs):
         started = time.perf_counter()
         train_loss = trainer.train_epoch(epoch, progress)

@@ -233,17 +233,11 @@ def _choose(kind: str, name: str, known: list[str], examples: str) -> CloudpipeE
 
 
 def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = ()) -> nn.Module:
-    """A classification network with its last linear layer replaced by a 4-output one; the
-    returned :class:`Normalized` names that layer in ``head`` (``fc`` for a ResNet).
-
-    Args:
-        arch: a torchvision classification model (``resnet34``, ``efficientnet_b0``, ...),
-            ``timm:<name>`` (any timm model), or ``tiny`` (a stand-in for tests).
-        weights: ``imagenet`` (torchvision's file in the torch cache, see
-            :func:`torchvision_imagenet_state`; timm's in the Hugging Face cache, see
-            :func:`timm_imagenet_state`), ``none``, or a path to a state dict of that model.
-        freeze: submodule names (e.g. ``layer1``) whose parameters stay fixed.
-    """
+    """A classification network (``arch``: a torchvision classification model, ``timm:<name>``, or
+    ``tiny``) with its last linear layer replaced by a 4-output one; the returned
+    :class:`Normalized` names that layer in ``head`` (``fc`` for a ResNet). ``weights``:
+    ``imagenet`` (:func:`torchvision_imagenet_state`, :func:`timm_imagenet_state`), ``none``, or
+    a path to a state dict of that model; ``freeze``: submodule names (``layer1``) kept fixed."""
     if arch == TINY:
         if weights == "imagenet":
             raise CloudpipeError(f"classifier arch {arch!r} has no ImageNet weights; pass --weights none or PATH")
@@ -279,14 +273,9 @@ def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple
 def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = (),
                     head_dropout: float | None = None) -> nn.Module:
     """An smp model (``arch``: ``Unet``, ``FPN``...; smp's ``encoder``) with one sigmoid channel
-    per class.
-
-    Args:
-        weights: ``imagenet`` (see :func:`smp_imagenet_state`), ``none``, or a path to an encoder state dict.
-        freeze: submodule names (e.g. ``encoder``) whose parameters stay fixed.
-        head_dropout: None for masks alone; else a classification head on the encoder with
-            this dropout (smp's ``aux_params``), and the model returns ``(masks, labels)``.
-    """
+    per class; ``weights`` and ``freeze`` as :func:`build_classifier`'s (the encoder's
+    :func:`smp_imagenet_state`, or its state dict). With ``head_dropout`` a classification head
+    on the encoder too (smp's ``aux_params``), and the model returns ``(masks, labels)``."""
     if arch.lower() == TINY:
         if weights != "none":
             raise CloudpipeError(f"segmentation arch {arch!r} is a stand-in without pretrained weights; pass --weights none")
