@@ -26,11 +26,8 @@ _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD
 
 
 def jpeg_size(path: Path) -> tuple[int, int]:
-    """(H, W) of a JPEG from its frame header, after checking its start and end markers.
-
-    Raises:
-        CloudpipeError: missing file, not a JPEG, no frame header, or truncated (no end marker).
-    """
+    """(H, W) of a JPEG from its frame header, after checking its start and end markers (a
+    missing file, not a JPEG, no frame header, or truncated: a CloudpipeError)."""
     try:
         with open(path, "rb") as f:
             if f.read(2) != b"\xff\xd8":
@@ -63,11 +60,8 @@ def jpeg_size(path: Path) -> tuple[int, int]:
 
 
 def check_declared_size(height: int, width: int, path: Path) -> tuple[int, int]:
-    """``(height, width)`` as a JPEG header declares them, if an image may be that size.
-
-    Raises:
-        CloudpipeError: an empty image, or more than :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels.
-    """
+    """``(height, width)`` as a JPEG header declares them, if an image may be that size: not
+    empty, at most :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels."""
     if height < 1 or width < 1:
         raise CloudpipeError(f"corrupt JPEG (declares a {height}x{width} image)", path=path)
     if height * width > MAX_PIXELS:

@@ -157,11 +157,8 @@ def write_submission(frame: pd.DataFrame, path: Path, *, shape: tuple[int, int] 
                      overwrite: bool = False) -> Path:
     """Write a Kaggle submission CSV (``Image_Label, EncodedPixels``, rows in ``frame``'s order)
     atomically, once every row is checked (:func:`mask_frame_of`: each pair once, every RLE valid
-    at ``shape``); an existing file is replaced only with ``overwrite``.
-
-    Raises:
-        CloudpipeError: a bad row, or a path that may not be written.
-    """
+    at ``shape``); an existing file is replaced only with ``overwrite``. A bad row, or a path
+    that may not be written, is a CloudpipeError."""
     rows = mask_frame_of(frame, "submission DataFrame", shape=shape)[list(CSV_COLUMNS)]
     check_output(Path(path), overwrite=overwrite)
     write_csv(rows, Path(path))

@@ -114,12 +114,9 @@ def model_dirs(run_dir: Path, folds: int) -> list[Path]:
 def trained_checkpoints(run_dir: Path, allow_partial: bool = False) -> list[Path]:
     """``RUN/best.pt``, or every ``RUN/fold{i}/best.pt`` of a K-fold run (in fold order).
 
-    A K-fold run (``folds`` in its ``config.yaml``) must have every fold's model, unless
-    ``allow_partial``: then the folds that have one are used, with a warning naming the others.
-
-    Raises:
-        CloudpipeError: no folder, no finished model in it, or (unless ``allow_partial``) a
-            K-fold run missing some folds' models, named.
+    A K-fold run (``folds`` in its ``config.yaml``) must have every fold's model (else a
+    CloudpipeError naming the others), unless ``allow_partial``: then the folds that have one
+    are used, with a warning. No folder, or no finished model in it, is a CloudpipeError.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -282,11 +279,7 @@ def yaml_value(text: str) -> object:
 
 def read_yaml_mapping(path: Path, what: str = "config") -> dict:
     """A small YAML file that must hold a mapping, read safely: at most :data:`YAML_LIMIT`
-    bytes, no aliases, no Python tags.
-
-    Raises:
-        CloudpipeError: unreadable, too large, aliases, not YAML, or not a mapping.
-    """
+    bytes, no aliases, no Python tags (anything else is a CloudpipeError)."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -310,11 +303,8 @@ tuned file is a few KB)."""
 
 def read_json(path: Path, what: str, missing: str | None = None) -> object:
     """A parsed JSON file of at most :data:`JSON_LIMIT` bytes, refused before it is read when
-    larger (``what`` names it in the error; ``missing``, when given, is the error of a missing file).
-
-    Raises:
-        CloudpipeError: missing, too large, unreadable or not JSON.
-    """
+    larger (``what`` names it in the error; ``missing``, when given, is the error of a missing
+    file); a missing, unreadable or non-JSON file is a CloudpipeError too."""
     path = Path(path)
     try:
         with path.open("rb") as file:

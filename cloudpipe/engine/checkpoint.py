@@ -37,12 +37,8 @@ WEIGHTS = ("model", "trained")
 
 def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
     """Load a cloudpipe checkpoint safely: ``model``, ``config``, ``classes`` and the keys in
-    ``needs`` present, each holding the kind of value :data:`KINDS` says.
-
-    Raises:
-        CloudpipeError: missing, unreadable, not a cloudpipe checkpoint, a key missing (named),
-            or a value of the wrong kind.
-    """
+    ``needs`` present, each holding the kind of value :data:`KINDS` says; anything else (a
+    missing or unreadable file included) is a CloudpipeError naming what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CloudpipeError("checkpoint not found", path=path)

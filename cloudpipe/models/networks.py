@@ -193,10 +193,7 @@ def smp_imagenet_state(encoder: str) -> dict:
     """ImageNet weights of an smp encoder, offline first: torchvision's file in the torch cache
     for the ResNets (smp's ResNet encoders are torchvision ResNets without ``fc``), else smp's
     own file from the Hugging Face hub (:func:`hub_state`: its cache, else a download where the
-    hub answers).
-
-    Raises:
-        CloudpipeError: none of these worked, naming what to place where.
+    hub answers); when none works, a CloudpipeError naming what to place where.
     """
     option = WEIGHTS_OPTION["segmentation"]
     torch_file = _torch_cache(_IMAGENET_WEIGHTS[encoder].url) if encoder in _IMAGENET_WEIGHTS else None
@@ -213,11 +210,8 @@ def smp_imagenet_state(encoder: str) -> dict:
 
 def timm_imagenet_state(name: str, option: str) -> dict:
     """The ImageNet state dict of timm model ``name`` (its default pretrained tag), offline
-    first (:func:`hub_state`, ``option`` asking for them).
-
-    Raises:
-        CloudpipeError: no pretrained weights, or none of these worked, naming what to place where.
-    """
+    first (:func:`hub_state`, ``option`` asking for them); a model with no pretrained weights
+    is a CloudpipeError."""
     import timm
 
     cfg = timm.models.get_pretrained_cfg(name)
