@@ -16,7 +16,7 @@ import numpy as np
 
 from cloudpipe.algorithms.gating import GateSpec, keep
 from cloudpipe.core.competition import CLASSES
-from cloudpipe.core.metric import PairStats, dice_score
+from cloudpipe.core.metric import PairStats, dice_score, dice_table
 
 DECISIONS = ("kept, present", "kept, absent", "blanked, present", "blanked, absent")
 """The four kinds of presence decision, in table order."""
@@ -28,7 +28,7 @@ def gated_dice(stats: PairStats, keep: np.ndarray) -> np.ndarray:
 
 
 def _row(name: str, dice: np.ndarray) -> dict:
-    return {"submission": name, **{c: float(dice[:, k].mean()) for k, c in enumerate(CLASSES)}, "mean": float(dice.mean())}
+    return {"submission": name, **dice_table(dice)}
 
 
 TUNED_ROW = "gated, tuned thresholds"
@@ -41,13 +41,9 @@ def headline(stats: PairStats, probs: np.ndarray | None = None, tuned: GateSpec 
     """The headline rows: mean Dice per class and overall of all masks empty, the
     segmentation alone, gated at 0.5 and by the ``tuned`` gate (when ``probs`` are given), the
     oracle, and the capture share of the tuned gate (or of the 0.5 gate without one).
-
-    Args:
-        stats: pair statistics of the segmentation masks against the truth.
-        probs: (n, 4) presence probabilities aligned with ``stats.images``, or None.
-        tuned: the tuned gate (its thresholds and at-least-one rule, applied to ``probs`` as
-            ``predict`` applies them), or None.
-        in_sample: ``tuned`` was tuned on these pairs: its row is named :data:`IN_SAMPLE_ROW`.
+    ``probs`` (n, 4) are aligned with ``stats.images``; ``tuned`` is applied to them as
+    ``predict`` applies it; ``in_sample``: it was tuned on these pairs (its row is
+    :data:`IN_SAMPLE_ROW`).
     """
     alone = stats.dice()
     truth_present = stats.truth_area > 0

@@ -55,17 +55,10 @@ def _to_uint8(total: np.ndarray) -> np.ndarray:
 
 def mean_stores(stores: Sequence[np.ndarray], weights: Sequence[float], out: np.ndarray,
                 rows: Sequence[np.ndarray] | None = None, chunk: int = CHUNK) -> np.ndarray:
-    """Weighted mean of uint8 stores into ``out``, ``chunk`` images at a time.
-
-    Args:
-        stores: uint8 arrays (n_i, ...) with the same entry shape as ``out``.
-        weights: normalised weights, one per store (:func:`normalise_weights`).
-        out: uint8 array (n, ...) to fill.
-        rows: per store, the row of each of ``out``'s images in it (None: the same order).
-
-    Returns:
-        ``out``.
-    """
+    """Weighted mean of uint8 stores (n_i, ...) into the uint8 ``out`` (n, ...), ``chunk``
+    images at a time; returns ``out``. ``weights``: one per store, normalised
+    (:func:`normalise_weights`); ``rows``: per store, the row of each of ``out``'s images in it
+    (None: the same order)."""
     if len(stores) != len(weights):
         raise CloudpipeError(f"{len(weights)} weight(s) for {len(stores)} store(s)")
     for start in range(0, len(out), chunk):
@@ -79,11 +72,8 @@ def mean_stores(stores: Sequence[np.ndarray], weights: Sequence[float], out: np.
 
 class RunningMean:
     """A weighted mean of uint8 probabilities built one run at a time (runs stream in
-    batches); the float32 ``total`` may be a memory map, so memory stays flat.
-
-    Args:
-        total: float32 zeros of the final shape (n, ...).
-    """
+    batches) into ``total``, float32 zeros of the final shape (n, ...), which may be a memory
+    map, so memory stays flat."""
 
     def __init__(self, total: np.ndarray):
         self.total = total

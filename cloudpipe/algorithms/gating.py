@@ -28,17 +28,9 @@ THRESHOLDS_FORMAT = 1
 
 
 def keep_most_probable(absent: np.ndarray, probs: np.ndarray, drawn: np.ndarray) -> np.ndarray:
-    """The "at least one class per image" rule: in every image whose drawn masks are all judged
-    absent, keep the drawn one of highest presence score (every real image has a class).
-
-    Args:
-        absent: (n, 4) bool, pairs judged absent.
-        probs: (n, 4) presence scores.
-        drawn: (n, 4) bool, pairs with a non-empty mask (keeping an empty one changes nothing).
-
-    Returns:
-        ``absent`` with one pair per such image set back to False.
-    """
+    """The "at least one class per image" rule: ``absent`` (n, 4 bool) with, in every image
+    whose ``drawn`` (non-empty) masks are all judged absent, the drawn one of highest presence
+    score (``probs``, n x 4) set back to False (every real image has a class)."""
     out = absent.copy()
     rescue = np.flatnonzero(drawn.any(1) & ~(drawn & ~absent).any(1))
     best = np.argmax(np.where(drawn[rescue], probs[rescue], -np.inf), axis=1)
@@ -50,16 +42,8 @@ def keep(scores: np.ndarray, thresholds: Mapping[str, float] | float, drawn: np.
     """Which pairs a gate keeps: score >= the class threshold; with ``drawn`` (pairs whose mask
     is not empty) the "at least one class per image" rule too (:func:`keep_most_probable`).
 
-    The one decision that ``predict`` (:func:`gate`), ``tune-threshold`` and the report's
-    breakdown all make.
-
-    Args:
-        scores: (n, 4) presence scores.
-        thresholds: class -> threshold, or one threshold for every class.
-        drawn: (n, 4) bool, or None for no rule.
-
-    Returns:
-        (n, 4) bool, True where the mask is kept.
+    ``thresholds``: class -> threshold, or one for every class. The one decision that
+    ``predict`` (:func:`gate`), ``tune-threshold`` and the report's breakdown all make.
 
     Raises:
         CloudpipeError: a threshold that is not a number in [0, 1] (NaN would blank every pair);
@@ -80,13 +64,9 @@ def keep(scores: np.ndarray, thresholds: Mapping[str, float] | float, drawn: np.
 
 
 def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], at_least_one: bool = False) -> pd.DataFrame:
-    """Blank the masks of pairs whose probability is below their class threshold (:func:`keep`).
-
-    Args:
-        seg: long frame (``Image_Label, EncodedPixels, image, class_name``).
-        probs: presence probabilities indexed by image, one column per class.
-        thresholds: class -> threshold in [0, 1].
-        at_least_one: apply :func:`keep_most_probable` to every image.
+    """Blank the masks of the long frame ``seg`` (``Image_Label, EncodedPixels, image,
+    class_name``) whose presence probability (``probs``, indexed by image, a column per class) is
+    below their class threshold (:func:`keep`; ``at_least_one``: :func:`keep_most_probable` too).
 
     Returns:
         ``seg`` with ``EncodedPixels`` emptied below the threshold (others untouched), plus
@@ -124,14 +104,9 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], a
 
 @dataclass(frozen=True)
 class GateSpec:
-    """How ``predict`` gates: what ``thresholds.json`` records.
-
-    Attributes:
-        thresholds: class -> threshold.
-        gates: class -> the blend of sources its score is (default: the classifier alone).
-        at_least_one: whether :func:`keep_most_probable` applies.
-        pixel: how pixel statistics are computed, when a gate uses one (None otherwise).
-    """
+    """How ``predict`` gates, as ``thresholds.json`` records it: per class the threshold and the
+    blend of sources its score is (default: the classifier alone), whether
+    :func:`keep_most_probable` applies, and how pixel statistics are computed (None: no gate uses one)."""
 
     thresholds: dict[str, float]
     gates: dict[str, Gate] = field(default_factory=lambda: {c: {CLASSIFIER: 1.0} for c in CLASSES})

@@ -81,11 +81,8 @@ class Step:
 
     @classmethod
     def parse(cls, value: object):
-        """A value (or grid entry) as read back from JSON, or as given in code.
-
-        Raises:
-            BadValue: not a :attr:`value`.
-        """
+        """A value (or grid entry) as read back from JSON, or as given in code; a BadValue when it
+        is not a :attr:`value`."""
         try:
             return _adapter(cls.value).validate_python(value)
         except ValidationError as err:
@@ -237,12 +234,8 @@ def binarize(probs: np.ndarray, threshold: float) -> np.ndarray:
 
 @dataclass(frozen=True)
 class PostProcess:
-    """The ordered steps and, per class, the value of each step.
-
-    Attributes:
-        steps: the steps, applied in order; the first must read the probabilities.
-        values: class -> one value per step.
-    """
+    """The ordered steps (the first must read the probabilities) and, per class, the value of
+    each step."""
 
     steps: tuple[Step, ...] = tuple(STEPS[name]() for name in DEFAULT_STEPS)
     values: dict[str, tuple] = field(default_factory=dict)
@@ -259,12 +252,8 @@ class PostProcess:
                 step.parse(value)  # in the step's bounds (a threshold of 2.0 would blank every mask)
 
     def apply(self, probs: np.ndarray, k: int) -> np.ndarray:
-        """0/1 mask of class ``k`` from its uint8 probabilities (H, W).
-
-        Args:
-            probs: (H, W) uint8, probability x 255 as stores hold them (float probabilities:
-                ``(p * 255).round().astype(np.uint8)``).
-            k: class index, 0..3.
+        """0/1 mask of class ``k`` (0..3) from its probabilities (H, W) as stores hold them: uint8,
+        probability x 255 (float probabilities: ``(p * 255).round().astype(np.uint8)``).
 
         Raises:
             BadType: ``probs`` not uint8 (a TypeError). BadValue: not 2-D, or ``k`` not a class
@@ -329,21 +318,14 @@ class PostProcessFile(FileModel):
 
 
 def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Intersection with ``truth`` and predicted area of one (image, class) pair for every
-    combination of the steps' grids.
+    """Intersection with ``truth`` (0/1, H x W) and predicted area of one (image, class) pair,
+    of uint8 ``probs`` (H, W), for every combination of the steps' grids: two int64 arrays of
+    shape ``tuple(len(s.grid) for s in steps)``.
 
     A tree walk shares each step's output among all the values of the steps after it. Where
     the steps left are :class:`MinSize` and/or :class:`Shape` (in that order), their whole grid
     is scored from one connected-components pass (:func:`_component_stats`) instead of drawing
     each mask: the same figures, exactly.
-
-    Args:
-        steps: the post-processing steps.
-        probs: uint8 probabilities (H, W).
-        truth: 0/1 truth mask (H, W).
-
-    Returns:
-        Two int64 arrays of shape ``tuple(len(s.grid) for s in steps)``.
     """
     shape = tuple(len(s.grid) for s in steps)
     inter, area = np.zeros(shape, np.int64), np.zeros(shape, np.int64)
@@ -389,14 +371,11 @@ def _component_stats(sizes: tuple | None, shapes: tuple | None, mask: np.ndarray
 
     The components kept by a minimum size are those of at least that area: a prefix of the
     components sorted by decreasing area. ``mask`` is additive over components, so its figures
-    are sums of per-component counts. A hull or box may overlap another component's, so those
-    are drawn once per component, largest first, onto one canvas, counting only the pixels each
-    adds: the figures after each prefix are those of its union (a prefix of more than
-    :data:`DRAWN_ONE_BY_ONE` components, as many specks of noise give, is drawn whole instead). Each component is drawn as
-    :meth:`Shape.apply` draws it (its external contour's hull or bounding box, or'ed with its
-    pixels); a component inside another's hole adds nothing while the outer one is kept, as
-    the outer hull or box covers it, which is why :meth:`Shape.apply` (external contours only)
-    draws the same union.
+    are sums of per-component counts; hulls and boxes may overlap, so their figures come from
+    :func:`_drawn_prefixes` (a prefix of more than :data:`DRAWN_ONE_BY_ONE` components, as many
+    specks of noise give, is drawn whole instead). A component inside another's hole adds
+    nothing while the outer one is kept, as the outer hull or box covers it, which is why
+    :meth:`Shape.apply` (external contours only) draws the same union.
     """
     # 16-bit labels where they cannot overflow (8-connected components are at most one per 2 x 2 block): less to write
     small = -(-mask.shape[0] // 2) * -(-mask.shape[1] // 2) < 2**16
@@ -431,10 +410,10 @@ def _component_stats(sizes: tuple | None, shapes: tuple | None, mask: np.ndarray
 def _drawn_prefixes(shape: str, order: np.ndarray, labels: np.ndarray, stats: np.ndarray,
                     truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Intersection and area of the union of the first 1, 2, ... components of ``order``,
-    each drawn as ``shape`` (``hull`` or ``box``) the way :meth:`Shape.apply` draws it.
-
-    A component is drawn inside its bounding box, so one whose box meets no earlier box adds
-    all of its pixels; only the others are counted against the canvas of those drawn."""
+    each drawn as ``shape`` (``hull`` or ``box``) the way :meth:`Shape.apply` draws it (its
+    external contour's hull or bounding box, or'ed with its pixels), largest first, onto one
+    canvas, counting only the pixels each adds. A component is drawn inside its bounding box,
+    so one whose box meets no earlier box adds all of its pixels."""
     height, width = labels.shape
     canvas = np.zeros(labels.shape, bool)
     left, top = stats[order + 1, 0], stats[order + 1, 1]
@@ -469,16 +448,9 @@ def choose(steps: Sequence[Step], inter: np.ndarray, area: np.ndarray, truth_are
     first in grid order; ``robust``, the combination nearest the middle of the near-best ones
     (the grid indices of the :attr:`~Step.ordered` steps scaled to [0, 1]; the best of the
     others), or the steps' defaults unless that choice beats them on held-out images
-    (:func:`~cloudpipe.algorithms.robust.choose_index`).
-
-    Args:
-        steps: the steps whose grids were swept.
-        inter, area: (n, 4, *grid) statistics from :func:`grid_stats`.
-        truth_area: (n, 4) truth areas.
-        rule: ``best`` or ``robust``.
-
-    Returns:
-        The choice and the mean Dice of every combination, (4, *grid).
+    (:func:`~cloudpipe.algorithms.robust.choose_index`), from :func:`grid_stats`' ``inter`` and
+    ``area`` (n, 4, *grid) and the truth areas (n, 4). Returns the choice and the mean Dice of
+    every combination, (4, *grid).
     """
     post, dice, _ = choose_explained_steps(steps, inter, area, truth_area, rule)
     return post, dice

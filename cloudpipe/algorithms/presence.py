@@ -33,13 +33,9 @@ Gate = dict[str, float]
 
 @dataclass(frozen=True)
 class PixelStats:
-    """How the pixel statistics are computed.
-
-    Attributes:
-        top_k: pixels averaged by ``top_mean`` (at the store's size, 350 x 525; all pixels
-            when larger than the image).
-        area_threshold: pixel probability counted by ``area``.
-    """
+    """How the pixel statistics are computed: ``top_mean`` averages the ``top_k`` largest pixels
+    (at the store's size, 350 x 525; all pixels when larger than the image); ``area`` counts
+    the pixels of probability >= ``area_threshold``."""
 
     top_k: int = TOP_K
     area_threshold: float = AREA_THRESHOLD
@@ -73,11 +69,7 @@ class PixelStats:
 
 def blend(scores: Mapping[str, np.ndarray], gates: Mapping[str, Gate]) -> np.ndarray:
     """The gate score of every pair (n, 4): per class, the weighted sum of its sources' scores
-    (each in [0, 1]), in [0, 1].
-
-    Raises:
-        CloudpipeError: a gate names a source missing from ``scores``.
-    """
+    (each in [0, 1]), in [0, 1]; a source missing from ``scores`` is a CloudpipeError."""
     missing = sorted({s for g in gates.values() for s in g} - set(scores))
     if missing:
         raise CloudpipeError(f"no {', '.join(missing)} scores to gate on")
@@ -132,14 +124,9 @@ def choose_gates(scores: Mapping[str, np.ndarray], pairs: PairScores, sources: S
     ties go to the first candidate (the first source alone). With ``rule`` ``robust`` each
     gate's threshold is chosen robustly too, and a class keeps the first candidate unless the
     best one beats it on held-out images, both gates' thresholds tuned again on the rest
-    (:func:`~cloudpipe.algorithms.robust.holds_up`).
-
-    Args:
-        scores: source -> (n, 4) scores aligned with ``pairs.images``.
-        pairs: what each pair scores kept or blanked.
-        sources: the sources to try, in order (default: those of ``scores``).
-        placement: where thresholds go (see :class:`~cloudpipe.algorithms.thresholds.Sweep`).
-        rule: ``best`` or ``robust`` (:mod:`cloudpipe.algorithms.robust`).
+    (:func:`~cloudpipe.algorithms.robust.holds_up`). ``scores``: source -> (n, 4) scores aligned
+    with ``pairs.images``; ``sources``: those to try, in order (default: those of ``scores``);
+    ``placement``: see :class:`~cloudpipe.algorithms.thresholds.Sweep`.
     """
     sources = list(scores) if sources is None else list(sources)
     candidates = candidate_gates(sources)

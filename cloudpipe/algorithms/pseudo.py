@@ -16,14 +16,9 @@ from cloudpipe.core.errors import CloudpipeError
 
 @dataclass(frozen=True)
 class PseudoRule:
-    """When a test image's predicted labels are trusted.
-
-    Attributes:
-        min_confidence: every class's probability must be at least this (present) or at most
-            ``1 - min_confidence`` (absent), in (0.5, 1].
-        min_area: every mask the image keeps must cover at least this many pixels (at the
-            submission's mask size); 0: any.
-    """
+    """When a test image's predicted labels are trusted: every class's probability at least
+    ``min_confidence`` (present) or at most ``1 - min_confidence`` (absent), in (0.5, 1]; every
+    mask the image keeps at least ``min_area`` pixels (at the submission's mask size; 0: any)."""
 
     min_confidence: float = 0.9
     min_area: int = 0
@@ -40,14 +35,10 @@ class PseudoRule:
 
 
 def confident(probs: np.ndarray, areas: np.ndarray, rule: PseudoRule) -> np.ndarray:
-    """Which images (n,) to pseudo-label: every class decided with ``rule.min_confidence``, the
-    masks agreeing with those decisions (a mask where the class is present, none where it is
-    absent), and every mask at least ``rule.min_area`` pixels.
-
-    Args:
-        probs: presence probabilities (n, 4), e.g. what ``cloudpipe predict`` gated on.
-        areas: pixels of each predicted mask (n, 4).
-    """
+    """Which images (n,) to pseudo-label, from presence ``probs`` (n, 4; what ``cloudpipe predict``
+    gated on) and the pixels of each predicted mask (``areas``, n x 4): every class decided with
+    ``rule.min_confidence``, the masks agreeing with those decisions (a mask where the class is
+    present, none where it is absent), and every mask at least ``rule.min_area`` pixels."""
     probs, areas = np.asarray(probs, dtype=np.float64), np.asarray(areas)
     present, absent = probs >= rule.min_confidence, probs <= 1 - rule.min_confidence
     decided = (present | absent).all(axis=1)

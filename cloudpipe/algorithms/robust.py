@@ -33,7 +33,6 @@ import numpy as np
 from cloudpipe.core.choices import RULES, Rule
 from cloudpipe.core.errors import CloudpipeError
 
-"""The rule every tuning command uses unless told otherwise (``--choice``)."""
 Z = 1.0
 """Standard errors: within them a candidate is near the best; beyond them a held-out gain counts."""
 FOLDS, REPEATS, SEED = 5, 2, 0
@@ -52,15 +51,9 @@ def check_rule(rule: str) -> Rule:
 
 
 def paired_gaps(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Mean score of every candidate, its gap to the best, and the gap's standard error.
-
-    Args:
-        scores: (n, m) score of each of n images under each of m candidates.
-
-    Returns:
-        ``mean`` (m,), ``gap`` (m,) = mean minus the best mean (<= 0), and ``se`` (m,), the
-        standard error of the mean per-image difference from the best candidate (0 for it).
-    """
+    """From the scores (n, m) of n images under m candidates: the ``mean`` score of every
+    candidate, its ``gap`` to the best mean (<= 0), and ``se``, the standard error of its mean
+    per-image difference from the best candidate (0 for it)."""
     scores = np.asarray(scores, np.float64)
     n = scores.shape[0]
     mean = scores.mean(axis=0)
@@ -75,17 +68,10 @@ def best_index(mean: np.ndarray) -> int:
 
 
 def plateau(mean: np.ndarray, gap: np.ndarray, se: np.ndarray, coords: np.ndarray | None, z: float = Z) -> int:
-    """The candidate nearest the centre of those within ``z`` standard errors of the best.
-
-    Args:
-        mean, gap, se: from :func:`paired_gaps` (or computed alike).
-        coords: (m, d) where each candidate lies (e.g. its threshold, or its grid indices scaled
-            to [0, 1]); None for unordered candidates, which have no centre: then the best.
-        z: standard errors.
-
-    Returns:
-        Its index; ties go to the higher mean, then the first.
-    """
+    """The index of the candidate nearest the centre of those within ``z`` standard errors of the
+    best (``mean, gap, se``: :func:`paired_gaps`'s); ties go to the higher mean, then the first.
+    ``coords`` (m, d) says where each candidate lies (its threshold, or its grid indices scaled
+    to [0, 1]); None for unordered candidates, which have no centre: then the best."""
     if coords is None:
         return best_index(mean)
     idx = np.flatnonzero(gap >= -z * se - TOLERANCE)
@@ -96,19 +82,10 @@ def plateau(mean: np.ndarray, gap: np.ndarray, se: np.ndarray, coords: np.ndarra
 
 @dataclass(frozen=True)
 class DefaultKept:
-    """Why ``robust`` kept the untuned default where the best candidate was another: too few
-    images for the held-out check, or a held-out gain inside its noise.
-
-    Attributes:
-        images: images tuned on.
-        default: the default kept (e.g. ``no gating (threshold 0)``).
-        instead: the candidate declined (e.g. ``threshold 0.52``).
-        gain: its in-sample gain in mean score over the default.
-        held_out: the held-out mean gain per image and its standard error; None when there
-            were too few images to check (fewer than ``needed``).
-        needed: the fewest images the held-out check runs on.
-        z: the standard errors a held-out gain must exceed.
-    """
+    """Why ``robust`` kept the untuned ``default`` (``no gating (threshold 0)``) over the
+    candidate ``instead`` (``threshold 0.52``) of in-sample ``gain`` on ``images`` images: too
+    few images for the held-out check (``held_out`` None: fewer than ``needed``), or a held-out
+    mean gain per image inside ``z`` of its standard errors (``held_out``: the two)."""
 
     images: int
     default: str
@@ -154,20 +131,18 @@ def holds_up(n: int, choose_on: Callable[[np.ndarray], Choice], gain_of: Callabl
              z: float = Z, folds: int = FOLDS, repeats: int = REPEATS, seed: int = SEED) -> bool:
     """Whether a choice made on some images beats the default on the others beyond the noise.
 
-    The images are shuffled ``repeats`` times (seeded: the answer is deterministic) and cut
-    into ``folds`` parts; for each part the choice is made on the rest, and each image of the
-    part gets the gain of that choice over the default. The mean gain per image must exceed
-    ``z`` standard errors.
-
-    Args:
-        n: number of images.
-        choose_on: rows (indices of images) -> the choice made on them.
-        gain_of: (rows, choice) -> per-image gain (len(rows),) of the choice over the default.
-        z: standard errors.
-        folds, repeats, seed: the splits.
+    The ``n`` images are shuffled ``repeats`` times (seeded: the answer is deterministic) and
+    cut into ``folds`` parts; for each part the choice is made on the rest (``choose_on(rows)``),
+    and each image of the part gets the gain of that choice over the default
+    (``gain_of(rows, choice)``, per image). The mean gain per image must exceed ``z`` standard
+    errors; too few images cannot tell a gain from noise.
     """
-    checked = held_out_gain(n, choose_on, gain_of, folds, repeats, seed)
-    return checked is not None and checked[0] > z * checked[1]  # too few images: cannot tell a gain from noise
+    return _beyond_noise(held_out_gain(n, choose_on, gain_of, folds, repeats, seed), z)
+
+
+def _beyond_noise(checked: tuple[float, float] | None, z: float) -> bool:
+    """Whether a held-out (gain, standard error) exceeds ``z`` standard errors (None: too few images)."""
+    return checked is not None and checked[0] > z * checked[1]
 
 
 def check_held_out(n: int, choose_on: Callable[[np.ndarray], Choice], gain_of: Callable[[np.ndarray, Choice], np.ndarray],
@@ -175,9 +150,7 @@ def check_held_out(n: int, choose_on: Callable[[np.ndarray], Choice], gain_of: C
     """None when a choice :func:`holds_up` against the default, else why the default stays
     (see :class:`DefaultKept` for the other arguments)."""
     checked = held_out_gain(n, choose_on, gain_of)
-    if checked is not None and checked[0] > z * checked[1]:
-        return None
-    return DefaultKept(n, default, instead, gain, checked, z=z)
+    return None if _beyond_noise(checked, z) else DefaultKept(n, default, instead, gain, checked, z=z)
 
 
 def choose_index(scores: np.ndarray, rule: Rule = "best", *, default: int | None = None,

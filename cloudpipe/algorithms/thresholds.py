@@ -35,11 +35,7 @@ def check_threshold(value: object, what: str) -> float:
 
 
 def check_thresholds(thresholds: Mapping[str, object]) -> dict[str, float]:
-    """Every class's threshold (:func:`check_threshold`), in class order.
-
-    Raises:
-        BadValue: a missing class, or a value that is not a number in [0, 1].
-    """
+    """Every class's threshold (:func:`check_threshold`), in class order; a missing class is a BadValue."""
     missing = [c for c in CLASSES if c not in thresholds]
     if missing:
         raise BadValue(f"no threshold for {', '.join(missing)}")
@@ -48,19 +44,13 @@ def check_thresholds(thresholds: Mapping[str, object]) -> dict[str, float]:
 
 @dataclass(frozen=True)
 class Sweep:
-    """One class's mean score at every candidate threshold.
-
-    Attributes:
-        thresholds: (m,) candidates, ascending: 0, every distinct probability, and the next
-            float above the largest one (when that is still <= 1), which blanks every pair.
-        scores: (m,) mean per-pair score when pairs with probability < threshold are blanked.
-        best: index of the chosen candidate (the lowest one of the best score).
-        placement: ``exact``: the threshold is the chosen candidate; ``midpoint``: halfway
-            between it and the next lower candidate (above the largest probability: halfway to
-            1), which blanks the same validation pairs with more margin on both sides.
-        kept: with the ``robust`` rule, why the default (0: blank nothing) was kept over the
-            threshold the scores favoured; None when it was not.
-    """
+    """One class's mean score (``scores``, m) when the pairs of probability below each candidate
+    threshold (:func:`candidate_thresholds`, ascending) are blanked, and the index ``best`` of
+    the chosen one. ``placement`` ``exact``: the threshold is the chosen candidate;
+    ``midpoint``: halfway between it and the next lower candidate (above the largest
+    probability: halfway to 1), which blanks the same validation pairs with more margin on both
+    sides. ``kept``: with the ``robust`` rule, why the default (0: blank nothing) was kept over
+    the threshold the scores favoured."""
 
     thresholds: np.ndarray
     scores: np.ndarray
@@ -104,25 +94,17 @@ def candidate_thresholds(probs: np.ndarray) -> np.ndarray:
 
 def sweep(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, placement: Placement = "exact",
           rule: Rule = "best", z: float = Z) -> Sweep:
-    """Score every candidate threshold of one class in O(n log n).
+    """Score every candidate threshold of one class in O(n log n), and choose one by ``rule``.
 
-    At threshold ``t`` a pair scores ``blank`` when its probability is < ``t`` and ``keep``
-    otherwise; sorted by probability, the blanked pairs are a prefix, so the mean score at every
-    candidate comes from two cumulative sums, and so does the standard error of its paired
+    At threshold ``t`` a pair (of presence probability ``probs``) scores ``blank`` (e.g. 1 if the
+    class is absent, else 0) when its probability is < ``t`` and ``keep`` (e.g. its segmentation
+    Dice) otherwise; sorted by probability, the blanked pairs are a prefix, so the mean score at
+    every candidate comes from two cumulative sums, and so does the standard error of its paired
     difference from the best candidate (two candidates differ on the pairs between their cuts).
-
-    Args:
-        probs: (n,) presence probabilities in [0, 1].
-        keep: (n,) score of each pair when kept (e.g. its segmentation Dice).
-        blank: (n,) score of each pair when blanked (e.g. 1 if the class is absent, else 0).
-        placement: where the threshold goes in the chosen gap (see :class:`Sweep`).
-        rule: ``best``: the best score, ties broken toward the lower threshold; ``robust``: the
-            middle of the near-best thresholds, or 0 (blank nothing) unless blanking pays on
-            held-out pairs (:mod:`cloudpipe.algorithms.robust`).
-        z: standard errors for ``robust``.
-
-    Returns:
-        The sweep, its candidate chosen by ``rule``.
+    ``rule`` ``best``: the best score, ties broken toward the lower threshold; ``robust``: the
+    middle of the near-best thresholds (``z`` standard errors), or 0 (blank nothing) unless
+    blanking pays on held-out pairs (:mod:`cloudpipe.algorithms.robust`). ``placement``: see
+    :class:`Sweep`.
     """
     if placement not in PLACEMENTS:
         raise CloudpipeError(f"threshold placement must be one of {', '.join(PLACEMENTS)}, got {placement!r}")
@@ -167,8 +149,6 @@ def _curve(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray) -> tuple[np.n
     thresholds = candidate_thresholds(probs)
     cut = np.searchsorted(probs[order], thresholds, side="left")  # pairs blanked at each candidate
     scores = (keep.sum() + gained[cut]) / n
-    # Two candidates differ on the pairs between their cuts, by those pairs' gains: the paired
-    # difference from the best candidate and its variance are differences of cumulative sums.
     at_best = cut[best_index(scores)]
     total, total_sq = gained[cut] - gained[at_best], np.abs(gained_sq[cut] - gained_sq[at_best])
     variance = np.maximum(total_sq - total ** 2 / n, 0.0) / max(n - 1, 1)

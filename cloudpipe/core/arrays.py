@@ -22,11 +22,8 @@ def _where(value: object, array: np.ndarray, bad: np.ndarray) -> str:
 def check_numbers(value: object, name: str, *, low: float | None = None, high: float | None = None,
                   binary: bool = False, fix: str = "") -> np.ndarray:
     """``value`` (an array, a frame, nested lists) as an array of finite numbers, each in
-    [``low``, ``high``] where given, or each 0 or 1 with ``binary``.
-
-    Args:
-        name: the argument's name, for the message.
-        fix: what to do instead, appended to a refusal of the values (e.g. how to threshold).
+    [``low``, ``high``] where given, or each 0 or 1 with ``binary``; a refusal names the
+    argument ``name`` and ends with ``fix``, what to do instead (e.g. how to threshold).
 
     Raises:
         BadType: not numbers (strings, objects, mixed columns). BadValue: NaN or infinite

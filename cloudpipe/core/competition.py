@@ -25,11 +25,7 @@ IMAGENET_STD: Final[tuple[float, float, float]] = (0.229, 0.224, 0.225)
 
 
 def split_label(image_label: str) -> tuple[str, str]:
-    """Split ``"<image>_<class>"`` on the last underscore into ``(image, class)``.
-
-    Raises:
-        ValueError: when there is no underscore.
-    """
+    """Split ``"<image>_<class>"`` on the last underscore into ``(image, class)`` (no underscore: a ValueError)."""
     image, sep, cls = image_label.rpartition("_")
     if not sep or not image:
         raise ValueError(f"Image_Label {image_label!r} has no '<image>_<class>' form")

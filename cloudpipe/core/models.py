@@ -125,11 +125,8 @@ def _is_model(annotation: object) -> bool:
 
 def read_model(model: type[M], data: object, what: str, *, path: str | Path | None = None,
                context: dict | None = None) -> M:
-    """``data`` (a parsed JSON value) as ``model``.
-
-    Raises:
-        CloudpipeError: one line naming ``path`` and the first wrong field (:func:`error_line`).
-    """
+    """``data`` (a parsed JSON value) as ``model``, or a CloudpipeError naming ``path`` and the
+    first wrong field (:func:`error_line`)."""
     try:
         return model.model_validate(data, context=context)
     except ValidationError as err:

@@ -60,19 +60,13 @@ def _bytes_to_index(words: np.ndarray, flags: np.ndarray) -> np.ndarray:
 
 
 def mask2rle(mask: np.ndarray) -> str:
-    """Encode a mask as Kaggle RLE.
+    """Encode a mask (H, W; any non-zero pixel is "in the mask") as Kaggle RLE:
+    ``"start length start length ..."`` with 1-indexed column-major starts; ``""`` when empty.
 
-    Works on the (H, W) array as it lies in memory: run boundaries are found within columns
+    Works on the array as it lies in memory: run boundaries are found within columns
     (row-to-row changes) and across column ends, then put in column-major order, so no
     transposed copy of the full image is made. (A Fortran-ordered mask, such as
     :func:`rle2mask` returns, is scanned in column-major order directly.)
-
-    Args:
-        mask: array of shape (H, W); any non-zero pixel is "in the mask".
-
-    Returns:
-        ``"start length start length ..."`` with 1-indexed column-major starts; ``""`` for an
-        empty mask.
     """
     mask = np.asarray(mask)
     if mask.ndim != 2:
@@ -124,12 +118,8 @@ def _format(values: np.ndarray, largest: int | None = None) -> str:
 
     Every number becomes a field of 4-digit chunks from the lookup tables, leading zeros
     marked; the field is one digit wider than the largest number, so its first byte is always
-    a mark and becomes the separating space. One ``bytes.translate`` then deletes the marks
-    (timed against ``" ".join(map(str, ...))`` by ``benchmarks/``).
-
-    Args:
-        values: 1-D int64 array of numbers >= 1.
-        largest: an upper bound on ``values`` if known (else their maximum is taken).
+    a mark and becomes the separating space. One ``bytes.translate`` then deletes the marks.
+    ``largest``: an upper bound on ``values`` if known (else their maximum is taken).
     """
     if largest is None:
         largest = int(values.max())
@@ -175,11 +165,8 @@ def _syntax_problem(text: str) -> str:
 
 
 def _parse(text: str) -> np.ndarray:
-    """The numbers of non-empty RLE text as int64 (too large ones saturated).
-
-    Raises:
-        RLEError: text that is not strict RLE syntax, or an odd number of tokens.
-    """
+    """The numbers of non-empty RLE text as int64 (too large ones saturated); text that is not
+    strict RLE syntax, or an odd number of tokens, is an RLEError."""
     if not _SYNTAX.fullmatch(text):  # one regex; the numbers then parse exactly
         raise RLEError(_syntax_problem(text))
     values = np.fromstring(text, dtype=np.int64, sep=" ")
@@ -222,12 +209,8 @@ def _explain(text: str, shape: tuple[int, int]) -> RLEError:
 
 
 def _run_counts(text: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """Parse and validate non-empty RLE text.
-
-    Returns:
-        The numbers as written, and the lengths of the alternating 0/1 runs of the flat mask,
-        ``[gap, run, gap, run, ..., tail gap]``, which sum to ``H * W``.
-    """
+    """Parse and validate non-empty RLE text: the numbers as written, and the lengths of the
+    alternating 0/1 runs of the flat mask, ``[gap, run, gap, run, ..., tail gap]`` (summing to ``H * W``)."""
     values = _parse(text)
     size = shape[0] * shape[1]
     # Run bounds 1, s0, e0, s1, e1, ..., size + 1 (1-indexed, e = s + length, exclusive end).
@@ -255,9 +238,8 @@ def parse_rle(rle: str, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]
     non-breaking spaces, leading, trailing or doubled spaces).
 
     Raises:
-        RLEError: text that is not digits separated by single spaces, odd token count, start
-            or length < 1, starts not strictly increasing, overlapping runs, or runs past
-            ``H * W``.
+        RLEError: odd token count, start or length < 1, starts not strictly increasing,
+            overlapping runs, or runs past ``H * W``.
     """
     if not rle:
         return np.empty(0, np.int64), np.empty(0, np.int64)
@@ -276,11 +258,7 @@ def _is_missing(value: object) -> bool:
 
 def check_shape(shape: object) -> tuple[int, int]:
     """``shape`` as ``(H, W)`` if it is two whole numbers >= 1, of at most
-    :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels in all.
-
-    Raises:
-        BadValue: anything else, quoted (a ValueError).
-    """
+    :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels in all; anything else is a BadValue quoting it."""
     try:
         height, width = shape  # type: ignore[misc]
         ok = all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in (height, width))
@@ -293,21 +271,11 @@ def check_shape(shape: object) -> tuple[int, int]:
 
 
 def rle2mask(rle: str, shape: tuple[int, int]) -> np.ndarray:
-    """Decode Kaggle RLE into a mask.
-
-    Args:
-        rle: ``"start length ..."`` text; ``""`` and pandas' missing value (float NaN or
-            ``pd.NA``, what ``read_csv`` gives an empty cell) mean an empty mask. Anything
-            else, ``None`` included, is refused: it is more likely a bug than an empty mask.
-        shape: (H, W) of the mask, each >= 1.
-
-    Returns:
-        uint8 array of shape (H, W) with values 0/1 (Fortran-ordered; a view, no transpose copy).
-
-    Raises:
-        RLEError: when ``rle`` is not valid for ``shape`` (see :func:`parse_rle`).
-        BadType: ``rle`` is neither text nor a missing value (a TypeError).
-        BadValue: ``shape`` is not two whole numbers >= 1.
+    """Decode Kaggle RLE into a uint8 0/1 mask of ``shape`` (H, W), Fortran-ordered (a view, no
+    transpose copy). ``""`` and pandas' missing value (float NaN or ``pd.NA``, what ``read_csv``
+    gives an empty cell) mean an empty mask; anything else that is not text, ``None`` included,
+    is refused (a BadType): it is more likely a bug than an empty mask. RLE not valid for
+    ``shape`` is an RLEError (:func:`parse_rle`), a bad ``shape`` a BadValue (:func:`check_shape`).
     """
     shape = check_shape(shape)
     if not isinstance(rle, str):

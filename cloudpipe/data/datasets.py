@@ -21,19 +21,12 @@ from cloudpipe.data.images import read_file, read_image
 
 
 class CloudDataset(Dataset):
-    """Images of one split, with optional presence labels or masks.
-
-    Args:
-        paths: JPEG files.
-        size: (H, W) the images are resized to.
-        reduction: libjpeg decode scale (1, 2, 4, 8), see :func:`cloudpipe.data.images.reduction_for`.
-        labels: float array (n, 4) of presence labels, or None.
-        rles: per image, the 4 RLE strings of its masks (at ``mask_shape``), or None.
-        mask_shape: (H, W) of the RLE masks.
-        transform: albumentations Compose applied to image (and mask), or None.
-        seed: with ``transform``, augmentation is seeded by (seed, epoch, index), so it is the
-            same whatever the worker count, and a resumed run replays it exactly.
-    """
+    """JPEG files of one split, decoded at the libjpeg scale ``reduction``
+    (:func:`cloudpipe.data.images.reduction_for`) and resized to ``size`` (H, W), with optional
+    presence ``labels`` (n, 4) or masks (``rles``: per image, its 4 RLE strings at
+    ``mask_shape``). ``transform`` (an albumentations Compose, masks following) is seeded by
+    (``seed``, epoch, index), so it is the same whatever the worker count, and a resumed run
+    replays it exactly."""
 
     def __init__(
         self,

@@ -26,11 +26,8 @@ _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD
 
 
 def jpeg_size(path: Path) -> tuple[int, int]:
-    """(H, W) of a JPEG from its frame header, after checking its start and end markers.
-
-    Raises:
-        CloudpipeError: missing file, not a JPEG, no frame header, or truncated (no end marker).
-    """
+    """(H, W) of a JPEG from its frame header, after checking its start and end markers (a
+    missing file, not a JPEG, no frame header, or truncated: a CloudpipeError)."""
     try:
         with open(path, "rb") as f:
             if f.read(2) != b"\xff\xd8":
@@ -63,11 +60,8 @@ def jpeg_size(path: Path) -> tuple[int, int]:
 
 
 def check_declared_size(height: int, width: int, path: Path) -> tuple[int, int]:
-    """``(height, width)`` as a JPEG header declares them, if an image may be that size.
-
-    Raises:
-        CloudpipeError: an empty image, or more than :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels.
-    """
+    """``(height, width)`` as a JPEG header declares them, if an image may be that size: not
+    empty, at most :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels."""
     if height < 1 or width < 1:
         raise CloudpipeError(f"corrupt JPEG (declares a {height}x{width} image)", path=path)
     if height * width > MAX_PIXELS:
@@ -86,14 +80,8 @@ def _header_size(data, path: Path) -> tuple[int, int]:
 
 
 def check_images(paths: Iterable[Path], shape: tuple[int, int] | None = None) -> tuple[int, int]:
-    """Check every image's header; all must share one size (``shape`` if given).
-
-    Returns:
-        The common (H, W).
-
-    Raises:
-        CloudpipeError: naming the first bad file.
-    """
+    """Check every image's header (a CloudpipeError names the first bad file); all must share
+    one size (``shape`` if given), returned as (H, W)."""
     for path in paths:
         size = jpeg_size(path)
         if shape is None:
@@ -107,19 +95,11 @@ def check_images(paths: Iterable[Path], shape: tuple[int, int] | None = None) ->
 
 def reduction_for(source: tuple[int, int], target: tuple[int, int]) -> int:
     """Largest libjpeg scale factor (1, 2, 4, 8) that still decodes at least ``target``."""
-    factor = 1
-    for f in (2, 4, 8):
-        if source[0] // f >= target[0] and source[1] // f >= target[1]:
-            factor = f
-    return factor
+    return max((f for f in (2, 4, 8) if source[0] // f >= target[0] and source[1] // f >= target[1]), default=1)
 
 
 def read_file(path: Path) -> bytes:
-    """A file's bytes.
-
-    Raises:
-        CloudpipeError: the file cannot be read.
-    """
+    """A file's bytes (or a CloudpipeError naming it)."""
     try:
         return Path(path).read_bytes()
     except OSError as err:
@@ -127,12 +107,8 @@ def read_file(path: Path) -> bytes:
 
 
 def read_image(path: Path, size: tuple[int, int], reduction: int = 1) -> np.ndarray:
-    """Decode a JPEG as RGB uint8 of shape (H, W, 3) = ``size``.
-
-    Args:
-        path: JPEG file.
-        size: (H, W) wanted.
-        reduction: libjpeg scale factor to decode at (see :func:`reduction_for`).
+    """Decode a JPEG as RGB uint8 (H, W, 3), (H, W) = ``size``, at the libjpeg scale factor
+    ``reduction`` (:func:`reduction_for`).
 
     Raises:
         CloudpipeError: unreadable file, or JPEG data that libjpeg finds corrupt (even where it
@@ -202,10 +178,7 @@ def decode_batch(datas: list, paths: list[Path], size: tuple[int, int], reductio
     CPU) into a uint8 (N, 3, H, W) channels_last batch of ``size``, the pixels
     :func:`read_image` gives within a grey level or so: the full decode, a ``reduction`` x
     ``reduction`` mean (what libjpeg's DCT scaling approximates), then a bilinear resize.
-
-    Args:
-        datas: per image, its file's bytes as a 1-D uint8 CPU tensor; all images one size.
-        paths: the files, for error messages.
+    ``datas``: per image (all one size), its file's bytes as a 1-D uint8 CPU tensor.
 
     Raises:
         CloudpipeError: naming the first file the decoder rejects, or whose header declares

@@ -8,6 +8,7 @@ column per class. Error messages name the file and its line (the header is line 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Container, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +31,9 @@ PSEUDO_CSV = "pseudo_labels.csv"
 pseudo-labels (``image`` and the probabilities they were chosen on); they never validate."""
 PROBS_COLUMNS: tuple[str, ...] = ("image", *CLASSES)
 """Columns of a probabilities CSV such as ``val_probs.csv``."""
+NOT_PLAIN = re.compile(r"^\.{0,2}\Z|[/\\\x00]")
+"""What makes an image name no plain file name: empty, ``.``, ``..``, or a ``/``, ``\\`` or NUL in
+it (``../x.jpg`` or ``/etc/x.jpg`` would read outside the images folder)."""
 
 
 def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -37,11 +41,7 @@ def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
 
     Row ``i`` of the frame is line ``i + 2`` of the file: blank lines between rows (which pandas
     would skip, shifting every later line number) and cells spanning several lines are refused;
-    blank lines at the end of the file are ignored.
-
-    Raises:
-        CloudpipeError: missing or unreadable file, no header, wrong columns, no rows, a blank
-            line, or a newline inside a cell.
+    blank lines at the end of the file are ignored. A refusal is one CloudpipeError naming the file (and line).
     """
     path = Path(path)
     if not path.is_file():
@@ -75,25 +75,27 @@ def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
     return frame
 
 
+def _refuse_duplicates(values: pd.Series, what: str, path: Path | str) -> None:
+    """Refuse the first value of a CSV's column (in file order) that repeats an earlier one, naming its line."""
+    duplicated = values.duplicated().to_numpy()
+    if duplicated.any():
+        i = int(np.argmax(duplicated))
+        raise CloudpipeError(f"duplicate {what} {values.iat[i]!r}", path=path, line=i + 2)
+
+
 def require_plain_image_names(names: pd.Series, path: Path | str) -> None:
-    """Refuse an image name from a CSV that is not a plain file name (empty, ``.``, ``..``, or
-    with a ``/``, ``\\`` or NUL: ``../x.jpg`` or ``/etc/x.jpg`` would read outside the
-    images folder), naming its line (``names`` in file order, the header being line 1)."""
-    bad = (names.isin(["", ".", ".."]) | names.str.contains("[/\\\\\0]")).to_numpy()
+    """Refuse an image name from a CSV that is not a plain file name (:data:`NOT_PLAIN`), naming
+    its line (``names`` in file order, the header being line 1)."""
+    bad = names.str.contains(NOT_PLAIN).to_numpy()
     if bad.any():
         i = int(np.argmax(bad))
         raise CloudpipeError(f"image name {names.iat[i]!r} is not a plain file name", path=path, line=i + 2)
 
 
 def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
-    """Read and validate a Kaggle mask CSV (``Image_Label,EncodedPixels``).
-
-    Args:
-        path: the CSV file.
-        shape: (H, W) of its masks; when given, every RLE string is validated for it.
-
-    Returns:
-        DataFrame with columns ``Image_Label, EncodedPixels, image, class_name`` in file order.
+    """Read and validate a Kaggle mask CSV (``Image_Label,EncodedPixels``) into columns
+    ``Image_Label, EncodedPixels, image, class_name`` in file order; with ``shape`` (H, W),
+    every RLE string is validated for masks of that size.
 
     Raises:
         CloudpipeError: wrong columns, no rows, a label without ``_``, an image name that is
@@ -125,10 +127,7 @@ def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int,
     frame["image"] = [p[0] for p in parts]
     frame["class_name"] = [p[1] for p in parts]
     require_plain_image_names(frame["image"], path)
-    duplicated = frame["Image_Label"].duplicated()
-    if duplicated.any():
-        i = int(np.flatnonzero(duplicated.to_numpy())[0])
-        raise CloudpipeError(f"duplicate Image_Label {labels[i]!r}", path=path, line=i + 2)
+    _refuse_duplicates(frame["Image_Label"], "Image_Label", path)
     counts = frame.groupby("image", sort=False).size()
     incomplete = counts[counts != len(CLASSES)]
     if len(incomplete):
@@ -158,11 +157,8 @@ def write_submission(frame: pd.DataFrame, path: Path, *, shape: tuple[int, int] 
                      overwrite: bool = False) -> Path:
     """Write a Kaggle submission CSV (``Image_Label, EncodedPixels``, rows in ``frame``'s order)
     atomically, once every row is checked (:func:`mask_frame_of`: each pair once, every RLE valid
-    at ``shape``); an existing file is replaced only with ``overwrite``.
-
-    Raises:
-        CloudpipeError: a bad row, or a path that may not be written.
-    """
+    at ``shape``); an existing file is replaced only with ``overwrite``. A bad row, or a path
+    that may not be written, is a CloudpipeError."""
     rows = mask_frame_of(frame, "submission DataFrame", shape=shape)[list(CSV_COLUMNS)]
     check_output(Path(path), overwrite=overwrite)
     write_csv(rows, Path(path))
@@ -191,11 +187,8 @@ def to_wide(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def presence(frame: pd.DataFrame) -> pd.DataFrame:
-    """Presence labels from the CSV text: 1 where ``EncodedPixels`` is non-empty (no decoding).
-
-    Returns:
-        int64 DataFrame indexed by image, columns in class order.
-    """
+    """Presence labels from the CSV text: 1 where ``EncodedPixels`` is non-empty (no decoding),
+    as an int64 frame indexed by image, columns in class order."""
     wide = to_wide(frame)
     return (wide.apply(lambda col: col.str.strip() != "")).astype(np.int64)
 
@@ -214,11 +207,8 @@ def data_inputs(data_dir: Path) -> Inputs:
 
 
 def train_image_shape(data_dir: Path) -> tuple[int, int]:
-    """The (H, W) of a data folder's training images, the size ``train.csv``'s masks are at.
-
-    Raises:
-        CloudpipeError: no images, or images of different sizes.
-    """
+    """The (H, W) of a data folder's training images, the size ``train.csv``'s masks are at
+    (:func:`~cloudpipe.data.images.check_images`, the folder named)."""
     folder = Path(data_dir) / TRAIN_IMAGES
     try:
         return check_images(sorted(folder.glob("*.jpg")))
@@ -241,7 +231,7 @@ def find_image(data_dir: Path, image: str) -> Path:
         CloudpipeError: not a plain file name (``../train.csv``, ``/etc/x.jpg``), or in
             neither folder.
     """
-    if image in ("", ".", "..") or any(c in image for c in "/\\\0"):
+    if NOT_PLAIN.search(image):
         raise CloudpipeError(f"image name {image!r} is not a plain file name (e.g. 0011165.jpg)")
     for folder in (TRAIN_IMAGES, TEST_IMAGES):
         path = Path(data_dir) / folder / image
@@ -283,16 +273,8 @@ def _strata(labels: pd.DataFrame, min_count: int, max_strata: int) -> np.ndarray
 def split_train_val(
     labels: pd.DataFrame, val_fraction: float = 0.1, seed: int = 69
 ) -> tuple[list[str], list[str]]:
-    """The seed's hold-out split: stratified by number of classes present.
-
-    Args:
-        labels: presence labels indexed by image (see :func:`presence`).
-        val_fraction: share of images held out.
-        seed: ``random_state`` of the split.
-
-    Returns:
-        (train images, validation images).
-    """
+    """The seed's hold-out split of ``labels``' images (:func:`presence`), stratified by number
+    of classes present: (train images, validation images)."""
     from sklearn.model_selection import train_test_split
 
     if not 0 < val_fraction < 1:
@@ -309,22 +291,15 @@ def split_train_val(
 
 def check_folds(folds: int, images: int) -> None:
     """Refuse a number of folds that is not between 2 and the number of ``images`` (before any
-    fold's folder is named: a count of 10^8 would name 10^8 of them).
-
-    Raises:
-        CloudpipeError: one line with the range and the value.
-    """
+    fold's folder is named: a count of 10^8 would name 10^8 of them), in one line with the
+    range and the value."""
     if folds < 2 or folds > images:
         raise CloudpipeError(f"--folds must be between 2 and the number of images ({images}), got {folds}")
 
 
 def kfold_splits(labels: pd.DataFrame, folds: int, seed: int = 69) -> list[tuple[list[str], list[str]]]:
-    """K folds stratified like :func:`split_train_val`; every image is in exactly one fold's
-    validation part.
-
-    Returns:
-        ``folds`` pairs of (train images, validation images).
-    """
+    """K folds stratified like :func:`split_train_val`: ``folds`` pairs of (train images,
+    validation images), every image in exactly one fold's validation part."""
     from sklearn.model_selection import StratifiedKFold
 
     check_folds(folds, len(labels))
@@ -380,17 +355,9 @@ def load_train_data(data_dir: Path) -> TrainData:
 
 def require_images(images: Iterable[str], have: Container[str], holder: str = "", of: str = "", *,
                    path: Path | None = None, hint: str = "") -> None:
-    """The one "lacks N images" check: raise when ``have`` lacks some of ``images``.
-
-    Args:
-        holder: what lacks them (``train.csv``; empty when ``path`` says it).
-        of: whose images they are (``seg.csv``), for the message.
-        path: the file the error names.
-        hint: what to do, appended to the message.
-
-    Raises:
-        CloudpipeError: ``<holder> lacks N image(s) of <of> (e.g. a, b, c)<hint>``.
-    """
+    """The one "lacks N images" check: when ``have`` lacks some of ``images``, a CloudpipeError
+    ``<holder> lacks N image(s) of <of> (e.g. a, b, c)<hint>`` naming ``path`` (``holder``: what
+    lacks them, empty when ``path`` says it; ``of``: whose images they are; ``hint``: what to do)."""
     missing = [i for i in images if i not in have]
     if missing:
         whose = f" of {of}" if of else ""
@@ -399,11 +366,8 @@ def require_images(images: Iterable[str], have: Container[str], holder: str = ""
 
 
 def frame_rows(frame: pd.DataFrame, images: list[str], what: str) -> np.ndarray:
-    """The (n, 4) class columns of a frame indexed by image, rows in ``images`` order.
-
-    Raises:
-        CloudpipeError: ``what`` lacks some of the images.
-    """
+    """The (n, 4) class columns of a frame indexed by image, rows in ``images`` order
+    (:func:`require_images` of ``what``)."""
     require_images(images, frame.index, what)
     return frame.loc[images, list(CLASSES)].to_numpy(np.float64)
 
@@ -424,10 +388,8 @@ def require_same_images(expected: list[str], got: list[str], what: str, hint: st
 
 
 def read_probs_csv(path: Path) -> pd.DataFrame:
-    """Read probabilities ``image,Fish,Flower,Gravel,Sugar`` (e.g. ``val_probs.csv``).
-
-    Returns:
-        float64 DataFrame indexed by image, columns in class order.
+    """Read probabilities ``image,Fish,Flower,Gravel,Sugar`` (e.g. ``val_probs.csv``) as a float64
+    frame indexed by image, columns in class order.
 
     Raises:
         CloudpipeError: missing file, wrong columns, no rows, an image name that is not a
@@ -442,8 +404,5 @@ def read_probs_csv(path: Path) -> pd.DataFrame:
         i, k = np.argwhere(bad)[0]
         raise CloudpipeError(f"{CLASSES[k]} probability {text.iat[i, k + 1]!r} is not a number in [0, 1]",
                              path=path, line=int(i) + 2)
-    duplicated = text["image"].duplicated().to_numpy()
-    if duplicated.any():
-        i = int(np.flatnonzero(duplicated)[0])
-        raise CloudpipeError(f"duplicate image {text['image'].iat[i]!r}", path=path, line=i + 2)
+    _refuse_duplicates(text["image"], "image", path)
     return pd.DataFrame(values, index=pd.Index(text["image"], name="image"), columns=list(CLASSES))

@@ -61,11 +61,10 @@ FOLDER_MARK = ".cloudpipe"
 def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
                  input_dirs: Iterable[Path] = (), folder: bool = False, made_by: str | None = None,
                  create: bool = True) -> Path:
-    """Validate an output path before any work is done.
+    """Validate an output path before any work is done: none of the files the command reads
+    (``inputs``), in none of the folders it reads (``input_dirs``).
 
     Args:
-        inputs: files the command reads; the output may be none of them.
-        input_dirs: folders the command reads (image folders); the output may not lie inside one.
         folder: the output is a folder the command fills (a training's run folder), whose
             files the command checks itself: it may exist.
         made_by: the output is a folder the command ``made_by`` builds whole
@@ -109,11 +108,8 @@ def check_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] 
 def _check_replaceable(path: Path, made_by: str, overwrite: bool) -> None:
     """Refuse to build the folder ``path`` over what lies there: a link or anything but a folder
     (never followed, never replaced), a folder with something in it without ``overwrite``, or
-    one that ``made_by`` did not make (:data:`FOLDER_MARK`).
-
-    Raises:
-        CloudpipeError: one line naming ``path`` and what lies there.
-    """
+    one that ``made_by`` did not make (:data:`FOLDER_MARK`), in one line naming ``path`` and
+    what lies there."""
     if path.is_symlink():
         raise CloudpipeError("is a symbolic link, which cloudpipe never follows or replaces; remove it or choose "
                              "another output folder", path=path)
@@ -146,16 +142,10 @@ def _mark_of(folder: Path) -> str | None:
 def claim_output(path: Path, *, overwrite: bool = False, inputs: Iterable[Path] = (),
                  input_dirs: Iterable[Path] = (), folder: bool = False, made_by: str | None = None,
                  lock: bool = True) -> Iterator[Path]:
-    """:func:`check_output`, then hold the output's lock until the body ends (wrap the whole
-    command, from the check to the last rename); the check is repeated under the lock, since
-    another process may have written the file meanwhile. ``lock=False`` only checks, making no
-    folder (the ranks of ``torchrun`` other than rank 0, which write nothing). A refusal or
-    failure leaves no empty new folder. :class:`cloudpipe.engine.runner.Runner` claims every output of a command
-    with it.
-
-    Raises:
-        CloudpipeError: as :func:`check_output` and :func:`output_lock`.
-    """
+    """:func:`check_output`, then hold the output's lock (:func:`output_lock`) until the body
+    ends; the check is repeated under the lock, since another process may have written the file
+    meanwhile. ``lock=False`` only checks, making no folder (the ranks of ``torchrun`` other than
+    rank 0, which write nothing). A refusal or failure leaves no empty new folder."""
     check = dict(overwrite=overwrite, inputs=tuple(inputs), input_dirs=tuple(input_dirs), folder=folder, made_by=made_by)
     if not lock:  # the writer alone makes (and removes) folders: two ranks would race on them
         yield check_output(path, **check, create=False)
@@ -193,14 +183,8 @@ def remove_stale_temporaries(path: Path) -> list[Path]:
     folder of :func:`build_folder`), ``.<name>.<pid>.old`` (the folder :func:`build_folder` was
     replacing) and ``.<name>.rank<r>.<pid>.npy`` (a ``torchrun`` rank's share), whose pid is no
     longer alive; a folder is removed whole, a link itself (never what it points to). Called
-    with the output's lock held, so no live writer of ``path`` is racing.
-
-    Returns:
-        The paths removed.
-
-    Raises:
-        CloudpipeError: one cannot be removed.
-    """
+    with the output's lock held, so no live writer of ``path`` is racing. Returns the paths
+    removed (one that cannot be: a CloudpipeError)."""
     path = Path(path)
     pattern = re.compile(rf"\.{re.escape(path.name)}\.(?:rank\d+\.)?(?P<pid>\d+)\.(?:tmp|npy|old)")
     removed = []
@@ -232,11 +216,8 @@ def output_lock(path: Path) -> Iterator[None]:
 
     The lock file holds the writer's pid and an ``flock``, which the kernel drops when the
     process dies: a lock file left behind by a killed process (its pid no longer alive) is
-    simply taken over. The file is removed when the body ends.
-
-    Raises:
-        CloudpipeError: another live process holds the lock, or the lock file cannot be made.
-    """
+    simply taken over. The file is removed when the body ends. Another live process holding
+    the lock, or a lock file that cannot be made, is a CloudpipeError."""
     lock = lock_path(path)
     fd = _acquire(lock, Path(path))
     try:
@@ -285,11 +266,8 @@ def _temporary(path: Path) -> Path:
 def check_plain_path(path: Path, *, folder: bool = False) -> Path:
     """Refuse a path a command writes in place (a file it replaces, a folder it fills) that is a
     symbolic link, whose target the write would reach or replace, or that is of the other kind
-    (a file where a ``folder`` is needed, or a folder where a file is); a missing path is fine.
-
-    Raises:
-        CloudpipeError: one line naming the path and what to do.
-    """
+    (a file where a ``folder`` is needed, or a folder where a file is), in one line naming the
+    path and what to do; a missing path is fine."""
     path = Path(path)
     if path.is_symlink():
         raise CloudpipeError("is a symbolic link, which cloudpipe never writes through; remove it, or choose "
@@ -303,11 +281,8 @@ def check_plain_path(path: Path, *, folder: bool = False) -> Path:
 
 def cleared_path(path: Path) -> Path:
     """``path`` cleared for a temporary to be written: whatever lies there (a symbolic link
-    planted to redirect the write included, a folder whole) is removed, never followed.
-
-    Raises:
-        CloudpipeError: it cannot be removed.
-    """
+    planted to redirect the write included, a folder whole) is removed, never followed (or a
+    CloudpipeError)."""
     path = Path(path)
     with _reported(path):
         if path.is_dir() and not path.is_symlink():
@@ -328,12 +303,8 @@ def _reported(path: Path) -> Iterator[None]:
 
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success.
-
-    Raises:
-        CloudpipeError: writing or renaming failed (e.g. no space left on device); the
-            temporary file is removed and an existing ``path`` is left as it was.
-    """
+    """Yield a temporary path beside ``path``; rename it onto ``path`` only on success (a failed
+    write or rename is a CloudpipeError, the temporary file removed and ``path`` left as it was)."""
     path = Path(path)
     tmp = _temporary(path)
     try:
@@ -345,13 +316,10 @@ def atomic_path(path: Path) -> Iterator[Path]:
 
 
 def write_files(writers: Mapping[Path, Callable[[Path], object] | None]) -> None:
-    """Write files that belong together: each writer writes its file to a temporary path, and
-    only when all have succeeded are they renamed into place, so a failure leaves every old
-    file (or none) as it was, never a mix of old and new.
-
-    Args:
-        writers: destination -> function writing the content to the path it is given, or None
-            to remove the destination with the group (a file the new ones no longer match).
+    """Write files that belong together: each writer (destination -> function writing to the
+    path it is given) writes to a temporary path, and only when all have succeeded are they
+    renamed into place (a None writer's destination removed), so a failure leaves every old file
+    (or none) as it was, never a mix of old and new.
 
     Raises:
         CloudpipeError: a write failed (naming its file); every temporary file is removed.
@@ -384,10 +352,7 @@ def build_folder(path: Path, build: Callable[[Path], T], made_by: str, *, overwr
     lock held (:func:`claim_output` with ``made_by``); what lies at ``path`` is checked again
     just before the swap. A failure leaves ``path`` as it was and no staging folder; a process
     killed at any point leaves at most those hidden folders, which the next claim of ``path``
-    removes (:func:`remove_stale_temporaries`).
-
-    Returns:
-        What ``build`` returned.
+    removes (:func:`remove_stale_temporaries`). Returns what ``build`` returned.
 
     Raises:
         CloudpipeError: ``build``'s own, or a failed write or rename (e.g. no space left on

@@ -65,11 +65,8 @@ class StoreInfo(FileModel):
     @classmethod
     def of(cls, split: str, images: Sequence[str], runs: Sequence[str], weights: Sequence[float],
            fingerprints: Sequence[str] = ()) -> StoreInfo:
-        """A store's description as code makes it, checked as its reader will check it.
-
-        Raises:
-            CloudpipeError: what the reader would refuse (duplicate images, a weight missing...).
-        """
+        """A store's description as code makes it, checked as its reader will check it (a
+        CloudpipeError for what the reader would refuse: duplicate images, a weight missing...)."""
         return read_model(cls, {"format": FORMAT_VERSION, "split": split, "images": list(images), "runs": list(runs),
                                 "weights": list(weights), "fingerprints": list(fingerprints)}, "probability store")
 
@@ -110,8 +107,9 @@ def read_store(path: Path) -> tuple[np.memmap, StoreInfo]:
             dtype, order or shape, no images, truncated, or a JSON that is unreadable, of another format,
             or whose image list does not match the array.
     """
-    path = Path(path)
-    info = _read_info(info_path(path))
+    path, info_file = Path(path), info_path(path)
+    info = read_model(StoreInfo, read_json(info_file, "probability store", missing="the store's image list is missing"),
+                      "probability store", path=info_file)
     try:
         with open(path, "rb") as file:
             version = np.lib.format.read_magic(file)
@@ -132,24 +130,15 @@ def read_store(path: Path) -> tuple[np.memmap, StoreInfo]:
         raise CloudpipeError(f"is {'truncated' if size < expected else 'too long'}: {size} bytes, its header says "
                              f"{expected}", path=path)
     if len(info.images) != shape[0]:
-        raise CloudpipeError(f"names {len(info.images)} images, the store holds {shape[0]}", path=info_path(path))
+        raise CloudpipeError(f"names {len(info.images)} images, the store holds {shape[0]}", path=info_file)
     return np.memmap(path, dtype=np.uint8, mode="r", offset=offset, shape=tuple(shape)), info
-
-
-def _read_info(path: Path) -> StoreInfo:
-    data = read_json(path, "probability store", missing="the store's image list is missing")
-    return read_model(StoreInfo, data, "probability store", path=path)
 
 
 def probability_store(folder: Path, shape: tuple[int, ...], dtype: type = np.uint8) -> np.memmap:
     """A memory map of ``shape`` in a file of ``folder`` that has no name: the file is
     unlinked as soon as it is made (or never named, with ``O_TMPFILE``), so its space returns
     when the map is dropped or the process ends, even by ``kill -9``. Its space is allocated
-    up front, so a full disk fails here rather than as a SIGBUS mid-run.
-
-    Raises:
-        CloudpipeError: the file cannot be made or sized (e.g. no space left on device).
-    """
+    up front, so a full disk fails here (a CloudpipeError) rather than as a SIGBUS mid-run."""
     try:
         with tempfile.TemporaryFile(dir=folder) as file:  # the map keeps its own handle
             os.posix_fallocate(file.fileno(), 0, math.prod(shape) * np.dtype(dtype).itemsize)

@@ -71,11 +71,8 @@ def check_training_paths(run_dir: Path, model_folders: Iterable[Path], tensorboa
     """Refuse, before training does any work, a run folder where training would write through a
     symbolic link or find a file where it makes a folder: the run folder, each of
     ``model_folders``, their ``tensorboard/`` (when ``tensorboard``) and every file training
-    writes in them (:data:`RUN_FILES`, :data:`MODEL_FILES`); nothing is written.
-
-    Raises:
-        CloudpipeError: one line naming the first such path (:func:`~cloudpipe.data.outputs.check_plain_path`).
-    """
+    writes in them (:data:`RUN_FILES`, :data:`MODEL_FILES`), naming the first such path
+    (:func:`~cloudpipe.data.outputs.check_plain_path`); nothing is written."""
     check_plain_path(run_dir, folder=True)
     for name in RUN_FILES:
         check_plain_path(Path(run_dir) / name)
@@ -117,16 +114,9 @@ def model_dirs(run_dir: Path, folds: int) -> list[Path]:
 def trained_checkpoints(run_dir: Path, allow_partial: bool = False) -> list[Path]:
     """``RUN/best.pt``, or every ``RUN/fold{i}/best.pt`` of a K-fold run (in fold order).
 
-    A K-fold run (``folds`` in its ``config.yaml``) must have every fold's model: one stopped
-    before all its folds trained would otherwise predict with some of them, unsaid.
-
-    Args:
-        allow_partial: use the folds that have a model, with a warning (the ``cloudpipe``
-            logger) naming the missing ones.
-
-    Raises:
-        CloudpipeError: no folder, no finished model in it, or (unless ``allow_partial``) a
-            K-fold run missing some folds' models, named.
+    A K-fold run (``folds`` in its ``config.yaml``) must have every fold's model (else a
+    CloudpipeError naming the others), unless ``allow_partial``: then the folds that have one
+    are used, with a warning. No folder, or no finished model in it, is a CloudpipeError.
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
@@ -207,14 +197,9 @@ def run_fingerprint(run_dir: Path) -> str:
 
 
 def make_model_splits(run_dir: Path, images: list[str], pairs: list[tuple[list[str], list[str]]]) -> list[ModelSplit]:
-    """Per model, its folder and (train, val) images, each list in ``images`` order: the same
-    lists :func:`read_splits` gives back once they are written, so a resumed run sees its images
-    in the order the first run did.
-
-    Args:
-        images: every training image, in ``train.csv`` order.
-        pairs: per model, its (train images, validation images) in any order.
-    """
+    """Per model, its folder and (train, val) images (``pairs``, in any order), each list in the
+    order of ``images`` (``train.csv``'s): the lists :func:`read_splits` gives back once they are
+    written, so a resumed run sees its images in the order the first run did."""
     out = []
     for folder, (train, val) in zip(model_dirs(run_dir, len(pairs) if len(pairs) > 1 else 0), pairs):
         train_set, val_set = set(train), set(val)
@@ -223,12 +208,8 @@ def make_model_splits(run_dir: Path, images: list[str], pairs: list[tuple[list[s
 
 
 def write_splits(run_dir: Path, images: list[str], splits: list[ModelSplit]) -> Path:
-    """Record which images each model of the run validates on (``RUN/splits.csv``).
-
-    Args:
-        images: every training image, in ``train.csv`` order.
-        splits: the run's models, in fold order.
-    """
+    """Record which images (every training image, in ``train.csv`` order) each model of the
+    run (``splits``, in fold order) validates on: ``RUN/splits.csv``."""
     fold = pd.Series("", index=pd.Index(images, name="image"), dtype=object)
     for i, split in enumerate(splits):
         fold[split.val] = str(i)
@@ -266,11 +247,7 @@ def read_splits(run_dir: Path, folds: int) -> list[ModelSplit]:
 
 
 def read_config_values(run_dir: Path) -> dict:
-    """The raw values of ``RUN/config.yaml``.
-
-    Raises:
-        CloudpipeError: no such file, unreadable YAML, or not a mapping.
-    """
+    """The raw values of ``RUN/config.yaml`` (:func:`read_yaml_mapping`; no such file: a CloudpipeError)."""
     path = Path(run_dir) / CONFIG_YAML
     if not path.is_file():
         raise CloudpipeError(f"no {CONFIG_YAML}: not a training run folder", path=run_dir)
@@ -302,11 +279,7 @@ def yaml_value(text: str) -> object:
 
 def read_yaml_mapping(path: Path, what: str = "config") -> dict:
     """A small YAML file that must hold a mapping, read safely: at most :data:`YAML_LIMIT`
-    bytes, no aliases, no Python tags.
-
-    Raises:
-        CloudpipeError: unreadable, too large, aliases, not YAML, or not a mapping.
-    """
+    bytes, no aliases, no Python tags (anything else is a CloudpipeError)."""
     path = Path(path)
     try:
         with path.open("rb") as f:
@@ -330,11 +303,8 @@ tuned file is a few KB)."""
 
 def read_json(path: Path, what: str, missing: str | None = None) -> object:
     """A parsed JSON file of at most :data:`JSON_LIMIT` bytes, refused before it is read when
-    larger (``what`` names it in the error; ``missing``, when given, is the error of a missing file).
-
-    Raises:
-        CloudpipeError: missing, too large, unreadable or not JSON.
-    """
+    larger (``what`` names it in the error; ``missing``, when given, is the error of a missing
+    file); a missing, unreadable or non-JSON file is a CloudpipeError too."""
     path = Path(path)
     try:
         with path.open("rb") as file:

@@ -80,11 +80,7 @@ def _rectangle(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[slice,
 
 
 def make_image(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """One synthetic RGB image and its class masks.
-
-    Returns:
-        (uint8 image (H, W, 3), uint8 masks (4, H, W) with values 0/1).
-    """
+    """One synthetic RGB image, uint8 (H, W, 3), and its class masks, 0/1 uint8 (4, H, W)."""
     h, w = shape
     canvas = 30 + 50 * _smooth_noise(rng, shape, 5)
     masks = np.zeros((len(CLASSES), h, w), dtype=np.uint8)
@@ -129,20 +125,15 @@ def make_dataset(
     overwrite: bool = False,
     progress: bool = True,
 ) -> SynthSummary:
-    """Write a synthetic dataset in the Kaggle layout.
+    """Write a synthetic dataset in the Kaggle layout: ``train.csv`` (masks at the image size),
+    ``sample_submission.csv`` (``1 1`` masks), ``train_images/``, ``test_images/`` and
+    ``test_truth.csv`` (test masks at 350 x 525, the submission size, for ``cloudpipe evaluate``).
 
-    Writes ``train.csv`` (masks at the image size), ``sample_submission.csv`` (``1 1`` masks),
-    ``train_images/``, ``test_images/`` and ``test_truth.csv`` (test masks at 350 x 525, the
-    submission size, for ``cloudpipe evaluate``).
-
-    The folder is built beside ``out_dir`` and swapped in under its lock, as the runner builds
-    every folder (:func:`~cloudpipe.data.outputs.build_folder`; this layer lies below the
-    runner and never runs under ``torchrun``): an empty or absent ``out_dir`` is written, one
-    with files in it only with ``overwrite`` and only when ``synth`` made it.
-
-    Raises:
-        CloudpipeError: ``out_dir`` is a file or a link, or is not empty (without ``overwrite``,
-            or with it when ``synth`` did not make it), sizes are invalid, or a write failed.
+    The folder is built whole under its lock, as the runner builds every folder
+    (:func:`~cloudpipe.data.outputs.build_folder`; this layer lies below the runner and never
+    runs under ``torchrun``): ``out_dir`` with files in it is replaced only with ``overwrite``
+    and only when ``synth`` made it. Invalid sizes, such an ``out_dir`` or a failed write are
+    a CloudpipeError.
     """
     out_dir = Path(out_dir)
     if train < 2 or test < 1:

@@ -62,17 +62,13 @@ _OWN: dict[str, type] = {"GaussNoise": GaussNoise}
 
 def train_transform(*, hflip: float, vflip: float, brightness_contrast: float, noise: float, seed: int,
                     augment: str | list[dict] = "basic", size: tuple[int, int] | None = None) -> A.Compose:
-    """The training augmentations, masks following every spatial step.
-
-    Args:
-        hflip, vflip, brightness_contrast, noise: probability of each of the seed's
-            augmentations (flips, brightness/contrast, Gaussian noise), the ``basic`` steps that
-            every preset starts with.
-        seed: the pipeline's seed (each sample reseeds it, see ``CloudDataset``).
-        augment: a preset of :data:`PRESETS` (``basic``: the seed's steps alone), or a list of
-            ``{name: <albumentations transform>, <its parameters>...}`` that is the whole pipeline.
-        size: (H, W) of the training images, given to steps that take a ``size`` and were not
-            given one (``RandomResizedCrop``); None: such a step must name its size.
+    """The training augmentations, masks following every spatial step: a preset of
+    :data:`PRESETS` (the ``basic`` steps, the seed's flips, brightness/contrast and noise with
+    the probabilities given, then the preset's), or ``augment``, a list of ``{name:
+    <albumentations transform>, <its parameters>...}`` that is the whole pipeline. ``seed``:
+    the pipeline's (each sample reseeds it, see ``CloudDataset``); ``size``: (H, W) of the
+    training images, given to steps that take a ``size`` and were not given one
+    (``RandomResizedCrop``); None: such a step must name its size.
 
     Raises:
         CloudpipeError: an unknown preset or transform (with close matches), or parameters a
@@ -155,13 +151,8 @@ def check_augment(augment: str | list[dict], size: tuple[int, int], masks: bool 
     uint8 at that size (no ``Normalize``, no ``Resize`` to another size). A step must need no
     data beside the image and its masks (``HistogramMatching``, ``FDA``, ``Mosaic``... read
     reference images or other samples that training does not give) and name no size in pixels
-    above :data:`MAX_SIDE`.
-
-    Args:
-        masks: whether training gives the steps masks (segmentation) or the image alone.
-
-    Raises:
-        CloudpipeError: the first problem, in one line.
+    above :data:`MAX_SIDE`. ``masks``: whether training gives the steps masks (segmentation).
+    The first problem is a CloudpipeError, in one line.
     """
     pipeline = train_transform(hflip=0.5, vflip=0.5, brightness_contrast=0.5, noise=0.5, seed=0, augment=augment,
                                size=size)

@@ -13,11 +13,8 @@ from cloudpipe.data.outputs import atomic_path
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename it into place.
-
-    Raises:
-        CloudpipeError: the write failed (e.g. no space left on device); ``path`` is untouched.
-    """
+    """``torch.save`` to a temporary file beside ``path``, then rename it into place (a failed
+    write, e.g. no space left on device, is a CloudpipeError and leaves ``path`` untouched)."""
     # Through a Python file object, so that a failed write is an OSError, which atomic_path
     # reports; torch's zip writer may then fail closing and hide it in a RuntimeError.
     with atomic_path(path) as tmp, open(tmp, "wb") as file:
@@ -40,12 +37,8 @@ WEIGHTS = ("model", "trained")
 
 def load_checkpoint(path: Path, needs: tuple[str, ...] = ()) -> dict:
     """Load a cloudpipe checkpoint safely: ``model``, ``config``, ``classes`` and the keys in
-    ``needs`` present, each holding the kind of value :data:`KINDS` says.
-
-    Raises:
-        CloudpipeError: missing, unreadable, not a cloudpipe checkpoint, a key missing (named),
-            or a value of the wrong kind.
-    """
+    ``needs`` present, each holding the kind of value :data:`KINDS` says; anything else (a
+    missing or unreadable file included) is a CloudpipeError naming what is wrong."""
     path = Path(path)
     if not path.is_file():
         raise CloudpipeError("checkpoint not found", path=path)

@@ -204,7 +204,6 @@ class TrainConfig(BaseModel):
                                            help="plateau: ReduceLROnPlateau per epoch; cosine, onecycle: per optimizer step.")
     warmup_epochs: Whole = setting(0, cli=True, check=AT_LEAST_0,
                                    help="cosine: linear warmup epochs; onecycle: its rising phase (0: 30%).")
-    """cosine: linear warmup from lr/100 over this many epochs; onecycle: its rising phase (0: torch's 30%)."""
     patience: Whole = setting(3, check=AT_LEAST_0)
     grad_clip: Number = setting(0.0, cli=True, check=AT_LEAST_0, help="Clip the gradient norm (0: off).")
     loss: Annotated[dict[str, Number] | None, BeforeValidator(_loss_terms)] = setting(
@@ -216,7 +215,6 @@ class TrainConfig(BaseModel):
                                                        "positive: every term (BCE too) on them only.")
     ema: Number = setting(0.0, cli=True, check=Range(0, 1, high_open=True, what="a decay", note="(0: no moving average)"),
                           help="EMA decay of the weights (0: off); the average is validated and saved.")
-    """Decay of an exponential moving average of the weights, updated every optimizer step (0: none)."""
     swa_epochs: Whole = setting(0, cli=True, check=AT_LEAST_0, help="Average the last N epochs' weights (0: off).")
     val_fraction: Number = setting(0.1, cli=True, check=Range(0, 1, True, True), help=(
         "Share of the images held out for validation (without --folds); give both stages the same value "
@@ -239,13 +237,12 @@ class TrainConfig(BaseModel):
         "basic (the seed's flips, brightness/contrast, noise) | light | medium | heavy (basic + shift-scale-rotate, "
         "grid distortion, crops...), or a YAML list of {{name: <albumentations transform>, <params>}}."),
         rule="must be a preset name or a list of {name: <albumentations transform>, <params>}")
-    """A preset of :data:`cloudpipe.data.transforms.PRESETS` or a list of albumentations steps."""
     cutmix: Number = setting(0.0, cli=True, stage="segmentation", check=PROBABILITY,
                              help="CutMix: probability per batch of pasting a box of another image (and its masks).")
     best_by: Literal[BEST_BY] = setting("score", cli=True, stage="classifier",
                                         help="What picks best.pt: score (accuracy at 0.5) | auc (mean per-class ROC AUC).")
     head_weight: Number = setting(0.0, check=Range(0, note="(0: no classification head)"))
-    """Segmentation only: weight of a classification head's BCE in the loss (0: no head)."""
+    """Weight of a segmentation model's classification head's BCE in the loss."""
     head_dropout: Number = setting(0.2, check=Range(0, 1, high_open=True))
     tensorboard: Flag = setting(True, cli=True, help="TensorBoard event files in each model folder's tensorboard/.")
     keep_last: Flag = setting(True, cli=True, help="Keep last.pt once a model has trained all its epochs (--no-keep-last: "
@@ -374,18 +371,14 @@ def parse_settings(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
 def load_config(
     task: Task, path: Path | None = None, overrides: dict[str, Any] | None = None
 ) -> TrainConfig:
-    """Resolve a config: the task's packaged defaults, then ``path``, then ``overrides``.
+    """Resolve a config: ``task``'s packaged defaults, then the YAML file ``path`` (any subset of
+    the keys), then ``overrides`` (the command line's; ``None`` values ignored).
 
     Training from random weights (``weights: none``) uses ``scratch_lr`` unless ``lr`` itself is
     given in ``path`` or ``overrides``: the seed's fine-tuning rate makes a randomly initialised
     ResNet diverge (validation loss of 1e6 and more). Likewise a packaged ``warmup_epochs`` (the
     segmentation default's cosine warmup) is dropped when the run has no room for it (``epochs``
     not above it) or a plateau schedule, unless ``warmup_epochs`` itself is given.
-
-    Args:
-        task: which stage's defaults to start from.
-        path: optional YAML file with any subset of the keys.
-        overrides: values from the command line; ``None`` values are ignored.
 
     Raises:
         CloudpipeError: unreadable YAML, unknown keys (the valid ones are listed), bad values.
@@ -417,28 +410,24 @@ def save_config(config: TrainConfig, path: Path) -> None:
     write_text(yaml.safe_dump(config.to_dict(), sort_keys=False), path)
 
 
-def config_from_dict(values: dict[str, Any]) -> TrainConfig:
+def config_from_dict(values: dict[str, Any], path: Path | None = None, what: str = "config") -> TrainConfig:
     """Rebuild a saved config (e.g. from a checkpoint) without re-reading defaults; keys this
-    cloudpipe does not name are dropped.
+    cloudpipe does not name are dropped. A bad value is one line naming ``path`` (the file it
+    came from) and ``what``."""
+    known = {k: v for k, v in values.items() if k in TrainConfig.model_fields}
+    return read_model(TrainConfig, known, what, path=path)
 
-    Raises:
-        CloudpipeError: a bad value, in one line.
-    """
-    return read_model(TrainConfig, {k: v for k, v in values.items() if k in TrainConfig.model_fields}, "config")
+
+def checkpoint_config(state: dict, path: Path) -> TrainConfig:
+    """The config a checkpoint (read from ``path``) was trained with, checked as a config file is."""
+    return config_from_dict(state["config"], path, "checkpoint's config: config")
 
 
 def load_run_config(run_dir: Path, task: Task) -> TrainConfig:
-    """The resolved config a run saved in ``RUN/config.yaml``, checked to be a ``task`` run.
-
-    Raises:
-        CloudpipeError: no such file, unreadable YAML, invalid values, or the other stage.
-    """
-    values = read_config_values(run_dir)
+    """The resolved config a run saved in ``RUN/config.yaml``, checked to be a ``task`` run (else
+    a CloudpipeError: no such file, unreadable YAML, invalid values, or the other stage)."""
     path = Path(run_dir) / CONFIG_YAML
-    try:
-        config = config_from_dict(values)
-    except CloudpipeError as err:
-        raise CloudpipeError(str(err), path=path) from None
+    config = config_from_dict(read_config_values(run_dir), path)
     if config.task != task:
         raise CloudpipeError(f"a {config.task} run; this command needs a {task} run", path=path)
     return config

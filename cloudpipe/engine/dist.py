@@ -111,9 +111,6 @@ class Dist:
         first one (in rank order), so that rank 0 reports it and no rank waits for one that has
         stopped. A no-op when not distributed. Phases never nest (a rank that failed in an
         inner one would meet the others at another gather).
-
-        Raises:
-            CloudpipeError: this rank's, or another rank's, first error of the phase.
         """
         if self.world == 1:
             yield

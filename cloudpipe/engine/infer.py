@@ -25,7 +25,7 @@ from cloudpipe.data.datasets import CloudDataset, JpegFiles, collate_files, work
 from cloudpipe.data.images import check_images, decode_batch, reduction_for
 from cloudpipe.data.runfolder import trained_checkpoints
 from cloudpipe.engine.checkpoint import load_checkpoint
-from cloudpipe.engine.config import TrainConfig, config_from_dict
+from cloudpipe.engine.config import TrainConfig, checkpoint_config
 from cloudpipe.engine.devices import autocast, compile_model, resolve_device, resolve_workers
 from cloudpipe.engine.dist import Dist
 from cloudpipe.engine.settings import InferenceSettings
@@ -60,11 +60,8 @@ class RunModels:
 
 def load_run(run_dir: Path, task: str, device: torch.device, channels_last: bool = True,
              allow_partial: bool = False) -> RunModels:
-    """Rebuild a run's model(s) from their checkpoints alone.
-
-    Args:
-        allow_partial: a K-fold run missing some folds' models runs with those it has (see
-            :func:`~cloudpipe.data.runfolder.trained_checkpoints`).
+    """Rebuild a run's model(s) from their checkpoints alone (``allow_partial``: see
+    :func:`~cloudpipe.data.runfolder.trained_checkpoints`).
 
     Raises:
         CloudpipeError: missing or unreadable checkpoints (a fold's included, unless
@@ -77,10 +74,7 @@ def load_run(run_dir: Path, task: str, device: torch.device, channels_last: bool
         state = load_checkpoint(path)
         if list(state["classes"]) != list(CLASSES):
             raise CloudpipeError(f"checkpoint classes {state['classes']} are not {list(CLASSES)}", path=path)
-        try:
-            cfg = config_from_dict(state["config"])
-        except CloudpipeError as err:
-            raise CloudpipeError(f"checkpoint's config: {err}", path=path) from None
+        cfg = checkpoint_config(state, path)
         if cfg.task != task:
             raise CloudpipeError(f"checkpoint is a {cfg.task} model; this command needs a {task}", path=path)
         model = stage_for(cfg).build_model(weights="none")

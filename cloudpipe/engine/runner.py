@@ -42,20 +42,11 @@ Writer = Callable[[Path], object]
 
 @dataclass(frozen=True)
 class Plan:
-    """What a command reads and writes, declared before any work is done.
-
-    Attributes:
-        reads: files no output may be and folders no output may lie in.
-        writes: new outputs: refused when they exist, unless ``overwrite``.
-        replaces: outputs the command re-makes on purpose (a run's own ``thresholds.json``):
-            locked, never refused for existing.
-        folders: folders the command fills (a training's run folder, each fold's): locked,
-            never refused for existing (the command checks what they hold).
-        builds: folders the command builds whole (:meth:`Runner.write_folder`), each with the
-            name of the command (``bundle``): locked; refused when a link or a file, and when
-            holding anything unless ``overwrite`` and made by that command.
-        overwrite: whether ``writes`` and ``builds`` may replace existing ones.
-    """
+    """What a command reads and writes, declared before any work is done (each kind of output
+    as the module docstring says): ``reads``, files no output may be and folders no output may
+    lie in; ``writes``, new outputs (``overwrite``: they and ``builds`` may replace existing
+    ones); ``replaces``, outputs re-made on purpose; ``folders``, folders the command fills;
+    ``builds``, folders built whole, each with the name of the command (``bundle``)."""
 
     reads: Inputs = field(default_factory=Inputs)
     writes: Sequence[Path] = ()
@@ -123,14 +114,8 @@ class Runner:
         return self.dist.together()
 
     def write(self, writers: Mapping[Path, Writer | None]) -> None:
-        """Write outputs that belong together (:func:`~cloudpipe.data.outputs.write_files`; a
-        None writer removes its file with the group), on rank 0 alone; every path must have been
-        claimed.
-
-        Raises:
-            ValueError: a path that no plan of this command declared (a bug, not an input).
-            CloudpipeError: a write failed; every old file is left as it was.
-        """
+        """Write outputs that belong together (:func:`~cloudpipe.data.outputs.write_files`), on
+        rank 0 alone; a path that no plan of this command declared is a ValueError (a bug)."""
         undeclared = [str(p) for p in writers if Path(p).resolve() not in self._outputs]
         if undeclared:
             raise ValueError(f"outputs not declared in the command's plan: {', '.join(undeclared)}")
@@ -138,17 +123,9 @@ class Runner:
             write_files(writers)
 
     def write_folder(self, path: Path, build: Callable[[Path], T]) -> T | None:
-        """Build a folder of the plan's ``builds`` whole (:func:`~cloudpipe.data.outputs.build_folder`):
-        ``build`` fills an empty folder beside ``path``, which then takes its place, marked as the
-        command's; on rank 0 alone (the other ranks get None).
-
-        Returns:
-            What ``build`` returned.
-
-        Raises:
-            ValueError: a path that no plan of this command declared as built (a bug, not an input).
-            CloudpipeError: ``build``'s own, or a failed write (``path`` is left as it was).
-        """
+        """Build a folder of the plan's ``builds`` whole (:func:`~cloudpipe.data.outputs.build_folder`)
+        and return what ``build`` returned, on rank 0 alone (the other ranks get None); a path no
+        plan of this command declared as built is a ValueError (a bug)."""
         declared = self._builds.get(Path(path).resolve())
         if declared is None:
             raise ValueError(f"folder not declared in the command's plan: {path}")
@@ -175,12 +152,10 @@ class Runner:
         ``rank, rank + world, ...``); (None, None) on the other ranks.
 
         The other ranks' uint8 shares pass through hidden files beside ``out``
-        (``.<name>.rank<r>.<pid>.npy``, named by the writing process so that the next run of
-        ``out`` can remove the share of a rank killed with ``-9``), which rank 0 copies into its
-        memory map a few rows at a time: memory stays flat, where gathering the arrays themselves
-        would hold every rank's share in every rank's memory at once. Rank 0 removes them all in
-        any case; rank 0's own share never leaves its memory map, and the small presence frames
-        are gathered directly.
+        (``.<name>.rank<r>.<pid>.npy``: the next run of ``out`` removes those of a rank killed
+        with ``-9``), which rank 0 copies into its memory map a few rows at a time and removes:
+        memory stays flat, where gathering the arrays would hold every share in every rank's
+        memory at once. The small presence frames are gathered directly.
         """
         dist = self.dist
         mine = out.with_name(f".{out.name}.rank{dist.rank}.{os.getpid()}.npy")

@@ -36,27 +36,20 @@ class InferenceSettings:
     """Options of every command that runs a model.
 
     Attributes:
-        device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
-        batch_size: images per forward pass.
         workers: DataLoader worker processes reading images (0: in the main process), or
             ``auto`` (see :func:`cloudpipe.engine.devices.resolve_workers`).
         decode: ``workers`` decodes each JPEG reduced (libjpeg's DCT scaling) in the workers;
-            ``device`` has the workers read the files' bytes and decodes whole batches on the
-            model's device (nvJPEG on a CUDA GPU), see :func:`cloudpipe.data.images.decode_batch`;
-            not strict: data corrupt inside a well-framed file decodes with a warning.
-        compile: ``torch.compile`` the model(s) first (a one-off cost; pays on many images).
-        tta: average the model over flipped views of each image (masks flipped back).
-        tta_views: which views: 3 (identity, horizontal, vertical flip) or 4 (also both flips
-            at once, the 1st place's "flip TTA x4").
-        tta_scales: also average over the image resized by each of these factors (each side
-            rounded to a multiple of 32; masks resized back), the 5th place's multi-scale TTA;
-            ``(1.0,)``: the image's own size only. Independent of ``tta``: with both, every
-            flipped view at every scale.
-        amp: mixed precision (bf16 on CPU and on GPUs that have it, else fp16) when the run
-            was trained with it.
-        progress: show a progress bar.
-        allow_partial: run a K-fold run that lacks some folds' models with those it has (a
-            warning names the missing ones) instead of refusing it.
+            ``device`` decodes whole batches of the files' bytes on the model's device
+            (:func:`cloudpipe.data.images.decode_batch`), not strictly: data corrupt inside a
+            well-framed file decodes with a warning.
+        tta: average the model over the flipped views :data:`~cloudpipe.engine.infer.TTA_VIEWS`
+            of ``tta_views`` (4: the 1st place's "flip TTA x4"), masks flipped back.
+        tta_scales: also average over the image resized by each of these factors (the 5th
+            place's multi-scale TTA, :func:`~cloudpipe.engine.infer.scaled`); with ``tta``,
+            every flipped view at every scale.
+        amp: mixed precision (:func:`~cloudpipe.engine.devices.autocast`) when the run was
+            trained with it.
+        allow_partial: see :func:`~cloudpipe.data.runfolder.trained_checkpoints`.
     """
 
     device: Device = "auto"

@@ -65,7 +65,6 @@ class Stage:
     def __init__(self, config: TrainConfig):
         self.config = config
         self.score_name = self.scores[config.best_by]
-        """Column of ``metrics.csv`` whose maximum picks ``best.pt``."""
 
     def in_encoder(self, name: str) -> bool:
         """Whether parameter ``name`` (of :meth:`build_model`'s network) belongs to the encoder,
@@ -177,15 +176,12 @@ def pixel_losses(weights: dict[str, float]) -> list[tuple[nn.Module, float]]:
 
 class SegmentationStage(Stage):
     """Masks per class: the weighted sum of ``config.loss``'s terms (default BCE + smp's
-    multilabel soft Dice), Kaggle Dice at 0.5 per pair. ``dice`` is smp's multilabel soft Dice
-    over the batch per class; ``lovasz`` the Lovasz hinge per (image, class) pair; with
-    ``mask_loss_on: present`` both are taken per pair over the pairs whose mask is not empty
-    only; with ``positive`` every term (BCE, focal too) is, so empty masks teach nothing and the
-    presence decision is left to the classifier (1st place's ``ignore_negative``). ``cutmix``
-    pastes a box of another image of the batch, with its masks, into each image. With
-    ``head_weight > 0`` the model also has a classification head (presence per class, the
-    target being "the mask is not empty"), trained with ``head_weight`` * BCE;
-    validation then also reports the head's accuracy at 0.5 (``val_head_accuracy``)."""
+    multilabel soft Dice), restricted as ``mask_loss_on`` says (:data:`~cloudpipe.engine.config.MASK_LOSS_ON`),
+    Kaggle Dice at 0.5 per pair. ``dice`` is smp's multilabel soft Dice over the batch per class
+    (per pair when restricted); ``lovasz`` the Lovasz hinge per pair. With ``head_weight > 0``
+    the model also has a classification head (presence per class, the target being "the mask
+    is not empty"), trained with ``head_weight`` * BCE; validation then also reports the head's
+    accuracy at 0.5 (``val_head_accuracy``)."""
 
     task = "segmentation"
     metric_columns = (Metric("dice", "val_dice", "val_"), Metric("head_accuracy", "val_head_accuracy"))

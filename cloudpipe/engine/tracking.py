@@ -3,12 +3,9 @@ the fold counter and time estimate of its epoch lines (:class:`RunClock`).
 
 Each model folder (the run, or each ``fold{i}``) gets ``tensorboard/``, so ``tensorboard
 --logdir runs`` shows every run and fold side by side. Per epoch, every column of
-``metrics.csv`` (:func:`scalar_tags`): the losses (``loss/train``, ``loss/val``), each of the
-stage's validation metrics (its mean ``val/<metric>``, each class's ``<metric>/<class>``), the
-learning rate and the epoch's seconds; for segmentation also a few validation images with truth
-(green) and predicted (red) masks, one 2 x 2 grid of the classes per image (:func:`class_grid`,
-drawn by the trainer). A resumed run drops the events after its checkpoint (``purge_step``), so
-the curves never fold back. The tracker takes plain values and images: only rank 0 makes one;
+``metrics.csv`` (:func:`scalar_tags`); for segmentation also a few validation images with truth
+(green) and predicted (red) masks (:func:`class_grid`, drawn by the trainer). A resumed run
+drops the events after its checkpoint (``purge_step``), so the curves never fold back. The tracker takes plain values and images: only rank 0 makes one;
 the writer is opened at the first epoch's end, so a run that cannot start writes no events.
 """
 

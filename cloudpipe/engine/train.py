@@ -56,7 +56,7 @@ from cloudpipe.data.runfolder import (
     write_splits,
 )
 from cloudpipe.engine.checkpoint import load_checkpoint, save_checkpoint
-from cloudpipe.engine.config import TrainConfig, config_from_dict, load_run_config, save_config
+from cloudpipe.engine.config import TrainConfig, checkpoint_config, load_run_config, save_config
 from cloudpipe.engine.devices import autocast, compile_model, resolve_device, resolve_workers
 from cloudpipe.engine.dist import Dist
 from cloudpipe.engine.recipe import (
@@ -342,9 +342,8 @@ class Trainer:
 
 
 def fit(trainer: Trainer, progress: bool = True) -> FitResult:
-    """Train ``trainer``'s model from its start epoch to the config's last, validating every
-    epoch, into its folder (rank 0 writes): ``last.pt`` every epoch, ``best.pt`` when the
-    stage's score improves, ``metrics.csv``, and the stage's validation table (``val_probs.csv``)."""
+    """Train ``trainer``'s model from its start epoch to the config's last, validating and saving
+    (:meth:`Trainer.save`) every epoch."""
     for epoch in range(trainer.start_epoch, trainer.config.epochs):
         started = time.perf_counter()
         train_loss = trainer.train_epoch(epoch, progress)
@@ -369,8 +368,8 @@ class Progress(Enum):
     """Continues from its ``last.pt`` (a hold-out model that trained all its epochs too, for no
     epoch: the command reports its best, and ``keep_last: false`` removes its ``last.pt``)."""
     FINISHED = "finished"
-    """Trained all its epochs, a fold (or a model whose ``last.pt`` ``keep_last: false``
-    removed): not trained again."""
+    """A fold that trained all its epochs, or a model whose ``last.pt`` ``keep_last: false``
+    removed: not trained again."""
 
 
 @dataclass(frozen=True)
@@ -407,18 +406,14 @@ def train_run(
     fold: int | None = None,
     progress: bool = True,
 ) -> list[FitResult]:
-    """Train a model (or K fold models) as the config says, into ``out_dir``.
+    """Train a model (or K fold models) as the config says, into ``out_dir``; one result per
+    model trained (on rank 0; other ranks of a torchrun job get ``[]``).
 
     The run folder gets ``config.yaml`` and ``splits.csv`` once the first model is built (a run
     that cannot start, e.g. for want of its ImageNet weights, writes nothing); with ``config.folds >= 2``,
     fold i goes to ``out_dir/fold{i}/`` (only fold ``fold`` when given), and once every fold is
     done, ``out_dir/val_probs.csv`` holds the out-of-fold probabilities of every training image
-    (classifier). ``resume`` continues each model from its ``last.pt`` (or from the start, when
-    the run was stopped before its first epoch ended). Every model's state is worked out
-    (:func:`run_state`) before the first trains.
-
-    Returns:
-        One result per model trained (on rank 0; other ranks of a torchrun job get ``[]``).
+    (classifier). ``resume`` continues each model as :func:`run_state` finds it, before the first trains.
     """
     from cloudpipe.engine.runner import Plan, Runner
 
@@ -444,7 +439,7 @@ def train_run(
         stage, data = run.claim(declare)
         with run.together():
             state = run_state(out_dir, config, data, resume=resume, fold=fold)
-        results, written = [], False
+        results: list[FitResult] = []
         clock = RunClock(config.folds, config.epochs * len(state.models))
         for model in state.models:
             clock.begin(model.index, model.trained)
@@ -452,11 +447,10 @@ def train_run(
                 continue
             trainer = Trainer(stage, data, model.split, run.dist, model.checkpoint)
             trainer.clock = clock
-            if not written:  # the first model is built (its weights found): only now is --out written
+            if not results:  # the first model is built (its weights found): only now is --out written
                 _record_run(out_dir, config, data, state, run)
-                written = True
             results.append(fit(trainer, progress))
-        if not written:
+        if not results:  # every model had finished
             _record_run(out_dir, config, data, state, run)
         if run.is_main and stage.keeps_val_probs and config.folds >= 2:
             write_out_of_fold(out_dir, config.folds, data.labelled)
@@ -474,9 +468,8 @@ def run_state(out_dir: Path, config: TrainConfig, data: TrainData, *, resume: bo
 
     Raises:
         CloudpipeError: a fresh run into a folder holding another run; ``resume`` with nothing
-            to resume; a continued run with settings that must not change, or trained on other
-            images; a model whose ``last.pt`` is not one to resume from, or that has none left
-            to train further from.
+            to resume; a continued run that :func:`_check_unchanged`, :func:`_check_same_images`
+            or :func:`_resume_state` refuses, or that has no ``last.pt`` left to train further from.
     """
     continuing = resume or fold is not None
     config_path = out_dir / CONFIG_YAML
@@ -499,11 +492,8 @@ def run_state(out_dir: Path, config: TrainConfig, data: TrainData, *, resume: bo
 
 
 def _check_same_images(splits: list[ModelSplit], data: TrainData, out_dir: Path) -> None:
-    """Refuse to continue a run on other training images than it recorded.
-
-    Raises:
-        CloudpipeError: one line counting the images gone and new, naming the first of each.
-    """
+    """Refuse to continue a run on other training images than it recorded: one line counting
+    the images gone and new, naming the first of each."""
     trained, now = set(splits[0].train + splits[0].val), set(data.labels.index)
     if trained != now:
         gone, new = sorted(trained - now), sorted(now - trained)
@@ -532,11 +522,8 @@ def _model_state(index: int, split: ModelSplit, config: TrainConfig, continuing:
 
 
 def _check_unchanged(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
-    """Refuse to continue a run (saved with ``saved``) with settings that must not change.
-
-    Raises:
-        CloudpipeError: one line listing each changed setting, old -> new.
-    """
+    """Refuse to continue a run (saved with ``saved``) with settings that must not change: one
+    line listing each changed setting, old -> new."""
     before, wanted = saved.to_dict(), config.to_dict()
     resumable = resumable_keys(config)
     changed = [k for k in wanted if k not in resumable and wanted[k] != before[k]]
@@ -551,11 +538,8 @@ def _check_unchanged(saved: TrainConfig, config: TrainConfig, where: Path) -> No
 
 def _resume_state(last: Path, config: TrainConfig) -> dict:
     """A model's ``last.pt``, checked to be one (not a ``best.pt`` copied over it) and to have
-    been trained with ``config`` (bar :func:`resumable_keys`), whatever ``config.yaml`` says now.
-
-    Raises:
-        CloudpipeError: one line saying what is missing or what differs.
-    """
+    been trained with ``config`` (bar :func:`resumable_keys`), whatever ``config.yaml`` says now;
+    else one line saying what is missing or what differs."""
     try:
         state = load_checkpoint(last, needs=RESUME_KEYS)
     except CloudpipeError as err:
@@ -566,11 +550,7 @@ def _resume_state(last: Path, config: TrainConfig) -> dict:
     if not 0 <= state["best_epoch"] <= state["epoch"]:
         raise CloudpipeError(f"checkpoint's epoch {state['epoch']} and best_epoch {state['best_epoch']} are not "
                              "0 <= best_epoch <= epoch", path=last)
-    try:
-        trained = config_from_dict(state["config"])
-    except CloudpipeError as err:
-        raise CloudpipeError(f"checkpoint's config: {err}", path=last) from None
-    _check_unchanged(trained, config, last)
+    _check_unchanged(checkpoint_config(state, last), config, last)
     if (config.ema or config.swa_epochs) and not isinstance(state.get("average"), dict):
         raise CloudpipeError("checkpoint has no average of the weights, which this run keeps", path=last)
     return state

@@ -22,13 +22,11 @@ from cloudpipe.data.outputs import no_new_empty_folders
 from cloudpipe.models.tiny import TinyClassifier, TinySegmenter
 
 TINY = "tiny"
-"""The arch name of the stand-ins for tests and smoke runs (:mod:`cloudpipe.models.tiny`)."""
+"""The arch name of the stand-ins for tests and smoke runs (:mod:`cloudpipe.models.tiny`), with any encoder."""
 TIMM_CLASSIFIER = "timm:"
 """Prefix of a classifier arch that is a timm model (``timm:efficientnet_b1``)."""
 TIMM_ENCODER = "tu-"
 """Prefix of an smp encoder that is a timm model (smp's own spelling: ``tu-efficientnet_b1``)."""
-TINY_SEGMENTER = TINY
-"""The segmentation arch name of :class:`~cloudpipe.models.tiny.TinySegmenter` (any encoder)."""
 _IMAGENET_WEIGHTS = {
     "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
     "resnet34": torchvision.models.ResNet34_Weights.IMAGENET1K_V1,
@@ -89,6 +87,11 @@ def unreachable(url: str) -> str | None:
     return f"{host} answers {status}" if status >= 500 else None
 
 
+def _torch_cache(url: str) -> Path:
+    """Where torch's cache keeps the file of ``url`` (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
+
+
 def _torchvision_url(arch: str) -> str:
     """The URL of torchvision's ImageNet weights of ``arch`` (the ResNets' first release, as
     before; else torchvision's default weights)."""
@@ -110,8 +113,8 @@ def torchvision_imagenet_state(arch: str) -> dict:
             naming the file to place and where.
     """
     url = _torchvision_url(arch)
-    file = Path(url).name
-    cache = Path(torch.hub.get_dir()) / "checkpoints" / file
+    cache = _torch_cache(url)
+    file = cache.name
     named = torch.hub.HASH_REGEX.search(file)
     if cache.is_file() and named:
         expected = named.group(1)
@@ -144,12 +147,9 @@ def hub_state(repo_id: str, filenames: tuple[str, ...], revision: str | None, wh
               elsewhere: str = "") -> dict:
     """A state dict from the first of ``filenames`` that Hugging Face repo ``repo_id`` holds,
     offline first: the Hugging Face cache (no network), else, when the hub answers at once
-    (:func:`hub_unreachable`), a download.
-
-    Args:
-        what: the weights' owner for the message (``encoder resnet34``, ``timm resnet34``).
-        option: the training option that chooses them (:data:`WEIGHTS_OPTION`).
-        elsewhere: another place the weights may be put, for the message.
+    (:func:`hub_unreachable`), a download. For the message: ``what`` owns the weights
+    (``encoder resnet34``), ``option`` chooses them (:data:`WEIGHTS_OPTION`), ``elsewhere`` is
+    another place they may be put.
 
     Raises:
         CloudpipeError: not cached and the hub unreachable (or the download failing): one line
@@ -193,34 +193,25 @@ def smp_imagenet_state(encoder: str) -> dict:
     """ImageNet weights of an smp encoder, offline first: torchvision's file in the torch cache
     for the ResNets (smp's ResNet encoders are torchvision ResNets without ``fc``), else smp's
     own file from the Hugging Face hub (:func:`hub_state`: its cache, else a download where the
-    hub answers).
-
-    Raises:
-        CloudpipeError: none of these worked, naming what to place where.
+    hub answers); when none works, a CloudpipeError naming what to place where.
     """
     option = WEIGHTS_OPTION["segmentation"]
-    if encoder in _IMAGENET_WEIGHTS and (Path(torch.hub.get_dir()) / "checkpoints" / Path(_IMAGENET_WEIGHTS[encoder].url).name).is_file():
+    torch_file = _torch_cache(_IMAGENET_WEIGHTS[encoder].url) if encoder in _IMAGENET_WEIGHTS else None
+    if torch_file is not None and torch_file.is_file():
         return {k: v for k, v in torchvision_imagenet_state(encoder).items() if not k.startswith("fc.")}
     import segmentation_models_pytorch as smp
 
     settings = smp.encoders.encoders[encoder]["pretrained_settings"].get("imagenet")
     if settings is None:
         raise CloudpipeError(f"encoder {encoder!r} has no ImageNet weights; pass {option} none or PATH")
-    torch_file = f" or torchvision's {Path(_IMAGENET_WEIGHTS[encoder].url).name} in {Path(torch.hub.get_dir()) / 'checkpoints'}" \
-        if encoder in _IMAGENET_WEIGHTS else ""
-    return hub_state(settings["repo_id"], ("model.safetensors",), settings["revision"], f"encoder {encoder}", option, torch_file)
+    elsewhere = f" or torchvision's {torch_file.name} in {torch_file.parent}" if torch_file is not None else ""
+    return hub_state(settings["repo_id"], ("model.safetensors",), settings["revision"], f"encoder {encoder}", option, elsewhere)
 
 
 def timm_imagenet_state(name: str, option: str) -> dict:
     """The ImageNet state dict of timm model ``name`` (its default pretrained tag), offline
-    first (:func:`hub_state`: the Hugging Face cache, else a download where the hub answers).
-
-    Args:
-        option: the training option that asked for them (:data:`WEIGHTS_OPTION`), for the message.
-
-    Raises:
-        CloudpipeError: no pretrained weights, or none of these worked, naming what to place where.
-    """
+    first (:func:`hub_state`, ``option`` asking for them); a model with no pretrained weights
+    is a CloudpipeError."""
     import timm
 
     cfg = timm.models.get_pretrained_cfg(name)
@@ -235,23 +226,12 @@ def _choose(kind: str, name: str, known: list[str], examples: str) -> CloudpipeE
     return CloudpipeError(f"unknown {kind} {name!r}; " + (f"did you mean {', '.join(close)}?" if close else f"e.g. {examples}"))
 
 
-def torchvision_classifiers() -> list[str]:
-    """The names of torchvision's classification models (``resnet34``, ``efficientnet_b0``, ...)."""
-    return sorted(torchvision.models.list_models(module=torchvision.models))
-
-
 def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = ()) -> nn.Module:
-    """A classification network with its last linear layer replaced by a 4-output one; the
-    returned :class:`Normalized` names that layer in ``head`` (``fc`` for a ResNet).
-
-    Args:
-        arch: a torchvision classification model (``resnet34``, ``efficientnet_b0``, ...),
-            ``timm:<name>`` (any timm model), or ``tiny`` (a stand-in for tests).
-        weights: ``imagenet`` (torchvision's file in the torch cache, see
-            :func:`torchvision_imagenet_state`; timm's in the Hugging Face cache, see
-            :func:`timm_imagenet_state`), ``none``, or a path to a state dict of that model.
-        freeze: submodule names (e.g. ``layer1``) whose parameters stay fixed.
-    """
+    """A classification network (``arch``: a torchvision classification model, ``timm:<name>``, or
+    ``tiny``) with its last linear layer replaced by a 4-output one; the returned
+    :class:`Normalized` names that layer in ``head`` (``fc`` for a ResNet). ``weights``:
+    ``imagenet`` (:func:`torchvision_imagenet_state`, :func:`timm_imagenet_state`), ``none``, or
+    a path to a state dict of that model; ``freeze``: submodule names (``layer1``) kept fixed."""
     if arch == TINY:
         if weights == "imagenet":
             raise CloudpipeError(f"classifier arch {arch!r} has no ImageNet weights; pass --weights none or PATH")
@@ -266,8 +246,9 @@ def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple
         if weights == "imagenet":
             net.load_state_dict(timm_imagenet_state(name, WEIGHTS_OPTION["classifier"]))
     else:
-        if arch not in torchvision_classifiers():
-            raise _choose("classifier arch", arch, torchvision_classifiers(),
+        known = sorted(torchvision.models.list_models(module=torchvision.models))  # classification models only
+        if arch not in known:
+            raise _choose("classifier arch", arch, known,
                           "resnet18, resnet34, resnet50, efficientnet_b0 (torchvision) or timm:<name>")
         net, what = torchvision.models.get_model(arch, weights=None), f"torchvision {arch}"
         if weights == "imagenet":
@@ -285,17 +266,11 @@ def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple
 
 def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list[str] | tuple[str, ...] = (),
                     head_dropout: float | None = None) -> nn.Module:
-    """An smp model with one sigmoid channel per class.
-
-    Args:
-        arch: smp architecture name (``Unet``, ``FPN``, ...).
-        encoder: smp encoder name (``resnet34``, ...).
-        weights: ``imagenet`` (see :func:`smp_imagenet_state`), ``none``, or a path to an encoder state dict.
-        freeze: submodule names (e.g. ``encoder``) whose parameters stay fixed.
-        head_dropout: None for masks alone; else a classification head on the encoder with
-            this dropout (smp's ``aux_params``), and the model returns ``(masks, labels)``.
-    """
-    if arch.lower() == TINY_SEGMENTER:
+    """An smp model (``arch``: ``Unet``, ``FPN``...; smp's ``encoder``) with one sigmoid channel
+    per class; ``weights`` and ``freeze`` as :func:`build_classifier`'s (the encoder's
+    :func:`smp_imagenet_state`, or its state dict). With ``head_dropout`` a classification head
+    on the encoder too (smp's ``aux_params``), and the model returns ``(masks, labels)``."""
+    if arch.lower() == TINY:
         if weights != "none":
             raise CloudpipeError(f"segmentation arch {arch!r} is a stand-in without pretrained weights; pass --weights none")
         net = TinySegmenter(len(CLASSES), head_dropout=head_dropout)
@@ -306,7 +281,7 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
     archs = {name.lower(): cls.__name__ for name, cls in smp.MODEL_ARCHITECTURES_MAPPING.items()}
     if arch.lower() not in archs:
         raise CloudpipeError(f"unknown segmentation arch {arch!r}; choose one of {', '.join(sorted(archs.values()))} "
-                              f"(or {TINY_SEGMENTER}, a stand-in for tests)")
+                              f"(or {TINY}, a stand-in for tests)")
     if encoder.startswith(TIMM_ENCODER):
         import timm
 
