@@ -20,7 +20,7 @@ def test_classifier_defaults_are_the_seed_recipe():
 
 def test_segmentation_defaults_share_the_split():
     seg, cls = load_config("segmentation"), load_config("classifier")
-    assert seg.arch == "Unet" and seg.weights == cls.weights == "imagenet"  # one rule: README step 1 and 2 alike offline
+    assert seg.arch == "Unet" and (seg.weights, cls.weights) == ("none", "imagenet")  # as the README says where both are introduced
     assert (seg.val_fraction, seg.split_seed, seg.folds) == (cls.val_fraction, cls.split_seed, cls.folds)
 
 
@@ -347,7 +347,7 @@ def test_a_saved_config_is_written_as_before():
     c = load_config("segmentation", overrides={"image_size": [64, 96], "hflip": 0, "lr": "1e-3", "epochs": 2.0, "seed": "7",
                                                "loss": "bce=1,dice=0.5", "workers": 3})
     text = yaml.safe_dump(c.to_dict(), sort_keys=False)
-    assert text.startswith("task: segmentation\narch: Unet\nencoder: resnet34\nweights: imagenet\nfreeze: []\nimage_size:\n- 64\n- 96\n"
+    assert text.startswith("task: segmentation\narch: Unet\nencoder: resnet34\nweights: none\nfreeze: []\nimage_size:\n- 64\n- 96\n"
                            "epochs: 2\nbatch_size: 8\naccumulate: 1\nlr: 0.001\n")
     assert "\nhflip: 0.0\n" in text and "\nseed: 7\n" in text and "\nloss:\n  bce: 1.0\n  dice: 0.5\n" in text
     assert "\nworkers: 3\n" in text and list(yaml.safe_load(text)) == list(TrainConfig.model_fields)
