@@ -18,6 +18,7 @@ def test_demo_tiny_end_to_end(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(main, ["demo", "--out", str(out), "--size", "tiny", "--quiet"])
     assert result.exit_code == 0, result.output
+    assert f"(hidden; it becomes {out} once complete)" in result.output  # the steps' paths lie in the staging folder
     for step in ("synth", "train-seg", "predict-seg val", "predict-seg test", "train-classifier", "tune-threshold",
                  "predict", "report"):
         assert f"== {step}" in result.output

@@ -72,6 +72,7 @@ def _demo(folder: Path, out_dir: Path, settings: dict[str, Any], progress: bool)
         result.seconds[name] = time.perf_counter() - started
         return value
 
+    log.info(f"building the demo in {folder} (hidden; it becomes {out_dir} once complete)")
     d = settings["data"]
     step("synth", lambda: make_dataset(data, train=d["train"], test=d["test"], shape=(d["height"], d["width"]),
                                        seed=d["seed"], progress=progress))
