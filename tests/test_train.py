@@ -525,7 +525,8 @@ def test_training_never_writes_through_a_link_nor_meets_a_file_where_it_makes_a_
                      "--epochs", 1, "--image-size", 64, 96, "--workers", 0, "--device", "cpu", "--quiet", "--folds", folds)
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
     [line] = result.stderr.strip().splitlines()
-    what = "is a file where a folder is written" if kind == "file" else "is a symbolic link, which cloudpipe never writes through"
+    what = ("exists and is not a folder, where a folder is written" if kind == "file"
+            else "is a symbolic link, which cloudpipe never follows, writes through or replaces")
     assert line == f"error: {path}: {what}; {'move it away' if kind == 'file' else 'remove it'}, or choose another --out", line
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before  # nothing written, here or there
     assert (elsewhere / "precious.txt").read_text() == "keep me\n"

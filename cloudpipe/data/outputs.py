@@ -110,14 +110,8 @@ def _check_replaceable(path: Path, made_by: str, overwrite: bool) -> None:
     (never followed, never replaced), a folder with something in it without ``overwrite``, or
     one that ``made_by`` did not make (:data:`FOLDER_MARK`), in one line naming ``path`` and
     what lies there."""
-    if path.is_symlink():
-        raise CloudpipeError("is a symbolic link, which cloudpipe never follows or replaces; remove it or choose "
-                             "another output folder", path=path)
-    if not path.exists():
-        return
-    if not path.is_dir():
-        raise CloudpipeError("exists and is not a folder; choose another output folder", path=path)
-    if not any(path.iterdir()):
+    check_plain_path(path, folder=True)
+    if not path.exists() or not any(path.iterdir()):
         return
     if not overwrite:
         raise CloudpipeError("already exists; pass --overwrite to replace it", path=path)
@@ -270,10 +264,11 @@ def check_plain_path(path: Path, *, folder: bool = False) -> Path:
     path and what to do; a missing path is fine."""
     path = Path(path)
     if path.is_symlink():
-        raise CloudpipeError("is a symbolic link, which cloudpipe never writes through; remove it, or choose "
-                             "another --out", path=path)
+        raise CloudpipeError("is a symbolic link, which cloudpipe never follows, writes through or replaces; remove it, "
+                             "or choose another --out", path=path)
     if folder and path.exists() and not path.is_dir():
-        raise CloudpipeError("is a file where a folder is written; move it away, or choose another --out", path=path)
+        raise CloudpipeError("exists and is not a folder, where a folder is written; move it away, or choose another --out",
+                             path=path)
     if not folder and path.is_dir():
         raise CloudpipeError("is a folder where a file is written; move it away, or choose another --out", path=path)
     return path
