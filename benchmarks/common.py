@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from cloudpipe.core import table
-from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
+from cloudpipe.core.profile import active
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES
 
 if TYPE_CHECKING:
@@ -45,7 +45,7 @@ class Sizes:
     model's (None: ``configs/seg.yaml``'s); ``smoke`` says the run only checks that the scripts
     work (CI), its figures mean nothing."""
 
-    image_shape: tuple[int, int] = IMAGE_SHAPE
+    image_shape: tuple[int, int] = active().image_size
     cls_size: tuple[int, int] = (512, 768)
     seg_size: tuple[int, int] | None = None
     smoke: bool = False
@@ -61,7 +61,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CLOUDPIPE_BENCH_CACHE", Path(tempfile.gettempdir()) / "cloudpipe-bench"))
 
 
-def synthetic_data(train: int, test: int, shape: tuple[int, int] = IMAGE_SHAPE, seed_: int = 0) -> Path:
+def synthetic_data(train: int, test: int, shape: tuple[int, int] = active().image_size, seed_: int = 0) -> Path:
     """A cached ``cloudpipe.data.synth`` dataset (made once, then reused; ~0.2 s per 1400x2100 image).
 
     The folder is written under a temporary name and renamed into place, so an interrupted
@@ -326,11 +326,11 @@ class Bench:
 
             page = self.step(f"report test {label}", write_report, self.data, masks[1], gate_dir / "report.html",
                              overwrite=True, progress=False, probs_csv=probs_path_for(submission), thresholds_file=thresholds,
-                             truth_csv=self.data / "test_truth.csv", truth_shape=SUBMISSION_SHAPE, **report)
+                             truth_csv=self.data / "test_truth.csv", truth_shape=active().submission_size, **report)
         return Outputs(*masks, thresholds, submission, page)
 
     def dice(self, csv: Path) -> dict[str, float]:
         """Kaggle Dice of a test mask CSV against ``test_truth.csv``, per class and ``mean``."""
         from cloudpipe import evaluate_files
 
-        return evaluate_files(self.data / "test_truth.csv", csv, SUBMISSION_SHAPE, SUBMISSION_SHAPE).table
+        return evaluate_files(self.data / "test_truth.csv", csv, active().submission_size, active().submission_size).table

@@ -21,7 +21,7 @@ from benchmarks import seed
 from benchmarks.common import FULL, ROOT, Sizes, cache_dir, repeat_images, row, synthetic_data, time_interleaved
 from benchmarks.rle import make_masks
 from benchmarks.training import seed_state
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.profile import active
 from cloudpipe.core.rle import mask2rle
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES
 
@@ -53,7 +53,7 @@ def classifier_run(sizes: Sizes = FULL) -> Path:
     small = out.with_name(out.name + "-train6")  # train.csv cut to 6 images; the images themselves are shared
     small.mkdir(parents=True, exist_ok=True)
     frame = pd.read_csv(data_dir / TRAIN_CSV, dtype=str, keep_default_na=False)
-    frame.iloc[: 6 * len(CLASSES)].to_csv(small / TRAIN_CSV, index=False)
+    frame.iloc[: 6 * len(active().classes)].to_csv(small / TRAIN_CSV, index=False)
     if not (small / TRAIN_IMAGES).exists():
         (small / TRAIN_IMAGES).symlink_to(data_dir / TRAIN_IMAGES)
     config = load_config("classifier", overrides=dict(weights="none", epochs=1, image_size=list(sizes.cls_size), workers=0,
@@ -75,8 +75,8 @@ def prediction_set(n: int, sizes: Sizes = FULL) -> Path:
                           lambda original, i: original if i < k else f"{original[:-4]}{i // k:02d}.jpg")
     # Segmentation predictions: blocky masks for about half of the pairs, the rest empty.
     rng = np.random.default_rng(n)
-    pool = [mask2rle(m) for m in make_masks(4 * len(originals), SUBMISSION_SHAPE, seed_=7)]
-    labels = [f"{name}_{c}" for name in names for c in CLASSES]
+    pool = [mask2rle(m) for m in make_masks(4 * len(originals), active().submission_size, seed_=7)]
+    labels = [f"{name}_{c}" for name in names for c in active().classes]
     rles = [pool[i % len(pool)] if rng.random() < 0.5 else "" for i in range(len(labels))]
     pd.DataFrame({"Image_Label": labels, "EncodedPixels": ["1 1"] * len(labels)}).to_csv(
         out / SAMPLE_SUBMISSION_CSV, index=False)
@@ -171,7 +171,7 @@ def speed_rows(n: int, repeats: int, sizes: Sizes = FULL, compiled: bool = False
     probs_frame = results["ours", 2 * n].probs
     probs = {image: probs_frame.loc[image].to_numpy() for image in probs_frame.index}
     seg_path = data_dir / "seg.csv"
-    thresholds = {c: 0.5 for c in CLASSES}
+    thresholds = {c: 0.5 for c in active().classes}
     t = time_interleaved({"seed": lambda: seed.blank_submission(pd.read_csv(seg_path), probs),
                           "ours": lambda: gate(read_segmentation(seg_path), probs_frame, thresholds)}, max(3, repeats))
     rows.append(row(f"blanking {8 * n} pairs", t["seed"], t["ours"], TARGETS["blanking"], unit="ms",

@@ -14,7 +14,7 @@ import torch
 
 from benchmarks import seed
 from benchmarks.common import FULL, REAL_IMAGES, Sizes, over, row, time_interleaved
-from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.profile import active
 from cloudpipe.data.datasets import CloudDataset
 from cloudpipe.data.images import reduction_for
 from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, load_train_data
@@ -83,9 +83,9 @@ def pipeline_rows(data_dir: Path, n: int, repeats: int, sizes: Sizes = FULL, rea
         names = sorted(p.name for p in REAL_IMAGES.glob("*.jpg"))
         k = min(len(names), len(images))
         # The real masks are not shipped: give each real image the masks of a synthetic one.
-        rles = data.rles.loc[images[:k], list(CLASSES)].to_numpy()
+        rles = data.rles.loc[images[:k], list(active().classes)].to_numpy()
         real_df = pd.DataFrame(
-            [(f"{name}_{c}", rles[i, j] or np.nan, c, name) for i, name in enumerate(names[:k]) for j, c in enumerate(CLASSES)],
+            [(f"{name}_{c}", rles[i, j] or np.nan, c, name) for i, name in enumerate(names[:k]) for j, c in enumerate(active().classes)],
             columns=["Image_Label", "EncodedPixels", "label", "im_id"],
         )
         labels = (rles != "").astype(np.float32)
@@ -121,7 +121,7 @@ def step_row(batch: int, steps: int, sizes: Sizes = FULL) -> dict:
     torch.manual_seed(0)
     config = load_config("classifier")
     stage = stage_for(config)
-    labels = (torch.rand(batch, len(CLASSES)) < 0.5).float()
+    labels = (torch.rand(batch, len(active().classes)) < 0.5).float()
     pixels = torch.randint(0, 256, (batch, *size, 3), dtype=torch.uint8)  # NHWC, as batches arrive
 
     ours = stage.build_model(weights="none").to(memory_format=torch.channels_last).train()

@@ -15,8 +15,9 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")  # set before any module 
 # import otherwise asks PyPI for a newer version, on every command, and warns in 2 lines offline
 
 _API: dict[str, str] = {
-    # the facts and the codec
-    "CLASSES": "cloudpipe.core.competition", "SUBMISSION_SHAPE": "cloudpipe.core.competition",
+    # the dataset's facts (a profile) and the codec
+    "active": "cloudpipe.core.profile", "use_profile": "cloudpipe.core.profile", "set_profile": "cloudpipe.core.profile",
+    "load_profile": "cloudpipe.data.profiles",
     "mask2rle": "cloudpipe.core.rle", "rle2mask": "cloudpipe.core.rle",
     "CloudpipeError": "cloudpipe.core.errors",
     # submissions and data

@@ -17,8 +17,9 @@ import click
 
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
 from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, DEVICES, MAX_WORKERS, PLACEMENTS, RULES, STEP_NAMES, TOP_K
-from cloudpipe.core.competition import IMAGE_SHAPE, MAX_PIXELS, SUBMISSION_SHAPE
+from cloudpipe.core.constants import MAX_PIXELS
 from cloudpipe.core.errors import BadValue, CloudpipeError, SharedError
+from cloudpipe.core.profile import active
 from cloudpipe.core.table import format_table
 from cloudpipe.data.beside import probs_path_for
 from cloudpipe.pipeline.sources import registry, source_inputs
@@ -211,10 +212,10 @@ class GateThresholds(click.ParamType):
 GATE_THRESHOLDS = GateThresholds()
 
 
-def shape_option(names: str | tuple[str, ...], default: tuple[int, int], help: str):
-    """An ``H W`` option (one name, or its names and parameter), its default shown as typed."""
-    return click.option(*((names,) if isinstance(names, str) else names), type=SHAPE, default=default, show_default=False, metavar="H W",
-                        help=f"{help} [default: {default[0]} {default[1]}]")
+def shape_option(names: str | tuple[str, ...], help: str):
+    """An ``H W`` option (one name, or its names and parameter) defaulting to the profile's submission size."""
+    return click.option(*((names,) if isinstance(names, str) else names), type=SHAPE, default=None, show_default=False, metavar="H W",
+                        help=f"{help} [default: the profile's submission size, 350 525 for clouds]")
 
 
 class _AboveBars(logging.Handler):
@@ -246,8 +247,8 @@ def main() -> None:
 @click.option("--out", "out_dir", type=NEW_PATH, required=True, help="The data folder to write.")
 @click.option("--train", "n_train", type=click.IntRange(min=2), default=100, help="Training images.")
 @click.option("--test", "n_test", type=click.IntRange(min=1), default=20, help="Test images.")
-@click.option("--height", type=click.IntRange(min=16), default=IMAGE_SHAPE[0], help="Image height.")
-@click.option("--width", type=click.IntRange(min=16), default=IMAGE_SHAPE[1], help="Image width.")
+@click.option("--height", type=click.IntRange(min=16), default=active().image_size[0], help="Image height.")
+@click.option("--width", type=click.IntRange(min=16), default=active().image_size[1], help="Image width.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, help="Random seed (same seed, same data).")
 @click.option("--overwrite", is_flag=True, help="Replace an --out folder that synth made (never another folder).")
 def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, overwrite: bool) -> None:
@@ -278,8 +279,8 @@ def subset(data_dir: Path, out_dir: Path, n_train: int, n_test: int, seed: int, 
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
-                   f"else {SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
-@shape_option(("--mask-shape", "--pred-shape", "pred_shape"), SUBMISSION_SHAPE, "Mask size of the submission (--pred-shape: the same).")
+                   f"else {active().submission_size[0]} {active().submission_size[1]}].")
+@shape_option(("--mask-shape", "--pred-shape", "pred_shape"), "Mask size of the submission (--pred-shape: the same).")
 def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
     """Kaggle mean Dice of a submission, overall and per class.
 
@@ -416,7 +417,7 @@ def source_input_options(split: str):
 @click.option("--thresholds", "thresholds", type=GATE_THRESHOLDS, default=None,
               help="thresholds.json from tune-threshold, or one threshold T for every class "
                    "[default for one run: RUN/thresholds.json, else 0.5].")
-@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of the segmentation submission.")
+@shape_option("--mask-shape", "Mask size of the segmentation submission.")
 @source_input_options("test")
 @click.option("--at-least-one/--no-at-least-one", default=None,
               help="Keep the most probable class of an image whose masks are all blanked [default: as thresholds.json says].")
@@ -450,7 +451,7 @@ CHOICE_OPTION = click.option(
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, default=None, help="Segmentation predictions on validation images.")
 @click.option("--objective", type=click.Choice(["dice", "accuracy"]), default=None, help="[default: dice with --seg, else accuracy]")
-@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of the --seg predictions.")
+@shape_option("--mask-shape", "Mask size of the --seg predictions.")
 @click.option("--out", type=NEW_PATH, default=None,
               help="JSON to write [default for one run: RUN/thresholds.json, replaced; an ensemble: required].")
 @click.option("--plot", type=NEW_PATH, default=None, help="PNG of score against threshold [default: --out with .png].")
@@ -586,8 +587,8 @@ def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess:
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None, help="Truth masks [default: DATA/train.csv].")
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of --truth [default: the training images' size for train.csv, else "
-                   f"{SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
-@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --seg.")
+                   f"{active().submission_size[0]} {active().submission_size[1]}].")
+@shape_option("--mask-shape", "Mask size of --seg.")
 @click.option("--out", type=NEW_PATH, default=Path("report.html"), help="HTML page to write.")
 @click.option("--overlays", type=click.IntRange(min=0), default=6, help="Worst images drawn (and half as many best).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing page.")
@@ -611,7 +612,7 @@ def report(data_dir: Path, seg_csv: Path, out: Path, overlays: int, overwrite: b
 @click.option("--min-confidence", type=click.FloatRange(0.5, 1, min_open=True), default=0.9,
               help="Keep an image when every class's probability is >= this or <= 1 - this.")
 @click.option("--min-area", type=click.IntRange(min=0), default=0, help="... and every mask it keeps has this many pixels.")
-@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --seg.")
+@shape_option("--mask-shape", "Mask size of --seg.")
 @click.option("--out", "out_dir", type=NEW_PATH, required=True, help="The new data folder to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an --out that pseudo-label made (never another folder).")
 def pseudo_label(data_dir: Path, seg_csv: Path, probs_csv: Path | None, min_confidence: float, min_area: int,
@@ -685,12 +686,12 @@ def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--image", required=True, help="Image file name in DATA's image folders (e.g. 0011165.jpg), or a path to it.")
 @click.option("--pred", type=EXISTING_FILE, default=None, help="Submission CSV whose masks to draw.")
-@shape_option("--mask-shape", SUBMISSION_SHAPE, "Mask size of --pred.")
+@shape_option("--mask-shape", "Mask size of --pred.")
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None,
               help="Truth masks to draw, e.g. test_truth.csv for a test image [default: DATA/train.csv for a train image].")
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of --truth [default: the training images' size for train.csv, else "
-                   f"{SUBMISSION_SHAPE[0]} {SUBMISSION_SHAPE[1]}].")
+                   f"{active().submission_size[0]} {active().submission_size[1]}].")
 @click.option("--out", type=NEW_PATH, default=Path("overlay.png"), help="PNG file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing PNG.")
 def show(data_dir: Path, image: str, pred: Path | None, mask_shape: tuple[int, int], truth_csv: Path | None,

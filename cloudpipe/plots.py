@@ -88,12 +88,12 @@ def overlay_figure(image: np.ndarray, *, truth: np.ndarray | None = None, pred: 
     (0/1 (4, H, W) at the image's size; overlap yellow), each mask's area and the class's
     ``dice`` (when given) in the panel title; ``width`` in inches.
     """
-    from cloudpipe.core.competition import CLASSES
     from cloudpipe.core.masks import tint
+    from cloudpipe.core.profile import active
 
     height, pixels_wide = image.shape[:2]
     fig = _figure(width, width * height / pixels_wide + 0.6)
-    for k, (ax, cls) in enumerate(zip(fig.subplots(2, 2).ravel(), CLASSES)):
+    for k, (ax, cls) in enumerate(zip(fig.subplots(2, 2).ravel(), active().classes)):
         t = truth[k].astype(bool) if truth is not None else np.zeros((height, pixels_wide), bool)
         p = pred[k].astype(bool) if pred is not None else np.zeros((height, pixels_wide), bool)
         parts = [f"{name} {m.mean():.0%}" for name, m, given in (("truth", t, truth), ("pred", p, pred)) if given is not None]

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import dice
+from cloudpipe.core.profile import active
 from cloudpipe.data.images import jpeg_size, read_image, reduction_for
 from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, data_inputs, find_image, read_mask_csv, require_dir, to_wide
 from cloudpipe.data.outputs import Inputs
@@ -21,14 +21,14 @@ def _masks(csv: Path, image: str, shape: tuple[int, int], size: tuple[int, int],
     for it (refused when ``required``)."""
     wide = to_wide(read_mask_csv(csv, shape=shape))
     if image in wide.index:
-        return decode_masks(wide.loc[image, list(CLASSES)], shape, size)
+        return decode_masks(wide.loc[image, list(active().classes)], shape, size)
     if required:
         raise CloudpipeError(f"has no rows for image {image!r}", path=csv)
     return None
 
 
 def show_image(data_dir: Path, image: str | Path, out: Path, *, pred: Path | None = None,
-               mask_shape: tuple[int, int] = SUBMISSION_SHAPE, truth_csv: Path | None = None,
+               mask_shape: tuple[int, int] | None = None, truth_csv: Path | None = None,
                truth_shape: tuple[int, int] | None = None, overwrite: bool = False) -> Path:
     """Overlay ``image`` (a file name in the data folder's image folders, or a path to the JPEG)
     at the submission size with its truth and/or the masks of ``pred`` (at ``mask_shape``),
@@ -40,6 +40,7 @@ def show_image(data_dir: Path, image: str | Path, out: Path, *, pred: Path | Non
         CloudpipeError: unknown image, an image with neither truth nor prediction, bad CSVs,
             an output that may not be written.
     """
+    mask_shape = mask_shape or active().submission_size
     from cloudpipe.engine.runner import Plan, Runner
     from cloudpipe.pipeline.evaluate import default_truth_shape
 
@@ -51,7 +52,7 @@ def show_image(data_dir: Path, image: str | Path, out: Path, *, pred: Path | Non
             raise CloudpipeError("no such image file", path=given)
         path = given or find_image(data_dir, str(image))  # a bare name: in train_images/ or test_images/
         image, source = path.name, jpeg_size(path)
-        size = SUBMISSION_SHAPE
+        size = active().submission_size
         truth = None
         if truth_csv is not None:
             truth = _masks(truth_csv, image, truth_shape or default_truth_shape(Path(truth_csv)), size)

@@ -16,12 +16,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label
 from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.profile import join_label, packaged
 from cloudpipe.core.rle import mask2rle, rle2mask
 from cloudpipe.data.beside import info_path
 from cloudpipe.data.kaggle import read_train, to_wide
 from cloudpipe.data.synth import make_dataset
+
+CLOUDS = packaged("clouds")
+CLASSES, SUBMISSION_SHAPE = CLOUDS.classes, CLOUDS.submission_size
+"""The default profile's facts, which most tests' data (``make_dataset``'s) has."""
 
 TINY_SHAPE = (64, 96)
 TINY = dict(arch="tiny", weights="none", epochs=1, image_size=TINY_SHAPE, workers=0, batch_size=8, accumulate=1, lr=1e-3,

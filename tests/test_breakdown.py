@@ -15,8 +15,8 @@ from cloudpipe.algorithms.breakdown import (
 )
 from cloudpipe.algorithms.gating import GateSpec
 from cloudpipe.algorithms.gating import keep as keep_pairs
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.metric import PairStats
+from tests.conftest import CLASSES
 
 
 def random_case(n: int = 40, seed: int = 0):

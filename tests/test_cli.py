@@ -11,9 +11,8 @@ import pytest
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.rle import rle2mask
-from tests.conftest import cli
+from tests.conftest import CLASSES, SUBMISSION_SHAPE, cli
 
 run = cli
 

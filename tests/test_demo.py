@@ -10,7 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
-from cloudpipe.core.competition import CLASSES
+from tests.conftest import CLASSES
 
 
 @pytest.mark.slow

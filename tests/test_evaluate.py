@@ -2,9 +2,9 @@ from pathlib import Path
 
 import pytest
 
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.pipeline.evaluate import evaluate_files
+from tests.conftest import CLASSES
 
 # Pixel numbers of a 2x3 mask (column-major, 1-indexed):   1 3 5
 #                                                           2 4 6
@@ -90,10 +90,10 @@ def test_train_csv_is_read_at_its_images_size_and_no_hint_names_a_size(tiny_data
     from click.testing import CliRunner
 
     from cloudpipe.cli import main
-    from cloudpipe.core.competition import SUBMISSION_SHAPE
     from cloudpipe.core.masks import resize_nearest
     from cloudpipe.core.rle import mask2rle, rle2mask
     from cloudpipe.data.kaggle import read_train
+    from tests.conftest import SUBMISSION_SHAPE
 
     train = read_train(tiny_data)  # 64 x 96 images, masks at that size
     exact = tmp_path / "exact.csv"  # the truth itself at the submission size: Dice 1
@@ -113,8 +113,8 @@ def test_train_csv_is_read_at_its_images_size_and_no_hint_names_a_size(tiny_data
 def test_a_test_truth_is_read_at_the_submission_size_as_report_reads_it(tiny_data, tmp_path):
     """``synth``'s (and clouds350's) ``test_truth.csv`` is at 350 x 525: ``evaluate`` needs no
     ``--truth-shape`` for it, as ``report`` does not; a data folder's ``train.csv`` stays at its images' size."""
-    from cloudpipe.core.competition import SUBMISSION_SHAPE
     from cloudpipe.pipeline.evaluate import default_truth_shape
+    from tests.conftest import SUBMISSION_SHAPE
 
     truth = tiny_data / "test_truth.csv"
     assert default_truth_shape(truth) == SUBMISSION_SHAPE

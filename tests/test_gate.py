@@ -11,11 +11,10 @@ import pandas as pd
 import pytest
 
 from cloudpipe.algorithms.presence import PixelStats
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.probstore import read_store
 from cloudpipe.pipeline.gate import GateInputs, load_gate, resolve_gate
-from tests.conftest import write_store
+from tests.conftest import CLASSES, write_store
 
 
 def test_precedence_file_then_threshold_then_the_runs_own_file(tiny_classifier_run, tmp_path):

@@ -8,11 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloudpipe.algorithms.gating import GateSpec, ThresholdsFile, gate, keep, keep_most_probable
+from cloudpipe.algorithms.gating import GateSpec, gate, keep, keep_most_probable, thresholds_file
 from cloudpipe.algorithms.presence import PixelStats
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.pipeline.sources import registry
+from tests.conftest import CLASSES
 
 
 def test_gate_blanks_exactly_below_threshold():
@@ -84,12 +84,12 @@ def test_thresholds_json_carries_its_format_version():
 
 
 def test_thresholds_json_is_written_by_the_model_that_reads_it():
-    """The writer's keys and values are ThresholdsFile's: in its order, whole numbers as given,
+    """The writer's keys and values are thresholds_file()'s: in its order, whole numbers as given,
     and nothing the reader would refuse (a gate whose weights do not sum to 1 was written, then
     refused by predict)."""
     spec = GateSpec(dict(zip(CLASSES, (0, 1, 0.25, 0.5))), pixel=PixelStats(5, 1))
     data = spec.to_json()
-    assert list(data) == list(ThresholdsFile.model_fields) == ["format", *CLASSES, "gate", "at_least_one", "top_k", "area_threshold"]
+    assert list(data) == list(thresholds_file(CLASSES).model_fields) == ["format", *CLASSES, "gate", "at_least_one", "top_k", "area_threshold"]
     assert json.dumps(data).startswith('{"format": 1, "Fish": 0, "Flower": 1, "Gravel": 0.25, "Sugar": 0.5, "gate"')
     assert "top_k" not in GateSpec(spec.thresholds).to_json()  # no pixel statistic: not written
     with pytest.raises(CloudpipeError, match=r"^thresholds: gate.Fish: gate weights must sum to 1, got \{'classifier': 0.5\}$"):

@@ -7,7 +7,6 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.rle import rle2mask
 from cloudpipe.data.images import jpeg_size
@@ -22,6 +21,7 @@ from cloudpipe.data.kaggle import (
     split_train_val,
     to_wide,
 )
+from tests.conftest import CLASSES
 
 HEADER = "Image_Label,EncodedPixels\n"
 REAL_SAMPLE = Path(__file__).resolve().parents[2] / "shared" / "data" / "real" / "sample_submission.csv"

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.metric import accuracy, dice, dice_score, dice_table, pair_stats
+from tests.conftest import CLASSES
 
 # Pixel numbers of a 2x3 mask (column-major, 1-indexed):   1 3 5
 #                                                           2 4 6

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cloudpipe.core.competition import IMAGENET_MEAN, IMAGENET_STD
+from cloudpipe.core.constants import IMAGENET_MEAN, IMAGENET_STD
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.models.networks import build_classifier, build_segmenter
 

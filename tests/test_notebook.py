@@ -6,13 +6,12 @@ import numpy as np
 import pytest
 
 import cloudpipe
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.data.images import read_image
 from cloudpipe.data.kaggle import read_mask_csv, to_wide
 from cloudpipe.pipeline.notebook import as_model_input, segment_image
-from tests.conftest import CPU_QUIET, cli, copy_run, load
+from tests.conftest import CLASSES, CPU_QUIET, SUBMISSION_SHAPE, cli, copy_run, load
 
 
 def test_one_image_in_memory_is_what_predict_seg_stores_and_draws(seg_run, tiny_data, tmp_path):

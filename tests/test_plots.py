@@ -6,8 +6,8 @@ import cv2
 import numpy as np
 
 from cloudpipe.algorithms.thresholds import sweep
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.plots import save_png, threshold_figure
+from tests.conftest import CLASSES
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

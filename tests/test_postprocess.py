@@ -28,10 +28,10 @@ from cloudpipe.algorithms.postprocess import (
     make_steps,
 )
 from cloudpipe.core.choices import DEFAULT_STEPS, STEP_NAMES
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import remove_small_components
 from cloudpipe.core.metric import dice_score
+from tests.conftest import CLASSES
 
 
 def test_postprocess_removes_small_components():

@@ -13,14 +13,13 @@ import pytest
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.rle import mask2rle
 from cloudpipe.data.kaggle import read_mask_csv
 from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.predict import predict_submission
-from tests.conftest import cli
+from tests.conftest import CLASSES, cli
 
 CPU = InferenceSettings(device="cpu", workers=0, progress=False)
 

@@ -7,8 +7,8 @@ import pytest
 
 from cloudpipe.algorithms.presence import PixelStats, blend, candidate_gates, choose_gates, gate_name
 from cloudpipe.algorithms.thresholds import PairScores, choose_thresholds
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
+from tests.conftest import CLASSES
 
 
 def test_pixel_statistics_match_their_definitions():

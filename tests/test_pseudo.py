@@ -13,14 +13,13 @@ import pandas as pd
 import pytest
 
 from cloudpipe.algorithms.pseudo import PseudoRule, confident
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.rle import rle2mask
 from cloudpipe.data.kaggle import PSEUDO_CSV, load_train_data, presence, read_mask_csv, read_train, to_wide
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits
 from cloudpipe.pipeline.pseudo import pseudo_label
-from tests.conftest import TINY, cli, finished_meanwhile, train_tiny
+from tests.conftest import CLASSES, TINY, cli, finished_meanwhile, train_tiny
 
 
 def test_an_image_is_confident_when_every_class_is_decided_and_the_masks_agree():

@@ -9,15 +9,16 @@ types on the Kaggle data (the quick start's on ``clouds350``, here a synthetic s
 
 from __future__ import annotations
 
+import hashlib
 import re
 import shlex
 from pathlib import Path
 
 import pandas as pd
 
-from cloudpipe.core.competition import SUBMISSION_SHAPE, split_label
+from cloudpipe.core.profile import split_label
 from cloudpipe.data.synth import make_dataset
-from tests.conftest import cli
+from tests.conftest import SUBMISSION_SHAPE, cli
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TINY_TRAINING = ["--arch", "tiny", "--weights", "none", "--epochs", "1", "--image-size", "32", "64", "--workers", "0",
@@ -61,6 +62,21 @@ def clouds350_like_data(root: Path) -> Path:
     return root / "clouds350"
 
 
+GOLDEN = Path(__file__).parent / "golden" / "readme_clouds.sha256"
+"""sha256 of every file the README's blocks wrote (data, runs, stores, submissions, the report, the bundle's
+notebook) that comes out the same in every run, as cloudpipe wrote them before profiles (commit b762c17): files
+that hold a time or a temporary path (``last.pt``, ``metrics.csv``, JSON files naming folders, TensorBoard
+events, the wheel) are not listed."""
+
+
+def assert_as_before(root: Path) -> None:
+    """Every file of :data:`GOLDEN` under ``root`` is byte-identical to what it was: the default profile,
+    clouds, changes no output."""
+    changed = [name for digest, name in (line.split("  ", 1) for line in GOLDEN.read_text().splitlines())
+               if hashlib.sha256((root / name).read_bytes()).hexdigest() != digest]
+    assert not changed, f"{len(changed)} output(s) differ from before profiles, e.g. {changed[:5]}"
+
+
 def test_every_bash_block_is_run_or_says_why_not():
     infos = [info for info, _ in readme_blocks()]
     assert infos.count("bash") >= 1 and set(infos) <= {"bash", "bash skip-test"}, infos
@@ -94,6 +110,7 @@ def test_the_readmes_command_blocks_run_as_written_in_order(tmp_path, monkeypatc
             ran.append(words[1])
     assert {"subset", "train-seg", "predict-seg", "tune-seg", "apply-seg", "tune-threshold", "predict", "report", "show",
             "evaluate"} <= set(ran)
+    assert_as_before(tmp_path)
     for written in ("submissions/submission.csv", "submissions/ensemble.csv", "ens/thresholds.json", "overlay.png",
                     "kaggle_bundle/submit.ipynb", "quick/submission.csv", "quick/report.html"):
         assert (tmp_path / written).is_file(), written

@@ -16,11 +16,11 @@ from click.testing import CliRunner
 
 from cloudpipe.algorithms.gating import gate
 from cloudpipe.cli import main
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
 from cloudpipe.pipeline.evaluate import evaluate_files
 from cloudpipe.pipeline.report import score_submission, write_report
+from tests.conftest import CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -129,11 +129,11 @@ def test_tune_seg_says_per_class_why_the_defaults_were_kept(tiny_data, tmp_path)
     default 0.5 blanks everything; on 8 images robust keeps the default and now says why."""
     import numpy as np
 
-    from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
     from cloudpipe.core.masks import resize_nearest
     from cloudpipe.core.rle import rle2mask
     from cloudpipe.data.kaggle import read_train, to_wide
     from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer
+    from tests.conftest import CLASSES, SUBMISSION_SHAPE
 
     truth = to_wide(read_train(tiny_data))
     images = list(truth.index[:8])

@@ -13,14 +13,13 @@ import pandas as pd
 import pytest
 import torch
 
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.data.beside import postprocess_path_for, presence_path, store_paths
 from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
 from cloudpipe.data.outputs import output_lock
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.train import make_splits, train_run
-from tests.conftest import CPU_QUIET, TINY, cli, copy_run, load
+from tests.conftest import CLASSES, CPU_QUIET, TINY, cli, copy_run, load
 
 SEG = {**TINY, "image_size": (32, 64), "head_weight": 0.0}
 """conftest's tiny run at the session seg runs' size, without a head."""

@@ -9,8 +9,8 @@ import pandas as pd
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.data.outputs import lock_path, output_lock
+from tests.conftest import CLASSES
 
 
 def test_show_draws_truth_and_prediction(tiny_data, tmp_path):

@@ -12,13 +12,12 @@ import pytest
 from click.testing import CliRunner
 
 import cloudpipe.pipeline.sources as sources
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import frame_rows, read_probs_csv
 from cloudpipe.data.outputs import csv_writer
 from cloudpipe.pipeline.gate import GateInputs
 from cloudpipe.pipeline.sources import PREDICT_SEG, Producer, Source, SourceInput, produced_by, register, registry, source_inputs
-from tests.conftest import CPU_QUIET, cli, copy_run, load
+from tests.conftest import CLASSES, CPU_QUIET, cli, copy_run, load
 
 
 def test_the_packaged_sources_in_order():

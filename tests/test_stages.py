@@ -7,10 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.stages import STAGES, ClassifierStage, SegmentationStage, stage_for
+from tests.conftest import CLASSES
 
 
 def stages():

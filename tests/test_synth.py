@@ -7,12 +7,12 @@ import cv2
 import numpy as np
 import pytest
 
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.rle import rle2mask
 from cloudpipe.data.images import jpeg_size
 from cloudpipe.data.kaggle import presence, read_mask_csv, read_train
 from cloudpipe.data.synth import SynthSummary, make_dataset
+from tests.conftest import CLASSES, SUBMISSION_SHAPE
 
 SHAPE = (48, 72)
 

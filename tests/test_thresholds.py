@@ -14,9 +14,9 @@ from cloudpipe.algorithms.thresholds import (
     choose_thresholds,
     sweep,
 )
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import accuracy
+from tests.conftest import CLASSES
 
 
 def brute_force(probs: np.ndarray, keep: np.ndarray, blank: np.ndarray, thresholds) -> np.ndarray:

@@ -15,13 +15,13 @@ import yaml
 from click.testing import CliRunner
 
 from cloudpipe.cli import main
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import presence, read_train
 from cloudpipe.engine.checkpoint import load_checkpoint
 from cloudpipe.engine.config import load_config
 from cloudpipe.engine.stages import stage_for
 from cloudpipe.engine.train import make_splits, train_run
+from tests.conftest import CLASSES
 from tests.conftest import TINY as CONFTEST_TINY
 
 TINY = {**{k: v for k, v in CONFTEST_TINY.items() if k != "lr"}, "batch_size": 4, "accumulate": 2}

@@ -14,15 +14,15 @@ from click.testing import CliRunner
 
 from cloudpipe.algorithms.gating import gate
 from cloudpipe.cli import main
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import accuracy, dice_table, pair_stats
+from cloudpipe.core.profile import join_label
 from cloudpipe.data.kaggle import presence, read_probs_csv, read_train, to_wide
 from cloudpipe.data.outputs import lock_path, output_lock
 from cloudpipe.engine.settings import InferenceSettings
 from cloudpipe.pipeline.gate import GateInputs, load_gate, resolve_gate
 from cloudpipe.pipeline.tune import ThresholdFiles, compute_val_probs, tune_thresholds
-from tests.conftest import train_tiny
+from tests.conftest import CLASSES, SUBMISSION_SHAPE, train_tiny
 
 CPU = InferenceSettings(device="cpu", workers=0, progress=False)
 

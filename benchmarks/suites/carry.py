@@ -17,7 +17,7 @@ import pandas as pd
 import yaml
 
 from benchmarks.common import HERE, Bench, prepare_data
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.profile import active
 from cloudpipe.core.table import format_table
 from cloudpipe.data.beside import presence_path, store_paths
 
@@ -50,8 +50,8 @@ def truth_masks(rles: pd.DataFrame, names: list[str], shape: tuple[int, int]) ->
     from cloudpipe.core.masks import resize_nearest
     from cloudpipe.core.rle import rle2mask
 
-    table = rles.loc[names, list(CLASSES)].to_numpy()
-    return np.stack([[resize_nearest(rle2mask(table[i, k], shape), SUBMISSION_SHAPE) for k in range(4)]
+    table = rles.loc[names, list(active().classes)].to_numpy()
+    return np.stack([[resize_nearest(rle2mask(table[i, k], shape), active().submission_size) for k in range(4)]
                      for i in range(len(names))])
 
 
@@ -79,7 +79,7 @@ def analyse(val: dict, test: dict, fold0: np.ndarray, sources_val: dict, sources
         """Per-pair Dice kept / blanked of the post-processing ``post`` (chosen in ``cut``)."""
         inter, area, truth_area = sub(stats, rows, cut)
         keep = np.empty(truth_area.shape)
-        for k, c in enumerate(CLASSES):
+        for k, c in enumerate(active().classes):
             j = tuple(list(s.grid).index(v) for s, v in zip(sub_steps, post.values[c]))
             keep[:, k] = dice_score(inter[(slice(None), k, *j)], area[(slice(None), k, *j)], truth_area[:, k])
         return PairScores([str(i) for i in range(len(keep))], keep, (truth_area == 0).astype(float), truth_area > 0)
@@ -98,14 +98,14 @@ def analyse(val: dict, test: dict, fold0: np.ndarray, sources_val: dict, sources
                 val_pairs, test_pairs = pairs_at(val, rows, cut, post, sub_steps), pairs_at(test, every_test, cut, post, sub_steps)
                 oracle = np.where(test_pairs.present, test_pairs.keep, 1.0).mean(axis=0)
                 gate = choose_gates({s: v[rows] for s, v in sources_val.items()}, val_pairs, rule=rule)
-                thresholds = np.array([gate.sweeps[c].threshold for c in CLASSES])
+                thresholds = np.array([gate.sweeps[c].threshold for c in active().classes])
                 absent = blend(sources_test, gate.gates) < thresholds
                 per_pair = np.where(absent, test_pairs.blank, test_pairs.keep)
                 gated = per_pair.mean(axis=0)
                 ceiling_gate = choose_gates(sources_test, test_pairs)
-                ceiling = np.array([ceiling_gate.sweeps[c].score for c in CLASSES])
+                ceiling = np.array([ceiling_gate.sweeps[c].score for c in active().classes])
                 row = {"steps": grid_name, "tuned on": f"{tuned_on} ({len(rows)})", "rule": rule}
-                for k, c in enumerate(CLASSES):
+                for k, c in enumerate(active().classes):
                     row[f"alone {c}"], row[f"gated {c}"] = alone[k], gated[k]
                     row[f"post gap {c}"] = alone[k] - chosen_dice(best_post, best_dice)[k]
                     row[f"gate gap {c}"] = gated[k] - ceiling[k]
@@ -127,7 +127,7 @@ def presence_quality(sources: dict[str, np.ndarray], present: np.ndarray) -> lis
 
     rows = []
     for source, scores in sources.items():
-        for k, c in enumerate(CLASSES):
+        for k, c in enumerate(active().classes):
             labels = present[:, k]
             auc = roc_auc_score(labels, scores[:, k]) if 0 < labels.sum() < len(labels) else float("nan")
             rows.append({"source": source, "class": c, "auc": auc, "acc at 0.5": float(((scores[:, k] >= 0.5) == labels).mean()),
@@ -166,7 +166,7 @@ def run(args) -> dict:
 
     steps = PostProcess().steps
     train = load_train_data(bench.data)
-    test_rles = to_wide(read_mask_csv(bench.data / "test_truth.csv", shape=SUBMISSION_SHAPE))
+    test_rles = to_wide(read_mask_csv(bench.data / "test_truth.csv", shape=active().submission_size))
     table, quality = [], []
     for (seed, head), (run, csvs) in runs.items():
         stores = {split: read_store(store_paths(csv)[0]) for split, csv in csvs.items()}
@@ -176,7 +176,7 @@ def run(args) -> dict:
         fold0 = np.array([i for i, name in enumerate(val_info.images) if fold_of[name] == "0"])
         grids = {}
         for split, store, rles, images, shape in (("val", val_store, train.rles, val_info.images, train.image_shape),
-                                                  ("test", test_store, test_rles, test_info.images, SUBMISSION_SHAPE)):
+                                                  ("test", test_store, test_rles, test_info.images, active().submission_size)):
             cached = run / f"{split}_grid.npz"
             grids[split] = dict(np.load(cached)) if cached.exists() else log(
                 f"grid stats {split} {run.name}", grid_of, cached, store, truth_masks(rles, images, shape), steps)

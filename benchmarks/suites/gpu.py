@@ -18,7 +18,7 @@ import torch
 from benchmarks.common import FULL, SMOKE, Sizes, cache_dir, format_table, info_row, load_average, repeat_images, synthetic_data
 from benchmarks.predicting import classifier_run, prediction_set
 from benchmarks.training import new_trainer
-from cloudpipe.core.competition import CLASSES
+from cloudpipe.core.profile import active
 from cloudpipe.data.images import check_images, decode_batch, reduction_for
 from cloudpipe.data.kaggle import TEST_IMAGES, TRAIN_CSV, TRAIN_IMAGES, list_test_images, load_train_data, read_mask_csv, to_wide
 from cloudpipe.engine.config import load_config
@@ -49,7 +49,7 @@ def training_set(n: int, sizes: Sizes) -> Path:
     originals = list(masks.index)
     names = repeat_images(source / TRAIN_IMAGES, originals, n, out / TRAIN_IMAGES,
                           lambda original, i: f"{original[:-4]}r{i:05d}.jpg")
-    rows = [(f"{name}_{c}", masks.loc[originals[i % len(originals)], c]) for i, name in enumerate(names) for c in CLASSES]
+    rows = [(f"{name}_{c}", masks.loc[originals[i % len(originals)], c]) for i, name in enumerate(names) for c in active().classes]
     tmp = out / (TRAIN_CSV + ".tmp")
     pd.DataFrame(rows, columns=["Image_Label", "EncodedPixels"]).to_csv(tmp, index=False)
     os.replace(tmp, out / TRAIN_CSV)

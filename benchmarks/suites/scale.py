@@ -22,8 +22,8 @@ import pandas as pd
 
 from benchmarks.common import CLOUDS350, ROOT, cache_dir, format_table, info_row, load_average, prepare_data, repeat_images, row, synthetic_data
 from cloudpipe.algorithms.postprocess import MinSize, PostProcess, Shape, Step, choose, grid_stats
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE, join_label
 from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.profile import active, join_label
 from cloudpipe.core.rle import rle2mask
 from cloudpipe.data.beside import store_paths
 from cloudpipe.data.kaggle import SAMPLE_SUBMISSION_CSV, TRAIN_CSV, TRAIN_IMAGES, load_train_data
@@ -58,13 +58,13 @@ def reference_tune(store: np.ndarray, names: list[str], rles: pd.DataFrame, mask
                    steps: tuple[Step, ...]) -> tuple[PostProcess, np.ndarray]:
     """``tune_postprocess`` as it was: one process, every pair in turn, walked."""
     grid = tuple(len(s.grid) for s in steps)
-    inter = np.zeros((len(names), len(CLASSES), *grid), np.int64)
+    inter = np.zeros((len(names), len(active().classes), *grid), np.int64)
     area = np.zeros_like(inter)
-    truth_area = np.zeros((len(names), len(CLASSES)), np.int64)
-    truth_rles = rles.loc[names, list(CLASSES)].to_numpy()
+    truth_area = np.zeros((len(names), len(active().classes)), np.int64)
+    truth_rles = rles.loc[names, list(active().classes)].to_numpy()
     for i in range(len(names)):
-        for k in range(len(CLASSES)):
-            truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), SUBMISSION_SHAPE)
+        for k in range(len(active().classes)):
+            truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), active().submission_size)
             truth_area[i, k] = int(truth.sum())
             inter[i, k], area[i, k] = grid_stats(walked(steps), store[i, k], truth)
     return choose(steps, inter, area, truth_area)
@@ -96,7 +96,7 @@ def base_set(work: Path, images: int, test_images: int, smoke: bool) -> tuple[Pa
     data, run = work / f"data{images}", work / f"run{images}"
     if (run / "test_seg_probs.npy").is_file():
         return data, run
-    source = CLOUDS350 if CLOUDS350.is_dir() and not smoke else synthetic_data(images, test_images, SUBMISSION_SHAPE)
+    source = CLOUDS350 if CLOUDS350.is_dir() and not smoke else synthetic_data(images, test_images, active().submission_size)
     prepare_data(source, data, images, test_images)
     size = (32, 64) if smoke else (96, 160)
     cloudpipe("train-seg", "--data", data, "--out", run, "--arch", "tiny", "--weights", "none", "--folds", 2, "--epochs", 1,
@@ -116,8 +116,8 @@ def scaled_set(work: Path, data: Path, run: Path, n: int) -> tuple[Path, Path]:
         return folder / "data", npy
     names = repeat_images(data / TRAIN_IMAGES, info.images, n, folder / "data" / TRAIN_IMAGES, lambda name, i: f"r{i}_{name}")
     wide = pd.read_csv(data / TRAIN_CSV, dtype=str, keep_default_na=False).set_index("Image_Label")["EncodedPixels"]
-    pd.DataFrame({"Image_Label": [join_label(name, c) for name in names for c in CLASSES],
-                  "EncodedPixels": [wide[join_label(name.split("_", 1)[1], c)] for name in names for c in CLASSES]}
+    pd.DataFrame({"Image_Label": [join_label(name, c) for name in names for c in active().classes],
+                  "EncodedPixels": [wide[join_label(name.split("_", 1)[1], c)] for name in names for c in active().classes]}
                  ).to_csv(folder / "data" / TRAIN_CSV, index=False)
     rows = np.arange(n) % len(info.images)
     tmp = npy.with_suffix(".tmp")
@@ -160,7 +160,7 @@ def tune_rows(data: Path, npy: Path, repeats: int, today: Path | None = None) ->
         new_s.append(time.perf_counter() - started)
         if post.values != ref_post.values or not np.array_equal(dice, ref_dice):
             raise SystemExit(f"tuning on {n} images chose otherwise: {post.describe()} against {ref_post.describe()}")
-    tuned = float(np.mean([dice[k].max() for k in range(len(CLASSES))]))
+    tuned = float(np.mean([dice[k].max() for k in range(len(active().classes))]))
     rows = [row(f"tune {n} imgs", min(ref_s) / n, min(new_s) / n, 5.0, unit="ms/img",
                 note=f"best of {repeats}, same choice and Dice grid: yes; tuned Dice {tuned:.4f}; "
                      f"{os.cpu_count()} cores; whole: {min(ref_s):.1f} s -> {min(new_s):.1f} s")]
@@ -191,7 +191,7 @@ def apply_rows(data: Path, run: Path) -> list[dict]:
     same = applied.read_bytes() == predicted.read_bytes()
     if not same:
         raise SystemExit("apply-seg wrote other bytes than predict-seg --split test")
-    n = len(pd.read_csv(data / SAMPLE_SUBMISSION_CSV)) // len(CLASSES)
+    n = len(pd.read_csv(data / SAMPLE_SUBMISSION_CSV)) // len(active().classes)
     return [row(f"apply-seg {n} test imgs", predict_s, apply_s, None, unit="s", scale=1.0,
                 note="whole commands: predict-seg --split test (tiny model) vs apply-seg on its store; CSV bytes identical: yes")]
 
@@ -209,13 +209,13 @@ def store_rows(npy: Path, data: Path, run: Path, tuned: float, sample: int) -> l
     read_s = _per_image(read_npy, rows_read)
     rows = [info_row("store .npy (uint8 memory map)", per_1000(npy.stat().st_size, len(store)), "MB/1k",
                      f"read {read_s * 1e3:.2f} ms/img (page cache warm); tuned Dice {tuned:.4f}")]
-    half_shape = (SUBMISSION_SHAPE[1] // 2, SUBMISSION_SHAPE[0] // 2)  # cv2's (w, h)
+    half_shape = (active().submission_size[1] // 2, active().submission_size[0] // 2)  # cv2's (w, h)
 
     def halve(entry: np.ndarray) -> np.ndarray:
         return np.stack([cv2.resize(c, half_shape, interpolation=cv2.INTER_AREA) for c in entry])
 
     def upsample(entry: np.ndarray) -> np.ndarray:
-        return np.stack([cv2.resize(c, SUBMISSION_SHAPE[::-1], interpolation=cv2.INTER_LINEAR) for c in entry])
+        return np.stack([cv2.resize(c, active().submission_size[::-1], interpolation=cv2.INTER_LINEAR) for c in entry])
 
     try:
         import blosc2
@@ -241,11 +241,11 @@ def store_rows(npy: Path, data: Path, run: Path, tuned: float, sample: int) -> l
     approx = np.stack([upsample(halve(base_store[i])) for i in range(len(base_store))])
     post, dice, _ = tune_postprocess(approx, base_info.images, train.rles, train.image_shape)
     full_post, full_dice, _ = tune_postprocess(base_store, base_info.images, train.rles, train.image_shape)
-    half_tuned = float(np.mean([dice[k].max() for k in range(len(CLASSES))]))
-    full_tuned = float(np.mean([full_dice[k].max() for k in range(len(CLASSES))]))
+    half_tuned = float(np.mean([dice[k].max() for k in range(len(active().classes))]))
+    full_tuned = float(np.mean([full_dice[k].max() for k in range(len(active().classes))]))
     # The half-res choice scored on the full-resolution probabilities: what it would really give.
-    index = [tuple(s.grid.index(v) for s, v in zip(post.steps, post.values[c])) for c in CLASSES]
-    really = float(np.mean([full_dice[k][index[k]] for k in range(len(CLASSES))]))
+    index = [tuple(s.grid.index(v) for s, v in zip(post.steps, post.values[c])) for c in active().classes]
+    really = float(np.mean([full_dice[k][index[k]] for k in range(len(active().classes))]))
     rows.append(info_row("store half-res uint8 .npy", per_1000(half_bytes, 1), "MB/1k",
                          f"read +{max(up_s, 0) * 1e3:.2f} ms/img (bilinear upsample); on {len(base_store)} imgs tuned Dice "
                          f"{half_tuned:.4f} vs {full_tuned:.4f} full-res; its choice on the full-res probabilities "

@@ -16,7 +16,7 @@ import numpy as np
 
 from benchmarks.common import Bench
 from benchmarks.suites import clouds
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.profile import active
 from cloudpipe.core.table import format_table
 
 MEASURES = "clouds350: each post-processing step, presence source and gating rule on and off (needs clouds)"
@@ -67,7 +67,7 @@ def run(args) -> dict:
         ``gate`` options) into ``folder`` and score the submission beside the masks alone."""
         submission = bench.pipeline(f"{group} | {variant}", None, folder, classifier, masks=masks, **gate).submission
         table, alone = bench.dice(submission), bench.dice(masks[1])["mean"]
-        rows.append({"group": group, "variant": variant, "seg alone": alone, **{c: table[c] for c in CLASSES}, "gated": table["mean"]})
+        rows.append({"group": group, "variant": variant, "seg alone": alone, **{c: table[c] for c in active().classes}, "gated": table["mean"]})
         print(f"{group} | {variant}: seg alone {alone:.4f}, gated {table['mean']:.4f}", flush=True)
         return submission
 
@@ -110,7 +110,7 @@ def run(args) -> dict:
         submission = scored("gating rules", variant, base, folder, tune=tune)
         # How far the thresholds tuned on validation land from the best ones on the test images.
         on_test = score_submission(data, base[1], probs_csv=probs_path_for(submission), thresholds_file=folder / "thresholds.json",
-                                   truth_csv=data / "test_truth.csv", truth_shape=SUBMISSION_SHAPE, progress=False)
+                                   truth_csv=data / "test_truth.csv", truth_shape=active().submission_size, progress=False)
         sweeps = choose_thresholds(on_test.probs, PairScores.of_stats(on_test.stats))
         rows[-1]["gap_to_best_on_test"] = float(np.mean([sw.score - sw.score_at(on_test.gate.thresholds[c]) for c, sw in sweeps.items()]))
 

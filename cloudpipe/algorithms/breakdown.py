@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from cloudpipe.algorithms.gating import GateSpec, keep
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.metric import PairStats, dice_score, dice_table
+from cloudpipe.core.profile import active
 
 DECISIONS = ("kept, present", "kept, absent", "blanked, present", "blanked, absent")
 """The four kinds of presence decision, in table order."""
@@ -61,7 +61,7 @@ def headline(stats: PairStats, probs: np.ndarray | None = None, tuned: GateSpec 
     if gate is not None:
         gain, possible = rows[-2], rows[-1]
         share = {"submission": "capture share (gate gain / oracle gain)"}
-        for key in (*CLASSES, "mean"):
+        for key in (*active().classes, "mean"):
             room = possible[key] - rows[1][key]
             share[key] = float((gain[key] - rows[1][key]) / room) if room > 1e-12 else float("nan")
         rows.append(share)
@@ -79,7 +79,7 @@ class DecisionTable:
     def rows(self) -> list[dict]:
         """One row per class and decision kind."""
         return [{"class": c, "decision": d, "pairs": int(self.counts[k, j]), "dice_effect": float(self.effect[k, j])}
-                for k, c in enumerate(CLASSES) for j, d in enumerate(DECISIONS)]
+                for k, c in enumerate(active().classes) for j, d in enumerate(DECISIONS)]
 
 
 def decisions(stats: PairStats, keep: np.ndarray) -> DecisionTable:

@@ -10,18 +10,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Annotated, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import AfterValidator, Field, ValidationInfo
+from pydantic import AfterValidator, Field, ValidationInfo, create_model
 
 from cloudpipe.algorithms.presence import CLASSIFIER, Gate, PixelStats
 from cloudpipe.algorithms.thresholds import check_threshold, check_thresholds
 from cloudpipe.core.arrays import check_numbers
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import BadValue, CloudpipeError
 from cloudpipe.core.models import WHOLE_KEPT, FileModel, dump_model, per_class, read_model
+from cloudpipe.core.profile import active
 
 THRESHOLDS_FORMAT = 1
 """The version of the ``thresholds.json`` form (:meth:`GateSpec.to_json`)."""
@@ -54,8 +55,8 @@ def keep(scores: np.ndarray, thresholds: Mapping[str, float] | float, drawn: np.
     else:
         cut = np.float64(check_threshold(thresholds, "the"))
     scores = np.asarray(scores, np.float64)
-    if scores.ndim != 2 or scores.shape[1] != len(CLASSES):
-        raise BadValue(f"scores must be (n, {len(CLASSES)}): one column per class ({', '.join(CLASSES)}), "
+    if scores.ndim != 2 or scores.shape[1] != len(active().classes):
+        raise BadValue(f"scores must be (n, {len(active().classes)}): one column per class ({', '.join(active().classes)}), "
                              f"got shape {scores.shape}")
     if np.isnan(scores).any():
         raise BadValue("scores hold NaN: a presence score must be a number")
@@ -82,16 +83,16 @@ def gate(seg: pd.DataFrame, probs: pd.DataFrame, thresholds: dict[str, float], a
         got = list(seg.columns) if isinstance(seg, pd.DataFrame) else type(seg).__name__
         raise BadValue(f"gate: seg must be a long frame with columns {', '.join(columns)} (one row per image and "
                              f"class, as cloudpipe.data.kaggle reads a submission), got {got}")
-    if not isinstance(probs, pd.DataFrame) or list(probs.columns) != list(CLASSES):
+    if not isinstance(probs, pd.DataFrame) or list(probs.columns) != list(active().classes):
         got = list(probs.columns) if isinstance(probs, pd.DataFrame) else type(probs).__name__
-        raise BadValue(f"gate: probs must be a frame indexed by image with columns {', '.join(CLASSES)}, got {got}")
+        raise BadValue(f"gate: probs must be a frame indexed by image with columns {', '.join(active().classes)}, got {got}")
     check_numbers(probs, "gate: probs", low=0, high=1, fix="probs are presence probabilities in [0, 1]")
     p = probs.reindex(seg["image"])
     if p.isna().any().any():
         raise CloudpipeError("no probabilities for some segmentation images")
-    k = seg["class_name"].map({c: i for i, c in enumerate(CLASSES)}).to_numpy()
+    k = seg["class_name"].map({c: i for i, c in enumerate(active().classes)}).to_numpy()
     image, names = pd.factorize(seg["image"])
-    scores = np.full((len(names), len(CLASSES)), -np.inf)  # a pair missing from seg is neither kept nor drawn
+    scores = np.full((len(names), len(active().classes)), -np.inf)  # a pair missing from seg is neither kept nor drawn
     drawn = np.zeros(scores.shape, bool)
     scores[image, k] = p.to_numpy()[np.arange(len(seg)), k]
     drawn[image, k] = (seg["EncodedPixels"] != "").to_numpy()
@@ -109,7 +110,7 @@ class GateSpec:
     :func:`keep_most_probable` applies, and how pixel statistics are computed (None: no gate uses one)."""
 
     thresholds: dict[str, float]
-    gates: dict[str, Gate] = field(default_factory=lambda: {c: {CLASSIFIER: 1.0} for c in CLASSES})
+    gates: dict[str, Gate] = field(default_factory=lambda: {c: {CLASSIFIER: 1.0} for c in active().classes})
     at_least_one: bool = False
     pixel: PixelStats | None = None
 
@@ -120,7 +121,7 @@ class GateSpec:
     @property
     def sources(self) -> list[str]:
         """The sources some class is gated on, in the order the classes first name them."""
-        return list(dict.fromkeys(s for c in CLASSES for s in self.gates[c]))
+        return list(dict.fromkeys(s for c in active().classes for s in self.gates[c]))
 
     def keep(self, scores: np.ndarray, drawn: np.ndarray) -> np.ndarray:
         """Which pairs this gate keeps (:func:`keep`), given the blended ``scores`` (n, 4) and
@@ -129,24 +130,24 @@ class GateSpec:
 
     def to_json(self) -> dict:
         """``{"format": 1, class: threshold, "gate": {class: {source: weight}}, "at_least_one": bool}``,
-        plus ``top_k`` and ``area_threshold`` when a pixel statistic is used (:class:`ThresholdsFile`)."""
+        plus ``top_k`` and ``area_threshold`` when a pixel statistic is used (:func:`thresholds_file`)."""
         pixel = {} if self.pixel is None else {"top_k": self.pixel.top_k, "area_threshold": self.pixel.area_threshold}
-        return dump_model(ThresholdsFile, {"format": THRESHOLDS_FORMAT, **self.thresholds, "gate": self.gates,
+        return dump_model(thresholds_file(active().classes), {"format": THRESHOLDS_FORMAT, **self.thresholds, "gate": self.gates,
                                            "at_least_one": self.at_least_one, **pixel}, "thresholds",
                           context={"known": self.sources})
 
     @classmethod
     def from_json(cls, data: object, known: Sequence[str]) -> GateSpec:
-        """Read :meth:`to_json`'s form (:class:`ThresholdsFile`); a file without ``gate`` gates
+        """Read :meth:`to_json`'s form (:func:`thresholds_file`); a file without ``gate`` gates
         on the classifier alone, one without ``top_k`` or ``area_threshold`` on no pixel statistic.
 
         Raises:
             CloudpipeError: one line naming the first wrong field (bad thresholds, an unknown
                 source, weights not summing to 1...).
         """
-        file = read_model(ThresholdsFile, data, "thresholds", context={"known": known})
-        thresholds = {c: getattr(file, c) for c in CLASSES}
-        gates = cls(thresholds).gates if file.gate is None else {c: dict(getattr(file.gate, c)) for c in CLASSES}
+        file = read_model(thresholds_file(active().classes), data, "thresholds", context={"known": known})
+        thresholds = {c: getattr(file, c) for c in active().classes}
+        gates = cls(thresholds).gates if file.gate is None else {c: dict(getattr(file.gate, c)) for c in active().classes}
         pixel = PixelStats(file.top_k, file.area_threshold) if {"top_k", "area_threshold"} & file.model_fields_set else None
         return cls(thresholds, gates, file.at_least_one, pixel)
 
@@ -164,7 +165,6 @@ def _check_blend(weights: dict[str, float], info: ValidationInfo) -> dict[str, f
 
 
 Blend = Annotated[dict[str, Annotated[float, Field(ge=0), WHOLE_KEPT]], Field(min_length=1), AfterValidator(_check_blend)]
-Gates = per_class("Gates", CLASSES, Blend, "must be {source: weight}, weights >= 0 summing to 1")
 
 
 class _Format(FileModel):
@@ -174,14 +174,17 @@ class _Format(FileModel):
                                                               "cloudpipe)")  # a file without one: hand-written or older
 
 
-class ThresholdsFile(per_class("ClassThresholds", CLASSES, Annotated[float, Field(ge=0, le=1), WHOLE_KEPT],
-                               "must be a number in [0, 1]", base=_Format)):
-    """What ``thresholds.json`` must hold, in its order (:meth:`GateSpec.to_json` writes it; keys
-    it does not name, such as those tune records, are allowed). Validate with
-    ``context={"known": source names}``."""
-
-    gate: Gates = Field(None, description="must give every class {source: weight}")  # None: not given (null is refused)
-    at_least_one: bool = Field(False, description="must be true or false")  # "false" is a string, bool("false") True
-    top_k: int = Field(PixelStats.top_k, ge=1, description="must be a whole number >= 1")
-    area_threshold: Annotated[float, WHOLE_KEPT] = Field(PixelStats.area_threshold, ge=0, le=1,
-                                                         description="must be a number in [0, 1]")
+@cache
+def thresholds_file(classes: tuple[str, ...]) -> type[FileModel]:
+    """What ``thresholds.json`` of a profile with ``classes`` must hold, in its order
+    (:meth:`GateSpec.to_json` writes it; keys it does not name, such as those tune records, are
+    allowed). Validate with ``context={"known": source names}``."""
+    gates = per_class("Gates", classes, Blend, "must be {source: weight}, weights >= 0 summing to 1")
+    return create_model(
+        "ThresholdsFile", __base__=per_class("ClassThresholds", classes, Annotated[float, Field(ge=0, le=1), WHOLE_KEPT],
+                                             "must be a number in [0, 1]", base=_Format),
+        gate=(gates, Field(None, description="must give every class {source: weight}")),  # None: not given (null is refused)
+        at_least_one=(bool, Field(False, description="must be true or false")),  # "false" is a string, bool("false") True
+        top_k=(int, Field(PixelStats.top_k, ge=1, description="must be a whole number >= 1")),
+        area_threshold=(Annotated[float, WHOLE_KEPT], Field(PixelStats.area_threshold, ge=0, le=1,
+                                                            description="must be a number in [0, 1]")))

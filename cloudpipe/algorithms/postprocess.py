@@ -13,7 +13,7 @@ Steps are registered by name in :data:`STEPS`; a new step is a subclass with a `
 ``default`` value, a ``grid``, ``apply`` and (when cheaper) ``variants``; a step whose values
 are not any finite number (a range, pairs, names) also has ``value``, their pydantic type, and
 ``what`` they are in words: ``seg_postprocess.json`` is read by a model built from them
-(:class:`PostProcessFile`).
+(:func:`postprocess_file`).
 :func:`make_steps` builds a list of steps from their names (``predict-seg --steps``).
 """
 
@@ -30,11 +30,11 @@ from pydantic import Field, Strict, TypeAdapter, ValidationError, create_model
 
 from cloudpipe.algorithms.robust import DefaultKept, Rule, choose_explained
 from cloudpipe.core.choices import DEFAULT_STEPS
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import BadType, BadValue, CloudpipeError
 from cloudpipe.core.masks import remove_small_components
 from cloudpipe.core.metric import dice_score
 from cloudpipe.core.models import WHOLE_KEPT, FileModel, dump_model, error_line, per_class, read_model
+from cloudpipe.core.profile import active
 
 FORMAT_VERSION = 2
 Probability = Annotated[float, Strict(), Field(ge=0, le=1), WHOLE_KEPT]
@@ -244,8 +244,8 @@ class PostProcess:
         if not self.steps or not self.steps[0].reads_probs:
             raise CloudpipeError("post-processing must start with a step that reads the probabilities (e.g. threshold)")
         if not self.values:
-            object.__setattr__(self, "values", {c: tuple(s.default for s in self.steps) for c in CLASSES})
-        for c in CLASSES:
+            object.__setattr__(self, "values", {c: tuple(s.default for s in self.steps) for c in active().classes})
+        for c in active().classes:
             if len(self.values.get(c, ())) != len(self.steps):
                 raise CloudpipeError(f"post-processing needs one value per step for {c}")
             for step, value in zip(self.steps, self.values[c]):
@@ -265,22 +265,22 @@ class PostProcess:
                             "convert float probabilities with (p * 255).round().astype(np.uint8)")
         if probs.ndim != 2:
             raise BadValue(f"probs must be one class's (H, W) map, got shape {probs.shape}")
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(CLASSES):
-            raise BadValue(f"k must be a class index 0..{len(CLASSES) - 1}, got {k!r}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 0 <= k < len(active().classes):
+            raise BadValue(f"k must be a class index 0..{len(active().classes) - 1}, got {k!r}")
         mask = None
-        for step, value in zip(self.steps, self.values[CLASSES[k]]):
+        for step, value in zip(self.steps, self.values[active().classes[k]]):
             mask = step.apply(mask, probs, value)
         return mask
 
     def describe(self) -> str:
         """One line: each class's values, e.g. ``Fish threshold 0.5 min_size 5000``."""
         return ", ".join(f"{c} " + " ".join(f"{s.name} {s.show(v)}" for s, v in zip(self.steps, self.values[c]))
-                         for c in CLASSES)
+                         for c in active().classes)
 
     def to_dict(self) -> dict:
-        """JSON-ready: ``{"format": 2, "steps": [{"step", "grid", "values": {class: v}}]}`` (:class:`PostProcessFile`)."""
-        return dump_model(PostProcessFile, {"format": FORMAT_VERSION, "steps": [
-            {"step": s.name, "grid": list(s.grid), "values": {c: self.values[c][i] for c in CLASSES}}
+        """JSON-ready: ``{"format": 2, "steps": [{"step", "grid", "values": {class: v}}]}`` (:func:`postprocess_file`)."""
+        return dump_model(postprocess_file(active().classes), {"format": FORMAT_VERSION, "steps": [
+            {"step": s.name, "grid": list(s.grid), "values": {c: self.values[c][i] for c in active().classes}}
             for i, s in enumerate(self.steps)]}, "post-processing")
 
     @classmethod
@@ -291,30 +291,30 @@ class PostProcess:
             CloudpipeError: one line naming the first wrong field (another format version, an
                 unknown step, a value missing or out of its step's range...).
         """
-        file = read_model(PostProcessFile, data, "post-processing")
+        file = read_model(postprocess_file(active().classes), data, "post-processing")
         steps = tuple(STEPS[entry.step](grid=tuple(entry.grid)) for entry in file.steps)
-        return cls(steps, {c: tuple(getattr(entry.values, c) for entry in file.steps) for c in CLASSES})
+        return cls(steps, {c: tuple(getattr(entry.values, c) for entry in file.steps) for c in active().classes})
 
 
-def _entry(step: type[Step]) -> type[FileModel]:
+def _entry(step: type[Step], classes: tuple[str, ...]) -> type[FileModel]:
     """The model of one step's entry in ``seg_postprocess.json``."""
     return create_model(
         f"{step.__name__}Entry", __base__=FileModel, step=(Literal[step.name], ...),
         grid=(list[step.value], Field(min_length=1, description=f"must be a non-empty list, each {step.what}")),
-        values=(per_class(f"{step.__name__}Values", CLASSES, step.value, f"must be {step.what}"),
+        values=(per_class(f"{step.__name__}Values", classes, step.value, f"must be {step.what}"),
                 Field(description="must give every class a value")))
 
 
-StepEntry = Annotated[Union[tuple(_entry(s) for s in STEPS.values())], Field(discriminator="step")]  # noqa: UP007 (built)
-
-
-class PostProcessFile(FileModel):
-    """What ``seg_postprocess.json`` must hold (:meth:`PostProcess.to_dict`)."""
-
-    format: Literal[2] = Field(description=f"must be {FORMAT_VERSION}: run predict-seg --split val again to tune and "
-                                           "save it")
-    steps: list[StepEntry] = Field(
-        description=f"must be a list of {{\"step\": one of {', '.join(STEPS)}, \"grid\": [...], \"values\": {{class: value}}}}")
+@cache
+def postprocess_file(classes: tuple[str, ...]) -> type[FileModel]:
+    """What ``seg_postprocess.json`` of a profile with ``classes`` must hold (:meth:`PostProcess.to_dict`)."""
+    entry = Annotated[Union[tuple(_entry(s, classes) for s in STEPS.values())], Field(discriminator="step")]  # noqa: UP007 (built)
+    return create_model(
+        "PostProcessFile", __base__=FileModel,
+        format=(Literal[2], Field(description=f"must be {FORMAT_VERSION}: run predict-seg --split val again to tune and "
+                                              "save it")),
+        steps=(list[entry], Field(description=f"must be a list of {{\"step\": one of {', '.join(STEPS)}, \"grid\": [...], "
+                                              "\"values\": {class: value}}")))
 
 
 def grid_stats(steps: Sequence[Step], probs: np.ndarray, truth: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -471,7 +471,7 @@ def choose_explained_steps(steps: Sequence[Step], inter: np.ndarray, area: np.nd
         return " ".join(f"{s.name} {s.show(s.grid[j])}" for s, j in zip(steps, np.unravel_index(index, grid)))
 
     values, kept = {}, {}
-    for k, c in enumerate(CLASSES):
+    for k, c in enumerate(active().classes):
         chosen, why = choose_explained(per_image[:, k].reshape(len(per_image), -1), rule, default=default, coords=coords,
                                        name=name)
         values[c] = tuple(s.grid[j] for s, j in zip(steps, np.unravel_index(chosen, grid)))
@@ -483,7 +483,7 @@ def choose_explained_steps(steps: Sequence[Step], inter: np.ndarray, area: np.nd
 def chosen_dice(post: PostProcess, dice: np.ndarray) -> np.ndarray:
     """The mean Dice (4,) of each class's chosen combination, from :func:`choose`'s (4, *grid)."""
     return np.array([dice[(k, *(list(s.grid).index(v) for s, v in zip(post.steps, post.values[c])))]
-                     for k, c in enumerate(CLASSES)])
+                     for k, c in enumerate(active().classes)])
 
 
 def default_index(steps: Sequence[Step]) -> tuple[int, ...] | None:

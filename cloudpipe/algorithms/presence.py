@@ -19,8 +19,8 @@ import numpy as np
 from cloudpipe.algorithms.robust import DefaultKept, Rule, best_index, check_held_out
 from cloudpipe.algorithms.thresholds import PairScores, Placement, Sweep, choose_thresholds, plateau_threshold
 from cloudpipe.core.choices import AREA_THRESHOLD, TOP_K
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import active
 
 CLASSIFIER = "classifier"
 """The separate presence classifier's source: the default gate, and the one blended with others."""
@@ -74,8 +74,8 @@ def blend(scores: Mapping[str, np.ndarray], gates: Mapping[str, Gate]) -> np.nda
     if missing:
         raise CloudpipeError(f"no {', '.join(missing)} scores to gate on")
     n = len(next(iter(scores.values())))
-    out = np.zeros((n, len(CLASSES)))
-    for k, c in enumerate(CLASSES):
+    out = np.zeros((n, len(active().classes)))
+    for k, c in enumerate(active().classes):
         for source, weight in gates[c].items():
             out[:, k] += weight * scores[source][:, k]
     return np.clip(out, 0, 1, out=out)  # weights summing to 1 within 1e-6 may overshoot a source's [0, 1] as much
@@ -112,8 +112,8 @@ class GateChoice:
         """The table of sources: tuned score per class and mean, the chosen ones marked."""
         rows = []
         for name, per_class in self.table.items():
-            chosen = [c for c in CLASSES if gate_name(self.gates[c]) == name]
-            rows.append({"source": name, **{c: float(v) for c, v in zip(CLASSES, per_class)},
+            chosen = [c for c in active().classes if gate_name(self.gates[c]) == name]
+            rows.append({"source": name, **{c: float(v) for c, v in zip(active().classes, per_class)},
                          "mean": float(per_class.mean()), "chosen for": ", ".join(chosen) or "-"})
         return rows
 
@@ -130,12 +130,12 @@ def choose_gates(scores: Mapping[str, np.ndarray], pairs: PairScores, sources: S
     """
     sources = list(scores) if sources is None else list(sources)
     candidates = candidate_gates(sources)
-    blended = [blend(scores, {c: gate for c in CLASSES}) for gate in candidates]
+    blended = [blend(scores, {c: gate for c in active().classes}) for gate in candidates]
     names = [gate_name(g) for g in candidates]
     sweeps = {name: choose_thresholds(p, pairs, placement, rule) for name, p in zip(names, blended)}
-    table = {name: np.array([sweeps[name][c].score for c in CLASSES]) for name in names}
+    table = {name: np.array([sweeps[name][c].score for c in active().classes]) for name in names}
     gates, chosen, kept = {}, {}, {}
-    for k, c in enumerate(CLASSES):
+    for k, c in enumerate(active().classes):
         best = best_index(np.array([table[name][k] for name in names]))
         if rule == "robust" and best != 0:
             why = _beats_first(blended, best, pairs, k, names, float(table[names[best]][k] - table[names[0]][k]))

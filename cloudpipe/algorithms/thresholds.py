@@ -19,9 +19,9 @@ import pandas as pd
 
 from cloudpipe.algorithms.robust import DefaultKept, Rule, Z, best_index, check_held_out, check_rule, plateau
 from cloudpipe.core.choices import PLACEMENTS, Placement
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import BadValue, CloudpipeError
 from cloudpipe.core.metric import PairStats, pair_stats
+from cloudpipe.core.profile import active
 
 Objective = Literal["dice", "accuracy"]
 METRIC_NAMES: dict[str, str] = {"dice": "dice", "accuracy": "acc"}
@@ -36,10 +36,10 @@ def check_threshold(value: object, what: str) -> float:
 
 def check_thresholds(thresholds: Mapping[str, object]) -> dict[str, float]:
     """Every class's threshold (:func:`check_threshold`), in class order; a missing class is a BadValue."""
-    missing = [c for c in CLASSES if c not in thresholds]
+    missing = [c for c in active().classes if c not in thresholds]
     if missing:
         raise BadValue(f"no threshold for {', '.join(missing)}")
-    return {c: check_threshold(thresholds[c], c) for c in CLASSES}
+    return {c: check_threshold(thresholds[c], c) for c in active().classes}
 
 
 @dataclass(frozen=True)
@@ -184,7 +184,7 @@ class PairScores:
     @classmethod
     def accuracy(cls, labels: pd.DataFrame) -> PairScores:
         """Accuracy of "present" (kept) or "absent" (blanked) against 0/1 presence labels."""
-        present = labels.loc[:, list(CLASSES)].to_numpy() > 0
+        present = labels.loc[:, list(active().classes)].to_numpy() > 0
         return cls(list(labels.index), present.astype(np.float64), (~present).astype(np.float64), present)
 
 
@@ -192,7 +192,7 @@ def choose_thresholds(probs: np.ndarray, scores: PairScores, placement: Placemen
                       rule: Rule = "best") -> dict[str, Sweep]:
     """The sweep of every class (class order), from probabilities (n, 4) aligned with
     ``scores.images``, thresholds placed as ``placement`` says and chosen by ``rule``."""
-    return {c: sweep(probs[:, k], scores.keep[:, k], scores.blank[:, k], placement, rule) for k, c in enumerate(CLASSES)}
+    return {c: sweep(probs[:, k], scores.keep[:, k], scores.blank[:, k], placement, rule) for k, c in enumerate(active().classes)}
 
 
 def summary_rows(probs: np.ndarray, scores: PairScores, sweeps: Mapping[str, Sweep], objective: Objective) -> list[dict]:

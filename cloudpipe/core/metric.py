@@ -12,8 +12,8 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.core.arrays import check_numbers
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.profile import active
 from cloudpipe.core.rle import rle2mask
 
 
@@ -74,9 +74,9 @@ def pair_stats(
     Truth masks are resized to ``pred_shape`` with nearest-neighbour when the shapes differ.
     """
     images = list(pred.index)
-    truth = truth.loc[images, list(CLASSES)].to_numpy()
-    pred = pred.loc[images, list(CLASSES)].to_numpy()
-    shape = (len(images), len(CLASSES))
+    truth = truth.loc[images, list(active().classes)].to_numpy()
+    pred = pred.loc[images, list(active().classes)].to_numpy()
+    shape = (len(images), len(active().classes))
     inter, p_area, t_area = (np.zeros(shape, np.int64) for _ in range(3))
     for i in range(shape[0]):
         for k in range(shape[1]):
@@ -92,7 +92,7 @@ def pair_stats(
 
 def dice_table(dice: np.ndarray) -> dict[str, float]:
     """Mean Dice per class and overall (``"mean"``) of a (n_images, n_classes) Dice array."""
-    table = {c: float(dice[:, k].mean()) for k, c in enumerate(CLASSES)}
+    table = {c: float(dice[:, k].mean()) for k, c in enumerate(active().classes)}
     table["mean"] = float(dice.mean())
     return table
 

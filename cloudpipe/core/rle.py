@@ -19,7 +19,7 @@ import re
 
 import numpy as np
 
-from cloudpipe.core.competition import MAX_PIXELS
+from cloudpipe.core.constants import MAX_PIXELS
 from cloudpipe.core.errors import BadType, BadValue, RLEError
 
 # --- encode ---------------------------------------------------------------------------------

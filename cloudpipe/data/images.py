@@ -19,8 +19,9 @@ import numpy as np
 import simplejpeg
 
 from cloudpipe.core.arrays import check_numbers
-from cloudpipe.core.competition import IMAGE_SHAPE, MAX_PIXELS
+from cloudpipe.core.constants import MAX_PIXELS
 from cloudpipe.core.errors import BadType, BadValue, CloudpipeError
+from cloudpipe.core.profile import active
 
 _SOF_MARKERS = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
 
@@ -66,7 +67,7 @@ def check_declared_size(height: int, width: int, path: Path) -> tuple[int, int]:
         raise CloudpipeError(f"corrupt JPEG (declares a {height}x{width} image)", path=path)
     if height * width > MAX_PIXELS:
         raise CloudpipeError(f"image declares {height}x{width} pixels, more than {MAX_PIXELS:,} "
-                             f"(16 images of {IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]}); refused before decoding", path=path)
+                             f"(16 images of {active().image_size[0]}x{active().image_size[1]}); refused before decoding", path=path)
     return height, width
 
 
@@ -147,7 +148,7 @@ def check_rgb(image: object, name: str = "image") -> np.ndarray:
         raise BadValue(f"{name} is empty ({height} x {width})")
     if height * width > MAX_PIXELS:
         raise BadValue(f"{name} is {height} x {width}, more than {MAX_PIXELS:,} pixels (16 images of "
-                       f"{IMAGE_SHAPE[0]}x{IMAGE_SHAPE[1]})")
+                       f"{active().image_size[0]}x{active().image_size[1]})")
     if array.dtype != np.uint8:
         check_numbers(array, name, low=0, high=255, fix="RGB values are 0-255")
         if array.dtype.kind in "iu":

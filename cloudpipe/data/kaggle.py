@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, split_label
 from cloudpipe.core.errors import CloudpipeError, RLEError
+from cloudpipe.core.profile import active, split_label
 from cloudpipe.core.rle import check_shape, parse_rle
 from cloudpipe.data.images import check_images
 from cloudpipe.data.outputs import Inputs, check_output, write_csv
@@ -29,8 +29,8 @@ TEST_IMAGES = "test_images"
 PSEUDO_CSV = "pseudo_labels.csv"
 """In a data folder made by ``cloudpipe pseudo-label``: the training images whose labels are
 pseudo-labels (``image`` and the probabilities they were chosen on); they never validate."""
-PROBS_COLUMNS: tuple[str, ...] = ("image", *CLASSES)
-"""Columns of a probabilities CSV such as ``val_probs.csv``."""
+LABEL_COLUMNS: tuple[str, str] = ("Image_Label", "EncodedPixels")
+"""The columns of a mask frame inside cloudpipe (pairs keyed `<image>_<class>`), whatever the layout of the CSV it came from."""
 NOT_PLAIN = re.compile(r"^\.{0,2}\Z|[/\\\x00]")
 """What makes an image name no plain file name: empty, ``.``, ``..``, or a ``/``, ``\\`` or NUL in
 it (``../x.jpg`` or ``/etc/x.jpg`` would read outside the images folder)."""
@@ -101,7 +101,7 @@ def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.Dat
         CloudpipeError: wrong columns, no rows, a label without ``_``, an image name that is
             not a plain file name, an unknown class, duplicate rows, an image without all four classes, or (with ``shape``) bad RLE.
     """
-    return check_mask_frame(read_csv_text(path, CSV_COLUMNS), path, shape=shape)
+    return check_mask_frame(read_csv_text(path, LABEL_COLUMNS), path, shape=shape)
 
 
 def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
@@ -119,9 +119,9 @@ def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int,
             image, cls = split_label(label)
         except ValueError as err:
             raise CloudpipeError(str(err), path=path, line=i + 2) from None
-        if cls not in CLASSES:
+        if cls not in active().classes:
             raise CloudpipeError(
-                f"unknown class {cls!r} in {label!r} (classes: {', '.join(CLASSES)})", path=path, line=i + 2
+                f"unknown class {cls!r} in {label!r} (classes: {', '.join(active().classes)})", path=path, line=i + 2
             )
         parts.append((image, cls))
     frame["image"] = [p[0] for p in parts]
@@ -129,14 +129,14 @@ def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int,
     require_plain_image_names(frame["image"], path)
     _refuse_duplicates(frame["Image_Label"], "Image_Label", path)
     counts = frame.groupby("image", sort=False).size()
-    incomplete = counts[counts != len(CLASSES)]
+    incomplete = counts[counts != len(active().classes)]
     if len(incomplete):
         image = incomplete.index[0]
         have = frame.loc[frame["image"] == image, "class_name"].tolist()
-        missing = [c for c in CLASSES if c not in have]
+        missing = [c for c in active().classes if c not in have]
         raise CloudpipeError(
             f"image {image!r} lacks rows for {', '.join(missing)} "
-            f"({len(incomplete)} image(s) without all {len(CLASSES)} classes)",
+            f"({len(incomplete)} image(s) without all {len(active().classes)} classes)",
             path=path,
         )
     if shape is not None:
@@ -147,19 +147,20 @@ def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int,
 def mask_frame_of(frame: pd.DataFrame, what: str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
     """A DataFrame with ``Image_Label, EncodedPixels`` (other columns ignored, NaN as empty)
     checked as :func:`read_mask_csv` checks a file; ``what`` names it in errors."""
-    missing = [c for c in CSV_COLUMNS if c not in frame.columns]
+    missing = [c for c in LABEL_COLUMNS if c not in frame.columns]
     if missing:
         raise CloudpipeError(f"{what} lacks column(s) {', '.join(missing)}")
-    return check_mask_frame(frame[list(CSV_COLUMNS)].fillna("").astype(str), what, shape=shape)
+    return check_mask_frame(frame[list(LABEL_COLUMNS)].fillna("").astype(str), what, shape=shape)
 
 
-def write_submission(frame: pd.DataFrame, path: Path, *, shape: tuple[int, int] = SUBMISSION_SHAPE,
+def write_submission(frame: pd.DataFrame, path: Path, *, shape: tuple[int, int] | None = None,
                      overwrite: bool = False) -> Path:
     """Write a Kaggle submission CSV (``Image_Label, EncodedPixels``, rows in ``frame``'s order)
     atomically, once every row is checked (:func:`mask_frame_of`: each pair once, every RLE valid
     at ``shape``); an existing file is replaced only with ``overwrite``. A bad row, or a path
     that may not be written, is a CloudpipeError."""
-    rows = mask_frame_of(frame, "submission DataFrame", shape=shape)[list(CSV_COLUMNS)]
+    shape = shape or active().submission_size
+    rows = mask_frame_of(frame, "submission DataFrame", shape=shape)[list(LABEL_COLUMNS)]
     check_output(Path(path), overwrite=overwrite)
     write_csv(rows, Path(path))
     return Path(path)
@@ -183,7 +184,7 @@ def to_wide(frame: pd.DataFrame) -> pd.DataFrame:
     """Long mask frame -> one row per image (first-appearance order), one RLE column per class."""
     wide = frame.pivot(index="image", columns="class_name", values="EncodedPixels")
     order = pd.unique(frame["image"])
-    return wide.loc[order, list(CLASSES)].rename_axis(index="image", columns=None)
+    return wide.loc[order, list(active().classes)].rename_axis(index="image", columns=None)
 
 
 def presence(frame: pd.DataFrame) -> pd.DataFrame:
@@ -369,7 +370,7 @@ def frame_rows(frame: pd.DataFrame, images: list[str], what: str) -> np.ndarray:
     """The (n, 4) class columns of a frame indexed by image, rows in ``images`` order
     (:func:`require_images` of ``what``)."""
     require_images(images, frame.index, what)
-    return frame.loc[images, list(CLASSES)].to_numpy(np.float64)
+    return frame.loc[images, list(active().classes)].to_numpy(np.float64)
 
 
 def require_same_images(expected: list[str], got: list[str], what: str, hint: str = "") -> None:
@@ -396,13 +397,13 @@ def read_probs_csv(path: Path) -> pd.DataFrame:
             plain file name, a duplicate image, or a value that is not a number in [0, 1]
             (naming its line).
     """
-    text = read_csv_text(path, PROBS_COLUMNS)
+    text = read_csv_text(path, ("image", *active().classes))
     require_plain_image_names(text["image"], path)
-    values = text[list(CLASSES)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
+    values = text[list(active().classes)].apply(pd.to_numeric, errors="coerce").to_numpy(np.float64)
     bad = ~((values >= 0) & (values <= 1))  # also NaN: empty or not a number
     if bad.any():
         i, k = np.argwhere(bad)[0]
-        raise CloudpipeError(f"{CLASSES[k]} probability {text.iat[i, k + 1]!r} is not a number in [0, 1]",
+        raise CloudpipeError(f"{active().classes[k]} probability {text.iat[i, k + 1]!r} is not a number in [0, 1]",
                              path=path, line=int(i) + 2)
     _refuse_duplicates(text["image"], "image", path)
-    return pd.DataFrame(values, index=pd.Index(text["image"], name="image"), columns=list(CLASSES))
+    return pd.DataFrame(values, index=pd.Index(text["image"], name="image"), columns=list(active().classes))

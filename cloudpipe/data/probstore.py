@@ -31,15 +31,19 @@ from typing import Annotated, Literal
 import numpy as np
 from pydantic import AfterValidator, Field, model_validator
 
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.models import FileModel, read_model
+from cloudpipe.core.profile import active
 from cloudpipe.data.beside import info_path
 from cloudpipe.data.runfolder import read_json
 
 FORMAT_VERSION = 1
-ENTRY_SHAPE = (len(CLASSES), *SUBMISSION_SHAPE)
-CHUNK = 32  # images per write: ~23 MB
+CHUNK = 32  # images per write: ~23 MB at the clouds profile's size
+
+
+def entry_shape() -> tuple[int, ...]:
+    """One image's entry in a store: (classes, *submission size) of the active profile."""
+    return (len(active().classes), *active().submission_size)
 
 
 def _unique(images: list[str]) -> list[str]:
@@ -120,9 +124,9 @@ def read_store(path: Path) -> tuple[np.memmap, StoreInfo]:
         raise CloudpipeError("probability store not found", path=path) from None
     except (OSError, ValueError) as err:
         raise CloudpipeError(f"not a probability store (.npy): {str(err).splitlines()[0]}", path=path) from None
-    if dtype != np.uint8 or fortran or len(shape) != 4 or tuple(shape[1:]) != ENTRY_SHAPE:
+    if dtype != np.uint8 or fortran or len(shape) != 4 or tuple(shape[1:]) != entry_shape():
         raise CloudpipeError(f"holds {dtype} {'Fortran ' if fortran else ''}{tuple(shape)}, not uint8 (n, "
-                             f"{', '.join(map(str, ENTRY_SHAPE))}) in C order", path=path)
+                             f"{', '.join(map(str, entry_shape()))}) in C order", path=path)
     if shape[0] == 0:
         raise CloudpipeError("holds no images: nothing to tune or apply", path=path)
     size, expected = path.stat().st_size, offset + math.prod(shape)

@@ -18,15 +18,10 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from cloudpipe.core.competition import (
-    CLASSES,
-    IMAGE_SHAPE,
-    MAX_PIXELS,
-    SUBMISSION_SHAPE,
-    join_label,
-)
+from cloudpipe.core.constants import MAX_PIXELS
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.profile import active, join_label
 from cloudpipe.core.rle import mask2rle
 from cloudpipe.data.kaggle import (
     SAMPLE_SUBMISSION_CSV,
@@ -83,10 +78,10 @@ def make_image(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.nda
     """One synthetic RGB image, uint8 (H, W, 3), and its class masks, 0/1 uint8 (4, H, W)."""
     h, w = shape
     canvas = 30 + 50 * _smooth_noise(rng, shape, 5)
-    masks = np.zeros((len(CLASSES), h, w), dtype=np.uint8)
-    present = [k for k in range(len(CLASSES)) if rng.random() < PRESENCE_PROBABILITY]
+    masks = np.zeros((len(active().classes), h, w), dtype=np.uint8)
+    present = [k for k in range(len(active().classes)) if rng.random() < PRESENCE_PROBABILITY]
     for k in rng.permutation(present):
-        texture = _texture(CLASSES[k], rng, shape)
+        texture = _texture(active().classes[k], rng, shape)
         for _ in range(int(rng.integers(1, 3))):
             rows, cols = _rectangle(rng, shape)
             canvas[rows, cols] = texture[rows, cols]
@@ -112,7 +107,7 @@ def _names(rng: np.random.Generator, count: int) -> list[str]:
 
 
 def _label_rows(name: str, masks: np.ndarray) -> list[tuple[str, str]]:
-    return [(join_label(name, c), mask2rle(masks[k])) for k, c in enumerate(CLASSES)]
+    return [(join_label(name, c), mask2rle(masks[k])) for k, c in enumerate(active().classes)]
 
 
 def make_dataset(
@@ -120,7 +115,7 @@ def make_dataset(
     *,
     train: int = 100,
     test: int = 20,
-    shape: tuple[int, int] = IMAGE_SHAPE,
+    shape: tuple[int, int] | None = None,
     seed: int = 0,
     overwrite: bool = False,
     progress: bool = True,
@@ -135,6 +130,7 @@ def make_dataset(
     and only when ``synth`` made it. Invalid sizes, such an ``out_dir`` or a failed write are
     a CloudpipeError.
     """
+    shape = shape or active().image_size
     out_dir = Path(out_dir)
     if train < 2 or test < 1:
         raise CloudpipeError(f"need at least 2 train and 1 test images, got --train {train} --test {test}")
@@ -170,10 +166,10 @@ def _write_dataset(out_dir: Path, train: int, test: int, shape: tuple[int, int],
         if folder == TRAIN_IMAGES:
             train_rows += _label_rows(name, masks)
         else:
-            small = np.stack([resize_nearest(m, SUBMISSION_SHAPE) for m in masks])
+            small = np.stack([resize_nearest(m, active().submission_size) for m in masks])
             truth_rows += _label_rows(name, small)
     columns = ["Image_Label", "EncodedPixels"]
     pd.DataFrame(train_rows, columns=columns).to_csv(out_dir / TRAIN_CSV, index=False)
     pd.DataFrame(truth_rows, columns=columns).to_csv(out_dir / TEST_TRUTH_CSV, index=False)
-    sample = [(join_label(n, c), "1 1") for n in test_names for c in CLASSES]
+    sample = [(join_label(n, c), "1 1") for n in test_names for c in active().classes]
     pd.DataFrame(sample, columns=columns).to_csv(out_dir / SAMPLE_SUBMISSION_CSV, index=False)

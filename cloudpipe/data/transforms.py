@@ -17,7 +17,7 @@ import albumentations as A
 import cv2
 import numpy as np
 
-from cloudpipe.core.competition import MAX_PIXELS
+from cloudpipe.core.constants import MAX_PIXELS
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.models import cut, shown
 

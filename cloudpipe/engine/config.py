@@ -19,7 +19,7 @@ from pydantic_core import PydanticCustomError
 
 from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
 from cloudpipe.core.choices import MAX_WORKERS
-from cloudpipe.core.competition import MAX_PIXELS
+from cloudpipe.core.constants import MAX_PIXELS
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.models import cut, read_model, shown
 from cloudpipe.data.outputs import write_text

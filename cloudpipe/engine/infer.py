@@ -19,8 +19,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import active
 from cloudpipe.data.datasets import CloudDataset, JpegFiles, collate_files, worker_init
 from cloudpipe.data.images import check_images, decode_batch, reduction_for
 from cloudpipe.data.runfolder import trained_checkpoints
@@ -72,8 +72,8 @@ def load_run(run_dir: Path, task: str, device: torch.device, channels_last: bool
     models, config = [], None
     for path in paths:
         state = load_checkpoint(path)
-        if list(state["classes"]) != list(CLASSES):
-            raise CloudpipeError(f"checkpoint classes {state['classes']} are not {list(CLASSES)}", path=path)
+        if list(state["classes"]) != list(active().classes):
+            raise CloudpipeError(f"checkpoint classes {state['classes']} are not {list(active().classes)}", path=path)
         cfg = checkpoint_config(state, path)
         if cfg.task != task:
             raise CloudpipeError(f"checkpoint is a {cfg.task} model; this command needs a {task}", path=path)
@@ -175,7 +175,7 @@ def predict_presence(run_dir: Path, paths: list[Path], settings: InferenceSettin
     images and every rank gets all the rows."""
     dist = dist or Dist()
     mine = dist.shard(paths)
-    out = np.empty((len(mine), len(CLASSES)), dtype=np.float32)
+    out = np.empty((len(mine), len(active().classes)), dtype=np.float32)
     with dist.together():  # a bad image in one rank's share stops every rank with its error
         device = resolve_device(settings.device, dist)
         run = load_run(run_dir, "classifier", device, allow_partial=settings.allow_partial)

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, ClassVar
 import numpy as np
 import pandas as pd
 
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import accuracy, dice_score, roc_auc
+from cloudpipe.core.profile import active
 from cloudpipe.engine.config import REGION_LOSSES, Task, TrainConfig
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ class Metric:
 
     def class_columns(self) -> dict[str, str]:
         """Class -> its column (none without a ``class_prefix``)."""
-        return {} if self.class_prefix is None else {c: f"{self.class_prefix}{c}" for c in CLASSES}
+        return {} if self.class_prefix is None else {c: f"{self.class_prefix}{c}" for c in active().classes}
 
     def values(self, mean: float, per_class: np.ndarray | None = None) -> dict[str, float]:
         """The metric's columns of one epoch: the mean, then each class's (4,)."""
@@ -162,7 +162,7 @@ class ClassifierStage(Stage):
                 **by_auc.values(np.nanmean(auc) if np.isfinite(auc).any() else 0.5, auc)}
 
     def best_outputs(self, outputs: np.ndarray, images: list[str]) -> pd.DataFrame:
-        return pd.DataFrame(outputs, columns=list(CLASSES)).assign(image=images)[["image", *CLASSES]]
+        return pd.DataFrame(outputs, columns=list(active().classes)).assign(image=images)[["image", *active().classes]]
 
 
 def pixel_losses(weights: dict[str, float]) -> list[tuple[nn.Module, float]]:

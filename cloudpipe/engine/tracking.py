@@ -18,8 +18,8 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.masks import tint
+from cloudpipe.core.profile import active
 from cloudpipe.data.runfolder import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
@@ -42,9 +42,9 @@ def scalar_tags(row: Mapping[str, float], metrics: Iterable[Metric]) -> dict[str
 
 
 def class_grid(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """The classes' overlays of one image as a 2 x 2 grid in :data:`CLASSES` order, RGB uint8
+    """The classes' overlays of one image as a 2 x 2 grid in :data:`active().classes` order, RGB uint8
     (2H, 2W, 3); ``truth`` and ``pred`` are 0/1 masks (4, H, W)."""
-    panels = [tint(image, truth[k], pred[k]) for k in range(len(CLASSES))]
+    panels = [tint(image, truth[k], pred[k]) for k in range(len(active().classes))]
     return np.concatenate([np.concatenate(panels[:2], axis=1), np.concatenate(panels[2:], axis=1)], axis=0)
 
 

@@ -27,8 +27,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 
 from cloudpipe import __version__
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import active
 from cloudpipe.data.datasets import CloudDataset, worker_init
 from cloudpipe.data.images import reduction_for
 from cloudpipe.data.kaggle import (
@@ -244,7 +244,7 @@ class Trainer:
             logits, target = self._forward(batch, net)
             loss_sum += self.stage.loss(logits, target).item() * len(target)
             outputs.append(self.stage.outputs(logits, target))
-        mine = np.concatenate(outputs) if outputs else np.empty((0, len(CLASSES)))
+        mine = np.concatenate(outputs) if outputs else np.empty((0, len(active().classes)))
         ordered = np.empty((len(self.val_set), *mine.shape[1:]), dtype=mine.dtype)
         total_loss = 0.0
         for idx, out, part_loss in self.dist.gather((indices, mine, loss_sum)):
@@ -311,7 +311,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict(),
             "rng": {"torch": torch.get_rng_state()}, "epoch": epoch + 1, "best_score": self.best_score,
             "best_epoch": self.best_epoch, "history": self.history, "config": self.config.to_dict(),
-            "score_name": self.stage.score_name, "classes": list(CLASSES), "version": __version__,
+            "score_name": self.stage.score_name, "classes": list(active().classes), "version": __version__,
         }
         if self.average is not None:
             checkpoint["trained"] = self.model.state_dict()  # the model the optimizer trains, to resume

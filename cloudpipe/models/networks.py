@@ -16,8 +16,9 @@ import torch
 import torchvision
 from torch import nn
 
-from cloudpipe.core.competition import CLASSES, IMAGENET_MEAN, IMAGENET_STD
+from cloudpipe.core.constants import IMAGENET_MEAN, IMAGENET_STD
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import active
 from cloudpipe.data.outputs import no_new_empty_folders
 from cloudpipe.models.tiny import TinyClassifier, TinySegmenter
 
@@ -257,7 +258,7 @@ def build_classifier(arch: str, weights: str = "none", freeze: list[str] | tuple
         _load_state(net, Path(weights), what)
     head = [name for name, module in net.named_modules() if isinstance(module, nn.Linear)][-1]
     parent, _, last = head.rpartition(".")
-    setattr(net.get_submodule(parent), last, nn.Linear(net.get_submodule(head).in_features, len(CLASSES)))
+    setattr(net.get_submodule(parent), last, nn.Linear(net.get_submodule(head).in_features, len(active().classes)))
     _freeze(net, freeze)
     model = Normalized(net)
     model.head = head
@@ -273,7 +274,7 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
     if arch.lower() == TINY:
         if weights != "none":
             raise CloudpipeError(f"segmentation arch {arch!r} is a stand-in without pretrained weights; pass --weights none")
-        net = TinySegmenter(len(CLASSES), head_dropout=head_dropout)
+        net = TinySegmenter(len(active().classes), head_dropout=head_dropout)
         _freeze(net, freeze)
         return Normalized(net)
     import segmentation_models_pytorch as smp
@@ -292,8 +293,8 @@ def build_segmenter(arch: str, encoder: str, weights: str = "none", freeze: list
         raise _choose("encoder", encoder, smp.encoders.get_encoder_names(),
                       f"resnet18, resnet34, resnet50, efficientnet-b0 (smp's) or {TIMM_ENCODER}<any timm model>")
     try:
-        aux = None if head_dropout is None else {"classes": len(CLASSES), "dropout": head_dropout}
-        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=len(CLASSES), aux_params=aux)
+        aux = None if head_dropout is None else {"classes": len(active().classes), "dropout": head_dropout}
+        net = smp.create_model(arch, encoder_name=encoder, encoder_weights=None, classes=len(active().classes), aux_params=aux)
     except (KeyError, ValueError) as err:
         raise CloudpipeError(f"cannot build {arch} with encoder {encoder}: {err}") from None
     if weights == "imagenet" and encoder.startswith(TIMM_ENCODER):

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 from cloudpipe.configs import read_packaged
-from cloudpipe.core.competition import SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import active
 from cloudpipe.data.beside import probs_path_for
 from cloudpipe.data.synth import TEST_TRUTH_CSV
 
@@ -91,7 +91,7 @@ def _demo(folder: Path, out_dir: Path, settings: dict[str, Any], progress: bool)
     log.info(step("predict", lambda: predict_submission(test_seg, cls_run, data, gated, settings=cls_settings)).line())
     page = step("report", lambda: write_report(
         data, test_seg, folder / "report.html", progress=progress, probs_csv=probs_path_for(gated),
-        thresholds_file=tuned.json_path, truth_csv=data / TEST_TRUTH_CSV, truth_shape=SUBMISSION_SHAPE))
+        thresholds_file=tuned.json_path, truth_csv=data / TEST_TRUTH_CSV, truth_shape=active().submission_size))
     result.rows = page.headline
     files = {"data": data, "segmentation run": seg_run, "classifier run": cls_run, "threshold plot": tuned.plot_path,
              "submission": gated, "report": page.path}

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from cloudpipe.core.competition import IMAGE_SHAPE, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import dice_table, pair_stats
+from cloudpipe.core.profile import active
 from cloudpipe.core.rle import parse_rle
 from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, read_mask_csv, require_same_images, to_wide, train_image_shape
 
@@ -23,12 +23,13 @@ class Evaluation:
     truth_images: int  # images in the truth file
 
 
-def evaluate_files(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None,
-                   pred_shape: tuple[int, int]) -> Evaluation:
+def evaluate_files(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None = None,
+                   pred_shape: tuple[int, int] | None = None) -> Evaluation:
     """Kaggle Dice of a submission file against a truth file (masks at ``truth_shape``, None:
     :func:`default_truth_shape`), per class and ``"mean"``, over the images of the prediction;
     the files are checked by :func:`read_truth_and_prediction`."""
     truth_shape = truth_shape or default_truth_shape(Path(truth_csv))
+    pred_shape = pred_shape or active().submission_size
     truth, pred = read_truth_and_prediction(truth_csv, pred_csv, truth_shape, pred_shape)
     table = dice_table(pair_stats(truth, pred, truth_shape, pred_shape).dice())
     return Evaluation(table, len(pred), len(truth))
@@ -40,7 +41,7 @@ def default_truth_shape(truth_csv: Path) -> tuple[int, int]:
     ``synth``'s ``test_truth.csv``) at the submission size, 350 x 525."""
     if truth_csv.name == TRAIN_CSV and (truth_csv.parent / TRAIN_IMAGES).is_dir():
         return train_image_shape(truth_csv.parent)
-    return SUBMISSION_SHAPE
+    return active().submission_size
 
 
 def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int],
@@ -48,7 +49,7 @@ def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tupl
     """Both mask files as wide frames (one row per image), checked: valid RLE at their
     shapes, neither read at a larger size than it was written at, and every prediction image
     in the truth."""
-    known = (truth_shape, pred_shape, SUBMISSION_SHAPE, IMAGE_SHAPE)
+    known = (truth_shape, pred_shape, active().submission_size, active().image_size)
     truth_frame = read_mask_csv(truth_csv, shape=truth_shape)
     _check_shape(truth_frame, truth_csv, truth_shape, known, "--truth-shape")
     pred_frame = read_mask_csv(pred_csv, shape=pred_shape)

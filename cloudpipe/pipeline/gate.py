@@ -16,8 +16,8 @@ import pandas as pd
 from cloudpipe.algorithms.gating import GateSpec
 from cloudpipe.algorithms.presence import PixelStats
 from cloudpipe.algorithms.thresholds import Placement, check_threshold
-from cloudpipe.core.competition import CLASSES
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import active
 from cloudpipe.data.kaggle import frame_rows
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.runfolder import THRESHOLDS_JSON, read_json
@@ -149,7 +149,7 @@ def resolve_gate(runs: Path | Ensemble | None, given: Thresholds = None,
     ensemble = None if runs is None else runs if isinstance(runs, Ensemble) else Ensemble.of(runs)
     if isinstance(given, (int, float)):
         t = check_threshold(given, "--thresholds")
-        return GateSpec({c: t for c in CLASSES}), f"--thresholds {t:g}"
+        return GateSpec({c: t for c in active().classes}), f"--thresholds {t:g}"
     if given is not None:
         thresholds_file = Path(given)
     elif ensemble is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from cloudpipe.algorithms.postprocess import PostProcess
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
+from cloudpipe.core.profile import active
 from cloudpipe.data.images import check_images, check_rgb, read_image, reduction_for, resize_decoded
 from cloudpipe.data.runfolder import POSTPROCESS_JSON
 from cloudpipe.engine.settings import InferenceSettings
@@ -89,8 +89,8 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
     with torch.no_grad():
         probs, head = batch_probs(run.models, batch, flips, autocast(device, settings.amp and run.config.amp),
                                   settings.tta_scales)
-        small = torch.nn.functional.interpolate(probs, size=SUBMISSION_SHAPE, mode="bilinear", align_corners=False)
+        small = torch.nn.functional.interpolate(probs, size=active().submission_size, mode="bilinear", align_corners=False)
     stored = (small[0] * 255).round().to(torch.uint8).cpu().numpy()  # what predict-seg's store holds
-    masks = np.stack([post.apply(stored[k], k) for k in range(len(CLASSES))]).astype(np.uint8)
+    masks = np.stack([post.apply(stored[k], k) for k in range(len(active().classes))]).astype(np.uint8)
     presence = None if head is None else head[0].float().cpu().numpy()
     return ImageSegmentation(stored.astype(np.float32) / 255, masks, presence, post, tuned)

@@ -18,9 +18,9 @@ import pandas as pd
 from cloudpipe.algorithms.ensemble import mean_probs
 from cloudpipe.algorithms.gating import GateSpec, gate
 from cloudpipe.algorithms.presence import CLASSIFIER, blend
-from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
+from cloudpipe.core.profile import active, join_label
 from cloudpipe.data.beside import probs_path_for
-from cloudpipe.data.kaggle import TEST_IMAGES, data_inputs, list_test_images, mask_frame_of, read_mask_csv, require_dir, require_same_images
+from cloudpipe.data.kaggle import LABEL_COLUMNS, TEST_IMAGES, data_inputs, list_test_images, mask_frame_of, read_mask_csv, require_dir, require_same_images
 from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.runfolder import run_inputs
 from cloudpipe.engine.settings import InferenceSettings
@@ -31,9 +31,10 @@ if TYPE_CHECKING:
     from cloudpipe.engine.runner import Runner
 
 
-def read_segmentation(seg: Path | pd.DataFrame, mask_shape: tuple[int, int] = SUBMISSION_SHAPE) -> pd.DataFrame:
+def read_segmentation(seg: Path | pd.DataFrame, mask_shape: tuple[int, int] | None = None) -> pd.DataFrame:
     """A segmentation submission (file or DataFrame with ``Image_Label,EncodedPixels``) as a
     validated long frame: every pair once, every RLE valid for ``mask_shape``."""
+    mask_shape = mask_shape or active().submission_size
     if isinstance(seg, pd.DataFrame):
         return mask_frame_of(seg, "segmentation DataFrame", shape=mask_shape)
     return read_mask_csv(Path(seg), shape=mask_shape)
@@ -58,7 +59,7 @@ class PredictSummary:
     spec: GateSpec | None = None
 
     def line(self) -> str:
-        per_class = ", ".join(f"{c} {self.kept[c]}/{self.blanked[c]}" for c in CLASSES)
+        per_class = ", ".join(f"{c} {self.kept[c]}/{self.blanked[c]}" for c in active().classes)
         rule = "; at least one class per image" if self.spec is not None and self.spec.at_least_one else ""
         speed = ", no model run" if self.images_per_second is None else f" at {self.images_per_second:.1f} img/s"
         return (f"{len(self.probs)} images{speed}; pairs kept/blanked (the gate's decisions, as report counts them): {per_class} "
@@ -67,7 +68,7 @@ class PredictSummary:
 
 def predict_submission(seg: Path | pd.DataFrame, run_dir: Path | Sequence[Path], data_dir: Path,
                        out: Path | None = None, *, weights: Sequence[float] | None = None,
-                       thresholds: Thresholds = None, mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
+                       thresholds: Thresholds = None, mask_shape: tuple[int, int] | None = None,
                        settings: InferenceSettings = InferenceSettings(), overwrite: bool = False,
                        inputs: GateInputs = GateInputs()) -> PredictSummary:
     """Blank the classes of ``seg`` (a file or DataFrame) that the gate judges absent, and
@@ -79,6 +80,7 @@ def predict_submission(seg: Path | pd.DataFrame, run_dir: Path | Sequence[Path],
     averaged with ``weights``) only when some class's gate uses it, and only once every input
     is checked. Under ``torchrun`` each rank runs it on its share; rank 0 writes.
     """
+    mask_shape = mask_shape or active().submission_size
     from cloudpipe.engine.runner import Plan, Runner
 
     def declare() -> tuple[Plan, tuple[Ensemble, Path, GateSpec, str]]:
@@ -86,7 +88,7 @@ def predict_submission(seg: Path | pd.DataFrame, run_dir: Path | Sequence[Path],
         data = require_dir(data_dir)
         spec, source = resolve_gate(ensemble, thresholds, inputs)
         if spec is None:
-            spec, source = GateSpec({c: 0.5 for c in CLASSES}), "default 0.5"
+            spec, source = GateSpec({c: 0.5 for c in active().classes}), "default 0.5"
         if inputs.at_least_one is not None:
             spec = replace(spec, at_least_one=inputs.at_least_one)
         inputs.require(spec.sources)  # before any image is read
@@ -125,13 +127,13 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
         scores[CLASSIFIER] = mean_probs([predict_presence(member, paths, settings, desc=f"predict {member.name}", dist=run.dist)
                                          for member in ensemble.runs], ensemble.weights)
     seconds = time.perf_counter() - started
-    probs = pd.DataFrame(blend(scores, spec.gates), index=index, columns=list(CLASSES))
+    probs = pd.DataFrame(blend(scores, spec.gates), index=index, columns=list(active().classes))
     gated = gate(frame, probs, spec.thresholds, spec.at_least_one)
-    order = pd.DataFrame({"Image_Label": [join_label(i, c) for i in images for c in CLASSES]})
+    order = pd.DataFrame({"Image_Label": [join_label(i, c) for i in images for c in active().classes]})
     submission = order.merge(gated, on="Image_Label", how="left", validate="one_to_one")
     blanked = submission.groupby("class_name")["absent"].sum()
     kept = (~submission["absent"]).groupby(submission["class_name"]).sum()
-    submission = submission[list(CSV_COLUMNS)]
-    return PredictSummary(submission, probs, spec.thresholds, source, {c: int(kept[c]) for c in CLASSES},
-                          {c: int(blanked[c]) for c in CLASSES},
+    submission = submission[list(LABEL_COLUMNS)]
+    return PredictSummary(submission, probs, spec.thresholds, source, {c: int(kept[c]) for c in active().classes},
+                          {c: int(blanked[c]) for c in active().classes},
                           len(images) / max(seconds, 1e-9) if CLASSIFIER in spec.sources else None, spec)

@@ -19,12 +19,13 @@ import pandas as pd
 import yaml
 
 from cloudpipe.algorithms.pseudo import PseudoRule, confident
-from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.profile import active, join_label
 from cloudpipe.core.rle import mask2rle, parse_rle, rle2mask
 from cloudpipe.data.images import check_images
 from cloudpipe.data.kaggle import (
+    LABEL_COLUMNS,
     PSEUDO_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
@@ -61,7 +62,7 @@ class PseudoSummary:
 
 
 def pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: PseudoRule = DEFAULT_RULE, *,
-                 mask_shape: tuple[int, int] = SUBMISSION_SHAPE, overwrite: bool = False) -> PseudoSummary:
+                 mask_shape: tuple[int, int] | None = None, overwrite: bool = False) -> PseudoSummary:
     """Write a data folder training on ``data_dir``'s images and the confident test images.
 
     Args:
@@ -74,6 +75,7 @@ def pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: Ps
             of another size than the training images, no confident image, an ``out_dir`` that
             may not be replaced, a failed write; nothing is written then.
     """
+    mask_shape = mask_shape or active().submission_size
     return build_data_folder(data_dir, out_dir, "pseudo-label", f"already pseudo-labelled ({PSEUDO_CSV}); pseudo-label "
                              "its source folder", Inputs.of(seg, probs), overwrite,
                              lambda source, run: _pseudo_label(source, seg, probs, Path(out_dir), rule, mask_shape, run))
@@ -92,15 +94,15 @@ def _pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: P
     clash = sorted(set(test) & set(train["image"]))
     if clash:
         raise CloudpipeError(f"test image {clash[0]} is also a training image", path=data_dir)
-    areas = np.array([[int(parse_rle(masks.at[i, c], mask_shape)[1].sum()) for c in CLASSES] for i in test])
+    areas = np.array([[int(parse_rle(masks.at[i, c], mask_shape)[1].sum()) for c in active().classes] for i in test])
     chosen = [image for image, keep in zip(test, confident(scores.loc[test].to_numpy(), areas, rule)) if keep]
     if not chosen:
         raise CloudpipeError(f"no test image of {len(test)} meets the rule (min_confidence {rule.min_confidence}, "
                              f"min_area {rule.min_area}); nothing written", path=seg)
     paths = {image: data_dir / TEST_IMAGES / image for image in chosen}
     check_images(paths.values(), shape)  # the same size as the training images (train.csv's masks)
-    rows = [(join_label(image, c), _at(masks.at[image, c], mask_shape, shape)) for image in chosen for c in CLASSES]
-    labels = pd.concat([train[list(CSV_COLUMNS)], pd.DataFrame(rows, columns=list(CSV_COLUMNS))], ignore_index=True)
+    rows = [(join_label(image, c), _at(masks.at[image, c], mask_shape, shape)) for image in chosen for c in active().classes]
+    labels = pd.concat([train[list(LABEL_COLUMNS)], pd.DataFrame(rows, columns=list(LABEL_COLUMNS))], ignore_index=True)
     record = {"rule": rule.to_dict(), "source": str(data_dir), "seg": str(Path(seg).resolve()),
               "probs": str(Path(probs).resolve()), "pseudo_images": len(chosen), "test_images": len(test)}
     images = [*pd.unique(train["image"]), *chosen]

@@ -21,10 +21,10 @@ from cloudpipe.algorithms.breakdown import DECISIONS, binned_mean, decisions, ga
 from cloudpipe.algorithms.gating import GateSpec, keep
 from cloudpipe.algorithms.presence import CLASSIFIER
 from cloudpipe.algorithms.thresholds import PairScores, choose_thresholds
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import PairStats, pair_stats
+from cloudpipe.core.profile import active
 from cloudpipe.data.beside import probs_path_for
 from cloudpipe.data.images import jpeg_size, read_image, reduction_for
 from cloudpipe.data.kaggle import TRAIN_CSV, data_inputs, find_image, read_probs_csv, require_dir, require_images
@@ -33,7 +33,8 @@ from cloudpipe.data.runfolder import VAL_PROBS_CSV, run_inputs
 from cloudpipe.pipeline.evaluate import default_truth_shape, read_truth_and_prediction
 from cloudpipe.pipeline.gate import resolve_gate
 
-AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000, SUBMISSION_SHAPE[0] * SUBMISSION_SHAPE[1])
+AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000)
+"""Mask areas (pixels) the report's Dice-by-area bins start at; the last bin ends at the whole mask."""
 """Bins of true mask area (pixels at 350 x 525) for Dice against area."""
 PROB_EDGES = tuple(np.round(np.linspace(0, 1, 11), 2))
 """Bins of presence probability for Dice against probability."""
@@ -74,7 +75,7 @@ class Scored:
 
 def score_submission(data_dir: Path, seg_csv: Path, *, run_dir: Path | None = None, probs_csv: Path | None = None,
                      thresholds_file: Path | float | None = None, truth_csv: Path | None = None,
-                     truth_shape: tuple[int, int] | None = None, mask_shape: tuple[int, int] = SUBMISSION_SHAPE,
+                     truth_shape: tuple[int, int] | None = None, mask_shape: tuple[int, int] | None = None,
                      progress: bool = True) -> Scored:
     """Pair statistics of ``seg_csv`` (masks at ``mask_shape``, scored on its images) against
     the truth, and the probabilities and thresholds of the gate.
@@ -91,6 +92,7 @@ def score_submission(data_dir: Path, seg_csv: Path, *, run_dir: Path | None = No
     Raises:
         CloudpipeError: bad or missing files, or truth or probabilities lacking its images.
     """
+    mask_shape = mask_shape or active().submission_size
     data_dir = require_dir(data_dir)
     truth_csv = Path(truth_csv) if truth_csv is not None else data_dir / TRAIN_CSV
     sources = {"segmentation": str(seg_csv), "truth": str(truth_csv)}
@@ -191,15 +193,17 @@ def _decision_rows(scored: Scored) -> list[dict]:
     return [{"class": c, **{f"{d}: pairs": int(table.counts[k, j]) for j, d in enumerate(DECISIONS)},
              "Dice gained by blanking absent": float(table.effect[k, 3]),
              "Dice lost by blanking present": float(table.effect[k, 2]), "net": float(table.effect[k].sum())}
-            for k, c in enumerate(CLASSES)]
+            for k, c in enumerate(active().classes)]
 
 
 def _area_figure(scored: Scored):
     from cloudpipe.plots import lines_figure
 
     stats, present = scored.stats, scored.stats.truth_area > 0
-    labels = [f"{AREA_EDGES[i]:,}-{AREA_EDGES[i + 1]:,}" for i in range(len(AREA_EDGES) - 1)]
-    series, counts = _per_class(stats.dice(), stats.truth_area.astype(float), AREA_EDGES, present)
+    whole = active().submission_size[0] * active().submission_size[1]
+    edges = (*(e for e in AREA_EDGES if e < whole), whole)
+    labels = [f"{edges[i]:,}-{edges[i + 1]:,}" for i in range(len(edges) - 1)]
+    series, counts = _per_class(stats.dice(), stats.truth_area.astype(float), edges, present)
     return lines_figure(labels, series, title="Segmentation Dice against true mask area (present pairs)",
                         xlabel="true mask area, pixels at 350 x 525", ylabel="mean Dice (kept)", counts=counts)
 
@@ -208,7 +212,7 @@ def _per_class(values: np.ndarray, by: np.ndarray, edges: tuple, where: np.ndarr
     """Each class's binned mean of ``values`` over bins of ``by`` (pairs ``where`` is true), and
     the pairs in each bin over all classes."""
     series, counts = {}, np.zeros(len(edges) - 1, int)
-    for k, c in enumerate(CLASSES):
+    for k, c in enumerate(active().classes):
         rows = slice(None) if where is None else where[:, k]
         series[c], count = binned_mean(values[rows, k], by[rows, k], edges)
         counts += count
@@ -236,9 +240,9 @@ def _overlay(scored: Scored, data_dir: Path, image: str, dice: np.ndarray) -> Pi
 
     path = find_image(data_dir, image)
     source = jpeg_size(path)
-    pixels = read_image(path, SUBMISSION_SHAPE, reduction_for(source, SUBMISSION_SHAPE))
-    truth = decode_masks(scored.truth.loc[image, list(CLASSES)], scored.truth_shape, SUBMISSION_SHAPE)
-    pred = decode_masks(scored.pred.loc[image, list(CLASSES)], scored.mask_shape, SUBMISSION_SHAPE)
+    pixels = read_image(path, active().submission_size, reduction_for(source, active().submission_size))
+    truth = decode_masks(scored.truth.loc[image, list(active().classes)], scored.truth_shape, active().submission_size)
+    pred = decode_masks(scored.pred.loc[image, list(active().classes)], scored.mask_shape, active().submission_size)
     kept = scored.best_gate()[scored.stats.images.index(image)]
     pred = pred * kept[:, None, None]  # as submitted: blanked classes drawn empty
     return Picture.of(overlay_figure(pixels, truth=truth, pred=pred, title=f"{image}: mean Dice {dice.mean():.2f}", width=9,
@@ -253,7 +257,7 @@ def render_page(scored: Scored, data_dir: Path, title: str, overlays: int, progr
     from cloudpipe.plots import threshold_figure
 
     stats = scored.stats
-    page = {"title": title, "images": len(stats.images), "pairs": len(stats.images) * len(CLASSES), "classes": CLASSES,
+    page = {"title": title, "images": len(stats.images), "pairs": len(stats.images) * len(active().classes), "classes": active().classes,
             "headline": scored.headline(), "gated": scored.probs is not None,
             "by_area": Picture.of(_area_figure(scored), "Dice against mask area"),
             "inputs": [{"input": k, "file": v} for k, v in scored.sources.items()]}

@@ -20,12 +20,22 @@ from cloudpipe.algorithms.ensemble import mean_stores, normalise_weights
 from cloudpipe.algorithms.postprocess import PostProcess, Step, choose_explained_steps, chosen_dice, default_index, grid_stats, make_steps
 from cloudpipe.algorithms.robust import DefaultKept, check_rule
 from cloudpipe.core.choices import DEFAULT_RULE, Rule
-from cloudpipe.core.competition import CLASSES, CSV_COLUMNS, SUBMISSION_SHAPE, join_label
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.profile import active, join_label
 from cloudpipe.core.rle import mask2rle, rle2mask
 from cloudpipe.data.beside import info_path, postprocess_path_for
-from cloudpipe.data.kaggle import TRAIN_CSV, TrainData, data_inputs, list_test_images, load_train_data, require_dir, require_images, require_same_images
+from cloudpipe.data.kaggle import (
+    LABEL_COLUMNS,
+    TRAIN_CSV,
+    TrainData,
+    data_inputs,
+    list_test_images,
+    load_train_data,
+    require_dir,
+    require_images,
+    require_same_images,
+)
 from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.probstore import StoreInfo, probability_store, read_store
 from cloudpipe.data.runfolder import POSTPROCESS_JSON, read_json
@@ -66,16 +76,16 @@ def postprocess_stats(store: np.ndarray, names: list[str], rles: pd.DataFrame, m
         held grows with the number of images.
     """
     grid = tuple(len(s.grid) for s in steps)
-    inter = np.zeros((len(names), len(CLASSES), *grid), np.int64)
+    inter = np.zeros((len(names), len(active().classes), *grid), np.int64)
     area = np.zeros_like(inter)
-    truth_area = np.zeros((len(names), len(CLASSES)), np.int64)
-    truth_rles = rles.loc[names, list(CLASSES)].to_numpy()
+    truth_area = np.zeros((len(names), len(active().classes)), np.int64)
+    truth_rles = rles.loc[names, list(active().classes)].to_numpy()
 
     def rows(start: int, stop: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         part = [np.zeros((stop - start, *a.shape[1:]), np.int64) for a in (inter, area, truth_area)]
         for i in range(start, stop):
-            for k in range(len(CLASSES)):
-                truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), SUBMISSION_SHAPE)
+            for k in range(len(active().classes)):
+                truth = resize_nearest(rle2mask(truth_rles[i, k], mask_shape), active().submission_size)
                 part[2][i - start, k] = np.count_nonzero(truth)
                 part[0][i - start, k], part[1][i - start, k] = grid_stats(steps, store[i, k], truth)
         release_rows(store, start, stop)
@@ -211,13 +221,13 @@ def masks_writer(names: list[str], store: np.ndarray, post: PostProcess, process
     the images spread over the cores."""
 
     def rows(start: int, stop: int) -> list[str]:
-        rles = [mask2rle(post.apply(store[i, k], k)) for i in range(start, stop) for k in range(len(CLASSES))]
+        rles = [mask2rle(post.apply(store[i, k], k)) for i in range(start, stop) for k in range(len(active().classes))]
         release_rows(store, start, stop)
         return rles
 
     rles = [r for _, part in over_rows(rows, len(names), processes) for r in part]
-    labels = [join_label(name, c) for name in names for c in CLASSES]
-    return csv_writer(pd.DataFrame({CSV_COLUMNS[0]: labels, CSV_COLUMNS[1]: rles}))
+    labels = [join_label(name, c) for name in names for c in active().classes]
+    return csv_writer(pd.DataFrame({LABEL_COLUMNS[0]: labels, LABEL_COLUMNS[1]: rles}))
 
 
 def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,

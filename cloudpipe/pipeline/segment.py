@@ -23,8 +23,8 @@ from cloudpipe.algorithms.ensemble import RunningMean
 from cloudpipe.algorithms.postprocess import Step
 from cloudpipe.algorithms.robust import check_rule
 from cloudpipe.core.choices import Rule
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import active
 from cloudpipe.data.beside import postprocess_path_for
 from cloudpipe.data.kaggle import TEST_IMAGES, TRAIN_IMAGES, data_inputs, list_test_images, require_dir
 from cloudpipe.data.outputs import Inputs
@@ -144,10 +144,10 @@ def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[st
 
     from cloudpipe.engine.infer import load_run, stream_probs
 
-    shape = (len(names), len(CLASSES), *SUBMISSION_SHAPE)
+    shape = (len(names), len(active().classes), *active().submission_size)
     store = probability_store(folder, shape)
     mean = None if ensemble.single else RunningMean(probability_store(folder, shape, np.float32))
-    presence, every_head = np.zeros((len(names), len(CLASSES))), True
+    presence, every_head = np.zeros((len(names), len(active().classes))), True
     for r, (run, parts, weight) in enumerate(zip(ensemble.runs, runs, ensemble.weights)):
         desc = f"predict-seg {run.name}" + ("" if ensemble.single else f" ({r + 1}/{len(ensemble.runs)})")
         for model_dir, images, image_dir in parts:
@@ -159,11 +159,11 @@ def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[st
                 every_head = every_head and head is not None
                 if head is not None:
                     presence[rows[indices]] += weight * head.cpu().numpy()
-                small = torch.nn.functional.interpolate(probs, size=SUBMISSION_SHAPE, mode="bilinear", align_corners=False)
+                small = torch.nn.functional.interpolate(probs, size=active().submission_size, mode="bilinear", align_corners=False)
                 values = (small * 255).round().to(torch.uint8).cpu().numpy()
                 if mean is None:
                     store[rows[indices]] = values
                 else:
                     mean.add(rows[indices], values, weight)
-    heads = pd.DataFrame(presence, index=pd.Index(names, name="image"), columns=list(CLASSES)) if every_head else None
+    heads = pd.DataFrame(presence, index=pd.Index(names, name="image"), columns=list(active().classes)) if every_head else None
     return (store if mean is None else mean.write(store)), heads

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from cloudpipe.core.competition import CSV_COLUMNS
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import (
+    LABEL_COLUMNS,
     PSEUDO_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
@@ -90,7 +90,7 @@ def build_data_folder(data_dir: Path, out_dir: Path, command: str, pseudo_refusa
 
 def _rows(path: Path) -> pd.DataFrame:
     """A mask CSV's rows as text, validated, with their ``image``."""
-    return check_mask_frame(read_csv_text(path, CSV_COLUMNS), path)
+    return check_mask_frame(read_csv_text(path, LABEL_COLUMNS), path)
 
 
 def _choose(frame: pd.DataFrame, count: int, least: int, rng: np.random.Generator, path: Path, option: str) -> pd.DataFrame:
@@ -125,7 +125,7 @@ def _subset(data_dir: Path, out_dir: Path, train: int, test: int, seed: int, run
             for name in names:
                 shutil.copyfile(data_dir / folder / name, staging / folder / name)
         for name, rows in csvs.items():
-            rows[list(CSV_COLUMNS)].to_csv(staging / name, index=False)
+            rows[list(LABEL_COLUMNS)].to_csv(staging / name, index=False)
         (staging / SUBSET_YAML).write_text(yaml.safe_dump(record, sort_keys=False))
 
     run.write_folder(out_dir, fill)

@@ -18,8 +18,8 @@ from cloudpipe.algorithms.presence import GateChoice, blend, choose_gates, gate_
 from cloudpipe.algorithms.robust import check_rule
 from cloudpipe.algorithms.thresholds import METRIC_NAMES, Objective, PairScores, Placement, Sweep, summary_rows
 from cloudpipe.core.choices import DEFAULT_RULE, Rule
-from cloudpipe.core.competition import CLASSES, SUBMISSION_SHAPE
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import active
 from cloudpipe.data.images import check_images
 from cloudpipe.data.kaggle import (
     TRAIN_CSV,
@@ -59,7 +59,7 @@ def compute_val_probs(run_dir: Path, data_dir: Path, settings: InferenceSettings
         if split.folder not in trained:
             continue  # allow_partial: a fold without a model (trained_checkpoints warned)
         probs = predict_presence(split.folder, data.paths(split.val), settings)
-        parts.append(pd.DataFrame(probs, index=pd.Index(split.val, name="image"), columns=list(CLASSES)))
+        parts.append(pd.DataFrame(probs, index=pd.Index(split.val, name="image"), columns=list(active().classes)))
     return pd.concat(parts).astype(np.float64)
 
 
@@ -139,7 +139,7 @@ class ThresholdFiles:
 
 def tune_thresholds(run_dir: Path | Sequence[Path], data_dir: Path, *, weights: Sequence[float] | None = None,
                     seg: Path | None = None, objective: Objective | None = None,
-                    mask_shape: tuple[int, int] = SUBMISSION_SHAPE, files: ThresholdFiles | None = ThresholdFiles(),
+                    mask_shape: tuple[int, int] | None = None, files: ThresholdFiles | None = ThresholdFiles(),
                     settings: InferenceSettings = InferenceSettings(), inputs: GateInputs = GateInputs(),
                     choice: Rule = DEFAULT_RULE) -> TuneResult:
     """Choose each class's presence threshold on the run's validation images.
@@ -162,6 +162,7 @@ def tune_thresholds(run_dir: Path | Sequence[Path], data_dir: Path, *, weights: 
         CloudpipeError: missing run files, malformed CSVs, predictions sharing no image with the
             validation probabilities, images without truth, or outputs that may not be written.
     """
+    mask_shape = mask_shape or active().submission_size
     from cloudpipe.engine.runner import Plan, Runner
 
     def declare() -> tuple[Plan, tuple[Ensemble, Path, Objective, Path | None, Path | None]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from cloudpipe.core.competition import join_label, split_label
+from cloudpipe.core.profile import join_label, split_label
 
 
 def test_labels_split_on_the_last_underscore():

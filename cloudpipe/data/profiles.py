@@ -1,0 +1,64 @@
+"""Profiles on disk: a packaged name or a YAML file, the profile a data folder or a run says,
+and the one-line refusal to mix two profiles.
+
+A data folder says its profile in ``profile.yaml`` beside ``train.csv`` (``synth --profile``
+writes one); a folder without one is the default ``clouds`` unless ``--profile`` names
+another. A training run records its profile in ``RUN/profile.yaml``; a run without one (an
+older cloudpipe's) trained on ``clouds``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+
+from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.models import read_model
+from cloudpipe.core.profile import DEFAULT, PACKAGED, Profile, packaged
+from cloudpipe.data.runfolder import read_yaml_mapping
+
+PROFILE_YAML = "profile.yaml"
+"""The profile file of a data folder (beside ``train.csv``) and of a run folder."""
+
+
+def load_profile(spec: str | Path) -> Profile:
+    """A packaged profile by name (``clouds``, ``steel``) or a profile YAML file (validated: a
+    bad one is a one-line CloudpipeError naming the file and the field)."""
+    if isinstance(spec, str) and spec in PACKAGED:
+        return packaged(spec)
+    path = Path(spec)
+    if not path.is_file():
+        raise CloudpipeError(f"no profile {str(spec)!r}: give one of {', '.join(PACKAGED)} or a profile YAML file")
+    return read_model(Profile, read_yaml_mapping(path, "profile"), "profile", path=path)
+
+
+def profile_text(profile: Profile) -> str:
+    """``profile`` as the YAML file :func:`load_profile` reads back."""
+    return yaml.safe_dump(profile.model_dump(mode="json", by_alias=True, exclude_none=True), sort_keys=False,
+                          default_flow_style=None)
+
+
+def data_profile(data_dir: Path, option: str | Path | None = None) -> Profile:
+    """The profile of a data folder: its ``profile.yaml``, else ``option`` (``--profile``), else
+    ``clouds``. A folder whose file differs from ``option`` is refused in one line."""
+    path = Path(data_dir) / PROFILE_YAML
+    own = load_profile(path) if path.exists() else None
+    chosen = load_profile(option) if option is not None else None
+    if own is not None and chosen is not None and own != chosen:
+        raise CloudpipeError(f"says profile {own.name!r}; --profile {chosen.name!r} differs (leave --profile out)", path=path)
+    return own or chosen or packaged(DEFAULT)
+
+
+def run_profile(run_dir: Path) -> Profile:
+    """The profile a run trained on: ``RUN/profile.yaml``, else ``clouds`` (a run of an older cloudpipe)."""
+    path = Path(run_dir) / PROFILE_YAML
+    return load_profile(path) if path.exists() else packaged(DEFAULT)
+
+
+def require_same(profile: Profile, other: Profile, what: str, path: Path | None = None) -> None:
+    """Refuse, in one line, ``what`` (a run, a store, a file) of another profile than ``profile``."""
+    if other != profile:
+        hint = "" if other.name != profile.name else " (same name, other facts)"
+        raise CloudpipeError(f"{what} is of profile {other.describe()}, the data of {profile.describe()}{hint}: "
+                             "a run, store or file works only with data of its own profile", path=path)
