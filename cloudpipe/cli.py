@@ -215,7 +215,37 @@ GATE_THRESHOLDS = GateThresholds()
 def shape_option(names: str | tuple[str, ...], help: str):
     """An ``H W`` option (one name, or its names and parameter) defaulting to the profile's submission size."""
     return click.option(*((names,) if isinstance(names, str) else names), type=SHAPE, default=None, show_default=False, metavar="H W",
-                        help=f"{help} [default: the profile's submission size, 350 525 for clouds]")
+                        help=f"{help} [default: the profile's submission size]")
+
+
+RUN_OPTIONS = ("run_dirs", "run_dir", "seg_run", "classifier_run")
+"""The parameter names under which commands take training runs."""
+
+
+def profiled(command):
+    """Add ``--profile`` and run ``command`` under the profile of its data (``--data``, or the
+    folder of ``--truth``: its ``profile.yaml``, else ``--profile``, else clouds), or of its runs
+    where it has no data (:func:`~cloudpipe.data.profiles.command_profile`: runs of another
+    profile are refused in one line)."""
+
+    @click.option("--profile", "profile_spec", metavar="NAME|FILE", default=None,
+                  help="The data's profile when its folder has no profile.yaml: clouds (the default), steel, or a "
+                       "profile YAML file.")
+    @functools.wraps(command)
+    def run(profile_spec: str | None, **options):
+        from cloudpipe.core.profile import use_profile
+        from cloudpipe.data.profiles import command_profile
+
+        data = options.get("data_dir") or (options["truth_csv"].parent if options.get("truth_csv") else None)
+        runs = [path for name in RUN_OPTIONS for path in _paths(options.get(name))]
+        with use_profile(command_profile(data=data, runs=runs, option=profile_spec)):
+            return command(**options)
+
+    return run
+
+
+def _paths(value: Path | tuple[Path, ...] | None) -> tuple[Path, ...]:
+    return () if value is None else (value,) if isinstance(value, Path) else tuple(value)
 
 
 class _AboveBars(logging.Handler):
@@ -244,22 +274,26 @@ def main() -> None:
 
 
 @main.command()
+@profiled
 @click.option("--out", "out_dir", type=NEW_PATH, required=True, help="The data folder to write.")
 @click.option("--train", "n_train", type=click.IntRange(min=2), default=100, help="Training images.")
 @click.option("--test", "n_test", type=click.IntRange(min=1), default=20, help="Test images.")
-@click.option("--height", type=click.IntRange(min=16), default=active().image_size[0], help="Image height.")
-@click.option("--width", type=click.IntRange(min=16), default=active().image_size[1], help="Image width.")
+@click.option("--height", type=click.IntRange(min=16), default=None, help="Image height [default: the profile's].")
+@click.option("--width", type=click.IntRange(min=16), default=None, help="Image width [default: the profile's].")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=0, help="Random seed (same seed, same data).")
 @click.option("--overwrite", is_flag=True, help="Replace an --out folder that synth made (never another folder).")
 def synth(out_dir: Path, n_train: int, n_test: int, height: int, width: int, seed: int, overwrite: bool) -> None:
-    """Write a synthetic dataset in the Kaggle layout to --out."""
+    """Write a synthetic dataset in the Kaggle layout of --profile to --out."""
     from cloudpipe.data.synth import make_dataset
 
-    s = make_dataset(out_dir, train=n_train, test=n_test, shape=(height, width), seed=seed, overwrite=overwrite)
+    size = active().image_size
+    s = make_dataset(out_dir, train=n_train, test=n_test, shape=(height or size[0], width or size[1]), seed=seed,
+                     overwrite=overwrite)
     click.echo(f"wrote {s.train} train and {s.test} test images ({s.shape[0]}x{s.shape[1]}) to {s.out_dir}")
 
 
 @main.command()
+@profiled
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder to take images from.")
 @click.option("--out", "out_dir", type=NEW_PATH, required=True, help="The new data folder to write.")
 @click.option("--train", "n_train", type=click.IntRange(min=2), required=True, help="Training images to keep (at random).")
@@ -275,11 +309,12 @@ def subset(data_dir: Path, out_dir: Path, n_train: int, n_test: int, seed: int, 
 
 
 @main.command()
+@profiled
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, required=True, help="Truth CSV (train.csv-style).")
 @click.option("--pred", "pred_csv", type=EXISTING_FILE, required=True, help="Submission CSV to score.")
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of the truth CSV [default: the training images' size for a data folder's train.csv, "
-                   f"else {active().submission_size[0]} {active().submission_size[1]}].")
+                   "else the profile's submission size].")
 @shape_option(("--mask-shape", "--pred-shape", "pred_shape"), "Mask size of the submission (--pred-shape: the same).")
 def evaluate(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int] | None, pred_shape: tuple[int, int]) -> None:
     """Kaggle mean Dice of a submission, overall and per class.
@@ -357,6 +392,7 @@ def _train(task: str, data_dir: Path, out_dir: Path, config_path: Path | None, s
 
 
 @main.command("train-classifier")
+@profiled
 @training_options("classifier")
 def train_classifier(**options) -> None:
     """Train the ResNet presence classifier (defaults: configs/classifier.yaml, the seed recipe)."""
@@ -364,6 +400,7 @@ def train_classifier(**options) -> None:
 
 
 @main.command("train-seg")
+@profiled
 @training_options("segmentation")
 def train_seg(**options) -> None:
     """Train the segmentation model (defaults: configs/seg.yaml)."""
@@ -410,6 +447,7 @@ def source_input_options(split: str):
 
 
 @main.command()
+@profiled
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True, help="Segmentation submission to gate.")
 @ensemble_runs_option("Classifier")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
@@ -447,6 +485,7 @@ CHOICE_OPTION = click.option(
          "the gain is beyond one standard error of the per-image differences, else the middle of the near-best values).")
 
 @main.command("tune-threshold")
+@profiled
 @ensemble_runs_option("Classifier (val_probs.csv, else its models)")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (train.csv).")
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, default=None, help="Segmentation predictions on validation images.")
@@ -495,6 +534,7 @@ STEPS_OPTION = click.option("--steps", default=None, callback=_names, metavar="A
 
 
 @main.command("predict-seg")
+@profiled
 @ensemble_runs_option("Segmentation")
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--split", type=click.Choice(["val", "test"]), required=True,
@@ -541,6 +581,7 @@ STORE_WEIGHTS_OPTION = weights_option("--store", "stores")
 
 
 @main.command("tune-seg")
+@profiled
 @click.option("--store", "stores", type=EXISTING_FILE, required=True, multiple=True,
               help="A validation probability store (<stem>_probs.npy from predict-seg --split val); repeat to average.")
 @STORE_WEIGHTS_OPTION
@@ -559,6 +600,7 @@ def tune_seg(stores: tuple[Path, ...], weights: tuple[float, ...], data_dir: Pat
 
 
 @main.command("apply-seg")
+@profiled
 @click.option("--store", "stores", type=EXISTING_FILE, required=True, multiple=True,
               help="A test probability store (<stem>_probs.npy from predict-seg --split test); repeat to average.")
 @STORE_WEIGHTS_OPTION
@@ -577,6 +619,7 @@ def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess:
 
 
 @main.command()
+@profiled
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder (images; train.csv).")
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True, help="Segmentation masks to score (its images are scored).")
 @click.option("--run", "run_dir", type=EXISTING_DIR, default=None, help="Classifier run: val_probs.csv and thresholds.json.")
@@ -587,7 +630,7 @@ def apply_seg(stores: tuple[Path, ...], weights: tuple[float, ...], postprocess:
 @click.option("--truth", "truth_csv", type=EXISTING_FILE, default=None, help="Truth masks [default: DATA/train.csv].")
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of --truth [default: the training images' size for train.csv, else "
-                   f"{active().submission_size[0]} {active().submission_size[1]}].")
+                   "the profile's submission size].")
 @shape_option("--mask-shape", "Mask size of --seg.")
 @click.option("--out", type=NEW_PATH, default=Path("report.html"), help="HTML page to write.")
 @click.option("--overlays", type=click.IntRange(min=0), default=6, help="Worst images drawn (and half as many best).")
@@ -604,6 +647,7 @@ def report(data_dir: Path, seg_csv: Path, out: Path, overlays: int, overwrite: b
 
 
 @main.command("pseudo-label")
+@profiled
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--seg", "seg_csv", type=EXISTING_FILE, required=True,
               help="The test submission whose masks become labels (e.g. predict's, from a tuned ensemble).")
@@ -628,6 +672,7 @@ def pseudo_label(data_dir: Path, seg_csv: Path, probs_csv: Path | None, min_conf
 
 
 @main.command()
+@profiled
 @click.option("--seg-run", "seg_run", type=EXISTING_DIR, required=True, help="Segmentation run folder (tuned: seg_postprocess.json).")
 @click.option("--classifier-run", "classifier_run", type=EXISTING_DIR, required=True,
               help="Classifier run folder (tuned: thresholds.json).")
@@ -683,6 +728,7 @@ def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
 
 
 @main.command()
+@profiled
 @click.option("--data", "data_dir", type=EXISTING_DIR, required=True, help="Kaggle-layout data folder.")
 @click.option("--image", required=True, help="Image file name in DATA's image folders (e.g. 0011165.jpg), or a path to it.")
 @click.option("--pred", type=EXISTING_FILE, default=None, help="Submission CSV whose masks to draw.")
@@ -691,7 +737,7 @@ def demo(out_dir: Path, size: str, overwrite: bool, quiet: bool) -> None:
               help="Truth masks to draw, e.g. test_truth.csv for a test image [default: DATA/train.csv for a train image].")
 @click.option("--truth-shape", type=SHAPE, default=None, metavar="H W",
               help="Mask size of --truth [default: the training images' size for train.csv, else "
-                   f"{active().submission_size[0]} {active().submission_size[1]}].")
+                   "the profile's submission size].")
 @click.option("--out", type=NEW_PATH, default=Path("overlay.png"), help="PNG file to write.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing PNG.")
 def show(data_dir: Path, image: str, pred: Path | None, mask_shape: tuple[int, int], truth_csv: Path | None,

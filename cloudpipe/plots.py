@@ -50,13 +50,16 @@ def image_bytes(fig, format: str = "png") -> bytes:
 
 def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", images: int | None = None,
                      which: str = "validation", applied: Mapping[str, float] | None = None):
-    """Plot each class's mean ``metric`` against its threshold (one panel per sweep, up to 4) as
+    """Plot each class's mean ``metric`` against its threshold (one panel per sweep, in a grid: :func:`~cloudpipe.core.masks.panel_grid`) as
     steps up to 1, the chosen point marked, a dashed line at 0.5, a dotted one at the score with
     no blanking; ``applied``: class -> a threshold chosen elsewhere, marked with its score here.
     ``images`` and ``which`` (``validation``, ``scored``...) go in the title.
     """
-    fig = _figure(10, 7)
-    axes = fig.subplots(2, 2, sharex=True).ravel()
+    from cloudpipe.core.masks import panel_grid
+
+    rows, columns = panel_grid(len(sweeps))
+    fig = _figure(5 * columns, 3.5 * rows)
+    axes = fig.subplots(rows, columns, sharex=True, squeeze=False).ravel()
     for ax, (cls, s) in zip(axes, sweeps.items()):
         x, y = s.thresholds, s.scores
         if x[-1] < 1:  # the last candidate's score holds up to 1
@@ -76,7 +79,7 @@ def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", image
         ax.legend(loc="best", fontsize=8)
     for ax in axes[len(sweeps):]:
         ax.set_visible(False)
-    for ax in axes[-2:]:
+    for ax in axes[-columns:]:
         ax.set_xlabel("threshold (mask blanked when probability < threshold)")
     fig.suptitle(f"{metric} against presence threshold" + (f" ({images} {which} images)" if images else ""))
     return fig
@@ -85,15 +88,19 @@ def threshold_figure(sweeps: Mapping[str, Sweep], *, metric: str = "Dice", image
 def overlay_figure(image: np.ndarray, *, truth: np.ndarray | None = None, pred: np.ndarray | None = None,
                    title: str = "", width: float = 12, dice: Sequence[float] | None = None):
     """One panel per class: the RGB uint8 ``image``, ``truth`` masks in green and ``pred`` in red
-    (0/1 (4, H, W) at the image's size; overlap yellow), each mask's area and the class's
+    (0/1 (classes, H, W) at the image's size; overlap yellow), each mask's area and the class's
     ``dice`` (when given) in the panel title; ``width`` in inches.
     """
-    from cloudpipe.core.masks import tint
+    from cloudpipe.core.masks import panel_grid, tint
     from cloudpipe.core.profile import active
 
     height, pixels_wide = image.shape[:2]
-    fig = _figure(width, width * height / pixels_wide + 0.6)
-    for k, (ax, cls) in enumerate(zip(fig.subplots(2, 2).ravel(), active().classes)):
+    rows, columns = panel_grid(len(active().classes))
+    fig = _figure(width, width * rows * height / (columns * pixels_wide) + 0.6)
+    axes = fig.subplots(rows, columns, squeeze=False).ravel()
+    for ax in axes[len(active().classes):]:
+        ax.set_axis_off()
+    for k, (ax, cls) in enumerate(zip(axes, active().classes)):
         t = truth[k].astype(bool) if truth is not None else np.zeros((height, pixels_wide), bool)
         p = pred[k].astype(bool) if pred is not None else np.zeros((height, pixels_wide), bool)
         parts = [f"{name} {m.mean():.0%}" for name, m, given in (("truth", t, truth), ("pred", p, pred)) if given is not None]

@@ -83,9 +83,9 @@ def test_a_bundle_installs_offline_and_its_notebook_writes_the_submission(seg_ru
     assert holds_a_run.exit_code == 2 and "output folder holds an input" in holds_a_run.stderr, holds_a_run.output
     assert (seg / "best.pt").exists()  # an --out that is an input run is refused, never replaced
     assert sorted(p.relative_to(out).as_posix() for p in (out / "runs").rglob("*") if p.is_file()) == [
-        "runs/classifier/best.pt", "runs/classifier/config.yaml", "runs/classifier/splits.csv",
+        "runs/classifier/best.pt", "runs/classifier/config.yaml", "runs/classifier/profile.yaml", "runs/classifier/splits.csv",
         "runs/classifier/thresholds.json", "runs/classifier/val_probs.csv",
-        "runs/seg/best.pt", "runs/seg/config.yaml", "runs/seg/seg_postprocess.json", "runs/seg/splits.csv"]
+        "runs/seg/best.pt", "runs/seg/config.yaml", "runs/seg/profile.yaml", "runs/seg/seg_postprocess.json", "runs/seg/splits.csv"]
     again = cli("bundle", "--seg-run", seg, "--classifier-run", classifier, "--out", out, "--wheels-from", out / "wheels", "--no-download",
                 "--overwrite")
     assert again.exit_code == 2 and "output folder holds an input" in again.stderr  # its own wheels: never replaced

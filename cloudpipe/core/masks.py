@@ -52,3 +52,10 @@ def tint(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     colour[t & ~p], colour[p & ~t], colour[t & p] = (0, 255, 0), (255, 0, 0), (255, 255, 0)
     shown = np.where((t | p)[..., None], 0.55 * image + 0.45 * colour, image)
     return shown.clip(0, 255).astype(np.uint8)
+
+
+def panel_grid(count: int) -> tuple[int, int]:
+    """(rows, columns) of the most nearly square grid holding ``count`` panels, one per class
+    (4: 2 x 2; 2: 1 x 2; 5: 2 x 3)."""
+    columns = int(np.ceil(np.sqrt(count)))
+    return int(np.ceil(count / columns)), columns

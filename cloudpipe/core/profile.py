@@ -62,6 +62,8 @@ class Profile(BaseModel):
     train_csv: Layout = Field(description="must be the layout of train.csv")
     submission_csv: Layout = Field(description="must be the layout of a submission (and sample_submission.csv)")
     rle_order: Literal["column", "row"] = Field("column", description="must be column (down each column first) or row")
+    kaggle_data: str | None = Field(None, max_length=200, pattern=r"^/kaggle/input/[\w.-]+$",
+                                    description="must be the data's folder in a Kaggle notebook, /kaggle/input/<name>")
 
     @model_validator(mode="after")
     def _distinct(self) -> Profile:

@@ -9,6 +9,7 @@ older cloudpipe's) trained on ``clouds``.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import yaml
@@ -16,10 +17,7 @@ import yaml
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.models import read_model
 from cloudpipe.core.profile import DEFAULT, PACKAGED, Profile, packaged
-from cloudpipe.data.runfolder import read_yaml_mapping
-
-PROFILE_YAML = "profile.yaml"
-"""The profile file of a data folder (beside ``train.csv``) and of a run folder."""
+from cloudpipe.data.runfolder import PROFILE_YAML, read_yaml_mapping
 
 
 def load_profile(spec: str | Path) -> Profile:
@@ -56,9 +54,25 @@ def run_profile(run_dir: Path) -> Profile:
     return load_profile(path) if path.exists() else packaged(DEFAULT)
 
 
-def require_same(profile: Profile, other: Profile, what: str, path: Path | None = None) -> None:
-    """Refuse, in one line, ``what`` (a run, a store, a file) of another profile than ``profile``."""
+def require_same(profile: Profile, other: Profile, what: str) -> None:
+    """Refuse, in one line, ``what`` (a run, a store) of another profile than ``profile``, the data's."""
     if other != profile:
-        hint = "" if other.name != profile.name else " (same name, other facts)"
-        raise CloudpipeError(f"{what} is of profile {other.describe()}, the data of {profile.describe()}{hint}: "
-                             "a run, store or file works only with data of its own profile", path=path)
+        same_name = " (same name, other facts)" if other.name == profile.name else ""
+        raise CloudpipeError(f"{what} is of profile {other.describe()}, the data of {profile.describe()}{same_name}: "
+                             f"runs and stores work only with data of their own profile (a data folder says its "
+                             f"profile in {PROFILE_YAML}, else --profile)")
+
+
+def command_profile(*, data: Path | None = None, runs: Iterable[Path] = (), option: str | Path | None = None) -> Profile:
+    """The profile a command runs under: its data folder's (:func:`data_profile`); without one,
+    ``option``, else its runs' profile, else ``clouds``. Every run must be of that profile."""
+    runs = list(runs)
+    if data is not None:
+        profile = data_profile(data, option)
+    elif option is not None:
+        profile = load_profile(option)
+    else:
+        profile = run_profile(runs[0]) if runs else packaged(DEFAULT)
+    for run in runs:
+        require_same(profile, run_profile(run), f"run {run}")
+    return profile

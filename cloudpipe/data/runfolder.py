@@ -3,6 +3,7 @@ run trained on.
 
 ```
 RUN/config.yaml        the resolved config          RUN/splits.csv     image,fold (see below)
+RUN/profile.yaml       the data's profile (classes, sizes, layouts: cloudpipe.core.profile)
 RUN/best.pt, last.pt   checkpoints (hold-out run)   RUN/fold{i}/...    one model per fold
 RUN/metrics.csv        one row per epoch            RUN/val_probs.csv  validation probabilities
 RUN/thresholds.json    tune-threshold's choice      RUN/seg_postprocess.json  predict-seg's choice
@@ -46,15 +47,17 @@ THRESHOLDS_JSON = "thresholds.json"
 THRESHOLDS_PNG = "thresholds.png"
 POSTPROCESS_JSON = "seg_postprocess.json"
 FOLD_PREFIX = "fold"
+PROFILE_YAML = "profile.yaml"
+"""The profile a run trained on (:mod:`cloudpipe.data.profiles`); a data folder's, beside its ``train.csv``."""
 TENSORBOARD_DIR = "tensorboard"
 """A model folder's TensorBoard event files (``tensorboard: true``)."""
 
 
-RUN_FILES = (CONFIG_YAML, SPLITS_CSV, VAL_PROBS_CSV)
+RUN_FILES = (CONFIG_YAML, PROFILE_YAML, SPLITS_CSV, VAL_PROBS_CSV)
 """What training writes in the run folder itself (``val_probs.csv``: out-of-fold, K folds)."""
 MODEL_FILES = (BEST_PT, LAST_PT, METRICS_CSV, VAL_PROBS_CSV)
 """What training writes in each model folder (the run's, or each fold's), besides ``tensorboard/``."""
-TRAINING_FILES = (CONFIG_YAML, METRICS_CSV, VAL_PROBS_CSV, SPLITS_CSV, BEST_PT, LAST_PT, THRESHOLDS_JSON, POSTPROCESS_JSON)
+TRAINING_FILES = (CONFIG_YAML, PROFILE_YAML, METRICS_CSV, VAL_PROBS_CSV, SPLITS_CSV, BEST_PT, LAST_PT, THRESHOLDS_JSON, POSTPROCESS_JSON)
 """What training and tuning keep in a run folder (and its fold folders): never a command's --out."""
 
 

@@ -18,8 +18,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from cloudpipe.core.masks import tint
-from cloudpipe.core.profile import active
+from cloudpipe.core.masks import panel_grid, tint
 from cloudpipe.data.runfolder import TENSORBOARD_DIR
 
 if TYPE_CHECKING:
@@ -42,10 +41,13 @@ def scalar_tags(row: Mapping[str, float], metrics: Iterable[Metric]) -> dict[str
 
 
 def class_grid(image: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """The classes' overlays of one image as a 2 x 2 grid in :data:`active().classes` order, RGB uint8
-    (2H, 2W, 3); ``truth`` and ``pred`` are 0/1 masks (4, H, W)."""
-    panels = [tint(image, truth[k], pred[k]) for k in range(len(active().classes))]
-    return np.concatenate([np.concatenate(panels[:2], axis=1), np.concatenate(panels[2:], axis=1)], axis=0)
+    """The classes' overlays of one image in the profile's class order, as a grid
+    (:func:`~cloudpipe.core.masks.panel_grid`; 4 classes: 2 x 2), RGB uint8 (rows H, columns W, 3),
+    black where the grid has no class; ``truth`` and ``pred`` are 0/1 masks (classes, H, W)."""
+    rows, columns = panel_grid(len(truth))
+    panels = [tint(image, truth[k], pred[k]) for k in range(len(truth))]
+    panels += [np.zeros_like(panels[0])] * (rows * columns - len(panels))
+    return np.concatenate([np.concatenate(panels[r * columns:(r + 1) * columns], axis=1) for r in range(rows)], axis=0)
 
 
 class Tracker:

@@ -39,12 +39,14 @@ from cloudpipe.data.kaggle import (
     load_train_data,
     split_train_val,
 )
-from cloudpipe.data.outputs import write_csv
+from cloudpipe.data.outputs import write_csv, write_text
+from cloudpipe.data.profiles import profile_text, require_same, run_profile
 from cloudpipe.data.runfolder import (
     BEST_PT,
     CONFIG_YAML,
     LAST_PT,
     METRICS_CSV,
+    PROFILE_YAML,
     SPLITS_CSV,
     VAL_PROBS_CSV,
     ModelSplit,
@@ -480,6 +482,7 @@ def run_state(out_dir: Path, config: TrainConfig, data: TrainData, *, resume: bo
     if resume and not config_path.exists():
         raise CloudpipeError(f"nothing to resume (no {CONFIG_YAML})", path=out_dir)
     if holds_run and config_path.exists():
+        require_same(active(), run_profile(out_dir), f"continued run {out_dir}")
         _check_unchanged(load_run_config(out_dir, config.task), config, out_dir)
     recorded = holds_run and config_path.exists() and (out_dir / SPLITS_CSV).exists()
     if recorded:
@@ -564,6 +567,7 @@ def _record_run(out_dir: Path, config: TrainConfig, data: TrainData, state: RunS
         if not state.recorded:
             write_splits(out_dir, list(data.labels.index), state.splits)
         save_config(config, out_dir / CONFIG_YAML)
+        write_text(profile_text(active()), out_dir / PROFILE_YAML)
 
 
 def write_out_of_fold(out_dir: Path, folds: int, images: list[str]) -> Path | None:

@@ -30,10 +30,12 @@ from pathlib import Path
 
 from cloudpipe import __version__
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import DEFAULT, active, packaged
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.runfolder import (
     CONFIG_YAML,
     POSTPROCESS_JSON,
+    PROFILE_YAML,
     SPLITS_CSV,
     THRESHOLDS_JSON,
     VAL_PROBS_CSV,
@@ -59,8 +61,7 @@ KAGGLE_PLATFORM = ("manylinux2014_x86_64", "3.11")
 """The platform and Python version of Kaggle's image, for ``pip download``."""
 BUNDLE_JSON = "bundle.json"
 NOTEBOOK = "submit.ipynb"
-RUN_FILES = (CONFIG_YAML, SPLITS_CSV, VAL_PROBS_CSV, POSTPROCESS_JSON, THRESHOLDS_JSON)
-KAGGLE_DATA = "/kaggle/input/understanding_cloud_organization"
+RUN_FILES = (CONFIG_YAML, PROFILE_YAML, SPLITS_CSV, VAL_PROBS_CSV, POSTPROCESS_JSON, THRESHOLDS_JSON)
 
 
 @dataclass
@@ -186,6 +187,10 @@ def notebook(gates: set[str]) -> dict:
     seg_out = [] if any(i.producer.with_store for i in produced_by(PREDICT_SEG) if i.name in gates) else ["--no-keep-store"]
     test_seg = Path("test_seg.csv")
     gate_args = [f"{i.option!r}, str(WORK / {i.files_beside(test_seg)[0].name!r})" for name, i in source_inputs().items() if name in gates]
+    profile = active()
+    data = profile.kaggle_data or f"/kaggle/input/{profile.name}"
+    # the Kaggle data folder has no profile.yaml: a profile other than the default is the runs' own file
+    profile_args = "" if profile == packaged(DEFAULT) else f"'--profile', BUNDLE / 'runs' / 'seg' / {PROFILE_YAML!r}, "
     cells = [
         ("markdown", "# cloudpipe: the submission, offline\n\nAdd this dataset and the competition's data to the "
                      "notebook; run all. Installs cloudpipe from the bundle's wheels (no internet), draws the test "
@@ -194,16 +199,17 @@ def notebook(gates: set[str]) -> dict:
         ("code", "import glob, os, subprocess, sys\nfrom pathlib import Path\n\n"
                  f"BUNDLE = Path(glob.glob('/kaggle/input/*/{BUNDLE_JSON}')[0]).parent if 'CLOUDPIPE_BUNDLE' not in os.environ "
                  "else Path(os.environ['CLOUDPIPE_BUNDLE'])\n"
-                 f"DATA = os.environ.get('CLOUDPIPE_DATA', '{KAGGLE_DATA}')\n"
+                 f"DATA = os.environ.get('CLOUDPIPE_DATA', '{data}')\n"
                  "WORK = Path(os.environ.get('CLOUDPIPE_WORKING', '/kaggle/working'))\n"
                  "wheels = sorted(str(p) for p in (BUNDLE / 'wheels').glob('*.whl'))\n"
                  "subprocess.run([sys.executable, '-m', 'pip', 'install', '--no-index', '--no-deps', '--quiet', *wheels], "
                  "check=True)"),
         ("code", "def cloudpipe(*args):\n    subprocess.run([sys.executable, '-m', 'cloudpipe', *map(str, args)], check=True)\n\n"
                  "cloudpipe('predict-seg', '--run', BUNDLE / 'runs' / 'seg', '--data', DATA, '--split', 'test', "
+                 f"{profile_args}"
                  f"'--out', WORK / 'test_seg.csv', {', '.join(repr(a) for a in seg_out) + ', ' if seg_out else ''}'--quiet')"),
         ("code", "cloudpipe('predict', '--seg', WORK / 'test_seg.csv', '--run', BUNDLE / 'runs' / 'classifier', "
-                 f"'--data', DATA, '--out', WORK / 'submission.csv', {''.join(a + ', ' for a in gate_args)}'--quiet')"),
+                 f"'--data', DATA, {profile_args}'--out', WORK / 'submission.csv', {''.join(a + ', ' for a in gate_args)}'--quiet')"),
     ]
 
     def cell(kind: str, text: str) -> dict:
