@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from cloudpipe.core.masks import remove_small_components, resize_nearest
+from cloudpipe.core.masks import panel_grid, remove_small_components, resize_nearest
 
 SHAPE_PAIRS = [
     ((1400, 2100), (350, 525)),  # truth -> submission, the case evaluate relies on
@@ -83,3 +83,8 @@ def test_remove_small_components_empty_and_bool():
     out = remove_small_components(_components_case().astype(bool), 3)
     assert out.shape == (8, 8)
     assert int(out.sum()) == 9
+
+
+@pytest.mark.parametrize("count, grid", [(1, (1, 1)), (2, (1, 2)), (3, (2, 2)), (4, (2, 2)), (5, (2, 3)), (9, (3, 3))])
+def test_panels_are_laid_out_nearly_square(count, grid):
+    assert panel_grid(count) == grid

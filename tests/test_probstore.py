@@ -13,9 +13,11 @@ import numpy as np
 import pytest
 
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import use_profile
 from cloudpipe.data.beside import info_path, store_paths
 from cloudpipe.data.outputs import write_files
 from cloudpipe.data.probstore import StoreInfo, array_writer, info_writer, probability_store, read_store
+from tests.conftest import CLOUDS
 
 
 def write_store(tmp_path, n=3, images=None):
@@ -27,10 +29,10 @@ def write_store(tmp_path, n=3, images=None):
 
 
 def test_the_store_json_is_written_by_the_model_that_reads_it(tmp_path):
-    """StoreInfo is the JSON's model: written in its field order, and never a file its reader
-    refuses (duplicate names, a weight missing)."""
+    """StoreInfo is the JSON's model: written in its field order (``classes`` only for a profile other than
+    the default), and never a file its reader refuses (duplicate names, a weight missing)."""
     npy, _, info = write_store(tmp_path)
-    assert list(json.loads(info_path(npy).read_text())) == list(StoreInfo.model_fields)
+    assert list(json.loads(info_path(npy).read_text())) == [f for f in StoreInfo.model_fields if f != "classes"]
     with pytest.raises(CloudpipeError, match=r"^probability store: images: has duplicates \(a.jpg\), got \['a.jpg', 'a.jpg'\]$"):
         StoreInfo.of("val", ["a.jpg", "a.jpg"], [], [])
     with pytest.raises(CloudpipeError, match="^probability store: needs one weight and one fingerprint per run"):
@@ -157,3 +159,17 @@ def test_a_store_of_no_images_is_refused(tmp_path, tiny_data):
     result = cli("tune-seg", "--store", npy, "--data", tiny_data, "--out", tmp_path / "out" / "val.csv")
     assert result.exit_code == 2 and "holds no images" in result.output and "Traceback" not in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_a_store_of_another_profiles_classes_is_refused_in_one_line(tmp_path):
+    """A store written under a two-class profile records its classes; read under clouds (same array shape
+    asked of it) it is refused for its classes, not read as Fish and Flower."""
+    two = CLOUDS.model_copy(update={"name": "two", "classes": ("water", "land")})
+    with use_profile(two):
+        npy, meta = store_paths(tmp_path / "val_seg.csv")
+        info = StoreInfo.of("val", ["a.jpg"], [], [])
+        write_files({npy: array_writer(np.zeros((1, 2, 350, 525), np.uint8)), meta: info_writer(info)})
+        assert json.loads(meta.read_text())["classes"] == ["water", "land"]
+        assert read_store(npy)[0].shape == (1, 2, 350, 525)
+    with pytest.raises(CloudpipeError, match=r"holds classes water, land, not the data's Fish, Flower, Gravel, Sugar"):
+        read_store(npy)

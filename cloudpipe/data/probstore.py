@@ -33,7 +33,7 @@ from pydantic import AfterValidator, Field, model_validator
 
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.models import FileModel, read_model
-from cloudpipe.core.profile import active
+from cloudpipe.core.profile import DEFAULT, active, packaged
 from cloudpipe.data.beside import info_path
 from cloudpipe.data.runfolder import read_json
 
@@ -65,14 +65,17 @@ class StoreInfo(FileModel):
     weights: list[float] = Field(description="must be a JSON list of numbers, one per run")
     fingerprints: list[str] = Field([], description="must be a JSON list of run fingerprints, one per run")
     """Each run's :func:`~cloudpipe.data.runfolder.run_fingerprint`."""
+    classes: list[str] = Field(None, description="must be a JSON list of class names")
+    """The profile's classes, in the order of the array's second axis; absent: the default profile's."""
 
     @classmethod
     def of(cls, split: str, images: Sequence[str], runs: Sequence[str], weights: Sequence[float],
            fingerprints: Sequence[str] = ()) -> StoreInfo:
         """A store's description as code makes it, checked as its reader will check it (a
         CloudpipeError for what the reader would refuse: duplicate images, a weight missing...)."""
+        own = {} if active() == packaged(DEFAULT) else {"classes": list(active().classes)}
         return read_model(cls, {"format": FORMAT_VERSION, "split": split, "images": list(images), "runs": list(runs),
-                                "weights": list(weights), "fingerprints": list(fingerprints)}, "probability store")
+                                "weights": list(weights), "fingerprints": list(fingerprints), **own}, "probability store")
 
     @model_validator(mode="after")
     def _one_per_run(self) -> StoreInfo:
@@ -99,7 +102,7 @@ def array_writer(store: np.ndarray) -> Callable[[Path], None]:
 
 def info_writer(info: StoreInfo) -> Callable[[Path], None]:
     """A writer for :func:`~cloudpipe.data.outputs.write_files`: the store's JSON."""
-    text = json.dumps(info.model_dump(), indent=1) + "\n"
+    text = json.dumps(info.model_dump(exclude_unset=True), indent=1) + "\n"
     return lambda path: Path(path).write_text(text)
 
 
@@ -124,6 +127,10 @@ def read_store(path: Path) -> tuple[np.memmap, StoreInfo]:
         raise CloudpipeError("probability store not found", path=path) from None
     except (OSError, ValueError) as err:
         raise CloudpipeError(f"not a probability store (.npy): {str(err).splitlines()[0]}", path=path) from None
+    classes = tuple(info.classes) if info.classes is not None else packaged(DEFAULT).classes
+    if classes != active().classes:
+        raise CloudpipeError(f"holds classes {', '.join(classes)}, not the data's {', '.join(active().classes)}: a store "
+                             "works only with data of its own profile", path=info_file)
     if dtype != np.uint8 or fortran or len(shape) != 4 or tuple(shape[1:]) != entry_shape():
         raise CloudpipeError(f"holds {dtype} {'Fortran ' if fortran else ''}{tuple(shape)}, not uint8 (n, "
                              f"{', '.join(map(str, entry_shape()))}) in C order", path=path)
