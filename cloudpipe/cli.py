@@ -499,7 +499,7 @@ CHOICE_OPTION = click.option(
 @click.option("--sources", default=None, callback=_names, metavar="A,B,...",
               help=f"Sources to try: {', '.join(registry())} (blends of the classifier with each other "
                    "one are tried too) [default: the classifier and every source whose input is given].")
-@click.option("--top-k", type=click.IntRange(min=1), default=TOP_K, help="Pixels averaged by top_mean (at 350 x 525).")
+@click.option("--top-k", type=click.IntRange(min=1), default=TOP_K, help="Pixels averaged by top_mean (at the submission size).")
 @click.option("--area-threshold", type=Finite(0, 1), default=AREA_THRESHOLD, help="Pixel probability counted by area.")
 @click.option("--placement", type=click.Choice(PLACEMENTS), default=PLACEMENTS[0],
               help="exact: on the chosen probability; midpoint: halfway to the next lower one (same validation score).")

@@ -81,4 +81,5 @@ def _check_shape(frame: pd.DataFrame, path: Path, shape: tuple[int, int], known:
         # also fit in 350 x 525), and only the file's maker knows the real one.
         raise CloudpipeError(f"every mask fits in the first {h * w} pixels ({h}x{w} would hold them): the masks look "
                              f"smaller than {shape[0]}x{shape[1]}; pass {option} H W with their real size (the size of "
-                             "the images they were drawn on, or 350 525 for a submission)", path=path)
+                             f"the images they were drawn on, or {' '.join(map(str, active().submission_size))} for a "
+                             "submission)", path=path)

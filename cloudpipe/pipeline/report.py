@@ -35,7 +35,6 @@ from cloudpipe.pipeline.gate import resolve_gate
 
 AREA_EDGES = (1, 2_500, 5_000, 10_000, 20_000, 40_000, 80_000)
 """Mask areas (pixels) the report's Dice-by-area bins start at; the last bin ends at the whole mask."""
-"""Bins of true mask area (pixels at 350 x 525) for Dice against area."""
 PROB_EDGES = tuple(np.round(np.linspace(0, 1, 11), 2))
 """Bins of presence probability for Dice against probability."""
 
@@ -200,12 +199,13 @@ def _area_figure(scored: Scored):
     from cloudpipe.plots import lines_figure
 
     stats, present = scored.stats, scored.stats.truth_area > 0
-    whole = active().submission_size[0] * active().submission_size[1]
+    (h, w) = active().submission_size
+    whole = h * w
     edges = (*(e for e in AREA_EDGES if e < whole), whole)
     labels = [f"{edges[i]:,}-{edges[i + 1]:,}" for i in range(len(edges) - 1)]
     series, counts = _per_class(stats.dice(), stats.truth_area.astype(float), edges, present)
     return lines_figure(labels, series, title="Segmentation Dice against true mask area (present pairs)",
-                        xlabel="true mask area, pixels at 350 x 525", ylabel="mean Dice (kept)", counts=counts)
+                        xlabel=f"true mask area, pixels at {h} x {w}", ylabel="mean Dice (kept)", counts=counts)
 
 
 def _per_class(values: np.ndarray, by: np.ndarray, edges: tuple, where: np.ndarray | None = None) -> tuple[dict, np.ndarray]:
