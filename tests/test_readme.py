@@ -9,6 +9,7 @@ types on the Kaggle data (the quick start's on ``clouds350``, here a synthetic s
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import re
 import shlex
@@ -25,14 +26,37 @@ TINY_TRAINING = ["--arch", "tiny", "--weights", "none", "--epochs", "1", "--imag
                  "--device", "cpu", "--quiet"]
 """Appended to train-seg and train-classifier: a stand-in network, one epoch, random weights, CPU."""
 APPENDED = {"train-seg": TINY_TRAINING, "train-classifier": TINY_TRAINING, "bundle": ["--no-download"],
-            "subset": ["--train", "20", "--test", "5"]}
+            "subset": ["--train", "20", "--test", "5"], "synth": ["--train", "24", "--test", "6", "--height", "48", "--width", "80"]}
 """What the test appends to a command: tiny training; a bundle without downloads (the tests are offline); a
-subset of the small stand-in for clouds350."""
+subset of the small stand-in for clouds350; fewer, smaller synthetic images (48 x 80: still not square)."""
 
 
-def readme_blocks() -> list[tuple[str, str]]:
-    """``(info string, text)`` of every bash block, in order."""
-    return re.findall(r"^```(bash[^\n]*)\n(.*?)^```", README.read_text(), re.S | re.M)
+def readme_blocks(text: str | None = None) -> list[tuple[str, str]]:
+    """``(info string, text)`` of every bash block (of ``text``, default the whole README), in order."""
+    return re.findall(r"^```(bash[^\n]*)\n(.*?)^```", README.read_text() if text is None else text, re.S | re.M)
+
+
+def write_readme_files(root: Path) -> None:
+    """The README's file blocks (info string ``yaml NAME.yaml``, e.g. a profile) written into ``root``, as a
+    user saves them."""
+    for name, text in re.findall(r"^```yaml (\S+\.yaml)\n(.*?)^```", README.read_text(), re.S | re.M):
+        (root / name).write_text(text)
+
+
+def run_blocks(blocks: list[tuple[str, str]]) -> list[str]:
+    """Run the ``bash`` blocks' commands in the current folder (tiny, :data:`APPENDED`), each must succeed;
+    the commands run."""
+    ran = []
+    for info, block in blocks:
+        if info != "bash":
+            continue
+        for words in commands(block):
+            assert words[0] == "cloudpipe", words
+            args = words[1:] + APPENDED.get(words[1], [])
+            result = cli(*args)
+            assert result.exit_code == 0, (" ".join(words), result.output[-3000:])
+            ran.append(words[1])
+    return ran
 
 
 def commands(block: str) -> list[list[str]]:
@@ -97,20 +121,64 @@ def test_the_readme_starts_with_the_two_set_up_commands_and_ci_runs_the_second()
 def test_the_readmes_command_blocks_run_as_written_in_order(tmp_path, monkeypatch):
     kaggle_like_data(tmp_path)
     clouds350_like_data(tmp_path)
+    write_readme_files(tmp_path)
     monkeypatch.chdir(tmp_path)
-    ran = []
-    for info, block in readme_blocks():
-        if info != "bash":
-            continue
-        for words in commands(block):
-            assert words[0] == "cloudpipe", words
-            args = words[1:] + APPENDED.get(words[1], [])
-            result = cli(*args)
-            assert result.exit_code == 0, (" ".join(words), result.output[-3000:])
-            ran.append(words[1])
+    ran = run_blocks(readme_blocks())
     assert {"subset", "train-seg", "predict-seg", "tune-seg", "apply-seg", "tune-threshold", "predict", "report", "show",
             "evaluate"} <= set(ran)
     assert_as_before(tmp_path)
+    tiles = read_kaggle_csv(tmp_path / "submissions" / "tiles.csv", ("ImageId", "ClassId", "EncodedPixels"), ("water", "land"),
+                            (192, 256))
+    assert list(tiles) == [(image, c) for image in sample_images(tmp_path / "tiles", "ImageId") for c in ("water", "land")]
     for written in ("submissions/submission.csv", "submissions/ensemble.csv", "ens/thresholds.json", "overlay.png",
                     "kaggle_bundle/submit.ipynb", "quick/submission.csv", "quick/report.html"):
         assert (tmp_path / written).is_file(), written
+
+
+def read_kaggle_csv(path: Path, header: tuple[str, ...], classes: tuple[str, ...], shape: tuple[int, int]) -> dict:
+    """A submission read as Kaggle's checker would, with the csv module alone (not cloudpipe's reader):
+    exactly ``header`` (columns ``ImageId``, ``ClassId``, ``EncodedPixels`` in some order), each row's class
+    one of ``classes``, each RLE an even count of positive integers whose runs are sorted, apart and inside
+    ``shape``, each (image, class) once. Returns ``{(image, class): rle}`` in row order."""
+    with open(path, newline="") as file:
+        assert tuple(next(csv.reader(file))) == header
+        file.seek(0)
+        rows = list(csv.DictReader(file))
+    pairs = {}
+    for row in rows:
+        image, cls, rle = row["ImageId"], row["ClassId"], row["EncodedPixels"]
+        assert cls in classes and (image, cls) not in pairs, row
+        numbers = [int(n) for n in rle.split(" ")] if rle else []
+        starts, lengths = numbers[0::2], numbers[1::2]
+        assert len(numbers) % 2 == 0 and all(n > 0 for n in numbers), row
+        assert all(a + n < b for a, n, b in zip(starts, lengths, starts[1:])), row
+        assert not starts or starts[-1] + lengths[-1] - 1 <= shape[0] * shape[1], row
+        pairs[(image, cls)] = rle
+    return pairs
+
+
+def sample_images(data: Path, column: str) -> list[str]:
+    """The test images of a data folder's sample_submission.csv, in its order (csv module alone)."""
+    with open(data / "sample_submission.csv", newline="") as file:
+        return list(dict.fromkeys(row[column] for row in csv.DictReader(file)))
+
+
+def test_the_real_workflow_runs_unchanged_on_steel_data_and_writes_severstals_layout(tmp_path, monkeypatch):
+    """The README's workflow on the Kaggle data, with no flag beyond --data, on a data folder of
+    ``synth --profile steel`` (images 64 x 400, the profile's 256 x 1600 masks in the submission)."""
+    synth = cli("synth", "--profile", "steel", "--out", tmp_path / "data", "--train", "30", "--test", "6", "--height", "64",
+                "--width", "400", "--seed", "5")
+    assert synth.exit_code == 0, synth.output
+    first = sorted((tmp_path / "data" / "train_images").iterdir())[0]
+    first.rename(first.with_name("0035239.jpg"))  # the image the README's show line draws
+    train = tmp_path / "data" / "train.csv"
+    train.write_text(train.read_text().replace(first.name, "0035239.jpg"))
+    monkeypatch.chdir(tmp_path)
+    section = README.read_text().split("## The real workflow", 1)[1].split("\n## ", 1)[0]
+    assert {"train-seg", "predict-seg", "tune-threshold", "predict", "bundle", "evaluate"} <= set(run_blocks(readme_blocks(section)))
+    steel = ("ImageId", "EncodedPixels", "ClassId")
+    for name in ("submission.csv", "ensemble.csv"):
+        pairs = read_kaggle_csv(tmp_path / "submissions" / name, steel, ("1", "2", "3", "4"), (256, 1600))
+        assert list(pairs) == [(image, c) for image in sample_images(tmp_path / "data", "ImageId") for c in "1234"]
+    notebook = (tmp_path / "kaggle_bundle" / "submit.ipynb").read_text()
+    assert "severstal-steel-defect-detection" in notebook and "'--profile'" in notebook
