@@ -8,6 +8,8 @@ import shutil
 import pandas as pd
 import yaml
 
+from cloudpipe.core.profile import packaged
+from cloudpipe.data.profiles import profile_text
 from cloudpipe.pipeline.runs import differing_keys, runs_table, summarise
 from tests.conftest import cli, train_tiny
 
@@ -112,3 +114,14 @@ def test_the_epochs_asked_keep_their_column_and_a_setting_no_stage_reads_shows_a
     rows = runs_table(tmp_path)
     assert [(r["trained"], r["epochs"], r["encoder"]) for r in rows] == [("0/3", "3", "-"), ("0/5", "5", "resnet18")]
     assert [r["score"] for r in rows] == ["val_accuracy", "val_dice"]
+
+
+def test_runs_of_different_profiles_show_their_profiles(tiny_classifier_run, tmp_path):
+    """The profile is a column once runs differ in it; an unreadable profile.yaml is that run's problem."""
+    shutil.copytree(tiny_classifier_run, tmp_path / "runs" / "clouds")
+    steel = shutil.copytree(tiny_classifier_run, tmp_path / "runs" / "steel")
+    (steel / "profile.yaml").write_text(profile_text(packaged("steel")))
+    assert [(r["run"], r["profile"]) for r in runs_table(tmp_path / "runs")] == [("clouds", "clouds"), ("steel", "steel")]
+    (steel / "profile.yaml").write_text("classes: 3\n")
+    rows = runs_table(tmp_path / "runs")
+    assert "profile" not in rows[0] and rows[1]["problem"] == "profile.yaml: profile: name: missing (must be a short name without spaces)"

@@ -15,6 +15,7 @@ import pandas as pd
 
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.data.kaggle import require_dir
+from cloudpipe.data.profiles import run_profile
 from cloudpipe.data.runfolder import CONFIG_YAML, MAX_FOLDS, METRICS_CSV, folds_value, model_dirs, read_config_values
 from cloudpipe.engine.stages import STAGES, score_name
 
@@ -25,7 +26,7 @@ class RunSummary:
 
     path: Path
     config: dict
-    """The config values its stage reads (another stage's settings left out)."""
+    """The config values its stage reads (another stage's settings left out), and its ``profile``'s name."""
     score: str
     """The ``metrics.csv`` column that picks its ``best.pt`` (``?``: unknown)."""
     best: float
@@ -66,7 +67,7 @@ def _summarise(run_dir: Path) -> RunSummary:
     best = sum(b for b, _ in bests) / len(bests) if bests else math.nan
     epochs = f"{len(bests)}/{folds} folds" if folds >= 2 else f"{bests[0][1] if bests else 0}/{config.get('epochs', '?')}"
     used = {k: v for k, v in config.items() if k not in STAGES[task].unused_settings}
-    return RunSummary(run_dir, used, score, best, epochs)
+    return RunSummary(run_dir, {**used, "profile": run_profile(run_dir).name}, score, best, epochs)
 
 
 def _best(path: Path, score: str) -> tuple[float, int] | None:
