@@ -8,10 +8,12 @@ import pytest
 import cloudpipe
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.masks import decode_masks
+from cloudpipe.core.profile import use_profile
 from cloudpipe.data.images import read_image
 from cloudpipe.data.kaggle import read_mask_csv, to_wide
+from cloudpipe.data.synth import make_dataset
 from cloudpipe.pipeline.notebook import as_model_input, segment_image
-from tests.conftest import CLASSES, CPU_QUIET, SUBMISSION_SHAPE, cli, copy_run, load
+from tests.conftest import CLASSES, CLOUDS, CPU_QUIET, SUBMISSION_SHAPE, cli, copy_run, load, train_tiny
 
 
 def test_one_image_in_memory_is_what_predict_seg_stores_and_draws(seg_run, tiny_data, tmp_path):
@@ -81,3 +83,14 @@ def test_a_jpeg_and_its_full_size_decode_give_the_same_model_input_and_masks(seg
     assert np.abs(by_path.probs - by_array.probs).max() <= 2 / 255
     assert (by_path.masks != by_array.masks).mean() < 0.001
 
+
+
+def test_segment_image_follows_the_runs_profile(tmp_path):
+    """A run of a two-class profile segments into two masks at its submission size, whatever profile is
+    active where segment_image is called."""
+    two = CLOUDS.model_copy(update={"name": "two", "classes": ("water", "land"), "submission_size": (40, 60)})
+    with use_profile(two):
+        make_dataset(tmp_path / "data", train=8, test=2, shape=(48, 72), seed=1, progress=False)
+        train_tiny(tmp_path / "data", tmp_path / "run", "segmentation")
+    image = segment_image(tmp_path / "run", sorted((tmp_path / "data" / "test_images").iterdir())[0])
+    assert image.classes == ("water", "land") and image.probs.shape == image.masks.shape == (2, 40, 60)

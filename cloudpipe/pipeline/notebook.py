@@ -14,23 +14,26 @@ from pathlib import Path
 import numpy as np
 
 from cloudpipe.algorithms.postprocess import PostProcess
-from cloudpipe.core.profile import active
+from cloudpipe.core.profile import active, use_profile
 from cloudpipe.data.images import check_images, check_rgb, read_image, reduction_for, resize_decoded
+from cloudpipe.data.profiles import run_profile
 from cloudpipe.data.runfolder import POSTPROCESS_JSON
 from cloudpipe.engine.settings import InferenceSettings
 
 
 @dataclass
 class ImageSegmentation:
-    """What a segmentation run makes of one image: float32 (4, 350, 525) pixel probabilities (in
-    steps of 1/255, as stored), uint8 0/1 masks post-processed by ``postprocess`` (``tuned``: a
-    file's, not the steps' defaults), and the head's presence (4,) or None without a head."""
+    """What a segmentation run makes of one image: float32 (classes, H, W) pixel probabilities at the
+    submission size (in steps of 1/255, as stored), uint8 0/1 masks post-processed by ``postprocess``
+    (``tuned``: a file's, not the steps' defaults), the head's presence (classes,) or None without a
+    head, and the ``classes`` of the run's profile, in the order of the first axis."""
 
     probs: np.ndarray
     masks: np.ndarray
     presence: np.ndarray | None
     postprocess: PostProcess
     tuned: bool
+    classes: tuple[str, ...]
 
 
 def as_model_input(image: Path | str | np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -50,11 +53,12 @@ def as_model_input(image: Path | str | np.ndarray, size: tuple[int, int]) -> np.
 
 def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess: Path | PostProcess | None = None,
                   settings: InferenceSettings = InferenceSettings(device="cpu", progress=False)) -> ImageSegmentation:
-    """Segment one image with a run (its fold models averaged), in memory.
+    """Segment one image with a run (its fold models averaged), in memory, under the run's own
+    profile (:func:`~cloudpipe.data.profiles.run_profile`: its classes and submission size).
 
     Args:
         image: a JPEG path, or an RGB uint8 array (H, W, 3) of up to
-            :data:`~cloudpipe.core.competition.MAX_PIXELS` pixels (:func:`as_model_input`): a
+            :data:`~cloudpipe.core.constants.MAX_PIXELS` pixels (:func:`as_model_input`): a
             JPEG and its full-size decode give the same model input exactly under twice the
             model's size, else within a grey level or so (libjpeg's DCT scaling is not exactly a
             block mean): the same masks but for a few pixels at their edges.
@@ -66,15 +70,22 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
         CloudpipeError: a bad run, image or post-processing file. BadType, BadValue: an array
             that :func:`as_model_input` refuses.
     """
+    run_dir = Path(run_dir)
+    if not isinstance(image, (str, Path)):
+        image = check_rgb(image)  # refused before any model loads
+    with use_profile(run_profile(run_dir)):
+        return _segment(run_dir, image, postprocess, settings)
+
+
+def _segment(run_dir: Path, image: Path | str | np.ndarray, postprocess: Path | PostProcess | None,
+             settings: InferenceSettings) -> ImageSegmentation:
+    """:func:`segment_image` under the run's profile."""
     import torch
 
     from cloudpipe.engine.devices import autocast, resolve_device
     from cloudpipe.engine.infer import TTA_VIEWS, batch_probs, load_run
     from cloudpipe.pipeline.seg_masks import load_postprocess
 
-    run_dir = Path(run_dir)
-    if not isinstance(image, (str, Path)):
-        image = check_rgb(image)  # refused before any model loads
     if isinstance(postprocess, PostProcess):
         post, tuned = postprocess, True
     else:
@@ -93,4 +104,4 @@ def segment_image(run_dir: Path, image: Path | str | np.ndarray, *, postprocess:
     stored = (small[0] * 255).round().to(torch.uint8).cpu().numpy()  # what predict-seg's store holds
     masks = np.stack([post.apply(stored[k], k) for k in range(len(active().classes))]).astype(np.uint8)
     presence = None if head is None else head[0].float().cpu().numpy()
-    return ImageSegmentation(stored.astype(np.float32) / 255, masks, presence, post, tuned)
+    return ImageSegmentation(stored.astype(np.float32) / 255, masks, presence, post, tuned, active().classes)
