@@ -4,7 +4,7 @@ and re-tuning, owned here (names, format, checks).
 A store beside ``val_seg.csv`` is two files:
 
 ```
-val_seg_probs.npy   uint8 (n, 4, 350, 525), NumPy .npy (C order): probability * 255, rounded
+val_seg_probs.npy   uint8 (n, classes, H, W) at the profile's submission size, NumPy .npy (C order): probability * 255, rounded
 val_seg_probs.json  {"format": 1, "split": "val", "images": [n names, in row order],
                      "runs": [run folders], "fingerprints": [what each run is],
                      "weights": [one per run, summing to 1]}
@@ -13,7 +13,7 @@ val_seg_probs.json  {"format": 1, "split": "val", "images": [n names, in row ord
 ``.npy`` is NumPy's own format: a short header then the raw bytes, so
 ``numpy.load(path, mmap_mode="r")`` maps it without reading it (no new dependency, no
 decompression: reading a chunk costs what the disk gives), and a store of 1,000 images is
-1000 * 4 * 350 * 525 bytes = 735 MB plus a 128-byte header. The JSON names the images and says
+1000 * 4 * 350 * 525 bytes = 735 MB plus a 128-byte header for clouds. The JSON names the images and says
 what was averaged, so a store is never applied to images or runs it was not made from.
 """
 
@@ -86,7 +86,7 @@ class StoreInfo(FileModel):
 
 
 def array_writer(store: np.ndarray) -> Callable[[Path], None]:
-    """A writer for :func:`~cloudpipe.data.outputs.write_files`: the uint8 (n, 4, 350, 525)
+    """A writer for :func:`~cloudpipe.data.outputs.write_files`: the uint8 (n, classes, H, W)
     array as ``.npy``, written chunk by chunk (memory stays flat; a full disk is an OSError,
     never a SIGBUS)."""
 

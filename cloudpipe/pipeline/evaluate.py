@@ -38,7 +38,7 @@ def evaluate_files(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int]
 def default_truth_shape(truth_csv: Path) -> tuple[int, int]:
     """The mask size of a truth file: a data folder's ``train.csv`` is at its training images'
     size (whatever it is: the masks were drawn on them), anything else (a test truth such as
-    ``synth``'s ``test_truth.csv``) at the submission size, 350 x 525."""
+    ``synth``'s ``test_truth.csv``) at the profile's submission size."""
     if truth_csv.name == TRAIN_CSV and (truth_csv.parent / TRAIN_IMAGES).is_dir():
         return train_image_shape(truth_csv.parent)
     return active().submission_size
@@ -66,8 +66,8 @@ def _check_shape(frame: pd.DataFrame, path: Path, shape: tuple[int, int], known:
     """Catch masks read at a larger size than they were written at: RLE that is valid for a
     small mask is also valid for a larger one, and would silently score wrong. When every
     mask ends inside the first H*W pixels of a smaller ``known`` shape (the smallest such),
-    the file is taken to be at that size (a real 1400 x 2100 mask set never lies entirely in
-    its first 87 columns)."""
+    the file is taken to be at that size (a real mask set at full size never lies entirely in
+    its first few columns)."""
     smaller = sorted({s for s in known if s[0] * s[1] < shape[0] * shape[1]}, key=lambda s: s[0] * s[1])
     if not smaller:
         return

@@ -1,7 +1,7 @@
 """``predict-seg``: segmentation masks as a Kaggle CSV, with tuned post-processing, from one
 run or the weighted mean of several.
 
-Probabilities are streamed from each model, resized to 350 x 525 on the device and kept as
+Probabilities are streamed from each model, resized to the profile's submission size on the device and kept as
 uint8 in a memory map, so memory stays flat (N runs cost N passes and the memory of one). Under
 ``torchrun`` the images are shared out and joined by
 :meth:`~cloudpipe.engine.runner.Runner.predict_store`. The store is kept beside the CSV for
@@ -137,7 +137,7 @@ Part = tuple[Path, list[str], Path]
 
 def _predict_to_store(ensemble: Ensemble, runs: list[list[Part]], names: list[str], folder: Path,
                       device: torch.device, settings: InferenceSettings) -> tuple[np.memmap, pd.DataFrame | None]:
-    """Stream every run's parts through their models into a uint8 memory map (n, 4, 350, 525)
+    """Stream every run's parts through their models into a uint8 memory map (n, classes, H, W) at the submission size
     in ``folder``, rows in ``names`` order (several runs: their weighted mean, run by run via a
     float32 map), and the weighted mean of the heads' presence when every model has a head."""
     import torch
