@@ -127,8 +127,7 @@ def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.Dat
             not a plain file name, an unknown class, a pair given twice, an image without all
             classes (``rows: all``), or (with ``shape``) bad RLE; naming the file's line.
     """
-    frame, layout = _read_rows(path, shape)
-    return complete_pairs(frame, pd.unique(frame["image"]).tolist()) if layout.rows == "present" else frame
+    return _completed(*_read_rows(path, shape))
 
 
 def _read_rows(path: Path, shape: tuple[int, int] | None) -> tuple[pd.DataFrame, Layout]:
@@ -137,10 +136,22 @@ def _read_rows(path: Path, shape: tuple[int, int] | None) -> tuple[pd.DataFrame,
     return layout_frame(text, layout, path, shape=shape), layout
 
 
-def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
-    """Validate a text frame with columns ``Image_Label, EncodedPixels`` (see
-    :func:`read_mask_csv`); ``path`` names it in errors, lines counted as in its CSV."""
-    return layout_frame(frame, INTERNAL_LAYOUT, path, shape=shape)
+def _completed(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
+    """``frame`` read in ``layout``, with every pair of its images (:func:`complete_pairs`) where
+    the layout may leave empty masks out."""
+    return complete_pairs(frame, pd.unique(frame["image"]).tolist()) if layout.rows == "present" else frame
+
+
+def mask_rows(path: Path, *, classes: bool = True) -> tuple[pd.DataFrame, pd.Series]:
+    """A mask CSV's rows as text in its own columns, and the image of each row, validated as
+    :func:`read_mask_csv` validates them. With ``classes=False`` a file of an image and a class
+    column is read by its image column alone (plain names): Severstal's ``sample_submission.csv``
+    has one row per image, of class 0."""
+    text, layout = read_layout_text(path)
+    if classes or layout.key:
+        return text, layout_frame(text, layout, path)["image"]
+    require_plain_image_names(text[layout.image], path)
+    return text, text[layout.image]
 
 
 def layout_frame(text: pd.DataFrame, layout: Layout, path: Path | str, *,
@@ -232,8 +243,7 @@ def mask_frame_of(frame: pd.DataFrame, what: str, *, shape: tuple[int, int] | No
     if layout is None:
         missing = [c for c in LABEL_COLUMNS if c not in frame.columns]
         raise CloudpipeError(f"{what} lacks column(s) {', '.join(missing)}")
-    long = layout_frame(frame[list(layout.columns)].fillna("").astype(str), layout, what, shape=shape)
-    return complete_pairs(long, pd.unique(long["image"]).tolist()) if layout.rows == "present" else long
+    return _completed(layout_frame(frame[list(layout.columns)].fillna("").astype(str), layout, what, shape=shape), layout)
 
 
 def to_layout(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
@@ -262,7 +272,7 @@ def write_submission(frame: pd.DataFrame, path: Path, *, shape: tuple[int, int] 
 
 def validate_rle_column(frame: pd.DataFrame, shape: tuple[int, int], path: Path) -> None:
     """Check every ``EncodedPixels`` of a long frame is valid RLE for masks of ``shape`` (an
-    error names the line its index says, :mod:`this module <cloudpipe.data.kaggle>`)."""
+    error names the file's line of the row, its index + 2: right after a present-only file's completion too)."""
     for i, rle in enumerate(frame["EncodedPixels"].tolist()):
         if rle:
             try:
@@ -358,12 +368,13 @@ def find_image(data_dir: Path, image: str) -> Path:
 
 
 def list_test_images(data_dir: Path) -> list[str]:
-    """The test images in official order: from ``sample_submission.csv`` when present, else
-    the sorted names in ``DIR/test_images/``."""
+    """The test images in official order: from ``sample_submission.csv`` when present (each once,
+    in first-appearance order; a file of image and class columns by its image column alone,
+    :func:`mask_rows`), else the sorted names in ``DIR/test_images/``."""
     data_dir = require_dir(data_dir)
     sample = data_dir / SAMPLE_SUBMISSION_CSV
     if sample.exists():
-        return pd.unique(sample_rows(sample)[1]).tolist()
+        return pd.unique(mask_rows(sample, classes=False)[1]).tolist()
     folder = data_dir / TEST_IMAGES
     if not folder.is_dir():
         raise CloudpipeError(f"neither {SAMPLE_SUBMISSION_CSV} nor {TEST_IMAGES}/ found", path=data_dir)
@@ -371,17 +382,6 @@ def list_test_images(data_dir: Path) -> list[str]:
     if not names:
         raise CloudpipeError("no .jpg images", path=folder)
     return names
-
-
-def sample_rows(path: Path) -> tuple[pd.DataFrame, pd.Series]:
-    """A ``sample_submission.csv``'s rows as text in its own columns, and the image of each: a
-    key layout's file validated as :func:`read_mask_csv` does; an image and class layout's by its
-    image column only (Severstal's has one row per image, of class 0), names plain."""
-    text, layout = read_layout_text(path)
-    if layout.key:
-        return text, layout_frame(text, layout, path)["image"]
-    require_plain_image_names(text[layout.image], path)
-    return text, text[layout.image]
 
 
 def _strata(labels: pd.DataFrame, min_count: int, max_strata: int) -> np.ndarray:

@@ -29,11 +29,9 @@ from cloudpipe.data.kaggle import (
     TRAIN_CSV,
     TRAIN_IMAGES,
     data_inputs,
-    layout_frame,
-    read_layout_text,
+    mask_rows,
     read_train,
     require_dir,
-    sample_rows,
 )
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.profiles import write_folder_profile
@@ -108,18 +106,14 @@ def _subset(data_dir: Path, out_dir: Path, train: int, test: int, seed: int, run
     """The work of :func:`subset_data` once ``out_dir`` is claimed."""
     rng = np.random.default_rng(seed)
     train_images = pd.unique(read_train(data_dir)["image"]).tolist()  # a present-only train.csv's: the folder's
-    train_text, train_layout = read_layout_text(data_dir / TRAIN_CSV)
-    sample_text, sample_images = sample_rows(data_dir / SAMPLE_SUBMISSION_CSV)
-    test_images = pd.unique(sample_images).tolist()
+    sample = mask_rows(data_dir / SAMPLE_SUBMISSION_CSV, classes=False)
+    test_images = pd.unique(sample[1]).tolist()
     chosen_train = _choose(train_images, train, 2, rng, data_dir / TRAIN_CSV, "--train")
     chosen_test = _choose(test_images, test, 1, rng, data_dir / SAMPLE_SUBMISSION_CSV, "--test")
-    csvs = {TRAIN_CSV: _rows_of(train_text, layout_frame(train_text, train_layout, data_dir / TRAIN_CSV)["image"],
-                                chosen_train),
-            SAMPLE_SUBMISSION_CSV: _rows_of(sample_text, sample_images, chosen_test)}
+    csvs = {TRAIN_CSV: _rows_of(*mask_rows(data_dir / TRAIN_CSV), chosen_train),
+            SAMPLE_SUBMISSION_CSV: _rows_of(*sample, chosen_test)}
     if (data_dir / TEST_TRUTH_CSV).exists():
-        truth_text, truth_layout = read_layout_text(data_dir / TEST_TRUTH_CSV)
-        truth = layout_frame(truth_text, truth_layout, data_dir / TEST_TRUTH_CSV)
-        csvs[TEST_TRUTH_CSV] = _rows_of(truth_text, truth["image"], chosen_test)
+        csvs[TEST_TRUTH_CSV] = _rows_of(*mask_rows(data_dir / TEST_TRUTH_CSV), chosen_test)
     images = {TRAIN_IMAGES: [i for i in train_images if i in chosen_train],
               TEST_IMAGES: [i for i in test_images if i in chosen_test]}
     for folder, names in images.items():
