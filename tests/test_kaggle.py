@@ -478,3 +478,174 @@ def test_a_mask_shape_that_is_not_two_positive_numbers_is_refused(tiny_data):
     for shape in ((-1, -1), (0, 525)):
         with pytest.raises(ValueError, match="shape must be \\(H, W\\), two whole numbers >= 1"):
             read_mask_csv(tiny_data / "sample_submission.csv", shape=shape)
+
+
+# --- the steel profile's layouts: an image and a class column ---------------------------------------
+
+STEEL_SUB = "ImageId,EncodedPixels,ClassId\n"
+STEEL_TRAIN = "ImageId,ClassId,EncodedPixels\n"
+
+
+@pytest.fixture()
+def steel():
+    from cloudpipe.core.profile import packaged, use_profile
+
+    with use_profile(packaged("steel")) as profile:
+        yield profile
+
+
+def steel_rows(image: str, encoded=("", "", "", "")) -> str:
+    return "".join(f"{image},{e},{c}\n" for c, e in zip("1234", encoded))
+
+
+def test_steel_submission_layout_reads_as_the_long_frame(tmp_path, steel):
+    text = STEEL_SUB + steel_rows("b.jpg", ("1 3", "", "", "7 2")) + steel_rows("a.jpg")
+    frame = read_mask_csv(write(tmp_path, text), shape=(4, 4))
+    assert list(frame.columns) == ["Image_Label", "EncodedPixels", "image", "class_name"]
+    assert frame["Image_Label"].tolist()[:2] == ["b.jpg_1", "b.jpg_2"]
+    assert frame["image"].tolist() == ["b.jpg"] * 4 + ["a.jpg"] * 4
+    assert to_wide(frame).loc["b.jpg"].tolist() == ["1 3", "", "", "7 2"]
+
+
+def test_steel_present_only_train_csv_gets_every_pair_of_its_images(tmp_path, steel):
+    text = STEEL_TRAIN + "b.jpg,3,1 2\na.jpg,1,5 1\nb.jpg,1,9 9\n"
+    frame = read_mask_csv(write(tmp_path, text))
+    assert frame["Image_Label"].tolist() == [f"{i}_{c}" for i in ("b.jpg", "a.jpg") for c in "1234"]
+    assert frame["EncodedPixels"].tolist() == ["9 9", "", "1 2", "", "5 1", "", "", ""]
+    # A bad mask is reported at its line of the file, not at its place in the completed frame.
+    message = error_of(write(tmp_path, text), shape=(3, 3))
+    assert "line 4" in message and "b.jpg_1" in message and "3x3" in message
+
+
+@pytest.mark.parametrize("text, line, what", [
+    (STEEL_SUB + steel_rows("a.jpg") + "b.jpg,,5\n", 6, "unknown class '5' of image 'b.jpg' in column ClassId (classes: 1, 2, 3, 4)"),
+    (STEEL_SUB + steel_rows("a.jpg") + "a.jpg,1 1,3\n", 6, "duplicate ImageId,ClassId pair ('a.jpg', '3')"),
+    (STEEL_SUB + steel_rows("a.jpg", ("", "1 1", "", "")) + steel_rows("b.jpg", ("", "", "1 99", "")), 8, "b.jpg_3: RLE run"),
+    (STEEL_SUB + steel_rows("a.jpg") + steel_rows("../b.jpg"), 6, "image name '../b.jpg' is not a plain file name"),
+    (STEEL_TRAIN + "a.jpg,1,1 1\na.jpg,7,1 1\n", 3, "unknown class '7'"),
+    (STEEL_TRAIN + "a.jpg,1,1 1\nb.jpg,1,\na.jpg,1,2 1\n", 4, "duplicate ImageId,ClassId pair ('a.jpg', '1')"),
+])
+def test_steel_errors_name_file_and_line(tmp_path, steel, text, line, what):
+    message = error_of(write(tmp_path, text), shape=(4, 4))
+    assert f"line {line}" in message and what in message
+
+
+def test_steel_submission_layout_needs_every_class(tmp_path, steel):
+    message = error_of(write(tmp_path, STEEL_SUB + steel_rows("a.jpg") + "b.jpg,,1\nb.jpg,,4\n"))
+    assert "image 'b.jpg' lacks rows for 2, 3 (1 image(s) without all 4 classes)" in message
+
+
+@pytest.mark.parametrize("header", ["Image_Label,EncodedPixels", "ImageId,ClassId", "ClassId,ImageId,EncodedPixels"])
+def test_steel_wrong_header_names_both_layouts(tmp_path, steel, header):
+    message = error_of(write(tmp_path, header + "\na.jpg,1,\n"))
+    assert "line 1" in message
+    assert "expected ImageId,ClassId,EncodedPixels or ImageId,EncodedPixels,ClassId" in message
+
+
+def test_steel_key_layout_of_the_first_release(tmp_path):
+    """A profile whose CSVs are Severstal's first release: ImageId_ClassId,EncodedPixels, 4 rows per image."""
+    from cloudpipe.core.profile import Layout, packaged, use_profile
+
+    key = Layout(columns=("ImageId_ClassId", "EncodedPixels"), key="ImageId_ClassId")
+    with use_profile(packaged("steel").model_copy(update={"train_csv": key, "submission_csv": key})):
+        text = "ImageId_ClassId,EncodedPixels\n" + "".join(f"0002cc93b.jpg_{c},{'1 5' if c == '1' else ''}\n" for c in "1234")
+        frame = read_mask_csv(write(tmp_path, text), shape=(256, 1600))
+        assert frame["image"].tolist() == ["0002cc93b.jpg"] * 4 and presence(frame).to_numpy().tolist() == [[1, 0, 0, 0]]
+        message = error_of(write(tmp_path, text + "0002cc93b.jpg_1,\n"))
+        assert "line 6" in message and "duplicate ImageId_ClassId '0002cc93b.jpg_1'" in message
+
+
+def read_severstal_submission(path: Path) -> dict[tuple[str, int], np.ndarray]:
+    """Severstal's submission format, read with the csv module alone (no cloudpipe): header
+    ImageId,EncodedPixels,ClassId; one row per test image and class 1-4; RLE of 1-based starts
+    and lengths over the column-major pixels of a 256 x 1600 mask, runs sorted and apart."""
+    height, width = 256, 1600
+    masks: dict[tuple[str, int], np.ndarray] = {}
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        assert next(reader) == ["ImageId", "EncodedPixels", "ClassId"]
+        for image, rle, cls in reader:
+            assert cls in ("1", "2", "3", "4") and (image, int(cls)) not in masks
+            numbers = [int(t) for t in rle.split(" ")] if rle else []
+            assert len(numbers) % 2 == 0
+            flat, end = np.zeros(height * width, np.uint8), 0
+            for start, length in zip(numbers[0::2], numbers[1::2]):
+                assert start > end and length >= 1 and start - 1 + length <= height * width
+                flat[start - 1:start - 1 + length] = 1
+                end = start - 1 + length
+            masks[image, int(cls)] = flat.reshape(width, height).T  # down each column first
+    assert all((image, c) in masks for image, _ in masks for c in range(1, 5))
+    return masks
+
+
+def test_a_steel_submission_is_written_in_severstals_layout(tmp_path, steel):
+    from cloudpipe.core.rle import mask2rle
+    from cloudpipe.data.kaggle import write_submission
+
+    rng = np.random.default_rng(0)
+    masks = {}
+    for image in ("0000f269f.jpg", "000ccc2ac.jpg"):
+        for c in range(1, 5):
+            mask = np.zeros((256, 1600), np.uint8)
+            if rng.random() < 0.7:
+                top, left = rng.integers(0, 200), rng.integers(0, 1500)
+                mask[top:top + rng.integers(1, 56), left:left + rng.integers(1, 100)] = 1
+            masks[image, c] = mask
+    frame = pd.DataFrame({"Image_Label": [f"{i}_{c}" for i, c in masks], "EncodedPixels": [mask2rle(m) for m in masks.values()]})
+    out = write_submission(frame, tmp_path / "submission.csv")
+    read = read_severstal_submission(out)
+    assert list(read) == list(masks)  # image-major, the frame's order
+    assert all((read[k] == masks[k]).all() for k in masks)
+    assert any(m.any() for m in masks.values()) and not all(m.any() for m in masks.values())
+    # cloudpipe reads it back as it was written, and writes the same bytes again.
+    again = write_submission(read_mask_csv(out, shape=(256, 1600)), tmp_path / "again.csv")
+    assert again.read_bytes() == out.read_bytes()
+
+
+def test_to_layout_present_rows_leave_empty_masks_out(tmp_path, steel):
+    from cloudpipe.data.kaggle import to_layout
+
+    text = STEEL_TRAIN + "b.jpg,3,1 2\na.jpg,1,5 1\nb.jpg,1,9 9\n"
+    frame = read_mask_csv(write(tmp_path, text))
+    rows = to_layout(frame, steel.train_csv)
+    assert list(rows.columns) == ["ImageId", "ClassId", "EncodedPixels"]
+    assert rows.to_numpy().tolist() == [["b.jpg", "1", "9 9"], ["b.jpg", "3", "1 2"], ["a.jpg", "1", "5 1"]]
+    assert len(to_layout(frame, steel.submission_csv)) == 8
+
+
+def test_a_dataframe_in_the_submission_layout_is_read_too(steel):
+    from cloudpipe.data.kaggle import mask_frame_of
+
+    frame = pd.DataFrame({"ImageId": ["a.jpg"] * 4, "EncodedPixels": ["1 1", None, "", ""], "ClassId": list("1234")})
+    long = mask_frame_of(frame, "my DataFrame", shape=(4, 4))
+    assert long["Image_Label"].tolist() == ["a.jpg_1", "a.jpg_2", "a.jpg_3", "a.jpg_4"]
+    with pytest.raises(CloudpipeError, match="my DataFrame lacks column"):
+        mask_frame_of(frame.drop(columns="ClassId"), "my DataFrame")
+
+
+def test_steel_test_images_from_severstals_own_sample_submission(tmp_path, steel):
+    """Severstal's sample_submission.csv has one row per test image, of class 0: only its image column counts."""
+    (tmp_path / "sample_submission.csv").write_text(
+        STEEL_SUB + "0000f269f.jpg,1 409600,0\n000ccc2ac.jpg,1 409600,0\n00c88fed0.jpg,1 409600,0\n")
+    assert list_test_images(tmp_path) == ["0000f269f.jpg", "000ccc2ac.jpg", "00c88fed0.jpg"]
+    # A synth-style sample (a row per image and class) gives each image once, in first-appearance order.
+    (tmp_path / "sample_submission.csv").write_text(STEEL_SUB + steel_rows("z.jpg", ("1 1",) * 4) + steel_rows("a.jpg"))
+    assert list_test_images(tmp_path) == ["z.jpg", "a.jpg"]
+    (tmp_path / "sample_submission.csv").write_text(STEEL_SUB + "a.jpg,1 1,0\n../b.jpg,1 1,0\n")
+    with pytest.raises(CloudpipeError, match="line 3: image name '../b.jpg' is not a plain file name"):
+        list_test_images(tmp_path)
+
+
+def test_steel_train_images_are_the_folders(tmp_path, steel):
+    """A present-only train.csv lists the images with a defect; the others are only in train_images/."""
+    (tmp_path / "train_images").mkdir()
+    for name in ("c.jpg", "a.jpg", "b.jpg"):
+        (tmp_path / "train_images" / name).write_bytes(b"")
+    (tmp_path / "train_images" / "notes.txt").write_text("not an image")
+    (tmp_path / "train.csv").write_text(STEEL_TRAIN + "c.jpg,2,1 1\na.jpg,4,3 1\n")
+    labels = presence(read_train(tmp_path))
+    assert list(labels.index) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert labels.to_numpy().tolist() == [[0, 0, 0, 1], [0, 0, 0, 0], [0, 1, 0, 0]]
+    (tmp_path / "train.csv").write_text(STEEL_TRAIN + "c.jpg,2,1 1\nd.jpg,4,3 1\n")
+    with pytest.raises(CloudpipeError, match=r"train.csv: lists image 'd.jpg', which is not in train_images/ \(1 such\)"):
+        read_train(tmp_path)

@@ -176,3 +176,34 @@ def test_a_pseudo_label_killed_with_9_blocks_nothing(tiny_data, tmp_path, overwr
     assert _hidden(tmp_path), "the killed run left nothing to clean"
     pseudo_label(tiny_data, seg, probs, out, overwrite=overwrite)
     assert (out / "pseudo.yaml").is_file() and _hidden(tmp_path) == []
+
+
+def test_a_steel_folder_gets_its_pseudo_labels_in_its_own_layout(tmp_path):
+    """Under steel, the new train.csv is Severstal's present-only layout (train.csv's images and the
+    pseudo-labelled ones, masks only), and the folder says its profile."""
+    from cloudpipe.core.masks import resize_nearest
+    from cloudpipe.core.profile import packaged, use_profile
+    from cloudpipe.data.kaggle import to_layout
+    from cloudpipe.data.synth import make_dataset
+
+    steel = packaged("steel").model_copy(update={"image_size": (32, 200), "submission_size": (16, 100)})
+    data, out = tmp_path / "steel", tmp_path / "pseudo"
+    with use_profile(steel):
+        make_dataset(data, train=6, test=3, seed=3, progress=False)
+        truth = read_mask_csv(data / "test_truth.csv")
+        to_layout(truth, steel.submission_csv).to_csv(tmp_path / "sub.csv", index=False)
+        probs = presence(truth).astype(float) * 0.9 + 0.05
+        probs.rename_axis("image").reset_index().to_csv(tmp_path / "sub_probs.csv", index=False)
+        summary = pseudo_label(data, tmp_path / "sub.csv", tmp_path / "sub_probs.csv", out)
+        train, source = load_train_data(out), load_train_data(data)
+        wide = to_wide(truth)
+    assert summary.pseudo == list(probs.index) and train.pseudo == tuple(probs.index)
+    assert list(train.labels.index) == sorted([*source.labels.index, *probs.index])
+    written = pd.read_csv(out / "train.csv", dtype=str, keep_default_na=False)
+    assert list(written.columns) == ["ImageId", "ClassId", "EncodedPixels"] and (written["EncodedPixels"] != "").all()
+    assert (out / "profile.yaml").read_bytes() == (data / "profile.yaml").read_bytes()
+    for image in probs.index:
+        for c in steel.classes:  # steel's RLE order is clouds' (column)
+            expected = resize_nearest(rle2mask(wide.at[image, c], (16, 100)), (32, 200))
+            assert (rle2mask(train.rles.at[image, c], (32, 200)) == expected).all()
+    assert train.labels.loc[list(probs.index)].to_numpy().sum() > 0  # not vacuous

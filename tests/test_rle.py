@@ -185,3 +185,45 @@ def test_a_mask_of_nan_is_refused_not_encoded_as_full():
 def test_a_shape_larger_than_an_image_may_be_is_refused_before_allocating():
     with pytest.raises(ValueError, match="at most 47,040,000 pixels, got \\(100000, 100000\\)"):
         rle2mask("", (100000, 100000))
+
+
+# --- row order (a profile's rle_order: row) ---------------------------------------------------------
+
+
+def test_row_order_by_hand():
+    mask = np.array([[0, 1, 1],
+                     [1, 0, 0]], np.uint8)
+    # Row-major pixels: row 0 is 1 2 3, row 1 is 4 5 6; pixels 2, 3 and 4 are set: one run of 3.
+    assert mask2rle(mask, "row") == "2 3"
+    # Column-major: column 0 is 1 2, column 1 is 3 4, column 2 is 5 6; pixels 2, 3 and 5 are set.
+    assert mask2rle(mask, "column") == "2 2 5 1"
+    decoded = rle2mask("2 3", (2, 3), "row")
+    assert decoded.tolist() == mask.tolist() and decoded.flags.c_contiguous
+
+
+@settings(max_examples=200, deadline=None)
+@given(arrays(np.uint8, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=st.integers(0, 1)))
+def test_row_order_round_trip_is_the_column_order_of_the_transpose(mask):
+    rle = mask2rle(mask, "row")
+    assert rle == reference_encode(mask.T)
+    assert rle == mask2rle(np.asfortranarray(mask), "row")  # however the mask lies in memory
+    assert (rle2mask(rle, mask.shape, "row") == mask).all()
+    parse_rle(rle, mask.shape)  # validation does not depend on the order
+
+
+def test_the_order_follows_the_active_profile():
+    from cloudpipe.core.profile import packaged, use_profile
+
+    mask = np.array([[0, 1, 1], [1, 0, 0]], np.uint8)
+    with use_profile(packaged("clouds").model_copy(update={"rle_order": "row"})):
+        assert mask2rle(mask) == "2 3" and rle2mask("2 3", (2, 3)).tolist() == mask.tolist()
+    assert mask2rle(mask) == "2 2 5 1" and rle2mask("2 2 5 1", (2, 3)).tolist() == mask.tolist()
+
+
+def test_an_unknown_order_is_refused():
+    from cloudpipe.core.errors import BadValue
+
+    with pytest.raises(BadValue, match="order must be 'column' or 'row', got 'diagonal'"):
+        mask2rle(np.ones((2, 2)), "diagonal")
+    with pytest.raises(BadValue, match="order must be"):
+        rle2mask("1 1", (2, 2), "Row")

@@ -151,3 +151,28 @@ def test_tune_seg_says_per_class_why_the_defaults_were_kept(tiny_data, tmp_path)
     for line in said:
         assert ": kept the default (threshold 0.5) over threshold 0.3 (in-sample gain +0." in line
         assert line.endswith("too few images to check it on held-out ones (8 < 10)"), line
+
+
+def test_masks_csv_is_in_the_profiles_submission_layout(tmp_path):
+    """Under steel, the masks CSV predict-seg, tune-seg and apply-seg write is Severstal's submission
+    (read here by the test's own reader), each mask the post-processed probabilities."""
+    import numpy as np
+
+    from cloudpipe.algorithms.postprocess import PostProcess
+    from cloudpipe.core.profile import packaged, use_profile
+    from cloudpipe.pipeline.seg_masks import masks_writer
+    from tests.test_kaggle import read_severstal_submission
+
+    names = ["0000f269f.jpg", "000ccc2ac.jpg"]
+    store = np.zeros((2, 4, 256, 1600), np.uint8)
+    store[0, 1, 10:60, 100:400] = 250
+    store[1, 3, 200:256, 1500:1600] = 240
+    store[1, 0, 0:5, 0:3] = 200
+    with use_profile(packaged("steel")):
+        post = PostProcess()
+        masks_writer(names, store, post, processes=1)(tmp_path / "masks.csv")
+        expected = {(n, k + 1): post.apply(store[i, k], k) for i, n in enumerate(names) for k in range(4)}
+    read = read_severstal_submission(tmp_path / "masks.csv")
+    assert list(read) == list(expected)
+    assert all((read[key] == expected[key]).all() for key in expected)
+    assert sum(int(m.any()) for m in read.values()) == 3  # not vacuous: three masks drawn, five empty

@@ -74,3 +74,33 @@ def test_bad_requests_are_one_line_and_write_nothing(tiny_data, tmp_path):
     assert_one_line_error(cli("subset", "--data", tiny_data, "--out", link, "--train", 4, "--test", 2), "symbolic link, which cloudpipe never follows")
     assert not (tmp_path / "elsewhere").exists()
     assert cli("subset", "--data", tiny_data, "--out", out, "--train", 1, "--test", 1).exit_code == 2  # click's range
+
+
+def test_a_steel_folder_is_subset_by_image_in_its_own_layout(tmp_path):
+    """Severstal's train.csv lists only images with a defect, its sample one row per image (class 0):
+    rows are chosen by image, as they were, and the images without rows come along too."""
+    from cloudpipe.core.profile import packaged, use_profile
+    from cloudpipe.data.kaggle import read_mask_csv
+    from cloudpipe.data.synth import make_dataset
+    from cloudpipe.pipeline.subset import subset_data
+
+    steel = packaged("steel").model_copy(update={"image_size": (32, 200), "submission_size": (16, 100)})
+    data, out = tmp_path / "steel", tmp_path / "part"
+    with use_profile(steel):
+        make_dataset(data, train=12, test=4, seed=3, progress=False)  # 2 of its train images have no mask
+        test_names = sorted(p.name for p in (data / "test_images").iterdir())
+        (data / "sample_submission.csv").write_text("ImageId,EncodedPixels,ClassId\n" + "".join(f"{n},1 409600,0\n" for n in test_names))
+        summary = subset_data(data, out, train=11, test=2, seed=1)
+        part_train = read_train(out)
+        truth = read_mask_csv(out / "test_truth.csv")
+    assert (summary.train, summary.test, summary.train_of, summary.test_of) == (11, 2, 12, 4)
+    kept = sorted(p.name for p in (out / "train_images").iterdir())
+    assert len(kept) == 11 and list(part_train["image"].unique()) == kept
+    whole = rows(data / "train.csv")
+    pd.testing.assert_frame_equal(rows(out / "train.csv"), whole[whole["ImageId"].isin(kept)].reset_index(drop=True))
+    assert not set(kept) <= set(whole["ImageId"])  # some chosen image has no row: not vacuous
+    sample = rows(out / "sample_submission.csv")
+    assert list(sample.columns) == ["ImageId", "EncodedPixels", "ClassId"] and len(sample) == 2
+    assert sorted(sample["ImageId"]) == sorted(p.name for p in (out / "test_images").iterdir())
+    assert sorted(truth["image"].unique()) == sorted(sample["ImageId"]) and len(truth) == 8
+    assert (out / "profile.yaml").read_bytes() == (data / "profile.yaml").read_bytes()

@@ -217,3 +217,118 @@ def test_what_a_killed_synth_leaves_blocks_nothing(tmp_path, dead_pid):
     (tmp_path / f".data.{dead_pid}.tmp" / "train_images").mkdir(parents=True)  # a build killed with -9
     make_dataset(tmp_path / "data", train=2, test=1, shape=(16, 16), progress=False)
     assert _hidden(tmp_path) == [] and len(list((tmp_path / "data" / "train_images").iterdir())) == 2
+
+
+# --- other profiles: steel, and a user's two classes on non-square images -----------------------------
+
+
+def _user_profile(**changes):
+    """Two classes on 48 x 80 tiles, submissions at 24 x 40, clouds' key layout unless ``changes`` say otherwise."""
+    from cloudpipe.core.profile import Profile
+
+    key = {"columns": ["Image_Label", "EncodedPixels"], "key": "Image_Label"}
+    return Profile.model_validate({"name": "tiles", "classes": ["water", "land"], "image_size": [48, 80],
+                                   "submission_size": [24, 40], "train_csv": key, "submission_csv": key, **changes})
+
+
+ROW_PROFILE = _user_profile(
+    name="rowtiles", rle_order="row",
+    train_csv={"columns": ["tile", "kind", "rle"], "image": "tile", "class": "kind", "rows": "present"},
+    submission_csv={"columns": ["tile", "rle", "kind"], "image": "tile", "class": "kind"})
+
+
+def _masks_by_hand(path: Path, image_col: int, class_col: int, rle_col: int, classes, shape, order: str):
+    """image -> (k, H, W) masks from a CSV, read with the csv module and decoded here (1-based runs
+    over the pixels in ``order``), independent of cloudpipe's reader and codec."""
+    h, w = shape
+    out: dict[str, np.ndarray] = {}
+    for row in read_rows(path)[1:]:
+        flat = np.zeros(h * w, np.uint8)
+        numbers = [int(t) for t in row[rle_col].split()]
+        for start, length in zip(numbers[0::2], numbers[1::2]):
+            flat[start - 1:start - 1 + length] = 1
+        mask = flat.reshape(h, w) if order == "row" else flat.reshape(w, h).T
+        image = row[image_col] if class_col >= 0 else row[0].rsplit("_", 1)[0]
+        cls = row[class_col] if class_col >= 0 else row[0].rsplit("_", 1)[1]
+        out.setdefault(image, np.zeros((len(classes), h, w), np.uint8))[classes.index(cls)] = mask
+    return out
+
+
+@pytest.mark.parametrize("profile", [_user_profile(), ROW_PROFILE], ids=["key-layout", "columns-row-order"])
+def test_a_users_profile_through_synth_and_read_train(tmp_path, profile):
+    from cloudpipe.core.masks import resize_nearest
+    from cloudpipe.core.profile import use_profile
+    from cloudpipe.data.kaggle import list_test_images, load_train_data
+    from cloudpipe.data.profiles import load_profile
+    from cloudpipe.data.synth import make_image
+
+    out = tmp_path / "data"
+    with use_profile(profile):
+        summary = make_dataset(out, train=8, test=3, seed=2, progress=False)
+        data = load_train_data(out)
+        test = list_test_images(out)
+    assert summary.shape == (48, 80) and data.image_shape == (48, 80)
+    assert load_profile(out / "profile.yaml") == profile  # the folder says its profile
+    train_names = sorted(p.name for p in (out / "train_images").iterdir())
+    assert list(data.labels.index) == train_names and list(data.labels.columns) == ["water", "land"]
+    assert test == sorted(p.name for p in (out / "test_images").iterdir())
+    header = read_rows(out / "train.csv")[0]
+    assert header == list(profile.train_csv.columns)
+    assert read_rows(out / "test_truth.csv")[0] == read_rows(out / "sample_submission.csv")[0] == list(profile.submission_csv.columns)
+    cols = (lambda layout: (layout.columns.index(layout.image), layout.columns.index(layout.class_), layout.columns.index(layout.pixels))
+            if layout.image else (0, -1, 1))
+    classes = list(profile.classes)
+    # Every mask as make_image drew it, in the profile's pixel order; the present-only file lists no empty one.
+    train = _masks_by_hand(out / "train.csv", *cols(profile.train_csv), classes, (48, 80), profile.rle_order)
+    truth = _masks_by_hand(out / "test_truth.csv", *cols(profile.submission_csv), classes, (24, 40), profile.rle_order)
+    with use_profile(profile):
+        drawn = {n: make_image(np.random.default_rng([2, int(n[:7], 16)]), (48, 80))[1] for n in train_names + test}
+    for name in train_names:
+        np.testing.assert_array_equal(train.get(name, np.zeros((2, 48, 80), np.uint8)), drawn[name])
+        assert data.labels.loc[name].tolist() == drawn[name].reshape(2, -1).any(axis=1).astype(int).tolist()
+    for name in test:
+        np.testing.assert_array_equal(truth[name], np.stack([resize_nearest(m, (24, 40)) for m in drawn[name]]))
+    assert 0 < data.labels.to_numpy().sum() < data.labels.size  # not vacuous
+    if profile.train_csv.rows == "present":
+        assert all(row[2] for row in read_rows(out / "train.csv")[1:]) and len(train) < len(train_names)
+
+
+def test_steel_synth_and_its_train_csv_line_numbers(tmp_path):
+    from cloudpipe.core.profile import packaged, use_profile
+    from cloudpipe.data.kaggle import load_train_data
+
+    steel = packaged("steel").model_copy(update={"image_size": (32, 200), "submission_size": (16, 100)})
+    out = tmp_path / "steel"
+    with use_profile(steel):
+        make_dataset(out, train=10, test=2, seed=1, progress=False)
+        data = load_train_data(out)
+    rows = read_rows(out / "train.csv")
+    assert rows[0] == ["ImageId", "ClassId", "EncodedPixels"] and all(r[2] for r in rows[1:])
+    sample = read_rows(out / "sample_submission.csv")
+    assert sample[0] == ["ImageId", "EncodedPixels", "ClassId"] and sample[1:5] == [[sample[1][0], "1 1", c] for c in "1234"]
+    assert list(data.labels.index) == sorted(p.name for p in (out / "train_images").iterdir())
+    assert (out / "profile.yaml").exists()
+    # The file's last row, made bad and moved first, is named at its line, though its pair comes
+    # late in the completed frame (its image is sorted after the first row's).
+    last = rows[-1]
+    assert last[0] > rows[1][0]
+    bad = ",".join([*last[:2], "1 99999"])
+    (out / "train.csv").write_text("\n".join([",".join(rows[0]), bad, *(",".join(r) for r in rows[1:-1])]) + "\n")
+    with use_profile(steel), pytest.raises(CloudpipeError) as info:
+        load_train_data(out)
+    assert f"train.csv, line 2: {last[0]}_{last[1]}: RLE run" in str(info.value)
+
+
+def test_textures_beyond_the_fourth_class_are_stripes_of_their_own():
+    """Classes past the fourth get stripes of distinct angle or width: their spectra peak apart."""
+    from cloudpipe.data.synth import _STRIPES, _texture
+
+    peaks = set()
+    for k in range(4 + len(_STRIPES)):
+        spectrum = np.abs(np.fft.fft2(_texture(k, np.random.default_rng(k), (160, 160)) - 128))
+        spectrum[0, 0] = 0
+        ky, kx = np.unravel_index(np.argmax(spectrum), spectrum.shape)
+        peak = min((int(ky), int(kx)), ((-ky) % 160, (-kx) % 160))  # a real image's spectrum is symmetric
+        if k == 0 or k >= 4:
+            peaks.add(peak)
+    assert len(peaks) == 1 + len(_STRIPES)

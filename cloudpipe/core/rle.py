@@ -1,4 +1,6 @@
-"""Kaggle run-length encoding: 1-indexed ``start length`` pairs over column-major pixels.
+"""Kaggle run-length encoding: 1-indexed ``start length`` pairs over column-major pixels (or
+row-major ones, for a profile whose ``rle_order`` is ``row``: the row-major RLE of a mask is the
+column-major RLE of its transpose, which numpy makes as a view, so both orders cost the same).
 
 Both directions are vectorised numpy: no Python loop over runs or pixels. Where the time goes
 (measured against the seed notebooks' loops in ``python -m benchmarks speed --only rle``):
@@ -16,11 +18,25 @@ Both directions are vectorised numpy: no Python loop over runs or pixels. Where 
 from __future__ import annotations
 
 import re
+from typing import Literal
 
 import numpy as np
 
 from cloudpipe.core.constants import MAX_PIXELS
 from cloudpipe.core.errors import BadType, BadValue, RLEError
+from cloudpipe.core.profile import active
+
+Order = Literal["column", "row"]
+"""How pixels are numbered: down each column first (Kaggle's), or along each row first."""
+
+
+def _order(order: Order | None) -> Order:
+    """``order``, or the active profile's ``rle_order`` when None; anything else is a BadValue."""
+    if order is None:
+        return active().rle_order
+    if order not in ("column", "row"):
+        raise BadValue(f"order must be 'column' or 'row', got {order!r}")
+    return order
 
 # --- encode ---------------------------------------------------------------------------------
 
@@ -59,9 +75,10 @@ def _bytes_to_index(words: np.ndarray, flags: np.ndarray) -> np.ndarray:
     return words[where >> 3] * 8 + (where & 7)
 
 
-def mask2rle(mask: np.ndarray) -> str:
+def mask2rle(mask: np.ndarray, order: Order | None = None) -> str:
     """Encode a mask (H, W; any non-zero pixel is "in the mask") as Kaggle RLE:
     ``"start length start length ..."`` with 1-indexed column-major starts; ``""`` when empty.
+    ``order``: ``row`` numbers pixels along rows instead (None: the active profile's ``rle_order``).
 
     Works on the array as it lies in memory: run boundaries are found within columns
     (row-to-row changes) and across column ends, then put in column-major order, so no
@@ -75,6 +92,8 @@ def mask2rle(mask: np.ndarray) -> str:
         raise BadType(f"mask must be numbers (0: outside, other: inside), got dtype {mask.dtype}")
     if mask.dtype.kind == "f" and not np.isfinite(mask).all():
         raise BadValue("mask holds NaN or infinite values: neither inside nor outside the mask")
+    if _order(order) == "row":
+        mask = mask.T  # a view: row-major pixels of the mask are column-major ones of its transpose
     if mask.dtype.itemsize != 1 or mask.dtype.kind not in "biu":
         mask = mask != 0  # one-byte 0/1 values: bytes can be compared directly
     height, width = mask.shape
@@ -270,23 +289,25 @@ def check_shape(shape: object) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def rle2mask(rle: str, shape: tuple[int, int]) -> np.ndarray:
+def rle2mask(rle: str, shape: tuple[int, int], order: Order | None = None) -> np.ndarray:
     """Decode Kaggle RLE into a uint8 0/1 mask of ``shape`` (H, W), Fortran-ordered (a view, no
-    transpose copy). ``""`` and pandas' missing value (float NaN or ``pd.NA``, what ``read_csv``
+    transpose copy; C-ordered for ``order`` ``row``, which numbers pixels along rows; None: the
+    active profile's ``rle_order``). ``""`` and pandas' missing value (float NaN or ``pd.NA``, what ``read_csv``
     gives an empty cell) mean an empty mask; anything else that is not text, ``None`` included,
     is refused (a BadType): it is more likely a bug than an empty mask. RLE not valid for
     ``shape`` is an RLEError (:func:`parse_rle`), a bad ``shape`` a BadValue (:func:`check_shape`).
     """
     shape = check_shape(shape)
+    layout = "C" if _order(order) == "row" else "F"
     if not isinstance(rle, str):
         if not _is_missing(rle):
             raise BadType(f"rle must be RLE text ('' or NaN: an empty mask), got {type(rle).__name__} {rle!r}")
         rle = ""
     if not rle:
-        return np.zeros(shape, dtype=np.uint8, order="F")
+        return np.zeros(shape, dtype=np.uint8, order=layout)
     _, counts = _run_counts(rle, shape)
     if counts.size <= _ALTERNATING.size:
         pattern = _ALTERNATING[: counts.size]
     else:
         pattern = (np.arange(counts.size) % 2).astype(np.uint8)
-    return np.repeat(pattern, counts).reshape(shape, order="F")
+    return np.repeat(pattern, counts).reshape(shape, order=layout)

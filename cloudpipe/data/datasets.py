@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from cloudpipe.core.masks import resize_nearest
+from cloudpipe.core.profile import active
 from cloudpipe.core.rle import rle2mask
 from cloudpipe.data.images import read_file, read_image
 
@@ -45,6 +46,7 @@ class CloudDataset(Dataset):
         self.labels = None if labels is None else np.asarray(labels, dtype=np.float32)
         self.rles = rles
         self.mask_shape = mask_shape
+        self.rle_order = active().rle_order  # the profile's, fixed here: a worker process may not share the context
         self.transform = transform
         self.seed = seed
         self.epoch = 0
@@ -62,7 +64,7 @@ class CloudDataset(Dataset):
         mask = None
         if self.rles is not None:
             mask = np.stack(
-                [resize_nearest(rle2mask(r, self.mask_shape), self.size) for r in self.rles[index]], axis=-1
+                [resize_nearest(rle2mask(r, self.mask_shape, self.rle_order), self.size) for r in self.rles[index]], axis=-1
             )
         if self.transform is not None:
             self.transform.set_random_seed(self.seed * 1_000_003 + self.epoch * 100_003 + index)

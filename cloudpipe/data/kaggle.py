@@ -1,9 +1,13 @@
 """Kaggle CSVs and the data folder: reading, validation, presence labels, splits.
 
-A mask CSV (``train.csv``, ``sample_submission.csv``, any submission) is read into a "long"
-frame that keeps the file's row order and its exact ``EncodedPixels`` strings, with the parsed
-``image`` and ``class_name`` beside them. ``to_wide`` turns it into one row per image and one
-column per class. Error messages name the file and its line (the header is line 1).
+A mask CSV (``train.csv``, ``sample_submission.csv``, any submission) is in one of the active
+profile's layouts (:class:`~cloudpipe.core.profile.Layout`, picked by its header); it is read
+into a "long" frame that keeps the file's row order and its exact mask strings, with the parsed
+``image`` and ``class_name`` beside them (:data:`LABEL_COLUMNS` first, whatever the layout).
+The frame's index is each row's place in the file (line - 2); the pairs a ``rows: present``
+file leaves out follow as empty masks. :func:`to_layout` turns a long frame back into a
+layout's rows, :func:`to_wide` into one row per image and one column per class. Error messages
+name the file and its line (the header is line 1).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from cloudpipe.core.errors import CloudpipeError, RLEError
-from cloudpipe.core.profile import active, split_label
+from cloudpipe.core.profile import Layout, active, join_label, split_label
 from cloudpipe.core.rle import check_shape, parse_rle
 from cloudpipe.data.images import check_images
 from cloudpipe.data.outputs import Inputs, check_output, write_csv
@@ -36,26 +40,26 @@ NOT_PLAIN = re.compile(r"^\.{0,2}\Z|[/\\\x00]")
 it (``../x.jpg`` or ``/etc/x.jpg`` would read outside the images folder)."""
 
 
-def read_csv_text(path: Path, columns: tuple[str, ...]) -> pd.DataFrame:
-    """Read a CSV as text (empty cells stay ``""``) and check it has exactly ``columns``.
+def read_csv_text(path: Path, columns: tuple[str, ...], *others: tuple[str, ...]) -> pd.DataFrame:
+    """Read a CSV as text (empty cells stay ``""``) and check it has exactly ``columns`` (or one of ``others``).
 
     Row ``i`` of the frame is line ``i + 2`` of the file: blank lines between rows (which pandas
     would skip, shifting every later line number) and cells spanning several lines are refused;
     blank lines at the end of the file are ignored. A refusal is one CloudpipeError naming the file (and line).
     """
     path = Path(path)
+    headers = list(dict.fromkeys(tuple(c) for c in (columns, *others)))
+    expected = " or ".join(",".join(c) for c in headers)
     if not path.is_file():
         raise CloudpipeError("file not found", path=path)
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skip_blank_lines=False)
     except pd.errors.EmptyDataError:
-        raise CloudpipeError("file is empty (expected a header " + ",".join(columns) + ")", path=path) from None
+        raise CloudpipeError(f"file is empty (expected a header {expected})", path=path) from None
     except (pd.errors.ParserError, UnicodeDecodeError) as err:
         raise CloudpipeError(f"not a readable CSV ({str(err).strip().splitlines()[-1]})", path=path) from None
-    if tuple(frame.columns) != tuple(columns):
-        raise CloudpipeError(
-            f"columns are {','.join(map(str, frame.columns))}; expected {','.join(columns)}", path=path, line=1
-        )
+    if tuple(frame.columns) not in headers:
+        raise CloudpipeError(f"columns are {','.join(map(str, frame.columns))}; expected {expected}", path=path, line=1)
     if not isinstance(frame.index, pd.RangeIndex):
         # pandas silently turns the first column into the index when the first data row has
         # more fields than the header; every column would then be shifted by one.
@@ -92,82 +96,183 @@ def require_plain_image_names(names: pd.Series, path: Path | str) -> None:
         raise CloudpipeError(f"image name {names.iat[i]!r} is not a plain file name", path=path, line=i + 2)
 
 
+INTERNAL_LAYOUT = Layout(columns=LABEL_COLUMNS, key=LABEL_COLUMNS[0])
+"""The layout of a mask frame inside cloudpipe (and of a DataFrame handed to the library)."""
+
+
+def mask_layouts() -> list[Layout]:
+    """The layouts a mask CSV of the active profile may have, told apart by header:
+    ``train.csv``'s, then a submission's unless its header is the same (``train.csv``'s rows rule then holds)."""
+    profile = active()
+    train, submission = profile.train_csv, profile.submission_csv
+    return [train] if submission.columns == train.columns else [train, submission]
+
+
+def read_layout_text(path: Path) -> tuple[pd.DataFrame, Layout]:
+    """A mask CSV as text in its own columns (:func:`read_csv_text`), and the layout of the
+    active profile its header is (:func:`mask_layouts`); any other header is refused."""
+    layouts = mask_layouts()
+    text = read_csv_text(path, *(layout.columns for layout in layouts))
+    return text, next(layout for layout in layouts if layout.columns == tuple(text.columns))
+
+
 def read_mask_csv(path: Path, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
-    """Read and validate a Kaggle mask CSV (``Image_Label,EncodedPixels``) into columns
-    ``Image_Label, EncodedPixels, image, class_name`` in file order; with ``shape`` (H, W),
-    every RLE string is validated for masks of that size.
+    """Read and validate a mask CSV in one of the active profile's layouts (``Image_Label,EncodedPixels``
+    for clouds) into columns ``Image_Label, EncodedPixels, image, class_name`` in file order; with
+    ``shape`` (H, W), every RLE string is validated for masks of that size. A ``rows: present``
+    file's images get every class, in class order (an empty mask where it has no row).
 
     Raises:
         CloudpipeError: wrong columns, no rows, a label without ``_``, an image name that is
-            not a plain file name, an unknown class, duplicate rows, an image without all four classes, or (with ``shape``) bad RLE.
+            not a plain file name, an unknown class, a pair given twice, an image without all
+            classes (``rows: all``), or (with ``shape``) bad RLE; naming the file's line.
     """
-    return check_mask_frame(read_csv_text(path, LABEL_COLUMNS), path, shape=shape)
+    return _completed(*_read_rows(path, shape))
 
 
-def check_mask_frame(frame: pd.DataFrame, path: Path | str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
-    """Validate a text frame with columns ``Image_Label, EncodedPixels`` (see
-    :func:`read_mask_csv`); ``path`` names it in errors, lines counted as in its CSV."""
+def _read_rows(path: Path, shape: tuple[int, int] | None) -> tuple[pd.DataFrame, Layout]:
+    """The rows of a mask CSV as a validated long frame in file order (not completed), and its layout."""
+    text, layout = read_layout_text(path)
+    return layout_frame(text, layout, path, shape=shape), layout
+
+
+def _completed(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
+    """``frame`` read in ``layout``, with every pair of its images (:func:`complete_pairs`) where
+    the layout may leave empty masks out."""
+    return complete_pairs(frame, pd.unique(frame["image"]).tolist()) if layout.rows == "present" else frame
+
+
+def mask_rows(path: Path, *, classes: bool = True) -> tuple[pd.DataFrame, pd.Series]:
+    """A mask CSV's rows as text in its own columns, and the image of each row, validated as
+    :func:`read_mask_csv` validates them. With ``classes=False`` a file of an image and a class
+    column is read by its image column alone (plain names): Severstal's ``sample_submission.csv``
+    has one row per image, of class 0."""
+    text, layout = read_layout_text(path)
+    if classes or layout.key:
+        return text, layout_frame(text, layout, path)["image"]
+    require_plain_image_names(text[layout.image], path)
+    return text, text[layout.image]
+
+
+def layout_frame(text: pd.DataFrame, layout: Layout, path: Path | str, *,
+                 shape: tuple[int, int] | None = None) -> pd.DataFrame:
+    """The long frame of a text frame in ``layout``'s columns, rows in its order (a ``rows:
+    present`` one not completed: :func:`complete_pairs`), validated as :func:`read_mask_csv`
+    says, in file order; ``path`` names it in errors, lines counted as in its CSV."""
     if shape is not None:
         shape = check_shape(shape)  # (-1, -1) would pass a CSV of empty masks unchecked
-    if frame.empty:
+    if text.empty:
         raise CloudpipeError("has no rows", path=path)
-    frame = frame.reset_index(drop=True)
-    labels = frame["Image_Label"].tolist()
-    parts = []
-    for i, label in enumerate(labels):
-        try:
-            image, cls = split_label(label)
-        except ValueError as err:
-            raise CloudpipeError(str(err), path=path, line=i + 2) from None
-        if cls not in active().classes:
-            raise CloudpipeError(
-                f"unknown class {cls!r} in {label!r} (classes: {', '.join(active().classes)})", path=path, line=i + 2
-            )
-        parts.append((image, cls))
-    frame["image"] = [p[0] for p in parts]
-    frame["class_name"] = [p[1] for p in parts]
+    text = text.reset_index(drop=True)
+    classes = active().classes
+    if layout.key:
+        parts = []
+        for i, label in enumerate(text[layout.key].tolist()):
+            try:
+                image, cls = split_label(label)
+            except ValueError as err:
+                raise CloudpipeError(str(err), path=path, line=i + 2) from None
+            if cls not in classes:
+                raise CloudpipeError(
+                    f"unknown class {cls!r} in {label!r} (classes: {', '.join(classes)})", path=path, line=i + 2
+                )
+            parts.append((image, cls))
+        labels = text[layout.key]
+    else:
+        parts = list(zip(text[layout.image].tolist(), text[layout.class_].tolist()))
+        known = set(classes)
+        for i, (image, cls) in enumerate(parts):
+            if cls not in known:
+                raise CloudpipeError(f"unknown class {cls!r} of image {image!r} in column {layout.class_} "
+                                     f"(classes: {', '.join(classes)})", path=path, line=i + 2)
+        labels = pd.Series([join_label(image, cls) for image, cls in parts], dtype=object)
+    frame = pd.DataFrame({LABEL_COLUMNS[0]: labels, LABEL_COLUMNS[1]: text[layout.pixels],
+                          "image": [p[0] for p in parts], "class_name": [p[1] for p in parts]})
     require_plain_image_names(frame["image"], path)
-    _refuse_duplicates(frame["Image_Label"], "Image_Label", path)
-    counts = frame.groupby("image", sort=False).size()
-    incomplete = counts[counts != len(active().classes)]
-    if len(incomplete):
-        image = incomplete.index[0]
-        have = frame.loc[frame["image"] == image, "class_name"].tolist()
-        missing = [c for c in active().classes if c not in have]
-        raise CloudpipeError(
-            f"image {image!r} lacks rows for {', '.join(missing)} "
-            f"({len(incomplete)} image(s) without all {len(active().classes)} classes)",
-            path=path,
-        )
+    if layout.key:
+        _refuse_duplicates(frame[LABEL_COLUMNS[0]], layout.key, path)
+    else:
+        _refuse_duplicates(pd.Series(parts), f"{layout.image},{layout.class_} pair", path)
+    if layout.rows == "all":
+        _require_every_class(frame, path)
     if shape is not None:
         validate_rle_column(frame, shape, path)
     return frame
 
 
+def _require_every_class(frame: pd.DataFrame, path: Path | str) -> None:
+    """Refuse a long frame in which an image lacks a row for some class."""
+    classes = active().classes
+    counts = frame.groupby("image", sort=False).size()
+    incomplete = counts[counts != len(classes)]
+    if len(incomplete):
+        image = incomplete.index[0]
+        have = frame.loc[frame["image"] == image, "class_name"].tolist()
+        missing = [c for c in classes if c not in have]
+        raise CloudpipeError(
+            f"image {image!r} lacks rows for {', '.join(missing)} "
+            f"({len(incomplete)} image(s) without all {len(classes)} classes)",
+            path=path,
+        )
+
+
+def complete_pairs(frame: pd.DataFrame, images: list[str]) -> pd.DataFrame:
+    """The long frame of every pair of ``images`` (in that order, classes in class order): the
+    row of ``frame`` (its index kept) where it has one, else an empty mask (indexed after them)."""
+    classes = list(active().classes)
+    image = np.repeat(np.array(images, dtype=object), len(classes))
+    cls = np.tile(np.array(classes, dtype=object), len(images))
+    where = pd.Series(np.arange(len(frame)), index=pd.MultiIndex.from_arrays([frame["image"], frame["class_name"]]))
+    at = where.reindex(pd.MultiIndex.from_arrays([image, cls])).to_numpy()
+    have = ~np.isnan(at)
+    take = at[have].astype(np.int64)
+    rles = np.full(len(image), "", dtype=object)
+    rles[have] = frame[LABEL_COLUMNS[1]].to_numpy()[take]
+    index = np.empty(len(image), np.int64)
+    index[have] = frame.index.to_numpy()[take]
+    index[~have] = (int(frame.index.max()) + 1 if len(frame) else 0) + np.arange(int((~have).sum()))
+    return pd.DataFrame({LABEL_COLUMNS[0]: [join_label(i, c) for i, c in zip(image, cls)], LABEL_COLUMNS[1]: rles,
+                         "image": image, "class_name": cls}, index=index)
+
+
 def mask_frame_of(frame: pd.DataFrame, what: str, *, shape: tuple[int, int] | None = None) -> pd.DataFrame:
-    """A DataFrame with ``Image_Label, EncodedPixels`` (other columns ignored, NaN as empty)
-    checked as :func:`read_mask_csv` checks a file; ``what`` names it in errors."""
-    missing = [c for c in LABEL_COLUMNS if c not in frame.columns]
-    if missing:
+    """A DataFrame with ``Image_Label, EncodedPixels`` (or the columns of one of the active
+    profile's layouts; other columns ignored, NaN as empty) checked as :func:`read_mask_csv`
+    checks a file; ``what`` names it in errors."""
+    layout = next((la for la in (INTERNAL_LAYOUT, *mask_layouts()) if set(la.columns) <= set(frame.columns)), None)
+    if layout is None:
+        missing = [c for c in LABEL_COLUMNS if c not in frame.columns]
         raise CloudpipeError(f"{what} lacks column(s) {', '.join(missing)}")
-    return check_mask_frame(frame[list(LABEL_COLUMNS)].fillna("").astype(str), what, shape=shape)
+    return _completed(layout_frame(frame[list(layout.columns)].fillna("").astype(str), layout, what, shape=shape), layout)
+
+
+def to_layout(frame: pd.DataFrame, layout: Layout) -> pd.DataFrame:
+    """A long mask frame (``Image_Label, EncodedPixels, image, class_name``) as the rows of a CSV
+    in ``layout``: its columns in its order (a key layout's key is ``Image_Label``), rows in the
+    frame's order, those of empty masks left out when ``layout.rows`` is ``present``."""
+    if layout.rows == "present":
+        frame = frame[frame[LABEL_COLUMNS[1]] != ""]
+    source = {layout.key: LABEL_COLUMNS[0], layout.image: "image", layout.class_: "class_name",
+              layout.pixels: LABEL_COLUMNS[1]}
+    return pd.DataFrame({c: frame[source[c]].to_numpy() for c in layout.columns})
 
 
 def write_submission(frame: pd.DataFrame, path: Path, *, shape: tuple[int, int] | None = None,
                      overwrite: bool = False) -> Path:
-    """Write a Kaggle submission CSV (``Image_Label, EncodedPixels``, rows in ``frame``'s order)
-    atomically, once every row is checked (:func:`mask_frame_of`: each pair once, every RLE valid
-    at ``shape``); an existing file is replaced only with ``overwrite``. A bad row, or a path
-    that may not be written, is a CloudpipeError."""
+    """Write a Kaggle submission CSV in the active profile's submission layout (``Image_Label,
+    EncodedPixels`` for clouds; rows in ``frame``'s order) atomically, once every row is checked
+    (:func:`mask_frame_of`: each pair once, every RLE valid at ``shape``); an existing file is
+    replaced only with ``overwrite``. A bad row, or a path that may not be written, is a CloudpipeError."""
     shape = shape or active().submission_size
-    rows = mask_frame_of(frame, "submission DataFrame", shape=shape)[list(LABEL_COLUMNS)]
+    rows = to_layout(mask_frame_of(frame, "submission DataFrame", shape=shape), active().submission_csv)
     check_output(Path(path), overwrite=overwrite)
     write_csv(rows, Path(path))
     return Path(path)
 
 
 def validate_rle_column(frame: pd.DataFrame, shape: tuple[int, int], path: Path) -> None:
-    """Check every ``EncodedPixels`` of a long frame is valid RLE for masks of ``shape``."""
+    """Check every ``EncodedPixels`` of a long frame is valid RLE for masks of ``shape`` (an
+    error names the file's line of the row, its index + 2: right after a present-only file's completion too)."""
     for i, rle in enumerate(frame["EncodedPixels"].tolist()):
         if rle:
             try:
@@ -176,7 +281,7 @@ def validate_rle_column(frame: pd.DataFrame, shape: tuple[int, int], path: Path)
                 raise CloudpipeError(
                     f"{frame['Image_Label'].iat[i]}: {err} (masks are {shape[0]}x{shape[1]})",
                     path=path,
-                    line=i + 2,
+                    line=int(frame.index[i]) + 2,
                 ) from None
 
 
@@ -195,8 +300,29 @@ def presence(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def read_train(data_dir: Path) -> pd.DataFrame:
-    """``DIR/train.csv`` as a validated long frame (RLE checked later, at the image size)."""
-    return read_mask_csv(require_dir(data_dir) / TRAIN_CSV)
+    """``DIR/train.csv`` as a validated long frame (RLE checked later, at the image size). A
+    ``rows: present`` file (Severstal's lists only images with a defect) holds the images named
+    ``DIR/train_images/*.jpg``, sorted, each with every class: an empty mask where it has no row."""
+    data_dir = require_dir(data_dir)
+    frame, layout = _read_rows(data_dir / TRAIN_CSV, None)
+    if layout.rows == "all":
+        return frame
+    images = train_image_names(data_dir)
+    have = set(images)
+    unknown = [i for i in pd.unique(frame["image"]) if i not in have]
+    if unknown:
+        raise CloudpipeError(f"lists image {unknown[0]!r}, which is not in {TRAIN_IMAGES}/ ({len(unknown)} such)",
+                             path=data_dir / TRAIN_CSV)
+    return complete_pairs(frame, images)
+
+
+def train_image_names(data_dir: Path) -> list[str]:
+    """The sorted names of ``DIR/train_images/*.jpg`` (none, or no folder: a CloudpipeError)."""
+    folder = Path(data_dir) / TRAIN_IMAGES
+    names = sorted(p.name for p in folder.glob("*.jpg")) if folder.is_dir() else []
+    if not names:
+        raise CloudpipeError("no .jpg images" if folder.is_dir() else "folder not found", path=folder)
+    return names
 
 
 def data_inputs(data_dir: Path) -> Inputs:
@@ -242,12 +368,13 @@ def find_image(data_dir: Path, image: str) -> Path:
 
 
 def list_test_images(data_dir: Path) -> list[str]:
-    """The test images in official order: from ``sample_submission.csv`` when present, else
-    the sorted names in ``DIR/test_images/``."""
+    """The test images in official order: from ``sample_submission.csv`` when present (each once,
+    in first-appearance order; a file of image and class columns by its image column alone,
+    :func:`mask_rows`), else the sorted names in ``DIR/test_images/``."""
     data_dir = require_dir(data_dir)
     sample = data_dir / SAMPLE_SUBMISSION_CSV
     if sample.exists():
-        return pd.unique(read_mask_csv(sample)["image"]).tolist()
+        return pd.unique(mask_rows(sample, classes=False)[1]).tolist()
     folder = data_dir / TEST_IMAGES
     if not folder.is_dir():
         raise CloudpipeError(f"neither {SAMPLE_SUBMISSION_CSV} nor {TEST_IMAGES}/ found", path=data_dir)

@@ -37,6 +37,13 @@ def profile_text(profile: Profile) -> str:
                           default_flow_style=None)
 
 
+def write_folder_profile(folder: Path, profile: Profile) -> None:
+    """Write ``folder/profile.yaml`` (:func:`profile_text`) into a data folder being built, unless
+    ``profile`` is the default ``clouds``, which a folder without one is."""
+    if profile != packaged(DEFAULT):
+        (Path(folder) / PROFILE_YAML).write_text(profile_text(profile))
+
+
 def data_profile(data_dir: Path, option: str | Path | None = None) -> Profile:
     """The profile of a data folder: its ``profile.yaml``, else ``option`` (``--profile``), else
     ``clouds``. A folder whose file differs from ``option`` is refused in one line."""

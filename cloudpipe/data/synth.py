@@ -1,10 +1,12 @@
 """Synthetic data in the Kaggle layout, learnable by both stages.
 
-Each class paints a visually distinct texture into random rectangles (the competition's labels
-are blocky too): Fish diagonal stripes, Flower large bright cells, Gravel fine grain, Sugar a
-flat bright haze. Textures are defined relative to the image width, so they survive resizing.
-Some images have no class, some several; about half have a black no-data band (where the
-synthetic masks are cleared). Deterministic for a given seed.
+Each class of the active profile paints a visually distinct texture into random rectangles
+(the competition's labels are blocky too): the first four classes (clouds' Fish, Flower, Gravel,
+Sugar) diagonal stripes, large bright cells, fine grain, a flat bright haze; further classes
+stripes of other angles and frequencies. Textures are defined relative to the image width, so
+they survive resizing. Some images have no class, some several; about half have a black no-data
+band (where the synthetic masks are cleared). Deterministic for a given seed. The CSVs are in
+the profile's layouts; a folder of another profile than clouds says so in ``profile.yaml``.
 """
 
 from __future__ import annotations
@@ -24,12 +26,15 @@ from cloudpipe.core.masks import resize_nearest
 from cloudpipe.core.profile import active, join_label
 from cloudpipe.core.rle import mask2rle
 from cloudpipe.data.kaggle import (
+    LABEL_COLUMNS,
     SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
     TRAIN_CSV,
     TRAIN_IMAGES,
+    to_layout,
 )
 from cloudpipe.data.outputs import build_folder, claim_output
+from cloudpipe.data.profiles import write_folder_profile
 
 TEST_TRUTH_CSV = "test_truth.csv"
 PRESENCE_PROBABILITY = 0.4
@@ -51,20 +56,30 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], cells: int) 
     return cv2.resize(coarse, (shape[1], shape[0]), interpolation=cv2.INTER_CUBIC).clip(0, 1)
 
 
-def _texture(cls: str, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
-    """Grey-level texture (float32, 0..255) of one class over the whole image."""
+_STRIPES = ((0.0, 10.0), (90.0, 10.0), (135.0, 14.0), (0.0, 22.0), (90.0, 22.0), (22.5, 6.0), (67.5, 6.0),
+            (112.5, 6.0), (157.5, 6.0), (45.0, 5.0), (135.0, 5.0))
+"""The (angle in degrees, stripes per image width) of the stripes of classes beyond the fourth."""
+
+
+def _texture(k: int, rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """Grey-level texture (float32, 0..255) of the class at index ``k`` over the whole image."""
     h, w = shape
     y, x = np.mgrid[0:h, 0:w].astype(np.float32) / w
     phase = rng.random() * 2 * np.pi
-    if cls == "Fish":  # diagonal stripes
+    if k == 0:  # diagonal stripes (clouds' Fish)
         return 150 + 70 * np.sin(2 * np.pi * 14 * (x + y) + phase)
-    if cls == "Flower":  # large bright cells on a dark grid
+    if k == 1:  # large bright cells on a dark grid (Flower)
         cells = np.sin(2 * np.pi * 8 * x + phase) * np.sin(2 * np.pi * 8 * y + phase)
         return 110 + 130 * np.clip(cells, 0, 1)
-    if cls == "Gravel":  # fine grain
+    if k == 2:  # fine grain (Gravel)
         grain = rng.random((max(2, h * 60 // w), 60), dtype=np.float32)
         return 80 + 150 * cv2.resize(grain, (w, h), interpolation=cv2.INTER_NEAREST)
-    return 215 + 15 * _smooth_noise(rng, shape, 6)  # Sugar: flat bright haze
+    if k == 3:
+        return 215 + 15 * _smooth_noise(rng, shape, 6)  # flat bright haze (Sugar)
+    turn, index = divmod(k - 4, len(_STRIPES))
+    angle, frequency = _STRIPES[index]
+    a = np.deg2rad(angle)  # further classes: stripes of another angle and width, brighter with each turn
+    return 120 + 20 * (turn % 4) + 80 * np.sin(2 * np.pi * frequency * (x * np.cos(a) + y * np.sin(a)) + phase)
 
 
 def _rectangle(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[slice, slice]:
@@ -81,7 +96,7 @@ def make_image(rng: np.random.Generator, shape: tuple[int, int]) -> tuple[np.nda
     masks = np.zeros((len(active().classes), h, w), dtype=np.uint8)
     present = [k for k in range(len(active().classes)) if rng.random() < PRESENCE_PROBABILITY]
     for k in rng.permutation(present):
-        texture = _texture(active().classes[k], rng, shape)
+        texture = _texture(int(k), rng, shape)
         for _ in range(int(rng.integers(1, 3))):
             rows, cols = _rectangle(rng, shape)
             canvas[rows, cols] = texture[rows, cols]
@@ -106,8 +121,13 @@ def _names(rng: np.random.Generator, count: int) -> list[str]:
     return sorted(f"{i:07x}.jpg" for i in ids)
 
 
-def _label_rows(name: str, masks: np.ndarray) -> list[tuple[str, str]]:
-    return [(join_label(name, c), mask2rle(masks[k])) for k, c in enumerate(active().classes)]
+def _label_rows(name: str, masks: np.ndarray) -> list[tuple[str, str, str, str]]:
+    """The long frame rows (:data:`~cloudpipe.data.kaggle.LABEL_COLUMNS`, image, class) of one image's masks."""
+    return [(join_label(name, c), mask2rle(masks[k]), name, c) for k, c in enumerate(active().classes)]
+
+
+def _long(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=[*LABEL_COLUMNS, "image", "class_name"])
 
 
 def make_dataset(
@@ -120,9 +140,12 @@ def make_dataset(
     overwrite: bool = False,
     progress: bool = True,
 ) -> SynthSummary:
-    """Write a synthetic dataset in the Kaggle layout: ``train.csv`` (masks at the image size),
-    ``sample_submission.csv`` (``1 1`` masks), ``train_images/``, ``test_images/`` and
-    ``test_truth.csv`` (test masks at 350 x 525, the submission size, for ``cloudpipe evaluate``).
+    """Write a synthetic dataset of the active profile in the Kaggle layout: ``train.csv`` (masks
+    at the image size, in the profile's ``train_csv`` layout), ``sample_submission.csv`` (``1 1``
+    masks), ``train_images/``, ``test_images/`` and ``test_truth.csv`` (test masks at the
+    submission size, every pair, for ``cloudpipe evaluate``), both in its ``submission_csv``
+    layout, and ``profile.yaml`` unless the profile is clouds. ``shape``: the images' (H, W),
+    the profile's ``image_size`` when None.
 
     The folder is built whole under its lock, as the runner builds every folder
     (:func:`~cloudpipe.data.outputs.build_folder`; this layer lies below the runner and never
@@ -155,8 +178,8 @@ def _write_dataset(out_dir: Path, train: int, test: int, shape: tuple[int, int],
     test_names = sorted(names[i] for i in order[train:])
     for folder in (TRAIN_IMAGES, TEST_IMAGES):
         (out_dir / folder).mkdir()
-    train_rows: list[tuple[str, str]] = []
-    truth_rows: list[tuple[str, str]] = []
+    train_rows: list[tuple[str, str, str, str]] = []
+    truth_rows: list[tuple[str, str, str, str]] = []
     jobs = [(n, TRAIN_IMAGES) for n in train_names] + [(n, TEST_IMAGES) for n in test_names]
     for name, folder in tqdm(jobs, desc="synth", unit="img", disable=not progress):
         image, masks = make_image(np.random.default_rng([seed, int(name[:7], 16)]), shape)
@@ -168,8 +191,10 @@ def _write_dataset(out_dir: Path, train: int, test: int, shape: tuple[int, int],
         else:
             small = np.stack([resize_nearest(m, active().submission_size) for m in masks])
             truth_rows += _label_rows(name, small)
-    columns = ["Image_Label", "EncodedPixels"]
-    pd.DataFrame(train_rows, columns=columns).to_csv(out_dir / TRAIN_CSV, index=False)
-    pd.DataFrame(truth_rows, columns=columns).to_csv(out_dir / TEST_TRUTH_CSV, index=False)
-    sample = [(join_label(n, c), "1 1") for n in test_names for c in active().classes]
-    pd.DataFrame(sample, columns=columns).to_csv(out_dir / SAMPLE_SUBMISSION_CSV, index=False)
+    profile = active()
+    to_layout(_long(train_rows), profile.train_csv).to_csv(out_dir / TRAIN_CSV, index=False)
+    every_pair = profile.submission_csv.model_copy(update={"rows": "all"})  # images without masks stay listed
+    to_layout(_long(truth_rows), every_pair).to_csv(out_dir / TEST_TRUTH_CSV, index=False)
+    sample = [(join_label(n, c), "1 1", n, c) for n in test_names for c in profile.classes]
+    to_layout(_long(sample), profile.submission_csv).to_csv(out_dir / SAMPLE_SUBMISSION_CSV, index=False)
+    write_folder_profile(out_dir, profile)

@@ -20,7 +20,17 @@ from cloudpipe.algorithms.gating import GateSpec, gate
 from cloudpipe.algorithms.presence import CLASSIFIER, blend
 from cloudpipe.core.profile import active, join_label
 from cloudpipe.data.beside import probs_path_for
-from cloudpipe.data.kaggle import LABEL_COLUMNS, TEST_IMAGES, data_inputs, list_test_images, mask_frame_of, read_mask_csv, require_dir, require_same_images
+from cloudpipe.data.kaggle import (
+    LABEL_COLUMNS,
+    TEST_IMAGES,
+    data_inputs,
+    list_test_images,
+    mask_frame_of,
+    read_mask_csv,
+    require_dir,
+    require_same_images,
+    to_layout,
+)
 from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.runfolder import run_inputs
 from cloudpipe.engine.settings import InferenceSettings
@@ -45,6 +55,8 @@ class PredictSummary:
     """What :func:`predict_submission` did."""
 
     submission: pd.DataFrame
+    """The gated masks as a long frame (``Image_Label, EncodedPixels, image, class_name``) in
+    ``sample_submission.csv``'s order; the file holds it in the profile's submission layout."""
     probs: pd.DataFrame
     """The score each pair was gated on (the classifier's probability, or the class's blend)."""
     thresholds: dict[str, float]
@@ -102,7 +114,7 @@ def predict_submission(seg: Path | pd.DataFrame, run_dir: Path | Sequence[Path],
         summary = _gate_test_images(seg, ensemble, data_dir, spec, source, mask_shape, settings, inputs, run)
         if out is not None:  # a pair: a failure leaves both old files or both new ones
             run.write({probs_path_for(out): csv_writer(summary.probs.reset_index()),  # full precision: what was compared
-                       out: csv_writer(summary.submission)})
+                       out: csv_writer(to_layout(summary.submission, active().submission_csv))})
     return summary
 
 
@@ -133,7 +145,7 @@ def _gate_test_images(seg: Path | pd.DataFrame, ensemble: Ensemble, data_dir: Pa
     submission = order.merge(gated, on="Image_Label", how="left", validate="one_to_one")
     blanked = submission.groupby("class_name")["absent"].sum()
     kept = (~submission["absent"]).groupby(submission["class_name"]).sum()
-    submission = submission[list(LABEL_COLUMNS)]
+    submission = submission[[*LABEL_COLUMNS, "image", "class_name"]]
     return PredictSummary(submission, probs, spec.thresholds, source, {c: int(kept[c]) for c in active().classes},
                           {c: int(blanked[c]) for c in active().classes},
                           len(images) / max(seconds, 1e-9) if CLASSIFIER in spec.sources else None, spec)

@@ -2,9 +2,9 @@
 tuned ensemble labelled confidently (:mod:`cloudpipe.algorithms.pseudo`).
 
 The new folder is a complete Kaggle-layout folder linking the original images and the chosen
-test images; ``train.csv`` adds their pseudo-labels (at the training images' size),
-``pseudo_labels.csv`` names them (with their probabilities) and ``pseudo.yaml`` records the
-rule and the sources. Training on it keeps them out of every validation split and fold
+test images; ``train.csv`` adds their pseudo-labels (at the training images' size, in the
+profile's layout), ``pseudo_labels.csv`` names them (with their probabilities), ``pseudo.yaml``
+records the rule and the sources (and ``profile.yaml`` the profile, unless clouds). Training on it keeps them out of every validation split and fold
 (:func:`cloudpipe.engine.train.make_splits`), so validation scores stay on real labels.
 """
 
@@ -25,7 +25,6 @@ from cloudpipe.core.profile import active, join_label
 from cloudpipe.core.rle import mask2rle, parse_rle, rle2mask
 from cloudpipe.data.images import check_images
 from cloudpipe.data.kaggle import (
-    LABEL_COLUMNS,
     PSEUDO_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
@@ -36,10 +35,12 @@ from cloudpipe.data.kaggle import (
     read_probs_csv,
     read_train,
     require_same_images,
+    to_layout,
     to_wide,
     train_image_shape,
 )
 from cloudpipe.data.outputs import Inputs
+from cloudpipe.data.profiles import write_folder_profile
 from cloudpipe.engine.runner import Runner
 from cloudpipe.pipeline.subset import build_data_folder
 
@@ -101,8 +102,9 @@ def _pseudo_label(data_dir: Path, seg: Path, probs: Path, out_dir: Path, rule: P
                              f"min_area {rule.min_area}); nothing written", path=seg)
     paths = {image: data_dir / TEST_IMAGES / image for image in chosen}
     check_images(paths.values(), shape)  # the same size as the training images (train.csv's masks)
-    rows = [(join_label(image, c), _at(masks.at[image, c], mask_shape, shape)) for image in chosen for c in active().classes]
-    labels = pd.concat([train[list(LABEL_COLUMNS)], pd.DataFrame(rows, columns=list(LABEL_COLUMNS))], ignore_index=True)
+    rows = [(join_label(image, c), _at(masks.at[image, c], mask_shape, shape), image, c)
+            for image in chosen for c in active().classes]
+    labels = to_layout(pd.concat([train, pd.DataFrame(rows, columns=train.columns)], ignore_index=True), active().train_csv)
     record = {"rule": rule.to_dict(), "source": str(data_dir), "seg": str(Path(seg).resolve()),
               "probs": str(Path(probs).resolve()), "pseudo_images": len(chosen), "test_images": len(test)}
     images = [*pd.unique(train["image"]), *chosen]
@@ -126,5 +128,6 @@ def _fill_folder(data_dir: Path, folder: Path, labels: pd.DataFrame, images: lis
     if (data_dir / SAMPLE_SUBMISSION_CSV).exists():
         shutil.copyfile(data_dir / SAMPLE_SUBMISSION_CSV, folder / SAMPLE_SUBMISSION_CSV)
     labels.to_csv(folder / TRAIN_CSV, index=False)
+    write_folder_profile(folder, active())
     probs.reset_index().to_csv(folder / PSEUDO_CSV, index=False, float_format="%.6f")
     (folder / PSEUDO_YAML).write_text(yaml.safe_dump(record, sort_keys=False))

@@ -35,6 +35,7 @@ from cloudpipe.data.kaggle import (
     require_dir,
     require_images,
     require_same_images,
+    to_layout,
 )
 from cloudpipe.data.outputs import Inputs, csv_writer
 from cloudpipe.data.probstore import StoreInfo, probability_store, read_store
@@ -217,8 +218,8 @@ def input_writers(out: Path, made: Predicted, keep_store: bool = True) -> dict[P
 
 
 def masks_writer(names: list[str], store: np.ndarray, post: PostProcess, processes: int | None = None):
-    """A writer of the CSV (image-major, class order): every mask post-processed and encoded,
-    the images spread over the cores."""
+    """A writer of the CSV (image-major, class order, in the profile's submission layout): every
+    mask post-processed and encoded, the images spread over the cores."""
 
     def rows(start: int, stop: int) -> list[str]:
         rles = [mask2rle(post.apply(store[i, k], k)) for i in range(start, stop) for k in range(len(active().classes))]
@@ -226,8 +227,11 @@ def masks_writer(names: list[str], store: np.ndarray, post: PostProcess, process
         return rles
 
     rles = [r for _, part in over_rows(rows, len(names), processes) for r in part]
-    labels = [join_label(name, c) for name in names for c in active().classes]
-    return csv_writer(pd.DataFrame({LABEL_COLUMNS[0]: labels, LABEL_COLUMNS[1]: rles}))
+    classes = active().classes
+    frame = pd.DataFrame({LABEL_COLUMNS[0]: [join_label(name, c) for name in names for c in classes],
+                          LABEL_COLUMNS[1]: rles, "image": np.repeat(names, len(classes)),
+                          "class_name": np.tile(classes, len(names))})
+    return csv_writer(to_layout(frame, active().submission_csv))
 
 
 def retune_segmentation(stores: Sequence[Path], data_dir: Path, out: Path, *, weights: Sequence[float] | None = None,

@@ -2,9 +2,10 @@
 
 The new folder is a complete Kaggle-layout folder holding copies (never links) of the chosen
 images: ``train.csv`` and ``sample_submission.csv`` keep the chosen images' rows exactly as
-they were, in their order, ``test_truth.csv`` too when the source has one (clouds350's,
-``cloudpipe synth``'s), and ``subset.yaml`` records the source, the counts and the seed. Every
-command reads it as it reads the whole data.
+they were, in their order and layout, ``test_truth.csv`` too when the source has one
+(clouds350's, ``cloudpipe synth``'s), ``profile.yaml`` says the profile unless it is clouds,
+and ``subset.yaml`` records the source, the counts and the seed. Every command reads it as it
+reads the whole data.
 """
 
 from __future__ import annotations
@@ -20,19 +21,20 @@ import pandas as pd
 import yaml
 
 from cloudpipe.core.errors import CloudpipeError
+from cloudpipe.core.profile import active
 from cloudpipe.data.kaggle import (
-    LABEL_COLUMNS,
     PSEUDO_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_IMAGES,
     TRAIN_CSV,
     TRAIN_IMAGES,
-    check_mask_frame,
     data_inputs,
-    read_csv_text,
+    mask_rows,
+    read_train,
     require_dir,
 )
 from cloudpipe.data.outputs import Inputs
+from cloudpipe.data.profiles import write_folder_profile
 from cloudpipe.data.synth import TEST_TRUTH_CSV
 from cloudpipe.engine.runner import Plan, Runner
 
@@ -88,31 +90,32 @@ def build_data_folder(data_dir: Path, out_dir: Path, command: str, pseudo_refusa
         return work(data_dir, run)
 
 
-def _rows(path: Path) -> pd.DataFrame:
-    """A mask CSV's rows as text, validated, with their ``image``."""
-    return check_mask_frame(read_csv_text(path, LABEL_COLUMNS), path)
-
-
-def _choose(frame: pd.DataFrame, count: int, least: int, rng: np.random.Generator, path: Path, option: str) -> pd.DataFrame:
-    """The rows of ``count`` images of ``frame`` chosen at random, in the file's order."""
-    images = pd.unique(frame["image"])
+def _choose(images: list[str], count: int, least: int, rng: np.random.Generator, path: Path, option: str) -> set[str]:
+    """``count`` of ``images`` chosen at random."""
     if not least <= count <= len(images):
         raise CloudpipeError(f"{option} {count}: choose between {least} and the {len(images)} images it lists", path=path)
-    chosen = set(rng.choice(images, size=count, replace=False))
-    return frame[frame["image"].isin(chosen)]
+    return set(rng.choice(images, size=count, replace=False))
+
+
+def _rows_of(text: pd.DataFrame, images: pd.Series, chosen: set[str]) -> pd.DataFrame:
+    """The rows of a CSV's ``text`` (``images``: the image of each row) that are of ``chosen`` images."""
+    return text[images.isin(chosen).to_numpy()]
 
 
 def _subset(data_dir: Path, out_dir: Path, train: int, test: int, seed: int, run: Runner) -> SubsetSummary:
     """The work of :func:`subset_data` once ``out_dir`` is claimed."""
     rng = np.random.default_rng(seed)
-    train_rows, sample_rows = _rows(data_dir / TRAIN_CSV), _rows(data_dir / SAMPLE_SUBMISSION_CSV)
-    chosen_train = _choose(train_rows, train, 2, rng, data_dir / TRAIN_CSV, "--train")
-    chosen_test = _choose(sample_rows, test, 1, rng, data_dir / SAMPLE_SUBMISSION_CSV, "--test")
-    csvs = {TRAIN_CSV: chosen_train, SAMPLE_SUBMISSION_CSV: chosen_test}
+    train_images = pd.unique(read_train(data_dir)["image"]).tolist()  # a present-only train.csv's: the folder's
+    sample = mask_rows(data_dir / SAMPLE_SUBMISSION_CSV, classes=False)
+    test_images = pd.unique(sample[1]).tolist()
+    chosen_train = _choose(train_images, train, 2, rng, data_dir / TRAIN_CSV, "--train")
+    chosen_test = _choose(test_images, test, 1, rng, data_dir / SAMPLE_SUBMISSION_CSV, "--test")
+    csvs = {TRAIN_CSV: _rows_of(*mask_rows(data_dir / TRAIN_CSV), chosen_train),
+            SAMPLE_SUBMISSION_CSV: _rows_of(*sample, chosen_test)}
     if (data_dir / TEST_TRUTH_CSV).exists():
-        truth = _rows(data_dir / TEST_TRUTH_CSV)
-        csvs[TEST_TRUTH_CSV] = truth[truth["image"].isin(set(chosen_test["image"]))]
-    images = {TRAIN_IMAGES: pd.unique(chosen_train["image"]), TEST_IMAGES: pd.unique(chosen_test["image"])}
+        csvs[TEST_TRUTH_CSV] = _rows_of(*mask_rows(data_dir / TEST_TRUTH_CSV), chosen_test)
+    images = {TRAIN_IMAGES: [i for i in train_images if i in chosen_train],
+              TEST_IMAGES: [i for i in test_images if i in chosen_test]}
     for folder, names in images.items():
         missing = [n for n in names if not (data_dir / folder / n).is_file()]
         if missing:
@@ -125,9 +128,10 @@ def _subset(data_dir: Path, out_dir: Path, train: int, test: int, seed: int, run
             for name in names:
                 shutil.copyfile(data_dir / folder / name, staging / folder / name)
         for name, rows in csvs.items():
-            rows[list(LABEL_COLUMNS)].to_csv(staging / name, index=False)
+            rows.to_csv(staging / name, index=False)
         (staging / SUBSET_YAML).write_text(yaml.safe_dump(record, sort_keys=False))
+        write_folder_profile(staging, active())
 
     run.write_folder(out_dir, fill)
-    return SubsetSummary(out_dir, train, test, train_rows["image"].nunique(), sample_rows["image"].nunique())
+    return SubsetSummary(out_dir, train, test, len(train_images), len(test_images))
 
