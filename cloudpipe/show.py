@@ -11,7 +11,7 @@ from cloudpipe.core.masks import decode_masks
 from cloudpipe.core.metric import dice
 from cloudpipe.core.profile import active
 from cloudpipe.data.images import jpeg_size, read_image, reduction_for
-from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, data_inputs, find_image, read_mask_csv, require_dir, to_wide
+from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, data_inputs, find_image, require_dir, to_wide
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.plots import figure_writer, overlay_figure
 
@@ -19,7 +19,9 @@ from cloudpipe.plots import figure_writer, overlay_figure
 def _masks(csv: Path, image: str, shape: tuple[int, int], size: tuple[int, int], required: bool = True) -> np.ndarray | None:
     """The masks of ``image`` in a mask CSV (at ``shape``) at ``size``; None when it has no rows
     for it (refused when ``required``)."""
-    wide = to_wide(read_mask_csv(csv, shape=shape))
+    from cloudpipe.pipeline.evaluate import read_truth
+
+    wide = to_wide(read_truth(csv, shape))
     if image in wide.index:
         return decode_masks(wide.loc[image, list(active().classes)], shape, size)
     if required:

@@ -10,8 +10,17 @@ import pandas as pd
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.metric import dice_table, pair_stats
 from cloudpipe.core.profile import active
-from cloudpipe.core.rle import parse_rle
-from cloudpipe.data.kaggle import TRAIN_CSV, TRAIN_IMAGES, read_mask_csv, require_same_images, to_wide, train_image_shape
+from cloudpipe.core.rle import check_shape, parse_rle
+from cloudpipe.data.kaggle import (
+    TRAIN_CSV,
+    TRAIN_IMAGES,
+    read_mask_csv,
+    read_train,
+    require_same_images,
+    to_wide,
+    train_image_shape,
+    validate_rle_column,
+)
 
 
 @dataclass
@@ -39,9 +48,25 @@ def default_truth_shape(truth_csv: Path) -> tuple[int, int]:
     """The mask size of a truth file: a data folder's ``train.csv`` is at its training images'
     size (whatever it is: the masks were drawn on them), anything else (a test truth such as
     ``synth``'s ``test_truth.csv``) at the profile's submission size."""
-    if truth_csv.name == TRAIN_CSV and (truth_csv.parent / TRAIN_IMAGES).is_dir():
+    if _is_train_csv(truth_csv):
         return train_image_shape(truth_csv.parent)
     return active().submission_size
+
+
+def _is_train_csv(path: Path) -> bool:
+    """Whether ``path`` is a data folder's ``train.csv`` (one beside ``train_images/``)."""
+    return path.name == TRAIN_CSV and (path.parent / TRAIN_IMAGES).is_dir()
+
+
+def read_truth(truth_csv: Path, shape: tuple[int, int]) -> pd.DataFrame:
+    """A truth file as a long frame, every RLE valid at ``shape``: a data folder's ``train.csv`` as
+    its training data (:func:`~cloudpipe.data.kaggle.read_train`: a present-only file holds every
+    image of ``train_images/``), any other as a mask CSV."""
+    if not _is_train_csv(Path(truth_csv)):
+        return read_mask_csv(truth_csv, shape=shape)
+    frame = read_train(Path(truth_csv).parent)
+    validate_rle_column(frame, check_shape(shape), Path(truth_csv))
+    return frame
 
 
 def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tuple[int, int],
@@ -50,7 +75,7 @@ def read_truth_and_prediction(truth_csv: Path, pred_csv: Path, truth_shape: tupl
     shapes, neither read at a larger size than it was written at, and every prediction image
     in the truth."""
     known = (truth_shape, pred_shape, active().submission_size, active().image_size)
-    truth_frame = read_mask_csv(truth_csv, shape=truth_shape)
+    truth_frame = read_truth(truth_csv, truth_shape)
     _check_shape(truth_frame, truth_csv, truth_shape, known, "--truth-shape")
     pred_frame = read_mask_csv(pred_csv, shape=pred_shape)
     _check_shape(pred_frame, pred_csv, pred_shape, known, "--pred-shape")
