@@ -8,8 +8,10 @@ import shutil
 import pytest
 
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.core.profile import packaged
+from cloudpipe.core.profile import packaged, use_profile
+from cloudpipe.data.kaggle import list_test_images, read_train
 from cloudpipe.data.profiles import command_profile, data_profile, load_profile, profile_text, run_profile
+from cloudpipe.data.synth import make_dataset
 from tests.conftest import CLOUDS, cli, copy_run
 
 STEEL = packaged("steel")
@@ -72,3 +74,14 @@ def test_a_data_folder_that_says_steel_is_not_read_as_clouds(tiny_data, tmp_path
     (data / "profile.yaml").write_text(profile_text(STEEL))
     result = cli("predict", "--seg", data / "sample_submission.csv", "--run", tmp_path, "--data", data, "--profile", "clouds")
     assert result.exit_code == 2 and "says profile 'steel'; --profile 'clouds' differs" in result.stderr
+
+
+def test_the_library_refuses_a_data_folder_of_another_profile_than_the_active_one(tmp_path):
+    """A notebook reading steel data under the default profile is told how to make it active, in one line."""
+    with use_profile(STEEL):
+        make_dataset(tmp_path / "data", train=4, test=1, shape=(32, 200), seed=1, progress=False)
+        assert len(read_train(tmp_path / "data")) == 16  # 4 images x 4 classes
+    for read in (read_train, list_test_images):
+        with pytest.raises(CloudpipeError, match=r"says profile 'steel', not the active 'clouds': read it under its own "
+                                                 r"\(cloudpipe.set_profile\(cloudpipe.load_profile\("):
+            read(tmp_path / "data")

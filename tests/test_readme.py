@@ -166,7 +166,7 @@ def sample_images(data: Path, column: str) -> list[str]:
 def test_the_real_workflow_runs_unchanged_on_steel_data_and_writes_severstals_layout(tmp_path, monkeypatch):
     """The README's workflow on the Kaggle data, with no flag beyond --data, on a data folder of
     ``synth --profile steel`` (images 64 x 400, the profile's 256 x 1600 masks in the submission)."""
-    synth = cli("synth", "--profile", "steel", "--out", tmp_path / "data", "--train", "30", "--test", "6", "--height", "64",
+    synth = cli("synth", "--profile", "steel", "--out", tmp_path / "data", "--train", "20", "--test", "3", "--height", "64",
                 "--width", "400", "--seed", "5")
     assert synth.exit_code == 0, synth.output
     first = sorted((tmp_path / "data" / "train_images").iterdir())[0]

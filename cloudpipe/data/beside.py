@@ -32,7 +32,7 @@ def info_path(store: Path) -> Path:
 
 def presence_path(csv: Path) -> Path:
     """The segmentation head's presence beside a predictions CSV: ``<stem>_presence.csv``
-    (``image,Fish,Flower,Gravel,Sugar``; written when the model has a classification head)."""
+    (``image`` and one column per class of the profile; written when the model has a classification head)."""
     return _beside(csv, "_presence.csv")
 
 

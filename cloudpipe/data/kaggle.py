@@ -25,6 +25,7 @@ from cloudpipe.core.profile import Layout, active, join_label, split_label
 from cloudpipe.core.rle import check_shape, parse_rle
 from cloudpipe.data.images import check_images
 from cloudpipe.data.outputs import Inputs, check_output, write_csv
+from cloudpipe.data.profiles import require_active
 
 TRAIN_CSV = "train.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
@@ -304,6 +305,7 @@ def read_train(data_dir: Path) -> pd.DataFrame:
     ``rows: present`` file (Severstal's lists only images with a defect) holds the images named
     ``DIR/train_images/*.jpg``, sorted, each with every class: an empty mask where it has no row."""
     data_dir = require_dir(data_dir)
+    require_active(data_dir)
     frame, layout = _read_rows(data_dir / TRAIN_CSV, None)
     if layout.rows == "all":
         return frame
@@ -372,6 +374,7 @@ def list_test_images(data_dir: Path) -> list[str]:
     in first-appearance order; a file of image and class columns by its image column alone,
     :func:`mask_rows`), else the sorted names in ``DIR/test_images/``."""
     data_dir = require_dir(data_dir)
+    require_active(data_dir)
     sample = data_dir / SAMPLE_SUBMISSION_CSV
     if sample.exists():
         return pd.unique(mask_rows(sample, classes=False)[1]).tolist()
@@ -516,7 +519,7 @@ def require_same_images(expected: list[str], got: list[str], what: str, hint: st
 
 
 def read_probs_csv(path: Path) -> pd.DataFrame:
-    """Read probabilities ``image,Fish,Flower,Gravel,Sugar`` (e.g. ``val_probs.csv``) as a float64
+    """Read probabilities ``image,<the profile's classes>`` (e.g. ``val_probs.csv``) as a float64
     frame indexed by image, columns in class order.
 
     Raises:

@@ -16,7 +16,7 @@ import yaml
 
 from cloudpipe.core.errors import CloudpipeError
 from cloudpipe.core.models import read_model
-from cloudpipe.core.profile import DEFAULT, PACKAGED, Profile, packaged
+from cloudpipe.core.profile import DEFAULT, PACKAGED, Profile, active, packaged
 from cloudpipe.data.runfolder import PROFILE_YAML, read_yaml_mapping
 
 
@@ -53,6 +53,15 @@ def data_profile(data_dir: Path, option: str | Path | None = None) -> Profile:
     if own is not None and chosen is not None and own != chosen:
         raise CloudpipeError(f"says profile {own.name!r}; --profile {chosen.name!r} differs (leave --profile out)", path=path)
     return own or chosen or packaged(DEFAULT)
+
+
+def require_active(data_dir: Path) -> None:
+    """Refuse to read a data folder whose ``profile.yaml`` is not the active profile (a notebook
+    that did not make it active; a command always has), in one line saying how to."""
+    path = Path(data_dir) / PROFILE_YAML
+    if path.exists() and (own := load_profile(path)) != active():
+        raise CloudpipeError(f"says profile {own.name!r}, not the active {active().name!r}: read it under its own "
+                             f"(cloudpipe.set_profile(cloudpipe.load_profile({str(path)!r})))", path=path)
 
 
 def run_profile(run_dir: Path) -> Profile:
