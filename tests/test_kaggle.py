@@ -543,11 +543,10 @@ def test_steel_wrong_header_names_both_layouts(tmp_path, steel, header):
 
 
 def test_steel_key_layout_of_the_first_release(tmp_path):
-    """A profile whose CSVs are Severstal's first release: ImageId_ClassId,EncodedPixels, 4 rows per image."""
-    from cloudpipe.core.profile import Layout, packaged, use_profile
+    """The packaged steel-v1: Severstal's first release, ImageId_ClassId,EncodedPixels, 4 rows per image."""
+    from cloudpipe.core.profile import packaged, use_profile
 
-    key = Layout(columns=("ImageId_ClassId", "EncodedPixels"), key="ImageId_ClassId")
-    with use_profile(packaged("steel").model_copy(update={"train_csv": key, "submission_csv": key})):
+    with use_profile(packaged("steel-v1")):
         text = "ImageId_ClassId,EncodedPixels\n" + "".join(f"0002cc93b.jpg_{c},{'1 5' if c == '1' else ''}\n" for c in "1234")
         frame = read_mask_csv(write(tmp_path, text), shape=(256, 1600))
         assert frame["image"].tolist() == ["0002cc93b.jpg"] * 4 and presence(frame).to_numpy().tolist() == [[1, 0, 0, 0]]

@@ -22,7 +22,7 @@ def test_labels_split_on_the_last_underscore():
 
 def test_the_packaged_profiles_hold_the_competitions_facts():
     clouds, steel = packaged("clouds"), packaged("steel")
-    assert PACKAGED == ("clouds", "steel") and active() == clouds
+    assert PACKAGED == ("clouds", "steel", "steel-v1") and active() == clouds
     assert clouds.classes == ("Fish", "Flower", "Gravel", "Sugar")
     assert (clouds.image_size, clouds.submission_size, clouds.rle_order) == ((1400, 2100), (350, 525), "column")
     assert clouds.train_csv.key == clouds.submission_csv.key == "Image_Label" and clouds.train_csv.pixels == "EncodedPixels"
@@ -31,6 +31,10 @@ def test_the_packaged_profiles_hold_the_competitions_facts():
     assert steel.submission_csv.columns == ("ImageId", "EncodedPixels", "ClassId") and steel.submission_csv.rows == "all"
     assert (steel.submission_csv.image, steel.submission_csv.class_, steel.submission_csv.pixels) == (
         "ImageId", "ClassId", "EncodedPixels")
+    first = packaged("steel-v1")  # the first release: steel's facts, clouds' kind of layout
+    assert first.model_dump(exclude={"name", "train_csv", "submission_csv"}) == steel.model_dump(exclude={
+        "name", "train_csv", "submission_csv"}) and first.train_csv == first.submission_csv
+    assert (first.train_csv.key, first.train_csv.rows) == ("ImageId_ClassId", "all")
 
 
 def base(**changes) -> dict:

@@ -25,7 +25,7 @@ def test_a_profile_is_a_packaged_name_or_a_file_and_a_bad_file_is_one_line(tmp_p
     path.write_text(profile_text(STEEL).replace("rle_order: column", "rle_order: spiral"))
     with pytest.raises(CloudpipeError, match=rf"^{path}: profile: rle_order: must be column .* or row, got 'spiral'$"):
         load_profile(path)
-    with pytest.raises(CloudpipeError, match=r"^no profile 'stel': give one of clouds, steel or a profile YAML file$"):
+    with pytest.raises(CloudpipeError, match=r"^no profile 'stel': give one of clouds, steel, steel-v1 or a profile YAML file$"):
         load_profile("stel")
 
 

@@ -101,7 +101,7 @@ def active() -> Profile:
     return packaged(DEFAULT) if profile is None else profile
 
 
-PACKAGED: tuple[str, ...] = ("clouds", "steel")
+PACKAGED: tuple[str, ...] = ("clouds", "steel", "steel-v1")
 """The profiles shipped in ``cloudpipe/profiles/``."""
 DEFAULT = "clouds"
 
