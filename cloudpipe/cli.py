@@ -19,7 +19,7 @@ from cloudpipe.configs import DEFAULT_CONFIGS, read_packaged
 from cloudpipe.core.choices import AREA_THRESHOLD, DEFAULT_RULE, DEFAULT_STEPS, DEVICES, MAX_WORKERS, PLACEMENTS, RULES, STEP_NAMES, TOP_K
 from cloudpipe.core.constants import MAX_PIXELS
 from cloudpipe.core.errors import BadValue, CloudpipeError, SharedError
-from cloudpipe.core.profile import active
+from cloudpipe.core.profile import PACKAGED, active
 from cloudpipe.core.table import format_table
 from cloudpipe.data.beside import probs_path_for
 from cloudpipe.pipeline.sources import registry, source_inputs
@@ -229,8 +229,8 @@ def profiled(command):
     profile are refused in one line)."""
 
     @click.option("--profile", "profile_spec", metavar="NAME|FILE", default=None,
-                  help="The data's profile when its folder has no profile.yaml: clouds (the default), steel, or a "
-                       "profile YAML file.")
+                  help=f"The data's profile when its folder has no profile.yaml: {', '.join(PACKAGED)} (clouds is the "
+                       "default) or a profile YAML file.")
     @functools.wraps(command)
     def run(profile_spec: str | None, **options):
         from cloudpipe.core.profile import use_profile

@@ -184,3 +184,16 @@ def test_tta_scales_on_the_command_line(tiny_data, tiny_classifier_run, tmp_path
     bad = cli("predict", "--seg", seg, "--run", tiny_classifier_run, "--data", tiny_data, "--out", tmp_path / "s.csv",
               "--tta-scales", "1,1")
     assert bad.exit_code == 2 and "distinct factors in [0.25, 4]" in bad.output
+
+
+def test_a_run_loaded_under_another_profiles_classes_is_refused_in_one_line(tiny_classifier_run):
+    """The checkpoint records its classes; under a profile of other classes the run is not loaded."""
+    import torch
+
+    from cloudpipe.core.errors import CloudpipeError
+    from cloudpipe.core.profile import packaged, use_profile
+    from cloudpipe.engine.infer import load_run
+
+    with use_profile(packaged("steel")), pytest.raises(
+            CloudpipeError, match=r"checkpoint's classes Fish, Flower, Gravel, Sugar are not those of the profile steel \(1, 2"):
+        load_run(tiny_classifier_run, "classifier", torch.device("cpu"))

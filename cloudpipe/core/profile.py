@@ -36,7 +36,7 @@ class Layout(BaseModel):
     @model_validator(mode="after")
     def _roles(self) -> Layout:
         named = [self.key] if self.key else [self.image, self.class_]
-        if (self.key is None) == (self.image is None or self.class_ is None) or (self.key and (self.image or self.class_)):
+        if None in named or (self.key and (self.image or self.class_)):
             raise ValueError("give either key (one <image>_<class> column) or both image and class columns")
         if len(set(self.columns)) != len(self.columns) or len(self.columns) != len(named) + 1:
             raise ValueError(f"columns must be {len(named) + 1} distinct names: the named ones and the mask column")
@@ -69,8 +69,8 @@ class Profile(BaseModel):
     def _distinct(self) -> Profile:
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be distinct, got {list(self.classes)}")
-        if any("_" in c for c in self.classes) and (self.train_csv.key or self.submission_csv.key):
-            raise ValueError("a class name in a <image>_<class> key may not hold '_'")
+        if any("_" in c for c in self.classes):  # a pair is keyed <image>_<class> inside cloudpipe, split on the last _
+            raise ValueError(f"class names may not hold '_' (e.g. sea-ice, not sea_ice), got {list(self.classes)}")
         return self
 
     def describe(self) -> str:

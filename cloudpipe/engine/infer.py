@@ -73,7 +73,8 @@ def load_run(run_dir: Path, task: str, device: torch.device, channels_last: bool
     for path in paths:
         state = load_checkpoint(path)
         if list(state["classes"]) != list(active().classes):
-            raise CloudpipeError(f"checkpoint classes {state['classes']} are not {list(active().classes)}", path=path)
+            raise CloudpipeError(f"checkpoint's classes {', '.join(state['classes'])} are not those of the profile "
+                                 f"{active().describe()}: a run works only under its own profile", path=path)
         cfg = checkpoint_config(state, path)
         if cfg.task != task:
             raise CloudpipeError(f"checkpoint is a {cfg.task} model; this command needs a {task}", path=path)
