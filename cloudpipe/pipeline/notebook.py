@@ -1,7 +1,7 @@
 """One image through a segmentation run, in memory: for a notebook, no files written.
 
-:func:`segment_image` gives the run's probabilities and post-processed masks at 350 x 525 of a
-JPEG exactly as ``predict-seg`` computes them (the same decode, fold models averaged,
+:func:`segment_image` gives the run's probabilities and post-processed masks (one per class of
+the run's profile, at its submission size) of a JPEG exactly as ``predict-seg`` computes them (the same decode, fold models averaged,
 probabilities quantised to uint8 as stored, the tuned post-processing), or of an RGB array
 through the same steps (:func:`as_model_input`).
 """
