@@ -23,6 +23,7 @@ def test_labels_split_on_the_last_underscore():
 def test_the_packaged_profiles_hold_the_competitions_facts():
     clouds, steel = packaged("clouds"), packaged("steel")
     assert PACKAGED == ("clouds", "steel", "steel-v1") and active() == clouds
+    assert clouds.is_default and not steel.is_default
     assert clouds.classes == ("Fish", "Flower", "Gravel", "Sugar")
     assert (clouds.image_size, clouds.submission_size, clouds.rle_order) == ((1400, 2100), (350, 525), "column")
     assert clouds.train_csv.key == clouds.submission_csv.key == "Image_Label" and clouds.train_csv.pixels == "EncodedPixels"

@@ -73,6 +73,12 @@ class Profile(BaseModel):
             raise ValueError(f"class names may not hold '_' (e.g. sea-ice, not sea_ice), got {list(self.classes)}")
         return self
 
+    @property
+    def is_default(self) -> bool:
+        """Whether this is the default profile, ``clouds``: what a data folder without a profile file,
+        a run without one and a store without classes are."""
+        return self == packaged(DEFAULT)
+
     def describe(self) -> str:
         """One line: name, classes and sizes (for messages)."""
         h, w = self.image_size

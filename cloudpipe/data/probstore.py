@@ -73,7 +73,7 @@ class StoreInfo(FileModel):
            fingerprints: Sequence[str] = ()) -> StoreInfo:
         """A store's description as code makes it, checked as its reader will check it (a
         CloudpipeError for what the reader would refuse: duplicate images, a weight missing...)."""
-        own = {} if active() == packaged(DEFAULT) else {"classes": list(active().classes)}
+        own = {} if active().is_default else {"classes": list(active().classes)}
         return read_model(cls, {"format": FORMAT_VERSION, "split": split, "images": list(images), "runs": list(runs),
                                 "weights": list(weights), "fingerprints": list(fingerprints), **own}, "probability store")
 

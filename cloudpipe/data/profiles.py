@@ -40,7 +40,7 @@ def profile_text(profile: Profile) -> str:
 def write_folder_profile(folder: Path, profile: Profile) -> None:
     """Write ``folder/profile.yaml`` (:func:`profile_text`) into a data folder being built, unless
     ``profile`` is the default ``clouds``, which a folder without one is."""
-    if profile != packaged(DEFAULT):
+    if not profile.is_default:
         (Path(folder) / PROFILE_YAML).write_text(profile_text(profile))
 
 

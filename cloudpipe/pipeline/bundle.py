@@ -30,7 +30,7 @@ from pathlib import Path
 
 from cloudpipe import __version__
 from cloudpipe.core.errors import CloudpipeError
-from cloudpipe.core.profile import DEFAULT, active, packaged
+from cloudpipe.core.profile import active
 from cloudpipe.data.outputs import Inputs
 from cloudpipe.data.runfolder import (
     CONFIG_YAML,
@@ -190,7 +190,7 @@ def notebook(gates: set[str]) -> dict:
     profile = active()
     data = profile.kaggle_data or f"/kaggle/input/{profile.name}"
     # the Kaggle data folder has no profile.yaml: a profile other than the default is the runs' own file
-    profile_args = "" if profile == packaged(DEFAULT) else f"'--profile', BUNDLE / 'runs' / 'seg' / {PROFILE_YAML!r}, "
+    profile_args = "" if profile.is_default else f"'--profile', BUNDLE / 'runs' / 'seg' / {PROFILE_YAML!r}, "
     cells = [
         ("markdown", "# cloudpipe: the submission, offline\n\nAdd this dataset and the competition's data to the "
                      "notebook; run all. Installs cloudpipe from the bundle's wheels (no internet), draws the test "
