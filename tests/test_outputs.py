@@ -326,6 +326,8 @@ def _commands(root: Path) -> dict[str, list[str]]:
         "tune-threshold --plot over a checkpoint": ["tune-threshold", "--run", run, "--data", data, "--seg", seg,
                                                     "--plot", run / "best.pt", "--overwrite"],
         "predict over the data's train.csv": [*predict, "--out", data / "train.csv"],
+        "predict over the data's profile.yaml": [*predict, "--out", data / "profile.yaml"],
+        "report over the run's profile.yaml": [*report, run / "profile.yaml"],
     }
 
 

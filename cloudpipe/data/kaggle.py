@@ -26,6 +26,7 @@ from cloudpipe.core.rle import check_shape, parse_rle
 from cloudpipe.data.images import check_images
 from cloudpipe.data.outputs import Inputs, check_output, write_csv
 from cloudpipe.data.profiles import require_active
+from cloudpipe.data.runfolder import PROFILE_YAML
 
 TRAIN_CSV = "train.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
@@ -328,10 +329,10 @@ def train_image_names(data_dir: Path) -> list[str]:
 
 
 def data_inputs(data_dir: Path) -> Inputs:
-    """What a command reading the data folder reads: ``train.csv``, ``sample_submission.csv``
-    and the image folders (no output may replace or lie in them)."""
+    """What a command reading the data folder reads: ``train.csv``, ``sample_submission.csv``,
+    ``profile.yaml`` and the image folders (no output may replace or lie in them)."""
     data_dir = Path(data_dir)
-    return Inputs.of(data_dir / TRAIN_CSV, data_dir / SAMPLE_SUBMISSION_CSV,
+    return Inputs.of(data_dir / TRAIN_CSV, data_dir / SAMPLE_SUBMISSION_CSV, data_dir / PROFILE_YAML,
                      folders=[data_dir / TRAIN_IMAGES, data_dir / TEST_IMAGES])
 
 
